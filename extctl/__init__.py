@@ -1,0 +1,1 @@
+"""envoy-extkit's control side: the ``extctl`` CLI, Envoy config generation, the Envoy runner."""

@@ -1,0 +1,109 @@
+"""An HTTP/1.1 upstream that answers with what it received, as JSON: for tests and ``extctl dev``.
+
+Request headers steer the answer (the processor under test sees them too):
+
+- ``x-echo-chunks: ["a", "b"]`` answer with these chunks (chunked encoding) instead of JSON,
+  flushing each and pausing ``x-echo-chunk-delay-ms`` (default 50) between them;
+- ``x-echo-delay-ms: N`` wait N ms before answering (a slow in-flight request);
+- ``x-echo-status: N`` answer with status N.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "extctl-echo"
+
+    def log_message(self, format: str, *args: Any) -> None:
+        if getattr(self.server, "verbose", False):
+            super().log_message(format, *args)
+
+    def _read_body(self) -> tuple[bytes, bool]:
+        if self.headers.get("transfer-encoding", "").lower() == "chunked":
+            data = bytearray()
+            while True:
+                size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
+                if size == 0:
+                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                        pass  # trailers
+                    return bytes(data), True
+                data += self.rfile.read(size)
+                self.rfile.readline()
+        length = int(self.headers.get("content-length") or 0)
+        return self.rfile.read(length) if length else b"", False
+
+    def _handle(self) -> None:
+        body, chunked = self._read_body()
+        delay = int(self.headers.get("x-echo-delay-ms") or 0)
+        if delay:
+            time.sleep(delay / 1000)
+        status = int(self.headers.get("x-echo-status") or 200)
+        chunks = self.headers.get("x-echo-chunks")
+        if chunks is not None:
+            pause = int(self.headers.get("x-echo-chunk-delay-ms") or 50) / 1000
+            self.send_response(status)
+            self.send_header("content-type", "text/plain")
+            self.send_header("transfer-encoding", "chunked")
+            self.end_headers()
+            for index, chunk in enumerate(json.loads(chunks)):
+                data = chunk.encode()
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+                self.wfile.flush()
+                if index < len(json.loads(chunks)) - 1:
+                    time.sleep(pause)
+            self.wfile.write(b"0\r\n\r\n")
+            self.wfile.flush()
+            return
+        answer = json.dumps({
+            "method": self.command,
+            "path": self.path,
+            "headers": [[k.lower(), v] for k, v in self.headers.items()],
+            "body": body.decode("latin-1"),
+            "body_length": len(body),
+            "chunked": chunked,
+        }).encode()
+        self.send_response(status)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(answer)))
+        self.end_headers()
+        self.wfile.write(answer)
+
+    do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _handle
+
+
+class EchoServer:
+    """``with EchoServer() as echo: echo.address`` -> ``"127.0.0.1:PORT"``."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, verbose: bool = False) -> None:
+        self._server = ThreadingHTTPServer((host, port), _Handler)
+        self._server.daemon_threads = True
+        self._server.verbose = verbose  # type: ignore[attr-defined]
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True,
+                                        name="extctl-echo")
+
+    @property
+    def address(self) -> str:
+        host, port = self._server.server_address[:2]
+        return f"{host}:{port}"
+
+    def start(self) -> EchoServer:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(5)
+
+    def __enter__(self) -> EchoServer:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()

@@ -1,0 +1,187 @@
+"""Standalone Envoy bootstrap for a Processor, built from typed xds-protos messages.
+
+A wrong field fails here, at generation, rather than in Envoy. The ext_proc filter's
+processing mode, attributes, mutation rules and metadata namespaces come from the class.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from envoy.config.bootstrap.v3 import bootstrap_pb2
+from envoy.config.cluster.v3 import cluster_pb2
+from envoy.config.core.v3 import address_pb2, base_pb2, grpc_service_pb2
+from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
+from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
+from envoy.config.route.v3 import route_components_pb2, route_pb2
+from envoy.extensions.filters.http.ext_proc.v3 import ext_proc_pb2
+from envoy.extensions.filters.http.router.v3 import router_pb2
+from envoy.extensions.filters.network.http_connection_manager.v3 import (
+    http_connection_manager_pb2 as hcm_pb2,
+)
+from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
+from google.protobuf import any_pb2, duration_pb2, json_format
+
+from extproc import Processor
+from extproc._config import split_address
+
+EXT_PROC_CLUSTER = "extproc"
+UPSTREAM_CLUSTER = "upstream"
+
+
+@dataclass(frozen=True)
+class EnvoyConfig:
+    """What the generated Envoy listens on and talks to."""
+
+    processor: type[Processor]
+    """The class whose processing mode, attributes and rules configure the filter."""
+    processor_addresses: Sequence[str]
+    """Every worker's Unix socket path or host:port (``ServerConfig.addresses()``)."""
+    upstream: str | None = None
+    """host:port of the upstream; None answers every request with ``direct_response``."""
+    listen: str = "127.0.0.1:0"
+    """Listener host:port (port 0: Envoy picks one; the runner reads it back)."""
+    admin: str = "127.0.0.1:0"
+    """Admin host:port, loopback only."""
+    failure_mode_allow: bool = False
+    """Envoy continues without the processor when it is unreachable or errors."""
+    message_timeout: float | None = None
+    """Seconds Envoy waits per answer; default: the class's ``message_timeout`` or 200 ms."""
+    route_headers: Sequence[tuple[str, str]] = field(default_factory=tuple)
+    """Headers the route adds upstream (values may use Envoy's %...% formatters)."""
+    max_grpc_message_bytes: int = 32 * 1024 * 1024
+    """Largest ext_proc answer Envoy accepts (a BUFFERED body comes back in one message)."""
+    buffer_limit_bytes: int = 32 * 1024 * 1024
+    """Listener/cluster buffer limit: the largest BUFFERED body."""
+
+
+def _any(message: Any) -> Any:
+    packed = any_pb2.Any()
+    packed.Pack(message)
+    return packed
+
+
+def _socket_address(address: str) -> Any:
+    host, port = split_address(address)
+    return address_pb2.Address(socket_address=address_pb2.SocketAddress(
+        address=host, port_value=port))
+
+
+def _endpoint_address(address: str) -> Any:
+    if ":" in address and not address.startswith(("/", ".")):
+        return _socket_address(address)
+    return address_pb2.Address(pipe=address_pb2.Pipe(path=address))
+
+
+def _seconds(value: float) -> Any:
+    duration = duration_pb2.Duration()
+    duration.FromNanoseconds(int(value * 1e9))
+    return duration
+
+
+def ext_proc_filter(config: EnvoyConfig) -> Any:
+    """The ``envoy.filters.http.ext_proc`` filter configured from the Processor class."""
+    cls = config.processor
+    timeout = config.message_timeout or cls.message_timeout
+    grpc = grpc_service_pb2.GrpcService(
+        envoy_grpc=grpc_service_pb2.GrpcService.EnvoyGrpc(
+            cluster_name=EXT_PROC_CLUSTER,
+            max_receive_message_length={"value": config.max_grpc_message_bytes}),
+    )
+    filter_config = ext_proc_pb2.ExternalProcessor(
+        grpc_service=grpc,
+        failure_mode_allow=config.failure_mode_allow,
+        processing_mode=cls.processing_mode().to_proto(),
+        request_attributes=list(cls.request_attributes),
+        response_attributes=list(cls.response_attributes),
+        allow_mode_override=cls.allow_mode_override,
+    )
+    if timeout is not None:
+        filter_config.message_timeout.CopyFrom(_seconds(timeout))
+    if cls.allow_routing_mutations or cls.allow_envoy_mutations:
+        filter_config.mutation_rules.allow_all_routing.value = cls.allow_routing_mutations
+        filter_config.mutation_rules.allow_envoy.value = cls.allow_envoy_mutations
+    if cls.dynamic_metadata_namespaces:
+        filter_config.metadata_options.receiving_namespaces.untyped.extend(
+            cls.dynamic_metadata_namespaces)
+    return hcm_pb2.HttpFilter(name="envoy.filters.http.ext_proc",
+                              typed_config=_any(filter_config))
+
+
+def bootstrap(config: EnvoyConfig) -> Any:
+    """A complete Bootstrap: listener -> HCM -> ext_proc -> router -> upstream."""
+    route = route_components_pb2.Route(
+        match=route_components_pb2.RouteMatch(prefix="/"))
+    if config.upstream is None:
+        route.direct_response.status = 200
+        route.direct_response.body.inline_string = "ok\n"
+    else:
+        route.route.cluster = UPSTREAM_CLUSTER
+        route.route.timeout.CopyFrom(_seconds(60))
+    for name, value in config.route_headers:
+        route.request_headers_to_add.append(base_pb2.HeaderValueOption(
+            header=base_pb2.HeaderValue(key=name, value=value),
+            append_action=base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD))
+    manager = hcm_pb2.HttpConnectionManager(
+        stat_prefix="ingress",
+        codec_type=hcm_pb2.HttpConnectionManager.AUTO,
+        route_config=route_pb2.RouteConfiguration(
+            name="local",
+            virtual_hosts=[route_components_pb2.VirtualHost(
+                name="any", domains=["*"], routes=[route])]),
+        http_filters=[
+            ext_proc_filter(config),
+            hcm_pb2.HttpFilter(name="envoy.filters.http.router",
+                               typed_config=_any(router_pb2.Router())),
+        ],
+    )
+    listener = listener_pb2.Listener(
+        name="http",
+        address=_socket_address(config.listen),
+        per_connection_buffer_limit_bytes={"value": config.buffer_limit_bytes},
+        filter_chains=[listener_components_pb2.FilterChain(filters=[
+            listener_components_pb2.Filter(name="envoy.filters.network.http_connection_manager",
+                                           typed_config=_any(manager))])],
+    )
+    http2 = http_protocol_options_pb2.HttpProtocolOptions(
+        explicit_http_config=http_protocol_options_pb2.HttpProtocolOptions.ExplicitHttpConfig(
+            http2_protocol_options={}))
+    clusters = [cluster_pb2.Cluster(
+        name=EXT_PROC_CLUSTER,
+        type=cluster_pb2.Cluster.STATIC,
+        connect_timeout=_seconds(1),
+        lb_policy=cluster_pb2.Cluster.ROUND_ROBIN,
+        per_connection_buffer_limit_bytes={"value": config.buffer_limit_bytes},
+        typed_extension_protocol_options={
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": _any(http2)},
+        load_assignment=_load_assignment(EXT_PROC_CLUSTER, config.processor_addresses),
+    )]
+    if config.upstream is not None:
+        clusters.append(cluster_pb2.Cluster(
+            name=UPSTREAM_CLUSTER,
+            type=cluster_pb2.Cluster.STATIC,
+            connect_timeout=_seconds(1),
+            per_connection_buffer_limit_bytes={"value": config.buffer_limit_bytes},
+            load_assignment=_load_assignment(UPSTREAM_CLUSTER, [config.upstream]),
+        ))
+    return bootstrap_pb2.Bootstrap(
+        admin=bootstrap_pb2.Admin(address=_socket_address(config.admin)),
+        static_resources=bootstrap_pb2.Bootstrap.StaticResources(
+            listeners=[listener], clusters=clusters),
+    )
+
+
+def _load_assignment(name: str, addresses: Sequence[str]) -> Any:
+    return endpoint_pb2.ClusterLoadAssignment(
+        cluster_name=name,
+        endpoints=[endpoint_components_pb2.LocalityLbEndpoints(lb_endpoints=[
+            endpoint_components_pb2.LbEndpoint(endpoint=endpoint_components_pb2.Endpoint(
+                address=_endpoint_address(a))) for a in addresses])],
+    )
+
+
+def to_json(message: Any) -> str:
+    """Serialise a config message the way Envoy reads it (JSON is valid YAML)."""
+    return json_format.MessageToJson(message, preserving_proto_field_name=True, indent=2)

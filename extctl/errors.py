@@ -1,0 +1,20 @@
+"""Errors of the control side (CLI, config generation, the local Envoy runner).
+
+    ExtctlError          base; the CLI prints its message on one line
+    ├── EnvoyError       the Envoy binary is missing, exits at start, or never gets ready
+    └── UsageError       options that contradict each other (exit code 2)
+"""
+
+from __future__ import annotations
+
+
+class ExtctlError(Exception):
+    """Base class of the errors extctl raises on purpose."""
+
+
+class EnvoyError(ExtctlError):
+    """Envoy could not be found or started."""
+
+
+class UsageError(ExtctlError):
+    """Options that cannot work together."""

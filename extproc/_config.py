@@ -1,0 +1,105 @@
+"""``ServerConfig``: every setting of the ext_proc server, validated in one place."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from ._errors import ServeError
+
+# AF_UNIX sun_path is 108 bytes including the terminating NUL.
+MAX_UDS_PATH = 107
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """How and where a Processor is served. Exactly one of ``uds`` and ``address``."""
+
+    uds: str | None = None
+    """Unix socket path (the sidecar case). With workers > 1, worker i listens on NAME-i.EXT."""
+    address: str | None = None
+    """``host:port`` for TCP. With workers > 1, worker i listens on port + i."""
+    workers: int = 1
+    """Server processes; Envoy balances streams over their addresses (:meth:`addresses`)."""
+    socket_mode: int = 0o660
+    """File mode of the Unix socket: Envoy's user needs read and write access."""
+    grace_period: float = 10.0
+    """Seconds in-flight streams may take to finish after SIGTERM/SIGINT."""
+    max_message_bytes: int = 32 * 1024 * 1024
+    """Largest gRPC message either way (a BUFFERED body travels in one message)."""
+    tls_cert: str | None = None
+    """PEM certificate chain for TLS on TCP."""
+    tls_key: str | None = None
+    """PEM private key for ``tls_cert``."""
+    tls_client_ca: str | None = None
+    """PEM CA bundle: when set, clients (Envoy) must present a certificate it signed."""
+
+    def __post_init__(self) -> None:
+        if (self.uds is None) == (self.address is None):
+            raise ServeError("give exactly one of uds (a Unix socket path) or address (host:port)")
+        if not isinstance(self.workers, int) or self.workers < 1:
+            raise ServeError(f"workers must be a positive integer, got {self.workers!r}")
+        if not 0 <= self.socket_mode <= 0o777:
+            raise ServeError(f"socket_mode must be a file mode such as 0o660, "
+                             f"got {self.socket_mode:o}")
+        if self.grace_period < 0:
+            raise ServeError("grace_period must be >= 0 seconds")
+        if self.max_message_bytes < 4096:
+            raise ServeError("max_message_bytes must be at least 4096")
+        if self.uds is not None:
+            if self.tls_cert or self.tls_key or self.tls_client_ca:
+                raise ServeError("TLS applies to TCP only; a Unix socket is protected by its "
+                                 "file mode")
+            for path in self.addresses():
+                if len(os.fsencode(path)) > MAX_UDS_PATH:
+                    raise ServeError(f"Unix socket path {path!r} is longer than {MAX_UDS_PATH} "
+                                     "bytes; choose a shorter path")
+        else:
+            host, port = split_address(self.address or "")
+            if self.workers > 1 and port == 0:
+                raise ServeError("workers > 1 needs a fixed port (worker i listens on port + i)")
+            if port + self.workers - 1 > 65535:
+                raise ServeError(f"ports {port}..{port + self.workers - 1} exceed 65535")
+            if bool(self.tls_cert) != bool(self.tls_key):
+                raise ServeError("TLS needs both tls_cert and tls_key")
+            if self.tls_client_ca and not self.tls_cert:
+                raise ServeError("tls_client_ca needs tls_cert and tls_key")
+            for path in (self.tls_cert, self.tls_key, self.tls_client_ca):
+                if path and not os.path.isfile(path):
+                    raise ServeError(f"TLS file {path} does not exist")
+
+    @property
+    def tls(self) -> bool:
+        return self.tls_cert is not None
+
+    def addresses(self) -> list[str]:
+        """Where each worker listens: Unix socket paths, or ``host:port`` strings.
+
+        Envoy must list all of them as endpoints of the ext_proc cluster.
+        """
+        if self.uds is not None:
+            if self.workers == 1:
+                return [self.uds]
+            stem, ext = os.path.splitext(self.uds)
+            return [f"{stem}-{i}{ext}" for i in range(self.workers)]
+        host, port = split_address(self.address or "")
+        if self.workers == 1:
+            return [join_address(host, port)]
+        return [join_address(host, port + i) for i in range(self.workers)]
+
+
+def split_address(address: str) -> tuple[str, int]:
+    """``"127.0.0.1:9000"`` / ``"[::1]:9000"`` -> (host, port); ServeError when malformed."""
+    host, sep, port_text = address.rpartition(":")
+    if not sep or not host or not port_text.isdigit():
+        raise ServeError(f"address {address!r} is not host:port (e.g. 127.0.0.1:9000)")
+    port = int(port_text)
+    if port > 65535:
+        raise ServeError(f"port {port} is out of range")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    return host, port
+
+
+def join_address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

@@ -1,0 +1,328 @@
+"""The grpc.aio server: Unix socket or TCP, health service, drain on signals, workers."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import stat
+import sys
+import time
+from typing import Any
+
+import grpc
+from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from ._config import ServerConfig, split_address
+from ._errors import ProtocolError, ServeError
+from ._processor import Processor
+from ._stream import run_stream
+
+logger = logging.getLogger("extproc.server")
+
+SERVICE_NAME = "envoy.service.ext_proc.v3.ExternalProcessor"
+
+# Exit codes of serve(): the CLI passes them through.
+EXIT_OK = 0
+EXIT_FORCED = 1  # a second signal cut in-flight streams short
+EXIT_STARTUP = 3  # the server could not start (socket in use, bad TLS files, on_startup failed)
+
+
+class Server:
+    """One server process: ``await start()``, ``await stop()``.
+
+    ``listen`` is one entry of ``config.addresses()`` (a Unix socket path or host:port).
+    """
+
+    def __init__(self, processor: type[Processor], config: ServerConfig,
+                 listen: str | None = None) -> None:
+        if not (isinstance(processor, type) and issubclass(processor, Processor)):
+            raise ServeError(f"{processor!r} is not a subclass of extproc.Processor")
+        self.processor = processor
+        self.config = config
+        self.listen = listen if listen is not None else config.addresses()[0]
+        self.is_uds = config.uds is not None
+        self.bound_port: int | None = None
+        self._server: grpc.aio.Server | None = None
+        self._health: Any = None
+        self._stopping = False
+
+    @property
+    def target(self) -> str:
+        """The gRPC target a client dials (``unix:/path`` or ``host:port``)."""
+        if self.is_uds:
+            return "unix:" + os.path.abspath(self.listen)
+        host, _ = split_address(self.listen)
+        return f"{host}:{self.bound_port}" if ":" not in host else f"[{host}]:{self.bound_port}"
+
+    async def start(self) -> None:
+        config = self.config
+        server = grpc.aio.server(options=[
+            ("grpc.max_receive_message_length", config.max_message_bytes),
+            ("grpc.max_send_message_length", config.max_message_bytes),
+            # Without this a second server could silently share the port.
+            ("grpc.so_reuseport", 0),
+        ])
+        handler = grpc.stream_stream_rpc_method_handler(
+            _Servicer(self.processor).Process,
+            request_deserializer=pb.ProcessingRequest.FromString,
+            response_serializer=pb.ProcessingResponse.SerializeToString,
+        )
+        server.add_generic_rpc_handlers(
+            (grpc.method_handlers_generic_handler(SERVICE_NAME, {"Process": handler}),))
+        self._health = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        if self.is_uds:
+            _claim_socket(self.listen)
+            try:
+                server.add_insecure_port("unix:" + os.path.abspath(self.listen))
+            except RuntimeError as exc:
+                raise ServeError(f"cannot listen on {self.listen}: {exc}") from None
+        else:
+            try:
+                if config.tls:
+                    self.bound_port = server.add_secure_port(self.listen, _credentials(config))
+                else:
+                    self.bound_port = server.add_insecure_port(self.listen)
+            except RuntimeError as exc:
+                raise ServeError(f"cannot listen on {self.listen}: {exc} (in use?)") from None
+        try:
+            await self.processor.on_startup()
+        except Exception as exc:
+            logger.exception("%s.on_startup failed", self.processor.__name__)
+            raise ServeError(f"{self.processor.__name__}.on_startup failed: {exc}") from exc
+        await server.start()
+        if self.is_uds:
+            os.chmod(self.listen, config.socket_mode)
+        self._server = server
+        for name in ("", SERVICE_NAME):
+            await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        logger.info("serving %s on %s (pid %d)", self.processor.__name__, self.target,
+                    os.getpid())
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Report NOT_SERVING, refuse new streams, let in-flight ones finish within ``grace``."""
+        server = self._server
+        if server is None:
+            return
+        grace = self.config.grace_period if grace is None else grace
+        if not self._stopping:
+            self._stopping = True
+            await self._health.enter_graceful_shutdown()
+            logger.info("draining (grace %.1fs)", grace)
+        try:
+            await server.stop(grace)
+        finally:
+            if self._server is not None:
+                self._server = None
+                if self.is_uds:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(self.listen)
+                try:
+                    await self.processor.on_shutdown()
+                except Exception:
+                    logger.exception("%s.on_shutdown failed", self.processor.__name__)
+
+    async def __aenter__(self) -> Server:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop(0)
+
+
+class _Servicer:
+    __slots__ = ("processor",)
+
+    def __init__(self, processor: type[Processor]) -> None:
+        self.processor = processor
+
+    async def Process(self, request_iterator: Any, context: Any) -> None:  # noqa: N802
+        try:
+            await run_stream(self.processor, context.read, context.write, grpc.aio.EOF)
+        except ProtocolError as exc:
+            logger.warning("ext_proc protocol error: %s", exc)
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        except (asyncio.CancelledError, grpc.aio.AbortError):
+            raise
+        except grpc.aio.UsageError:
+            pass  # Envoy went away mid-write: nothing left to answer
+        except Exception:
+            logger.exception("internal error in the ext_proc message loop")
+            await context.abort(grpc.StatusCode.INTERNAL, "internal processor error")
+
+
+def _credentials(config: ServerConfig) -> grpc.ServerCredentials:
+    def read(path: str | None) -> bytes:
+        assert path is not None
+        with open(path, "rb") as f:
+            return f.read()
+
+    client_ca = read(config.tls_client_ca) if config.tls_client_ca else None
+    return grpc.ssl_server_credentials(
+        [(read(config.tls_key), read(config.tls_cert))],
+        root_certificates=client_ca, require_client_auth=client_ca is not None)
+
+
+def _claim_socket(path: str) -> None:
+    """Remove a stale socket file at ``path``; refuse one that something listens on."""
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise ServeError(f"directory {directory} does not exist; create it (the volume Envoy "
+                         "shares) first")
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(st.st_mode):
+        raise ServeError(f"{path} exists and is not a socket; remove it or choose another path")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(1.0)
+    try:
+        probe.connect(path)
+    except (ConnectionRefusedError, FileNotFoundError):
+        os.unlink(path)  # stale: its server is gone
+        return
+    except OSError as exc:
+        raise ServeError(f"cannot check socket {path}: {exc}") from None
+    finally:
+        probe.close()
+    raise ServeError(f"something is already listening on {path}; stop it or choose another path")
+
+
+# -- running until a signal ------------------------------------------------------------------
+
+
+async def serve_async(processor: type[Processor], config: ServerConfig,
+                      listen: str | None = None) -> int:
+    """Serve until SIGTERM/SIGINT; the first drains, a second cuts streams at once."""
+    server = Server(processor, config, listen)
+    loop = asyncio.get_running_loop()
+    signals = 0
+    first = asyncio.Event()
+    second = asyncio.Event()
+
+    def on_signal() -> None:
+        nonlocal signals
+        signals += 1
+        (first if signals == 1 else second).set()
+
+    await server.start()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal)
+    try:
+        await first.wait()
+        drain = asyncio.ensure_future(server.stop())
+        forced = asyncio.ensure_future(second.wait())
+        await asyncio.wait({drain, forced}, return_when=asyncio.FIRST_COMPLETED)
+        if not drain.done():
+            logger.warning("second signal: cutting in-flight streams")
+            await server.stop(0)
+            await drain
+            return EXIT_FORCED
+        forced.cancel()
+        return EXIT_OK
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+        await server.stop(0)
+
+
+def serve(processor: type[Processor], *, uds: str | None = None, address: str | None = None,
+          workers: int = 1, **options: Any) -> int:
+    """Serve ``processor`` until SIGTERM/SIGINT and return the exit code.
+
+    ``options`` are the other :class:`ServerConfig` fields (socket_mode, grace_period,
+    max_message_bytes, tls_cert, tls_key, tls_client_ca).
+    """
+    config = ServerConfig(uds=uds, address=address, workers=workers, **options)
+    return run(processor, config)
+
+
+def run(processor: type[Processor], config: ServerConfig) -> int:
+    """Serve with a ready-made config: one process, or a supervisor forking ``workers``."""
+    if config.workers == 1:
+        try:
+            return asyncio.run(serve_async(processor, config))
+        except ServeError as exc:
+            logger.error("%s", exc)
+            raise
+    return _supervise(processor, config)
+
+
+def _worker_main(processor: type[Processor], config: ServerConfig, listen: str) -> int:
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, signal.SIG_DFL)
+    try:
+        return asyncio.run(serve_async(processor, config, listen))
+    except ServeError as exc:
+        logger.error("worker on %s: %s", listen, exc)
+        return EXIT_STARTUP
+    except Exception:
+        logger.exception("worker on %s crashed", listen)
+        return 1
+
+
+def _supervise(processor: type[Processor], config: ServerConfig) -> int:
+    """Fork one worker per address; forward signals; restart a worker that dies."""
+    if config.uds is not None:
+        for path in config.addresses():
+            _claim_socket(path)  # fail before forking, with the path in the message
+    children: dict[int, tuple[str, float]] = {}
+    signals = 0
+
+    def spawn(listen: str) -> None:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - runs in the child
+            code = 1
+            try:
+                code = _worker_main(processor, config, listen)
+            finally:
+                logging.shutdown()
+                os._exit(code)
+        children[pid] = (listen, time.monotonic())
+
+    def on_signal(signum: int, frame: object) -> None:
+        nonlocal signals
+        signals += 1
+        for pid in list(children):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    exit_code = EXIT_OK
+    try:
+        for listen in config.addresses():
+            spawn(listen)
+        logger.info("supervisor %d: %d workers on %s", os.getpid(), config.workers,
+                    ", ".join(config.addresses()))
+        while children:
+            pid, status = os.wait()
+            if pid not in children:
+                continue
+            listen, started = children.pop(pid)
+            code = os.waitstatus_to_exitcode(status)
+            if signals:
+                exit_code = max(exit_code, code if code > 0 else 0)
+                if signals > 1:
+                    exit_code = max(exit_code, EXIT_FORCED)
+                continue
+            if code == EXIT_STARTUP:
+                logger.error("worker on %s could not start; stopping", listen)
+                on_signal(signal.SIGTERM, None)
+                exit_code = EXIT_STARTUP
+                continue
+            logger.warning("worker on %s exited with %d; restarting", listen, code)
+            if time.monotonic() - started < 1.0:
+                time.sleep(1.0)  # a worker that dies at once must not spin the supervisor
+            spawn(listen)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return exit_code

@@ -1,0 +1,300 @@
+"""The ext_proc message loop: one gRPC ``Process`` stream, one Processor instance.
+
+Transport-agnostic: ``run_stream`` takes ``read``/``write`` coroutines, so the grpc.aio
+servicer and ``extproc.testing`` drive exactly the same code.
+
+Per message: check the phase order, run the hook if the class defines it, turn what the hook
+changed into a ProcessingResponse. Outside FULL_DUPLEX_STREAMED every request gets exactly one
+answer; in FULL_DUPLEX_STREAMED a body chunk gets zero or more (held bytes are flushed later).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
+from google.protobuf import struct_pb2
+
+from ._body import Body
+from ._errors import ProtocolError
+from ._headers import Headers
+from ._mode import BodyMode, ProcessingMode
+from ._processor import Processor
+from ._responses import ImmediateResponse
+
+logger = logging.getLogger("extproc")
+
+_PR = pb.ProcessingResponse
+_HeadersResponse = pb.HeadersResponse
+_BodyResponse = pb.BodyResponse
+_TrailersResponse = pb.TrailersResponse
+_CommonResponse = pb.CommonResponse
+_BodyMutation = pb.BodyMutation
+_Streamed = pb.StreamedBodyResponse
+_FULL_DUPLEX = BodyMode.FULL_DUPLEX_STREAMED
+_BUFFERED = BodyMode.BUFFERED
+
+# "Continue unchanged" answers, built once: serialising a shared message is safe.
+_PASS = {
+    "request_headers": _PR(request_headers=_HeadersResponse()),
+    "response_headers": _PR(response_headers=_HeadersResponse()),
+    "request_body": _PR(request_body=_BodyResponse()),
+    "response_body": _PR(response_body=_BodyResponse()),
+    "request_trailers": _PR(request_trailers=_TrailersResponse()),
+    "response_trailers": _PR(response_trailers=_TrailersResponse()),
+}
+
+# Per-direction position in headers -> body* -> trailers.
+_START, _HEADERS, _BODY, _DONE = 0, 1, 2, 3
+
+Read = Callable[[], Awaitable[Any]]
+Write = Callable[[Any], Awaitable[None]]
+
+
+class _Stop(Exception):
+    """An immediate response was sent: the stream is over."""
+
+
+async def run_stream(cls: type[Processor], read: Read, write: Write, eof: object) -> None:
+    """Serve one ``Process`` stream until Envoy half-closes it or a hook ends the request.
+
+    Raises ProtocolError on a message sequence the protocol does not allow.
+    """
+    exchange = _Exchange(cls)
+    try:
+        while True:
+            message = await read()
+            if message is eof:
+                return
+            answers = await exchange.handle(message)
+            if exchange.observability:
+                continue
+            for answer in answers:
+                await write(answer)
+    except _Stop as stop:
+        if not exchange.observability:
+            await write(stop.args[0])
+
+
+class _Exchange:
+    __slots__ = ("cls", "first", "observability", "proc", "state", "warned")
+
+    def __init__(self, cls: type[Processor]) -> None:
+        self.cls = cls
+        proc = cls()
+        proc._init_state()
+        self.proc = proc
+        self.state = {"request": _START, "response": _START}
+        self.first = True
+        self.observability = False
+
+    async def handle(self, message: Any) -> list[Any]:
+        which = message.WhichOneof("request")
+        if which is None:
+            raise ProtocolError("ProcessingRequest carries no headers, body or trailers")
+        proc = self.proc
+        if self.first:
+            self.first = False
+            self.observability = message.observability_mode
+            if message.HasField("protocol_config"):
+                self._adopt_protocol_config(message.protocol_config)
+        if message.attributes:
+            proc._raw_attributes.append(message.attributes)
+        if message.HasField("metadata_context"):
+            proc._metadata_context = message.metadata_context
+        direction, _, part = which.partition("_")
+        proc._phase = which
+        state = self.state[direction]
+        if part == "headers":
+            if state != _START:
+                raise ProtocolError(f"{which} received twice on one stream")
+            if direction == "response":
+                self._lock_request("the request was already sent upstream")
+            http_headers = getattr(message, which)
+            self.state[direction] = _DONE if http_headers.end_of_stream else _HEADERS
+            return await self._headers(which, direction, http_headers)
+        if part == "body":
+            if state == _DONE:
+                raise ProtocolError(f"{which} after the end of the {direction}")
+            http_body = getattr(message, which)
+            self.state[direction] = _DONE if http_body.end_of_stream else _BODY
+            return await self._body(which, direction, http_body.body, http_body.end_of_stream)
+        if state == _DONE:
+            raise ProtocolError(f"{which} after the end of the {direction}")
+        self.state[direction] = _DONE
+        return await self._trailers(which, direction, getattr(message, which).trailers.headers,
+                                    body_open=state == _BODY)
+
+    # -- phases ---------------------------------------------------------------------------
+
+    async def _headers(self, which: str, direction: str, http_headers: Any) -> list[Any]:
+        cls, proc = self.cls, self.proc
+        headers = Headers._from_proto(http_headers.headers.headers, direction,
+                                      cls.allow_routing_mutations, cls.allow_envoy_mutations)
+        setattr(proc, which, headers)
+        hook = "on_" + which
+        if hook not in cls._overridden:
+            self._lock_unless_buffered(headers, direction, http_headers.end_of_stream)
+            return [_PASS[which]]
+        if await self._call(hook, headers, which) is False:
+            return [_PASS[which]]
+        mutation = headers._take_mutation()
+        common = None
+        if mutation is not None or proc._clear_route_cache:
+            common = _CommonResponse(header_mutation=mutation,
+                                     clear_route_cache=proc._clear_route_cache)
+            proc._clear_route_cache = False
+        answer = _PR(**{which: _HeadersResponse(response=common)})
+        override = proc._mode_override
+        if override is not None:
+            proc._mode_override = None
+            proc._effective_mode = override
+            answer.mode_override.CopyFrom(override.to_proto())
+        self._attach_metadata(answer)
+        self._lock_unless_buffered(headers, direction, http_headers.end_of_stream)
+        return [answer]
+
+    async def _body(self, which: str, direction: str, data: bytes, eos: bool) -> list[Any]:
+        cls, proc = self.cls, self.proc
+        mode: BodyMode | None = getattr(proc._effective_mode, direction + "_body")
+        hook = "on_" + which
+        body = Body(data, eos)
+        if hook in cls._overridden and await self._call(hook, body, which) is False:
+            body = Body(data, eos)  # fail open: forward what Envoy sent
+        if mode is _FULL_DUPLEX:
+            return self._streamed(which, body)
+        common = None
+        if body._changed:
+            mutation = (_BodyMutation(body=body._data) if body._data
+                        else _BodyMutation(clear_body=True))
+            common = _CommonResponse(body_mutation=mutation)
+        headers: Headers | None = getattr(proc, direction + "_headers")
+        if mode is _BUFFERED and headers is not None and headers._locked is None:
+            if body._changed and "content-length" in headers:
+                # Envoy keeps content-length in BUFFERED mode and rejects a mismatch.
+                headers["content-length"] = str(len(body._data))
+            header_mutation = headers._take_mutation()
+            if header_mutation is not None:
+                common = common or _CommonResponse()
+                common.header_mutation.CopyFrom(header_mutation)
+            headers._lock(f"{direction} headers were already sent on")
+        if common is None and proc._dynamic_metadata is None:
+            return [_PASS[which]]
+        answer = _PR(**{which: _BodyResponse(response=common)})
+        self._attach_metadata(answer)
+        return [answer]
+
+    def _streamed(self, which: str, body: Body) -> list[Any]:
+        data, eos = body._data, body.end_of_stream
+        if not data and not eos:
+            return []  # everything held back for now
+        streamed = _Streamed(body=data, end_of_stream=eos)
+        answer = _PR(**{which: _BodyResponse(response=_CommonResponse(
+            body_mutation=_BodyMutation(streamed_response=streamed)))})
+        self._attach_metadata(answer)
+        return [answer]
+
+    async def _trailers(self, which: str, direction: str, values: Any,
+                        body_open: bool) -> list[Any]:
+        cls, proc = self.cls, self.proc
+        answers: list[Any] = []
+        if body_open and getattr(proc._effective_mode, direction + "_body") is _FULL_DUPLEX:
+            # Trailers end a full-duplex body: let the hook flush what it held back.
+            body_which = direction + "_body"
+            body = Body(b"", True)
+            hook = "on_" + body_which
+            if hook in cls._overridden and await self._call(hook, body, body_which) is False:
+                body = Body(b"", True)
+            if body._data:
+                answers.append(_PR(**{body_which: _BodyResponse(response=_CommonResponse(
+                    body_mutation=_BodyMutation(streamed_response=_Streamed(body=body._data))))}))
+        proc._phase = which
+        trailers = Headers._from_proto(values, "trailers", cls.allow_routing_mutations,
+                                       cls.allow_envoy_mutations)
+        setattr(proc, which, trailers)
+        hook = "on_" + which
+        if hook not in cls._overridden or await self._call(hook, trailers, which) is False:
+            answers.append(_PASS[which])
+            return answers
+        mutation = trailers._take_mutation()
+        answer = (_PR(**{which: _TrailersResponse(header_mutation=mutation)})
+                  if mutation is not None else _PASS[which])
+        if proc._dynamic_metadata is not None:
+            answer = _PR(**{which: _TrailersResponse(header_mutation=mutation)})
+            self._attach_metadata(answer)
+        answers.append(answer)
+        return answers
+
+    # -- helpers --------------------------------------------------------------------------
+
+    async def _call(self, hook: str, arg: Any, phase: str) -> bool:
+        """Run a hook; False means it failed and the class fails open. Raises _Stop."""
+        proc = self.proc
+        try:
+            result = await getattr(proc, hook)(arg)
+        except Exception:
+            logger.exception("%s.%s failed (x-request-id=%s)", self.cls.__name__, hook,
+                             self._request_id())
+            return self._fail()
+        if result is None:
+            return True
+        if isinstance(result, ImmediateResponse):
+            answer = _PR(immediate_response=result.to_proto())
+            self._attach_metadata(answer)
+            raise _Stop(answer)
+        logger.error("%s.%s returned %r; hooks return None or ImmediateResponse "
+                     "(x-request-id=%s)", self.cls.__name__, hook, type(result).__name__,
+                     self._request_id())
+        return self._fail()
+
+    def _fail(self) -> bool:
+        cls = self.cls
+        if cls.fail_open:
+            proc = self.proc
+            proc._mode_override = None
+            proc._clear_route_cache = False
+            for name in ("request_headers", "response_headers"):
+                headers = getattr(proc, name)
+                if headers is not None and headers._locked is None:
+                    headers._changes = None  # a half-done hook's changes are not applied
+            return False
+        response = ImmediateResponse(cls.error_status, body=cls.error_body,
+                                     details="extproc_processor_error")
+        raise _Stop(_PR(immediate_response=response.to_proto()))
+
+    def _request_id(self) -> str:
+        headers = self.proc.request_headers
+        return (headers.get("x-request-id") if headers is not None else None) or "-"
+
+    def _attach_metadata(self, answer: Any) -> None:
+        metadata = self.proc._dynamic_metadata
+        if metadata is not None:
+            self.proc._dynamic_metadata = None
+            struct = struct_pb2.Struct()
+            struct.update(metadata)
+            answer.dynamic_metadata.CopyFrom(struct)
+
+    def _lock_unless_buffered(self, headers: Headers, direction: str, eos: bool) -> None:
+        mode = getattr(self.proc._effective_mode, direction + "_body")
+        if mode is not _BUFFERED or eos:
+            headers._lock(f"{direction} headers were already sent on; change them in "
+                          f"on_{direction}_headers (or in the body hook in BUFFERED mode)")
+
+    def _lock_request(self, reason: str) -> None:
+        proc = self.proc
+        for headers in (proc.request_headers, proc.request_trailers):
+            if headers is not None and headers._locked is None:
+                headers._lock(reason)
+
+    def _adopt_protocol_config(self, config: Any) -> None:
+        # Envoy states the body modes it is configured with; trust them over the class, so
+        # a hand-written Envoy config with other modes is answered in the shape it expects.
+        proc = self.proc
+        mode = proc._effective_mode
+        request_body = BodyMode.from_proto(config.request_body_mode)
+        response_body = BodyMode.from_proto(config.response_body_mode)
+        if (request_body, response_body) != (mode.request_body, mode.response_body):
+            proc._effective_mode = ProcessingMode(**{
+                **mode.__dict__, "request_body": request_body, "response_body": response_body})

@@ -1,0 +1,393 @@
+"""Drive a Processor in-process, as Envoy would, with no sockets: for users' unit tests.
+
+    from extproc.testing import run
+
+    async def test_adds_header():
+        result = await run(AddHeader, path="/hello")
+        assert result.request.headers["x-hello"] == "world"   # what the upstream saw
+
+Envoy's side is emulated: only the phases of the processing mode are sent (the class's own,
+or ``mode=``), body chunks travel as the body mode says, answers are applied as Envoy applies
+them (removals before sets, content-length rules, mode overrides). Every message is encoded
+and decoded on the way, so what passes here is also what goes on the wire.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from envoy.config.core.v3 import base_pb2
+from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
+from google.protobuf import json_format, struct_pb2
+
+from ._config import ServerConfig
+from ._errors import ProtocolError
+from ._headers import Headers
+from ._mode import BodyMode, ProcessingMode
+from ._processor import EXT_PROC_NAMESPACE, Processor
+from ._server import Server
+from ._stream import _Exchange, _Stop
+
+__all__ = ["Message", "Result", "ServerThread", "lifespan", "run", "run_sync"]
+
+HeaderInput = Mapping[str, str] | Iterable[tuple[str, str]] | None
+BodyInput = bytes | Sequence[bytes]
+
+_HVO = base_pb2.HeaderValueOption
+
+
+@dataclass
+class Message:
+    """An HTTP message as one side saw it after processing."""
+
+    headers: Headers
+    body: bytes = b""
+    chunks: list[bytes] = field(default_factory=list)
+    trailers: Headers | None = None
+
+    @property
+    def status(self) -> int | None:
+        status = self.headers.get(":status")
+        return int(status) if status else None
+
+
+@dataclass
+class Result:
+    """What came out of one request through the processor."""
+
+    request: Message | None
+    """What the upstream received; None when the processor answered before it."""
+    response: Message
+    """What the client received (an immediate response included)."""
+    immediate: bool = False
+    """True when a hook ended the request with an ImmediateResponse (or failed closed)."""
+    details: str = ""
+    """The immediate response's ``details`` (``extproc_processor_error`` after a hook failure)."""
+    sent: list[str] = field(default_factory=list)
+    """Phases sent to the processor, in order, one entry per message."""
+    dynamic_metadata: dict[str, Any] = field(default_factory=dict)
+    route_cache_cleared: bool = False
+    mode: ProcessingMode | None = None
+    """The processing mode in force at the end (after any override)."""
+
+    @property
+    def status(self) -> int:
+        return self.response.status or 0
+
+
+Upstream = Callable[[Message], "Message | tuple[int, HeaderInput, BodyInput]"]
+
+
+async def run(
+    processor: type[Processor],
+    *,
+    method: str = "GET",
+    path: str = "/",
+    authority: str = "example.com",
+    headers: HeaderInput = None,
+    body: BodyInput = b"",
+    trailers: HeaderInput = None,
+    status: int = 200,
+    response_headers: HeaderInput = None,
+    response_body: BodyInput = b"",
+    response_trailers: HeaderInput = None,
+    upstream: Upstream | None = None,
+    attributes: Mapping[str, Any] | None = None,
+    response_attributes: Mapping[str, Any] | None = None,
+    metadata_context: Mapping[str, Mapping[str, Any]] | None = None,
+    mode: ProcessingMode | None = None,
+) -> Result:
+    """Send one request (and the upstream's response) through ``processor``.
+
+    Bodies are ``bytes`` (one chunk) or a list of chunks. ``upstream``, when given, receives
+    the processed request and returns the response (a Message or ``(status, headers, body)``).
+    """
+    driver = _Driver(processor, mode or processor.processing_mode())
+    request_pairs = [(":method", method), (":path", path), (":scheme", "http"),
+                     (":authority", authority)]
+    request_pairs += _pairs(headers)
+    if not any(k == "x-request-id" for k, _ in request_pairs):
+        request_pairs.append(("x-request-id", str(uuid.uuid4())))
+    chunks = _chunks(body)
+    if chunks and not any(k in ("content-length", "transfer-encoding") for k, _ in request_pairs):
+        request_pairs.append(("content-length", str(sum(map(len, chunks)))))
+    try:
+        request = await driver.direction("request", request_pairs, chunks, _pairs(trailers),
+                                         trailers is not None, attributes, metadata_context)
+        if upstream is not None:
+            answer = upstream(request)
+            if not isinstance(answer, Message):
+                status, response_headers, response_body = answer
+                response_trailers = None
+            else:
+                status = answer.status or 200
+                response_headers = [(k, v) for k, v in answer.headers.items()
+                                    if k != ":status"]
+                response_body = answer.chunks or answer.body
+                response_trailers = answer.trailers.items() if answer.trailers else None
+        response_chunks = _chunks(response_body)
+        response_pairs = [(":status", str(status)), *_pairs(response_headers)]
+        if response_chunks and not any(k in ("content-length", "transfer-encoding")
+                                       for k, _ in response_pairs):
+            response_pairs.append(("content-length", str(sum(map(len, response_chunks)))))
+        response = await driver.direction("response", response_pairs, response_chunks,
+                                          _pairs(response_trailers),
+                                          response_trailers is not None, response_attributes,
+                                          None)
+    except _Stop as stop:
+        return driver.result(None if driver.upstream_reached is None else driver.upstream_reached,
+                             _immediate_message(stop.args[0]), stop.args[0])
+    driver.upstream_reached = request
+    return driver.result(request, response, None)
+
+
+def run_sync(processor: type[Processor], **kwargs: Any) -> Result:
+    """:func:`run` for tests that are not async."""
+    return asyncio.run(run(processor, **kwargs))
+
+
+@contextlib.asynccontextmanager
+async def lifespan(processor: type[Processor]) -> AsyncIterator[type[Processor]]:
+    """Run the class's ``on_startup`` / ``on_shutdown`` around a block of :func:`run` calls."""
+    await processor.on_startup()
+    try:
+        yield processor
+    finally:
+        await processor.on_shutdown()
+
+
+class _Driver:
+    def __init__(self, processor: type[Processor], mode: ProcessingMode) -> None:
+        self.exchange = _Exchange(processor)
+        self.mode = mode
+        self.sent: list[str] = []
+        self.metadata: dict[str, Any] = {}
+        self.route_cache_cleared = False
+        self.upstream_reached: Message | None = None
+        self.first = True
+
+    async def send(self, message: Any) -> list[Any]:
+        if self.first:
+            self.first = False
+            message.protocol_config.request_body_mode = _body_proto(self.mode.request_body)
+            message.protocol_config.response_body_mode = _body_proto(self.mode.response_body)
+        wire = pb.ProcessingRequest.FromString(message.SerializeToString())
+        self.sent.append(str(wire.WhichOneof("request")))
+        try:
+            answers = await self.exchange.handle(wire)
+        except _Stop as stop:
+            raise _Stop(pb.ProcessingResponse.FromString(stop.args[0].SerializeToString()))\
+                from None
+        decoded = [pb.ProcessingResponse.FromString(a.SerializeToString()) for a in answers]
+        for answer in decoded:
+            if answer.HasField("dynamic_metadata"):
+                for ns, values in json_format.MessageToDict(answer.dynamic_metadata).items():
+                    self.metadata.setdefault(ns, {}).update(values)
+        return decoded
+
+    async def direction(self, direction: str, pairs: list[tuple[str, str]], chunks: list[bytes],
+                        trailer_pairs: list[tuple[str, str]], has_trailers: bool,
+                        attributes: Mapping[str, Any] | None,
+                        metadata: Mapping[str, Mapping[str, Any]] | None) -> Message:
+        mode = self.mode
+        headers_eos = not chunks and not has_trailers
+        which = f"{direction}_headers"
+        content_length_kept = True
+        if getattr(mode, which):
+            message = pb.ProcessingRequest()
+            getattr(message, which).headers.CopyFrom(_header_map(pairs))
+            getattr(message, which).end_of_stream = headers_eos
+            if attributes:
+                struct = struct_pb2.Struct()
+                struct.update(dict(attributes))
+                message.attributes[EXT_PROC_NAMESPACE].CopyFrom(struct)
+            if metadata:
+                for ns, values in metadata.items():
+                    s = struct_pb2.Struct()
+                    s.update(dict(values))
+                    message.metadata_context.filter_metadata[ns].CopyFrom(s)
+            (answer,) = await self.send(message)
+            common = getattr(answer, which).response
+            pairs = _apply(pairs, common.header_mutation)
+            self.route_cache_cleared |= common.clear_route_cache
+            if answer.HasField("mode_override"):
+                mode = self.mode = ProcessingMode.from_proto(answer.mode_override, mode)
+        body_mode: BodyMode | None = getattr(mode, f"{direction}_body")
+        which = f"{direction}_body"
+        out_chunks: list[bytes] = []
+        if body_mode is None or not chunks:
+            out_chunks = list(chunks)
+        elif body_mode in (BodyMode.BUFFERED, BodyMode.BUFFERED_PARTIAL):
+            whole = b"".join(chunks)
+            message = pb.ProcessingRequest()
+            getattr(message, which).body = whole
+            getattr(message, which).end_of_stream = not has_trailers
+            (answer,) = await self.send(message)
+            common = getattr(answer, which).response
+            mutated = common.body_mutation.WhichOneof("mutation")
+            out_chunks = [_mutated(whole, common.body_mutation)]
+            if body_mode is BodyMode.BUFFERED and getattr(mode, f"{direction}_headers"):
+                pairs = _apply(pairs, common.header_mutation)
+            elif mutated:
+                content_length_kept = False
+        else:
+            for index, chunk in enumerate(chunks):
+                message = pb.ProcessingRequest()
+                getattr(message, which).body = chunk
+                eos = index == len(chunks) - 1 and not has_trailers
+                getattr(message, which).end_of_stream = eos
+                for answer in await self.send(message):
+                    out_chunks.extend(self._body_answer(answer, which, body_mode, chunk))
+            content_length_kept = (body_mode is BodyMode.STREAMED
+                                   and out_chunks == list(chunks))
+        out_trailers = trailer_pairs
+        if has_trailers and getattr(mode, f"{direction}_trailers"):
+            message = pb.ProcessingRequest()
+            getattr(message, f"{direction}_trailers").trailers.CopyFrom(_header_map(trailer_pairs))
+            for answer in await self.send(message):
+                kind = answer.WhichOneof("response")
+                if kind == which:
+                    out_chunks.extend(self._body_answer(answer, which, body_mode, b""))
+                elif kind == f"{direction}_trailers":
+                    out_trailers = _apply(out_trailers, getattr(answer, kind).header_mutation)
+                else:
+                    raise ProtocolError(f"{kind} in answer to {direction}_trailers")
+        body = b"".join(out_chunks)
+        if not content_length_kept:
+            pairs = [(k, v) for k, v in pairs if k != "content-length"]
+        for k, v in pairs:
+            if k == "content-length" and int(v) != len(body):
+                raise _Stop(pb.ProcessingResponse(immediate_response=pb.ImmediateResponse(
+                    status={"code": 500}, body=b"",
+                    details=f"mismatched content-length in {direction} ({v} != {len(body)})")))
+        return Message(Headers(pairs, kind=direction), body, out_chunks,
+                       Headers(out_trailers, kind="trailers") if has_trailers else None)
+
+    def _body_answer(self, answer: Any, which: str, body_mode: BodyMode | None,
+                     chunk: bytes) -> list[bytes]:
+        if answer.WhichOneof("response") != which:
+            raise ProtocolError(f"{answer.WhichOneof('response')} in answer to {which}")
+        mutation = getattr(answer, which).response.body_mutation
+        if body_mode is BodyMode.FULL_DUPLEX_STREAMED:
+            if mutation.WhichOneof("mutation") != "streamed_response":
+                raise ProtocolError("FULL_DUPLEX_STREAMED needs streamed_response answers")
+            return [mutation.streamed_response.body] if mutation.streamed_response.body else []
+        return [_mutated(chunk, mutation)]
+
+    def result(self, request: Message | None, response: Message, stop: Any) -> Result:
+        return Result(request=request, response=response, immediate=stop is not None,
+                      details=stop.immediate_response.details if stop is not None else "",
+                      sent=self.sent, dynamic_metadata=self.metadata,
+                      route_cache_cleared=self.route_cache_cleared, mode=self.mode)
+
+
+def _immediate_message(answer: Any) -> Message:
+    immediate = answer.immediate_response
+    pairs = _apply([(":status", str(immediate.status.code)),
+                    ("content-type", "text/plain")], immediate.headers)
+    return Message(Headers(pairs, kind="response"), immediate.body, [immediate.body])
+
+
+def _apply(pairs: list[tuple[str, str]], mutation: Any) -> list[tuple[str, str]]:
+    """Apply a HeaderMutation the way Envoy does: removals first, then sets in order."""
+    removed = set(mutation.remove_headers)
+    out = [(k, v) for k, v in pairs if k not in removed]
+    for option in mutation.set_headers:
+        key = option.header.key
+        value = (option.header.raw_value or option.header.value.encode()).decode("latin-1")
+        action = option.append_action
+        exists = any(k == key for k, _ in out)
+        if action == _HVO.OVERWRITE_IF_EXISTS_OR_ADD or (
+                action == _HVO.OVERWRITE_IF_EXISTS and exists):
+            out = [(k, v) for k, v in out if k != key]
+            out.append((key, value))
+        elif action == _HVO.APPEND_IF_EXISTS_OR_ADD or (
+                action == _HVO.ADD_IF_ABSENT and not exists):
+            out.append((key, value))
+    return out
+
+
+def _mutated(chunk: bytes, mutation: Any) -> bytes:
+    kind = mutation.WhichOneof("mutation")
+    if kind == "body":
+        return bytes(mutation.body)
+    if kind == "clear_body":
+        return b""
+    if kind == "streamed_response":
+        raise ProtocolError("streamed_response outside FULL_DUPLEX_STREAMED")
+    return chunk
+
+
+def _header_map(pairs: Iterable[tuple[str, str]]) -> Any:
+    return base_pb2.HeaderMap(headers=[base_pb2.HeaderValue(key=k, raw_value=v.encode("latin-1"))
+                                       for k, v in pairs])
+
+
+def _pairs(headers: HeaderInput) -> list[tuple[str, str]]:
+    if headers is None:
+        return []
+    items = headers.items() if isinstance(headers, Mapping) else headers
+    return [(str(k).lower(), str(v)) for k, v in items]
+
+
+def _chunks(body: BodyInput) -> list[bytes]:
+    if isinstance(body, (bytes, bytearray)):
+        return [bytes(body)] if body else []
+    return [bytes(c) for c in body]
+
+
+def _body_proto(mode: BodyMode | None) -> int:
+    return mode.proto_value if mode is not None else 0
+
+
+class ServerThread:
+    """A real gRPC server for ``processor`` on its own event loop thread, for sync tests.
+
+        with ServerThread(MyProcessor, uds=str(tmp_path / "p.sock")) as server:
+            ...  # point Envoy at server.target
+    """
+
+    def __init__(self, processor: type[Processor], **config: Any) -> None:
+        self.config = ServerConfig(**config)
+        self.server = Server(processor, self.config)
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True,
+                                        name=f"extproc-{processor.__name__}")
+
+    @property
+    def target(self) -> str:
+        return self.server.target
+
+    def start(self) -> ServerThread:
+        self._thread.start()
+        try:
+            asyncio.run_coroutine_threadsafe(self.server.start(), self._loop).result(30)
+        except BaseException:
+            self._shutdown_loop()
+            raise
+        return self
+
+    def stop(self, grace: float = 0) -> None:
+        try:
+            asyncio.run_coroutine_threadsafe(self.server.stop(grace), self._loop).result(
+                grace + 30)
+        finally:
+            self._shutdown_loop()
+
+    def _shutdown_loop(self) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+        if not self._thread.is_alive():
+            self._loop.close()
+
+    def __enter__(self) -> ServerThread:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
