@@ -11,10 +11,13 @@ Request headers steer the answer (the processor under test sees them too):
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+logger = logging.getLogger("extctl.upstream")
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -23,7 +26,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:
         if getattr(self.server, "verbose", False):
-            super().log_message(format, *args)
+            logger.info(format, *args)
 
     def _read_body(self) -> tuple[bytes, bool]:
         if self.headers.get("transfer-encoding", "").lower() == "chunked":
@@ -91,7 +94,7 @@ class EchoServer:
     @property
     def address(self) -> str:
         host, port = self._server.server_address[:2]
-        return f"{host}:{port}"
+        return f"{host!s}:{port}"
 
     def start(self) -> EchoServer:
         self._thread.start()

@@ -10,12 +10,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from envoy.config.accesslog.v3 import accesslog_pb2
 from envoy.config.bootstrap.v3 import bootstrap_pb2
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.core.v3 import address_pb2, base_pb2, grpc_service_pb2
 from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
 from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
 from envoy.config.route.v3 import route_components_pb2, route_pb2
+from envoy.extensions.access_loggers.stream.v3 import stream_pb2
 from envoy.extensions.filters.http.ext_proc.v3 import ext_proc_pb2
 from envoy.extensions.filters.http.router.v3 import router_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
@@ -55,6 +57,8 @@ class EnvoyConfig:
     """Largest ext_proc answer Envoy accepts (a BUFFERED body comes back in one message)."""
     buffer_limit_bytes: int = 32 * 1024 * 1024
     """Listener/cluster buffer limit: the largest BUFFERED body."""
+    access_log: bool = False
+    """Log each request to Envoy's stdout."""
 
 
 def _any(message: Any) -> Any:
@@ -137,6 +141,9 @@ def bootstrap(config: EnvoyConfig) -> Any:
                                typed_config=_any(router_pb2.Router())),
         ],
     )
+    if config.access_log:
+        manager.access_log.append(accesslog_pb2.AccessLog(
+            name="envoy.access_loggers.stdout", typed_config=_any(stream_pb2.StdoutAccessLog())))
     listener = listener_pb2.Listener(
         name="http",
         address=_socket_address(config.listen),

@@ -55,7 +55,7 @@ class ServerConfig:
                     raise ServeError(f"Unix socket path {path!r} is longer than {MAX_UDS_PATH} "
                                      "bytes; choose a shorter path")
         else:
-            host, port = split_address(self.address or "")
+            _, port = split_address(self.address or "")
             if self.workers > 1 and port == 0:
                 raise ServeError("workers > 1 needs a fixed port (worker i listens on port + i)")
             if port + self.workers - 1 > 65535:
@@ -64,9 +64,9 @@ class ServerConfig:
                 raise ServeError("TLS needs both tls_cert and tls_key")
             if self.tls_client_ca and not self.tls_cert:
                 raise ServeError("tls_client_ca needs tls_cert and tls_key")
-            for path in (self.tls_cert, self.tls_key, self.tls_client_ca):
-                if path and not os.path.isfile(path):
-                    raise ServeError(f"TLS file {path} does not exist")
+            for tls_file in (self.tls_cert, self.tls_key, self.tls_client_ca):
+                if tls_file and not os.path.isfile(tls_file):
+                    raise ServeError(f"TLS file {tls_file} does not exist")
 
     @property
     def tls(self) -> bool:

@@ -191,9 +191,9 @@ class Processor:
     def override_mode(
         self,
         *,
-        request_body: BodyMode | None | bool = False,
+        request_body: BodyMode | bool | None = False,
         response_headers: bool | None = None,
-        response_body: BodyMode | None | bool = False,
+        response_body: BodyMode | bool | None = False,
         request_trailers: bool | None = None,
         response_trailers: bool | None = None,
     ) -> None:

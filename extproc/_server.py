@@ -46,16 +46,20 @@ class Server:
         self.config = config
         self.listen = listen if listen is not None else config.addresses()[0]
         self.is_uds = config.uds is not None
+        if self.is_uds:
+            self.listen = os.path.abspath(self.listen)
         self.bound_port: int | None = None
         self._server: grpc.aio.Server | None = None
         self._health: Any = None
         self._stopping = False
+        #: Messages received per phase since start (e.g. ``{"request_headers": 3}``).
+        self.message_counts: dict[str, int] = {}
 
     @property
     def target(self) -> str:
         """The gRPC target a client dials (``unix:/path`` or ``host:port``)."""
         if self.is_uds:
-            return "unix:" + os.path.abspath(self.listen)
+            return "unix:" + self.listen
         host, _ = split_address(self.listen)
         return f"{host}:{self.bound_port}" if ":" not in host else f"[{host}]:{self.bound_port}"
 
@@ -68,7 +72,7 @@ class Server:
             ("grpc.so_reuseport", 0),
         ])
         handler = grpc.stream_stream_rpc_method_handler(
-            _Servicer(self.processor).Process,
+            _Servicer(self.processor, self.message_counts).Process,
             request_deserializer=pb.ProcessingRequest.FromString,
             response_serializer=pb.ProcessingResponse.SerializeToString,
         )
@@ -79,7 +83,7 @@ class Server:
         if self.is_uds:
             _claim_socket(self.listen)
             try:
-                server.add_insecure_port("unix:" + os.path.abspath(self.listen))
+                server.add_insecure_port("unix:" + self.listen)
             except RuntimeError as exc:
                 raise ServeError(f"cannot listen on {self.listen}: {exc}") from None
         else:
@@ -136,14 +140,16 @@ class Server:
 
 
 class _Servicer:
-    __slots__ = ("processor",)
+    __slots__ = ("counts", "processor")
 
-    def __init__(self, processor: type[Processor]) -> None:
+    def __init__(self, processor: type[Processor], counts: dict[str, int]) -> None:
         self.processor = processor
+        self.counts = counts
 
-    async def Process(self, request_iterator: Any, context: Any) -> None:  # noqa: N802
+    async def Process(self, request_iterator: Any, context: Any) -> None:
         try:
-            await run_stream(self.processor, context.read, context.write, grpc.aio.EOF)
+            await run_stream(self.processor, context.read, context.write, grpc.aio.EOF,
+                             self.counts)
         except ProtocolError as exc:
             logger.warning("ext_proc protocol error: %s", exc)
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))

@@ -57,12 +57,14 @@ class _Stop(Exception):
     """An immediate response was sent: the stream is over."""
 
 
-async def run_stream(cls: type[Processor], read: Read, write: Write, eof: object) -> None:
+async def run_stream(cls: type[Processor], read: Read, write: Write, eof: object,
+                     counts: dict[str, int] | None = None) -> None:
     """Serve one ``Process`` stream until Envoy half-closes it or a hook ends the request.
 
-    Raises ProtocolError on a message sequence the protocol does not allow.
+    ``counts``, when given, counts the messages received per phase. Raises ProtocolError on
+    a message sequence the protocol does not allow.
     """
-    exchange = _Exchange(cls)
+    exchange = _Exchange(cls, counts)
     try:
         while True:
             message = await read()
@@ -79,10 +81,11 @@ async def run_stream(cls: type[Processor], read: Read, write: Write, eof: object
 
 
 class _Exchange:
-    __slots__ = ("cls", "first", "observability", "proc", "state", "warned")
+    __slots__ = ("cls", "counts", "first", "observability", "proc", "state")
 
-    def __init__(self, cls: type[Processor]) -> None:
+    def __init__(self, cls: type[Processor], counts: dict[str, int] | None = None) -> None:
         self.cls = cls
+        self.counts = counts
         proc = cls()
         proc._init_state()
         self.proc = proc
@@ -94,6 +97,8 @@ class _Exchange:
         which = message.WhichOneof("request")
         if which is None:
             raise ProtocolError("ProcessingRequest carries no headers, body or trailers")
+        if self.counts is not None:
+            self.counts[which] = self.counts.get(which, 0) + 1
         proc = self.proc
         if self.first:
             self.first = False
