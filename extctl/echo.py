@@ -4,6 +4,7 @@ Request headers steer the answer (the processor under test sees them too):
 
 - ``x-echo-chunks: ["a", "b"]`` answer with these chunks (chunked encoding) instead of JSON,
   flushing each and pausing ``x-echo-chunk-delay-ms`` (default 50) between them;
+- ``x-echo-trailers: {"name": "value"}`` end a chunked answer with these trailers;
 - ``x-echo-delay-ms: N`` wait N ms before answering (a slow in-flight request);
 - ``x-echo-status: N`` answer with status N.
 """
@@ -28,22 +29,30 @@ class _Handler(BaseHTTPRequestHandler):
         if getattr(self.server, "verbose", False):
             logger.info(format, *args)
 
-    def _read_body(self) -> tuple[bytes, bool]:
+    def _read_body(self) -> tuple[bytes, bool, list[list[str]]]:
         if self.headers.get("transfer-encoding", "").lower() == "chunked":
             data = bytearray()
             while True:
                 size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
                 if size == 0:
-                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
-                        pass  # trailers
-                    return bytes(data), True
+                    trailers = []
+                    while (line := self.rfile.readline()) not in (b"\r\n", b"\n", b""):
+                        name, _, value = line.decode("latin-1").partition(":")
+                        trailers.append([name.strip().lower(), value.strip()])
+                    return bytes(data), True, trailers
                 data += self.rfile.read(size)
                 self.rfile.readline()
         length = int(self.headers.get("content-length") or 0)
-        return self.rfile.read(length) if length else b"", False
+        return self.rfile.read(length) if length else b"", False, []
+
+    def _end_chunked(self) -> None:
+        trailers = json.loads(self.headers.get("x-echo-trailers") or "{}")
+        lines = "".join(f"{k}: {v}\r\n" for k, v in trailers.items())
+        self.wfile.write(b"0\r\n" + lines.encode("latin-1") + b"\r\n")
+        self.wfile.flush()
 
     def _handle(self) -> None:
-        body, chunked = self._read_body()
+        body, chunked, trailers = self._read_body()
         delay = int(self.headers.get("x-echo-delay-ms") or 0)
         if delay:
             time.sleep(delay / 1000)
@@ -61,8 +70,7 @@ class _Handler(BaseHTTPRequestHandler):
                 self.wfile.flush()
                 if index < len(json.loads(chunks)) - 1:
                     time.sleep(pause)
-            self.wfile.write(b"0\r\n\r\n")
-            self.wfile.flush()
+            self._end_chunked()
             return
         answer = json.dumps({
             "method": self.command,
@@ -71,9 +79,16 @@ class _Handler(BaseHTTPRequestHandler):
             "body": body.decode("latin-1"),
             "body_length": len(body),
             "chunked": chunked,
+            "trailers": trailers,
         }).encode()
         self.send_response(status)
         self.send_header("content-type", "application/json")
+        if self.headers.get("x-echo-trailers"):
+            self.send_header("transfer-encoding", "chunked")
+            self.end_headers()
+            self.wfile.write(b"%x\r\n%s\r\n" % (len(answer), answer))
+            self._end_chunked()
+            return
         self.send_header("content-length", str(len(answer)))
         self.end_headers()
         self.wfile.write(answer)

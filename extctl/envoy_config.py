@@ -59,6 +59,8 @@ class EnvoyConfig:
     """Listener/cluster buffer limit: the largest BUFFERED body."""
     access_log: bool = False
     """Log each request to Envoy's stdout."""
+    http1_trailers: bool = False
+    """Accept and forward HTTP/1.1 chunked trailers (Envoy drops them by default)."""
 
 
 def _any(message: Any) -> Any:
@@ -141,6 +143,8 @@ def bootstrap(config: EnvoyConfig) -> Any:
                                typed_config=_any(router_pb2.Router())),
         ],
     )
+    if config.http1_trailers:
+        manager.http_protocol_options.enable_trailers = True
     if config.access_log:
         manager.access_log.append(accesslog_pb2.AccessLog(
             name="envoy.access_loggers.stdout", typed_config=_any(stream_pb2.StdoutAccessLog())))
@@ -166,13 +170,19 @@ def bootstrap(config: EnvoyConfig) -> Any:
         load_assignment=_load_assignment(EXT_PROC_CLUSTER, config.processor_addresses),
     )]
     if config.upstream is not None:
-        clusters.append(cluster_pb2.Cluster(
+        upstream = cluster_pb2.Cluster(
             name=UPSTREAM_CLUSTER,
             type=cluster_pb2.Cluster.STATIC,
             connect_timeout=_seconds(1),
             per_connection_buffer_limit_bytes={"value": config.buffer_limit_bytes},
             load_assignment=_load_assignment(UPSTREAM_CLUSTER, [config.upstream]),
-        ))
+        )
+        if config.http1_trailers:
+            http1 = http_protocol_options_pb2.HttpProtocolOptions()
+            http1.explicit_http_config.http_protocol_options.enable_trailers = True
+            upstream.typed_extension_protocol_options[
+                "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"].CopyFrom(_any(http1))
+        clusters.append(upstream)
     return bootstrap_pb2.Bootstrap(
         admin=bootstrap_pb2.Admin(address=_socket_address(config.admin)),
         static_resources=bootstrap_pb2.Bootstrap.StaticResources(

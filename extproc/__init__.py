@@ -24,9 +24,10 @@ from ._importer import import_processor
 from ._mode import BodyMode, ProcessingMode
 from ._processor import Processor
 from ._responses import ImmediateResponse
-from ._server import Server, serve, serve_async
+from ._server import SERVICE_NAME, Server, serve, serve_async
 
 __all__ = [
+    "SERVICE_NAME",
     "Body",
     "BodyMode",
     "ExtprocError",

@@ -12,6 +12,7 @@ from typing import Any
 
 from envoy.config.core.v3 import base_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
+from google.protobuf import wrappers_pb2
 
 from ._errors import MutationError
 
@@ -19,8 +20,10 @@ _SET = 0  # replace all values of the name
 _APPEND = 1  # keep the original values, append these
 _REMOVE = 2  # remove every value
 
-_OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
-_APPEND_ACTION = base_pb2.HeaderValueOption.APPEND_IF_EXISTS_OR_ADD
+# Envoy's ext_proc reads the (deprecated) ``append`` flag; ``append_action`` left at its default
+# makes newer Envoys that prefer append_action fall back to ``append`` too. So: only ``append``.
+_OVERWRITE = wrappers_pb2.BoolValue(value=False)
+_APPEND_FLAG = wrappers_pb2.BoolValue(value=True)
 _HeaderValue = base_pb2.HeaderValue
 _HeaderValueOption = base_pb2.HeaderValueOption
 
@@ -264,12 +267,12 @@ class Headers:
                 remove_headers.append(name)
                 base.pop(name, None)
                 continue
-            action = _OVERWRITE if op == _SET else _APPEND_ACTION
+            append = _OVERWRITE if op == _SET else _APPEND_FLAG
             for value in values:
                 set_headers.append(_HeaderValueOption(
                     header=_HeaderValue(key=name, raw_value=value.encode("latin-1")),
-                    append_action=action))
-                action = _APPEND_ACTION
+                    append=append))
+                append = _APPEND_FLAG
             if op == _SET:
                 base[name] = list(values)
             else:

@@ -82,24 +82,22 @@ class Server:
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         if self.is_uds:
             _claim_socket(self.listen)
-            try:
-                server.add_insecure_port("unix:" + self.listen)
-            except RuntimeError as exc:
-                raise ServeError(f"cannot listen on {self.listen}: {exc}") from None
-        else:
-            try:
-                if config.tls:
-                    self.bound_port = server.add_secure_port(self.listen, _credentials(config))
-                else:
-                    self.bound_port = server.add_insecure_port(self.listen)
-            except RuntimeError as exc:
-                raise ServeError(f"cannot listen on {self.listen}: {exc} (in use?)") from None
         try:
             await self.processor.on_startup()
         except Exception as exc:
             logger.exception("%s.on_startup failed", self.processor.__name__)
             raise ServeError(f"{self.processor.__name__}.on_startup failed: {exc}") from exc
-        await server.start()
+        try:
+            if self.is_uds:
+                server.add_insecure_port("unix:" + self.listen)
+            elif config.tls:
+                self.bound_port = server.add_secure_port(self.listen, _credentials(config))
+            else:
+                self.bound_port = server.add_insecure_port(self.listen)
+            await server.start()
+        except RuntimeError as exc:
+            await self._shutdown_hook()
+            raise ServeError(f"cannot listen on {self.listen}: {exc}") from None
         if self.is_uds:
             os.chmod(self.listen, config.socket_mode)
         self._server = server
@@ -126,10 +124,13 @@ class Server:
                 if self.is_uds:
                     with contextlib.suppress(FileNotFoundError):
                         os.unlink(self.listen)
-                try:
-                    await self.processor.on_shutdown()
-                except Exception:
-                    logger.exception("%s.on_shutdown failed", self.processor.__name__)
+                await self._shutdown_hook()
+
+    async def _shutdown_hook(self) -> None:
+        try:
+            await self.processor.on_shutdown()
+        except Exception:
+            logger.exception("%s.on_shutdown failed", self.processor.__name__)
 
     async def __aenter__(self) -> Server:
         await self.start()

@@ -303,6 +303,9 @@ def _apply(pairs: list[tuple[str, str]], mutation: Any) -> list[tuple[str, str]]
         value = (option.header.raw_value or option.header.value.encode()).decode("latin-1")
         action = option.append_action
         exists = any(k == key for k, _ in out)
+        if action == _HVO.APPEND_IF_EXISTS_OR_ADD:  # the default: Envoy reads ``append``
+            action = (_HVO.APPEND_IF_EXISTS_OR_ADD if option.append.value
+                      else _HVO.OVERWRITE_IF_EXISTS_OR_ADD)
         if action == _HVO.OVERWRITE_IF_EXISTS_OR_ADD or (
                 action == _HVO.OVERWRITE_IF_EXISTS and exists):
             out = [(k, v) for k, v in out if k != key]

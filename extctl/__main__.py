@@ -1,0 +1,3 @@
+from extctl.cli import main
+
+main()

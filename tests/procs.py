@@ -1,0 +1,135 @@
+"""Processors used by the end-to-end tests (importable by ``extctl serve procs:Name``)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+
+import extproc
+from extproc import Body, BodyMode, Headers, ImmediateResponse
+
+
+class Rewrite(extproc.Processor):
+    """Sets, appends and removes request headers; adds a response header; denies x-deny."""
+
+    async def on_request_headers(self, headers: Headers) -> ImmediateResponse | None:
+        if "x-deny" in headers:
+            return ImmediateResponse(403, body=b"denied\n", headers={"x-why": "policy"})
+        if "x-boom" in headers:
+            raise RuntimeError("secret internal detail")
+        headers["x-path"] = headers[":path"]
+        headers["x-replaced"] = "new"
+        headers.add("x-multi", "second")
+        del headers["x-internal"]
+        return None
+
+    async def on_response_headers(self, headers: Headers) -> None:
+        headers["x-processed-by"] = f"extkit-{os.getpid()}"
+        # Later phases read the request's headers.
+        assert self.request_headers is not None
+        headers["x-request-path"] = self.request_headers[":path"]
+
+
+class FailOpen(Rewrite):
+    fail_open = True
+
+
+class HeadersOnly(extproc.Processor):
+    async def on_request_headers(self, headers: Headers) -> None:
+        headers["x-seen"] = "1"
+
+
+class Streamed(extproc.Processor):
+    """Rewrites each response chunk as it arrives and tags it with its index."""
+
+    response_body_mode = BodyMode.STREAMED
+
+    def __init__(self) -> None:
+        self.chunks = 0
+
+    async def on_response_body(self, body: Body) -> None:
+        if body.data:
+            self.chunks += 1
+            body.data = body.data.replace(b"secret", b"******") + f"[{self.chunks}]".encode()
+
+
+class BufferedJson(extproc.Processor):
+    """Adds a field to a JSON request body; content-length is fixed by the framework."""
+
+    request_body_mode = BodyMode.BUFFERED
+
+    async def on_request_headers(self, headers: Headers) -> None:
+        headers["x-body-mode"] = "buffered"
+
+    async def on_request_body(self, body: Body) -> None:
+        document = json.loads(body.data)
+        document["added_by"] = "extkit"
+        body.data = json.dumps(document).encode()
+
+
+class FullDuplexRedact(extproc.Processor):
+    """Redacts WORD in both directions even when it is split across chunks."""
+
+    WORD = b"password"
+    request_body_mode = BodyMode.FULL_DUPLEX_STREAMED
+    response_body_mode = BodyMode.FULL_DUPLEX_STREAMED
+
+    def __init__(self) -> None:
+        self.held = {"request": b"", "response": b""}
+
+    def _redact(self, direction: str, body: Body) -> None:
+        data = (self.held[direction] + body.data).replace(self.WORD, b"*" * len(self.WORD))
+        if body.end_of_stream:
+            self.held[direction], body.data = b"", data
+        else:
+            keep = len(self.WORD) - 1  # a split WORD's head stays here until the next chunk
+            self.held[direction], body.data = data[-keep:], data[:-keep]
+
+    async def on_request_body(self, body: Body) -> None:
+        self._redact("request", body)
+
+    async def on_response_body(self, body: Body) -> None:
+        self._redact("response", body)
+
+    async def on_request_trailers(self, trailers: Headers) -> None:
+        trailers["x-trailer-seen"] = "yes"
+
+
+class Slow(extproc.Processor):
+    """Holds the request for ``x-sleep-ms`` in the hook (graceful shutdown tests)."""
+
+    message_timeout = 10.0
+
+    async def on_request_headers(self, headers: Headers) -> None:
+        await asyncio.sleep(int(headers.get("x-sleep-ms") or 0) / 1000)
+        headers["x-slept"] = "1"
+
+    async def on_response_headers(self, headers: Headers) -> None:
+        headers["x-worker-pid"] = str(os.getpid())
+
+
+class Metadata(extproc.Processor):
+    """Emits dynamic metadata and reads requested attributes."""
+
+    dynamic_metadata_namespaces = ("extkit",)
+    request_attributes = ("request.path", "request.method")
+
+    async def on_request_headers(self, headers: Headers) -> None:
+        attrs = self.attributes
+        headers["x-attr-path"] = str(attrs.get("request.path"))
+        headers["x-attr-method"] = str(attrs.get("request.method"))
+        self.set_dynamic_metadata("extkit", "tenant", "blue")
+
+
+class ModeOverride(extproc.Processor):
+    """Asks for the response body only when the request says so."""
+
+    allow_mode_override = True
+
+    async def on_request_headers(self, headers: Headers) -> None:
+        if headers.get("x-want-body") == "1":
+            self.override_mode(response_body=BodyMode.BUFFERED)
+
+    async def on_response_body(self, body: Body) -> None:
+        body.data = body.data.upper()

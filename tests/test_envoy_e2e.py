@@ -1,0 +1,188 @@
+"""End to end: a real Envoy, ext_proc over a Unix socket, an upstream echoing what it got."""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+
+import pytest
+from procs import (
+    BufferedJson,
+    FailOpen,
+    FullDuplexRedact,
+    HeadersOnly,
+    Metadata,
+    ModeOverride,
+    Rewrite,
+    Streamed,
+)
+
+pytestmark = pytest.mark.envoy
+
+
+def test_request_headers_set_appended_removed_and_response_header_added(make_stack):
+    with make_stack(Rewrite) as s:
+        reply = s.get("/a/b?q=1", headers={"x-internal": "drop me", "x-replaced": "old",
+                                           "x-multi": "first"})
+    assert reply.status == 200
+    seen = reply.upstream_headers()
+    assert seen["x-path"] == ["/a/b?q=1"]
+    assert seen["x-replaced"] == ["new"]
+    # Envoy joins repeated request headers for HTTP/1 upstreams, in order.
+    assert ",".join(seen["x-multi"]).replace(" ", "") == "first,second"
+    assert "x-internal" not in seen
+    assert reply.headers["x-processed-by"].startswith("extkit-")
+    assert reply.headers["x-request-path"] == "/a/b?q=1"
+
+
+def test_streamed_response_body_rewritten_chunk_by_chunk(make_stack):
+    chunks = ["the secret is ", "not a secret ", "any more"]
+    with make_stack(Streamed) as s:
+        reply = s.get("/", headers={"x-echo-chunks": json.dumps(chunks)})
+        counts = dict(s.counts)
+    assert reply.status == 200
+    body = reply.body.decode()
+    assert "secret" not in body
+    assert body.startswith("the ****** is [1]not a ****** [2]any more[3]")
+    assert counts["response_body"] >= 3  # one message per upstream chunk (plus end of stream)
+
+
+def test_buffered_json_request_body_rewritten_with_correct_content_length(make_stack):
+    payload = json.dumps({"user": "ada", "items": list(range(50))}).encode()
+    with make_stack(BufferedJson) as s:
+        reply = s.get("/orders", method="POST", body=payload,
+                      headers={"content-type": "application/json"})
+    assert reply.status == 200
+    echoed = reply.json()
+    document = json.loads(echoed["body"])
+    assert document["added_by"] == "extkit" and document["user"] == "ada"
+    seen = reply.upstream_headers()
+    assert seen["content-length"] == [str(echoed["body_length"])]
+    assert int(seen["content-length"][0]) == len(echoed["body"]) > len(payload)
+    assert seen["x-body-mode"] == ["buffered"]
+    assert not echoed["chunked"]
+
+
+def test_full_duplex_redacts_a_word_split_across_chunks_both_ways(make_stack):
+    with make_stack(FullDuplexRedact) as s:
+        response = s.get("/", headers={"x-echo-chunks": json.dumps(["my pass", "word is x"])})
+        request = s.get("/up", method="POST", chunks=[b"top pass", b"word!"])
+    assert response.status == 200
+    assert response.body == b"my ******** is x"
+    assert request.status == 200
+    assert request.json()["body"] == "top ********!"
+
+
+def _raw_chunked_with_trailers(port: int, chunks: list[bytes], trailers: dict[str, str]) -> bytes:
+    request = b"POST /t HTTP/1.1\r\nhost: local\r\ntransfer-encoding: chunked\r\n\r\n"
+    for chunk in chunks:
+        request += b"%x\r\n%s\r\n" % (len(chunk), chunk)
+    request += b"0\r\n" + "".join(f"{k}: {v}\r\n" for k, v in trailers.items()).encode()
+    request += b"\r\n"
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+        conn.sendall(request)
+        data = b""
+        while not data.endswith(b"\r\n0\r\n\r\n"):
+            part = conn.recv(65536)
+            if not part:
+                break
+            data += part
+    return data
+
+
+def test_full_duplex_with_trailers_flushes_held_bytes_and_forwards_trailers(make_stack):
+    with make_stack(FullDuplexRedact, http1_trailers=True) as s:
+        raw = _raw_chunked_with_trailers(s.envoy.port, [b"top pass", b"word!"], {"x-t": "1"})
+        counts = dict(s.counts)
+    # The response is chunked by Envoy (and held back by the processor): undo the framing.
+    head, _, framed = raw.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200")
+    body = b""
+    while framed:
+        size_line, _, framed = framed.partition(b"\r\n")
+        size = int(size_line, 16)
+        body, framed = body + framed[:size], framed[size + 2:]
+        if size == 0:
+            break
+    echoed = json.loads(body)
+    assert echoed["body"] == "top ********!"
+    assert ["x-t", "1"] in echoed["trailers"]
+    assert ["x-trailer-seen", "yes"] in echoed["trailers"]
+    assert counts["request_trailers"] == 1
+
+
+def test_immediate_response_403_with_body_and_header(make_stack):
+    with make_stack(Rewrite) as s:
+        reply = s.get("/", headers={"x-deny": "1"})
+    assert reply.status == 403
+    assert reply.body == b"denied\n"
+    assert reply.headers["x-why"] == "policy"
+
+
+def test_hook_exception_fails_closed_then_next_request_works(make_stack, caplog):
+    caplog.set_level(logging.ERROR, logger="extproc")
+    with make_stack(Rewrite) as s:
+        failed = s.get("/", headers={"x-boom": "1", "x-request-id": "req-boom-1"})
+        after = s.get("/fine")
+    assert failed.status == 500
+    assert b"secret internal detail" not in failed.body
+    assert after.status == 200
+    assert after.upstream_headers()["x-path"] == ["/fine"]
+    records = [r for r in caplog.records if "on_request_headers failed" in r.getMessage()]
+    assert records, "the hook failure must be logged"
+    assert "req-boom-1" in records[0].getMessage()
+    assert records[0].exc_info is not None  # with the traceback
+
+
+def test_fail_open_class_passes_the_request_unchanged(make_stack):
+    with make_stack(FailOpen) as s:
+        reply = s.get("/", headers={"x-boom": "1", "x-internal": "kept"})
+    assert reply.status == 200
+    seen = reply.upstream_headers()
+    assert seen["x-internal"] == ["kept"]  # unchanged: the hook's work is not applied
+    assert "x-path" not in seen
+
+
+def test_headers_only_processor_receives_no_body_messages(make_stack):
+    with make_stack(HeadersOnly) as s:
+        for _ in range(3):
+            reply = s.get("/", method="POST", body=b"x" * 5000)
+            assert reply.status == 200
+            assert reply.json()["body_length"] == 5000
+        reply = s.get("/", headers={"x-echo-chunks": json.dumps(["a", "b", "c"])})
+        assert reply.body == b"abc"
+        counts = dict(s.counts)
+    assert counts == {"request_headers": 4}
+
+
+def test_dynamic_metadata_and_attributes(make_stack):
+    with make_stack(Metadata,
+                    route_headers=[("x-from-metadata", "%DYNAMIC_METADATA(extkit:tenant)%")]) as s:
+        reply = s.get("/attr/path", method="PUT", body=b"{}")
+    seen = reply.upstream_headers()
+    assert seen["x-attr-path"] == ["/attr/path"]
+    assert seen["x-attr-method"] == ["PUT"]
+    assert seen["x-from-metadata"] == ["blue"]
+
+
+def test_mode_override_asks_for_the_response_body_per_request(make_stack):
+    with make_stack(ModeOverride) as s:
+        plain = s.get("/", headers={"x-echo-chunks": json.dumps(["abc"])})
+        before = dict(s.counts)
+        upper = s.get("/", headers={"x-echo-chunks": json.dumps(["abc"]), "x-want-body": "1"})
+        after = dict(s.counts)
+    assert plain.body == b"abc"
+    assert "response_body" not in before
+    assert upper.body == b"ABC"
+    assert after["response_body"] == 1
+
+
+def test_direct_response_without_upstream(sock_dir):
+    from conftest import stack
+
+    with stack(HeadersOnly, sock_dir, None) as s:
+        reply = s.get("/")
+        counts = dict(s.counts)
+    assert reply.status == 200 and reply.body == b"ok\n"
+    assert counts == {"request_headers": 1}

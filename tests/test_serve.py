@@ -1,0 +1,347 @@
+"""``extctl serve`` as a real process: signals, sockets, health, workers, TLS, bad input."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import socket
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+from conftest import http, wait_for_socket
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from procs import HeadersOnly, Slow
+
+from extctl.envoy_config import EnvoyConfig, bootstrap
+from extctl.envoy_runner import EnvoyProcess
+from extproc import SERVICE_NAME
+from extproc.testing import ServerThread
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+def _health(target: str, service: str = "", credentials: grpc.ChannelCredentials | None = None,
+            **channel_options: str) -> int:
+    options = list(channel_options.items())
+    channel = (grpc.secure_channel(target, credentials, options=options) if credentials
+               else grpc.insecure_channel(target))
+    with channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        return int(stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=5).status)
+
+
+def test_health_answers_serving_over_the_unix_socket(sock_dir, extctl):
+    path = sock_dir / "h.sock"
+    proc = extctl("serve", "procs:HeadersOnly", "--uds", str(path), "--socket-mode", "600")
+    try:
+        wait_for_socket(path, proc)
+        assert _health(f"unix:{path}") == SERVING
+        assert _health(f"unix:{path}", SERVICE_NAME) == SERVING
+        assert path.stat().st_mode & 0o777 == 0o600
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(15) == 0
+    assert not path.exists()
+
+
+def test_health_reports_not_serving_while_draining(sock_dir):
+    server = ServerThread(HeadersOnly, uds=str(sock_dir / "d.sock")).start()
+    channel = grpc.insecure_channel(server.target)
+    try:
+        watch = health_pb2_grpc.HealthStub(channel).Watch(
+            health_pb2.HealthCheckRequest(service=""), timeout=20)
+        assert next(watch).status == SERVING
+        stopper = threading.Thread(target=server.stop, kwargs={"grace": 2})
+        stopper.start()
+        assert next(watch).status == NOT_SERVING
+        stopper.join(20)
+        assert not stopper.is_alive()
+    finally:
+        channel.close()
+
+
+def _envoy_for(addresses: list[str], workdir: Path, processor: type = Slow) -> EnvoyProcess:
+    return EnvoyProcess(bootstrap(EnvoyConfig(processor, addresses)), workdir)
+
+
+def test_sigterm_lets_the_in_flight_request_finish_then_exits_0(sock_dir, extctl):
+    path = sock_dir / "s.sock"
+    proc = extctl("serve", "procs:Slow", "--uds", str(path), "--grace-period", "10")
+    try:
+        wait_for_socket(path, proc)
+        with _envoy_for([str(path)], sock_dir / "envoy") as envoy:
+            result: dict[str, object] = {}
+            slow = threading.Thread(target=lambda: result.update(
+                reply=http(envoy.port, "/", headers={"x-sleep-ms": "1500"})))
+            slow.start()
+            time.sleep(0.5)  # the request is now inside the processor's hook
+            proc.send_signal(signal.SIGTERM)
+            slow.join(20)
+            reply = result["reply"]
+            assert reply.status == 200  # type: ignore[attr-defined]
+            assert reply.headers.get("x-worker-pid") == str(proc.pid)  # type: ignore[attr-defined]
+            assert proc.wait(15) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert not path.exists()
+    assert "draining" in proc.communicate(timeout=15)[1]
+
+
+def test_second_signal_cuts_in_flight_streams_and_exits_1(sock_dir, extctl):
+    path = sock_dir / "f.sock"
+    proc = extctl("serve", "procs:Slow", "--uds", str(path), "--grace-period", "60")
+    try:
+        wait_for_socket(path, proc)
+        with _envoy_for([str(path)], sock_dir / "envoy") as envoy:
+            slow = threading.Thread(target=lambda: http(envoy.port, "/",
+                                                        headers={"x-sleep-ms": "8000"}))
+            slow.start()
+            time.sleep(0.5)
+            proc.send_signal(signal.SIGTERM)
+            time.sleep(0.5)
+            started = time.monotonic()
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(15) == 1
+            assert time.monotonic() - started < 5  # not the 60 s grace, nor the 8 s sleep
+            slow.join(20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert not path.exists()
+
+
+def test_stale_socket_file_is_replaced(sock_dir, extctl):
+    path = sock_dir / "stale.sock"
+    stale = socket.socket(socket.AF_UNIX)
+    stale.bind(str(path))
+    stale.close()  # the file stays; nothing listens
+    assert path.exists()
+    proc = extctl("serve", "procs:HeadersOnly", "--uds", str(path))
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                if _health(f"unix:{path}") == SERVING:
+                    break
+            except grpc.RpcError:
+                time.sleep(0.1)
+        assert _health(f"unix:{path}") == SERVING
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(15) == 0
+
+
+def test_socket_in_use_is_refused_with_exit_3(sock_dir, extctl):
+    path = sock_dir / "busy.sock"
+    busy = socket.socket(socket.AF_UNIX)
+    busy.bind(str(path))
+    busy.listen()
+    try:
+        proc = extctl("serve", "procs:HeadersOnly", "--uds", str(path))
+        _, err = proc.communicate(timeout=30)
+        assert proc.returncode == 3
+        assert "already listening" in err and str(path) in err
+        assert "Traceback" not in err
+        assert path.exists()  # the other server's socket is left alone
+    finally:
+        busy.close()
+
+
+def test_not_a_socket_is_refused(sock_dir, extctl):
+    path = sock_dir / "file.sock"
+    path.write_text("data")
+    proc = extctl("serve", "procs:HeadersOnly", "--uds", str(path))
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 3
+    assert "is not a socket" in err
+    assert path.read_text() == "data"
+
+
+@pytest.mark.parametrize(("spec", "message"), [
+    ("no_such_module:Thing", "module 'no_such_module' not found"),
+    ("procs:Missing", "has no attribute 'Missing'"),
+    ("procs:asyncio", "not an extproc.Processor subclass"),
+    ("procs", "is not module:Class"),
+])
+def test_bad_module_class_spec_exits_4_with_one_line(sock_dir, spec, message, extctl):
+    proc = extctl("serve", spec, "--uds", str(sock_dir / "x.sock"))
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 4
+    assert message in err
+    assert err.strip().count("\n") == 0
+    assert "Traceback" not in err
+
+
+def test_import_error_inside_the_users_module_is_shown_as_is(sock_dir, tmp_path, extctl):
+    (tmp_path / "broken_app.py").write_text("import not_installed_dependency\n")
+    proc = extctl("serve", "broken_app:P", "--uds", str(sock_dir / "x.sock"),
+                  "--app-dir", str(tmp_path))
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode != 0
+    assert "No module named 'not_installed_dependency'" in err
+    assert "module 'broken_app' not found" not in err
+
+
+@pytest.mark.parametrize("args", [
+    ["--uds", "/tmp/a.sock", "--address", "127.0.0.1:9000"],
+    [],
+    ["--address", "127.0.0.1:0", "--workers", "2"],
+    ["--uds", "/tmp/" + "x" * 120 + ".sock"],
+])
+def test_contradictory_options_exit_2(args, extctl):
+    proc = extctl("serve", "procs:HeadersOnly", *args)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 2
+    assert err.startswith("error: ")
+
+
+def test_two_workers_both_serve_through_envoy(sock_dir, extctl):
+    path = sock_dir / "w.sock"
+    proc = extctl("serve", "procs:Slow", "--uds", str(path), "--workers", "2")
+    sockets = [sock_dir / "w-0.sock", sock_dir / "w-1.sock"]
+    try:
+        for worker_socket in sockets:
+            wait_for_socket(worker_socket, proc)
+        with _envoy_for([str(s) for s in sockets], sock_dir / "envoy") as envoy:
+            pids = {http(envoy.port, "/").headers["x-worker-pid"] for _ in range(20)}
+        assert len(pids) == 2
+        assert str(proc.pid) not in pids  # the supervisor only supervises
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert not any(s.exists() for s in sockets)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def tls_files(tmp_path_factory) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("tls")
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=d, check=True, capture_output=True)
+
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=test-ca",
+            "-keyout", "ca.key", "-out", "ca.pem")
+    for name in ("server", "client"):
+        openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={name}",
+                "-keyout", f"{name}.key", "-out", f"{name}.csr")
+        (d / f"{name}.ext").write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
+        openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+                "-CAcreateserial", "-days", "2", "-extfile", f"{name}.ext", "-out", f"{name}.pem")
+    return {p.stem + p.suffix: p for p in d.iterdir()}
+
+
+def test_tcp_with_tls_and_client_certificates(tls_files, extctl):
+    port = _free_port()
+    proc = extctl("serve", "procs:HeadersOnly", "--address", f"127.0.0.1:{port}",
+                  "--tls-cert", str(tls_files["server.pem"]),
+                  "--tls-key", str(tls_files["server.key"]),
+                  "--tls-client-ca", str(tls_files["ca.pem"]))
+    try:
+        ca = tls_files["ca.pem"].read_bytes()
+        with_client_cert = grpc.ssl_channel_credentials(
+            ca, tls_files["client.key"].read_bytes(), tls_files["client.pem"].read_bytes())
+        deadline = time.monotonic() + 20
+        status = None
+        while time.monotonic() < deadline and status is None:
+            try:
+                status = _health(f"127.0.0.1:{port}", credentials=with_client_cert)
+            except grpc.RpcError:
+                time.sleep(0.1)
+        assert status == SERVING
+        with pytest.raises(grpc.RpcError):
+            _health(f"127.0.0.1:{port}", credentials=grpc.ssl_channel_credentials(ca))
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(15) == 0
+
+
+def test_tcp_address_in_use_exits_3(extctl):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proc = extctl("serve", "procs:HeadersOnly", "--address", f"127.0.0.1:{port}")
+        _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 3
+    assert "cannot listen on 127.0.0.1:" in err
+
+
+def test_env_vars_configure_serve(sock_dir, extctl):
+    path = sock_dir / "env.sock"
+    proc = extctl("serve", "procs:HeadersOnly",
+                  env={"EXTCTL_SERVE_UDS": str(path), "EXTCTL_SERVE_SOCKET_MODE": "640"})
+    try:
+        wait_for_socket(path, proc)
+        time.sleep(0.2)
+        assert path.stat().st_mode & 0o777 == 0o640
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(15) == 0
+
+
+def test_on_startup_and_on_shutdown_run_in_the_server_process(sock_dir, tmp_path, extctl):
+    marker = tmp_path / "lifecycle.log"
+    (tmp_path / "life_app.py").write_text(
+        "import extproc\n"
+        f"LOG = {str(marker)!r}\n"
+        "class P(extproc.Processor):\n"
+        "    @classmethod\n"
+        "    async def on_startup(cls):\n"
+        "        open(LOG, 'a').write('startup\\n')\n"
+        "    @classmethod\n"
+        "    async def on_shutdown(cls):\n"
+        "        open(LOG, 'a').write('shutdown\\n')\n"
+        "    async def on_request_headers(self, headers):\n"
+        "        pass\n")
+    path = sock_dir / "life.sock"
+    proc = extctl("serve", "life_app:P", "--uds", str(path), "--app-dir", str(tmp_path))
+    wait_for_socket(path, proc)
+    assert marker.read_text() == "startup\n"
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(15) == 0
+    assert marker.read_text() == "startup\nshutdown\n"
+
+
+def test_failing_on_startup_exits_3(sock_dir, tmp_path, extctl):
+    (tmp_path / "bad_start.py").write_text(
+        "import extproc\n"
+        "class P(extproc.Processor):\n"
+        "    @classmethod\n"
+        "    async def on_startup(cls):\n"
+        "        raise ConnectionError('cache unreachable')\n")
+    path = sock_dir / "bad.sock"
+    proc = extctl("serve", "bad_start:P", "--uds", str(path), "--app-dir", str(tmp_path))
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 3
+    assert "cache unreachable" in err
+    assert not path.exists()
+
+
+def test_serve_async_api_in_process(sock_dir):
+    import extproc
+
+    async def main() -> int:
+        config = extproc.ServerConfig(uds=str(sock_dir / "api.sock"))
+        async with extproc.Server(HeadersOnly, config) as server:
+            channel = grpc.aio.insecure_channel(server.target)
+            async with channel:
+                response = await health_pb2_grpc.HealthStub(channel).Check(
+                    health_pb2.HealthCheckRequest(service=""), timeout=5)
+            return int(response.status)
+
+    assert asyncio.run(main()) == SERVING
+    assert not (sock_dir / "api.sock").exists()
