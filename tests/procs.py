@@ -133,3 +133,39 @@ class ModeOverride(extproc.Processor):
 
     async def on_response_body(self, body: Body) -> None:
         body.data = body.data.upper()
+
+
+class Soak(extproc.Processor):
+    """Headers both ways plus a streamed response body: the common per-request work."""
+
+    response_body_mode = BodyMode.STREAMED
+
+    async def on_request_headers(self, headers: Headers) -> ImmediateResponse | None:
+        if "x-deny" in headers:
+            return ImmediateResponse(403, body=b"denied\n")
+        headers["x-soak"] = headers.get(":path", "")
+        return None
+
+    async def on_response_headers(self, headers: Headers) -> None:
+        headers.add("x-soak-response", "1")
+
+    async def on_response_body(self, body: Body) -> None:
+        body.data = body.data.replace(b"GET", b"get")
+
+
+class BypassChecks(extproc.Processor):
+    """Sends the mutations Headers refuses, bypassing its checks, to see what Envoy does."""
+
+    async def on_request_headers(self, headers: Headers) -> None:
+        for name, value in (("host", "evil.example"), (":authority", "evil.example"),
+                            (":method", "DELETE"), (":scheme", "https"),
+                            ("x-envoy-original-path", "/evil")):
+            headers._change(name, 0, value)  # 0: set
+        headers._change(":path", 2, None)  # 2: remove a pseudo-header
+
+
+class RoutingAllowed(extproc.Processor):
+    allow_routing_mutations = True
+
+    async def on_request_headers(self, headers: Headers) -> None:
+        headers["host"] = "rewritten.example"

@@ -9,12 +9,14 @@ import socket
 import pytest
 from procs import (
     BufferedJson,
+    BypassChecks,
     FailOpen,
     FullDuplexRedact,
     HeadersOnly,
     Metadata,
     ModeOverride,
     Rewrite,
+    RoutingAllowed,
     Streamed,
 )
 
@@ -25,7 +27,9 @@ def test_request_headers_set_appended_removed_and_response_header_added(make_sta
     with make_stack(Rewrite) as s:
         reply = s.get("/a/b?q=1", headers={"x-internal": "drop me", "x-replaced": "old",
                                            "x-multi": "first"})
+        rejected = s.envoy.stats("http.ingress.ext_proc.rejected_header_mutations")
     assert reply.status == 200
+    assert rejected == {"http.ingress.ext_proc.rejected_header_mutations": 0}
     seen = reply.upstream_headers()
     assert seen["x-path"] == ["/a/b?q=1"]
     assert seen["x-replaced"] == ["new"]
@@ -186,3 +190,23 @@ def test_direct_response_without_upstream(sock_dir):
         counts = dict(s.counts)
     assert reply.status == 200 and reply.body == b"ok\n"
     assert counts == {"request_headers": 1}
+
+
+def test_envoy_ignores_exactly_the_mutations_headers_refuses(make_stack):
+    """The MutationError list is Envoy's behaviour, checked against a real Envoy."""
+    with make_stack(BypassChecks) as s:
+        reply = s.get("/orig", headers={"host": "orig.example"})
+        rejected = s.envoy.stats("http.ingress.ext_proc.rejected_header_mutations")
+    assert reply.status == 200
+    echoed = reply.json()
+    assert echoed["method"] == "GET" and echoed["path"] == "/orig"
+    seen = reply.upstream_headers()
+    assert seen["host"] == ["orig.example"]
+    assert "x-envoy-original-path" not in seen
+    assert rejected["http.ingress.ext_proc.rejected_header_mutations"] == 6
+
+
+def test_routing_mutation_applies_when_the_class_allows_it(make_stack):
+    with make_stack(RoutingAllowed) as s:
+        reply = s.get("/", headers={"host": "orig.example"})
+    assert reply.upstream_headers()["host"] == ["rewritten.example"]

@@ -1,0 +1,29 @@
+"""The public surface of ``extproc`` cannot drift by accident."""
+
+import extproc
+import extproc.testing
+
+
+def test_extproc_public_names():
+    assert sorted(extproc.__all__) == sorted([
+        "Body", "BodyMode", "ExtprocError", "Headers", "ImmediateResponse",
+        "ImportFromStringError", "MutationError", "ProcessingMode", "Processor",
+        "ProcessorDefinitionError", "ProtocolError", "SERVICE_NAME", "ServeError", "Server",
+        "ServerConfig", "import_processor", "serve", "serve_async",
+    ])
+    for name in extproc.__all__:
+        member = getattr(extproc, name)
+        if callable(member) and not isinstance(member, str):
+            assert member.__module__.startswith("extproc"), name
+
+
+def test_testing_public_names():
+    assert sorted(extproc.testing.__all__) == [
+        "Message", "Result", "ServerThread", "lifespan", "run", "run_sync"]
+    for name in extproc.testing.__all__:
+        assert getattr(extproc.testing, name).__module__ == "extproc.testing"
+
+
+def test_body_modes_are_the_four_envoy_gateway_names():
+    assert [m.gateway_name for m in extproc.BodyMode] == [
+        "Streamed", "Buffered", "BufferedPartial", "FullDuplexStreamed"]

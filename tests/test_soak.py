@@ -1,0 +1,94 @@
+"""5,000 requests through a real Envoy: no errors, and the server's memory and fds stay flat."""
+
+from __future__ import annotations
+
+import http.client
+import signal
+import threading
+from pathlib import Path
+
+from conftest import wait_for_socket
+from procs import Soak
+
+from extctl.envoy_config import EnvoyConfig, bootstrap
+from extctl.envoy_runner import EnvoyProcess
+
+TOTAL = 5000
+WARMUP = 500
+THREADS = 4
+RSS_GROWTH_LIMIT_KIB = 16 * 1024  # after warm-up; a leak of ~3 KiB per request would exceed it
+FD_GROWTH_LIMIT = 4
+
+
+def _rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+def _fds(pid: int) -> int:
+    return len(list(Path(f"/proc/{pid}/fd").iterdir()))
+
+
+def _drive(port: int, count: int, offset: int, statuses: list[int], errors: list[str]) -> None:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        for i in range(count):
+            n = offset + i
+            headers = {"x-deny": "1"} if n % 50 == 0 else {}
+            try:
+                conn.request("GET", f"/soak/{n}", headers=headers)
+                resp = conn.getresponse()
+                body = resp.read()
+                statuses.append(resp.status)
+                if resp.status == 200 and (b'"method": "get"' not in body
+                                           or resp.getheader("x-soak-response") != "1"):
+                    errors.append(f"request {n}: unprocessed answer")
+            except (OSError, http.client.HTTPException) as exc:
+                errors.append(f"request {n}: {exc!r}")
+                conn.close()
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    finally:
+        conn.close()
+
+
+def _round(port: int, total: int, offset: int) -> tuple[list[int], list[str]]:
+    statuses: list[int] = []
+    errors: list[str] = []
+    per_thread = total // THREADS
+    threads = [threading.Thread(target=_drive,
+                                args=(port, per_thread, offset + t * per_thread, statuses, errors))
+               for t in range(THREADS)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(300)
+    return statuses, errors
+
+
+def test_5000_requests_no_errors_and_flat_rss_and_fds(sock_dir, echo, extctl):
+    path = sock_dir / "soak.sock"
+    proc = extctl("serve", "procs:Soak", "--uds", str(path), "--log-level", "warning")
+    wait_for_socket(path, proc)
+    config = EnvoyConfig(Soak, [str(path)], upstream=echo.address)
+    with EnvoyProcess(bootstrap(config), sock_dir / "envoy") as envoy:
+        statuses, errors = _round(envoy.port, WARMUP, 0)
+        assert not errors and len(statuses) == WARMUP
+        rss_before, fds_before = _rss_kib(proc.pid), _fds(proc.pid)
+        statuses, errors = _round(envoy.port, TOTAL - WARMUP, WARMUP)
+        rss_after, fds_after = _rss_kib(proc.pid), _fds(proc.pid)
+        stats = envoy.stats("http.ingress.ext_proc.")
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(15) == 0
+    assert errors == []
+    assert len(statuses) == TOTAL - WARMUP
+    denied = sum(1 for n in range(WARMUP, TOTAL) if n % 50 == 0)
+    assert statuses.count(403) == denied
+    assert statuses.count(200) == TOTAL - WARMUP - denied
+    assert stats["http.ingress.ext_proc.streams_started"] == TOTAL
+    for counter in ("streams_failed", "message_timeouts", "rejected_header_mutations",
+                    "spurious_msgs_received", "failure_mode_allowed"):
+        assert stats[f"http.ingress.ext_proc.{counter}"] == 0, counter
+    assert rss_after - rss_before <= RSS_GROWTH_LIMIT_KIB, (rss_before, rss_after)
+    assert fds_after - fds_before <= FD_GROWTH_LIMIT, (fds_before, fds_after)
