@@ -26,7 +26,7 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 from google.protobuf import any_pb2, duration_pb2, json_format
 
-from extproc import Processor
+from extproc import ProcessingMode, Processor
 from extproc._config import split_address
 
 EXT_PROC_CLUSTER = "extproc"
@@ -37,10 +37,13 @@ UPSTREAM_CLUSTER = "upstream"
 class EnvoyConfig:
     """What the generated Envoy listens on and talks to."""
 
-    processor: type[Processor]
-    """The class whose processing mode, attributes and rules configure the filter."""
+    processor: type[Processor] | None
+    """The class whose processing mode, attributes and rules configure the filter
+    (None: no ext_proc filter at all, Envoy alone)."""
     processor_addresses: Sequence[str]
     """Every worker's Unix socket path or host:port (``ServerConfig.addresses()``)."""
+    processing_mode: ProcessingMode | None = None
+    """Send these phases instead of the class's own (None: the class's derived mode)."""
     upstream: str | None = None
     """host:port of the upstream; None answers every request with ``direct_response``."""
     listen: str = "127.0.0.1:0"
@@ -90,7 +93,9 @@ def _seconds(value: float) -> Any:
 def ext_proc_filter(config: EnvoyConfig) -> Any:
     """The ``envoy.filters.http.ext_proc`` filter configured from the Processor class."""
     cls = config.processor
+    assert cls is not None
     timeout = config.message_timeout or cls.message_timeout
+    mode = config.processing_mode or cls.processing_mode()
     grpc = grpc_service_pb2.GrpcService(
         envoy_grpc=grpc_service_pb2.GrpcService.EnvoyGrpc(
             cluster_name=EXT_PROC_CLUSTER,
@@ -99,7 +104,7 @@ def ext_proc_filter(config: EnvoyConfig) -> Any:
     filter_config = ext_proc_pb2.ExternalProcessor(
         grpc_service=grpc,
         failure_mode_allow=config.failure_mode_allow,
-        processing_mode=cls.processing_mode().to_proto(),
+        processing_mode=mode.to_proto(),
         request_attributes=list(cls.request_attributes),
         response_attributes=list(cls.response_attributes),
         allow_mode_override=cls.allow_mode_override,
@@ -138,7 +143,7 @@ def bootstrap(config: EnvoyConfig) -> Any:
             virtual_hosts=[route_components_pb2.VirtualHost(
                 name="any", domains=["*"], routes=[route])]),
         http_filters=[
-            ext_proc_filter(config),
+            *([ext_proc_filter(config)] if config.processor is not None else []),
             hcm_pb2.HttpFilter(name="envoy.filters.http.router",
                                typed_config=_any(router_pb2.Router())),
         ],
@@ -159,7 +164,7 @@ def bootstrap(config: EnvoyConfig) -> Any:
     http2 = http_protocol_options_pb2.HttpProtocolOptions(
         explicit_http_config=http_protocol_options_pb2.HttpProtocolOptions.ExplicitHttpConfig(
             http2_protocol_options={}))
-    clusters = [cluster_pb2.Cluster(
+    clusters = [] if config.processor is None else [cluster_pb2.Cluster(
         name=EXT_PROC_CLUSTER,
         type=cluster_pb2.Cluster.STATIC,
         connect_timeout=_seconds(1),

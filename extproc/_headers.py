@@ -10,9 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
-from envoy.config.core.v3 import base_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
-from google.protobuf import wrappers_pb2
 
 from ._errors import MutationError
 
@@ -20,12 +18,6 @@ _SET = 0  # replace all values of the name
 _APPEND = 1  # keep the original values, append these
 _REMOVE = 2  # remove every value
 
-# Envoy's ext_proc reads the (deprecated) ``append`` flag; ``append_action`` left at its default
-# makes newer Envoys that prefer append_action fall back to ``append`` too. So: only ``append``.
-_OVERWRITE = wrappers_pb2.BoolValue(value=False)
-_APPEND_FLAG = wrappers_pb2.BoolValue(value=True)
-_HeaderValue = base_pb2.HeaderValue
-_HeaderValueOption = base_pb2.HeaderValueOption
 
 # Headers whose mutation Envoy ignores unless the filter's mutation_rules allow routing changes.
 ROUTING_HEADERS = frozenset({"host", ":authority", ":scheme", ":method"})
@@ -41,13 +33,8 @@ _SETTABLE_PSEUDO = {
 _TOKEN = frozenset("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyz")
 _BAD_VALUE = frozenset("\r\n\x00")
 
-
-def _decode(hv: Any) -> str:
-    raw: bytes = hv.raw_value
-    if raw:
-        return raw.decode("latin-1")
-    # Older data planes (and hand-written clients) fill ``value``; read it, never write it.
-    return str(hv.value)
+# Names already validated, keyed with everything the verdict depends on.
+_CHECKED: dict[tuple[str, str, str, bool, bool], str] = {}
 
 
 class Headers:
@@ -58,7 +45,8 @@ class Headers:
     appends, ``del h[name]`` removes (a no-op when absent, as in Envoy).
     """
 
-    __slots__ = ("_allow_envoy", "_allow_routing", "_changes", "_index", "_kind", "_locked", "_raw")
+    __slots__ = ("_allow_envoy", "_allow_routing", "_changes", "_folds", "_index", "_kind",
+                 "_locked", "_raw")
 
     def __init__(
         self,
@@ -79,6 +67,7 @@ class Headers:
         self._allow_routing = allow_routing
         self._allow_envoy = allow_envoy
         self._locked: str | None = None
+        self._folds: list[dict[str, tuple[int, list[str]]]] | None = None
 
     @classmethod
     def _from_proto(
@@ -92,6 +81,7 @@ class Headers:
         self._allow_routing = allow_routing
         self._allow_envoy = allow_envoy
         self._locked = None
+        self._folds = None
         return self
 
     # -- reading ---------------------------------------------------------------------------
@@ -102,7 +92,9 @@ class Headers:
             index = {}
             for hv in self._raw:
                 key = hv.key
-                value = _decode(hv)
+                raw = hv.raw_value
+                # Older data planes (and hand-written clients) fill ``value``: read it too.
+                value = raw.decode("latin-1") if raw else str(hv.value)
                 values = index.get(key)
                 if values is None:
                     index[key] = [value]
@@ -110,6 +102,10 @@ class Headers:
                     values.append(value)
             self._index = index
             self._raw = None
+            if self._folds is not None:
+                for changes in self._folds:
+                    _fold(index, changes)
+                self._folds = None
         return index
 
     def _values(self, name: str) -> Sequence[str]:
@@ -182,8 +178,10 @@ class Headers:
     def __setitem__(self, name: str, value: str | bytes) -> None:
         name = self._check(name, "set")
         text = _as_str(name, value)
-        if name == ":status" and not (len(text) == 3 and text.isdigit() and "1" <= text[0] <= "5"):
-            raise MutationError(f":status must be a 3-digit HTTP status, got {text!r}")
+        if name == ":status" and not (len(text) == 3 and text.isascii() and text.isdigit()
+                                      and "2" <= text[0] <= "5"):
+            # Envoy ignores a :status below 200 (and cannot parse non-ASCII digits).
+            raise MutationError(f":status must be a 3-digit status 200-599, got {text!r}")
         self._change(name, _SET, text)
 
     def add(self, name: str, value: str | bytes) -> None:
@@ -220,6 +218,19 @@ class Headers:
     def _check(self, name: str, action: str) -> str:
         if self._locked is not None:
             raise MutationError(self._locked)
+        if type(name) is not str:
+            raise MutationError(f"header names are str, got {type(name).__name__}")
+        key = (name, action, self._kind, self._allow_routing, self._allow_envoy)
+        checked = _CHECKED.get(key)
+        if checked is not None:
+            return checked
+        checked = self._check_slow(name, action)
+        if len(_CHECKED) >= 4096:
+            _CHECKED.clear()
+        _CHECKED[key] = checked
+        return checked
+
+    def _check_slow(self, name: str, action: str) -> str:
         if not isinstance(name, str):
             raise MutationError(f"header names are str, got {type(name).__name__}")
         name = name.lower()
@@ -256,32 +267,56 @@ class Headers:
 
     def _take_mutation(self) -> Any:
         """The pending changes as a HeaderMutation (None when there are none); clears them."""
+        if not self._changes:
+            return None
+        mutation = pb.HeaderMutation()
+        self._write_mutation(mutation)
+        return mutation
+
+    def _write_mutation(self, mutation: Any) -> None:
+        """Write the pending changes into ``mutation`` (a HeaderMutation) and clear them.
+
+        Built in place: constructing nested messages and copying them costs 3x more.
+        """
         changes = self._changes
         if not changes:
-            return None
-        base = self._base()
-        set_headers = []
-        remove_headers = []
+            return
+        set_headers = mutation.set_headers
         for name, (op, values) in changes.items():
             if op == _REMOVE:
-                remove_headers.append(name)
-                base.pop(name, None)
+                mutation.remove_headers.append(name)
                 continue
-            append = _OVERWRITE if op == _SET else _APPEND_FLAG
+            append = op != _SET
             for value in values:
-                set_headers.append(_HeaderValueOption(
-                    header=_HeaderValue(key=name, raw_value=value.encode("latin-1")),
-                    append=append))
-                append = _APPEND_FLAG
-            if op == _SET:
-                base[name] = list(values)
-            else:
-                base.setdefault(name, []).extend(values)
+                option = set_headers.add()
+                header = option.header
+                header.key = name
+                header.raw_value = value.encode("latin-1")
+                # Envoy's ext_proc reads the (deprecated) ``append`` flag; ``append_action``
+                # left at its default makes Envoys that prefer append_action fall back to it.
+                option.append.value = append
+                append = True
         self._changes = None
-        return pb.HeaderMutation(set_headers=set_headers, remove_headers=remove_headers)
+        if self._index is not None:
+            _fold(self._index, changes)
+        elif self._folds is None:
+            self._folds = [changes]
+        else:
+            self._folds.append(changes)
 
     def _lock(self, reason: str) -> None:
         self._locked = reason
+
+
+def _fold(index: dict[str, list[str]], changes: dict[str, tuple[int, list[str]]]) -> None:
+    """Apply sent changes to the parsed base, so later reads and changes start from them."""
+    for name, (op, values) in changes.items():
+        if op == _REMOVE:
+            index.pop(name, None)
+        elif op == _SET:
+            index[name] = list(values)
+        else:
+            index.setdefault(name, []).extend(values)
 
 
 def _index_pairs(pairs: Iterable[tuple[str, str]]) -> dict[str, list[str]]:
@@ -292,6 +327,8 @@ def _index_pairs(pairs: Iterable[tuple[str, str]]) -> dict[str, list[str]]:
 
 
 def _as_str(name: object, value: object) -> str:
+    if type(value) is str and value.isascii() and value.isprintable():
+        return value  # the common case: no CR, LF or NUL possible, latin-1 encodable
     if isinstance(value, (bytes, bytearray, memoryview)):
         text = bytes(value).decode("latin-1")
     elif isinstance(value, str):

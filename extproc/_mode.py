@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -77,6 +78,12 @@ class ProcessingMode:
             request_trailers=header(mode.request_trailer_mode, base.request_trailers),
             response_trailers=header(mode.response_trailer_mode, base.response_trailers),
         )
+
+    @functools.cached_property
+    def body_proto_values(self) -> tuple[int, int]:
+        """(request, response) BodySendMode numbers, as ``protocol_config`` carries them."""
+        return (self.request_body.proto_value if self.request_body else 0,
+                self.response_body.proto_value if self.response_body else 0)
 
     @property
     def phases(self) -> tuple[str, ...]:

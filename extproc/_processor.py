@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, ClassVar
 
 from google.protobuf import json_format
@@ -228,7 +229,7 @@ class Processor:
                            ("response_trailers", response_trailers)):
             if flag is not None:
                 changes[name] = bool(flag)
-        self._mode_override = ProcessingMode(**{**current.__dict__, **changes})
+        self._mode_override = dataclasses.replace(current, **changes)
 
     # Set by the message loop: the mode in force for this request.
     _effective_mode: ProcessingMode

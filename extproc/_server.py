@@ -11,6 +11,7 @@ import socket
 import stat
 import sys
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
@@ -20,7 +21,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from ._config import ServerConfig, split_address
 from ._errors import ProtocolError, ServeError
 from ._processor import Processor
-from ._stream import run_stream
+from ._stream import answer_stream
 
 logger = logging.getLogger("extproc.server")
 
@@ -147,10 +148,10 @@ class _Servicer:
         self.processor = processor
         self.counts = counts
 
-    async def Process(self, request_iterator: Any, context: Any) -> None:
+    async def Process(self, request_iterator: Any, context: Any) -> AsyncIterator[Any]:
         try:
-            await run_stream(self.processor, context.read, context.write, grpc.aio.EOF,
-                             self.counts)
+            async for answer in answer_stream(self.processor, request_iterator, self.counts):
+                yield answer
         except ProtocolError as exc:
             logger.warning("ext_proc protocol error: %s", exc)
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))

@@ -10,8 +10,9 @@ answer; in FULL_DUPLEX_STREAMED a body chunk gets zero or more (held bytes are f
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
@@ -20,7 +21,7 @@ from google.protobuf import struct_pb2
 from ._body import Body
 from ._errors import ProtocolError
 from ._headers import Headers
-from ._mode import BodyMode, ProcessingMode
+from ._mode import BodyMode
 from ._processor import Processor
 from ._responses import ImmediateResponse
 
@@ -46,8 +47,18 @@ _PASS = {
     "response_trailers": _PR(response_trailers=_TrailersResponse()),
 }
 
-# Per-direction position in headers -> body* -> trailers.
+# Per-direction position in headers -> body* -> trailers (also the part of a phase).
 _START, _HEADERS, _BODY, _DONE = 0, 1, 2, 3
+_TRAILERS = 4
+
+_PHASES = {
+    "request_headers": ("request", _HEADERS),
+    "request_body": ("request", _BODY),
+    "request_trailers": ("request", _TRAILERS),
+    "response_headers": ("response", _HEADERS),
+    "response_body": ("response", _BODY),
+    "response_trailers": ("response", _TRAILERS),
+}
 
 Read = Callable[[], Awaitable[Any]]
 Write = Callable[[Any], Awaitable[None]]
@@ -55,6 +66,25 @@ Write = Callable[[Any], Awaitable[None]]
 
 class _Stop(Exception):
     """An immediate response was sent: the stream is over."""
+
+
+async def answer_stream(cls: type[Processor], messages: AsyncIterable[Any],
+                        counts: dict[str, int] | None = None) -> AsyncIterator[Any]:
+    """The answers to one ``Process`` stream's messages (the servicer's async generator).
+
+    ``counts``, when given, counts the messages received per phase. Raises ProtocolError on
+    a message sequence the protocol does not allow.
+    """
+    exchange = _Exchange(cls, counts)
+    try:
+        async for message in messages:
+            answers = await exchange.handle(message)
+            if not exchange.observability:
+                for answer in answers:
+                    yield answer
+    except _Stop as stop:
+        if not exchange.observability:
+            yield stop.args[0]
 
 
 async def run_stream(cls: type[Processor], read: Read, write: Write, eof: object,
@@ -95,10 +125,13 @@ class _Exchange:
 
     async def handle(self, message: Any) -> list[Any]:
         which = message.WhichOneof("request")
-        if which is None:
+        phase = _PHASES.get(which)
+        if phase is None:
             raise ProtocolError("ProcessingRequest carries no headers, body or trailers")
-        if self.counts is not None:
-            self.counts[which] = self.counts.get(which, 0) + 1
+        direction, part = phase
+        counts = self.counts
+        if counts is not None:
+            counts[which] = counts.get(which, 0) + 1
         proc = self.proc
         if self.first:
             self.first = False
@@ -109,10 +142,9 @@ class _Exchange:
             proc._raw_attributes.append(message.attributes)
         if message.HasField("metadata_context"):
             proc._metadata_context = message.metadata_context
-        direction, _, part = which.partition("_")
         proc._phase = which
         state = self.state[direction]
-        if part == "headers":
+        if part == _HEADERS:
             if state != _START:
                 raise ProtocolError(f"{which} received twice on one stream")
             if direction == "response":
@@ -120,7 +152,7 @@ class _Exchange:
             http_headers = getattr(message, which)
             self.state[direction] = _DONE if http_headers.end_of_stream else _HEADERS
             return await self._headers(which, direction, http_headers)
-        if part == "body":
+        if part == _BODY:
             if state == _DONE:
                 raise ProtocolError(f"{which} after the end of the {direction}")
             http_body = getattr(message, which)
@@ -140,19 +172,22 @@ class _Exchange:
                                       cls.allow_routing_mutations, cls.allow_envoy_mutations)
         setattr(proc, which, headers)
         hook = "on_" + which
-        if hook not in cls._overridden:
+        if hook not in cls._overridden or await self._call(hook, headers, which) is False:
             self._lock_unless_buffered(headers, direction, http_headers.end_of_stream)
             return [_PASS[which]]
-        if await self._call(hook, headers, which) is False:
-            return [_PASS[which]]
-        mutation = headers._take_mutation()
-        common = None
-        if mutation is not None or proc._clear_route_cache:
-            common = _CommonResponse(header_mutation=mutation,
-                                     clear_route_cache=proc._clear_route_cache)
-            proc._clear_route_cache = False
-        answer = _PR(**{which: _HeadersResponse(response=common)})
         override = proc._mode_override
+        if (headers._changes is None and not proc._clear_route_cache and override is None
+                and proc._dynamic_metadata is None):
+            self._lock_unless_buffered(headers, direction, http_headers.end_of_stream)
+            return [_PASS[which]]
+        # Built in place: nested constructors copy every sub-message.
+        answer = _PR()
+        response = getattr(answer, which).response
+        response.SetInParent()
+        headers._write_mutation(response.header_mutation)
+        if proc._clear_route_cache:
+            response.clear_route_cache = True
+            proc._clear_route_cache = False
         if override is not None:
             proc._mode_override = None
             proc._effective_mode = override
@@ -170,24 +205,32 @@ class _Exchange:
             body = Body(data, eos)  # fail open: forward what Envoy sent
         if mode is _FULL_DUPLEX:
             return self._streamed(which, body)
-        common = None
-        if body._changed:
-            mutation = (_BodyMutation(body=body._data) if body._data
-                        else _BodyMutation(clear_body=True))
-            common = _CommonResponse(body_mutation=mutation)
         headers: Headers | None = getattr(proc, direction + "_headers")
-        if mode is _BUFFERED and headers is not None and headers._locked is None:
-            if body._changed and "content-length" in headers:
-                # Envoy keeps content-length in BUFFERED mode and rejects a mismatch.
-                headers["content-length"] = str(len(body._data))
-            header_mutation = headers._take_mutation()
-            if header_mutation is not None:
-                common = common or _CommonResponse()
-                common.header_mutation.CopyFrom(header_mutation)
-            headers._lock(f"{direction} headers were already sent on")
-        if common is None and proc._dynamic_metadata is None:
+        buffered = mode is _BUFFERED and headers is not None and headers._locked is None
+        if buffered and body._changed and "content-length" in headers:  # type: ignore[operator]
+            # Envoy keeps content-length in BUFFERED mode and rejects a mismatch.
+            headers["content-length"] = str(len(body._data))  # type: ignore[index]
+        header_changes = buffered and headers._changes is not None  # type: ignore[union-attr]
+        route = proc._clear_route_cache and direction == "request"
+        if (not body._changed and not header_changes and proc._dynamic_metadata is None
+                and not route):
+            if buffered:
+                headers._lock(f"{direction} headers were already sent on")  # type: ignore[union-attr]
             return [_PASS[which]]
-        answer = _PR(**{which: _BodyResponse(response=common)})
+        answer = _PR()
+        response = getattr(answer, which).response
+        response.SetInParent()
+        if body._changed:
+            if body._data:
+                response.body_mutation.body = body._data
+            else:
+                response.body_mutation.clear_body = True
+        if route:
+            response.clear_route_cache = True
+            proc._clear_route_cache = False
+        if buffered:
+            headers._write_mutation(response.header_mutation)  # type: ignore[union-attr]
+            headers._lock(f"{direction} headers were already sent on")  # type: ignore[union-attr]
         self._attach_metadata(answer)
         return [answer]
 
@@ -260,6 +303,7 @@ class _Exchange:
             proc = self.proc
             proc._mode_override = None
             proc._clear_route_cache = False
+            proc._dynamic_metadata = None
             for name in ("request_headers", "response_headers"):
                 headers = getattr(proc, name)
                 if headers is not None and headers._locked is None:
@@ -298,8 +342,10 @@ class _Exchange:
         # a hand-written Envoy config with other modes is answered in the shape it expects.
         proc = self.proc
         mode = proc._effective_mode
+        if (config.request_body_mode, config.response_body_mode) == mode.body_proto_values:
+            return
         request_body = BodyMode.from_proto(config.request_body_mode)
         response_body = BodyMode.from_proto(config.response_body_mode)
         if (request_body, response_body) != (mode.request_body, mode.response_body):
-            proc._effective_mode = ProcessingMode(**{
-                **mode.__dict__, "request_body": request_body, "response_body": response_body})
+            proc._effective_mode = dataclasses.replace(
+                mode, request_body=request_body, response_body=response_body)

