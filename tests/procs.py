@@ -169,3 +169,16 @@ class RoutingAllowed(extproc.Processor):
 
     async def on_request_headers(self, headers: Headers) -> None:
         headers["host"] = "rewritten.example"
+
+
+class BufferedBig(extproc.Processor):
+    """Doubles a large BUFFERED request body (more than gRPC's 4 MiB default message)."""
+
+    request_body_mode = BodyMode.BUFFERED
+    message_timeout = 10.0  # megabytes each way take longer than Envoy's 200 ms default
+
+    async def on_request_headers(self, headers: Headers) -> None:
+        headers["x-big"] = "1"
+
+    async def on_request_body(self, body: Body) -> None:
+        body.data = body.data + body.data

@@ -8,6 +8,7 @@ import socket
 
 import pytest
 from procs import (
+    BufferedBig,
     BufferedJson,
     BypassChecks,
     FailOpen,
@@ -210,3 +211,14 @@ def test_routing_mutation_applies_when_the_class_allows_it(make_stack):
     with make_stack(RoutingAllowed) as s:
         reply = s.get("/", headers={"host": "orig.example"})
     assert reply.upstream_headers()["host"] == ["rewritten.example"]
+
+
+def test_buffered_body_larger_than_grpc_default_message_size(make_stack):
+    payload = bytes(range(256)) * (5 * 1024 * 1024 // 256)  # 5 MiB, answered as 10 MiB
+    with make_stack(BufferedBig) as s:
+        reply = s.get("/big", method="POST", body=payload)
+    assert reply.status == 200
+    echoed = reply.json()
+    assert echoed["body_length"] == 2 * len(payload)
+    assert reply.upstream_headers()["content-length"] == [str(2 * len(payload))]
+    assert echoed["body"].encode("latin-1") == payload + payload

@@ -345,3 +345,25 @@ def test_serve_async_api_in_process(sock_dir):
 
     assert asyncio.run(main()) == SERVING
     assert not (sock_dir / "api.sock").exists()
+
+
+def test_out_of_order_messages_get_invalid_argument_and_the_server_keeps_serving(sock_dir):
+    from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
+    from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
+
+    headers = pb.ProcessingRequest(request_headers=pb.HttpHeaders(end_of_stream=False))
+    with ServerThread(HeadersOnly, uds=str(sock_dir / "o.sock")) as server, \
+            grpc.insecure_channel(server.target) as channel:
+        stub = pb_grpc.ExternalProcessorStub(channel)
+        with pytest.raises(grpc.RpcError) as failure:
+            list(stub.Process(iter([headers, headers]), timeout=10))
+        assert failure.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "request_headers received twice" in failure.value.details()
+        with pytest.raises(grpc.RpcError) as empty:
+            list(stub.Process(iter([pb.ProcessingRequest()]), timeout=10))
+        assert empty.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        answers = list(stub.Process(iter([headers]), timeout=10))
+        assert [a.WhichOneof("response") for a in answers] == ["request_headers"]
+        mutation = answers[0].request_headers.response.header_mutation
+        assert [(h.header.key, h.header.raw_value) for h in mutation.set_headers] == [
+            ("x-seen", b"1")]
