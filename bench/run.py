@@ -112,6 +112,8 @@ def _start_server(candidate: Candidate, socket_path: Path) -> subprocess.Popen[b
     env = {**os.environ, "PYTHONPATH": str(BENCH)}
     if candidate.server == "minimal":
         command = [sys.executable, str(BENCH / "minimal_servicer.py"), str(socket_path)]
+    elif candidate.server.startswith("cmd:"):
+        command = [*candidate.server[4:].split(), str(socket_path)]
     else:
         _, cls = candidate.server.split(":")
         command = [sys.executable, "-m", "extctl", "serve", f"procs:{cls}",
@@ -125,7 +127,7 @@ def _start_server(candidate: Candidate, socket_path: Path) -> subprocess.Popen[b
 def _processor_class(candidate: Candidate) -> type | None:
     if candidate.server is None:
         return None
-    if candidate.server == "minimal":
+    if candidate.server == "minimal" or candidate.server.startswith("cmd:"):
         return procs.BothHeaders  # only its attributes matter; the mode is candidate.mode
     return getattr(procs, candidate.server.split(":")[1])  # type: ignore[no-any-return]
 

@@ -82,13 +82,15 @@ def cli() -> None:
               help="PEM private key for --tls-cert.")
 @click.option("--tls-client-ca", type=click.Path(exists=True, dir_okay=False),
               help="Require client certificates signed by this CA.")
+@click.option("--loop", type=click.Choice(["auto", "uvloop", "asyncio"]), default="auto",
+              show_default=True, help="Event loop (auto: uvloop when installed).")
 @click.option("--app-dir", default=".", show_default=True,
               help="Directory added to sys.path before importing MODULE.")
 @click.option("--log-level", type=_LOG_LEVELS, default="info", show_default=True)
 def serve(processor: str, uds: str | None, address: str | None, workers: int,
           socket_mode: int, grace_period: float, max_message_bytes: int,
           tls_cert: str | None, tls_key: str | None, tls_client_ca: str | None,
-          app_dir: str, log_level: str) -> None:
+          loop: str, app_dir: str, log_level: str) -> None:
     """Serve a Processor subclass over gRPC for Envoy's ext_proc filter.
 
     SIGTERM/SIGINT drain in-flight requests within --grace-period and exit 0;
@@ -105,7 +107,7 @@ def serve(processor: str, uds: str | None, address: str | None, workers: int,
         config = extproc.ServerConfig(
             uds=uds, address=address, workers=workers, socket_mode=socket_mode,
             grace_period=grace_period, max_message_bytes=max_message_bytes,
-            tls_cert=tls_cert, tls_key=tls_key, tls_client_ca=tls_client_ca)
+            tls_cert=tls_cert, tls_key=tls_key, tls_client_ca=tls_client_ca, loop=loop)
     except extproc.ServeError as exc:
         _fail(str(exc), exit_codes.USAGE)
     try:

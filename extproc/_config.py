@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 from dataclasses import dataclass
+from typing import Any
 
 from ._errors import ServeError
 
@@ -33,6 +35,9 @@ class ServerConfig:
     """PEM private key for ``tls_cert``."""
     tls_client_ca: str | None = None
     """PEM CA bundle: when set, clients (Envoy) must present a certificate it signed."""
+    loop: str = "auto"
+    """Event loop: ``uvloop`` (about 10% less CPU per request, see bench/RESULTS.md),
+    ``asyncio``, or ``auto`` (uvloop when installed)."""
 
     def __post_init__(self) -> None:
         if (self.uds is None) == (self.address is None):
@@ -42,6 +47,10 @@ class ServerConfig:
         if not 0 <= self.socket_mode <= 0o777:
             raise ServeError(f"socket_mode must be a file mode such as 0o660, "
                              f"got {self.socket_mode:o}")
+        if self.loop not in ("auto", "uvloop", "asyncio"):
+            raise ServeError(f"loop must be auto, uvloop or asyncio, got {self.loop!r}")
+        if self.loop == "uvloop" and _uvloop() is None:
+            raise ServeError("loop='uvloop' but uvloop is not installed (pip install uvloop)")
         if self.grace_period < 0:
             raise ServeError("grace_period must be >= 0 seconds")
         if self.max_message_bytes < 4096:
@@ -72,6 +81,11 @@ class ServerConfig:
     def tls(self) -> bool:
         return self.tls_cert is not None
 
+    def new_event_loop(self) -> asyncio.AbstractEventLoop:
+        """A new event loop of the configured kind."""
+        uvloop = _uvloop() if self.loop != "asyncio" else None
+        return uvloop.new_event_loop() if uvloop is not None else asyncio.new_event_loop()
+
     def addresses(self) -> list[str]:
         """Where each worker listens: Unix socket paths, or ``host:port`` strings.
 
@@ -86,6 +100,14 @@ class ServerConfig:
         if self.workers == 1:
             return [join_address(host, port)]
         return [join_address(host, port + i) for i in range(self.workers)]
+
+
+def _uvloop() -> Any:
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop
 
 
 def split_address(address: str) -> tuple[str, int]:

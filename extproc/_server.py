@@ -11,7 +11,7 @@ import socket
 import stat
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from typing import Any
 
 import grpc
@@ -255,18 +255,36 @@ def run(processor: type[Processor], config: ServerConfig) -> int:
     """Serve with a ready-made config: one process, or a supervisor forking ``workers``."""
     if config.workers == 1:
         try:
-            return asyncio.run(serve_async(processor, config))
+            return _run_loop(config, serve_async(processor, config))
         except ServeError as exc:
             logger.error("%s", exc)
             raise
     return _supervise(processor, config)
 
 
+def _run_loop(config: ServerConfig, main: Coroutine[Any, Any, int]) -> int:
+    """``asyncio.run`` on the configured loop kind (asyncio.Runner needs Python 3.11)."""
+    loop = config.new_event_loop()
+    try:
+        asyncio.set_event_loop(loop)
+        return loop.run_until_complete(main)
+    finally:
+        try:
+            pending = asyncio.all_tasks(loop)
+            for task in pending:
+                task.cancel()
+            loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+            loop.run_until_complete(loop.shutdown_asyncgens())
+        finally:
+            asyncio.set_event_loop(None)
+            loop.close()
+
+
 def _worker_main(processor: type[Processor], config: ServerConfig, listen: str) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, signal.SIG_DFL)
     try:
-        return asyncio.run(serve_async(processor, config, listen))
+        return _run_loop(config, serve_async(processor, config, listen))
     except ServeError as exc:
         logger.error("worker on %s: %s", listen, exc)
         return EXIT_STARTUP

@@ -359,7 +359,7 @@ class ServerThread:
     def __init__(self, processor: type[Processor], **config: Any) -> None:
         self.config = ServerConfig(**config)
         self.server = Server(processor, self.config)
-        self._loop = asyncio.new_event_loop()
+        self._loop = self.config.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True,
                                         name=f"extproc-{processor.__name__}")
 

@@ -182,3 +182,10 @@ class BufferedBig(extproc.Processor):
 
     async def on_request_body(self, body: Body) -> None:
         body.data = body.data + body.data
+
+
+class LoopKind(extproc.Processor):
+    """Reports which event loop serves it."""
+
+    async def on_request_headers(self, headers: Headers) -> None:
+        headers["x-loop"] = type(asyncio.get_running_loop()).__module__.split(".")[0]

@@ -222,3 +222,4 @@ def test_buffered_body_larger_than_grpc_default_message_size(make_stack):
     assert echoed["body_length"] == 2 * len(payload)
     assert reply.upstream_headers()["content-length"] == [str(2 * len(payload))]
     assert echoed["body"].encode("latin-1") == payload + payload
+

@@ -352,7 +352,8 @@ def test_out_of_order_messages_get_invalid_argument_and_the_server_keeps_serving
     from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 
     headers = pb.ProcessingRequest(request_headers=pb.HttpHeaders(end_of_stream=False))
-    with ServerThread(HeadersOnly, uds=str(sock_dir / "o.sock")) as server, \
+    # Slow also handles response headers, so the stream stays open after request headers.
+    with ServerThread(Slow, uds=str(sock_dir / "o.sock")) as server, \
             grpc.insecure_channel(server.target) as channel:
         stub = pb_grpc.ExternalProcessorStub(channel)
         with pytest.raises(grpc.RpcError) as failure:
@@ -366,4 +367,29 @@ def test_out_of_order_messages_get_invalid_argument_and_the_server_keeps_serving
         assert [a.WhichOneof("response") for a in answers] == ["request_headers"]
         mutation = answers[0].request_headers.response.header_mutation
         assert [(h.header.key, h.header.raw_value) for h in mutation.set_headers] == [
-            ("x-seen", b"1")]
+            ("x-slept", b"1")]
+
+
+@pytest.mark.parametrize(("loop", "expected"), [("auto", "uvloop"), ("uvloop", "uvloop"),
+                                                ("asyncio", "asyncio")])
+def test_event_loop_choice(sock_dir, extctl, echo, loop, expected):
+    from procs import LoopKind
+
+    path = sock_dir / "loop.sock"
+    proc = extctl("serve", "procs:LoopKind", "--uds", str(path), "--loop", loop)
+    try:
+        wait_for_socket(path, proc)
+        config = EnvoyConfig(LoopKind, [str(path)], upstream=echo.address)
+        with EnvoyProcess(bootstrap(config), sock_dir / "envoy") as envoy:
+            reply = http(envoy.port, "/")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(15) == 0
+    assert reply.upstream_headers()["x-loop"] == [expected]
+
+
+def test_unknown_loop_is_a_config_error():
+    import extproc
+
+    with pytest.raises(extproc.ServeError, match="loop must be auto, uvloop or asyncio"):
+        extproc.ServerConfig(uds="/tmp/x.sock", loop="trio")
