@@ -1,15 +1,21 @@
 """A minimal hand-written grpc.aio ext_proc servicer: the baseline envoy-extkit is measured against.
 
-It sets one request header and one response header and passes bodies through unchanged,
-written the way a careful user would without a framework (generated stubs, async generator).
+Written the way a careful user would without a framework (generated stubs, an async generator,
+the default asyncio loop). It does the same work as the envoy-extkit candidates of each scenario:
 
-    python bench/minimal_servicer.py /tmp/minimal.sock
+- headers:  sets one request header and one response header;
+- streamed: rewrites each response body chunk (``secret`` -> ``******``);
+- buffered: adds a field to the JSON request body (headers are not sent in this scenario, so
+  Envoy drops content-length itself).
+
+    python bench/minimal_servicer.py headers /tmp/minimal.sock      (or 127.0.0.1:9000)
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import sys
@@ -20,21 +26,34 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 
 
-def _set(name: str) -> pb.CommonResponse:
+def _set(name: str, value: bytes = b"1") -> pb.CommonResponse:
     return pb.CommonResponse(header_mutation=pb.HeaderMutation(set_headers=[
-        base_pb2.HeaderValueOption(header=base_pb2.HeaderValue(key=name, raw_value=b"1"))]))
+        base_pb2.HeaderValueOption(header=base_pb2.HeaderValue(key=name, raw_value=value))]))
 
 
 class Minimal(pb_grpc.ExternalProcessorServicer):
+    def __init__(self, work: str) -> None:
+        self.work = work
+
     async def Process(self, request_iterator, context):
         async for request in request_iterator:
             which = request.WhichOneof("request")
             if which == "request_headers":
-                yield pb.ProcessingResponse(
-                    request_headers=pb.HeadersResponse(response=_set("x-minimal")))
+                common = _set("x-minimal") if self.work == "headers" else None
+                yield pb.ProcessingResponse(request_headers=pb.HeadersResponse(response=common))
             elif which == "response_headers":
-                yield pb.ProcessingResponse(
-                    response_headers=pb.HeadersResponse(response=_set("x-minimal-response")))
+                common = _set("x-minimal-response") if self.work == "headers" else None
+                yield pb.ProcessingResponse(response_headers=pb.HeadersResponse(response=common))
+            elif which == "request_body" and self.work == "buffered":
+                document = json.loads(request.request_body.body)
+                document["added_by"] = "minimal"
+                body = json.dumps(document).encode()
+                yield pb.ProcessingResponse(request_body=pb.BodyResponse(
+                    response=pb.CommonResponse(body_mutation=pb.BodyMutation(body=body))))
+            elif which == "response_body" and self.work == "streamed":
+                chunk = request.response_body.body.replace(b"secret", b"******")
+                yield pb.ProcessingResponse(response_body=pb.BodyResponse(
+                    response=pb.CommonResponse(body_mutation=pb.BodyMutation(body=chunk))))
             elif which == "request_body":
                 yield pb.ProcessingResponse(request_body=pb.BodyResponse())
             elif which == "response_body":
@@ -45,10 +64,11 @@ class Minimal(pb_grpc.ExternalProcessorServicer):
                 yield pb.ProcessingResponse(response_trailers=pb.TrailersResponse())
 
 
-async def main(path: str) -> None:
+async def main(work: str, listen: str) -> None:
     server = grpc.aio.server()
-    pb_grpc.add_ExternalProcessorServicer_to_server(Minimal(), server)
-    server.add_insecure_port("unix:" + path)
+    pb_grpc.add_ExternalProcessorServicer_to_server(Minimal(work), server)
+    is_uds = not (":" in listen and not listen.startswith("/"))
+    server.add_insecure_port("unix:" + listen if is_uds else listen)
     await server.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -56,9 +76,10 @@ async def main(path: str) -> None:
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     await server.stop(1)
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(path)
+    if is_uds:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(listen)
 
 
 if __name__ == "__main__":
-    asyncio.run(main(sys.argv[1]))
+    asyncio.run(main(sys.argv[1], sys.argv[2]))

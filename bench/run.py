@@ -1,53 +1,312 @@
-"""Benchmark harness: a real Envoy (--concurrency 1, loopback) driven by wrk, each candidate
-ext_proc server on a Unix socket, candidates alternated round by round in ONE run; medians.
+"""Benchmark harness: a real Envoy (--concurrency 1, loopback) driven by wrk; each candidate
+ext_proc server on a Unix socket (``--tcp``: loopback TCP); candidates alternated round by round
+in ONE run; medians of the rounds; ratios against the minimal hand-written servicer.
 
-    .venv/bin/python bench/run.py                 # all scenarios, 3 rounds, writes RESULTS.md
-    .venv/bin/python bench/run.py --rounds 5 --duration 10 --no-write
+    .venv/bin/python bench/run.py                      # every scenario, writes bench/RESULTS.md
+    .venv/bin/python bench/run.py --scenario headers --rounds 5 --no-write
+    .venv/bin/python bench/run.py --profile            # also a py-spy flame graph per scenario
 
-Reported per candidate: requests/s, p50 and p99 latency (wrk), and the ext_proc server's CPU
-microseconds per request (utime+stime of the process and its children, /proc/PID/stat).
-Ratios compare candidates measured side by side; absolute numbers on a shared machine are not
-comparable across runs.
+Per candidate: requests/s, p50/p99 latency (wrk), and the ext_proc server's CPU microseconds per
+request (utime+stime of the server and all its processes, from /proc). Upstreams are a second
+Envoy listener answering with ``direct_response``, so no Python upstream limits the numbers.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import os
 import platform
 import re
 import shutil
 import signal
+import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
 sys.path.insert(0, str(BENCH))
 
 import procs  # noqa: E402
+from envoy.config.listener.v3 import listener_pb2  # noqa: E402
 
-from extctl.envoy_config import EnvoyConfig, bootstrap  # noqa: E402
-from extctl.envoy_runner import EnvoyProcess  # noqa: E402
+from extctl.envoy_config import UPSTREAM_CLUSTER, EnvoyConfig, bootstrap  # noqa: E402
+from extctl.envoy_runner import EnvoyProcess, find_envoy  # noqa: E402
 from extproc import ProcessingMode  # noqa: E402
 
-REQUEST_HEADERS_ONLY = ProcessingMode(request_headers=True, response_headers=False)
 ENVOY_DEFAULT = ProcessingMode(request_headers=True, response_headers=True)
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+MIB = 1024 * 1024
+STREAMED_BODY = (b"line with a secret in it, " * 41 + b"\n") * (MIB // (26 * 41 + 1) + 1)
+STREAMED_BODY = STREAMED_BODY[:MIB]
+
+
+def _json_body(size: int) -> str:
+    """A JSON document of exactly ``size`` bytes."""
+    items: list[dict[str, Any]] = []
+    while len(json.dumps({"items": items, "pad": ""})) < size - 64:
+        items.append({"id": len(items), "name": f"item-{len(items)}", "tags": ["a", "b"]})
+    pad = size - len(json.dumps({"items": items, "pad": ""}))
+    return json.dumps({"items": items, "pad": "x" * pad})
+
+
+BUFFERED_BODY = _json_body(64 * 1024)
 
 
 @dataclass(frozen=True)
 class Candidate:
     name: str
     description: str
-    server: str | None  # "minimal", "extkit:Class", or None for Envoy alone
-    mode: ProcessingMode | None = None  # the Envoy config's mode (None: the class's own)
+    server: str | None  # "minimal:WORK", "extkit:Class", or None: Envoy alone
+    processor: type | None = None  # whose processing mode Envoy uses (None: Envoy alone)
+    mode: ProcessingMode | None = None  # overrides the class's derived mode
+    workers: int = 1
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    title: str
+    candidates: tuple[Candidate, ...]
+    ratios: tuple[tuple[str, str], ...]  # (candidate, against)
+    upstream_body: bytes | None = None  # an upstream answering this; None: direct_response
+    post_body: str | None = None  # wrk POSTs this
+    connections: int = 16
+    throughput: bool = False  # report MB/s of upstream_body
+    note: str = ""
+
+
+def _minimal(work: str, mode: ProcessingMode, description: str, name: str) -> Candidate:
+    return Candidate(name, description, f"minimal:{work}", procs.BothHeaders, mode)
+
+
+def _extkit(cls: type, description: str, name: str, workers: int = 1) -> Candidate:
+    return Candidate(name, description, f"extkit:{cls.__name__}", cls, workers=workers)
+
+
+ENVOY = Candidate("envoy", "Envoy alone (no ext_proc filter): the ceiling", None)
+SCENARIOS = (
+    Scenario(
+        "headers",
+        "Headers: one header set per phase; Envoy answers with direct_response",
+        (
+            ENVOY,
+            _minimal("headers", ENVOY_DEFAULT, "minimal grpc.aio servicer, Envoy's default "
+                     "mode (request and response headers)", "minimal"),
+            _extkit(procs.BothHeaders, "envoy-extkit doing the same (derived mode: request "
+                    "and response headers)", "extkit"),
+            _extkit(procs.RequestHeader, "envoy-extkit request-headers-only processor "
+                    "(derived mode: request headers only)", "extkit-req"),
+            _minimal("headers", ProcessingMode(request_headers=True, response_headers=False),
+                     "minimal servicer, request headers only (for reference)", "minimal-req"),
+        ),
+        ratios=(("extkit", "minimal"), ("extkit-req", "minimal"),
+                ("extkit-req", "minimal-req")),
+    ),
+    Scenario(
+        "workers",
+        "Workers: envoy-extkit with 2 worker processes next to 1 (headers as above)",
+        (
+            _minimal("headers", ENVOY_DEFAULT, "minimal servicer (one process)", "minimal"),
+            _extkit(procs.BothHeaders, "envoy-extkit, 1 worker", "extkit-1"),
+            _extkit(procs.BothHeaders, "envoy-extkit, 2 workers", "extkit-2", workers=2),
+        ),
+        ratios=(("extkit-2", "extkit-1"), ("extkit-2", "minimal"), ("extkit-1", "minimal")),
+        note="2 CPUs are shared by Envoy, wrk and the workers, so 2 workers cannot double.",
+    ),
+    Scenario(
+        "streamed",
+        "STREAMED: 1 MiB responses from an upstream, every chunk rewritten",
+        (
+            Candidate("envoy", "Envoy alone, same upstream", None),
+            _minimal("streamed", ProcessingMode(request_headers=False, response_headers=False,
+                     response_body=procs.StreamedRewrite.response_body_mode),
+                     "minimal servicer rewriting each chunk", "minimal"),
+            _extkit(procs.StreamedRewrite, "envoy-extkit rewriting each chunk", "extkit"),
+        ),
+        ratios=(("extkit", "minimal"),),
+        upstream_body=STREAMED_BODY,
+        connections=4,
+        throughput=True,
+    ),
+    Scenario(
+        "buffered",
+        "BUFFERED: 64 KiB JSON request bodies, a field added, sent upstream",
+        (
+            Candidate("envoy", "Envoy alone, same upstream", None),
+            _minimal("buffered", ProcessingMode(request_headers=False, response_headers=False,
+                     request_body=procs.BufferedJson.request_body_mode),
+                     "minimal servicer rewriting the JSON", "minimal"),
+            _extkit(procs.BufferedJson, "envoy-extkit rewriting the JSON", "extkit"),
+        ),
+        ratios=(("extkit", "minimal"),),
+        upstream_body=b"ok\n",
+        post_body=BUFFERED_BODY,
+    ),
+    Scenario(
+        "latency",
+        "Latency at concurrency 1 (wrk -c1): what the processor adds to Envoy alone",
+        (
+            ENVOY,
+            _minimal("headers", ENVOY_DEFAULT, "minimal servicer, both headers", "minimal"),
+            _extkit(procs.BothHeaders, "envoy-extkit, both headers", "extkit"),
+            _extkit(procs.RequestHeader, "envoy-extkit, request headers only", "extkit-req"),
+        ),
+        ratios=(("extkit", "minimal"),),
+        connections=1,
+    ),
+)
+
+
+# -- measuring --------------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _descendants(pid: int) -> list[int]:
+    found = [pid]
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            children = (task / "children").read_text().split()
+        except FileNotFoundError:
+            continue
+        for child in children:
+            found.extend(_descendants(int(child)))
+    return found
+
+
+def _cpu_ticks(pid: int) -> int:
+    total = 0
+    for p in _descendants(pid):
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        except FileNotFoundError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total
+
+
+def _listen_addresses(candidate: Candidate, workdir: Path, tcp: bool) -> tuple[str, list[str]]:
+    """(what the server is told, every address Envoy must list)."""
+    if tcp:
+        base = _free_port() if candidate.workers == 1 else 21000 + (os.getpid() % 1000) * 4
+        listen = f"127.0.0.1:{base}"
+        return listen, [f"127.0.0.1:{base + i}" for i in range(candidate.workers)]
+    listen = str(workdir / "p.sock")
+    if candidate.workers == 1:
+        return listen, [listen]
+    return listen, [str(workdir / f"p-{i}.sock") for i in range(candidate.workers)]
+
+
+def _start_server(candidate: Candidate, listen: str, addresses: list[str],
+                  tcp: bool) -> subprocess.Popen[bytes] | None:
+    if candidate.server is None:
+        return None
+    kind, _, arg = candidate.server.partition(":")
+    env = {**os.environ, "PYTHONPATH": str(BENCH)}
+    if kind == "minimal":
+        command = [sys.executable, str(BENCH / "minimal_servicer.py"), arg, listen]
+    elif kind == "cmd":
+        command = [*arg.split(), listen]
+    else:
+        command = [sys.executable, "-m", "extctl", "serve", f"procs:{arg}",
+                   "--address" if tcp else "--uds", listen, "--workers", str(candidate.workers),
+                   "--log-level", "warning"]
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+    deadline = time.monotonic() + 30
+    for address in addresses:
+        while not _listening(address, tcp):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                raise RuntimeError(f"{candidate.name}: server did not come up on {address}")
+            time.sleep(0.05)
+    return proc
+
+
+def _listening(address: str, tcp: bool) -> bool:
+    if not tcp:
+        return os.path.exists(address)
+    host, _, port = address.rpartition(":")
+    with socket.socket() as s:
+        return s.connect_ex((host, int(port))) == 0
+
+
+def _envoy_config(scenario: Scenario, candidate: Candidate, addresses: list[str]) -> Any:
+    upstream_port = _free_port() if scenario.upstream_body is not None else None
+    config = EnvoyConfig(candidate.processor, addresses,
+                         processing_mode=candidate.mode,
+                         upstream=f"127.0.0.1:{upstream_port}" if upstream_port else None,
+                         message_timeout=5.0)
+    message = bootstrap(config)
+    if upstream_port is not None:
+        # The upstream: a second listener of the same Envoy answering with direct_response.
+        listener = listener_pb2.Listener()
+        listener.CopyFrom(message.static_resources.listeners[0])
+        listener.name = "upstream"
+        listener.address.socket_address.port_value = upstream_port
+        from envoy.extensions.filters.network.http_connection_manager.v3 import (
+            http_connection_manager_pb2 as hcm_pb2,
+        )
+
+        manager = hcm_pb2.HttpConnectionManager()
+        listener.filter_chains[0].filters[0].typed_config.Unpack(manager)
+        del manager.http_filters[:-1]  # the router only
+        if scenario.post_body is not None:
+            # Read the whole request before answering: an answer that races the upload
+            # resets it, which would be counted against the candidate.
+            from envoy.extensions.filters.http.buffer.v3 import buffer_pb2
+
+            buffer = hcm_pb2.HttpFilter(name="envoy.filters.http.buffer")
+            buffer.typed_config.Pack(buffer_pb2.Buffer(max_request_bytes={"value": 4 * MIB}))
+            manager.http_filters.insert(0, buffer)
+        route_config = manager.route_config
+        route_config.max_direct_response_body_size_bytes.value = len(scenario.upstream_body or b"")
+        route = route_config.virtual_hosts[0].routes[0]
+        route.ClearField("route")
+        route.direct_response.status = 200
+        route.direct_response.body.inline_bytes = scenario.upstream_body or b""
+        listener.filter_chains[0].filters[0].typed_config.Pack(manager)
+        message.static_resources.listeners.append(listener)
+        assert message.static_resources.clusters[-1].name == UPSTREAM_CLUSTER
+    return message
+
+
+def _wrk(url: str, duration: float, connections: int,
+         script: Path | None) -> tuple[float, float, float, int]:
+    command = ["wrk", "-t1", f"-c{connections}", f"-d{duration:g}s", "--latency", url]
+    if script is not None:
+        command[1:1] = ["-s", str(script)]
+    out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    if re.search(r"Non-2xx or 3xx responses|Socket errors", out):
+        raise RuntimeError(f"wrk saw errors:\n{out}")
+
+    def number(pattern: str) -> str:
+        match = re.search(pattern, out)
+        if match is None:
+            raise RuntimeError(f"unexpected wrk output:\n{out}")
+        return match.group(1)
+
+    def percentile(p: str) -> float:
+        match = re.search(rf"\s{p}%\s+([\d.]+)(us|ms|s)\b", out)
+        if match is None:
+            raise RuntimeError(f"unexpected wrk output:\n{out}")
+        return float(match.group(1)) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[match.group(2)]
+
+    return (float(number(r"Requests/sec:\s+([\d.]+)")), percentile("50"), percentile("99"),
+            int(number(r"(\d+) requests in")))
 
 
 @dataclass
@@ -55,229 +314,178 @@ class Sample:
     rps: float
     p50_ms: float
     p99_ms: float
-    cpu_us_per_request: float | None
+    cpu_us: float | None
 
 
-@dataclass
-class Scenario:
-    name: str
-    title: str
-    candidates: list[Candidate]
-    baseline: str
-    ratios: list[tuple[str, str]] = field(default_factory=list)  # (candidate, against)
-
-
-SCENARIOS = [
-    Scenario(
-        "headers",
-        "Headers: one header set per phase, Envoy answers with direct_response",
-        [
-            Candidate("envoy", "Envoy alone (no ext_proc filter): the ceiling", None),
-            Candidate("minimal-req", "minimal grpc.aio servicer, request headers only",
-                      "minimal", REQUEST_HEADERS_ONLY),
-            Candidate("extkit-req", "envoy-extkit headers-only processor (derived mode: "
-                      "request headers only)", "extkit:RequestHeader"),
-            Candidate("minimal-default", "minimal servicer, Envoy's default mode (request and "
-                      "response headers)", "minimal", ENVOY_DEFAULT),
-            Candidate("extkit-both", "envoy-extkit setting a request and a response header",
-                      "extkit:BothHeaders"),
-        ],
-        baseline="minimal-req",
-        ratios=[("extkit-req", "minimal-req"), ("extkit-both", "minimal-default"),
-                ("extkit-req", "minimal-default")],
-    ),
-]
-
-
-def _cpu_ticks(pid: int) -> int:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    # utime, stime, cutime, cstime are fields 14-17 (1-based) of the whole line.
-    return sum(int(v) for v in fields[11:15])
-
-
-def _wait_for(path: Path, proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if path.exists():
-            return
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}")
-        time.sleep(0.05)
-    raise RuntimeError(f"{path} never appeared")
-
-
-def _start_server(candidate: Candidate, socket_path: Path) -> subprocess.Popen[bytes] | None:
-    if candidate.server is None:
-        return None
-    env = {**os.environ, "PYTHONPATH": str(BENCH)}
-    if candidate.server == "minimal":
-        command = [sys.executable, str(BENCH / "minimal_servicer.py"), str(socket_path)]
-    elif candidate.server.startswith("cmd:"):
-        command = [*candidate.server[4:].split(), str(socket_path)]
-    else:
-        _, cls = candidate.server.split(":")
-        command = [sys.executable, "-m", "extctl", "serve", f"procs:{cls}",
-                   "--uds", str(socket_path), "--log-level", "warning"]
-    proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
-    _wait_for(socket_path, proc)
-    return proc
-
-
-def _processor_class(candidate: Candidate) -> type | None:
-    if candidate.server is None:
-        return None
-    if candidate.server == "minimal" or candidate.server.startswith("cmd:"):
-        return procs.BothHeaders  # only its attributes matter; the mode is candidate.mode
-    return getattr(procs, candidate.server.split(":")[1])  # type: ignore[no-any-return]
-
-
-def _wrk(url: str, duration: float, connections: int) -> tuple[float, float, float, int]:
-    out = subprocess.run(
-        ["wrk", "-t1", f"-c{connections}", f"-d{duration:g}s", "--latency", url],
-        capture_output=True, text=True, check=True).stdout
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
-    total = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
-    errors = re.search(r"Non-2xx or 3xx responses: (\d+)|Socket errors", out)
-    if errors:
-        raise RuntimeError(f"wrk saw errors:\n{out}")
-
-    def pct(p: str) -> float:
-        value, unit = re.search(rf"\s{p}%\s+([\d.]+)(us|ms|s)", out).groups()  # type: ignore[union-attr]
-        return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
-
-    return rps, pct("50"), pct("99"), total
-
-
-def measure(candidate: Candidate, duration: float, connections: int) -> Sample:
+def measure(scenario: Scenario, candidate: Candidate, duration: float, tcp: bool,
+            profile_to: Path | None = None) -> Sample:
     workdir = Path(tempfile.mkdtemp(prefix="xk-bench-", dir="/tmp"))
-    socket_path = workdir / "p.sock"
-    server = _start_server(candidate, socket_path)
+    script = None
+    if scenario.post_body is not None:
+        script = workdir / "post.lua"
+        script.write_text('wrk.method = "POST"\nwrk.headers["content-type"] = '
+                          f'"application/json"\nwrk.body = [==[{scenario.post_body}]==]\n')
+    listen, addresses = _listen_addresses(candidate, workdir, tcp)
+    server = _start_server(candidate, listen, addresses, tcp)
     try:
-        config = EnvoyConfig(_processor_class(candidate), [str(socket_path)],
-                             processing_mode=candidate.mode)
-        with EnvoyProcess(bootstrap(config), workdir / "envoy", concurrency=1) as envoy:
+        config = _envoy_config(scenario, candidate, addresses)
+        with EnvoyProcess(config, workdir / "envoy", concurrency=1) as envoy:
             url = envoy.url("/")
-            _wrk(url, 1, connections)  # warm-up
+            _wrk(url, 1, scenario.connections, script)  # warm-up
+            spy = None
+            if profile_to is not None and server is not None:
+                spy = subprocess.Popen(
+                    ["py-spy", "record", "-p", str(server.pid), "-d", str(int(duration) - 1),
+                     "-r", "200", "-o", str(profile_to), "--nonblocking", "--subprocesses"],
+                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             before = _cpu_ticks(server.pid) if server else 0
-            rps, p50, p99, total = _wrk(url, duration, connections)
+            rps, p50, p99, total = _wrk(url, duration, scenario.connections, script)
             after = _cpu_ticks(server.pid) if server else 0
-        cpu = ((after - before) / CLOCK_TICKS * 1e6 / total) if server else None
+            if spy is not None:
+                spy.wait(60)
+        cpu = (after - before) / CLOCK_TICKS * 1e6 / total if server else None
         return Sample(rps, p50, p99, cpu)
     finally:
         if server is not None:
             server.send_signal(signal.SIGTERM)
             try:
-                server.wait(10)
+                server.wait(15)
             except subprocess.TimeoutExpired:
                 server.kill()
+                server.wait()
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def _median(values: list[float]) -> float:
-    return statistics.median(values)
-
-
-def run(scenarios: list[Scenario], rounds: int, duration: float,
-        connections: int) -> dict[str, dict[str, list[Sample]]]:
+def run(scenarios: list[Scenario], rounds: int, duration: float, tcp: bool,
+        profile: bool) -> dict[str, dict[str, list[Sample]]]:
     results: dict[str, dict[str, list[Sample]]] = {}
     for scenario in scenarios:
         samples: dict[str, list[Sample]] = {c.name: [] for c in scenario.candidates}
         for round_no in range(rounds):
             order = scenario.candidates if round_no % 2 == 0 else scenario.candidates[::-1]
             for candidate in order:
-                sample = measure(candidate, duration, connections)
+                flame = None
+                if profile and round_no == rounds - 1 and candidate.name == "extkit":
+                    flame = BENCH / f"flame-{scenario.name}.svg"
+                sample = measure(scenario, candidate, duration, tcp, flame)
                 samples[candidate.name].append(sample)
-                print(f"[{scenario.name} round {round_no + 1}] {candidate.name}: "
-                      f"{sample.rps:.0f} req/s p50 {sample.p50_ms:.2f} ms "
-                      f"p99 {sample.p99_ms:.2f} ms cpu {sample.cpu_us_per_request or 0:.0f} us",
+                print(f"[{scenario.name} {round_no + 1}/{rounds}] {candidate.name}: "
+                      f"{sample.rps:.0f} req/s, p50 {sample.p50_ms:.2f} ms, "
+                      f"p99 {sample.p99_ms:.2f} ms, cpu {sample.cpu_us or 0:.0f} us/req",
                       flush=True)
         results[scenario.name] = samples
     return results
 
 
+# -- reporting --------------------------------------------------------------------------------
+
+
 def _versions() -> str:
     from importlib.metadata import version
 
-    envoy = subprocess.run([EnvoyProcess.__module__ and _envoy_binary(), "--version"],
-                           capture_output=True, text=True).stdout.strip().split("version: ")[-1]
+    envoy = subprocess.run([find_envoy(), "--version"], capture_output=True,
+                           text=True).stdout.strip().split("/")[1]
     wrk = subprocess.run(["wrk", "-v"], capture_output=True, text=True)
-    return (f"Python {platform.python_version()}, grpcio {version('grpcio')}, "
-            f"protobuf {version('protobuf')}, envoy {envoy}, "
-            f"{(wrk.stdout or wrk.stderr).splitlines()[0].split(' [')[0]}")
+    wrk_version = (wrk.stdout or wrk.stderr).split()[1]
+    uvloop = version("uvloop") if _installed("uvloop") else "not installed"
+    return (f"Python {platform.python_version()}, grpcio {version('grpcio')}, protobuf "
+            f"{version('protobuf')}, uvloop {uvloop}, Envoy {envoy}, wrk {wrk_version}")
 
 
-def _envoy_binary() -> str:
-    from extctl.envoy_runner import find_envoy
+def _installed(name: str) -> bool:
+    from importlib.util import find_spec
 
-    return find_envoy()
+    return find_spec(name) is not None
 
 
 def _cpu_model() -> str:
     for line in Path("/proc/cpuinfo").read_text().splitlines():
         if line.startswith("model name"):
             return line.split(":", 1)[1].strip()
-    return platform.processor()
+    return platform.processor() or "unknown"
+
+
+def _med(values: list[float]) -> float:
+    return statistics.median(values)
 
 
 def report(results: dict[str, dict[str, list[Sample]]], rounds: int, duration: float,
-           connections: int) -> str:
+           tcp: bool) -> str:
     lines = [
         "# Benchmark results",
         "",
         f"- date: {datetime.date.today().isoformat()}",
-        f"- machine: {os.cpu_count()} CPUs, {_cpu_model()}",
+        f"- machine: {os.cpu_count()} CPUs ({_cpu_model()}), shared and noisy: compare ratios "
+        "within one run, not absolute numbers across runs",
         f"- versions: {_versions()}",
-        f"- method: Envoy --concurrency 1 on loopback, ext_proc over a Unix socket, "
-        f"wrk -t1 -c{connections} -d{duration:g}s per sample, {rounds} rounds alternating "
-        "candidates (order reversed every other round); medians of the rounds.",
+        f"- method: `bench/run.py --rounds {rounds} --duration {duration:g}"
+        f"{' --tcp' if tcp else ''}`; Envoy --concurrency 1 on loopback; ext_proc over "
+        f"{'loopback TCP' if tcp else 'a Unix socket'}; wrk -t1 for {duration:g} s per sample "
+        f"after a 1 s warm-up; {rounds} rounds, candidates alternated (order reversed every "
+        "other round); medians of the rounds. CPU: the ext_proc server's user+system time "
+        "(all its processes) per request.",
         "",
     ]
     for scenario in SCENARIOS:
-        if scenario.name not in results:
+        samples = results.get(scenario.name)
+        if samples is None:
             continue
-        samples = results[scenario.name]
-        base_rps = _median([s.rps for s in samples[scenario.baseline]])
         lines += [f"## {scenario.title}", "",
-                  "| candidate | req/s | p50 ms | p99 ms | server CPU µs/req | req/s vs "
-                  f"{scenario.baseline} |",
-                  "|---|---:|---:|---:|---:|---:|"]
+                  f"wrk -c{scenario.connections}. {scenario.note}".rstrip(), ""]
+        header = "| candidate | req/s |"
+        if scenario.throughput:
+            header += " MB/s |"
+        header += " p50 ms | p99 ms | server CPU µs/req |"
+        lines += [header, "|---" * (header.count("|") - 1) + "|"]
         for candidate in scenario.candidates:
             runs = samples[candidate.name]
-            rps = _median([s.rps for s in runs])
-            cpus = [s.cpu_us_per_request for s in runs if s.cpu_us_per_request is not None]
-            cpu = f"{_median(cpus):.0f}" if cpus else "-"
-            lines.append(
-                f"| {candidate.name}: {candidate.description} | {rps:.0f} | "
-                f"{_median([s.p50_ms for s in runs]):.2f} | "
-                f"{_median([s.p99_ms for s in runs]):.2f} | {cpu} | {rps / base_rps:.2f}x |")
-        lines += ["", "Ratios (medians):", ""]
+            rps = _med([s.rps for s in runs])
+            row = f"| {candidate.name}: {candidate.description} | {rps:.0f} |"
+            if scenario.throughput:
+                row += f" {rps * len(scenario.upstream_body or b'') / 1e6:.1f} |"
+            cpus = [s.cpu_us for s in runs if s.cpu_us is not None]
+            row += (f" {_med([s.p50_ms for s in runs]):.2f} | {_med([s.p99_ms for s in runs]):.2f}"
+                    f" | {f'{_med(cpus):.0f}' if cpus else '-'} |")
+            lines.append(row)
+        lines += ["", "Ratios of medians:", ""]
         for name, against in scenario.ratios:
             a, b = samples[name], samples[against]
-            rps_ratio = _median([s.rps for s in a]) / _median([s.rps for s in b])
-            cpu_ratio = (_median([s.cpu_us_per_request or 0 for s in a])
-                         / _median([s.cpu_us_per_request or 0 for s in b]))
-            lines.append(f"- {name} / {against}: requests/s {rps_ratio:.2f}x, "
-                         f"CPU per request {cpu_ratio:.2f}x")
+            rps_ratio = _med([s.rps for s in a]) / _med([s.rps for s in b])
+            cpu_ratio = _med([s.cpu_us or 0 for s in a]) / _med([s.cpu_us or 0 for s in b])
+            lines.append(f"- {name} / {against}: requests/s **{rps_ratio:.2f}x**, "
+                         f"CPU per request **{cpu_ratio:.2f}x**")
+        if "envoy" in samples:
+            base = _med([s.p50_ms for s in samples["envoy"]])
+            for candidate in scenario.candidates:
+                if candidate.name != "envoy":
+                    added = _med([s.p50_ms for s in samples[candidate.name]]) - base
+                    lines.append(f"- {candidate.name}: p50 added over Envoy alone "
+                                 f"**{added:.2f} ms**")
         lines.append("")
     return "\n".join(lines)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per sample")
-    parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--scenario", action="append", choices=[s.name for s in SCENARIOS])
-    parser.add_argument("--no-write", action="store_true", help="print, do not write RESULTS.md")
+    parser.add_argument("--tcp", action="store_true", help="ext_proc over loopback TCP")
+    parser.add_argument("--profile", action="store_true",
+                        help="py-spy flame graph of the extkit candidate, bench/flame-*.svg")
+    parser.add_argument("--no-write", action="store_true", help="do not write RESULTS.md")
     args = parser.parse_args()
-    if shutil.which("wrk") is None:
-        sys.exit("bench: wrk is missing: apt-get install -y wrk (scripts/setup.sh does it)")
+    for tool in ["wrk"] + (["py-spy"] if args.profile else []):
+        if shutil.which(tool) is None:
+            sys.exit(f"bench: {tool} is missing (scripts/setup.sh installs it)")
     chosen = [s for s in SCENARIOS if not args.scenario or s.name in args.scenario]
-    results = run(chosen, args.rounds, args.duration, args.connections)
-    text = report(results, args.rounds, args.duration, args.connections)
+    results = run(chosen, args.rounds, args.duration, args.tcp, args.profile)
+    text = report(results, args.rounds, args.duration, args.tcp)
     print(text)
     if not args.no_write:
+        experiments = BENCH / "EXPERIMENTS.md"
+        if experiments.exists():
+            text += "\n" + experiments.read_text()
         (BENCH / "RESULTS.md").write_text(text)
 
 

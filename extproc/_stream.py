@@ -82,10 +82,6 @@ async def answer_stream(cls: type[Processor], messages: AsyncIterable[Any],
             if not exchange.observability:
                 for answer in answers:
                     yield answer
-            if exchange.finished():
-                # Nothing more can come for this request: closing now spares Envoy's
-                # half-close round trip (Envoy proceeds without the server, as specified).
-                return
     except _Stop as stop:
         if not exchange.observability:
             yield stop.args[0]
@@ -108,8 +104,6 @@ async def run_stream(cls: type[Processor], read: Read, write: Write, eof: object
             if not exchange.observability:
                 for answer in answers:
                     await write(answer)
-            if exchange.finished():
-                return
     except _Stop as stop:
         if not exchange.observability:
             await write(stop.args[0])
@@ -168,17 +162,6 @@ class _Exchange:
         self.state[direction] = _DONE
         return await self._trailers(which, direction, getattr(message, which).trailers.headers,
                                     body_open=state == _BODY)
-
-    def finished(self) -> bool:
-        """True when the effective mode leaves no phase Envoy could still send."""
-        mode = self.proc._effective_mode
-        request, response = self.state["request"], self.state["response"]
-        if request != _DONE and (
-                mode.request_body is not None or mode.request_trailers
-                or (request == _START and mode.request_headers)):
-            return False
-        return response == _DONE or not (
-            mode.response_headers or mode.response_body is not None or mode.response_trailers)
 
     # -- phases ---------------------------------------------------------------------------
 
