@@ -383,8 +383,10 @@ def run(scenarios: list[Scenario], rounds: int, duration: float, tcp: bool,
 def _versions() -> str:
     from importlib.metadata import version
 
-    envoy = subprocess.run([find_envoy(), "--version"], capture_output=True,
-                           text=True).stdout.strip().split("/")[1]
+    envoy_version = subprocess.run([find_envoy(), "--version"], capture_output=True,
+                                   text=True).stdout
+    found = re.search(r"version: \S+?/([\d.]+)/", envoy_version)
+    envoy = found.group(1) if found else envoy_version.strip()
     wrk = subprocess.run(["wrk", "-v"], capture_output=True, text=True)
     wrk_version = (wrk.stdout or wrk.stderr).split()[1]
     uvloop = version("uvloop") if _installed("uvloop") else "not installed"
@@ -454,7 +456,7 @@ def report(results: dict[str, dict[str, list[Sample]]], rounds: int, duration: f
             cpu_ratio = _med([s.cpu_us or 0 for s in a]) / _med([s.cpu_us or 0 for s in b])
             lines.append(f"- {name} / {against}: requests/s **{rps_ratio:.2f}x**, "
                          f"CPU per request **{cpu_ratio:.2f}x**")
-        if "envoy" in samples:
+        if "envoy" in samples and scenario.connections == 1:
             base = _med([s.p50_ms for s in samples["envoy"]])
             for candidate in scenario.candidates:
                 if candidate.name != "envoy":
@@ -463,6 +465,45 @@ def report(results: dict[str, dict[str, list[Sample]]], rounds: int, duration: f
                                  f"**{added:.2f} ms**")
         lines.append("")
     return "\n".join(lines)
+
+
+TARGETS = (
+    # (label, scenario, candidate, against, metric, comparison, bound)
+    ("(3) extkit >= 0.95x the minimal servicer's requests/s", "headers", "extkit", "minimal",
+     "rps", ">=", 0.95),
+    ("(3) extkit <= 1.05x the minimal servicer's CPU per request", "headers", "extkit",
+     "minimal", "cpu", "<=", 1.05),
+    ("(4) headers-only extkit >= 1.6x the minimal servicer in Envoy's default mode",
+     "headers", "extkit-req", "minimal", "rps", ">=", 1.6),
+    ("(6) STREAMED >= 0.9x the minimal servicer", "streamed", "extkit", "minimal", "rps", ">=",
+     0.9),
+    ("(7) BUFFERED >= 0.9x the minimal servicer", "buffered", "extkit", "minimal", "rps", ">=",
+     0.9),
+    ("(8) p50 added over Envoy alone <= 0.8 ms (extkit, both headers)", "latency", "extkit",
+     "envoy", "p50_added", "<=", 0.8),
+    ("(8) p50 added over Envoy alone <= 0.8 ms (extkit, request headers only)", "latency",
+     "extkit-req", "envoy", "p50_added", "<=", 0.8),
+)
+
+
+def targets(results: dict[str, dict[str, list[Sample]]]) -> list[str]:
+    lines = ["## Targets", "", "| target | measured | met |", "|---|---:|---|"]
+    for label, scenario, name, against, metric, comparison, bound in TARGETS:
+        samples = results.get(scenario)
+        if samples is None:
+            continue
+        a, b = samples[name], samples[against]
+        if metric == "p50_added":
+            value = _med([s.p50_ms for s in a]) - _med([s.p50_ms for s in b])
+            shown = f"{value:.2f} ms"
+        else:
+            key = "rps" if metric == "rps" else "cpu_us"
+            value = (_med([getattr(s, key) or 0 for s in a])
+                     / _med([getattr(s, key) or 0 for s in b]))
+            shown = f"{value:.2f}x"
+        met = value >= bound if comparison == ">=" else value <= bound
+        lines.append(f"| {label} | {shown} | {'yes' if met else '**no**'} |")
+    return [*lines, ""]
 
 
 def main() -> None:
@@ -481,6 +522,7 @@ def main() -> None:
     chosen = [s for s in SCENARIOS if not args.scenario or s.name in args.scenario]
     results = run(chosen, args.rounds, args.duration, args.tcp, args.profile)
     text = report(results, args.rounds, args.duration, args.tcp)
+    text += "\n".join(targets(results))
     print(text)
     if not args.no_write:
         experiments = BENCH / "EXPERIMENTS.md"
