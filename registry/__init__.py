@@ -1,0 +1,41 @@
+"""envoy-extkit's OCI client for Wasm images: push and pull in the layouts Envoy Gateway accepts."""
+
+from .auth import Credentials, from_docker_config, from_secret_file
+from .client import RegistryClient
+from .errors import (
+    AuthError,
+    DigestMismatch,
+    InvalidReference,
+    NotFound,
+    RegistryError,
+    TransportError,
+    UnsafeArchive,
+    UnsupportedImage,
+)
+from .layout import LAYOUTS, build_image
+from .reference import Reference, parse_reference
+from .transfer import Connection, PullResult, PushResult, pull, push
+
+__all__ = [
+    "LAYOUTS",
+    "AuthError",
+    "Connection",
+    "Credentials",
+    "DigestMismatch",
+    "InvalidReference",
+    "NotFound",
+    "PullResult",
+    "PushResult",
+    "Reference",
+    "RegistryClient",
+    "RegistryError",
+    "TransportError",
+    "UnsafeArchive",
+    "UnsupportedImage",
+    "build_image",
+    "from_docker_config",
+    "from_secret_file",
+    "parse_reference",
+    "pull",
+    "push",
+]
