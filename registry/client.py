@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import ssl
 import time
 from collections.abc import Callable
 from typing import Any
@@ -28,7 +29,7 @@ class RegistryClient:
         self.credentials = credentials
         scheme = "http" if insecure else "https"
         self.base = f"{scheme}://{registry}"
-        verify: Any = ca_file if ca_file else True
+        verify: Any = ssl.create_default_context(cafile=ca_file) if ca_file else True
         self.http = httpx.Client(verify=verify, timeout=timeout, follow_redirects=True)
         self._authorization: str | None = None
 

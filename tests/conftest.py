@@ -28,8 +28,38 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
-    # A missing Envoy is a failure, never a skip.
+    # A missing Envoy, registry or skopeo is a failure, never a skip.
     find_envoy()
+    for tool in ("/usr/bin/docker-registry", "skopeo", "openssl"):
+        if shutil.which(tool) is None:
+            raise pytest.UsageError(f"{tool} is missing: run scripts/setup.sh (apt-get install)")
+
+
+@pytest.fixture(scope="session")
+def test_ca(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    from oci import make_ca
+
+    return make_ca(tmp_path_factory.mktemp("ca"))
+
+
+@pytest.fixture(scope="session")
+def registry(tmp_path_factory: pytest.TempPathFactory, test_ca: dict[str, Path]) -> Any:
+    """docker-registry on loopback with TLS from the test CA and htpasswd auth."""
+    from oci import start_registry
+
+    server = start_registry(tmp_path_factory.mktemp("registry"), tls=test_ca)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def wat_module(tmp_path: Path) -> Path:
+    """tests/wat/add_header.wat compiled to a .wasm file."""
+    import wasmtime
+
+    path = tmp_path / "plugin.wasm"
+    path.write_bytes(wasmtime.wat2wasm((ROOT / "tests/wat/add_header.wat").read_text()))
+    return path
 
 
 @pytest.fixture

@@ -1,0 +1,179 @@
+"""Push and pull Wasm modules against a real registry (docker-registry), checked with skopeo."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+
+import pytest
+from oci import PASSWORD, USER, skopeo
+
+import registry as oci
+from registry.layout import WASM_CONFIG, WASM_LAYER
+from wasm import InvalidModule
+
+
+@pytest.fixture
+def conn(registry) -> oci.Connection:
+    return oci.Connection(oci.Credentials(USER, PASSWORD, "test"), ca_file=str(registry.ca_file))
+
+
+def _skopeo_raw(registry, ref: str) -> dict:
+    result = skopeo("inspect", "--raw", "--cert-dir", str(registry.cert_dir),
+                    "--creds", f"{USER}:{PASSWORD}", f"docker://{registry.host}/{ref}")
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+@pytest.mark.parametrize("layout", ["oci", "compat"])
+def test_push_then_pull_is_byte_identical_and_skopeo_reads_it(registry, conn, wat_module,
+                                                               tmp_path, layout):
+    ref = f"oci://{registry.host}/filters/add-header:{layout}"
+    pushed = oci.push(wat_module, ref, layout=layout, connection=conn)
+    out = tmp_path / "pulled.wasm"
+    pulled = oci.pull(ref, out, connection=conn)
+    assert out.read_bytes() == wat_module.read_bytes()
+    assert pulled.digest == pushed.digest
+    manifest = _skopeo_raw(registry, f"filters/add-header:{layout}")
+    raw = json.dumps(manifest, sort_keys=True, separators=(",", ":")).encode()
+    assert "sha256:" + hashlib.sha256(raw).hexdigest() == pushed.digest
+    if layout == "oci":
+        assert manifest["config"]["mediaType"] == WASM_CONFIG
+        assert len(manifest["layers"]) == 2
+        assert manifest["layers"][1]["mediaType"] == WASM_LAYER
+    else:
+        assert [layer["mediaType"] for layer in manifest["layers"]] == [
+            "application/vnd.oci.image.layer.v1.tar+gzip"]
+
+
+def test_push_is_reproducible(registry, conn, wat_module):
+    first = oci.push(wat_module, f"oci://{registry.host}/filters/repro:a", connection=conn)
+    second = oci.push(wat_module, f"oci://{registry.host}/filters/repro:b", connection=conn)
+    assert first.digest == second.digest
+    assert oci.build_image(wat_module.read_bytes(), "compat").digest == \
+        oci.build_image(wat_module.read_bytes(), "compat").digest
+    entry = first.policy_entry()
+    assert entry["code"]["image"]["sha256"] == first.digest.removeprefix("sha256:")
+
+
+def test_pull_by_digest_and_sha256_checks(registry, conn, wat_module, tmp_path):
+    pushed = oci.push(wat_module, f"oci://{registry.host}/filters/sum:v1", connection=conn)
+    out = tmp_path / "ok.wasm"
+    oci.pull(f"oci://{registry.host}/filters/sum@{pushed.digest}", out, connection=conn,
+             sha256=pushed.digest)
+    assert out.read_bytes() == wat_module.read_bytes()
+    bad = tmp_path / "bad.wasm"
+    with pytest.raises(oci.DigestMismatch, match="manifest digest is"):
+        oci.pull(f"oci://{registry.host}/filters/sum:v1", bad, connection=conn,
+                 sha256="0" * 64)
+    assert not bad.exists()
+    assert list(tmp_path.glob(".bad.wasm.*")) == []
+
+
+def test_tampered_blob_in_storage_is_refused_and_nothing_written(registry, conn, wat_module,
+                                                                 tmp_path):
+    pushed = oci.push(wat_module, f"oci://{registry.host}/filters/tamper:v1", connection=conn)
+    layer_digest = oci.build_image(wat_module.read_bytes(), "oci").layers[1].digest
+    hexdigest = layer_digest.removeprefix("sha256:")
+    data = next(registry.storage.rglob(f"blobs/sha256/{hexdigest[:2]}/{hexdigest}/data"))
+    original = data.read_bytes()
+    try:
+        data.write_bytes(original[:-1] + bytes([original[-1] ^ 0xFF]))
+        out = tmp_path / "t.wasm"
+        with pytest.raises(oci.DigestMismatch, match="corrupt or tampered"):
+            oci.pull(f"oci://{registry.host}/filters/tamper:v1", out, connection=conn)
+        assert not out.exists()
+    finally:
+        data.write_bytes(original)
+    assert pushed.digest.startswith("sha256:")
+
+
+def test_non_wasm_file_is_refused_before_upload(registry, conn, tmp_path):
+    bogus = tmp_path / "plugin.wasm"
+    bogus.write_bytes(b"#!/bin/sh\necho not wasm\n")
+    with pytest.raises(InvalidModule, match="not a WebAssembly module"):
+        oci.push(bogus, f"oci://{registry.host}/filters/bogus:v1", connection=conn)
+    with pytest.raises(oci.NotFound):
+        oci.pull(f"oci://{registry.host}/filters/bogus:v1", tmp_path / "x.wasm",
+                 connection=conn)
+
+
+def test_credentials_missing_or_wrong_name_the_cause(registry, wat_module, tmp_path):
+    ca = str(registry.ca_file)
+    with pytest.raises(oci.AuthError, match="no credentials were found"):
+        oci.push(wat_module, f"oci://{registry.host}/filters/auth:v1",
+                 connection=oci.Connection(ca_file=ca))
+    wrong = oci.Connection(oci.Credentials(USER, "nope", "--username"), ca_file=ca)
+    with pytest.raises(oci.AuthError, match="tried user 'extkit' from --username"):
+        oci.push(wat_module, f"oci://{registry.host}/filters/auth:v1", connection=wrong)
+
+
+def test_tls_without_the_ca_fails_clearly(registry, wat_module):
+    with pytest.raises(oci.TransportError, match=r"TLS verification .* failed.*--ca-file"):
+        oci.push(wat_module, f"oci://{registry.host}/filters/tls:v1",
+                 connection=oci.Connection(oci.Credentials(USER, PASSWORD, "t")))
+
+
+def test_dockerconfigjson_secret_and_docker_config(registry, wat_module, tmp_path):
+    import base64
+
+    auth = base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
+    config = {"auths": {registry.host: {"auth": auth}}}
+    secret = tmp_path / "secret.yaml"
+    secret.write_text(
+        "apiVersion: v1\nkind: Secret\nmetadata:\n  name: pull\n"
+        "type: kubernetes.io/dockerconfigjson\ndata:\n"
+        f"  .dockerconfigjson: {base64.b64encode(json.dumps(config).encode()).decode()}\n")
+    creds = oci.from_secret_file(registry.host, secret)
+    assert creds is not None and creds.username == USER and creds.source == str(secret)
+    docker_config = tmp_path / "config.json"
+    docker_config.write_text(json.dumps(config))
+    creds2 = oci.from_docker_config(registry.host, docker_config)
+    assert creds2 == oci.Credentials(USER, PASSWORD, str(docker_config))
+    pushed = oci.push(wat_module, f"oci://{registry.host}/filters/secret:v1",
+                      connection=oci.Connection(creds, ca_file=str(registry.ca_file)))
+    assert pushed.digest.startswith("sha256:")
+
+
+def test_pulls_an_image_pushed_by_skopeo_as_docker_v2_compat(registry, conn, wat_module,
+                                                             tmp_path):
+    """A compat image written by another client: Docker v2 manifest, plugin.wasm nested."""
+    import io
+    import tarfile
+
+    layout_dir = tmp_path / "dir-image"
+    layout_dir.mkdir()
+    tar_bytes = io.BytesIO()
+    with tarfile.open(fileobj=tar_bytes, mode="w:gz") as tar:
+        data = wat_module.read_bytes()
+        info = tarfile.TarInfo("deep/nested/plugin.wasm")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    layer = tar_bytes.getvalue()
+    config = json.dumps({"architecture": "amd64", "os": "linux",
+                         "rootfs": {"type": "layers", "diff_ids": []}}).encode()
+
+    def digest(b: bytes) -> str:
+        return "sha256:" + hashlib.sha256(b).hexdigest()
+
+    manifest = {"schemaVersion": 2,
+                "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+                "config": {"mediaType": "application/vnd.docker.container.image.v1+json",
+                           "size": len(config), "digest": digest(config)},
+                "layers": [{"mediaType": "application/vnd.docker.image.rootfs.diff.tar.gzip",
+                            "size": len(layer), "digest": digest(layer)}]}
+    (layout_dir / "manifest.json").write_text(json.dumps(manifest))
+    (layout_dir / digest(config).removeprefix("sha256:")).write_bytes(config)
+    (layout_dir / digest(layer).removeprefix("sha256:")).write_bytes(layer)
+    (layout_dir / "version").write_text("Directory Transport Version: 1.1\n")
+    policy = tmp_path / "policy.json"
+    policy.write_text('{"default": [{"type": "insecureAcceptAnything"}]}')
+    copied = skopeo("--policy", str(policy), "copy", "--dest-cert-dir",
+                    str(registry.cert_dir), "--dest-creds", f"{USER}:{PASSWORD}",
+                    f"dir:{layout_dir}", f"docker://{registry.host}/filters/foreign:v1")
+    assert copied.returncode == 0, copied.stderr
+    out = tmp_path / "foreign.wasm"
+    oci.pull(f"oci://{registry.host}/filters/foreign:v1", out, connection=conn)
+    assert out.read_bytes() == wat_module.read_bytes()
+    assert shutil.which("skopeo")
