@@ -156,5 +156,15 @@ def dev(processor: str | None, port: int, app_dir: str, log_level: str) -> None:
         _fail(str(exc), exit_codes.ERROR)
 
 
+def _add_wasm_commands() -> None:
+    from .wasm_commands import inspect, pull, push, verify
+
+    for command in (push, pull, inspect, verify):
+        cli.add_command(command)
+
+
+_add_wasm_commands()
+
+
 def main() -> None:
     cli(prog_name="extctl")

@@ -1,0 +1,212 @@
+"""``extctl push|pull|inspect|verify``: thin commands over :mod:`registry` and :mod:`wasm`."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+
+import registry
+import wasm
+
+from . import exit_codes
+
+_ERRORS: tuple[tuple[type[Exception], int], ...] = (
+    (registry.DigestMismatch, exit_codes.DIGEST),
+    (wasm.DigestMismatch, exit_codes.DIGEST),
+    (registry.AuthError, exit_codes.AUTH),
+    (registry.NotFound, exit_codes.NOT_FOUND),
+    (registry.TransportError, exit_codes.TRANSPORT),
+    (registry.InvalidReference, exit_codes.INVALID),
+    (registry.UnsupportedImage, exit_codes.INVALID),
+    (registry.UnsafeArchive, exit_codes.INVALID),
+    (wasm.InvalidModule, exit_codes.INVALID),
+    (registry.RegistryError, exit_codes.ERROR),
+)
+
+
+def _fail(exc: Exception) -> NoReturn:
+    for kind, code in _ERRORS:
+        if isinstance(exc, kind):
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(code)
+    raise exc
+
+
+@contextmanager
+def _errors() -> Iterator[None]:
+    try:
+        yield
+    except (registry.RegistryError, wasm.WasmError) as exc:
+        _fail(exc)
+
+
+def _connection(ref: str, username: str | None, password_stdin: bool, docker_config: str | None,
+                secret_file: str | None, ca_file: str | None,
+                insecure: bool) -> registry.Connection:
+    host = registry.parse_reference(ref).registry
+    credentials = None
+    if username:
+        if not password_stdin:
+            raise click.UsageError("--username needs --password-stdin (the password on stdin)")
+        credentials = registry.Credentials(username, sys.stdin.readline().rstrip("\n"),
+                                           "--username")
+    elif secret_file:
+        credentials = registry.from_secret_file(host, secret_file)
+    else:
+        credentials = registry.from_docker_config(host, docker_config)
+    if insecure and not (host.startswith(("127.", "localhost", "[::1]"))):
+        raise click.UsageError("--insecure (plain HTTP) is only for a registry on loopback")
+    return registry.Connection(credentials, ca_file=ca_file, insecure=insecure)
+
+
+def _registry_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    for option in reversed((
+        click.option("--username", help="Registry user (password from --password-stdin)."),
+        click.option("--password-stdin", is_flag=True, help="Read the password from stdin."),
+        click.option("--docker-config", type=click.Path(dir_okay=False),
+                     help="docker config.json (default: $DOCKER_CONFIG or ~/.docker)."),
+        click.option("--secret-file", type=click.Path(exists=True, dir_okay=False),
+                     help="A kubernetes.io/dockerconfigjson Secret (what pullSecretRef names)."),
+        click.option("--ca-file", type=click.Path(exists=True, dir_okay=False),
+                     help="PEM CA bundle for a private registry."),
+        click.option("--insecure", is_flag=True, help="Plain HTTP (registries on loopback)."),
+        click.option("--output", type=click.Choice(["text", "json"]), default="text",
+                     show_default=True),
+    )):
+        f = option(f)
+    return f
+
+
+@contextmanager
+def _progress(label: str, total: int) -> Iterator[Callable[[int], None] | None]:
+    if total < 4 * 1024 * 1024 or not sys.stderr.isatty():
+        yield None
+        return
+    with click.progressbar(length=total, label=label, file=sys.stderr) as bar:
+        yield bar.update
+
+
+@click.command()
+@click.argument("module", type=click.Path(exists=True, dir_okay=False))
+@click.argument("ref", metavar="oci://HOST/REPO:TAG")
+@click.option("--layout", type=click.Choice(registry.LAYOUTS), default="oci", show_default=True,
+              help="oci: two layers (module + runtime config); compat: tar+gzip plugin.wasm.")
+@_registry_options
+def push(module: str, ref: str, layout: str, username: str | None, password_stdin: bool,
+         docker_config: str | None, secret_file: str | None, ca_file: str | None,
+         insecure: bool, output: str) -> None:
+    """Push a Wasm module as an image Envoy Gateway pulls; print its manifest digest.
+
+    The digest is what EnvoyExtensionPolicy's image.sha256 must carry; the printed entry is
+    ready to paste under spec.wasm.
+
+    \b
+    Example:
+      extctl push plugin.wasm oci://registry.example.com/filters/redact:v1
+    """
+    with _errors():
+        connection = _connection(ref, username, password_stdin, docker_config, secret_file,
+                                 ca_file, insecure)
+        size = Path(module).stat().st_size
+        with _progress("push", size * 2) as progress:
+            result = registry.push(module, ref, layout=layout, connection=connection,
+                                   progress=progress)
+    if output == "json":
+        click.echo(json.dumps({"reference": str(result.reference), "digest": result.digest,
+                               "layout": result.layout, "size": result.size,
+                               "envoyExtensionPolicy": {"wasm": [result.policy_entry()]}},
+                              indent=2))
+        return
+    entry = result.policy_entry()
+    click.echo(f"pushed {result.reference} ({result.layout} layout, {result.size} bytes)")
+    click.echo(f"digest: {result.digest}")
+    click.echo("EnvoyExtensionPolicy spec.wasm entry:")
+    click.echo(f"- name: {entry['name']}\n  code:\n    type: Image\n    image:\n"
+               f"      url: {entry['code']['image']['url']}\n"
+               f"      sha256: {entry['code']['image']['sha256']}")
+
+
+@click.command()
+@click.argument("ref", metavar="oci://HOST/REPO:TAG")
+@click.option("-o", "--out", "out", required=True, type=click.Path(dir_okay=False),
+              help="Where to write the module.")
+@click.option("--sha256", help="Expected manifest digest (EnvoyExtensionPolicy image.sha256).")
+@click.option("--max-size", type=click.IntRange(min=1), default=256 * 1024 * 1024,
+              show_default=True, help="Largest module accepted, in bytes.")
+@_registry_options
+def pull(ref: str, out: str, sha256: str | None, max_size: int, username: str | None,
+         password_stdin: bool, docker_config: str | None, secret_file: str | None,
+         ca_file: str | None, insecure: bool, output: str) -> None:
+    """Pull a Wasm module from an image, verifying every digest; nothing is written on error.
+
+    \b
+    Example:
+      extctl pull oci://registry.example.com/filters/redact:v1 -o plugin.wasm
+      extctl pull oci://registry.example.com/filters/redact:v1 -o plugin.wasm --sha256 HEX
+    """
+    with _errors():
+        if sha256:
+            try:
+                wasm.normalise_sha256(sha256)
+            except ValueError as exc:
+                raise click.BadParameter(str(exc), param_hint="--sha256") from None
+        connection = _connection(ref, username, password_stdin, docker_config, secret_file,
+                                 ca_file, insecure)
+        result = registry.pull(ref, out, sha256=sha256, connection=connection,
+                               max_size=max_size)
+    if output == "json":
+        click.echo(json.dumps({"reference": str(result.reference), "digest": result.digest,
+                               "path": str(result.path), "sha256": result.sha256,
+                               "size": result.size}, indent=2))
+    else:
+        click.echo(f"pulled {result.reference} -> {result.path} ({result.size} bytes)")
+        click.echo(f"digest: {result.digest}\nmodule sha256: {result.sha256}")
+
+
+@click.command()
+@click.argument("module", type=click.Path(exists=True, dir_okay=False))
+@click.option("--output", type=click.Choice(["text", "json"]), default="text",
+              show_default=True)
+def inspect(module: str, output: str) -> None:
+    """Validate a Wasm module and show its proxy-wasm ABI, callbacks, imports, size, sha256.
+
+    \b
+    Example:
+      extctl inspect plugin.wasm --output json
+    """
+    with _errors():
+        info = wasm.inspect_file(module)
+    if output == "json":
+        click.echo(json.dumps(info.to_dict(), indent=2))
+        return
+    click.echo(f"valid WebAssembly module: {module}")
+    click.echo(f"size: {info.size} bytes\nsha256: {info.sha256}")
+    abis = ", ".join(info.abi_versions) or "none (not a proxy-wasm module)"
+    click.echo(f"proxy-wasm ABI: {abis}")
+    click.echo(f"callbacks: {', '.join(info.callbacks) or '-'}")
+    click.echo("imports: " + (", ".join(f"{m}.{n}" for m, n in info.imports) or "-"))
+
+
+@click.command()
+@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+@click.option("--sha256", required=True, help="Expected sha256 (HEX or sha256:HEX).")
+def verify(file: str, sha256: str) -> None:
+    """Check a file's sha256 (as Envoy checks a module it loads).
+
+    \b
+    Example:
+      extctl verify plugin.wasm --sha256 9e31ea4f...
+    """
+    try:
+        wasm.normalise_sha256(sha256)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--sha256") from None
+    with _errors():
+        actual = wasm.verify_file(file, sha256)
+    click.echo(f"ok: {file} sha256 {actual}")
