@@ -6,6 +6,7 @@ processing mode, attributes, mutation rules and metadata namespaces come from th
 
 from __future__ import annotations
 
+import urllib.parse
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,17 +21,42 @@ from envoy.config.route.v3 import route_components_pb2, route_pb2
 from envoy.extensions.access_loggers.stream.v3 import stream_pb2
 from envoy.extensions.filters.http.ext_proc.v3 import ext_proc_pb2
 from envoy.extensions.filters.http.router.v3 import router_pb2
+from envoy.extensions.filters.http.wasm.v3 import wasm_pb2 as wasm_filter_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
 )
+from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
-from google.protobuf import any_pb2, duration_pb2, json_format
+from envoy.extensions.wasm.v3 import wasm_pb2
+from google.protobuf import any_pb2, duration_pb2, json_format, wrappers_pb2
 
 from extproc import ProcessingMode, Processor
 from extproc._config import split_address
 
 EXT_PROC_CLUSTER = "extproc"
 UPSTREAM_CLUSTER = "upstream"
+
+
+@dataclass(frozen=True)
+class WasmFilter:
+    """A proxy-wasm filter: a local module, or one Envoy fetches over HTTP and checks."""
+
+    name: str
+    path: str | None = None
+    """A local .wasm file."""
+    url: str | None = None
+    """http(s) URL Envoy downloads the module from; ``sha256`` is then required."""
+    sha256: str | None = None
+    root_id: str = ""
+    configuration: str = ""
+    """Plugin configuration handed to ``proxy_on_configure`` (JSON text, usually)."""
+    fail_open: bool = False
+
+    def __post_init__(self) -> None:
+        if (self.path is None) == (self.url is None):
+            raise ValueError(f"wasm filter {self.name}: give exactly one of path or url")
+        if self.url is not None and not self.sha256:
+            raise ValueError(f"wasm filter {self.name}: a remote module needs its sha256")
 
 
 @dataclass(frozen=True)
@@ -62,6 +88,8 @@ class EnvoyConfig:
     """Listener/cluster buffer limit: the largest BUFFERED body."""
     access_log: bool = False
     """Log each request to Envoy's stdout."""
+    wasm: Sequence[WasmFilter] = ()
+    """proxy-wasm filters, in order, before the ext_proc filter."""
     http1_trailers: bool = False
     """Accept and forward HTTP/1.1 chunked trailers (Envoy drops them by default)."""
 
@@ -143,6 +171,7 @@ def bootstrap(config: EnvoyConfig) -> Any:
             virtual_hosts=[route_components_pb2.VirtualHost(
                 name="any", domains=["*"], routes=[route])]),
         http_filters=[
+            *(wasm_filter(w, i) for i, w in enumerate(config.wasm)),
             *([ext_proc_filter(config)] if config.processor is not None else []),
             hcm_pb2.HttpFilter(name="envoy.filters.http.router",
                                typed_config=_any(router_pb2.Router())),
@@ -174,6 +203,9 @@ def bootstrap(config: EnvoyConfig) -> Any:
             "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": _any(http2)},
         load_assignment=_load_assignment(EXT_PROC_CLUSTER, config.processor_addresses),
     )]
+    for index, wasm in enumerate(config.wasm):
+        if wasm.url is not None:
+            clusters.append(_url_cluster(f"wasm_source_{index}", wasm.url))
     if config.upstream is not None:
         upstream = cluster_pb2.Cluster(
             name=UPSTREAM_CLUSTER,
@@ -193,6 +225,39 @@ def bootstrap(config: EnvoyConfig) -> Any:
         static_resources=bootstrap_pb2.Bootstrap.StaticResources(
             listeners=[listener], clusters=clusters),
     )
+
+
+def wasm_filter(wasm: WasmFilter, index: int) -> Any:
+    """The ``envoy.filters.http.wasm`` filter for one module (v8 runtime)."""
+    plugin = wasm_pb2.PluginConfig(name=wasm.name, root_id=wasm.root_id, fail_open=wasm.fail_open)
+    vm = plugin.vm_config
+    vm.vm_id = wasm.name
+    vm.runtime = "envoy.wasm.runtime.v8"
+    if wasm.path is not None:
+        vm.code.local.filename = wasm.path
+    else:
+        remote = vm.code.remote
+        remote.http_uri.uri = wasm.url or ""
+        remote.http_uri.cluster = f"wasm_source_{index}"
+        remote.http_uri.timeout.CopyFrom(_seconds(10))
+        remote.sha256 = (wasm.sha256 or "").removeprefix("sha256:")
+    if wasm.configuration:
+        plugin.configuration.Pack(wrappers_pb2.StringValue(value=wasm.configuration))
+    return hcm_pb2.HttpFilter(name="envoy.filters.http.wasm",
+                              typed_config=_any(wasm_filter_pb2.Wasm(config=plugin)))
+
+
+def _url_cluster(name: str, url: str) -> Any:
+    parsed = urllib.parse.urlsplit(url)
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    cluster = cluster_pb2.Cluster(
+        name=name, type=cluster_pb2.Cluster.STRICT_DNS, connect_timeout=_seconds(2),
+        load_assignment=_load_assignment(name, [f"{parsed.hostname}:{port}"]))
+    if parsed.scheme == "https":
+        tls = tls_pb2.UpstreamTlsContext(sni=parsed.hostname or "")
+        cluster.transport_socket.name = "envoy.transport_sockets.tls"
+        cluster.transport_socket.typed_config.Pack(tls)
+    return cluster
 
 
 def _load_assignment(name: str, addresses: Sequence[str]) -> Any:
