@@ -139,8 +139,15 @@ def push(module: str, ref: str, layout: str, username: str | None, password_stdi
 @click.option("--sha256", help="Expected manifest digest (EnvoyExtensionPolicy image.sha256).")
 @click.option("--max-size", type=click.IntRange(min=1), default=256 * 1024 * 1024,
               show_default=True, help="Largest module accepted, in bytes.")
+@click.option("--pull-policy", type=click.Choice(registry.PULL_POLICIES), default="IfNotPresent",
+              show_default=True, help="IfNotPresent: a cached image is used without asking the "
+              "registry; Always: resolve the reference every time (Envoy Gateway's meaning).")
+@click.option("--cache-dir", type=click.Path(file_okay=False),
+              help="Cache directory (default: $EXTCTL_CACHE_DIR or ~/.cache/envoy-extkit).")
+@click.option("--no-cache", is_flag=True, help="Neither read nor fill the cache.")
 @_registry_options
-def pull(ref: str, out: str, sha256: str | None, max_size: int, username: str | None,
+def pull(ref: str, out: str, sha256: str | None, max_size: int, pull_policy: str,
+         cache_dir: str | None, no_cache: bool, username: str | None,
          password_stdin: bool, docker_config: str | None, secret_file: str | None,
          ca_file: str | None, insecure: bool, output: str) -> None:
     """Pull a Wasm module from an image, verifying every digest; nothing is written on error.
@@ -158,14 +165,17 @@ def pull(ref: str, out: str, sha256: str | None, max_size: int, username: str | 
                 raise click.BadParameter(str(exc), param_hint="--sha256") from None
         connection = _connection(ref, username, password_stdin, docker_config, secret_file,
                                  ca_file, insecure)
+        cache = None if no_cache else registry.Cache(cache_dir)
         result = registry.pull(ref, out, sha256=sha256, connection=connection,
-                               max_size=max_size)
+                               max_size=max_size, cache=cache, pull_policy=pull_policy)
     if output == "json":
         click.echo(json.dumps({"reference": str(result.reference), "digest": result.digest,
                                "path": str(result.path), "sha256": result.sha256,
-                               "size": result.size}, indent=2))
+                               "size": result.size, "from_cache": result.from_cache},
+                              indent=2))
     else:
-        click.echo(f"pulled {result.reference} -> {result.path} ({result.size} bytes)")
+        source = " from the cache" if result.from_cache else ""
+        click.echo(f"pulled {result.reference}{source} -> {result.path} ({result.size} bytes)")
         click.echo(f"digest: {result.digest}\nmodule sha256: {result.sha256}")
 
 

@@ -1,6 +1,7 @@
 """envoy-extkit's OCI client for Wasm images: push and pull in the layouts Envoy Gateway accepts."""
 
 from .auth import Credentials, from_docker_config, from_secret_file
+from .cache import PULL_POLICIES, Cache
 from .client import RegistryClient
 from .errors import (
     AuthError,
@@ -18,7 +19,9 @@ from .transfer import Connection, PullResult, PushResult, pull, push
 
 __all__ = [
     "LAYOUTS",
+    "PULL_POLICIES",
     "AuthError",
+    "Cache",
     "Connection",
     "Credentials",
     "DigestMismatch",

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +13,7 @@ from typing import Any
 from wasm import InvalidModule, inspect_bytes, normalise_sha256
 
 from .auth import Credentials
+from .cache import PULL_POLICIES, Cache
 from .client import RegistryClient
 from .errors import DigestMismatch, UnsupportedImage
 from .layout import (
@@ -25,6 +26,7 @@ from .layout import (
     wasm_layer,
 )
 from .reference import Reference, parse_reference
+from .transfer_io import write_atomic
 
 DEFAULT_MAX_SIZE = 256 * 1024 * 1024
 Progress = Callable[[int], None]
@@ -68,6 +70,7 @@ class PullResult:
     path: Path
     sha256: str  # of the module itself
     size: int
+    from_cache: bool = False
 
 
 def push(wasm_path: str | os.PathLike[str], ref: str | Reference, *, layout: str = "oci",
@@ -108,42 +111,47 @@ def resolve(client: RegistryClient, reference: Reference) -> tuple[dict[str, Any
 
 def pull(ref: str | Reference, output: str | os.PathLike[str], *, sha256: str | None = None,
          connection: Connection | None = None, max_size: int = DEFAULT_MAX_SIZE,
-         progress: Progress | None = None) -> PullResult:
+         progress: Progress | None = None, cache: Cache | None = None,
+         pull_policy: str = "IfNotPresent") -> PullResult:
     """Fetch the module to ``output``; every blob and the manifest digest verified.
 
-    ``sha256`` is compared with the manifest digest (Envoy Gateway's ``image.sha256``).
-    On any error nothing is left at ``output``.
+    ``sha256`` is compared with the manifest digest (Envoy Gateway's ``image.sha256``). With a
+    ``cache``, ``IfNotPresent`` uses a cached image without asking the registry (a digest
+    reference works with the registry down); ``Always`` resolves the reference every time and
+    reuses cached content only when the digest is unchanged. On any error nothing is left at
+    ``output``.
     """
+    if pull_policy not in PULL_POLICIES:
+        raise ValueError(f"pull policy must be one of {', '.join(PULL_POLICIES)}")
     reference = parse_reference(ref) if isinstance(ref, str) else ref
-    expected = normalise_sha256(sha256) if sha256 else None
-    with (connection or Connection()).client(reference.registry) as client:
-        manifest, digest = resolve(client, reference)
-        if expected and digest != f"sha256:{expected}":
-            raise DigestMismatch(f"{reference}: manifest digest is {digest}, expected "
-                                 f"sha256:{expected}; nothing was written")
-        layer, packed = wasm_layer(manifest)
-        blob = client.fetch_blob(reference.repository, layer["digest"], max_size, progress)
-    module = extract_plugin(blob, max_size) if packed else blob
-    if not module.startswith(WASM_MAGIC):
-        raise UnsupportedImage(f"{reference}: the module does not start with the Wasm magic "
-                               "bytes (\\0asm)")
+    expected = f"sha256:{normalise_sha256(sha256)}" if sha256 else None
+    module: bytes | None = None
+    digest = ""
+    if cache is not None and pull_policy == "IfNotPresent":
+        cached_digest = cache.manifest_for(reference)
+        if cached_digest and (expected is None or cached_digest == expected):
+            module = cache.module_for(cached_digest)
+            digest = cached_digest
+    from_cache = module is not None
+    if module is None:
+        with (connection or Connection()).client(reference.registry) as client:
+            manifest, digest = resolve(client, reference)
+            if expected and digest != expected:
+                raise DigestMismatch(f"{reference}: manifest digest is {digest}, expected "
+                                     f"{expected}; nothing was written")
+            module = cache.module_for(digest) if cache is not None else None
+            from_cache = module is not None
+            if module is None:
+                layer, packed = wasm_layer(manifest)
+                blob = client.fetch_blob(reference.repository, layer["digest"], max_size,
+                                         progress)
+                module = extract_plugin(blob, max_size) if packed else blob
+        if not module.startswith(WASM_MAGIC):
+            raise UnsupportedImage(f"{reference}: the module does not start with the Wasm "
+                                   "magic bytes (\\0asm)")
+        if cache is not None:
+            cache.store(reference, digest, module)
     path = Path(output)
     write_atomic(path, module)
-    import hashlib
-
-    return PullResult(reference, digest, path, hashlib.sha256(module).hexdigest(), len(module))
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write to a temporary name beside ``path``, then rename: never a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    return PullResult(reference, digest, path, hashlib.sha256(module).hexdigest(), len(module),
+                      from_cache)

@@ -62,6 +62,12 @@ def wat_module(tmp_path: Path) -> Path:
     return path
 
 
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pulls never touch the user's cache."""
+    monkeypatch.setenv("EXTCTL_CACHE_DIR", str(tmp_path / "extctl-cache"))
+
+
 @pytest.fixture
 def sock_dir() -> Iterator[Path]:
     """A short directory for Unix sockets (AF_UNIX paths are limited to 107 bytes)."""

@@ -177,3 +177,61 @@ def test_pulls_an_image_pushed_by_skopeo_as_docker_v2_compat(registry, conn, wat
     oci.pull(f"oci://{registry.host}/filters/foreign:v1", out, connection=conn)
     assert out.read_bytes() == wat_module.read_bytes()
     assert shutil.which("skopeo")
+
+
+def test_cache_pull_policies_with_the_registry_stopped(tmp_path, test_ca, wat_module):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from oci import start_registry
+
+    reg = start_registry(tmp_path / "reg", tls=test_ca)
+    conn = oci.Connection(oci.Credentials(USER, PASSWORD, "t"), ca_file=str(reg.ca_file))
+    cache = oci.Cache(tmp_path / "cache")
+    try:
+        tag_ref = f"oci://{reg.host}/filters/cached:v1"
+        pushed = oci.push(wat_module, tag_ref, connection=conn)
+        digest_ref = f"oci://{reg.host}/filters/cached@{pushed.digest}"
+        first = oci.pull(tag_ref, tmp_path / "a.wasm", connection=conn, cache=cache)
+        assert not first.from_cache
+        again = oci.pull(digest_ref, tmp_path / "b.wasm", connection=conn, cache=cache,
+                         pull_policy="Always")
+        assert again.from_cache  # resolved online, content reused
+        out = tmp_path / "shared.wasm"
+        with ThreadPoolExecutor(8) as pool:
+            results = list(pool.map(
+                lambda _: oci.pull(tag_ref, out, connection=conn, cache=oci.Cache(
+                    tmp_path / "cache8"), pull_policy="Always"), range(8)))
+        assert {r.digest for r in results} == {pushed.digest}
+        assert out.read_bytes() == wat_module.read_bytes()
+        assert list(tmp_path.glob(".shared.wasm.*")) == []
+    finally:
+        reg.stop()
+    offline = oci.pull(digest_ref, tmp_path / "c.wasm", connection=conn, cache=cache)
+    assert offline.from_cache and (tmp_path / "c.wasm").read_bytes() == wat_module.read_bytes()
+    by_tag = oci.pull(tag_ref, tmp_path / "d.wasm", connection=conn, cache=cache)
+    assert by_tag.from_cache
+    with pytest.raises(oci.TransportError, match="cannot connect"):
+        oci.pull(tag_ref, tmp_path / "e.wasm", connection=conn, cache=cache,
+                 pull_policy="Always")
+    assert not (tmp_path / "e.wasm").exists()
+    # A damaged cache entry is not trusted: with the registry down, the pull fails.
+    module_file = next((tmp_path / "cache" / "modules" / "sha256").iterdir())
+    module_file.write_bytes(b"\x00asm damaged")
+    with pytest.raises(oci.TransportError):
+        oci.pull(digest_ref, tmp_path / "f.wasm", connection=conn, cache=cache)
+
+
+def test_insecure_plain_http_on_loopback(tmp_path, wat_module):
+    from oci import start_registry
+
+    reg = start_registry(tmp_path / "plain", tls=None, auth=False)
+    try:
+        conn = oci.Connection(insecure=True)
+        ref = f"oci://{reg.host}/filters/plain:v1"
+        pushed = oci.push(wat_module, ref, connection=conn)
+        pulled = oci.pull(ref, tmp_path / "p.wasm", connection=conn)
+        assert pulled.digest == pushed.digest
+        with pytest.raises(oci.TransportError):
+            oci.pull(ref, tmp_path / "q.wasm", connection=oci.Connection())  # HTTPS: refused
+    finally:
+        reg.stop()

@@ -144,3 +144,15 @@ def test_inspect_rejects_invalid_modules(tmp_path):
     truncated.write_bytes(b"\x00asm\x01\x00\x00\x00\x01\x05")
     result = _run("inspect", str(truncated))
     assert result.exit_code == 9 and "invalid WebAssembly module" in result.output
+
+
+def test_pull_policy_from_the_cli(registry, wat_module, tmp_path):
+    ref = f"oci://{registry.host}/cli/policy:v1"
+    assert _run("push", str(wat_module), ref, *_auth(registry),
+                stdin=PASSWORD + "\n").exit_code == 0
+    args = ("pull", ref, "-o", str(tmp_path / "m.wasm"), "--output", "json", *_auth(registry))
+    first = json.loads(_run(*args, stdin=PASSWORD + "\n").output)
+    second = json.loads(_run(*args, stdin=PASSWORD + "\n").output)
+    assert (first["from_cache"], second["from_cache"]) == (False, True)
+    fresh = _run(*args, "--no-cache", stdin=PASSWORD + "\n")
+    assert json.loads(fresh.output)["from_cache"] is False
