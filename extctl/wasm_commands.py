@@ -133,10 +133,11 @@ def push(module: str, ref: str, layout: str, username: str | None, password_stdi
 
 
 @click.command()
-@click.argument("ref", metavar="oci://HOST/REPO:TAG")
+@click.argument("ref", metavar="oci://HOST/REPO:TAG|https://URL")
 @click.option("-o", "--out", "out", required=True, type=click.Path(dir_okay=False),
               help="Where to write the module.")
-@click.option("--sha256", help="Expected manifest digest (EnvoyExtensionPolicy image.sha256).")
+@click.option("--sha256", help="Expected digest, as EnvoyExtensionPolicy means it: the manifest "
+              "digest for oci:// (image.sha256), the body's sha256 for https:// (http.sha256).")
 @click.option("--max-size", type=click.IntRange(min=1), default=256 * 1024 * 1024,
               show_default=True, help="Largest module accepted, in bytes.")
 @click.option("--pull-policy", type=click.Choice(registry.PULL_POLICIES), default="IfNotPresent",
@@ -156,6 +157,7 @@ def pull(ref: str, out: str, sha256: str | None, max_size: int, pull_policy: str
     Example:
       extctl pull oci://registry.example.com/filters/redact:v1 -o plugin.wasm
       extctl pull oci://registry.example.com/filters/redact:v1 -o plugin.wasm --sha256 HEX
+      extctl pull https://example.com/redact.wasm.tar.gz -o plugin.wasm --sha256 HEX
     """
     with _errors():
         if sha256:
@@ -163,6 +165,15 @@ def pull(ref: str, out: str, sha256: str | None, max_size: int, pull_policy: str
                 wasm.normalise_sha256(sha256)
             except ValueError as exc:
                 raise click.BadParameter(str(exc), param_hint="--sha256") from None
+        if ref.startswith(("https://", "http://")):
+            result = registry.pull_http(ref, out, sha256=sha256, ca_file=ca_file,
+                                        max_size=max_size)
+            click.echo(json.dumps({"url": ref, "sha256_body": result.digest,
+                                   "path": str(result.path), "sha256": result.sha256,
+                                   "size": result.size}, indent=2) if output == "json" else
+                       f"pulled {ref} -> {result.path} ({result.size} bytes)\n"
+                       f"body sha256: {result.digest.removeprefix('sha256:')}")
+            return
         connection = _connection(ref, username, password_stdin, docker_config, secret_file,
                                  ca_file, insecure)
         cache = None if no_cache else registry.Cache(cache_dir)

@@ -13,6 +13,7 @@ from .errors import (
     UnsafeArchive,
     UnsupportedImage,
 )
+from .http_source import pull_http
 from .layout import LAYOUTS, build_image
 from .reference import Reference, parse_reference
 from .transfer import Connection, PullResult, PushResult, pull, push
@@ -40,5 +41,6 @@ __all__ = [
     "from_secret_file",
     "parse_reference",
     "pull",
+    "pull_http",
     "push",
 ]

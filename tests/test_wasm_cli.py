@@ -156,3 +156,48 @@ def test_pull_policy_from_the_cli(registry, wat_module, tmp_path):
     assert (first["from_cache"], second["from_cache"]) == (False, True)
     fresh = _run(*args, "--no-cache", stdin=PASSWORD + "\n")
     assert json.loads(fresh.output)["from_cache"] is False
+
+
+@pytest.fixture
+def http_files(tmp_path):
+    import functools
+    import threading
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    class Quiet(SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    root = tmp_path / "www"
+    root.mkdir()
+    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(root)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield root, f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.mark.parametrize("boxing", ["plain", "gzip", "tar.gz"])
+def test_pull_over_http_checks_the_body_sha256_and_unboxes(http_files, wat_module, tmp_path,
+                                                           boxing):
+    root, base = http_files
+    module = wat_module.read_bytes()
+    if boxing == "plain":
+        body = module
+    elif boxing == "gzip":
+        body = gzip.compress(module)
+    else:
+        info = tarfile.TarInfo("dist/plugin.wasm")
+        body = _tar_gz([info], module)
+    (root / "m").write_bytes(body)
+    digest = hashlib.sha256(body).hexdigest()
+    out = tmp_path / "h.wasm"
+    ok = _run("pull", f"{base}/m", "-o", str(out), "--sha256", digest)
+    assert ok.exit_code == 0, ok.output
+    assert out.read_bytes() == module
+    out.unlink()
+    wrong = _run("pull", f"{base}/m", "-o", str(out), "--sha256", "1" * 64)
+    assert wrong.exit_code == 6 and f"body sha256 is {digest}" in wrong.output
+    assert not out.exists()
+    missing = _run("pull", f"{base}/nothing", "-o", str(out))
+    assert missing.exit_code == 8
