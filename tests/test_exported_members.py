@@ -27,3 +27,15 @@ def test_testing_public_names():
 def test_body_modes_are_the_four_envoy_gateway_names():
     assert [m.gateway_name for m in extproc.BodyMode] == [
         "Streamed", "Buffered", "BufferedPartial", "FullDuplexStreamed"]
+
+
+def test_wasm_and_registry_public_names():
+    import registry
+    import wasm
+
+    for package in (wasm, registry):
+        for name in package.__all__:
+            assert hasattr(package, name), name
+    assert {"push", "pull", "pull_http", "Cache", "Connection", "DigestMismatch",
+            "AuthError", "UnsupportedImage"} <= set(registry.__all__)
+    assert {"inspect_file", "verify_file", "InvalidModule"} <= set(wasm.__all__)
