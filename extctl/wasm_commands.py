@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -92,6 +93,26 @@ def _progress(label: str, total: int) -> Iterator[Callable[[int], None] | None]:
         yield bar.update
 
 
+@contextmanager
+def _spinner_progress(label: str) -> Iterator[Callable[[int], None] | None]:
+    """Bytes received so far, on a terminal (the size is known only once the layer starts)."""
+    if not sys.stderr.isatty():
+        yield None
+        return
+    received = 0
+
+    def update(n: int) -> None:
+        nonlocal received
+        received += n
+        click.echo(f"\r{label}: {received / 1048576:.1f} MiB", nl=False, err=True)
+
+    try:
+        yield update
+    finally:
+        if received:
+            click.echo("", err=True)
+
+
 @click.command()
 @click.argument("module", type=click.Path(exists=True, dir_okay=False))
 @click.argument("ref", metavar="oci://HOST/REPO:TAG")
@@ -177,8 +198,10 @@ def pull(ref: str, out: str, sha256: str | None, max_size: int, pull_policy: str
         connection = _connection(ref, username, password_stdin, docker_config, secret_file,
                                  ca_file, insecure)
         cache = None if no_cache else registry.Cache(cache_dir)
-        result = registry.pull(ref, out, sha256=sha256, connection=connection,
-                               max_size=max_size, cache=cache, pull_policy=pull_policy)
+        with _spinner_progress("pull") as progress:
+            result = registry.pull(ref, out, sha256=sha256, connection=connection,
+                                   max_size=max_size, cache=cache, pull_policy=pull_policy,
+                                   progress=progress)
     if output == "json":
         click.echo(json.dumps({"reference": str(result.reference), "digest": result.digest,
                                "path": str(result.path), "sha256": result.sha256,
@@ -191,18 +214,32 @@ def pull(ref: str, out: str, sha256: str | None, max_size: int, pull_policy: str
 
 
 @click.command()
-@click.argument("module", type=click.Path(exists=True, dir_okay=False))
-@click.option("--output", type=click.Choice(["text", "json"]), default="text",
-              show_default=True)
-def inspect(module: str, output: str) -> None:
+@click.argument("module", metavar="FILE|oci://REF")
+@_registry_options
+def inspect(module: str, username: str | None, password_stdin: bool, docker_config: str | None,
+            secret_file: str | None, ca_file: str | None, insecure: bool, output: str) -> None:
     """Validate a Wasm module and show its proxy-wasm ABI, callbacks, imports, size, sha256.
+
+    An oci:// reference is pulled first (digests verified, nothing kept).
 
     \b
     Example:
       extctl inspect plugin.wasm --output json
+      extctl inspect oci://registry.example.com/filters/redact:v1
     """
     with _errors():
-        info = wasm.inspect_file(module)
+        if module.startswith("oci://"):
+            connection = _connection(module, username, password_stdin, docker_config,
+                                     secret_file, ca_file, insecure)
+            with tempfile.TemporaryDirectory(prefix="extctl-inspect-") as tmp:
+                pulled = registry.pull(module, Path(tmp) / "plugin.wasm",
+                                       connection=connection)
+                info = wasm.inspect_file(pulled.path)
+        else:
+            if not Path(module).is_file():
+                raise click.BadParameter(f"{module} is not a file (or an oci:// reference)",
+                                         param_hint="FILE")
+            info = wasm.inspect_file(module)
     if output == "json":
         click.echo(json.dumps(info.to_dict(), indent=2))
         return

@@ -5,6 +5,8 @@ from __future__ import annotations
 import base64
 import json
 import os
+import shutil
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,7 +48,33 @@ def from_docker_config(registry: str, path: str | os.PathLike[str] | None = None
         return None
     except (OSError, ValueError) as exc:
         raise AuthError(f"cannot read docker config {path}: {exc}") from None
+    helper = (config.get("credHelpers") or {}).get(registry) or config.get("credsStore")
+    if helper:
+        found = from_helper(registry, helper)
+        if found is not None:
+            return found
     return _from_auths(config, registry, os.fspath(path))
+
+
+def from_helper(registry: str, helper: str) -> Credentials | None:
+    """Ask ``docker-credential-<helper>`` (the docker credential-helper protocol)."""
+    program = shutil.which(f"docker-credential-{helper}")
+    if program is None:
+        return None  # configured but not installed here: fall back to ``auths``
+    result = subprocess.run([program, "get"], input=registry, capture_output=True, text=True,
+                            timeout=30)
+    if result.returncode != 0:
+        if "credentials not found" in (result.stdout + result.stderr).lower():
+            return None
+        raise AuthError(f"docker-credential-{helper} failed for {registry}: "
+                        f"{(result.stderr or result.stdout).strip()[:200]}")
+    try:
+        answer = json.loads(result.stdout)
+    except ValueError:
+        raise AuthError(f"docker-credential-{helper} answered something that is not JSON") \
+            from None
+    return Credentials(answer.get("Username", ""), answer.get("Secret", ""),
+                       f"docker-credential-{helper}")
 
 
 def from_secret_file(registry: str, path: str | os.PathLike[str]) -> Credentials | None:

@@ -235,3 +235,25 @@ def test_insecure_plain_http_on_loopback(tmp_path, wat_module):
             oci.pull(ref, tmp_path / "q.wasm", connection=oci.Connection())  # HTTPS: refused
     finally:
         reg.stop()
+
+
+def test_docker_credential_helper(registry, wat_module, tmp_path, monkeypatch):
+    """credHelpers: the helper protocol (registry on stdin, JSON on stdout), a helper on PATH."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    helper = bin_dir / "docker-credential-extkit-test"
+    helper.write_text("#!/bin/sh\nread host\n"
+                      f'[ "$1" = get ] && [ "$host" = "{registry.host}" ] && '
+                      f'echo \'{{"ServerURL":"{registry.host}","Username":"{USER}",'
+                      f'"Secret":"{PASSWORD}"}}\' && exit 0\n'
+                      "echo 'credentials not found in native keychain'; exit 1\n")
+    helper.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{__import__('os').environ['PATH']}")
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"credHelpers": {registry.host: "extkit-test"}}))
+    creds = oci.from_docker_config(registry.host, config)
+    assert creds == oci.Credentials(USER, PASSWORD, "docker-credential-extkit-test")
+    assert oci.from_docker_config("other.example:5000", config) is None
+    pushed = oci.push(wat_module, f"oci://{registry.host}/filters/helper:v1",
+                      connection=oci.Connection(creds, ca_file=str(registry.ca_file)))
+    assert pushed.digest.startswith("sha256:")

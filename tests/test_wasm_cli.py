@@ -201,3 +201,14 @@ def test_pull_over_http_checks_the_body_sha256_and_unboxes(http_files, wat_modul
     assert not out.exists()
     missing = _run("pull", f"{base}/nothing", "-o", str(out))
     assert missing.exit_code == 8
+
+
+def test_inspect_an_image_reference(registry, wat_module):
+    ref = f"oci://{registry.host}/cli/inspect:v1"
+    assert _run("push", str(wat_module), ref, *_auth(registry),
+                stdin=PASSWORD + "\n").exit_code == 0
+    shown = _run("inspect", ref, *_auth(registry), "--output", "json", stdin=PASSWORD + "\n")
+    assert shown.exit_code == 0, shown.output
+    assert json.loads(shown.output)["sha256"] == hashlib.sha256(wat_module.read_bytes()).hexdigest()
+    missing = _run("inspect", "no-such-file.wasm")
+    assert missing.exit_code == 2
