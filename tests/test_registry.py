@@ -257,3 +257,38 @@ def test_docker_credential_helper(registry, wat_module, tmp_path, monkeypatch):
     pushed = oci.push(wat_module, f"oci://{registry.host}/filters/helper:v1",
                       connection=oci.Connection(creds, ca_file=str(registry.ca_file)))
     assert pushed.digest.startswith("sha256:")
+
+
+def test_retries_with_backoff_on_5xx():
+    """A registry that fails with 503 (a fault the real one cannot be made to produce)."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    seen: list[str] = []
+
+    class Flaky(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_GET(self):
+            seen.append(self.path)
+            status = 503 if len(seen) <= 2 or "always" in self.path else 404
+            self.send_response(status)
+            self.send_header("content-length", "0")
+            self.end_headers()
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Flaky)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    host = f"127.0.0.1:{server.server_address[1]}"
+    try:
+        with oci.RegistryClient(host, insecure=True) as client:
+            with pytest.raises(oci.NotFound):
+                client.get_manifest("flaky/x", "v1")
+            assert len(seen) == 3  # two 503s retried, then the real answer
+            seen.clear()
+            with pytest.raises(oci.RegistryError, match="answered 503"):
+                client.get_manifest("always/x", "v1")
+            assert len(seen) == 5  # the first try and four retries
+    finally:
+        server.shutdown()
+        server.server_close()
