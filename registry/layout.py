@@ -145,7 +145,13 @@ def extract_plugin(layer: bytes, max_size: int) -> bytes:
 
 
 def _find_plugin(tar: tarfile.TarFile, max_size: int) -> bytes:
+    total = 0
     for member in tar:
+        total += member.size
+        if total > max_size:
+            # Everything before plugin.wasm is decompressed too: bound it as well.
+            raise UnsafeArchive(f"the layer expands past the {max_size}-byte limit before "
+                                "plugin.wasm")
         name = member.name
         parts = name.replace("\\", "/").split("/")
         if name.startswith("/") or ".." in parts:

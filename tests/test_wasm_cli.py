@@ -212,3 +212,45 @@ def test_inspect_an_image_reference(registry, wat_module):
     assert json.loads(shown.output)["sha256"] == hashlib.sha256(wat_module.read_bytes()).hexdigest()
     missing = _run("inspect", "no-such-file.wasm")
     assert missing.exit_code == 2
+
+
+def test_bomb_before_plugin_wasm_is_refused(registry, tmp_path):
+    filler = tarfile.TarInfo("zeros.bin")
+    plugin = tarfile.TarInfo("plugin.wasm")
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w") as tar:
+        filler.size = 3 * 1024 * 1024
+        tar.addfile(filler, io.BytesIO(b"\x00" * filler.size))
+        plugin.size = 8
+        tar.addfile(plugin, io.BytesIO(b"\x00asm\x01\x00\x00\x00"))
+    _push_raw(registry, "cli/bomb-before", gzip.compress(raw.getvalue()))
+    result = _run("pull", f"oci://{registry.host}/cli/bomb-before:v1", "-o",
+                  str(tmp_path / "b.wasm"), "--max-size", str(1024 * 1024), *_auth(registry),
+                  stdin=PASSWORD + "\n")
+    assert result.exit_code == 9 and "before plugin.wasm" in result.output
+
+
+def test_image_index_resolves_to_linux_amd64(registry, wat_module, tmp_path):
+    conn = oci.Connection(oci.Credentials(USER, PASSWORD, "t"), ca_file=str(registry.ca_file))
+    pushed = oci.push(wat_module, f"oci://{registry.host}/cli/indexed:single", connection=conn)
+    other = oci.push(wat_module, f"oci://{registry.host}/cli/indexed:arm", layout="compat",
+                     connection=conn)
+    image = oci.build_image(wat_module.read_bytes(), "oci")
+    other_size = len(oci.build_image(wat_module.read_bytes(), "compat").manifest)
+    index = json.dumps({"schemaVersion": 2,
+                        "mediaType": "application/vnd.oci.image.index.v1+json",
+                        "manifests": [
+                            {"mediaType": "application/vnd.oci.image.manifest.v1+json",
+                             "digest": other.digest, "size": other_size,
+                             "platform": {"os": "linux", "architecture": "arm64"}},
+                            {"mediaType": "application/vnd.oci.image.manifest.v1+json",
+                             "digest": pushed.digest, "size": len(image.manifest),
+                             "platform": {"os": "linux", "architecture": "amd64"}}]}).encode()
+    with oci.RegistryClient(registry.host, oci.Credentials(USER, PASSWORD, "t"),
+                            ca_file=str(registry.ca_file)) as client:
+        client.put_manifest("cli/indexed", "multi", index,
+                            "application/vnd.oci.image.index.v1+json")
+    out = tmp_path / "i.wasm"
+    pulled = oci.pull(f"oci://{registry.host}/cli/indexed:multi", out, connection=conn)
+    assert pulled.digest == pushed.digest
+    assert out.read_bytes() == wat_module.read_bytes()
