@@ -1,0 +1,210 @@
+"""Envoy Gateway resources (v1alpha1, EG v1.9) generated from a Processor class and pushed modules.
+
+The processing mode comes from the class, so Envoy only sends what the class handles; a Wasm
+image's ``sha256`` is the manifest digest from ``push``. Rules the CRDs enforce with CEL, which
+a schema check cannot see, are refused here with a GatewayError.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+from extproc import BodyMode, Processor
+from extproc._config import split_address
+
+from .errors import ExtctlError
+
+API_VERSION = "gateway.envoyproxy.io/v1alpha1"
+TARGET_KINDS = ("Gateway", "ListenerSet", "HTTPRoute", "GRPCRoute", "TCPRoute", "UDPRoute",
+                "TLSRoute")
+_ATTRIBUTE = re.compile(r"^(connection\.|source\.|destination\.|request\.|response\.|upstream\."
+                        r"|xds\.route_)[a-z_1-9]*$")
+_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_SHA256 = re.compile(r"^[a-f0-9]{64}$")
+
+
+class GatewayError(ExtctlError):
+    """A resource Envoy Gateway would refuse (or a CEL rule of its CRDs would)."""
+
+
+@dataclass(frozen=True)
+class Target:
+    kind: str
+    name: str
+
+    def __post_init__(self) -> None:
+        if self.kind not in TARGET_KINDS:
+            raise GatewayError(f"target kind {self.kind!r}: EnvoyExtensionPolicy targets one of "
+                               f"{', '.join(TARGET_KINDS)}")
+        _check_name(self.name, "target")
+
+
+@dataclass(frozen=True)
+class WasmSource:
+    """A Wasm extension: an OCI image (``image`` + manifest digest) or an HTTP URL + sha256."""
+
+    name: str
+    image: str | None = None
+    http: str | None = None
+    sha256: str | None = None
+    pull_secret: str | None = None
+    pull_policy: str | None = None
+    root_id: str | None = None
+    config: Any = None
+    fail_open: bool = False
+
+    def __post_init__(self) -> None:
+        if (self.image is None) == (self.http is None):
+            raise GatewayError(f"wasm {self.name}: give exactly one of image or http")
+        if self.sha256 is not None and not _SHA256.match(self.sha256.removeprefix("sha256:")):
+            raise GatewayError(f"wasm {self.name}: sha256 must be 64 lower-case hex digits")
+        if self.pull_policy not in (None, "IfNotPresent", "Always"):
+            raise GatewayError(f"wasm {self.name}: pullPolicy is IfNotPresent or Always")
+        if self.pull_secret and self.http:
+            raise GatewayError(f"wasm {self.name}: pullSecretRef applies to images only")
+
+    def to_spec(self) -> dict[str, Any]:
+        code: dict[str, Any]
+        sha = self.sha256.removeprefix("sha256:") if self.sha256 else None
+        if self.image is not None:
+            image: dict[str, Any] = {"url": self.image.removeprefix("oci://")}
+            if sha:
+                image["sha256"] = sha
+            if self.pull_secret:
+                image["pullSecretRef"] = {"name": self.pull_secret}
+            code = {"type": "Image", "image": image}
+        else:
+            http: dict[str, Any] = {"url": self.http}
+            if sha:
+                http["sha256"] = sha
+            code = {"type": "HTTP", "http": http}
+        if self.pull_policy:
+            code["pullPolicy"] = self.pull_policy
+        spec: dict[str, Any] = {"name": self.name, "code": code}
+        if self.root_id:
+            spec["rootID"] = self.root_id
+        if self.config is not None:
+            spec["config"] = self.config
+        if self.fail_open:
+            spec["failOpen"] = True
+        return spec
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    name: str
+    namespace: str = "default"
+    targets: Sequence[Target] = ()
+    processor: type[Processor] | None = None
+    processor_addresses: Sequence[str] = ()
+    """Unix socket paths (every worker) or host:port / fqdn:port of the ext_proc server."""
+    fail_open: bool = False
+    wasm: Sequence[WasmSource] = field(default_factory=tuple)
+
+
+def _check_name(name: str, what: str) -> None:
+    if not _NAME.match(name) or len(name) > 253:
+        raise GatewayError(f"{what} name {name!r} is not a Kubernetes name (lower-case "
+                           "letters, digits and '-')")
+
+
+def _duration(seconds: float) -> str:
+    millis = round(seconds * 1000)
+    if millis < 1 or millis > 99999:
+        raise GatewayError(f"messageTimeout {seconds}s is outside 1ms..99999ms")
+    return f"{millis}ms"
+
+
+def processing_mode(processor: type[Processor]) -> dict[str, Any]:
+    """``processingMode`` from the class: a direction is present when any of its phases is."""
+    mode = processor.processing_mode()
+    result: dict[str, Any] = {}
+    for direction in ("request", "response"):
+        body: BodyMode | None = getattr(mode, f"{direction}_body")
+        sent = (getattr(mode, f"{direction}_headers") or body is not None
+                or getattr(mode, f"{direction}_trailers"))
+        attributes = tuple(getattr(processor, f"{direction}_attributes"))
+        for attribute in attributes:
+            if not _ATTRIBUTE.match(attribute):
+                raise GatewayError(f"attribute {attribute!r}: Envoy Gateway sends only "
+                                   "connection., source., destination., request., response., "
+                                   "upstream. and xds.route_ attributes")
+        if not sent and not attributes:
+            continue
+        entry: dict[str, Any] = {}
+        if body is not None:
+            entry["body"] = body.gateway_name
+        if attributes:
+            entry["attributes"] = list(attributes)
+        result[direction] = entry
+    if processor.allow_mode_override:
+        result["allowModeOverride"] = True
+    return result
+
+
+def backend(config: GatewayConfig) -> dict[str, Any]:
+    """The Backend the ext_proc filter dials: unix sockets (all workers), IPs or FQDNs."""
+    endpoints: list[dict[str, Any]] = []
+    for address in config.processor_addresses:
+        if address.startswith("/"):
+            if len(address) > 108:
+                raise GatewayError(f"unix socket path {address!r} exceeds 108 characters")
+            endpoints.append({"unix": {"path": address}})
+            continue
+        host, port = split_address(address)
+        kind = "ip" if re.match(r"^[\d.]+$|:", host) else "fqdn"
+        key = "address" if kind == "ip" else "hostname"
+        endpoints.append({kind: {key: host, "port": port}})
+    if not endpoints:
+        raise GatewayError("the ext_proc Backend needs at least one address")
+    return {"apiVersion": API_VERSION, "kind": "Backend",
+            "metadata": {"name": f"{config.name}-extproc", "namespace": config.namespace},
+            "spec": {"endpoints": endpoints}}
+
+
+def extension_policy(config: GatewayConfig) -> dict[str, Any]:
+    _check_name(config.name, "policy")
+    if not config.targets:
+        raise GatewayError("EnvoyExtensionPolicy needs a target (a route or a gateway)")
+    spec: dict[str, Any] = {"targetRefs": [
+        {"group": "gateway.networking.k8s.io", "kind": t.kind, "name": t.name}
+        for t in config.targets]}
+    if config.processor is not None:
+        mode = config.processor.processing_mode()
+        if config.fail_open and BodyMode.FULL_DUPLEX_STREAMED in (mode.request_body,
+                                                                  mode.response_body):
+            raise GatewayError("failOpen cannot be true with FullDuplexStreamed bodies "
+                               "(Envoy Gateway's CEL rule)")
+        ext_proc: dict[str, Any] = {
+            "backendRefs": [{"group": "gateway.envoyproxy.io", "kind": "Backend",
+                             "name": f"{config.name}-extproc"}],
+            "processingMode": processing_mode(config.processor),
+        }
+        if config.processor.message_timeout is not None:
+            ext_proc["messageTimeout"] = _duration(config.processor.message_timeout)
+        if config.fail_open:
+            ext_proc["failOpen"] = True
+        spec["extProc"] = [ext_proc]
+    if config.wasm:
+        spec["wasm"] = [w.to_spec() for w in config.wasm]
+    if "extProc" not in spec and "wasm" not in spec:
+        raise GatewayError("nothing to deploy: give a processor and/or Wasm modules")
+    return {"apiVersion": API_VERSION, "kind": "EnvoyExtensionPolicy",
+            "metadata": {"name": config.name, "namespace": config.namespace}, "spec": spec}
+
+
+def resources(config: GatewayConfig) -> list[dict[str, Any]]:
+    """The EnvoyExtensionPolicy, and the Backend when there is a processor."""
+    docs = [extension_policy(config)]
+    if config.processor is not None:
+        docs.append(backend(config))
+    return docs
+
+
+def to_yaml(documents: Sequence[dict[str, Any]]) -> str:
+    return yaml.safe_dump_all(list(documents), sort_keys=False, default_flow_style=False)

@@ -1,0 +1,124 @@
+"""Envoy Gateway resources generated from a Processor: valid against EG v1.9's CRD schemas,
+and the CEL rules a schema cannot express refused by the generator."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import jsonschema
+import pytest
+import yaml
+from procs import BufferedJson, FullDuplexRedact, HeadersOnly, Metadata, ModeOverride, Rewrite
+
+from extctl.gateway import (
+    GatewayConfig,
+    GatewayError,
+    Target,
+    WasmSource,
+    processing_mode,
+    resources,
+    to_yaml,
+)
+
+CRDS = Path(os.environ.get("EXTCTL_EG_CRDS",
+                           Path(__file__).resolve().parents[2] / "shared" / "eg-crds"))
+
+
+def _schemas() -> dict[str, dict]:
+    if not CRDS.is_dir():
+        raise RuntimeError(f"Envoy Gateway CRDs not found at {CRDS} (set EXTCTL_EG_CRDS)")
+    found = {}
+    for path in CRDS.glob("gateway.envoyproxy.io_*.yaml"):
+        crd = yaml.safe_load(path.read_text())
+        version = next(v for v in crd["spec"]["versions"] if v["name"] == "v1alpha1")
+        found[crd["spec"]["names"]["kind"]] = version["schema"]["openAPIV3Schema"]
+    return found
+
+
+SCHEMAS = _schemas()
+
+
+def _valid(document: dict) -> None:
+    jsonschema.validate(document, SCHEMAS[document["kind"]])
+
+
+def _config(processor, **kwargs) -> GatewayConfig:
+    return GatewayConfig(name="redact", namespace="apps",
+                         targets=kwargs.pop("targets", [Target("HTTPRoute", "backend")]),
+                         processor=processor,
+                         processor_addresses=kwargs.pop(
+                             "addresses", ["/var/run/extproc/extproc.sock"]), **kwargs)
+
+
+@pytest.mark.parametrize("processor", [HeadersOnly, Rewrite, BufferedJson, FullDuplexRedact,
+                                       Metadata, ModeOverride])
+def test_generated_resources_validate_against_the_crds(processor):
+    docs = resources(_config(processor))
+    for doc in docs:
+        _valid(doc)
+    assert [d["kind"] for d in docs] == ["EnvoyExtensionPolicy", "Backend"]
+    assert yaml.safe_load_all(to_yaml(docs)) is not None
+
+
+def test_processing_mode_follows_the_class():
+    assert processing_mode(HeadersOnly) == {"request": {}}
+    assert processing_mode(Rewrite) == {"request": {}, "response": {}}
+    assert processing_mode(BufferedJson) == {"request": {"body": "Buffered"}}
+    assert processing_mode(FullDuplexRedact) == {"request": {"body": "FullDuplexStreamed"},
+                                                 "response": {"body": "FullDuplexStreamed"}}
+    assert processing_mode(Metadata)["request"]["attributes"] == ["request.path",
+                                                                  "request.method"]
+    assert processing_mode(ModeOverride)["allowModeOverride"] is True
+
+
+def test_backend_lists_every_worker_socket_and_tcp_endpoints():
+    import extproc
+
+    sockets = extproc.ServerConfig(uds="/var/run/extproc/extproc.sock", workers=2).addresses()
+    docs = resources(_config(HeadersOnly, addresses=sockets))
+    assert docs[1]["spec"]["endpoints"] == [{"unix": {"path": p}} for p in sockets]
+    _valid(docs[1])
+    tcp = resources(_config(HeadersOnly, addresses=["10.0.0.7:9000", "extproc.apps.svc:9000"]))
+    assert tcp[1]["spec"]["endpoints"] == [{"ip": {"address": "10.0.0.7", "port": 9000}},
+                                           {"fqdn": {"hostname": "extproc.apps.svc",
+                                                     "port": 9000}}]
+    _valid(tcp[1])
+
+
+def test_wasm_entries_image_and_http_validate():
+    digest = "a" * 64
+    docs = resources(GatewayConfig(name="filters", targets=[Target("Gateway", "eg")], wasm=[
+        WasmSource("redact", image="oci://registry.example.com/filters/redact:v1",
+                   sha256=f"sha256:{digest}", pull_secret="regcred", config={"k": "v"}),
+        WasmSource("tag", http="https://example.com/tag.wasm", sha256=digest,
+                   pull_policy="Always", root_id="tag"),
+    ]))
+    assert len(docs) == 1
+    _valid(docs[0])
+    image = docs[0]["spec"]["wasm"][0]["code"]["image"]
+    assert image == {"url": "registry.example.com/filters/redact:v1", "sha256": digest,
+                     "pullSecretRef": {"name": "regcred"}}
+
+
+def test_schema_check_catches_a_broken_resource():
+    """The validation is real: a resource with a wrong field type fails it."""
+    doc = resources(_config(BufferedJson))[0]
+    doc["spec"]["extProc"][0]["processingMode"]["request"]["body"] = "Chunked"
+    with pytest.raises(jsonschema.ValidationError):
+        _valid(doc)
+
+
+def test_cel_rules_are_refused_by_the_generator():
+    with pytest.raises(GatewayError, match="failOpen cannot be true with FullDuplexStreamed"):
+        resources(_config(FullDuplexRedact, fail_open=True))
+    with pytest.raises(GatewayError, match="needs a target"):
+        resources(_config(HeadersOnly, targets=[]))
+    with pytest.raises(GatewayError, match="target kind"):
+        Target("Service", "x")
+    with pytest.raises(GatewayError, match="exceeds 108"):
+        resources(_config(HeadersOnly, addresses=["/" + "s" * 120]))
+    with pytest.raises(GatewayError, match="exactly one of image or http"):
+        WasmSource("w")
+    with pytest.raises(GatewayError, match="sha256 must be"):
+        WasmSource("w", image="oci://r/x:1", sha256="xyz")
