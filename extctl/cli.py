@@ -157,9 +157,10 @@ def dev(processor: str | None, port: int, app_dir: str, log_level: str) -> None:
 
 
 def _add_wasm_commands() -> None:
+    from .gen_commands import gen
     from .wasm_commands import inspect, pull, push, verify
 
-    for command in (push, pull, inspect, verify):
+    for command in (push, pull, inspect, verify, gen):
         cli.add_command(command)
 
 

@@ -122,3 +122,39 @@ def test_cel_rules_are_refused_by_the_generator():
         WasmSource("w")
     with pytest.raises(GatewayError, match="sha256 must be"):
         WasmSource("w", image="oci://r/x:1", sha256="xyz")
+
+
+def test_gen_gateway_and_envoy_from_the_cli(tmp_path):
+    import json
+    import subprocess
+
+    from click.testing import CliRunner
+
+    from extctl.cli import cli
+    from extctl.envoy_runner import find_envoy
+
+    out = tmp_path / "eg.yaml"
+    result = CliRunner().invoke(cli, [
+        "gen", "gateway", "procs:BufferedJson", "--name", "json", "--namespace", "apps",
+        "--route", "orders", "--uds", "/var/run/extproc/x.sock", "--workers", "2",
+        "--wasm-image", f"tag=oci://registry.example.com/f/tag:v1@sha256:{'b' * 64}",
+        "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    docs = list(yaml.safe_load_all(out.read_text()))
+    for doc in docs:
+        _valid(doc)
+    assert docs[0]["spec"]["extProc"][0]["processingMode"] == {"request": {"body": "Buffered"}}
+    assert docs[0]["spec"]["wasm"][0]["code"]["image"]["sha256"] == "b" * 64
+    assert [e["unix"]["path"] for e in docs[1]["spec"]["endpoints"]] == [
+        "/var/run/extproc/x-0.sock", "/var/run/extproc/x-1.sock"]
+    refused = CliRunner().invoke(cli, ["gen", "gateway", "procs:FullDuplexRedact", "--name",
+                                       "fd", "--route", "r", "--uds", "/x.sock", "--fail-open"])
+    assert refused.exit_code == 2 and "FullDuplexStreamed" in refused.output
+    envoy_file = tmp_path / "envoy.json"
+    made = CliRunner().invoke(cli, ["gen", "envoy", "procs:Rewrite", "--uds", "/tmp/x.sock",
+                                    "--upstream", "127.0.0.1:8080", "-o", str(envoy_file)])
+    assert made.exit_code == 0, made.output
+    assert json.loads(envoy_file.read_text())["static_resources"]["listeners"]
+    check = subprocess.run([find_envoy(), "--mode", "validate", "-c", str(envoy_file)],
+                           capture_output=True, text=True, timeout=60)
+    assert check.returncode == 0, check.stdout + check.stderr
