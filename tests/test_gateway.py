@@ -158,3 +158,31 @@ def test_gen_gateway_and_envoy_from_the_cli(tmp_path):
     check = subprocess.run([find_envoy(), "--mode", "validate", "-c", str(envoy_file)],
                            capture_output=True, text=True, timeout=60)
     assert check.returncode == 0, check.stdout + check.stderr
+
+
+def test_other_policies_validate_and_refuse_what_eg_would():
+    from extctl import gateway_policies as gp
+
+    route = [Target("HTTPRoute", "backend")]
+    docs = [
+        gp.security_policy("cidrs", route, allow=["10.0.0.0/8"], deny=["10.1.0.0/16"]),
+        gp.session_persistence("sticky-ip", route, by="SourceIP"),
+        gp.session_persistence("sticky-h", route, by="Header", key="x-user"),
+        gp.session_persistence("sticky-c", route, by="Cookie", key="session", cookie_ttl="60s"),
+        gp.client_ip_detection("xff", "eg", trusted_hops=2),
+        gp.filter_order("order", [("envoy.filters.http.wasm", "before",
+                                   "envoy.filters.http.ext_proc")]),
+    ]
+    for doc in docs:
+        _valid(doc)
+    rules = docs[0]["spec"]["authorization"]["rules"]
+    assert [r["action"] for r in rules] == ["Deny", "Allow"]
+    with pytest.raises(GatewayError, match="not a CIDR"):
+        gp.security_policy("x", route, allow=["10.0.0.1/8"])
+    with pytest.raises(GatewayError, match="needs the header name"):
+        gp.session_persistence("x", route, by="Header")
+    with pytest.raises(GatewayError, match="before or after"):
+        gp.filter_order("x", [("envoy.filters.http.wasm", "around",
+                               "envoy.filters.http.ext_proc")])
+    with pytest.raises(GatewayError, match="at least 1"):
+        gp.client_ip_detection("x", "eg", trusted_hops=0)
