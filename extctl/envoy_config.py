@@ -6,6 +6,7 @@ processing mode, attributes, mutation rules and metadata namespaces come from th
 
 from __future__ import annotations
 
+import json
 import urllib.parse
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -267,6 +268,14 @@ def _load_assignment(name: str, addresses: Sequence[str]) -> Any:
             endpoint_components_pb2.LbEndpoint(endpoint=endpoint_components_pb2.Endpoint(
                 address=_endpoint_address(a))) for a in addresses])],
     )
+
+
+def to_yaml(message: Any) -> str:
+    """Serialise a config message as YAML (the form people read and commit)."""
+    import yaml
+
+    data = json.loads(to_json(message))  # plain dicts (Any fields come back as OrderedDict)
+    return str(yaml.safe_dump(data, sort_keys=False, default_flow_style=False))
 
 
 def to_json(message: Any) -> str:

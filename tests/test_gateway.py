@@ -186,3 +186,24 @@ def test_other_policies_validate_and_refuse_what_eg_would():
                                "envoy.filters.http.ext_proc")])
     with pytest.raises(GatewayError, match="at least 1"):
         gp.client_ip_detection("x", "eg", trusted_hops=0)
+
+
+def test_envoy_configs_are_current_and_valid():
+    """envoy-configs/ is what `python -m extctl.examples` writes; regenerate when this fails."""
+    import subprocess
+
+    from extctl.envoy_runner import find_envoy
+    from extctl.examples import examples, render
+
+    root = Path(__file__).resolve().parent.parent / "envoy-configs"
+    for example in examples():
+        for name, text in render(example).items():
+            path = root / example.name / name
+            assert path.exists(), f"{path} missing: run python -m extctl.examples"
+            assert path.read_text() == text, f"{path} is stale: run python -m extctl.examples"
+        for doc in yaml.safe_load_all((root / example.name / "gateway.yaml").read_text()):
+            _valid(doc)
+        check = subprocess.run([find_envoy(), "--mode", "validate", "-c",
+                                str(root / example.name / "envoy.yaml")],
+                               capture_output=True, text=True, timeout=60)
+        assert check.returncode == 0, check.stdout + check.stderr
