@@ -11,6 +11,7 @@ import extproc
 
 from . import exit_codes
 from .envoy_config import EnvoyConfig, bootstrap, to_json
+from .envoy_config import to_yaml as envoy_yaml
 from .gateway import GatewayConfig, GatewayError, Target, WasmSource, resources, to_yaml
 
 
@@ -105,11 +106,13 @@ def gateway(processor: str | None, name: str, namespace: str, routes: tuple[str,
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True)
 @click.option("--listen", default="127.0.0.1:10000", show_default=True)
 @click.option("--upstream", help="host:port of the upstream (default: a direct 200 answer).")
+@click.option("--format", "fmt", type=click.Choice(["yaml", "json"]), default="yaml",
+              show_default=True)
 @click.option("--app-dir", default=".", show_default=True)
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="File (default: stdout).")
 def envoy(processor: str, uds: str | None, address: str | None, workers: int, listen: str,
-          upstream: str | None, app_dir: str, output: str | None) -> None:
-    """A standalone Envoy bootstrap (JSON, valid YAML) for the processor.
+          upstream: str | None, fmt: str, app_dir: str, output: str | None) -> None:
+    """A standalone Envoy bootstrap for the processor, built from typed xds-protos messages.
 
     \b
     Example:
@@ -120,4 +123,5 @@ def envoy(processor: str, uds: str | None, address: str | None, workers: int, li
     cls = _load(processor, app_dir)
     config = EnvoyConfig(cls, _addresses(uds, address, workers), upstream=upstream,
                          listen=listen)
-    _write(to_json(bootstrap(config)) + "\n", output)
+    message = bootstrap(config)
+    _write(envoy_yaml(message) if fmt == "yaml" else to_json(message) + "\n", output)

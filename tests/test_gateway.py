@@ -150,11 +150,14 @@ def test_gen_gateway_and_envoy_from_the_cli(tmp_path):
     refused = CliRunner().invoke(cli, ["gen", "gateway", "procs:FullDuplexRedact", "--name",
                                        "fd", "--route", "r", "--uds", "/x.sock", "--fail-open"])
     assert refused.exit_code == 2 and "FullDuplexStreamed" in refused.output
-    envoy_file = tmp_path / "envoy.json"
+    envoy_file = tmp_path / "envoy.yaml"
     made = CliRunner().invoke(cli, ["gen", "envoy", "procs:Rewrite", "--uds", "/tmp/x.sock",
                                     "--upstream", "127.0.0.1:8080", "-o", str(envoy_file)])
     assert made.exit_code == 0, made.output
-    assert json.loads(envoy_file.read_text())["static_resources"]["listeners"]
+    assert yaml.safe_load(envoy_file.read_text())["static_resources"]["listeners"]
+    as_json = CliRunner().invoke(cli, ["gen", "envoy", "procs:Rewrite", "--uds", "/tmp/x.sock",
+                                       "--format", "json"])
+    assert json.loads(as_json.output)["static_resources"]["clusters"][0]["name"] == "extproc"
     check = subprocess.run([find_envoy(), "--mode", "validate", "-c", str(envoy_file)],
                            capture_output=True, text=True, timeout=60)
     assert check.returncode == 0, check.stdout + check.stderr
