@@ -6,6 +6,7 @@ processing mode, attributes, mutation rules and metadata namespaces come from th
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import urllib.parse
 from collections.abc import Sequence
@@ -18,9 +19,11 @@ from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.core.v3 import address_pb2, base_pb2, grpc_service_pb2
 from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
 from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
+from envoy.config.rbac.v3 import rbac_pb2 as rbac_config_pb2
 from envoy.config.route.v3 import route_components_pb2, route_pb2
 from envoy.extensions.access_loggers.stream.v3 import stream_pb2
 from envoy.extensions.filters.http.ext_proc.v3 import ext_proc_pb2
+from envoy.extensions.filters.http.rbac.v3 import rbac_pb2 as rbac_filter_pb2
 from envoy.extensions.filters.http.router.v3 import router_pb2
 from envoy.extensions.filters.http.wasm.v3 import wasm_pb2 as wasm_filter_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
@@ -89,6 +92,12 @@ class EnvoyConfig:
     """Listener/cluster buffer limit: the largest BUFFERED body."""
     access_log: bool = False
     """Log each request to Envoy's stdout."""
+    allow_cidrs: Sequence[str] = ()
+    """Only clients in these CIDRs get through (RBAC); empty: no allow list."""
+    deny_cidrs: Sequence[str] = ()
+    """Clients in these CIDRs are refused with 403 (checked before ``allow_cidrs``)."""
+    xff_num_trusted_hops: int = 0
+    """Take the client address this many hops back in X-Forwarded-For (for RBAC and logs)."""
     wasm: Sequence[WasmFilter] = ()
     """proxy-wasm filters, in order, before the ext_proc filter."""
     http1_trailers: bool = False
@@ -172,6 +181,7 @@ def bootstrap(config: EnvoyConfig) -> Any:
             virtual_hosts=[route_components_pb2.VirtualHost(
                 name="any", domains=["*"], routes=[route])]),
         http_filters=[
+            *rbac_filters(config),
             *(wasm_filter(w, i) for i, w in enumerate(config.wasm)),
             *([ext_proc_filter(config)] if config.processor is not None else []),
             hcm_pb2.HttpFilter(name="envoy.filters.http.router",
@@ -180,6 +190,9 @@ def bootstrap(config: EnvoyConfig) -> Any:
     )
     if config.http1_trailers:
         manager.http_protocol_options.enable_trailers = True
+    if config.xff_num_trusted_hops:
+        manager.xff_num_trusted_hops = config.xff_num_trusted_hops
+        manager.use_remote_address.value = True
     if config.access_log:
         manager.access_log.append(accesslog_pb2.AccessLog(
             name="envoy.access_loggers.stdout", typed_config=_any(stream_pb2.StdoutAccessLog())))
@@ -226,6 +239,34 @@ def bootstrap(config: EnvoyConfig) -> Any:
         static_resources=bootstrap_pb2.Bootstrap.StaticResources(
             listeners=[listener], clusters=clusters),
     )
+
+
+def _cidr_principals(cidrs: Sequence[str]) -> list[Any]:
+    principals = []
+    for cidr in cidrs:
+        network = ipaddress.ip_network(cidr, strict=True)
+        principal = rbac_config_pb2.Principal()
+        # remote_ip: the client address after X-Forwarded-For trusted hops are applied.
+        principal.remote_ip.address_prefix = str(network.network_address)
+        principal.remote_ip.prefix_len.value = network.prefixlen
+        principals.append(principal)
+    return principals
+
+
+def rbac_filters(config: EnvoyConfig) -> list[Any]:
+    """A DENY filter for ``deny_cidrs``, then an ALLOW filter for ``allow_cidrs``."""
+    filters = []
+    for action, cidrs in (("DENY", config.deny_cidrs), ("ALLOW", config.allow_cidrs)):
+        if not cidrs:
+            continue
+        rules = rbac_config_pb2.RBAC(action=rbac_config_pb2.RBAC.Action.Value(action))
+        policy = rules.policies[f"{action.lower()}-cidrs"]
+        policy.permissions.add().any = True
+        policy.principals.extend(_cidr_principals(cidrs))
+        filters.append(hcm_pb2.HttpFilter(
+            name=f"envoy.filters.http.rbac.{action.lower()}",
+            typed_config=_any(rbac_filter_pb2.RBAC(rules=rules))))
+    return filters
 
 
 def wasm_filter(wasm: WasmFilter, index: int) -> Any:

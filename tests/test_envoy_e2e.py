@@ -223,3 +223,20 @@ def test_buffered_body_larger_than_grpc_default_message_size(make_stack):
     assert reply.upstream_headers()["content-length"] == [str(2 * len(payload))]
     assert echoed["body"].encode("latin-1") == payload + payload
 
+
+
+def test_client_cidr_allow_and_deny_honour_xff_trusted_hops(sock_dir, echo):
+    """RBAC on the client address X-Forwarded-For yields with 1 trusted hop."""
+    from conftest import stack
+
+    with stack(HeadersOnly, sock_dir, echo, allow_cidrs=["10.0.0.0/8"],
+               deny_cidrs=["10.9.0.0/16"], xff_num_trusted_hops=1) as s:
+        allowed = s.get("/", headers={"x-forwarded-for": "10.1.2.3"})
+        denied = s.get("/", headers={"x-forwarded-for": "10.9.1.1"})
+        outside = s.get("/", headers={"x-forwarded-for": "192.168.1.1"})
+        # The address before the trusted hop is what counts, not the first one in the list.
+        spoofed = s.get("/", headers={"x-forwarded-for": "10.1.2.3, 192.168.1.1"})
+    assert allowed.status == 200 and allowed.upstream_headers()["x-seen"] == ["1"]
+    assert denied.status == 403
+    assert outside.status == 403
+    assert spoofed.status == 403
