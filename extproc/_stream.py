@@ -89,24 +89,15 @@ async def answer_stream(cls: type[Processor], messages: AsyncIterable[Any],
 
 async def run_stream(cls: type[Processor], read: Read, write: Write, eof: object,
                      counts: dict[str, int] | None = None) -> None:
-    """Serve one ``Process`` stream until Envoy half-closes it or a hook ends the request.
+    """:func:`answer_stream` over ``read``/``write`` coroutines (``read`` returns ``eof`` at
+    the end): for in-memory drivers."""
 
-    ``counts``, when given, counts the messages received per phase. Raises ProtocolError on
-    a message sequence the protocol does not allow.
-    """
-    exchange = _Exchange(cls, counts)
-    try:
-        while True:
-            message = await read()
-            if message is eof:
-                return
-            answers = await exchange.handle(message)
-            if not exchange.observability:
-                for answer in answers:
-                    await write(answer)
-    except _Stop as stop:
-        if not exchange.observability:
-            await write(stop.args[0])
+    async def messages() -> AsyncIterator[Any]:
+        while (message := await read()) is not eof:
+            yield message
+
+    async for answer in answer_stream(cls, messages(), counts):
+        await write(answer)
 
 
 class _Exchange:

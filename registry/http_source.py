@@ -15,9 +15,10 @@ from typing import Any
 import httpx
 
 from wasm import normalise_sha256
+from wasm.module import WASM_MAGIC
 
 from .errors import DigestMismatch, NotFound, RegistryError, TransportError, UnsupportedImage
-from .layout import WASM_MAGIC, _find_plugin
+from .layout import _find_plugin
 from .transfer import DEFAULT_MAX_SIZE, Progress, PullResult
 from .transfer_io import write_atomic
 

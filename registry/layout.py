@@ -32,7 +32,6 @@ TAR_GZIP_LAYERS = ("application/vnd.oci.image.layer.v1.tar+gzip",
                    "application/vnd.docker.image.rootfs.diff.tar.gzip")
 ACCEPT = ", ".join((OCI_MANIFEST, DOCKER_MANIFEST, OCI_INDEX, DOCKER_LIST))
 LAYOUTS = ("oci", "compat")
-WASM_MAGIC = b"\x00asm"
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from wasm import InvalidModule, inspect_bytes, normalise_sha256
+from wasm.module import WASM_MAGIC
 
 from .auth import Credentials
 from .cache import PULL_POLICIES, Cache
@@ -20,7 +21,6 @@ from .layout import (
     DOCKER_LIST,
     OCI_INDEX,
     OCI_MANIFEST,
-    WASM_MAGIC,
     build_image,
     extract_plugin,
     wasm_layer,

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import signal
 import socket
-import subprocess
 import threading
 import time
 from pathlib import Path
@@ -226,25 +225,8 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@pytest.fixture(scope="module")
-def tls_files(tmp_path_factory) -> dict[str, Path]:
-    d = tmp_path_factory.mktemp("tls")
-
-    def openssl(*args: str) -> None:
-        subprocess.run(["openssl", *args], cwd=d, check=True, capture_output=True)
-
-    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=test-ca",
-            "-keyout", "ca.key", "-out", "ca.pem")
-    for name in ("server", "client"):
-        openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={name}",
-                "-keyout", f"{name}.key", "-out", f"{name}.csr")
-        (d / f"{name}.ext").write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
-        openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
-                "-CAcreateserial", "-days", "2", "-extfile", f"{name}.ext", "-out", f"{name}.pem")
-    return {p.stem + p.suffix: p for p in d.iterdir()}
-
-
-def test_tcp_with_tls_and_client_certificates(tls_files, extctl):
+def test_tcp_with_tls_and_client_certificates(test_ca, extctl):
+    tls_files = test_ca
     port = _free_port()
     proc = extctl("serve", "procs:HeadersOnly", "--address", f"127.0.0.1:{port}",
                   "--tls-cert", str(tls_files["server.pem"]),
