@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 
 class Body:
     """A request or response body as Envoy sent it.
@@ -44,6 +42,3 @@ class Body:
     def __repr__(self) -> str:
         return f"Body({self._data[:64]!r}{'...' if len(self._data) > 64 else ''}, " \
                f"end_of_stream={self.end_of_stream})"
-
-    def _proto_body(self) -> Any:
-        return self._data

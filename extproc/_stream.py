@@ -31,9 +31,6 @@ _PR = pb.ProcessingResponse
 _HeadersResponse = pb.HeadersResponse
 _BodyResponse = pb.BodyResponse
 _TrailersResponse = pb.TrailersResponse
-_CommonResponse = pb.CommonResponse
-_BodyMutation = pb.BodyMutation
-_Streamed = pb.StreamedBodyResponse
 _FULL_DUPLEX = BodyMode.FULL_DUPLEX_STREAMED
 _BUFFERED = BodyMode.BUFFERED
 
@@ -59,6 +56,10 @@ _PHASES = {
     "response_body": ("response", _BODY),
     "response_trailers": ("response", _TRAILERS),
 }
+# Names looked up per message, built once.
+_HOOK = {which: "on_" + which for which in _PHASES}
+_BODY_FIELD = {"request": "request_body", "response": "response_body"}
+_HEADERS_FIELD = {"request": "request_headers", "response": "response_headers"}
 
 Read = Callable[[], Awaitable[Any]]
 Write = Callable[[Any], Awaitable[None]]
@@ -161,7 +162,7 @@ class _Exchange:
         headers = Headers._from_proto(http_headers.headers.headers, direction,
                                       cls.allow_routing_mutations, cls.allow_envoy_mutations)
         setattr(proc, which, headers)
-        hook = "on_" + which
+        hook = _HOOK[which]
         if hook not in cls._overridden or await self._call(hook, headers, which) is False:
             self._lock_unless_buffered(headers, direction, http_headers.end_of_stream)
             return [_PASS[which]]
@@ -188,14 +189,14 @@ class _Exchange:
 
     async def _body(self, which: str, direction: str, data: bytes, eos: bool) -> list[Any]:
         cls, proc = self.cls, self.proc
-        mode: BodyMode | None = getattr(proc._effective_mode, direction + "_body")
-        hook = "on_" + which
+        mode: BodyMode | None = getattr(proc._effective_mode, which)
+        hook = _HOOK[which]
         body = Body(data, eos)
         if hook in cls._overridden and await self._call(hook, body, which) is False:
             body = Body(data, eos)  # fail open: forward what Envoy sent
         if mode is _FULL_DUPLEX:
             return self._streamed(which, body)
-        headers: Headers | None = getattr(proc, direction + "_headers")
+        headers: Headers | None = getattr(proc, _HEADERS_FIELD[direction])
         buffered = mode is _BUFFERED and headers is not None and headers._locked is None
         if buffered and body._changed and "content-length" in headers:  # type: ignore[operator]
             # Envoy keeps content-length in BUFFERED mode and rejects a mismatch.
@@ -228,9 +229,11 @@ class _Exchange:
         data, eos = body._data, body.end_of_stream
         if not data and not eos:
             return []  # everything held back for now
-        streamed = _Streamed(body=data, end_of_stream=eos)
-        answer = _PR(**{which: _BodyResponse(response=_CommonResponse(
-            body_mutation=_BodyMutation(streamed_response=streamed)))})
+        answer = _PR()  # built in place, like every answer on this path
+        streamed = getattr(answer, which).response.body_mutation.streamed_response
+        streamed.SetInParent()
+        streamed.body = data
+        streamed.end_of_stream = eos
         self._attach_metadata(answer)
         return [answer]
 
@@ -238,30 +241,28 @@ class _Exchange:
                         body_open: bool) -> list[Any]:
         cls, proc = self.cls, self.proc
         answers: list[Any] = []
-        if body_open and getattr(proc._effective_mode, direction + "_body") is _FULL_DUPLEX:
-            # Trailers end a full-duplex body: let the hook flush what it held back.
-            body_which = direction + "_body"
+        body_which = _BODY_FIELD[direction]
+        if body_open and getattr(proc._effective_mode, body_which) is _FULL_DUPLEX:
+            # Trailers end a full-duplex body: let the hook flush what it held back. The hook
+            # sees end_of_stream; the answer does not carry it, since trailers follow.
             body = Body(b"", True)
-            hook = "on_" + body_which
+            hook = _HOOK[body_which]
             if hook in cls._overridden and await self._call(hook, body, body_which) is False:
                 body = Body(b"", True)
-            if body._data:
-                answers.append(_PR(**{body_which: _BodyResponse(response=_CommonResponse(
-                    body_mutation=_BodyMutation(streamed_response=_Streamed(body=body._data))))}))
+            answers.extend(self._streamed(body_which, Body(body._data, False)))
         proc._phase = which
         trailers = Headers._from_proto(values, "trailers", cls.allow_routing_mutations,
                                        cls.allow_envoy_mutations)
         setattr(proc, which, trailers)
-        hook = "on_" + which
-        if hook not in cls._overridden or await self._call(hook, trailers, which) is False:
+        hook = _HOOK[which]
+        if (hook not in cls._overridden or await self._call(hook, trailers, which) is False
+                or (trailers._changes is None and proc._dynamic_metadata is None)):
             answers.append(_PASS[which])
             return answers
-        mutation = trailers._take_mutation()
-        answer = (_PR(**{which: _TrailersResponse(header_mutation=mutation)})
-                  if mutation is not None else _PASS[which])
-        if proc._dynamic_metadata is not None:
-            answer = _PR(**{which: _TrailersResponse(header_mutation=mutation)})
-            self._attach_metadata(answer)
+        answer = _PR()
+        getattr(answer, which).SetInParent()
+        trailers._write_mutation(getattr(answer, which).header_mutation)
+        self._attach_metadata(answer)
         answers.append(answer)
         return answers
 
@@ -316,7 +317,7 @@ class _Exchange:
             answer.dynamic_metadata.CopyFrom(struct)
 
     def _lock_unless_buffered(self, headers: Headers, direction: str, eos: bool) -> None:
-        mode = getattr(self.proc._effective_mode, direction + "_body")
+        mode = getattr(self.proc._effective_mode, _BODY_FIELD[direction])
         if mode is not _BUFFERED or eos:
             headers._lock(f"{direction} headers were already sent on; change them in "
                           f"on_{direction}_headers (or in the body hook in BUFFERED mode)")

@@ -120,6 +120,7 @@ async def run(
     try:
         request = await driver.direction("request", request_pairs, chunks, _pairs(trailers),
                                          trailers is not None, attributes, metadata_context)
+        driver.upstream_reached = request
         if upstream is not None:
             answer = upstream(request)
             if not isinstance(answer, Message):
@@ -141,9 +142,8 @@ async def run(
                                           response_trailers is not None, response_attributes,
                                           None)
     except _Stop as stop:
-        return driver.result(None if driver.upstream_reached is None else driver.upstream_reached,
-                             _immediate_message(stop.args[0]), stop.args[0])
-    driver.upstream_reached = request
+        return driver.result(driver.upstream_reached, _immediate_message(stop.args[0]),
+                             stop.args[0])
     return driver.result(request, response, None)
 
 
