@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import Any, NoReturn
+from typing import Any
 
 import click
 
@@ -17,10 +17,7 @@ import extproc
 from . import exit_codes
 from .errors import EnvoyError, ExtctlError, UsageError
 
-
-def _fail(message: str, code: int) -> NoReturn:
-    click.echo(f"error: {message}", err=True)
-    sys.exit(code)
+_fail = exit_codes.fail
 
 
 def _load(spec: str, app_dir: str) -> type[extproc.Processor]:

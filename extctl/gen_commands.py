@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import click
@@ -94,8 +93,7 @@ def gateway(processor: str | None, name: str, namespace: str, routes: tuple[str,
                   for n, b, d in wasm])
         text = to_yaml(resources(config))
     except GatewayError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(exit_codes.USAGE)
+        exit_codes.fail(str(exc), exit_codes.USAGE)
     _write(text, output)
 
 

@@ -34,8 +34,7 @@ _ERRORS: tuple[tuple[type[Exception], int], ...] = (
 def _fail(exc: Exception) -> NoReturn:
     for kind, code in _ERRORS:
         if isinstance(exc, kind):
-            click.echo(f"error: {exc}", err=True)
-            sys.exit(code)
+            exit_codes.fail(str(exc), code)
     raise exc
 
 

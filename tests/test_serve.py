@@ -13,6 +13,7 @@ import grpc
 import pytest
 from conftest import http, wait_for_socket
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from oci import free_port
 from procs import HeadersOnly, Slow
 
 from extctl.envoy_config import EnvoyConfig, bootstrap
@@ -219,15 +220,9 @@ def test_two_workers_both_serve_through_envoy(sock_dir, extctl):
     assert not any(s.exists() for s in sockets)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_tcp_with_tls_and_client_certificates(test_ca, extctl):
     tls_files = test_ca
-    port = _free_port()
+    port = free_port()
     proc = extctl("serve", "procs:HeadersOnly", "--address", f"127.0.0.1:{port}",
                   "--tls-cert", str(tls_files["server.pem"]),
                   "--tls-key", str(tls_files["server.key"]),
