@@ -37,6 +37,11 @@ from google.protobuf import any_pb2, duration_pb2, json_format, wrappers_pb2
 from extproc import ProcessingMode, Processor
 from extproc._config import split_address
 
+from . import filter_order
+from .errors import ConfigError
+from .filter_order import FilterPosition
+from .session_persistence import SessionPersistence
+
 EXT_PROC_CLUSTER = "extproc"
 UPSTREAM_CLUSTER = "upstream"
 
@@ -58,9 +63,9 @@ class WasmFilter:
 
     def __post_init__(self) -> None:
         if (self.path is None) == (self.url is None):
-            raise ValueError(f"wasm filter {self.name}: give exactly one of path or url")
+            raise ConfigError(f"wasm filter {self.name}: give exactly one of path or url")
         if self.url is not None and not self.sha256:
-            raise ValueError(f"wasm filter {self.name}: a remote module needs its sha256")
+            raise ConfigError(f"wasm filter {self.name}: a remote module needs its sha256")
 
 
 @dataclass(frozen=True)
@@ -74,8 +79,11 @@ class EnvoyConfig:
     """Every worker's Unix socket path or host:port (``ServerConfig.addresses()``)."""
     processing_mode: ProcessingMode | None = None
     """Send these phases instead of the class's own (None: the class's derived mode)."""
-    upstream: str | None = None
-    """host:port of the upstream; None answers every request with ``direct_response``."""
+    upstream: str | Sequence[str] | None = None
+    """host:port of the upstream, or several (balanced round-robin, or by ``session``);
+    None answers every request with ``direct_response``."""
+    session: SessionPersistence | None = None
+    """Consistent hashing to the upstreams: a ring-hash/maglev cluster and a route hash policy."""
     listen: str = "127.0.0.1:0"
     """Listener host:port (port 0: Envoy picks one; the runner reads it back)."""
     admin: str = "127.0.0.1:0"
@@ -99,7 +107,9 @@ class EnvoyConfig:
     xff_num_trusted_hops: int = 0
     """Take the client address this many hops back in X-Forwarded-For (for RBAC and logs)."""
     wasm: Sequence[WasmFilter] = ()
-    """proxy-wasm filters, in order, before the ext_proc filter."""
+    """proxy-wasm filters, in this order among themselves."""
+    filter_order: Sequence[FilterPosition] = ()
+    """Moves applied to Envoy Gateway's default order (ext_proc, wasm, rbac, router)."""
     http1_trailers: bool = False
     """Accept and forward HTTP/1.1 chunked trailers (Envoy drops them by default)."""
 
@@ -155,20 +165,26 @@ def ext_proc_filter(config: EnvoyConfig) -> Any:
     if cls.dynamic_metadata_namespaces:
         filter_config.metadata_options.receiving_namespaces.untyped.extend(
             cls.dynamic_metadata_namespaces)
-    return hcm_pb2.HttpFilter(name="envoy.filters.http.ext_proc",
+    return hcm_pb2.HttpFilter(name=f"envoy.filters.http.ext_proc/{cls.__name__.lower()}",
                               typed_config=_any(filter_config))
 
 
 def bootstrap(config: EnvoyConfig) -> Any:
-    """A complete Bootstrap: listener -> HCM -> ext_proc -> router -> upstream."""
+    """A complete Bootstrap: listener -> HCM -> filters (rbac, wasm, ext_proc in Envoy Gateway's
+    order, ``filter_order`` applied) -> router -> upstream cluster."""
     route = route_components_pb2.Route(
         match=route_components_pb2.RouteMatch(prefix="/"))
-    if config.upstream is None:
+    upstreams = _upstreams(config)
+    if not upstreams:
+        if config.session is not None:
+            raise ConfigError("session persistence needs upstreams to choose between")
         route.direct_response.status = 200
         route.direct_response.body.inline_string = "ok\n"
     else:
         route.route.cluster = UPSTREAM_CLUSTER
         route.route.timeout.CopyFrom(_seconds(60))
+        if config.session is not None:
+            route.route.hash_policy.append(hash_policy(config.session))
     for name, value in config.route_headers:
         route.request_headers_to_add.append(base_pb2.HeaderValueOption(
             header=base_pb2.HeaderValue(key=name, value=value),
@@ -181,9 +197,7 @@ def bootstrap(config: EnvoyConfig) -> Any:
             virtual_hosts=[route_components_pb2.VirtualHost(
                 name="any", domains=["*"], routes=[route])]),
         http_filters=[
-            *rbac_filters(config),
-            *(wasm_filter(w, i) for i, w in enumerate(config.wasm)),
-            *([ext_proc_filter(config)] if config.processor is not None else []),
+            *http_filters(config),
             hcm_pb2.HttpFilter(name="envoy.filters.http.router",
                                typed_config=_any(router_pb2.Router())),
         ],
@@ -220,14 +234,17 @@ def bootstrap(config: EnvoyConfig) -> Any:
     for index, wasm in enumerate(config.wasm):
         if wasm.url is not None:
             clusters.append(_url_cluster(f"wasm_source_{index}", wasm.url))
-    if config.upstream is not None:
+    if upstreams:
         upstream = cluster_pb2.Cluster(
             name=UPSTREAM_CLUSTER,
             type=cluster_pb2.Cluster.STATIC,
             connect_timeout=_seconds(1),
             per_connection_buffer_limit_bytes={"value": config.buffer_limit_bytes},
-            load_assignment=_load_assignment(UPSTREAM_CLUSTER, [config.upstream]),
+            load_assignment=_load_assignment(UPSTREAM_CLUSTER, upstreams),
         )
+        if config.session is not None:
+            upstream.lb_policy = (cluster_pb2.Cluster.MAGLEV if config.session.algorithm
+                                  == "maglev" else cluster_pb2.Cluster.RING_HASH)
         if config.http1_trailers:
             http1 = http_protocol_options_pb2.HttpProtocolOptions()
             http1.explicit_http_config.http_protocol_options.enable_trailers = True
@@ -241,10 +258,50 @@ def bootstrap(config: EnvoyConfig) -> Any:
     )
 
 
+def _upstreams(config: EnvoyConfig) -> list[str]:
+    if config.upstream is None:
+        return []
+    if isinstance(config.upstream, str):
+        return [config.upstream]
+    return list(config.upstream)
+
+
+def hash_policy(session: SessionPersistence) -> Any:
+    """The route hash policy: what makes two requests go to the same upstream."""
+    policy = route_components_pb2.RouteAction.HashPolicy(terminal=True)
+    if session.by == "SourceIP":
+        policy.connection_properties.source_ip = True
+    elif session.by == "Header":
+        policy.header.header_name = session.name or ""
+    else:
+        policy.cookie.name = session.name or ""
+        if session.ttl_seconds is not None:
+            # With a TTL, Envoy sets the cookie when the request lacks it.
+            policy.cookie.ttl.CopyFrom(_seconds(session.ttl_seconds))
+            policy.cookie.path = "/"
+    return policy
+
+
+def http_filters(config: EnvoyConfig) -> list[Any]:
+    """The HTTP filters before the router: Envoy Gateway's default order, then the moves."""
+    filters = [
+        *rbac_filters(config),
+        *(wasm_filter(w, i) for i, w in enumerate(config.wasm)),
+        *([ext_proc_filter(config)] if config.processor is not None else []),
+    ]
+    by_name = {f.name: f for f in filters}
+    if len(by_name) != len(filters):
+        raise ConfigError("two filters share a name: give each Wasm module its own name")
+    return [by_name[n] for n in filter_order.order(list(by_name), config.filter_order)]
+
+
 def _cidr_principals(cidrs: Sequence[str]) -> list[Any]:
     principals = []
     for cidr in cidrs:
-        network = ipaddress.ip_network(cidr, strict=True)
+        try:
+            network = ipaddress.ip_network(cidr, strict=True)
+        except ValueError:
+            raise ConfigError(f"{cidr!r} is not a CIDR such as 10.0.0.0/8") from None
         principal = rbac_config_pb2.Principal()
         # remote_ip: the client address after X-Forwarded-For trusted hops are applied.
         principal.remote_ip.address_prefix = str(network.network_address)
@@ -264,7 +321,7 @@ def rbac_filters(config: EnvoyConfig) -> list[Any]:
         policy.permissions.add().any = True
         policy.principals.extend(_cidr_principals(cidrs))
         filters.append(hcm_pb2.HttpFilter(
-            name=f"envoy.filters.http.rbac.{action.lower()}",
+            name=f"envoy.filters.http.rbac/{action.lower()}-cidrs",
             typed_config=_any(rbac_filter_pb2.RBAC(rules=rules))))
     return filters
 
@@ -285,7 +342,7 @@ def wasm_filter(wasm: WasmFilter, index: int) -> Any:
         remote.sha256 = (wasm.sha256 or "").removeprefix("sha256:")
     if wasm.configuration:
         plugin.configuration.Pack(wrappers_pb2.StringValue(value=wasm.configuration))
-    return hcm_pb2.HttpFilter(name="envoy.filters.http.wasm",
+    return hcm_pb2.HttpFilter(name=f"envoy.filters.http.wasm/{wasm.name}",
                               typed_config=_any(wasm_filter_pb2.Wasm(config=plugin)))
 
 

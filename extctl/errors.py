@@ -2,7 +2,9 @@
 
     ExtctlError          base; the CLI prints its message on one line
     ├── EnvoyError       the Envoy binary is missing, exits at start, or never gets ready
-    └── UsageError       options that contradict each other (exit code 2)
+    ├── UsageError       options that contradict each other (exit code 2)
+    └── ConfigError      a configuration that cannot be generated (exit code 2)
+        └── GatewayError     a resource Envoy Gateway (or its CRDs' CEL rules) would refuse
 """
 
 from __future__ import annotations
@@ -22,3 +24,7 @@ class EnvoyError(ExtctlError):
 
 class UsageError(ExtctlError):
     """Options that cannot work together."""
+
+
+class ConfigError(ExtctlError):
+    """A configuration that cannot be generated: the message names the offending input."""

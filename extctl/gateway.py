@@ -17,7 +17,9 @@ import yaml
 from extproc import BodyMode, Processor
 from extproc._config import split_address
 
-from .errors import ExtctlError
+from .errors import ConfigError
+from .filter_order import FilterPosition
+from .session_persistence import SessionPersistence
 
 API_VERSION = "gateway.envoyproxy.io/v1alpha1"
 TARGET_KINDS = ("Gateway", "ListenerSet", "HTTPRoute", "GRPCRoute", "TCPRoute", "UDPRoute",
@@ -28,7 +30,7 @@ _NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _SHA256 = re.compile(r"^[a-f0-9]{64}$")
 
 
-class GatewayError(ExtctlError):
+class GatewayError(ConfigError):
     """A resource Envoy Gateway would refuse (or a CEL rule of its CRDs would)."""
 
 
@@ -105,6 +107,20 @@ class GatewayConfig:
     """Unix socket paths (every worker) or host:port / fqdn:port of the ext_proc server."""
     fail_open: bool = False
     wasm: Sequence[WasmSource] = field(default_factory=tuple)
+    allow_cidrs: Sequence[str] = ()
+    """SecurityPolicy: clients in these CIDRs are allowed (``default_action`` for the rest)."""
+    deny_cidrs: Sequence[str] = ()
+    """SecurityPolicy: clients in these CIDRs are denied (checked before ``allow_cidrs``)."""
+    default_action: str | None = None
+    """SecurityPolicy ``defaultAction``; default: Deny with an allow list, else Allow."""
+    session: SessionPersistence | None = None
+    """BackendTrafficPolicy: consistent hashing to the route's backends."""
+    xff_trusted_hops: int = 0
+    """ClientTrafficPolicy on ``client_gateway``: X-Forwarded-For hops to trust."""
+    client_gateway: str | None = None
+    """The Gateway a ClientTrafficPolicy attaches to; default: the Gateway among the targets."""
+    filter_order: Sequence[FilterPosition] = ()
+    """An EnvoyProxy with this ``filterOrder`` (reference it from the GatewayClass/Gateway)."""
 
 
 def _check_name(name: str, what: str) -> None:
@@ -199,10 +215,36 @@ def extension_policy(config: GatewayConfig) -> dict[str, Any]:
 
 
 def resources(config: GatewayConfig) -> list[dict[str, Any]]:
-    """The EnvoyExtensionPolicy, and the Backend when there is a processor."""
+    """The EnvoyExtensionPolicy, the Backend when there is a processor, and the policies the
+    config asks for (SecurityPolicy, BackendTrafficPolicy, ClientTrafficPolicy, EnvoyProxy)."""
+    from . import gateway_policies as policies
+
     docs = [extension_policy(config)]
     if config.processor is not None:
         docs.append(backend(config))
+    name, namespace, targets = config.name, config.namespace, config.targets
+    if config.allow_cidrs or config.deny_cidrs:
+        default = config.default_action or ("Deny" if config.allow_cidrs else "Allow")
+        docs.append(policies.security_policy(
+            f"{name}-clients", targets, allow=config.allow_cidrs, deny=config.deny_cidrs,
+            default_action=default, namespace=namespace))
+    elif config.default_action is not None:
+        raise GatewayError("a default action needs CIDRs to allow or deny")
+    if config.session is not None:
+        docs.append(policies.session_persistence(f"{name}-sessions", targets, config.session,
+                                                 namespace=namespace))
+    if config.xff_trusted_hops:
+        gateway = config.client_gateway or next(
+            (t.name for t in targets if t.kind == "Gateway"), None)
+        if gateway is None:
+            raise GatewayError("X-Forwarded-For trusted hops are set on a Gateway "
+                               "(ClientTrafficPolicy): name it (--client-gateway) or target one")
+        docs.append(policies.client_ip_detection(f"{name}-client-ip", gateway,
+                                                 trusted_hops=config.xff_trusted_hops,
+                                                 namespace=namespace))
+    if config.filter_order:
+        docs.append(policies.filter_order(f"{name}-proxy", config.filter_order,
+                                          namespace=namespace))
     return docs
 
 

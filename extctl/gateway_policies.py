@@ -8,13 +8,9 @@ import ipaddress
 from collections.abc import Sequence
 from typing import Any
 
+from .filter_order import FilterPosition
 from .gateway import API_VERSION, GatewayError, Target
-
-FILTERS = ("envoy.filters.http.ext_proc", "envoy.filters.http.wasm", "envoy.filters.http.rbac",
-           "envoy.filters.http.ext_authz", "envoy.filters.http.jwt_authn",
-           "envoy.filters.http.lua", "envoy.filters.http.ratelimit",
-           "envoy.filters.http.local_ratelimit", "envoy.filters.http.cors",
-           "envoy.filters.http.buffer", "envoy.filters.http.compressor")
+from .session_persistence import SessionPersistence
 
 
 def _meta(kind: str, name: str, namespace: str) -> dict[str, Any]:
@@ -60,25 +56,13 @@ def security_policy(name: str, targets: Sequence[Target], *, allow: Sequence[str
     return doc
 
 
-def session_persistence(name: str, targets: Sequence[Target], *, by: str,
-                        key: str | None = None, cookie_ttl: str | None = None,
+def session_persistence(name: str, targets: Sequence[Target], session: SessionPersistence,
                         namespace: str = "default") -> dict[str, Any]:
     """BackendTrafficPolicy ``loadBalancer.type: ConsistentHash`` by SourceIP, Header or Cookie."""
-    consistent: dict[str, Any] = {"type": by}
-    if by == "SourceIP":
-        if key:
-            raise GatewayError("SourceIP hashing takes no header or cookie name")
-    elif by in ("Header", "Cookie"):
-        if not key:
-            raise GatewayError(f"{by} hashing needs the {by.lower()} name")
-        consistent[by.lower()] = {"name": key}
-        if by == "Cookie" and cookie_ttl:
-            consistent["cookie"]["ttl"] = cookie_ttl
-    else:
-        raise GatewayError("session persistence is by SourceIP, Header or Cookie")
     doc = _meta("BackendTrafficPolicy", name, namespace)
     doc["spec"] = {"targetRefs": _refs(targets),
-                   "loadBalancer": {"type": "ConsistentHash", "consistentHash": consistent}}
+                   "loadBalancer": {"type": "ConsistentHash",
+                                    "consistentHash": session.to_consistent_hash()}}
     return doc
 
 
@@ -93,19 +77,11 @@ def client_ip_detection(name: str, gateway: str, *, trusted_hops: int,
     return doc
 
 
-def filter_order(name: str, order: Sequence[tuple[str, str, str]],
+def filter_order(name: str, positions: Sequence[FilterPosition],
                  namespace: str = "default") -> dict[str, Any]:
-    """EnvoyProxy ``filterOrder``: each ``(filter, "before"|"after", other filter)``."""
-    entries = []
-    for filter_name, relation, other in order:
-        for value in (filter_name, other):
-            if value not in FILTERS:
-                raise GatewayError(f"unknown filter {value!r}; one of {', '.join(FILTERS)}")
-        if relation not in ("before", "after"):
-            raise GatewayError("a filter goes before or after another")
-        if filter_name == other:
-            raise GatewayError(f"{filter_name} cannot be ordered against itself")
-        entries.append({"name": filter_name, relation: other})
+    """EnvoyProxy ``filterOrder``, applied by Envoy Gateway in the order given."""
+    if not positions:
+        raise GatewayError("give at least one filter position")
     doc = _meta("EnvoyProxy", name, namespace)
-    doc["spec"] = {"filterOrder": entries}
+    doc["spec"] = {"filterOrder": [p.to_spec() for p in positions]}
     return doc

@@ -11,6 +11,8 @@ import pytest
 import yaml
 from procs import BufferedJson, FullDuplexRedact, HeadersOnly, Metadata, ModeOverride, Rewrite
 
+from extctl.errors import ConfigError
+from extctl.filter_order import FilterPosition
 from extctl.gateway import (
     GatewayConfig,
     GatewayError,
@@ -20,6 +22,7 @@ from extctl.gateway import (
     resources,
     to_yaml,
 )
+from extctl.session_persistence import SessionPersistence
 
 CRDS = Path(os.environ.get("EXTCTL_EG_CRDS",
                            Path(__file__).resolve().parents[2] / "shared" / "eg-crds"))
@@ -169,12 +172,12 @@ def test_other_policies_validate_and_refuse_what_eg_would():
     route = [Target("HTTPRoute", "backend")]
     docs = [
         gp.security_policy("cidrs", route, allow=["10.0.0.0/8"], deny=["10.1.0.0/16"]),
-        gp.session_persistence("sticky-ip", route, by="SourceIP"),
-        gp.session_persistence("sticky-h", route, by="Header", key="x-user"),
-        gp.session_persistence("sticky-c", route, by="Cookie", key="session", cookie_ttl="60s"),
+        gp.session_persistence("sticky-ip", route, SessionPersistence("SourceIP")),
+        gp.session_persistence("sticky-h", route, SessionPersistence("Header", "x-user")),
+        gp.session_persistence("sticky-c", route,
+                               SessionPersistence("Cookie", "session", cookie_ttl="1h30m")),
         gp.client_ip_detection("xff", "eg", trusted_hops=2),
-        gp.filter_order("order", [("envoy.filters.http.wasm", "before",
-                                   "envoy.filters.http.ext_proc")]),
+        gp.filter_order("order", [FilterPosition("wasm", "before", "ext_proc")]),
     ]
     for doc in docs:
         _valid(doc)
@@ -182,11 +185,14 @@ def test_other_policies_validate_and_refuse_what_eg_would():
     assert [r["action"] for r in rules] == ["Deny", "Allow"]
     with pytest.raises(GatewayError, match="not a CIDR"):
         gp.security_policy("x", route, allow=["10.0.0.1/8"])
-    with pytest.raises(GatewayError, match="needs the header name"):
-        gp.session_persistence("x", route, by="Header")
-    with pytest.raises(GatewayError, match="before or after"):
-        gp.filter_order("x", [("envoy.filters.http.wasm", "around",
-                               "envoy.filters.http.ext_proc")])
+    with pytest.raises(ConfigError, match="needs the header name"):
+        SessionPersistence("Header")
+    with pytest.raises(ConfigError, match="not a duration"):
+        SessionPersistence("Cookie", "s", cookie_ttl="1 hour")
+    with pytest.raises(ConfigError, match="before or after"):
+        FilterPosition("wasm", "around", "ext_proc")
+    with pytest.raises(ConfigError, match="unknown filter 'wasn'"):
+        FilterPosition.parse("wasn:before:ext_proc")
     with pytest.raises(GatewayError, match="at least 1"):
         gp.client_ip_detection("x", "eg", trusted_hops=0)
 
