@@ -7,6 +7,9 @@ Request headers steer the answer (the processor under test sees them too):
 - ``x-echo-trailers: {"name": "value"}`` end a chunked answer with these trailers;
 - ``x-echo-delay-ms: N`` wait N ms before answering (a slow in-flight request);
 - ``x-echo-status: N`` answer with status N.
+
+Every answer carries ``x-echo-server: HOST:PORT``, this server's address, so a test with several
+upstreams can tell which one answered.
 """
 
 from __future__ import annotations
@@ -47,6 +50,12 @@ class _Handler(BaseHTTPRequestHandler):
                 self.rfile.readline()
         length = int(self.headers.get("content-length") or 0)
         return self.rfile.read(length) if length else b"", False, []
+
+    def send_response(self, code: int, message: str | None = None) -> None:
+        super().send_response(code, message)
+        address = self.server.server_address
+        assert isinstance(address, tuple)
+        self.send_header("x-echo-server", f"{address[0]!s}:{address[1]}")
 
     def _end_chunked(self) -> None:
         trailers = json.loads(self.headers.get("x-echo-trailers") or "{}")

@@ -34,7 +34,7 @@ from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 from envoy.extensions.wasm.v3 import wasm_pb2
 from google.protobuf import any_pb2, duration_pb2, json_format, wrappers_pb2
 
-from extproc import ProcessingMode, Processor
+from extproc import ProcessingMode, Processor, ServeError
 from extproc._config import split_address
 
 from . import filter_order
@@ -261,9 +261,13 @@ def bootstrap(config: EnvoyConfig) -> Any:
 def _upstreams(config: EnvoyConfig) -> list[str]:
     if config.upstream is None:
         return []
-    if isinstance(config.upstream, str):
-        return [config.upstream]
-    return list(config.upstream)
+    upstreams = [config.upstream] if isinstance(config.upstream, str) else list(config.upstream)
+    for address in upstreams:
+        try:
+            split_address(address)
+        except ServeError as exc:
+            raise ConfigError(f"upstream {exc}") from None
+    return upstreams
 
 
 def hash_policy(session: SessionPersistence) -> Any:

@@ -137,6 +137,13 @@ class EnvoyProcess:
                 return int(port)
         raise EnvoyError(f"Envoy reports no listener port: {listeners}")
 
+    def http_filters(self) -> list[str]:
+        """Names of the HTTP filters of the first listener, in the order Envoy runs them."""
+        dump = json.loads(self.admin("/config_dump?resource=static_listeners"))
+        listener = dump["configs"][0]["listener"]
+        manager = listener["filter_chains"][0]["filters"][0]["typed_config"]
+        return [f["name"] for f in manager.get("http_filters", [])]
+
     def stats(self, prefix: str = "") -> dict[str, int]:
         """Counter and gauge values whose names start with ``prefix``."""
         values: dict[str, int] = {}

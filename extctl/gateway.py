@@ -106,6 +106,9 @@ class GatewayConfig:
     processor_addresses: Sequence[str] = ()
     """Unix socket paths (every worker) or host:port / fqdn:port of the ext_proc server."""
     fail_open: bool = False
+    """Envoy continues without the processor when it is unreachable or errors."""
+    message_timeout: float | None = None
+    """Seconds Envoy waits per answer; default: the class's ``message_timeout``."""
     wasm: Sequence[WasmSource] = field(default_factory=tuple)
     allow_cidrs: Sequence[str] = ()
     """SecurityPolicy: clients in these CIDRs are allowed (``default_action`` for the rest)."""
@@ -201,8 +204,9 @@ def extension_policy(config: GatewayConfig) -> dict[str, Any]:
                              "name": f"{config.name}-extproc"}],
             "processingMode": processing_mode(config.processor),
         }
-        if config.processor.message_timeout is not None:
-            ext_proc["messageTimeout"] = _duration(config.processor.message_timeout)
+        timeout = config.message_timeout or config.processor.message_timeout
+        if timeout is not None:
+            ext_proc["messageTimeout"] = _duration(timeout)
         if config.fail_open:
             ext_proc["failOpen"] = True
         spec["extProc"] = [ext_proc]

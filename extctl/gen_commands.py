@@ -1,17 +1,30 @@
-"""``extctl gen gateway|envoy``: configuration generated from a Processor class."""
+"""``extctl gen gateway|envoy``: configuration generated from a Processor class.
+
+Both commands share the options for what Envoy Gateway calls policies (client CIDRs, session
+persistence, X-Forwarded-For hops, filter order), so one set of flags gives the same behaviour
+from Envoy Gateway's resources and from the standalone Envoy config.
+"""
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any, TypeVar
 
 import click
 
 import extproc
 
 from . import exit_codes
-from .envoy_config import EnvoyConfig, bootstrap, to_json
+from .envoy_config import EnvoyConfig, WasmFilter, bootstrap, to_json
 from .envoy_config import to_yaml as envoy_yaml
-from .gateway import GatewayConfig, GatewayError, Target, WasmSource, resources, to_yaml
+from .errors import ConfigError
+from .filter_order import FilterPosition
+from .gateway import GatewayConfig, Target, WasmSource, resources, to_yaml
+from .session_persistence import SessionPersistence
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 def _addresses(uds: str | None, address: str | None, workers: int) -> list[str]:
@@ -30,6 +43,91 @@ def _write(text: str, output: str | None) -> None:
     write_atomic(Path(output), text.encode())
 
 
+def _pairs(values: Sequence[str], option: str, what: str) -> dict[str, str]:
+    """``NAME=VALUE`` options -> {name: value}."""
+    found: dict[str, str] = {}
+    for value in values:
+        name, sep, rest = value.partition("=")
+        if not sep or not name or not rest:
+            raise click.BadParameter(f"{value!r} is not NAME={what}", param_hint=option)
+        found[name] = rest
+    return found
+
+
+def _with_digest(value: str) -> tuple[str, str | None]:
+    """``URL@sha256:HEX`` -> (URL, HEX); the digest is optional."""
+    base, sep, digest = value.rpartition("@sha256:")
+    if not sep:
+        return value, None
+    return base, digest
+
+
+def parse_session(text: str | None, algorithm: str = "ring_hash") -> SessionPersistence | None:
+    """``SourceIP``, ``Header:NAME`` or ``Cookie:NAME[:TTL]`` (kinds in any case)."""
+    if text is None:
+        return None
+    kind, _, rest = text.partition(":")
+    name, _, ttl = rest.partition(":")
+    canonical = {k.lower(): k for k in ("SourceIP", "Header", "Cookie")}.get(kind.lower(), kind)
+    return SessionPersistence(canonical, name or None, ttl or None, algorithm=algorithm)
+
+
+def _wasm_extras(configs: Sequence[str], root_ids: Sequence[str],
+                 names: Sequence[str]) -> tuple[dict[str, str], dict[str, str]]:
+    config = _pairs(configs, "--wasm-config", "JSON")
+    roots = _pairs(root_ids, "--wasm-root-id", "ROOT_ID")
+    for option, given in (("--wasm-config", config), ("--wasm-root-id", roots)):
+        unknown = set(given) - set(names)
+        if unknown:
+            raise click.BadParameter(f"no Wasm module named {', '.join(sorted(unknown))}",
+                                     param_hint=option)
+    for name, text in config.items():
+        try:
+            json.loads(text)
+        except ValueError as exc:
+            raise click.BadParameter(f"{name}: not JSON ({exc})",
+                                     param_hint="--wasm-config") from None
+    return config, roots
+
+
+def _policy_options(function: F) -> F:
+    """The options both generators share, in the order --help shows them."""
+    options = [
+        click.option("--fail-open", is_flag=True,
+                     help="Envoy continues without the processor when it fails."),
+        click.option("--message-timeout", type=click.FloatRange(min=0.001),
+                     help="Seconds Envoy waits per answer (default: the class's)."),
+        click.option("--wasm-config", "wasm_configs", multiple=True, metavar="NAME=JSON",
+                     help="Plugin configuration of a Wasm module (default: none)."),
+        click.option("--wasm-root-id", "wasm_root_ids", multiple=True, metavar="NAME=ROOT_ID",
+                     help="Root context id of a Wasm module."),
+        click.option("--allow-cidr", "allow_cidrs", multiple=True, metavar="CIDR",
+                     help="Only clients in these CIDRs get through (repeatable)."),
+        click.option("--deny-cidr", "deny_cidrs", multiple=True, metavar="CIDR",
+                     help="Clients in these CIDRs get 403 (checked first; repeatable)."),
+        click.option("--xff-trusted-hops", type=click.IntRange(min=0), default=0,
+                     help="Client address: this many hops back in X-Forwarded-For."),
+        click.option("--session", metavar="SourceIP|Header:NAME|Cookie:NAME[:TTL]",
+                     help="Session persistence: consistent hashing to the upstreams."),
+        click.option("--filter-order", "filter_order", multiple=True,
+                     metavar="FILTER:before|after:FILTER",
+                     help="Move filters from Envoy Gateway's default order "
+                          "(e.g. wasm:before:ext_proc; repeatable, applied in order)."),
+    ]
+    for option in reversed(options):
+        function = option(function)
+    return function
+
+
+def _run(build: Callable[[], str], output: str | None) -> None:
+    """Build the text; a configuration that cannot be generated is a usage error (exit 2)."""
+    try:
+        text = build()
+    except (ConfigError, extproc.ServeError) as exc:
+        exit_codes.fail(str(exc), exit_codes.USAGE)
+    _write(text, output)
+
+
 @click.group()
 def gen() -> None:
     """Generate Envoy Gateway resources or a standalone Envoy config from a Processor.
@@ -37,7 +135,7 @@ def gen() -> None:
     \b
     Example:
       extctl gen gateway app:Redact --name redact --route backend --uds /run/x/extproc.sock
-      extctl gen envoy app:Redact --uds /run/x/extproc.sock
+      extctl gen envoy app:Redact --uds /run/x/extproc.sock --upstream 127.0.0.1:8080
     """
 
 
@@ -51,75 +149,137 @@ def gen() -> None:
 @click.option("--address", help="The processor's host:port instead.")
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
               help="Server workers: the Backend lists each one's address.")
-@click.option("--fail-open", is_flag=True, help="Envoy continues when the processor fails.")
 @click.option("--wasm-image", "wasm_images", multiple=True, metavar="NAME=oci://REF@sha256:HEX",
               help="A Wasm image (its manifest digest, as `extctl push` prints it).")
+@click.option("--wasm-http", "wasm_urls", multiple=True, metavar="NAME=URL@sha256:HEX",
+              help="A Wasm module Envoy Gateway downloads (sha256 of the body).")
 @click.option("--pull-secret", help="Secret for the Wasm images (pullSecretRef).")
+@click.option("--pull-policy", type=click.Choice(["IfNotPresent", "Always"]),
+              help="When Envoy Gateway fetches the Wasm code again.")
+@_policy_options
+@click.option("--default-action", type=click.Choice(["Allow", "Deny"]),
+              help="SecurityPolicy action for other clients (default: Deny with "
+                   "--allow-cidr, else Allow).")
+@click.option("--client-gateway",
+              help="Gateway for the ClientTrafficPolicy (default: the --gateway target).")
 @click.option("--app-dir", default=".", show_default=True)
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="File (default: stdout).")
 def gateway(processor: str | None, name: str, namespace: str, routes: tuple[str, ...],
             gateways: tuple[str, ...], uds: str | None, address: str | None, workers: int,
-            fail_open: bool, wasm_images: tuple[str, ...], pull_secret: str | None,
-            app_dir: str, output: str | None) -> None:
-    """EnvoyExtensionPolicy + Backend: Envoy sends only the phases the class handles.
+            wasm_images: tuple[str, ...], wasm_urls: tuple[str, ...], pull_secret: str | None,
+            pull_policy: str | None, fail_open: bool, message_timeout: float | None,
+            wasm_configs: tuple[str, ...], wasm_root_ids: tuple[str, ...],
+            allow_cidrs: tuple[str, ...], deny_cidrs: tuple[str, ...], xff_trusted_hops: int,
+            session: str | None, filter_order: tuple[str, ...], default_action: str | None,
+            client_gateway: str | None, app_dir: str, output: str | None) -> None:
+    """Envoy Gateway resources: EnvoyExtensionPolicy + Backend (Envoy sends only the phases
+    the class handles), and the SecurityPolicy, BackendTrafficPolicy, ClientTrafficPolicy and
+    EnvoyProxy the options ask for.
 
     \b
     Example:
       extctl gen gateway app:Redact --name redact --route backend \\
-          --uds /var/run/extproc/extproc.sock --workers 2
+          --uds /var/run/extproc/extproc.sock --workers 2 --session Header:x-user
       extctl gen gateway --name filters --gateway eg \\
-          --wasm-image redact=oci://registry.example.com/f/redact:v1@sha256:9e31...
+          --wasm-image redact=oci://registry.example.com/f/redact:v1@sha256:9e31... \\
+          --wasm-config 'redact={"words": ["secret"]}' --filter-order wasm:before:ext_proc
     """
     from .cli import _load
 
     cls = _load(processor, app_dir) if processor else None
-    wasm = []
-    for entry in wasm_images:
-        wasm_name, sep, ref = entry.partition("=")
-        base, at, digest = ref.partition("@")
-        if not sep or not at:
-            raise click.BadParameter(f"{entry!r} is not NAME=oci://REF@sha256:HEX",
-                                     param_hint="--wasm-image")
-        wasm.append((wasm_name, base, digest))
-    try:
-        config = GatewayConfig(
+    images = _pairs(wasm_images, "--wasm-image", "oci://REF@sha256:HEX")
+    urls = _pairs(wasm_urls, "--wasm-http", "URL@sha256:HEX")
+    if set(images) & set(urls):
+        raise click.BadParameter("a Wasm module name is used twice", param_hint="--wasm-http")
+    config, roots = _wasm_extras(wasm_configs, wasm_root_ids, [*images, *urls])
+    for wasm_name, url in urls.items():
+        if not _with_digest(url)[1]:
+            raise click.BadParameter(f"{wasm_name}: an HTTP module needs @sha256:HEX (Envoy "
+                                     "Gateway checks the download)", param_hint="--wasm-http")
+
+    def build() -> str:
+        wasm = []
+        for wasm_name, source in [*images.items(), *urls.items()]:
+            base, digest = _with_digest(source)
+            image = wasm_name in images
+            wasm.append(WasmSource(
+                wasm_name, image=base if image else None, http=None if image else base,
+                sha256=digest, pull_secret=pull_secret if image else None,
+                pull_policy=pull_policy, root_id=roots.get(wasm_name),
+                config=json.loads(config[wasm_name]) if wasm_name in config else None))
+        return to_yaml(resources(GatewayConfig(
             name=name, namespace=namespace,
             targets=[*(Target("HTTPRoute", r) for r in routes),
                      *(Target("Gateway", g) for g in gateways)],
             processor=cls,
             processor_addresses=_addresses(uds, address, workers) if cls else (),
-            fail_open=fail_open,
-            wasm=[WasmSource(n, image=b, sha256=d, pull_secret=pull_secret)
-                  for n, b, d in wasm])
-        text = to_yaml(resources(config))
-    except GatewayError as exc:
-        exit_codes.fail(str(exc), exit_codes.USAGE)
-    _write(text, output)
+            fail_open=fail_open, message_timeout=message_timeout, wasm=wasm,
+            allow_cidrs=allow_cidrs, deny_cidrs=deny_cidrs, default_action=default_action,
+            session=parse_session(session), xff_trusted_hops=xff_trusted_hops,
+            client_gateway=client_gateway,
+            filter_order=[FilterPosition.parse(p) for p in filter_order])))
+
+    _run(build, output)
 
 
 @gen.command()
-@click.argument("processor", metavar="MODULE:CLASS")
+@click.argument("processor", metavar="MODULE:CLASS", required=False)
 @click.option("--uds", help="The processor's Unix socket.")
 @click.option("--address", help="The processor's host:port instead.")
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True)
 @click.option("--listen", default="127.0.0.1:10000", show_default=True)
-@click.option("--upstream", help="host:port of the upstream (default: a direct 200 answer).")
+@click.option("--upstream", "upstreams", multiple=True, metavar="HOST:PORT",
+              help="Upstream address (repeatable; default: a direct 200 answer).")
+@click.option("--wasm", "wasm_sources", multiple=True, metavar="NAME=PATH|URL@sha256:HEX",
+              help="A Wasm module: a local file, or a URL Envoy downloads and checks.")
+@_policy_options
+@click.option("--hash-algorithm", type=click.Choice(["ring_hash", "maglev"]),
+              default="ring_hash", show_default=True, help="Load balancer for --session.")
+@click.option("--access-log", is_flag=True, help="Log each request to Envoy's stdout.")
 @click.option("--format", "fmt", type=click.Choice(["yaml", "json"]), default="yaml",
               show_default=True)
 @click.option("--app-dir", default=".", show_default=True)
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="File (default: stdout).")
-def envoy(processor: str, uds: str | None, address: str | None, workers: int, listen: str,
-          upstream: str | None, fmt: str, app_dir: str, output: str | None) -> None:
-    """A standalone Envoy bootstrap for the processor, built from typed xds-protos messages.
+def envoy(processor: str | None, uds: str | None, address: str | None, workers: int,
+          listen: str, upstreams: tuple[str, ...], wasm_sources: tuple[str, ...],
+          fail_open: bool, message_timeout: float | None, wasm_configs: tuple[str, ...],
+          wasm_root_ids: tuple[str, ...], allow_cidrs: tuple[str, ...],
+          deny_cidrs: tuple[str, ...], xff_trusted_hops: int, session: str | None,
+          filter_order: tuple[str, ...], hash_algorithm: str, access_log: bool, fmt: str,
+          app_dir: str, output: str | None) -> None:
+    """A standalone Envoy bootstrap, built from typed xds-protos messages: listener, the
+    filters (RBAC, Wasm, ext_proc from the class) in Envoy Gateway's order, the upstreams.
 
     \b
     Example:
       extctl gen envoy app:Redact --uds /run/extproc/extproc.sock --upstream 127.0.0.1:8080
+      extctl gen envoy --wasm tag=./plugin.wasm --wasm-config 'tag={}' \\
+          --upstream 10.0.0.1:80 --upstream 10.0.0.2:80 --session Cookie:sticky:1h
     """
     from .cli import _load
 
-    cls = _load(processor, app_dir)
-    config = EnvoyConfig(cls, _addresses(uds, address, workers), upstream=upstream,
-                         listen=listen)
-    message = bootstrap(config)
-    _write(envoy_yaml(message) if fmt == "yaml" else to_json(message) + "\n", output)
+    cls = _load(processor, app_dir) if processor else None
+    sources = _pairs(wasm_sources, "--wasm", "PATH|URL@sha256:HEX")
+    config, roots = _wasm_extras(wasm_configs, wasm_root_ids, list(sources))
+    if cls is None and (uds or address):
+        raise click.UsageError("--uds/--address need MODULE:CLASS")
+
+    def build() -> str:
+        wasm = []
+        for wasm_name, source in sources.items():
+            base, digest = _with_digest(source)
+            remote = base.startswith(("http://", "https://"))
+            wasm.append(WasmFilter(
+                wasm_name, path=None if remote else str(Path(base).resolve()),
+                url=base if remote else None, sha256=digest,
+                root_id=roots.get(wasm_name, ""), configuration=config.get(wasm_name, "")))
+        message = bootstrap(EnvoyConfig(
+            cls, _addresses(uds, address, workers) if cls else (),
+            upstream=list(upstreams) or None, listen=listen, failure_mode_allow=fail_open,
+            message_timeout=message_timeout, wasm=wasm, allow_cidrs=allow_cidrs,
+            deny_cidrs=deny_cidrs, xff_num_trusted_hops=xff_trusted_hops,
+            session=parse_session(session, hash_algorithm), access_log=access_log,
+            filter_order=[FilterPosition.parse(p) for p in filter_order]))
+        return envoy_yaml(message) if fmt == "yaml" else to_json(message) + "\n"
+
+    _run(build, output)

@@ -101,9 +101,11 @@ class Reply:
 
 def http(port: int, path: str = "/", method: str = "GET", headers: dict[str, str] | None = None,
          body: bytes | None = None, chunks: list[bytes] | None = None,
-         timeout: float = 30) -> Reply:
-    """One HTTP/1.1 request to Envoy on loopback (chunked when ``chunks`` is given)."""
-    conn = httpclient.HTTPConnection("127.0.0.1", port, timeout=timeout)
+         timeout: float = 30, source: str | None = None) -> Reply:
+    """One HTTP/1.1 request to Envoy on loopback (chunked when ``chunks`` is given), from the
+    loopback address ``source`` when given (127.0.0.0/8 is all local)."""
+    conn = httpclient.HTTPConnection("127.0.0.1", port, timeout=timeout,
+                                     source_address=(source, 0) if source else None)
     try:
         if chunks is not None:
             conn.putrequest(method, path)

@@ -189,3 +189,10 @@ class LoopKind(extproc.Processor):
 
     async def on_request_headers(self, headers: Headers) -> None:
         headers["x-loop"] = type(asyncio.get_running_loop()).__module__.split(".")[0]
+
+
+class AppendOrder(extproc.Processor):
+    """Appends itself to ``x-order``: the upstream sees which filter ran first."""
+
+    async def on_request_headers(self, headers):
+        headers.add("x-order", "ext_proc")

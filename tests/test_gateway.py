@@ -216,3 +216,110 @@ def test_envoy_configs_are_current_and_valid():
                                 str(root / example.name / "envoy.yaml")],
                                capture_output=True, text=True, timeout=60)
         assert check.returncode == 0, check.stdout + check.stderr
+
+
+def _gen(*args: str):
+    from click.testing import CliRunner
+
+    from extctl.cli import cli
+
+    return CliRunner().invoke(cli, ["gen", *args])
+
+
+def test_gen_gateway_with_every_policy_option_validates(tmp_path):
+    out = tmp_path / "eg.yaml"
+    result = _gen(
+        "gateway", "procs:HeadersOnly", "--name", "edge", "--gateway", "eg", "--route", "api",
+        "--uds", "/var/run/extproc/p.sock", "--message-timeout", "0.5",
+        "--wasm-image", f"img=oci://registry.example.com/f/img:v1@sha256:{'a' * 64}",
+        "--wasm-http", f"web=https://example.com/f.wasm@sha256:{'c' * 64}",
+        "--wasm-config", 'img={"words": ["secret"]}', "--wasm-root-id", "web=root",
+        "--pull-secret", "regcred", "--pull-policy", "Always",
+        "--allow-cidr", "10.0.0.0/8", "--deny-cidr", "10.9.0.0/16",
+        "--xff-trusted-hops", "2", "--session", "cookie:sticky:1h",
+        "--filter-order", "wasm:before:ext_proc", "--filter-order", "rbac:before:wasm",
+        "-o", str(out))
+    assert result.exit_code == 0, result.output
+    docs = list(yaml.safe_load_all(out.read_text()))
+    for doc in docs:
+        _valid(doc)
+    kinds = [d["kind"] for d in docs]
+    assert kinds == ["EnvoyExtensionPolicy", "Backend", "SecurityPolicy", "BackendTrafficPolicy",
+                     "ClientTrafficPolicy", "EnvoyProxy"]
+    policy = docs[0]["spec"]
+    assert policy["extProc"][0]["messageTimeout"] == "500ms"
+    image, web = policy["wasm"]
+    assert image["code"] == {"type": "Image", "pullPolicy": "Always", "image": {
+        "url": "registry.example.com/f/img:v1", "sha256": "a" * 64,
+        "pullSecretRef": {"name": "regcred"}}}
+    assert image["config"] == {"words": ["secret"]}
+    assert web["code"]["http"] == {"url": "https://example.com/f.wasm", "sha256": "c" * 64}
+    assert web["rootID"] == "root"
+    security = docs[2]["spec"]["authorization"]
+    assert security["defaultAction"] == "Deny"
+    assert docs[3]["spec"]["loadBalancer"]["consistentHash"] == {
+        "type": "Cookie", "cookie": {"name": "sticky", "ttl": "1h"}}
+    assert docs[4]["spec"]["targetRefs"][0]["name"] == "eg"
+    assert docs[4]["spec"]["clientIPDetection"] == {"xForwardedFor": {"numTrustedHops": 2}}
+    assert docs[5]["spec"]["filterOrder"] == [
+        {"name": "envoy.filters.http.wasm", "before": "envoy.filters.http.ext_proc"},
+        {"name": "envoy.filters.http.rbac", "before": "envoy.filters.http.wasm"}]
+
+
+def test_gen_envoy_with_every_option_passes_envoy_validate(tmp_path, wat_module):
+    import subprocess
+
+    from extctl.envoy_runner import find_envoy
+
+    module = wat_module  # envoy --mode validate loads local modules
+    out = tmp_path / "envoy.yaml"
+    result = _gen(
+        "envoy", "procs:HeadersOnly", "--uds", "/tmp/p.sock", "--workers", "2",
+        "--upstream", "127.0.0.1:8081", "--upstream", "127.0.0.1:8082",
+        "--wasm", f"local={module}", "--wasm", f"remote=https://example.com/f.wasm@sha256:"
+        f"{'d' * 64}", "--wasm-config", "local={}", "--allow-cidr", "10.0.0.0/8",
+        "--deny-cidr", "10.9.0.0/16", "--xff-trusted-hops", "1", "--session", "Header:x-user",
+        "--hash-algorithm", "maglev", "--filter-order", "ext_proc:after:wasm",
+        "--fail-open", "--message-timeout", "2", "--access-log", "-o", str(out))
+    assert result.exit_code == 0, result.output
+    config = yaml.safe_load(out.read_text())
+    manager = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0][
+        "typed_config"]
+    assert [f["name"] for f in manager["http_filters"]] == [
+        "envoy.filters.http.wasm/local", "envoy.filters.http.wasm/remote",
+        "envoy.filters.http.ext_proc/headersonly", "envoy.filters.http.rbac/deny-cidrs",
+        "envoy.filters.http.rbac/allow-cidrs", "envoy.filters.http.router"]
+    assert manager["xff_num_trusted_hops"] == 1
+    route = manager["route_config"]["virtual_hosts"][0]["routes"][0]["route"]
+    assert route["hash_policy"] == [{"header": {"header_name": "x-user"}, "terminal": True}]
+    clusters = {c["name"]: c for c in config["static_resources"]["clusters"]}
+    assert clusters["upstream"]["lb_policy"] == "MAGLEV"
+    assert len(clusters["extproc"]["load_assignment"]["endpoints"][0]["lb_endpoints"]) == 2
+    ext_proc = manager["http_filters"][2]["typed_config"]
+    assert ext_proc["failure_mode_allow"] is True and ext_proc["message_timeout"] == "2s"
+    check = subprocess.run([find_envoy(), "--mode", "validate", "-c", str(out)],
+                           capture_output=True, text=True, timeout=60)
+    assert check.returncode == 0, check.stdout + check.stderr
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["envoy", "--allow-cidr", "10.0.0.1/8"], "'10.0.0.1/8' is not a CIDR"),
+    (["envoy", "--session", "Query:x", "--upstream", "127.0.0.1:1"], "by 'Query'"),
+    (["envoy", "--session", "SourceIP"], "needs upstreams"),
+    (["envoy", "--filter-order", "wasm:ext_proc"], "is not FILTER:before|after:FILTER"),
+    (["envoy", "--upstream", "nowhere"], "is not host:port"),
+    (["envoy", "--wasm", "w=https://x/y.wasm"], "needs its sha256"),
+    (["gateway", "--name", "n", "--route", "r", "--wasm-http", "w=https://x/y.wasm"],
+     "needs @sha256:HEX"),
+    (["gateway", "--name", "n", "--route", "r", "--wasm-image",
+      f"w=oci://r/x:1@sha256:{'a' * 64}", "--xff-trusted-hops", "1"], "name it"),
+    (["gateway", "--name", "n", "--route", "r", "--wasm-image",
+      f"w=oci://r/x:1@sha256:{'a' * 64}", "--wasm-config", "v={}"], "no Wasm module named v"),
+    (["gateway", "--name", "n", "--route", "r", "--wasm-image",
+      f"w=oci://r/x:1@sha256:{'a' * 64}", "--wasm-config", "w={x"], "not JSON"),
+])
+def test_gen_refuses_bad_input_with_exit_2_and_one_line(args, message):
+    result = _gen(*args)
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+    assert result.output.count("\n") <= 1 or "Usage:" in result.output

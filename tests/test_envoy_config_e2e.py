@@ -1,0 +1,135 @@
+"""Features of the generated standalone Envoy config, each run through a real Envoy:
+session persistence across two upstream instances, filter order, local Wasm modules."""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import wasmtime
+from conftest import ROOT, http, stack
+from procs import AppendOrder
+
+from extctl.echo import EchoServer
+from extctl.envoy_config import EnvoyConfig, WasmFilter, bootstrap
+from extctl.envoy_runner import EnvoyProcess
+from extctl.filter_order import FilterPosition
+from extctl.session_persistence import SessionPersistence
+
+pytestmark = pytest.mark.envoy
+
+
+@pytest.fixture(scope="module")
+def two_upstreams() -> Iterator[list[str]]:
+    with EchoServer() as first, EchoServer() as second:
+        yield [first.address, second.address]
+
+
+@contextlib.contextmanager
+def _envoy(tmp_path: Path, **options) -> Iterator[EnvoyProcess]:
+    with EnvoyProcess(bootstrap(EnvoyConfig(None, [], **options)), tmp_path / "envoy") as envoy:
+        yield envoy
+
+
+def _spread(port: int, requests: dict[str, dict]) -> dict[str, Counter[str]]:
+    """For each client key, 5 requests with its options: which upstream answered each."""
+    seen: dict[str, Counter[str]] = {}
+    for key, options in requests.items():
+        for _ in range(5):
+            reply = http(port, "/", **options)
+            assert reply.status == 200
+            seen.setdefault(key, Counter())[reply.headers["x-echo-server"]] += 1
+    return seen
+
+
+def _assert_sticky(seen: dict[str, Counter[str]], upstreams: list[str]) -> None:
+    assert sum(sum(c.values()) for c in seen.values()) == 50
+    for key, counts in seen.items():
+        assert len(counts) == 1, f"{key} reached {dict(counts)}"
+    # Stickiness is per client, not one upstream for everyone.
+    assert {next(iter(c)) for c in seen.values()} == set(upstreams)
+
+
+def test_round_robin_without_session_persistence_spreads_one_client(tmp_path, two_upstreams):
+    """The control for the tests below: without hashing, one client reaches both upstreams."""
+    with _envoy(tmp_path, upstream=two_upstreams) as envoy:
+        seen = _spread(envoy.port, {"one": {"headers": {"x-user": "ada"}},
+                                    "two": {"headers": {"x-user": "ada"}}})
+    assert set(seen["one"] + seen["two"]) == set(two_upstreams)
+
+
+@pytest.mark.parametrize("algorithm", ["ring_hash", "maglev"])
+def test_same_header_value_reaches_the_same_upstream(tmp_path, two_upstreams, algorithm):
+    session = SessionPersistence("Header", "x-user", algorithm=algorithm)
+    with _envoy(tmp_path, upstream=two_upstreams, session=session) as envoy:
+        seen = _spread(envoy.port, {f"user{i}": {"headers": {"x-user": f"user{i}"}}
+                                    for i in range(10)})
+    _assert_sticky(seen, two_upstreams)
+
+
+def test_same_source_address_reaches_the_same_upstream(tmp_path, two_upstreams):
+    with _envoy(tmp_path, upstream=two_upstreams,
+                session=SessionPersistence("SourceIP")) as envoy:
+        seen = _spread(envoy.port, {f"127.0.0.{i}": {"source": f"127.0.0.{i}"}
+                                    for i in range(2, 12)})
+    _assert_sticky(seen, two_upstreams)
+
+
+def test_cookie_set_by_envoy_then_followed(tmp_path, two_upstreams):
+    session = SessionPersistence("Cookie", "sticky", cookie_ttl="1h")
+    with _envoy(tmp_path, upstream=two_upstreams, session=session) as envoy:
+        first = http(envoy.port, "/")
+        cookie = first.headers["set-cookie"]
+        match = re.match(r"sticky=([^;]+);.*Max-Age=3600", cookie)
+        assert match, cookie
+        follow = _spread(envoy.port, {"issued": {"headers": {"cookie": f"sticky={match[1]}"}}})
+        seen = _spread(envoy.port, {f"c{i}": {"headers": {"cookie": f"sticky=c{i}"}}
+                                    for i in range(1, 10)})
+    assert follow["issued"] == Counter({first.headers["x-echo-server"]: 5})
+    _assert_sticky({**seen, **follow}, two_upstreams)
+
+
+def _wasm(tmp_path: Path, wat: str) -> str:
+    path = tmp_path / f"{wat}.wasm"
+    path.write_bytes(wasmtime.wat2wasm((ROOT / "tests" / "wat" / f"{wat}.wat").read_text()))
+    return str(path)
+
+
+@pytest.mark.parametrize(("order", "expected"), [
+    ((), ["ext_proc", "wasm"]),  # Envoy Gateway's default: ext_proc, then wasm
+    ((FilterPosition("wasm", "before", "ext_proc"),), ["wasm", "ext_proc"]),
+    ((FilterPosition("ext_proc", "after", "wasm"),), ["wasm", "ext_proc"]),
+])
+def test_filter_order_changes_what_the_upstream_sees(tmp_path, sock_dir, echo, order,
+                                                     expected):
+    wasm = WasmFilter("order", path=_wasm(tmp_path, "append_request_header"),
+                      configuration="{}")
+    with stack(AppendOrder, sock_dir, echo, wasm=[wasm], filter_order=order) as s:
+        reply = s.get("/")
+        names = s.envoy.http_filters()
+    assert reply.status == 200
+    values = [v.strip() for v in ",".join(reply.upstream_headers()["x-order"]).split(",")]
+    assert values == expected
+    assert [n.split("/")[0].removeprefix("envoy.filters.http.") for n in names] == [
+        *expected, "router"]
+
+
+def test_local_module_and_rbac_order_by_default(tmp_path, echo):
+    """A local module runs; RBAC sits after the Wasm filters (Envoy Gateway's default), so a
+    denied request was still seen by them."""
+    module = WasmFilter("resp", path=_wasm(tmp_path, "add_header"))
+    with _envoy(tmp_path, upstream=echo.address, wasm=[module],
+                deny_cidrs=["127.0.0.0/8"]) as envoy:
+        denied = http(envoy.port, "/")
+    assert denied.status == 403
+    assert denied.headers["x-wasm"] == "added"
+    moved = (FilterPosition("rbac", "before", "wasm"),)
+    with _envoy(tmp_path, upstream=echo.address, wasm=[module], deny_cidrs=["127.0.0.0/8"],
+                filter_order=moved) as envoy:
+        early = http(envoy.port, "/")
+    assert early.status == 403
+    assert "x-wasm" not in early.headers
