@@ -13,9 +13,10 @@ from typing import Any
 import click
 
 import extproc
+import registry
 
 from . import exit_codes
-from .errors import EnvoyError, ExtctlError, UsageError
+from .errors import ConfigError, EnvoyError, ExtctlError, UsageError
 
 _fail = exit_codes.fail
 
@@ -118,39 +119,81 @@ def serve(processor: str, uds: str | None, address: str | None, workers: int,
 @click.argument("processor", metavar="MODULE:CLASS", required=False)
 @click.option("--port", type=click.IntRange(0, 65535), default=10000, show_default=True,
               help="Envoy's listener port on 127.0.0.1 (0: any free port).")
+@click.option("--wasm", "wasm_sources", multiple=True,
+              metavar="PATH|oci://REF|https://URL",
+              help="A proxy-wasm module to run too (repeatable; remote ones are fetched and "
+                   "verified first).")
+@click.option("--wasm-sha256", help="Expected digest of the (single) --wasm module: manifest "
+                                    "digest for oci://, body sha256 for https://.")
+@click.option("--wasm-config", default="{}", show_default=True,
+              help="Plugin configuration handed to the module(s).")
+@click.option("--wasm-root-id", default="", help="Root context id of the module(s).")
+@click.option("--filter-order", "filter_order", multiple=True,
+              metavar="FILTER:before|after:FILTER",
+              help="Move filters from Envoy Gateway's default order (ext_proc, wasm).")
+@click.option("--docker-config", type=click.Path(dir_okay=False),
+              help="docker config.json with registry credentials (default: ~/.docker).")
+@click.option("--ca-file", type=click.Path(exists=True, dir_okay=False),
+              help="PEM CA bundle for a private registry or HTTPS server.")
+@click.option("--insecure", is_flag=True, help="Plain HTTP to a registry on loopback.")
 @click.option("--app-dir", default=".", show_default=True,
               help="Directory added to sys.path before importing MODULE.")
 @click.option("--log-level", type=_LOG_LEVELS, default="info", show_default=True)
-def dev(processor: str | None, port: int, app_dir: str, log_level: str) -> None:
-    """Try a processor locally: it, an echo upstream and a real Envoy, wired together.
+def dev(processor: str | None, port: int, wasm_sources: tuple[str, ...],
+        wasm_sha256: str | None, wasm_config: str, wasm_root_id: str,
+        filter_order: tuple[str, ...], docker_config: str | None, ca_file: str | None,
+        insecure: bool, app_dir: str, log_level: str) -> None:
+    """Try a processor and/or Wasm modules locally, with an echo upstream and a real Envoy.
 
-    Without MODULE:CLASS the bundled demo processor runs. Prints the curl line to try;
-    Ctrl-C stops everything and removes the sockets and temporary files.
+    Without MODULE:CLASS (and without --wasm) the bundled demo processor runs. Prints the
+    curl line to try and the filter chain; shows the logs of all three; Ctrl-C stops
+    everything and removes the sockets and temporary files.
 
     \b
     Example:
       extctl dev                      # the bundled demo
       extctl dev app.processor:Redact --port 8080
+      extctl dev app.processor:Redact --wasm plugin.wasm --filter-order wasm:before:ext_proc
+      extctl dev --wasm oci://registry.example.com/filters/tag:v1 --wasm-config '{"a": 1}'
     """
-    from .dev import DevStack
+    from .dev import DevStack, DevWasm
+    from .filter_order import FilterPosition
+    from .wasm_commands import _connection, _errors
 
     _setup_logging(log_level)
-    if processor is None:
+    cls: type[extproc.Processor] | None
+    if processor is not None:
+        cls = _load(processor, app_dir)
+    elif not wasm_sources:
         from .demo import Demo
 
-        cls: type[extproc.Processor] = Demo
+        cls = Demo
     else:
-        cls = _load(processor, app_dir)
+        cls = None
+    if wasm_sha256 and len(wasm_sources) != 1:
+        raise click.UsageError("--wasm-sha256 applies to exactly one --wasm module")
     try:
-        DevStack(cls, port=port).run()
-    except EnvoyError as exc:
-        _fail(str(exc), exit_codes.ENVOY)
-    except extproc.ServeError as exc:
-        _fail(str(exc), exit_codes.STARTUP)
-    except UsageError as exc:
+        order = [FilterPosition.parse(p) for p in filter_order]
+    except ConfigError as exc:
         _fail(str(exc), exit_codes.USAGE)
-    except ExtctlError as exc:
-        _fail(str(exc), exit_codes.ERROR)
+    with _errors():
+        modules = [DevWasm(source, sha256=wasm_sha256, configuration=wasm_config,
+                           root_id=wasm_root_id,
+                           connection=_connection(source, None, False, docker_config, None,
+                                                  ca_file, insecure)
+                           if source.startswith("oci://") else
+                           registry.Connection(ca_file=ca_file))
+                   for source in wasm_sources]
+        try:
+            DevStack(cls, port=port, wasm=modules, filter_order=order).run()
+        except EnvoyError as exc:
+            _fail(str(exc), exit_codes.ENVOY)
+        except extproc.ServeError as exc:
+            _fail(str(exc), exit_codes.STARTUP)
+        except (UsageError, ConfigError) as exc:
+            _fail(str(exc), exit_codes.USAGE)
+        except ExtctlError as exc:
+            _fail(str(exc), exit_codes.ERROR)
 
 
 def _add_wasm_commands() -> None:

@@ -1,33 +1,86 @@
-"""``extctl dev``: a processor, an echo upstream and a real Envoy on loopback, wired together."""
+"""``extctl dev``: a processor and/or Wasm modules, an echo upstream and a real Envoy on loopback,
+wired together by the generated config."""
 
 from __future__ import annotations
 
 import logging
+import re
 import shutil
 import signal
 import sys
 import tempfile
 import threading
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
 import click
 
 import extproc
+import registry
+import wasm
 from extproc.testing import ServerThread
 
 from .echo import EchoServer
-from .envoy_config import EnvoyConfig, bootstrap
+from .envoy_config import EnvoyConfig, WasmFilter, bootstrap
 from .envoy_runner import EnvoyProcess
+from .errors import UsageError
+from .filter_order import FilterPosition
 
 logger = logging.getLogger("extctl.dev")
 
 
+@dataclass(frozen=True)
+class DevWasm:
+    """A Wasm module for the dev stack: a local file, ``oci://`` image or ``https://`` URL.
+
+    Remote modules are fetched (and checked against ``sha256``: the manifest digest for an
+    image, the body's sha256 for a URL, as Envoy Gateway means them) into the stack's
+    temporary directory, and Envoy loads the local copy.
+    """
+
+    source: str
+    sha256: str | None = None
+    configuration: str = "{}"
+    """Plugin configuration; not empty by default, since some SDKs trap on an empty one."""
+    root_id: str = ""
+    connection: registry.Connection | None = None
+    """Credentials and TLS for an ``oci://`` source (``ca_file`` also serves ``https://``)."""
+
+    @property
+    def name(self) -> str:
+        stem = self.source.rstrip("/").rpartition("/")[2]
+        return re.sub(r"[^a-z0-9-]+", "-", stem.split("@")[0].split(":")[0].lower()
+                      .removesuffix(".wasm")).strip("-") or "wasm"
+
+    def fetch(self, workdir: Path) -> Path:
+        connection = self.connection
+        if self.source.startswith(("http://", "https://")):
+            ca_file = connection.ca_file if connection is not None else None
+            return registry.pull_http(self.source, workdir / f"{self.name}.wasm",
+                                      sha256=self.sha256, ca_file=ca_file).path
+        if self.source.startswith("oci://"):
+            return registry.pull(self.source, workdir / f"{self.name}.wasm", sha256=self.sha256,
+                                 connection=connection, cache=registry.Cache()).path
+        path = Path(self.source).resolve()
+        if not path.is_file():
+            raise UsageError(f"--wasm {self.source}: no such file")
+        if self.sha256:
+            wasm.verify_file(path, self.sha256)
+        wasm.inspect_file(path)  # a file Envoy could not load is refused here, by name
+        return path
+
+
 class DevStack:
-    def __init__(self, processor: type[extproc.Processor], *, port: int = 10000) -> None:
+    def __init__(self, processor: type[extproc.Processor] | None, *, port: int = 10000,
+                 wasm: Sequence[DevWasm] = (),
+                 filter_order: Sequence[FilterPosition] = ()) -> None:
         self.processor = processor
         self.port = port
+        self.wasm = wasm
+        self.filter_order = filter_order
 
     def run(self) -> None:
         workdir = Path(tempfile.mkdtemp(prefix="extctl-dev-"))
@@ -40,17 +93,26 @@ class DevStack:
         server = envoy = echo = None
         try:
             socket_path = str(workdir / "extproc.sock")
-            server = ServerThread(self.processor, uds=socket_path, socket_mode=0o600).start()
+            modules = [WasmFilter(w.name, path=str(w.fetch(workdir)),
+                                  root_id=w.root_id, configuration=w.configuration)
+                       for w in self.wasm]
+            if self.processor is not None:
+                server = ServerThread(self.processor, uds=socket_path, socket_mode=0o600).start()
             echo = EchoServer(verbose=True).start()
             config = EnvoyConfig(self.processor, [socket_path], upstream=echo.address,
-                                 listen=f"127.0.0.1:{self.port}", access_log=True)
+                                 listen=f"127.0.0.1:{self.port}", access_log=True, wasm=modules,
+                                 filter_order=self.filter_order)
             envoy = EnvoyProcess(bootstrap(config), workdir / "envoy", log_level="info").start()
             tail = threading.Thread(target=_tail, args=(envoy.log_path, stop), daemon=True)
             tail.start()
-            mode = self.processor.processing_mode()
             click.echo(f"workdir: {workdir}")
-            click.echo(f"processor: {self.processor.__name__} on unix:{socket_path} "
-                       f"(phases: {', '.join(mode.phases) or 'none'})")
+            if self.processor is not None:
+                mode = self.processor.processing_mode()
+                click.echo(f"processor: {self.processor.__name__} on unix:{socket_path} "
+                           f"(phases: {', '.join(mode.phases) or 'none'})")
+            for module in modules:
+                click.echo(f"wasm: {module.name} from {module.path}")
+            click.echo("filters: " + " -> ".join(envoy.http_filters()))
             click.echo(f"upstream: http://{echo.address} (echoes the request as JSON)")
             click.echo(f"envoy: http://127.0.0.1:{envoy.port} (admin http://{envoy.admin_address})")
             click.echo(f"try: curl -i http://127.0.0.1:{envoy.port}/hello")

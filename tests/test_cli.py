@@ -31,12 +31,31 @@ def _wait_for_line(proc, pattern: str, timeout: float = 30) -> tuple[re.Match[st
                          f"{proc.stderr.read() if proc.poll() is not None else ''}")
 
 
+def _descendants(pid: int) -> set[int]:
+    """Every live process below ``pid`` (from /proc)."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            parents[int(entry.name)] = int(stat.rpartition(")")[2].split()[1])
+    found, frontier = set(), {pid}
+    while frontier:
+        frontier = {child for child, parent in parents.items() if parent in frontier}
+        found |= frontier
+    return found
+
+
 def test_dev_runs_the_demo_through_a_real_envoy_and_cleans_up(extctl):
     proc = extctl("dev", "--port", "0")
     workdir_match, _ = _wait_for_line(proc, r"workdir: (\S+)")
     workdir = Path(workdir_match.group(1))
     port_match, lines = _wait_for_line(proc, r"try: curl -i http://127\.0\.0\.1:(\d+)/")
     port = int(port_match.group(1))
+    children = _descendants(proc.pid)
+    assert children  # Envoy at least
     assert workdir.exists() and (workdir / "extproc.sock").exists()
     assert any("phases: request_headers, response_body" in line for line in lines)
     ok = http(port, "/hello", headers={"x-echo-chunks": '["a secret"]'})
@@ -49,6 +68,7 @@ def test_dev_runs_the_demo_through_a_real_envoy_and_cleans_up(extctl):
     assert denied.status == 403 and denied.headers["x-denied-by"] == "extkit-demo"
     assert ["x-extkit-demo", "request seen"] in echoed.json()["headers"]
     assert not workdir.exists()
+    assert not any(Path(f"/proc/{p}").exists() for p in children)  # Envoy stopped and reaped
     assert "[envoy]" in err  # Envoy's log is shown
     assert "extctl.upstream" in err  # and the upstream's
 
@@ -61,6 +81,69 @@ def test_dev_with_a_user_processor(extctl):
     proc.communicate(timeout=30)
     assert proc.returncode == 0
     assert reply.upstream_headers()["x-path"] == ["/p"]
+
+
+def test_dev_with_a_local_module_in_the_requested_filter_order(extctl, tmp_path):
+    import wasmtime
+    from conftest import ROOT
+
+    module = tmp_path / "order.wasm"
+    module.write_bytes(wasmtime.wat2wasm(
+        (ROOT / "tests/wat/append_request_header.wat").read_text()))
+    proc = extctl("dev", "procs:AppendOrder", "--port", "0", "--wasm", str(module),
+                  "--filter-order", "wasm:before:ext_proc")
+    port_match, lines = _wait_for_line(proc, r"try: curl -i http://127\.0\.0\.1:(\d+)/")
+    reply = http(int(port_match.group(1)), "/")
+    children = _descendants(proc.pid)
+    proc.send_signal(signal.SIGINT)
+    proc.communicate(timeout=30)
+    assert proc.returncode == 0
+    assert any("filters: envoy.filters.http.wasm/order -> envoy.filters.http.ext_proc/"
+               "appendorder -> envoy.filters.http.router" in line for line in lines)
+    values = ",".join(reply.upstream_headers()["x-order"]).replace(" ", "")
+    assert values == "wasm,ext_proc"
+    assert not any(Path(f"/proc/{p}").exists() for p in children)
+
+
+def test_dev_pulls_an_image_from_the_registry_and_runs_it(extctl, registry, wat_module,
+                                                         tmp_path):
+    import base64
+    import json
+
+    from oci import PASSWORD, USER
+
+    import registry as oci
+
+    ref = f"oci://{registry.host}/dev/add-header:v1"
+    pushed = oci.push(wat_module, ref, connection=oci.Connection(
+        oci.Credentials(USER, PASSWORD, "t"), ca_file=str(registry.ca_file)))
+    config = tmp_path / "config.json"
+    token = base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
+    config.write_text(json.dumps({"auths": {registry.host: {"auth": token}}}))
+    proc = extctl("dev", "--port", "0", "--wasm", ref, "--wasm-sha256", pushed.digest,
+                  "--docker-config", str(config), "--ca-file", str(registry.ca_file))
+    port_match, lines = _wait_for_line(proc, r"try: curl -i http://127\.0\.0\.1:(\d+)/")
+    reply = http(int(port_match.group(1)), "/")
+    proc.send_signal(signal.SIGINT)
+    proc.communicate(timeout=30)
+    assert proc.returncode == 0
+    assert reply.headers["x-wasm"] == "added"
+    assert not any(line.startswith("processor:") for line in lines)  # Wasm alone
+    wrong = extctl("dev", "--port", "0", "--wasm", ref, "--wasm-sha256", "a" * 64,
+                   "--docker-config", str(config), "--ca-file", str(registry.ca_file))
+    _, err = wrong.communicate(timeout=60)
+    assert wrong.returncode == 6
+    assert err.strip().splitlines()[-1].startswith("error: ")
+
+
+def test_dev_refuses_a_file_that_is_not_wasm_with_exit_9(extctl, tmp_path):
+    bogus = tmp_path / "plugin.wasm"
+    bogus.write_bytes(b"not wasm")
+    proc = extctl("dev", "--port", "0", "--wasm", str(bogus))
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 9
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("error: ") and "plugin.wasm" in last
 
 
 def test_dev_port_in_use_exits_5_with_one_line(extctl):

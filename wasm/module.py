@@ -73,8 +73,13 @@ def inspect_bytes(data: bytes) -> ModuleInfo:
 
 
 def inspect_file(path: str | os.PathLike[str]) -> ModuleInfo:
+    """:func:`inspect_bytes` of a file; an InvalidModule names the file."""
     with open(path, "rb") as f:
-        return inspect_bytes(f.read())
+        data = f.read()
+    try:
+        return inspect_bytes(data)
+    except InvalidModule as exc:
+        raise InvalidModule(f"{os.fspath(path)}: {exc}") from None
 
 
 def normalise_sha256(value: str) -> str:
