@@ -160,9 +160,16 @@ def test_dev_port_in_use_exits_5_with_one_line(extctl):
     assert "Address already in use" in last
 
 
-@pytest.mark.parametrize("command", sorted(cli.commands))
+def _command_paths(group, prefix=()):
+    for name, command in sorted(group.commands.items()):
+        yield (*prefix, name)
+        if hasattr(command, "commands"):
+            yield from _command_paths(command, (*prefix, name))
+
+
+@pytest.mark.parametrize("command", [" ".join(p) for p in _command_paths(cli)])
 def test_every_command_has_help_with_an_example(command):
-    result = CliRunner().invoke(cli, [command, "--help"])
+    result = CliRunner().invoke(cli, [*command.split(), "--help"])
     assert result.exit_code == 0
     assert "Example:" in result.output
     assert f"extctl {command}" in result.output

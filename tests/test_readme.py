@@ -27,3 +27,28 @@ async def test_readme_unit_test_example_passes():
     exec(BLOCKS[0], namespace)
     exec(BLOCKS[1], namespace)
     await namespace["test_redacts"]()  # type: ignore[operator]
+
+
+def test_readme_gen_commands_run(tmp_path, wat_module, monkeypatch):
+    """The `extctl gen` lines of the README, with its Redact class as app:Redact."""
+    import shlex
+
+    from click.testing import CliRunner
+
+    from extctl.cli import cli
+
+    section = README[README.index("## Generated configuration"):]
+    block = re.search(r"```\n(.*?)```", section, re.S)
+    assert block is not None
+    commands = block.group(1).replace("\\\n", " ").replace("<digest from push>", "a" * 64)
+    (tmp_path / "app.py").write_text("import extproc\n" + BLOCKS[0])
+    (tmp_path / "plugin.wasm").write_bytes(wat_module.read_bytes())
+    monkeypatch.chdir(tmp_path)
+    ran = []
+    for line in commands.strip().splitlines():
+        args = shlex.split(line)
+        assert args[:2] == ["extctl", "gen"]
+        result = CliRunner().invoke(cli, args[1:])
+        assert result.exit_code == 0, (line, result.output)
+        ran.append(args[2])
+    assert ran == ["gateway", "envoy"]
