@@ -69,6 +69,22 @@ class WasmFilter:
 
 
 @dataclass(frozen=True)
+class ProcessorTls:
+    """TLS from Envoy to a processor served on TCP (``extctl serve --tls-cert ...``)."""
+
+    ca_file: str
+    """PEM CA bundle that signed the processor's certificate."""
+    cert_file: str | None = None
+    """Envoy's client certificate, for a processor that verifies clients (--tls-client-ca)."""
+    key_file: str | None = None
+    sni: str | None = None
+
+    def __post_init__(self) -> None:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ConfigError("a client certificate needs its key, and a key its certificate")
+
+
+@dataclass(frozen=True)
 class EnvoyConfig:
     """What the generated Envoy listens on and talks to."""
 
@@ -77,6 +93,8 @@ class EnvoyConfig:
     (None: no ext_proc filter at all, Envoy alone)."""
     processor_addresses: Sequence[str]
     """Every worker's Unix socket path or host:port (``ServerConfig.addresses()``)."""
+    processor_tls: ProcessorTls | None = None
+    """TLS to the processor (TCP addresses only)."""
     processing_mode: ProcessingMode | None = None
     """Send these phases instead of the class's own (None: the class's derived mode)."""
     upstream: str | Sequence[str] | None = None
@@ -231,6 +249,10 @@ def bootstrap(config: EnvoyConfig) -> Any:
             "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": _any(http2)},
         load_assignment=_load_assignment(EXT_PROC_CLUSTER, config.processor_addresses),
     )]
+    if config.processor_tls is not None and clusters:
+        if any(a.startswith(("/", ".")) for a in config.processor_addresses):
+            raise ConfigError("TLS to the processor applies to TCP addresses, not Unix sockets")
+        clusters[0].transport_socket.CopyFrom(_processor_tls(config.processor_tls))
     for index, wasm in enumerate(config.wasm):
         if wasm.url is not None:
             clusters.append(_url_cluster(f"wasm_source_{index}", wasm.url))
@@ -348,6 +370,20 @@ def wasm_filter(wasm: WasmFilter, index: int) -> Any:
         plugin.configuration.Pack(wrappers_pb2.StringValue(value=wasm.configuration))
     return hcm_pb2.HttpFilter(name=f"envoy.filters.http.wasm/{wasm.name}",
                               typed_config=_any(wasm_filter_pb2.Wasm(config=plugin)))
+
+
+def _processor_tls(tls: ProcessorTls) -> Any:
+    context = tls_pb2.UpstreamTlsContext(sni=tls.sni or "")
+    common = context.common_tls_context
+    common.alpn_protocols.append("h2")  # gRPC
+    common.validation_context.trusted_ca.filename = tls.ca_file
+    if tls.cert_file and tls.key_file:
+        certificate = common.tls_certificates.add()
+        certificate.certificate_chain.filename = tls.cert_file
+        certificate.private_key.filename = tls.key_file
+    socket = base_pb2.TransportSocket(name="envoy.transport_sockets.tls")
+    socket.typed_config.Pack(context)
+    return socket
 
 
 def _url_cluster(name: str, url: str) -> Any:

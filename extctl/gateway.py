@@ -105,6 +105,12 @@ class GatewayConfig:
     processor: type[Processor] | None = None
     processor_addresses: Sequence[str] = ()
     """Unix socket paths (every worker) or host:port / fqdn:port of the ext_proc server."""
+    tls_ca_configmap: str | None = None
+    """Backend TLS: a ConfigMap whose ``ca.crt`` signed the processor's certificate."""
+    tls_client_secret: str | None = None
+    """Backend TLS: a kubernetes.io/tls Secret Envoy presents to a processor that checks
+    clients."""
+    tls_sni: str | None = None
     fail_open: bool = False
     """Envoy continues without the processor when it is unreachable or errors."""
     message_timeout: float | None = None
@@ -181,9 +187,27 @@ def backend(config: GatewayConfig) -> dict[str, Any]:
         endpoints.append({kind: {key: host, "port": port}})
     if not endpoints:
         raise GatewayError("the ext_proc Backend needs at least one address")
+    spec: dict[str, Any] = {"endpoints": endpoints}
+    if config.tls_ca_configmap or config.tls_client_secret or config.tls_sni:
+        if any("unix" in e for e in endpoints):
+            raise GatewayError("TLS to the processor applies to TCP endpoints, not Unix sockets")
+        tls: dict[str, Any] = {}
+        if config.tls_ca_configmap:
+            _check_name(config.tls_ca_configmap, "CA ConfigMap")
+            tls["caCertificateRefs"] = [{"group": "", "kind": "ConfigMap",
+                                         "name": config.tls_ca_configmap}]
+        else:
+            tls["wellKnownCACertificates"] = "System"
+        if config.tls_client_secret:
+            _check_name(config.tls_client_secret, "client certificate Secret")
+            tls["clientCertificateRef"] = {"group": "", "kind": "Secret",
+                                           "name": config.tls_client_secret}
+        if config.tls_sni:
+            tls["sni"] = config.tls_sni
+        spec["tls"] = tls
     return {"apiVersion": API_VERSION, "kind": "Backend",
             "metadata": {"name": f"{config.name}-extproc", "namespace": config.namespace},
-            "spec": {"endpoints": endpoints}}
+            "spec": spec}
 
 
 def extension_policy(config: GatewayConfig) -> dict[str, Any]:

@@ -17,7 +17,7 @@ import click
 import extproc
 
 from . import exit_codes
-from .envoy_config import EnvoyConfig, WasmFilter, bootstrap, to_json
+from .envoy_config import EnvoyConfig, ProcessorTls, WasmFilter, bootstrap, to_json
 from .envoy_config import to_yaml as envoy_yaml
 from .errors import ConfigError
 from .filter_order import FilterPosition
@@ -149,6 +149,9 @@ def gen() -> None:
 @click.option("--address", help="The processor's host:port instead.")
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
               help="Server workers: the Backend lists each one's address.")
+@click.option("--tls-ca-configmap", help="TLS to a TCP processor: ConfigMap with its CA (ca.crt).")
+@click.option("--tls-client-secret", help="TLS client certificate Secret Envoy presents.")
+@click.option("--tls-sni", help="Server name Envoy sends to the processor.")
 @click.option("--wasm-image", "wasm_images", multiple=True, metavar="NAME=oci://REF@sha256:HEX",
               help="A Wasm image (its manifest digest, as `extctl push` prints it).")
 @click.option("--wasm-http", "wasm_urls", multiple=True, metavar="NAME=URL@sha256:HEX",
@@ -166,6 +169,7 @@ def gen() -> None:
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="File (default: stdout).")
 def gateway(processor: str | None, name: str, namespace: str, routes: tuple[str, ...],
             gateways: tuple[str, ...], uds: str | None, address: str | None, workers: int,
+            tls_ca_configmap: str | None, tls_client_secret: str | None, tls_sni: str | None,
             wasm_images: tuple[str, ...], wasm_urls: tuple[str, ...], pull_secret: str | None,
             pull_policy: str | None, fail_open: bool, message_timeout: float | None,
             wasm_configs: tuple[str, ...], wasm_root_ids: tuple[str, ...],
@@ -213,7 +217,8 @@ def gateway(processor: str | None, name: str, namespace: str, routes: tuple[str,
                      *(Target("Gateway", g) for g in gateways)],
             processor=cls,
             processor_addresses=_addresses(uds, address, workers) if cls else (),
-            fail_open=fail_open, message_timeout=message_timeout, wasm=wasm,
+            tls_ca_configmap=tls_ca_configmap, tls_client_secret=tls_client_secret,
+            tls_sni=tls_sni, fail_open=fail_open, message_timeout=message_timeout, wasm=wasm,
             allow_cidrs=allow_cidrs, deny_cidrs=deny_cidrs, default_action=default_action,
             session=parse_session(session), xff_trusted_hops=xff_trusted_hops,
             client_gateway=client_gateway,
@@ -227,6 +232,12 @@ def gateway(processor: str | None, name: str, namespace: str, routes: tuple[str,
 @click.option("--uds", help="The processor's Unix socket.")
 @click.option("--address", help="The processor's host:port instead.")
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--tls-ca", type=click.Path(dir_okay=False),
+              help="TLS to a TCP processor: the CA bundle that signed its certificate.")
+@click.option("--tls-cert", type=click.Path(dir_okay=False),
+              help="Envoy's client certificate (for a processor with --tls-client-ca).")
+@click.option("--tls-key", type=click.Path(dir_okay=False), help="Key of --tls-cert.")
+@click.option("--tls-sni", help="Server name Envoy sends to the processor.")
 @click.option("--listen", default="127.0.0.1:10000", show_default=True)
 @click.option("--upstream", "upstreams", multiple=True, metavar="HOST:PORT",
               help="Upstream address (repeatable; default: a direct 200 answer).")
@@ -241,6 +252,7 @@ def gateway(processor: str | None, name: str, namespace: str, routes: tuple[str,
 @click.option("--app-dir", default=".", show_default=True)
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="File (default: stdout).")
 def envoy(processor: str | None, uds: str | None, address: str | None, workers: int,
+          tls_ca: str | None, tls_cert: str | None, tls_key: str | None, tls_sni: str | None,
           listen: str, upstreams: tuple[str, ...], wasm_sources: tuple[str, ...],
           fail_open: bool, message_timeout: float | None, wasm_configs: tuple[str, ...],
           wasm_root_ids: tuple[str, ...], allow_cidrs: tuple[str, ...],
@@ -273,8 +285,11 @@ def envoy(processor: str | None, uds: str | None, address: str | None, workers: 
                 wasm_name, path=None if remote else str(Path(base).resolve()),
                 url=base if remote else None, sha256=digest,
                 root_id=roots.get(wasm_name, ""), configuration=config.get(wasm_name, "")))
+        if tls_ca is None and (tls_cert or tls_key or tls_sni):
+            raise ConfigError("TLS to the processor needs --tls-ca")
+        tls = ProcessorTls(tls_ca, tls_cert, tls_key, tls_sni) if tls_ca else None
         message = bootstrap(EnvoyConfig(
-            cls, _addresses(uds, address, workers) if cls else (),
+            cls, _addresses(uds, address, workers) if cls else (), processor_tls=tls,
             upstream=list(upstreams) or None, listen=listen, failure_mode_allow=fail_open,
             message_timeout=message_timeout, wasm=wasm, allow_cidrs=allow_cidrs,
             deny_cidrs=deny_cidrs, xff_num_trusted_hops=xff_trusted_hops,

@@ -133,3 +133,29 @@ def test_local_module_and_rbac_order_by_default(tmp_path, echo):
         early = http(envoy.port, "/")
     assert early.status == 403
     assert "x-wasm" not in early.headers
+
+
+@pytest.mark.parametrize("client_cert", [True, False])
+def test_processor_over_tcp_with_tls_and_client_certificates(tmp_path, echo, test_ca,
+                                                             client_cert):
+    from oci import free_port
+    from procs import HeadersOnly
+
+    from extctl.envoy_config import ProcessorTls
+    from extproc.testing import ServerThread
+
+    address = f"127.0.0.1:{free_port()}"
+    tls = ProcessorTls(str(test_ca["ca.pem"]),
+                       str(test_ca["client.pem"]) if client_cert else None,
+                       str(test_ca["client.key"]) if client_cert else None)
+    with ServerThread(HeadersOnly, address=address, tls_cert=str(test_ca["server.pem"]),
+                      tls_key=str(test_ca["server.key"]),
+                      tls_client_ca=str(test_ca["ca.pem"])):
+        config = EnvoyConfig(HeadersOnly, [address], upstream=echo.address, processor_tls=tls)
+        with EnvoyProcess(bootstrap(config), tmp_path / "tls") as envoy:
+            reply = http(envoy.port, "/")
+    if client_cert:
+        assert reply.status == 200
+        assert reply.upstream_headers()["x-seen"] == ["1"]
+    else:  # the processor refuses Envoy's handshake; failing closed, Envoy answers 500
+        assert reply.status == 500

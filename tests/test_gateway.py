@@ -89,6 +89,25 @@ def test_backend_lists_every_worker_socket_and_tcp_endpoints():
     _valid(tcp[1])
 
 
+def test_backend_tls_to_a_tcp_processor_validates():
+    docs = resources(_config(HeadersOnly, addresses=["extproc.apps.svc:9443"],
+                             tls_ca_configmap="extproc-ca", tls_client_secret="envoy-client",
+                             tls_sni="extproc.apps.svc"))
+    for doc in docs:
+        _valid(doc)
+    assert docs[1]["spec"]["endpoints"] == [{"fqdn": {"hostname": "extproc.apps.svc",
+                                                      "port": 9443}}]
+    assert docs[1]["spec"]["tls"] == {
+        "caCertificateRefs": [{"group": "", "kind": "ConfigMap", "name": "extproc-ca"}],
+        "clientCertificateRef": {"group": "", "kind": "Secret", "name": "envoy-client"},
+        "sni": "extproc.apps.svc"}
+    system = resources(_config(HeadersOnly, addresses=["10.0.0.5:9443"], tls_sni="x.example"))
+    _valid(system[1])
+    assert system[1]["spec"]["tls"]["wellKnownCACertificates"] == "System"
+    with pytest.raises(GatewayError, match="not Unix sockets"):
+        resources(_config(HeadersOnly, tls_ca_configmap="ca"))
+
+
 def test_wasm_entries_image_and_http_validate():
     digest = "a" * 64
     docs = resources(GatewayConfig(name="filters", targets=[Target("Gateway", "eg")], wasm=[
