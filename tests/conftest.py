@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import http.client as httpclient
-import json
 import os
 import shutil
 import subprocess
@@ -12,7 +9,6 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +16,10 @@ import pytest
 
 import extproc
 from extctl.echo import EchoServer
-from extctl.envoy_config import EnvoyConfig, bootstrap
-from extctl.envoy_runner import EnvoyProcess, find_envoy
-from extproc.testing import ServerThread
+from extctl.envoy_runner import find_envoy
+from extctl.testing import Reply, Stack, http, stack
+
+__all__ = ["ROOT", "Reply", "Stack", "http", "stack", "wait_for_socket"]
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -80,75 +77,6 @@ def sock_dir() -> Iterator[Path]:
 def echo() -> Iterator[EchoServer]:
     with EchoServer() as server:
         yield server
-
-
-@dataclass
-class Reply:
-    status: int
-    headers: dict[str, str]
-    body: bytes
-
-    def json(self) -> Any:
-        return json.loads(self.body)
-
-    def upstream_headers(self) -> dict[str, list[str]]:
-        """Headers the echo upstream received (name -> values)."""
-        seen: dict[str, list[str]] = {}
-        for name, value in self.json()["headers"]:
-            seen.setdefault(name, []).append(value)
-        return seen
-
-
-def http(port: int, path: str = "/", method: str = "GET", headers: dict[str, str] | None = None,
-         body: bytes | None = None, chunks: list[bytes] | None = None,
-         timeout: float = 30, source: str | None = None) -> Reply:
-    """One HTTP/1.1 request to Envoy on loopback (chunked when ``chunks`` is given), from the
-    loopback address ``source`` when given (127.0.0.0/8 is all local)."""
-    conn = httpclient.HTTPConnection("127.0.0.1", port, timeout=timeout,
-                                     source_address=(source, 0) if source else None)
-    try:
-        if chunks is not None:
-            conn.putrequest(method, path)
-            for name, value in (headers or {}).items():
-                conn.putheader(name, value)
-            conn.putheader("transfer-encoding", "chunked")
-            conn.endheaders()
-            for chunk in chunks:
-                conn.send(b"%x\r\n%s\r\n" % (len(chunk), chunk))
-                time.sleep(0.05)
-            conn.send(b"0\r\n\r\n")
-        else:
-            conn.request(method, path, body=body, headers=headers or {})
-        resp = conn.getresponse()
-        return Reply(resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read())
-    finally:
-        conn.close()
-
-
-@dataclass
-class Stack:
-    server: ServerThread
-    envoy: EnvoyProcess
-
-    def get(self, path: str = "/", **kwargs: Any) -> Reply:
-        return http(self.envoy.port, path, **kwargs)
-
-    @property
-    def counts(self) -> dict[str, int]:
-        return self.server.server.message_counts
-
-
-@contextlib.contextmanager
-def stack(processor: type[extproc.Processor], sock_dir: Path, echo: EchoServer | None,
-          **envoy_options: Any) -> Iterator[Stack]:
-    """The processor on a Unix socket in this process, and a real Envoy in front of it."""
-    socket_path = str(sock_dir / "p.sock")
-    with ServerThread(processor, uds=socket_path) as server:
-        config = EnvoyConfig(processor, [socket_path],
-                             upstream=echo.address if echo is not None else None,
-                             **envoy_options)
-        with EnvoyProcess(bootstrap(config), sock_dir / "envoy") as envoy:
-            yield Stack(server, envoy)
 
 
 @pytest.fixture
