@@ -198,9 +198,10 @@ def dev(processor: str | None, port: int, wasm_sources: tuple[str, ...],
 
 def _add_wasm_commands() -> None:
     from .gen_commands import gen
+    from .new_commands import new
     from .wasm_commands import inspect, pull, push, verify
 
-    for command in (push, pull, inspect, verify, gen):
+    for command in (push, pull, inspect, verify, gen, new):
         cli.add_command(command)
 
 

@@ -3,8 +3,9 @@
     ExtctlError          base; the CLI prints its message on one line
     ├── EnvoyError       the Envoy binary is missing, exits at start, or never gets ready
     ├── UsageError       options that contradict each other (exit code 2)
-    └── ConfigError      a configuration that cannot be generated (exit code 2)
-        └── GatewayError     a resource Envoy Gateway (or its CRDs' CEL rules) would refuse
+    ├── ConfigError      a configuration that cannot be generated (exit code 2)
+    │   └── GatewayError     a resource Envoy Gateway (or its CRDs' CEL rules) would refuse
+    └── ScaffoldError    a template could not be rendered (a bug of the template)
 """
 
 from __future__ import annotations
@@ -28,3 +29,7 @@ class UsageError(ExtctlError):
 
 class ConfigError(ExtctlError):
     """A configuration that cannot be generated: the message names the offending input."""
+
+
+class ScaffoldError(ExtctlError):
+    """A project template could not be rendered (a bug of the template, not of the input)."""

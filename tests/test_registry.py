@@ -290,3 +290,17 @@ def test_retries_with_backoff_on_5xx():
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_atomic_writes_get_the_usual_file_mode(tmp_path):
+    import os
+
+    from registry.transfer_io import write_atomic
+
+    previous = os.umask(0o027)
+    try:
+        write_atomic(tmp_path / "out.yaml", b"x")
+    finally:
+        os.umask(previous)
+    assert (tmp_path / "out.yaml").stat().st_mode & 0o777 == 0o640
+    assert [p.name for p in tmp_path.iterdir()] == ["out.yaml"]

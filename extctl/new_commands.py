@@ -1,0 +1,65 @@
+"""``extctl new extproc|wasm NAME``: a project that passes its own tests on the first run."""
+
+from __future__ import annotations
+
+import click
+
+from . import exit_codes
+from .errors import ScaffoldError, UsageError
+from .scaffold import WASM_LANGUAGES, new_project
+
+
+def _create(template: str, name: str, directory: str) -> None:
+    try:
+        path = new_project(template, name, directory)
+    except UsageError as exc:
+        exit_codes.fail(str(exc), exit_codes.USAGE)
+    except ScaffoldError as exc:
+        exit_codes.fail(str(exc), exit_codes.ERROR)
+    click.echo(f"created {path}")
+    click.echo(f"next: cd {path} && cat README.md")
+
+
+@click.group()
+def new() -> None:
+    """Start a project: an ext_proc processor or a proxy-wasm filter, with tests and configs.
+
+    \b
+    Example:
+      extctl new extproc tenant-guard
+      extctl new wasm tagger --lang wat
+    """
+
+
+@new.command()
+@click.argument("name")
+@click.option("--directory", "-C", default=".", show_default=True,
+              help="Where to create the project directory NAME.")
+def extproc(name: str, directory: str) -> None:
+    """An ext_proc processor: package, unit tests, an end-to-end test through a real Envoy,
+    generated envoy-configs/, a Dockerfile for the sidecar, a README.
+
+    \b
+    Example:
+      extctl new extproc tenant-guard && cd tenant-guard && pip install -e '.[dev]' && pytest
+    """
+    _create("extproc", name, directory)
+
+
+@new.command()
+@click.argument("name")
+@click.option("--lang", type=click.Choice(WASM_LANGUAGES), default="wat", show_default=True,
+              help="wat: plain WebAssembly text, no toolchain; assemblyscript: the "
+                   "@solo-io/proxy-runtime SDK (needs Node.js and npm).")
+@click.option("--directory", "-C", default=".", show_default=True,
+              help="Where to create the project directory NAME.")
+def wasm(name: str, lang: str, directory: str) -> None:
+    """A proxy-wasm filter: source, build command, a test that runs the built module in a real
+    Envoy, the push command and the EnvoyExtensionPolicy to ship it.
+
+    \b
+    Example:
+      extctl new wasm tagger --lang wat && cd tagger && pip install -e '.[dev]' && pytest
+      extctl new wasm tagger --lang assemblyscript
+    """
+    _create(f"wasm-{lang}", name, directory)
