@@ -8,7 +8,7 @@ trip (the ASGI convention). Changes are folded per name, so ``del h["x"]; h["x"]
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from typing import Any
+from typing import Any, overload
 
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 
@@ -123,6 +123,13 @@ class Headers:
     def get_all(self, name: str) -> list[str]:
         """Every value of ``name``, in order (e.g. each ``set-cookie``)."""
         return list(self._values(name.lower()))
+
+    @overload
+    def get(self, name: str) -> str | None: ...
+    @overload
+    def get(self, name: str, default: str) -> str: ...
+    @overload
+    def get(self, name: str, default: str | None) -> str | None: ...
 
     def get(self, name: str, default: str | None = None) -> str | None:
         values = self._values(name.lower())

@@ -22,6 +22,8 @@ from extctl.testing import Reply, Stack, http, stack
 __all__ = ["ROOT", "Reply", "Stack", "http", "stack", "wait_for_socket"]
 
 ROOT = Path(__file__).resolve().parent.parent
+# The examples are importable by module name, here and in `extctl` subprocesses.
+sys.path.insert(0, str(ROOT / "examples"))
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
@@ -88,7 +90,9 @@ def make_stack(sock_dir: Path, echo: EchoServer) -> Any:
 
 def _start_extctl(*args: str, **kwargs: Any) -> subprocess.Popen[str]:
     """Start ``extctl`` as a subprocess (same interpreter), output captured as text."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "tests"), "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"),
+                                                        str(ROOT / "examples")]),
+           "PYTHONUNBUFFERED": "1"}
     env.update(kwargs.pop("env", {}))
     return subprocess.Popen([sys.executable, "-m", "extctl", *args], env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE,

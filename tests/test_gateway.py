@@ -217,18 +217,19 @@ def test_other_policies_validate_and_refuse_what_eg_would():
 
 
 def test_envoy_configs_are_current_and_valid():
-    """envoy-configs/ is what `python -m extctl.examples` writes; regenerate when this fails."""
+    """envoy-configs/ is what `python examples/configs.py` writes; regenerate when this fails."""
     import subprocess
 
+    from configs import examples, render
+
     from extctl.envoy_runner import find_envoy
-    from extctl.examples import examples, render
 
     root = Path(__file__).resolve().parent.parent / "envoy-configs"
     for example in examples():
         for name, text in render(example).items():
             path = root / example.name / name
-            assert path.exists(), f"{path} missing: run python -m extctl.examples"
-            assert path.read_text() == text, f"{path} is stale: run python -m extctl.examples"
+            assert path.exists(), f"{path} missing: run python examples/configs.py"
+            assert path.read_text() == text, f"{path} is stale: run python examples/configs.py"
         for doc in yaml.safe_load_all((root / example.name / "gateway.yaml").read_text()):
             _valid(doc)
         check = subprocess.run([find_envoy(), "--mode", "validate", "-c",
