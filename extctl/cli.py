@@ -6,7 +6,9 @@ Every option is also an environment variable: ``EXTCTL_<COMMAND>_<OPTION>``
 
 from __future__ import annotations
 
+import importlib
 import logging
+import os
 import sys
 from typing import Any
 
@@ -22,8 +24,11 @@ _fail = exit_codes.fail
 
 
 def _load(spec: str, app_dir: str) -> type[extproc.Processor]:
-    if app_dir not in sys.path:
-        sys.path.insert(0, app_dir)
+    # An absolute entry: a relative one would follow later changes of the working directory.
+    directory = os.path.abspath(app_dir)
+    if directory not in sys.path:
+        sys.path.insert(0, directory)
+        importlib.invalidate_caches()
     try:
         return extproc.import_processor(spec)
     except extproc.ImportFromStringError as exc:
