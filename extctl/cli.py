@@ -124,7 +124,7 @@ def serve(processor: str, uds: str | None, address: str | None, workers: int,
 @click.argument("processor", metavar="MODULE:CLASS", required=False)
 @click.option("--port", type=click.IntRange(0, 65535), default=10000, show_default=True,
               help="Envoy's listener port on 127.0.0.1 (0: any free port).")
-@click.option("--wasm", "wasm_sources", multiple=True,
+@click.option("--wasm", multiple=True,
               metavar="PATH|oci://REF|https://URL",
               help="A proxy-wasm module to run too (repeatable; remote ones are fetched and "
                    "verified first).")
@@ -144,7 +144,7 @@ def serve(processor: str, uds: str | None, address: str | None, workers: int,
 @click.option("--app-dir", default=".", show_default=True,
               help="Directory added to sys.path before importing MODULE.")
 @click.option("--log-level", type=_LOG_LEVELS, default="info", show_default=True)
-def dev(processor: str | None, port: int, wasm_sources: tuple[str, ...],
+def dev(processor: str | None, port: int, wasm: tuple[str, ...],
         wasm_sha256: str | None, wasm_config: str, wasm_root_id: str,
         filter_order: tuple[str, ...], docker_config: str | None, ca_file: str | None,
         insecure: bool, app_dir: str, log_level: str) -> None:
@@ -169,13 +169,13 @@ def dev(processor: str | None, port: int, wasm_sources: tuple[str, ...],
     cls: type[extproc.Processor] | None
     if processor is not None:
         cls = _load(processor, app_dir)
-    elif not wasm_sources:
+    elif not wasm:
         from .demo import Demo
 
         cls = Demo
     else:
         cls = None
-    if wasm_sha256 and len(wasm_sources) != 1:
+    if wasm_sha256 and len(wasm) != 1:
         raise click.UsageError("--wasm-sha256 applies to exactly one --wasm module")
     try:
         order = [FilterPosition.parse(p) for p in filter_order]
@@ -188,7 +188,7 @@ def dev(processor: str | None, port: int, wasm_sources: tuple[str, ...],
                                                   ca_file, insecure)
                            if source.startswith("oci://") else
                            registry.Connection(ca_file=ca_file))
-                   for source in wasm_sources]
+                   for source in wasm]
         try:
             DevStack(cls, port=port, wasm=modules, filter_order=order).run()
         except EnvoyError as exc:

@@ -97,13 +97,13 @@ def _policy_options(function: F) -> F:
                      help="Envoy continues without the processor when it fails."),
         click.option("--message-timeout", type=click.FloatRange(min=0.001),
                      help="Seconds Envoy waits per answer (default: the class's)."),
-        click.option("--wasm-config", "wasm_configs", multiple=True, metavar="NAME=JSON",
+        click.option("--wasm-config", multiple=True, metavar="NAME=JSON",
                      help="Plugin configuration of a Wasm module (default: none)."),
-        click.option("--wasm-root-id", "wasm_root_ids", multiple=True, metavar="NAME=ROOT_ID",
+        click.option("--wasm-root-id", multiple=True, metavar="NAME=ROOT_ID",
                      help="Root context id of a Wasm module."),
-        click.option("--allow-cidr", "allow_cidrs", multiple=True, metavar="CIDR",
+        click.option("--allow-cidr", multiple=True, metavar="CIDR",
                      help="Only clients in these CIDRs get through (repeatable)."),
-        click.option("--deny-cidr", "deny_cidrs", multiple=True, metavar="CIDR",
+        click.option("--deny-cidr", multiple=True, metavar="CIDR",
                      help="Clients in these CIDRs get 403 (checked first; repeatable)."),
         click.option("--xff-trusted-hops", type=click.IntRange(min=0), default=0,
                      help="Client address: this many hops back in X-Forwarded-For."),
@@ -143,8 +143,8 @@ def gen() -> None:
 @click.argument("processor", metavar="MODULE:CLASS", required=False)
 @click.option("--name", required=True, help="Name of the EnvoyExtensionPolicy (and Backend).")
 @click.option("--namespace", default="default", show_default=True)
-@click.option("--route", "routes", multiple=True, help="HTTPRoute to attach to (repeatable).")
-@click.option("--gateway", "gateways", multiple=True, help="Gateway to attach to (repeatable).")
+@click.option("--route", multiple=True, help="HTTPRoute to attach to (repeatable).")
+@click.option("--gateway", multiple=True, help="Gateway to attach to (repeatable).")
 @click.option("--uds", help="The processor's Unix socket (the sidecar).")
 @click.option("--address", help="The processor's host:port instead.")
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
@@ -152,9 +152,9 @@ def gen() -> None:
 @click.option("--tls-ca-configmap", help="TLS to a TCP processor: ConfigMap with its CA (ca.crt).")
 @click.option("--tls-client-secret", help="TLS client certificate Secret Envoy presents.")
 @click.option("--tls-sni", help="Server name Envoy sends to the processor.")
-@click.option("--wasm-image", "wasm_images", multiple=True, metavar="NAME=oci://REF@sha256:HEX",
+@click.option("--wasm-image", multiple=True, metavar="NAME=oci://REF@sha256:HEX",
               help="A Wasm image (its manifest digest, as `extctl push` prints it).")
-@click.option("--wasm-http", "wasm_urls", multiple=True, metavar="NAME=URL@sha256:HEX",
+@click.option("--wasm-http", multiple=True, metavar="NAME=URL@sha256:HEX",
               help="A Wasm module Envoy Gateway downloads (sha256 of the body).")
 @click.option("--pull-secret", help="Secret for the Wasm images (pullSecretRef).")
 @click.option("--pull-policy", type=click.Choice(["IfNotPresent", "Always"]),
@@ -166,16 +166,17 @@ def gen() -> None:
 @click.option("--client-gateway",
               help="Gateway for the ClientTrafficPolicy (default: the --gateway target).")
 @click.option("--app-dir", default=".", show_default=True)
-@click.option("-o", "--output", type=click.Path(dir_okay=False), help="File (default: stdout).")
-def gateway(processor: str | None, name: str, namespace: str, routes: tuple[str, ...],
-            gateways: tuple[str, ...], uds: str | None, address: str | None, workers: int,
+@click.option("-o", "--out", "out", type=click.Path(dir_okay=False),
+              help="Write to this file (atomically; default: stdout).")
+def gateway(processor: str | None, name: str, namespace: str, route: tuple[str, ...],
+            gateway: tuple[str, ...], uds: str | None, address: str | None, workers: int,
             tls_ca_configmap: str | None, tls_client_secret: str | None, tls_sni: str | None,
-            wasm_images: tuple[str, ...], wasm_urls: tuple[str, ...], pull_secret: str | None,
+            wasm_image: tuple[str, ...], wasm_http: tuple[str, ...], pull_secret: str | None,
             pull_policy: str | None, fail_open: bool, message_timeout: float | None,
-            wasm_configs: tuple[str, ...], wasm_root_ids: tuple[str, ...],
-            allow_cidrs: tuple[str, ...], deny_cidrs: tuple[str, ...], xff_trusted_hops: int,
+            wasm_config: tuple[str, ...], wasm_root_id: tuple[str, ...],
+            allow_cidr: tuple[str, ...], deny_cidr: tuple[str, ...], xff_trusted_hops: int,
             session: str | None, filter_order: tuple[str, ...], default_action: str | None,
-            client_gateway: str | None, app_dir: str, output: str | None) -> None:
+            client_gateway: str | None, app_dir: str, out: str | None) -> None:
     """Envoy Gateway resources: EnvoyExtensionPolicy + Backend (Envoy sends only the phases
     the class handles), and the SecurityPolicy, BackendTrafficPolicy, ClientTrafficPolicy and
     EnvoyProxy the options ask for.
@@ -191,11 +192,11 @@ def gateway(processor: str | None, name: str, namespace: str, routes: tuple[str,
     from .cli import _load
 
     cls = _load(processor, app_dir) if processor else None
-    images = _pairs(wasm_images, "--wasm-image", "oci://REF@sha256:HEX")
-    urls = _pairs(wasm_urls, "--wasm-http", "URL@sha256:HEX")
+    images = _pairs(wasm_image, "--wasm-image", "oci://REF@sha256:HEX")
+    urls = _pairs(wasm_http, "--wasm-http", "URL@sha256:HEX")
     if set(images) & set(urls):
         raise click.BadParameter("a Wasm module name is used twice", param_hint="--wasm-http")
-    config, roots = _wasm_extras(wasm_configs, wasm_root_ids, [*images, *urls])
+    config, roots = _wasm_extras(wasm_config, wasm_root_id, [*images, *urls])
     for wasm_name, url in urls.items():
         if not _with_digest(url)[1]:
             raise click.BadParameter(f"{wasm_name}: an HTTP module needs @sha256:HEX (Envoy "
@@ -213,18 +214,18 @@ def gateway(processor: str | None, name: str, namespace: str, routes: tuple[str,
                 config=json.loads(config[wasm_name]) if wasm_name in config else None))
         return to_yaml(resources(GatewayConfig(
             name=name, namespace=namespace,
-            targets=[*(Target("HTTPRoute", r) for r in routes),
-                     *(Target("Gateway", g) for g in gateways)],
+            targets=[*(Target("HTTPRoute", r) for r in route),
+                     *(Target("Gateway", g) for g in gateway)],
             processor=cls,
             processor_addresses=_addresses(uds, address, workers) if cls else (),
             tls_ca_configmap=tls_ca_configmap, tls_client_secret=tls_client_secret,
             tls_sni=tls_sni, fail_open=fail_open, message_timeout=message_timeout, wasm=wasm,
-            allow_cidrs=allow_cidrs, deny_cidrs=deny_cidrs, default_action=default_action,
+            allow_cidrs=allow_cidr, deny_cidrs=deny_cidr, default_action=default_action,
             session=parse_session(session), xff_trusted_hops=xff_trusted_hops,
             client_gateway=client_gateway,
             filter_order=[FilterPosition.parse(p) for p in filter_order])))
 
-    _run(build, output)
+    _run(build, out)
 
 
 @gen.command()
@@ -239,26 +240,27 @@ def gateway(processor: str | None, name: str, namespace: str, routes: tuple[str,
 @click.option("--tls-key", type=click.Path(dir_okay=False), help="Key of --tls-cert.")
 @click.option("--tls-sni", help="Server name Envoy sends to the processor.")
 @click.option("--listen", default="127.0.0.1:10000", show_default=True)
-@click.option("--upstream", "upstreams", multiple=True, metavar="HOST:PORT",
+@click.option("--upstream", multiple=True, metavar="HOST:PORT",
               help="Upstream address (repeatable; default: a direct 200 answer).")
-@click.option("--wasm", "wasm_sources", multiple=True, metavar="NAME=PATH|URL@sha256:HEX",
+@click.option("--wasm", multiple=True, metavar="NAME=PATH|URL@sha256:HEX",
               help="A Wasm module: a local file, or a URL Envoy downloads and checks.")
 @_policy_options
 @click.option("--hash-algorithm", type=click.Choice(["ring_hash", "maglev"]),
               default="ring_hash", show_default=True, help="Load balancer for --session.")
 @click.option("--access-log", is_flag=True, help="Log each request to Envoy's stdout.")
-@click.option("--format", "fmt", type=click.Choice(["yaml", "json"]), default="yaml",
+@click.option("--format", type=click.Choice(["yaml", "json"]), default="yaml",
               show_default=True)
 @click.option("--app-dir", default=".", show_default=True)
-@click.option("-o", "--output", type=click.Path(dir_okay=False), help="File (default: stdout).")
+@click.option("-o", "--out", "out", type=click.Path(dir_okay=False),
+              help="Write to this file (atomically; default: stdout).")
 def envoy(processor: str | None, uds: str | None, address: str | None, workers: int,
           tls_ca: str | None, tls_cert: str | None, tls_key: str | None, tls_sni: str | None,
-          listen: str, upstreams: tuple[str, ...], wasm_sources: tuple[str, ...],
-          fail_open: bool, message_timeout: float | None, wasm_configs: tuple[str, ...],
-          wasm_root_ids: tuple[str, ...], allow_cidrs: tuple[str, ...],
-          deny_cidrs: tuple[str, ...], xff_trusted_hops: int, session: str | None,
-          filter_order: tuple[str, ...], hash_algorithm: str, access_log: bool, fmt: str,
-          app_dir: str, output: str | None) -> None:
+          listen: str, upstream: tuple[str, ...], wasm: tuple[str, ...],
+          fail_open: bool, message_timeout: float | None, wasm_config: tuple[str, ...],
+          wasm_root_id: tuple[str, ...], allow_cidr: tuple[str, ...],
+          deny_cidr: tuple[str, ...], xff_trusted_hops: int, session: str | None,
+          filter_order: tuple[str, ...], hash_algorithm: str, access_log: bool, format: str,
+          app_dir: str, out: str | None) -> None:
     """A standalone Envoy bootstrap, built from typed xds-protos messages: listener, the
     filters (RBAC, Wasm, ext_proc from the class) in Envoy Gateway's order, the upstreams.
 
@@ -271,8 +273,8 @@ def envoy(processor: str | None, uds: str | None, address: str | None, workers: 
     from .cli import _load
 
     cls = _load(processor, app_dir) if processor else None
-    sources = _pairs(wasm_sources, "--wasm", "PATH|URL@sha256:HEX")
-    config, roots = _wasm_extras(wasm_configs, wasm_root_ids, list(sources))
+    sources = _pairs(wasm, "--wasm", "PATH|URL@sha256:HEX")
+    config, roots = _wasm_extras(wasm_config, wasm_root_id, list(sources))
     if cls is None and (uds or address):
         raise click.UsageError("--uds/--address need MODULE:CLASS")
 
@@ -290,11 +292,11 @@ def envoy(processor: str | None, uds: str | None, address: str | None, workers: 
         tls = ProcessorTls(tls_ca, tls_cert, tls_key, tls_sni) if tls_ca else None
         message = bootstrap(EnvoyConfig(
             cls, _addresses(uds, address, workers) if cls else (), processor_tls=tls,
-            upstream=list(upstreams) or None, listen=listen, failure_mode_allow=fail_open,
-            message_timeout=message_timeout, wasm=wasm, allow_cidrs=allow_cidrs,
-            deny_cidrs=deny_cidrs, xff_num_trusted_hops=xff_trusted_hops,
+            upstream=list(upstream) or None, listen=listen, failure_mode_allow=fail_open,
+            message_timeout=message_timeout, wasm=wasm, allow_cidrs=allow_cidr,
+            deny_cidrs=deny_cidr, xff_num_trusted_hops=xff_trusted_hops,
             session=parse_session(session, hash_algorithm), access_log=access_log,
             filter_order=[FilterPosition.parse(p) for p in filter_order]))
-        return envoy_yaml(message) if fmt == "yaml" else to_json(message) + "\n"
+        return envoy_yaml(message) if format == "yaml" else to_json(message) + "\n"
 
-    _run(build, output)
+    _run(build, out)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import click
 
 from . import exit_codes
@@ -9,15 +11,24 @@ from .errors import ScaffoldError, UsageError
 from .scaffold import WASM_LANGUAGES, new_project
 
 
-def _create(template: str, name: str, directory: str) -> None:
+def _create(template: str, name: str, directory: str, output: str) -> None:
     try:
         path = new_project(template, name, directory)
     except UsageError as exc:
         exit_codes.fail(str(exc), exit_codes.USAGE)
     except ScaffoldError as exc:
         exit_codes.fail(str(exc), exit_codes.ERROR)
+    if output == "json":
+        files = sorted(str(p.relative_to(path)) for p in path.rglob("*") if p.is_file())
+        click.echo(json.dumps({"path": str(path), "template": template, "files": files},
+                              indent=2))
+        return
     click.echo(f"created {path}")
     click.echo(f"next: cd {path} && cat README.md")
+
+
+_OUTPUT = click.option("--output", type=click.Choice(["text", "json"]), default="text",
+                       show_default=True)
 
 
 @click.group()
@@ -35,7 +46,8 @@ def new() -> None:
 @click.argument("name")
 @click.option("--directory", "-C", default=".", show_default=True,
               help="Where to create the project directory NAME.")
-def extproc(name: str, directory: str) -> None:
+@_OUTPUT
+def extproc(name: str, directory: str, output: str) -> None:
     """An ext_proc processor: package, unit tests, an end-to-end test through a real Envoy,
     generated envoy-configs/, a Dockerfile for the sidecar, a README.
 
@@ -43,7 +55,7 @@ def extproc(name: str, directory: str) -> None:
     Example:
       extctl new extproc tenant-guard && cd tenant-guard && pip install -e '.[dev]' && pytest
     """
-    _create("extproc", name, directory)
+    _create("extproc", name, directory, output)
 
 
 @new.command()
@@ -53,7 +65,8 @@ def extproc(name: str, directory: str) -> None:
                    "@solo-io/proxy-runtime SDK (needs Node.js and npm).")
 @click.option("--directory", "-C", default=".", show_default=True,
               help="Where to create the project directory NAME.")
-def wasm(name: str, lang: str, directory: str) -> None:
+@_OUTPUT
+def wasm(name: str, lang: str, directory: str, output: str) -> None:
     """A proxy-wasm filter: source, build command, a test that runs the built module in a real
     Envoy, the push command and the EnvoyExtensionPolicy to ship it.
 
@@ -62,4 +75,4 @@ def wasm(name: str, lang: str, directory: str) -> None:
       extctl new wasm tagger --lang wat && cd tagger && pip install -e '.[dev]' && pytest
       extctl new wasm tagger --lang assemblyscript
     """
-    _create(f"wasm-{lang}", name, directory)
+    _create(f"wasm-{lang}", name, directory, output)

@@ -181,3 +181,67 @@ def test_version_and_usage_errors():
     result = runner.invoke(cli, ["serve"])
     assert result.exit_code == 2
     assert "Missing argument" in result.output
+
+
+def test_nested_command_options_read_extctl_environment_variables(tmp_path):
+    import yaml
+
+    result = CliRunner().invoke(cli, ["gen", "envoy"], env={
+        "EXTCTL_GEN_ENVOY_LISTEN": "127.0.0.1:12345",
+        "EXTCTL_GEN_ENVOY_UPSTREAM": "127.0.0.1:8081 127.0.0.1:8082",  # multiple: spaces
+        "EXTCTL_GEN_ENVOY_FORMAT": "json"})
+    assert result.exit_code == 0, result.output
+    config = yaml.safe_load(result.output)
+    listener = config["static_resources"]["listeners"][0]
+    assert listener["address"]["socket_address"]["port_value"] == 12345
+    upstream = config["static_resources"]["clusters"][0]
+    assert len(upstream["load_assignment"]["endpoints"][0]["lb_endpoints"]) == 2
+
+
+def test_shell_completion_script_and_completions():
+    import os
+    import subprocess
+    import sys
+
+    extctl_bin = Path(sys.executable).parent / "extctl"
+    script = subprocess.run([str(extctl_bin)], env={**os.environ,
+                                                    "_EXTCTL_COMPLETE": "bash_source"},
+                            capture_output=True, text=True, timeout=30)
+    assert script.returncode == 0
+    assert "_extctl_completion" in script.stdout and "complete " in script.stdout
+    words = subprocess.run([str(extctl_bin)], env={
+        **os.environ, "_EXTCTL_COMPLETE": "bash_complete", "COMP_WORDS": "extctl ge",
+        "COMP_CWORD": "1"}, capture_output=True, text=True, timeout=30)
+    assert "plain,gen" in words.stdout.split()
+
+
+def test_new_reports_json(tmp_path):
+    import json
+
+    result = CliRunner().invoke(cli, ["new", "wasm", "w", "-C", str(tmp_path), "--output",
+                                      "json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert report["template"] == "wasm-wat" and report["path"] == str(tmp_path / "w")
+    assert "filter.wat" in report["files"] and "envoy-configs/gateway.yaml" in report["files"]
+
+
+def test_every_options_environment_variable_is_named_after_its_flag():
+    """EXTCTL_<COMMAND>_<OPTION> comes from the parameter's name: it must be the flag's."""
+    import click
+
+    def options(group, prefix):
+        for name, command in group.commands.items():
+            if isinstance(command, click.Group):
+                yield from options(command, (*prefix, name))
+                continue
+            for param in command.params:
+                if isinstance(param, click.Option) and not param.hidden:
+                    yield (*prefix, name), param
+
+    mismatched = []
+    for path, param in options(cli, ()):
+        flag = next(o for o in param.opts if o.startswith("--"))
+        if param.name != flag[2:].replace("-", "_"):
+            mismatched.append((" ".join(path), flag, param.name))
+    assert mismatched == []

@@ -52,3 +52,13 @@ def test_readme_gen_commands_run(tmp_path, wat_module, monkeypatch):
         assert result.exit_code == 0, (line, result.output)
         ran.append(args[2])
     assert ran == ["gateway", "envoy"]
+
+
+def test_readme_envoy_stack_example_passes():
+    from extctl.testing import envoy_stack
+
+    namespace: dict[str, object] = {}
+    exec(BLOCKS[0], namespace)
+    block = next(b for b in BLOCKS if "def test_through_envoy(envoy_stack)" in b)
+    exec(block, namespace)
+    namespace["test_through_envoy"](envoy_stack)  # type: ignore[operator]
