@@ -2,7 +2,12 @@
 
     WasmError            base
     ├── InvalidModule    not a WebAssembly module (or one wasmtime rejects)
-    └── DigestMismatch   a file's sha256 is not the one expected
+    ├── DigestMismatch   a file's sha256 is not the one expected
+    └── HostError        the proxy-wasm emulator cannot run the module as Envoy would
+        ├── UnsupportedAbi   no proxy-wasm ABI export, or only 0.1.0
+        ├── MissingImports   imports the emulator does not provide (all named)
+        ├── WasmTrap         the module trapped, ran out of fuel or exited (callback named)
+        └── MemoryAccess     the module handed the host memory it does not have
 """
 
 from __future__ import annotations
@@ -23,3 +28,32 @@ class DigestMismatch(WasmError):
         super().__init__(message)
         self.expected = expected
         self.actual = actual
+
+
+class HostError(WasmError):
+    """The emulator could not run the module the way Envoy would."""
+
+
+class UnsupportedAbi(HostError):
+    """The module exports no proxy-wasm ABI version the emulator speaks (0.2.0, 0.2.1)."""
+
+
+class MissingImports(HostError):
+    """The module imports functions the emulator does not provide; ``names`` lists them."""
+
+    def __init__(self, message: str, names: tuple[str, ...]) -> None:
+        super().__init__(message)
+        self.names = names
+
+
+class WasmTrap(HostError):
+    """A callback trapped (or used up its fuel, or exited); the plugin cannot be used after."""
+
+    def __init__(self, message: str, callback: str, fuel_exhausted: bool = False) -> None:
+        super().__init__(message)
+        self.callback = callback
+        self.fuel_exhausted = fuel_exhausted
+
+
+class MemoryAccess(HostError):
+    """A pointer and size from the module fall outside its memory (or allocation failed)."""
