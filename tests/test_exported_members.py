@@ -38,4 +38,9 @@ def test_wasm_and_registry_public_names():
             assert hasattr(package, name), name
     assert {"push", "pull", "pull_http", "Cache", "Connection", "DigestMismatch",
             "AuthError", "UnsupportedImage"} <= set(registry.__all__)
-    assert {"inspect_file", "verify_file", "InvalidModule"} <= set(wasm.__all__)
+    assert {"inspect_file", "verify_file", "InvalidModule", "ProxyWasm", "WasmTrap",
+            "MissingImports", "MemoryAccess", "UnsupportedAbi"} <= set(wasm.__all__)
+    import wasm.emulator
+
+    for name in wasm.emulator.__all__:
+        assert getattr(wasm.emulator, name).__module__ == "wasm.emulator", name

@@ -1,6 +1,17 @@
-"""envoy-extkit's Wasm tools: validate and inspect proxy-wasm modules, verify digests."""
+"""envoy-extkit's Wasm tools: validate and inspect proxy-wasm modules, verify digests, and run
+filters in a proxy-wasm host emulator (:mod:`wasm.emulator`) from tests."""
 
-from .errors import DigestMismatch, InvalidModule, WasmError
+from .emulator import HttpResult, LocalResponse, LogLine, ProxyWasm
+from .errors import (
+    DigestMismatch,
+    HostError,
+    InvalidModule,
+    MemoryAccess,
+    MissingImports,
+    UnsupportedAbi,
+    WasmError,
+    WasmTrap,
+)
 from .module import (
     KNOWN_ABIS,
     ModuleInfo,
@@ -14,9 +25,18 @@ from .module import (
 __all__ = [
     "KNOWN_ABIS",
     "DigestMismatch",
+    "HostError",
+    "HttpResult",
     "InvalidModule",
+    "LocalResponse",
+    "LogLine",
+    "MemoryAccess",
+    "MissingImports",
     "ModuleInfo",
+    "ProxyWasm",
+    "UnsupportedAbi",
     "WasmError",
+    "WasmTrap",
     "inspect_bytes",
     "inspect_file",
     "normalise_sha256",

@@ -174,3 +174,12 @@ def deserialize_map(data: bytes) -> list[tuple[bytes, bytes]]:
         pairs.append((key, value))
         at = end
     return pairs
+
+
+def provided_imports() -> dict[tuple[str, str], str]:
+    """What the emulator gives a module: (module, name) -> ``"implemented"`` or ``"stub"``
+    (present, answers UNIMPLEMENTED)."""
+    found = {("env", n): "implemented" for n in HOST_FUNCTIONS}
+    found.update({("env", n): "stub" for n in STUBBED_FUNCTIONS})
+    found.update({(m, n): "implemented" for m in WASI_MODULES for n in WASI_FUNCTIONS})
+    return found

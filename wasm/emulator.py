@@ -32,22 +32,18 @@ import wasmtime
 from .abi import (
     BODY_ACTIONS,
     HEADER_ACTIONS,
-    HOST_FUNCTIONS,
-    STUBBED_FUNCTIONS,
-    WASI_FUNCTIONS,
-    WASI_MODULES,
     LogLevel,
     MapType,
     MetricType,
     Status,
+    provided_imports,
     serialize_map,
 )
 from .errors import MissingImports, UnsupportedAbi, WasmTrap
 from .imports import HostFunctions
 from .module import ABI_PREFIX
 
-__all__ = ["Action", "HttpContext", "HttpResult", "LocalResponse", "LogLine", "ProxyWasm",
-           "provided_imports"]
+__all__ = ["Action", "HttpContext", "HttpResult", "LocalResponse", "LogLine", "ProxyWasm"]
 
 SUPPORTED_ABIS = ("0_2_0", "0_2_1")
 DEFAULT_FUEL = 500_000_000
@@ -56,14 +52,6 @@ DEFAULT_MEMORY_LIMIT = 256 * 1024 * 1024
 ROOT_CONTEXT_ID = 1
 
 Pairs = Mapping[str, str] | Iterable[tuple[str, str]]
-
-
-def provided_imports() -> dict[tuple[str, str], str]:
-    """(module, name) -> ``"implemented"`` or ``"stub"`` (answers UNIMPLEMENTED)."""
-    found = {("env", n): "implemented" for n in HOST_FUNCTIONS}
-    found.update({("env", n): "stub" for n in STUBBED_FUNCTIONS})
-    found.update({(m, n): "implemented" for m in WASI_MODULES for n in WASI_FUNCTIONS})
-    return found
 
 
 @dataclass(frozen=True)
@@ -262,7 +250,7 @@ Upstream = Callable[[list[tuple[str, str]], bytes],
 class ProxyWasm:
     """A loaded filter: its VM, root context and plugin configuration, ready for requests."""
 
-    def __init__(self, module: bytes | str | os.PathLike[str], *,
+    def __init__(self, module: bytes | bytearray | str | os.PathLike[str], *,
                  plugin_configuration: bytes | str = b"", vm_configuration: bytes | str = b"",
                  root_id: str = "", plugin_name: str = "plugin", vm_id: str = "",
                  properties: Mapping[str, str | int | bytes] | None = None,
@@ -271,7 +259,8 @@ class ProxyWasm:
                  log_level: LogLevel = LogLevel.TRACE,
                  clock: Callable[[], int] = time.time_ns,
                  start: bool = True) -> None:
-        data = module if isinstance(module, bytes) else Path(module).read_bytes()
+        data = (bytes(module) if isinstance(module, (bytes, bytearray))
+                else Path(module).read_bytes())
         self.plugin_configuration = (plugin_configuration.encode()
                                      if isinstance(plugin_configuration, str)
                                      else plugin_configuration)

@@ -34,10 +34,28 @@ class ModuleInfo:
     def is_proxy_wasm(self) -> bool:
         return bool(self.abi_versions)
 
+    @property
+    def emulator_missing(self) -> tuple[str, ...]:
+        """Imports the proxy-wasm emulator (:mod:`wasm.emulator`) cannot provide."""
+        from .abi import provided_imports
+
+        provided = provided_imports()
+        return tuple(f"{m}.{n}" for m, n in self.imports if (m, n) not in provided)
+
+    @property
+    def emulator_stubbed(self) -> tuple[str, ...]:
+        """Imports the emulator provides only as stubs answering UNIMPLEMENTED."""
+        from .abi import provided_imports
+
+        provided = provided_imports()
+        return tuple(f"{m}.{n}" for m, n in self.imports if provided.get((m, n)) == "stub")
+
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["imports"] = [f"{m}.{n}" for m, n in self.imports]
         data["proxy_wasm"] = self.is_proxy_wasm
+        data["emulator"] = {"missing": list(self.emulator_missing),
+                            "stubbed": list(self.emulator_stubbed)}
         return data
 
 

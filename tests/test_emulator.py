@@ -1,0 +1,216 @@
+"""wasm.emulator: proxy-wasm filters run from pytest, no Envoy: each host function's effect,
+the templates' filters (WAT and the AssemblyScript SDK), and modules that misbehave."""
+
+from __future__ import annotations
+
+import struct
+import time
+from pathlib import Path
+
+import pytest
+import wasmtime
+from click.testing import CliRunner
+
+from extctl.cli import cli
+from wasm.abi import LogLevel, deserialize_map, serialize_map
+from wasm.emulator import ProxyWasm
+from wasm.errors import MemoryAccess, MissingImports, UnsupportedAbi, WasmTrap
+
+WAT = Path(__file__).resolve().parent / "wat"
+
+
+def _wat(name: str) -> bytes:
+    return bytes(wasmtime.wat2wasm((WAT / name).read_text()))
+
+
+def _module(body: str, imports: str = "", memory: int = 1, abi: str = "0_2_1") -> bytes:
+    """A minimal proxy-wasm module around ``body`` (the request headers callback)."""
+    return bytes(wasmtime.wat2wasm(f"""(module {imports}
+      (memory (export "memory") {memory})
+      (global $heap (mut i32) (i32.const 1024))
+      (func (export "proxy_abi_version_{abi}"))
+      (func (export "proxy_on_memory_allocate") (param $n i32) (result i32)
+        (local $at i32) (local.set $at (global.get $heap))
+        (global.set $heap (i32.add (global.get $heap) (local.get $n))) (local.get $at))
+      (func (export "proxy_on_context_create") (param i32 i32))
+      (func (export "proxy_on_vm_start") (param i32 i32) (result i32) (i32.const 1))
+      (func (export "proxy_on_configure") (param i32 i32) (result i32) (i32.const 1))
+      (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32) {body})
+      (func (export "proxy_on_done") (param i32) (result i32) (i32.const 1)))"""))
+
+
+LOG = '(import "env" "proxy_log" (func $log (param i32 i32 i32) (result i32)))'
+
+
+def test_map_serialisation_round_trips_and_refuses_garbage():
+    pairs = [(b":path", b"/"), (b"x-a", b""), (b"x-b", b"v\x00w")]
+    assert deserialize_map(serialize_map(pairs)) == pairs
+    assert deserialize_map(b"") == []
+    with pytest.raises(ValueError):
+        deserialize_map(struct.pack("<I", 5))
+
+
+def test_host_calls_module_headers_body_properties_and_config():
+    with ProxyWasm(_wat("host_calls.wat"), plugin_configuration="cfg-1",
+                   clock=lambda: 1_234_567_890_123) as plugin:
+        result = plugin.request(method="POST", path="/p?q=1", body=[b"ab", b"cd"],
+                                headers={"x-copy": "v", "x-remove": "gone", "x-copied": "old"},
+                                response_headers={"x-up": "1"})
+    assert result.status == 200 and result.upstream_reached
+    assert result.request_header("x-copied") == "v"  # replaced, not added
+    assert [v for k, v in result.request_headers if k == "x-copied"] == ["v"]
+    assert result.request_header("x-remove") is None
+    assert result.request_header("x-path") == "/p?q=1"  # from the request.path property
+    assert result.request_body == b"prefix:abcd"  # buffered to the end, then changed
+    assert [(phase, action.name) for phase, action in result.actions] == [
+        ("request_headers", "Continue"), ("request_body", "StopIterationAndBuffer"),
+        ("request_body", "Continue"), ("response_headers", "Continue")]
+    assert result.response_header("x-up") == "1"  # pairs read and written back intact
+    assert result.response_header("x-config") == "cfg-1"
+    assert [line.message for line in result.logs] == ["request headers"]
+    assert result.logs[0].level == LogLevel.INFO
+    assert plugin.shared_data[b"time"] == (struct.pack("<Q", 1_234_567_890_123), 1)
+    assert plugin.metrics.snapshot() == {"requests": 1}
+
+
+def test_host_calls_module_ticks_shared_data_and_metrics_across_requests():
+    plugin = ProxyWasm(_wat("host_calls.wat"))
+    assert plugin.tick_period_ms == 1000
+    before = plugin.request()
+    plugin.tick()
+    after = plugin.request()
+    assert before.request_header("x-ticked") is None
+    assert after.request_header("x-ticked") == "yes"
+    assert after.response_header("x-config") == "none"  # empty configuration
+    assert plugin.metrics.snapshot() == {"requests": 2}
+    assert plugin.shared_data[b"time"][1] == 2  # the cas moved on with each set
+
+
+@pytest.mark.parametrize(("fixture", "root_id"), [("wat_template_module", ""),
+                                                  ("as_template_module", "tmpl-filter")])
+def test_template_filters_in_the_emulator(request, fixture, root_id):
+    module = request.getfixturevalue(fixture)
+    with ProxyWasm(module, plugin_configuration="tagged", root_id=root_id) as plugin:
+        passed = plugin.request(path="/a")
+        denied = plugin.request(headers={"x-deny": "1"})
+    assert passed.status == 200 and passed.response_header("x-filter") == "tagged"
+    assert denied.status == 403 and not denied.upstream_reached
+    assert denied.local_response is not None
+    assert denied.local_response.body == denied.response_body == b"denied by wasm\n"
+    assert denied.response_header("x-denied-by") == "wasm"
+    # Envoy sends a local reply back through the filter: it tags that too.
+    assert denied.response_header("x-filter") == "tagged"
+
+
+def test_the_sdk_filter_with_an_empty_configuration_and_a_wrong_root_id(as_template_module):
+    """The AssemblyScript SDK reads the configuration even when it is empty; the template's
+    guard avoids the trap, and a wrong root id fails at start, as in Envoy."""
+    with ProxyWasm(as_template_module, root_id="tmpl-filter") as plugin:
+        assert plugin.request().response_header("x-filter") == "on"
+    with pytest.raises(WasmTrap) as trapped:
+        ProxyWasm(as_template_module, root_id="other")
+    assert trapped.value.callback in ("proxy_on_context_create", "proxy_on_vm_start")
+
+
+def test_a_trap_names_the_callback_and_the_next_plugin_runs():
+    with pytest.raises(WasmTrap, match="proxy_on_request_headers trapped") as trapped:
+        ProxyWasm(_module("(unreachable)")).request()
+    assert not trapped.value.fuel_exhausted
+    fine = ProxyWasm(_wat("host_calls.wat")).request()
+    assert fine.status == 200
+
+
+def test_a_trapped_plugin_refuses_further_calls():
+    plugin = ProxyWasm(_module("(unreachable)"))
+    with pytest.raises(WasmTrap):
+        plugin.request()
+    with pytest.raises(WasmTrap, match="unusable after proxy_on_request_headers trapped"):
+        plugin.request()
+
+
+def test_a_loop_runs_out_of_fuel_quickly_and_the_budget_is_configurable():
+    looping = _module("(loop $forever (br $forever)) (i32.const 0)")
+    started = time.monotonic()
+    with pytest.raises(WasmTrap, match="ran out of fuel after 1000000 instructions") as out:
+        ProxyWasm(looping, fuel=1_000_000).request()
+    assert out.value.fuel_exhausted and out.value.callback == "proxy_on_request_headers"
+    assert time.monotonic() - started < 10
+    counted = _module("""(local $i i32)
+        (loop $l (local.set $i (i32.add (local.get $i) (i32.const 1)))
+                 (br_if $l (i32.lt_u (local.get $i) (i32.const 100000))))
+        (i32.const 0)""")
+    with pytest.raises(WasmTrap, match="fuel"):
+        ProxyWasm(counted, fuel=10_000).request()
+    assert ProxyWasm(counted, fuel=10_000_000).request().status == 200
+
+
+def test_a_module_asking_for_a_gigabyte_fails_clearly():
+    with pytest.raises(WasmTrap, match="memory"):
+        ProxyWasm(_module("(i32.const 0)", memory=16384))  # 1 GiB up front
+    growing = _module("""(if (i32.eq (memory.grow (i32.const 16384)) (i32.const -1))
+                           (then (unreachable))) (i32.const 0)""")
+    with pytest.raises(WasmTrap, match="proxy_on_request_headers trapped"):
+        ProxyWasm(growing, memory_limit=64 * 1024 * 1024).request()
+    assert ProxyWasm(_wat("host_calls.wat")).request().status == 200
+
+
+def test_an_out_of_bounds_pointer_is_a_clear_error():
+    bad = _module("(drop (call $log (i32.const 2) (i32.const 0x7fff0000) (i32.const 16))) "
+                  "(i32.const 0)", imports=LOG)
+    with pytest.raises(MemoryAccess, match=r"proxy_log: the module passed 16 bytes at "
+                                           r"2147418112, outside its 65536-byte memory"):
+        ProxyWasm(bad).request()
+
+
+def test_imports_the_emulator_lacks_are_named_at_load_time():
+    module = _module("(i32.const 0)", imports="""
+        (import "env" "proxy_made_up" (func (param i32) (result i32)))
+        (import "env" "proxy_also_made_up" (func (result i32)))""")
+    with pytest.raises(MissingImports) as missing:
+        ProxyWasm(module)
+    assert missing.value.names == ("env.proxy_made_up", "env.proxy_also_made_up")
+    assert "env.proxy_made_up, env.proxy_also_made_up" in str(missing.value)
+
+
+def test_stubbed_imports_load_and_answer_unimplemented():
+    module = _module("""(drop (call $http_call (i32.const 0) (i32.const 0) (i32.const 0)
+                         (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0)
+                         (i32.const 0) (i32.const 0))) (i32.const 0)""",
+                     imports='(import "env" "proxy_http_call" (func $http_call '
+                             '(param i32 i32 i32 i32 i32 i32 i32 i32 i32 i32) (result i32)))')
+    plugin = ProxyWasm(module)
+    assert plugin.request().status == 200
+    assert any("proxy_http_call is not implemented" in line.message for line in plugin.logs)
+
+
+@pytest.mark.parametrize(("abi", "message"), [("0_1_0", "ABI 0_1_0 is not supported"),
+                                              ("9_9_9", "ABI 9_9_9 is not supported")])
+def test_unsupported_abis_are_refused(abi, message):
+    with pytest.raises(UnsupportedAbi, match=message):
+        ProxyWasm(_module("(i32.const 0)", abi=abi))
+
+
+def test_a_module_without_an_abi_is_not_proxy_wasm():
+    with pytest.raises(UnsupportedAbi, match="not a proxy-wasm module"):
+        ProxyWasm(bytes(wasmtime.wat2wasm('(module (memory (export "memory") 1))')))
+
+
+def test_inspect_flags_imports_the_emulator_cannot_provide(tmp_path):
+    module = tmp_path / "m.wasm"
+    module.write_bytes(_module("(i32.const 0)", imports="""
+        (import "env" "proxy_made_up" (func (param i32) (result i32)))
+        (import "env" "proxy_http_call" (func (param i32 i32 i32 i32 i32 i32 i32 i32 i32 i32)
+                                              (result i32)))"""))
+    text = CliRunner().invoke(cli, ["inspect", str(module)])
+    assert "emulator: cannot provide env.proxy_made_up" in text.output
+    assert "stubs answering UNIMPLEMENTED: env.proxy_http_call" in text.output
+    import json
+
+    report = json.loads(CliRunner().invoke(cli, ["inspect", str(module), "--output",
+                                                 "json"]).output)
+    assert report["emulator"] == {"missing": ["env.proxy_made_up"],
+                                  "stubbed": ["env.proxy_http_call"]}
+    fine = tmp_path / "fine.wasm"
+    fine.write_bytes(_wat("host_calls.wat"))
+    assert "emulator: provides every import" in CliRunner().invoke(
+        cli, ["inspect", str(fine)]).output
