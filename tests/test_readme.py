@@ -62,3 +62,13 @@ def test_readme_envoy_stack_example_passes():
     block = next(b for b in BLOCKS if "def test_through_envoy(envoy_stack)" in b)
     exec(block, namespace)
     namespace["test_through_envoy"](envoy_stack)  # type: ignore[operator]
+
+
+def test_readme_emulator_example_passes(tmp_path, wat_template_module, monkeypatch):
+    block = next(b for b in BLOCKS if "def test_tags_and_denies" in b)
+    (tmp_path / "build").mkdir()
+    (tmp_path / "build" / "filter.wasm").write_bytes(wat_template_module.read_bytes())
+    monkeypatch.chdir(tmp_path)
+    namespace: dict[str, object] = {}
+    exec(block, namespace)
+    namespace["test_tags_and_denies"]()  # type: ignore[operator]

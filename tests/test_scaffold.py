@@ -87,7 +87,7 @@ def test_new_wasm_project_builds_and_passes_its_tests_in_envoy(tmp_path, project
     assert result.exit_code == 0, result.output
     project = tmp_path / "tagger"
     assert not (project / "build").exists()
-    assert _passed(_install_and_test(project, project_python)) == 5
+    assert _passed(_install_and_test(project, project_python)) == 7  # 2 in the emulator
     _lint(project)
     module = project / "build" / "filter.wasm"
     assert module.read_bytes().startswith(b"\0asm")  # its tests built it

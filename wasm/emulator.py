@@ -36,7 +36,6 @@ from .abi import (
     MapType,
     MetricType,
     Status,
-    provided_imports,
     serialize_map,
 )
 from .errors import MissingImports, UnsupportedAbi, WasmTrap
