@@ -35,30 +35,31 @@ def _envoy(tmp_path: Path, **options) -> Iterator[EnvoyProcess]:
         yield envoy
 
 
-def _spread(port: int, requests: dict[str, dict]) -> dict[str, Counter[str]]:
-    """For each client key, 5 requests with its options: which upstream answered each."""
+def _spread(port: int, requests: dict[str, dict], each: int = 3) -> dict[str, Counter[str]]:
+    """For each client key, ``each`` requests with its options: which upstream answered."""
     seen: dict[str, Counter[str]] = {}
     for key, options in requests.items():
-        for _ in range(5):
+        for _ in range(each):
             reply = http(port, "/", **options)
-            assert reply.status == 200
+            assert reply.status == 200, (key, reply.status, reply.body[:200])
             seen.setdefault(key, Counter())[reply.headers["x-echo-server"]] += 1
     return seen
 
 
 def _assert_sticky(seen: dict[str, Counter[str]], upstreams: list[str]) -> None:
-    assert sum(sum(c.values()) for c in seen.values()) == 50
+    assert sum(sum(c.values()) for c in seen.values()) >= 50
     for key, counts in seen.items():
         assert len(counts) == 1, f"{key} reached {dict(counts)}"
-    # Stickiness is per client, not one upstream for everyone.
-    assert {next(iter(c)) for c in seen.values()} == set(upstreams)
+    # Stickiness is per client, not one upstream for everyone (20 keys: all on one upstream
+    # by chance is a one-in-half-a-million event).
+    assert {next(iter(c)) for c in seen.values()} == set(upstreams), seen
 
 
 def test_round_robin_without_session_persistence_spreads_one_client(tmp_path, two_upstreams):
     """The control for the tests below: without hashing, one client reaches both upstreams."""
     with _envoy(tmp_path, upstream=two_upstreams) as envoy:
         seen = _spread(envoy.port, {"one": {"headers": {"x-user": "ada"}},
-                                    "two": {"headers": {"x-user": "ada"}}})
+                                    "two": {"headers": {"x-user": "ada"}}}, each=5)
     assert set(seen["one"] + seen["two"]) == set(two_upstreams)
 
 
@@ -67,7 +68,7 @@ def test_same_header_value_reaches_the_same_upstream(tmp_path, two_upstreams, al
     session = SessionPersistence("Header", "x-user", algorithm=algorithm)
     with _envoy(tmp_path, upstream=two_upstreams, session=session) as envoy:
         seen = _spread(envoy.port, {f"user{i}": {"headers": {"x-user": f"user{i}"}}
-                                    for i in range(10)})
+                                    for i in range(20)})
     _assert_sticky(seen, two_upstreams)
 
 
@@ -75,7 +76,7 @@ def test_same_source_address_reaches_the_same_upstream(tmp_path, two_upstreams):
     with _envoy(tmp_path, upstream=two_upstreams,
                 session=SessionPersistence("SourceIP")) as envoy:
         seen = _spread(envoy.port, {f"127.0.0.{i}": {"source": f"127.0.0.{i}"}
-                                    for i in range(2, 12)})
+                                    for i in range(2, 22)})
     _assert_sticky(seen, two_upstreams)
 
 
@@ -86,9 +87,10 @@ def test_cookie_set_by_envoy_then_followed(tmp_path, two_upstreams):
         cookie = first.headers["set-cookie"]
         match = re.match(r"sticky=([^;]+);.*Max-Age=3600", cookie)
         assert match, cookie
-        follow = _spread(envoy.port, {"issued": {"headers": {"cookie": f"sticky={match[1]}"}}})
+        follow = _spread(envoy.port, {"issued": {"headers": {"cookie": f"sticky={match[1]}"}}},
+                         each=5)
         seen = _spread(envoy.port, {f"c{i}": {"headers": {"cookie": f"sticky=c{i}"}}
-                                    for i in range(1, 10)})
+                                    for i in range(1, 20)})
     assert follow["issued"] == Counter({first.headers["x-echo-server"]: 5})
     _assert_sticky({**seen, **follow}, two_upstreams)
 
