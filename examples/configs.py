@@ -68,7 +68,8 @@ def render(example: Example) -> dict[str, str]:
     """File name -> content for one example."""
     addresses = extproc.ServerConfig(uds=SOCKET, workers=example.workers).addresses()
     envoy = bootstrap(EnvoyConfig(example.processor, addresses, upstream=example.upstreams,
-                                  listen="0.0.0.0:10000", **example.shared, **example.envoy))
+                                  listen="0.0.0.0:10000", admin="127.0.0.1:9901",
+                                  **example.shared, **example.envoy))
     gateway = resources(GatewayConfig(name=example.name, targets=[Target("HTTPRoute",
                                                                          "backend")],
                                       processor=example.processor,

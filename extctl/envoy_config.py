@@ -187,6 +187,17 @@ def ext_proc_filter(config: EnvoyConfig) -> Any:
                               typed_config=_any(filter_config))
 
 
+def _loopback(address: str) -> None:
+    host, _ = split_address(address)
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = host == "localhost"
+    if not loopback:
+        raise ConfigError(f"admin address {address}: the admin interface can stop Envoy and "
+                          "read its secrets; keep it on loopback (127.0.0.1:PORT)")
+
+
 def bootstrap(config: EnvoyConfig) -> Any:
     """A complete Bootstrap: listener -> HCM -> filters (rbac, wasm, ext_proc in Envoy Gateway's
     order, ``filter_order`` applied) -> router -> upstream cluster."""
@@ -273,6 +284,7 @@ def bootstrap(config: EnvoyConfig) -> Any:
             upstream.typed_extension_protocol_options[
                 "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"].CopyFrom(_any(http1))
         clusters.append(upstream)
+    _loopback(config.admin)
     return bootstrap_pb2.Bootstrap(
         admin=bootstrap_pb2.Admin(address=_socket_address(config.admin)),
         static_resources=bootstrap_pb2.Bootstrap.StaticResources(

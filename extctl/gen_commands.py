@@ -72,11 +72,13 @@ def parse_session(text: str | None, algorithm: str = "ring_hash") -> SessionPers
     return SessionPersistence(canonical, name or None, ttl or None, algorithm=algorithm)
 
 
-def _wasm_extras(configs: Sequence[str], root_ids: Sequence[str],
+def _wasm_extras(configs: Sequence[str], root_ids: Sequence[str], fail_open: Sequence[str],
                  names: Sequence[str]) -> tuple[dict[str, str], dict[str, str]]:
     config = _pairs(configs, "--wasm-config", "JSON")
     roots = _pairs(root_ids, "--wasm-root-id", "ROOT_ID")
-    for option, given in (("--wasm-config", config), ("--wasm-root-id", roots)):
+    opened = dict.fromkeys(fail_open, "")
+    for option, given in (("--wasm-config", config), ("--wasm-root-id", roots),
+                          ("--wasm-fail-open", opened)):
         unknown = set(given) - set(names)
         if unknown:
             raise click.BadParameter(f"no Wasm module named {', '.join(sorted(unknown))}",
@@ -101,6 +103,9 @@ def _policy_options(function: F) -> F:
                      help="Plugin configuration of a Wasm module (default: none)."),
         click.option("--wasm-root-id", multiple=True, metavar="NAME=ROOT_ID",
                      help="Root context id of a Wasm module."),
+        click.option("--wasm-fail-open", multiple=True, metavar="NAME",
+                     help="Requests go on without this Wasm module when it fails to load "
+                          "(default: they are refused)."),
         click.option("--allow-cidr", multiple=True, metavar="CIDR",
                      help="Only clients in these CIDRs get through (repeatable)."),
         click.option("--deny-cidr", multiple=True, metavar="CIDR",
@@ -174,6 +179,7 @@ def gateway(processor: str | None, name: str, namespace: str, route: tuple[str, 
             wasm_image: tuple[str, ...], wasm_http: tuple[str, ...], pull_secret: str | None,
             pull_policy: str | None, fail_open: bool, message_timeout: float | None,
             wasm_config: tuple[str, ...], wasm_root_id: tuple[str, ...],
+            wasm_fail_open: tuple[str, ...],
             allow_cidr: tuple[str, ...], deny_cidr: tuple[str, ...], xff_trusted_hops: int,
             session: str | None, filter_order: tuple[str, ...], default_action: str | None,
             client_gateway: str | None, app_dir: str, out: str | None) -> None:
@@ -196,7 +202,8 @@ def gateway(processor: str | None, name: str, namespace: str, route: tuple[str, 
     urls = _pairs(wasm_http, "--wasm-http", "URL@sha256:HEX")
     if set(images) & set(urls):
         raise click.BadParameter("a Wasm module name is used twice", param_hint="--wasm-http")
-    config, roots = _wasm_extras(wasm_config, wasm_root_id, [*images, *urls])
+    config, roots = _wasm_extras(wasm_config, wasm_root_id, wasm_fail_open,
+                                 [*images, *urls])
     for wasm_name, url in urls.items():
         if not _with_digest(url)[1]:
             raise click.BadParameter(f"{wasm_name}: an HTTP module needs @sha256:HEX (Envoy "
@@ -211,6 +218,7 @@ def gateway(processor: str | None, name: str, namespace: str, route: tuple[str, 
                 wasm_name, image=base if image else None, http=None if image else base,
                 sha256=digest, pull_secret=pull_secret if image else None,
                 pull_policy=pull_policy, root_id=roots.get(wasm_name),
+                fail_open=wasm_name in wasm_fail_open,
                 config=json.loads(config[wasm_name]) if wasm_name in config else None))
         return to_yaml(resources(GatewayConfig(
             name=name, namespace=namespace,
@@ -240,6 +248,8 @@ def gateway(processor: str | None, name: str, namespace: str, route: tuple[str, 
 @click.option("--tls-key", type=click.Path(dir_okay=False), help="Key of --tls-cert.")
 @click.option("--tls-sni", help="Server name Envoy sends to the processor.")
 @click.option("--listen", default="127.0.0.1:10000", show_default=True)
+@click.option("--admin", default="127.0.0.1:9901", show_default=True,
+              help="Envoy's admin address: loopback only (it can stop Envoy).")
 @click.option("--upstream", multiple=True, metavar="HOST:PORT",
               help="Upstream address (repeatable; default: a direct 200 answer).")
 @click.option("--wasm", multiple=True, metavar="NAME=PATH|URL@sha256:HEX",
@@ -255,9 +265,10 @@ def gateway(processor: str | None, name: str, namespace: str, route: tuple[str, 
               help="Write to this file (atomically; default: stdout).")
 def envoy(processor: str | None, uds: str | None, address: str | None, workers: int,
           tls_ca: str | None, tls_cert: str | None, tls_key: str | None, tls_sni: str | None,
-          listen: str, upstream: tuple[str, ...], wasm: tuple[str, ...],
+          listen: str, admin: str, upstream: tuple[str, ...], wasm: tuple[str, ...],
           fail_open: bool, message_timeout: float | None, wasm_config: tuple[str, ...],
-          wasm_root_id: tuple[str, ...], allow_cidr: tuple[str, ...],
+          wasm_root_id: tuple[str, ...], wasm_fail_open: tuple[str, ...],
+          allow_cidr: tuple[str, ...],
           deny_cidr: tuple[str, ...], xff_trusted_hops: int, session: str | None,
           filter_order: tuple[str, ...], hash_algorithm: str, access_log: bool, format: str,
           app_dir: str, out: str | None) -> None:
@@ -274,7 +285,13 @@ def envoy(processor: str | None, uds: str | None, address: str | None, workers: 
 
     cls = _load(processor, app_dir) if processor else None
     sources = _pairs(wasm, "--wasm", "PATH|URL@sha256:HEX")
-    config, roots = _wasm_extras(wasm_config, wasm_root_id, list(sources))
+    config, roots = _wasm_extras(wasm_config, wasm_root_id, wasm_fail_open, list(sources))
+    for wasm_name, source in sources.items():
+        if source.startswith("oci://"):
+            raise click.BadParameter(
+                f"{wasm_name}: Envoy cannot pull an image; pull it first "
+                f"(extctl pull {_with_digest(source)[0]} -o {wasm_name}.wasm --sha256 DIGEST) "
+                f"and give the file", param_hint="--wasm")
     if cls is None and (uds or address):
         raise click.UsageError("--uds/--address need MODULE:CLASS")
 
@@ -286,13 +303,15 @@ def envoy(processor: str | None, uds: str | None, address: str | None, workers: 
             wasm.append(WasmFilter(
                 wasm_name, path=None if remote else str(Path(base).resolve()),
                 url=base if remote else None, sha256=digest,
-                root_id=roots.get(wasm_name, ""), configuration=config.get(wasm_name, "")))
+                root_id=roots.get(wasm_name, ""), configuration=config.get(wasm_name, ""),
+                fail_open=wasm_name in wasm_fail_open))
         if tls_ca is None and (tls_cert or tls_key or tls_sni):
             raise ConfigError("TLS to the processor needs --tls-ca")
         tls = ProcessorTls(tls_ca, tls_cert, tls_key, tls_sni) if tls_ca else None
         message = bootstrap(EnvoyConfig(
             cls, _addresses(uds, address, workers) if cls else (), processor_tls=tls,
-            upstream=list(upstream) or None, listen=listen, failure_mode_allow=fail_open,
+            upstream=list(upstream) or None, listen=listen, admin=admin,
+            failure_mode_allow=fail_open,
             message_timeout=message_timeout, wasm=wasm, allow_cidrs=allow_cidr,
             deny_cidrs=deny_cidr, xff_num_trusted_hops=xff_trusted_hops,
             session=parse_session(session, hash_algorithm), access_log=access_log,

@@ -260,7 +260,9 @@ def inspect(module: str, username: str | None, password_stdin: bool, docker_conf
 @click.command()
 @click.argument("file", type=click.Path(exists=True, dir_okay=False))
 @click.option("--sha256", required=True, help="Expected sha256 (HEX or sha256:HEX).")
-def verify(file: str, sha256: str) -> None:
+@click.option("--output", type=click.Choice(["text", "json"]), default="text",
+              show_default=True)
+def verify(file: str, sha256: str, output: str) -> None:
     """Check a file's sha256 (as Envoy checks a module it loads).
 
     \b
@@ -273,4 +275,7 @@ def verify(file: str, sha256: str) -> None:
         raise click.BadParameter(str(exc), param_hint="--sha256") from None
     with _errors():
         actual = wasm.verify_file(file, sha256)
+    if output == "json":
+        click.echo(json.dumps({"path": file, "sha256": actual, "ok": True}, indent=2))
+        return
     click.echo(f"ok: {file} sha256 {actual}")

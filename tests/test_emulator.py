@@ -12,7 +12,7 @@ import wasmtime
 from click.testing import CliRunner
 
 from extctl.cli import cli
-from wasm.abi import LogLevel, deserialize_map, serialize_map
+from wasm.abi import LogLevel, MapType, deserialize_map, serialize_map
 from wasm.emulator import ProxyWasm
 from wasm.errors import MemoryAccess, MissingImports, UnsupportedAbi, WasmTrap
 
@@ -214,3 +214,35 @@ def test_inspect_flags_imports_the_emulator_cannot_provide(tmp_path):
     fine.write_bytes(_wat("host_calls.wat"))
     assert "emulator: provides every import" in CliRunner().invoke(
         cli, ["inspect", str(fine)]).output
+
+
+@pytest.mark.parametrize(("wat", "check"), [
+    ("add_header.wat", lambda r: r.response_header("x-wasm") == "added"),
+    ("append_request_header.wat",
+     lambda r: [v for k, v in r.request_headers if k == "x-order"] == ["ext_proc", "wasm"]),
+])
+def test_the_other_wat_modules_of_the_tests(wat, check):
+    """The modules the end-to-end tests load into Envoy behave the same here."""
+    result = ProxyWasm(_wat(wat)).request(headers=[("x-order", "ext_proc")])
+    assert result.status == 200
+    assert check(result)
+
+
+def test_the_pytest_fixture_closes_plugins(proxy_wasm):
+    plugin = proxy_wasm(_wat("host_calls.wat"), plugin_configuration="x")
+    assert plugin.request().response_header("x-config") == "x"
+    broken = proxy_wasm(_module("(unreachable)"))
+    with pytest.raises(WasmTrap):
+        broken.request()  # and the fixture's teardown does not fail on it
+
+
+def test_step_by_step_http_context():
+    plugin = ProxyWasm(_wat("host_calls.wat"))
+    context = plugin.http_context()
+    assert context.on_request_headers({":path": "/s", "x-copy": "1"}, end_of_stream=False)\
+        .continues
+    assert context.on_request_body(b"a", end_of_stream=False).name == "StopIterationAndBuffer"
+    assert context.on_request_body(b"b", end_of_stream=True).continues
+    assert context.take_body("request") == b"prefix:ab"
+    assert ("x-copied", "1") in context.headers(MapType.REQUEST_HEADERS)
+    context.finish()

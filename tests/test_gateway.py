@@ -254,6 +254,7 @@ def test_gen_gateway_with_every_policy_option_validates(tmp_path):
         "--wasm-image", f"img=oci://registry.example.com/f/img:v1@sha256:{'a' * 64}",
         "--wasm-http", f"web=https://example.com/f.wasm@sha256:{'c' * 64}",
         "--wasm-config", 'img={"words": ["secret"]}', "--wasm-root-id", "web=root",
+        "--wasm-fail-open", "web",
         "--pull-secret", "regcred", "--pull-policy", "Always",
         "--allow-cidr", "10.0.0.0/8", "--deny-cidr", "10.9.0.0/16",
         "--xff-trusted-hops", "2", "--session", "cookie:sticky:1h",
@@ -274,7 +275,8 @@ def test_gen_gateway_with_every_policy_option_validates(tmp_path):
         "pullSecretRef": {"name": "regcred"}}}
     assert image["config"] == {"words": ["secret"]}
     assert web["code"]["http"] == {"url": "https://example.com/f.wasm", "sha256": "c" * 64}
-    assert web["rootID"] == "root"
+    assert web["rootID"] == "root" and web["failOpen"] is True
+    assert "failOpen" not in image
     security = docs[2]["spec"]["authorization"]
     assert security["defaultAction"] == "Deny"
     assert docs[3]["spec"]["loadBalancer"]["consistentHash"] == {
@@ -297,7 +299,8 @@ def test_gen_envoy_with_every_option_passes_envoy_validate(tmp_path, wat_module)
         "envoy", "procs:HeadersOnly", "--uds", "/tmp/p.sock", "--workers", "2",
         "--upstream", "127.0.0.1:8081", "--upstream", "127.0.0.1:8082",
         "--wasm", f"local={module}", "--wasm", f"remote=https://example.com/f.wasm@sha256:"
-        f"{'d' * 64}", "--wasm-config", "local={}", "--allow-cidr", "10.0.0.0/8",
+        f"{'d' * 64}", "--wasm-config", "local={}", "--wasm-fail-open", "remote",
+        "--admin", "127.0.0.1:19901", "--allow-cidr", "10.0.0.0/8",
         "--deny-cidr", "10.9.0.0/16", "--xff-trusted-hops", "1", "--session", "Header:x-user",
         "--hash-algorithm", "maglev", "--filter-order", "ext_proc:after:wasm",
         "--fail-open", "--message-timeout", "2", "--access-log", "-o", str(out))
@@ -310,6 +313,11 @@ def test_gen_envoy_with_every_option_passes_envoy_validate(tmp_path, wat_module)
         "envoy.filters.http.ext_proc/headersonly", "envoy.filters.http.rbac/deny-cidrs",
         "envoy.filters.http.rbac/allow-cidrs", "envoy.filters.http.router"]
     assert manager["xff_num_trusted_hops"] == 1
+    assert config["admin"]["address"]["socket_address"] == {"address": "127.0.0.1",
+                                                            "port_value": 19901}
+    plugins = {f["name"]: f["typed_config"]["config"] for f in manager["http_filters"][:2]}
+    assert plugins["envoy.filters.http.wasm/remote"]["fail_open"] is True
+    assert "fail_open" not in plugins["envoy.filters.http.wasm/local"]
     route = manager["route_config"]["virtual_hosts"][0]["routes"][0]["route"]
     assert route["hash_policy"] == [{"header": {"header_name": "x-user"}, "terminal": True}]
     clusters = {c["name"]: c for c in config["static_resources"]["clusters"]}
@@ -328,6 +336,9 @@ def test_gen_envoy_with_every_option_passes_envoy_validate(tmp_path, wat_module)
     (["envoy", "--session", "SourceIP"], "needs upstreams"),
     (["envoy", "--filter-order", "wasm:ext_proc"], "is not FILTER:before|after:FILTER"),
     (["envoy", "--upstream", "nowhere"], "is not host:port"),
+    (["envoy", "--admin", "0.0.0.0:9901"], "keep it on loopback"),
+    (["envoy", "--wasm", f"w=oci://r.example/x:1@sha256:{'a' * 64}"], "Envoy cannot pull"),
+    (["envoy", "--wasm", "w=/x.wasm", "--wasm-fail-open", "v"], "no Wasm module named v"),
     (["envoy", "--wasm", "w=https://x/y.wasm"], "needs its sha256"),
     (["gateway", "--name", "n", "--route", "r", "--wasm-http", "w=https://x/y.wasm"],
      "needs @sha256:HEX"),

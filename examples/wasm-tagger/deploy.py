@@ -18,6 +18,7 @@ ROUTE = "backend"
 
 def render() -> dict[str, str]:
     envoy = bootstrap(EnvoyConfig(None, [], upstream="127.0.0.1:8080", listen="0.0.0.0:10000",
+                                  admin="127.0.0.1:9901",
                                   wasm=[WasmFilter("wasm-tagger", path="build/filter.wasm",
                                                    configuration=CONFIGURATION)]))
     gateway = resources(GatewayConfig(
