@@ -18,6 +18,7 @@ Envoy's local replies are.
 
 from __future__ import annotations
 
+import ctypes
 import itertools
 import os
 import struct
@@ -38,7 +39,7 @@ from .abi import (
     Status,
     serialize_map,
 )
-from .errors import MissingImports, UnsupportedAbi, WasmTrap
+from .errors import HostError, MissingImports, UnsupportedAbi, WasmTrap
 from .imports import HostFunctions
 from .module import ABI_PREFIX
 
@@ -301,7 +302,7 @@ class ProxyWasm:
                 missing.append(f"{item.module}.{item.name}")
                 continue
             linker.define_func(item.module, item.name or "", item.type,
-                               _guard(functions[key], key[1]))
+                               _guard(self, functions[key], key[1]))
         if missing:
             raise MissingImports(f"the module imports what the emulator does not provide: "
                                  f"{', '.join(missing)}", tuple(missing))
@@ -311,6 +312,9 @@ class ProxyWasm:
             raise WasmTrap(f"instantiating the module failed: {_first_line(exc)}",
                            "instantiate") from None
         self._exports = self._instance.exports(self._store)
+        self._functions = {name: item for name, item in self._exports.items()
+                           if isinstance(item, wasmtime.Func)}
+        self._view: tuple[int, int] | None = None
         memory = self._exports.get("memory") if "memory" in self._exports else None
         if not isinstance(memory, wasmtime.Memory):
             raise UnsupportedAbi("the module exports no memory named 'memory'")
@@ -353,22 +357,23 @@ class ProxyWasm:
     # calling into the module
 
     def has(self, name: str) -> bool:
-        return name in self._exports and isinstance(self._exports[name], wasmtime.Func)
+        return name in self._functions
 
     def call(self, name: str, *args: int) -> int | None:
-        """Call an export with the fuel budget; a trap becomes a WasmTrap naming it."""
+        """Call an export; a top-level call gets the fuel budget (calls the host makes while it
+        runs, such as allocations, spend from it). A trap becomes a WasmTrap naming it."""
         if self._broken is not None:
             raise WasmTrap(f"the plugin is unusable after {self._broken} trapped", name)
-        if not self.has(name):
+        function = self._functions.get(name)
+        if function is None:
             return None
-        function = self._exports[name]
-        assert isinstance(function, wasmtime.Func)
-        self._set_fuel()
         outer, self.current_callback = self.current_callback, name
+        if not outer:
+            self._set_fuel()
         try:
             result = function(self._store, *args)
-        except WasmTrap:
-            self._broken = name
+        except HostError:
+            self._broken = self._broken or name
             raise
         except wasmtime.Trap as exc:
             self._broken = name
@@ -378,22 +383,36 @@ class ProxyWasm:
             raise WasmTrap(f"{name} trapped: {reason}", name, exhausted) from None
         finally:
             self.current_callback = outer
+            self._view = None  # the module ran: its memory may have grown or moved
         return int(result) if isinstance(result, int) else None
 
     def _set_fuel(self) -> None:
         if self.fuel is not None:
             self._store.set_fuel(self.fuel)
 
-    # memory, for the host functions
+    # memory, for the host functions (through one raw view per host call: the wasmtime
+    # accessors cost a foreign call each)
+
+    def _memory_view(self) -> tuple[int, int]:
+        if self._view is None:
+            length = int(self._memory.data_len(self._store))
+            base = ctypes.addressof(self._memory.data_ptr(self._store).contents) if length else 0
+            self._view = (base, length)
+        return self._view
 
     def memory_size(self) -> int:
-        return int(self._memory.data_len(self._store))
+        return self._memory_view()[1]
 
     def memory_read(self, ptr: int, size: int) -> bytes:
-        return bytes(self._memory.read(self._store, ptr, ptr + size))
+        """``size`` bytes at ``ptr``; the caller has checked the bounds."""
+        return ctypes.string_at(self._memory_view()[0] + ptr, size)
 
     def memory_write(self, ptr: int, data: bytes) -> None:
-        self._memory.write(self._store, data, ptr)
+        """``data`` at ``ptr``; the caller has checked the bounds."""
+        ctypes.memmove(self._memory_view()[0] + ptr, data, len(data))
+
+    def host_call_starts(self) -> None:
+        self._view = None  # the module ran since the last host call
 
     def allocate(self, size: int) -> int:
         from .errors import MemoryAccess
@@ -622,9 +641,10 @@ def _abi_of(module: wasmtime.Module) -> str:
     raise UnsupportedAbi("not a proxy-wasm module: it exports no proxy_abi_version_* function")
 
 
-def _guard(function: Callable[..., Any], name: str) -> Callable[..., Any]:
+def _guard(host: ProxyWasm, function: Callable[..., Any], name: str) -> Callable[..., Any]:
     """Host functions get plain ints; results are ints (or nothing)."""
     def call(*args: Any) -> Any:
+        host.host_call_starts()
         result = function(*args)
         return int(result) if result is not None else None
     call.__name__ = name

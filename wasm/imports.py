@@ -36,16 +36,20 @@ class HostFunctions:
 
     # memory
 
-    def read(self, function: str, ptr: int, size: int) -> bytes:
+    def check(self, function: str, ptr: int, size: int) -> None:
         length = self.host.memory_size()
         if ptr < 0 or size < 0 or ptr + size > length:
             raise MemoryAccess(f"{function}: the module passed {size} bytes at {ptr}, outside "
                                f"its {length}-byte memory")
-        return self.host.memory_read(ptr, size)
+
+    def read(self, function: str, ptr: int, size: int) -> bytes:
+        self.check(function, ptr, size)
+        return self.host.memory_read(ptr, size) if size else b""
 
     def write(self, function: str, ptr: int, data: bytes) -> None:
-        self.read(function, ptr, len(data))  # bounds check
-        self.host.memory_write(ptr, data)
+        self.check(function, ptr, len(data))
+        if data:
+            self.host.memory_write(ptr, data)
 
     def put_u32(self, function: str, ptr: int, value: int) -> None:
         self.write(function, ptr, struct.pack("<I", value & 0xFFFFFFFF))
