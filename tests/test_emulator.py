@@ -246,3 +246,18 @@ def test_step_by_step_http_context():
     assert context.take_body("request") == b"prefix:ab"
     assert ("x-copied", "1") in context.headers(MapType.REQUEST_HEADERS)
     context.finish()
+
+
+def test_host_calls_inside_a_loop_do_not_refill_the_fuel():
+    """Allocations the host makes during a callback spend the callback's budget."""
+    module = _module("""(loop $again
+          (drop (call $get_header (i32.const 0) (i32.const 512) (i32.const 5) (i32.const 0)
+                                  (i32.const 4)))
+          (br $again))
+        (i32.const 0)""", imports="""
+        (import "env" "proxy_get_header_map_value"
+          (func $get_header (param i32 i32 i32 i32 i32) (result i32)))
+        (data (i32.const 512) ":path")""")
+    with pytest.raises(WasmTrap, match="ran out of fuel") as out:
+        ProxyWasm(module, fuel=200_000).request()
+    assert out.value.callback == "proxy_on_request_headers"
