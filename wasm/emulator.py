@@ -368,12 +368,23 @@ class ProxyWasm:
         if function is None:
             return None
         outer, self.current_callback = self.current_callback, name
-        if not outer:
-            self._set_fuel()
         try:
-            result = function(self._store, *args)
+            if outer:  # the host calling in (an allocation) while a callback runs: its
+                # budget and its trap, reported for the callback
+                result = function(self._store, *args)
+            else:
+                self._set_fuel()
+                result = self._top_level(name, function, args)
+        finally:
+            self.current_callback = outer
+            self._view = None  # the module ran: its memory may have grown or moved
+        return int(result) if isinstance(result, int) else None
+
+    def _top_level(self, name: str, function: wasmtime.Func, args: tuple[int, ...]) -> Any:
+        try:
+            return function(self._store, *args)
         except HostError:
-            self._broken = self._broken or name
+            self._broken = name
             raise
         except wasmtime.Trap as exc:
             self._broken = name
@@ -381,10 +392,6 @@ class ProxyWasm:
             reason = (f"ran out of fuel after {self.fuel} instructions (a loop?); raise "
                       "fuel= if it needs more" if exhausted else _first_line(exc))
             raise WasmTrap(f"{name} trapped: {reason}", name, exhausted) from None
-        finally:
-            self.current_callback = outer
-            self._view = None  # the module ran: its memory may have grown or moved
-        return int(result) if isinstance(result, int) else None
 
     def _set_fuel(self) -> None:
         if self.fuel is not None:
