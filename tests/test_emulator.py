@@ -23,8 +23,10 @@ def _wat(name: str) -> bytes:
     return bytes(wasmtime.wat2wasm((WAT / name).read_text()))
 
 
-def _module(body: str, imports: str = "", memory: int = 1, abi: str = "0_2_1") -> bytes:
-    """A minimal proxy-wasm module around ``body`` (the request headers callback)."""
+def _module(body: str, imports: str = "", memory: int = 1, abi: str = "0_2_1",
+            extra: str = "", configure: str = "(i32.const 1)") -> bytes:
+    """A minimal proxy-wasm module around ``body`` (the request headers callback); ``extra``
+    adds functions (other callbacks)."""
     return bytes(wasmtime.wat2wasm(f"""(module {imports}
       (memory (export "memory") {memory})
       (global $heap (mut i32) (i32.const 1024))
@@ -34,8 +36,9 @@ def _module(body: str, imports: str = "", memory: int = 1, abi: str = "0_2_1") -
         (global.set $heap (i32.add (global.get $heap) (local.get $n))) (local.get $at))
       (func (export "proxy_on_context_create") (param i32 i32))
       (func (export "proxy_on_vm_start") (param i32 i32) (result i32) (i32.const 1))
-      (func (export "proxy_on_configure") (param i32 i32) (result i32) (i32.const 1))
+      (func (export "proxy_on_configure") (param i32 i32) (result i32) {configure})
       (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32) {body})
+      {extra}
       (func (export "proxy_on_done") (param i32) (result i32) (i32.const 1)))"""))
 
 
@@ -69,7 +72,7 @@ def test_host_calls_module_headers_body_properties_and_config():
     assert result.response_header("x-config") == "cfg-1"
     assert [line.message for line in result.logs] == ["request headers"]
     assert result.logs[0].level == LogLevel.INFO
-    assert plugin.shared_data[b"time"] == (struct.pack("<Q", 1_234_567_890_123), 1)
+    assert plugin.shared_data.get(b"time") == (struct.pack("<Q", 1_234_567_890_123), 1)
     assert plugin.metrics.snapshot() == {"requests": 1}
 
 
@@ -83,7 +86,9 @@ def test_host_calls_module_ticks_shared_data_and_metrics_across_requests():
     assert after.request_header("x-ticked") == "yes"
     assert after.response_header("x-config") == "none"  # empty configuration
     assert plugin.metrics.snapshot() == {"requests": 2}
-    assert plugin.shared_data[b"time"][1] == 2  # the cas moved on with each set
+    # One CAS counter for every key, as in Envoy: time (1), ticked (2), time again (3).
+    assert plugin.shared_data.get(b"ticked") == (b"yes", 2)
+    assert plugin.shared_data.get(b"time")[1] == 3
 
 
 @pytest.mark.parametrize(("fixture", "root_id"), [("wat_template_module", ""),
@@ -261,3 +266,165 @@ def test_host_calls_inside_a_loop_do_not_refill_the_fuel():
     with pytest.raises(WasmTrap, match="ran out of fuel") as out:
         ProxyWasm(module, fuel=200_000).request()
     assert out.value.callback == "proxy_on_request_headers"
+
+
+# Envoy's rules (proxy-wasm-cpp-host and Envoy's wasm context), each checked here
+
+HOST = r"""
+  (import "env" "proxy_log" (func $log (param i32 i32 i32) (result i32)))
+  (import "env" "proxy_get_buffer_bytes"
+    (func $get_buffer (param i32 i32 i32 i32 i32) (result i32)))
+  (import "env" "proxy_set_buffer_bytes"
+    (func $set_buffer (param i32 i32 i32 i32 i32) (result i32)))
+  (import "env" "proxy_add_header_map_value" (func $add (param i32 i32 i32 i32 i32) (result i32)))
+  (import "env" "proxy_get_header_map_pairs" (func $pairs (param i32 i32 i32) (result i32)))
+  (import "env" "proxy_get_property" (func $property (param i32 i32 i32 i32) (result i32)))
+  (import "env" "proxy_send_local_response"
+    (func $local (param i32 i32 i32 i32 i32 i32 i32 i32) (result i32)))
+  (data (i32.const 100) "x-late")
+  (data (i32.const 112) "1")
+  (data (i32.const 120) "request\00path")
+  (data (i32.const 140) "x-statuses")
+  (data (i32.const 160) "!")
+  (data (i32.const 170) "not ok here")
+  (data (i32.const 200) "\01\00\00\00" "\0c\00\00\00\10\00\00\00"
+                        "content-type\00application/json\00")
+  (data (i32.const 300) "{}")
+  (data (i32.const 320) "log")
+  (data (i32.const 330) "done")
+"""
+
+
+def _digit(status_call: str, at: int) -> str:
+    """Store a call's status as an ASCII digit at ``at``."""
+    return f"(i32.store8 (i32.const {at}) (i32.add (i32.const 48) {status_call}))"
+
+
+def test_maps_buffers_and_properties_exist_only_when_envoy_lends_them():
+    statuses = "".join([
+        _digit("(call $add (i32.const 0) (i32.const 100) (i32.const 6) (i32.const 112) "
+               "(i32.const 1))", 400),  # request headers, after they were forwarded
+        _digit("(call $property (i32.const 120) (i32.const 12) (i32.const 0) (i32.const 4))",
+               401),  # request.path, read from those headers
+        _digit("(call $get_buffer (i32.const 7) (i32.const 0) (i32.const 10) (i32.const 0) "
+               "(i32.const 4))", 402),  # the plugin configuration, outside on_configure
+        _digit("(call $pairs (i32.const 1) (i32.const 0) (i32.const 4))", 403),  # trailers
+    ])
+    module = _module("(i32.const 0)", imports=HOST, extra=f"""
+      (func (export "proxy_on_response_headers") (param i32 i32 i32) (result i32)
+        {statuses}
+        (drop (call $add (i32.const 2) (i32.const 140) (i32.const 10) (i32.const 400)
+                         (i32.const 4)))
+        (i32.const 0))""")
+    result = ProxyWasm(module, plugin_configuration="cfg").request()
+    # BAD_ARGUMENT, NOT_FOUND, NOT_FOUND, OK (an empty map)
+    assert result.response_header("x-statuses") == "2110"
+    assert result.request_header("x-late") is None
+
+
+def test_body_buffer_reads_whole_and_edits_only_at_the_ends():
+    module = _module("(i32.const 0)", imports=HOST, extra=_digit_body())
+    result = ProxyWasm(module).request(method="POST", body=b"abc")
+    # read with length 0xFFFFFFFF (all of it) and appended; "!" appended at 0xFFFFFFFF; an
+    # insert in the middle refused (BAD_ARGUMENT: 2)
+    assert result.request_body == b"abcabc!"
+    assert [line.message for line in result.logs] == ["2"]
+
+
+def _digit_body() -> str:
+    return """
+      (func (export "proxy_on_request_body") (param i32 i32 i32) (result i32)
+        (drop (call $get_buffer (i32.const 0) (i32.const 0) (i32.const -1) (i32.const 0)
+                                (i32.const 4)))
+        (drop (call $set_buffer (i32.const 0) (i32.const -1) (i32.const 0)
+                                (i32.load (i32.const 0)) (i32.load (i32.const 4))))
+        (drop (call $set_buffer (i32.const 0) (i32.const -1) (i32.const 0) (i32.const 160)
+                                (i32.const 1)))
+        (i32.store8 (i32.const 500) (i32.add (i32.const 48)
+          (call $set_buffer (i32.const 0) (i32.const 2) (i32.const 0) (i32.const 160)
+                            (i32.const 1))))
+        (drop (call $log (i32.const 2) (i32.const 500) (i32.const 1)))
+        (i32.const 0))"""
+
+
+def test_local_reply_headers_details_and_header_action_2():
+    replying = _module("""(drop (call $local (i32.const 418) (i32.const 170) (i32.const 11)
+                              (i32.const 300) (i32.const 2) (i32.const 200) (i32.const 42)
+                              (i32.const -1)))
+                          (i32.const 1)""", imports=HOST)
+    result = ProxyWasm(replying).request()
+    assert result.status == 418 and result.response_body == b"{}"
+    assert [v for k, v in result.response_headers if k == "content-type"] == [
+        "application/json"]  # the filter's own, not text/plain beside it
+    assert result.response_header("content-length") == "2"
+    assert result.local_response is not None
+    assert result.local_response.details == "not_ok_here"
+    assert result.local_response.grpc_status is None
+    onward = ProxyWasm(_module("(i32.const 2)")).request()  # ContinueAndEndStream
+    assert onward.upstream_reached and onward.paused is None
+
+
+def test_stream_end_runs_on_log_before_on_done():
+    module = _module("(i32.const 0)", imports=HOST, extra="""
+      (func (export "proxy_on_log") (param i32)
+        (drop (call $log (i32.const 2) (i32.const 320) (i32.const 3))))
+      (func (export "proxy_on_delete") (param i32)
+        (drop (call $log (i32.const 2) (i32.const 330) (i32.const 4))))""")
+    plugin = ProxyWasm(module)
+    plugin.request()
+    assert [line.message for line in plugin.logs] == ["log", "done"]
+
+
+def test_a_plugin_refusing_its_configuration_fails_to_start():
+    from wasm.errors import StartFailed
+
+    with pytest.raises(StartFailed, match="proxy_on_configure answered false"):
+        ProxyWasm(_module("(i32.const 0)", configure="(i32.const 0)"),
+                  plugin_configuration="bad")
+
+
+def test_imports_declared_with_another_signature_or_for_another_abi_are_refused():
+    wrong = _module("(i32.const 0)",
+                    imports='(import "env" "proxy_log" (func (param i32 i32) (result i32)))')
+    with pytest.raises(MissingImports, match=r"env\.proxy_log \(declared with another signature"):
+        ProxyWasm(wrong)
+    old = _module("(i32.const 0)", abi="0_2_0",
+                  imports='(import "env" "proxy_get_log_level" (func (param i32) '
+                          '(result i32)))')
+    with pytest.raises(MissingImports, match=r"env\.proxy_get_log_level"):
+        ProxyWasm(old)
+    ProxyWasm(_module("(i32.const 0)", imports='(import "env" "proxy_get_log_level" '
+                                               '(func (param i32) (result i32)))'))
+
+
+def test_header_map_rules():
+    from wasm.headers import HeaderMap
+
+    headers = HeaderMap([(b"X-Forwarded-For", b"1.1.1.1"), (b"x-tag", b"a"),
+                         (b":path", b"/")])
+    headers.add(b"x-forwarded-for", b"2.2.2.2")  # inline: joined into one entry
+    headers.add(b"x-tag", b"b")  # others: one entry per value
+    headers.add(b":authority", b"h")  # pseudo-headers stay in front
+    headers.replace(b"x-tag", b"c")  # every entry goes, the new one at the end
+    assert headers.pairs == [(b":path", b"/"), (b":authority", b"h"),
+                             (b"x-forwarded-for", b"1.1.1.1,2.2.2.2"), (b"x-tag", b"c")]
+    assert headers.byte_size() == sum(len(k) + len(v) for k, v in headers.pairs)
+
+
+def test_metric_ids_carry_their_type_and_counters_add():
+    from wasm.abi import MetricType, Status
+    from wasm.state import Metrics
+
+    metrics = Metrics()
+    counter = metrics.define(MetricType.COUNTER, "c")
+    gauge = metrics.define(MetricType.GAUGE, "g")
+    histogram = metrics.define(MetricType.HISTOGRAM, "h")
+    assert (counter % 4, gauge % 4, histogram % 4) == (0, 1, 2)
+    assert metrics.define(MetricType.COUNTER, "c") != counter  # a fresh id, the same stat
+    assert metrics.increment(counter, 0) == Status.BAD_ARGUMENT
+    assert metrics.record(counter, 5) == Status.OK and metrics.record(counter, 2) == Status.OK
+    assert metrics.value_of(counter) == (Status.OK, 7)
+    assert metrics.increment(gauge, -3) == Status.OK
+    assert metrics.value_of(histogram) == (Status.BAD_ARGUMENT, 0)
+    assert metrics.record(histogram, 9) == Status.OK
+    assert metrics.snapshot() == {"c": 7, "g": -3, "h": [9]}

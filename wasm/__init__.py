@@ -1,17 +1,19 @@
 """envoy-extkit's Wasm tools: validate and inspect proxy-wasm modules, verify digests, and run
 filters in a proxy-wasm host emulator (:mod:`wasm.emulator`) from tests."""
 
-from .emulator import HttpResult, LocalResponse, LogLine, ProxyWasm
+from .emulator import LogLine, ProxyWasm
 from .errors import (
     DigestMismatch,
     HostError,
     InvalidModule,
     MemoryAccess,
     MissingImports,
+    StartFailed,
     UnsupportedAbi,
     WasmError,
     WasmTrap,
 )
+from .exchange import HttpResult, LocalResponse
 from .module import (
     KNOWN_ABIS,
     ModuleInfo,
@@ -34,6 +36,7 @@ __all__ = [
     "MissingImports",
     "ModuleInfo",
     "ProxyWasm",
+    "StartFailed",
     "UnsupportedAbi",
     "WasmError",
     "WasmTrap",

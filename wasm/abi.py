@@ -98,9 +98,6 @@ HOST_FUNCTIONS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "proxy_send_local_response": ((I32, I32, I32, I32, I32, I32, I32, I32), (I32,)),
     "proxy_continue_stream": ((I32,), (I32,)),
     "proxy_close_stream": ((I32,), (I32,)),
-    "proxy_continue_request": ((), (I32,)),  # ABI 0.2.0
-    "proxy_continue_response": ((), (I32,)),  # ABI 0.2.0
-    "proxy_clear_route_cache": ((), (I32,)),
     "proxy_set_effective_context": ((I32,), (I32,)),
     "proxy_done": ((), (I32,)),
     "proxy_get_shared_data": ((I32, I32, I32, I32, I32), (I32,)),
@@ -110,7 +107,9 @@ HOST_FUNCTIONS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "proxy_record_metric": ((I32, I64), (I32,)),
     "proxy_get_metric": ((I32, I32), (I32,)),
 }
-"""The host functions the emulator implements."""
+"""The host functions the emulator implements (for ABI 0.2.0, less ``proxy_get_log_level``,
+which Envoy gives 0.2.1 modules only)."""
+ONLY_0_2_1 = frozenset({"proxy_get_log_level"})
 
 STUBBED_FUNCTIONS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     # Provided so that SDKs which import them load; each answers UNIMPLEMENTED.
@@ -139,9 +138,27 @@ WASI_FUNCTIONS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "clock_time_get": ((I32, I64, I32), (I32,)),
     "random_get": ((I32, I32), (I32,)),
     "sched_yield": ((), (I32,)),
+    # no files: these answer EBADF (or ENOSYS), as for a module with nothing preopened
+    "fd_read": ((I32, I32, I32, I32), (I32,)),
+    "fd_seek": ((I32, I64, I32, I32), (I32,)),
+    "fd_close": ((I32,), (I32,)),
+    "fd_fdstat_get": ((I32, I32), (I32,)),
+    "fd_fdstat_set_flags": ((I32, I32), (I32,)),
+    "fd_prestat_get": ((I32, I32), (I32,)),
+    "fd_prestat_dir_name": ((I32, I32, I32), (I32,)),
+    "fd_filestat_get": ((I32, I32), (I32,)),
+    "path_open": ((I32, I32, I32, I32, I32, I64, I64, I32, I32), (I32,)),
+    "path_filestat_get": ((I32, I32, I32, I32, I32), (I32,)),
+    "clock_res_get": ((I32, I32), (I32,)),
+    "poll_oneoff": ((I32, I32, I32, I32), (I32,)),
 }
 """The WASI calls proxy-wasm SDKs make (stdout/stderr to the log, no files)."""
 WASI_MODULES = ("wasi_snapshot_preview1", "wasi_unstable")
+ENV_EXTRAS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    # what Emscripten-built modules import
+    "emscripten_notify_memory_growth": ((I32,), ()),
+    "pthread_equal": ((I32, I32), (I32,)),
+}
 
 
 def serialize_map(pairs: Iterable[tuple[bytes, bytes]]) -> bytes:
@@ -154,7 +171,8 @@ def serialize_map(pairs: Iterable[tuple[bytes, bytes]]) -> bytes:
 
 
 def deserialize_map(data: bytes) -> list[tuple[bytes, bytes]]:
-    """The inverse of :func:`serialize_map`; ValueError on a malformed map."""
+    """The inverse of :func:`serialize_map`, as strict as Envoy: every name and value ends
+    with a NUL and the sizes add up to the whole buffer; ValueError otherwise."""
     if len(data) < 4:
         if data:
             raise ValueError("a header map shorter than its count")
@@ -169,17 +187,31 @@ def deserialize_map(data: bytes) -> list[tuple[bytes, bytes]]:
         end = at + key_size + 1 + value_size + 1
         if end > len(data):
             raise ValueError("a header map's pairs run past its end")
-        key = data[at:at + key_size]
-        value = data[at + key_size + 1:at + key_size + 1 + value_size]
-        pairs.append((key, value))
+        if data[at + key_size] != 0 or data[end - 1] != 0:
+            raise ValueError("a header map's name or value does not end with a NUL")
+        pairs.append((data[at:at + key_size], data[at + key_size + 1:end - 1]))
         at = end
+    if at != len(data):
+        raise ValueError("a header map has bytes past its last pair")
     return pairs
 
 
-def provided_imports() -> dict[tuple[str, str], str]:
+Signature = tuple[tuple[str, ...], tuple[str, ...]]
+
+
+def import_signatures(abi: str = "0_2_1") -> dict[tuple[str, str], Signature]:
+    """(module, name) -> (params, results) of every import the emulator gives a module of
+    ``abi``, as Envoy gives them."""
+    found = {("env", n): sig for n, sig in HOST_FUNCTIONS.items()
+             if abi == "0_2_1" or n not in ONLY_0_2_1}
+    found.update({("env", n): sig for n, sig in STUBBED_FUNCTIONS.items()})
+    found.update({("env", n): sig for n, sig in ENV_EXTRAS.items()})
+    found.update({(m, n): sig for m in WASI_MODULES for n, sig in WASI_FUNCTIONS.items()})
+    return found
+
+
+def provided_imports(abi: str = "0_2_1") -> dict[tuple[str, str], str]:
     """What the emulator gives a module: (module, name) -> ``"implemented"`` or ``"stub"``
     (present, answers UNIMPLEMENTED)."""
-    found = {("env", n): "implemented" for n in HOST_FUNCTIONS}
-    found.update({("env", n): "stub" for n in STUBBED_FUNCTIONS})
-    found.update({(m, n): "implemented" for m in WASI_MODULES for n in WASI_FUNCTIONS})
-    return found
+    return {key: "stub" if key[0] == "env" and key[1] in STUBBED_FUNCTIONS else "implemented"
+            for key in import_signatures(abi)}

@@ -1,6 +1,6 @@
 """A proxy-wasm host on wasmtime: run a filter's callbacks from Python, no Envoy needed.
 
-    from wasm.emulator import ProxyWasm
+    from wasm import ProxyWasm
 
     def test_tags_responses():
         with ProxyWasm("build/filter.wasm", plugin_configuration="tagged") as plugin:
@@ -8,12 +8,12 @@
         assert result.response_header("x-filter") == "tagged"
 
 Any module speaking ABI 0.2.0 or 0.2.1 (Rust, Go, C++, AssemblyScript, WAT) loads; its imports
-are checked at load time, so one the emulator does not provide is named then, not trapped on
-later. Each callback runs with a fuel budget (a loop fails the call instead of hanging the
-test) and the store has a memory limit. HTTP exchanges follow Envoy's order: request headers,
-body chunks (buffered while the filter asks), trailers, the upstream's answer, response
-phases; a local response is sent back through the filter's own response callbacks, as
-Envoy's local replies are.
+are checked at load time (names and signatures), so one the emulator does not provide is named
+then, not trapped on later. Each callback runs with a fuel budget (a loop fails the call
+instead of hanging the test) and the store has a memory limit. The host answers as Envoy's
+does (proxy-wasm-cpp-host and Envoy's wasm context): which maps and buffers exist in which
+callback, header-map rules, statuses; see :mod:`wasm.imports` for the one deliberate
+difference.
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ import itertools
 import os
 import struct
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,23 +35,40 @@ from .abi import (
     HEADER_ACTIONS,
     LogLevel,
     MapType,
-    MetricType,
-    Status,
-    serialize_map,
+    import_signatures,
 )
-from .errors import HostError, MissingImports, UnsupportedAbi, WasmTrap
+from .errors import (
+    HostError,
+    InvalidModule,
+    MemoryAccess,
+    MissingImports,
+    StartFailed,
+    UnsupportedAbi,
+    WasmTrap,
+)
+from .exchange import (
+    HttpResult,
+    LocalResponse,
+    Pairs,
+    Request,
+    Upstream,
+    chunks_of,
+    pairs_of,
+    run,
+)
+from .headers import HeaderMap
 from .imports import HostFunctions
 from .module import ABI_PREFIX
+from .state import Metrics, SharedData
 
-__all__ = ["Action", "HttpContext", "HttpResult", "LocalResponse", "LogLine", "ProxyWasm"]
+__all__ = ["Action", "HttpContext", "LogLine", "ProxyWasm"]
 
 SUPPORTED_ABIS = ("0_2_0", "0_2_1")
 DEFAULT_FUEL = 500_000_000
 """Wasm instructions one callback may run (roughly a second of work)."""
 DEFAULT_MEMORY_LIMIT = 256 * 1024 * 1024
 ROOT_CONTEXT_ID = 1
-
-Pairs = Mapping[str, str] | Iterable[tuple[str, str]]
+_TYPES = {"i32": wasmtime.ValType.i32(), "i64": wasmtime.ValType.i64()}
 
 
 @dataclass(frozen=True)
@@ -67,184 +84,121 @@ class Action:
 
     value: int
     name: str
-
-    @property
-    def continues(self) -> bool:
-        return self.value == 0
+    continues: bool
 
 
-@dataclass
-class LocalResponse:
-    status: int
-    body: bytes
-    headers: list[tuple[str, str]]
-    details: str
-    grpc_status: int | None = None
-
-
-def _pairs(values: Pairs | None) -> list[tuple[bytes, bytes]]:
-    items = values.items() if isinstance(values, Mapping) else (values or ())
-    return [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in items]
-
-
-def _text(pairs: Sequence[tuple[bytes, bytes]]) -> list[tuple[str, str]]:
-    return [(k.decode("latin-1"), v.decode("latin-1")) for k, v in pairs]
-
-
-@dataclass
-class HttpResult:
-    """One request through the filter, as the upstream and the client saw it."""
-
-    request_headers: list[tuple[str, str]]
-    """What the upstream received (empty when the filter answered first)."""
-    request_body: bytes
-    response_headers: list[tuple[str, str]]
-    """What the client received (the local response's, after the filter's response callback)."""
-    response_body: bytes
-    request_trailers: list[tuple[str, str]] | None = None
-    response_trailers: list[tuple[str, str]] | None = None
-    local_response: LocalResponse | None = None
-    upstream_reached: bool = False
-    actions: list[tuple[str, Action]] = field(default_factory=list)
-    """Each callback and what it answered, in order."""
-    paused: str | None = None
-    """The phase where the filter paused without continuing (Envoy would wait there)."""
-    logs: list[LogLine] = field(default_factory=list)
-    """Log lines of this request's context."""
-
-    @property
-    def status(self) -> int:
-        return int(self.response_header(":status") or 0)
-
-    def request_header(self, name: str) -> str | None:
-        return _first(self.request_headers, name)
-
-    def response_header(self, name: str) -> str | None:
-        return _first(self.response_headers, name)
-
-
-def _first(pairs: Sequence[tuple[str, str]], name: str) -> str | None:
-    return next((v for k, v in pairs if k == name.lower()), None)
-
-
-class _Metrics:
-    def __init__(self) -> None:
-        self.kinds: dict[int, MetricType] = {}
-        self.names: dict[str, int] = {}
-        self.values: dict[int, int] = {}
-        self.samples: dict[int, list[int]] = {}
-
-    def define(self, kind: MetricType, name: str) -> int:
-        if name not in self.names:
-            metric_id = len(self.names) + 1
-            self.names[name], self.kinds[metric_id] = metric_id, kind
-            self.values[metric_id], self.samples[metric_id] = 0, []
-        return self.names[name]
-
-    def increment(self, metric_id: int, offset: int) -> int:
-        kind = self.kinds.get(metric_id)
-        if kind is None:
-            return Status.NOT_FOUND
-        if kind == MetricType.HISTOGRAM or (kind == MetricType.COUNTER and offset < 0):
-            return Status.BAD_ARGUMENT
-        self.values[metric_id] += offset
-        return Status.OK
-
-    def record(self, metric_id: int, value: int) -> int:
-        kind = self.kinds.get(metric_id)
-        if kind is None:
-            return Status.NOT_FOUND
-        if kind == MetricType.HISTOGRAM:
-            self.samples[metric_id].append(value)
-        else:
-            self.values[metric_id] = value
-        return Status.OK
-
-    def value_of(self, metric_id: int) -> int | None:
-        if metric_id not in self.kinds:
-            return None
-        if self.kinds[metric_id] == MetricType.HISTOGRAM:
-            return None  # Envoy keeps no single value for a histogram
-        return self.values[metric_id]
-
-    def snapshot(self) -> dict[str, int | list[int]]:
-        return {name: (self.samples[i] if self.kinds[i] == MetricType.HISTOGRAM
-                       else self.values[i]) for name, i in self.names.items()}
+def _encode(pairs: Sequence[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
+    return [(k.encode("latin-1"), v.encode("latin-1")) for k, v in pairs]
 
 
 class HttpContext:
-    """One HTTP stream inside the filter; call the phases in order, or use
-    :meth:`ProxyWasm.request` for a whole exchange."""
+    """One HTTP stream inside the filter. Envoy lends the filter a header map only during the
+    callback for it (and, read-only, during ``proxy_on_log``); so does the emulator."""
 
     def __init__(self, host: ProxyWasm, context_id: int) -> None:
         self.host = host
         self.context_id = context_id
-        self.maps: dict[MapType, list[tuple[bytes, bytes]]] = {}
-        self.buffers: dict[str, bytes] = {}
+        self.maps: dict[MapType, HeaderMap] = {}
+        self.live: set[MapType] = set()
+        self.logging = False
+        self.buffers = {"request": b"", "response": b""}
+        self.held = {"request": b"", "response": b""}
         self.local_response: LocalResponse | None = None
         self.continued: set[str] = set()
-        self.closed = False
-        self.route_cache_cleared = False
-        self.properties: dict[str, bytes] = {}
+        self.reset = False
+        self.finishing = False
+        self.response_started = False
+        self.response_code: int | None = None
+        self.filter_state: dict[bytes, bytes] = {}
         self.actions: list[tuple[str, Action]] = []
+
+    def map_for(self, kind: MapType, write: bool) -> HeaderMap | None:
+        if kind in self.live or (self.logging and not write):
+            return self.maps.get(kind)
+        return None
 
     def send_local_response(self, status: int, body: bytes, headers: list[tuple[bytes, bytes]],
                             details: str, grpc_status: int | None) -> None:
-        self.local_response = LocalResponse(status, body, _text(headers), details, grpc_status)
+        self.local_response = LocalResponse(status, body, HeaderMap(headers).text(), details,
+                                            grpc_status)
 
-    def _call(self, callback: str, *args: int, body: bool = False) -> Action:
-        value = self.host.call(callback, self.context_id, *args)
+    def _call(self, callback: str, lends: MapType | None, *args: int) -> Action:
+        if lends is not None:
+            self.live.add(lends)
+        try:
+            value = self.host.call(callback, self.context_id, *args)
+        finally:
+            self.live.clear()
         value = 0 if value is None else value
-        action = Action(value, (BODY_ACTIONS if body else HEADER_ACTIONS).get(value, "Unknown"))
+        body = callback.endswith("_body")
+        # Envoy takes a headers answer of 2 (ContinueAndEndStream) as Continue.
+        continues = value == 0 or (not body and value == 2)
+        action = Action(value, (BODY_ACTIONS if body else HEADER_ACTIONS).get(value, "Unknown"),
+                        continues)
         self.actions.append((callback.removeprefix("proxy_on_"), action))
         return action
 
     def on_request_headers(self, headers: Pairs, end_of_stream: bool = True) -> Action:
-        self.maps[MapType.REQUEST_HEADERS] = _pairs(headers)
-        return self._call("proxy_on_request_headers", len(self.maps[MapType.REQUEST_HEADERS]),
-                          int(end_of_stream))
+        self.maps[MapType.REQUEST_HEADERS] = HeaderMap(_encode(pairs_of(headers)))
+        return self._call("proxy_on_request_headers", MapType.REQUEST_HEADERS,
+                          len(self.maps[MapType.REQUEST_HEADERS].pairs), int(end_of_stream))
 
     def on_request_body(self, chunk: bytes, end_of_stream: bool) -> Action:
-        self.buffers["request"] = self.buffers.get("request", b"") + chunk
-        return self._call("proxy_on_request_body", len(self.buffers["request"]),
-                          int(end_of_stream), body=True)
+        self.buffers["request"] += chunk
+        return self._call("proxy_on_request_body", None, len(self.buffers["request"]),
+                          int(end_of_stream))
 
     def on_request_trailers(self, trailers: Pairs) -> Action:
-        self.maps[MapType.REQUEST_TRAILERS] = _pairs(trailers)
-        return self._call("proxy_on_request_trailers",
-                          len(self.maps[MapType.REQUEST_TRAILERS]))
+        self.maps[MapType.REQUEST_TRAILERS] = HeaderMap(_encode(pairs_of(trailers)))
+        return self._call("proxy_on_request_trailers", MapType.REQUEST_TRAILERS,
+                          len(self.maps[MapType.REQUEST_TRAILERS].pairs))
 
     def on_response_headers(self, headers: Pairs, end_of_stream: bool = True) -> Action:
-        self.maps[MapType.RESPONSE_HEADERS] = _pairs(headers)
-        return self._call("proxy_on_response_headers",
-                          len(self.maps[MapType.RESPONSE_HEADERS]), int(end_of_stream))
+        self.response_started = True
+        pairs = pairs_of(headers)
+        status = dict(pairs).get(":status")
+        self.response_code = int(status) if status and status.isdigit() else None
+        self.maps[MapType.RESPONSE_HEADERS] = HeaderMap(_encode(pairs))
+        return self._call("proxy_on_response_headers", MapType.RESPONSE_HEADERS,
+                          len(self.maps[MapType.RESPONSE_HEADERS].pairs), int(end_of_stream))
 
     def on_response_body(self, chunk: bytes, end_of_stream: bool) -> Action:
-        self.buffers["response"] = self.buffers.get("response", b"") + chunk
-        return self._call("proxy_on_response_body", len(self.buffers["response"]),
-                          int(end_of_stream), body=True)
+        self.buffers["response"] += chunk
+        return self._call("proxy_on_response_body", None, len(self.buffers["response"]),
+                          int(end_of_stream))
 
     def on_response_trailers(self, trailers: Pairs) -> Action:
-        self.maps[MapType.RESPONSE_TRAILERS] = _pairs(trailers)
-        return self._call("proxy_on_response_trailers",
-                          len(self.maps[MapType.RESPONSE_TRAILERS]))
+        self.maps[MapType.RESPONSE_TRAILERS] = HeaderMap(_encode(pairs_of(trailers)))
+        return self._call("proxy_on_response_trailers", MapType.RESPONSE_TRAILERS,
+                          len(self.maps[MapType.RESPONSE_TRAILERS].pairs))
 
     def take_body(self, direction: str) -> bytes:
-        """What the filter lets through of the buffered body (and empties the buffer)."""
-        return self.buffers.pop(direction, b"")
+        """What the filter lets through: data held back, then the buffer (both emptied)."""
+        data = self.held[direction] + self.buffers[direction]
+        self.held[direction] = self.buffers[direction] = b""
+        return data
+
+    def hold(self, direction: str) -> None:
+        """A stop other than StopIterationAndBuffer: Envoy keeps the data, but the next call
+        sees only the chunk that comes next."""
+        self.held[direction] += self.buffers[direction]
+        self.buffers[direction] = b""
 
     def headers(self, kind: MapType) -> list[tuple[str, str]]:
-        return _text(self.maps.get(kind, []))
+        found = self.maps.get(kind)
+        return found.text() if found is not None else []
 
     def finish(self) -> None:
-        """``proxy_on_done``, ``proxy_on_log``, ``proxy_on_delete``: the stream is over."""
-        for callback in ("proxy_on_done", "proxy_on_log", "proxy_on_delete"):
-            if self.host.has(callback):
-                self.host.call(callback, self.context_id)
-
-
-Upstream = Callable[[list[tuple[str, str]], bytes],
-                    tuple[int, Pairs, "bytes | Sequence[bytes]"]]
+        """The stream is over: ``proxy_on_log`` (the maps readable), then ``proxy_on_done``
+        and ``proxy_on_delete``, in Envoy's order."""
+        self.logging = True
+        try:
+            self.host.call("proxy_on_log", self.context_id)
+        finally:
+            self.logging = False
+        done = self.host.call("proxy_on_done", self.context_id)
+        self.finishing = done == 0  # the filter will call proxy_done itself
+        self.host.call("proxy_on_delete", self.context_id)
 
 
 class ProxyWasm:
@@ -253,32 +207,34 @@ class ProxyWasm:
     def __init__(self, module: bytes | bytearray | str | os.PathLike[str], *,
                  plugin_configuration: bytes | str = b"", vm_configuration: bytes | str = b"",
                  root_id: str = "", plugin_name: str = "plugin", vm_id: str = "",
-                 properties: Mapping[str, str | int | bytes] | None = None,
+                 properties: Mapping[str, str | int | bool | bytes] | None = None,
                  fuel: int | None = DEFAULT_FUEL,
                  memory_limit: int = DEFAULT_MEMORY_LIMIT,
-                 log_level: LogLevel = LogLevel.TRACE,
+                 log_level: LogLevel = LogLevel.INFO,
                  clock: Callable[[], int] = time.time_ns,
+                 monotonic: Callable[[], int] = time.monotonic_ns,
                  start: bool = True) -> None:
         data = (bytes(module) if isinstance(module, (bytes, bytearray))
                 else Path(module).read_bytes())
-        self.plugin_configuration = (plugin_configuration.encode()
-                                     if isinstance(plugin_configuration, str)
-                                     else plugin_configuration)
-        self.vm_configuration = (vm_configuration.encode() if isinstance(vm_configuration, str)
-                                 else vm_configuration)
+        self.plugin_configuration = _bytes(plugin_configuration)
+        self.vm_configuration = _bytes(vm_configuration)
         self.root_id, self.plugin_name, self.vm_id = root_id, plugin_name, vm_id
-        self.properties = {k: _encode_property(v) for k, v in (properties or {}).items()}
-        self.fuel, self.log_level, self.clock = fuel, log_level, clock
+        self.properties = {tuple(k.encode().split(b".")): _encode_property(v)
+                           for k, v in (properties or {}).items()}
+        self.fuel, self.log_level = fuel, log_level
+        self.clock, self.monotonic = clock, monotonic
         self.logs: list[LogLine] = []
-        self.shared_data: dict[bytes, tuple[bytes, int]] = {}
-        self.metrics = _Metrics()
+        self.shared_data = SharedData()
+        self.metrics = Metrics()
         self.tick_period_ms = 0
         self.http: HttpContext | None = None
+        self.phase = ""
         self.current_callback = ""
         self._context_id = ROOT_CONTEXT_ID
         self._ids = itertools.count(ROOT_CONTEXT_ID + 1)
         self._contexts: dict[int, HttpContext] = {}
         self._broken: str | None = None
+        self._view: tuple[int, int] | None = None
 
         config = wasmtime.Config()
         config.consume_fuel = fuel is not None
@@ -286,61 +242,89 @@ class ProxyWasm:
         try:
             self._module = wasmtime.Module(self._engine, data)
         except wasmtime.WasmtimeError as exc:
-            from .errors import InvalidModule
-
             raise InvalidModule(f"wasmtime rejects the module: {exc}") from None
         self.abi = _abi_of(self._module)
         self._store = wasmtime.Store(self._engine)
         self._store.set_limits(memory_size=memory_limit)
-        self._set_fuel()
-        linker = wasmtime.Linker(self._engine)
-        functions = HostFunctions(self).table()
-        missing = []
-        for item in self._module.imports:
-            key = (item.module, item.name or "")
-            if not isinstance(item.type, wasmtime.FuncType) or key not in functions:
-                missing.append(f"{item.module}.{item.name}")
-                continue
-            linker.define_func(item.module, item.name or "", item.type,
-                               _guard(self, functions[key], key[1]))
-        if missing:
-            raise MissingImports(f"the module imports what the emulator does not provide: "
-                                 f"{', '.join(missing)}", tuple(missing))
-        try:
-            self._instance = linker.instantiate(self._store, self._module)
-        except (wasmtime.WasmtimeError, wasmtime.Trap) as exc:
-            raise WasmTrap(f"instantiating the module failed: {_first_line(exc)}",
-                           "instantiate") from None
-        self._exports = self._instance.exports(self._store)
-        self._functions = {name: item for name, item in self._exports.items()
+        self._set_fuel()  # a start function runs while instantiating
+        self._instance = self._link()
+        exports = self._instance.exports(self._store)
+        self._functions = {name: item for name, item in exports.items()
                            if isinstance(item, wasmtime.Func)}
-        self._view: tuple[int, int] | None = None
-        memory = self._exports.get("memory") if "memory" in self._exports else None
+        memory = exports.get("memory") if "memory" in exports else None
         if not isinstance(memory, wasmtime.Memory):
             raise UnsupportedAbi("the module exports no memory named 'memory'")
         self._memory = memory
-        self._allocator = next((n for n in ("proxy_on_memory_allocate", "malloc")
-                                if self.has(n)), None)
+        # Envoy's preference: malloc, then proxy_on_memory_allocate.
+        self._allocator = next((n for n in ("malloc", "proxy_on_memory_allocate")
+                                if n in self._functions), None)
+        if self._allocator is None:
+            raise UnsupportedAbi("the module exports neither malloc nor "
+                                 "proxy_on_memory_allocate: the host could not hand it data")
         if start:
             self.start()
 
+    def _link(self) -> wasmtime.Instance:
+        linker = wasmtime.Linker(self._engine)
+        functions = HostFunctions(self).table()
+        signatures = import_signatures(self.abi)
+        problems = []
+        for item in self._module.imports:
+            key = (item.module, item.name or "")
+            label = f"{item.module}.{item.name}"
+            signature = signatures.get(key)
+            if signature is None or not isinstance(item.type, wasmtime.FuncType):
+                problems.append(label)
+                continue
+            expected = wasmtime.FuncType([_TYPES[t] for t in signature[0]],
+                                         [_TYPES[t] for t in signature[1]])
+            if (list(item.type.params) != list(expected.params)
+                    or list(item.type.results) != list(expected.results)):
+                problems.append(f"{label} (declared with another signature than the ABI's)")
+                continue
+            linker.define_func(item.module, item.name or "", expected,
+                               _guard(self, functions[key], signature[0]))
+        if problems:
+            raise MissingImports("the module imports what the emulator (and Envoy) does not "
+                                 f"provide: {', '.join(problems)}",
+                                 tuple(p.split(" ")[0] for p in problems))
+        try:
+            return linker.instantiate(self._store, self._module)
+        except (wasmtime.WasmtimeError, wasmtime.Trap) as exc:
+            raise WasmTrap(f"instantiating the module failed: {_first_line(exc)}",
+                           "instantiate") from None
+
     # lifecycle
 
-    def start(self) -> bool:
-        """``_initialize``/``_start``, the root context, ``proxy_on_vm_start`` and
-        ``proxy_on_configure``; False when the module refuses its configuration."""
-        for name in ("_initialize", "_start"):
-            if self.has(name):
-                self.call(name)
-                break
-        self.call("proxy_on_context_create", ROOT_CONTEXT_ID, 0)
-        started = self.call("proxy_on_vm_start", ROOT_CONTEXT_ID, len(self.vm_configuration))
-        configured = self.call("proxy_on_configure", ROOT_CONTEXT_ID,
-                               len(self.plugin_configuration))
-        return bool(started) and bool(configured)
+    def start(self) -> None:
+        """What Envoy does when it loads a plugin: ``_initialize`` (then ``main``), or
+        ``_start``; the root context; ``proxy_on_vm_start`` and ``proxy_on_configure`` with
+        the configurations. StartFailed when the module answers false to either."""
+        if "_initialize" in self._functions:
+            self.call("_initialize")
+            if "main" in self._functions:
+                self.call("main", 0, 0)
+            elif "__main_void" in self._functions:
+                self.call("__main_void")
+        elif "_start" in self._functions:
+            self.call("_start")
+        self.phase = "root_create"
+        try:
+            self.call("proxy_on_context_create", ROOT_CONTEXT_ID, 0)
+            self.phase = "vm_start"
+            if self.call("proxy_on_vm_start", ROOT_CONTEXT_ID, len(self.vm_configuration)) == 0:
+                raise StartFailed("proxy_on_vm_start answered false: Envoy would not load "
+                                  "the plugin")
+            self.phase = "configure"
+            if self.call("proxy_on_configure", ROOT_CONTEXT_ID,
+                         len(self.plugin_configuration)) == 0:
+                raise StartFailed("proxy_on_configure answered false: the plugin refuses its "
+                                  f"configuration ({self.plugin_configuration[:80]!r})")
+        finally:
+            self.phase = ""
 
     def close(self) -> None:
-        if self.has("proxy_on_done") and self._broken is None:
+        if self._broken is None:
             self.call("proxy_on_done", ROOT_CONTEXT_ID)
 
     def __enter__(self) -> ProxyWasm:
@@ -361,7 +345,8 @@ class ProxyWasm:
 
     def call(self, name: str, *args: int) -> int | None:
         """Call an export; a top-level call gets the fuel budget (calls the host makes while it
-        runs, such as allocations, spend from it). A trap becomes a WasmTrap naming it."""
+        runs, such as allocations, spend from it) and the context it names as the effective
+        one. A trap becomes a WasmTrap naming the callback."""
         if self._broken is not None:
             raise WasmTrap(f"the plugin is unusable after {self._broken} trapped", name)
         function = self._functions.get(name)
@@ -369,12 +354,17 @@ class ProxyWasm:
             return None
         outer, self.current_callback = self.current_callback, name
         try:
-            if outer:  # the host calling in (an allocation) while a callback runs: its
-                # budget and its trap, reported for the callback
+            if outer:  # the host calling in (an allocation) while a callback runs
                 result = function(self._store, *args)
             else:
+                saved = self._context_id, self.http
+                if name.startswith("proxy_on_") and args:
+                    self.set_effective_context(args[0])
                 self._set_fuel()
-                result = self._top_level(name, function, args)
+                try:
+                    result = self._top_level(name, function, args)
+                finally:
+                    self._context_id, self.http = saved
         finally:
             self.current_callback = outer
             self._view = None  # the module ran: its memory may have grown or moved
@@ -422,11 +412,7 @@ class ProxyWasm:
         self._view = None  # the module ran since the last host call
 
     def allocate(self, size: int) -> int:
-        from .errors import MemoryAccess
-
-        if self._allocator is None:
-            raise MemoryAccess("the module exports neither proxy_on_memory_allocate nor "
-                               "malloc: the host cannot hand it any data")
+        assert self._allocator is not None
         address = self.call(self._allocator, size) or 0
         if address == 0 or address + size > self.memory_size():
             raise MemoryAccess(f"{self._allocator}({size}) returned {address}, not memory "
@@ -445,54 +431,59 @@ class ProxyWasm:
         self.http = self._contexts.get(context_id)
         return True
 
-    def property(self, path: str) -> bytes | None:
+    def property(self, path: tuple[bytes, ...]) -> bytes | None:
+        """A property by its path segments, as Envoy resolves them: built-in attributes, then
+        the ones given to the emulator, then what the filter set on the stream."""
         context = self.http
-        if context is not None and path in context.properties:
-            return context.properties[path]
-        if path in self.properties:
-            return self.properties[path]
+        value = self._builtin(path, context)
+        if value is None:
+            value = self.properties.get(path)
+        if value is None and context is not None:
+            value = context.filter_state.get(b"\0".join(path))
+        return value
+
+    def _builtin(self, path: tuple[bytes, ...], context: HttpContext | None) -> bytes | None:
+        name = ".".join(p.decode("utf-8", "replace") for p in path)
         fixed = {"plugin_root_id": self.root_id, "plugin_name": self.plugin_name,
                  "plugin_vm_id": self.vm_id}
-        if path in fixed:
-            return fixed[path].encode()
+        if len(path) == 1:
+            return fixed[name].encode() if name in fixed else None
         if context is None:
             return None
-        request = dict(context.headers(MapType.REQUEST_HEADERS))
-        response = dict(context.headers(MapType.RESPONSE_HEADERS))
-        derived: dict[str, Any] = {
-            "request.path": request.get(":path"),
-            "request.url_path": (request.get(":path") or "").split("?")[0] or None,
-            "request.host": request.get(":authority"),
-            "request.scheme": request.get(":scheme"),
-            "request.method": request.get(":method"),
-            "request.id": request.get("x-request-id"),
-            "request.protocol": "HTTP/1.1",
-            "request.headers": serialize_map(context.maps.get(MapType.REQUEST_HEADERS, [])),
-            "response.code": int(response[":status"]) if ":status" in response else None,
-            "response.headers": (serialize_map(context.maps[MapType.RESPONSE_HEADERS])
-                                 if MapType.RESPONSE_HEADERS in context.maps else None),
+        request = context.map_for(MapType.REQUEST_HEADERS, write=False)
+        response = context.map_for(MapType.RESPONSE_HEADERS, write=False)
+        values: dict[str, Any] = {
             "source.address": "127.0.0.1:40000", "source.port": 40000,
             "destination.address": "127.0.0.1:10000", "destination.port": 10000,
+            "request.protocol": "HTTP/1.1", "response.code": context.response_code,
         }
-        value = derived.get(path)
+        if request is not None:  # Envoy reads these from the headers it still lends
+            path_value = (request.get(b":path") or b"").decode("latin-1")
+            values.update({
+                "request.path": path_value or None,
+                "request.url_path": path_value.split("?")[0] or None,
+                "request.query": path_value.partition("?")[2] or None,
+                "request.host": request.get(b":authority"),
+                "request.scheme": request.get(b":scheme"),
+                "request.method": request.get(b":method"),
+                "request.id": request.get(b"x-request-id"),
+                "request.useragent": request.get(b"user-agent"),
+                "request.referer": request.get(b"referer"),
+                "request.headers": _map_value(request),
+            })
+        if response is not None:
+            values["response.headers"] = _map_value(response)
+        value = values.get(name)
         return None if value is None else _encode_property(value)
-
-    def set_property(self, path: str, value: bytes) -> None:
-        if self.http is not None:
-            self.http.properties[path] = value
-        else:
-            self.properties[path] = value
 
     # HTTP
 
     def http_context(self) -> HttpContext:
-        """A new HTTP stream (``proxy_on_context_create``), made the current context."""
+        """A new HTTP stream (``proxy_on_context_create`` with the root as parent)."""
         context_id = next(self._ids)
         context = HttpContext(self, context_id)
         self._contexts[context_id] = context
-        self.set_effective_context(ROOT_CONTEXT_ID)
         self.call("proxy_on_context_create", context_id, ROOT_CONTEXT_ID)
-        self.set_effective_context(context_id)
         return context
 
     def request(self, *, method: str = "GET", path: str = "/", authority: str = "example.com",
@@ -509,131 +500,37 @@ class ProxyWasm:
         context = self.http_context()
         first = len(self.logs)
         try:
-            result = self._exchange(context, method, path, authority, headers,
-                                    _chunks(body), trailers, upstream, status,
-                                    response_headers, _chunks(response_body),
-                                    response_trailers)
+            result = run(context, Request(
+                method, path, authority, headers, chunks_of(body), trailers, upstream, status,
+                response_headers, chunks_of(response_body), response_trailers))
         finally:
             if self._broken is None:
                 context.finish()
-            self.set_effective_context(ROOT_CONTEXT_ID)
             self._contexts.pop(context.context_id, None)
         result.actions = context.actions
         result.logs = [line for line in self.logs[first:]
                        if line.context_id == context.context_id]
         return result
 
-    def _exchange(self, context: HttpContext, method: str, path: str, authority: str,
-                  headers: Pairs | None, chunks: list[bytes], trailers: Pairs | None,
-                  upstream: Upstream | None, status: int, response_headers: Pairs | None,
-                  response_chunks: list[bytes], response_trailers: Pairs | None) -> HttpResult:
-        request = [(":authority", authority), (":path", path), (":method", method),
-                   (":scheme", "http"), *(_text(_pairs(headers)))]
-        result = HttpResult([], b"", [], b"")
-        # request
-        action = context.on_request_headers(request, not chunks and trailers is None)
-        if context.local_response is not None:
-            return self._local_reply(context, result)
-        if not action.continues and "request" not in context.continued:
-            result.paused = "request_headers"
-            return result
-        sent, paused = self._body(context, "request", chunks, trailers is None)
-        if context.local_response is not None:
-            return self._local_reply(context, result)
-        if paused:
-            result.paused = "request_body"
-            return result
-        if trailers is not None:
-            context.on_request_trailers(trailers)
-            result.request_trailers = context.headers(MapType.REQUEST_TRAILERS)
-            if context.local_response is not None:
-                return self._local_reply(context, result)
-        result.request_headers = context.headers(MapType.REQUEST_HEADERS)
-        result.request_body = sent
-        result.upstream_reached = True
-        # the upstream
-        if upstream is not None:
-            status, response_headers, answer = upstream(result.request_headers, sent)
-            response_chunks = _chunks(answer)
-        response = [(":status", str(status)), *(_text(_pairs(response_headers)))]
-        # response
-        action = context.on_response_headers(response,
-                                             not response_chunks and response_trailers is None)
-        if context.local_response is not None:
-            return self._local_reply(context, result, run_filter=False)
-        if not action.continues and "response" not in context.continued:
-            result.paused = "response_headers"
-            return result
-        received, paused = self._body(context, "response", response_chunks,
-                                      response_trailers is None)
-        if context.local_response is not None:
-            return self._local_reply(context, result, run_filter=False)
-        if paused:
-            result.paused = "response_body"
-            return result
-        if response_trailers is not None:
-            context.on_response_trailers(response_trailers)
-            result.response_trailers = context.headers(MapType.RESPONSE_TRAILERS)
-        result.response_headers = context.headers(MapType.RESPONSE_HEADERS)
-        result.response_body = received
-        return result
 
-    def _body(self, context: HttpContext, direction: str, chunks: list[bytes],
-              ends: bool) -> tuple[bytes, bool]:
-        """Send body chunks; a stop buffers them for the next call, as Envoy does."""
-        on_body = (context.on_request_body if direction == "request"
-                   else context.on_response_body)
-        passed = b""
-        for index, chunk in enumerate(chunks):
-            last = index == len(chunks) - 1 and ends
-            action = on_body(chunk, last)
-            if context.local_response is not None:
-                return passed, False
-            if action.continues or direction in context.continued:
-                passed += context.take_body(direction)
-            elif last:
-                return passed, True
-        if not chunks:
-            return b"", False
-        return passed + context.take_body(direction), False
-
-    def _local_reply(self, context: HttpContext, result: HttpResult,
-                     run_filter: bool = True) -> HttpResult:
-        local = context.local_response
-        assert local is not None
-        result.local_response = local
-        headers = [(":status", str(local.status)), *local.headers]
-        if local.body:
-            headers += [("content-length", str(len(local.body))),
-                        ("content-type", "text/plain")]
-        if run_filter:  # Envoy sends its local replies through the filter's response path
-            context.local_response = None
-            context.on_response_headers(headers, not local.body)
-            if local.body:
-                context.on_response_body(local.body, True)
-                body = context.take_body("response")
-            else:
-                body = b""
-            context.local_response = local
-            result.response_headers = context.headers(MapType.RESPONSE_HEADERS)
-            result.response_body = body
-        else:
-            result.response_headers, result.response_body = headers, local.body
-        return result
+def _bytes(value: bytes | str) -> bytes:
+    return value.encode() if isinstance(value, str) else value
 
 
-def _chunks(body: bytes | Sequence[bytes]) -> list[bytes]:
-    if isinstance(body, bytes):
-        return [body] if body else []
-    return [c for c in body]
+def _map_value(headers: HeaderMap) -> bytes:
+    from .abi import serialize_map
+
+    return serialize_map(headers.joined())
 
 
-def _encode_property(value: str | int | bytes) -> bytes:
+def _encode_property(value: str | int | bool | bytes) -> bytes:
     if isinstance(value, bytes):
         return value
-    if isinstance(value, bool) or not isinstance(value, int):
-        return str(value).encode()
-    return struct.pack("<q", value)
+    if isinstance(value, bool):
+        return bytes([value])
+    if isinstance(value, int):
+        return struct.pack("<q", value)
+    return str(value).encode()
 
 
 def _abi_of(module: wasmtime.Module) -> str:
@@ -648,13 +545,17 @@ def _abi_of(module: wasmtime.Module) -> str:
     raise UnsupportedAbi("not a proxy-wasm module: it exports no proxy_abi_version_* function")
 
 
-def _guard(host: ProxyWasm, function: Callable[..., Any], name: str) -> Callable[..., Any]:
-    """Host functions get plain ints; results are ints (or nothing)."""
-    def call(*args: Any) -> Any:
+def _guard(host: ProxyWasm, function: Callable[..., Any],
+           params: tuple[str, ...]) -> Callable[..., Any]:
+    """The ABI's 32-bit values are unsigned (wasmtime hands them over signed); results are
+    plain ints, or nothing."""
+    masks = tuple(0xFFFFFFFF if t == "i32" else None for t in params)
+
+    def call(*args: int) -> Any:
         host.host_call_starts()
-        result = function(*args)
+        values = [a & m if m is not None else a for a, m in zip(args, masks, strict=True)]
+        result = function(*values)
         return int(result) if result is not None else None
-    call.__name__ = name
     return call
 
 

@@ -7,6 +7,7 @@
         ├── UnsupportedAbi   no proxy-wasm ABI export, or only 0.1.0
         ├── MissingImports   imports the emulator does not provide (all named)
         ├── WasmTrap         the module trapped, ran out of fuel or exited (callback named)
+        ├── StartFailed      proxy_on_vm_start or proxy_on_configure answered false
         └── MemoryAccess     the module handed the host memory it does not have
 """
 
@@ -53,6 +54,11 @@ class WasmTrap(HostError):
         super().__init__(message)
         self.callback = callback
         self.fuel_exhausted = fuel_exhausted
+
+
+class StartFailed(HostError):
+    """The module refused to start or its configuration, as Envoy would report the plugin
+    failing to load."""
 
 
 class MemoryAccess(HostError):

@@ -1,11 +1,18 @@
 """The host side of the proxy-wasm ABI: the functions a module imports, implemented over the
-emulator's state (:mod:`wasm.emulator`). Every pointer the module hands over is checked
-against its memory; every value handed back is written into memory the module allocates
-itself (``proxy_on_memory_allocate`` or ``malloc``), as Envoy does."""
+emulator's state (:mod:`wasm.emulator`) with the answers Envoy gives (proxy-wasm-cpp-host and
+Envoy's wasm context). Every pointer the module hands over is checked against its memory;
+every value handed back is written into memory the module allocates (``malloc`` or
+``proxy_on_memory_allocate``). Arguments arrive as the unsigned 32-bit values the ABI means.
+
+Where the emulator departs from Envoy on purpose: a pointer outside the module's memory raises
+:class:`~wasm.errors.MemoryAccess` (Envoy answers INVALID_MEMORY_ACCESS and carries on), so a
+test sees the bug at once.
+"""
 
 from __future__ import annotations
 
 import os
+import re
 import struct
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -21,11 +28,13 @@ from .abi import (
     serialize_map,
 )
 from .errors import MemoryAccess, WasmTrap
+from .headers import HeaderMap
 
 if TYPE_CHECKING:
     from .emulator import ProxyWasm
 
-HeaderList = list[tuple[bytes, bytes]]
+EBADF, ENOSYS = 8, 52
+_WHITESPACE = re.compile(rb"\s")
 
 
 class HostFunctions:
@@ -38,7 +47,7 @@ class HostFunctions:
 
     def check(self, function: str, ptr: int, size: int) -> None:
         length = self.host.memory_size()
-        if ptr < 0 or size < 0 or ptr + size > length:
+        if ptr + size > length:
             raise MemoryAccess(f"{function}: the module passed {size} bytes at {ptr}, outside "
                                f"its {length}-byte memory")
 
@@ -58,7 +67,8 @@ class HostFunctions:
         self.write(function, ptr, struct.pack("<Q", value & 0xFFFFFFFFFFFFFFFF))
 
     def hand_back(self, function: str, data: bytes, ptr_ptr: int, size_ptr: int) -> int:
-        """Copy ``data`` into memory the module allocates; write its address and size."""
+        """Copy ``data`` into memory the module allocates and write its address and size;
+        nothing is allocated for empty data (address 0, size 0), as in Envoy."""
         address = self.host.allocate(len(data)) if data else 0
         if data:
             self.write(function, address, data)
@@ -72,8 +82,11 @@ class HostFunctions:
     # logging, time, ticks
 
     def proxy_log(self, level: int, ptr: int, size: int) -> int:
-        self.host.log(LogLevel(level) if 0 <= level <= 5 else LogLevel.INFO,
-                      self.text("proxy_log", ptr, size))
+        if level > LogLevel.CRITICAL:
+            return Status.BAD_ARGUMENT
+        message = self.text("proxy_log", ptr, size)
+        if level >= self.host.log_level:
+            self.host.log(LogLevel(level), message)
         return Status.OK
 
     def proxy_get_log_level(self, ptr: int) -> int:
@@ -90,144 +103,156 @@ class HostFunctions:
 
     # buffers
 
-    def _buffer(self, kind: int) -> bytes | None:
+    def _buffer(self, kind: int) -> bytes | Status:
+        if kind > BufferType.PLUGIN_CONFIGURATION:
+            return Status.BAD_ARGUMENT
         if kind == BufferType.VM_CONFIGURATION:
-            return self.host.vm_configuration
+            return (self.host.vm_configuration if self.host.phase in ("vm_start", "root_create")
+                    else Status.NOT_FOUND)
         if kind == BufferType.PLUGIN_CONFIGURATION:
-            return self.host.plugin_configuration
+            # Envoy holds the plugin (and its configuration) only while configuring.
+            return (self.host.plugin_configuration
+                    if self.host.phase in ("configure", "root_create") else Status.NOT_FOUND)
+        if kind == BufferType.HTTP_CALL_RESPONSE_BODY:
+            return Status.NOT_FOUND
         context = self.host.http
-        if context is None:
-            return None
-        if kind == BufferType.HTTP_REQUEST_BODY:
-            return context.buffers.get("request")
-        if kind == BufferType.HTTP_RESPONSE_BODY:
-            return context.buffers.get("response")
-        return None
+        if context is not None and kind == BufferType.HTTP_REQUEST_BODY:
+            return context.buffers["request"]
+        if context is not None and kind == BufferType.HTTP_RESPONSE_BODY:
+            return context.buffers["response"]
+        return b""  # Envoy answers with an empty buffer
 
     def proxy_get_buffer_bytes(self, kind: int, start: int, length: int, ptr_ptr: int,
                                size_ptr: int) -> int:
         buffer = self._buffer(kind)
-        if buffer is None:
-            return Status.NOT_FOUND
-        if start < 0 or length < 0 or start > len(buffer):
-            return Status.BAD_ARGUMENT
-        data = buffer[start:start + length]
-        if not data:
-            return Status.NOT_FOUND  # as Envoy answers for an empty read
-        return self.hand_back("proxy_get_buffer_bytes", data, ptr_ptr, size_ptr)
+        if isinstance(buffer, Status):
+            return buffer
+        # The range is cut to the buffer (0xFFFFFFFF: all of it); empty is OK, nothing.
+        return self.hand_back("proxy_get_buffer_bytes", buffer[start:start + length], ptr_ptr,
+                              size_ptr)
 
     def proxy_get_buffer_status(self, kind: int, length_ptr: int, flags_ptr: int) -> int:
         buffer = self._buffer(kind)
-        if buffer is None:
-            return Status.NOT_FOUND
+        if isinstance(buffer, Status):
+            return buffer
         self.put_u32("proxy_get_buffer_status", length_ptr, len(buffer))
         self.put_u32("proxy_get_buffer_status", flags_ptr, 0)
         return Status.OK
 
     def proxy_set_buffer_bytes(self, kind: int, start: int, length: int, ptr: int,
                                size: int) -> int:
-        context = self.host.http
-        name = {int(BufferType.HTTP_REQUEST_BODY): "request",
-                int(BufferType.HTTP_RESPONSE_BODY): "response"}.get(kind)
-        if context is None or name is None or name not in context.buffers:
-            return Status.NOT_FOUND
         data = self.read("proxy_set_buffer_bytes", ptr, size)
-        buffer = context.buffers[name]
-        if start < 0 or length < 0 or start > len(buffer):
+        context = self.host.http
+        direction = {0: "request", 1: "response"}.get(kind)  # the two body buffers
+        if context is None or direction is None:
             return Status.BAD_ARGUMENT
-        context.buffers[name] = buffer[:start] + data + buffer[start + length:]
+        buffer = context.buffers[direction]
+        if start == 0:  # drop `length` bytes from the front, then prepend
+            context.buffers[direction] = data + buffer[length:]
+        elif start >= len(buffer):
+            context.buffers[direction] = buffer + data
+        else:
+            return Status.BAD_ARGUMENT  # Envoy edits only at either end
         return Status.OK
 
     # header maps
 
-    def _map(self, kind: int) -> HeaderList | None:
+    def _map(self, kind: int, write: bool) -> HeaderMap | Status:
+        if kind > MapType.HTTP_CALL_RESPONSE_TRAILERS:
+            return Status.BAD_ARGUMENT
         context = self.host.http
-        if context is None or not 0 <= kind <= 3:
-            return None
-        return context.maps.get(MapType(kind))
+        found = context.map_for(MapType(kind), write) if context is not None else None
+        if found is None:
+            # Envoy's answer once it has let go of a map (or before it has one); in the
+            # access-log phase a map never seen is NOT_FOUND.
+            logging = context is not None and context.logging
+            return Status.NOT_FOUND if logging and not write else Status.BAD_ARGUMENT
+        return found
 
     def proxy_get_header_map_pairs(self, kind: int, ptr_ptr: int, size_ptr: int) -> int:
-        pairs = self._map(kind)
-        if pairs is None:
-            return Status.NOT_FOUND
-        return self.hand_back("proxy_get_header_map_pairs", serialize_map(pairs), ptr_ptr,
-                              size_ptr)
+        found = self._map(kind, write=False)
+        if isinstance(found, Status):
+            if kind > MapType.HTTP_CALL_RESPONSE_TRAILERS:
+                return found
+            found = HeaderMap()  # a map Envoy does not hold reads as empty
+        data = serialize_map(found.pairs) if found.pairs else b""
+        return self.hand_back("proxy_get_header_map_pairs", data, ptr_ptr, size_ptr)
 
     def proxy_set_header_map_pairs(self, kind: int, ptr: int, size: int) -> int:
-        pairs = self._map(kind)
-        if pairs is None:
-            return Status.NOT_FOUND
+        data = self.read("proxy_set_header_map_pairs", ptr, size)
+        found = self._map(kind, write=True)
+        if isinstance(found, Status):
+            return found
         try:
-            new = deserialize_map(self.read("proxy_set_header_map_pairs", ptr, size))
+            pairs = deserialize_map(data)
         except ValueError:
-            return Status.BAD_ARGUMENT
-        pairs[:] = [(k.lower(), v) for k, v in new]
+            pairs = []  # Envoy: a malformed map clears the headers
+        found.set_all(pairs)
         return Status.OK
 
     def proxy_get_header_map_size(self, kind: int, size_ptr: int) -> int:
-        pairs = self._map(kind)
-        if pairs is None:
-            return Status.NOT_FOUND
-        self.put_u32("proxy_get_header_map_size", size_ptr, len(serialize_map(pairs)))
+        found = self._map(kind, write=False)
+        if isinstance(found, Status):
+            return found
+        self.put_u32("proxy_get_header_map_size", size_ptr, found.byte_size())
         return Status.OK
 
     def proxy_get_header_map_value(self, kind: int, key_ptr: int, key_size: int, ptr_ptr: int,
                                    size_ptr: int) -> int:
-        pairs = self._map(kind)
-        key = self.read("proxy_get_header_map_value", key_ptr, key_size).lower()
-        if pairs is None:
+        key = self.read("proxy_get_header_map_value", key_ptr, key_size)
+        found = self._map(kind, write=False)
+        if isinstance(found, Status):
+            return found
+        value = found.get(key)
+        if value is None:
             return Status.NOT_FOUND
-        for name, value in pairs:
-            if name == key:  # the first value, as Envoy answers
-                return self.hand_back("proxy_get_header_map_value", value, ptr_ptr, size_ptr)
-        return Status.NOT_FOUND
+        return self.hand_back("proxy_get_header_map_value", value, ptr_ptr, size_ptr)
 
     def proxy_add_header_map_value(self, kind: int, key_ptr: int, key_size: int, ptr: int,
                                    size: int) -> int:
-        pairs = self._map(kind)
-        key = self.read("proxy_add_header_map_value", key_ptr, key_size).lower()
+        key = self.read("proxy_add_header_map_value", key_ptr, key_size)
         value = self.read("proxy_add_header_map_value", ptr, size)
-        if pairs is None:
-            return Status.NOT_FOUND
-        pairs.append((key, value))
+        found = self._map(kind, write=True)
+        if isinstance(found, Status):
+            return found
+        found.add(key, value)
         return Status.OK
 
     def proxy_replace_header_map_value(self, kind: int, key_ptr: int, key_size: int, ptr: int,
                                        size: int) -> int:
-        pairs = self._map(kind)
-        key = self.read("proxy_replace_header_map_value", key_ptr, key_size).lower()
+        key = self.read("proxy_replace_header_map_value", key_ptr, key_size)
         value = self.read("proxy_replace_header_map_value", ptr, size)
-        if pairs is None:
-            return Status.NOT_FOUND
-        at = next((i for i, (name, _) in enumerate(pairs) if name == key), None)
-        pairs[:] = [(n, v) for n, v in pairs if n != key]
-        pairs.insert(len(pairs) if at is None else at, (key, value))
+        found = self._map(kind, write=True)
+        if isinstance(found, Status):
+            return found
+        found.replace(key, value)
         return Status.OK
 
     def proxy_remove_header_map_value(self, kind: int, key_ptr: int, key_size: int) -> int:
-        pairs = self._map(kind)
-        key = self.read("proxy_remove_header_map_value", key_ptr, key_size).lower()
-        if pairs is None:
-            return Status.NOT_FOUND
-        pairs[:] = [(n, v) for n, v in pairs if n != key]
+        key = self.read("proxy_remove_header_map_value", key_ptr, key_size)
+        found = self._map(kind, write=True)
+        if isinstance(found, Status):
+            return found
+        found.remove(key)
         return Status.OK
 
     # properties
 
     def proxy_get_property(self, path_ptr: int, path_size: int, ptr_ptr: int,
                            size_ptr: int) -> int:
-        path = self.read("proxy_get_property", path_ptr, path_size).rstrip(b"\0")
-        value = self.host.property(".".join(p.decode("utf-8", "replace")
-                                            for p in path.split(b"\0")))
+        path = self.read("proxy_get_property", path_ptr, path_size)
+        value = self.host.property(tuple(path.rstrip(b"\0").split(b"\0")))
         if value is None:
             return Status.NOT_FOUND
         return self.hand_back("proxy_get_property", value, ptr_ptr, size_ptr)
 
     def proxy_set_property(self, path_ptr: int, path_size: int, ptr: int, size: int) -> int:
-        path = self.read("proxy_set_property", path_ptr, path_size).rstrip(b"\0")
+        path = self.read("proxy_set_property", path_ptr, path_size)
         value = self.read("proxy_set_property", ptr, size)
-        name = ".".join(p.decode("utf-8", "replace") for p in path.split(b"\0"))
-        self.host.set_property(name, value)
+        context = self.host.http
+        if context is None:
+            return Status.NOT_FOUND  # Envoy keeps filter state on streams only
+        context.filter_state[path.rstrip(b"\0")] = value
         return Status.OK
 
     # the stream
@@ -235,18 +260,19 @@ class HostFunctions:
     def proxy_send_local_response(self, status: int, details_ptr: int, details_size: int,
                                   body_ptr: int, body_size: int, headers_ptr: int,
                                   headers_size: int, grpc_status: int) -> int:
+        details = self.read("proxy_send_local_response", details_ptr, details_size)
+        body = self.read("proxy_send_local_response", body_ptr, body_size)
+        raw_headers = self.read("proxy_send_local_response", headers_ptr, headers_size)
         context = self.host.http
         if context is None:
-            return Status.BAD_ARGUMENT
-        details = self.text("proxy_send_local_response", details_ptr, details_size)
-        body = self.read("proxy_send_local_response", body_ptr, body_size)
+            return Status.OK  # Envoy ignores it from the root context
         try:
-            headers = deserialize_map(self.read("proxy_send_local_response", headers_ptr,
-                                                headers_size))
+            headers = deserialize_map(raw_headers)
         except ValueError:
-            return Status.BAD_ARGUMENT
-        context.send_local_response(status, body, headers, details,
-                                    None if grpc_status in (-1, 0xFFFFFFFF) else grpc_status)
+            headers = []  # Envoy sends the reply without them
+        context.send_local_response(
+            status, body, headers, _WHITESPACE.sub(b"_", details).decode("utf-8", "replace"),
+            grpc_status if grpc_status <= 16 else None)
         return Status.OK
 
     def proxy_continue_stream(self, stream: int) -> int:
@@ -256,28 +282,21 @@ class HostFunctions:
         context.continued.add("request" if stream == StreamType.REQUEST else "response")
         return Status.OK
 
-    def proxy_continue_request(self) -> int:
-        return self.proxy_continue_stream(StreamType.REQUEST)
-
-    def proxy_continue_response(self) -> int:
-        return self.proxy_continue_stream(StreamType.RESPONSE)
-
     def proxy_close_stream(self, stream: int) -> int:
         context = self.host.http
         if context is None:
             return Status.BAD_ARGUMENT
-        context.closed = True
-        return Status.OK
-
-    def proxy_clear_route_cache(self) -> int:
-        if self.host.http is not None:
-            self.host.http.route_cache_cleared = True
+        context.reset = True
         return Status.OK
 
     def proxy_set_effective_context(self, context_id: int) -> int:
         return Status.OK if self.host.set_effective_context(context_id) else Status.BAD_ARGUMENT
 
     def proxy_done(self) -> int:
+        context = self.host.http
+        if context is None or not context.finishing:
+            return Status.NOT_FOUND
+        context.finishing = False
         return Status.OK
 
     # shared data and metrics
@@ -296,19 +315,15 @@ class HostFunctions:
                               cas: int) -> int:
         key = self.read("proxy_set_shared_data", key_ptr, key_size)
         value = self.read("proxy_set_shared_data", ptr, size)
-        current = self.host.shared_data.get(key)
-        if cas and current is not None and current[1] != cas:
-            return Status.CAS_MISMATCH
-        self.host.shared_data[key] = (value, (current[1] + 1) if current else 1)
-        return Status.OK
+        return self.host.shared_data.set(key, value, cas)
 
     def proxy_define_metric(self, kind: int, name_ptr: int, name_size: int,
                             id_ptr: int) -> int:
-        if kind not in (0, 1, 2):
-            return Status.BAD_ARGUMENT
         name = self.text("proxy_define_metric", name_ptr, name_size)
-        self.put_u32("proxy_define_metric", id_ptr, self.host.metrics.define(MetricType(kind),
-                                                                              name))
+        if kind > MetricType.HISTOGRAM:
+            return Status.BAD_ARGUMENT
+        self.put_u32("proxy_define_metric", id_ptr,
+                     self.host.metrics.define(MetricType(kind), name))
         return Status.OK
 
     def proxy_increment_metric(self, metric_id: int, offset: int) -> int:
@@ -318,11 +333,10 @@ class HostFunctions:
         return self.host.metrics.record(metric_id, value)
 
     def proxy_get_metric(self, metric_id: int, ptr: int) -> int:
-        value = self.host.metrics.value_of(metric_id)
-        if value is None:
-            return Status.NOT_FOUND
-        self.put_u64("proxy_get_metric", ptr, value)
-        return Status.OK
+        status, value = self.host.metrics.value_of(metric_id)
+        if status == Status.OK:
+            self.put_u64("proxy_get_metric", ptr, value)
+        return status
 
     # WASI, as far as proxy-wasm SDKs use it
 
@@ -331,12 +345,15 @@ class HostFunctions:
                        self.host.current_callback)
 
     def wasi_fd_write(self, fd: int, iovs: int, iovs_len: int, written_ptr: int) -> int:
+        if fd not in (1, 2):
+            return EBADF
         data = b""
         for index in range(iovs_len):
             ptr, size = struct.unpack("<II", self.read("fd_write", iovs + 8 * index, 8))
             data += self.read("fd_write", ptr, size)
-        for line in data.decode("utf-8", "replace").splitlines():
-            self.host.log(LogLevel.ERROR if fd == 2 else LogLevel.INFO, line)
+        # One log line per write, its trailing newline dropped: stdout at info, stderr error.
+        message = data.decode("utf-8", "replace").removesuffix("\n")
+        self.host.log(LogLevel.ERROR if fd == 2 else LogLevel.INFO, message)
         self.put_u32("fd_write", written_ptr, len(data))
         return 0
 
@@ -348,8 +365,25 @@ class HostFunctions:
     def wasi_nothing(self, *args: int) -> int:
         return 0
 
+    def wasi_bad_fd(self, *args: int) -> int:
+        return EBADF
+
+    def wasi_unsupported(self, *args: int) -> int:
+        return ENOSYS
+
+    def wasi_fdstat_get(self, fd: int, ptr: int) -> int:
+        if fd not in (0, 1, 2):
+            return EBADF
+        self.write("fd_fdstat_get", ptr, bytes([2]) + bytes(23))  # a character device
+        return 0
+
     def wasi_clock_time_get(self, clock: int, precision: int, ptr: int) -> int:
-        self.put_u64("clock_time_get", ptr, self.host.clock())
+        if clock == 0:  # realtime
+            self.put_u64("clock_time_get", ptr, self.host.clock())
+        elif clock == 1:  # monotonic
+            self.put_u64("clock_time_get", ptr, self.host.monotonic())
+        else:
+            return 58  # ENOTSUP: no process or thread clocks
         return 0
 
     def wasi_random_get(self, ptr: int, size: int) -> int:
@@ -357,18 +391,27 @@ class HostFunctions:
         return 0
 
     def table(self) -> dict[tuple[str, str], Callable[..., Any]]:
-        from .abi import HOST_FUNCTIONS, STUBBED_FUNCTIONS, WASI_MODULES
+        from .abi import ENV_EXTRAS, HOST_FUNCTIONS, STUBBED_FUNCTIONS, WASI_MODULES
 
         found: dict[tuple[str, str], Callable[..., Any]] = {
             ("env", name): getattr(self, name) for name in HOST_FUNCTIONS}
         for name in STUBBED_FUNCTIONS:
             found[("env", name)] = self._stub(name)
+        found[("env", "emscripten_notify_memory_growth")] = lambda pages: None
+        found[("env", "pthread_equal")] = lambda a, b: int(a == b)
+        assert set(ENV_EXTRAS) == {"emscripten_notify_memory_growth", "pthread_equal"}
         wasi: dict[str, Callable[..., Any]] = {
             "proc_exit": self.wasi_proc_exit, "fd_write": self.wasi_fd_write,
             "environ_sizes_get": self.wasi_zero_sizes, "args_sizes_get": self.wasi_zero_sizes,
             "environ_get": self.wasi_nothing, "args_get": self.wasi_nothing,
             "clock_time_get": self.wasi_clock_time_get, "random_get": self.wasi_random_get,
-            "sched_yield": self.wasi_nothing}
+            "sched_yield": self.wasi_nothing, "fd_fdstat_get": self.wasi_fdstat_get,
+            "fd_read": self.wasi_bad_fd, "fd_seek": self.wasi_bad_fd,
+            "fd_close": self.wasi_bad_fd, "fd_fdstat_set_flags": self.wasi_bad_fd,
+            "fd_prestat_get": self.wasi_bad_fd, "fd_prestat_dir_name": self.wasi_bad_fd,
+            "fd_filestat_get": self.wasi_bad_fd, "path_open": self.wasi_bad_fd,
+            "path_filestat_get": self.wasi_bad_fd, "clock_res_get": self.wasi_unsupported,
+            "poll_oneoff": self.wasi_unsupported}
         for module in WASI_MODULES:
             for name, function in wasi.items():
                 found[(module, name)] = function

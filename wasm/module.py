@@ -39,7 +39,7 @@ class ModuleInfo:
         """Imports the proxy-wasm emulator (:mod:`wasm.emulator`) cannot provide."""
         from .abi import provided_imports
 
-        provided = provided_imports()
+        provided = provided_imports(self._abi())
         return tuple(f"{m}.{n}" for m, n in self.imports if (m, n) not in provided)
 
     @property
@@ -47,8 +47,12 @@ class ModuleInfo:
         """Imports the emulator provides only as stubs answering UNIMPLEMENTED."""
         from .abi import provided_imports
 
-        provided = provided_imports()
+        provided = provided_imports(self._abi())
         return tuple(f"{m}.{n}" for m, n in self.imports if provided.get((m, n)) == "stub")
+
+    def _abi(self) -> str:
+        supported = [v for v in self.abi_versions if v in ("0_2_0", "0_2_1")]
+        return supported[-1] if supported else "0_2_1"
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)

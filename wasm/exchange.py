@@ -1,0 +1,202 @@
+"""One HTTP exchange through an emulated filter, in Envoy's order: request headers, body
+chunks, trailers, the upstream's answer, the response phases; local replies and stops handled
+as Envoy handles them."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from .abi import MapType
+
+if TYPE_CHECKING:
+    from .emulator import Action, HttpContext, LogLine
+
+Pairs = Mapping[str, str] | Iterable[tuple[str, str]]
+Upstream = Callable[[list[tuple[str, str]], bytes],
+                    tuple[int, Pairs, "bytes | Sequence[bytes]"]]
+
+
+@dataclass
+class LocalResponse:
+    """What the filter answered with ``proxy_send_local_response``."""
+
+    status: int
+    body: bytes
+    headers: list[tuple[str, str]]
+    details: str
+    """Envoy's response code details (whitespace turned into ``_``, as Envoy does)."""
+    grpc_status: int | None = None
+
+
+@dataclass
+class HttpResult:
+    """One request through the filter, as the upstream and the client saw it."""
+
+    request_headers: list[tuple[str, str]]
+    """What the upstream received (empty when the filter answered first)."""
+    request_body: bytes
+    response_headers: list[tuple[str, str]]
+    """What the client received (a local reply's, after the filter's response callbacks)."""
+    response_body: bytes
+    request_trailers: list[tuple[str, str]] | None = None
+    response_trailers: list[tuple[str, str]] | None = None
+    local_response: LocalResponse | None = None
+    upstream_reached: bool = False
+    actions: list[tuple[str, Action]] = field(default_factory=list)
+    """Each callback and what it answered, in order."""
+    paused: str | None = None
+    """The phase where the filter stopped without continuing (Envoy would wait there)."""
+    reset: bool = False
+    """The filter closed the stream (``proxy_close_stream``): Envoy resets it."""
+    logs: list[LogLine] = field(default_factory=list)
+    """Log lines of this request's context."""
+
+    @property
+    def status(self) -> int:
+        return int(self.response_header(":status") or 0)
+
+    def request_header(self, name: str) -> str | None:
+        return _first(self.request_headers, name)
+
+    def response_header(self, name: str) -> str | None:
+        return _first(self.response_headers, name)
+
+
+def _first(pairs: Sequence[tuple[str, str]], name: str) -> str | None:
+    return next((v for k, v in pairs if k == name.lower()), None)
+
+
+def pairs_of(values: Pairs | None) -> list[tuple[str, str]]:
+    items = values.items() if isinstance(values, Mapping) else (values or ())
+    return [(k.lower(), v) for k, v in items]
+
+
+def chunks_of(body: bytes | Sequence[bytes]) -> list[bytes]:
+    if isinstance(body, bytes):
+        return [body] if body else []
+    return list(body)
+
+
+@dataclass
+class Request:
+    method: str
+    path: str
+    authority: str
+    headers: Pairs | None
+    chunks: list[bytes]
+    trailers: Pairs | None
+    upstream: Upstream | None
+    status: int
+    response_headers: Pairs | None
+    response_chunks: list[bytes]
+    response_trailers: Pairs | None
+
+
+def run(context: HttpContext, request: Request) -> HttpResult:
+    result = HttpResult([], b"", [], b"")
+    headers = [(":authority", request.authority), (":path", request.path),
+               (":method", request.method), (":scheme", "http"), *pairs_of(request.headers)]
+    action = context.on_request_headers(headers, not request.chunks and request.trailers is None)
+    if (stop := _stopped(context, result, action, "request_headers")) is not None:
+        return stop
+    sent, paused = _body(context, "request", request.chunks, request.trailers is None)
+    if context.local_response is not None or context.reset:
+        return _ended(context, result)
+    if paused:
+        result.paused = "request_body"
+        return result
+    if request.trailers is not None:
+        action = context.on_request_trailers(request.trailers)
+        result.request_trailers = context.headers(MapType.REQUEST_TRAILERS)
+        if (stop := _stopped(context, result, action, "request_trailers")) is not None:
+            return stop
+    result.request_headers = context.headers(MapType.REQUEST_HEADERS)
+    result.request_body = sent
+    result.upstream_reached = True
+    status, response_headers = request.status, request.response_headers
+    response_chunks, response_trailers = request.response_chunks, request.response_trailers
+    if request.upstream is not None:
+        status, response_headers, answer = request.upstream(result.request_headers, sent)
+        response_chunks, response_trailers = chunks_of(answer), None
+    response = [(":status", str(status)), *pairs_of(response_headers)]
+    action = context.on_response_headers(response,
+                                         not response_chunks and response_trailers is None)
+    if (stop := _stopped(context, result, action, "response_headers")) is not None:
+        return stop
+    received, paused = _body(context, "response", response_chunks, response_trailers is None)
+    if context.local_response is not None or context.reset:
+        return _ended(context, result)
+    if paused:
+        result.paused = "response_body"
+        return result
+    if response_trailers is not None:
+        action = context.on_response_trailers(response_trailers)
+        result.response_trailers = context.headers(MapType.RESPONSE_TRAILERS)
+        if (stop := _stopped(context, result, action, "response_trailers")) is not None:
+            return stop
+    result.response_headers = context.headers(MapType.RESPONSE_HEADERS)
+    result.response_body = received
+    return result
+
+
+def _stopped(context: HttpContext, result: HttpResult, action: Action,
+             phase: str) -> HttpResult | None:
+    if context.local_response is not None or context.reset:
+        return _ended(context, result)
+    direction = phase.split("_")[0]
+    if not action.continues and direction not in context.continued:
+        result.paused = phase
+        return result
+    return None
+
+
+def _body(context: HttpContext, direction: str, chunks: list[bytes],
+          ends: bool) -> tuple[bytes, bool]:
+    """Send body chunks. StopIterationAndBuffer keeps them for the next call, which sees the
+    whole buffer; the other stops hold them back unseen, as Envoy does."""
+    on_body = context.on_request_body if direction == "request" else context.on_response_body
+    passed = b""
+    for index, chunk in enumerate(chunks):
+        last = index == len(chunks) - 1 and ends
+        action = on_body(chunk, last)
+        if context.local_response is not None or context.reset:
+            return passed, False
+        if action.continues or direction in context.continued:
+            passed += context.take_body(direction)
+        elif action.value != 1:
+            context.hold(direction)
+        if last and not (action.continues or direction in context.continued):
+            return passed, True
+    return passed + context.take_body(direction), False
+
+
+def _ended(context: HttpContext, result: HttpResult) -> HttpResult:
+    if context.reset:
+        result.reset = True
+        return result
+    local = context.local_response
+    assert local is not None
+    result.local_response = local
+    headers = [(":status", str(local.status)), *local.headers]
+    names = {name for name, _ in local.headers}
+    if local.body:  # Envoy's prepareLocalReply
+        headers.append(("content-length", str(len(local.body))))
+        if "content-type" not in names:
+            headers.append(("content-type", "text/plain"))
+    else:
+        headers = [(n, v) for n, v in headers if n not in ("content-length", "content-type")]
+    if context.response_started:  # a reply sent while responding skips the filter
+        result.response_headers, result.response_body = headers, local.body
+        return result
+    # Envoy sends a local reply from the request path back through the filter's own
+    # response callbacks, starting from the first encoder filter.
+    context.local_response = None
+    context.on_response_headers(headers, not local.body)
+    if local.body:
+        context.on_response_body(local.body, True)
+    context.local_response = local
+    result.response_headers = context.headers(MapType.RESPONSE_HEADERS)
+    result.response_body = context.take_body("response") if local.body else b""
+    return result
