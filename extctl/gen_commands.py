@@ -208,6 +208,11 @@ def gateway(processor: str | None, name: str, namespace: str, route: tuple[str, 
         if not _with_digest(url)[1]:
             raise click.BadParameter(f"{wasm_name}: an HTTP module needs @sha256:HEX (Envoy "
                                      "Gateway checks the download)", param_hint="--wasm-http")
+    for wasm_name, ref in images.items():
+        if not _with_digest(ref)[1]:
+            raise click.BadParameter(f"{wasm_name}: give the image's manifest digest, "
+                                     "oci://REF@sha256:HEX, as `extctl push` prints it (a tag "
+                                     "alone can change under you)", param_hint="--wasm-image")
 
     def build() -> str:
         wasm = []

@@ -342,6 +342,8 @@ def test_gen_envoy_with_every_option_passes_envoy_validate(tmp_path, wat_module)
     (["envoy", "--wasm", "w=https://x/y.wasm"], "needs its sha256"),
     (["gateway", "--name", "n", "--route", "r", "--wasm-http", "w=https://x/y.wasm"],
      "needs @sha256:HEX"),
+    (["gateway", "--name", "n", "--route", "r", "--wasm-image", "w=oci://r/x:1"],
+     "give the image's manifest digest"),
     (["gateway", "--name", "n", "--route", "r", "--wasm-image",
       f"w=oci://r/x:1@sha256:{'a' * 64}", "--xff-trusted-hops", "1"], "name it"),
     (["gateway", "--name", "n", "--route", "r", "--wasm-image",
