@@ -121,7 +121,7 @@ def serve(processor: str, uds: str | None, address: str | None, workers: int,
 
 
 @cli.command()
-@click.argument("processor", metavar="MODULE:CLASS", required=False)
+@click.argument("processor", metavar="[MODULE:CLASS]", required=False)
 @click.option("--port", type=click.IntRange(0, 65535), default=10000, show_default=True,
               help="Envoy's listener port on 127.0.0.1 (0: any free port).")
 @click.option("--wasm", multiple=True,
@@ -144,10 +144,14 @@ def serve(processor: str, uds: str | None, address: str | None, workers: int,
 @click.option("--app-dir", default=".", show_default=True,
               help="Directory added to sys.path before importing MODULE.")
 @click.option("--log-level", type=_LOG_LEVELS, default="info", show_default=True)
+@click.option("--envoy-log-level", type=click.Choice(["trace", "debug", "info", "warning",
+                                                       "error"]),
+              default="warning", show_default=True,
+              help="Envoy's own log (requests are shown by its access log either way).")
 def dev(processor: str | None, port: int, wasm: tuple[str, ...],
         wasm_sha256: str | None, wasm_config: str, wasm_root_id: str,
         filter_order: tuple[str, ...], docker_config: str | None, ca_file: str | None,
-        insecure: bool, app_dir: str, log_level: str) -> None:
+        insecure: bool, app_dir: str, log_level: str, envoy_log_level: str) -> None:
     """Try a processor and/or Wasm modules locally, with an echo upstream and a real Envoy.
 
     Without MODULE:CLASS (and without --wasm) the bundled demo processor runs. Prints the
@@ -190,7 +194,8 @@ def dev(processor: str | None, port: int, wasm: tuple[str, ...],
                            registry.Connection(ca_file=ca_file))
                    for source in wasm]
         try:
-            DevStack(cls, port=port, wasm=modules, filter_order=order).run()
+            DevStack(cls, port=port, wasm=modules, filter_order=order,
+                     envoy_log_level=envoy_log_level).run()
         except EnvoyError as exc:
             _fail(str(exc), exit_codes.ENVOY)
         except extproc.ServeError as exc:

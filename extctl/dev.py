@@ -76,7 +76,9 @@ class DevWasm:
 class DevStack:
     def __init__(self, processor: type[extproc.Processor] | None, *, port: int = 10000,
                  wasm: Sequence[DevWasm] = (),
-                 filter_order: Sequence[FilterPosition] = ()) -> None:
+                 filter_order: Sequence[FilterPosition] = (),
+                 envoy_log_level: str = "warning") -> None:
+        self.envoy_log_level = envoy_log_level
         self.processor = processor
         self.port = port
         self.wasm = wasm
@@ -102,7 +104,8 @@ class DevStack:
             config = EnvoyConfig(self.processor, [socket_path], upstream=echo.address,
                                  listen=f"127.0.0.1:{self.port}", access_log=True, wasm=modules,
                                  filter_order=self.filter_order)
-            envoy = EnvoyProcess(bootstrap(config), workdir / "envoy", log_level="info").start()
+            envoy = EnvoyProcess(bootstrap(config), workdir / "envoy",
+                                 log_level=self.envoy_log_level).start()
             tail = threading.Thread(target=_tail, args=(envoy.log_path, stop), daemon=True)
             tail.start()
             click.echo(f"workdir: {workdir}")

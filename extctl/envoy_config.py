@@ -34,7 +34,7 @@ from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 from envoy.extensions.wasm.v3 import wasm_pb2
 from google.protobuf import any_pb2, duration_pb2, json_format, wrappers_pb2
 
-from extproc import ProcessingMode, Processor, ServeError
+from extproc import BodyMode, ProcessingMode, Processor, ServeError
 from extproc._config import split_address
 
 from . import filter_order
@@ -130,6 +130,8 @@ class EnvoyConfig:
     """Moves applied to Envoy Gateway's default order (ext_proc, wasm, rbac, router)."""
     http1_trailers: bool = False
     """Accept and forward HTTP/1.1 chunked trailers (Envoy drops them by default)."""
+    preserve_external_request_id: bool = False
+    """Keep a client's x-request-id (an edge Envoy replaces it by default)."""
 
 
 def _any(message: Any) -> Any:
@@ -162,6 +164,10 @@ def ext_proc_filter(config: EnvoyConfig) -> Any:
     assert cls is not None
     timeout = config.message_timeout or cls.message_timeout
     mode = config.processing_mode or cls.processing_mode()
+    if config.failure_mode_allow and BodyMode.FULL_DUPLEX_STREAMED in (
+            mode.request_body, mode.response_body):
+        raise ConfigError("failure_mode_allow cannot be set with FULL_DUPLEX_STREAMED bodies "
+                          "(what is emitted is only what the processor says)")
     grpc = grpc_service_pb2.GrpcService(
         envoy_grpc=grpc_service_pb2.GrpcService.EnvoyGrpc(
             cluster_name=EXT_PROC_CLUSTER,
@@ -189,11 +195,10 @@ def ext_proc_filter(config: EnvoyConfig) -> Any:
 
 def _loopback(address: str) -> None:
     host, _ = split_address(address)
-    try:
-        loopback = ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        loopback = host == "localhost"
-    if not loopback:
+    if not _is_ip(host):
+        raise ConfigError(f"admin address {address}: give an IP address (127.0.0.1:PORT); "
+                          "Envoy does not resolve names for its own addresses")
+    if not ipaddress.ip_address(host).is_loopback:
         raise ConfigError(f"admin address {address}: the admin interface can stop Envoy and "
                           "read its secrets; keep it on loopback (127.0.0.1:PORT)")
 
@@ -233,9 +238,13 @@ def bootstrap(config: EnvoyConfig) -> Any:
     )
     if config.http1_trailers:
         manager.http_protocol_options.enable_trailers = True
+    if config.preserve_external_request_id:
+        manager.preserve_external_request_id = True
+    # The client address is the peer's, or the one ``xff_num_trusted_hops`` back in
+    # X-Forwarded-For; never a header a client may write (RBAC would trust it otherwise).
+    manager.use_remote_address.value = True
     if config.xff_num_trusted_hops:
         manager.xff_num_trusted_hops = config.xff_num_trusted_hops
-        manager.use_remote_address.value = True
     if config.access_log:
         manager.access_log.append(accesslog_pb2.AccessLog(
             name="envoy.access_loggers.stdout", typed_config=_any(stream_pb2.StdoutAccessLog())))
@@ -252,7 +261,7 @@ def bootstrap(config: EnvoyConfig) -> Any:
             http2_protocol_options={}))
     clusters = [] if config.processor is None else [cluster_pb2.Cluster(
         name=EXT_PROC_CLUSTER,
-        type=cluster_pb2.Cluster.STATIC,
+        type=_discovery(config.processor_addresses),
         connect_timeout=_seconds(1),
         lb_policy=cluster_pb2.Cluster.ROUND_ROBIN,
         per_connection_buffer_limit_bytes={"value": config.buffer_limit_bytes},
@@ -270,7 +279,7 @@ def bootstrap(config: EnvoyConfig) -> Any:
     if upstreams:
         upstream = cluster_pb2.Cluster(
             name=UPSTREAM_CLUSTER,
-            type=cluster_pb2.Cluster.STATIC,
+            type=_discovery(upstreams),
             connect_timeout=_seconds(1),
             per_connection_buffer_limit_bytes={"value": config.buffer_limit_bytes},
             load_assignment=_load_assignment(UPSTREAM_CLUSTER, upstreams),
@@ -285,6 +294,9 @@ def bootstrap(config: EnvoyConfig) -> Any:
                 "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"].CopyFrom(_any(http1))
         clusters.append(upstream)
     _loopback(config.admin)
+    if not _is_ip(split_address(config.listen)[0]):
+        raise ConfigError(f"listen address {config.listen}: give an IP address "
+                          "(0.0.0.0:PORT for every interface)")
     return bootstrap_pb2.Bootstrap(
         admin=bootstrap_pb2.Admin(address=_socket_address(config.admin)),
         static_resources=bootstrap_pb2.Bootstrap.StaticResources(
@@ -409,6 +421,21 @@ def _url_cluster(name: str, url: str) -> Any:
         cluster.transport_socket.name = "envoy.transport_sockets.tls"
         cluster.transport_socket.typed_config.Pack(tls)
     return cluster
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def _discovery(addresses: Sequence[str]) -> Any:
+    """STATIC for IPs and Unix sockets; STRICT_DNS when a name must be resolved."""
+    named = any(":" in a and not a.startswith(("/", ".")) and not _is_ip(split_address(a)[0])
+                for a in addresses)
+    return cluster_pb2.Cluster.STRICT_DNS if named else cluster_pb2.Cluster.STATIC
 
 
 def _load_assignment(name: str, addresses: Sequence[str]) -> Any:

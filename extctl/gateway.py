@@ -69,12 +69,24 @@ class WasmSource:
             raise GatewayError(f"wasm {self.name}: pullPolicy is IfNotPresent or Always")
         if self.pull_secret and self.http:
             raise GatewayError(f"wasm {self.name}: pullSecretRef applies to images only")
+        if self.image is not None:
+            from registry import InvalidReference, parse_reference
+
+            try:
+                parse_reference(self.image if self.image.startswith("oci://")
+                                else f"oci://{self.image}")
+            except InvalidReference as exc:
+                raise GatewayError(f"wasm {self.name}: {exc}") from None
 
     def to_spec(self) -> dict[str, Any]:
         code: dict[str, Any]
         sha = self.sha256.removeprefix("sha256:") if self.sha256 else None
         if self.image is not None:
-            image: dict[str, Any] = {"url": self.image.removeprefix("oci://")}
+            url = self.image.removeprefix("oci://")
+            tagged = ":" in url.rpartition("/")[2]
+            if not tagged and sha and "@" not in url:
+                url = f"{url}@sha256:{sha}"  # no tag: the digest names the image
+            image: dict[str, Any] = {"url": url}
             if sha:
                 image["sha256"] = sha
             if self.pull_secret:
@@ -139,15 +151,37 @@ def _check_name(name: str, what: str) -> None:
 
 
 def _duration(seconds: float) -> str:
+    """A Gateway API duration: whole seconds as ``Ns``, else milliseconds (up to 5 digits)."""
     millis = round(seconds * 1000)
+    if millis % 1000 == 0 and 1 <= millis // 1000 <= 99999:
+        return f"{millis // 1000}s"
     if millis < 1 or millis > 99999:
-        raise GatewayError(f"messageTimeout {seconds}s is outside 1ms..99999ms")
+        raise GatewayError(f"messageTimeout {seconds}s: give whole seconds, or 0.001..99.999 s")
     return f"{millis}ms"
 
 
 def processing_mode(processor: type[Processor]) -> dict[str, Any]:
-    """``processingMode`` from the class: a direction is present when any of its phases is."""
+    """``processingMode`` from the class: a direction is present when any of its phases is.
+
+    What Envoy Gateway cannot ask Envoy for is refused rather than dropped: trailers (its
+    processingMode has no trailer setting), and header mutations it does not allow.
+    """
     mode = processor.processing_mode()
+    name = processor.__name__
+    if not mode.phases and not (processor.request_attributes or processor.response_attributes):
+        raise GatewayError(f"{name} handles no phase: the filter would receive nothing")
+    # With FullDuplexStreamed bodies, Envoy Gateway sends that direction's trailers as Envoy
+    # requires; otherwise it cannot ask for them.
+    trailers = [f"{d}_trailers" for d in ("request", "response")
+                if getattr(mode, f"{d}_trailers")
+                and getattr(mode, f"{d}_body") is not BodyMode.FULL_DUPLEX_STREAMED]
+    if trailers:
+        raise GatewayError(f"{name} handles {' and '.join(trailers)}, which Envoy Gateway's "
+                           "processingMode cannot ask for (v1.9); use the standalone Envoy "
+                           "config (extctl gen envoy) or handle the body instead")
+    if processor.allow_routing_mutations or processor.allow_envoy_mutations:
+        raise GatewayError(f"{name} sets allow_routing_mutations/allow_envoy_mutations, which "
+                           "Envoy Gateway cannot express: those mutations would be ignored")
     result: dict[str, Any] = {}
     for direction in ("request", "response"):
         body: BodyMode | None = getattr(mode, f"{direction}_body")
@@ -212,6 +246,8 @@ def backend(config: GatewayConfig) -> dict[str, Any]:
 
 def extension_policy(config: GatewayConfig) -> dict[str, Any]:
     _check_name(config.name, "policy")
+    if not _NAME.match(config.namespace) or len(config.namespace) > 63:
+        raise GatewayError(f"namespace {config.namespace!r} is not a Kubernetes namespace name")
     if not config.targets:
         raise GatewayError("EnvoyExtensionPolicy needs a target (a route or a gateway)")
     spec: dict[str, Any] = {"targetRefs": [
@@ -233,6 +269,12 @@ def extension_policy(config: GatewayConfig) -> dict[str, Any]:
             ext_proc["messageTimeout"] = _duration(timeout)
         if config.fail_open:
             ext_proc["failOpen"] = True
+        namespaces = list(config.processor.dynamic_metadata_namespaces)
+        if namespaces:
+            if len(namespaces) > 8 or any(n.startswith("envoy.filters.http") for n in namespaces):
+                raise GatewayError("dynamic_metadata_namespaces: at most 8, and none of Envoy's "
+                                   "own envoy.filters.http.* namespaces")
+            ext_proc["metadata"] = {"writableNamespaces": namespaces}
         spec["extProc"] = [ext_proc]
     if config.wasm:
         spec["wasm"] = [w.to_spec() for w in config.wasm]

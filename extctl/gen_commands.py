@@ -8,6 +8,7 @@ from Envoy Gateway's resources and from the standalone Envoy config.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -15,6 +16,7 @@ from typing import Any, TypeVar
 import click
 
 import extproc
+import wasm as wasm_module
 
 from . import exit_codes
 from .envoy_config import EnvoyConfig, ProcessorTls, WasmFilter, bootstrap, to_json
@@ -27,7 +29,15 @@ from .session_persistence import SessionPersistence
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def _addresses(uds: str | None, address: str | None, workers: int) -> list[str]:
+def _addresses(uds: str | None, address: str | None, workers: int,
+               resolve: bool = True) -> list[str]:
+    """Every worker's address; a relative socket path is made absolute (``resolve``) or, for
+    Envoy Gateway, where only the pod's own paths mean anything, refused."""
+    if uds is not None and not os.path.isabs(uds):
+        if not resolve:
+            raise click.BadParameter(f"{uds}: give the socket's absolute path as Envoy's "
+                                     "container sees it", param_hint="--uds")
+        uds = os.path.abspath(uds)
     try:
         return extproc.ServerConfig(uds=uds, address=address, workers=workers).addresses()
     except extproc.ServeError as exc:
@@ -50,6 +60,8 @@ def _pairs(values: Sequence[str], option: str, what: str) -> dict[str, str]:
         name, sep, rest = value.partition("=")
         if not sep or not name or not rest:
             raise click.BadParameter(f"{value!r} is not NAME={what}", param_hint=option)
+        if name in found:
+            raise click.BadParameter(f"{name} is given twice", param_hint=option)
         found[name] = rest
     return found
 
@@ -145,7 +157,7 @@ def gen() -> None:
 
 
 @gen.command()
-@click.argument("processor", metavar="MODULE:CLASS", required=False)
+@click.argument("processor", metavar="[MODULE:CLASS]", required=False)
 @click.option("--name", required=True, help="Name of the EnvoyExtensionPolicy (and Backend).")
 @click.option("--namespace", default="default", show_default=True)
 @click.option("--route", multiple=True, help="HTTPRoute to attach to (repeatable).")
@@ -230,7 +242,7 @@ def gateway(processor: str | None, name: str, namespace: str, route: tuple[str, 
             targets=[*(Target("HTTPRoute", r) for r in route),
                      *(Target("Gateway", g) for g in gateway)],
             processor=cls,
-            processor_addresses=_addresses(uds, address, workers) if cls else (),
+            processor_addresses=_addresses(uds, address, workers, resolve=False) if cls else (),
             tls_ca_configmap=tls_ca_configmap, tls_client_secret=tls_client_secret,
             tls_sni=tls_sni, fail_open=fail_open, message_timeout=message_timeout, wasm=wasm,
             allow_cidrs=allow_cidr, deny_cidrs=deny_cidr, default_action=default_action,
@@ -242,7 +254,7 @@ def gateway(processor: str | None, name: str, namespace: str, route: tuple[str, 
 
 
 @gen.command()
-@click.argument("processor", metavar="MODULE:CLASS", required=False)
+@click.argument("processor", metavar="[MODULE:CLASS]", required=False)
 @click.option("--uds", help="The processor's Unix socket.")
 @click.option("--address", help="The processor's host:port instead.")
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True)
@@ -297,6 +309,14 @@ def envoy(processor: str | None, uds: str | None, address: str | None, workers: 
                 f"{wasm_name}: Envoy cannot pull an image; pull it first "
                 f"(extctl pull {_with_digest(source)[0]} -o {wasm_name}.wasm --sha256 DIGEST) "
                 f"and give the file", param_hint="--wasm")
+        if not source.startswith(("http://", "https://")):
+            if not Path(source).is_file():
+                raise click.BadParameter(f"{wasm_name}: {source} is not a file",
+                                         param_hint="--wasm")
+            from .wasm_commands import _errors
+
+            with _errors():  # Envoy would refuse to start: say so now (exit 9)
+                wasm_module.inspect_file(source)
     if cls is None and (uds or address):
         raise click.UsageError("--uds/--address need MODULE:CLASS")
 

@@ -9,6 +9,8 @@ leaves nothing behind.
 
 from __future__ import annotations
 
+import importlib.util
+import keyword
 import os
 import re
 import shutil
@@ -38,6 +40,14 @@ class ProjectNames:
         if not _NAME.match(self.name) or self.name.endswith("-") or "--" in self.name:
             raise UsageError(f"project name {self.name!r}: use lower-case letters, digits and "
                              "single '-' (at most 41 characters), starting with a letter")
+        package = self.package
+        if keyword.iskeyword(package) or keyword.issoftkeyword(package):
+            raise UsageError(f"project name {self.name!r}: {package} is a Python keyword")
+        # The package (or, for Wasm projects, the helper modules beside it) must not shadow
+        # a module the project imports: the standard library, envoy-extkit, its dependencies.
+        if package in sys.stdlib_module_names or importlib.util.find_spec(package) is not None:
+            raise UsageError(f"project name {self.name!r}: a module named {package} already "
+                             "exists here and the project would shadow it; choose another")
 
     @property
     def package(self) -> str:
@@ -63,7 +73,7 @@ def _extkit_version() -> str:
 
 
 # Package data drops dot-files; these template names become them.
-_DOTFILES = {"gitignore": ".gitignore"}
+_DOTFILES = {"gitignore": ".gitignore", "dockerignore": ".dockerignore"}
 
 
 def template_files(template: str) -> dict[str, str]:

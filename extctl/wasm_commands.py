@@ -249,8 +249,7 @@ def inspect(module: str, username: str | None, password_stdin: bool, docker_conf
     click.echo(f"callbacks: {', '.join(info.callbacks) or '-'}")
     click.echo("imports: " + (", ".join(f"{m}.{n}" for m, n in info.imports) or "-"))
     if info.emulator_missing:
-        click.echo("emulator: cannot provide " + ", ".join(info.emulator_missing)
-                   + " (wasm.emulator will refuse to load it)")
+        click.echo("emulator: would refuse it: " + ", ".join(info.emulator_missing))
     elif info.is_proxy_wasm:
         click.echo("emulator: provides every import")
     if info.emulator_stubbed:

@@ -207,7 +207,7 @@ def test_inspect_flags_imports_the_emulator_cannot_provide(tmp_path):
         (import "env" "proxy_http_call" (func (param i32 i32 i32 i32 i32 i32 i32 i32 i32 i32)
                                               (result i32)))"""))
     text = CliRunner().invoke(cli, ["inspect", str(module)])
-    assert "emulator: cannot provide env.proxy_made_up" in text.output
+    assert "emulator: would refuse it: env.proxy_made_up" in text.output
     assert "stubs answering UNIMPLEMENTED: env.proxy_http_call" in text.output
     import json
 
@@ -215,6 +215,15 @@ def test_inspect_flags_imports_the_emulator_cannot_provide(tmp_path):
                                                  "json"]).output)
     assert report["emulator"] == {"missing": ["env.proxy_made_up"],
                                   "stubbed": ["env.proxy_http_call"]}
+    wrong = tmp_path / "wrong.wasm"
+    wrong.write_bytes(_module("(i32.const 0)", imports='(import "env" "proxy_log" '
+                                                       '(func (param i32 i32) (result i32)))'))
+    assert "would refuse it: env.proxy_log (signature)" in CliRunner().invoke(
+        cli, ["inspect", str(wrong)]).output
+    old = tmp_path / "old.wasm"
+    old.write_bytes(_module("(i32.const 0)", abi="0_1_0"))
+    assert "would refuse it: proxy-wasm ABI 0_1_0" in CliRunner().invoke(
+        cli, ["inspect", str(old)]).output
     fine = tmp_path / "fine.wasm"
     fine.write_bytes(_wat("host_calls.wat"))
     assert "emulator: provides every import" in CliRunner().invoke(
@@ -428,3 +437,21 @@ def test_metric_ids_carry_their_type_and_counters_add():
     assert metrics.value_of(histogram) == (Status.BAD_ARGUMENT, 0)
     assert metrics.record(histogram, 9) == Status.OK
     assert metrics.snapshot() == {"c": 7, "g": -3, "h": [9]}
+
+
+def test_properties_given_to_the_emulator_override_the_built_in_ones():
+    with ProxyWasm(_wat("host_calls.wat"), properties={"request.path": "/given"}) as plugin:
+        result = plugin.request(path="/real")
+    assert result.request_header("x-path") == "/given"
+
+
+def test_inputs_the_emulator_refuses_or_accepts():
+    from wasm.errors import InvalidModule
+
+    with pytest.raises(InvalidModule, match="not a WebAssembly module"):
+        ProxyWasm(b"garbage")
+    with pytest.raises(ValueError, match="fuel must be a positive"):
+        ProxyWasm(_wat("host_calls.wat"), fuel=-1)
+    result = ProxyWasm(_wat("host_calls.wat")).request(
+        headers={"x-copy": b"\xff raw", "x-name": "J\u00f6rg \u2713"})
+    assert result.request_header("x-copied") == "\xff raw"  # bytes kept as they are

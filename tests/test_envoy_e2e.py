@@ -127,7 +127,7 @@ def test_immediate_response_403_with_body_and_header(make_stack):
 
 def test_hook_exception_fails_closed_then_next_request_works(make_stack, caplog):
     caplog.set_level(logging.ERROR, logger="extproc")
-    with make_stack(Rewrite) as s:
+    with make_stack(Rewrite, preserve_external_request_id=True) as s:
         failed = s.get("/", headers={"x-boom": "1", "x-request-id": "req-boom-1"})
         after = s.get("/fine")
     assert failed.status == 500
@@ -240,3 +240,15 @@ def test_client_cidr_allow_and_deny_honour_xff_trusted_hops(sock_dir, echo):
     assert denied.status == 403
     assert outside.status == 403
     assert spoofed.status == 403
+
+
+def test_client_cidrs_cannot_be_spoofed_with_x_forwarded_for_without_trusted_hops(sock_dir,
+                                                                                   echo):
+    from conftest import stack
+
+    with stack(HeadersOnly, sock_dir, echo, allow_cidrs=["10.0.0.0/8"]) as s:
+        spoofed = s.get("/", headers={"x-forwarded-for": "10.1.2.3"})
+    with stack(HeadersOnly, sock_dir, echo, deny_cidrs=["127.0.0.0/8"]) as s:
+        denied = s.get("/", headers={"x-forwarded-for": "10.1.2.3"})
+    assert spoofed.status == 403  # the peer is 127.0.0.1, whatever the header says
+    assert denied.status == 403

@@ -75,6 +75,30 @@ def test_processing_mode_follows_the_class():
     assert processing_mode(ModeOverride)["allowModeOverride"] is True
 
 
+def test_what_envoy_gateway_cannot_ask_for_is_refused_not_dropped():
+    import extproc
+
+    class Trailers(extproc.Processor):
+        async def on_request_trailers(self, trailers):
+            pass
+
+    class Nothing(extproc.Processor):
+        pass
+
+    with pytest.raises(GatewayError, match="request_trailers, which Envoy Gateway"):
+        processing_mode(Trailers)
+    with pytest.raises(GatewayError, match="handles no phase"):
+        processing_mode(Nothing)
+    from procs import RoutingAllowed
+
+    assert RoutingAllowed.allow_routing_mutations
+    with pytest.raises(GatewayError, match="cannot express"):
+        processing_mode(RoutingAllowed)
+    policy = resources(_config(Metadata))[0]
+    assert policy["spec"]["extProc"][0]["metadata"] == {"writableNamespaces": ["extkit"]}
+    _valid(policy)
+
+
 def test_backend_lists_every_worker_socket_and_tcp_endpoints():
     import extproc
 
@@ -337,6 +361,18 @@ def test_gen_envoy_with_every_option_passes_envoy_validate(tmp_path, wat_module)
     (["envoy", "--filter-order", "wasm:ext_proc"], "is not FILTER:before|after:FILTER"),
     (["envoy", "--upstream", "nowhere"], "is not host:port"),
     (["envoy", "--admin", "0.0.0.0:9901"], "keep it on loopback"),
+    (["envoy", "--admin", "localhost:9901"], "give an IP address"),
+    (["envoy", "--listen", "localhost:10000"], "give an IP address"),
+    (["envoy", "--wasm", "w=./missing.wasm"], "is not a file"),
+    (["envoy", "--wasm", "w=/x.wasm", "--wasm", "w=/y.wasm"], "w is given twice"),
+    (["envoy", "procs:FullDuplexRedact", "--uds", "/x.sock", "--fail-open"],
+     "FULL_DUPLEX_STREAMED"),
+    (["gateway", "procs:HeadersOnly", "--name", "n", "--route", "r", "--uds", "x.sock"],
+     "absolute path"),
+    (["gateway", "procs:HeadersOnly", "--name", "n", "--namespace", "Bad NS", "--route", "r",
+      "--uds", "/x.sock"], "is not a Kubernetes namespace"),
+    (["gateway", "--name", "n", "--route", "r", "--wasm-image",
+      f"w=https://example.com/x.wasm@sha256:{'a' * 64}"], "only oci:// references"),
     (["envoy", "--wasm", f"w=oci://r.example/x:1@sha256:{'a' * 64}"], "Envoy cannot pull"),
     (["envoy", "--wasm", "w=/x.wasm", "--wasm-fail-open", "v"], "no Wasm module named v"),
     (["envoy", "--wasm", "w=https://x/y.wasm"], "needs its sha256"),
@@ -356,3 +392,36 @@ def test_gen_refuses_bad_input_with_exit_2_and_one_line(args, message):
     assert result.exit_code == 2, result.output
     assert message in result.output
     assert result.output.count("\n") <= 1 or "Usage:" in result.output
+
+
+def test_gen_envoy_resolves_names_and_refuses_a_file_that_is_not_wasm(tmp_path):
+    import subprocess
+
+    from extctl.envoy_runner import find_envoy
+
+    out = tmp_path / "envoy.yaml"
+    made = _gen("envoy", "procs:HeadersOnly", "--address", "localhost:9000",
+                "--upstream", "localhost:8080", "-o", str(out))
+    assert made.exit_code == 0, made.output
+    clusters = {c["name"]: c for c in yaml.safe_load(out.read_text())["static_resources"][
+        "clusters"]}
+    assert clusters["extproc"]["type"] == clusters["upstream"]["type"] == "STRICT_DNS"
+    check = subprocess.run([find_envoy(), "--mode", "validate", "-c", str(out)],
+                           capture_output=True, text=True, timeout=60)
+    assert check.returncode == 0, check.stdout + check.stderr
+    bogus = tmp_path / "bogus.wasm"
+    bogus.write_bytes(b"not wasm")
+    refused = _gen("envoy", "--wasm", f"b={bogus}")
+    assert refused.exit_code == 9 and "not a WebAssembly module" in refused.output
+
+
+def test_gen_gateway_digest_only_images_and_long_timeouts():
+    result = _gen("gateway", "procs:HeadersOnly", "--name", "n", "--route", "r", "--uds",
+                  "/x.sock", "--message-timeout", "200", "--wasm-image",
+                  f"w=oci://r.example/filters/w@sha256:{'a' * 64}")
+    assert result.exit_code == 0, result.output
+    policy = next(yaml.safe_load_all(result.output))
+    _valid(policy)
+    assert policy["spec"]["extProc"][0]["messageTimeout"] == "200s"
+    image = policy["spec"]["wasm"][0]["code"]["image"]
+    assert image["url"] == f"r.example/filters/w@sha256:{'a' * 64}"  # not :latest

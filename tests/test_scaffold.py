@@ -99,6 +99,10 @@ def test_new_wasm_project_builds_and_passes_its_tests_in_envoy(tmp_path, project
 def test_new_refuses_bad_names_and_existing_directories_with_exit_2(tmp_path):
     bad = _new("extproc", "Bad_Name", "-C", str(tmp_path))
     assert bad.exit_code == 2 and "project name 'Bad_Name'" in bad.output
+    for name, why in (("registry", "would shadow it"), ("email", "would shadow it"),
+                      ("import", "is a Python keyword")):
+        clash = _new("extproc", name, "-C", str(tmp_path))
+        assert clash.exit_code == 2 and why in clash.output, clash.output
     (tmp_path / "taken").mkdir()
     (tmp_path / "taken" / "keep.txt").write_text("mine")
     taken = _new("wasm", "taken", "-C", str(tmp_path))

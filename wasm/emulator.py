@@ -87,8 +87,17 @@ class Action:
     continues: bool
 
 
-def _encode(pairs: Sequence[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
-    return [(k.encode("latin-1"), v.encode("latin-1")) for k, v in pairs]
+def _encode(pairs: Sequence[tuple[str, str | bytes]]) -> list[tuple[bytes, bytes]]:
+    """Values as ``str`` (latin-1, or UTF-8 beyond it) or ``bytes``."""
+    return [(k.encode("latin-1"), v if isinstance(v, bytes) else _text_bytes(v))
+            for k, v in pairs]
+
+
+def _text_bytes(value: str) -> bytes:
+    try:
+        return value.encode("latin-1")
+    except UnicodeEncodeError:
+        return value.encode("utf-8")
 
 
 class HttpContext:
@@ -216,6 +225,11 @@ class ProxyWasm:
                  start: bool = True) -> None:
         data = (bytes(module) if isinstance(module, (bytes, bytearray))
                 else Path(module).read_bytes())
+        if not data.startswith(b"\x00asm") and not data.lstrip().startswith((b"(", b";;")):
+            raise InvalidModule(f"not a WebAssembly module (binary or text): starts with "
+                                f"{data[:4]!r}")
+        if fuel is not None and fuel < 1:
+            raise ValueError("fuel must be a positive number of instructions, or None")
         self.plugin_configuration = _bytes(plugin_configuration)
         self.vm_configuration = _bytes(vm_configuration)
         self.root_id, self.plugin_name, self.vm_id = root_id, plugin_name, vm_id
@@ -432,12 +446,13 @@ class ProxyWasm:
         return True
 
     def property(self, path: tuple[bytes, ...]) -> bytes | None:
-        """A property by its path segments, as Envoy resolves them: built-in attributes, then
-        the ones given to the emulator, then what the filter set on the stream."""
+        """A property by its path segments: the ones given to the emulator (so a test can set
+        ``source.address``), then Envoy's built-in attributes, then what the filter set on the
+        stream."""
         context = self.http
-        value = self._builtin(path, context)
+        value = self.properties.get(path)
         if value is None:
-            value = self.properties.get(path)
+            value = self._builtin(path, context)
         if value is None and context is not None:
             value = context.filter_state.get(b"\0".join(path))
         return value

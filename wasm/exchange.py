@@ -13,7 +13,7 @@ from .abi import MapType
 if TYPE_CHECKING:
     from .emulator import Action, HttpContext, LogLine
 
-Pairs = Mapping[str, str] | Iterable[tuple[str, str]]
+Pairs = Mapping[str, str] | Mapping[str, bytes] | Iterable[tuple[str, str | bytes]]
 Upstream = Callable[[list[tuple[str, str]], bytes],
                     tuple[int, Pairs, "bytes | Sequence[bytes]"]]
 
@@ -68,7 +68,7 @@ def _first(pairs: Sequence[tuple[str, str]], name: str) -> str | None:
     return next((v for k, v in pairs if k == name.lower()), None)
 
 
-def pairs_of(values: Pairs | None) -> list[tuple[str, str]]:
+def pairs_of(values: Pairs | None) -> list[tuple[str, str | bytes]]:
     items = values.items() if isinstance(values, Mapping) else (values or ())
     return [(k.lower(), v) for k, v in items]
 

@@ -29,6 +29,8 @@ class ModuleInfo:
     exports: tuple[str, ...] = field(default=())
     imports: tuple[tuple[str, str], ...] = field(default=())
     """``(module, name)`` of each import, e.g. ``("env", "proxy_log")``."""
+    mismatched: tuple[str, ...] = field(default=())
+    """Imports declared with another signature than the proxy-wasm ABI's."""
 
     @property
     def is_proxy_wasm(self) -> bool:
@@ -36,11 +38,16 @@ class ModuleInfo:
 
     @property
     def emulator_missing(self) -> tuple[str, ...]:
-        """Imports the proxy-wasm emulator (:mod:`wasm.emulator`) cannot provide."""
+        """Why the proxy-wasm emulator (:mod:`wasm.emulator`) would refuse the module: its ABI,
+        imports it does not provide, imports declared with another signature."""
         from .abi import provided_imports
 
+        if not any(v in ("0_2_0", "0_2_1") for v in self.abi_versions):
+            versions = ", ".join(self.abi_versions) or "none"
+            return (f"proxy-wasm ABI {versions} (the emulator speaks 0_2_0, 0_2_1)",)
         provided = provided_imports(self._abi())
-        return tuple(f"{m}.{n}" for m, n in self.imports if (m, n) not in provided)
+        missing = tuple(f"{m}.{n}" for m, n in self.imports if (m, n) not in provided)
+        return missing + tuple(f"{name} (signature)" for name in self.mismatched)
 
     @property
     def emulator_stubbed(self) -> tuple[str, ...]:
@@ -85,6 +92,7 @@ def inspect_bytes(data: bytes) -> ModuleInfo:
     exports = tuple(e.name for e in module.exports)
     abis = tuple(name[len(ABI_PREFIX):] for name in exports if name.startswith(ABI_PREFIX))
     return ModuleInfo(
+        mismatched=_mismatched(module, abis),
         size=len(data),
         sha256=hashlib.sha256(data).hexdigest(),
         abi_versions=abis,
@@ -121,3 +129,20 @@ def verify_file(path: str | os.PathLike[str], expected: str) -> str:
         raise DigestMismatch(f"{os.fspath(path)}: sha256 is {actual}, expected {want}",
                              expected=want, actual=actual)
     return actual
+
+
+def _mismatched(module: wasmtime.Module, abis: tuple[str, ...]) -> tuple[str, ...]:
+    from .abi import import_signatures
+
+    supported = [v for v in abis if v in ("0_2_0", "0_2_1")]
+    signatures = import_signatures(supported[-1] if supported else "0_2_1")
+    found = []
+    for item in module.imports:
+        expected = signatures.get((item.module, item.name or ""))
+        if expected is None or not isinstance(item.type, wasmtime.FuncType):
+            continue
+        declared = (tuple(str(t) for t in item.type.params),
+                    tuple(str(t) for t in item.type.results))
+        if declared != expected:
+            found.append(f"{item.module}.{item.name}")
+    return tuple(found)
