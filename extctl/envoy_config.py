@@ -114,8 +114,10 @@ class EnvoyConfig:
     """Headers the route adds upstream (values may use Envoy's %...% formatters)."""
     max_grpc_message_bytes: int = 32 * 1024 * 1024
     """Largest ext_proc answer Envoy accepts (a BUFFERED body comes back in one message)."""
-    buffer_limit_bytes: int = 32 * 1024 * 1024
-    """Listener/cluster buffer limit: the largest BUFFERED body."""
+    buffer_limit_bytes: int | None = None
+    """Listener/cluster buffer limit, which is also the largest BUFFERED body; default: 32 MiB
+    when the processor buffers bodies, else Envoy's own 1 MiB (a large limit per connection is
+    memory a client can make Envoy hold)."""
     access_log: bool = False
     """Log each request to Envoy's stdout."""
     allow_cidrs: Sequence[str] = ()
@@ -203,6 +205,17 @@ def _loopback(address: str) -> None:
                           "read its secrets; keep it on loopback (127.0.0.1:PORT)")
 
 
+def _buffer_limit(config: EnvoyConfig) -> int:
+    if config.buffer_limit_bytes is not None:
+        return config.buffer_limit_bytes
+    mode = (config.processing_mode or config.processor.processing_mode()
+            if config.processor is not None else None)
+    buffered = mode is not None and any(
+        body in (BodyMode.BUFFERED, BodyMode.BUFFERED_PARTIAL)
+        for body in (mode.request_body, mode.response_body))
+    return 32 * 1024 * 1024 if buffered else 1024 * 1024
+
+
 def bootstrap(config: EnvoyConfig) -> Any:
     """A complete Bootstrap: listener -> HCM -> filters (rbac, wasm, ext_proc in Envoy Gateway's
     order, ``filter_order`` applied) -> router -> upstream cluster."""
@@ -251,7 +264,7 @@ def bootstrap(config: EnvoyConfig) -> Any:
     listener = listener_pb2.Listener(
         name="http",
         address=_socket_address(config.listen),
-        per_connection_buffer_limit_bytes={"value": config.buffer_limit_bytes},
+        per_connection_buffer_limit_bytes={"value": _buffer_limit(config)},
         filter_chains=[listener_components_pb2.FilterChain(filters=[
             listener_components_pb2.Filter(name="envoy.filters.network.http_connection_manager",
                                            typed_config=_any(manager))])],
@@ -264,7 +277,7 @@ def bootstrap(config: EnvoyConfig) -> Any:
         type=_discovery(config.processor_addresses),
         connect_timeout=_seconds(1),
         lb_policy=cluster_pb2.Cluster.ROUND_ROBIN,
-        per_connection_buffer_limit_bytes={"value": config.buffer_limit_bytes},
+        per_connection_buffer_limit_bytes={"value": _buffer_limit(config)},
         typed_extension_protocol_options={
             "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": _any(http2)},
         load_assignment=_load_assignment(EXT_PROC_CLUSTER, config.processor_addresses),
@@ -281,7 +294,7 @@ def bootstrap(config: EnvoyConfig) -> Any:
             name=UPSTREAM_CLUSTER,
             type=_discovery(upstreams),
             connect_timeout=_seconds(1),
-            per_connection_buffer_limit_bytes={"value": config.buffer_limit_bytes},
+            per_connection_buffer_limit_bytes={"value": _buffer_limit(config)},
             load_assignment=_load_assignment(UPSTREAM_CLUSTER, upstreams),
         )
         if config.session is not None:
@@ -418,6 +431,8 @@ def _url_cluster(name: str, url: str) -> Any:
         load_assignment=_load_assignment(name, [f"{parsed.hostname}:{port}"]))
     if parsed.scheme == "https":
         tls = tls_pb2.UpstreamTlsContext(sni=parsed.hostname or "")
+        # The sha256 protects the module; the system CAs check who serves it too.
+        tls.common_tls_context.validation_context.system_root_certs.SetInParent()
         cluster.transport_socket.name = "envoy.transport_sockets.tls"
         cluster.transport_socket.typed_config.Pack(tls)
     return cluster

@@ -346,6 +346,10 @@ def test_gen_envoy_with_every_option_passes_envoy_validate(tmp_path, wat_module)
     assert route["hash_policy"] == [{"header": {"header_name": "x-user"}, "terminal": True}]
     clusters = {c["name"]: c for c in config["static_resources"]["clusters"]}
     assert clusters["upstream"]["lb_policy"] == "MAGLEV"
+    remote_tls = clusters["wasm_source_1"]["transport_socket"]["typed_config"]
+    assert "system_root_certs" in remote_tls["common_tls_context"]["validation_context"]
+    # no buffered bodies: Envoy's own 1 MiB per connection, not 32 MiB
+    assert clusters["upstream"]["per_connection_buffer_limit_bytes"] == 1024 * 1024
     assert len(clusters["extproc"]["load_assignment"]["endpoints"][0]["lb_endpoints"]) == 2
     ext_proc = manager["http_filters"][2]["typed_config"]
     assert ext_proc["failure_mode_allow"] is True and ext_proc["message_timeout"] == "2s"
@@ -413,6 +417,19 @@ def test_gen_envoy_resolves_names_and_refuses_a_file_that_is_not_wasm(tmp_path):
     bogus.write_bytes(b"not wasm")
     refused = _gen("envoy", "--wasm", f"b={bogus}")
     assert refused.exit_code == 9 and "not a WebAssembly module" in refused.output
+
+
+def test_buffer_limit_grows_only_for_processors_that_buffer_bodies():
+    from procs import BufferedJson, HeadersOnly
+
+    from extctl.envoy_config import EnvoyConfig, bootstrap
+
+    def limit(cls):
+        return bootstrap(EnvoyConfig(cls, ["/x.sock"])).static_resources.listeners[0]\
+            .per_connection_buffer_limit_bytes.value
+
+    assert limit(HeadersOnly) == 1024 * 1024
+    assert limit(BufferedJson) == 32 * 1024 * 1024
 
 
 def test_gen_gateway_digest_only_images_and_long_timeouts():
