@@ -104,6 +104,18 @@ def _wasm_extras(configs: Sequence[str], root_ids: Sequence[str], fail_open: Seq
     return config, roots
 
 
+class _Lines(click.ParamType):  # type: ignore[type-arg]
+    """Text whose repeated values come from an environment variable one per line, not split
+    on spaces (JSON has spaces)."""
+
+    name = "text"
+    envvar_list_splitter = "\n"
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> str:
+        return str(value)
+
+
 def _policy_options(function: F) -> F:
     """The options both generators share, in the order --help shows them."""
     options = [
@@ -111,8 +123,9 @@ def _policy_options(function: F) -> F:
                      help="Envoy continues without the processor when it fails."),
         click.option("--message-timeout", type=click.FloatRange(min=0.001),
                      help="Seconds Envoy waits per answer (default: the class's)."),
-        click.option("--wasm-config", multiple=True, metavar="NAME=JSON",
-                     help="Plugin configuration of a Wasm module (default: none)."),
+        click.option("--wasm-config", multiple=True, metavar="NAME=JSON", type=_Lines(),
+                     help="Plugin configuration of a Wasm module (default: none; in the "
+                          "environment variable, one NAME=JSON per line)."),
         click.option("--wasm-root-id", multiple=True, metavar="NAME=ROOT_ID",
                      help="Root context id of a Wasm module."),
         click.option("--wasm-fail-open", multiple=True, metavar="NAME",

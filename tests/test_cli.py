@@ -198,6 +198,18 @@ def test_nested_command_options_read_extctl_environment_variables(tmp_path):
     assert len(upstream["load_assignment"]["endpoints"][0]["lb_endpoints"]) == 2
 
 
+def test_json_options_from_the_environment_are_one_per_line():
+    import yaml
+
+    result = CliRunner().invoke(cli, ["gen", "gateway", "--name", "n", "--route", "r"], env={
+        "EXTCTL_GEN_GATEWAY_WASM_IMAGE": f"a=oci://r.example/a:1@sha256:{'a' * 64} "
+                                         f"b=oci://r.example/b:1@sha256:{'b' * 64}",
+        "EXTCTL_GEN_GATEWAY_WASM_CONFIG": 'a={"words": ["x", "y"]}\nb={"on": true}'})
+    assert result.exit_code == 0, result.output
+    wasm = next(yaml.safe_load_all(result.output))["spec"]["wasm"]
+    assert [w["config"] for w in wasm] == [{"words": ["x", "y"]}, {"on": True}]
+
+
 def test_shell_completion_script_and_completions():
     import os
     import subprocess
