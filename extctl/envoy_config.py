@@ -148,8 +148,13 @@ def _socket_address(address: str) -> Any:
         address=host, port_value=port))
 
 
+def _is_socket_path(address: str) -> bool:
+    """A Unix socket path rather than host:port."""
+    return ":" not in address or address.startswith(("/", "."))
+
+
 def _endpoint_address(address: str) -> Any:
-    if ":" in address and not address.startswith(("/", ".")):
+    if not _is_socket_path(address):
         return _socket_address(address)
     return address_pb2.Address(pipe=address_pb2.Pipe(path=address))
 
@@ -283,7 +288,7 @@ def bootstrap(config: EnvoyConfig) -> Any:
         load_assignment=_load_assignment(EXT_PROC_CLUSTER, config.processor_addresses),
     )]
     if config.processor_tls is not None and clusters:
-        if any(a.startswith(("/", ".")) for a in config.processor_addresses):
+        if any(_is_socket_path(a) for a in config.processor_addresses):
             raise ConfigError("TLS to the processor applies to TCP addresses, not Unix sockets")
         clusters[0].transport_socket.CopyFrom(_processor_tls(config.processor_tls))
     for index, wasm in enumerate(config.wasm):
@@ -448,7 +453,7 @@ def _is_ip(host: str) -> bool:
 
 def _discovery(addresses: Sequence[str]) -> Any:
     """STATIC for IPs and Unix sockets; STRICT_DNS when a name must be resolved."""
-    named = any(":" in a and not a.startswith(("/", ".")) and not _is_ip(split_address(a)[0])
+    named = any(not _is_socket_path(a) and not _is_ip(split_address(a)[0])
                 for a in addresses)
     return cluster_pb2.Cluster.STRICT_DNS if named else cluster_pb2.Cluster.STATIC
 

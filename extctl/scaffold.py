@@ -9,6 +9,7 @@ leaves nothing behind.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import keyword
 import os
@@ -22,12 +23,9 @@ from pathlib import Path
 
 from .errors import ScaffoldError, UsageError
 
-TEMPLATES = {
-    "extproc": "extproc",
-    "wasm-wat": "wasm-wat",
-    "wasm-assemblyscript": "wasm-assemblyscript",
-}
 WASM_LANGUAGES = ("wat", "assemblyscript")
+TEMPLATES = ("extproc", *(f"wasm-{lang}" for lang in WASM_LANGUAGES))
+"""Directory names under ``extctl/templates/``."""
 _NAME = re.compile(r"^[a-z][a-z0-9-]{0,40}$")
 
 
@@ -63,6 +61,7 @@ class ProjectNames:
                 .replace("{{extkit_version}}", _extkit_version()))
 
 
+@functools.cache
 def _extkit_version() -> str:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -78,7 +77,7 @@ _DOTFILES = {"gitignore": ".gitignore", "dockerignore": ".dockerignore"}
 
 def template_files(template: str) -> dict[str, str]:
     """Relative path (``__package__`` kept) -> template text."""
-    root = Path(__file__).resolve().parent / "templates" / TEMPLATES[template]
+    root = Path(__file__).resolve().parent / "templates" / template
     return {str(path.relative_to(root)).removesuffix(".tmpl"): path.read_text()
             for path in sorted(root.rglob("*.tmpl"))}
 

@@ -198,6 +198,15 @@ def deserialize_map(data: bytes) -> list[tuple[bytes, bytes]]:
 
 Signature = tuple[tuple[str, ...], tuple[str, ...]]
 
+SUPPORTED_ABIS = ("0_2_0", "0_2_1")
+"""The ABI versions the emulator (and Envoy) speak."""
+
+
+def supported_abi(versions: Iterable[str]) -> str | None:
+    """The newest of ``versions`` the emulator speaks, or None."""
+    found = [v for v in versions if v in SUPPORTED_ABIS]
+    return found[-1] if found else None
+
 
 def import_signatures(abi: str = "0_2_1") -> dict[tuple[str, str], Signature]:
     """(module, name) -> (params, results) of every import the emulator gives a module of

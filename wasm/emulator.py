@@ -33,9 +33,12 @@ import wasmtime
 from .abi import (
     BODY_ACTIONS,
     HEADER_ACTIONS,
+    SUPPORTED_ABIS,
     LogLevel,
     MapType,
     import_signatures,
+    serialize_map,
+    supported_abi,
 )
 from .errors import (
     HostError,
@@ -58,17 +61,15 @@ from .exchange import (
 )
 from .headers import HeaderMap
 from .imports import HostFunctions
-from .module import ABI_PREFIX
+from .module import ABI_PREFIX, import_problems
 from .state import Metrics, SharedData
 
 __all__ = ["Action", "HttpContext", "LogLine", "ProxyWasm"]
 
-SUPPORTED_ABIS = ("0_2_0", "0_2_1")
 DEFAULT_FUEL = 500_000_000
 """Wasm instructions one callback may run (roughly a second of work)."""
 DEFAULT_MEMORY_LIMIT = 256 * 1024 * 1024
 ROOT_CONTEXT_ID = 1
-_TYPES = {"i32": wasmtime.ValType.i32(), "i64": wasmtime.ValType.i64()}
 
 
 @dataclass(frozen=True)
@@ -147,39 +148,40 @@ class HttpContext:
         self.actions.append((callback.removeprefix("proxy_on_"), action))
         return action
 
-    def on_request_headers(self, headers: Pairs, end_of_stream: bool = True) -> Action:
-        self.maps[MapType.REQUEST_HEADERS] = HeaderMap(_encode(pairs_of(headers)))
-        return self._call("proxy_on_request_headers", MapType.REQUEST_HEADERS,
-                          len(self.maps[MapType.REQUEST_HEADERS].pairs), int(end_of_stream))
+    def _map_phase(self, callback: str, kind: MapType, pairs: Pairs, *flags: bool) -> Action:
+        """A headers or trailers callback: the map is lent to the filter while it runs."""
+        self.maps[kind] = HeaderMap(_encode(pairs_of(pairs)))
+        return self._call(callback, kind, len(self.maps[kind].pairs), *map(int, flags))
 
-    def on_request_body(self, chunk: bytes, end_of_stream: bool) -> Action:
-        self.buffers["request"] += chunk
-        return self._call("proxy_on_request_body", None, len(self.buffers["request"]),
+    def _body_phase(self, direction: str, chunk: bytes, end_of_stream: bool) -> Action:
+        self.buffers[direction] += chunk
+        return self._call(f"proxy_on_{direction}_body", None, len(self.buffers[direction]),
                           int(end_of_stream))
 
+    def on_request_headers(self, headers: Pairs, end_of_stream: bool = True) -> Action:
+        return self._map_phase("proxy_on_request_headers", MapType.REQUEST_HEADERS, headers,
+                               end_of_stream)
+
+    def on_request_body(self, chunk: bytes, end_of_stream: bool) -> Action:
+        return self._body_phase("request", chunk, end_of_stream)
+
     def on_request_trailers(self, trailers: Pairs) -> Action:
-        self.maps[MapType.REQUEST_TRAILERS] = HeaderMap(_encode(pairs_of(trailers)))
-        return self._call("proxy_on_request_trailers", MapType.REQUEST_TRAILERS,
-                          len(self.maps[MapType.REQUEST_TRAILERS].pairs))
+        return self._map_phase("proxy_on_request_trailers", MapType.REQUEST_TRAILERS, trailers)
 
     def on_response_headers(self, headers: Pairs, end_of_stream: bool = True) -> Action:
         self.response_started = True
-        pairs = pairs_of(headers)
+        pairs = pairs_of(headers)  # once: ``headers`` may be an iterator
         status = dict(pairs).get(":status")
         self.response_code = int(status) if status and status.isdigit() else None
-        self.maps[MapType.RESPONSE_HEADERS] = HeaderMap(_encode(pairs))
-        return self._call("proxy_on_response_headers", MapType.RESPONSE_HEADERS,
-                          len(self.maps[MapType.RESPONSE_HEADERS].pairs), int(end_of_stream))
+        return self._map_phase("proxy_on_response_headers", MapType.RESPONSE_HEADERS, pairs,
+                               end_of_stream)
 
     def on_response_body(self, chunk: bytes, end_of_stream: bool) -> Action:
-        self.buffers["response"] += chunk
-        return self._call("proxy_on_response_body", None, len(self.buffers["response"]),
-                          int(end_of_stream))
+        return self._body_phase("response", chunk, end_of_stream)
 
     def on_response_trailers(self, trailers: Pairs) -> Action:
-        self.maps[MapType.RESPONSE_TRAILERS] = HeaderMap(_encode(pairs_of(trailers)))
-        return self._call("proxy_on_response_trailers", MapType.RESPONSE_TRAILERS,
-                          len(self.maps[MapType.RESPONSE_TRAILERS].pairs))
+        return self._map_phase("proxy_on_response_trailers", MapType.RESPONSE_TRAILERS,
+                               trailers)
 
     def take_body(self, direction: str) -> bytes:
         """What the filter lets through: data held back, then the buffer (both emptied)."""
@@ -279,29 +281,22 @@ class ProxyWasm:
             self.start()
 
     def _link(self) -> wasmtime.Instance:
+        problems = import_problems(self._module, self.abi)
+        if problems:
+            described = [name if why == "missing"
+                         else f"{name} (declared with another signature than the ABI's)"
+                         for name, why in problems]
+            raise MissingImports("the module imports what the emulator (and Envoy) does not "
+                                 f"provide: {', '.join(described)}",
+                                 tuple(name for name, _ in problems))
         linker = wasmtime.Linker(self._engine)
         functions = HostFunctions(self).table()
         signatures = import_signatures(self.abi)
-        problems = []
-        for item in self._module.imports:
+        for item in self._module.imports:  # every one checked above: the ABI's signature
             key = (item.module, item.name or "")
-            label = f"{item.module}.{item.name}"
-            signature = signatures.get(key)
-            if signature is None or not isinstance(item.type, wasmtime.FuncType):
-                problems.append(label)
-                continue
-            expected = wasmtime.FuncType([_TYPES[t] for t in signature[0]],
-                                         [_TYPES[t] for t in signature[1]])
-            if (list(item.type.params) != list(expected.params)
-                    or list(item.type.results) != list(expected.results)):
-                problems.append(f"{label} (declared with another signature than the ABI's)")
-                continue
-            linker.define_func(item.module, item.name or "", expected,
-                               _guard(self, functions[key], signature[0]))
-        if problems:
-            raise MissingImports("the module imports what the emulator (and Envoy) does not "
-                                 f"provide: {', '.join(problems)}",
-                                 tuple(p.split(" ")[0] for p in problems))
+            assert isinstance(item.type, wasmtime.FuncType)
+            linker.define_func(item.module, item.name or "", item.type,
+                               _guard(self, functions[key], signatures[key][0]))
         try:
             return linker.instantiate(self._store, self._module)
         except (wasmtime.WasmtimeError, wasmtime.Trap) as exc:
@@ -353,9 +348,6 @@ class ProxyWasm:
         self.call("proxy_on_tick", ROOT_CONTEXT_ID)
 
     # calling into the module
-
-    def has(self, name: str) -> bool:
-        return name in self._functions
 
     def call(self, name: str, *args: int) -> int | None:
         """Call an export; a top-level call gets the fuel budget (calls the host makes while it
@@ -533,8 +525,6 @@ def _bytes(value: bytes | str) -> bytes:
 
 
 def _map_value(headers: HeaderMap) -> bytes:
-    from .abi import serialize_map
-
     return serialize_map(headers.joined())
 
 
@@ -551,9 +541,9 @@ def _encode_property(value: str | int | bool | bytes) -> bytes:
 def _abi_of(module: wasmtime.Module) -> str:
     versions = [e.name.removeprefix(ABI_PREFIX) for e in module.exports
                 if e.name.startswith(ABI_PREFIX)]
-    supported = [v for v in versions if v in SUPPORTED_ABIS]
-    if supported:
-        return supported[-1]
+    supported = supported_abi(versions)
+    if supported is not None:
+        return supported
     if versions:
         raise UnsupportedAbi(f"proxy-wasm ABI {', '.join(versions)} is not supported; the "
                              f"emulator speaks {', '.join(SUPPORTED_ABIS)} (Envoy too)")

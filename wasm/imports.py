@@ -208,25 +208,25 @@ class HostFunctions:
             return Status.NOT_FOUND
         return self.hand_back("proxy_get_header_map_value", value, ptr_ptr, size_ptr)
 
-    def proxy_add_header_map_value(self, kind: int, key_ptr: int, key_size: int, ptr: int,
-                                   size: int) -> int:
-        key = self.read("proxy_add_header_map_value", key_ptr, key_size)
-        value = self.read("proxy_add_header_map_value", ptr, size)
+    def _set_value(self, function: str, kind: int, key_ptr: int, key_size: int, ptr: int,
+                   size: int, apply: Callable[[HeaderMap, bytes, bytes], None]) -> int:
+        key = self.read(function, key_ptr, key_size)
+        value = self.read(function, ptr, size)
         found = self._map(kind, write=True)
         if isinstance(found, Status):
             return found
-        found.add(key, value)
+        apply(found, key, value)
         return Status.OK
+
+    def proxy_add_header_map_value(self, kind: int, key_ptr: int, key_size: int, ptr: int,
+                                   size: int) -> int:
+        return self._set_value("proxy_add_header_map_value", kind, key_ptr, key_size, ptr,
+                               size, HeaderMap.add)
 
     def proxy_replace_header_map_value(self, kind: int, key_ptr: int, key_size: int, ptr: int,
                                        size: int) -> int:
-        key = self.read("proxy_replace_header_map_value", key_ptr, key_size)
-        value = self.read("proxy_replace_header_map_value", ptr, size)
-        found = self._map(kind, write=True)
-        if isinstance(found, Status):
-            return found
-        found.replace(key, value)
-        return Status.OK
+        return self._set_value("proxy_replace_header_map_value", kind, key_ptr, key_size, ptr,
+                               size, HeaderMap.replace)
 
     def proxy_remove_header_map_value(self, kind: int, key_ptr: int, key_size: int) -> int:
         key = self.read("proxy_remove_header_map_value", key_ptr, key_size)
@@ -397,9 +397,11 @@ class HostFunctions:
             ("env", name): getattr(self, name) for name in HOST_FUNCTIONS}
         for name in STUBBED_FUNCTIONS:
             found[("env", name)] = self._stub(name)
-        found[("env", "emscripten_notify_memory_growth")] = lambda pages: None
-        found[("env", "pthread_equal")] = lambda a, b: int(a == b)
-        assert set(ENV_EXTRAS) == {"emscripten_notify_memory_growth", "pthread_equal"}
+        extras: dict[str, Callable[..., Any]] = {
+            "emscripten_notify_memory_growth": lambda pages: None,
+            "pthread_equal": lambda a, b: int(a == b)}
+        for name in ENV_EXTRAS:
+            found[("env", name)] = extras[name]
         wasi: dict[str, Callable[..., Any]] = {
             "proc_exit": self.wasi_proc_exit, "fd_write": self.wasi_fd_write,
             "environ_sizes_get": self.wasi_zero_sizes, "args_sizes_get": self.wasi_zero_sizes,

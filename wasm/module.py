@@ -29,8 +29,9 @@ class ModuleInfo:
     exports: tuple[str, ...] = field(default=())
     imports: tuple[tuple[str, str], ...] = field(default=())
     """``(module, name)`` of each import, e.g. ``("env", "proxy_log")``."""
-    mismatched: tuple[str, ...] = field(default=())
-    """Imports declared with another signature than the proxy-wasm ABI's."""
+    import_problems: tuple[tuple[str, str], ...] = field(default=())
+    """``(module.name, "missing" | "signature")`` for each import the proxy-wasm emulator
+    (and Envoy) would not give the module (see :func:`import_problems`)."""
 
     @property
     def is_proxy_wasm(self) -> bool:
@@ -40,26 +41,22 @@ class ModuleInfo:
     def emulator_missing(self) -> tuple[str, ...]:
         """Why the proxy-wasm emulator (:mod:`wasm.emulator`) would refuse the module: its ABI,
         imports it does not provide, imports declared with another signature."""
-        from .abi import provided_imports
+        from .abi import SUPPORTED_ABIS, supported_abi
 
-        if not any(v in ("0_2_0", "0_2_1") for v in self.abi_versions):
+        if supported_abi(self.abi_versions) is None:
             versions = ", ".join(self.abi_versions) or "none"
-            return (f"proxy-wasm ABI {versions} (the emulator speaks 0_2_0, 0_2_1)",)
-        provided = provided_imports(self._abi())
-        missing = tuple(f"{m}.{n}" for m, n in self.imports if (m, n) not in provided)
-        return missing + tuple(f"{name} (signature)" for name in self.mismatched)
+            return (f"proxy-wasm ABI {versions} (the emulator speaks "
+                    f"{', '.join(SUPPORTED_ABIS)})",)
+        return tuple(name if why == "missing" else f"{name} (signature)"
+                     for name, why in self.import_problems)
 
     @property
     def emulator_stubbed(self) -> tuple[str, ...]:
         """Imports the emulator provides only as stubs answering UNIMPLEMENTED."""
-        from .abi import provided_imports
+        from .abi import provided_imports, supported_abi
 
-        provided = provided_imports(self._abi())
+        provided = provided_imports(supported_abi(self.abi_versions) or "0_2_1")
         return tuple(f"{m}.{n}" for m, n in self.imports if provided.get((m, n)) == "stub")
-
-    def _abi(self) -> str:
-        supported = [v for v in self.abi_versions if v in ("0_2_0", "0_2_1")]
-        return supported[-1] if supported else "0_2_1"
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -91,8 +88,10 @@ def inspect_bytes(data: bytes) -> ModuleInfo:
         raise InvalidModule(f"invalid WebAssembly module: {first}") from None
     exports = tuple(e.name for e in module.exports)
     abis = tuple(name[len(ABI_PREFIX):] for name in exports if name.startswith(ABI_PREFIX))
+    from .abi import supported_abi
+
     return ModuleInfo(
-        mismatched=_mismatched(module, abis),
+        import_problems=import_problems(module, supported_abi(abis) or "0_2_1"),
         size=len(data),
         sha256=hashlib.sha256(data).hexdigest(),
         abi_versions=abis,
@@ -131,18 +130,19 @@ def verify_file(path: str | os.PathLike[str], expected: str) -> str:
     return actual
 
 
-def _mismatched(module: wasmtime.Module, abis: tuple[str, ...]) -> tuple[str, ...]:
+def import_problems(module: wasmtime.Module, abi: str) -> tuple[tuple[str, str], ...]:
+    """``(module.name, "missing" | "signature")`` for each import of ``module`` that the
+    emulator does not give a module of ``abi``, or declared with another signature."""
     from .abi import import_signatures
 
-    supported = [v for v in abis if v in ("0_2_0", "0_2_1")]
-    signatures = import_signatures(supported[-1] if supported else "0_2_1")
+    signatures = import_signatures(abi)
     found = []
     for item in module.imports:
+        label = f"{item.module}.{item.name}"
         expected = signatures.get((item.module, item.name or ""))
         if expected is None or not isinstance(item.type, wasmtime.FuncType):
-            continue
-        declared = (tuple(str(t) for t in item.type.params),
-                    tuple(str(t) for t in item.type.results))
-        if declared != expected:
-            found.append(f"{item.module}.{item.name}")
+            found.append((label, "missing"))
+        elif (tuple(str(t) for t in item.type.params),
+              tuple(str(t) for t in item.type.results)) != expected:
+            found.append((label, "signature"))
     return tuple(found)
