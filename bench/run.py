@@ -37,9 +37,9 @@ sys.path.insert(0, str(BENCH))
 
 import procs  # noqa: E402
 from envoy.config.listener.v3 import listener_pb2  # noqa: E402
-
 from extctl.envoy_config import UPSTREAM_CLUSTER, EnvoyConfig, bootstrap  # noqa: E402
-from extctl.envoy_runner import EnvoyProcess, find_envoy  # noqa: E402
+
+from extctl.testing import EnvoyProcess, find_envoy  # noqa: E402
 from extproc import ProcessingMode  # noqa: E402
 
 ENVOY_DEFAULT = ProcessingMode(request_headers=True, response_headers=True)

@@ -7,6 +7,7 @@ import signal
 import time
 from pathlib import Path
 
+import click
 import pytest
 from click.testing import CliRunner
 from conftest import http
@@ -161,9 +162,11 @@ def test_dev_port_in_use_exits_5_with_one_line(extctl):
 
 
 def _command_paths(group, prefix=()):
-    for name, command in sorted(group.commands.items()):
+    context = click.Context(group)
+    for name in sorted(group.list_commands(context)):
+        command = group.get_command(context, name)
         yield (*prefix, name)
-        if hasattr(command, "commands"):
+        if isinstance(command, click.Group):
             yield from _command_paths(command, (*prefix, name))
 
 
