@@ -260,3 +260,29 @@ def test_every_options_environment_variable_is_named_after_its_flag():
         if param.name != flag[2:].replace("-", "_"):
             mismatched.append((" ".join(path), flag, param.name))
     assert mismatched == []
+
+
+def test_gen_gateway_names_the_policy_after_the_class_by_default():
+    result = CliRunner().invoke(cli, ["gen", "gateway", "procs:FullDuplexRedact", "--route",
+                                      "r", "--uds", "/var/run/extproc/x.sock"])
+    assert result.exit_code == 0, result.output
+    assert "name: full-duplex-redact\n" in result.output
+    assert "name: full-duplex-redact-extproc\n" in result.output  # the Backend
+
+
+def test_dev_without_envoy_fails_before_starting_anything(tmp_path, monkeypatch):
+    started = tmp_path / "started"
+    (tmp_path / "noenvoy_app.py").write_text(
+        "import extproc, pathlib\n"
+        "class App(extproc.Processor):\n"
+        "    @classmethod\n"
+        "    async def on_startup(cls):\n"
+        f"        pathlib.Path({str(started)!r}).write_text('yes')\n"
+        "    async def on_request_headers(self, headers):\n"
+        "        return None\n")
+    monkeypatch.setenv("EXTCTL_ENVOY_BINARY", str(tmp_path / "missing-envoy"))
+    result = CliRunner().invoke(cli, ["dev", "noenvoy_app:App", "--app-dir", str(tmp_path),
+                                      "--port", "0"])
+    assert result.exit_code == 5, result.output
+    assert result.output.count("\n") == 1 and "EXTCTL_ENVOY_BINARY" in result.output
+    assert not started.exists()

@@ -44,6 +44,8 @@ class _Commands(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise  # click's own: it prints and exits with their codes
         except Exception as exc:
             mapped = failure(exc)
             if mapped is None:

@@ -2,35 +2,52 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sys
+from typing import Any
 
 import click
 
 from . import options
 
+# How each ServerConfig field is spelled on the command line; help and default come from the
+# field itself.
+_SPELLING: dict[str, dict[str, Any]] = {
+    "uds": {"metavar": "PATH"},
+    "address": {"metavar": "HOST:PORT"},
+    "workers": {"type": click.IntRange(min=1)},
+    "socket_mode": {"type": options.Octal()},
+    "grace_period": {"type": click.FloatRange(min=0)},
+    "max_message_bytes": {"type": click.IntRange(min=4096)},
+    "tls_cert": {"type": click.Path(exists=True, dir_okay=False)},
+    "tls_key": {"type": click.Path(exists=True, dir_okay=False)},
+    "tls_client_ca": {"type": click.Path(exists=True, dir_okay=False)},
+    "loop": {},
+}
+
+
+def _server_options(function: Any) -> Any:
+    """One option per :class:`extproc.ServerConfig` field."""
+    from extproc import ServerConfig
+
+    fields = dataclasses.fields(ServerConfig)
+    if {f.name for f in fields} != set(_SPELLING):
+        raise AssertionError("every ServerConfig field needs its command-line spelling")
+    made = []
+    for f in fields:
+        settings = dict(_SPELLING[f.name])
+        if "choices" in f.metadata:
+            settings["type"] = click.Choice(f.metadata["choices"])
+        default = f"{f.default:o}" if f.name == "socket_mode" else f.default
+        made.append(click.option(f"--{f.name.replace('_', '-')}", help=f.metadata["help"],
+                                 default=default, show_default=default is not None,
+                                 **settings))
+    return options.apply(function, *made)
+
 
 @click.command()
 @click.argument("processor", metavar="MODULE:CLASS")
-@click.option("--uds", metavar="PATH", help="Listen on this Unix socket (the sidecar case).")
-@click.option("--address", metavar="HOST:PORT", help="Listen on TCP instead.")
-@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Server processes. Worker i listens on NAME-i.EXT (Unix) or PORT+i (TCP); "
-                   "list them all as endpoints of Envoy's ext_proc cluster.")
-@click.option("--socket-mode", type=options.Octal(), default="660", show_default=True,
-              help="File mode of the Unix socket (Envoy's user needs read/write).")
-@click.option("--grace-period", type=click.FloatRange(min=0), default=10.0,
-              show_default=True, help="Seconds in-flight requests get after SIGTERM.")
-@click.option("--max-message-bytes", type=click.IntRange(min=4096),
-              default=32 * 1024 * 1024, show_default=True,
-              help="Largest gRPC message (a BUFFERED body travels in one).")
-@click.option("--tls-cert", type=click.Path(exists=True, dir_okay=False),
-              help="PEM certificate chain (TCP only).")
-@click.option("--tls-key", type=click.Path(exists=True, dir_okay=False),
-              help="PEM private key for --tls-cert.")
-@click.option("--tls-client-ca", type=click.Path(exists=True, dir_okay=False),
-              help="Require client certificates signed by this CA.")
-@click.option("--loop", type=click.Choice(["auto", "uvloop", "asyncio"]), default="auto",
-              show_default=True, help="Event loop (auto: uvloop when installed).")
+@_server_options
 @options.app_dir
 @options.log_level
 def serve(processor: str, app_dir: str, log_level: str, **settings: object) -> None:

@@ -9,19 +9,13 @@ one :class:`Deployment`, the processor's half derived from its class.
                ).write("envoy-configs")
 """
 
-from .deployment import (
-    Deployment,
-    EnvoyOptions,
-    GatewayOptions,
-    ProcessorTls,
-    Target,
-    kebab,
-)
+from .deployment import Deployment
 from .envoy import to_json
 from .envoy import to_yaml as envoy_yaml
 from .errors import ConfigError, GatewayError
 from .filter_order import DEFAULT_ORDER, FilterPosition
 from .gateway import to_yaml as gateway_yaml
+from .model import EnvoyOptions, GatewayOptions, ProcessorTls, Target, kebab
 from .policy import Policy
 from .session import SessionPersistence
 from .wasm import WasmModule

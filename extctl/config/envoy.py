@@ -11,7 +11,7 @@ import ipaddress
 import json
 import urllib.parse
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from envoy.config.accesslog.v3 import accesslog_pb2
 from envoy.config.bootstrap.v3 import bootstrap_pb2
@@ -34,14 +34,13 @@ from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 from envoy.extensions.wasm.v3 import wasm_pb2
 from google.protobuf import any_pb2, duration_pb2, json_format, wrappers_pb2
 
-from . import filter_order
 from .errors import ConfigError
+from .filter_order import order
+from .model import DeploymentData as Deployment
+from .model import ProcessorTls
 from .net import host_port, is_ip, is_socket_path
 from .session import SessionPersistence
 from .wasm import WasmModule
-
-if TYPE_CHECKING:
-    from .deployment import Deployment, ProcessorTls
 
 EXT_PROC_CLUSTER = "extproc"
 UPSTREAM_CLUSTER = "upstream"
@@ -256,7 +255,7 @@ def http_filters(deployment: Deployment) -> list[Any]:
         *([ext_proc_filter(deployment)] if deployment.processor is not None else []),
     ]
     by_name = {f.name: f for f in filters}
-    return [by_name[n] for n in filter_order.order(list(by_name),
+    return [by_name[n] for n in order(list(by_name),
                                                    deployment.policy.filter_order)]
 
 

@@ -12,27 +12,19 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from extproc import BodyMode, FilterSpec
 
 from .errors import GatewayError
+from .model import DeploymentData as Deployment
+from .model import Target, check_name, is_kubernetes_name
 from .net import MAX_UDS_PATH, host_port, is_ip, is_socket_path
 from .wasm import WasmModule
-
-if TYPE_CHECKING:
-    from .deployment import Deployment, Target
 
 API_VERSION = "gateway.envoyproxy.io/v1alpha1"
 _ATTRIBUTE = re.compile(r"^(connection\.|source\.|destination\.|request\.|response\.|upstream\."
                         r"|xds\.route_)[a-z_1-9]*$")
-_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
-
-
-def check_name(name: str, what: str) -> None:
-    if not _NAME.match(name) or len(name) > 253:
-        raise GatewayError(f"{what} name {name!r} is not a Kubernetes name (lower-case "
-                           "letters, digits and '-')")
 
 
 def _duration(seconds: float) -> str:
@@ -187,7 +179,7 @@ def extension_policy(deployment: Deployment) -> dict[str, Any]:
     options, policy = deployment.gateway, deployment.policy
     name = deployment.name
     check_name(name, "policy")
-    if not _NAME.match(options.namespace) or len(options.namespace) > 63:
+    if len(options.namespace) > 63 or not is_kubernetes_name(options.namespace):
         raise GatewayError(f"namespace {options.namespace!r} is not a Kubernetes namespace name")
     spec: dict[str, Any] = {"targetRefs": _refs(options.targets)}
     filter_spec = deployment.spec

