@@ -1,4 +1,5 @@
-"""``extctl push|pull|inspect|verify``: thin commands over :mod:`registry` and :mod:`wasm`."""
+"""``extctl push|pull|inspect|verify|check``: thin commands over :mod:`registry` and
+:mod:`wasm`."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ import click
 
 import registry
 import wasm
+from registry.transport import DEFAULT_TIMEOUT
+from registry.untrusted import escape
 
 from . import exit_codes
 
@@ -34,7 +37,8 @@ _ERRORS: tuple[tuple[type[Exception], int], ...] = (
 def _fail(exc: Exception) -> NoReturn:
     for kind, code in _ERRORS:
         if isinstance(exc, kind):
-            exit_codes.fail(str(exc), code)
+            # Messages quote what servers and files said: never raw escape sequences.
+            exit_codes.fail(escape(str(exc), 2000), code)
     raise exc
 
 
@@ -48,7 +52,7 @@ def _errors() -> Iterator[None]:
 
 def _connection(ref: str, username: str | None, password_stdin: bool, docker_config: str | None,
                 secret_file: str | None, ca_file: str | None,
-                insecure: bool) -> registry.Connection:
+                insecure: bool, timeout: float = DEFAULT_TIMEOUT) -> registry.Connection:
     host = registry.parse_reference(ref).registry
     credentials = None
     if username:
@@ -60,9 +64,11 @@ def _connection(ref: str, username: str | None, password_stdin: bool, docker_con
         credentials = registry.from_secret_file(host, secret_file)
     else:
         credentials = registry.from_docker_config(host, docker_config)
-    if insecure and not (host.startswith(("127.", "localhost", "[::1]"))):
-        raise click.UsageError("--insecure (plain HTTP) is only for a registry on loopback")
-    return registry.Connection(credentials, ca_file=ca_file, insecure=insecure)
+    if insecure and not registry.is_loopback(host):
+        raise click.UsageError("--insecure (plain HTTP) is only for a registry on loopback "
+                               "(localhost, 127.0.0.0/8, [::1])")
+    return registry.Connection(credentials, ca_file=ca_file, insecure=insecure,
+                               timeout=timeout)
 
 
 def _registry_options(f: Callable[..., Any]) -> Callable[..., Any]:
@@ -76,6 +82,9 @@ def _registry_options(f: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--ca-file", type=click.Path(exists=True, dir_okay=False),
                      help="PEM CA bundle for a private registry."),
         click.option("--insecure", is_flag=True, help="Plain HTTP (registries on loopback)."),
+        click.option("--timeout", type=click.FloatRange(min=0.1), default=DEFAULT_TIMEOUT,
+                     show_default=True, help="Deadline of each request in seconds (on top of "
+                     "a 60 s timeout per read)."),
         click.option("--output", type=click.Choice(["text", "json"]), default="text",
                      show_default=True),
     )):
@@ -120,7 +129,7 @@ def _spinner_progress(label: str) -> Iterator[Callable[[int], None] | None]:
 @_registry_options
 def push(module: str, ref: str, layout: str, username: str | None, password_stdin: bool,
          docker_config: str | None, secret_file: str | None, ca_file: str | None,
-         insecure: bool, output: str) -> None:
+         insecure: bool, timeout: float, output: str) -> None:
     """Push a Wasm module as an image Envoy Gateway pulls; print its manifest digest.
 
     The digest is what EnvoyExtensionPolicy's image.sha256 must carry; the printed entry is
@@ -132,7 +141,7 @@ def push(module: str, ref: str, layout: str, username: str | None, password_stdi
     """
     with _errors():
         connection = _connection(ref, username, password_stdin, docker_config, secret_file,
-                                 ca_file, insecure)
+                                 ca_file, insecure, timeout)
         size = Path(module).stat().st_size
         with _progress("push", size * 2) as progress:
             result = registry.push(module, ref, layout=layout, connection=connection,
@@ -159,7 +168,8 @@ def push(module: str, ref: str, layout: str, username: str | None, password_stdi
 @click.option("--sha256", help="Expected digest, as EnvoyExtensionPolicy means it: the manifest "
               "digest for oci:// (image.sha256), the body's sha256 for https:// (http.sha256).")
 @click.option("--max-size", type=click.IntRange(min=1), default=256 * 1024 * 1024,
-              show_default=True, help="Largest module accepted, in bytes.")
+              show_default=True, help="Largest module accepted, in bytes (a tar+gzip layer may "
+              "decompress to 1 MiB more, for its headers).")
 @click.option("--pull-policy", type=click.Choice(registry.PULL_POLICIES), default="IfNotPresent",
               show_default=True, help="IfNotPresent: a cached image is used without asking the "
               "registry; Always: resolve the reference every time (Envoy Gateway's meaning).")
@@ -170,7 +180,7 @@ def push(module: str, ref: str, layout: str, username: str | None, password_stdi
 def pull(ref: str, out: str, sha256: str | None, max_size: int, pull_policy: str,
          cache_dir: str | None, no_cache: bool, username: str | None,
          password_stdin: bool, docker_config: str | None, secret_file: str | None,
-         ca_file: str | None, insecure: bool, output: str) -> None:
+         ca_file: str | None, insecure: bool, timeout: float, output: str) -> None:
     """Pull a Wasm module from an image, verifying every digest; nothing is written on error.
 
     \b
@@ -187,7 +197,7 @@ def pull(ref: str, out: str, sha256: str | None, max_size: int, pull_policy: str
                 raise click.BadParameter(str(exc), param_hint="--sha256") from None
         if ref.startswith(("https://", "http://")):
             result = registry.pull_http(ref, out, sha256=sha256, ca_file=ca_file,
-                                        max_size=max_size)
+                                        max_size=max_size, insecure=insecure, timeout=timeout)
             click.echo(json.dumps({"url": ref, "sha256_body": result.digest,
                                    "path": str(result.path), "sha256": result.sha256,
                                    "size": result.size}, indent=2) if output == "json" else
@@ -195,7 +205,7 @@ def pull(ref: str, out: str, sha256: str | None, max_size: int, pull_policy: str
                        f"body sha256: {result.digest.removeprefix('sha256:')}")
             return
         connection = _connection(ref, username, password_stdin, docker_config, secret_file,
-                                 ca_file, insecure)
+                                 ca_file, insecure, timeout)
         cache = None if no_cache else registry.Cache(cache_dir)
         with _spinner_progress("pull") as progress:
             result = registry.pull(ref, out, sha256=sha256, connection=connection,
@@ -203,12 +213,15 @@ def pull(ref: str, out: str, sha256: str | None, max_size: int, pull_policy: str
                                    progress=progress)
     if output == "json":
         click.echo(json.dumps({"reference": str(result.reference), "digest": result.digest,
+                               "index_digest": result.index_digest,
                                "path": str(result.path), "sha256": result.sha256,
                                "size": result.size, "from_cache": result.from_cache},
                               indent=2))
     else:
         source = " from the cache" if result.from_cache else ""
         click.echo(f"pulled {result.reference}{source} -> {result.path} ({result.size} bytes)")
+        if result.index_digest:
+            click.echo(f"index digest: {result.index_digest} (not what image.sha256 compares)")
         click.echo(f"digest: {result.digest}\nmodule sha256: {result.sha256}")
 
 
@@ -216,7 +229,8 @@ def pull(ref: str, out: str, sha256: str | None, max_size: int, pull_policy: str
 @click.argument("module", metavar="FILE|oci://REF")
 @_registry_options
 def inspect(module: str, username: str | None, password_stdin: bool, docker_config: str | None,
-            secret_file: str | None, ca_file: str | None, insecure: bool, output: str) -> None:
+            secret_file: str | None, ca_file: str | None, insecure: bool, timeout: float,
+            output: str) -> None:
     """Validate a Wasm module and show its proxy-wasm ABI, callbacks, imports, size, sha256.
 
     An oci:// reference is pulled first (digests verified, nothing kept).
@@ -229,7 +243,7 @@ def inspect(module: str, username: str | None, password_stdin: bool, docker_conf
     with _errors():
         if module.startswith("oci://"):
             connection = _connection(module, username, password_stdin, docker_config,
-                                     secret_file, ca_file, insecure)
+                                     secret_file, ca_file, insecure, timeout)
             with tempfile.TemporaryDirectory(prefix="extctl-inspect-") as tmp:
                 pulled = registry.pull(module, Path(tmp) / "plugin.wasm",
                                        connection=connection)

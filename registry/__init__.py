@@ -6,7 +6,10 @@ from .client import RegistryClient
 from .errors import (
     AuthError,
     DigestMismatch,
+    InvalidArgument,
     InvalidReference,
+    LimitExceeded,
+    NotAModule,
     NotFound,
     RegistryError,
     TransportError,
@@ -15,7 +18,7 @@ from .errors import (
 )
 from .http_source import pull_http
 from .layout import LAYOUTS, build_image
-from .reference import Reference, parse_reference
+from .reference import Reference, is_loopback, parse_reference
 from .transfer import Connection, PullResult, PushResult, pull, push
 
 __all__ = [
@@ -26,7 +29,10 @@ __all__ = [
     "Connection",
     "Credentials",
     "DigestMismatch",
+    "InvalidArgument",
     "InvalidReference",
+    "LimitExceeded",
+    "NotAModule",
     "NotFound",
     "PullResult",
     "PushResult",
@@ -39,6 +45,7 @@ __all__ = [
     "build_image",
     "from_docker_config",
     "from_secret_file",
+    "is_loopback",
     "parse_reference",
     "pull",
     "pull_http",

@@ -213,7 +213,8 @@ def test_cache_pull_policies_with_the_registry_stopped(tmp_path, test_ca, wat_mo
                  pull_policy="Always")
     assert not (tmp_path / "e.wasm").exists()
     # A damaged cache entry is not trusted: with the registry down, the pull fails.
-    module_file = next((tmp_path / "cache" / "modules" / "sha256").iterdir())
+    layer_digest = oci.build_image(wat_module.read_bytes(), "oci").layers[1].digest
+    module_file = tmp_path / "cache" / "blobs" / "sha256" / layer_digest.removeprefix("sha256:")
     module_file.write_bytes(b"\x00asm damaged")
     with pytest.raises(oci.TransportError):
         oci.pull(digest_ref, tmp_path / "f.wasm", connection=conn, cache=cache)
