@@ -209,9 +209,9 @@ def dev(processor: str | None, port: int, wasm: tuple[str, ...],
 def _add_wasm_commands() -> None:
     from .gen_commands import gen
     from .new_commands import new
-    from .wasm_commands import inspect, pull, push, verify
+    from .wasm_commands import check, inspect, pull, push, verify
 
-    for command in (push, pull, inspect, verify, gen, new):
+    for command in (push, pull, inspect, verify, check, gen, new):
         cli.add_command(command)
 
 

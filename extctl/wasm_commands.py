@@ -292,3 +292,67 @@ def verify(file: str, sha256: str, output: str) -> None:
         click.echo(json.dumps({"path": file, "sha256": actual, "ok": True}, indent=2))
         return
     click.echo(f"ok: {file} sha256 {actual}")
+
+
+@click.command()
+@click.argument("image", metavar="oci://REF|FILE")
+@click.option("--module", "fetch_module", is_flag=True,
+              help="Also download the module's layer and check plugin.wasm / the Wasm bytes.")
+@click.option("--max-size", type=click.IntRange(min=1), default=256 * 1024 * 1024,
+              show_default=True, help="Largest module accepted with --module, in bytes.")
+@_registry_options
+def check(image: str, fetch_module: bool, max_size: int, username: str | None,
+          password_stdin: bool, docker_config: str | None, secret_file: str | None,
+          ca_file: str | None, insecure: bool, timeout: float, output: str) -> None:
+    """Tell whether Envoy Gateway will accept an image, and the digest image.sha256 needs.
+
+    Reads only the manifests (the module too with --module) and applies Envoy Gateway's rules:
+    compat (last layer tar+gzip holding plugin.wasm) or oci (exactly two layers, one
+    application/vnd.module.wasm.content.layer.v1+wasm); an index is resolved to linux/amd64,
+    whose manifest digest is what EG compares. FILE is a manifest or index JSON file, or an
+    OCI image layout directory. Exit code 0: accepted; 9: rejected.
+
+    \b
+    Example:
+      extctl check oci://registry.example.com/filters/redact:v1
+      extctl check ./oci-layout --output json
+    """
+    with _errors():
+        if image.startswith("oci://"):
+            connection = _connection(image, username, password_stdin, docker_config,
+                                     secret_file, ca_file, insecure, timeout)
+            result = registry.check_image(image, connection=connection, module=fetch_module,
+                                          max_size=max_size)
+        else:
+            if not Path(image).exists():
+                raise click.BadParameter(f"{image} is not a file or directory (or an oci:// "
+                                         "reference)", param_hint="oci://REF|FILE")
+            result = registry.check_file(image, module=fetch_module, max_size=max_size)
+    if output == "json":
+        click.echo(json.dumps(result.to_dict(), indent=2))
+    else:
+        _print_check(result)
+    if not result.accepted:
+        sys.exit(exit_codes.INVALID)
+
+
+def _print_check(result: registry.CheckResult) -> None:
+    if result.accepted:
+        click.echo(f"ACCEPTED: Envoy Gateway reads the module as the {result.variant} variant "
+                   f"({len(result.layers)} layer{'s' if len(result.layers) != 1 else ''})")
+    else:
+        click.echo("REJECTED: Envoy Gateway would refuse it: " + escape(
+            "; ".join(result.reasons), 2000))
+    if result.index_digest:
+        click.echo(f"index digest:    {result.index_digest} (NOT what image.sha256 is "
+                   "compared with)")
+        click.echo(f"manifest digest: {result.digest} (linux/amd64: Envoy Gateway compares "
+                   "image.sha256 with this one)")
+    elif result.digest:
+        click.echo(f"manifest digest: {result.digest}")
+    if result.image_sha256:
+        click.echo(f"image.sha256: {result.image_sha256}")
+    if result.module_sha256:
+        click.echo(f"module sha256: {result.module_sha256}")
+    for note in result.notes:
+        click.echo(f"note: {note}")

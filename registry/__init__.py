@@ -2,6 +2,7 @@
 
 from .auth import Credentials, from_docker_config, from_secret_file
 from .cache import PULL_POLICIES, Cache
+from .check import CheckResult, check_file, check_image
 from .client import RegistryClient
 from .errors import (
     AuthError,
@@ -26,6 +27,7 @@ __all__ = [
     "PULL_POLICIES",
     "AuthError",
     "Cache",
+    "CheckResult",
     "Connection",
     "Credentials",
     "DigestMismatch",
@@ -43,6 +45,8 @@ __all__ = [
     "UnsafeArchive",
     "UnsupportedImage",
     "build_image",
+    "check_file",
+    "check_image",
     "from_docker_config",
     "from_secret_file",
     "is_loopback",
