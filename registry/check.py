@@ -56,8 +56,8 @@ class CheckResult:
 
     @property
     def image_sha256(self) -> str | None:
-        """The value to paste into EnvoyExtensionPolicy's ``image.sha256``."""
-        return self.digest.removeprefix("sha256:") if self.digest else None
+        """The value to paste into EnvoyExtensionPolicy's ``image.sha256`` (accepted only)."""
+        return self.digest.removeprefix("sha256:") if self.digest and self.accepted else None
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
