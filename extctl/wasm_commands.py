@@ -296,12 +296,12 @@ def verify(file: str, sha256: str, output: str) -> None:
 
 @click.command()
 @click.argument("image", metavar="oci://REF|FILE")
-@click.option("--module", "fetch_module", is_flag=True,
+@click.option("--module", is_flag=True,
               help="Also download the module's layer and check plugin.wasm / the Wasm bytes.")
 @click.option("--max-size", type=click.IntRange(min=1), default=256 * 1024 * 1024,
               show_default=True, help="Largest module accepted with --module, in bytes.")
 @_registry_options
-def check(image: str, fetch_module: bool, max_size: int, username: str | None,
+def check(image: str, module: bool, max_size: int, username: str | None,
           password_stdin: bool, docker_config: str | None, secret_file: str | None,
           ca_file: str | None, insecure: bool, timeout: float, output: str) -> None:
     """Tell whether Envoy Gateway will accept an image, and the digest image.sha256 needs.
@@ -321,13 +321,13 @@ def check(image: str, fetch_module: bool, max_size: int, username: str | None,
         if image.startswith("oci://"):
             connection = _connection(image, username, password_stdin, docker_config,
                                      secret_file, ca_file, insecure, timeout)
-            result = registry.check_image(image, connection=connection, module=fetch_module,
+            result = registry.check_image(image, connection=connection, module=module,
                                           max_size=max_size)
         else:
             if not Path(image).exists():
                 raise click.BadParameter(f"{image} is not a file or directory (or an oci:// "
                                          "reference)", param_hint="oci://REF|FILE")
-            result = registry.check_file(image, module=fetch_module, max_size=max_size)
+            result = registry.check_file(image, module=module, max_size=max_size)
     if output == "json":
         click.echo(json.dumps(result.to_dict(), indent=2))
     else:

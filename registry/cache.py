@@ -33,12 +33,18 @@ def default_root() -> Path:
 class Cache:
     def __init__(self, root: str | os.PathLike[str] | None = None) -> None:
         self.root = Path(root) if root is not None else default_root()
-        self._ready = False
+        self._ready = self._swept = False
+
+    def _sweep(self) -> None:
+        if not self._swept:
+            self._swept = True
+            if self.root.is_dir():
+                sweep(self.root, recursive=True)
 
     def _ensure(self) -> None:
         if not self._ready:
             self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
-            sweep(self.root, recursive=True)
+            self._sweep()
             self._ready = True
 
     def _tag_path(self, ref: Reference) -> Path:
@@ -50,6 +56,7 @@ class Cache:
 
     def tag(self, ref: Reference) -> str | None:
         """The digest a tag last resolved to, or the reference's own digest."""
+        self._sweep()
         if ref.digest:
             return ref.digest
         try:

@@ -598,6 +598,14 @@ def test_stale_temporary_files_are_swept_on_the_next_run(tmp_path):
     with serve(_compat_image(compat)) as reg:
         run = extctl("pull", f"oci://{reg.host}/f/x:v1", "-o", str(out), "--insecure",
                      "--cache-dir", str(cache_dir), tmp=tmp_path)
-    assert run.returncode == 0, run.stderr
-    assert not any(p.exists() for p in stale)
-    assert fresh.exists() and foreign.exists()
+        assert run.returncode == 0, run.stderr
+        assert not any(p.exists() for p in stale)
+        assert fresh.exists() and foreign.exists()
+        # a run served from the cache alone sweeps it too
+        later = cache_dir / "tags" / ".v1.extctl-zz.tmp"
+        later.write_bytes(b"partial")
+        os.utime(later, (old, old))
+        run = extctl("pull", f"oci://{reg.host}/f/x:v1", "-o", str(out), "--insecure",
+                     "--cache-dir", str(cache_dir), tmp=tmp_path)
+    assert run.returncode == 0 and "from the cache" in run.stdout, run.stderr
+    assert not later.exists()
