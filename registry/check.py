@@ -25,6 +25,7 @@ from .layout import eg_candidates
 from .reference import Reference, is_digest, parse_reference
 from .transfer import (
     DEFAULT_MAX_SIZE,
+    BlobSource,
     Connection,
     ManifestSource,
     Resolved,
@@ -66,7 +67,7 @@ class CheckResult:
         return data
 
 
-def _evaluate(source: str, fetch: ManifestSource, reference: str, blob: Any,
+def _evaluate(source: str, fetch: ManifestSource, reference: str, blob: BlobSource,
               module: bool, max_size: int) -> CheckResult:
     resolved: Resolved | None = None
     try:
