@@ -16,8 +16,9 @@ import hashlib
 import os
 from pathlib import Path
 
+from .errors import RegistryError
 from .reference import Reference, is_digest
-from .transfer_io import sweep, write_atomic
+from .transfer_io import sweep, write_output
 
 PULL_POLICIES = ("IfNotPresent", "Always")
 
@@ -43,7 +44,11 @@ class Cache:
 
     def _ensure(self) -> None:
         if not self._ready:
-            self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+            try:
+                self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+            except OSError as exc:
+                raise RegistryError(f"cannot create the cache {self.root}: "
+                                    f"{exc.strerror or exc}") from None
             self._sweep()
             self._ready = True
 
@@ -83,9 +88,9 @@ class Cache:
         self._ensure()
         path = self._blob_path(digest)
         if not path.exists():
-            write_atomic(path, data)
+            write_output(path, data)
 
     def set_tag(self, ref: Reference, digest: str) -> None:
         if ref.tag and is_digest(digest):
             self._ensure()
-            write_atomic(self._tag_path(ref), digest.encode())
+            write_output(self._tag_path(ref), digest.encode())

@@ -78,7 +78,8 @@ def _evaluate(source: str, fetch: ManifestSource, reference: str, blob: BlobSour
         if resolved is not None:
             digests = {"digest": resolved.digest, "index_digest": resolved.index_digest}
         return CheckResult(source, False, (str(exc),), **digests)
-    layers = tuple(str(layer.get("mediaType", "")) for layer in resolved.manifest["layers"])
+    layers = tuple(str(layer.get("mediaType", ""))
+                   for layer in resolved.manifest.get("layers") or [])
     common: dict[str, Any] = {"digest": resolved.digest, "index_digest": resolved.index_digest,
                               "layers": layers}
     if not candidates:

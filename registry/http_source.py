@@ -31,7 +31,7 @@ from .errors import (
 from .layout import ARCHIVE_OVERHEAD, _find_plugin, _Limited
 from .reference import is_loopback, split_host
 from .transfer import DEFAULT_MAX_SIZE, Progress, PullResult
-from .transfer_io import sweep, write_atomic
+from .transfer_io import sweep, write_output
 from .transport import DEFAULT_TIMEOUT, MAX_REDIRECTS, REDIRECTS, Clock, iter_body, make_client
 from .untrusted import escape, safe
 
@@ -133,6 +133,6 @@ def pull_http(url: str, output: str | os.PathLike[str], *, sha256: str | None,
         raise DigestMismatch(f"{shown}: body sha256 is {actual}, expected "
                              f"{normalise_sha256(sha256)}; nothing was written", url=url)
     module = unbox(b"".join(chunks), max_size)
-    write_atomic(path, module)
+    write_output(path, module)
     return PullResult(Reference(url, "", None, None), f"sha256:{actual}", path,
                       hashlib.sha256(module).hexdigest(), len(module))

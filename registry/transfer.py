@@ -33,7 +33,7 @@ from .layout import (
     wasm_layer,
 )
 from .reference import Reference, parse_reference
-from .transfer_io import sweep, write_atomic
+from .transfer_io import sweep, write_output
 from .transport import DEFAULT_TIMEOUT
 
 DEFAULT_MAX_SIZE = 256 * 1024 * 1024
@@ -251,6 +251,6 @@ def pull(ref: str | Reference, output: str | os.PathLike[str], *, sha256: str | 
     if not module.startswith(WASM_MAGIC):
         raise UnsupportedImage(f"{reference}: the module does not start with the Wasm "
                                "magic bytes (\\0asm)")
-    write_atomic(path, module)
+    write_output(path, module)
     return PullResult(reference, resolved.digest, path, hashlib.sha256(module).hexdigest(),
                       len(module), from_cache, resolved.index_digest)

@@ -26,6 +26,17 @@ def _umask() -> int:
     return mask
 
 
+def write_output(path: Path, data: bytes) -> None:
+    """:func:`write_atomic`, an OSError (no such directory, permissions, disk full) turned
+    into a one-line RegistryError."""
+    from .errors import RegistryError
+
+    try:
+        write_atomic(path, data)
+    except OSError as exc:
+        raise RegistryError(f"cannot write {path}: {exc.strerror or exc}") from None
+
+
 def write_atomic(path: Path, data: bytes) -> None:
     """Never leaves a half-written ``path``: readers see the old file or the new one.
 

@@ -609,3 +609,15 @@ def test_stale_temporary_files_are_swept_on_the_next_run(tmp_path):
                      "--cache-dir", str(cache_dir), tmp=tmp_path)
     assert run.returncode == 0 and "from the cache" in run.stdout, run.stderr
     assert not later.exists()
+
+
+def test_an_output_that_cannot_be_written_is_one_line(tmp_path):
+    compat = _tar_gz({"plugin.wasm": MODULE})
+    blocker = tmp_path / "a-file"
+    blocker.write_bytes(b"")
+    with serve(_compat_image(compat)) as reg:
+        out = blocker / "out.wasm"
+        run = extctl("pull", f"oci://{reg.host}/f/x:v1", "-o", str(out), "--insecure",
+                     "--no-cache", tmp=tmp_path)
+    assert_clean_failure(run, 1)
+    assert "cannot write" in run.stderr
