@@ -24,6 +24,7 @@ _COMMANDS = {
     "pull": "extctl.cli.wasm:pull",
     "inspect": "extctl.cli.wasm:inspect",
     "verify": "extctl.cli.wasm:verify",
+    "check": "extctl.cli.wasm:check",
 }
 
 
