@@ -550,9 +550,7 @@ def test_inspect_validates_without_compiling(monkeypatch, wat_module):
             raise AssertionError("inspect compiled the module")
 
     monkeypatch.setattr(wasm.module.wasmtime, "Module", NoCompile)
-    started = time.perf_counter()
-    info = wasm.inspect_bytes(data)
-    assert time.perf_counter() - started < 5
+    info = wasm.inspect_bytes(data)  # its speed is measured by farm-bench, not here
     assert info.exports == ("f0",) and info.size == len(data)
     small = wasm.inspect_bytes(wat_module.read_bytes())
     assert (small.exports, small.imports) == (compiled[0], tuple((m, n) for m, n, _ in
