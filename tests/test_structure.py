@@ -90,7 +90,7 @@ def test_config_library_public_names():
     assert sorted(extctl.config.__all__) == sorted([
         "DEFAULT_ORDER", "ConfigError", "Deployment", "EnvoyOptions", "FilterPosition",
         "GatewayError", "GatewayOptions", "Policy", "ProcessorTls", "SessionPersistence",
-        "Target", "WasmModule", "envoy_yaml", "gateway_yaml", "kebab", "to_json"])
+        "Sidecar", "Target", "WasmModule", "envoy_yaml", "gateway_yaml", "kebab", "to_json"])
     for name in extctl.config.__all__:
         member = getattr(extctl.config, name)
         if isinstance(member, type) or callable(member):

@@ -145,9 +145,50 @@ def _gateway(function: Any) -> Any:
         options.policy_options,
         click.option("--client-gateway",
                      help="Gateway for the ClientTrafficPolicy (default: the --gateway target)."),
+        *_sidecar_options,
         options.app_dir,
         _out,
     )
+
+
+_sidecar_options = (
+    click.option("--sidecar-image", metavar="IMAGE",
+                 help="Run the processor from this image as a native sidecar of Envoy's pods: "
+                      "adds the EnvoyProxy (sidecar, socket volume, fsGroup), Envoy "
+                      "Gateway's Backend switch and, with --gateway-class, the GatewayClass."),
+    click.option("--sidecar-user", type=click.IntRange(min=1), default=10001,
+                 show_default=True, help="The sidecar's uid (non-root)."),
+    click.option("--socket-group", type=click.IntRange(min=1), default=10001,
+                 show_default=True,
+                 help="The pod's fsGroup: owns the socket; Envoy's user is a member."),
+    click.option("--socket-mode", type=options.Octal(), default="660", show_default=True,
+                 help="The socket's mode (group read/write, nothing for others)."),
+    click.option("--cpu", default="100m", show_default=True, help="The sidecar's CPU request."),
+    click.option("--memory", default="128Mi", show_default=True,
+                 help="The sidecar's memory request and limit."),
+    click.option("--cpu-limit", help="The sidecar's CPU limit (default: none)."),
+    click.option("--gateway-class", metavar="NAME",
+                 help="Write this GatewayClass with parametersRef to the EnvoyProxy (default: "
+                      "the output says which Gateway parametersRef to set)."),
+    click.option("--eg-namespace", default="envoy-gateway-system", show_default=True,
+                 help="Namespace of Envoy Gateway's envoy-gateway-config ConfigMap."),
+)
+
+
+def _sidecar(image: str | None, values: dict[str, Any]) -> Any:
+    """The Sidecar the sidecar options describe (their values popped from ``values``)."""
+    from ..config import ConfigError, Sidecar
+
+    given = {name: values.pop(name) for name in (
+        "sidecar_user", "socket_group", "socket_mode", "cpu", "memory", "cpu_limit",
+        "gateway_class", "eg_namespace")}
+    if image is None:
+        if given["gateway_class"] is not None or given["cpu_limit"] is not None:
+            raise ConfigError("--gateway-class and --cpu-limit describe the sidecar: give "
+                              "--sidecar-image")
+        return None
+    given["user"] = given.pop("sidecar_user")
+    return Sidecar(image, **given)
 
 
 @gen.command()
@@ -157,13 +198,16 @@ def gateway(processor: str | None, route: tuple[str, ...], gateway: tuple[str, .
             wasm_http: tuple[str, ...], pull_secret: str | None, pull_policy: str | None,
             wasm_config: tuple[str, ...], wasm_root_id: tuple[str, ...],
             wasm_fail_open: tuple[str, ...], app_dir: str, out: str | None,
-            **values: Any) -> None:
+            sidecar_image: str | None, **values: Any) -> None:
     """Envoy Gateway resources: EnvoyExtensionPolicy + Backend (Envoy sends only the phases
     the class handles), and the SecurityPolicy, BackendTrafficPolicy, ClientTrafficPolicy and
-    EnvoyProxy the options ask for.
+    EnvoyProxy the options ask for; with --sidecar-image, the processor as a native sidecar
+    of Envoy's pods (EnvoyProxy), the GatewayClass and Envoy Gateway's ConfigMap.
 
     \b
     Example:
+      extctl gen gateway app:Redact --name redact --route r \\
+          --uds /var/run/extproc/extproc.sock --sidecar-image registry.example.com/redact:1
       extctl gen gateway app:Redact --route backend \\
           --uds /var/run/extproc/extproc.sock --workers 2 --session Header:x-user
       extctl gen gateway --name filters --gateway eg \\
@@ -171,6 +215,7 @@ def gateway(processor: str | None, route: tuple[str, ...], gateway: tuple[str, .
           --wasm-config 'redact={"words": ["secret"]}' --filter-order wasm:before:ext_proc
     """
     from ..config import ConfigError, Deployment, GatewayOptions, Target, gateway_yaml
+    from ..config.gateway import notes as gateway_notes
 
     cls = options.load_processor(processor, app_dir) if processor else None
     # Each source checked as what its option says it is; then all settings applied.
@@ -195,12 +240,13 @@ def gateway(processor: str | None, route: tuple[str, ...], gateway: tuple[str, .
         raise ConfigError(f"--uds {uds}: give the socket's absolute path as Envoy's "
                           "container sees it")
     policy = options.policy(values)
+    sidecar = _sidecar(sidecar_image, values)
     targets = [*(Target("HTTPRoute", r) for r in route), *(Target("Gateway", g) for g in gateway)]
     deployment = Deployment(
         cls, addresses=_addresses(uds, address, workers) if cls else (), policy=policy,
         wasm=modules,
-        gateway=GatewayOptions(targets=targets, **values))
-    _emit(gateway_yaml(deployment.gateway_resources()), out)
+        gateway=GatewayOptions(targets=targets, sidecar=sidecar, **values))
+    _emit(gateway_yaml(deployment.gateway_resources(), gateway_notes(deployment)), out)
 
 
 @gen.command()
