@@ -24,6 +24,8 @@ _COMMANDS = {
     "pull": "extctl.cli.wasm:pull",
     "inspect": "extctl.cli.wasm:inspect",
     "verify": "extctl.cli.wasm:verify",
+    "health": "extctl.cli.health:health",
+    "doctor": "extctl.cli.doctor:doctor",
 }
 
 

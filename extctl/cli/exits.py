@@ -22,7 +22,9 @@ DIGEST = 6  # a digest/sha256 did not match; nothing was written
 AUTH = 7  # the registry refused the credentials (401/403) or none were found
 NOT_FOUND = 8  # repository, tag or blob not found
 INVALID = 9  # not a Wasm module, unsupported image layout, unsafe archive, bad reference
-TRANSPORT = 10  # TLS failure, connection refused, repeated 5xx
+TRANSPORT = 10  # TLS failure, connection refused, repeated 5xx; Envoy's admin unreadable
+UNHEALTHY = 11  # health: a worker is NOT_SERVING, or did not answer within the deadline
+FINDINGS = 12  # doctor: the running Envoy lacks something expected (the report says what)
 
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 
@@ -55,7 +57,15 @@ def table() -> tuple[tuple[type[BaseException], int], ...]:
     import wasm
 
     from ..config import ConfigError
-    from ..errors import EnvoyError, ExtctlError, ScaffoldError, UsageError
+    from ..errors import (
+        AdminError,
+        DoctorFindings,
+        EnvoyError,
+        ExtctlError,
+        ScaffoldError,
+        Unhealthy,
+        UsageError,
+    )
 
     return (
         (registry.DigestMismatch, DIGEST),
@@ -72,6 +82,9 @@ def table() -> tuple[tuple[type[BaseException], int], ...]:
         (extproc.ProcessorDefinitionError, IMPORT),
         (extproc.ServeError, STARTUP),
         (EnvoyError, ENVOY),
+        (Unhealthy, UNHEALTHY),
+        (DoctorFindings, FINDINGS),
+        (AdminError, TRANSPORT),
         (UsageError, USAGE),
         (ConfigError, USAGE),
         (ScaffoldError, ERROR),
