@@ -154,6 +154,9 @@ def backend(deployment: Deployment) -> dict[str, Any]:
         endpoints.append({kind: {key: host, "port": port}})
     if not endpoints:
         raise GatewayError("the ext_proc Backend needs at least one address")
+    if any("fqdn" in e for e in endpoints) and not all("fqdn" in e for e in endpoints):
+        raise GatewayError("a Backend cannot mix host names with IP addresses or sockets "
+                           "(Envoy Gateway's CEL rule): give one kind")
     spec: dict[str, Any] = {"endpoints": endpoints}
     if options.tls_ca_configmap or options.tls_client_secret or options.tls_sni:
         if any("unix" in e for e in endpoints):
