@@ -164,3 +164,29 @@ def test_sidecar_options_need_an_image(tmp_path):
     result = _gen(tmp_path, "--route", "r", "--uds", SOCKET, "--gateway-class", "eg")
     assert result.exit_code == 2
     assert "give --sidecar-image" in result.output
+
+
+def test_readme_deploying_commands_run(tmp_path, monkeypatch):
+    """The `extctl gen gateway` lines of the README's "Deploying on Envoy Gateway"."""
+    import re
+    import shlex
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme[readme.index("## Deploying on Envoy Gateway"):]
+    section = section[:section.index("\n## ", 1)]
+    processor = re.findall(r"```python\n(.*?)```", readme, re.S)[0]
+    (tmp_path / "app.py").write_text("import extproc\n" + processor)
+    monkeypatch.chdir(tmp_path)
+    lines = [line for block in re.findall(r"```\n(.*?)```", section, re.S)
+             for line in block.replace("\\\n", " ").splitlines()
+             if line.startswith("extctl gen")]
+    assert len(lines) == 2
+    for line in lines:
+        result = CliRunner().invoke(cli, shlex.split(line)[1:], catch_exceptions=False)
+        assert result.exit_code == 0, (line, result.output)
+    docs = list(yaml.safe_load_all((tmp_path / "gateway.yaml").read_text()))
+    assert [d["kind"] for d in docs] == ["EnvoyExtensionPolicy", "Backend", "EnvoyProxy",
+                                         "GatewayClass", "ConfigMap"]
+    for doc in docs[:4]:
+        validate(doc)
