@@ -145,49 +145,67 @@ def _gateway(function: Any) -> Any:
         options.policy_options,
         click.option("--client-gateway",
                      help="Gateway for the ClientTrafficPolicy (default: the --gateway target)."),
-        *_sidecar_options,
+        _sidecar_options,
         options.app_dir,
         _out,
     )
 
 
-_sidecar_options = (
-    click.option("--sidecar-image", metavar="IMAGE",
-                 help="Run the processor from this image as a native sidecar of Envoy's pods: "
-                      "adds the EnvoyProxy (sidecar, socket volume, fsGroup), Envoy "
-                      "Gateway's Backend switch and, with --gateway-class, the GatewayClass."),
-    click.option("--sidecar-user", type=click.IntRange(min=1), default=10001,
-                 show_default=True, help="The sidecar's uid (non-root)."),
-    click.option("--socket-group", type=click.IntRange(min=1), default=10001,
-                 show_default=True,
-                 help="The pod's fsGroup: owns the socket; Envoy's user is a member."),
-    click.option("--socket-mode", type=options.Octal(), default="660", show_default=True,
-                 help="The socket's mode (group read/write, nothing for others)."),
-    click.option("--cpu", default="100m", show_default=True, help="The sidecar's CPU request."),
-    click.option("--memory", default="128Mi", show_default=True,
-                 help="The sidecar's memory request and limit."),
-    click.option("--cpu-limit", help="The sidecar's CPU limit (default: none)."),
-    click.option("--gateway-class", metavar="NAME",
-                 help="Write this GatewayClass with parametersRef to the EnvoyProxy (default: "
-                      "the output says which Gateway parametersRef to set)."),
-    click.option("--eg-namespace", default="envoy-gateway-system", show_default=True,
-                 help="Namespace of Envoy Gateway's envoy-gateway-config ConfigMap."),
-)
+# How a Sidecar field is spelled on the command line; help and default come from the field.
+_SIDECAR_FLAGS: dict[str, dict[str, Any]] = {
+    "image": {"flag": "--sidecar-image", "metavar": "IMAGE"},
+    "user": {"flag": "--sidecar-user", "type": click.IntRange(min=1)},
+    "socket_group": {"flag": "--socket-group", "type": click.IntRange(min=1)},
+    "socket_mode": {"flag": "--socket-mode", "type": options.Octal()},
+    "cpu": {"flag": "--cpu"},
+    "memory": {"flag": "--memory"},
+    "cpu_limit": {"flag": "--cpu-limit"},
+    "gateway_class": {"flag": "--gateway-class", "metavar": "NAME"},
+    "eg_namespace": {"flag": "--eg-namespace"},
+}
 
 
-def _sidecar(image: str | None, values: dict[str, Any]) -> Any:
+def _param(name: str) -> str:
+    """The click parameter (and so the environment variable) of a Sidecar field's flag."""
+    return str(_SIDECAR_FLAGS[name]["flag"])[2:].replace("-", "_")
+
+
+def _sidecar_options(function: Any) -> Any:
+    """One option per :class:`~extctl.config.Sidecar` field; --sidecar-image turns it on."""
+    from ..config import Sidecar
+
+    fields = {f.name: f for f in dataclasses.fields(Sidecar)}
+    if set(fields) != set(_SIDECAR_FLAGS):
+        raise AssertionError("every Sidecar field needs its command-line spelling")
+    made = []
+    for name, spelling in _SIDECAR_FLAGS.items():
+        settings = {k: v for k, v in spelling.items() if k != "flag"}
+        default = fields[name].default
+        if default is dataclasses.MISSING or default is None:
+            default = None
+        elif name == "socket_mode":
+            default = f"{default:o}"
+        help = fields[name].metadata["help"]
+        if name == "image":
+            help = ("Run the processor from this image as a native sidecar of Envoy's pods: "
+                    "adds the EnvoyProxy (sidecar, socket volume, fsGroup), Envoy Gateway's "
+                    "Backend switch and, with --gateway-class, the GatewayClass. " + help)
+        made.append(click.option(spelling["flag"], _param(name), default=default,
+                                 show_default=default is not None, help=help, **settings))
+    return options.apply(function, *made)
+
+
+def _sidecar(values: dict[str, Any]) -> Any:
     """The Sidecar the sidecar options describe (their values popped from ``values``)."""
     from ..config import ConfigError, Sidecar
 
-    given = {name: values.pop(name) for name in (
-        "sidecar_user", "socket_group", "socket_mode", "cpu", "memory", "cpu_limit",
-        "gateway_class", "eg_namespace")}
+    given = {name: values.pop(_param(name)) for name in _SIDECAR_FLAGS}
+    image = given.pop("image")
     if image is None:
         if given["gateway_class"] is not None or given["cpu_limit"] is not None:
             raise ConfigError("--gateway-class and --cpu-limit describe the sidecar: give "
                               "--sidecar-image")
         return None
-    given["user"] = given.pop("sidecar_user")
     return Sidecar(image, **given)
 
 
@@ -198,7 +216,7 @@ def gateway(processor: str | None, route: tuple[str, ...], gateway: tuple[str, .
             wasm_http: tuple[str, ...], pull_secret: str | None, pull_policy: str | None,
             wasm_config: tuple[str, ...], wasm_root_id: tuple[str, ...],
             wasm_fail_open: tuple[str, ...], app_dir: str, out: str | None,
-            sidecar_image: str | None, **values: Any) -> None:
+            **values: Any) -> None:
     """Envoy Gateway resources: EnvoyExtensionPolicy + Backend (Envoy sends only the phases
     the class handles), and the SecurityPolicy, BackendTrafficPolicy, ClientTrafficPolicy and
     EnvoyProxy the options ask for; with --sidecar-image, the processor as a native sidecar
@@ -240,7 +258,7 @@ def gateway(processor: str | None, route: tuple[str, ...], gateway: tuple[str, .
         raise ConfigError(f"--uds {uds}: give the socket's absolute path as Envoy's "
                           "container sees it")
     policy = options.policy(values)
-    sidecar = _sidecar(sidecar_image, values)
+    sidecar = _sidecar(values)
     targets = [*(Target("HTTPRoute", r) for r in route), *(Target("Gateway", g) for g in gateway)]
     deployment = Deployment(
         cls, addresses=_addresses(uds, address, workers) if cls else (), policy=policy,

@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from extproc import ServeError, ServerConfig
@@ -39,25 +39,27 @@ _QUANTITY = re.compile(r"^(\d+(\.\d+)?|\.\d+)(m|k|M|G|T|Ki|Mi|Gi|Ti)?$")
 class Sidecar:
     """How the processor runs next to Envoy: its image, user, socket group and resources."""
 
-    image: str
-    """The processor's container image (``extctl serve`` on PATH, the class importable)."""
-    user: int = 10001
-    """The sidecar's uid (non-root; the scaffolded Dockerfile's user)."""
-    socket_group: int = 10001
-    """The pod's fsGroup: owns the socket directory and the socket; Envoy is a member."""
-    socket_mode: int = SOCKET_MODE
-    """The socket's mode: the sidecar's user and the group, nobody else."""
-    cpu: str = "100m"
-    """CPU request."""
-    memory: str = "128Mi"
-    """Memory request, and limit."""
-    cpu_limit: str | None = None
-    """CPU limit (none by default: throttling a processor stalls every request)."""
-    gateway_class: str | None = None
-    """A GatewayClass whose ``parametersRef`` names the EnvoyProxy (written as a document);
-    none: set the Gateway's ``spec.infrastructure.parametersRef`` yourself."""
-    eg_namespace: str = EG_NAMESPACE
-    """Where Envoy Gateway's ``envoy-gateway-config`` ConfigMap lives."""
+    image: str = field(metadata={
+        "help": "The processor's container image (extctl on PATH, the class importable)."})
+    user: int = field(default=10001, metadata={
+        "help": "The sidecar's uid and gid (non-root; the scaffolded Dockerfile's user)."})
+    socket_group: int = field(default=10001, metadata={
+        "help": "The pod's fsGroup: owns the socket's directory and the socket; Envoy's user "
+                "is a member."})
+    socket_mode: int = field(default=SOCKET_MODE, metadata={
+        "help": "The socket's mode: the sidecar's user and the group read/write, others "
+                "nothing."})
+    cpu: str = field(default="100m", metadata={"help": "The sidecar's CPU request."})
+    memory: str = field(default="128Mi", metadata={
+        "help": "The sidecar's memory request, and limit."})
+    cpu_limit: str | None = field(default=None, metadata={
+        "help": "The sidecar's CPU limit (none by default: a throttled processor stalls "
+                "every request)."})
+    gateway_class: str | None = field(default=None, metadata={
+        "help": "Write this GatewayClass, its parametersRef naming the EnvoyProxy (none: set "
+                "your Gateway's spec.infrastructure.parametersRef; the output says how)."})
+    eg_namespace: str = field(default=EG_NAMESPACE, metadata={
+        "help": "Namespace of Envoy Gateway's envoy-gateway-config ConfigMap."})
 
     def __post_init__(self) -> None:
         if not _IMAGE.match(self.image):
