@@ -149,6 +149,8 @@ class FilterSpec:
     """A hook's exception continues the request unchanged (else ``error_status``)."""
     error_status: int = 500
     error_body: bytes = b""
+    import_path: str = ""
+    """``module:QualName`` the class is imported by (what ``extctl serve`` is given)."""
 
     @property
     def full_duplex(self) -> bool:
@@ -244,4 +246,5 @@ def derive(cls: type[Any]) -> FilterSpec:
         message_timeout=float(timeout) if timeout is not None else None,
         fail_open=bool(cls.fail_open), error_status=int(cls.error_status),
         error_body=bytes(cls.error_body),
+        import_path=f"{cls.__module__}:{cls.__qualname__}",
     )
