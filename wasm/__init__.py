@@ -1,8 +1,12 @@
 """envoy-extkit's Wasm tools: validate and inspect proxy-wasm modules, verify digests, and run
 filters in a proxy-wasm host emulator (:mod:`wasm.emulator`) from tests."""
 
-from .emulator import LogLine, ProxyWasm
+from .calls import Call, Reply
+from .emulator import ProxyWasm
 from .errors import (
+    CalloutFailure,
+    CalloutReset,
+    CalloutTimeout,
     DigestMismatch,
     HostError,
     InvalidModule,
@@ -23,9 +27,14 @@ from .module import (
     sha256_file,
     verify_file,
 )
+from .state import LogLine
 
 __all__ = [
     "KNOWN_ABIS",
+    "Call",
+    "CalloutFailure",
+    "CalloutReset",
+    "CalloutTimeout",
     "DigestMismatch",
     "HostError",
     "HttpResult",
@@ -36,6 +45,7 @@ __all__ = [
     "MissingImports",
     "ModuleInfo",
     "ProxyWasm",
+    "Reply",
     "StartFailed",
     "UnsupportedAbi",
     "WasmError",
