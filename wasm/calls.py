@@ -35,7 +35,8 @@ class Call:
     """What the filter asked for; 0: none."""
     token: int
     context_id: int
-    """The context that made the call (the root context's id is 1)."""
+    """The context that made the call (the root context's id is 1). The reply goes to the
+    root context in any case, as in Envoy."""
     service: str = ""
     method: str = ""
     """For gRPC: the service and method names."""

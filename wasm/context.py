@@ -67,8 +67,6 @@ def deliver(vm: Vm, state: PluginState) -> None:
     callback may make another call)."""
     while state.pending:
         kind, token, context_id = state.pending.popleft()
-        if context_id != ROOT_CONTEXT_ID and context_id not in state.streams:
-            continue  # the stream is gone: Envoy cancels its callouts
         if kind == "queue":
             vm.call("proxy_on_queue_ready", context_id, token)
             continue
@@ -119,7 +117,7 @@ def _http_reply(vm: Vm, state: PluginState, call: Call, reply: Reply | None) -> 
                                          HeaderMap()).pairs)
     state.answer = answer
     try:
-        vm.call("proxy_on_http_call_response", call.context_id, call.token, headers_count,
+        vm.call("proxy_on_http_call_response", ROOT_CONTEXT_ID, call.token, headers_count,
                 len(answer.body), trailers_count)
     finally:
         state.answer = None
@@ -132,7 +130,7 @@ def _grpc_reply(vm: Vm, state: PluginState, call: Call, reply: Reply | None) -> 
     if reply is not None and reply.status == 0:
         state.answer = Answer(buffer=BufferType.GRPC_RECEIVE_BUFFER, body=reply.body)
         try:
-            vm.call("proxy_on_grpc_receive", call.context_id, call.token, len(reply.body))
+            vm.call("proxy_on_grpc_receive", ROOT_CONTEXT_ID, call.token, len(reply.body))
         finally:
             state.answer = None
         return
@@ -144,7 +142,7 @@ def _grpc_reply(vm: Vm, state: PluginState, call: Call, reply: Reply | None) -> 
         status, message = _GRPC_UNAVAILABLE, "upstream connect error or reset"
     state.status = (status, message)
     try:
-        vm.call("proxy_on_grpc_close", call.context_id, call.token, status)
+        vm.call("proxy_on_grpc_close", ROOT_CONTEXT_ID, call.token, status)
     finally:
         state.status = (0, "")
 
@@ -180,17 +178,22 @@ class HttpContext:
         return self.stream.response_started
 
     def _call(self, callback: str, lends: MapType | None, *args: int) -> Action:
+        stream = self.stream
+        stream.paused_maps.clear()  # a new phase: Envoy has let go of a stopped one's map
         if lends is not None:
-            self.stream.live.add(lends)
+            stream.live.add(lends)
         try:
             value = self.vm.call(callback, self.context_id, *args)
         finally:
-            self.stream.live.clear()
-        deliver(self.vm, self.vm.state)
+            stream.live.clear()
         value = 0 if value is None else value
         body = callback.endswith("_body")
         # Envoy takes a headers answer of 2 (ContinueAndEndStream) as Continue.
         continues = value == 0 or (not body and value == 2)
+        if not continues and lends is not None:
+            # Envoy keeps the map of a stopped phase: a callout's reply may still change it.
+            stream.paused_maps.add(lends)
+        deliver(self.vm, self.vm.state)
         action = Action(value, (BODY_ACTIONS if body else HEADER_ACTIONS).get(value, "Unknown"),
                         continues)
         self.actions.append((callback.removeprefix("proxy_on_"), action))

@@ -48,6 +48,8 @@ class StreamState:
     context_id: int
     maps: dict[MapType, HeaderMap] = field(default_factory=dict)
     live: set[MapType] = field(default_factory=set)
+    paused_maps: set[MapType] = field(default_factory=set)
+    """Maps of a phase the filter stopped: Envoy still lends them (to a callout's reply)."""
     logging: bool = False
     buffers: dict[str, bytes] = field(default_factory=lambda: {"request": b"", "response": b""})
     held: dict[str, bytes] = field(default_factory=lambda: {"request": b"", "response": b""})
@@ -60,7 +62,7 @@ class StreamState:
     filter_state: dict[bytes, bytes] = field(default_factory=dict)
 
     def map_for(self, kind: MapType, write: bool) -> HeaderMap | None:
-        if kind in self.live or (self.logging and not write):
+        if kind in self.live or kind in self.paused_maps or (self.logging and not write):
             return self.maps.get(kind)
         return None
 
