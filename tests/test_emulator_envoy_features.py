@@ -106,3 +106,25 @@ def test_http_callout_pauses_then_resumes_or_denies_as_in_envoy(callout_module):
     assert not refused.upstream_reached
     assert refused.local_response is not None
     assert refused.local_response.details == "callout_denied"
+
+
+@pytest.fixture(scope="module")
+def queue_module(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _compiled(tmp_path_factory, "queue")
+
+
+def test_shared_queue_producer_and_consumer_as_in_envoy(queue_module):
+    plugin = WasmFilter("queued", path=str(queue_module), configuration="")
+    with envoy_stack(wasm=[plugin]) as stack:
+        first = stack.get("/", headers={"x-job": "job-1"})
+        second = stack.get("/")
+    assert "x-last-job" not in first.upstream_headers()
+    # the enqueue woke the root context, which dequeued before the next request
+    assert second.upstream_headers()["x-last-job"] == ["job-1"]
+
+    emulator = ProxyWasm(queue_module, vm_id="queued")  # Envoy's VM id: the filter's name
+    assert emulator.request(headers={"x-job": "job-1"}).request_header("x-last-job") is None
+    assert emulator.request().request_header("x-last-job") == "job-1"
+    assert emulator.queues.contents("jobs", vm_id="queued") == []  # all dequeued
+    emulator.tick()  # a timer-driven producer: the consumer runs after the tick
+    assert emulator.shared_data.get(b"last-job") == (b"tick", 2)
