@@ -21,7 +21,7 @@ import click
 import extproc
 import registry
 import wasm
-from extproc.testing import ServerThread
+from extproc import ServerThread
 
 from .echo import EchoServer
 from .envoy_config import EnvoyConfig, WasmFilter, bootstrap

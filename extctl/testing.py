@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import extproc
-from extproc.testing import ServerThread
+from extproc import ServerThread
 
 from .echo import EchoServer
 from .envoy_config import EnvoyConfig, WasmFilter, bootstrap

@@ -21,16 +21,18 @@ from ._errors import (
 )
 from ._headers import Headers
 from ._importer import import_processor
-from ._mode import BodyMode, ProcessingMode
+from ._mode import BodyMode, FilterSpec, ProcessingMode, derive
 from ._processor import Processor
 from ._responses import ImmediateResponse
 from ._server import SERVICE_NAME, Server, serve, serve_async
+from ._thread import ServerThread
 
 __all__ = [
     "SERVICE_NAME",
     "Body",
     "BodyMode",
     "ExtprocError",
+    "FilterSpec",
     "Headers",
     "ImmediateResponse",
     "ImportFromStringError",
@@ -42,6 +44,8 @@ __all__ = [
     "ServeError",
     "Server",
     "ServerConfig",
+    "ServerThread",
+    "derive",
     "import_processor",
     "serve",
     "serve_async",

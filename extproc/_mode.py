@@ -1,15 +1,27 @@
-"""Body modes and the processing mode Envoy is asked to use, derived from a Processor class."""
+"""What a Processor class asks of Envoy, derived in one place.
+
+``derive(cls)`` reads a class once, when it is defined, into a frozen :class:`FilterSpec`:
+the processing mode (exactly the hooks it overrides), attributes, mutation rules, metadata
+namespaces, timeout, override permission and error policy. The message loop,
+``extproc.testing`` and both config generators read the spec, never the class.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2
 
+from ._errors import ProcessorDefinitionError
+from ._responses import ENVOY_STATUS_CODES
+
 _PM = processing_mode_pb2.ProcessingMode
+_F = TypeVar("_F", bound=Callable[..., Any])
 
 
 class BodyMode(enum.Enum):
@@ -37,6 +49,9 @@ class BodyMode(enum.Enum):
     def from_proto(cls, value: int) -> BodyMode | None:
         name = _PM.BodySendMode.Name(value)
         return None if name == "NONE" else cls(name)
+
+
+_FULL_DUPLEX = BodyMode.FULL_DUPLEX_STREAMED
 
 
 @dataclass(frozen=True)
@@ -94,3 +109,118 @@ class ProcessingMode:
             if getattr(self, field):
                 names.append(field)
         return tuple(names)
+
+
+# -- what a Processor class asks of Envoy ---------------------------------------------------
+
+HOOKS = (
+    "on_request_headers", "on_request_body", "on_request_trailers",
+    "on_response_headers", "on_response_body", "on_response_trailers",
+)
+
+
+def default_hook(function: _F) -> _F:
+    """Marks a base-class hook: a class that keeps it does not handle that phase."""
+    function.__extproc_default__ = True  # type: ignore[attr-defined]
+    return function
+
+
+@dataclass(frozen=True)
+class FilterSpec:
+    """Everything a Processor class asks of Envoy, derived once by :func:`derive`.
+
+    The message loop, ``extproc.testing`` and both config generators read this, never the
+    class attributes themselves, so one rule cannot be applied in one place and not another.
+    """
+
+    name: str
+    mode: ProcessingMode
+    """The phases Envoy sends: exactly the hooks the class overrides."""
+    hooks: frozenset[str]
+    """Names of the hooks the class overrides."""
+    request_attributes: tuple[str, ...] = ()
+    response_attributes: tuple[str, ...] = ()
+    allow_mode_override: bool = False
+    allow_routing_mutations: bool = False
+    allow_envoy_mutations: bool = False
+    dynamic_metadata_namespaces: tuple[str, ...] = ()
+    message_timeout: float | None = None
+    fail_open: bool = False
+    """A hook's exception continues the request unchanged (else ``error_status``)."""
+    error_status: int = 500
+    error_body: bytes = b""
+
+    @property
+    def full_duplex(self) -> bool:
+        """A body travels FULL_DUPLEX_STREAMED in either direction."""
+        return _FULL_DUPLEX in (self.mode.request_body, self.mode.response_body)
+
+    @property
+    def buffers_bodies(self) -> bool:
+        """Envoy holds a whole body for the processor (BUFFERED or BUFFERED_PARTIAL)."""
+        return any(body in (BodyMode.BUFFERED, BodyMode.BUFFERED_PARTIAL)
+                   for body in (self.mode.request_body, self.mode.response_body))
+
+    def with_mode(self, mode: ProcessingMode) -> FilterSpec:
+        """The same filter asking Envoy for another processing mode (a hand-picked one)."""
+        return dataclasses.replace(self, mode=mode)
+
+    @classmethod
+    def of(cls, processor: type[Any]) -> FilterSpec:
+        """The spec of a Processor subclass (derived when the class was defined)."""
+        spec = processor.__dict__.get("_spec")
+        if not isinstance(spec, FilterSpec):
+            spec = derive(processor)
+        return spec
+
+
+def derive(cls: type[Any]) -> FilterSpec:
+    """What ``cls`` asks of Envoy, from its hooks and class attributes; refuses classes that
+    cannot work with ProcessorDefinitionError. Pure: reads the class, changes nothing."""
+    name = cls.__name__
+    hooks = frozenset(hook for hook in HOOKS
+                      if not getattr(getattr(cls, hook), "__extproc_default__", False))
+    for direction in ("request", "response"):
+        mode = getattr(cls, f"{direction}_body_mode")
+        hook = f"on_{direction}_body"
+        if mode is not None and not isinstance(mode, BodyMode):
+            raise ProcessorDefinitionError(
+                f"{name}.{direction}_body_mode must be a BodyMode or None, got {mode!r}")
+        if mode is not None and hook not in hooks:
+            raise ProcessorDefinitionError(
+                f"{name} sets {direction}_body_mode but does not define {hook}")
+        if mode is None and hook in hooks and not cls.allow_mode_override:
+            raise ProcessorDefinitionError(
+                f"{name} defines {hook} but {direction}_body_mode is None, so Envoy "
+                f"would never send the body: set {direction}_body_mode = BodyMode.STREAMED "
+                "(or BUFFERED ...), or allow_mode_override = True to enable it per request")
+    if cls.error_status not in ENVOY_STATUS_CODES:
+        raise ProcessorDefinitionError(
+            f"{name}.error_status {cls.error_status} is not a status Envoy accepts")
+    request_fd = cls.request_body_mode is _FULL_DUPLEX
+    response_fd = cls.response_body_mode is _FULL_DUPLEX
+    mode = ProcessingMode(
+        request_headers="on_request_headers" in hooks,
+        response_headers="on_response_headers" in hooks,
+        request_body=cls.request_body_mode,
+        response_body=cls.response_body_mode,
+        # Envoy requires trailers SEND with FULL_DUPLEX_STREAMED: they mark the body's end.
+        request_trailers="on_request_trailers" in hooks or request_fd,
+        response_trailers="on_response_trailers" in hooks or response_fd,
+    )
+    timeout = cls.message_timeout
+    if timeout is not None and not (isinstance(timeout, (int, float)) and timeout > 0):
+        raise ProcessorDefinitionError(
+            f"{name}.message_timeout must be a positive number of seconds, got {timeout!r}")
+    return FilterSpec(
+        name=name, mode=mode, hooks=hooks,
+        request_attributes=tuple(cls.request_attributes),
+        response_attributes=tuple(cls.response_attributes),
+        allow_mode_override=bool(cls.allow_mode_override),
+        allow_routing_mutations=bool(cls.allow_routing_mutations),
+        allow_envoy_mutations=bool(cls.allow_envoy_mutations),
+        dynamic_metadata_namespaces=tuple(cls.dynamic_metadata_namespaces),
+        message_timeout=float(timeout) if timeout is not None else None,
+        fail_open=bool(cls.fail_open), error_status=int(cls.error_status),
+        error_body=bytes(cls.error_body),
+    )

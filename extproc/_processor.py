@@ -8,17 +8,12 @@ from typing import Any, ClassVar
 from google.protobuf import json_format
 
 from ._body import Body
-from ._errors import MutationError, ProcessorDefinitionError
+from ._errors import MutationError
 from ._headers import Headers
-from ._mode import BodyMode, ProcessingMode
-from ._responses import ENVOY_STATUS_CODES, ImmediateResponse
+from ._mode import BodyMode, FilterSpec, ProcessingMode, default_hook, derive
+from ._responses import ImmediateResponse
 
 HookResult = ImmediateResponse | None
-
-HOOKS = (
-    "on_request_headers", "on_request_body", "on_request_trailers",
-    "on_response_headers", "on_response_body", "on_response_trailers",
-)
 
 # The namespace Envoy's ext_proc filter uses for its own attributes and metadata.
 EXT_PROC_NAMESPACE = "envoy.filters.http.ext_proc"
@@ -57,9 +52,7 @@ class Processor:
     #: How long Envoy waits for each answer, in seconds (None: Envoy's default, 200 ms).
     message_timeout: ClassVar[float | None] = None
 
-    _mode: ClassVar[ProcessingMode] = ProcessingMode(request_headers=False,
-                                                     response_headers=False)
-    _overridden: ClassVar[frozenset[str]] = frozenset()
+    _spec: ClassVar[FilterSpec]
 
     # Per-request state, filled in by the message loop before each hook runs.
     request_headers: Headers | None
@@ -80,48 +73,22 @@ class Processor:
         self._dynamic_metadata: dict[str, dict[str, Any]] | None = None
         self._clear_route_cache = False
         self._mode_override: ProcessingMode | None = None
-        self._effective_mode = type(self)._mode
+        self._effective_mode = type(self)._spec.mode
         self._phase = ""
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        overridden = frozenset(
-            name for name in HOOKS if getattr(cls, name) is not getattr(Processor, name))
-        cls._overridden = overridden
-        for direction in ("request", "response"):
-            mode = getattr(cls, f"{direction}_body_mode")
-            hook = f"on_{direction}_body"
-            if mode is not None and not isinstance(mode, BodyMode):
-                raise ProcessorDefinitionError(
-                    f"{cls.__name__}.{direction}_body_mode must be a BodyMode or None, "
-                    f"got {mode!r}")
-            if mode is not None and hook not in overridden:
-                raise ProcessorDefinitionError(
-                    f"{cls.__name__} sets {direction}_body_mode but does not define {hook}")
-            if mode is None and hook in overridden and not cls.allow_mode_override:
-                raise ProcessorDefinitionError(
-                    f"{cls.__name__} defines {hook} but {direction}_body_mode is None, so Envoy "
-                    f"would never send the body: set {direction}_body_mode = BodyMode.STREAMED "
-                    "(or BUFFERED ...), or allow_mode_override = True to enable it per request")
-        if cls.error_status not in ENVOY_STATUS_CODES:
-            raise ProcessorDefinitionError(
-                f"{cls.__name__}.error_status {cls.error_status} is not a status Envoy accepts")
-        req_fd = cls.request_body_mode is BodyMode.FULL_DUPLEX_STREAMED
-        resp_fd = cls.response_body_mode is BodyMode.FULL_DUPLEX_STREAMED
-        cls._mode = ProcessingMode(
-            request_headers="on_request_headers" in overridden,
-            response_headers="on_response_headers" in overridden,
-            request_body=cls.request_body_mode,
-            response_body=cls.response_body_mode,
-            # Envoy requires trailers SEND with FULL_DUPLEX_STREAMED: they mark the body's end.
-            request_trailers="on_request_trailers" in overridden or req_fd,
-            response_trailers="on_response_trailers" in overridden or resp_fd,
-        )
+        cls._spec = derive(cls)
 
     @classmethod
     def processing_mode(cls) -> ProcessingMode:
         """The phases Envoy must send for this class: exactly the hooks it overrides."""
-        return cls._mode
+        return cls._spec.mode
+
+    @classmethod
+    def filter_spec(cls) -> FilterSpec:
+        """Everything this class asks of Envoy (mode, attributes, rules, timeouts)."""
+        return cls._spec
 
     # -- lifecycle (class level, once per server process) ------------------------------------
 
@@ -135,21 +102,27 @@ class Processor:
 
     # -- hooks --------------------------------------------------------------------------------
 
+    @default_hook
     async def on_request_headers(self, headers: Headers) -> HookResult:
         raise NotImplementedError  # never called: the phase is not requested
 
+    @default_hook
     async def on_request_body(self, body: Body) -> HookResult:
         raise NotImplementedError  # never called: the phase is not requested
 
+    @default_hook
     async def on_request_trailers(self, trailers: Headers) -> HookResult:
         raise NotImplementedError  # never called: the phase is not requested
 
+    @default_hook
     async def on_response_headers(self, headers: Headers) -> HookResult:
         raise NotImplementedError  # never called: the phase is not requested
 
+    @default_hook
     async def on_response_body(self, body: Body) -> HookResult:
         raise NotImplementedError  # never called: the phase is not requested
 
+    @default_hook
     async def on_response_trailers(self, trailers: Headers) -> HookResult:
         raise NotImplementedError  # never called: the phase is not requested
 
@@ -221,7 +194,7 @@ class Processor:
                     raise MutationError("Envoy does not switch to or from FULL_DUPLEX_STREAMED "
                                         "per request")
                 hook = f"on_{name}"
-                if value is not None and hook not in cls._overridden:
+                if value is not None and hook not in cls._spec.hooks:
                     raise MutationError(f"{cls.__name__} does not define {hook}")
                 changes[name] = value
         for name, flag in (("response_headers", response_headers),
@@ -233,3 +206,6 @@ class Processor:
 
     # Set by the message loop: the mode in force for this request.
     _effective_mode: ProcessingMode
+
+
+Processor._spec = derive(Processor)

@@ -102,10 +102,12 @@ async def run_stream(cls: type[Processor], read: Read, write: Write, eof: object
 
 
 class _Exchange:
-    __slots__ = ("cls", "counts", "first", "observability", "proc", "state")
+    __slots__ = ("cls", "counts", "first", "hooks", "observability", "proc", "spec", "state")
 
     def __init__(self, cls: type[Processor], counts: dict[str, int] | None = None) -> None:
         self.cls = cls
+        self.spec = spec = cls._spec
+        self.hooks = spec.hooks
         self.counts = counts
         proc = cls()
         proc._init_state()
@@ -158,12 +160,12 @@ class _Exchange:
     # -- phases ---------------------------------------------------------------------------
 
     async def _headers(self, which: str, direction: str, http_headers: Any) -> list[Any]:
-        cls, proc = self.cls, self.proc
+        spec, proc = self.spec, self.proc
         headers = Headers._from_proto(http_headers.headers.headers, direction,
-                                      cls.allow_routing_mutations, cls.allow_envoy_mutations)
+                                      spec.allow_routing_mutations, spec.allow_envoy_mutations)
         setattr(proc, which, headers)
         hook = _HOOK[which]
-        if hook not in cls._overridden or await self._call(hook, headers, which) is False:
+        if hook not in self.hooks or await self._call(hook, headers, which) is False:
             self._lock_unless_buffered(headers, direction, http_headers.end_of_stream)
             return [_PASS[which]]
         override = proc._mode_override
@@ -188,11 +190,11 @@ class _Exchange:
         return [answer]
 
     async def _body(self, which: str, direction: str, data: bytes, eos: bool) -> list[Any]:
-        cls, proc = self.cls, self.proc
+        proc = self.proc
         mode: BodyMode | None = getattr(proc._effective_mode, which)
         hook = _HOOK[which]
         body = Body(data, eos)
-        if hook in cls._overridden and await self._call(hook, body, which) is False:
+        if hook in self.hooks and await self._call(hook, body, which) is False:
             body = Body(data, eos)  # fail open: forward what Envoy sent
         if mode is _FULL_DUPLEX:
             return self._streamed(which, body)
@@ -239,7 +241,7 @@ class _Exchange:
 
     async def _trailers(self, which: str, direction: str, values: Any,
                         body_open: bool) -> list[Any]:
-        cls, proc = self.cls, self.proc
+        spec, proc = self.spec, self.proc
         answers: list[Any] = []
         body_which = _BODY_FIELD[direction]
         if body_open and getattr(proc._effective_mode, body_which) is _FULL_DUPLEX:
@@ -247,15 +249,15 @@ class _Exchange:
             # sees end_of_stream; the answer does not carry it, since trailers follow.
             body = Body(b"", True)
             hook = _HOOK[body_which]
-            if hook in cls._overridden and await self._call(hook, body, body_which) is False:
+            if hook in self.hooks and await self._call(hook, body, body_which) is False:
                 body = Body(b"", True)
             answers.extend(self._streamed(body_which, Body(body._data, False)))
         proc._phase = which
-        trailers = Headers._from_proto(values, "trailers", cls.allow_routing_mutations,
-                                       cls.allow_envoy_mutations)
+        trailers = Headers._from_proto(values, "trailers", spec.allow_routing_mutations,
+                                       spec.allow_envoy_mutations)
         setattr(proc, which, trailers)
         hook = _HOOK[which]
-        if (hook not in cls._overridden or await self._call(hook, trailers, which) is False
+        if (hook not in self.hooks or await self._call(hook, trailers, which) is False
                 or (trailers._changes is None and proc._dynamic_metadata is None)):
             answers.append(_PASS[which])
             return answers
@@ -289,8 +291,8 @@ class _Exchange:
         return self._fail()
 
     def _fail(self) -> bool:
-        cls = self.cls
-        if cls.fail_open:
+        spec = self.spec
+        if spec.fail_open:
             proc = self.proc
             proc._mode_override = None
             proc._clear_route_cache = False
@@ -300,7 +302,7 @@ class _Exchange:
                 if headers is not None and headers._locked is None:
                     headers._changes = None  # a half-done hook's changes are not applied
             return False
-        response = ImmediateResponse(cls.error_status, body=cls.error_body,
+        response = ImmediateResponse(spec.error_status, body=spec.error_body,
                                      details="extproc_processor_error")
         raise _Stop(_PR(immediate_response=response.to_proto()))
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import threading
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -26,13 +25,12 @@ from envoy.config.core.v3 import base_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from google.protobuf import json_format, struct_pb2
 
-from ._config import ServerConfig
 from ._errors import ProtocolError
 from ._headers import Headers
 from ._mode import BodyMode, ProcessingMode
 from ._processor import EXT_PROC_NAMESPACE, Processor
-from ._server import Server
 from ._stream import _Exchange, _Stop
+from ._thread import ServerThread
 
 __all__ = ["Message", "Result", "ServerThread", "lifespan", "run", "run_sync"]
 
@@ -175,8 +173,8 @@ class _Driver:
     async def send(self, message: Any) -> list[Any]:
         if self.first:
             self.first = False
-            message.protocol_config.request_body_mode = _body_proto(self.mode.request_body)
-            message.protocol_config.response_body_mode = _body_proto(self.mode.response_body)
+            config = message.protocol_config
+            config.request_body_mode, config.response_body_mode = self.mode.body_proto_values
         wire = pb.ProcessingRequest.FromString(message.SerializeToString())
         self.sent.append(str(wire.WhichOneof("request")))
         try:
@@ -343,54 +341,3 @@ def _chunks(body: BodyInput) -> list[bytes]:
     if isinstance(body, (bytes, bytearray)):
         return [bytes(body)] if body else []
     return [bytes(c) for c in body]
-
-
-def _body_proto(mode: BodyMode | None) -> int:
-    return mode.proto_value if mode is not None else 0
-
-
-class ServerThread:
-    """A real gRPC server for ``processor`` on its own event loop thread, for sync tests.
-
-        with ServerThread(MyProcessor, uds=str(tmp_path / "p.sock")) as server:
-            ...  # point Envoy at server.target
-    """
-
-    def __init__(self, processor: type[Processor], **config: Any) -> None:
-        self.config = ServerConfig(**config)
-        self.server = Server(processor, self.config)
-        self._loop = self.config.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True,
-                                        name=f"extproc-{processor.__name__}")
-
-    @property
-    def target(self) -> str:
-        return self.server.target
-
-    def start(self) -> ServerThread:
-        self._thread.start()
-        try:
-            asyncio.run_coroutine_threadsafe(self.server.start(), self._loop).result(30)
-        except BaseException:
-            self._shutdown_loop()
-            raise
-        return self
-
-    def stop(self, grace: float = 0) -> None:
-        try:
-            asyncio.run_coroutine_threadsafe(self.server.stop(grace), self._loop).result(
-                grace + 30)
-        finally:
-            self._shutdown_loop()
-
-    def _shutdown_loop(self) -> None:
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
-        if not self._thread.is_alive():
-            self._loop.close()
-
-    def __enter__(self) -> ServerThread:
-        return self.start()
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()

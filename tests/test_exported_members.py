@@ -6,10 +6,10 @@ import extproc.testing
 
 def test_extproc_public_names():
     assert sorted(extproc.__all__) == sorted([
-        "Body", "BodyMode", "ExtprocError", "Headers", "ImmediateResponse",
+        "Body", "BodyMode", "ExtprocError", "FilterSpec", "Headers", "ImmediateResponse",
         "ImportFromStringError", "MutationError", "ProcessingMode", "Processor",
         "ProcessorDefinitionError", "ProtocolError", "SERVICE_NAME", "ServeError", "Server",
-        "ServerConfig", "import_processor", "serve", "serve_async",
+        "ServerConfig", "ServerThread", "derive", "import_processor", "serve", "serve_async",
     ])
     for name in extproc.__all__:
         member = getattr(extproc, name)
@@ -20,7 +20,8 @@ def test_extproc_public_names():
 def test_testing_public_names():
     assert sorted(extproc.testing.__all__) == [
         "Message", "Result", "ServerThread", "lifespan", "run", "run_sync"]
-    for name in extproc.testing.__all__:
+    assert extproc.testing.ServerThread is extproc.ServerThread  # served for real, not a fake
+    for name in set(extproc.testing.__all__) - {"ServerThread"}:
         assert getattr(extproc.testing, name).__module__ == "extproc.testing"
 
 

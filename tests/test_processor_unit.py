@@ -991,3 +991,35 @@ async def test_headers_locked_after_fail_open_header_hook() -> None:
     assert result.request is not None
     assert "x-late" not in result.request.headers  # Envoy cannot apply it in STREAMED mode
     assert [type(e) for e in caught] == [MutationError]
+
+
+def test_filter_spec_is_derived_once_and_read_by_every_consumer():
+    class Spec(extproc.Processor):
+        response_body_mode = extproc.BodyMode.BUFFERED
+        request_attributes = ("source.address",)
+        dynamic_metadata_namespaces = ("acme",)
+        message_timeout = 0.5
+        fail_open = True
+
+        async def on_request_headers(self, headers):
+            return None
+
+        async def on_response_body(self, body):
+            return None
+
+    spec = extproc.FilterSpec.of(Spec)
+    assert spec is Spec.filter_spec() is extproc.FilterSpec.of(Spec)
+    assert spec == extproc.derive(Spec)  # pure: deriving again gives the same answer
+    assert spec.hooks == {"on_request_headers", "on_response_body"}
+    assert spec.mode.phases == ("request_headers", "response_body")
+    assert spec.mode is Spec.processing_mode()
+    assert (spec.request_attributes, spec.dynamic_metadata_namespaces) == (
+        ("source.address",), ("acme",))
+    assert (spec.message_timeout, spec.fail_open, spec.buffers_bodies, spec.full_duplex) == (
+        0.5, True, True, False)
+    with pytest.raises(extproc.ProcessorDefinitionError, match="message_timeout"):
+        class BadTimeout(extproc.Processor):
+            message_timeout = -1
+
+            async def on_request_headers(self, headers):
+                return None
