@@ -28,7 +28,7 @@ from typing import Any
 import extproc
 from extproc import ServerThread
 
-from .echo import EchoServer
+from .echo import Answer, EchoServer
 from .envoy_config import EnvoyConfig, WasmFilter, bootstrap
 from .envoy_runner import EnvoyProcess
 
@@ -123,19 +123,30 @@ def stack(processor: type[extproc.Processor] | None, sock_dir: Path, echo: EchoS
 @contextlib.contextmanager
 def envoy_stack(processor: type[extproc.Processor] | None = None, *,
                 wasm: Sequence[str | Path | WasmFilter] = (),
+                upstream: Answer | tuple[int, dict[str, str], bytes | list[bytes],
+                                         dict[str, str]] | None = None,
                 **envoy_options: Any) -> Iterator[Stack]:
     """:func:`stack` with its own short socket directory and echo upstream, removed after.
 
     ``wasm``: module files (run with plugin configuration ``{}``) or :class:`WasmFilter`\\ s.
+    ``upstream``: instead of echoing, answer each request with
+    ``upstream(method, path, headers, body) -> (status, headers, body or chunks, trailers)``
+    or always with that tuple (see :mod:`extctl.echo`).
     Other keywords are :class:`~extctl.envoy_config.EnvoyConfig` fields.
     """
+    answer: Answer | None
+    if isinstance(upstream, tuple):
+        fixed = upstream
+        answer = lambda method, path, headers, body: fixed  # noqa: E731
+    else:
+        answer = upstream
     filters = [w if isinstance(w, WasmFilter) else
                WasmFilter(Path(w).stem or "wasm", path=str(Path(w).resolve()),
                           configuration="{}") for w in wasm]
     # AF_UNIX paths are limited to 107 bytes: pytest's tmp_path can be longer.
     sock_dir = Path(tempfile.mkdtemp(prefix="extkit-", dir="/tmp"))
     try:
-        with EchoServer() as echo, stack(processor, sock_dir, echo, wasm=filters,
+        with EchoServer(answer=answer) as echo, stack(processor, sock_dir, echo, wasm=filters,
                                          **envoy_options) as running:
             yield running
     finally:
