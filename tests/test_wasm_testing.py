@@ -42,3 +42,12 @@ def test_differences_are_reported(tmp_path):
     assert by_field[(2, "upstream_body")] == (b"ab<D>cd<D><E>", b"ab<D>cd<E>")
     assert (0, "status") not in by_field
     assert compare_with_envoy(bytes(module), requests=EXCHANGES) == []
+
+
+def test_envoy_stack_answers_with_a_fixed_scripted_reply():
+    from extctl.testing import envoy_stack
+
+    with envoy_stack(upstream=(201, {"x-scripted": "yes"}, [b"a", b"b"], {})) as stack:
+        reply = stack.get("/anything", headers={"x-echo-status": "500"})  # not echoed
+    assert (reply.status, reply.body) == (201, b"ab")
+    assert reply.headers["x-scripted"] == "yes"

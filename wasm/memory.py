@@ -43,6 +43,10 @@ class Memory:
     def size(self) -> int:
         return self._current()[1]
 
+    def holds(self, ptr: int, size: int) -> bool:
+        view = self._view
+        return (view is not None and ptr + size <= view[1]) or ptr + size <= self.size()
+
     def check(self, function: str, ptr: int, size: int) -> int:
         """The raw address of ``size`` bytes at ``ptr``; MemoryAccess naming the host
         function when they are not all inside the module's memory."""

@@ -34,40 +34,51 @@ def encode(value: str | int | bool | bytes) -> bytes:
     return str(value).encode()
 
 
+_FIXED = {"source.address": "127.0.0.1:40000", "source.port": 40000,
+          "destination.address": "127.0.0.1:10000", "destination.port": 10000,
+          "request.protocol": "HTTP/1.1"}
+# Request attributes Envoy reads from the request headers while it still lends them.
+_FROM_HEADERS = {"request.host": b":authority", "request.scheme": b":scheme",
+                 "request.method": b":method", "request.id": b"x-request-id",
+                 "request.useragent": b"user-agent", "request.referer": b"referer"}
+
+
 def _builtin(state: PluginState, path: tuple[bytes, ...],
              stream: StreamState | None) -> bytes | None:
+    """One attribute, computed only when asked for (``request.headers`` serialises a map)."""
     name = ".".join(p.decode("utf-8", "replace") for p in path)
-    fixed = {"plugin_root_id": state.root_id, "plugin_name": state.plugin_name,
-             "plugin_vm_id": state.vm_id}
     if len(path) == 1:
-        return fixed[name].encode() if name in fixed else None
+        fixed = {"plugin_root_id": state.root_id, "plugin_name": state.plugin_name,
+                 "plugin_vm_id": state.vm_id}.get(name)
+        return fixed.encode() if fixed is not None else None
     if stream is None:
         return None
-    request = stream.map_for(MapType.REQUEST_HEADERS, write=False)
-    response = stream.map_for(MapType.RESPONSE_HEADERS, write=False)
-    values: dict[str, Any] = {
-        "source.address": "127.0.0.1:40000", "source.port": 40000,
-        "destination.address": "127.0.0.1:10000", "destination.port": 10000,
-        "request.protocol": "HTTP/1.1", "response.code": stream.response_code,
-    }
-    if request is not None:  # Envoy reads these from the headers it still lends
-        path_value = (request.get(b":path") or b"").decode("latin-1")
-        values.update({
-            "request.path": path_value or None,
-            "request.url_path": path_value.split("?")[0] or None,
-            "request.query": path_value.partition("?")[2] or None,
-            "request.host": request.get(b":authority"),
-            "request.scheme": request.get(b":scheme"),
-            "request.method": request.get(b":method"),
-            "request.id": request.get(b"x-request-id"),
-            "request.useragent": request.get(b"user-agent"),
-            "request.referer": request.get(b"referer"),
-            "request.headers": _map_value(request),
-        })
-    if response is not None:
-        values["response.headers"] = _map_value(response)
-    value = values.get(name)
+    value: Any = _FIXED.get(name)
+    if name == "response.code":
+        value = stream.response_code
+    elif name == "response.headers":
+        response = stream.map_for(MapType.RESPONSE_HEADERS, write=False)
+        value = _map_value(response) if response is not None else None
+    elif name.startswith("request."):
+        request = stream.map_for(MapType.REQUEST_HEADERS, write=False)
+        if request is not None:
+            value = _request_value(name, request)
     return None if value is None else encode(value)
+
+
+def _request_value(name: str, request: HeaderMap) -> Any:
+    if name in _FROM_HEADERS:
+        return request.get(_FROM_HEADERS[name])
+    if name == "request.headers":
+        return _map_value(request)
+    path = (request.get(b":path") or b"").decode("latin-1")
+    if name == "request.path":
+        return path or None
+    if name == "request.url_path":
+        return path.split("?")[0] or None
+    if name == "request.query":
+        return path.partition("?")[2] or None
+    return None
 
 
 def _map_value(headers: HeaderMap) -> bytes:

@@ -234,7 +234,7 @@ class Vm:
 
     def allocate(self, size: int) -> int:
         address = self.call(self.allocator, size) or 0
-        if address == 0 or address + size > self.memory.size():
+        if address == 0 or not self.memory.holds(address, size):
             raise MemoryAccess(f"{self.allocator}({size}) returned {address}, not memory "
                                f"the module has ({self.memory.size()} bytes)")
         return address
