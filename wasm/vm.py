@@ -40,8 +40,23 @@ _RAW_CALLBACK = ctypes.CFUNCTYPE(ctypes.c_size_t, ctypes.c_void_p, ctypes.c_void
                                  ctypes.c_void_p, ctypes.c_size_t)
 _FINALIZER = ctypes.CFUNCTYPE(None, ctypes.c_void_p)
 _NO_FINALIZER = _FINALIZER(lambda env: None)
-_call_unchecked = _bindings._wasmtime_func_call_unchecked
-_set_fuel = _bindings._wasmtime_context_set_fuel
+
+
+def _raw_function(name: str, restype: Any, *argtypes: Any) -> Any:
+    """A C entry point of wasmtime taking plain addresses: ctypes converts ints without the
+    type checks wasmtime's own prototypes make on every call (a fresh function object, so
+    those prototypes are left as they are)."""
+    function = _bindings.dll[name]  # type: ignore[attr-defined]
+    function.restype = restype
+    function.argtypes = argtypes
+    return function
+
+
+_call_unchecked = _raw_function("wasmtime_func_call_unchecked", ctypes.c_void_p,
+                                ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
+                                ctypes.c_size_t, ctypes.c_void_p)
+_set_fuel = _raw_function("wasmtime_context_set_fuel", ctypes.c_void_p, ctypes.c_void_p,
+                          ctypes.c_uint64)
 _RESULT = struct.Struct("<I")
 
 
@@ -60,8 +75,8 @@ class _Export:
         slots = max(len(params), results, 1)
         self.values = (_Raw * slots)()
         self.slots = slots
-        self.func = ctypes.byref(func)
-        self.keep = func
+        self.keep = func  # the address below points into it
+        self.func = ctypes.addressof(func)
         self.params = _slots(params)
         self.address = ctypes.addressof(self.values)
         self.results = results
@@ -90,6 +105,7 @@ class Vm:
         self._store = wasmtime.Store(self._engine)
         self._store.set_limits(memory_size=memory_limit)
         self._context = self._store._context()
+        self._context_address = ctypes.cast(self._context, ctypes.c_void_p).value
         self._callbacks: list[Any] = []  # ctypes thunks must outlive the instance
         self.memory = Memory(self._context, ffi.wasmtime_memory_t())
         table = functions(self.memory)
@@ -106,8 +122,8 @@ class Vm:
                 kind = item.type(self._store)
                 self._functions[name] = _Export(item._func, [str(p) for p in kind.params],
                                                 len(kind.results))
-        self._trap = ctypes.POINTER(ffi.wasm_trap_t)()
-        self._trap_ref = ctypes.byref(self._trap)
+        self._trap = ctypes.c_void_p()
+        self._trap_address = ctypes.addressof(self._trap)
         # Envoy's preference: malloc, then proxy_on_memory_allocate.
         allocator = next((n for n in ("malloc", "proxy_on_memory_allocate")
                           if n in self._functions), None)
@@ -193,7 +209,7 @@ class Vm:
             if args and name.startswith("proxy_on_"):
                 state.set_effective_context(args[0])
             if self.fuel is not None:
-                _set_fuel(self._context, self.fuel)
+                _set_fuel(self._context_address, self.fuel)
             self._top = name
             try:
                 return self._invoke(name, found, args)
@@ -211,19 +227,23 @@ class Vm:
         # allocator, which never runs inside itself.
         if args:
             found.params.pack_into(found.values, 0, *args)
-        error = _call_unchecked(self._context, found.func, found.values, found.slots,
-                                self._trap_ref)
-        if error or self._trap:
+        error = _call_unchecked(self._context_address, found.func, found.address, found.slots,
+                                self._trap_address)
+        if error or self._trap.value:
             self._failed(name, error)
         return _RESULT.unpack_from(found.values)[0] if found.results else None
 
     def _failed(self, name: str, error: Any) -> None:
         raised, self._raised = self._raised, None
-        trap = self._trap
-        self._trap = ctypes.POINTER(ffi.wasm_trap_t)()
-        self._trap_ref = ctypes.byref(self._trap)
-        problem: Exception = (wasmtime.WasmtimeError._from_ptr(error) if error
-                              else wasmtime.Trap._from_ptr(trap))
+        trap, self._trap.value = self._trap.value, None
+        # wasmtime's own objects take ownership of the error or trap (and free it)
+        problem: Exception
+        if error:
+            problem = wasmtime.WasmtimeError._from_ptr(
+                ctypes.cast(error, ctypes.POINTER(ffi.wasmtime_error_t)))
+        else:
+            problem = wasmtime.Trap._from_ptr(
+                ctypes.cast(trap, ctypes.POINTER(ffi.wasm_trap_t)))  # type: ignore[arg-type]
         if raised is not None:
             raise raised
         exhausted = "all fuel consumed" in str(problem)
