@@ -264,3 +264,4 @@ class HttpContext:
         done = self.vm.call("proxy_on_done", self.context_id)
         self.stream.finishing = done == 0  # the filter will call proxy_done itself
         self.vm.call("proxy_on_delete", self.context_id)
+        deliver(self.vm, self.vm.state)  # what the last callbacks caused (a log callout)

@@ -42,11 +42,18 @@ _FINALIZER = ctypes.CFUNCTYPE(None, ctypes.c_void_p)
 _NO_FINALIZER = _FINALIZER(lambda env: None)
 
 
+# The same library, called without releasing the GIL: a call into the module comes back into
+# Python (host functions) on this thread, and releasing and taking the GIL again around every
+# crossing cost more than the crossing itself.
+_HOLDING_GIL = ctypes.PyDLL(_bindings.dll._name,  # type: ignore[attr-defined]
+                            handle=_bindings.dll._handle)  # type: ignore[attr-defined]
+
+
 def _raw_function(name: str, restype: Any, *argtypes: Any) -> Any:
     """A C entry point of wasmtime taking plain addresses: ctypes converts ints without the
     type checks wasmtime's own prototypes make on every call (a fresh function object, so
     those prototypes are left as they are)."""
-    function = _bindings.dll[name]  # type: ignore[attr-defined]
+    function = _HOLDING_GIL[name]
     function.restype = restype
     function.argtypes = argtypes
     return function
