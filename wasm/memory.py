@@ -2,8 +2,8 @@
 and data handed back in memory the module allocates.
 
 The store is configured so that memory never moves (:mod:`wasm.vm`), and memory never
-shrinks: so the base address is read once and the length again only when a range falls
-past the length last seen. The wasmtime accessors cost a foreign call each, which used to be
+shrinks: so the view over it is made again only when a range falls past the length last
+seen. The wasmtime accessors cost a foreign call each, which used to be
 a good part of every host call.
 """
 
@@ -24,58 +24,61 @@ _U64 = struct.Struct("<Q")
 
 class Memory:
     """One module's memory in one store; ``allocate`` is the module's allocator (set once the
-    module is instantiated)."""
+    module is instantiated). Reads and writes go through a memoryview over the memory, made
+    again only when the memory has grown."""
 
     def __init__(self, context: ctypes._Pointer, memory: ffi.wasmtime_memory_t) -> None:  # type: ignore[type-arg]
         self._context = context
         self._memory = memory
-        self._view: tuple[int, int] | None = None
+        self._data = memoryview(b"")
+        self._length = 0
         self.allocate: Callable[[int], int] = _no_allocator
 
-    def _current(self) -> tuple[int, int]:
+    def _refresh(self) -> int:
         ref = ctypes.byref(self._memory)
         length = int(ffi.wasmtime_memory_data_size(self._context, ref))
-        data = ffi.wasmtime_memory_data(self._context, ref)
-        base = (ctypes.cast(data, ctypes.c_void_p).value or 0) if length else 0
-        self._view = (base, length)
-        return self._view
+        if length != self._length:
+            data = ffi.wasmtime_memory_data(self._context, ref)
+            base = ctypes.cast(data, ctypes.c_void_p).value or 0
+            self._data = memoryview((ctypes.c_char * length).from_address(base)).cast("B")
+            self._length = length
+        return length
 
     def size(self) -> int:
-        return self._current()[1]
+        return self._refresh()
 
     def holds(self, ptr: int, size: int) -> bool:
-        view = self._view
-        return (view is not None and ptr + size <= view[1]) or ptr + size <= self.size()
+        return ptr + size <= self._length or ptr + size <= self._refresh()
 
-    def check(self, function: str, ptr: int, size: int) -> int:
-        """The raw address of ``size`` bytes at ``ptr``; MemoryAccess naming the host
-        function when they are not all inside the module's memory."""
-        view = self._view
-        if view is None or ptr + size > view[1]:
-            view = self._current()  # it may have grown since
-        base, length = view
-        if ptr + size > length:
+    def check(self, function: str, ptr: int, size: int) -> None:
+        """MemoryAccess naming the host function unless ``size`` bytes at ``ptr`` are all
+        inside the module's memory."""
+        if ptr + size > self._length and ptr + size > self._refresh():
             raise MemoryAccess(f"{function}: the module passed {size} bytes at {ptr}, outside "
-                               f"its {length}-byte memory")
-        return base + ptr
+                               f"its {self._length}-byte memory")
 
     def read(self, function: str, ptr: int, size: int) -> bytes:
-        address = self.check(function, ptr, size)
-        return ctypes.string_at(address, size) if size else b""
+        if ptr + size > self._length:
+            self.check(function, ptr, size)
+        return self._data[ptr:ptr + size].tobytes()
 
     def text(self, function: str, ptr: int, size: int) -> str:
         return self.read(function, ptr, size).decode("utf-8", "replace")
 
     def write(self, function: str, ptr: int, data: bytes) -> None:
-        address = self.check(function, ptr, len(data))
-        if data:
-            ctypes.memmove(address, data, len(data))
+        if ptr + len(data) > self._length:
+            self.check(function, ptr, len(data))
+        self._data[ptr:ptr + len(data)] = data
 
     def put_u32(self, function: str, ptr: int, value: int) -> None:
-        self.write(function, ptr, _U32.pack(value & 0xFFFFFFFF))
+        if ptr + 4 > self._length:
+            self.check(function, ptr, 4)
+        _U32.pack_into(self._data, ptr, value & 0xFFFFFFFF)
 
     def put_u64(self, function: str, ptr: int, value: int) -> None:
-        self.write(function, ptr, _U64.pack(value & 0xFFFFFFFFFFFFFFFF))
+        if ptr + 8 > self._length:
+            self.check(function, ptr, 8)
+        _U64.pack_into(self._data, ptr, value & 0xFFFFFFFFFFFFFFFF)
 
     def hand_back(self, function: str, data: bytes, ptr_ptr: int, size_ptr: int) -> int:
         """Copy ``data`` into memory the module allocates and write its address and size;
@@ -83,8 +86,8 @@ class Memory:
         address = self.allocate(len(data)) if data else 0
         if data:
             self.write(function, address, data)
-        self.write(function, ptr_ptr, _U32.pack(address))
-        self.write(function, size_ptr, _U32.pack(len(data)))
+        self.put_u32(function, ptr_ptr, address)
+        self.put_u32(function, size_ptr, len(data))
         return Status.OK
 
 
