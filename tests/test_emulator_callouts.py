@@ -152,3 +152,78 @@ def test_queues_register_resolve_and_wake_the_registering_root():
     plugin.request(headers={"x-job": "a"})
     assert plugin.shared_data.get(b"last-job") == (b"a", 1)
     assert plugin.queues.contents("jobs") == []
+
+
+def _serialised(pairs: list[tuple[str, str]]) -> tuple[str, int]:
+    """A header map in the ABI's form, as a WAT data string."""
+    import struct
+
+    data = struct.pack("<I", len(pairs))
+    data += b"".join(struct.pack("<II", len(k), len(v)) for k, v in pairs)
+    data += b"".join(k.encode() + b"\0" + v.encode() + b"\0" for k, v in pairs)
+    return "".join(f"\\{byte:02x}" for byte in data), len(data)
+
+
+def _tick_caller(headers: list[tuple[str, str]], timeout: int = 100) -> bytes:
+    """On each tick: proxy_http_call to cluster "c" with ``headers``, logging the call's
+    status (a digit); its reply's callback logs proxy_get_status's code and message."""
+    data, size = _serialised(headers)
+    return bytes(wasmtime.wat2wasm(f"""(module
+      (import "env" "proxy_http_call"
+        (func $call (param i32 i32 i32 i32 i32 i32 i32 i32 i32 i32) (result i32)))
+      (import "env" "proxy_get_status" (func $get_status (param i32 i32 i32) (result i32)))
+      (import "env" "proxy_log" (func $log (param i32 i32 i32) (result i32)))
+      (memory (export "memory") 1)
+      (global $heap (mut i32) (i32.const 4096))
+      (data (i32.const 256) "c")
+      (data (i32.const 512) "{data}")
+      (func (export "proxy_abi_version_0_2_1"))
+      (func (export "proxy_on_memory_allocate") (param $size i32) (result i32)
+        (local $at i32) (local.set $at (global.get $heap))
+        (global.set $heap (i32.add (global.get $heap) (local.get $size))) (local.get $at))
+      (func (export "proxy_on_context_create") (param i32 i32))
+      (func (export "proxy_on_vm_start") (param i32 i32) (result i32) (i32.const 1))
+      (func (export "proxy_on_configure") (param i32 i32) (result i32) (i32.const 1))
+      (func (export "proxy_on_tick") (param i32)
+        (i32.store8 (i32.const 64) (i32.add (i32.const 48)
+          (call $call (i32.const 256) (i32.const 1) (i32.const 512) (i32.const {size})
+                      (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0)
+                      (i32.const {timeout}) (i32.const 8))))
+        (drop (call $log (i32.const 2) (i32.const 64) (i32.const 1))))
+      (func (export "proxy_on_http_call_response") (param i32 i32 i32 i32 i32)
+        (drop (call $get_status (i32.const 16) (i32.const 20) (i32.const 24)))
+        (i32.store8 (i32.const 68) (i32.add (i32.const 48) (i32.rem_u (i32.load (i32.const 16))
+                                                                     (i32.const 10))))
+        (drop (call $log (i32.const 2) (i32.const 68) (i32.const 1)))
+        (drop (call $log (i32.const 2) (i32.load (i32.const 20)) (i32.load (i32.const 24)))))
+      (func (export "proxy_on_done") (param i32) (result i32) (i32.const 1)))"""))
+
+
+GOOD = [(":method", "GET"), (":path", "/"), (":authority", "svc")]
+
+
+@pytest.mark.parametrize(("headers", "timeout", "upstreams"), [
+    (GOOD[1:], 100, {"c": _allowed}),             # no :method
+    (GOOD[:1] + GOOD[2:], 100, {"c": _allowed}),  # no :path
+    (GOOD[:2], 100, {"c": _allowed}),             # no :authority
+    (GOOD, -1, {"c": _allowed}),                  # a negative timeout
+    (GOOD, 100, {"other": _allowed}),             # no such cluster
+])
+def test_calls_envoy_refuses_answer_bad_argument(headers, timeout, upstreams):
+    plugin = ProxyWasm(_tick_caller(headers, timeout), upstreams=upstreams)
+    plugin.tick()
+    assert [line.message for line in plugin.logs] == ["2"] and plugin.calls == []
+
+
+def test_a_reset_callout_reports_broken_connection():
+    def reset(call):
+        raise CalloutReset()
+
+    plugin = ProxyWasm(_tick_caller(GOOD), upstreams={"c": reset})
+    plugin.tick()
+    # call accepted (0); then the reply's callback: status 11 (BROKEN_CONNECTION) "reset"
+    assert [line.message for line in plugin.logs] == ["0", "1", "reset"]
+    ok = ProxyWasm(_tick_caller(GOOD), upstreams={"c": _allowed})
+    ok.tick()
+    assert [line.message for line in ok.logs] == ["0", "0", ""]
+    assert ok.calls[0].header(":authority") == "svc" and ok.calls[0].timeout_ms == 100
