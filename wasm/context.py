@@ -37,6 +37,18 @@ class Action:
     continues: bool
 
 
+_ACTIONS: dict[tuple[int, bool], Action] = {}
+
+
+def _action(value: int, body: bool, continues: bool) -> Action:
+    """Actions are values: one of each, made once."""
+    found = _ACTIONS.get((value, body))
+    if found is None:
+        name = (BODY_ACTIONS if body else HEADER_ACTIONS).get(value, "Unknown")
+        found = _ACTIONS.setdefault((value, body), Action(value, name, continues))
+    return found
+
+
 def pairs_of(values: Pairs | None) -> list[tuple[str, str | bytes]]:
     items = values.items() if isinstance(values, Mapping) else (values or ())
     return [(k.lower(), v) for k, v in items]
@@ -194,8 +206,7 @@ class HttpContext:
             # Envoy keeps the map of a stopped phase: a callout's reply may still change it.
             stream.paused_maps.add(lends)
         deliver(self.vm, self.vm.state)
-        action = Action(value, (BODY_ACTIONS if body else HEADER_ACTIONS).get(value, "Unknown"),
-                        continues)
+        action = _action(value, body, continues)
         self.actions.append((callback.removeprefix("proxy_on_"), action))
         return action
 
