@@ -98,7 +98,7 @@ def test_a_unary_grpc_call_gets_its_message_or_its_status():
     def auth(call):
         seen.append(call)
         if call.body == b"request" and len(seen) == 1:
-            return Reply(0, body=b"granted")
+            return Reply(body=b"granted")  # gRPC status 0 (OK) by default
         return Reply(7, message="permission denied")
 
     plugin = ProxyWasm(bytes(wasmtime.wat2wasm(GRPC)), upstreams={"auth": auth})

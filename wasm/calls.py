@@ -51,15 +51,22 @@ class Call:
 
 @dataclass
 class Reply:
-    """What a scripted upstream answers. For gRPC ``status`` is the gRPC status (0: OK),
-    ``headers`` the initial metadata and ``trailers`` the trailing metadata."""
+    """What a scripted upstream answers: ``status`` is the HTTP status (default 200) or, for a
+    gRPC call, the gRPC status (default 0, OK), then the call gets ``body`` as its message;
+    any other closes it with that status and ``message``."""
 
-    status: int = 200
+    status: int | None = None
     headers: Mapping[str, str] | Iterable[tuple[str, str]] = ()
     body: bytes = b""
     trailers: Mapping[str, str] | Iterable[tuple[str, str]] = ()
     message: str = ""
     """For gRPC: the status message (``proxy_get_status``)."""
+
+    def http_status(self) -> int:
+        return 200 if self.status is None else self.status
+
+    def grpc_status(self) -> int:
+        return 0 if self.status is None else self.status
 
     def header_pairs(self) -> list[tuple[str, str]]:
         return _pairs(self.headers)

@@ -119,7 +119,8 @@ def _http_reply(vm: Vm, state: PluginState, call: Call, reply: Reply | None) -> 
             reply = Reply(504, {"content-length": str(len(_TIMEOUT_BODY)),
                                 "content-type": "text/plain"}, _TIMEOUT_BODY)
         assert reply is not None
-        headers = HeaderMap(encode([(":status", str(reply.status)), *reply.header_pairs()]))
+        headers = HeaderMap(encode([(":status", str(reply.http_status())),
+                                    *reply.header_pairs()]))
         trailers = HeaderMap(encode(reply.trailer_pairs()))
         answer = Answer({MapType.HTTP_CALL_RESPONSE_HEADERS: headers,
                          MapType.HTTP_CALL_RESPONSE_TRAILERS: trailers},
@@ -139,7 +140,7 @@ def _http_reply(vm: Vm, state: PluginState, call: Call, reply: Reply | None) -> 
 def _grpc_reply(vm: Vm, state: PluginState, call: Call, reply: Reply | None) -> None:
     """A unary call: its message on success, else only the close with its status (Envoy
     hands a unary call no metadata)."""
-    if reply is not None and reply.status == 0:
+    if reply is not None and reply.grpc_status() == 0:
         state.answer = Answer(buffer=BufferType.GRPC_RECEIVE_BUFFER, body=reply.body)
         try:
             vm.call("proxy_on_grpc_receive", ROOT_CONTEXT_ID, call.token, len(reply.body))
@@ -147,7 +148,7 @@ def _grpc_reply(vm: Vm, state: PluginState, call: Call, reply: Reply | None) -> 
             state.answer = None
         return
     if reply is not None:
-        status, message = reply.status, reply.message
+        status, message = reply.grpc_status(), reply.message
     elif call.failure == "timeout":
         status, message = _GRPC_DEADLINE_EXCEEDED, "upstream request timeout"
     else:

@@ -150,13 +150,13 @@ class ProxyWasm:
         ``_start``; the root context; ``proxy_on_vm_start`` and ``proxy_on_configure`` with
         the configurations. StartFailed when the module answers false to either."""
         vm, state = self.vm, self.state
-        if vm.exports("_initialize"):
+        if vm.has_export("_initialize"):
             vm.call("_initialize")
-            if vm.exports("main"):
+            if vm.has_export("main"):
                 vm.call("main", 0, 0)
-            elif vm.exports("__main_void"):
+            elif vm.has_export("__main_void"):
                 vm.call("__main_void")
-        elif vm.exports("_start"):
+        elif vm.has_export("_start"):
             vm.call("_start")
         state.phase = "root_create"
         try:

@@ -116,7 +116,7 @@ class Vm:
         self._callbacks: list[Any] = []  # ctypes thunks must outlive the instance
         self.memory = Memory(self._context, ffi.wasmtime_memory_t())
         table = functions(self.memory)
-        self._set_fuel()  # a start function runs while instantiating
+        self._refuel()  # a start function runs while instantiating
         instance = self._link(table)
         exports = instance.exports(self._store)
         memory = exports.get("memory") if "memory" in exports else None
@@ -140,7 +140,7 @@ class Vm:
         self.allocator = allocator
         self.memory.allocate = self.allocate
 
-    def exports(self, name: str) -> bool:
+    def has_export(self, name: str) -> bool:
         return name in self._functions
 
     def _link(self, table: dict[tuple[str, str], Callable[..., Any]]) -> wasmtime.Instance:
@@ -215,8 +215,7 @@ class Vm:
             saved = state.context_id, state.stream
             if args and name.startswith("proxy_on_"):
                 state.set_effective_context(args[0])
-            if self.fuel is not None:
-                _set_fuel(self._context_address, self.fuel)
+            self._refuel()
             self._top = name
             try:
                 return self._invoke(name, found, args)
@@ -266,9 +265,9 @@ class Vm:
                                f"the module has ({self.memory.size()} bytes)")
         return address
 
-    def _set_fuel(self) -> None:
+    def _refuel(self) -> None:
         if self.fuel is not None:
-            self._store.set_fuel(self.fuel)
+            _set_fuel(self._context_address, self.fuel)
 
 
 def first_line(exc: BaseException) -> str:
