@@ -13,7 +13,7 @@ upstreams can tell which one answered.
 
 ``EchoServer(answer=fn)`` answers with ``fn(method, path, headers, body) -> (status, headers,
 body, trailers)`` instead: ``body`` as bytes goes out with a content-length, a list of chunks
-chunked (each flushed, 50 ms apart), trailers (a dict, may be empty) at the end of a chunked
+chunked (each flushed, 150 ms apart), trailers (a dict, may be empty) at the end of a chunked
 body.
 """
 
@@ -89,7 +89,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         for index, chunk in enumerate(content):
             if index:
-                time.sleep(0.05)  # each chunk its own read, so Envoy frames it on its own
+                # each chunk its own read (even on a busy machine), so Envoy frames it alone
+                time.sleep(0.15)
             self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
             self.wfile.flush()
         lines = "".join(f"{k}: {v}\r\n" for k, v in trailers.items())

@@ -57,9 +57,10 @@ class Reply:
 
 def http(port: int, path: str = "/", method: str = "GET", headers: dict[str, str] | None = None,
          body: bytes | None = None, chunks: list[bytes] | None = None,
-         timeout: float = 30, source: str | None = None) -> Reply:
-    """One HTTP/1.1 request to 127.0.0.1:``port`` (chunked when ``chunks`` is given), from the
-    loopback address ``source`` when given (all of 127.0.0.0/8 is local)."""
+         timeout: float = 30, source: str | None = None, chunk_delay: float = 0.05) -> Reply:
+    """One HTTP/1.1 request to 127.0.0.1:``port`` (chunked when ``chunks`` is given, a pause of
+    ``chunk_delay`` seconds after each chunk), from the loopback address ``source`` when given
+    (all of 127.0.0.0/8 is local)."""
     conn = httpclient.HTTPConnection("127.0.0.1", port, timeout=timeout,
                                      source_address=(source, 0) if source else None)
     try:
@@ -71,7 +72,7 @@ def http(port: int, path: str = "/", method: str = "GET", headers: dict[str, str
             conn.endheaders()
             for chunk in chunks:
                 conn.send(b"%x\r\n%s\r\n" % (len(chunk), chunk))
-                time.sleep(0.05)
+                time.sleep(chunk_delay)
             conn.send(b"0\r\n\r\n")
         else:
             conn.request(method, path, body=body, headers=headers or {})

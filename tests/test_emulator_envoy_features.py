@@ -54,8 +54,10 @@ def test_body_framing_matches_envoys_http1_codec(framing_module):
     plugin = WasmFilter("framing", path=str(framing_module), configuration="")
     with envoy_stack(wasm=[plugin]) as stack:
         sized = stack.get("/", method="POST", body=b"abc")
-        chunked = stack.get("/", method="POST", chunks=[b"ab", b"cd"])
-        response_chunks = stack.get("/", headers={"x-echo-chunks": '["x", "y"]'})
+        # chunks well apart, so that each is its own read (and frame) on a busy machine
+        chunked = stack.get("/", method="POST", chunks=[b"ab", b"cd"], chunk_delay=0.15)
+        response_chunks = stack.get("/", headers={"x-echo-chunks": '["x", "y"]',
+                                                  "x-echo-chunk-delay-ms": "150"})
         response_sized = stack.get("/")
     # Envoy: the data frame(s), then an empty frame that ends the stream, both directions.
     assert _echoed(sized)["body"] == "abc<D><E>"

@@ -140,7 +140,8 @@ def _through_envoy(path: Path, requests: list[Exchange], root_id: str, configura
             chunked = isinstance(spec.body, list)
             reply = stack.get(spec.path, method=spec.method, headers=dict(spec.headers),
                               body=None if chunked or not spec.body else spec.body,
-                              chunks=spec.body if isinstance(spec.body, list) else None)
+                              chunks=spec.body if isinstance(spec.body, list) else None,
+                              chunk_delay=0.15)  # each chunk its own frame in Envoy
             reached = bool(received)
             seen.append({
                 "status": reply.status,
