@@ -51,3 +51,15 @@ def test_envoy_stack_answers_with_a_fixed_scripted_reply():
         reply = stack.get("/anything", headers={"x-echo-status": "500"})  # not echoed
     assert (reply.status, reply.body) == (201, b"ab")
     assert reply.headers["x-scripted"] == "yes"
+
+
+@pytest.mark.parametrize("name", ["add_header", "append_request_header", "queue"])
+def test_every_module_here_agrees_with_envoy(name):
+    """The other WAT modules of tests/wat with the default framing (host_calls and framing
+    above; callout.wat, whose check goes to the upstream cluster itself, in
+    test_emulator_envoy_features.py)."""
+    module = wasmtime.wat2wasm((WAT / f"{name}.wat").read_text())
+    exchanges = [Exchange(path="/", headers={"x-job": "j1"}),
+                 Exchange(method="POST", body=[b"a", b"b"], response_body=[b"c", b"d"]),
+                 Exchange(headers={"x-deny": "1"}, status=503)]
+    assert compare_with_envoy(bytes(module), requests=exchanges, name=name) == []
