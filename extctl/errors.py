@@ -3,8 +3,9 @@
     ExtctlError          base; the CLI prints its message on one line
     ├── EnvoyError       the Envoy binary is missing, exits at start, or never gets ready
     ├── UsageError       options that contradict each other (exit code 2)
-    ├── ConfigError      a configuration that cannot be generated (exit code 2)
+    ├── ConfigError      a configuration that cannot be generated (extctl.config; exit 2)
     │   └── GatewayError     a resource Envoy Gateway (or its CRDs' CEL rules) would refuse
+    ├── OutputError      a file that cannot be written (the path and why)
     └── ScaffoldError    a template could not be rendered (a bug of the template)
 """
 
@@ -27,8 +28,8 @@ class UsageError(ExtctlError):
     """Options that cannot work together."""
 
 
-class ConfigError(ExtctlError):
-    """A configuration that cannot be generated: the message names the offending input."""
+class OutputError(ExtctlError):
+    """A file that cannot be written: no such directory, permissions, disk full."""
 
 
 class ScaffoldError(ExtctlError):

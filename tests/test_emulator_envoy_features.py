@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import wasmtime
 
-from extctl.envoy_config import WasmFilter
+from extctl.config import WasmModule
 from extctl.testing import envoy_stack
 from wasm import Call, ProxyWasm, Reply
 
@@ -51,7 +51,7 @@ def _echoed(reply) -> dict:
 
 
 def test_body_framing_matches_envoys_http1_codec(framing_module):
-    plugin = WasmFilter("framing", path=str(framing_module), configuration="")
+    plugin = WasmModule("framing", file=str(framing_module), text="")
     with envoy_stack(wasm=[plugin]) as stack:
         sized = stack.get("/", method="POST", body=b"abc")
         # chunks well apart, so that each is its own read (and frame) on a busy machine
@@ -81,7 +81,7 @@ def test_body_framing_matches_envoys_http1_codec(framing_module):
 
 
 def test_http_callout_pauses_then_resumes_or_denies_as_in_envoy(callout_module):
-    plugin = WasmFilter("callout", path=str(callout_module), configuration="")
+    plugin = WasmModule("callout", file=str(callout_module), text="")
     with envoy_stack(wasm=[plugin]) as stack:
         allowed = stack.get("/a", headers={"x-keep": "1"})
         denied = stack.get("/b", headers={"x-deny": "1"})
@@ -116,7 +116,7 @@ def queue_module(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_shared_queue_producer_and_consumer_as_in_envoy(queue_module):
-    plugin = WasmFilter("queued", path=str(queue_module), configuration="")
+    plugin = WasmModule("queued", file=str(queue_module), text="")
     with envoy_stack(wasm=[plugin]) as stack:
         first = stack.get("/", headers={"x-job": "job-1"})
         second = stack.get("/")

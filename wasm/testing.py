@@ -117,7 +117,7 @@ _EXACT = frozenset(name for name in IGNORED if not name.endswith(("-", ":")))
 def _through_envoy(path: Path, requests: list[Exchange], root_id: str, configuration: str,
                    name: str) -> dict[str, Any]:
     # the real-Envoy harness; imported here so that the emulator needs none of it
-    from extctl.envoy_config import WasmFilter
+    from extctl.config import WasmModule
     from extctl.testing import envoy_stack
 
     current: list[Exchange] = []
@@ -130,7 +130,7 @@ def _through_envoy(path: Path, requests: list[Exchange], root_id: str, configura
         return (spec.status, dict(spec.response_headers), spec.response_body,
                 dict(spec.response_trailers))
 
-    plugin = WasmFilter(name, path=str(path), configuration=configuration, root_id=root_id)
+    plugin = WasmModule(name, file=str(path), text=configuration, root_id=root_id)
     seen = []
     with envoy_stack(wasm=[plugin], upstream=answer) as stack:
         authority = f"127.0.0.1:{stack.envoy.port}"
@@ -158,7 +158,7 @@ def _through_emulator(path: Path, requests: list[Exchange], root_id: str,
                       configuration: str, name: str, authority: str,
                       framing: str) -> list[dict[str, Any]]:
     seen = []
-    # Envoy names the VM after the filter (see extctl.envoy_config)
+    # Envoy names the VM after the module (see extctl.config.envoy)
     with ProxyWasm(path, plugin_configuration=configuration, root_id=root_id, vm_id=name,
                    plugin_name=name, framing=framing) as plugin:
         for spec in requests:

@@ -1,0 +1,238 @@
+"""``extctl dev``: a processor and/or Wasm modules, an echo upstream and a real Envoy on loopback,
+wired together by the generated config."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import queue
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+
+import click
+
+import extproc
+import registry
+import wasm
+from extproc import FilterSpec, ServerThread
+
+from ..config import Deployment, FilterPosition, WasmModule
+from ..errors import UsageError
+from .echo import EchoServer
+from .envoy import EnvoyProcess
+from .reload import Child, watch
+
+logger = logging.getLogger("extctl.dev")
+
+
+def module_name(source: str) -> str:
+    """A module's name from where it comes from: ``oci://r/f/tag:v1`` -> ``tag``."""
+    stem = source.rstrip("/").rpartition("/")[2]
+    return re.sub(r"[^a-z0-9-]+", "-", stem.split("@")[0].split(":")[0].lower()
+                  .removesuffix(".wasm")).strip("-") or "wasm"
+
+
+def fetch(module: WasmModule, workdir: Path,
+          connection: registry.Connection | None = None) -> WasmModule:
+    """The module with a local ``file`` Envoy can load: a remote one is fetched into
+    ``workdir`` and checked against ``sha256`` (the manifest digest for an image, the body's
+    sha256 for a URL, as Envoy Gateway means them); a local one is verified and inspected."""
+    target = workdir / f"{module.name}.wasm"
+    sha256 = f"sha256:{module.sha256}" if module.sha256 else None
+    if module.url is not None:
+        ca_file = connection.ca_file if connection is not None else None
+        path = registry.pull_http(module.url, target, sha256=sha256, ca_file=ca_file).path
+    elif module.image is not None:
+        path = registry.pull(module.image, target, sha256=sha256, connection=connection,
+                             cache=registry.Cache()).path
+    else:
+        path = Path(module.file or "").resolve()
+        if not path.is_file():
+            raise UsageError(f"--wasm {module.file}: no such file")
+        if module.sha256:
+            wasm.verify_file(path, module.sha256)
+        wasm.inspect_file(path)  # a file Envoy could not load is refused here, by name
+    return dataclasses.replace(module, file=str(path), image=None, url=None, sha256=None)
+
+
+@dataclass(frozen=True)
+class Reload:
+    """What ``--reload`` watches: the processor's import path and directories."""
+
+    processor: str | None
+    """``MODULE:CLASS``, re-imported in a fresh interpreter on every change (None: no
+    processor of the user's)."""
+    app_dir: str = "."
+    directories: Sequence[str] = ()
+    """Where Python changes are watched; default: ``app_dir``."""
+
+
+class DevStack:
+    def __init__(self, processor: type[extproc.Processor] | None, *, port: int = 10000,
+                 wasm: Sequence[WasmModule] = (),
+                 filter_order: Sequence[FilterPosition] = (),
+                 connections: Mapping[str, registry.Connection] | None = None,
+                 envoy_log_level: str = "warning", reload: Reload | None = None) -> None:
+        self.envoy_log_level = envoy_log_level
+        self.processor = processor
+        self.port = port
+        self.wasm = wasm
+        self.filter_order = filter_order
+        self.connections = connections or {}
+        self.reload = reload
+
+    def run(self) -> None:
+        workdir = Path(tempfile.mkdtemp(prefix="extctl-dev-"))
+        stop = threading.Event()
+
+        def on_signal(signum: int, frame: FrameType | None) -> None:
+            stop.set()
+
+        previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        server: ServerThread | None = None
+        child: Child | None = None
+        envoy = echo = None
+        try:
+            socket_path = str(workdir / "extproc.sock")
+            modules = [fetch(w, workdir, self.connections.get(w.name)) for w in self.wasm]
+            processor: type[extproc.Processor] | FilterSpec | None = self.processor
+            if self.reload is not None and self.reload.processor is not None:
+                # Served by a child, started anew on every change; the class imported here
+                # (by the command) gives the first config.
+                child = Child(_serve_args(self.reload, socket_path, self.envoy_log_level))
+                child.start()
+            elif self.processor is not None:
+                server = ServerThread(self.processor, uds=socket_path, socket_mode=0o600).start()
+            echo = EchoServer(verbose=True).start()
+
+            def deployment(spec: type[extproc.Processor] | FilterSpec | None,
+                           port: int) -> Deployment:
+                return Deployment.build(
+                    spec, addresses=[socket_path] if spec is not None else [],
+                    upstreams=[echo.address] if echo else [], listen=f"127.0.0.1:{port}",
+                    access_log=True, wasm=modules, filter_order=self.filter_order)
+
+            current = deployment(processor, self.port)
+            envoy = EnvoyProcess(current.envoy_bootstrap(), workdir / "envoy",
+                                 log_level=self.envoy_log_level).start()
+            tail = threading.Thread(target=_tail, args=(envoy.log_path, stop), daemon=True)
+            tail.start()
+            click.echo(f"workdir: {workdir}")
+            if current.spec is not None:
+                click.echo(f"processor: {current.spec.name} on unix:{socket_path} "
+                           f"(phases: {', '.join(current.spec.mode.phases) or 'none'})")
+            for module in modules:
+                click.echo(f"wasm: {module.name} from {module.file}")
+            click.echo("filters: " + " -> ".join(envoy.http_filters()))
+            click.echo(f"upstream: http://{echo.address} (echoes the request as JSON)")
+            click.echo(f"envoy: http://127.0.0.1:{envoy.port} (admin http://{envoy.admin_address})")
+            click.echo(f"try: curl -i http://127.0.0.1:{envoy.port}/hello")
+            if self.reload is not None:
+                click.echo("reload: on (Python files under "
+                           f"{', '.join(self.reload.directories or [self.reload.app_dir])}"
+                           f"{' and the Wasm files' if modules else ''})")
+            click.echo("Ctrl-C stops everything.")
+            sys.stdout.flush()
+            changes: queue.Queue[set[str]] = queue.Queue()
+            watcher = None
+            if self.reload is not None:
+                watcher = threading.Thread(target=watch, daemon=True, kwargs={
+                    "directories": self.reload.directories or [self.reload.app_dir],
+                    "on_change": changes.put, "stop": stop,
+                    "files": [m.file for m in modules if m.file]})
+                watcher.start()
+            wasm_files = {m.file for m in modules if m.file}
+            while not stop.wait(0.1):
+                if envoy.process is None or envoy.process.poll() is not None:
+                    logger.error("Envoy exited; stopping")
+                    break
+                try:
+                    changed = changes.get_nowait()
+                except queue.Empty:
+                    continue
+                restart_envoy = bool(changed & wasm_files)
+                if child is not None and changed - wasm_files:
+                    assert self.reload is not None
+                    child.restart()  # serving the new code first; its spec is read meanwhile
+                    spec = _probe(self.reload)
+                    if spec is None:
+                        child.stop()
+                        logger.error("reload: the processor does not import (above); Envoy "
+                                     "answers 5xx until the next change fixes it")
+                        continue
+                    if spec != current.spec:
+                        restart_envoy = True  # the class asks Envoy for other phases now
+                    current = deployment(spec, envoy.port)
+                    click.echo(f"reload: {spec.name} restarted (phases: "
+                               f"{', '.join(spec.mode.phases) or 'none'})")
+                if restart_envoy:
+                    port = envoy.port
+                    envoy.stop()
+                    envoy = EnvoyProcess(deployment(current.processor, port).envoy_bootstrap(),
+                                         workdir / "envoy", log_level=self.envoy_log_level
+                                         ).start()
+                    click.echo(f"reload: Envoy restarted on port {envoy.port}")
+                sys.stdout.flush()
+        finally:
+            stop.set()
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            if envoy is not None:
+                envoy.stop()
+            if echo is not None:
+                echo.stop()
+            if server is not None:
+                server.stop(grace=2)
+            if child is not None:
+                child.close()
+            shutil.rmtree(workdir, ignore_errors=True)
+            click.echo("stopped; removed " + str(workdir))
+
+
+def _serve_args(reload: Reload, socket_path: str, log_level: str) -> list[str]:
+    assert reload.processor is not None
+    return [reload.processor, "--uds", socket_path,
+            "--app-dir", os.path.abspath(reload.app_dir), "--socket-mode", "600",
+            "--grace-period", "1", "--log-level", "info" if log_level in ("debug", "trace")
+            else "warning"]
+
+
+def _probe(reload: Reload) -> FilterSpec | None:
+    """The processor's FilterSpec from the code on disk now (a fresh interpreter); None when
+    it does not import (its error has been printed)."""
+    assert reload.processor is not None
+    done = subprocess.run([sys.executable, "-m", "extctl.harness.probe", reload.processor,
+                           os.path.abspath(reload.app_dir)], stdout=subprocess.PIPE,
+                          stdin=subprocess.DEVNULL, timeout=60)
+    if done.returncode != 0:
+        return None
+    return FilterSpec.from_dict(json.loads(done.stdout))
+
+
+def _tail(path: Path, stop: threading.Event) -> None:
+    """Copy Envoy's log lines to stderr, prefixed, until ``stop``."""
+    position = 0
+    while not stop.is_set():
+        try:
+            with open(path, "rb") as log:
+                log.seek(position)
+                chunk = log.read()
+                position = log.tell()
+        except FileNotFoundError:
+            chunk = b""
+        for line in chunk.decode(errors="replace").splitlines():
+            sys.stderr.write(f"[envoy] {line}\n")
+        sys.stderr.flush()
+        time.sleep(0.2)
