@@ -32,6 +32,7 @@ from . import options
 @click.option("--insecure", is_flag=True, help="Plain HTTP to a registry on loopback.")
 @options.app_dir
 @options.log_level
+@options.log_format
 @click.option("--envoy-log-level", type=click.Choice(["trace", "debug", "info", "warning",
                                                        "error"]),
               default="warning", show_default=True,
@@ -39,7 +40,8 @@ from . import options
 def dev(processor: str | None, port: int, wasm: tuple[str, ...],
         wasm_sha256: str | None, wasm_config: str, wasm_root_id: str,
         filter_order: tuple[str, ...], docker_config: str | None, ca_file: str | None,
-        insecure: bool, app_dir: str, log_level: str, envoy_log_level: str) -> None:
+        insecure: bool, app_dir: str, log_level: str, log_format: str,
+        envoy_log_level: str) -> None:
     """Try a processor and/or Wasm modules locally, with an echo upstream and a real Envoy.
 
     Without MODULE:CLASS (and without --wasm) the bundled demo processor runs. Prints the
@@ -60,7 +62,7 @@ def dev(processor: str | None, port: int, wasm: tuple[str, ...],
     from ..harness.dev import DevStack, module_name
     from ..harness.envoy import find_envoy
 
-    options.setup_logging(log_level)
+    options.setup_logging(log_level, log_format)
     find_envoy()  # before anything starts: without Envoy there is nothing to try
     cls = None
     if processor is not None:

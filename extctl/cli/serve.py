@@ -23,6 +23,7 @@ _SPELLING: dict[str, dict[str, Any]] = {
     "tls_key": {"type": click.Path(exists=True, dir_okay=False)},
     "tls_client_ca": {"type": click.Path(exists=True, dir_okay=False)},
     "loop": {},
+    "admin": {"metavar": "HOST:PORT"},
 }
 
 
@@ -50,7 +51,9 @@ def _server_options(function: Any) -> Any:
 @_server_options
 @options.app_dir
 @options.log_level
-def serve(processor: str, app_dir: str, log_level: str, **settings: object) -> None:
+@options.log_format
+def serve(processor: str, app_dir: str, log_level: str, log_format: str,
+          **settings: object) -> None:
     """Serve a Processor subclass over gRPC for Envoy's ext_proc filter.
 
     SIGTERM/SIGINT drain in-flight requests within --grace-period and exit 0;
@@ -65,7 +68,7 @@ def serve(processor: str, app_dir: str, log_level: str, **settings: object) -> N
 
     from ..errors import UsageError
 
-    options.setup_logging(log_level)
+    options.setup_logging(log_level, log_format)
     cls = options.load_processor(processor, app_dir)
     try:
         config = extproc.ServerConfig(**settings)  # type: ignore[arg-type]
