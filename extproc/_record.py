@@ -59,12 +59,25 @@ class Observer:
             return None
         return cls(processor, metrics, tracer, counts)
 
+    def close(self) -> None:
+        """Export the spans still buffered (a worker exits without running atexit hooks)."""
+        if self.tracer is not None:
+            from opentelemetry import trace
+
+            flush = getattr(trace.get_tracer_provider(), "force_flush", None)
+            if flush is not None:
+                flush(5000)
+
     def wrap(self, process: Process) -> Process:
         """The servicer's ``Process(request_iterator, context, record)`` as a recorded
         ``Process(request_iterator, context)``."""
 
         async def observed(request_iterator: Any, context: Any) -> AsyncIterator[Any]:
             record = StreamRecord(self, context)
+            # When Envoy resets a stream while this generator waits at a yield, grpc drops the
+            # generator without resuming it; the RPC's end is the record's end then.
+            context.add_done_callback(lambda _: record.finish(
+                "CANCELLED" if context.cancelled() else _code_name(context)))
             code = "OK"
             try:
                 async for answer in process(request_iterator, context, record):
@@ -90,6 +103,8 @@ def _code_name(context: Any) -> str:
         code = context.code()
     except Exception:  # pragma: no cover - grpc versions without ServicerContext.code()
         return "UNKNOWN"
+    if code is None:
+        return "OK"
     return code.name if isinstance(code, grpc.StatusCode) else "UNKNOWN"
 
 
@@ -98,7 +113,7 @@ class StreamRecord:
     :meth:`hook_finished` and :meth:`body`."""
 
     __slots__ = ("_hook_span", "_hook_started", "_hook_token", "body_bytes", "context",
-                 "hooks", "messages", "metrics", "observer", "proc", "sent", "span",
+                 "finished", "hooks", "messages", "metrics", "observer", "proc", "sent", "span",
                  "started", "started_ns", "tracer")
 
     def __init__(self, observer: Observer, context: Any) -> None:
@@ -110,6 +125,7 @@ class StreamRecord:
         self.started_ns = time.time_ns()
         self.messages: dict[str, int] = {}
         self.sent = 0
+        self.finished = False
         self.hooks: list[HookRecord] = []
         self.body_bytes = {"request": 0, "response": 0}
         self.proc: Any = None
@@ -154,6 +170,10 @@ class StreamRecord:
         return headers.get("x-request-id") if headers is not None else None
 
     def finish(self, code: str) -> None:
+        """The stream ended with gRPC status ``code``; later calls are ignored."""
+        if self.finished:
+            return
+        self.finished = True
         seconds = time.perf_counter() - self.started
         received = sum(self.messages.values())
         counts = self.observer.counts
@@ -170,6 +190,8 @@ class StreamRecord:
                 if size:
                     metrics.body[direction].inc(size)
         if self.tracer is not None:
+            if self._hook_span is not None:  # cut short in the middle of a hook
+                self._end_hook_span("cancelled", None, None)
             self._end_stream_span(code)
         if self.observer.access:
             self._access_line(code, seconds)

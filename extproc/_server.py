@@ -152,6 +152,8 @@ class Server:
                         os.unlink(self.listen)
                 if self.admin is not None:
                     self.admin.stop()
+                if self.observer is not None:
+                    self.observer.close()
                 await self._shutdown_hook()
 
     async def _shutdown_hook(self) -> None:

@@ -30,6 +30,9 @@ from . import options
 @click.option("--ca-file", type=click.Path(exists=True, dir_okay=False),
               help="PEM CA bundle for a private registry or HTTPS server.")
 @click.option("--insecure", is_flag=True, help="Plain HTTP to a registry on loopback.")
+@click.option("--admin", default="127.0.0.1:0", show_default=True, metavar="HOST:PORT",
+              help="The processor's admin endpoint (/metrics, /healthz, /readyz); port 0: any "
+                   "free port, printed at start.")
 @options.app_dir
 @options.log_level
 @options.log_format
@@ -40,7 +43,7 @@ from . import options
 def dev(processor: str | None, port: int, wasm: tuple[str, ...],
         wasm_sha256: str | None, wasm_config: str, wasm_root_id: str,
         filter_order: tuple[str, ...], docker_config: str | None, ca_file: str | None,
-        insecure: bool, app_dir: str, log_level: str, log_format: str,
+        insecure: bool, admin: str, app_dir: str, log_level: str, log_format: str,
         envoy_log_level: str) -> None:
     """Try a processor and/or Wasm modules locally, with an echo upstream and a real Envoy.
 
@@ -84,4 +87,4 @@ def dev(processor: str | None, port: int, wasm: tuple[str, ...],
                                         ca_file=ca_file, insecure=insecure)
         if module.image else registry.Connection(ca_file=ca_file) for module in modules}
     DevStack(cls, port=port, wasm=modules, filter_order=order, connections=connections,
-             envoy_log_level=envoy_log_level).run()
+             envoy_log_level=envoy_log_level, admin=admin).run()

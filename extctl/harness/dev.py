@@ -66,7 +66,8 @@ class DevStack:
                  wasm: Sequence[WasmModule] = (),
                  filter_order: Sequence[FilterPosition] = (),
                  connections: Mapping[str, registry.Connection] | None = None,
-                 envoy_log_level: str = "warning") -> None:
+                 envoy_log_level: str = "warning", admin: str = "127.0.0.1:0") -> None:
+        self.admin = admin
         self.connections = connections or {}
         self.envoy_log_level = envoy_log_level
         self.processor = processor
@@ -87,7 +88,8 @@ class DevStack:
             socket_path = str(workdir / "extproc.sock")
             modules = [fetch(w, workdir, self.connections.get(w.name)) for w in self.wasm]
             if self.processor is not None:
-                server = ServerThread(self.processor, uds=socket_path, socket_mode=0o600).start()
+                server = ServerThread(self.processor, uds=socket_path, socket_mode=0o600,
+                                      admin=self.admin).start()
             echo = EchoServer(verbose=True).start()
             deployment = Deployment.build(
                 self.processor, addresses=[socket_path] if self.processor else [],
@@ -102,6 +104,9 @@ class DevStack:
                 mode = self.processor.processing_mode()
                 click.echo(f"processor: {self.processor.__name__} on unix:{socket_path} "
                            f"(phases: {', '.join(mode.phases) or 'none'})")
+            if server is not None and server.server.admin is not None:
+                click.echo(f"metrics: {server.server.admin.url}/metrics (also /healthz, "
+                           "/readyz)")
             for module in modules:
                 click.echo(f"wasm: {module.name} from {module.file}")
             click.echo("filters: " + " -> ".join(envoy.http_filters()))
