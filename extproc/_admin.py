@@ -19,13 +19,14 @@ from typing import TYPE_CHECKING, Any
 from ._config import ServerConfig, split_address
 from ._errors import ServeError
 from ._metrics import (
+    SERVING,
+    Collector,
     Metrics,
     multiprocess_dir,
-    multiprocess_registry,
-    new_registry,
+    registry,
     remove_multiprocess_dir,
     serving_workers,
-    use_multiprocess_values,
+    worker_file,
     worker_gone,
 )
 from ._record import Observer
@@ -126,8 +127,7 @@ def make_observer(processor: type[Processor], config: ServerConfig,
     supervisor runs workers, see ``_metrics``)."""
     metrics = None
     if config.admin is not None:
-        registry = None if config.workers > 1 else new_registry()
-        metrics = Metrics(processor.__name__, registry)
+        metrics = Metrics(processor.__name__, worker_file() if config.workers > 1 else None)
     return Observer.create(processor.__name__, metrics, counts)
 
 
@@ -136,22 +136,18 @@ def on_serving(config: ServerConfig, observer: Observer | None,
     """The server says SERVING: tell the metrics; serve the endpoint (``/readyz`` asks
     ``ready``) unless a supervisor does (workers > 1)."""
     if observer is not None and observer.metrics is not None:
-        observer.metrics.serving.set(1)
+        observer.metrics.values[SERVING] = 1
     if config.admin is None or config.workers > 1:
         return None
     assert observer is not None and observer.metrics is not None
-    return AdminServer(config.admin, observer.metrics.registry, ready).start()
+    metrics = observer.metrics
+    return AdminServer(config.admin, registry(Collector(metrics.processor, metrics)),
+                       ready).start()
 
 
 def on_draining(observer: Observer | None) -> None:
     if observer is not None and observer.metrics is not None:
-        observer.metrics.serving.set(0)
-
-
-def in_worker(config: ServerConfig) -> None:
-    """In a forked worker, before it serves."""
-    if config.admin is not None:
-        use_multiprocess_values()
+        observer.metrics.values[SERVING] = 0
 
 
 class SupervisorAdmin:
@@ -159,8 +155,9 @@ class SupervisorAdmin:
     (forked before the workers, so the supervisor itself never runs a thread and forks)
     serving what all workers wrote. Ready while every worker says SERVING."""
 
-    def __init__(self, config: ServerConfig) -> None:
+    def __init__(self, config: ServerConfig, processor: str) -> None:
         self.config = config
+        self.processor = processor
         self.pid: int | None = None
         self._directory: str | None = None
         self._server: AdminServer | None = None
@@ -171,10 +168,10 @@ class SupervisorAdmin:
         if config.admin is None:
             return
         self._directory = multiprocess_dir()
-        registry = multiprocess_registry()
+        collector = Collector(self.processor, directory=self._directory)
         workers = config.workers
-        self._server = AdminServer(
-            config.admin, registry, lambda: serving_workers(registry) >= workers)
+        self._server = AdminServer(config.admin, registry(collector),
+                                   lambda: serving_workers(collector) >= workers)
         self._server.bind()  # in the supervisor: an address in use fails before any fork
         self._spawn()
 
@@ -203,7 +200,7 @@ class SupervisorAdmin:
 
     def worker_gone(self, pid: int) -> None:
         if self._directory is not None:
-            worker_gone(pid)
+            worker_gone(self._directory, pid)
 
     def stop(self) -> None:
         self._stopping = True

@@ -19,7 +19,7 @@ from typing import Any, NamedTuple
 
 import grpc
 
-from ._metrics import Metrics
+from ._metrics import ACTIVE, STARTED, Metrics
 from ._tracing import parent as trace_parent
 from ._tracing import tracer as configured_tracer
 
@@ -122,7 +122,7 @@ class StreamRecord:
         self.tracer: Any = observer.tracer
         self.context = context
         self.started = time.perf_counter()
-        self.started_ns = time.time_ns()
+        self.started_ns = time.time_ns() if self.tracer is not None else 0
         self.messages: dict[str, int] = {}
         self.sent = 0
         self.finished = False
@@ -134,8 +134,9 @@ class StreamRecord:
         self._hook_token: Any = None
         self._hook_started = 0.0
         if metrics is not None:
-            metrics.started.inc()
-            metrics.active.inc()
+            values = metrics.values
+            values[STARTED] += 1
+            values[ACTIVE] += 1
 
     # -- called by the message loop -------------------------------------------------------
 
@@ -151,7 +152,7 @@ class StreamRecord:
         self.hooks.append(HookRecord(phase, seconds, outcome, status))
         metrics = self.metrics
         if metrics is not None:
-            metrics.hook[phase].observe(seconds)
+            metrics.observe_hook(phase, seconds)
             if status is not None:
                 metrics.immediate(phase, status)
             if outcome in (FAIL_OPEN, FAIL_CLOSED):
@@ -181,14 +182,10 @@ class StreamRecord:
             counts[phase] = counts.get(phase, 0) + count
         metrics = self.metrics
         if metrics is not None:
-            metrics.finished(code).inc()
-            metrics.received.inc(received)
-            metrics.sent.inc(self.sent)
-            metrics.handling.observe(seconds)
-            metrics.active.dec()
+            metrics.finished(code, seconds, received, self.sent)
             for direction, size in self.body_bytes.items():
                 if size:
-                    metrics.body[direction].inc(size)
+                    metrics.values[metrics.body_index[direction]] += size
         if self.tracer is not None:
             if self._hook_span is not None:  # cut short in the middle of a hook
                 self._end_hook_span("cancelled", None, None)

@@ -21,7 +21,6 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from ._admin import (
     AdminServer,
     SupervisorAdmin,
-    in_worker,
     make_observer,
     on_draining,
     on_serving,
@@ -320,7 +319,6 @@ def _run_loop(config: ServerConfig, main: Coroutine[Any, Any, int]) -> int:
 def _worker_main(processor: type[Processor], config: ServerConfig, listen: str) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, signal.SIG_DFL)
-    in_worker(config)
     try:
         return _run_loop(config, serve_async(processor, config, listen))
     except ServeError as exc:
@@ -362,7 +360,7 @@ def _supervise(processor: type[Processor], config: ServerConfig) -> int:
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
     exit_code = DRAINED
     did_not_start: str | None = None
-    admin = SupervisorAdmin(config)
+    admin = SupervisorAdmin(config, processor.__name__)
     try:
         admin.start()
         for listen in config.addresses():
