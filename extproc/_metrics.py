@@ -47,6 +47,7 @@ HANDLED = 5
 HANDLING = HANDLED + len(CODES)  # buckets (the last one +Inf), then the sum
 HOOK = HANDLING + len(STREAM_BUCKETS) + 2  # per phase: buckets, +Inf, sum
 _HOOK_SIZE = len(HOOK_BUCKETS) + 2
+HOOK_SUM = _HOOK_SIZE - 1  # from a phase's base
 ERRORS = HOOK + len(PHASES) * _HOOK_SIZE  # per phase, per outcome
 IMMEDIATE = ERRORS + len(PHASES) * len(OUTCOMES)  # per phase, per status
 BODY = IMMEDIATE + len(PHASES) * len(STATUSES)  # per direction

@@ -1,9 +1,10 @@
 """What a server records about each ``Process`` stream: metrics, spans, the access line.
 
 The message loop calls one :class:`StreamRecord` at a few points (a hook starts, a hook ends
-with its outcome, body bytes arrive) and the servicer wraps the stream (start, end with the
-gRPC code). Without an :class:`Observer` (no ``admin``, no tracing, access log below DEBUG)
-the servicer is not wrapped and the loop's record is None: one ``is None`` test per hook.
+with its outcome, body bytes arrive, answers are sent); the servicer makes it when the stream
+starts and grpc ends it with the RPC (its gRPC code). Without an :class:`Observer` (no
+``admin``, no tracing, access log below DEBUG) the record is None: one ``is None`` test per
+hook and per message.
 
 A record keeps each hook's phase, duration, outcome and immediate-response status
 (:attr:`StreamRecord.hooks`), so a live view can show a request's phases from it.
@@ -11,15 +12,14 @@ A record keeps each hook's phase, duration, outcome and immediate-response statu
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from bisect import bisect_left
 from typing import Any, NamedTuple
 
 import grpc
 
-from ._metrics import ACTIVE, STARTED, Metrics
+from ._metrics import ACTIVE, HOOK_BUCKETS, HOOK_SUM, STARTED, Metrics
 from ._tracing import parent as trace_parent
 from ._tracing import tracer as configured_tracer
 
@@ -27,8 +27,6 @@ access_log = logging.getLogger("extproc.access")
 
 # Outcomes of a hook.
 OK, IMMEDIATE, FAIL_OPEN, FAIL_CLOSED = "ok", "immediate", "fail_open", "fail_closed"
-
-Process = Callable[..., AsyncIterator[Any]]
 
 
 class HookRecord(NamedTuple):
@@ -68,34 +66,13 @@ class Observer:
             if flush is not None:
                 flush(5000)
 
-    def wrap(self, process: Process) -> Process:
-        """The servicer's ``Process(request_iterator, context, record)`` as a recorded
-        ``Process(request_iterator, context)``."""
-
-        async def observed(request_iterator: Any, context: Any) -> AsyncIterator[Any]:
-            record = StreamRecord(self, context)
-            # When Envoy resets a stream while this generator waits at a yield, grpc drops the
-            # generator without resuming it; the RPC's end is the record's end then.
-            context.add_done_callback(lambda _: record.finish(
-                "CANCELLED" if context.cancelled() else _code_name(context)))
-            code = "OK"
-            try:
-                async for answer in process(request_iterator, context, record):
-                    record.sent += 1
-                    yield answer
-            except grpc.aio.AbortError:
-                code = _code_name(context)
-                raise
-            except (asyncio.CancelledError, GeneratorExit):
-                code = "CANCELLED"
-                raise
-            except BaseException:
-                code = "UNKNOWN"
-                raise
-            finally:
-                record.finish(code)
-
-        return observed
+    def stream(self, context: Any) -> StreamRecord:
+        """The record of the ``Process`` stream ``context`` belongs to; it ends when the RPC
+        does (grpc's done callback: also when Envoy resets a stream whose generator waits at
+        a yield, which grpc then drops without resuming it)."""
+        record = StreamRecord(self, context)
+        context.add_done_callback(record.done)
+        return record
 
 
 def _code_name(context: Any) -> str:
@@ -110,11 +87,22 @@ def _code_name(context: Any) -> str:
 
 class StreamRecord:
     """One stream's record; the message loop calls :meth:`hook_started`,
-    :meth:`hook_finished` and :meth:`body`."""
+    :meth:`hook_finished` and :meth:`body`.
 
-    __slots__ = ("_hook_span", "_hook_started", "_hook_token", "body_bytes", "context",
-                 "finished", "hooks", "messages", "metrics", "observer", "proc", "sent", "span",
-                 "started", "started_ns", "tracer")
+    Built for every stream when observing, so it sets few attributes (the rest are class
+    defaults until used) and records with adds at fixed indexes.
+    """
+
+    # Defaults until a stream uses them.
+    proc: Any = None
+    span: Any = None
+    _hook_span: Any = None
+    _hook_token: Any = None
+    _hook_started = 0.0
+    started_ns = 0
+    body_bytes: dict[str, int] | None = None
+    finished = False
+    sent = 0
 
     def __init__(self, observer: Observer, context: Any) -> None:
         self.observer = observer
@@ -122,21 +110,19 @@ class StreamRecord:
         self.tracer: Any = observer.tracer
         self.context = context
         self.started = time.perf_counter()
-        self.started_ns = time.time_ns() if self.tracer is not None else 0
+        if self.tracer is not None:
+            self.started_ns = time.time_ns()
         self.messages: dict[str, int] = {}
-        self.sent = 0
-        self.finished = False
-        self.hooks: list[HookRecord] = []
-        self.body_bytes = {"request": 0, "response": 0}
-        self.proc: Any = None
-        self.span: Any = None
-        self._hook_span: Any = None
-        self._hook_token: Any = None
-        self._hook_started = 0.0
+        self._hooks: list[tuple[str, float, str, int | None]] = []
         if metrics is not None:
             values = metrics.values
             values[STARTED] += 1
             values[ACTIVE] += 1
+
+    @property
+    def hooks(self) -> list[HookRecord]:
+        """Each hook that ran: phase, duration, outcome, immediate-response status."""
+        return [HookRecord(*hook) for hook in self._hooks]
 
     # -- called by the message loop -------------------------------------------------------
 
@@ -149,10 +135,13 @@ class StreamRecord:
     def hook_finished(self, phase: str, outcome: str = OK, status: int | None = None,
                       error: BaseException | None = None) -> None:
         seconds = time.perf_counter() - self._hook_started
-        self.hooks.append(HookRecord(phase, seconds, outcome, status))
+        self._hooks.append((phase, seconds, outcome, status))
         metrics = self.metrics
         if metrics is not None:
-            metrics.observe_hook(phase, seconds)
+            values = metrics.values
+            base = metrics.hook_index[phase]
+            values[base + bisect_left(HOOK_BUCKETS, seconds)] += 1
+            values[base + HOOK_SUM] += seconds
             if status is not None:
                 metrics.immediate(phase, status)
             if outcome in (FAIL_OPEN, FAIL_CLOSED):
@@ -161,6 +150,8 @@ class StreamRecord:
             self._end_hook_span(outcome, status, error)
 
     def body(self, direction: str, size: int) -> None:
+        if self.body_bytes is None:
+            self.body_bytes = {"request": 0, "response": 0}
         self.body_bytes[direction] += size
 
     # -- the stream's end -----------------------------------------------------------------
@@ -170,21 +161,25 @@ class StreamRecord:
         headers = getattr(self.proc, "request_headers", None)
         return headers.get("x-request-id") if headers is not None else None
 
+    def done(self, context: Any) -> None:
+        self.finish("CANCELLED" if context.cancelled() else _code_name(context))
+
     def finish(self, code: str) -> None:
         """The stream ended with gRPC status ``code``; later calls are ignored."""
         if self.finished:
             return
         self.finished = True
         seconds = time.perf_counter() - self.started
-        received = sum(self.messages.values())
+        received = 0
         counts = self.observer.counts
         for phase, count in self.messages.items():
             counts[phase] = counts.get(phase, 0) + count
+            received += count
         metrics = self.metrics
         if metrics is not None:
             metrics.finished(code, seconds, received, self.sent)
-            for direction, size in self.body_bytes.items():
-                if size:
+            if self.body_bytes is not None:
+                for direction, size in self.body_bytes.items():
                     metrics.values[metrics.body_index[direction]] += size
         if self.tracer is not None:
             if self._hook_span is not None:  # cut short in the middle of a hook

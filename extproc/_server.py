@@ -28,7 +28,7 @@ from ._admin import (
 from ._config import ServerConfig, split_address
 from ._errors import ProtocolError, ServeError
 from ._processor import Processor
-from ._record import Observer, StreamRecord
+from ._record import Observer
 from ._stream import answer_stream
 
 logger = logging.getLogger("extproc.server")
@@ -89,9 +89,8 @@ class Server:
             ("grpc.so_reuseport", 0),
         ])
         self.observer = observer = make_observer(self.processor, config, self.message_counts)
-        servicer = _Servicer(self.processor, self.message_counts)
         handler = grpc.stream_stream_rpc_method_handler(
-            servicer.Process if observer is None else observer.wrap(servicer.Process),
+            _Servicer(self.processor, self.message_counts, observer).Process,
             request_deserializer=pb.ProcessingRequest.FromString,
             response_serializer=pb.ProcessingResponse.SerializeToString,
         )
@@ -170,14 +169,17 @@ class Server:
 
 
 class _Servicer:
-    __slots__ = ("counts", "processor")
+    __slots__ = ("counts", "observer", "processor")
 
-    def __init__(self, processor: type[Processor], counts: dict[str, int]) -> None:
+    def __init__(self, processor: type[Processor], counts: dict[str, int],
+                 observer: Observer | None = None) -> None:
         self.processor = processor
         self.counts = counts
+        self.observer = observer
 
-    async def Process(self, request_iterator: Any, context: Any,
-                      record: StreamRecord | None = None) -> AsyncIterator[Any]:
+    async def Process(self, request_iterator: Any, context: Any) -> AsyncIterator[Any]:
+        observer = self.observer
+        record = None if observer is None else observer.stream(context)
         counts = self.counts if record is None else record.messages
         try:
             async for answer in answer_stream(self.processor, request_iterator, counts, record):
@@ -278,7 +280,7 @@ def serve(processor: type[Processor], config: ServerConfig | None = None, *,
 
     Give a ready :class:`ServerConfig`, or its fields: ``uds``/``address``, ``workers`` and
     ``options`` (socket_mode, grace_period, max_message_bytes, tls_cert, tls_key,
-    tls_client_ca, loop).
+    tls_client_ca, loop, admin).
     """
     if config is None:
         config = ServerConfig(uds=uds, address=address, workers=workers, **options)

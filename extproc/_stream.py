@@ -86,10 +86,14 @@ async def answer_stream(cls: type[Processor], messages: AsyncIterable[Any],
         async for message in messages:
             answers = await exchange.handle(message)
             if not exchange.observability:
+                if record is not None:
+                    record.sent += len(answers)
                 for answer in answers:
                     yield answer
     except _Stop as stop:
         if not exchange.observability:
+            if record is not None:
+                record.sent += 1
             yield stop.args[0]
 
 

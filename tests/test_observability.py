@@ -174,6 +174,29 @@ def test_readyz_answers_503_while_draining(sock_dir, extctl, workers):
             proc.kill()
 
 
+def test_a_protocol_error_is_counted_by_its_grpc_code(sock_dir):
+    from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
+    from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
+
+    headers = pb.ProcessingRequest(request_headers=pb.HttpHeaders(end_of_stream=False))
+    with ServerThread(Slow, uds=str(sock_dir / "p.sock"), admin="127.0.0.1:0") as server, \
+            grpc.insecure_channel(server.target) as channel:
+        with pytest.raises(grpc.RpcError):
+            list(pb_grpc.ExternalProcessorStub(channel).Process(iter([headers, headers]),
+                                                                timeout=10))
+        assert server.server.admin is not None
+        url = server.server.admin.url
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            samples = _samples(_get(url + "/metrics")[1])
+            if _value(samples, "grpc_server_handled_total", grpc_code="INVALID_ARGUMENT"):
+                break
+            time.sleep(0.05)
+    assert _value(samples, "grpc_server_handled_total", grpc_code="INVALID_ARGUMENT") == 1
+    assert _value(samples, "grpc_server_msg_received_total") == 2
+    assert _value(samples, "extproc_active_streams", processor="Slow") == 0
+
+
 def test_admin_address_in_use_exits_3(sock_dir, extctl):
     with __import__("socket").socket() as taken:
         taken.bind(("127.0.0.1", 0))
@@ -197,7 +220,7 @@ def test_admin_address_is_loopback_unless_a_host_is_given():
 
 def test_without_admin_tracing_or_debug_nothing_records(sock_dir):
     with ServerThread(Rewrite, uds=str(sock_dir / "n.sock")) as server:
-        assert server.server.observer is None  # the servicer runs unwrapped
+        assert server.server.observer is None  # the loop gets no record
         assert server.server.admin is None
 
 
@@ -228,12 +251,14 @@ class _Collector(trace_service_pb2_grpc.TraceServiceServicer):  # type: ignore[m
 
     def __init__(self) -> None:
         self.spans: list[Any] = []
+        self.resources: list[Any] = []
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
         trace_service_pb2_grpc.add_TraceServiceServicer_to_server(self, self.server)
         self.port = self.server.add_insecure_port("127.0.0.1:0")
 
     def Export(self, request: Any, context: Any) -> Any:
         for resource_spans in request.resource_spans:
+            self.resources.append(resource_spans.resource)
             for scope_spans in resource_spans.scope_spans:
                 self.spans.extend(scope_spans.spans)
         return trace_service_pb2.ExportTraceServiceResponse()
@@ -357,3 +382,62 @@ def test_without_envoy_tracing_the_request_traceparent_is_the_parent(make_stack,
     assert boom.attributes["extproc.immediate_response.status"] == 500
     assert boom.status.status_code == trace.StatusCode.ERROR
     assert [e.name for e in boom.events] == ["exception"]
+
+
+def test_body_bytes_are_counted_by_direction(sock_dir, extctl, echo):
+    from procs import BufferedJson
+
+    admin = f"127.0.0.1:{free_port()}"
+    path = sock_dir / "b.sock"
+    proc = extctl("serve", "procs:BufferedJson", "--uds", str(path), "--admin", admin)
+    bodies = [json.dumps({"n": i, "pad": "x" * (100 * i)}).encode() for i in range(1, 4)]
+    try:
+        wait_for_socket(path, proc)
+        _wait_ready(f"http://{admin}", proc)
+        config = Deployment.build(BufferedJson, addresses=[str(path)], upstreams=[echo.address])
+        with EnvoyProcess(config.envoy_bootstrap(), sock_dir / "envoy") as envoy:
+            for body in bodies:
+                reply = http(envoy.port, "/", method="POST", body=body,
+                             headers={"content-type": "application/json"})
+                assert reply.status == 200
+        samples = _samples(_get(f"http://{admin}/metrics")[1])
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(20) == 0
+    assert _value(samples, "extproc_body_bytes_total", processor="BufferedJson",
+                  direction="request") == sum(len(b) for b in bodies)
+    assert _value(samples, "extproc_body_bytes_total", processor="BufferedJson",
+                  direction="response") == 0
+    assert _value(samples, "extproc_hook_duration_seconds_count", processor="BufferedJson",
+                  phase="request_body") == len(bodies)
+
+
+def test_otel_variables_alone_export_every_workers_spans_over_otlp(sock_dir, extctl):
+    collector = _Collector()
+    collector.server.start()
+    sockets = [sock_dir / "o-0.sock", sock_dir / "o-1.sock"]
+    proc = extctl("serve", "procs:Rewrite", "--uds", str(sock_dir / "o.sock"), "--workers", "2",
+                  env={"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{collector.port}",
+                       "OTEL_SERVICE_NAME": "tenant-guard", "OTEL_BSP_SCHEDULE_DELAY": "100"})
+    try:
+        for path in sockets:
+            wait_for_socket(path, proc)
+        config = Deployment.build(Rewrite, addresses=[str(s) for s in sockets])
+        with EnvoyProcess(config.envoy_bootstrap(), sock_dir / "envoy") as envoy:
+            pids = {http(envoy.port, "/", headers={
+                "traceparent": f"00-{TRACE_ID}-{CLIENT_SPAN}-01"}).headers["x-processed-by"]
+                for _ in range(6)}
+        assert len(pids) == 2
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(20) == 0  # each worker flushes its spans as it stops
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        collector.server.stop(0)
+    streams = [s for s in collector.spans if s.name == "ext_proc Rewrite"]
+    assert len(streams) == 6
+    assert {s.trace_id.hex() for s in collector.spans} == {TRACE_ID}
+    assert {s.parent_span_id.hex() for s in streams} == {CLIENT_SPAN}
+    names = {a.value.string_value for r in collector.resources for a in r.attributes
+             if a.key == "service.name"}
+    assert names == {"tenant-guard"}
