@@ -53,7 +53,7 @@ app_dir = click.option("--app-dir", default=".", show_default=True,
 log_level = click.option("--log-level", type=LOG_LEVELS, default="info", show_default=True)
 log_format = click.option(
     "--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True,
-    help="text, or one JSON object per line (keys: time, level, logger, message and, when a "
+    help="text, or one JSON object per line (keys: time, level, logger, pid, message and, when a "
          "line has them, request_id, processor, phase, outcome, status, grpc_code, "
          "duration_ms, phases, hooks, exception).")
 output = click.option("--output", type=click.Choice(["text", "json"]), default="text",
