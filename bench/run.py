@@ -19,6 +19,7 @@ Envoy listener answering with ``direct_response``, so no Python upstream limits 
 from __future__ import annotations
 
 import argparse
+import atexit
 import datetime
 import json
 import os
@@ -246,6 +247,7 @@ def _baseline_tree(revision: str) -> Path:
     """extproc/ and extctl/ as of ``revision``, unpacked once per run."""
     if revision not in _BASELINE:
         target = Path(tempfile.mkdtemp(prefix="xk-bench-base-", dir="/tmp"))
+        atexit.register(shutil.rmtree, target, True)
         archive = subprocess.run(["git", "-C", str(ROOT), "archive", revision, "extproc",
                                   "extctl"], capture_output=True, check=True).stdout
         subprocess.run(["tar", "-x", "-C", str(target)], input=archive, check=True)
