@@ -5,6 +5,11 @@ in ONE run; medians of the rounds; ratios against the minimal hand-written servi
     .venv/bin/python bench/run.py                      # every scenario, writes bench/RESULTS.md
     .venv/bin/python bench/run.py --scenario headers --rounds 5 --no-write
     .venv/bin/python bench/run.py --profile            # also a py-spy flame graph per scenario
+    .venv/bin/python bench/run.py --scenario observability --baseline main
+
+The ``observability`` scenario is the headers workload served without and with ``--admin``,
+with tracing on, and by the code of ``--baseline REV`` (extproc and extctl as of that revision,
+default: where HEAD left ``main``), so what observability costs, on and off, is measured in one run.
 
 Per candidate: requests/s, p50/p99 latency (wrk), and the ext_proc server's CPU microseconds per
 request (utime+stime of the server and all its processes, from /proc). Upstreams are a second
@@ -14,6 +19,7 @@ Envoy listener answering with ``direct_response``, so no Python upstream limits 
 from __future__ import annotations
 
 import argparse
+import atexit
 import datetime
 import json
 import os
@@ -38,7 +44,7 @@ sys.path.insert(0, str(BENCH))
 import procs  # noqa: E402
 from envoy.config.listener.v3 import listener_pb2  # noqa: E402
 
-from extctl.config import Deployment, EnvoyOptions, Policy  # noqa: E402
+from extctl.config import Deployment  # noqa: E402
 from extctl.config.envoy import UPSTREAM_CLUSTER  # noqa: E402
 from extctl.testing import EnvoyProcess, find_envoy  # noqa: E402
 from extproc import ProcessingMode  # noqa: E402
@@ -70,6 +76,9 @@ class Candidate:
     processor: type | None = None  # whose processing mode Envoy uses (None: Envoy alone)
     mode: ProcessingMode | None = None  # overrides the class's derived mode
     workers: int = 1
+    args: tuple[str, ...] = ()  # more `extctl serve` options
+    env: tuple[tuple[str, str], ...] = ()  # more environment variables
+    baseline: bool = False  # serve with the --baseline revision's code
 
 
 @dataclass(frozen=True)
@@ -89,8 +98,10 @@ def _minimal(work: str, mode: ProcessingMode, description: str, name: str) -> Ca
     return Candidate(name, description, f"minimal:{work}", procs.BothHeaders, mode)
 
 
-def _extkit(cls: type, description: str, name: str, workers: int = 1) -> Candidate:
-    return Candidate(name, description, f"extkit:{cls.__name__}", cls, workers=workers)
+def _extkit(cls: type, description: str, name: str, workers: int = 1,
+            **options: Any) -> Candidate:
+    return Candidate(name, description, f"extkit:{cls.__name__}", cls, workers=workers,
+                     **options)
 
 
 ENVOY = Candidate("envoy", "Envoy alone (no ext_proc filter): the ceiling", None)
@@ -111,6 +122,24 @@ SCENARIOS = (
         ),
         ratios=(("extkit", "minimal"), ("extkit-req", "minimal"),
                 ("extkit-req", "minimal-req")),
+    ),
+    Scenario(
+        "observability",
+        "Observability: the headers workload (both headers) without and with --admin, with "
+        "tracing, and with the --baseline revision's code",
+        (
+            _extkit(procs.BothHeaders, "envoy-extkit as of the --baseline revision",
+                    "extkit-base", baseline=True),
+            _extkit(procs.BothHeaders, "envoy-extkit, no --admin, no tracing", "extkit"),
+            _extkit(procs.BothHeaders, "envoy-extkit with --admin (Prometheus metrics "
+                    "recorded per stream and hook)", "extkit-admin",
+                    args=("--admin", "127.0.0.1:0")),
+            _extkit(procs.BothHeaders, "envoy-extkit with tracing on (every request sampled, "
+                    "a span per stream and hook, console exporter to /dev/null)",
+                    "extkit-otel", env=(("OTEL_TRACES_EXPORTER", "console"),)),
+        ),
+        ratios=(("extkit-admin", "extkit"), ("extkit", "extkit-base"),
+                ("extkit-otel", "extkit")),
     ),
     Scenario(
         "workers",
@@ -211,12 +240,34 @@ def _listen_addresses(candidate: Candidate, workdir: Path, tcp: bool) -> tuple[s
     return listen, [str(workdir / f"p-{i}.sock") for i in range(candidate.workers)]
 
 
+_BASELINE: dict[str, Path] = {}
+
+
+def _baseline_tree(revision: str) -> Path:
+    """extproc/ and extctl/ as of ``revision``, unpacked once per run."""
+    if revision not in _BASELINE:
+        target = Path(tempfile.mkdtemp(prefix="xk-bench-base-", dir="/tmp"))
+        atexit.register(shutil.rmtree, target, True)
+        archive = subprocess.run(["git", "-C", str(ROOT), "archive", revision, "extproc",
+                                  "extctl"], capture_output=True, check=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(target)], input=archive, check=True)
+        _BASELINE[revision] = target
+    return _BASELINE[revision]
+
+
+# What the extkit-base candidate runs: where this branch left main, unless --baseline says.
+BASELINE_REVISION = subprocess.run(["git", "-C", str(ROOT), "merge-base", "HEAD", "main"],
+                                   capture_output=True, text=True).stdout.strip() or "main"
+
+
 def _start_server(candidate: Candidate, listen: str, addresses: list[str],
                   tcp: bool) -> subprocess.Popen[bytes] | None:
     if candidate.server is None:
         return None
     kind, _, arg = candidate.server.partition(":")
-    env = {**os.environ, "PYTHONPATH": str(BENCH)}
+    env = {**os.environ, "PYTHONPATH": str(BENCH), **dict(candidate.env)}
+    if candidate.baseline:
+        env["PYTHONPATH"] = f"{_baseline_tree(BASELINE_REVISION)}{os.pathsep}{BENCH}"
     if kind == "minimal":
         command = [sys.executable, str(BENCH / "minimal_servicer.py"), arg, listen]
     elif kind == "cmd":
@@ -224,7 +275,7 @@ def _start_server(candidate: Candidate, listen: str, addresses: list[str],
     else:
         command = [sys.executable, "-m", "extctl", "serve", f"procs:{arg}",
                    "--address" if tcp else "--uds", listen, "--workers", str(candidate.workers),
-                   "--log-level", "warning"]
+                   "--log-level", "warning", *candidate.args]
     proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
     deadline = time.monotonic() + 30
@@ -247,11 +298,10 @@ def _listening(address: str, tcp: bool) -> bool:
 
 def _envoy_config(scenario: Scenario, candidate: Candidate, addresses: list[str]) -> Any:
     upstream_port = _free_port() if scenario.upstream_body is not None else None
-    config = Deployment(candidate.processor, addresses if candidate.processor else [],
-                        upstreams=[f"127.0.0.1:{upstream_port}"] if upstream_port else [],
-                        policy=Policy(message_timeout=5.0),
-                        envoy=EnvoyOptions(processing_mode=candidate.mode))
-    message = config.envoy_bootstrap()
+    message = Deployment.build(
+        candidate.processor, addresses=addresses if candidate.processor else [],
+        processing_mode=candidate.mode, message_timeout=5.0,
+        upstreams=[f"127.0.0.1:{upstream_port}"] if upstream_port else []).envoy_bootstrap()
     if upstream_port is not None:
         # The upstream: a second listener of the same Envoy answering with direct_response.
         listener = listener_pb2.Listener()
@@ -484,6 +534,10 @@ TARGETS = (
      "envoy", "p50_added", "<=", 0.8),
     ("(8) p50 added over Envoy alone <= 0.8 ms (extkit, request headers only)", "latency",
      "extkit-req", "envoy", "p50_added", "<=", 0.8),
+    ("(obs) --admin <= 1.05x the CPU per request without it", "observability",
+     "extkit-admin", "extkit", "cpu", "<=", 1.05),
+    ("(obs) without --admin <= 1.02x the baseline's CPU per request (nothing changes)",
+     "observability", "extkit", "extkit-base", "cpu", "<=", 1.02),
 )
 
 
@@ -516,7 +570,10 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true",
                         help="py-spy flame graph of the extkit candidate, bench/flame-*.svg")
     parser.add_argument("--no-write", action="store_true", help="do not write RESULTS.md")
+    parser.add_argument("--baseline", default=BASELINE_REVISION,
+                        help="git revision whose extproc/extctl serve the extkit-base candidate")
     args = parser.parse_args()
+    globals()["BASELINE_REVISION"] = args.baseline
     for tool in ["wrk"] + (["py-spy"] if args.profile else []):
         if shutil.which(tool) is None:
             sys.exit(f"bench: {tool} is missing (scripts/setup.sh installs it)")

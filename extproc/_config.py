@@ -43,6 +43,10 @@ class ServerConfig:
         "help": "Event loop: uvloop (about 10% less CPU per request), asyncio, or auto "
                 "(uvloop when installed).",
         "choices": LOOPS})
+    admin: str | None = field(default=None, metadata={
+        "help": "Serve /metrics (Prometheus), /healthz and /readyz over HTTP on HOST:PORT "
+                "(a bare PORT means 127.0.0.1:PORT). Off by default; with workers > 1 one "
+                "endpoint shows every worker."})
 
     def __post_init__(self) -> None:
         if (self.uds is None) == (self.address is None):
@@ -60,6 +64,8 @@ class ServerConfig:
             raise ServeError("grace_period must be >= 0 seconds")
         if self.max_message_bytes < 4096:
             raise ServeError("max_message_bytes must be at least 4096")
+        if self.admin is not None:
+            object.__setattr__(self, "admin", admin_address(self.admin))
         if self.uds is not None:
             if self.tls_cert or self.tls_key or self.tls_client_ca:
                 raise ServeError("TLS applies to TCP only; a Unix socket is protected by its "
@@ -126,6 +132,16 @@ def split_address(address: str) -> tuple[str, int]:
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
     return host, port
+
+
+def admin_address(text: str) -> str:
+    """``"9901"`` -> ``"127.0.0.1:9901"`` (loopback unless a host is given); ``host:port`` is
+    checked and kept."""
+    text = str(text).strip()
+    if text.isdigit():
+        text = f"127.0.0.1:{text}"
+    host, port = split_address(text)
+    return join_address(host, port)
 
 
 def join_address(host: str, port: int) -> str:

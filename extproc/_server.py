@@ -18,9 +18,17 @@ import grpc
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from ._admin import (
+    AdminServer,
+    SupervisorAdmin,
+    make_observer,
+    on_draining,
+    on_serving,
+)
 from ._config import ServerConfig, split_address
 from ._errors import ProtocolError, ServeError
 from ._processor import Processor
+from ._record import Observer
 from ._stream import answer_stream
 
 logger = logging.getLogger("extproc.server")
@@ -56,6 +64,13 @@ class Server:
         self._stopping = False
         #: Messages received per phase since start (e.g. ``{"request_headers": 3}``).
         self.message_counts: dict[str, int] = {}
+        self.observer: Observer | None = None
+        self.admin: AdminServer | None = None
+
+    @property
+    def serving(self) -> bool:
+        """What the gRPC health service says: started and not draining."""
+        return self._server is not None and not self._stopping
 
     @property
     def target(self) -> str:
@@ -73,8 +88,9 @@ class Server:
             # Without this a second server could silently share the port.
             ("grpc.so_reuseport", 0),
         ])
+        self.observer = observer = make_observer(self.processor, config, self.message_counts)
         handler = grpc.stream_stream_rpc_method_handler(
-            _Servicer(self.processor, self.message_counts).Process,
+            _Servicer(self.processor, self.message_counts, observer).Process,
             request_deserializer=pb.ProcessingRequest.FromString,
             response_serializer=pb.ProcessingResponse.SerializeToString,
         )
@@ -105,6 +121,11 @@ class Server:
         self._server = server
         for name in ("", SERVICE_NAME):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        try:
+            self.admin = on_serving(config, observer, lambda: self.serving)
+        except ServeError:
+            await self.stop(0)
+            raise
         logger.info("serving %s on %s (pid %d)", self.processor.__name__, self.target,
                     os.getpid())
 
@@ -117,6 +138,7 @@ class Server:
         if not self._stopping:
             self._stopping = True
             await self._health.enter_graceful_shutdown()
+            on_draining(self.observer)
             logger.info("draining (grace %.1fs)", grace)
         try:
             await server.stop(grace)
@@ -126,6 +148,10 @@ class Server:
                 if self.is_uds:
                     with contextlib.suppress(FileNotFoundError):
                         os.unlink(self.listen)
+                if self.admin is not None:
+                    self.admin.stop()
+                if self.observer is not None:
+                    self.observer.close()
                 await self._shutdown_hook()
 
     async def _shutdown_hook(self) -> None:
@@ -143,15 +169,20 @@ class Server:
 
 
 class _Servicer:
-    __slots__ = ("counts", "processor")
+    __slots__ = ("counts", "observer", "processor")
 
-    def __init__(self, processor: type[Processor], counts: dict[str, int]) -> None:
+    def __init__(self, processor: type[Processor], counts: dict[str, int],
+                 observer: Observer | None = None) -> None:
         self.processor = processor
         self.counts = counts
+        self.observer = observer
 
     async def Process(self, request_iterator: Any, context: Any) -> AsyncIterator[Any]:
+        observer = self.observer
+        record = None if observer is None else observer.stream(context)
+        counts = self.counts if record is None else record.messages
         try:
-            async for answer in answer_stream(self.processor, request_iterator, self.counts):
+            async for answer in answer_stream(self.processor, request_iterator, counts, record):
                 yield answer
         except ProtocolError as exc:
             logger.warning("ext_proc protocol error: %s", exc)
@@ -249,7 +280,7 @@ def serve(processor: type[Processor], config: ServerConfig | None = None, *,
 
     Give a ready :class:`ServerConfig`, or its fields: ``uds``/``address``, ``workers`` and
     ``options`` (socket_mode, grace_period, max_message_bytes, tls_cert, tls_key,
-    tls_client_ca, loop).
+    tls_client_ca, loop, admin).
     """
     if config is None:
         config = ServerConfig(uds=uds, address=address, workers=workers, **options)
@@ -331,16 +362,19 @@ def _supervise(processor: type[Processor], config: ServerConfig) -> int:
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
     exit_code = DRAINED
     did_not_start: str | None = None
+    admin = SupervisorAdmin(config, processor.__name__)
     try:
+        admin.start()
         for listen in config.addresses():
             spawn(listen)
         logger.info("supervisor %d: %d workers on %s", os.getpid(), config.workers,
                     ", ".join(config.addresses()))
         while children:
             pid, status = os.wait()
-            if pid not in children:
+            if admin.reaped(pid) or pid not in children:
                 continue
             listen, started = children.pop(pid)
+            admin.worker_gone(pid)
             code = os.waitstatus_to_exitcode(status)
             if signals:
                 exit_code = max(exit_code, code if code > 0 else 0)
@@ -357,6 +391,7 @@ def _supervise(processor: type[Processor], config: ServerConfig) -> int:
                 time.sleep(1.0)  # a worker that dies at once must not spin the supervisor
             spawn(listen)
     finally:
+        admin.stop()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     if did_not_start is not None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from google.protobuf import struct_pb2
@@ -24,6 +24,9 @@ from ._headers import Headers
 from ._mode import BodyMode
 from ._processor import Processor
 from ._responses import ImmediateResponse
+
+if TYPE_CHECKING:
+    from ._record import StreamRecord
 
 logger = logging.getLogger("extproc")
 
@@ -70,21 +73,27 @@ class _Stop(Exception):
 
 
 async def answer_stream(cls: type[Processor], messages: AsyncIterable[Any],
-                        counts: dict[str, int] | None = None) -> AsyncIterator[Any]:
+                        counts: dict[str, int] | None = None,
+                        record: StreamRecord | None = None) -> AsyncIterator[Any]:
     """The answers to one ``Process`` stream's messages (the servicer's async generator).
 
-    ``counts``, when given, counts the messages received per phase. Raises ProtocolError on
-    a message sequence the protocol does not allow.
+    ``counts``, when given, counts the messages received per phase; ``record`` is told about
+    each hook and body (``extproc._record``). Raises ProtocolError on a message sequence the
+    protocol does not allow.
     """
-    exchange = _Exchange(cls, counts)
+    exchange = _Exchange(cls, counts, record)
     try:
         async for message in messages:
             answers = await exchange.handle(message)
             if not exchange.observability:
+                if record is not None:
+                    record.sent += len(answers)
                 for answer in answers:
                     yield answer
     except _Stop as stop:
         if not exchange.observability:
+            if record is not None:
+                record.sent += 1
             yield stop.args[0]
 
 
@@ -102,10 +111,13 @@ async def run_stream(cls: type[Processor], read: Read, write: Write, eof: object
 
 
 class _Exchange:
-    __slots__ = ("cls", "counts", "first", "hooks", "observability", "proc", "spec", "state")
+    __slots__ = ("cls", "counts", "first", "hooks", "observability", "proc", "record", "spec",
+                 "state")
 
-    def __init__(self, cls: type[Processor], counts: dict[str, int] | None = None) -> None:
+    def __init__(self, cls: type[Processor], counts: dict[str, int] | None = None,
+                 record: StreamRecord | None = None) -> None:
         self.cls = cls
+        self.record = record
         self.spec = spec = cls._spec
         self.hooks = spec.hooks
         self.counts = counts
@@ -150,6 +162,8 @@ class _Exchange:
                 raise ProtocolError(f"{which} after the end of the {direction}")
             http_body = getattr(message, which)
             self.state[direction] = _DONE if http_body.end_of_stream else _BODY
+            if self.record is not None:
+                self.record.body(direction, len(http_body.body))
             return await self._body(which, direction, http_body.body, http_body.end_of_stream)
         if state == _DONE:
             raise ProtocolError(f"{which} after the end of the {direction}")
@@ -272,26 +286,50 @@ class _Exchange:
 
     async def _call(self, hook: str, arg: Any, phase: str) -> bool:
         """Run a hook; False means it failed and the class fails open. Raises _Stop."""
-        proc = self.proc
+        proc, record = self.proc, self.record
+        if record is not None:
+            record.hook_started(phase, proc)
         try:
             result = await getattr(proc, hook)(arg)
-        except Exception:
+        except Exception as exc:
             logger.exception("%s.%s failed (x-request-id=%s)", self.cls.__name__, hook,
-                             self._request_id())
-            return self._fail()
+                             self._request_id(), extra=self._log_fields(phase))
+            return self._fail(phase, exc)
         if result is None:
+            if record is not None:
+                record.hook_finished(phase)
             return True
         if isinstance(result, ImmediateResponse):
+            logger.info("%s.%s answered %d (x-request-id=%s)", self.cls.__name__, hook,
+                        result.status, self._request_id(),
+                        extra={**self._log_fields(phase, "immediate"),
+                               "status": result.status})
+            if record is not None:
+                record.hook_finished(phase, "immediate", result.status)
             answer = _PR(immediate_response=result.to_proto())
             self._attach_metadata(answer)
             raise _Stop(answer)
         logger.error("%s.%s returned %r; hooks return None or ImmediateResponse "
                      "(x-request-id=%s)", self.cls.__name__, hook, type(result).__name__,
-                     self._request_id())
-        return self._fail()
+                     self._request_id(), extra=self._log_fields(phase))
+        return self._fail(phase, TypeError(f"{hook} returned {type(result).__name__}"))
 
-    def _fail(self) -> bool:
+    def _log_fields(self, phase: str, outcome: str | None = None) -> dict[str, Any]:
+        if outcome is None:
+            outcome = "fail_open" if self.spec.fail_open else "fail_closed"
+        fields: dict[str, Any] = {"request_id": self._request_id(), "phase": phase,
+                                  "processor": self.cls.__name__, "outcome": outcome}
+        if outcome == "fail_closed":
+            fields["status"] = self.spec.error_status
+        return fields
+
+    def _fail(self, phase: str, error: BaseException) -> bool:
         spec = self.spec
+        if self.record is not None:
+            if spec.fail_open:
+                self.record.hook_finished(phase, "fail_open", error=error)
+            else:
+                self.record.hook_finished(phase, "fail_closed", spec.error_status, error)
         if spec.fail_open:
             proc = self.proc
             proc._mode_override = None

@@ -30,6 +30,9 @@ from . import options
 @click.option("--ca-file", type=click.Path(exists=True, dir_okay=False),
               help="PEM CA bundle for a private registry or HTTPS server.")
 @click.option("--insecure", is_flag=True, help="Plain HTTP to a registry on loopback.")
+@click.option("--admin", default="127.0.0.1:0", show_default=True, metavar="HOST:PORT",
+              help="The processor's admin endpoint (/metrics, /healthz, /readyz); port 0: any "
+                   "free port, printed at start.")
 @options.app_dir
 @click.option("--reload", is_flag=True,
               help="Restart the processor when a Python file under --app-dir (or --reload-dir) "
@@ -37,6 +40,7 @@ from . import options
 @click.option("--reload-dir", multiple=True, type=click.Path(file_okay=False, exists=True),
               help="Watch this directory instead of --app-dir (repeatable).")
 @options.log_level
+@options.log_format
 @click.option("--envoy-log-level", type=click.Choice(["trace", "debug", "info", "warning",
                                                        "error"]),
               default="warning", show_default=True,
@@ -44,8 +48,8 @@ from . import options
 def dev(processor: str | None, port: int, wasm: tuple[str, ...],
         wasm_sha256: str | None, wasm_config: str, wasm_root_id: str,
         filter_order: tuple[str, ...], docker_config: str | None, ca_file: str | None,
-        insecure: bool, app_dir: str, reload: bool, reload_dir: tuple[str, ...],
-        log_level: str, envoy_log_level: str) -> None:
+        insecure: bool, admin: str, app_dir: str, reload: bool, reload_dir: tuple[str, ...],
+        log_level: str, log_format: str, envoy_log_level: str) -> None:
     """Try a processor and/or Wasm modules locally, with an echo upstream and a real Envoy.
 
     Without MODULE:CLASS (and without --wasm) the bundled demo processor runs. Prints the
@@ -66,7 +70,7 @@ def dev(processor: str | None, port: int, wasm: tuple[str, ...],
     from ..harness.dev import DevStack, Reload, module_name
     from ..harness.envoy import find_envoy
 
-    options.setup_logging(log_level)
+    options.setup_logging(log_level, log_format)
     find_envoy()  # before anything starts: without Envoy there is nothing to try
     cls = None
     if processor is not None:
@@ -89,4 +93,4 @@ def dev(processor: str | None, port: int, wasm: tuple[str, ...],
         if module.image else registry.Connection(ca_file=ca_file) for module in modules}
     watching = Reload(processor, app_dir, reload_dir) if reload else None
     DevStack(cls, port=port, wasm=modules, filter_order=order, connections=connections,
-             envoy_log_level=envoy_log_level, reload=watching).run()
+             envoy_log_level=envoy_log_level, reload=watching, admin=admin).run()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import logging
 import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -35,14 +34,21 @@ def load_processor(spec: str, app_dir: str) -> type[extproc.Processor]:
     return extproc.import_processor(spec, app_dir)
 
 
-def setup_logging(level: str) -> None:
-    logging.basicConfig(level=level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+def setup_logging(level: str, format: str = "text") -> None:
+    """stderr at ``level``, as text or one JSON object per line (``extproc._logs``)."""
+    from extproc._logs import setup
+
+    setup(level, format)
 
 
 app_dir = click.option("--app-dir", default=".", show_default=True,
                        help="Directory added to sys.path before importing MODULE.")
 log_level = click.option("--log-level", type=LOG_LEVELS, default="info", show_default=True)
+log_format = click.option(
+    "--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True,
+    help="text, or one JSON object per line (keys: time, level, logger, pid, message and, when a "
+         "line has them, request_id, processor, phase, outcome, status, grpc_code, "
+         "duration_ms, phases, hooks, exception).")
 output = click.option("--output", type=click.Choice(["text", "json"]), default="text",
                       show_default=True)
 

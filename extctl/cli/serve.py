@@ -24,6 +24,7 @@ _SPELLING: dict[str, dict[str, Any]] = {
     "tls_key": {"type": click.Path(exists=True, dir_okay=False)},
     "tls_client_ca": {"type": click.Path(exists=True, dir_okay=False)},
     "loop": {},
+    "admin": {"metavar": "HOST:PORT"},
 }
 
 
@@ -56,8 +57,9 @@ def _server_options(function: Any) -> Any:
 @click.option("--reload-dir", multiple=True, type=click.Path(file_okay=False, exists=True),
               help="Watch this directory instead of --app-dir (repeatable).")
 @options.log_level
+@options.log_format
 def serve(processor: str, app_dir: str, reload: bool, reload_dir: tuple[str, ...],
-          log_level: str, **settings: Any) -> None:
+          log_level: str, log_format: str, **settings: Any) -> None:
     """Serve a Processor subclass over gRPC for Envoy's ext_proc filter.
 
     SIGTERM/SIGINT drain in-flight requests within --grace-period and exit 0;
@@ -73,7 +75,7 @@ def serve(processor: str, app_dir: str, reload: bool, reload_dir: tuple[str, ...
 
     from ..errors import UsageError
 
-    options.setup_logging(log_level)
+    options.setup_logging(log_level, log_format)
     try:
         config = extproc.ServerConfig(**settings)
     except extproc.ServeError as exc:
@@ -81,7 +83,8 @@ def serve(processor: str, app_dir: str, reload: bool, reload_dir: tuple[str, ...
     if reload:
         from ..harness.reload import serve_with_reload
 
-        command = [processor, "--app-dir", os.path.abspath(app_dir), "--log-level", log_level]
+        command = [processor, "--app-dir", os.path.abspath(app_dir), "--log-level", log_level,
+                   "--log-format", log_format]
         for name, value in settings.items():
             if value is not None:
                 text = f"{value:o}" if name == "socket_mode" else str(value)

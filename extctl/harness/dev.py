@@ -11,6 +11,7 @@ import queue
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -84,7 +85,9 @@ class DevStack:
                  wasm: Sequence[WasmModule] = (),
                  filter_order: Sequence[FilterPosition] = (),
                  connections: Mapping[str, registry.Connection] | None = None,
-                 envoy_log_level: str = "warning", reload: Reload | None = None) -> None:
+                 envoy_log_level: str = "warning", reload: Reload | None = None,
+                 admin: str = "127.0.0.1:0") -> None:
+        self.admin = admin
         self.envoy_log_level = envoy_log_level
         self.processor = processor
         self.port = port
@@ -108,13 +111,20 @@ class DevStack:
             socket_path = str(workdir / "extproc.sock")
             modules = [fetch(w, workdir, self.connections.get(w.name)) for w in self.wasm]
             processor: type[extproc.Processor] | FilterSpec | None = self.processor
+            admin_url = None
             if self.reload is not None and self.reload.processor is not None:
                 # Served by a child, started anew on every change; the class imported here
-                # (by the command) gives the first config.
-                child = Child(_serve_args(self.reload, socket_path, self.envoy_log_level))
+                # (by the command) gives the first config. Its admin port stays the same.
+                admin = _fixed_port(self.admin)
+                child = Child(_serve_args(self.reload, socket_path, self.envoy_log_level,
+                                          admin))
                 child.start()
+                admin_url = f"http://{admin}"
             elif self.processor is not None:
-                server = ServerThread(self.processor, uds=socket_path, socket_mode=0o600).start()
+                server = ServerThread(self.processor, uds=socket_path, socket_mode=0o600,
+                                      admin=self.admin).start()
+                if server.server.admin is not None:
+                    admin_url = server.server.admin.url
             echo = EchoServer(verbose=True).start()
 
             def deployment(spec: type[extproc.Processor] | FilterSpec | None,
@@ -143,6 +153,8 @@ class DevStack:
             if current.spec is not None:
                 click.echo(f"processor: {current.spec.name} on unix:{socket_path} "
                            f"(phases: {', '.join(current.spec.mode.phases) or 'none'})")
+            if admin_url is not None:
+                click.echo(f"metrics: {admin_url}/metrics (also /healthz, /readyz)")
             for module in modules:
                 click.echo(f"wasm: {module.name} from {module.file}")
             click.echo("filters: " + " -> ".join(envoy.http_filters()))
@@ -203,9 +215,19 @@ class DevStack:
             click.echo("stopped; removed " + str(workdir))
 
 
-def _serve_args(reload: Reload, socket_path: str, log_level: str) -> list[str]:
+def _fixed_port(address: str) -> str:
+    """``address`` with a free port chosen now when it asks for any (port 0)."""
+    host, _, port = address.rpartition(":")
+    if port != "0":
+        return address
+    with socket.socket(socket.AF_INET6 if ":" in host.strip("[]") else socket.AF_INET) as s:
+        s.bind((host.strip("[]"), 0))
+        return f"{host}:{s.getsockname()[1]}"
+
+
+def _serve_args(reload: Reload, socket_path: str, log_level: str, admin: str) -> list[str]:
     assert reload.processor is not None
-    return [reload.processor, "--uds", socket_path,
+    return [reload.processor, "--uds", socket_path, "--admin", admin,
             "--app-dir", os.path.abspath(reload.app_dir), "--socket-mode", "600",
             "--grace-period", "1", "--log-level", "info" if log_level in ("debug", "trace")
             else "warning"]

@@ -1,0 +1,261 @@
+"""Prometheus metrics of the ext_proc server, created only with ``admin``.
+
+Values live in one flat array of doubles per server process, each metric (and label value) at
+a fixed index, so recording is an add at a known index: no lock, no label lookup, no
+prometheus-client object on the per-message path (its ``inc`` costs about 5x more here).
+prometheus-client renders the text format at scrape time (:class:`Collector`).
+
+With ``workers > 1`` each worker's array is a memory-mapped file in a directory the supervisor
+creates, and one admin process sums the files of all workers at each scrape: one scrape shows
+every worker, live, and the counts of a worker that died and was restarted are kept (its
+gauges are zeroed when it is reaped). Asking the workers at scrape time instead would lose
+the counts of a worker that is draining or dead.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import shutil
+import tempfile
+from bisect import bisect_left
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+GRPC_LABELS = {"grpc_type": "bidi_stream",
+               "grpc_service": "envoy.service.ext_proc.v3.ExternalProcessor",
+               "grpc_method": "Process"}
+PHASES = ("request_headers", "request_body", "request_trailers", "response_headers",
+          "response_body", "response_trailers")
+DIRECTIONS = ("request", "response")
+OUTCOMES = ("fail_open", "fail_closed")
+CODES = ("OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND",
+         "ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION",
+         "ABORTED", "OUT_OF_RANGE", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS",
+         "UNAUTHENTICATED")
+STATUSES = range(100, 600)  # the HTTP statuses an immediate response can carry
+# Hooks usually take micro- to milliseconds; a stream lasts as long as the HTTP request.
+HOOK_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+                0.5, 1.0, 2.5, 5.0, 10.0)
+STREAM_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+                  30.0, 60.0)
+
+# The layout of the array.
+STARTED, RECEIVED, SENT, ACTIVE, SERVING = range(5)
+HANDLED = 5
+HANDLING = HANDLED + len(CODES)  # buckets (the last one +Inf), then the sum
+HOOK = HANDLING + len(STREAM_BUCKETS) + 2  # per phase: buckets, +Inf, sum
+_HOOK_SIZE = len(HOOK_BUCKETS) + 2
+HOOK_SUM = _HOOK_SIZE - 1  # from a phase's base
+ERRORS = HOOK + len(PHASES) * _HOOK_SIZE  # per phase, per outcome
+IMMEDIATE = ERRORS + len(PHASES) * len(OUTCOMES)  # per phase, per status
+BODY = IMMEDIATE + len(PHASES) * len(STATUSES)  # per direction
+SIZE = BODY + len(DIRECTIONS)
+_BYTES = SIZE * 8
+
+
+class Metrics:
+    """One process's values (``values``: a memoryview of doubles), written by the recorder.
+
+    ``path`` names the file they are mapped from (workers > 1); None keeps them in memory.
+    """
+
+    def __init__(self, processor: str, path: str | None = None) -> None:
+        self.processor = processor
+        self.path = path
+        if path is None:
+            self._buffer: Any = bytearray(_BYTES)
+        else:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+            try:
+                os.ftruncate(fd, _BYTES)
+                self._buffer = mmap.mmap(fd, _BYTES)
+            finally:
+                os.close(fd)
+        self.values = memoryview(self._buffer).cast("d")
+        self.code_index = {code: HANDLED + i for i, code in enumerate(CODES)}
+        self.hook_index = {phase: HOOK + i * _HOOK_SIZE for i, phase in enumerate(PHASES)}
+        self.body_index = {direction: BODY + i for i, direction in enumerate(DIRECTIONS)}
+
+    def observe_hook(self, phase: str, seconds: float) -> None:
+        base = self.hook_index[phase]
+        values = self.values
+        values[base + bisect_left(HOOK_BUCKETS, seconds)] += 1
+        values[base + _HOOK_SIZE - 1] += seconds
+
+    def finished(self, code: str, seconds: float, received: int, sent: int) -> None:
+        values = self.values
+        values[self.code_index.get(code, HANDLED + 2)] += 1  # 2: UNKNOWN
+        values[RECEIVED] += received
+        values[SENT] += sent
+        values[HANDLING + bisect_left(STREAM_BUCKETS, seconds)] += 1
+        values[HANDLING + len(STREAM_BUCKETS) + 1] += seconds
+        values[ACTIVE] -= 1
+
+    def immediate(self, phase: str, status: int) -> None:
+        if status in STATUSES:
+            self.values[IMMEDIATE + PHASES.index(phase) * len(STATUSES) + status - 100] += 1
+
+    def error(self, phase: str, outcome: str) -> None:
+        self.values[ERRORS + PHASES.index(phase) * len(OUTCOMES) + OUTCOMES.index(outcome)] += 1
+
+
+class Collector:
+    """The prometheus-client collector of one process's values, or of every file in a
+    directory (workers > 1)."""
+
+    def __init__(self, processor: str, metrics: Metrics | None = None,
+                 directory: str | None = None) -> None:
+        self.processor = processor
+        self.metrics = metrics
+        self.directory = directory
+
+    def totals(self) -> list[float]:
+        if self.metrics is not None:
+            return list(self.metrics.values)
+        totals = [0.0] * SIZE
+        for path in Path(self.directory or "").glob("*.db"):
+            data = path.read_bytes()
+            if len(data) != _BYTES:
+                continue  # a worker still creating its file
+            for i, value in enumerate(memoryview(data).cast("d")):
+                if value:
+                    totals[i] += value
+        return totals
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import (
+            CounterMetricFamily,
+            GaugeMetricFamily,
+            HistogramMetricFamily,
+        )
+
+        v = self.totals()
+        grpc_names, grpc_values = list(GRPC_LABELS), list(GRPC_LABELS.values())
+        processor = self.processor
+
+        def counter(name: str, doc: str, value: float) -> Any:
+            family = CounterMetricFamily(name, doc, labels=grpc_names)
+            family.add_metric(grpc_values, value)
+            return family
+
+        yield counter("grpc_server_started_total", "Process streams started.", v[STARTED])
+        handled = CounterMetricFamily("grpc_server_handled_total",
+                                      "Process streams finished, by gRPC status code.",
+                                      labels=[*grpc_names, "grpc_code"])
+        for i, code in enumerate(CODES):
+            if v[HANDLED + i] or code == "OK":
+                handled.add_metric([*grpc_values, code], v[HANDLED + i])
+        yield handled
+        yield counter("grpc_server_msg_received_total", "ProcessingRequest messages received.",
+                      v[RECEIVED])
+        yield counter("grpc_server_msg_sent_total", "ProcessingResponse messages sent.",
+                      v[SENT])
+        handling = HistogramMetricFamily(
+            "grpc_server_handling_seconds", "Duration of Process streams (one HTTP request).",
+            labels=grpc_names)
+        handling.add_metric(grpc_values, *_histogram(v, HANDLING, STREAM_BUCKETS))
+        yield handling
+        hooks = HistogramMetricFamily("extproc_hook_duration_seconds",
+                                      "Time spent in a Processor hook, by phase.",
+                                      labels=["processor", "phase"])
+        for i, phase in enumerate(PHASES):
+            hooks.add_metric([processor, phase],
+                             *_histogram(v, HOOK + i * _HOOK_SIZE, HOOK_BUCKETS))
+        yield hooks
+        immediate = CounterMetricFamily(
+            "extproc_immediate_responses_total",
+            "Immediate responses sent to the client, by HTTP status and the phase that sent "
+            "them (a failed hook's error_status included).",
+            labels=["processor", "phase", "status"])
+        for p, phase in enumerate(PHASES):
+            for s, status in enumerate(STATUSES):
+                count = v[IMMEDIATE + p * len(STATUSES) + s]
+                if count:
+                    immediate.add_metric([processor, phase, str(status)], count)
+        yield immediate
+        errors = CounterMetricFamily(
+            "extproc_hook_errors_total", "Hooks that raised (or returned something else than "
+            "None or an ImmediateResponse), by phase and outcome.",
+            labels=["processor", "phase", "outcome"])
+        for p, phase in enumerate(PHASES):
+            for o, outcome in enumerate(OUTCOMES):
+                count = v[ERRORS + p * len(OUTCOMES) + o]
+                if count:
+                    errors.add_metric([processor, phase, outcome], count)
+        yield errors
+        active = GaugeMetricFamily("extproc_active_streams", "Process streams in progress.",
+                                   labels=["processor"])
+        active.add_metric([processor], v[ACTIVE])
+        yield active
+        body = CounterMetricFamily("extproc_body_bytes_total",
+                                   "Body bytes received from Envoy, by direction.",
+                                   labels=["processor", "direction"])
+        for i, direction in enumerate(DIRECTIONS):
+            body.add_metric([processor, direction], v[BODY + i])
+        yield body
+        yield GaugeMetricFamily("extproc_serving", "Server processes whose gRPC health "
+                                "service says SERVING (0 while draining).", value=v[SERVING])
+
+
+def _histogram(v: list[float], base: int,
+               bounds: tuple[float, ...]) -> tuple[list[tuple[str, float]], float]:
+    """Cumulative ``(le, count)`` buckets and the sum, from per-bucket counts at ``base``."""
+    buckets, total = [], 0.0
+    for i, bound in enumerate((*bounds, float("inf"))):
+        total += v[base + i]
+        buckets.append(("+Inf" if bound == float("inf") else repr(bound), total))
+    return buckets, v[base + len(bounds) + 1]
+
+
+def registry(collector: Collector) -> Any:
+    from prometheus_client import CollectorRegistry
+
+    made = CollectorRegistry(auto_describe=False)
+    made.register(collector)
+    return made
+
+
+# -- workers > 1 ------------------------------------------------------------------------------
+
+MULTIPROC_ENV = "EXTPROC_METRICS_DIR"
+
+
+def multiprocess_dir() -> str:
+    """A fresh directory for the workers' files, named in the environment they inherit."""
+    path = tempfile.mkdtemp(prefix="extproc-metrics-")
+    os.environ[MULTIPROC_ENV] = path
+    return path
+
+
+def remove_multiprocess_dir(path: str) -> None:
+    if os.environ.get(MULTIPROC_ENV) == path:
+        del os.environ[MULTIPROC_ENV]
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def worker_file(pid: int | None = None) -> str | None:
+    """This worker's file, when a supervisor named a directory."""
+    directory = os.environ.get(MULTIPROC_ENV)
+    return os.path.join(directory, f"{pid or os.getpid()}.db") if directory else None
+
+
+def worker_gone(directory: str, pid: int) -> None:
+    """A reaped worker: its gauges (active streams, serving) are zeroed; its counters stay."""
+    path = os.path.join(directory, f"{pid}.db")
+    try:
+        with open(path, "r+b") as f:
+            data = bytearray(f.read())
+            if len(data) != _BYTES:
+                return
+            values = memoryview(data).cast("d")
+            values[ACTIVE] = values[SERVING] = 0.0
+            f.seek(0)
+            f.write(data)
+    except FileNotFoundError:
+        pass
+
+
+def serving_workers(collector: Collector) -> float:
+    return collector.totals()[SERVING]
