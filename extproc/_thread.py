@@ -11,7 +11,7 @@ from typing import Any
 
 from ._config import ServerConfig
 from ._processor import Processor
-from ._server import Server
+from ._server import make_server
 
 
 class ServerThread:
@@ -23,7 +23,7 @@ class ServerThread:
 
     def __init__(self, processor: type[Processor], **config: Any) -> None:
         self.config = ServerConfig(**config)
-        self.server = Server(processor, self.config)
+        self.server = make_server(processor, self.config)
         self._loop = self.config.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True,
                                         name=f"extproc-{processor.__name__}")

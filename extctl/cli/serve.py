@@ -24,6 +24,7 @@ _SPELLING: dict[str, dict[str, Any]] = {
     "tls_key": {"type": click.Path(exists=True, dir_okay=False)},
     "tls_client_ca": {"type": click.Path(exists=True, dir_okay=False)},
     "loop": {},
+    "transport": {},
 }
 
 

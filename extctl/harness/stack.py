@@ -106,16 +106,18 @@ class Stack:
 
 @contextlib.contextmanager
 def stack(processor: type[extproc.Processor] | None, sock_dir: Path, echo: EchoServer | None,
-          **options: Any) -> Iterator[Stack]:
+          transport: str = "grpcio", **options: Any) -> Iterator[Stack]:
     r"""The processor on a Unix socket in ``sock_dir`` (served in this process) and a real
     Envoy in front of it; ``echo`` (None: Envoy answers 200 itself) as the upstream.
+    ``transport``: how the processor is served (:attr:`~extproc.ServerConfig.transport`).
 
     ``options`` are fields of :class:`~extctl.config.Policy` and
     :class:`~extctl.config.EnvoyOptions`, and ``wasm`` (:class:`~extctl.config.WasmModule`\ s).
     """
     socket_path = str(sock_dir / "p.sock")
     with contextlib.ExitStack() as cleanup:
-        server = (cleanup.enter_context(ServerThread(processor, uds=socket_path))
+        server = (cleanup.enter_context(ServerThread(processor, uds=socket_path,
+                                                           transport=transport))
                   if processor is not None else None)
         deployment = Deployment.build(
             processor, addresses=[socket_path] if processor is not None else [],
@@ -127,12 +129,13 @@ def stack(processor: type[extproc.Processor] | None, sock_dir: Path, echo: EchoS
 
 @contextlib.contextmanager
 def envoy_stack(processor: type[extproc.Processor] | None = None, *,
-                wasm: Sequence[str | Path | WasmModule] = (),
+                wasm: Sequence[str | Path | WasmModule] = (), transport: str = "grpcio",
                 **options: Any) -> Iterator[Stack]:
     r""":func:`stack` with its own short socket directory and echo upstream, removed after.
 
     ``wasm``: module files (run with plugin configuration ``{}``) or
-    :class:`~extctl.config.WasmModule`\ s. Other keywords are fields of
+    :class:`~extctl.config.WasmModule`\ s. ``transport``: how the processor is served
+    (:attr:`~extproc.ServerConfig.transport`). Other keywords are fields of
     :class:`~extctl.config.Policy` and :class:`~extctl.config.EnvoyOptions`.
     """
     modules = [w if isinstance(w, WasmModule) else
@@ -141,8 +144,8 @@ def envoy_stack(processor: type[extproc.Processor] | None = None, *,
     # AF_UNIX paths are limited to 107 bytes: pytest's tmp_path can be longer.
     sock_dir = Path(tempfile.mkdtemp(prefix="extkit-", dir="/tmp"))
     try:
-        with EchoServer() as echo, stack(processor, sock_dir, echo, wasm=modules,
-                                         **options) as running:
+        with EchoServer() as echo, stack(processor, sock_dir, echo, transport,
+                                         wasm=modules, **options) as running:
             yield running
     finally:
         shutil.rmtree(sock_dir, ignore_errors=True)
