@@ -189,8 +189,8 @@ class GrpcApp:
                     await send(_START)
                 await send({"type": "http.response.body",
                             "body": frame(answer.SerializeToString()), "more_body": True})
-        except _Disconnected:
-            return
+        except (_Disconnected, OSError):
+            return  # the client reset the stream (pyvoy raises an OSError on send)
         except ProtocolError as exc:
             logger.warning("ext_proc protocol error: %s", exc)
             end = _trailers(INVALID_ARGUMENT, str(exc))

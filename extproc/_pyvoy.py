@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import http.client
 import json
 import logging
 import os
 import shutil
 import signal
+import socket
 import sys
 import tempfile
 import time
@@ -109,6 +111,12 @@ def bootstrap(config: ServerConfig, listen: str, workdir: str) -> dict[str, Any]
         chain["transport_socket"] = {"name": "envoy.transport_sockets.tls", "typed_config": tls}
     document = {
         "admin": {"address": {"pipe": {"path": os.path.join(workdir, "admin.sock")}}},
+        # Envoy's ext_proc client resets each stream once it has its last answer. nghttp2, the
+        # default HTTP/2 codec here, rate-limits incoming RST_STREAM frames (a token bucket of
+        # 1000, refilled at 33/s): past that it ends the whole connection, failing every
+        # stream in flight on it. oghttp2 has no such limit.
+        "layered_runtime": {"layers": [{"name": "extproc", "static_layer": {
+            "envoy.reloadable_features.http2_use_oghttp2": True}}]},
         "static_resources": {"listeners": [{"name": "extproc", "address": address,
                                             "filter_chains": [chain]}]},
     }
@@ -202,7 +210,7 @@ class PyvoyServer:
             envoy, "-c", config_path, "--concurrency", "1", "--disable-hot-restart",
             "-l", level, "--drain-strategy", "immediate",
             "--drain-time-s", str(max(1, int(config.grace_period))),
-            stdin=asyncio.subprocess.DEVNULL, env=env)
+            stdin=asyncio.subprocess.DEVNULL, env=env, preexec_fn=_die_with_parent)
         try:
             await self._wait_ready()
         except BaseException:
@@ -238,16 +246,8 @@ class PyvoyServer:
 
     async def _admin(self, method: str, path: str) -> tuple[int, bytes]:
         assert self._workdir is not None
-        reader, writer = await asyncio.open_unix_connection(
-            os.path.join(self._workdir, "admin.sock"))
-        try:
-            writer.write(f"{method} {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n"
-                         "Content-Length: 0\r\n\r\n".encode())
-            response = await reader.read()
-        finally:
-            writer.close()
-        head, _, body = response.partition(b"\r\n\r\n")
-        return int(head.split(b" ", 2)[1]), body
+        return await asyncio.to_thread(_admin_request, os.path.join(self._workdir, "admin.sock"),
+                                       method, path)
 
     async def _active_streams(self) -> int:
         _, body = await self._admin("GET", f"/stats?filter=^{_ACTIVE_STREAMS}$")
@@ -311,6 +311,45 @@ class PyvoyServer:
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.stop(0)
+
+
+class _UnixHTTPConnection(http.client.HTTPConnection):
+    def __init__(self, path: str) -> None:
+        super().__init__("localhost", timeout=5)
+        self.socket_path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(self.timeout)
+            sock.connect(self.socket_path)
+        except OSError:
+            sock.close()
+            raise
+        self.sock = sock
+
+
+def _admin_request(socket_path: str, method: str, path: str) -> tuple[int, bytes]:
+    """One request to Envoy's admin interface on its Unix socket."""
+    connection = _UnixHTTPConnection(socket_path)
+    try:
+        connection.request(method, path)
+        response = connection.getresponse()
+        return response.status, response.read()
+    except http.client.HTTPException as exc:
+        raise OSError(f"Envoy admin: {exc}") from exc
+    finally:
+        connection.close()
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: Envoy gets SIGTERM when the thread that started it ends, so a
+    server killed outright leaves no Envoy behind (Linux; elsewhere nothing)."""
+    if sys.platform == "linux":
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
 def _write(path: str, text: str) -> None:

@@ -206,10 +206,11 @@ async def serve_async(processor: type[Processor], config: ServerConfig,
         signals += 1
         (first if signals == 1 else second).set()
 
-    await server.start()
+    # Handlers first: a signal while the server starts drains it once it has started.
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal)
     try:
+        await server.start()
         signalled = asyncio.ensure_future(first.wait())
         exited = asyncio.ensure_future(server.wait()) if not isinstance(server, Server) else None
         await asyncio.wait({signalled} | ({exited} if exited else set()),
