@@ -15,7 +15,8 @@ from ._server import make_server
 
 
 class ServerThread:
-    """A real gRPC server for ``processor`` on its own event loop thread, for sync tests.
+    """A real gRPC server for ``processor`` on its own event loop thread, for sync tests
+    (with ``transport="pyvoy"``, the thread starts and stops the serving Envoy).
 
         with ServerThread(MyProcessor, uds=str(tmp_path / "p.sock")) as server:
             ...  # point Envoy at server.target

@@ -388,3 +388,37 @@ def test_unknown_loop_is_a_config_error():
 
     with pytest.raises(extproc.ServeError, match="loop must be auto, uvloop or asyncio"):
         extproc.ServerConfig(uds="/tmp/x.sock", loop="trio")
+
+
+def test_a_message_over_max_message_bytes_gets_resource_exhausted(sock_dir, transport):
+    from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
+    from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
+
+    big = pb.ProcessingRequest(request_body=pb.HttpBody(body=b"x" * 8192, end_of_stream=True))
+    with ServerThread(HeadersOnly, uds=str(sock_dir / "m.sock"), max_message_bytes=4096,
+                      transport=transport) as server, \
+            grpc.insecure_channel(server.target) as channel, \
+            pytest.raises(grpc.RpcError) as failure:
+        list(pb_grpc.ExternalProcessorStub(channel).Process(iter([big]), timeout=10))
+    assert failure.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+def test_pyvoy_missing_is_a_one_line_config_error(monkeypatch, tmp_path):
+    import extproc
+
+    monkeypatch.setenv("EXTPROC_PYVOY_HOME", str(tmp_path / "nowhere"))
+    with pytest.raises(extproc.ServeError, match=r"needs pyvoy 1\.3\.0 in .*nowhere; install it "
+                       r"with: .* -m pip install --upgrade --target .*nowhere pyvoy==1\.3\.0"):
+        extproc.ServerConfig(uds="/tmp/x.sock", transport="pyvoy")
+
+
+def test_pyvoy_refuses_a_processor_it_cannot_import_by_name():
+    import extproc
+
+    class Local(extproc.Processor):
+        async def on_request_headers(self, headers):
+            pass
+
+    config = extproc.ServerConfig(uds="/tmp/x.sock", transport="pyvoy")
+    with pytest.raises(extproc.ServeError, match="imports Local by name in the Envoy process"):
+        extproc.make_server(Local, config)
