@@ -1,6 +1,8 @@
 """Benchmark harness: a real Envoy (--concurrency 1, loopback) driven by wrk; each candidate
 ext_proc server on a Unix socket (``--tcp``: loopback TCP); candidates alternated round by round
-in ONE run; medians of the rounds; ratios against the minimal hand-written servicer.
+in ONE run; medians of the rounds; ratios against the minimal hand-written servicer. The
+transport is a candidate dimension: ``extkit`` is served by grpc.aio, ``extkit-pyvoy`` by the
+same processor inside an Envoy process (``extctl serve --transport pyvoy``).
 
     .venv/bin/python bench/run.py                      # every scenario, writes bench/RESULTS.md
     .venv/bin/python bench/run.py --scenario headers --rounds 5 --no-write
@@ -79,6 +81,7 @@ class Candidate:
     args: tuple[str, ...] = ()  # more `extctl serve` options
     env: tuple[tuple[str, str], ...] = ()  # more environment variables
     baseline: bool = False  # serve with the --baseline revision's code
+    transport: str = "grpcio"
 
 
 @dataclass(frozen=True)
@@ -104,6 +107,10 @@ def _extkit(cls: type, description: str, name: str, workers: int = 1,
                      **options)
 
 
+def _pyvoy(cls: type, description: str, name: str = "extkit-pyvoy") -> Candidate:
+    return _extkit(cls, description + ", pyvoy transport", name, transport="pyvoy")
+
+
 ENVOY = Candidate("envoy", "Envoy alone (no ext_proc filter): the ceiling", None)
 SCENARIOS = (
     Scenario(
@@ -119,9 +126,11 @@ SCENARIOS = (
                     "(derived mode: request headers only)", "extkit-req"),
             _minimal("headers", ProcessingMode(request_headers=True, response_headers=False),
                      "minimal servicer, request headers only (for reference)", "minimal-req"),
+            _pyvoy(procs.BothHeaders, "envoy-extkit, request and response headers"),
         ),
         ratios=(("extkit", "minimal"), ("extkit-req", "minimal"),
-                ("extkit-req", "minimal-req")),
+                ("extkit-req", "minimal-req"), ("extkit-pyvoy", "minimal"),
+                ("extkit-pyvoy", "extkit")),
     ),
     Scenario(
         "observability",
@@ -161,8 +170,9 @@ SCENARIOS = (
                      response_body=procs.StreamedRewrite.response_body_mode),
                      "minimal servicer rewriting each chunk", "minimal"),
             _extkit(procs.StreamedRewrite, "envoy-extkit rewriting each chunk", "extkit"),
+            _pyvoy(procs.StreamedRewrite, "envoy-extkit rewriting each chunk"),
         ),
-        ratios=(("extkit", "minimal"),),
+        ratios=(("extkit", "minimal"), ("extkit-pyvoy", "minimal"), ("extkit-pyvoy", "extkit")),
         upstream_body=STREAMED_BODY,
         connections=4,
         throughput=True,
@@ -176,8 +186,9 @@ SCENARIOS = (
                      request_body=procs.BufferedJson.request_body_mode),
                      "minimal servicer rewriting the JSON", "minimal"),
             _extkit(procs.BufferedJson, "envoy-extkit rewriting the JSON", "extkit"),
+            _pyvoy(procs.BufferedJson, "envoy-extkit rewriting the JSON"),
         ),
-        ratios=(("extkit", "minimal"),),
+        ratios=(("extkit", "minimal"), ("extkit-pyvoy", "minimal"), ("extkit-pyvoy", "extkit")),
         upstream_body=b"ok\n",
         post_body=BUFFERED_BODY,
     ),
@@ -189,8 +200,9 @@ SCENARIOS = (
             _minimal("headers", ENVOY_DEFAULT, "minimal servicer, both headers", "minimal"),
             _extkit(procs.BothHeaders, "envoy-extkit, both headers", "extkit"),
             _extkit(procs.RequestHeader, "envoy-extkit, request headers only", "extkit-req"),
+            _pyvoy(procs.BothHeaders, "envoy-extkit, both headers"),
         ),
-        ratios=(("extkit", "minimal"),),
+        ratios=(("extkit", "minimal"), ("extkit-pyvoy", "minimal")),
         connections=1,
     ),
 )
@@ -276,6 +288,8 @@ def _start_server(candidate: Candidate, listen: str, addresses: list[str],
         command = [sys.executable, "-m", "extctl", "serve", f"procs:{arg}",
                    "--address" if tcp else "--uds", listen, "--workers", str(candidate.workers),
                    "--log-level", "warning", *candidate.args]
+        if candidate.transport != "grpcio":  # the baseline's code may not know the option
+            command += ["--transport", candidate.transport]
     proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
     deadline = time.monotonic() + 30
@@ -441,8 +455,14 @@ def _versions() -> str:
     wrk = subprocess.run(["wrk", "-v"], capture_output=True, text=True)
     wrk_version = (wrk.stdout or wrk.stderr).split()[1]
     uvloop = version("uvloop") if _installed("uvloop") else "not installed"
+    from extproc._pyvoy_env import PYVOY_VERSION, check_installed
+
+    pyvoy_envoy = subprocess.run([check_installed()[0], "--version"], capture_output=True,
+                                 text=True).stdout
+    found = re.search(r"version: \S+?/([\d.]+)/", pyvoy_envoy)
     return (f"Python {platform.python_version()}, grpcio {version('grpcio')}, protobuf "
-            f"{version('protobuf')}, uvloop {uvloop}, Envoy {envoy}, wrk {wrk_version}")
+            f"{version('protobuf')}, uvloop {uvloop}, Envoy {envoy}, wrk {wrk_version}, "
+            f"pyvoy {PYVOY_VERSION} (its Envoy {found.group(1) if found else '?'})")
 
 
 def _installed(name: str) -> bool:
@@ -462,8 +482,13 @@ def _med(values: list[float]) -> float:
     return statistics.median(values)
 
 
+def _load() -> str:
+    one, five, fifteen = os.getloadavg()
+    return f"{one:.2f} / {five:.2f} / {fifteen:.2f}"
+
+
 def report(results: dict[str, dict[str, list[Sample]]], rounds: int, duration: float,
-           tcp: bool) -> str:
+           tcp: bool, load: tuple[str, str] = ("?", "?")) -> str:
     lines = [
         "# Benchmark results",
         "",
@@ -476,7 +501,9 @@ def report(results: dict[str, dict[str, list[Sample]]], rounds: int, duration: f
         f"{'loopback TCP' if tcp else 'a Unix socket'}; wrk -t1 for {duration:g} s per sample "
         f"after a 1 s warm-up; {rounds} rounds, candidates alternated (order reversed every "
         "other round); medians of the rounds. CPU: the ext_proc server's user+system time "
-        "(all its processes) per request.",
+        "(all its processes, the pyvoy transport's Envoy included) per request.",
+        f"- load average (1 / 5 / 15 min) of the shared machine: {load[0]} before the run, "
+        f"{load[1]} after",
         "",
     ]
     for scenario in SCENARIOS:
@@ -538,6 +565,19 @@ TARGETS = (
      "extkit-admin", "extkit", "cpu", "<=", 1.05),
     ("(obs) without --admin <= 1.02x the baseline's CPU per request (nothing changes)",
      "observability", "extkit", "extkit-base", "cpu", "<=", 1.02),
+    # Whether the pyvoy transport becomes the default: all six must hold in one run.
+    ("pyvoy default: headers >= 1.3x the minimal servicer's requests/s", "headers",
+     "extkit-pyvoy", "minimal", "rps", ">=", 1.3),
+    ("pyvoy default: headers <= 0.6x the minimal servicer's CPU per request", "headers",
+     "extkit-pyvoy", "minimal", "cpu", "<=", 0.6),
+    ("pyvoy default: STREAMED >= 1.3x the minimal servicer's requests/s", "streamed",
+     "extkit-pyvoy", "minimal", "rps", ">=", 1.3),
+    ("pyvoy default: STREAMED <= 0.6x the minimal servicer's CPU per request", "streamed",
+     "extkit-pyvoy", "minimal", "cpu", "<=", 0.6),
+    ("pyvoy default: BUFFERED >= 1.3x the minimal servicer's requests/s", "buffered",
+     "extkit-pyvoy", "minimal", "rps", ">=", 1.3),
+    ("pyvoy default: BUFFERED <= 0.6x the minimal servicer's CPU per request", "buffered",
+     "extkit-pyvoy", "minimal", "cpu", "<=", 0.6),
 )
 
 
@@ -578,8 +618,9 @@ def main() -> None:
         if shutil.which(tool) is None:
             sys.exit(f"bench: {tool} is missing (scripts/setup.sh installs it)")
     chosen = [s for s in SCENARIOS if not args.scenario or s.name in args.scenario]
+    before = _load()
     results = run(chosen, args.rounds, args.duration, args.tcp, args.profile)
-    text = report(results, args.rounds, args.duration, args.tcp)
+    text = report(results, args.rounds, args.duration, args.tcp, (before, _load()))
     text += "\n".join(targets(results))
     print(text)
     if not args.no_write:

@@ -24,7 +24,7 @@ from ._importer import import_processor
 from ._mode import BodyMode, FilterSpec, ProcessingMode, derive
 from ._processor import Processor
 from ._responses import ImmediateResponse
-from ._server import SERVICE_NAME, Server, serve, serve_async
+from ._server import SERVICE_NAME, Server, make_server, serve, serve_async
 from ._thread import ServerThread
 
 __all__ = [
@@ -47,6 +47,7 @@ __all__ = [
     "ServerThread",
     "derive",
     "import_processor",
+    "make_server",
     "serve",
     "serve_async",
 ]

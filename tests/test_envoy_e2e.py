@@ -125,7 +125,8 @@ def test_immediate_response_403_with_body_and_header(make_stack):
     assert reply.headers["x-why"] == "policy"
 
 
-def test_hook_exception_fails_closed_then_next_request_works(make_stack, caplog):
+def test_hook_exception_fails_closed_then_next_request_works(make_stack, caplog, capfd,
+                                                            transport):
     caplog.set_level(logging.ERROR, logger="extproc")
     with make_stack(Rewrite, preserve_external_request_id=True) as s:
         failed = s.get("/", headers={"x-boom": "1", "x-request-id": "req-boom-1"})
@@ -134,6 +135,11 @@ def test_hook_exception_fails_closed_then_next_request_works(make_stack, caplog)
     assert b"secret internal detail" not in failed.body
     assert after.status == 200
     assert after.upstream_headers()["x-path"] == ["/fine"]
+    if transport == "pyvoy":  # logged by the Envoy process, on the same stderr
+        err = capfd.readouterr().err
+        assert "Rewrite.on_request_headers failed (x-request-id=req-boom-1)" in err
+        assert "RuntimeError: secret internal detail" in err  # with the traceback
+        return
     records = [r for r in caplog.records if "on_request_headers failed" in r.getMessage()]
     assert records, "the hook failure must be logged"
     assert "req-boom-1" in records[0].getMessage()

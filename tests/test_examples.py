@@ -68,9 +68,9 @@ async def test_auth_will_not_start_without_a_key(monkeypatch):
             pass
 
 
-def test_auth_through_envoy(auth_key):
+def test_auth_through_envoy(auth_key, transport):
     token = sign(auth_key, "ada", int(time.time()) + 60)
-    with envoy_stack(HeaderAuth) as stack:
+    with envoy_stack(HeaderAuth, transport=transport) as stack:
         denied = stack.get("/")
         allowed = stack.get("/", headers={"authorization": f"Bearer {token}"})
     assert denied.status == 401
@@ -99,9 +99,9 @@ async def test_redaction_across_chunk_boundaries_in_process(processor):
 
 
 @pytest.mark.parametrize("processor", [PiiRedactStreamed, PiiRedactFullDuplex])
-def test_redaction_through_envoy_with_matches_split_across_chunks(processor):
+def test_redaction_through_envoy_with_matches_split_across_chunks(processor, transport):
     chunks = ["contact: ada@exam", "ple.com and card 4111 11", "11 1111 1111 thanks"]
-    with envoy_stack(processor) as stack:
+    with envoy_stack(processor, transport=transport) as stack:
         reply = stack.get("/", headers={"x-echo-chunks": json.dumps(chunks)})
         counts = dict(stack.counts)
     assert reply.status == 200
@@ -121,8 +121,8 @@ async def test_json_rewrite_adds_fields_in_process():
     assert refused.status == 400
 
 
-def test_json_rewrite_through_envoy_fixes_content_length():
-    with envoy_stack(JsonRewrite) as stack:
+def test_json_rewrite_through_envoy_fixes_content_length(transport):
+    with envoy_stack(JsonRewrite, transport=transport) as stack:
         reply = stack.get("/orders", method="POST", body=b'{"item": 1}',
                           headers={"content-type": "application/json"})
         refused = stack.get("/orders", method="POST", body=b"not json")
@@ -148,8 +148,8 @@ async def test_json_responses_asks_for_json_bodies_only_in_process():
     assert as_text.sent == ["request_headers", "response_headers"]
 
 
-def test_json_responses_through_envoy_body_sent_only_for_json():
-    with envoy_stack(JsonResponses) as stack:
+def test_json_responses_through_envoy_body_sent_only_for_json(transport):
+    with envoy_stack(JsonResponses, transport=transport) as stack:
         text = stack.get("/t", headers={"x-echo-chunks": '["plain text"]'})
         after_text = dict(stack.counts)
         as_json = stack.get("/j")  # the echo upstream answers JSON

@@ -9,7 +9,8 @@ def test_extproc_public_names():
         "Body", "BodyMode", "ExtprocError", "FilterSpec", "Headers", "ImmediateResponse",
         "ImportFromStringError", "MutationError", "ProcessingMode", "Processor",
         "ProcessorDefinitionError", "ProtocolError", "SERVICE_NAME", "ServeError", "Server",
-        "ServerConfig", "ServerThread", "derive", "import_processor", "serve", "serve_async",
+        "ServerConfig", "ServerThread", "derive", "import_processor", "make_server", "serve",
+        "serve_async",
     ])
     for name in extproc.__all__:
         member = getattr(extproc, name)

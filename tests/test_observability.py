@@ -67,6 +67,13 @@ def _wait_ready(url: str, proc: Any, timeout: float = 20) -> None:
     raise AssertionError(f"{url}/readyz never answered 200")
 
 
+
+@pytest.fixture
+def transport() -> str:
+    """Metrics, traces and the admin endpoint come with the grpcio transport (the pyvoy one
+    refuses an admin address): these tests run on it alone."""
+    return "grpcio"
+
 def test_one_scrape_counts_the_traffic_of_two_workers_through_envoy(sock_dir, extctl):
     admin = f"127.0.0.1:{free_port()}"
     proc = extctl("serve", "procs:Rewrite", "--uds", str(sock_dir / "m.sock"), "--workers", "2",

@@ -67,17 +67,29 @@ def _round(port: int, total: int, offset: int) -> tuple[list[int], list[str]]:
     return statuses, errors
 
 
-def test_5000_requests_no_errors_and_flat_rss_and_fds(sock_dir, echo, extctl):
+def _serving_pid(pid: int, transport: str) -> int:
+    """The process that runs the processor: the server, or the Envoy it started (pyvoy)."""
+    if transport == "grpcio":
+        return pid
+    children = [c for task in Path(f"/proc/{pid}/task").iterdir()
+                for c in (task / "children").read_text().split()]
+    assert len(children) == 1, children
+    return int(children[0])
+
+
+def test_5000_requests_no_errors_and_flat_rss_and_fds(sock_dir, echo, extctl, transport):
     path = sock_dir / "soak.sock"
-    proc = extctl("serve", "procs:Soak", "--uds", str(path), "--log-level", "warning")
+    proc = extctl("serve", "procs:Soak", "--uds", str(path), "--log-level", "warning",
+                  "--transport", transport)
     wait_for_socket(path, proc)
+    server = _serving_pid(proc.pid, transport)
     config = Deployment.build(Soak, addresses=[str(path)], upstreams=[echo.address])
     with EnvoyProcess(config.envoy_bootstrap(), sock_dir / "envoy") as envoy:
         statuses, errors = _round(envoy.port, WARMUP, 0)
         assert not errors and len(statuses) == WARMUP
-        rss_before, fds_before = _rss_kib(proc.pid), _fds(proc.pid)
+        rss_before, fds_before = _rss_kib(server), _fds(server)
         statuses, errors = _round(envoy.port, TOTAL - WARMUP, WARMUP)
-        rss_after, fds_after = _rss_kib(proc.pid), _fds(proc.pid)
+        rss_after, fds_after = _rss_kib(server), _fds(server)
         stats = envoy.stats("http.ingress.ext_proc.")
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(15) == 0

@@ -25,6 +25,7 @@ _SPELLING: dict[str, dict[str, Any]] = {
     "tls_client_ca": {"type": click.Path(exists=True, dir_okay=False)},
     "loop": {},
     "admin": {"metavar": "HOST:PORT"},
+    "transport": {},
 }
 
 
@@ -69,6 +70,7 @@ def serve(processor: str, app_dir: str, reload: bool, reload_dir: tuple[str, ...
     Example:
       extctl serve app.processor:Redact --uds /var/run/extproc/extproc.sock
       extctl serve app.processor:Redact --address 127.0.0.1:9000 --workers 2
+      extctl serve app.processor:Redact --uds /tmp/extproc.sock --transport pyvoy
       extctl serve app.processor:Redact --uds /tmp/extproc.sock --reload
     """
     import extproc

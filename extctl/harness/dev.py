@@ -123,8 +123,9 @@ class DevStack:
             elif self.processor is not None:
                 server = ServerThread(self.processor, uds=socket_path, socket_mode=0o600,
                                       admin=self.admin).start()
-                if server.server.admin is not None:
-                    admin_url = server.server.admin.url
+                admin_server = getattr(server.server, "admin", None)  # grpcio transport
+                if admin_server is not None:
+                    admin_url = admin_server.url
             echo = EchoServer(verbose=True).start()
 
             def deployment(spec: type[extproc.Processor] | FilterSpec | None,

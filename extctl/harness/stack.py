@@ -107,16 +107,18 @@ class Stack:
 
 @contextlib.contextmanager
 def stack(processor: type[extproc.Processor] | None, sock_dir: Path, echo: EchoServer | None,
-          **options: Any) -> Iterator[Stack]:
+          transport: str = "grpcio", **options: Any) -> Iterator[Stack]:
     r"""The processor on a Unix socket in ``sock_dir`` (served in this process) and a real
     Envoy in front of it; ``echo`` (None: Envoy answers 200 itself) as the upstream.
+    ``transport``: how the processor is served (:attr:`~extproc.ServerConfig.transport`).
 
     ``options`` are fields of :class:`~extctl.config.Policy` and
     :class:`~extctl.config.EnvoyOptions`, and ``wasm`` (:class:`~extctl.config.WasmModule`\ s).
     """
     socket_path = str(sock_dir / "p.sock")
     with contextlib.ExitStack() as cleanup:
-        server = (cleanup.enter_context(ServerThread(processor, uds=socket_path))
+        server = (cleanup.enter_context(ServerThread(processor, uds=socket_path,
+                                                           transport=transport))
                   if processor is not None else None)
         deployment = Deployment.build(
             processor, addresses=[socket_path] if processor is not None else [],
@@ -131,13 +133,15 @@ def envoy_stack(processor: type[extproc.Processor] | None = None, *,
                 wasm: Sequence[str | Path | WasmModule] = (),
                 upstream: Answer | tuple[int, dict[str, str], bytes | list[bytes],
                                          dict[str, str]] | None = None,
+                transport: str = "grpcio",
                 **options: Any) -> Iterator[Stack]:
     r""":func:`stack` with its own short socket directory and echo upstream, removed after.
 
     ``wasm``: module files (run with plugin configuration ``{}``) or
     :class:`~extctl.config.WasmModule`\ s. ``upstream``: instead of echoing, answer each
     request with ``upstream(method, path, headers, body) -> (status, headers, body or chunks,
-    trailers)``, or always with that tuple (see :mod:`extctl.harness.echo`). Other keywords
+    trailers)``, or always with that tuple (see :mod:`extctl.harness.echo`). ``transport``:
+    how the processor is served (:attr:`~extproc.ServerConfig.transport`). Other keywords
     are fields of :class:`~extctl.config.Policy` and :class:`~extctl.config.EnvoyOptions`.
     """
     answer: Answer | None
@@ -152,8 +156,8 @@ def envoy_stack(processor: type[extproc.Processor] | None = None, *,
     # AF_UNIX paths are limited to 107 bytes: pytest's tmp_path can be longer.
     sock_dir = Path(tempfile.mkdtemp(prefix="extkit-", dir="/tmp"))
     try:
-        with EchoServer(answer=answer) as echo, stack(processor, sock_dir, echo, wasm=modules,
-                                         **options) as running:
+        with EchoServer(answer=answer) as echo, stack(processor, sock_dir, echo, transport,
+                                                      wasm=modules, **options) as running:
             yield running
     finally:
         shutil.rmtree(sock_dir, ignore_errors=True)

@@ -1,0 +1,304 @@
+"""The ext_proc ``Process`` RPC and ``grpc.health.v1`` as an ASGI app.
+
+For servers that speak HTTP/2 with trailers; pyvoy runs it inside an Envoy process (see
+``_pyvoy.py``). gRPC's framing is done here: each message is one flag byte (0: not compressed),
+a 4-byte big-endian length, then the message. The answers come from the same message loop as
+the grpc.aio transport (``answer_stream``).
+
+The server process reads its settings from the ``EXTPROC_ASGI`` environment variable (JSON:
+``processor`` as ``module:Class``, ``max_message_bytes``, ``drain_file``, ``error_file``,
+``log_level``); ``app`` is built from them on import.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
+from google.protobuf.message import DecodeError
+from grpc_health.v1 import health_pb2
+
+from ._errors import ProtocolError
+from ._processor import Processor
+from ._stream import answer_stream
+
+logger = logging.getLogger("extproc.server")
+
+SERVICE_NAME = "envoy.service.ext_proc.v3.ExternalProcessor"
+PROCESS_PATH = f"/{SERVICE_NAME}/Process"
+HEALTH_CHECK_PATH = "/grpc.health.v1.Health/Check"
+HEALTH_WATCH_PATH = "/grpc.health.v1.Health/Watch"
+#: Messages received per phase, as JSON in one message (what ``Server.message_counts`` holds).
+COUNTS_PATH = "/extproc.Debug/MessageCounts"
+
+# gRPC status codes used here.
+OK, INVALID_ARGUMENT, NOT_FOUND, RESOURCE_EXHAUSTED = 0, 3, 5, 8
+UNIMPLEMENTED, INTERNAL, UNAVAILABLE = 12, 13, 14
+
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+_START = {"type": "http.response.start", "status": 200, "trailers": True,
+          "headers": [(b"content-type", b"application/grpc")]}
+# ASGI wants the body ended before trailers follow.
+_END_BODY = {"type": "http.response.body", "body": b"", "more_body": False}
+_OK_TRAILERS = {"type": "http.response.trailers", "more_trailers": False,
+                "headers": [(b"grpc-status", b"0")]}
+_SERVING: int = health_pb2.HealthCheckResponse.SERVING
+_NOT_SERVING: int = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+class _Status(Exception):
+    """End the call with this gRPC status."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class _Disconnected(Exception):
+    """The client reset the stream: nothing more can be sent."""
+
+
+def frame(message: bytes) -> bytes:
+    """One gRPC length-prefixed message."""
+    return b"\x00" + len(message).to_bytes(4, "big") + message
+
+
+class _Messages:
+    """gRPC messages out of an ASGI request body, one ``next()`` at a time."""
+
+    __slots__ = ("buffer", "limit", "more", "receive")
+
+    def __init__(self, receive: Receive, limit: int) -> None:
+        self.receive = receive
+        self.limit = limit
+        self.buffer = b""
+        self.more = True
+
+    async def next(self) -> bytes | None:
+        """The next message, or None once the client half-closed its side."""
+        while True:
+            buffer = self.buffer
+            if len(buffer) >= 5:
+                if buffer[0]:
+                    raise _Status(UNIMPLEMENTED, "compressed messages are not supported")
+                length = int.from_bytes(buffer[1:5], "big")
+                if length > self.limit:
+                    raise _Status(RESOURCE_EXHAUSTED, f"message of {length} bytes exceeds "
+                                  f"max_message_bytes ({self.limit})")
+                end = 5 + length
+                if len(buffer) >= end:
+                    self.buffer = buffer[end:]
+                    return buffer[5:end]
+            if not self.more:
+                if buffer:
+                    raise _Status(INTERNAL, "the request ended inside a message")
+                return None
+            event = await self.receive()
+            if event["type"] == "http.disconnect":
+                raise _Disconnected
+            body = event.get("body", b"")
+            self.buffer = buffer + body if buffer else body
+            self.more = event.get("more_body", False)
+
+
+async def _finish(send: Send, trailers: dict[str, Any]) -> None:
+    await send(_END_BODY)
+    await send(trailers)
+
+
+def _trailers(code: int, message: str) -> dict[str, Any]:
+    headers = [(b"grpc-status", str(code).encode())]
+    if message:
+        # grpc-message is percent-encoded; keep it to printable ASCII.
+        text = "".join(c if " " <= c <= "~" and c != "%" else f"%{ord(c):02X}"
+                       for c in message.encode("ascii", "replace").decode())
+        headers.append((b"grpc-message", text.encode()))
+    return {"type": "http.response.trailers", "headers": headers, "more_trailers": False}
+
+
+class GrpcApp:
+    """ASGI app serving ``processor`` over gRPC: ``Process``, health ``Check``/``Watch``."""
+
+    def __init__(self, processor: type[Processor], max_message_bytes: int,
+                 drain_file: str | None = None, error_file: str | None = None) -> None:
+        self.processor = processor
+        self.max_message_bytes = max_message_bytes
+        self.drain_file = drain_file
+        self.error_file = error_file
+        self.message_counts: dict[str, int] = {}
+
+    def draining(self) -> bool:
+        return self.drain_file is not None and os.path.exists(self.drain_file)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "lifespan":
+            await self._lifespan(receive, send)
+            return
+        if kind != "http":
+            return
+        path = scope["path"]
+        try:
+            if path == PROCESS_PATH:
+                await self._process(receive, send)
+            elif path == HEALTH_CHECK_PATH:
+                await self._health_check(receive, send)
+            elif path == HEALTH_WATCH_PATH:
+                await self._health_watch(receive, send)
+            elif path == COUNTS_PATH:
+                await send(_START)
+                counts = json.dumps(self.message_counts).encode()
+                await send({"type": "http.response.body", "body": frame(counts),
+                            "more_body": True})
+                await _finish(send, _OK_TRAILERS)
+            else:
+                await send(_START)
+                await _finish(send, _trailers(UNIMPLEMENTED, f"unknown method {path}"))
+        except _Disconnected:
+            pass
+
+    async def _process(self, receive: Receive, send: Send) -> None:
+        if self.draining():
+            await send(_START)
+            await _finish(send, _trailers(UNAVAILABLE, "the server is shutting down"))
+            return
+        messages = _Messages(receive, self.max_message_bytes)
+        parse = pb.ProcessingRequest.FromString
+
+        async def requests() -> AsyncIterator[Any]:
+            while (data := await messages.next()) is not None:
+                try:
+                    yield parse(data)
+                except DecodeError:
+                    raise _Status(INTERNAL, "cannot parse a ProcessingRequest") from None
+
+        started = False
+        end = _OK_TRAILERS
+        try:
+            async for answer in answer_stream(self.processor, requests(), self.message_counts):
+                if not started:
+                    started = True
+                    await send(_START)
+                await send({"type": "http.response.body",
+                            "body": frame(answer.SerializeToString()), "more_body": True})
+        except (_Disconnected, OSError):
+            return  # the client reset the stream (pyvoy raises an OSError on send)
+        except ProtocolError as exc:
+            logger.warning("ext_proc protocol error: %s", exc)
+            end = _trailers(INVALID_ARGUMENT, str(exc))
+        except _Status as exc:
+            end = _trailers(exc.code, str(exc))
+        except Exception:
+            logger.exception("internal error in the ext_proc message loop")
+            end = _trailers(INTERNAL, "internal processor error")
+        if not started:
+            await send(_START)
+        await _finish(send, end)
+
+    def _health_status(self, service: str) -> int:
+        if service not in ("", SERVICE_NAME):
+            raise _Status(NOT_FOUND, f"unknown service {service!r}")
+        return _NOT_SERVING if self.draining() else _SERVING
+
+    async def _health_request(self, receive: Receive) -> str:
+        data = await _Messages(receive, 4096).next()
+        try:
+            request = health_pb2.HealthCheckRequest.FromString(data or b"")
+        except DecodeError:
+            raise _Status(INTERNAL, "cannot parse a HealthCheckRequest") from None
+        return str(request.service)
+
+    async def _health_check(self, receive: Receive, send: Send) -> None:
+        await send(_START)
+        try:
+            status = self._health_status(await self._health_request(receive))
+        except _Status as exc:
+            await _finish(send, _trailers(exc.code, str(exc)))
+            return
+        answer = health_pb2.HealthCheckResponse(status=status).SerializeToString()
+        await send({"type": "http.response.body", "body": frame(answer), "more_body": True})
+        await _finish(send, _OK_TRAILERS)
+
+    async def _health_watch(self, receive: Receive, send: Send) -> None:
+        await send(_START)
+        try:
+            service = await self._health_request(receive)
+            self._health_status(service)
+        except _Status as exc:
+            await _finish(send, _trailers(exc.code, str(exc)))
+            return
+
+        async def disconnected() -> None:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+
+        gone = asyncio.ensure_future(disconnected())
+        sent = None
+        try:
+            while not gone.done():
+                status = self._health_status(service)
+                if status != sent:
+                    sent = status
+                    answer = health_pb2.HealthCheckResponse(status=status).SerializeToString()
+                    await send({"type": "http.response.body", "body": frame(answer),
+                                "more_body": True})
+                    if status == _NOT_SERVING:
+                        # Draining: the status cannot change back; the stream must not hold
+                        # the drain up.
+                        await _finish(send, _OK_TRAILERS)
+                        return
+                await asyncio.wait({gone}, timeout=0.1)
+        finally:
+            gone.cancel()
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            event = await receive()
+            if event["type"] == "lifespan.startup":
+                try:
+                    await self.processor.on_startup()
+                except Exception as exc:
+                    logger.exception("%s.on_startup failed", self.processor.__name__)
+                    message = f"{self.processor.__name__}.on_startup failed: {exc}"
+                    if self.error_file is not None:
+                        _write(self.error_file, message)
+                    await send({"type": "lifespan.startup.failed", "message": message})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif event["type"] == "lifespan.shutdown":
+                try:
+                    await self.processor.on_shutdown()
+                except Exception:
+                    logger.exception("%s.on_shutdown failed", self.processor.__name__)
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+
+def _write(path: str, text: str) -> None:
+    with open(path, "w") as f:
+        f.write(text)
+
+
+def _from_environment() -> GrpcApp | None:
+    settings = os.environ.get("EXTPROC_ASGI")
+    if settings is None:
+        return None
+    from ._importer import import_processor
+
+    options = json.loads(settings)
+    logging.basicConfig(level=options.get("log_level", "WARNING"),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return GrpcApp(import_processor(options["processor"]), options["max_message_bytes"],
+                   options.get("drain_file"), options.get("error_file"))
+
+
+#: What pyvoy serves (``extproc._asgi:app``), built from ``EXTPROC_ASGI``.
+app = _from_environment()
