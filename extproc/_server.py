@@ -21,7 +21,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from ._config import ServerConfig, split_address
 from ._errors import ProtocolError, ServeError
 from ._processor import Processor
-from ._stream import answer_stream
+from ._stream import ProcessorFailed, answer_stream
 
 logger = logging.getLogger("extproc.server")
 
@@ -150,11 +150,16 @@ class _Servicer:
 
     async def Process(self, request_iterator: Any, context: Any) -> AsyncIterator[Any]:
         try:
-            async for answer in answer_stream(self.processor, request_iterator, self.counts):
+            async for answer in answer_stream(self.processor, request_iterator, self.counts,
+                                              context.write, context.invocation_metadata()):
                 yield answer
         except ProtocolError as exc:
             logger.warning("ext_proc protocol error: %s", exc)
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        except ProcessorFailed as exc:
+            # Envoy refuses an ImmediateResponse here: an error status makes it answer
+            # status_on_error.
+            await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
         except (asyncio.CancelledError, grpc.aio.AbortError):
             raise
         except grpc.aio.UsageError:

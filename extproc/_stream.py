@@ -16,7 +16,7 @@ from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
-from google.protobuf import struct_pb2
+from google.protobuf import duration_pb2, struct_pb2
 
 from ._body import Body
 from ._errors import ProtocolError
@@ -33,6 +33,7 @@ _BodyResponse = pb.BodyResponse
 _TrailersResponse = pb.TrailersResponse
 _FULL_DUPLEX = BodyMode.FULL_DUPLEX_STREAMED
 _BUFFERED = BodyMode.BUFFERED
+_REPLACE = pb.CommonResponse.CONTINUE_AND_REPLACE
 
 # "Continue unchanged" answers, built once: serialising a shared message is safe.
 _PASS = {
@@ -69,14 +70,22 @@ class _Stop(Exception):
     """An immediate response was sent: the stream is over."""
 
 
+class ProcessorFailed(Exception):
+    """A hook failed closed where Envoy takes no ImmediateResponse (disable_immediate_response):
+    the stream must end with an error, so that Envoy answers ``status_on_error``."""
+
+
 async def answer_stream(cls: type[Processor], messages: AsyncIterable[Any],
-                        counts: dict[str, int] | None = None) -> AsyncIterator[Any]:
+                        counts: dict[str, int] | None = None, early: Write | None = None,
+                        metadata: Any = None) -> AsyncIterator[Any]:
     """The answers to one ``Process`` stream's messages (the servicer's async generator).
 
-    ``counts``, when given, counts the messages received per phase. Raises ProtocolError on
-    a message sequence the protocol does not allow.
+    ``counts``, when given, counts the messages received per phase; ``early`` writes a
+    message while a hook still runs (a timeout extension); ``metadata`` is the stream's gRPC
+    metadata (key/value pairs). Raises ProtocolError on a message sequence the protocol
+    does not allow.
     """
-    exchange = _Exchange(cls, counts)
+    exchange = _Exchange(cls, counts, early, metadata)
     try:
         async for message in messages:
             answers = await exchange.handle(message)
@@ -97,20 +106,27 @@ async def run_stream(cls: type[Processor], read: Read, write: Write, eof: object
         while (message := await read()) is not eof:
             yield message
 
-    async for answer in answer_stream(cls, messages(), counts):
+    async for answer in answer_stream(cls, messages(), counts, write):
         await write(answer)
 
 
 class _Exchange:
-    __slots__ = ("cls", "counts", "first", "hooks", "observability", "proc", "spec", "state")
+    __slots__ = ("cls", "counts", "early", "first", "hooks", "observability", "proc", "spec",
+                 "state")
 
-    def __init__(self, cls: type[Processor], counts: dict[str, int] | None = None) -> None:
+    def __init__(self, cls: type[Processor], counts: dict[str, int] | None = None,
+                 early: Write | None = None, metadata: Any = None) -> None:
         self.cls = cls
         self.spec = spec = cls._spec
         self.hooks = spec.hooks
         self.counts = counts
+        self.early = early
         proc = cls()
         proc._init_state()
+        if early is not None:
+            proc._extend = self._extend
+        if metadata:
+            proc._raw_grpc_metadata = metadata  # turned into a mapping when a hook reads it
         self.proc = proc
         self.state = {"request": _START, "response": _START}
         self.first = True
@@ -169,8 +185,9 @@ class _Exchange:
             self._lock_unless_buffered(headers, direction, http_headers.end_of_stream)
             return [_PASS[which]]
         override = proc._mode_override
+        replacement = proc._replacement
         if (headers._changes is None and not proc._clear_route_cache and override is None
-                and proc._dynamic_metadata is None):
+                and proc._dynamic_metadata is None and replacement is None):
             self._lock_unless_buffered(headers, direction, http_headers.end_of_stream)
             return [_PASS[which]]
         # Built in place: nested constructors copy every sub-message.
@@ -179,8 +196,20 @@ class _Exchange:
         response.SetInParent()
         headers._write_mutation(response.header_mutation)
         if proc._clear_route_cache:
+            # Envoy ignores clear_route_cache in a CommonResponse without header_mutation.
+            response.header_mutation.SetInParent()
             response.clear_route_cache = True
             proc._clear_route_cache = False
+        if replacement is not None:
+            proc._replacement = None
+            response.status = _REPLACE
+            if replacement:
+                response.body_mutation.body = replacement
+            else:
+                response.body_mutation.clear_body = True
+            # Envoy sends nothing more of this direction, body or trailers.
+            self.state[direction] = _DONE
+            headers._lock(f"{direction} headers were already sent on with the new body")
         if override is not None:
             proc._mode_override = None
             proc._effective_mode = override
@@ -219,6 +248,7 @@ class _Exchange:
             else:
                 response.body_mutation.clear_body = True
         if route:
+            response.header_mutation.SetInParent()  # else Envoy ignores clear_route_cache
             response.clear_route_cache = True
             proc._clear_route_cache = False
         if buffered:
@@ -282,6 +312,11 @@ class _Exchange:
         if result is None:
             return True
         if isinstance(result, ImmediateResponse):
+            if self.spec.disable_immediate_response:
+                logger.error("%s.%s returned an ImmediateResponse, which Envoy refuses "
+                             "(disable_immediate_response; x-request-id=%s)",
+                             self.cls.__name__, hook, self._request_id())
+                return self._fail()
             answer = _PR(immediate_response=result.to_proto())
             self._attach_metadata(answer)
             raise _Stop(answer)
@@ -302,9 +337,18 @@ class _Exchange:
                 if headers is not None and headers._locked is None:
                     headers._changes = None  # a half-done hook's changes are not applied
             return False
+        if spec.disable_immediate_response:
+            raise ProcessorFailed(f"{spec.name} failed")
         response = ImmediateResponse(spec.error_status, body=spec.error_body,
                                      details="extproc_processor_error")
         raise _Stop(_PR(immediate_response=response.to_proto()))
+
+    async def _extend(self, seconds: float) -> None:
+        if self.observability or self.early is None:
+            return  # Envoy does not wait for answers in observability mode
+        answer = _PR()
+        answer.override_message_timeout.CopyFrom(_duration(seconds))
+        await self.early(answer)
 
     def _request_id(self) -> str:
         headers = self.proc.request_headers
@@ -342,3 +386,9 @@ class _Exchange:
         if (request_body, response_body) != (mode.request_body, mode.response_body):
             proc._effective_mode = dataclasses.replace(
                 mode, request_body=request_body, response_body=response_body)
+
+
+def _duration(seconds: float) -> Any:
+    duration = duration_pb2.Duration()
+    duration.FromNanoseconds(int(seconds * 1e9))
+    return duration

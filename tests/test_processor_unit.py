@@ -160,14 +160,21 @@ def test_body_mode_must_be_body_mode() -> None:
                 pass
 
 
-def test_error_status_must_be_envoy_status() -> None:
-    with pytest.raises(ProcessorDefinitionError, match="418"):
-        class Teapot(Processor):
-            error_status = 418
+def test_error_status_must_be_one_envoy_sends_as_is() -> None:
+    with pytest.raises(ProcessorDefinitionError, match="Envoy answers 200 for any status below"):
+        class Early(Processor):
+            error_status = 103
 
             async def on_request_headers(self, headers: Headers) -> None:
                 pass
 
+    class Teapot(Processor):  # outside Envoy's HttpStatus enum, yet sent as is
+        error_status = 418
+
+        async def on_request_headers(self, headers: Headers) -> None:
+            pass
+
+    assert Teapot.filter_spec().error_status == 418
     assert issubclass(ProcessorDefinitionError, TypeError)
 
 
