@@ -39,6 +39,7 @@ from extproc._config import split_address
 
 from . import filter_order
 from .errors import ConfigError
+from .ext_proc_options import apply_spec
 from .filter_order import FilterPosition
 from .session_persistence import SessionPersistence
 
@@ -196,6 +197,7 @@ def ext_proc_filter(config: EnvoyConfig) -> Any:
     if cls.dynamic_metadata_namespaces:
         filter_config.metadata_options.receiving_namespaces.untyped.extend(
             cls.dynamic_metadata_namespaces)
+    apply_spec(filter_config, cls.filter_spec())
     return hcm_pb2.HttpFilter(name=f"envoy.filters.http.ext_proc/{cls.__name__.lower()}",
                               typed_config=_any(filter_config))
 

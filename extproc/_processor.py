@@ -171,11 +171,16 @@ class Processor:
 
     @property
     def metadata_context(self) -> dict[str, Any]:
-        """The metadata Envoy forwards (``metadata_options.forwarding_namespaces``)."""
+        """The metadata Envoy forwards: ``forwarding_namespaces`` and
+        ``typed_forwarding_namespaces`` (as JSON, with ``@type``)."""
         raw = self._metadata_context
         if raw is None:
             return {}
-        return {ns: json_format.MessageToDict(s) for ns, s in raw.filter_metadata.items()}
+        metadata = {ns: json_format.MessageToDict(s) for ns, s in raw.filter_metadata.items()}
+        # Typed namespaces as JSON: {"@type": "type.googleapis.com/...", ...fields}.
+        metadata.update((ns, json_format.MessageToDict(typed))
+                        for ns, typed in raw.typed_filter_metadata.items())
+        return metadata
 
     def set_dynamic_metadata(self, namespace: str, key: str, value: Any) -> None:
         """Emit ``value`` as Envoy dynamic metadata ``namespace.key`` with the next answer."""

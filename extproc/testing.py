@@ -103,6 +103,7 @@ async def run(
     attributes: Mapping[str, Any] | None = None,
     response_attributes: Mapping[str, Any] | None = None,
     metadata_context: Mapping[str, Mapping[str, Any]] | None = None,
+    typed_metadata_context: Mapping[str, Any] | None = None,
     mode: ProcessingMode | None = None,
     grpc_metadata: Mapping[str, str] | None = None,
 ) -> Result:
@@ -110,6 +111,8 @@ async def run(
 
     Bodies are ``bytes`` (one chunk) or a list of chunks. ``upstream``, when given, receives
     the processed request and returns the response (a Message or ``(status, headers, body)``).
+    ``metadata_context`` / ``typed_metadata_context`` (namespace -> protobuf message) are what
+    Envoy forwards (``forwarding_namespaces`` / ``typed_forwarding_namespaces``).
     ``grpc_metadata`` is added to the class's ``grpc_initial_metadata`` on the stream (trace
     context, say). Each answer must come within the class's ``message_timeout`` (or the
     extension it asked for), else the client gets Envoy's 504.
@@ -126,6 +129,7 @@ async def run(
     if chunks and not any(k in ("content-length", "transfer-encoding") for k, _ in request_pairs):
         request_pairs.append(("content-length", str(sum(map(len, chunks)))))
     try:
+        driver.typed_metadata = typed_metadata_context
         request = await driver.direction("request", request_pairs, chunks, _pairs(trailers),
                                          trailers is not None, attributes, metadata_context)
         driver.upstream_reached = request
@@ -178,6 +182,7 @@ class _Driver:
         self.deadline = 0.0
         self.extended = False
         self.extensions: list[float] = []
+        self.typed_metadata: Mapping[str, Any] | None = None
         self.mode = mode
         self.sent: list[str] = []
         self.metadata: dict[str, Any] = {}
@@ -230,6 +235,13 @@ class _Driver:
                     await task
                 raise _Stop(_envoy_reply(504, "message timeout"))
 
+    def _reroutes(self, common: Any) -> bool:
+        # Envoy re-routes only for an answer with a header_mutation (even an empty one), as
+        # asked or on every mutation, as route_cache_action says.
+        action = self.spec.route_cache_action
+        return common.HasField("header_mutation") and (
+            action == "clear" or (action == "default" and common.clear_route_cache))
+
     async def _early(self, answer: Any) -> None:
         wire = pb.ProcessingResponse.FromString(answer.SerializeToString())
         seconds = wire.override_message_timeout.ToNanoseconds() / 1e9
@@ -259,12 +271,13 @@ class _Driver:
                     s = struct_pb2.Struct()
                     s.update(dict(values))
                     message.metadata_context.filter_metadata[ns].CopyFrom(s)
+            if self.typed_metadata and direction == "request":
+                for ns, typed in self.typed_metadata.items():
+                    message.metadata_context.typed_filter_metadata[ns].Pack(typed)
             (answer,) = await self.send(message)
             common = getattr(answer, which).response
             pairs = _apply(pairs, common.header_mutation)
-            # Envoy re-routes only when the answer carries a header_mutation (even empty).
-            self.route_cache_cleared |= (common.clear_route_cache and direction == "request"
-                                         and common.HasField("header_mutation"))
+            self.route_cache_cleared |= direction == "request" and self._reroutes(common)
             if answer.HasField("mode_override"):
                 override = ProcessingMode.from_proto(answer.mode_override, mode)
                 # Envoy drops overrides with a full-duplex body, and those not allowed.
@@ -296,6 +309,7 @@ class _Driver:
             getattr(message, which).end_of_stream = not has_trailers
             (answer,) = await self.send(message)
             common = getattr(answer, which).response
+            self.route_cache_cleared |= direction == "request" and self._reroutes(common)
             mutated = common.body_mutation.WhichOneof("mutation")
             out_chunks = [_mutated(whole, common.body_mutation)]
             if body_mode is BodyMode.BUFFERED and getattr(mode, f"{direction}_headers"):

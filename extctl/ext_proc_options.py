@@ -1,0 +1,48 @@
+"""The ext_proc filter fields a Processor class decides, from its FilterSpec.
+
+One function for every field beyond the processing mode, attributes and mutation rules, so the
+standalone Envoy config and anything else that builds an ``ExternalProcessor`` message agree.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from envoy.extensions.filters.http.ext_proc.v3 import ext_proc_pb2
+from google.protobuf import duration_pb2
+
+from extproc import FilterSpec
+
+_ROUTE_CACHE_ACTION = {
+    "default": ext_proc_pb2.ExternalProcessor.DEFAULT,
+    "clear": ext_proc_pb2.ExternalProcessor.CLEAR,
+    "retain": ext_proc_pb2.ExternalProcessor.RETAIN,
+}
+
+
+def _duration(seconds: float) -> Any:
+    duration = duration_pb2.Duration()
+    duration.FromNanoseconds(int(seconds * 1e9))
+    return duration
+
+
+def apply_spec(filter_config: Any, spec: FilterSpec) -> None:
+    """Set on an ``ExternalProcessor`` message what ``spec`` asks of Envoy beyond the mode."""
+    if spec.status_on_error is not None:
+        filter_config.status_on_error.code = spec.status_on_error
+    if spec.max_message_timeout is not None:
+        filter_config.max_message_timeout.CopyFrom(_duration(spec.max_message_timeout))
+    forwarding = filter_config.metadata_options.forwarding_namespaces
+    forwarding.untyped.extend(spec.forwarding_namespaces)
+    forwarding.typed.extend(spec.typed_forwarding_namespaces)
+    for key, value in spec.grpc_initial_metadata:
+        filter_config.grpc_service.initial_metadata.add(key=key, value=value)
+    filter_config.observability_mode = spec.observability_mode
+    if spec.deferred_close_timeout is not None:
+        filter_config.deferred_close_timeout.CopyFrom(_duration(spec.deferred_close_timeout))
+    filter_config.route_cache_action = _ROUTE_CACHE_ACTION[spec.route_cache_action]
+    filter_config.disable_immediate_response = spec.disable_immediate_response
+    for mode in spec.allowed_override_modes:
+        filter_config.allowed_override_modes.append(mode.to_proto())
+    filter_config.send_body_without_waiting_for_header_response = (
+        spec.send_body_without_waiting_for_header_response)
