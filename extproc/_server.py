@@ -211,8 +211,10 @@ def _claim_socket(path: str) -> None:
 
 
 async def serve_async(processor: type[Processor], config: ServerConfig,
-                      listen: str | None = None) -> int:
-    """Serve until SIGTERM/SIGINT; the first drains, a second cuts streams at once."""
+                      listen: str | None = None,
+                      stop_signals: tuple[int, ...] = (signal.SIGTERM, signal.SIGINT)) -> int:
+    """Serve until one of ``stop_signals``; the first drains, a second cuts streams at once."""
+    handled = stop_signals
     server = Server(processor, config, listen)
     loop = asyncio.get_running_loop()
     signals = 0
@@ -225,7 +227,7 @@ async def serve_async(processor: type[Processor], config: ServerConfig,
         (first if signals == 1 else second).set()
 
     await server.start()
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    for sig in handled:
         loop.add_signal_handler(sig, on_signal)
     try:
         await first.wait()
@@ -240,7 +242,7 @@ async def serve_async(processor: type[Processor], config: ServerConfig,
         forced.cancel()
         return EXIT_OK
     finally:
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in handled:
             loop.remove_signal_handler(sig)
         await server.stop(0)
 
@@ -286,10 +288,13 @@ def _run_loop(config: ServerConfig, main: Coroutine[Any, Any, int]) -> int:
 
 
 def _worker_main(processor: type[Processor], config: ServerConfig, listen: str) -> int:
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    # Ctrl-C reaches the whole process group, and the supervisor forwards it as SIGTERM:
+    # counting both would cut in-flight streams on the first Ctrl-C. Workers follow the
+    # supervisor only (a second Ctrl-C is a second SIGTERM from it).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
-        return _run_loop(config, serve_async(processor, config, listen))
+        return _run_loop(config, serve_async(processor, config, listen, (signal.SIGTERM,)))
     except ServeError as exc:
         logger.error("worker on %s: %s", listen, exc)
         return EXIT_STARTUP
