@@ -203,6 +203,8 @@ class GrpcMessages(extproc.Processor):
         await asyncio.sleep(0.05)  # the whole unary request is held by the time we answer
 
     async def on_request_body(self, body: Body) -> None:
+        if b"explode" in body.data:
+            raise ValueError("a message this processor cannot handle")
         if body.data.startswith(grpc_frame(b"ping")):
             body.data = grpc_frame(b"PONG?")
 
