@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2
+from envoy.type.v3 import http_status_pb2
 
 from ._errors import ProcessorDefinitionError, ProtocolError
 from ._responses import status_problem
@@ -59,6 +60,11 @@ class BodyMode(enum.Enum):
 
 
 _FULL_DUPLEX = BodyMode.FULL_DUPLEX_STREAMED
+
+#: Statuses Envoy takes for ``status_on_error`` (its HttpStatus enum; Envoy Gateway's
+#: ``statusOnError`` lists the same 4xx and 5xx codes).
+ERROR_STATUSES = frozenset(code for code in http_status_pb2.StatusCode.values()
+                           if 400 <= code <= 599)
 
 #: Envoy's ``route_cache_action``: clear when asked (with a header mutation), on every header
 #: mutation, or never.
@@ -261,11 +267,10 @@ def derive(cls: type[Any]) -> FilterSpec:
             f"{name}.max_message_timeout ({max_timeout}s) is shorter than message_timeout "
             f"({timeout or 0.2}s): an extension could only shorten the wait")
     status_on_error = cls.status_on_error
-    if status_on_error is not None and (not isinstance(status_on_error, int)
-                                        or not 400 <= status_on_error <= 599):
+    if status_on_error is not None and status_on_error not in ERROR_STATUSES:
         raise ProcessorDefinitionError(
-            f"{name}.status_on_error must be a 4xx or 5xx status (what Envoy Gateway "
-            f"accepts), got {status_on_error!r}")
+            f"{name}.status_on_error must be a 4xx or 5xx status of Envoy's HttpStatus enum "
+            f"(what Envoy and Envoy Gateway accept), got {status_on_error!r}")
     deferred = _seconds(name, "deferred_close_timeout", cls.deferred_close_timeout)
     if deferred is not None and not cls.observability_mode:
         raise ProcessorDefinitionError(

@@ -44,6 +44,7 @@ from extproc.testing import ServerThread, run
      "drops every mode_override"),
     ({"request_body_mode": BodyMode.GRPC}, "forwards gRPC messages"),
     ({"status_on_error": 302}, "4xx or 5xx"),
+    ({"status_on_error": 418}, "4xx or 5xx"),
     ({"status_on_error": 600}, "4xx or 5xx"),
     ({"max_message_timeout": 0.1}, "shorter than message_timeout"),
     ({"max_message_timeout": -1}, "positive number"),
