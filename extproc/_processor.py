@@ -56,8 +56,8 @@ class Processor:
     message_timeout: ClassVar[float | None] = None
     #: The longest wait :meth:`extend_timeout` may ask for (Envoy's max_message_timeout).
     max_message_timeout: ClassVar[float | None] = None
-    #: What Envoy answers when it gets no answer: processor down, timeout, stream error
-    #: (Envoy's status_on_error, 4xx/5xx; None: 500).
+    #: What Envoy answers when the processor fails it: unreachable, stream error (Envoy's
+    #: status_on_error, 4xx/5xx; None: 500). A message timeout stays 504.
     status_on_error: ClassVar[int | None] = None
     #: Metadata namespaces Envoy forwards in ``metadata_context`` (untyped / typed).
     forwarding_namespaces: ClassVar[tuple[str, ...]] = ()
@@ -104,7 +104,7 @@ class Processor:
         self._grpc_metadata: Mapping[str, str] | None = None
         self._raw_grpc_metadata: Any = ()
         self._replacement: bytes | None = None
-        self._extended = ""  # the phase whose answer already got more time
+        self._extended = False  # this message's answer already got more time
         self._extend: Callable[[float], Awaitable[None]] | None = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -240,9 +240,9 @@ class Processor:
                                 f"({spec.max_message_timeout}s), not {seconds}s")
         if not self._phase or self._extend is None:
             raise MutationError("extend_timeout() is for hooks")
-        if self._extended == self._phase:
+        if self._extended:
             raise MutationError("Envoy honours one extension per message")
-        self._extended = self._phase
+        self._extended = True
         await self._extend(seconds)
 
     def override_mode(

@@ -152,6 +152,7 @@ class _Exchange:
         if message.HasField("metadata_context"):
             proc._metadata_context = message.metadata_context
         proc._phase = which
+        proc._extended = False
         state = self.state[direction]
         if part == _HEADERS:
             if state != _START:
@@ -331,6 +332,7 @@ class _Exchange:
             proc = self.proc
             proc._mode_override = None
             proc._clear_route_cache = False
+            proc._replacement = None
             proc._dynamic_metadata = None
             for name in ("request_headers", "response_headers"):
                 headers = getattr(proc, name)

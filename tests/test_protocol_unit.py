@@ -329,3 +329,15 @@ async def test_observability_server_sends_no_answer_and_no_extension() -> None:
     message = _request_headers()
     message.observability_mode = True
     assert await _answers(Watch, message) == []
+
+
+async def test_each_body_chunk_may_get_its_own_extension() -> None:
+    class SlowChunks(Processor):
+        request_body_mode = BodyMode.STREAMED
+        max_message_timeout = 1.0
+
+        async def on_request_body(self, body: Body) -> None:
+            await self.extend_timeout(0.5)
+
+    result = await run(SlowChunks, method="POST", body=[b"a", b"b"])
+    assert result.status == 200 and result.timeout_extensions == [0.5, 0.5]
