@@ -102,7 +102,7 @@ class Processor:
         self._effective_mode = type(self)._spec.mode
         self._phase = ""
         self._grpc_metadata: Mapping[str, str] | None = None
-        self._raw_grpc_metadata: Any = ()
+        self._raw_grpc_metadata: Callable[[], Any] = tuple
         self._replacement: bytes | None = None
         self._extended = False  # this message's answer already got more time
         self._extend: Callable[[float], Awaitable[None]] | None = None
@@ -199,7 +199,7 @@ class Processor:
         metadata = self._grpc_metadata
         if metadata is None:
             pairs: dict[str, str] = {}
-            for key, value in self._raw_grpc_metadata:
+            for key, value in self._raw_grpc_metadata() or ():
                 # A repeated key's values joined, as Headers does.
                 pairs[key] = f"{pairs[key]}, {value}" if key in pairs else value
             metadata = self._grpc_metadata = MappingProxyType(pairs) if pairs else _NO_METADATA

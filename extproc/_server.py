@@ -151,7 +151,7 @@ class _Servicer:
     async def Process(self, request_iterator: Any, context: Any) -> AsyncIterator[Any]:
         try:
             async for answer in answer_stream(self.processor, request_iterator, self.counts,
-                                              context.write, context.invocation_metadata()):
+                                              context.write, context.invocation_metadata):
                 yield answer
         except ProtocolError as exc:
             logger.warning("ext_proc protocol error: %s", exc)

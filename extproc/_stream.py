@@ -77,13 +77,13 @@ class ProcessorFailed(Exception):
 
 async def answer_stream(cls: type[Processor], messages: AsyncIterable[Any],
                         counts: dict[str, int] | None = None, early: Write | None = None,
-                        metadata: Any = None) -> AsyncIterator[Any]:
+                        metadata: Callable[[], Any] | None = None) -> AsyncIterator[Any]:
     """The answers to one ``Process`` stream's messages (the servicer's async generator).
 
     ``counts``, when given, counts the messages received per phase; ``early`` writes a
-    message while a hook still runs (a timeout extension); ``metadata`` is the stream's gRPC
-    metadata (key/value pairs). Raises ProtocolError on a message sequence the protocol
-    does not allow.
+    message while a hook still runs (a timeout extension); ``metadata`` returns the stream's
+    gRPC metadata (key/value pairs), called only if a hook reads it. Raises ProtocolError on
+    a message sequence the protocol does not allow.
     """
     exchange = _Exchange(cls, counts, early, metadata)
     try:
@@ -115,7 +115,7 @@ class _Exchange:
                  "state")
 
     def __init__(self, cls: type[Processor], counts: dict[str, int] | None = None,
-                 early: Write | None = None, metadata: Any = None) -> None:
+                 early: Write | None = None, metadata: Callable[[], Any] | None = None) -> None:
         self.cls = cls
         self.spec = spec = cls._spec
         self.hooks = spec.hooks
@@ -125,8 +125,8 @@ class _Exchange:
         proc._init_state()
         if early is not None:
             proc._extend = self._extend
-        if metadata:
-            proc._raw_grpc_metadata = metadata  # turned into a mapping when a hook reads it
+        if metadata is not None:
+            proc._raw_grpc_metadata = metadata  # called when a hook reads grpc_metadata
         self.proc = proc
         self.state = {"request": _START, "response": _START}
         self.first = True

@@ -178,7 +178,7 @@ class _Driver:
     def __init__(self, processor: type[Processor], mode: ProcessingMode,
                  metadata: list[tuple[str, str]]) -> None:
         self.spec = processor.filter_spec()
-        self.exchange = _Exchange(processor, early=self._early, metadata=metadata)
+        self.exchange = _Exchange(processor, early=self._early, metadata=lambda: metadata)
         self.deadline = 0.0
         self.extended = False
         self.extensions: list[float] = []

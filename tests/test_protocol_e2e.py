@@ -13,10 +13,11 @@ import grpc
 import pytest
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from patched_envoy import http2_upstream, patched_stack, route_on_header
-from protocol_procs import GrpcMessages, Reroute, Shadow, SlowWithStatus, grpc_frame
+from protocol_procs import EarlyBody, GrpcMessages, Reroute, Shadow, SlowWithStatus, grpc_frame
 
 from extctl.envoy_config import EnvoyConfig, bootstrap
 from extctl.envoy_runner import EnvoyProcess
+from extctl.testing import http
 from extproc import SERVICE_NAME, BodyMode, ProcessingMode
 from extproc.testing import run
 
@@ -58,8 +59,6 @@ def test_envoy_ignores_clear_route_cache_without_header_mutation(sock_dir, echo)
     try:
         config = bootstrap(EnvoyConfig(Reroute, [str(socket_path)], upstream=echo.address))
         with EnvoyProcess(config, sock_dir / "envoy-raw") as envoy:
-            from extctl.testing import http
-
             assert http(envoy.port, "/").status == 200
             assert envoy.stats(IGNORED) == {IGNORED: 1}
     finally:
@@ -76,8 +75,6 @@ def test_status_on_error_when_the_processor_is_unreachable(sock_dir, echo):
     config = bootstrap(EnvoyConfig(SlowWithStatus, [str(sock_dir / "nobody.sock")],
                                    upstream=echo.address))
     with EnvoyProcess(config, sock_dir / "envoy") as envoy:
-        from extctl.testing import http
-
         assert http(envoy.port, "/").status == 503
 
 
@@ -174,3 +171,66 @@ def test_processor_error_in_grpc_mode_is_answered_not_fatal(sock_dir):
         worker.join(15)
         assert errors and errors[0].code() != grpc.StatusCode.OK
         assert say(b"ping", timeout=10) == b"echo:PONG?"
+
+
+class _Recorder:
+    """A raw ext_proc server that answers nothing it need not (observability mode) and
+    records each stream's first message and how long after it the stream closed."""
+
+    def __init__(self, target: str) -> None:
+        self.first: list[Any] = []
+        self.closed: list[float] = []
+
+        def process(requests: Iterator[Any], context: Any) -> Iterator[Any]:
+            started = None
+            for message in requests:
+                if started is None:
+                    started = time.monotonic()
+                    self.first.append(message)
+            self.closed.append(time.monotonic() - (started or time.monotonic()))
+            return iter(())
+
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+        handler = grpc.stream_stream_rpc_method_handler(
+            process, request_deserializer=pb.ProcessingRequest.FromString,
+            response_serializer=pb.ProcessingResponse.SerializeToString)
+        self.server.add_generic_rpc_handlers(
+            (grpc.method_handlers_generic_handler(SERVICE_NAME, {"Process": handler}),))
+        self.server.add_insecure_port(target)
+        self.server.start()
+
+
+@pytest.mark.parametrize(("deferred", "low", "high"), [(0.5, 0.3, 2.5), (3.0, 2.5, 6.0)])
+def test_deferred_close_timeout_keeps_the_observability_stream_open(sock_dir, echo, deferred,
+                                                                    low, high):
+    class Watch(Shadow):
+        deferred_close_timeout = deferred
+
+    socket_path = sock_dir / "rec.sock"
+    recorder = _Recorder(f"unix:{socket_path}")
+    try:
+        config = bootstrap(EnvoyConfig(Watch, [str(socket_path)], upstream=echo.address))
+        with EnvoyProcess(config, sock_dir / "envoy-rec") as envoy:
+            assert http(envoy.port, "/").status == 200
+            deadline = time.monotonic() + 10
+            while not recorder.closed and time.monotonic() < deadline:
+                time.sleep(0.05)
+    finally:
+        recorder.server.stop(0)
+    assert recorder.first[0].observability_mode
+    assert low <= recorder.closed[0] <= high, recorder.closed
+
+
+def test_body_sent_without_waiting_is_announced_in_the_protocol_config(sock_dir, echo):
+    socket_path = sock_dir / "rec.sock"
+    recorder = _Recorder(f"unix:{socket_path}")
+    try:
+        config = bootstrap(EnvoyConfig(EarlyBody, [str(socket_path)], upstream=echo.address,
+                                       failure_mode_allow=True, message_timeout=0.2))
+        with EnvoyProcess(config, sock_dir / "envoy-rec") as envoy:
+            http(envoy.port, "/", method="POST", body=b"x")
+    finally:
+        recorder.server.stop(0)
+    config_sent = recorder.first[0].protocol_config
+    assert config_sent.send_body_without_waiting_for_header_response
+    assert config_sent.request_body_mode == BodyMode.STREAMED.proto_value
