@@ -32,9 +32,10 @@ def apply_spec(filter_config: Any, spec: FilterSpec) -> None:
         filter_config.status_on_error.code = spec.status_on_error
     if spec.max_message_timeout is not None:
         filter_config.max_message_timeout.CopyFrom(_duration(spec.max_message_timeout))
-    forwarding = filter_config.metadata_options.forwarding_namespaces
-    forwarding.untyped.extend(spec.forwarding_namespaces)
-    forwarding.typed.extend(spec.typed_forwarding_namespaces)
+    if spec.forwarding_namespaces or spec.typed_forwarding_namespaces:
+        forwarding = filter_config.metadata_options.forwarding_namespaces
+        forwarding.untyped.extend(spec.forwarding_namespaces)
+        forwarding.typed.extend(spec.typed_forwarding_namespaces)
     for key, value in spec.grpc_initial_metadata:
         filter_config.grpc_service.initial_metadata.add(key=key, value=value)
     filter_config.observability_mode = spec.observability_mode

@@ -182,12 +182,12 @@ class _Recorder:
         self.closed: list[float] = []
 
         def process(requests: Iterator[Any], context: Any) -> Iterator[Any]:
-            started = None
+            started = time.monotonic()
+            # Whether Envoy half-closes or cancels the stream, this runs when it ends.
+            context.add_callback(lambda: self.closed.append(time.monotonic() - started))
             for message in requests:
-                if started is None:
-                    started = time.monotonic()
+                if not self.first:
                     self.first.append(message)
-            self.closed.append(time.monotonic() - (started or time.monotonic()))
             return iter(())
 
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
