@@ -172,10 +172,6 @@ def ext_proc_filter(config: EnvoyConfig) -> Any:
     assert cls is not None
     timeout = config.message_timeout or cls.message_timeout
     mode = config.processing_mode or cls.processing_mode()
-    if config.failure_mode_allow and BodyMode.FULL_DUPLEX_STREAMED in (
-            mode.request_body, mode.response_body):
-        raise ConfigError("failure_mode_allow cannot be set with FULL_DUPLEX_STREAMED bodies "
-                          "(what is emitted is only what the processor says)")
     grpc = grpc_service_pb2.GrpcService(
         envoy_grpc=grpc_service_pb2.GrpcService.EnvoyGrpc(
             cluster_name=EXT_PROC_CLUSTER,

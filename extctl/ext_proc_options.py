@@ -11,7 +11,7 @@ from typing import Any
 from envoy.extensions.filters.http.ext_proc.v3 import ext_proc_pb2
 from google.protobuf import duration_pb2
 
-from extproc import FilterSpec
+from extproc import BodyMode, FilterSpec
 
 _ROUTE_CACHE_ACTION = {
     "default": ext_proc_pb2.ExternalProcessor.DEFAULT,
@@ -47,3 +47,37 @@ def apply_spec(filter_config: Any, spec: FilterSpec) -> None:
         filter_config.allowed_override_modes.append(mode.to_proto())
     filter_config.send_body_without_waiting_for_header_response = (
         spec.send_body_without_waiting_for_header_response)
+
+
+# FilterSpec fields Envoy Gateway's extProc (v1.9) has no field for, with what they do.
+_GATEWAY_LACKS = {
+    "typed_forwarding_namespaces": "typed metadata forwarding",
+    "grpc_initial_metadata": "gRPC initial metadata",
+    "max_message_timeout": "timeout extensions (max_message_timeout)",
+    "route_cache_action": "route_cache_action",
+    "disable_immediate_response": "disable_immediate_response",
+    "allowed_override_modes": "allowed_override_modes",
+    "send_body_without_waiting_for_header_response":
+        "send_body_without_waiting_for_header_response",
+    "deferred_close_timeout": "deferred_close_timeout",
+}
+
+
+def gateway_fields(spec: FilterSpec) -> tuple[dict[str, Any], list[str]]:
+    """The extProc fields of an EnvoyExtensionPolicy for what ``spec`` asks beyond the mode,
+    and what it asks that Envoy Gateway cannot express (to refuse, not drop)."""
+    fields: dict[str, Any] = {}
+    default = FilterSpec(name=spec.name, mode=spec.mode, hooks=spec.hooks)
+    problems = [f"{spec.name} sets {what}, which Envoy Gateway cannot express"
+                for name, what in _GATEWAY_LACKS.items()
+                if getattr(spec, name) != getattr(default, name)]
+    if spec.status_on_error is not None:
+        fields["statusOnError"] = spec.status_on_error
+    if spec.observability_mode:
+        streamed = (None, BodyMode.STREAMED)
+        if spec.mode.request_body not in streamed or spec.mode.response_body not in streamed:
+            problems.append(f"{spec.name}: Envoy Gateway's shadowMode takes Streamed bodies only")
+        fields["shadowMode"] = True
+    if spec.forwarding_namespaces:
+        fields["metadata"] = {"accessibleNamespaces": list(spec.forwarding_namespaces)}
+    return fields, problems

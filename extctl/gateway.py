@@ -18,6 +18,7 @@ from extproc import BodyMode, Processor
 from extproc._config import split_address
 
 from .errors import ConfigError
+from .ext_proc_options import gateway_fields
 from .filter_order import FilterPosition
 from .session_persistence import SessionPersistence
 
@@ -269,12 +270,17 @@ def extension_policy(config: GatewayConfig) -> dict[str, Any]:
             ext_proc["messageTimeout"] = _duration(timeout)
         if config.fail_open:
             ext_proc["failOpen"] = True
+        fields, problems = gateway_fields(config.processor.filter_spec())
+        if problems:
+            raise GatewayError("; ".join(problems) + ": use the standalone Envoy config "
+                               "(extctl gen envoy)")
+        ext_proc.update(fields)
         namespaces = list(config.processor.dynamic_metadata_namespaces)
         if namespaces:
             if len(namespaces) > 8 or any(n.startswith("envoy.filters.http") for n in namespaces):
                 raise GatewayError("dynamic_metadata_namespaces: at most 8, and none of Envoy's "
                                    "own envoy.filters.http.* namespaces")
-            ext_proc["metadata"] = {"writableNamespaces": namespaces}
+            ext_proc.setdefault("metadata", {})["writableNamespaces"] = namespaces
         spec["extProc"] = [ext_proc]
     if config.wasm:
         spec["wasm"] = [w.to_spec() for w in config.wasm]

@@ -209,3 +209,20 @@ class GrpcMessages(extproc.Processor):
             body.data = grpc_frame(b"PONG?")
 
     allow_mode_override = True  # on_request_body without a class body mode
+
+
+class FullDuplexFailing(extproc.Processor):
+    """Ends its stream with an error (no immediate response) at the headers (``x-boom-headers``)
+    or at the first body chunk (``x-boom-body``)."""
+
+    request_body_mode = BodyMode.FULL_DUPLEX_STREAMED
+    disable_immediate_response = True
+
+    async def on_request_headers(self, headers: Headers) -> None:
+        if "x-boom-headers" in headers:
+            raise RuntimeError("failing before any body byte")
+
+    async def on_request_body(self, body: Body) -> None:
+        assert self.request_headers is not None
+        if "x-boom-body" in self.request_headers:
+            raise RuntimeError("failing after the first body byte")
