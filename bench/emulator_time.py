@@ -23,7 +23,7 @@ import wasmtime
 
 ROOT = Path(__file__).resolve().parent.parent
 
-from extctl.envoy_config import WasmFilter  # noqa: E402
+from extctl.config import WasmModule  # noqa: E402
 from extctl.testing import envoy_stack  # noqa: E402
 from wasm import ProxyWasm  # noqa: E402
 
@@ -39,7 +39,7 @@ def main() -> None:
     emulated: list[float] = []
     proxied: list[float] = []
     plugin = ProxyWasm(module, plugin_configuration="bench")
-    filters = [WasmFilter("bench", path=str(module), configuration="bench")]
+    filters = [WasmModule("bench", file=str(module), text="bench")]
     with envoy_stack(wasm=filters) as stack:
         conn = http.client.HTTPConnection("127.0.0.1", stack.envoy.port, timeout=10)
         for _ in range(args.rounds):

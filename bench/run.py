@@ -38,8 +38,9 @@ sys.path.insert(0, str(BENCH))
 import procs  # noqa: E402
 from envoy.config.listener.v3 import listener_pb2  # noqa: E402
 
-from extctl.envoy_config import UPSTREAM_CLUSTER, EnvoyConfig, bootstrap  # noqa: E402
-from extctl.envoy_runner import EnvoyProcess, find_envoy  # noqa: E402
+from extctl.config import Deployment, EnvoyOptions, Policy  # noqa: E402
+from extctl.config.envoy import UPSTREAM_CLUSTER  # noqa: E402
+from extctl.testing import EnvoyProcess, find_envoy  # noqa: E402
 from extproc import ProcessingMode  # noqa: E402
 
 ENVOY_DEFAULT = ProcessingMode(request_headers=True, response_headers=True)
@@ -246,11 +247,11 @@ def _listening(address: str, tcp: bool) -> bool:
 
 def _envoy_config(scenario: Scenario, candidate: Candidate, addresses: list[str]) -> Any:
     upstream_port = _free_port() if scenario.upstream_body is not None else None
-    config = EnvoyConfig(candidate.processor, addresses,
-                         processing_mode=candidate.mode,
-                         upstream=f"127.0.0.1:{upstream_port}" if upstream_port else None,
-                         message_timeout=5.0)
-    message = bootstrap(config)
+    config = Deployment(candidate.processor, addresses,
+                        upstreams=[f"127.0.0.1:{upstream_port}"] if upstream_port else [],
+                        policy=Policy(message_timeout=5.0),
+                        envoy=EnvoyOptions(processing_mode=candidate.mode))
+    message = config.envoy_bootstrap()
     if upstream_port is not None:
         # The upstream: a second listener of the same Envoy answering with direct_response.
         listener = listener_pb2.Listener()

@@ -3,7 +3,7 @@
     ExtctlError          base; the CLI prints its message on one line
     ├── EnvoyError       the Envoy binary is missing, exits at start, or never gets ready
     ├── UsageError       options that contradict each other (exit code 2)
-    ├── ConfigError      a configuration that cannot be generated (exit code 2)
+    ├── ConfigError      a configuration that cannot be generated (extctl.config; exit 2)
     │   └── GatewayError     a resource Envoy Gateway (or its CRDs' CEL rules) would refuse
     └── ScaffoldError    a template could not be rendered (a bug of the template)
 """
@@ -25,10 +25,6 @@ class EnvoyError(ExtctlError):
 
 class UsageError(ExtctlError):
     """Options that cannot work together."""
-
-
-class ConfigError(ExtctlError):
-    """A configuration that cannot be generated: the message names the offending input."""
 
 
 class ScaffoldError(ExtctlError):

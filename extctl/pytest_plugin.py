@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from .testing import envoy_stack as _envoy_stack
+from .harness.stack import envoy_stack as _envoy_stack
 
 
 @pytest.fixture

@@ -4,40 +4,45 @@ from __future__ import annotations
 
 import asyncio
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from ._errors import ServeError
 
 # AF_UNIX sun_path is 108 bytes including the terminating NUL.
 MAX_UDS_PATH = 107
+LOOPS = ("auto", "uvloop", "asyncio")
 
 
 @dataclass(frozen=True)
 class ServerConfig:
     """How and where a Processor is served. Exactly one of ``uds`` and ``address``."""
 
-    uds: str | None = None
-    """Unix socket path (the sidecar case). With workers > 1, worker i listens on NAME-i.EXT."""
-    address: str | None = None
-    """``host:port`` for TCP. With workers > 1, worker i listens on port + i."""
-    workers: int = 1
-    """Server processes; Envoy balances streams over their addresses (:meth:`addresses`)."""
-    socket_mode: int = 0o660
-    """File mode of the Unix socket: Envoy's user needs read and write access."""
-    grace_period: float = 10.0
-    """Seconds in-flight streams may take to finish after SIGTERM/SIGINT."""
-    max_message_bytes: int = 32 * 1024 * 1024
-    """Largest gRPC message either way (a BUFFERED body travels in one message)."""
-    tls_cert: str | None = None
-    """PEM certificate chain for TLS on TCP."""
-    tls_key: str | None = None
-    """PEM private key for ``tls_cert``."""
-    tls_client_ca: str | None = None
-    """PEM CA bundle: when set, clients (Envoy) must present a certificate it signed."""
-    loop: str = "auto"
-    """Event loop: ``uvloop`` (about 10% less CPU per request, see bench/RESULTS.md),
-    ``asyncio``, or ``auto`` (uvloop when installed)."""
+    uds: str | None = field(default=None, metadata={
+        "help": "Listen on this Unix socket (the sidecar case). With workers > 1, worker i "
+                "listens on NAME-i.EXT."})
+    address: str | None = field(default=None, metadata={
+        "help": "Listen on TCP host:port instead. With workers > 1, worker i listens on "
+                "port + i."})
+    workers: int = field(default=1, metadata={
+        "help": "Server processes; list every worker's address (addresses()) as endpoints of "
+                "Envoy's ext_proc cluster."})
+    socket_mode: int = field(default=0o660, metadata={
+        "help": "File mode of the Unix socket (Envoy's user needs read/write)."})
+    grace_period: float = field(default=10.0, metadata={
+        "help": "Seconds in-flight requests get after SIGTERM/SIGINT."})
+    max_message_bytes: int = field(default=32 * 1024 * 1024, metadata={
+        "help": "Largest gRPC message either way (a BUFFERED body travels in one)."})
+    tls_cert: str | None = field(default=None, metadata={
+        "help": "PEM certificate chain for TLS (TCP only)."})
+    tls_key: str | None = field(default=None, metadata={
+        "help": "PEM private key for the TLS certificate."})
+    tls_client_ca: str | None = field(default=None, metadata={
+        "help": "Require client (Envoy) certificates signed by this CA."})
+    loop: str = field(default="auto", metadata={
+        "help": "Event loop: uvloop (about 10% less CPU per request), asyncio, or auto "
+                "(uvloop when installed).",
+        "choices": LOOPS})
 
     def __post_init__(self) -> None:
         if (self.uds is None) == (self.address is None):
@@ -47,7 +52,7 @@ class ServerConfig:
         if not 0 <= self.socket_mode <= 0o777:
             raise ServeError(f"socket_mode must be a file mode such as 0o660, "
                              f"got {self.socket_mode:o}")
-        if self.loop not in ("auto", "uvloop", "asyncio"):
+        if self.loop not in LOOPS:
             raise ServeError(f"loop must be auto, uvloop or asyncio, got {self.loop!r}")
         if self.loop == "uvloop" and _uvloop() is None:
             raise ServeError("loop='uvloop' but uvloop is not installed (pip install uvloop)")

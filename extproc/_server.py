@@ -27,10 +27,11 @@ logger = logging.getLogger("extproc.server")
 
 SERVICE_NAME = "envoy.service.ext_proc.v3.ExternalProcessor"
 
-# Exit codes of serve(): the CLI passes them through.
-EXIT_OK = 0
-EXIT_FORCED = 1  # a second signal cut in-flight streams short
-EXIT_STARTUP = 3  # the server could not start (socket in use, bad TLS files, on_startup failed)
+# What serve() returns; a server that cannot start raises ServeError instead.
+DRAINED = 0  # in-flight streams finished after the signal
+FORCED = 1  # a second signal cut in-flight streams short
+# A worker process tells its supervisor it could not start with this exit status.
+_WORKER_DID_NOT_START = 3
 
 
 class Server:
@@ -238,23 +239,29 @@ async def serve_async(processor: type[Processor], config: ServerConfig,
             logger.warning("second signal: cutting in-flight streams")
             await server.stop(0)
             await drain
-            return EXIT_FORCED
+            return FORCED
         forced.cancel()
-        return EXIT_OK
+        return DRAINED
     finally:
         for sig in handled:
             loop.remove_signal_handler(sig)
         await server.stop(0)
 
 
-def serve(processor: type[Processor], *, uds: str | None = None, address: str | None = None,
-          workers: int = 1, **options: Any) -> int:
-    """Serve ``processor`` until SIGTERM/SIGINT and return the exit code.
+def serve(processor: type[Processor], config: ServerConfig | None = None, *,
+          uds: str | None = None, address: str | None = None, workers: int = 1,
+          **options: Any) -> int:
+    """Serve ``processor`` until SIGTERM/SIGINT and return the exit code: 0 when in-flight
+    streams drained, 1 when a second signal cut them. Raises ServeError when it cannot start.
 
-    ``options`` are the other :class:`ServerConfig` fields (socket_mode, grace_period,
-    max_message_bytes, tls_cert, tls_key, tls_client_ca).
+    Give a ready :class:`ServerConfig`, or its fields: ``uds``/``address``, ``workers`` and
+    ``options`` (socket_mode, grace_period, max_message_bytes, tls_cert, tls_key,
+    tls_client_ca, loop).
     """
-    config = ServerConfig(uds=uds, address=address, workers=workers, **options)
+    if config is None:
+        config = ServerConfig(uds=uds, address=address, workers=workers, **options)
+    elif uds is not None or address is not None or workers != 1 or options:
+        raise ServeError("give a ServerConfig or its fields, not both")
     return run(processor, config)
 
 
@@ -297,7 +304,7 @@ def _worker_main(processor: type[Processor], config: ServerConfig, listen: str) 
         return _run_loop(config, serve_async(processor, config, listen, (signal.SIGTERM,)))
     except ServeError as exc:
         logger.error("worker on %s: %s", listen, exc)
-        return EXIT_STARTUP
+        return _WORKER_DID_NOT_START
     except Exception:
         logger.exception("worker on %s crashed", listen)
         return 1
@@ -332,7 +339,8 @@ def _supervise(processor: type[Processor], config: ServerConfig) -> int:
                 os.kill(pid, signal.SIGTERM)
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
-    exit_code = EXIT_OK
+    exit_code = DRAINED
+    did_not_start: str | None = None
     try:
         for listen in config.addresses():
             spawn(listen)
@@ -347,12 +355,12 @@ def _supervise(processor: type[Processor], config: ServerConfig) -> int:
             if signals:
                 exit_code = max(exit_code, code if code > 0 else 0)
                 if signals > 1:
-                    exit_code = max(exit_code, EXIT_FORCED)
+                    exit_code = max(exit_code, FORCED)
                 continue
-            if code == EXIT_STARTUP:
+            if code == _WORKER_DID_NOT_START:
                 logger.error("worker on %s could not start; stopping", listen)
                 on_signal(signal.SIGTERM, None)
-                exit_code = EXIT_STARTUP
+                did_not_start = listen
                 continue
             logger.warning("worker on %s exited with %d; restarting", listen, code)
             if time.monotonic() - started < 1.0:
@@ -361,4 +369,7 @@ def _supervise(processor: type[Processor], config: ServerConfig) -> int:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+    if did_not_start is not None:
+        raise ServeError(f"the worker on {did_not_start} could not start (its error is "
+                         "logged above)")
     return exit_code

@@ -15,9 +15,8 @@ from typing import Any
 import pytest
 
 import extproc
-from extctl.echo import EchoServer
-from extctl.envoy_runner import find_envoy
-from extctl.testing import Reply, Stack, http, stack
+from extctl.harness.echo import EchoServer
+from extctl.testing import Reply, Stack, find_envoy, http, stack
 
 __all__ = ["ROOT", "Reply", "Stack", "http", "stack", "wait_for_socket"]
 

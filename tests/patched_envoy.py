@@ -17,8 +17,9 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 
 import extproc
-from extctl.envoy_config import UPSTREAM_CLUSTER, EnvoyConfig, bootstrap
-from extctl.envoy_runner import EnvoyProcess
+from extctl.config import Deployment
+from extctl.config.envoy import UPSTREAM_CLUSTER
+from extctl.harness.envoy import EnvoyProcess
 from extctl.testing import Stack
 
 Patch = Callable[[Any], None]
@@ -84,13 +85,21 @@ def http2_upstream(config: Any) -> None:
         "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"].Pack(options)
 
 
+def envoy_config(processor: type[extproc.Processor], addresses: list[str],
+                 upstream: str | None, **options: Any) -> Any:
+    """The standalone Envoy bootstrap ``gen envoy`` writes for ``processor``."""
+    return Deployment.build(processor, addresses=addresses,
+                            upstreams=[upstream] if upstream else [], **options).envoy_bootstrap()
+
+
 @contextlib.contextmanager
 def patched_stack(processor: type[extproc.Processor], sock_dir: Path, upstream: str | None,
                   *patches: Patch, **options: Any) -> Iterator[Stack]:
-    """:func:`extctl.testing.stack` with ``patches`` applied to the bootstrap."""
+    """:func:`extctl.testing.stack` with ``patches`` applied to the bootstrap; ``options``
+    as for ``Deployment.build``."""
     socket_path = str(sock_dir / "p.sock")
     with extproc.ServerThread(processor, uds=socket_path) as server:
-        config = bootstrap(EnvoyConfig(processor, [socket_path], upstream=upstream, **options))
+        config = envoy_config(processor, [socket_path], upstream, **options)
         for patch in patches:
             patch(config)
         with EnvoyProcess(config, sock_dir / "envoy") as envoy:

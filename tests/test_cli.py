@@ -7,6 +7,7 @@ import signal
 import time
 from pathlib import Path
 
+import click
 import pytest
 from click.testing import CliRunner
 from conftest import http
@@ -161,9 +162,11 @@ def test_dev_port_in_use_exits_5_with_one_line(extctl):
 
 
 def _command_paths(group, prefix=()):
-    for name, command in sorted(group.commands.items()):
+    context = click.Context(group)
+    for name in sorted(group.list_commands(context)):
+        command = group.get_command(context, name)
         yield (*prefix, name)
-        if hasattr(command, "commands"):
+        if isinstance(command, click.Group):
             yield from _command_paths(command, (*prefix, name))
 
 
@@ -257,3 +260,29 @@ def test_every_options_environment_variable_is_named_after_its_flag():
         if param.name != flag[2:].replace("-", "_"):
             mismatched.append((" ".join(path), flag, param.name))
     assert mismatched == []
+
+
+def test_gen_gateway_names_the_policy_after_the_class_by_default():
+    result = CliRunner().invoke(cli, ["gen", "gateway", "procs:FullDuplexRedact", "--route",
+                                      "r", "--uds", "/var/run/extproc/x.sock"])
+    assert result.exit_code == 0, result.output
+    assert "name: full-duplex-redact\n" in result.output
+    assert "name: full-duplex-redact-extproc\n" in result.output  # the Backend
+
+
+def test_dev_without_envoy_fails_before_starting_anything(tmp_path, monkeypatch):
+    started = tmp_path / "started"
+    (tmp_path / "noenvoy_app.py").write_text(
+        "import extproc, pathlib\n"
+        "class App(extproc.Processor):\n"
+        "    @classmethod\n"
+        "    async def on_startup(cls):\n"
+        f"        pathlib.Path({str(started)!r}).write_text('yes')\n"
+        "    async def on_request_headers(self, headers):\n"
+        "        return None\n")
+    monkeypatch.setenv("EXTCTL_ENVOY_BINARY", str(tmp_path / "missing-envoy"))
+    result = CliRunner().invoke(cli, ["dev", "noenvoy_app:App", "--app-dir", str(tmp_path),
+                                      "--port", "0"])
+    assert result.exit_code == 5, result.output
+    assert result.output.count("\n") == 1 and "EXTCTL_ENVOY_BINARY" in result.output
+    assert not started.exists()

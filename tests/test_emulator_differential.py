@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import wasmtime
 
-from extctl.envoy_config import WasmFilter
+from extctl.config import WasmModule
 from extctl.testing import envoy_stack
 from wasm.emulator import ProxyWasm
 
@@ -44,7 +44,7 @@ def _echo(headers, body):
 
 
 def _through_envoy(module: Path, configuration: str, root_id: str) -> list[dict]:
-    plugin = WasmFilter("under-test", path=str(module), configuration=configuration,
+    plugin = WasmModule("under-test", file=str(module), text=configuration,
                         root_id=root_id)
     seen = []
     with envoy_stack(wasm=[plugin]) as stack:

@@ -14,11 +14,9 @@ import wasmtime
 from conftest import ROOT, http, stack
 from procs import AppendOrder
 
-from extctl.echo import EchoServer
-from extctl.envoy_config import EnvoyConfig, WasmFilter, bootstrap
-from extctl.envoy_runner import EnvoyProcess
-from extctl.filter_order import FilterPosition
-from extctl.session_persistence import SessionPersistence
+from extctl.config import Deployment, FilterPosition, SessionPersistence, WasmModule
+from extctl.harness.echo import EchoServer
+from extctl.testing import EnvoyProcess
 
 pytestmark = pytest.mark.envoy
 
@@ -31,7 +29,8 @@ def two_upstreams() -> Iterator[list[str]]:
 
 @contextlib.contextmanager
 def _envoy(tmp_path: Path, **options) -> Iterator[EnvoyProcess]:
-    with EnvoyProcess(bootstrap(EnvoyConfig(None, [], **options)), tmp_path / "envoy") as envoy:
+    with EnvoyProcess(Deployment.build(**options).envoy_bootstrap(),
+                      tmp_path / "envoy") as envoy:
         yield envoy
 
 
@@ -57,7 +56,7 @@ def _assert_sticky(seen: dict[str, Counter[str]], upstreams: list[str]) -> None:
 
 def test_round_robin_without_session_persistence_spreads_one_client(tmp_path, two_upstreams):
     """The control for the tests below: without hashing, one client reaches both upstreams."""
-    with _envoy(tmp_path, upstream=two_upstreams) as envoy:
+    with _envoy(tmp_path, upstreams=two_upstreams) as envoy:
         seen = _spread(envoy.port, {"one": {"headers": {"x-user": "ada"}},
                                     "two": {"headers": {"x-user": "ada"}}}, each=5)
     assert set(seen["one"] + seen["two"]) == set(two_upstreams)
@@ -66,14 +65,14 @@ def test_round_robin_without_session_persistence_spreads_one_client(tmp_path, tw
 @pytest.mark.parametrize("algorithm", ["ring_hash", "maglev"])
 def test_same_header_value_reaches_the_same_upstream(tmp_path, two_upstreams, algorithm):
     session = SessionPersistence("Header", "x-user", algorithm=algorithm)
-    with _envoy(tmp_path, upstream=two_upstreams, session=session) as envoy:
+    with _envoy(tmp_path, upstreams=two_upstreams, session=session) as envoy:
         seen = _spread(envoy.port, {f"user{i}": {"headers": {"x-user": f"user{i}"}}
                                     for i in range(20)})
     _assert_sticky(seen, two_upstreams)
 
 
 def test_same_source_address_reaches_the_same_upstream(tmp_path, two_upstreams):
-    with _envoy(tmp_path, upstream=two_upstreams,
+    with _envoy(tmp_path, upstreams=two_upstreams,
                 session=SessionPersistence("SourceIP")) as envoy:
         seen = _spread(envoy.port, {f"127.0.0.{i}": {"source": f"127.0.0.{i}"}
                                     for i in range(2, 22)})
@@ -82,7 +81,7 @@ def test_same_source_address_reaches_the_same_upstream(tmp_path, two_upstreams):
 
 def test_cookie_set_by_envoy_then_followed(tmp_path, two_upstreams):
     session = SessionPersistence("Cookie", "sticky", cookie_ttl="1h")
-    with _envoy(tmp_path, upstream=two_upstreams, session=session) as envoy:
+    with _envoy(tmp_path, upstreams=two_upstreams, session=session) as envoy:
         first = http(envoy.port, "/")
         cookie = first.headers["set-cookie"]
         match = re.match(r"sticky=([^;]+);.*Max-Age=3600", cookie)
@@ -108,8 +107,8 @@ def _wasm(tmp_path: Path, wat: str) -> str:
 ])
 def test_filter_order_changes_what_the_upstream_sees(tmp_path, sock_dir, echo, order,
                                                      expected):
-    wasm = WasmFilter("order", path=_wasm(tmp_path, "append_request_header"),
-                      configuration="{}")
+    wasm = WasmModule("order", file=_wasm(tmp_path, "append_request_header"),
+                      text="{}")
     with stack(AppendOrder, sock_dir, echo, wasm=[wasm], filter_order=order) as s:
         reply = s.get("/")
         names = s.envoy.http_filters()
@@ -123,14 +122,14 @@ def test_filter_order_changes_what_the_upstream_sees(tmp_path, sock_dir, echo, o
 def test_local_module_and_rbac_order_by_default(tmp_path, echo):
     """A local module runs; RBAC sits after the Wasm filters (Envoy Gateway's default), so a
     denied request was still seen by them."""
-    module = WasmFilter("resp", path=_wasm(tmp_path, "add_header"))
-    with _envoy(tmp_path, upstream=echo.address, wasm=[module],
+    module = WasmModule("resp", file=_wasm(tmp_path, "add_header"))
+    with _envoy(tmp_path, upstreams=[echo.address], wasm=[module],
                 deny_cidrs=["127.0.0.0/8"]) as envoy:
         denied = http(envoy.port, "/")
     assert denied.status == 403
     assert denied.headers["x-wasm"] == "added"
     moved = (FilterPosition("rbac", "before", "wasm"),)
-    with _envoy(tmp_path, upstream=echo.address, wasm=[module], deny_cidrs=["127.0.0.0/8"],
+    with _envoy(tmp_path, upstreams=[echo.address], wasm=[module], deny_cidrs=["127.0.0.0/8"],
                 filter_order=moved) as envoy:
         early = http(envoy.port, "/")
     assert early.status == 403
@@ -143,8 +142,8 @@ def test_processor_over_tcp_with_tls_and_client_certificates(tmp_path, echo, tes
     from oci import free_port
     from procs import HeadersOnly
 
-    from extctl.envoy_config import ProcessorTls
-    from extproc.testing import ServerThread
+    from extctl.config import EnvoyOptions, ProcessorTls
+    from extproc import ServerThread
 
     address = f"127.0.0.1:{free_port()}"
     tls = ProcessorTls(str(test_ca["ca.pem"]),
@@ -153,8 +152,9 @@ def test_processor_over_tcp_with_tls_and_client_certificates(tmp_path, echo, tes
     with ServerThread(HeadersOnly, address=address, tls_cert=str(test_ca["server.pem"]),
                       tls_key=str(test_ca["server.key"]),
                       tls_client_ca=str(test_ca["ca.pem"])):
-        config = EnvoyConfig(HeadersOnly, [address], upstream=echo.address, processor_tls=tls)
-        with EnvoyProcess(bootstrap(config), tmp_path / "tls") as envoy:
+        config = Deployment(HeadersOnly, [address], upstreams=[echo.address],
+                            envoy=EnvoyOptions(processor_tls=tls))
+        with EnvoyProcess(config.envoy_bootstrap(), tmp_path / "tls") as envoy:
             reply = http(envoy.port, "/")
     if client_cert:
         assert reply.status == 200

@@ -230,7 +230,7 @@ def test_client_cidr_allow_and_deny_honour_xff_trusted_hops(sock_dir, echo):
     from conftest import stack
 
     with stack(HeadersOnly, sock_dir, echo, allow_cidrs=["10.0.0.0/8"],
-               deny_cidrs=["10.9.0.0/16"], xff_num_trusted_hops=1) as s:
+               deny_cidrs=["10.9.0.0/16"], xff_trusted_hops=1) as s:
         allowed = s.get("/", headers={"x-forwarded-for": "10.1.2.3"})
         denied = s.get("/", headers={"x-forwarded-for": "10.9.1.1"})
         outside = s.get("/", headers={"x-forwarded-for": "192.168.1.1"})

@@ -191,7 +191,7 @@ def test_wasm_example_pushed_pulled_by_digest_and_run_by_envoy(registry, tmp_pat
     from oci import PASSWORD, USER
 
     import registry as oci
-    from extctl.envoy_config import WasmFilter
+    from extctl.config import WasmModule
 
     module = tmp_path / "filter.wasm"
     module.write_bytes(wasmtime.wat2wasm((WASM_EXAMPLE / "filter.wat").read_text()))
@@ -200,7 +200,7 @@ def test_wasm_example_pushed_pulled_by_digest_and_run_by_envoy(registry, tmp_pat
     ref = f"oci://{registry.host}/examples/wasm-tagger:v1"
     pushed = oci.push(module, ref, connection=connection)
     pulled = oci.pull(ref, tmp_path / "pulled.wasm", sha256=pushed.digest, connection=connection)
-    plugin = WasmFilter("wasm-tagger", path=str(pulled.path), configuration="shipped")
+    plugin = WasmModule("wasm-tagger", file=str(pulled.path), text="shipped")
     with envoy_stack(wasm=[plugin]) as stack:
         tagged = stack.get("/")
         denied = stack.get("/", headers={"x-deny": "yes"})

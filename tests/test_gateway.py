@@ -8,21 +8,31 @@ from pathlib import Path
 
 import jsonschema
 import pytest
+import wasmtime
 import yaml
 from procs import BufferedJson, FullDuplexRedact, HeadersOnly, Metadata, ModeOverride, Rewrite
 
-from extctl.errors import ConfigError
-from extctl.filter_order import FilterPosition
-from extctl.gateway import (
-    GatewayConfig,
+from extctl.config import (
+    ConfigError,
+    Deployment,
+    FilterPosition,
     GatewayError,
+    GatewayOptions,
+    Policy,
+    SessionPersistence,
     Target,
-    WasmSource,
-    processing_mode,
-    resources,
-    to_yaml,
+    WasmModule,
 )
-from extctl.session_persistence import SessionPersistence
+from extctl.config.gateway import processing_mode as _processing_mode
+from extctl.config.gateway import to_yaml
+
+
+def processing_mode(cls) -> dict:
+    return _processing_mode(cls.filter_spec())
+
+
+def resources(deployment: Deployment) -> list[dict]:
+    return deployment.gateway_resources()
 
 CRDS = Path(os.environ.get("EXTCTL_EG_CRDS",
                            Path(__file__).resolve().parents[2] / "shared" / "eg-crds"))
@@ -46,12 +56,11 @@ def _valid(document: dict) -> None:
     jsonschema.validate(document, SCHEMAS[document["kind"]])
 
 
-def _config(processor, **kwargs) -> GatewayConfig:
-    return GatewayConfig(name="redact", namespace="apps",
-                         targets=kwargs.pop("targets", [Target("HTTPRoute", "backend")]),
-                         processor=processor,
-                         processor_addresses=kwargs.pop(
-                             "addresses", ["/var/run/extproc/extproc.sock"]), **kwargs)
+def _config(processor, **kwargs) -> Deployment:
+    return Deployment.build(processor, name="redact", namespace="apps",
+                            targets=kwargs.pop("targets", [Target("HTTPRoute", "backend")]),
+                            addresses=kwargs.pop("addresses", ["/var/run/extproc/extproc.sock"]),
+                            **kwargs)
 
 
 @pytest.mark.parametrize("processor", [HeadersOnly, Rewrite, BufferedJson, FullDuplexRedact,
@@ -134,12 +143,12 @@ def test_backend_tls_to_a_tcp_processor_validates():
 
 def test_wasm_entries_image_and_http_validate():
     digest = "a" * 64
-    docs = resources(GatewayConfig(name="filters", targets=[Target("Gateway", "eg")], wasm=[
-        WasmSource("redact", image="oci://registry.example.com/filters/redact:v1",
+    docs = resources(Deployment(wasm=[
+        WasmModule("redact", image="oci://registry.example.com/filters/redact:v1",
                    sha256=f"sha256:{digest}", pull_secret="regcred", config={"k": "v"}),
-        WasmSource("tag", http="https://example.com/tag.wasm", sha256=digest,
+        WasmModule("tag", url="https://example.com/tag.wasm", sha256=digest,
                    pull_policy="Always", root_id="tag"),
-    ]))
+    ], gateway=GatewayOptions(name="filters", targets=[Target("Gateway", "eg")])))
     assert len(docs) == 1
     _valid(docs[0])
     image = docs[0]["spec"]["wasm"][0]["code"]["image"]
@@ -160,14 +169,14 @@ def test_cel_rules_are_refused_by_the_generator():
         resources(_config(FullDuplexRedact, fail_open=True))
     with pytest.raises(GatewayError, match="needs a target"):
         resources(_config(HeadersOnly, targets=[]))
-    with pytest.raises(GatewayError, match="target kind"):
+    with pytest.raises(ConfigError, match="target kind"):
         Target("Service", "x")
-    with pytest.raises(GatewayError, match="exceeds 108"):
+    with pytest.raises(GatewayError, match="longer than 107 bytes"):
         resources(_config(HeadersOnly, addresses=["/" + "s" * 120]))
-    with pytest.raises(GatewayError, match="exactly one of image or http"):
-        WasmSource("w")
-    with pytest.raises(GatewayError, match="sha256 must be"):
-        WasmSource("w", image="oci://r/x:1", sha256="xyz")
+    with pytest.raises(ConfigError, match="give a file, an image or a URL"):
+        WasmModule("w")
+    with pytest.raises(ConfigError, match="sha256 must be"):
+        WasmModule("w", image="oci://r/x:1", sha256="xyz")
 
 
 def test_gen_gateway_and_envoy_from_the_cli(tmp_path):
@@ -177,7 +186,7 @@ def test_gen_gateway_and_envoy_from_the_cli(tmp_path):
     from click.testing import CliRunner
 
     from extctl.cli import cli
-    from extctl.envoy_runner import find_envoy
+    from extctl.testing import find_envoy
 
     out = tmp_path / "eg.yaml"
     result = CliRunner().invoke(cli, [
@@ -210,24 +219,32 @@ def test_gen_gateway_and_envoy_from_the_cli(tmp_path):
 
 
 def test_other_policies_validate_and_refuse_what_eg_would():
-    from extctl import gateway_policies as gp
+    from extctl.config import gateway as gp
 
     route = [Target("HTTPRoute", "backend")]
+
+    def policy(**fields) -> Deployment:
+        return Deployment(HeadersOnly, ["/x.sock"], policy=Policy(**fields),
+                          gateway=GatewayOptions(name="p", targets=route))
+
     docs = [
-        gp.security_policy("cidrs", route, allow=["10.0.0.0/8"], deny=["10.1.0.0/16"]),
-        gp.session_persistence("sticky-ip", route, SessionPersistence("SourceIP")),
-        gp.session_persistence("sticky-h", route, SessionPersistence("Header", "x-user")),
-        gp.session_persistence("sticky-c", route,
-                               SessionPersistence("Cookie", "session", cookie_ttl="1h30m")),
-        gp.client_ip_detection("xff", "eg", trusted_hops=2),
-        gp.filter_order("order", [FilterPosition("wasm", "before", "ext_proc")]),
+        gp.security_policy(policy(allow_cidrs=["10.0.0.0/8"], deny_cidrs=["10.1.0.0/16"])),
+        gp.session_persistence(policy(session=SessionPersistence("SourceIP"))),
+        gp.session_persistence(policy(session=SessionPersistence("Header", "x-user"))),
+        gp.session_persistence(policy(
+            session=SessionPersistence("Cookie", "session", cookie_ttl="1h30m"))),
+        gp.client_ip_detection(Deployment(HeadersOnly, ["/x.sock"],
+                                          policy=Policy(xff_trusted_hops=2),
+                                          gateway=GatewayOptions(name="p", targets=route,
+                                                                 client_gateway="eg"))),
+        gp.filter_order(policy(filter_order=[FilterPosition("wasm", "before", "ext_proc")])),
     ]
     for doc in docs:
         _valid(doc)
     rules = docs[0]["spec"]["authorization"]["rules"]
     assert [r["action"] for r in rules] == ["Deny", "Allow"]
-    with pytest.raises(GatewayError, match="not a CIDR"):
-        gp.security_policy("x", route, allow=["10.0.0.1/8"])
+    with pytest.raises(ConfigError, match="not a CIDR"):
+        Policy(allow_cidrs=["10.0.0.1/8"])
     with pytest.raises(ConfigError, match="needs the header name"):
         SessionPersistence("Header")
     with pytest.raises(ConfigError, match="not a duration"):
@@ -236,28 +253,33 @@ def test_other_policies_validate_and_refuse_what_eg_would():
         FilterPosition("wasm", "around", "ext_proc")
     with pytest.raises(ConfigError, match="unknown filter 'wasn'"):
         FilterPosition.parse("wasn:before:ext_proc")
-    with pytest.raises(GatewayError, match="at least 1"):
-        gp.client_ip_detection("x", "eg", trusted_hops=0)
+    with pytest.raises(ConfigError, match="0 or more"):
+        Policy(xff_trusted_hops=-1)
 
 
-def test_envoy_configs_are_current_and_valid():
+def test_envoy_configs_are_current_and_valid(tmp_path):
     """envoy-configs/ is what `python examples/configs.py` writes; regenerate when this fails."""
     import subprocess
 
-    from configs import examples, render
+    from configs import examples
 
-    from extctl.envoy_runner import find_envoy
+    from extctl.testing import find_envoy
 
     root = Path(__file__).resolve().parent.parent / "envoy-configs"
-    for example in examples():
-        for name, text in render(example).items():
-            path = root / example.name / name
+    for directory, example in examples().items():
+        for name, text in example.render().items():
+            path = root / directory / name
             assert path.exists(), f"{path} missing: run python examples/configs.py"
             assert path.read_text() == text, f"{path} is stale: run python examples/configs.py"
-        for doc in yaml.safe_load_all((root / example.name / "gateway.yaml").read_text()):
+        for doc in yaml.safe_load_all((root / directory / "gateway.yaml").read_text()):
             _valid(doc)
+        # A module the standalone config loads from Envoy's working directory is there.
+        for module in example.wasm:
+            if module.file:
+                (tmp_path / module.file).write_bytes(wasmtime.wat2wasm(
+                    (root.parent / "examples" / "wasm-tagger" / "filter.wat").read_text()))
         check = subprocess.run([find_envoy(), "--mode", "validate", "-c",
-                                str(root / example.name / "envoy.yaml")],
+                                str(root / directory / "envoy.yaml")], cwd=tmp_path,
                                capture_output=True, text=True, timeout=60)
         assert check.returncode == 0, check.stdout + check.stderr
 
@@ -315,7 +337,7 @@ def test_gen_gateway_with_every_policy_option_validates(tmp_path):
 def test_gen_envoy_with_every_option_passes_envoy_validate(tmp_path, wat_module):
     import subprocess
 
-    from extctl.envoy_runner import find_envoy
+    from extctl.testing import find_envoy
 
     module = wat_module  # envoy --mode validate loads local modules
     out = tmp_path / "envoy.yaml"
@@ -399,7 +421,7 @@ def test_gen_refuses_bad_input_with_exit_2_and_one_line(args, message):
 def test_gen_envoy_resolves_names_and_refuses_a_file_that_is_not_wasm(tmp_path):
     import subprocess
 
-    from extctl.envoy_runner import find_envoy
+    from extctl.testing import find_envoy
 
     out = tmp_path / "envoy.yaml"
     made = _gen("envoy", "procs:HeadersOnly", "--address", "localhost:9000",
@@ -420,10 +442,9 @@ def test_gen_envoy_resolves_names_and_refuses_a_file_that_is_not_wasm(tmp_path):
 def test_buffer_limit_grows_only_for_processors_that_buffer_bodies():
     from procs import BufferedJson, HeadersOnly
 
-    from extctl.envoy_config import EnvoyConfig, bootstrap
 
     def limit(cls):
-        return bootstrap(EnvoyConfig(cls, ["/x.sock"])).static_resources.listeners[0]\
+        return Deployment(cls, ["/x.sock"]).envoy_bootstrap().static_resources.listeners[0]\
             .per_connection_buffer_limit_bytes.value
 
     assert limit(HeadersOnly) == 1024 * 1024

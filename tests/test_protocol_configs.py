@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 from envoy.extensions.filters.http.ext_proc.v3 import ext_proc_pb2
-from patched_envoy import ext_proc, patched_stack
+from patched_envoy import envoy_config, ext_proc, patched_stack
 from procs import FullDuplexRedact
 from protocol_procs import (
     EarlyBody,
@@ -22,12 +22,11 @@ from protocol_procs import (
     Shadow,
     SlowWithStatus,
 )
-from test_gateway import _config, _valid
+from test_gateway import _config, _valid, resources
 
 import extproc
-from extctl.envoy_config import EnvoyConfig, bootstrap, to_json
-from extctl.envoy_runner import find_envoy
-from extctl.gateway import GatewayError, resources
+from extctl.config import GatewayError, to_json
+from extctl.harness.envoy import find_envoy
 from extproc import BodyMode, Headers, ProcessingMode
 
 
@@ -55,7 +54,7 @@ class Everything(extproc.Processor):
 
 
 def _filter(processor: type[extproc.Processor], **options: Any) -> Any:
-    config = bootstrap(EnvoyConfig(processor, ["/tmp/x.sock"], **options))
+    config = envoy_config(processor, ["/tmp/x.sock"], None, **options)
     with ext_proc(config) as message:
         found = ext_proc_pb2.ExternalProcessor()
         found.CopyFrom(message)
@@ -86,8 +85,8 @@ def test_standalone_config_carries_every_field_the_class_decides(tmp_path):
     assert message.send_body_without_waiting_for_header_response
     shadow = _filter(Shadow)
     assert shadow.observability_mode and shadow.deferred_close_timeout.ToMilliseconds() == 1000
-    _envoy_validates(bootstrap(EnvoyConfig(Everything, ["/tmp/x.sock"])), tmp_path)
-    _envoy_validates(bootstrap(EnvoyConfig(Shadow, ["/tmp/x.sock"])), tmp_path)
+    _envoy_validates(envoy_config(Everything, ["/tmp/x.sock"], None), tmp_path)
+    _envoy_validates(envoy_config(Shadow, ["/tmp/x.sock"], None), tmp_path)
 
 
 def _post_body_later(port: int, headers: dict[str, str]) -> tuple[int, bytes]:
@@ -109,8 +108,7 @@ def _post_body_later(port: int, headers: dict[str, str]) -> tuple[int, bytes]:
 def test_standalone_fail_open_with_full_duplex_bodies(sock_dir, echo, tmp_path):
     """Envoy 1.40 takes failure_mode_allow with FULL_DUPLEX_STREAMED: a processor failing
     before the first body byte is skipped; after it, the request fails."""
-    with patched_stack(FullDuplexFailing, sock_dir, echo.address,
-                       failure_mode_allow=True) as s:
+    with patched_stack(FullDuplexFailing, sock_dir, echo.address, fail_open=True) as s:
         _envoy_validates(s.envoy.config, tmp_path)
         early_status, early_body = _post_body_later(s.envoy.port, {"x-boom-headers": "1"})
         late_status, _ = _post_body_later(s.envoy.port, {"x-boom-body": "1"})

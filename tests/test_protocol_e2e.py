@@ -12,11 +12,10 @@ from typing import Any
 import grpc
 import pytest
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
-from patched_envoy import http2_upstream, patched_stack, route_on_header
+from patched_envoy import envoy_config, http2_upstream, patched_stack, route_on_header
 from protocol_procs import EarlyBody, GrpcMessages, Reroute, Shadow, SlowWithStatus, grpc_frame
 
-from extctl.envoy_config import EnvoyConfig, bootstrap
-from extctl.envoy_runner import EnvoyProcess
+from extctl.harness.envoy import EnvoyProcess
 from extctl.testing import http
 from extproc import SERVICE_NAME, BodyMode, ProcessingMode
 from extproc.testing import run
@@ -57,7 +56,7 @@ def test_envoy_ignores_clear_route_cache_without_header_mutation(sock_dir, echo)
     socket_path = sock_dir / "raw.sock"
     server = _raw_processor(f"unix:{socket_path}", bare)
     try:
-        config = bootstrap(EnvoyConfig(Reroute, [str(socket_path)], upstream=echo.address))
+        config = envoy_config(Reroute, [str(socket_path)], echo.address)
         with EnvoyProcess(config, sock_dir / "envoy-raw") as envoy:
             assert http(envoy.port, "/").status == 200
             assert envoy.stats(IGNORED) == {IGNORED: 1}
@@ -72,8 +71,7 @@ def test_envoy_ignores_clear_route_cache_without_header_mutation(sock_dir, echo)
 
 
 def test_status_on_error_when_the_processor_is_unreachable(sock_dir, echo):
-    config = bootstrap(EnvoyConfig(SlowWithStatus, [str(sock_dir / "nobody.sock")],
-                                   upstream=echo.address))
+    config = envoy_config(SlowWithStatus, [str(sock_dir / "nobody.sock")], echo.address)
     with EnvoyProcess(config, sock_dir / "envoy") as envoy:
         assert http(envoy.port, "/").status == 503
 
@@ -209,7 +207,7 @@ def test_deferred_close_timeout_keeps_the_observability_stream_open(sock_dir, ec
     socket_path = sock_dir / "rec.sock"
     recorder = _Recorder(f"unix:{socket_path}")
     try:
-        config = bootstrap(EnvoyConfig(Watch, [str(socket_path)], upstream=echo.address))
+        config = envoy_config(Watch, [str(socket_path)], echo.address)
         with EnvoyProcess(config, sock_dir / "envoy-rec") as envoy:
             assert http(envoy.port, "/").status == 200
             deadline = time.monotonic() + 10
@@ -225,8 +223,8 @@ def test_body_sent_without_waiting_is_announced_in_the_protocol_config(sock_dir,
     socket_path = sock_dir / "rec.sock"
     recorder = _Recorder(f"unix:{socket_path}")
     try:
-        config = bootstrap(EnvoyConfig(EarlyBody, [str(socket_path)], upstream=echo.address,
-                                       failure_mode_allow=True, message_timeout=0.2))
+        config = envoy_config(EarlyBody, [str(socket_path)], echo.address, fail_open=True,
+                              message_timeout=0.2)
         with EnvoyProcess(config, sock_dir / "envoy-rec") as envoy:
             http(envoy.port, "/", method="POST", body=b"x")
     finally:

@@ -122,3 +122,14 @@ def test_a_failing_template_leaves_nothing_behind(tmp_path, monkeypatch):
     result = _new("extproc", "half", "-C", str(tmp_path))
     assert result.exit_code == 1 and "boom" in result.output
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_name_with_underscores_gives_a_dash_distribution_and_an_underscore_package(tmp_path):
+    made = _new("extproc", "demo_proc", "-C", str(tmp_path))
+    assert made.exit_code == 0, made.output
+    project = tmp_path / "demo_proc"
+    assert 'name = "demo-proc"' in (project / "pyproject.toml").read_text()
+    assert (project / "demo_proc" / "processor.py").is_file()
+    assert "class DemoProc(" in (project / "demo_proc" / "processor.py").read_text()
+    # its own generator ran: the policy is named after the distribution
+    assert "name: demo-proc" in (project / "envoy-configs" / "gateway.yaml").read_text()

@@ -17,8 +17,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from oci import free_port
 from procs import HeadersOnly, Slow
 
-from extctl.envoy_config import EnvoyConfig, bootstrap
-from extctl.envoy_runner import EnvoyProcess
+from extctl.config import Deployment
+from extctl.testing import EnvoyProcess
 from extproc import SERVICE_NAME
 from extproc.testing import ServerThread
 
@@ -67,7 +67,8 @@ def test_health_reports_not_serving_while_draining(sock_dir):
 
 
 def _envoy_for(addresses: list[str], workdir: Path, processor: type = Slow) -> EnvoyProcess:
-    return EnvoyProcess(bootstrap(EnvoyConfig(processor, addresses)), workdir)
+    return EnvoyProcess(Deployment.build(processor, addresses=addresses).envoy_bootstrap(),
+                        workdir)
 
 
 def test_sigterm_lets_the_in_flight_request_finish_then_exits_0(sock_dir, extctl):
@@ -357,8 +358,8 @@ def test_event_loop_choice(sock_dir, extctl, echo, loop, expected):
     proc = extctl("serve", "procs:LoopKind", "--uds", str(path), "--loop", loop)
     try:
         wait_for_socket(path, proc)
-        config = EnvoyConfig(LoopKind, [str(path)], upstream=echo.address)
-        with EnvoyProcess(bootstrap(config), sock_dir / "envoy") as envoy:
+        config = Deployment.build(LoopKind, addresses=[str(path)], upstreams=[echo.address])
+        with EnvoyProcess(config.envoy_bootstrap(), sock_dir / "envoy") as envoy:
             reply = http(envoy.port, "/")
     finally:
         proc.send_signal(signal.SIGTERM)

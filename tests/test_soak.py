@@ -10,8 +10,8 @@ from pathlib import Path
 from conftest import wait_for_socket
 from procs import Soak
 
-from extctl.envoy_config import EnvoyConfig, bootstrap
-from extctl.envoy_runner import EnvoyProcess
+from extctl.config import Deployment
+from extctl.testing import EnvoyProcess
 
 TOTAL = 5000
 WARMUP = 500
@@ -71,8 +71,8 @@ def test_5000_requests_no_errors_and_flat_rss_and_fds(sock_dir, echo, extctl):
     path = sock_dir / "soak.sock"
     proc = extctl("serve", "procs:Soak", "--uds", str(path), "--log-level", "warning")
     wait_for_socket(path, proc)
-    config = EnvoyConfig(Soak, [str(path)], upstream=echo.address)
-    with EnvoyProcess(bootstrap(config), sock_dir / "envoy") as envoy:
+    config = Deployment.build(Soak, addresses=[str(path)], upstreams=[echo.address])
+    with EnvoyProcess(config.envoy_bootstrap(), sock_dir / "envoy") as envoy:
         statuses, errors = _round(envoy.port, WARMUP, 0)
         assert not errors and len(statuses) == WARMUP
         rss_before, fds_before = _rss_kib(proc.pid), _fds(proc.pid)

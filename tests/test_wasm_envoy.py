@@ -13,8 +13,8 @@ from conftest import http
 from oci import PASSWORD, USER
 
 import registry as oci
-from extctl.envoy_config import EnvoyConfig, WasmFilter, bootstrap
-from extctl.envoy_runner import EnvoyProcess
+from extctl.config import Deployment, WasmModule
+from extctl.testing import EnvoyProcess
 
 
 class _Quiet(SimpleHTTPRequestHandler):
@@ -41,9 +41,9 @@ def test_pushed_and_pulled_module_runs_in_envoy(registry, wat_module, tmp_path, 
     pulled = oci.pull(ref, tmp_path / "served.wasm", connection=conn, sha256=pushed.digest)
     sha = hashlib.sha256(pulled.path.read_bytes()).hexdigest()
     assert sha == pulled.sha256
-    config = EnvoyConfig(None, [], upstream=echo.address, wasm=[WasmFilter(
-        "add-header", url=f"{module_server}/served.wasm", sha256=sha, configuration="{}")])
-    with EnvoyProcess(bootstrap(config), tmp_path / "envoy") as envoy:
+    config = Deployment(upstreams=[echo.address], wasm=[WasmModule(
+        "add-header", url=f"{module_server}/served.wasm", sha256=sha, text="{}")])
+    with EnvoyProcess(config.envoy_bootstrap(), tmp_path / "envoy") as envoy:
         reply = http(envoy.port, "/")
     assert reply.status == 200
     assert reply.headers["x-wasm"] == "added"
@@ -51,9 +51,9 @@ def test_pushed_and_pulled_module_runs_in_envoy(registry, wat_module, tmp_path, 
 
 def test_envoy_refuses_a_module_with_the_wrong_sha256(wat_module, tmp_path, echo, module_server):
     (tmp_path / "served.wasm").write_bytes(wat_module.read_bytes())
-    config = EnvoyConfig(None, [], upstream=echo.address, wasm=[WasmFilter(
+    config = Deployment(upstreams=[echo.address], wasm=[WasmModule(
         "add-header", url=f"{module_server}/served.wasm", sha256="0" * 64)])
-    with EnvoyProcess(bootstrap(config), tmp_path / "envoy") as envoy:
+    with EnvoyProcess(config.envoy_bootstrap(), tmp_path / "envoy") as envoy:
         reply = http(envoy.port, "/")
         log = envoy.log()
     # The download does not match: the plugin is not loaded and, failing closed, Envoy refuses

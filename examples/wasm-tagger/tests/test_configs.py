@@ -3,15 +3,15 @@
 import subprocess
 from pathlib import Path
 
-from extctl.envoy_runner import find_envoy
+from extctl.testing import find_envoy
 
-from deploy import render
+from deploy import DEPLOYMENT
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_configs_are_current():
-    for name, text in render().items():
+    for name, text in DEPLOYMENT.render().items():
         assert (ROOT / "envoy-configs" / name).read_text() == text, \
             f"envoy-configs/{name} is stale: run python deploy.py"
 

@@ -1,10 +1,10 @@
 """The built module in a real Envoy: what it does to requests and responses."""
 
-from extctl.envoy_config import WasmFilter
+from extctl.config import WasmModule
 
 
 def _filter(module, configuration=""):
-    return WasmFilter("wasm-tagger", path=str(module), configuration=configuration)
+    return WasmModule("wasm-tagger", file=str(module), text=configuration)
 
 
 def test_marks_responses_with_the_configured_value(envoy_stack, module):

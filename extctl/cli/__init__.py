@@ -1,0 +1,65 @@
+"""``extctl``: thin click commands over library calls.
+
+Every option is also an environment variable: ``EXTCTL_<COMMAND>_<OPTION>``
+(e.g. ``EXTCTL_SERVE_UDS``). Exit codes are in :mod:`extctl.cli.exits`. A command's module is
+imported only when that command runs, so ``extctl pull`` never loads gRPC or wasmtime.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+import click
+
+from .exits import failure
+
+# name -> "module:attribute", in the order --help lists them.
+_COMMANDS = {
+    "serve": "extctl.cli.serve:serve",
+    "dev": "extctl.cli.dev:dev",
+    "new": "extctl.cli.new:new",
+    "gen": "extctl.cli.gen:gen",
+    "push": "extctl.cli.wasm:push",
+    "pull": "extctl.cli.wasm:pull",
+    "inspect": "extctl.cli.wasm:inspect",
+    "verify": "extctl.cli.wasm:verify",
+}
+
+
+class _Commands(click.Group):
+    """Commands imported on first use; the libraries' errors become one-line failures."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(_COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        target = _COMMANDS.get(cmd_name)
+        if target is None:
+            return None
+        module, _, attribute = target.partition(":")
+        command: click.Command = getattr(importlib.import_module(module), attribute)
+        return command
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise  # click's own: it prints and exits with their codes
+        except Exception as exc:
+            mapped = failure(exc)
+            if mapped is None:
+                raise
+            raise mapped from None
+
+
+@click.group(cls=_Commands, context_settings={"auto_envvar_prefix": "EXTCTL",
+                                              "help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="envoy-extkit")
+def cli() -> None:
+    """envoy-extkit: extend Envoy and Envoy Gateway with ext_proc processors and Wasm
+    modules."""
+
+
+def main() -> None:
+    cli(prog_name="extctl")

@@ -1,0 +1,275 @@
+"""``extctl gen gateway|envoy``: configuration generated from a Processor class.
+
+Both commands build one :class:`~extctl.config.Deployment` with the same policy options (client
+CIDRs, session persistence, X-Forwarded-For hops, filter order, fail-open, timeout), so one set
+of flags gives the same behaviour from Envoy Gateway's resources and from the standalone Envoy
+config.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import click
+
+from . import options
+
+
+def _wasm_modules(sources: Sequence[str], configs: Sequence[str], root_ids: Sequence[str],
+                  fail_open: Sequence[str], kind: str | None = None) -> list[Any]:
+    """``NAME=SOURCE[@sha256:HEX]`` modules with their ``NAME=...`` settings applied; ``kind``
+    (``image``, ``url``) says what every SOURCE must be."""
+    import json
+
+    from ..config import ConfigError, WasmModule
+
+    def pairs(values: Sequence[str], option: str) -> dict[str, str]:
+        found: dict[str, str] = {}
+        for value in values:
+            name, sep, rest = value.partition("=")
+            if not sep or not name or not rest:
+                raise ConfigError(f"{option} {value!r} is not NAME=VALUE")
+            if name in found:
+                raise ConfigError(f"{option}: {name} is given twice")
+            found[name] = rest
+        return found
+
+    given = pairs(sources, "--wasm")
+    modules = []
+    for name, source in given.items():
+        base, found, digest = source.rpartition("@sha256:")
+        if kind is None:
+            modules.append(WasmModule.parse(f"{name}={source}"))
+        else:
+            location = base if found else source
+            modules.append(WasmModule(name, image=location if kind == "image" else None,
+                                      url=location if kind == "url" else None,
+                                      sha256=digest if found else None))
+    names = set(given)
+    config, roots = pairs(configs, "--wasm-config"), pairs(root_ids, "--wasm-root-id")
+    opened = dict.fromkeys(fail_open, "")
+    for option, given in (("--wasm-config", config), ("--wasm-root-id", roots),
+                          ("--wasm-fail-open", opened)):
+        unknown = set(given) - names
+        if unknown:
+            raise ConfigError(f"{option}: no Wasm module named {', '.join(sorted(unknown))}")
+    for name, text in config.items():
+        try:
+            json.loads(text)
+        except ValueError as exc:
+            raise ConfigError(f"--wasm-config {name}: not JSON ({exc})") from None
+    return [dataclasses.replace(
+        m, config=json.loads(config[m.name]) if m.name in config else None,
+        root_id=roots.get(m.name, ""), fail_open=m.name in opened) for m in modules]
+
+
+def _addresses(uds: str | None, address: str | None, workers: int) -> list[str]:
+    import extproc
+
+    from ..errors import UsageError
+
+    try:
+        return extproc.ServerConfig(uds=uds, address=address, workers=workers).addresses()
+    except extproc.ServeError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def _emit(text: str, out: str | None) -> None:
+    if out is None:
+        click.echo(text, nl=False)
+        return
+    from registry.transfer_io import write_atomic
+
+    write_atomic(Path(out), text.encode())
+
+
+_wasm_settings = (
+    click.option("--wasm-config", multiple=True, metavar="NAME=JSON", type=options.Lines(),
+                 help="Plugin configuration of a Wasm module (default: none; in the "
+                      "environment variable, one NAME=JSON per line)."),
+    click.option("--wasm-root-id", multiple=True, metavar="NAME=ROOT_ID",
+                 help="Root context id of a Wasm module."),
+    click.option("--wasm-fail-open", multiple=True, metavar="NAME",
+                 help="Requests go on without this Wasm module when it fails to load "
+                      "(default: they are refused)."),
+)
+
+
+def _wasm_options(function: Any) -> Any:
+    return options.apply(function, *_wasm_settings)
+
+
+_out = click.option("-o", "--out", "out", type=click.Path(dir_okay=False),
+                    help="Write to this file (atomically; default: stdout).")
+
+
+@click.group()
+def gen() -> None:
+    """Generate Envoy Gateway resources or a standalone Envoy config from a Processor.
+
+    \b
+    Example:
+      extctl gen gateway app:Redact --route backend --uds /run/x/extproc.sock
+      extctl gen envoy app:Redact --uds /run/x/extproc.sock --upstream 127.0.0.1:8080
+    """
+
+
+def _gateway(function: Any) -> Any:
+    return options.apply(
+        function,
+        click.argument("processor", metavar="[MODULE:CLASS]", required=False),
+        click.option("--name", help="Name of the EnvoyExtensionPolicy (and Backend); default: "
+                                    "the class (or first Wasm module) in kebab-case."),
+        click.option("--namespace", default="default", show_default=True),
+        click.option("--route", multiple=True, help="HTTPRoute to attach to (repeatable)."),
+        click.option("--gateway", multiple=True, help="Gateway to attach to (repeatable)."),
+        click.option("--uds", help="The processor's Unix socket (the sidecar)."),
+        click.option("--address", help="The processor's host:port instead."),
+        click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
+                     help="Server workers: the Backend lists each one's address."),
+        click.option("--tls-ca-configmap",
+                     help="TLS to a TCP processor: ConfigMap with its CA (ca.crt)."),
+        click.option("--tls-client-secret", help="TLS client certificate Secret Envoy presents."),
+        click.option("--tls-sni", help="Server name Envoy sends to the processor."),
+        click.option("--wasm-image", multiple=True, metavar="NAME=oci://REF@sha256:HEX",
+                     help="A Wasm image (its manifest digest, as `extctl push` prints it)."),
+        click.option("--wasm-http", multiple=True, metavar="NAME=URL@sha256:HEX",
+                     help="A Wasm module Envoy Gateway downloads (sha256 of the body)."),
+        click.option("--pull-secret", help="Secret for the Wasm images (pullSecretRef)."),
+        click.option("--pull-policy", type=click.Choice(["IfNotPresent", "Always"]),
+                     help="When Envoy Gateway fetches the Wasm code again."),
+        *_wasm_settings,
+        options.policy_options,
+        click.option("--client-gateway",
+                     help="Gateway for the ClientTrafficPolicy (default: the --gateway target)."),
+        options.app_dir,
+        _out,
+    )
+
+
+@gen.command()
+@_gateway
+def gateway(processor: str | None, route: tuple[str, ...], gateway: tuple[str, ...],
+            uds: str | None, address: str | None, workers: int, wasm_image: tuple[str, ...],
+            wasm_http: tuple[str, ...], pull_secret: str | None, pull_policy: str | None,
+            wasm_config: tuple[str, ...], wasm_root_id: tuple[str, ...],
+            wasm_fail_open: tuple[str, ...], app_dir: str, out: str | None,
+            **values: Any) -> None:
+    """Envoy Gateway resources: EnvoyExtensionPolicy + Backend (Envoy sends only the phases
+    the class handles), and the SecurityPolicy, BackendTrafficPolicy, ClientTrafficPolicy and
+    EnvoyProxy the options ask for.
+
+    \b
+    Example:
+      extctl gen gateway app:Redact --route backend \\
+          --uds /var/run/extproc/extproc.sock --workers 2 --session Header:x-user
+      extctl gen gateway --name filters --gateway eg \\
+          --wasm-image redact=oci://registry.example.com/f/redact:v1@sha256:9e31... \\
+          --wasm-config 'redact={"words": ["secret"]}' --filter-order wasm:before:ext_proc
+    """
+    from ..config import ConfigError, Deployment, GatewayOptions, Target, gateway_yaml
+
+    cls = options.load_processor(processor, app_dir) if processor else None
+    # Each source checked as what its option says it is; then all settings applied.
+    images = _wasm_modules(wasm_image, (), (), (), kind="image")
+    urls = _wasm_modules(wasm_http, (), (), (), kind="url")
+    if {m.name for m in images} & {m.name for m in urls}:
+        raise ConfigError("--wasm-http: a Wasm module name is used twice")
+    modules = _wasm_modules([*wasm_image, *wasm_http], wasm_config, wasm_root_id,
+                            wasm_fail_open)
+    modules = [dataclasses.replace(m, pull_policy=pull_policy,
+                                   pull_secret=pull_secret if m.image else None)
+               for m in modules]
+    for module in modules:
+        if not module.pinned:
+            raise ConfigError(
+                f"wasm {module.name}: give the image's manifest digest, oci://REF@sha256:HEX, "
+                "as `extctl push` prints it (a tag alone can change under you)"
+                if module.image else
+                f"wasm {module.name}: an HTTP module needs @sha256:HEX (Envoy Gateway checks "
+                "the download)")
+    if uds is not None and not uds.startswith("/"):
+        raise ConfigError(f"--uds {uds}: give the socket's absolute path as Envoy's "
+                          "container sees it")
+    policy = options.policy(values)
+    targets = [*(Target("HTTPRoute", r) for r in route), *(Target("Gateway", g) for g in gateway)]
+    deployment = Deployment(
+        cls, addresses=_addresses(uds, address, workers) if cls else (), policy=policy,
+        wasm=modules,
+        gateway=GatewayOptions(targets=targets, **values))
+    _emit(gateway_yaml(deployment.gateway_resources()), out)
+
+
+@gen.command()
+@click.argument("processor", metavar="[MODULE:CLASS]", required=False)
+@click.option("--uds", help="The processor's Unix socket.")
+@click.option("--address", help="The processor's host:port instead.")
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--tls-ca", type=click.Path(dir_okay=False),
+              help="TLS to a TCP processor: the CA bundle that signed its certificate.")
+@click.option("--tls-cert", type=click.Path(dir_okay=False),
+              help="Envoy's client certificate (for a processor with --tls-client-ca).")
+@click.option("--tls-key", type=click.Path(dir_okay=False), help="Key of --tls-cert.")
+@click.option("--tls-sni", help="Server name Envoy sends to the processor.")
+@click.option("--listen", default="127.0.0.1:10000", show_default=True)
+@click.option("--admin", default="127.0.0.1:9901", show_default=True,
+              help="Envoy's admin address: loopback only (it can stop Envoy).")
+@click.option("--upstream", multiple=True, metavar="HOST:PORT",
+              help="Upstream address (repeatable; default: a direct 200 answer).")
+@click.option("--wasm", multiple=True, metavar="NAME=PATH|URL@sha256:HEX",
+              help="A Wasm module: a local file, or a URL Envoy downloads and checks.")
+@_wasm_options
+@options.policy_options
+@click.option("--hash-algorithm", type=click.Choice(["ring_hash", "maglev"]),
+              default="ring_hash", show_default=True, help="Load balancer for --session.")
+@click.option("--access-log", is_flag=True, help="Log each request to Envoy's stdout.")
+@click.option("--format", type=click.Choice(["yaml", "json"]), default="yaml",
+              show_default=True)
+@options.app_dir
+@_out
+def envoy(processor: str | None, uds: str | None, address: str | None, workers: int,
+          tls_ca: str | None, tls_cert: str | None, tls_key: str | None, tls_sni: str | None,
+          upstream: tuple[str, ...], wasm: tuple[str, ...], wasm_config: tuple[str, ...],
+          wasm_root_id: tuple[str, ...], wasm_fail_open: tuple[str, ...],
+          hash_algorithm: str, format: str, app_dir: str, out: str | None,
+          **values: Any) -> None:
+    """A standalone Envoy bootstrap, built from typed xds-protos messages: listener, the
+    filters (RBAC, Wasm, ext_proc from the class) in Envoy Gateway's order, the upstreams.
+
+    \b
+    Example:
+      extctl gen envoy app:Redact --uds /run/extproc/extproc.sock --upstream 127.0.0.1:8080
+      extctl gen envoy --wasm tag=./plugin.wasm --wasm-config 'tag={}' \\
+          --upstream 10.0.0.1:80 --upstream 10.0.0.2:80 --session Cookie:sticky:1h
+    """
+    import os
+
+    import wasm as wasm_library
+
+    from ..config import ConfigError, Deployment, EnvoyOptions, ProcessorTls, envoy_yaml, to_json
+
+    cls = options.load_processor(processor, app_dir) if processor else None
+    if cls is None and (uds or address):
+        raise ConfigError("--uds/--address need MODULE:CLASS")
+    modules = _wasm_modules(wasm, wasm_config, wasm_root_id, wasm_fail_open)
+    for module in modules:
+        if module.file is not None:
+            if not Path(module.file).is_file():
+                raise ConfigError(f"--wasm {module.name}: {module.file} is not a file")
+            wasm_library.inspect_file(module.file)  # Envoy would refuse to start: say so now
+    modules = [dataclasses.replace(m, file=os.path.abspath(m.file)) if m.file else m
+               for m in modules]
+    if tls_ca is None and (tls_cert or tls_key or tls_sni):
+        raise ConfigError("TLS to the processor needs --tls-ca")
+    policy = options.policy(values, hash_algorithm)
+    deployment = Deployment(
+        cls, addresses=_addresses(uds and os.path.abspath(uds), address, workers) if cls else (),
+        policy=policy, wasm=modules, upstreams=upstream,
+        envoy=EnvoyOptions(processor_tls=ProcessorTls(tls_ca, tls_cert, tls_key, tls_sni)
+                           if tls_ca else None, **values))
+    message = deployment.envoy_bootstrap()
+    _emit(envoy_yaml(message) if format == "yaml" else to_json(message) + "\n", out)
+

@@ -1,0 +1,162 @@
+"""Options more than one command takes, declared once."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import logging
+import os
+import sys
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import click
+
+if TYPE_CHECKING:
+    import extproc
+    import registry
+
+    from ..config import Policy
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+LOG_LEVELS = click.Choice(["debug", "info", "warning", "error"], case_sensitive=False)
+
+
+def apply(function: F, *options: Callable[[F], F]) -> F:
+    """Decorate ``function`` with ``options`` in the order --help shows them."""
+    for option in reversed(options):
+        function = option(function)
+    return function
+
+
+def load_processor(spec: str, app_dir: str) -> type[extproc.Processor]:
+    """``MODULE:CLASS`` imported with ``app_dir`` (made absolute, so that a later change of
+    the working directory cannot hide the module) first on ``sys.path``."""
+    import extproc
+
+    directory = os.path.abspath(app_dir)
+    if directory not in sys.path:
+        sys.path.insert(0, directory)
+        importlib.invalidate_caches()
+    return extproc.import_processor(spec)
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+app_dir = click.option("--app-dir", default=".", show_default=True,
+                       help="Directory added to sys.path before importing MODULE.")
+log_level = click.option("--log-level", type=LOG_LEVELS, default="info", show_default=True)
+output = click.option("--output", type=click.Choice(["text", "json"]), default="text",
+                      show_default=True)
+
+
+class Octal(click.ParamType):  # type: ignore[type-arg]
+    name = "octal mode"
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> int:
+        if isinstance(value, int):
+            return value
+        try:
+            return int(str(value), 8)
+        except ValueError:
+            self.fail(f"{value!r} is not an octal file mode such as 660", param, ctx)
+
+
+class Lines(click.ParamType):  # type: ignore[type-arg]
+    """Text whose repeated values come from an environment variable one per line, not split
+    on spaces (JSON has spaces)."""
+
+    name = "text"
+    envvar_list_splitter = "\n"
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> str:
+        return str(value)
+
+
+# -- registry access (push, pull, inspect, dev) ---------------------------------------------
+
+registry_options = (
+    click.option("--username", help="Registry user (password from --password-stdin)."),
+    click.option("--password-stdin", is_flag=True, help="Read the password from stdin."),
+    click.option("--docker-config", type=click.Path(dir_okay=False),
+                 help="docker config.json (default: $DOCKER_CONFIG or ~/.docker)."),
+    click.option("--secret-file", type=click.Path(exists=True, dir_okay=False),
+                 help="A kubernetes.io/dockerconfigjson Secret (what pullSecretRef names)."),
+    click.option("--ca-file", type=click.Path(exists=True, dir_okay=False),
+                 help="PEM CA bundle for a private registry or HTTPS server."),
+    click.option("--insecure", is_flag=True, help="Plain HTTP (registries on loopback)."),
+)
+
+
+def connection(ref: str, username: str | None = None, password_stdin: bool = False,
+               docker_config: str | None = None, secret_file: str | None = None,
+               ca_file: str | None = None, insecure: bool = False,
+               **_: Any) -> registry.Connection:
+    """How to reach the registry of ``ref``, from the registry options."""
+    import registry
+
+    from ..errors import UsageError
+
+    host = registry.parse_reference(ref).registry
+    credentials = None
+    if username:
+        if not password_stdin:
+            raise UsageError("--username needs --password-stdin (the password on stdin)")
+        credentials = registry.Credentials(username, sys.stdin.readline().rstrip("\n"),
+                                           "--username")
+    elif secret_file:
+        credentials = registry.from_secret_file(host, secret_file)
+    else:
+        credentials = registry.from_docker_config(host, docker_config)
+    if insecure and not (host.startswith(("127.", "localhost", "[::1]"))):
+        raise UsageError("--insecure (plain HTTP) is only for a registry on loopback")
+    return registry.Connection(credentials, ca_file=ca_file, insecure=insecure)
+
+
+# -- the policy both generators take, from Policy's fields ----------------------------------
+
+# How a Policy field is spelled on the command line; help comes from the field's metadata.
+_POLICY_FLAGS: dict[str, dict[str, Any]] = {
+    "fail_open": {"flag": "--fail-open", "is_flag": True},
+    "message_timeout": {"flag": "--message-timeout", "type": click.FloatRange(min=0.001)},
+    "allow_cidrs": {"flag": "--allow-cidr", "multiple": True, "metavar": "CIDR"},
+    "deny_cidrs": {"flag": "--deny-cidr", "multiple": True, "metavar": "CIDR"},
+    "default_action": {"flag": "--default-action", "type": click.Choice(["Allow", "Deny"])},
+    "session": {"flag": "--session", "metavar": "SourceIP|Header:NAME|Cookie:NAME[:TTL]"},
+    "xff_trusted_hops": {"flag": "--xff-trusted-hops", "type": click.IntRange(min=0),
+                         "default": 0},
+    "filter_order": {"flag": "--filter-order", "multiple": True,
+                     "metavar": "FILTER:before|after:FILTER"},
+}
+
+
+def policy_options(function: F) -> F:
+    """One click option per :class:`~extctl.config.Policy` field."""
+    from ..config import Policy
+
+    fields = {f.name: f for f in dataclasses.fields(Policy)}
+    if set(fields) != set(_POLICY_FLAGS):
+        raise AssertionError("every Policy field needs its command-line spelling")
+    options = []
+    for name, spelling in _POLICY_FLAGS.items():
+        settings = {k: v for k, v in spelling.items() if k != "flag"}
+        options.append(click.option(spelling["flag"], name,
+                                    help=fields[name].metadata["help"], **settings))
+    return apply(function, *options)
+
+
+def policy(values: dict[str, Any], hash_algorithm: str = "ring_hash") -> Policy:
+    """The Policy the policy options describe (their values are popped from ``values``)."""
+    from ..config import FilterPosition, Policy, SessionPersistence
+
+    given = {name: values.pop(name) for name in _POLICY_FLAGS}
+    session = given.pop("session")
+    return Policy(
+        **given | {"filter_order": [FilterPosition.parse(p) for p in given["filter_order"]]},
+        session=SessionPersistence.parse(session, hash_algorithm) if session else None)

@@ -1,0 +1,74 @@
+"""``extctl serve``: a Processor subclass over gRPC for Envoy's ext_proc filter."""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from typing import Any
+
+import click
+
+from . import options
+
+# How each ServerConfig field is spelled on the command line; help and default come from the
+# field itself.
+_SPELLING: dict[str, dict[str, Any]] = {
+    "uds": {"metavar": "PATH"},
+    "address": {"metavar": "HOST:PORT"},
+    "workers": {"type": click.IntRange(min=1)},
+    "socket_mode": {"type": options.Octal()},
+    "grace_period": {"type": click.FloatRange(min=0)},
+    "max_message_bytes": {"type": click.IntRange(min=4096)},
+    "tls_cert": {"type": click.Path(exists=True, dir_okay=False)},
+    "tls_key": {"type": click.Path(exists=True, dir_okay=False)},
+    "tls_client_ca": {"type": click.Path(exists=True, dir_okay=False)},
+    "loop": {},
+}
+
+
+def _server_options(function: Any) -> Any:
+    """One option per :class:`extproc.ServerConfig` field."""
+    from extproc import ServerConfig
+
+    fields = dataclasses.fields(ServerConfig)
+    if {f.name for f in fields} != set(_SPELLING):
+        raise AssertionError("every ServerConfig field needs its command-line spelling")
+    made = []
+    for f in fields:
+        settings = dict(_SPELLING[f.name])
+        if "choices" in f.metadata:
+            settings["type"] = click.Choice(f.metadata["choices"])
+        default = f"{f.default:o}" if f.name == "socket_mode" else f.default
+        made.append(click.option(f"--{f.name.replace('_', '-')}", help=f.metadata["help"],
+                                 default=default, show_default=default is not None,
+                                 **settings))
+    return options.apply(function, *made)
+
+
+@click.command()
+@click.argument("processor", metavar="MODULE:CLASS")
+@_server_options
+@options.app_dir
+@options.log_level
+def serve(processor: str, app_dir: str, log_level: str, **settings: object) -> None:
+    """Serve a Processor subclass over gRPC for Envoy's ext_proc filter.
+
+    SIGTERM/SIGINT drain in-flight requests within --grace-period and exit 0;
+    a second signal cuts them and exits 1.
+
+    \b
+    Example:
+      extctl serve app.processor:Redact --uds /var/run/extproc/extproc.sock
+      extctl serve app.processor:Redact --address 127.0.0.1:9000 --workers 2
+    """
+    import extproc
+
+    from ..errors import UsageError
+
+    options.setup_logging(log_level)
+    cls = options.load_processor(processor, app_dir)
+    try:
+        config = extproc.ServerConfig(**settings)  # type: ignore[arg-type]
+    except extproc.ServeError as exc:
+        raise UsageError(str(exc)) from None
+    sys.exit(extproc.serve(cls, config))

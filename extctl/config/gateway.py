@@ -1,0 +1,293 @@
+"""Envoy Gateway resources (v1alpha1, EG v1.9) of a :class:`Deployment`.
+
+The EnvoyExtensionPolicy's processing mode comes from the class's FilterSpec, so Envoy only
+sends what the class handles; a Wasm image's ``sha256`` is the manifest digest from ``push``.
+The policy adds the resources a deployment of extensions usually needs: client CIDR
+authorization (SecurityPolicy), session persistence (BackendTrafficPolicy consistent hash),
+X-Forwarded-For trusted hops (ClientTrafficPolicy) and filter order (EnvoyProxy). Rules the
+CRDs enforce with CEL, which a schema check cannot see, are refused here with GatewayError.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import Any
+
+from extproc import BodyMode, FilterSpec
+
+from .errors import GatewayError
+from .ext_proc import gateway_fields
+from .model import DeploymentData as Deployment
+from .model import Target, check_name, is_kubernetes_name
+from .net import MAX_UDS_PATH, host_port, is_ip, is_socket_path
+from .wasm import WasmModule
+
+API_VERSION = "gateway.envoyproxy.io/v1alpha1"
+_ATTRIBUTE = re.compile(r"^(connection\.|source\.|destination\.|request\.|response\.|upstream\."
+                        r"|xds\.route_)[a-z_1-9]*$")
+
+
+def _duration(seconds: float) -> str:
+    """A Gateway API duration: whole seconds as ``Ns``, else milliseconds (up to 5 digits)."""
+    millis = round(seconds * 1000)
+    if millis % 1000 == 0 and 1 <= millis // 1000 <= 99999:
+        return f"{millis // 1000}s"
+    if millis < 1 or millis > 99999:
+        raise GatewayError(f"messageTimeout {seconds}s: give whole seconds, or 0.001..99.999 s")
+    return f"{millis}ms"
+
+
+def _meta(kind: str, name: str, namespace: str) -> dict[str, Any]:
+    return {"apiVersion": API_VERSION, "kind": kind,
+            "metadata": {"name": name, "namespace": namespace}}
+
+
+def _refs(targets: Sequence[Target]) -> list[dict[str, str]]:
+    if not targets:
+        raise GatewayError("a policy needs a target (a route or a gateway)")
+    return [{"group": "gateway.networking.k8s.io", "kind": t.kind, "name": t.name}
+            for t in targets]
+
+
+def processing_mode(spec: FilterSpec) -> dict[str, Any]:
+    """``processingMode`` from the spec: a direction is present when any of its phases is.
+
+    What Envoy Gateway cannot ask Envoy for is refused rather than dropped: trailers (its
+    processingMode has no trailer setting), and header mutations it does not allow.
+    """
+    mode, name = spec.mode, spec.name
+    if not mode.phases and not (spec.request_attributes or spec.response_attributes):
+        raise GatewayError(f"{name} handles no phase: the filter would receive nothing")
+    # With FullDuplexStreamed bodies, Envoy Gateway sends that direction's trailers as Envoy
+    # requires; otherwise it cannot ask for them.
+    trailers = [f"{d}_trailers" for d in ("request", "response")
+                if getattr(mode, f"{d}_trailers")
+                and getattr(mode, f"{d}_body") is not BodyMode.FULL_DUPLEX_STREAMED]
+    if trailers:
+        raise GatewayError(f"{name} handles {' and '.join(trailers)}, which Envoy Gateway's "
+                           "processingMode cannot ask for (v1.9); use the standalone Envoy "
+                           "config (extctl gen envoy) or handle the body instead")
+    if spec.allow_routing_mutations or spec.allow_envoy_mutations:
+        raise GatewayError(f"{name} sets allow_routing_mutations/allow_envoy_mutations, which "
+                           "Envoy Gateway cannot express: those mutations would be ignored")
+    result: dict[str, Any] = {}
+    for direction in ("request", "response"):
+        body: BodyMode | None = getattr(mode, f"{direction}_body")
+        sent = (getattr(mode, f"{direction}_headers") or body is not None
+                or getattr(mode, f"{direction}_trailers"))
+        attributes: tuple[str, ...] = getattr(spec, f"{direction}_attributes")
+        for attribute in attributes:
+            if not _ATTRIBUTE.match(attribute):
+                raise GatewayError(f"attribute {attribute!r}: Envoy Gateway sends only "
+                                   "connection., source., destination., request., response., "
+                                   "upstream. and xds.route_ attributes")
+        if not sent and not attributes:
+            continue
+        entry: dict[str, Any] = {}
+        if body is not None:
+            entry["body"] = body.gateway_name
+        if attributes:
+            entry["attributes"] = list(attributes)
+        result[direction] = entry
+    if spec.allow_mode_override:
+        result["allowModeOverride"] = True
+    return result
+
+
+def wasm_spec(module: WasmModule) -> dict[str, Any]:
+    """One ``spec.wasm`` entry: the module's image or URL (a local file is not fetchable)."""
+    code: dict[str, Any]
+    sha = module.sha256
+    if module.image is not None:
+        url = module.image.removeprefix("oci://")
+        tagged = ":" in url.rpartition("/")[2]
+        if not tagged and sha and "@" not in url:
+            url = f"{url}@sha256:{sha}"  # no tag: the digest names the image
+        image: dict[str, Any] = {"url": url}
+        if sha:
+            image["sha256"] = sha
+        if module.pull_secret:
+            image["pullSecretRef"] = {"name": module.pull_secret}
+        code = {"type": "Image", "image": image}
+    elif module.url is not None:
+        http: dict[str, Any] = {"url": module.url}
+        if sha:
+            http["sha256"] = sha
+        code = {"type": "HTTP", "http": http}
+    else:
+        raise GatewayError(f"wasm {module.name}: Envoy Gateway fetches modules; push it "
+                           "(extctl push) and give the image, or give an https URL")
+    if module.text is not None:
+        raise GatewayError(f"wasm {module.name}: Envoy Gateway hands modules a JSON value; "
+                           "give config instead of text")
+    if module.pull_policy:
+        code["pullPolicy"] = module.pull_policy
+    spec: dict[str, Any] = {"name": module.name, "code": code}
+    if module.root_id:
+        spec["rootID"] = module.root_id
+    if module.config is not None:
+        spec["config"] = module.config
+    if module.fail_open:
+        spec["failOpen"] = True
+    return spec
+
+
+def backend(deployment: Deployment) -> dict[str, Any]:
+    """The Backend the ext_proc filter dials: unix sockets (all workers), IPs or FQDNs."""
+    options = deployment.gateway
+    endpoints: list[dict[str, Any]] = []
+    for address in deployment.addresses:
+        if is_socket_path(address):
+            if not address.startswith("/"):
+                raise GatewayError(f"{address}: give the socket's absolute path as Envoy's "
+                                   "container sees it")
+            if len(address.encode()) > MAX_UDS_PATH:
+                raise GatewayError(f"Unix socket path {address!r} is longer than "
+                                   f"{MAX_UDS_PATH} bytes")
+            endpoints.append({"unix": {"path": address}})
+            continue
+        host, port = host_port(address, "processor address")
+        kind = "ip" if is_ip(host) else "fqdn"
+        key = "address" if kind == "ip" else "hostname"
+        endpoints.append({kind: {key: host, "port": port}})
+    if not endpoints:
+        raise GatewayError("the ext_proc Backend needs at least one address")
+    spec: dict[str, Any] = {"endpoints": endpoints}
+    if options.tls_ca_configmap or options.tls_client_secret or options.tls_sni:
+        if any("unix" in e for e in endpoints):
+            raise GatewayError("TLS to the processor applies to TCP endpoints, not Unix sockets")
+        tls: dict[str, Any] = {}
+        if options.tls_ca_configmap:
+            check_name(options.tls_ca_configmap, "CA ConfigMap")
+            tls["caCertificateRefs"] = [{"group": "", "kind": "ConfigMap",
+                                         "name": options.tls_ca_configmap}]
+        else:
+            tls["wellKnownCACertificates"] = "System"
+        if options.tls_client_secret:
+            check_name(options.tls_client_secret, "client certificate Secret")
+            tls["clientCertificateRef"] = {"group": "", "kind": "Secret",
+                                           "name": options.tls_client_secret}
+        if options.tls_sni:
+            tls["sni"] = options.tls_sni
+        spec["tls"] = tls
+    doc = _meta("Backend", f"{deployment.name}-extproc", options.namespace)
+    doc["spec"] = spec
+    return doc
+
+
+def extension_policy(deployment: Deployment) -> dict[str, Any]:
+    options, policy = deployment.gateway, deployment.policy
+    name = deployment.name
+    check_name(name, "policy")
+    if len(options.namespace) > 63 or not is_kubernetes_name(options.namespace):
+        raise GatewayError(f"namespace {options.namespace!r} is not a Kubernetes namespace name")
+    spec: dict[str, Any] = {"targetRefs": _refs(options.targets)}
+    filter_spec = deployment.spec
+    if filter_spec is not None:
+        if policy.fail_open and filter_spec.full_duplex:
+            raise GatewayError("failOpen cannot be true with FullDuplexStreamed bodies "
+                               "(Envoy Gateway's CEL rule)")
+        ext_proc: dict[str, Any] = {
+            "backendRefs": [{"group": "gateway.envoyproxy.io", "kind": "Backend",
+                             "name": f"{name}-extproc"}],
+            "processingMode": processing_mode(filter_spec),
+        }
+        timeout = policy.message_timeout or filter_spec.message_timeout
+        if timeout is not None:
+            ext_proc["messageTimeout"] = _duration(timeout)
+        if policy.fail_open:
+            ext_proc["failOpen"] = True
+        ext_proc.update(gateway_fields(filter_spec))
+        namespaces = list(filter_spec.dynamic_metadata_namespaces)
+        if namespaces:
+            if len(namespaces) > 8 or any(n.startswith("envoy.filters.http") for n in namespaces):
+                raise GatewayError("dynamic_metadata_namespaces: at most 8, and none of Envoy's "
+                                   "own envoy.filters.http.* namespaces")
+            ext_proc.setdefault("metadata", {})["writableNamespaces"] = namespaces
+        spec["extProc"] = [ext_proc]
+    if deployment.wasm:
+        spec["wasm"] = [wasm_spec(w) for w in deployment.wasm]
+    if "extProc" not in spec and "wasm" not in spec:
+        raise GatewayError("nothing to deploy: give a processor and/or Wasm modules")
+    doc = _meta("EnvoyExtensionPolicy", name, options.namespace)
+    doc["spec"] = spec
+    return doc
+
+
+def security_policy(deployment: Deployment) -> dict[str, Any]:
+    """Deny CIDRs, then allow CIDRs; anything else gets the policy's client action."""
+    policy = deployment.policy
+    rules = []
+    if policy.deny_cidrs:
+        rules.append({"name": "deny-cidrs", "action": "Deny",
+                      "principal": {"clientCIDRs": list(policy.deny_cidrs)}})
+    if policy.allow_cidrs:
+        rules.append({"name": "allow-cidrs", "action": "Allow",
+                      "principal": {"clientCIDRs": list(policy.allow_cidrs)}})
+    doc = _meta("SecurityPolicy", f"{deployment.name}-clients", deployment.gateway.namespace)
+    doc["spec"] = {"targetRefs": _refs(deployment.gateway.targets),
+                   "authorization": {"defaultAction": policy.client_action, "rules": rules}}
+    return doc
+
+
+def session_persistence(deployment: Deployment) -> dict[str, Any]:
+    """BackendTrafficPolicy ``loadBalancer.type: ConsistentHash`` by SourceIP, Header or Cookie."""
+    session = deployment.policy.session
+    assert session is not None
+    doc = _meta("BackendTrafficPolicy", f"{deployment.name}-sessions",
+                deployment.gateway.namespace)
+    doc["spec"] = {"targetRefs": _refs(deployment.gateway.targets),
+                   "loadBalancer": {"type": "ConsistentHash",
+                                    "consistentHash": session.to_consistent_hash()}}
+    return doc
+
+
+def client_ip_detection(deployment: Deployment) -> dict[str, Any]:
+    """ClientTrafficPolicy: take the client address ``xff_trusted_hops`` back in X-Forwarded-For,
+    on the Gateway named by ``client_gateway`` or among the targets."""
+    options = deployment.gateway
+    gateway = options.client_gateway or next(
+        (t.name for t in options.targets if t.kind == "Gateway"), None)
+    if gateway is None:
+        raise GatewayError("X-Forwarded-For trusted hops are set on a Gateway "
+                           "(ClientTrafficPolicy): name it (--client-gateway) or target one")
+    check_name(gateway, "gateway")
+    doc = _meta("ClientTrafficPolicy", f"{deployment.name}-client-ip", options.namespace)
+    doc["spec"] = {"targetRefs": [{"group": "gateway.networking.k8s.io", "kind": "Gateway",
+                                   "name": gateway}],
+                   "clientIPDetection": {"xForwardedFor": {
+                       "numTrustedHops": deployment.policy.xff_trusted_hops}}}
+    return doc
+
+
+def filter_order(deployment: Deployment) -> dict[str, Any]:
+    """EnvoyProxy ``filterOrder``, applied by Envoy Gateway in the order given."""
+    doc = _meta("EnvoyProxy", f"{deployment.name}-proxy", deployment.gateway.namespace)
+    doc["spec"] = {"filterOrder": [p.to_spec() for p in deployment.policy.filter_order]}
+    return doc
+
+
+def resources(deployment: Deployment) -> list[dict[str, Any]]:
+    """The EnvoyExtensionPolicy, the Backend when there is a processor, and the policies the
+    deployment asks for (SecurityPolicy, BackendTrafficPolicy, ClientTrafficPolicy,
+    EnvoyProxy)."""
+    policy = deployment.policy
+    docs = [extension_policy(deployment)]
+    if deployment.processor is not None:
+        docs.append(backend(deployment))
+    if policy.allow_cidrs or policy.deny_cidrs:
+        docs.append(security_policy(deployment))
+    if policy.session is not None:
+        docs.append(session_persistence(deployment))
+    if policy.xff_trusted_hops:
+        docs.append(client_ip_detection(deployment))
+    if policy.filter_order:
+        docs.append(filter_order(deployment))
+    return docs
+
+
+def to_yaml(documents: Sequence[dict[str, Any]]) -> str:
+    import yaml
+
+    return str(yaml.safe_dump_all(list(documents), sort_keys=False, default_flow_style=False))

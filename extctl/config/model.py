@@ -1,0 +1,168 @@
+"""The data of a :class:`~extctl.config.Deployment`, which the generators read: what runs
+where (processor and addresses, policy, Wasm modules, upstreams) and what only one of the two
+outputs has (:class:`EnvoyOptions`, :class:`GatewayOptions`). ``Deployment`` adds rendering.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from extproc import FilterSpec, ProcessingMode, Processor
+
+from .errors import ConfigError, GatewayError
+from .policy import Policy
+from .wasm import WasmModule
+
+_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+TARGET_KINDS = ("Gateway", "ListenerSet", "HTTPRoute", "GRPCRoute", "TCPRoute", "UDPRoute",
+                "TLSRoute")
+
+
+def is_kubernetes_name(name: str) -> bool:
+    return bool(_NAME.match(name))
+
+
+def check_name(name: str, what: str) -> None:
+    """A Kubernetes object name (lower-case DNS label characters, at most 253)."""
+    if not is_kubernetes_name(name) or len(name) > 253:
+        raise GatewayError(f"{what} name {name!r} is not a Kubernetes name (lower-case "
+                           "letters, digits and '-')")
+
+
+@dataclass(frozen=True)
+class Target:
+    """What an Envoy Gateway policy attaches to."""
+
+    kind: str
+    name: str
+
+    def __post_init__(self) -> None:
+        if self.kind not in TARGET_KINDS:
+            raise ConfigError(f"target kind {self.kind!r}: a policy targets one of "
+                              f"{', '.join(TARGET_KINDS)}")
+        check_name(self.name, "target")
+
+
+@dataclass(frozen=True)
+class ProcessorTls:
+    """TLS from Envoy to a processor served on TCP (``extctl serve --tls-cert ...``)."""
+
+    ca_file: str
+    """PEM CA bundle that signed the processor's certificate."""
+    cert_file: str | None = None
+    """Envoy's client certificate, for a processor that verifies clients (--tls-client-ca)."""
+    key_file: str | None = None
+    sni: str | None = None
+
+    def __post_init__(self) -> None:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ConfigError("a client certificate needs its key, and a key its certificate")
+
+
+@dataclass(frozen=True)
+class EnvoyOptions:
+    """What only the standalone Envoy config has: its own addresses and knobs."""
+
+    listen: str = "127.0.0.1:0"
+    """Listener host:port (port 0: Envoy picks one; the runner reads it back)."""
+    admin: str = "127.0.0.1:0"
+    """Admin host:port, loopback only."""
+    processor_tls: ProcessorTls | None = None
+    """TLS to the processor (TCP addresses only)."""
+    processing_mode: ProcessingMode | None = None
+    """Send these phases instead of the class's own (None: the class's derived mode)."""
+    route_headers: Sequence[tuple[str, str]] = ()
+    """Headers the route adds upstream (values may use Envoy's %...% formatters)."""
+    max_grpc_message_bytes: int = 32 * 1024 * 1024
+    """Largest ext_proc answer Envoy accepts (a BUFFERED body comes back in one message)."""
+    buffer_limit_bytes: int | None = None
+    """Listener/cluster buffer limit, which is also the largest BUFFERED body; default: 32 MiB
+    when the processor buffers bodies, else Envoy's own 1 MiB (a large limit per connection is
+    memory a client can make Envoy hold)."""
+    access_log: bool = False
+    """Log each request to Envoy's stdout."""
+    http1_trailers: bool = False
+    """Accept and forward HTTP/1.1 chunked trailers (Envoy drops them by default)."""
+    preserve_external_request_id: bool = False
+    """Keep a client's x-request-id (an edge Envoy replaces it by default)."""
+
+
+@dataclass(frozen=True)
+class GatewayOptions:
+    """What only Envoy Gateway's resources have: names, targets, Backend TLS."""
+
+    targets: Sequence[Target] = ()
+    name: str | None = None
+    """The EnvoyExtensionPolicy's name (others derive from it); default: the processor class
+    in kebab-case."""
+    namespace: str = "default"
+    client_gateway: str | None = None
+    """The Gateway a ClientTrafficPolicy attaches to; default: the Gateway among the targets."""
+    tls_ca_configmap: str | None = None
+    """Backend TLS: a ConfigMap whose ``ca.crt`` signed the processor's certificate."""
+    tls_client_secret: str | None = None
+    """Backend TLS: a kubernetes.io/tls Secret Envoy presents to a processor that checks
+    clients."""
+    tls_sni: str | None = None
+
+
+def kebab(name: str) -> str:
+    """``PiiRedact`` -> ``pii-redact``: a class name as a Kubernetes name."""
+    return re.sub(r"(?<=[a-z0-9])(?=[A-Z])|_+", "-", name).lower().strip("-")
+
+
+@dataclass(frozen=True)
+class DeploymentData:
+    """What runs where: the processor and its addresses, the policy, the Wasm modules, the
+    upstreams, and what only one of the two outputs has."""
+
+    processor: type[Processor] | None = None
+    """The class whose spec configures the ext_proc filter (None: Wasm modules only)."""
+    addresses: Sequence[str] = ()
+    """Every worker's Unix socket path or host:port (``ServerConfig.addresses()``)."""
+    policy: Policy = field(default_factory=Policy)
+    wasm: Sequence[WasmModule] = ()
+    """proxy-wasm modules, in this order among themselves."""
+    upstreams: Sequence[str] = ()
+    """host:port of each upstream (balanced round-robin, or by ``policy.session``); none: the
+    standalone Envoy answers every request 200 itself."""
+    envoy: EnvoyOptions = field(default_factory=EnvoyOptions)
+    gateway: GatewayOptions = field(default_factory=GatewayOptions)
+    header: str = ""
+    """A comment line written at the top of each rendered file."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "addresses", tuple(self.addresses))
+        object.__setattr__(self, "wasm", tuple(self.wasm))
+        object.__setattr__(self, "upstreams", (self.upstreams,) if isinstance(
+            self.upstreams, str) else tuple(self.upstreams))
+        if self.processor is None and self.addresses:
+            raise ConfigError("processor addresses need a processor class")
+        if self.processor is not None and not self.addresses:
+            raise ConfigError(f"where does {self.processor.__name__} listen? give its "
+                              "addresses (a Unix socket path or host:port per worker)")
+        names = [module.name for module in self.wasm]
+        if len(set(names)) != len(names):
+            raise ConfigError("two Wasm modules share a name: give each its own")
+
+    @property
+    def spec(self) -> FilterSpec | None:
+        """What the processor asks of Envoy (the standalone config may override the mode)."""
+        if self.processor is None:
+            return None
+        spec = FilterSpec.of(self.processor)
+        mode = self.envoy.processing_mode
+        return spec if mode is None else spec.with_mode(mode)
+
+    @property
+    def name(self) -> str:
+        """The Envoy Gateway policy name: given, else from the processor or the modules."""
+        if self.gateway.name:
+            return self.gateway.name
+        if self.processor is not None:
+            return kebab(self.processor.__name__)
+        if self.wasm:
+            return kebab(self.wasm[0].name)
+        raise ConfigError("nothing to deploy: give a processor and/or Wasm modules")

