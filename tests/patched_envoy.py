@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from envoy.config.route.v3 import route_components_pb2
+from envoy.config.trace.v3 import opentelemetry_pb2
 from envoy.extensions.filters.http.ext_proc.v3 import ext_proc_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
@@ -74,6 +75,17 @@ def filter_first(name: str, message: Any) -> Patch:
             hcm.http_filters.insert(0, added)
 
     return patch
+
+
+def tracing(config: Any) -> None:
+    """OpenTelemetry tracing of every request (spans are exported nowhere useful: the test
+    looks at the trace context Envoy propagates, not at the spans)."""
+    otel = opentelemetry_pb2.OpenTelemetryConfig(service_name="extkit-test")
+    otel.grpc_service.envoy_grpc.cluster_name = "extproc"  # an HTTP/2 cluster that exists
+    with manager(config) as hcm:
+        hcm.tracing.provider.name = "envoy.tracers.opentelemetry"
+        hcm.tracing.provider.typed_config.Pack(otel)
+        hcm.tracing.random_sampling.value = 100
 
 
 def http2_upstream(config: Any) -> None:

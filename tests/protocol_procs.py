@@ -164,6 +164,7 @@ class StreamMetadata(extproc.Processor):
 
     async def on_request_headers(self, headers: Headers) -> None:
         headers["x-tenant-seen"] = self.grpc_metadata.get("x-tenant", "-")
+        headers["x-traceparent-seen"] = self.grpc_metadata.get("traceparent", "-")
         try:
             self.grpc_metadata["x-tenant"] = "red"  # type: ignore[index]
         except TypeError:

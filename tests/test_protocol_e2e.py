@@ -12,8 +12,16 @@ from typing import Any
 import grpc
 import pytest
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
-from patched_envoy import envoy_config, http2_upstream, patched_stack, route_on_header
-from protocol_procs import EarlyBody, GrpcMessages, Reroute, Shadow, SlowWithStatus, grpc_frame
+from patched_envoy import envoy_config, http2_upstream, patched_stack, route_on_header, tracing
+from protocol_procs import (
+    EarlyBody,
+    GrpcMessages,
+    Reroute,
+    Shadow,
+    SlowWithStatus,
+    StreamMetadata,
+    grpc_frame,
+)
 
 from extctl.harness.envoy import EnvoyProcess
 from extctl.testing import http
@@ -89,6 +97,24 @@ def test_observability_mode_does_not_delay_the_request(sock_dir, echo):
     assert "x-shadow" not in reply.upstream_headers()
     assert elapsed < 0.4, f"the 500 ms hook delayed the request ({elapsed:.3f}s)"
     assert counts["request_headers"] == 1  # yet the processor saw it
+
+
+TRACE_ID = "0af7651916cd43dd8448eb211c80319c"
+
+
+async def test_trace_context_reaches_hooks_as_grpc_metadata(sock_dir, echo):
+    """With tracing on, Envoy sends the request's trace context (a child span of the client's)
+    as gRPC metadata of the Process stream, beside grpc_initial_metadata."""
+    parent = f"00-{TRACE_ID}-b7ad6b7169203331-01"
+    with patched_stack(StreamMetadata, sock_dir, echo.address, tracing) as s:
+        seen = s.get("/", headers={"traceparent": parent}).upstream_headers()
+    (traceparent,) = seen["x-traceparent-seen"]
+    assert traceparent.split("-")[1] == TRACE_ID and traceparent != parent
+    assert seen["x-tenant-seen"] == ["blue"]
+    result = await run(StreamMetadata, grpc_metadata={"traceparent": traceparent})
+    assert result.request is not None
+    assert result.request.headers["x-traceparent-seen"] == traceparent
+    assert result.request.headers["x-tenant-seen"] == "blue"
 
 
 # -- GRPC body mode -----------------------------------------------------------------------------
