@@ -247,7 +247,7 @@ def _listening(address: str, tcp: bool) -> bool:
 
 def _envoy_config(scenario: Scenario, candidate: Candidate, addresses: list[str]) -> Any:
     upstream_port = _free_port() if scenario.upstream_body is not None else None
-    config = Deployment(candidate.processor, addresses,
+    config = Deployment(candidate.processor, addresses if candidate.processor else [],
                         upstreams=[f"127.0.0.1:{upstream_port}"] if upstream_port else [],
                         policy=Policy(message_timeout=5.0),
                         envoy=EnvoyOptions(processing_mode=candidate.mode))

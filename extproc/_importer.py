@@ -3,13 +3,24 @@
 from __future__ import annotations
 
 import importlib
+import os
+import sys
 
 from ._errors import ImportFromStringError
 from ._processor import Processor
 
 
-def import_processor(spec: str) -> type[Processor]:
-    """Import ``package.module:Class`` (``Class`` may be dotted) and check it is a Processor."""
+def import_processor(spec: str, app_dir: str | None = None) -> type[Processor]:
+    """Import ``package.module:Class`` (``Class`` may be dotted) and check it is a Processor.
+
+    ``app_dir`` is put first on ``sys.path`` (made absolute, so that a later change of the
+    working directory cannot hide the module).
+    """
+    if app_dir is not None:
+        directory = os.path.abspath(app_dir)
+        if directory not in sys.path:
+            sys.path.insert(0, directory)
+            importlib.invalidate_caches()
     module_name, sep, attrs = spec.partition(":")
     if not sep or not module_name or not attrs:
         raise ImportFromStringError(f"{spec!r} is not module:Class (e.g. app.processor:Redact)")

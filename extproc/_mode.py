@@ -208,9 +208,30 @@ class FilterSpec:
         """The same filter asking Envoy for another processing mode (a hand-picked one)."""
         return dataclasses.replace(self, mode=mode)
 
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON values: for a process that cannot import the class itself."""
+        data = dataclasses.asdict(self)
+        data["hooks"] = sorted(self.hooks)
+        data["error_body"] = self.error_body.decode("latin-1")
+        data["mode"] = {k: v.value if isinstance(v, BodyMode) else v
+                        for k, v in data["mode"].items()}
+        return data
+
     @classmethod
-    def of(cls, processor: type[Any]) -> FilterSpec:
+    def from_dict(cls, data: dict[str, Any]) -> FilterSpec:
+        """The inverse of :meth:`to_dict`."""
+        mode: dict[str, Any] = {k: BodyMode(v) if isinstance(v, str) else v
+                                for k, v in data["mode"].items()}
+        tuples = ("request_attributes", "response_attributes", "dynamic_metadata_namespaces")
+        return cls(**{**data, "mode": ProcessingMode(**mode), "hooks": frozenset(data["hooks"]),
+                      "error_body": data["error_body"].encode("latin-1"),
+                      **{name: tuple(data[name]) for name in tuples}})
+
+    @classmethod
+    def of(cls, processor: type[Any] | FilterSpec) -> FilterSpec:
         """The spec of a Processor subclass (derived when the class was defined)."""
+        if isinstance(processor, FilterSpec):
+            return processor
         spec = processor.__dict__.get("_spec")
         if not isinstance(spec, FilterSpec):
             spec = derive(processor)

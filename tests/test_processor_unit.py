@@ -1030,3 +1030,14 @@ def test_filter_spec_is_derived_once_and_read_by_every_consumer():
 
             async def on_request_headers(self, headers):
                 return None
+
+
+def test_filter_spec_travels_as_json():
+    import json
+
+    from procs import FullDuplexRedact, Metadata
+
+    for cls in (FullDuplexRedact, Metadata):
+        spec = extproc.FilterSpec.of(cls)
+        again = extproc.FilterSpec.from_dict(json.loads(json.dumps(spec.to_dict())))
+        assert again == spec and extproc.FilterSpec.of(again) is again

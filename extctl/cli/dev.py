@@ -31,6 +31,11 @@ from . import options
               help="PEM CA bundle for a private registry or HTTPS server.")
 @click.option("--insecure", is_flag=True, help="Plain HTTP to a registry on loopback.")
 @options.app_dir
+@click.option("--reload", is_flag=True,
+              help="Restart the processor when a Python file under --app-dir (or --reload-dir) "
+                   "changes, and Envoy when a local --wasm file does.")
+@click.option("--reload-dir", multiple=True, type=click.Path(file_okay=False, exists=True),
+              help="Watch this directory instead of --app-dir (repeatable).")
 @options.log_level
 @click.option("--envoy-log-level", type=click.Choice(["trace", "debug", "info", "warning",
                                                        "error"]),
@@ -39,7 +44,8 @@ from . import options
 def dev(processor: str | None, port: int, wasm: tuple[str, ...],
         wasm_sha256: str | None, wasm_config: str, wasm_root_id: str,
         filter_order: tuple[str, ...], docker_config: str | None, ca_file: str | None,
-        insecure: bool, app_dir: str, log_level: str, envoy_log_level: str) -> None:
+        insecure: bool, app_dir: str, reload: bool, reload_dir: tuple[str, ...],
+        log_level: str, envoy_log_level: str) -> None:
     """Try a processor and/or Wasm modules locally, with an echo upstream and a real Envoy.
 
     Without MODULE:CLASS (and without --wasm) the bundled demo processor runs. Prints the
@@ -49,7 +55,7 @@ def dev(processor: str | None, port: int, wasm: tuple[str, ...],
     \b
     Example:
       extctl dev                      # the bundled demo
-      extctl dev app.processor:Redact --port 8080
+      extctl dev app.processor:Redact --port 8080 --reload
       extctl dev app.processor:Redact --wasm plugin.wasm --filter-order wasm:before:ext_proc
       extctl dev --wasm oci://registry.example.com/filters/tag:v1 --wasm-config '{"a": 1}'
     """
@@ -57,7 +63,7 @@ def dev(processor: str | None, port: int, wasm: tuple[str, ...],
 
     from ..config import FilterPosition, WasmModule
     from ..errors import UsageError
-    from ..harness.dev import DevStack, module_name
+    from ..harness.dev import DevStack, Reload, module_name
     from ..harness.envoy import find_envoy
 
     options.setup_logging(log_level)
@@ -81,5 +87,6 @@ def dev(processor: str | None, port: int, wasm: tuple[str, ...],
         module.name: options.connection(module.image, docker_config=docker_config,
                                         ca_file=ca_file, insecure=insecure)
         if module.image else registry.Connection(ca_file=ca_file) for module in modules}
+    watching = Reload(processor, app_dir, reload_dir) if reload else None
     DevStack(cls, port=port, wasm=modules, filter_order=order, connections=connections,
-             envoy_log_level=envoy_log_level).run()
+             envoy_log_level=envoy_log_level, reload=watching).run()

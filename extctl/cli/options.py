@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import logging
-import os
 import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -31,15 +29,10 @@ def apply(function: F, *options: Callable[[F], F]) -> F:
 
 
 def load_processor(spec: str, app_dir: str) -> type[extproc.Processor]:
-    """``MODULE:CLASS`` imported with ``app_dir`` (made absolute, so that a later change of
-    the working directory cannot hide the module) first on ``sys.path``."""
+    """``MODULE:CLASS`` imported with ``app_dir`` first on ``sys.path``."""
     import extproc
 
-    directory = os.path.abspath(app_dir)
-    if directory not in sys.path:
-        sys.path.insert(0, directory)
-        importlib.invalidate_caches()
-    return extproc.import_processor(spec)
+    return extproc.import_processor(spec, app_dir)
 
 
 def setup_logging(level: str) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import sys
 from typing import Any
 
@@ -49,8 +50,14 @@ def _server_options(function: Any) -> Any:
 @click.argument("processor", metavar="MODULE:CLASS")
 @_server_options
 @options.app_dir
+@click.option("--reload", is_flag=True,
+              help="For development: serve from a child process started anew when a Python "
+                   "file under --app-dir (or --reload-dir) changes.")
+@click.option("--reload-dir", multiple=True, type=click.Path(file_okay=False, exists=True),
+              help="Watch this directory instead of --app-dir (repeatable).")
 @options.log_level
-def serve(processor: str, app_dir: str, log_level: str, **settings: object) -> None:
+def serve(processor: str, app_dir: str, reload: bool, reload_dir: tuple[str, ...],
+          log_level: str, **settings: Any) -> None:
     """Serve a Processor subclass over gRPC for Envoy's ext_proc filter.
 
     SIGTERM/SIGINT drain in-flight requests within --grace-period and exit 0;
@@ -60,15 +67,25 @@ def serve(processor: str, app_dir: str, log_level: str, **settings: object) -> N
     Example:
       extctl serve app.processor:Redact --uds /var/run/extproc/extproc.sock
       extctl serve app.processor:Redact --address 127.0.0.1:9000 --workers 2
+      extctl serve app.processor:Redact --uds /tmp/extproc.sock --reload
     """
     import extproc
 
     from ..errors import UsageError
 
     options.setup_logging(log_level)
-    cls = options.load_processor(processor, app_dir)
     try:
-        config = extproc.ServerConfig(**settings)  # type: ignore[arg-type]
+        config = extproc.ServerConfig(**settings)
     except extproc.ServeError as exc:
         raise UsageError(str(exc)) from None
+    if reload:
+        from ..harness.reload import serve_with_reload
+
+        command = [processor, "--app-dir", os.path.abspath(app_dir), "--log-level", log_level]
+        for name, value in settings.items():
+            if value is not None:
+                text = f"{value:o}" if name == "socket_mode" else str(value)
+                command += [f"--{name.replace('_', '-')}", text]
+        sys.exit(serve_with_reload(command, reload_dir or [app_dir]))
+    cls = options.load_processor(processor, app_dir)
     sys.exit(extproc.serve(cls, config))

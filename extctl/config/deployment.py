@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from extproc import Processor
+from extproc import FilterSpec, Processor
 
 from .envoy import bootstrap
 from .envoy import to_yaml as envoy_yaml
@@ -38,7 +38,8 @@ class Deployment(DeploymentData):
     """
 
     @classmethod
-    def build(cls, processor: type[Processor] | None = None, **options: Any) -> Deployment:
+    def build(cls, processor: type[Processor] | FilterSpec | None = None,
+              **options: Any) -> Deployment:
         """A Deployment from flat keywords, each sorted to the dataclass that declares it:
         ``Deployment.build(Redact, addresses=[...], allow_cidrs=[...], access_log=True)``."""
         groups: dict[str, dict[str, Any]] = {"policy": {}, "envoy": {}, "gateway": {}}

@@ -118,8 +118,9 @@ class DeploymentData:
     """What runs where: the processor and its addresses, the policy, the Wasm modules, the
     upstreams, and what only one of the two outputs has."""
 
-    processor: type[Processor] | None = None
-    """The class whose spec configures the ext_proc filter (None: Wasm modules only)."""
+    processor: type[Processor] | FilterSpec | None = None
+    """The class whose spec configures the ext_proc filter, or that spec itself (what a process
+    that cannot import the class has); None: Wasm modules only."""
     addresses: Sequence[str] = ()
     """Every worker's Unix socket path or host:port (``ServerConfig.addresses()``)."""
     policy: Policy = field(default_factory=Policy)
@@ -141,7 +142,7 @@ class DeploymentData:
         if self.processor is None and self.addresses:
             raise ConfigError("processor addresses need a processor class")
         if self.processor is not None and not self.addresses:
-            raise ConfigError(f"where does {self.processor.__name__} listen? give its "
+            raise ConfigError(f"where does {FilterSpec.of(self.processor).name} listen? give its "
                               "addresses (a Unix socket path or host:port per worker)")
         names = [module.name for module in self.wasm]
         if len(set(names)) != len(names):
@@ -162,7 +163,7 @@ class DeploymentData:
         if self.gateway.name:
             return self.gateway.name
         if self.processor is not None:
-            return kebab(self.processor.__name__)
+            return kebab(FilterSpec.of(self.processor).name)
         if self.wasm:
             return kebab(self.wasm[0].name)
         raise ConfigError("nothing to deploy: give a processor and/or Wasm modules")

@@ -4,15 +4,20 @@ wired together by the generated config."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
+import os
+import queue
 import re
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 import threading
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
@@ -21,12 +26,13 @@ import click
 import extproc
 import registry
 import wasm
-from extproc import ServerThread
+from extproc import FilterSpec, ServerThread
 
 from ..config import Deployment, FilterPosition, WasmModule
 from ..errors import UsageError
 from .echo import EchoServer
 from .envoy import EnvoyProcess
+from .reload import Child, watch
 
 logger = logging.getLogger("extctl.dev")
 
@@ -61,18 +67,31 @@ def fetch(module: WasmModule, workdir: Path,
     return dataclasses.replace(module, file=str(path), image=None, url=None, sha256=None)
 
 
+@dataclass(frozen=True)
+class Reload:
+    """What ``--reload`` watches: the processor's import path and directories."""
+
+    processor: str | None
+    """``MODULE:CLASS``, re-imported in a fresh interpreter on every change (None: no
+    processor of the user's)."""
+    app_dir: str = "."
+    directories: Sequence[str] = ()
+    """Where Python changes are watched; default: ``app_dir``."""
+
+
 class DevStack:
     def __init__(self, processor: type[extproc.Processor] | None, *, port: int = 10000,
                  wasm: Sequence[WasmModule] = (),
                  filter_order: Sequence[FilterPosition] = (),
                  connections: Mapping[str, registry.Connection] | None = None,
-                 envoy_log_level: str = "warning") -> None:
-        self.connections = connections or {}
+                 envoy_log_level: str = "warning", reload: Reload | None = None) -> None:
         self.envoy_log_level = envoy_log_level
         self.processor = processor
         self.port = port
         self.wasm = wasm
         self.filter_order = filter_order
+        self.connections = connections or {}
+        self.reload = reload
 
     def run(self) -> None:
         workdir = Path(tempfile.mkdtemp(prefix="extctl-dev-"))
@@ -82,38 +101,90 @@ class DevStack:
             stop.set()
 
         previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-        server = envoy = echo = None
+        server: ServerThread | None = None
+        child: Child | None = None
+        envoy = echo = None
         try:
             socket_path = str(workdir / "extproc.sock")
             modules = [fetch(w, workdir, self.connections.get(w.name)) for w in self.wasm]
-            if self.processor is not None:
+            processor: type[extproc.Processor] | FilterSpec | None = self.processor
+            if self.reload is not None and self.reload.processor is not None:
+                # Served by a child, started anew on every change; the class imported here
+                # (by the command) gives the first config.
+                child = Child(_serve_args(self.reload, socket_path, self.envoy_log_level))
+                child.start()
+            elif self.processor is not None:
                 server = ServerThread(self.processor, uds=socket_path, socket_mode=0o600).start()
             echo = EchoServer(verbose=True).start()
-            deployment = Deployment.build(
-                self.processor, addresses=[socket_path] if self.processor else [],
-                upstreams=[echo.address], listen=f"127.0.0.1:{self.port}", access_log=True,
-                wasm=modules, filter_order=self.filter_order)
-            envoy = EnvoyProcess(deployment.envoy_bootstrap(), workdir / "envoy",
+
+            def deployment(spec: type[extproc.Processor] | FilterSpec | None,
+                           port: int) -> Deployment:
+                return Deployment.build(
+                    spec, addresses=[socket_path] if spec is not None else [],
+                    upstreams=[echo.address] if echo else [], listen=f"127.0.0.1:{port}",
+                    access_log=True, wasm=modules, filter_order=self.filter_order)
+
+            current = deployment(processor, self.port)
+            envoy = EnvoyProcess(current.envoy_bootstrap(), workdir / "envoy",
                                  log_level=self.envoy_log_level).start()
             tail = threading.Thread(target=_tail, args=(envoy.log_path, stop), daemon=True)
             tail.start()
             click.echo(f"workdir: {workdir}")
-            if self.processor is not None:
-                mode = self.processor.processing_mode()
-                click.echo(f"processor: {self.processor.__name__} on unix:{socket_path} "
-                           f"(phases: {', '.join(mode.phases) or 'none'})")
+            if current.spec is not None:
+                click.echo(f"processor: {current.spec.name} on unix:{socket_path} "
+                           f"(phases: {', '.join(current.spec.mode.phases) or 'none'})")
             for module in modules:
                 click.echo(f"wasm: {module.name} from {module.file}")
             click.echo("filters: " + " -> ".join(envoy.http_filters()))
             click.echo(f"upstream: http://{echo.address} (echoes the request as JSON)")
             click.echo(f"envoy: http://127.0.0.1:{envoy.port} (admin http://{envoy.admin_address})")
             click.echo(f"try: curl -i http://127.0.0.1:{envoy.port}/hello")
+            if self.reload is not None:
+                click.echo("reload: on (Python files under "
+                           f"{', '.join(self.reload.directories or [self.reload.app_dir])}"
+                           f"{' and the Wasm files' if modules else ''})")
             click.echo("Ctrl-C stops everything.")
             sys.stdout.flush()
-            while not stop.wait(0.2):
+            changes: queue.Queue[set[str]] = queue.Queue()
+            watcher = None
+            if self.reload is not None:
+                watcher = threading.Thread(target=watch, daemon=True, kwargs={
+                    "directories": self.reload.directories or [self.reload.app_dir],
+                    "on_change": changes.put, "stop": stop,
+                    "files": [m.file for m in modules if m.file]})
+                watcher.start()
+            wasm_files = {m.file for m in modules if m.file}
+            while not stop.wait(0.1):
                 if envoy.process is None or envoy.process.poll() is not None:
                     logger.error("Envoy exited; stopping")
                     break
+                try:
+                    changed = changes.get_nowait()
+                except queue.Empty:
+                    continue
+                restart_envoy = bool(changed & wasm_files)
+                if child is not None and changed - wasm_files:
+                    assert self.reload is not None
+                    child.restart()  # serving the new code first; its spec is read meanwhile
+                    spec = _probe(self.reload)
+                    if spec is None:
+                        child.stop()
+                        logger.error("reload: the processor does not import (above); Envoy "
+                                     "answers 5xx until the next change fixes it")
+                        continue
+                    if spec != current.spec:
+                        restart_envoy = True  # the class asks Envoy for other phases now
+                    current = deployment(spec, envoy.port)
+                    click.echo(f"reload: {spec.name} restarted (phases: "
+                               f"{', '.join(spec.mode.phases) or 'none'})")
+                if restart_envoy:
+                    port = envoy.port
+                    envoy.stop()
+                    envoy = EnvoyProcess(deployment(current.processor, port).envoy_bootstrap(),
+                                         workdir / "envoy", log_level=self.envoy_log_level
+                                         ).start()
+                    click.echo(f"reload: Envoy restarted on port {envoy.port}")
+                sys.stdout.flush()
         finally:
             stop.set()
             for sig, handler in previous.items():
@@ -124,8 +195,30 @@ class DevStack:
                 echo.stop()
             if server is not None:
                 server.stop(grace=2)
+            if child is not None:
+                child.close()
             shutil.rmtree(workdir, ignore_errors=True)
             click.echo("stopped; removed " + str(workdir))
+
+
+def _serve_args(reload: Reload, socket_path: str, log_level: str) -> list[str]:
+    assert reload.processor is not None
+    return [reload.processor, "--uds", socket_path,
+            "--app-dir", os.path.abspath(reload.app_dir), "--socket-mode", "600",
+            "--grace-period", "1", "--log-level", "info" if log_level in ("debug", "trace")
+            else "warning"]
+
+
+def _probe(reload: Reload) -> FilterSpec | None:
+    """The processor's FilterSpec from the code on disk now (a fresh interpreter); None when
+    it does not import (its error has been printed)."""
+    assert reload.processor is not None
+    done = subprocess.run([sys.executable, "-m", "extctl.harness.probe", reload.processor,
+                           os.path.abspath(reload.app_dir)], stdout=subprocess.PIPE,
+                          stdin=subprocess.DEVNULL, timeout=60)
+    if done.returncode != 0:
+        return None
+    return FilterSpec.from_dict(json.loads(done.stdout))
 
 
 def _tail(path: Path, stop: threading.Event) -> None:
