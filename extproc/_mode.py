@@ -213,19 +213,24 @@ class FilterSpec:
         data = dataclasses.asdict(self)
         data["hooks"] = sorted(self.hooks)
         data["error_body"] = self.error_body.decode("latin-1")
-        data["mode"] = {k: v.value if isinstance(v, BodyMode) else v
-                        for k, v in data["mode"].items()}
+        data["mode"] = _mode_to_dict(self.mode)
+        data["allowed_override_modes"] = [_mode_to_dict(m) for m in self.allowed_override_modes]
+        data["grpc_initial_metadata"] = [list(pair) for pair in self.grpc_initial_metadata]
         return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> FilterSpec:
         """The inverse of :meth:`to_dict`."""
-        mode: dict[str, Any] = {k: BodyMode(v) if isinstance(v, str) else v
-                                for k, v in data["mode"].items()}
-        tuples = ("request_attributes", "response_attributes", "dynamic_metadata_namespaces")
-        return cls(**{**data, "mode": ProcessingMode(**mode), "hooks": frozenset(data["hooks"]),
+        tuples = ("request_attributes", "response_attributes", "dynamic_metadata_namespaces",
+                  "forwarding_namespaces", "typed_forwarding_namespaces")
+        return cls(**{**data, "mode": _mode_from_dict(data["mode"]),
+                      "hooks": frozenset(data["hooks"]),
                       "error_body": data["error_body"].encode("latin-1"),
-                      **{name: tuple(data[name]) for name in tuples}})
+                      "allowed_override_modes": tuple(
+                          _mode_from_dict(m) for m in data.get("allowed_override_modes", ())),
+                      "grpc_initial_metadata": tuple(
+                          (k, v) for k, v in data.get("grpc_initial_metadata", ())),
+                      **{name: tuple(data.get(name, ())) for name in tuples}})
 
     @classmethod
     def of(cls, processor: type[Any] | FilterSpec) -> FilterSpec:
@@ -236,6 +241,17 @@ class FilterSpec:
         if not isinstance(spec, FilterSpec):
             spec = derive(processor)
         return spec
+
+
+def _mode_to_dict(mode: ProcessingMode) -> dict[str, Any]:
+    return {k: v.value if isinstance(v, BodyMode) else v
+            for k, v in dataclasses.asdict(mode).items()}
+
+
+def _mode_from_dict(data: dict[str, Any]) -> ProcessingMode:
+    fields: dict[str, Any] = {k: BodyMode(v) if isinstance(v, str) else v
+                              for k, v in data.items()}
+    return ProcessingMode(**fields)
 
 
 def derive(cls: type[Any]) -> FilterSpec:

@@ -1036,8 +1036,11 @@ def test_filter_spec_travels_as_json():
     import json
 
     from procs import FullDuplexRedact, Metadata
+    from protocol_procs import OnlyBufferedOverride, Shadow, StreamMetadata
+    from test_protocol_configs import Everything
 
-    for cls in (FullDuplexRedact, Metadata):
+    for cls in (FullDuplexRedact, Metadata, Everything, Shadow, StreamMetadata,
+                OnlyBufferedOverride):
         spec = extproc.FilterSpec.of(cls)
         again = extproc.FilterSpec.from_dict(json.loads(json.dumps(spec.to_dict())))
         assert again == spec and extproc.FilterSpec.of(again) is again
