@@ -5,6 +5,7 @@
     ├── UsageError       options that contradict each other (exit code 2)
     ├── ConfigError      a configuration that cannot be generated (extctl.config; exit 2)
     │   └── GatewayError     a resource Envoy Gateway (or its CRDs' CEL rules) would refuse
+    ├── OutputError      a file that cannot be written (the path and why)
     └── ScaffoldError    a template could not be rendered (a bug of the template)
 """
 
@@ -25,6 +26,10 @@ class EnvoyError(ExtctlError):
 
 class UsageError(ExtctlError):
     """Options that cannot work together."""
+
+
+class OutputError(ExtctlError):
+    """A file that cannot be written: no such directory, permissions, disk full."""
 
 
 class ScaffoldError(ExtctlError):

@@ -2,11 +2,15 @@
 
 from .auth import Credentials, from_docker_config, from_secret_file
 from .cache import PULL_POLICIES, Cache
+from .check import CheckResult, check_file, check_image
 from .client import RegistryClient
 from .errors import (
     AuthError,
     DigestMismatch,
+    InvalidArgument,
     InvalidReference,
+    LimitExceeded,
+    NotAModule,
     NotFound,
     RegistryError,
     TransportError,
@@ -15,7 +19,7 @@ from .errors import (
 )
 from .http_source import pull_http
 from .layout import LAYOUTS, build_image
-from .reference import Reference, parse_reference
+from .reference import Reference, is_loopback, parse_reference
 from .transfer import Connection, PullResult, PushResult, pull, push
 
 __all__ = [
@@ -23,10 +27,14 @@ __all__ = [
     "PULL_POLICIES",
     "AuthError",
     "Cache",
+    "CheckResult",
     "Connection",
     "Credentials",
     "DigestMismatch",
+    "InvalidArgument",
     "InvalidReference",
+    "LimitExceeded",
+    "NotAModule",
     "NotFound",
     "PullResult",
     "PushResult",
@@ -37,8 +45,11 @@ __all__ = [
     "UnsafeArchive",
     "UnsupportedImage",
     "build_image",
+    "check_file",
+    "check_image",
     "from_docker_config",
     "from_secret_file",
+    "is_loopback",
     "parse_reference",
     "pull",
     "pull_http",

@@ -21,18 +21,28 @@ class Credentials:
     source: str  # named in auth errors: "--username", "~/.docker/config.json", ...
 
 
-def _from_auths(config: dict[str, Any], registry: str, source: str) -> Credentials | None:
-    auths = config.get("auths") or {}
+def _from_auths(config: Any, registry: str, source: str) -> Credentials | None:
+    auths = config.get("auths") if isinstance(config, dict) else None
+    if not isinstance(auths, dict):
+        return None
     for key in (registry, f"https://{registry}", f"http://{registry}",
                 f"https://{registry}/v1/", f"https://{registry}/v2/"):
         entry = auths.get(key)
-        if not entry:
+        if not entry or not isinstance(entry, dict):
             continue
         if entry.get("auth"):
-            user, _, password = base64.b64decode(entry["auth"]).decode().partition(":")
+            try:
+                text = base64.b64decode(str(entry["auth"]), validate=True).decode()
+            except (ValueError, UnicodeDecodeError):
+                raise AuthError(f"{source}: the auth entry for {registry} is not valid "
+                                "base64 of user:password") from None
+            user, sep, password = text.partition(":")
+            if not sep:
+                raise AuthError(f"{source}: the auth entry for {registry} is not "
+                                "user:password")
             return Credentials(user, password, source)
-        if entry.get("username"):
-            return Credentials(entry["username"], entry.get("password", ""), source)
+        if isinstance(entry.get("username"), str) and entry["username"]:
+            return Credentials(entry["username"], str(entry.get("password", "")), source)
     return None
 
 
@@ -48,8 +58,12 @@ def from_docker_config(registry: str, path: str | os.PathLike[str] | None = None
         return None
     except (OSError, ValueError) as exc:
         raise AuthError(f"cannot read docker config {path}: {exc}") from None
-    helper = (config.get("credHelpers") or {}).get(registry) or config.get("credsStore")
-    if helper:
+    if not isinstance(config, dict):
+        raise AuthError(f"docker config {path} is not a JSON object")
+    helpers = config.get("credHelpers")
+    helper = (helpers.get(registry) if isinstance(helpers, dict) else None) or \
+        config.get("credsStore")
+    if helper and isinstance(helper, str):
         found = from_helper(registry, helper)
         if found is not None:
             return found
@@ -73,24 +87,39 @@ def from_helper(registry: str, helper: str) -> Credentials | None:
     except ValueError:
         raise AuthError(f"docker-credential-{helper} answered something that is not JSON") \
             from None
-    return Credentials(answer.get("Username", ""), answer.get("Secret", ""),
+    if not isinstance(answer, dict):
+        raise AuthError(f"docker-credential-{helper} answered something that is not an object")
+    return Credentials(str(answer.get("Username", "")), str(answer.get("Secret", "")),
                        f"docker-credential-{helper}")
 
 
 def from_secret_file(registry: str, path: str | os.PathLike[str]) -> Credentials | None:
     """Credentials from a Kubernetes ``kubernetes.io/dockerconfigjson`` Secret (JSON or YAML)."""
-    text = Path(path).read_text()
+    import yaml
+
+    try:
+        text = Path(path).read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise AuthError(f"cannot read {path}: {exc}") from None
     try:
         secret = json.loads(text)
     except ValueError:
-        import yaml
-
-        secret = yaml.safe_load(text)
+        try:
+            secret = yaml.safe_load(text)
+        except yaml.YAMLError:
+            secret = None
     if not isinstance(secret, dict) or secret.get("type") != "kubernetes.io/dockerconfigjson":
         raise AuthError(f"{path} is not a Secret of type kubernetes.io/dockerconfigjson")
-    data = (secret.get("data") or {}).get(".dockerconfigjson")
-    if data is not None:
-        config = json.loads(base64.b64decode(data))
-    else:
-        config = json.loads((secret.get("stringData") or {}).get(".dockerconfigjson", "{}"))
+    data: dict[str, Any] = secret["data"] if isinstance(secret.get("data"), dict) else {}
+    string_data: dict[str, Any] = secret["stringData"] \
+        if isinstance(secret.get("stringData"), dict) else {}
+    try:
+        if data.get(".dockerconfigjson") is not None:
+            config = json.loads(base64.b64decode(str(data[".dockerconfigjson"]),
+                                                 validate=True))
+        else:
+            config = json.loads(str(string_data.get(".dockerconfigjson", "{}")))
+    except (ValueError, UnicodeDecodeError):
+        raise AuthError(f"{path}: .dockerconfigjson is not base64 of a JSON docker "
+                        "config") from None
     return _from_auths(config, registry, os.fspath(path))

@@ -286,3 +286,12 @@ def test_dev_without_envoy_fails_before_starting_anything(tmp_path, monkeypatch)
     assert result.exit_code == 5, result.output
     assert result.output.count("\n") == 1 and "EXTCTL_ENVOY_BINARY" in result.output
     assert not started.exists()
+
+
+def test_gen_to_a_path_that_cannot_be_written_is_one_line(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    result = CliRunner().invoke(cli, ["gen", "envoy", "-o", str(blocker / "envoy.yaml")])
+    assert result.exit_code == 1, result.output
+    assert result.output.count("\n") == 1 and "cannot write" in result.output
+    assert blocker.read_text() == "not a directory"

@@ -39,8 +39,17 @@ def test_wasm_and_registry_public_names():
     for package in (wasm, registry):
         for name in package.__all__:
             assert hasattr(package, name), name
-    assert {"push", "pull", "pull_http", "Cache", "Connection", "DigestMismatch",
-            "AuthError", "UnsupportedImage"} <= set(registry.__all__)
+    assert sorted(registry.__all__) == sorted([
+        "LAYOUTS", "PULL_POLICIES", "AuthError", "Cache", "CheckResult", "Connection",
+        "Credentials", "DigestMismatch", "InvalidArgument", "InvalidReference",
+        "LimitExceeded", "NotAModule", "NotFound", "PullResult", "PushResult", "Reference",
+        "RegistryClient", "RegistryError", "TransportError", "UnsafeArchive",
+        "UnsupportedImage", "build_image", "check_file", "check_image", "from_docker_config",
+        "from_secret_file", "is_loopback", "parse_reference", "pull", "pull_http", "push"])
+    for name in registry.__all__:
+        member = getattr(registry, name)
+        if isinstance(member, type) and issubclass(member, Exception):
+            assert issubclass(member, registry.RegistryError), name
     assert {"inspect_file", "verify_file", "InvalidModule", "ProxyWasm", "WasmTrap",
             "MissingImports", "MemoryAccess", "UnsupportedAbi"} <= set(wasm.__all__)
     import wasm.emulator

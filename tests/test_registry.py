@@ -91,11 +91,17 @@ def test_tampered_blob_in_storage_is_refused_and_nothing_written(registry, conn,
 def test_non_wasm_file_is_refused_before_upload(registry, conn, tmp_path):
     bogus = tmp_path / "plugin.wasm"
     bogus.write_bytes(b"#!/bin/sh\necho not wasm\n")
-    with pytest.raises(InvalidModule, match="not a WebAssembly module"):
+    with pytest.raises(InvalidModule, match="not a WebAssembly module") as refused:
         oci.push(bogus, f"oci://{registry.host}/filters/bogus:v1", connection=conn)
-    with pytest.raises(oci.NotFound):
+    assert isinstance(refused.value, oci.NotAModule)  # one error tree: a RegistryError too
+    assert isinstance(refused.value, oci.RegistryError)
+    with pytest.raises(oci.NotFound) as missing:
         oci.pull(f"oci://{registry.host}/filters/bogus:v1", tmp_path / "x.wasm",
                  connection=conn)
+    assert missing.value.status == 404
+    assert missing.value.url == f"https://{registry.host}/v2/filters/bogus/manifests/v1"
+    with pytest.raises(oci.InvalidArgument):
+        oci.build_image(bogus.read_bytes(), "flat")
 
 
 def test_credentials_missing_or_wrong_name_the_cause(registry, wat_module, tmp_path):
@@ -213,7 +219,8 @@ def test_cache_pull_policies_with_the_registry_stopped(tmp_path, test_ca, wat_mo
                  pull_policy="Always")
     assert not (tmp_path / "e.wasm").exists()
     # A damaged cache entry is not trusted: with the registry down, the pull fails.
-    module_file = next((tmp_path / "cache" / "modules" / "sha256").iterdir())
+    layer_digest = oci.build_image(wat_module.read_bytes(), "oci").layers[1].digest
+    module_file = tmp_path / "cache" / "blobs" / "sha256" / layer_digest.removeprefix("sha256:")
     module_file.write_bytes(b"\x00asm damaged")
     with pytest.raises(oci.TransportError):
         oci.pull(digest_ref, tmp_path / "f.wasm", connection=conn, cache=cache)

@@ -192,14 +192,14 @@ def test_pull_over_http_checks_the_body_sha256_and_unboxes(http_files, wat_modul
     (root / "m").write_bytes(body)
     digest = hashlib.sha256(body).hexdigest()
     out = tmp_path / "h.wasm"
-    ok = _run("pull", f"{base}/m", "-o", str(out), "--sha256", digest)
+    ok = _run("pull", f"{base}/m", "-o", str(out), "--sha256", digest, "--insecure")
     assert ok.exit_code == 0, ok.output
     assert out.read_bytes() == module
     out.unlink()
-    wrong = _run("pull", f"{base}/m", "-o", str(out), "--sha256", "1" * 64)
+    wrong = _run("pull", f"{base}/m", "-o", str(out), "--sha256", "1" * 64, "--insecure")
     assert wrong.exit_code == 6 and f"body sha256 is {digest}" in wrong.output
     assert not out.exists()
-    missing = _run("pull", f"{base}/nothing", "-o", str(out))
+    missing = _run("pull", f"{base}/nothing", "-o", str(out), "--insecure")
     assert missing.exit_code == 8
 
 

@@ -1,4 +1,9 @@
-"""Validate and inspect a Wasm module (wasmtime): proxy-wasm ABI, exports, imports, sha256."""
+"""Validate and inspect a Wasm module: proxy-wasm ABI, exports, imports, sha256.
+
+Inspection validates with wasmtime (``Module.validate``: no native code is generated) and
+reads the type, import and export sections itself; compiling is left to what executes the
+module (the emulator). A 5 MB module is inspected in a fraction of the time and memory.
+"""
 
 from __future__ import annotations
 
@@ -75,6 +80,117 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
     return digest.hexdigest()
 
 
+Import = tuple[str, str, "tuple[tuple[str, ...], tuple[str, ...]] | None"]
+"""``(module, name, (params, results))``; the signature is None for a non-function import."""
+
+_VALTYPES = {0x7F: "i32", 0x7E: "i64", 0x7D: "f32", 0x7C: "f64", 0x7B: "v128",
+             0x70: "funcref", 0x6F: "externref"}
+
+
+class _Unsupported(Exception):
+    """A section this reader does not know how to read: wasmtime describes the module."""
+
+
+class _Reader:
+    def __init__(self, data: bytes, pos: int = 0, end: int | None = None) -> None:
+        self.data, self.pos = data, pos
+        self.end = len(data) if end is None else end
+
+    def byte(self) -> int:
+        if self.pos >= self.end:
+            raise _Unsupported
+        self.pos += 1
+        return self.data[self.pos - 1]
+
+    def uleb(self) -> int:
+        result = shift = 0
+        while True:
+            b = self.byte()
+            result |= (b & 0x7F) << shift
+            if not b & 0x80:
+                return result
+            shift += 7
+
+    def name(self) -> str:
+        n = self.uleb()
+        if self.pos + n > self.end:
+            raise _Unsupported
+        self.pos += n
+        return self.data[self.pos - n:self.pos].decode("utf-8")
+
+    def valtypes(self) -> tuple[str, ...]:
+        types = []
+        for _ in range(self.uleb()):
+            code = self.byte()
+            if code not in _VALTYPES:
+                raise _Unsupported  # typed references and the like
+            types.append(_VALTYPES[code])
+        return tuple(types)
+
+    def limits(self) -> None:
+        flags = self.byte()
+        self.uleb()
+        if flags & 1:
+            self.uleb()
+
+
+def _sections(data: bytes) -> tuple[tuple[str, ...], tuple[Import, ...]]:
+    """Exports and imports read from the binary (the module is already validated)."""
+    reader = _Reader(data, 8)
+    types: list[tuple[tuple[str, ...], tuple[str, ...]]] = []
+    imports: list[Import] = []
+    exports: list[str] = []
+    while reader.pos < reader.end:
+        section, size = reader.byte(), reader.uleb()
+        body = _Reader(data, reader.pos, reader.pos + size)
+        reader.pos += size
+        if section == 1:
+            for _ in range(body.uleb()):
+                if body.byte() != 0x60:
+                    raise _Unsupported  # GC proposal types
+                types.append((body.valtypes(), body.valtypes()))
+        elif section == 2:
+            for _ in range(body.uleb()):
+                module, name, kind = body.name(), body.name(), body.byte()
+                signature = None
+                if kind == 0x00:
+                    signature = types[body.uleb()]
+                elif kind == 0x01:
+                    body.byte()
+                    body.limits()
+                elif kind == 0x02:
+                    body.limits()
+                elif kind == 0x03:
+                    body.byte()
+                    body.byte()
+                else:
+                    raise _Unsupported
+                imports.append((module, name, signature))
+        elif section == 7:
+            for _ in range(body.uleb()):
+                exports.append(body.name())
+                body.byte()
+                body.uleb()
+    return tuple(exports), tuple(imports)
+
+
+def _compiled_sections(engine: wasmtime.Engine, data: bytes
+                       ) -> tuple[tuple[str, ...], tuple[Import, ...]]:
+    module = wasmtime.Module(engine, data)
+    return tuple(e.name for e in module.exports), _imports_of(module)
+
+
+def _imports_of(module: wasmtime.Module) -> tuple[Import, ...]:
+    found: list[Import] = []
+    for item in module.imports:
+        signature = None
+        if isinstance(item.type, wasmtime.FuncType):
+            signature = (tuple(str(t) for t in item.type.params),
+                         tuple(str(t) for t in item.type.results))
+        found.append((item.module, item.name or "", signature))
+    return tuple(found)
+
+
 def inspect_bytes(data: bytes) -> ModuleInfo:
     """Validate ``data`` with wasmtime and describe it; InvalidModule when it is not Wasm."""
     if not data.startswith(WASM_MAGIC):
@@ -82,22 +198,25 @@ def inspect_bytes(data: bytes) -> ModuleInfo:
                             "expected b'\\x00asm'")
     engine = wasmtime.Engine()
     try:
-        module = wasmtime.Module(engine, data)
+        wasmtime.Module.validate(engine, data)
+        try:
+            exports, imports = _sections(data)
+        except (_Unsupported, IndexError, UnicodeDecodeError):
+            exports, imports = _compiled_sections(engine, data)
     except wasmtime.WasmtimeError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else "rejected"
         raise InvalidModule(f"invalid WebAssembly module: {first}") from None
-    exports = tuple(e.name for e in module.exports)
     abis = tuple(name[len(ABI_PREFIX):] for name in exports if name.startswith(ABI_PREFIX))
     from .abi import supported_abi
 
     return ModuleInfo(
-        import_problems=import_problems(module, supported_abi(abis) or "0_2_1"),
+        import_problems=import_problems(imports, supported_abi(abis) or "0_2_1"),
         size=len(data),
         sha256=hashlib.sha256(data).hexdigest(),
         abi_versions=abis,
         callbacks=tuple(n for n in exports if n.startswith("proxy_on_")),
         exports=exports,
-        imports=tuple((i.module, i.name or "") for i in module.imports),
+        imports=tuple((m, n) for m, n, _ in imports),
     )
 
 
@@ -130,19 +249,21 @@ def verify_file(path: str | os.PathLike[str], expected: str) -> str:
     return actual
 
 
-def import_problems(module: wasmtime.Module, abi: str) -> tuple[tuple[str, str], ...]:
-    """``(module.name, "missing" | "signature")`` for each import of ``module`` that the
-    emulator does not give a module of ``abi``, or declared with another signature."""
+def import_problems(module: wasmtime.Module | tuple[Import, ...], abi: str
+                    ) -> tuple[tuple[str, str], ...]:
+    """``(module.name, "missing" | "signature")`` for each import of ``module`` (compiled, or
+    the imports read by :func:`inspect_bytes`) that the emulator does not give a module of
+    ``abi``, or declared with another signature."""
     from .abi import import_signatures
 
+    imports = _imports_of(module) if isinstance(module, wasmtime.Module) else module
     signatures = import_signatures(abi)
     found = []
-    for item in module.imports:
-        label = f"{item.module}.{item.name}"
-        expected = signatures.get((item.module, item.name or ""))
-        if expected is None or not isinstance(item.type, wasmtime.FuncType):
+    for item_module, item_name, signature in imports:
+        label = f"{item_module}.{item_name}"
+        expected = signatures.get((item_module, item_name))
+        if expected is None or signature is None:
             found.append((label, "missing"))
-        elif (tuple(str(t) for t in item.type.params),
-              tuple(str(t) for t in item.type.results)) != expected:
+        elif signature != expected:
             found.append((label, "signature"))
     return tuple(found)

@@ -12,6 +12,7 @@ from typing import Any
 
 import click
 
+from .. import __version__
 from .exits import failure
 
 # name -> "module:attribute", in the order --help lists them.
@@ -24,6 +25,7 @@ _COMMANDS = {
     "pull": "extctl.cli.wasm:pull",
     "inspect": "extctl.cli.wasm:inspect",
     "verify": "extctl.cli.wasm:verify",
+    "check": "extctl.cli.wasm:check",
 }
 
 
@@ -55,7 +57,7 @@ class _Commands(click.Group):
 
 @click.group(cls=_Commands, context_settings={"auto_envvar_prefix": "EXTCTL",
                                               "help_option_names": ["-h", "--help"]})
-@click.version_option(package_name="envoy-extkit")
+@click.version_option(version=__version__, prog_name="extctl")
 def cli() -> None:
     """envoy-extkit: extend Envoy and Envoy Gateway with ext_proc processors and Wasm
     modules."""

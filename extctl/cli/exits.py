@@ -7,7 +7,6 @@ Commands raise the libraries' own exceptions; the command group turns any of the
 
 from __future__ import annotations
 
-import re
 from typing import IO, Any
 
 import click
@@ -24,16 +23,6 @@ NOT_FOUND = 8  # repository, tag or blob not found
 INVALID = 9  # not a Wasm module, unsupported image layout, unsafe archive, bad reference
 TRANSPORT = 10  # TLS failure, connection refused, repeated 5xx
 
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
-
-
-def printable(text: str, limit: int = 500) -> str:
-    """``text`` safe for a terminal: control characters (escape sequences) shown escaped, one
-    line, at most ``limit`` characters."""
-    text = _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text.replace("\n", " "))
-    return text if len(text) <= limit else text[:limit] + "..."
-
-
 class Failure(click.ClickException):
     """An expected failure: ``error: MESSAGE`` on one line, and its exit code."""
 
@@ -42,7 +31,10 @@ class Failure(click.ClickException):
         self.exit_code = exit_code  # type: ignore[misc]  # click declares a class default
 
     def show(self, file: IO[Any] | None = None) -> None:
-        click.echo(f"error: {printable(self.format_message())}", err=True, file=file)
+        # Messages quote what servers and files said: never raw escape sequences.
+        from registry.untrusted import escape
+
+        click.echo(f"error: {escape(self.format_message(), 2000)}", err=True, file=file)
 
 
 def table() -> tuple[tuple[type[BaseException], int], ...]:

@@ -81,9 +81,9 @@ def _emit(text: str, out: str | None) -> None:
     if out is None:
         click.echo(text, nl=False)
         return
-    from registry.transfer_io import write_atomic
+    from ..config.files import write_file
 
-    write_atomic(Path(out), text.encode())
+    write_file(out, text)
 
 
 _wasm_settings = (

@@ -84,13 +84,16 @@ registry_options = (
     click.option("--ca-file", type=click.Path(exists=True, dir_okay=False),
                  help="PEM CA bundle for a private registry or HTTPS server."),
     click.option("--insecure", is_flag=True, help="Plain HTTP (registries on loopback)."),
+    click.option("--timeout", type=click.FloatRange(min=0.1), default=300.0,
+                 show_default=True, help="Deadline of each request in seconds (on top of a "
+                 "60 s timeout per read)."),
 )
 
 
 def connection(ref: str, username: str | None = None, password_stdin: bool = False,
                docker_config: str | None = None, secret_file: str | None = None,
                ca_file: str | None = None, insecure: bool = False,
-               **_: Any) -> registry.Connection:
+               timeout: float | None = None, **_: Any) -> registry.Connection:
     """How to reach the registry of ``ref``, from the registry options."""
     import registry
 
@@ -107,9 +110,13 @@ def connection(ref: str, username: str | None = None, password_stdin: bool = Fal
         credentials = registry.from_secret_file(host, secret_file)
     else:
         credentials = registry.from_docker_config(host, docker_config)
-    if insecure and not (host.startswith(("127.", "localhost", "[::1]"))):
-        raise UsageError("--insecure (plain HTTP) is only for a registry on loopback")
-    return registry.Connection(credentials, ca_file=ca_file, insecure=insecure)
+    if insecure and not registry.is_loopback(host):
+        raise UsageError("--insecure (plain HTTP) is only for a registry on loopback "
+                         "(localhost, 127.0.0.0/8, [::1])")
+    if timeout is None:
+        return registry.Connection(credentials, ca_file=ca_file, insecure=insecure)
+    return registry.Connection(credentials, ca_file=ca_file, insecure=insecure,
+                               timeout=timeout)
 
 
 # -- the policy both generators take, from Policy's fields ----------------------------------

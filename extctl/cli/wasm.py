@@ -1,4 +1,5 @@
-"""``extctl push|pull|inspect|verify``: thin commands over :mod:`registry` and :mod:`wasm`."""
+"""``extctl push|pull|inspect|verify|check``: thin commands over :mod:`registry` and
+:mod:`wasm`."""
 
 from __future__ import annotations
 
@@ -59,7 +60,7 @@ def _spinner_progress(label: str) -> Iterator[Callable[[int], None] | None]:
 @_registry_options
 def push(module: str, ref: str, layout: str, username: str | None, password_stdin: bool,
          docker_config: str | None, secret_file: str | None, ca_file: str | None,
-         insecure: bool, output: str) -> None:
+         insecure: bool, timeout: float, output: str) -> None:
     """Push a Wasm module as an image Envoy Gateway pulls; print its manifest digest.
 
     The digest is what EnvoyExtensionPolicy's image.sha256 must carry; the printed entry is
@@ -70,7 +71,7 @@ def push(module: str, ref: str, layout: str, username: str | None, password_stdi
       extctl push plugin.wasm oci://registry.example.com/filters/redact:v1
     """
     connection = options.connection(ref, username, password_stdin, docker_config,
-                                    secret_file, ca_file, insecure)
+                                    secret_file, ca_file, insecure, timeout)
     size = Path(module).stat().st_size
     with _progress("push", size * 2) as progress:
         result = registry.push(module, ref, layout=layout, connection=connection,
@@ -97,7 +98,8 @@ def push(module: str, ref: str, layout: str, username: str | None, password_stdi
 @click.option("--sha256", help="Expected digest, as EnvoyExtensionPolicy means it: the manifest "
               "digest for oci:// (image.sha256), the body's sha256 for https:// (http.sha256).")
 @click.option("--max-size", type=click.IntRange(min=1), default=256 * 1024 * 1024,
-              show_default=True, help="Largest module accepted, in bytes.")
+              show_default=True, help="Largest module accepted, in bytes (a tar+gzip layer may "
+              "decompress to 1 MiB more, for its headers).")
 @click.option("--pull-policy", type=click.Choice(registry.PULL_POLICIES), default="IfNotPresent",
               show_default=True, help="IfNotPresent: a cached image is used without asking the "
               "registry; Always: resolve the reference every time (Envoy Gateway's meaning).")
@@ -108,7 +110,7 @@ def push(module: str, ref: str, layout: str, username: str | None, password_stdi
 def pull(ref: str, out: str, sha256: str | None, max_size: int, pull_policy: str,
          cache_dir: str | None, no_cache: bool, username: str | None,
          password_stdin: bool, docker_config: str | None, secret_file: str | None,
-         ca_file: str | None, insecure: bool, output: str) -> None:
+         ca_file: str | None, insecure: bool, timeout: float, output: str) -> None:
     """Pull a Wasm module from an image, verifying every digest; nothing is written on error.
 
     \b
@@ -124,7 +126,7 @@ def pull(ref: str, out: str, sha256: str | None, max_size: int, pull_policy: str
             raise click.BadParameter(str(exc), param_hint="--sha256") from None
     if ref.startswith(("https://", "http://")):
         result = registry.pull_http(ref, out, sha256=sha256, ca_file=ca_file,
-                                    max_size=max_size)
+                                    max_size=max_size, insecure=insecure, timeout=timeout)
         click.echo(json.dumps({"url": ref, "sha256_body": result.digest,
                                "path": str(result.path), "sha256": result.sha256,
                                "size": result.size}, indent=2) if output == "json" else
@@ -132,7 +134,7 @@ def pull(ref: str, out: str, sha256: str | None, max_size: int, pull_policy: str
                    f"body sha256: {result.digest.removeprefix('sha256:')}")
         return
     connection = options.connection(ref, username, password_stdin, docker_config,
-                                    secret_file, ca_file, insecure)
+                                    secret_file, ca_file, insecure, timeout)
     cache = None if no_cache else registry.Cache(cache_dir)
     with _spinner_progress("pull") as progress:
         result = registry.pull(ref, out, sha256=sha256, connection=connection,
@@ -140,12 +142,15 @@ def pull(ref: str, out: str, sha256: str | None, max_size: int, pull_policy: str
                                progress=progress)
     if output == "json":
         click.echo(json.dumps({"reference": str(result.reference), "digest": result.digest,
+                               "index_digest": result.index_digest,
                                "path": str(result.path), "sha256": result.sha256,
                                "size": result.size, "from_cache": result.from_cache},
                               indent=2))
     else:
         source = " from the cache" if result.from_cache else ""
         click.echo(f"pulled {result.reference}{source} -> {result.path} ({result.size} bytes)")
+        if result.index_digest:
+            click.echo(f"index digest: {result.index_digest} (not what image.sha256 compares)")
         click.echo(f"digest: {result.digest}\nmodule sha256: {result.sha256}")
 
 
@@ -153,7 +158,8 @@ def pull(ref: str, out: str, sha256: str | None, max_size: int, pull_policy: str
 @click.argument("module", metavar="FILE|oci://REF")
 @_registry_options
 def inspect(module: str, username: str | None, password_stdin: bool, docker_config: str | None,
-            secret_file: str | None, ca_file: str | None, insecure: bool, output: str) -> None:
+            secret_file: str | None, ca_file: str | None, insecure: bool, timeout: float,
+            output: str) -> None:
     """Validate a Wasm module and show its proxy-wasm ABI, callbacks, imports, size, sha256.
 
     An oci:// reference is pulled first (digests verified, nothing kept).
@@ -165,7 +171,7 @@ def inspect(module: str, username: str | None, password_stdin: bool, docker_conf
     """
     if module.startswith("oci://"):
         connection = options.connection(module, username, password_stdin, docker_config,
-                                        secret_file, ca_file, insecure)
+                                        secret_file, ca_file, insecure, timeout)
         with tempfile.TemporaryDirectory(prefix="extctl-inspect-") as tmp:
             pulled = registry.pull(module, Path(tmp) / "plugin.wasm",
                                    connection=connection)
@@ -212,3 +218,66 @@ def verify(file: str, sha256: str, output: str) -> None:
         click.echo(json.dumps({"path": file, "sha256": actual, "ok": True}, indent=2))
         return
     click.echo(f"ok: {file} sha256 {actual}")
+
+
+@click.command()
+@click.argument("image", metavar="oci://REF|FILE")
+@click.option("--module", is_flag=True,
+              help="Also download the module's layer and check plugin.wasm / the Wasm bytes.")
+@click.option("--max-size", type=click.IntRange(min=1), default=256 * 1024 * 1024,
+              show_default=True, help="Largest module accepted with --module, in bytes.")
+@_registry_options
+def check(image: str, module: bool, max_size: int, username: str | None,
+          password_stdin: bool, docker_config: str | None, secret_file: str | None,
+          ca_file: str | None, insecure: bool, timeout: float, output: str) -> None:
+    """Tell whether Envoy Gateway will accept an image, and the digest image.sha256 needs.
+
+    Reads only the manifests (the module too with --module) and applies Envoy Gateway's rules:
+    compat (last layer tar+gzip holding plugin.wasm) or oci (exactly two layers, one
+    application/vnd.module.wasm.content.layer.v1+wasm); an index is resolved to linux/amd64,
+    whose manifest digest is what EG compares. FILE is a manifest or index JSON file, or an
+    OCI image layout directory. Exit code 0: accepted; 9: rejected.
+
+    \b
+    Example:
+      extctl check oci://registry.example.com/filters/redact:v1
+      extctl check ./oci-layout --output json
+    """
+    from registry.untrusted import escape
+
+    from .exits import INVALID
+
+    if image.startswith("oci://"):
+        connection = options.connection(image, username, password_stdin, docker_config,
+                                        secret_file, ca_file, insecure, timeout)
+        result = registry.check_image(image, connection=connection, module=module,
+                                      max_size=max_size)
+    else:
+        if not Path(image).exists():
+            raise click.BadParameter(f"{image} is not a file or directory (or an oci:// "
+                                     "reference)", param_hint="oci://REF|FILE")
+        result = registry.check_file(image, module=module, max_size=max_size)
+    if output == "json":
+        click.echo(json.dumps(result.to_dict(), indent=2))
+    elif result.accepted:
+        click.echo(f"ACCEPTED: Envoy Gateway reads the module as the {result.variant} variant "
+                   f"({len(result.layers)} layer{'s' if len(result.layers) != 1 else ''})")
+    else:
+        click.echo("REJECTED: Envoy Gateway would refuse it: " + escape(
+            "; ".join(result.reasons), 2000))
+    if output != "json":
+        if result.index_digest:
+            click.echo(f"index digest:    {result.index_digest} (NOT what image.sha256 is "
+                       "compared with)")
+            click.echo(f"manifest digest: {result.digest} (linux/amd64: Envoy Gateway compares "
+                       "image.sha256 with this one)")
+        elif result.digest:
+            click.echo(f"manifest digest: {result.digest}")
+        if result.image_sha256:
+            click.echo(f"image.sha256: {result.image_sha256}")
+        if result.module_sha256:
+            click.echo(f"module sha256: {result.module_sha256}")
+        for note in result.notes:
+            click.echo(f"note: {note}")
+    if not result.accepted:
+        raise SystemExit(INVALID)

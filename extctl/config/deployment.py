@@ -23,6 +23,7 @@ from extproc import FilterSpec, Processor
 
 from .envoy import bootstrap
 from .envoy import to_yaml as envoy_yaml
+from .files import write_file
 from .gateway import resources
 from .gateway import to_yaml as gateway_yaml
 from .model import DeploymentData, EnvoyOptions, GatewayOptions
@@ -78,14 +79,7 @@ class Deployment(DeploymentData):
 
     def write(self, directory: str | os.PathLike[str]) -> list[Path]:
         """Write :meth:`render`'s files into ``directory``, each atomically; their paths."""
-        from registry.transfer_io import write_atomic
-
-        written = []
-        for name, text in self.render().items():
-            path = Path(directory) / name
-            write_atomic(path, text.encode())
-            written.append(path)
-        return written
+        return [write_file(Path(directory) / name, text) for name, text in self.render().items()]
 
 
 _FIELDS = {kind: frozenset(f.name for f in dataclasses.fields(kind))

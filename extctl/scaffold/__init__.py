@@ -9,7 +9,6 @@ leaves nothing behind.
 
 from __future__ import annotations
 
-import functools
 import importlib.util
 import keyword
 import os
@@ -64,14 +63,10 @@ class ProjectNames:
                 .replace("{{extkit_version}}", _extkit_version()))
 
 
-@functools.cache
 def _extkit_version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
+    from .. import __version__
 
-    try:
-        return version("envoy-extkit")
-    except PackageNotFoundError:  # running from a checkout that is not installed
-        return "0.1.0"
+    return __version__
 
 
 # Package data drops dot-files; these template names become them.
