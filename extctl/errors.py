@@ -6,7 +6,10 @@
     ├── ConfigError      a configuration that cannot be generated (extctl.config; exit 2)
     │   └── GatewayError     a resource Envoy Gateway (or its CRDs' CEL rules) would refuse
     ├── OutputError      a file that cannot be written (the path and why)
-    └── ScaffoldError    a template could not be rendered (a bug of the template)
+    ├── ScaffoldError    a template could not be rendered (a bug of the template)
+    ├── Unhealthy        a processor is not SERVING or cannot be reached (extctl health)
+    ├── AdminError       Envoy's admin endpoint is unreachable or its answer unreadable
+    └── DoctorFindings   a running Envoy lacks something expected (extctl doctor)
 """
 
 from __future__ import annotations
@@ -34,3 +37,16 @@ class OutputError(ExtctlError):
 
 class ScaffoldError(ExtctlError):
     """A project template could not be rendered (a bug of the template, not of the input)."""
+
+
+class Unhealthy(ExtctlError):
+    """A processor answered its health check with something other than SERVING, or did not
+    answer within the deadline."""
+
+
+class AdminError(ExtctlError):
+    """Envoy's admin endpoint could not be read: unreachable, too slow, too large, not JSON."""
+
+
+class DoctorFindings(ExtctlError):
+    """A running Envoy lacks something expected; the report says what."""

@@ -179,6 +179,8 @@ class FilterSpec:
     disable_immediate_response: bool = False
     allowed_override_modes: tuple[ProcessingMode, ...] = ()
     send_body_without_waiting_for_header_response: bool = False
+    import_path: str = ""
+    """``module:QualName`` the class is imported by (what ``extctl serve`` is given)."""
 
     @property
     def timeout(self) -> float:
@@ -355,6 +357,7 @@ def derive(cls: type[Any]) -> FilterSpec:
         allowed_override_modes=allowed,
         send_body_without_waiting_for_header_response=bool(
             cls.send_body_without_waiting_for_header_response),
+        import_path=f"{cls.__module__}:{cls.__qualname__}",
     )
 
 

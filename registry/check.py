@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from wasm.module import WASM_MAGIC
+from wasm.digest import WASM_MAGIC
 
 from .errors import RegistryError, UnsupportedImage
 from .layout import eg_candidates

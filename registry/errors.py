@@ -19,7 +19,7 @@
 
 from __future__ import annotations
 
-from wasm import InvalidModule
+from wasm.errors import InvalidModule
 
 
 class RegistryError(Exception):

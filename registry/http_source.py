@@ -17,8 +17,7 @@ from pathlib import Path
 
 import httpx
 
-from wasm import normalise_sha256
-from wasm.module import WASM_MAGIC
+from wasm.digest import WASM_MAGIC, normalise_sha256
 
 from .errors import (
     DigestMismatch,

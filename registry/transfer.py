@@ -9,8 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from wasm import InvalidModule, inspect_bytes, normalise_sha256
-from wasm.module import WASM_MAGIC
+from wasm.digest import WASM_MAGIC, normalise_sha256
+from wasm.errors import InvalidModule
 
 from .auth import Credentials
 from .cache import PULL_POLICIES, Cache
@@ -89,6 +89,8 @@ def push(wasm_path: str | os.PathLike[str], ref: str | Reference, *, layout: str
          connection: Connection | None = None, progress: Progress | None = None) -> PushResult:
     """Validate the module, upload its blobs and manifest; the result names the digest."""
     reference = parse_reference(ref) if isinstance(ref, str) else ref
+    from wasm.module import inspect_bytes  # wasmtime validates it: only push needs that
+
     data = Path(wasm_path).read_bytes()
     try:
         inspect_bytes(data)

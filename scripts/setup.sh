@@ -5,7 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(docker-registry skopeo wrk curl openssl)
+# passwd (useradd) and util-linux (setpriv): the socket permission test runs as other users.
+packages=(docker-registry skopeo wrk curl openssl passwd util-linux)
 missing=()
 for pkg in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" \

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 from click.testing import CliRunner
+from crds import validate
 
 from extctl.cli import cli
 
@@ -70,12 +71,21 @@ def test_new_extproc_project_installs_and_passes_its_tests(tmp_path, project_pyt
     project = tmp_path / "tenant-guard"
     assert (project / "tenant_guard" / "processor.py").exists()
     gateway = list(yaml.safe_load_all((project / "envoy-configs" / "gateway.yaml").read_text()))
-    assert [d["kind"] for d in gateway] == ["EnvoyExtensionPolicy", "Backend"]
+    assert [d["kind"] for d in gateway] == ["EnvoyExtensionPolicy", "Backend", "EnvoyProxy",
+                                            "ConfigMap"]
     assert gateway[0]["spec"]["extProc"][0]["processingMode"] == {"request": {}, "response": {}}
-    assert "USER 10001" in (project / "Dockerfile").read_text()
+    for doc in gateway[:3]:
+        validate(doc)
+    (sidecar,) = gateway[2]["spec"]["provider"]["kubernetes"]["envoyDeployment"][
+        "initContainers"]
+    assert sidecar["command"] == ["extctl", "serve", "tenant_guard.processor:TenantGuard",
+                                  "--uds", "/var/run/extproc/extproc.sock", "--workers", "2",
+                                  "--socket-mode", "660"]
+    dockerfile = (project / "Dockerfile").read_text()
+    assert "USER 10001" in dockerfile and "666" not in dockerfile
     assert (project / ".gitignore").exists()
-    # 2 unit tests, 1 through Envoy, 2 on the generated configs.
-    assert _passed(_install_and_test(project, project_python, "[dev]")) == 5
+    # 2 unit tests, 1 through Envoy, 3 on the generated configs and the image's command.
+    assert _passed(_install_and_test(project, project_python, "[dev]")) == 6
     _lint(project)
 
 

@@ -90,7 +90,7 @@ def test_config_library_public_names():
     assert sorted(extctl.config.__all__) == sorted([
         "DEFAULT_ORDER", "ConfigError", "Deployment", "EnvoyOptions", "FilterPosition",
         "GatewayError", "GatewayOptions", "Policy", "ProcessorTls", "SessionPersistence",
-        "Target", "WasmModule", "envoy_yaml", "gateway_yaml", "kebab", "to_json"])
+        "Sidecar", "Target", "WasmModule", "envoy_yaml", "gateway_yaml", "kebab", "to_json"])
     for name in extctl.config.__all__:
         member = getattr(extctl.config, name)
         if isinstance(member, type) or callable(member):
@@ -121,5 +121,20 @@ def test_commands_import_only_what_they_run():
     version = _imported_by("--version")
     assert not version & {"grpc", "wasmtime", "envoy", "extproc", "wasm", "registry",
                           "httpx", "yaml"}, version
+    pull = _imported_by("pull", "oci://127.0.0.1:9/f/x:v1", "-o", "/nonexistent/x.wasm",
+                        "--timeout", "0.5", "--no-cache")
+    assert {"registry", "httpx"} <= pull
+    assert not pull & {"grpc", "wasmtime", "extproc", "yaml"}, pull
     gen = _imported_by("gen", "--help")
     assert not gen & {"wasmtime", "registry", "httpx"}, gen
+
+
+def test_the_exit_code_table_names_real_classes():
+    import importlib
+
+    from extctl.cli.exits import TABLE
+
+    for module, name, code in TABLE:
+        cls = getattr(importlib.import_module(module), name)
+        assert isinstance(cls, type) and issubclass(cls, Exception), (module, name)
+        assert 1 <= code <= 12

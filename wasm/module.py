@@ -14,9 +14,9 @@ from typing import Any
 
 import wasmtime
 
-from .errors import DigestMismatch, InvalidModule
+from .digest import WASM_MAGIC
+from .errors import InvalidModule
 
-WASM_MAGIC = b"\x00asm"
 ABI_PREFIX = "proxy_abi_version_"
 KNOWN_ABIS = ("0_1_0", "0_2_0", "0_2_1")
 
@@ -70,14 +70,6 @@ class ModuleInfo:
         data["emulator"] = {"missing": list(self.emulator_missing),
                             "stubbed": list(self.emulator_stubbed)}
         return data
-
-
-def sha256_file(path: str | os.PathLike[str]) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1024 * 1024), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 Import = tuple[str, str, "tuple[tuple[str, ...], tuple[str, ...]] | None"]
@@ -228,25 +220,6 @@ def inspect_file(path: str | os.PathLike[str]) -> ModuleInfo:
         return inspect_bytes(data)
     except InvalidModule as exc:
         raise InvalidModule(f"{os.fspath(path)}: {exc}") from None
-
-
-def normalise_sha256(value: str) -> str:
-    """``sha256:HEX`` or ``HEX`` -> lower-case HEX; ValueError when it is not 64 hex digits."""
-    text = value.strip().lower()
-    text = text.removeprefix("sha256:")
-    if len(text) != 64 or any(c not in "0123456789abcdef" for c in text):
-        raise ValueError(f"{value!r} is not a sha256 (64 hex digits, optionally 'sha256:')")
-    return text
-
-
-def verify_file(path: str | os.PathLike[str], expected: str) -> str:
-    """Check the file's sha256; returns it, raises DigestMismatch otherwise."""
-    want = normalise_sha256(expected)
-    actual = sha256_file(path)
-    if actual != want:
-        raise DigestMismatch(f"{os.fspath(path)}: sha256 is {actual}, expected {want}",
-                             expected=want, actual=actual)
-    return actual
 
 
 def import_problems(module: wasmtime.Module | tuple[Import, ...], abi: str

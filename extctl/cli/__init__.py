@@ -26,6 +26,8 @@ _COMMANDS = {
     "inspect": "extctl.cli.wasm:inspect",
     "verify": "extctl.cli.wasm:verify",
     "check": "extctl.cli.wasm:check",
+    "health": "extctl.cli.health:health",
+    "doctor": "extctl.cli.doctor:doctor",
 }
 
 

@@ -7,6 +7,7 @@ Commands raise the libraries' own exceptions; the command group turns any of the
 
 from __future__ import annotations
 
+import sys
 from typing import IO, Any
 
 import click
@@ -21,7 +22,9 @@ DIGEST = 6  # a digest/sha256 did not match; nothing was written
 AUTH = 7  # the registry refused the credentials (401/403) or none were found
 NOT_FOUND = 8  # repository, tag or blob not found
 INVALID = 9  # not a Wasm module, unsupported image layout, unsafe archive, bad reference
-TRANSPORT = 10  # TLS failure, connection refused, repeated 5xx
+TRANSPORT = 10  # TLS failure, connection refused, repeated 5xx; Envoy's admin unreadable
+UNHEALTHY = 11  # health: a worker is NOT_SERVING, or did not answer within the deadline
+FINDINGS = 12  # doctor: the running Envoy lacks something expected (the report says what)
 
 class Failure(click.ClickException):
     """An expected failure: ``error: MESSAGE`` on one line, and its exit code."""
@@ -37,46 +40,41 @@ class Failure(click.ClickException):
         click.echo(f"error: {escape(self.format_message(), 2000)}", err=True, file=file)
 
 
-def table() -> tuple[tuple[type[BaseException], int], ...]:
-    """Exception class -> exit code, most specific first (the first match wins).
-
-    Built on first use so that commands that never fail import nothing for it.
-    """
-    import extproc
-    import registry
-    import wasm
-
-    from ..config import ConfigError
-    from ..errors import EnvoyError, ExtctlError, ScaffoldError, UsageError
-
-    return (
-        (registry.DigestMismatch, DIGEST),
-        (wasm.DigestMismatch, DIGEST),
-        (registry.AuthError, AUTH),
-        (registry.NotFound, NOT_FOUND),
-        (registry.TransportError, TRANSPORT),
-        (registry.InvalidReference, INVALID),
-        (registry.UnsupportedImage, INVALID),
-        (registry.UnsafeArchive, INVALID),
-        (wasm.InvalidModule, INVALID),
-        (registry.RegistryError, ERROR),
-        (extproc.ImportFromStringError, IMPORT),
-        (extproc.ProcessorDefinitionError, IMPORT),
-        (extproc.ServeError, STARTUP),
-        (EnvoyError, ENVOY),
-        (UsageError, USAGE),
-        (ConfigError, USAGE),
-        (ScaffoldError, ERROR),
-        (ExtctlError, ERROR),
-        (wasm.WasmError, ERROR),
-    )
+# Error class (module, name) -> exit code, most specific first: the first match wins. Named,
+# not imported: an exception's class is loaded by the time it is raised, so a class whose
+# module was never imported cannot match, and failing imports nothing.
+TABLE: tuple[tuple[str, str, int], ...] = (
+    ("registry.errors", "DigestMismatch", DIGEST),
+    ("wasm.errors", "DigestMismatch", DIGEST),
+    ("registry.errors", "AuthError", AUTH),
+    ("registry.errors", "NotFound", NOT_FOUND),
+    ("registry.errors", "TransportError", TRANSPORT),
+    ("registry.errors", "InvalidReference", INVALID),
+    ("registry.errors", "UnsupportedImage", INVALID),
+    ("registry.errors", "UnsafeArchive", INVALID),
+    ("wasm.errors", "InvalidModule", INVALID),
+    ("registry.errors", "RegistryError", ERROR),
+    ("extproc._errors", "ImportFromStringError", IMPORT),
+    ("extproc._errors", "ProcessorDefinitionError", IMPORT),
+    ("extproc._errors", "ServeError", STARTUP),
+    ("extctl.errors", "EnvoyError", ENVOY),
+    ("extctl.errors", "Unhealthy", UNHEALTHY),
+    ("extctl.errors", "DoctorFindings", FINDINGS),
+    ("extctl.errors", "AdminError", TRANSPORT),
+    ("extctl.errors", "UsageError", USAGE),
+    ("extctl.config.errors", "ConfigError", USAGE),
+    ("extctl.errors", "ScaffoldError", ERROR),
+    ("extctl.errors", "ExtctlError", ERROR),
+    ("wasm.errors", "WasmError", ERROR),
+)
 
 
 def failure(exc: BaseException) -> Failure | None:
     """The Failure an error of the libraries becomes, or None for anything else (a bug)."""
     if isinstance(exc, Failure):
         return exc
-    for kind, code in table():
-        if isinstance(exc, kind):
+    for module, name, code in TABLE:
+        loaded = sys.modules.get(module)
+        if loaded is not None and isinstance(exc, getattr(loaded, name)):
             return Failure(str(exc), code)
     return None

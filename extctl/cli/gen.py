@@ -145,9 +145,68 @@ def _gateway(function: Any) -> Any:
         options.policy_options,
         click.option("--client-gateway",
                      help="Gateway for the ClientTrafficPolicy (default: the --gateway target)."),
+        _sidecar_options,
         options.app_dir,
         _out,
     )
+
+
+# How a Sidecar field is spelled on the command line; help and default come from the field.
+_SIDECAR_FLAGS: dict[str, dict[str, Any]] = {
+    "image": {"flag": "--sidecar-image", "metavar": "IMAGE"},
+    "user": {"flag": "--sidecar-user", "type": click.IntRange(min=1)},
+    "socket_group": {"flag": "--socket-group", "type": click.IntRange(min=1)},
+    "socket_mode": {"flag": "--socket-mode", "type": options.Octal()},
+    "cpu": {"flag": "--cpu"},
+    "memory": {"flag": "--memory"},
+    "cpu_limit": {"flag": "--cpu-limit"},
+    "gateway_class": {"flag": "--gateway-class", "metavar": "NAME"},
+    "eg_namespace": {"flag": "--eg-namespace"},
+}
+
+
+def _param(name: str) -> str:
+    """The click parameter (and so the environment variable) of a Sidecar field's flag."""
+    return str(_SIDECAR_FLAGS[name]["flag"])[2:].replace("-", "_")
+
+
+def _sidecar_options(function: Any) -> Any:
+    """One option per :class:`~extctl.config.Sidecar` field; --sidecar-image turns it on."""
+    from ..config import Sidecar
+
+    fields = {f.name: f for f in dataclasses.fields(Sidecar)}
+    if set(fields) != set(_SIDECAR_FLAGS):
+        raise AssertionError("every Sidecar field needs its command-line spelling")
+    made = []
+    for name, spelling in _SIDECAR_FLAGS.items():
+        settings = {k: v for k, v in spelling.items() if k != "flag"}
+        default = fields[name].default
+        if default is dataclasses.MISSING or default is None:
+            default = None
+        elif name == "socket_mode":
+            default = f"{default:o}"
+        help = fields[name].metadata["help"]
+        if name == "image":
+            help = ("Run the processor from this image as a native sidecar of Envoy's pods: "
+                    "adds the EnvoyProxy (sidecar, socket volume, fsGroup), Envoy Gateway's "
+                    "Backend switch and, with --gateway-class, the GatewayClass. " + help)
+        made.append(click.option(spelling["flag"], _param(name), default=default,
+                                 show_default=default is not None, help=help, **settings))
+    return options.apply(function, *made)
+
+
+def _sidecar(values: dict[str, Any]) -> Any:
+    """The Sidecar the sidecar options describe (their values popped from ``values``)."""
+    from ..config import ConfigError, Sidecar
+
+    given = {name: values.pop(_param(name)) for name in _SIDECAR_FLAGS}
+    image = given.pop("image")
+    if image is None:
+        if given["gateway_class"] is not None or given["cpu_limit"] is not None:
+            raise ConfigError("--gateway-class and --cpu-limit describe the sidecar: give "
+                              "--sidecar-image")
+        return None
+    return Sidecar(image, **given)
 
 
 @gen.command()
@@ -160,10 +219,13 @@ def gateway(processor: str | None, route: tuple[str, ...], gateway: tuple[str, .
             **values: Any) -> None:
     """Envoy Gateway resources: EnvoyExtensionPolicy + Backend (Envoy sends only the phases
     the class handles), and the SecurityPolicy, BackendTrafficPolicy, ClientTrafficPolicy and
-    EnvoyProxy the options ask for.
+    EnvoyProxy the options ask for; with --sidecar-image, the processor as a native sidecar
+    of Envoy's pods (EnvoyProxy), the GatewayClass and Envoy Gateway's ConfigMap.
 
     \b
     Example:
+      extctl gen gateway app:Redact --name redact --route r \\
+          --uds /var/run/extproc/extproc.sock --sidecar-image registry.example.com/redact:1
       extctl gen gateway app:Redact --route backend \\
           --uds /var/run/extproc/extproc.sock --workers 2 --session Header:x-user
       extctl gen gateway --name filters --gateway eg \\
@@ -171,6 +233,7 @@ def gateway(processor: str | None, route: tuple[str, ...], gateway: tuple[str, .
           --wasm-config 'redact={"words": ["secret"]}' --filter-order wasm:before:ext_proc
     """
     from ..config import ConfigError, Deployment, GatewayOptions, Target, gateway_yaml
+    from ..config.gateway import notes as gateway_notes
 
     cls = options.load_processor(processor, app_dir) if processor else None
     # Each source checked as what its option says it is; then all settings applied.
@@ -195,12 +258,13 @@ def gateway(processor: str | None, route: tuple[str, ...], gateway: tuple[str, .
         raise ConfigError(f"--uds {uds}: give the socket's absolute path as Envoy's "
                           "container sees it")
     policy = options.policy(values)
+    sidecar = _sidecar(values)
     targets = [*(Target("HTTPRoute", r) for r in route), *(Target("Gateway", g) for g in gateway)]
     deployment = Deployment(
         cls, addresses=_addresses(uds, address, workers) if cls else (), policy=policy,
         wasm=modules,
-        gateway=GatewayOptions(targets=targets, **values))
-    _emit(gateway_yaml(deployment.gateway_resources()), out)
+        gateway=GatewayOptions(targets=targets, sidecar=sidecar, **values))
+    _emit(gateway_yaml(deployment.gateway_resources(), gateway_notes(deployment)), out)
 
 
 @gen.command()

@@ -18,6 +18,7 @@ from .gateway import to_yaml as gateway_yaml
 from .model import EnvoyOptions, GatewayOptions, ProcessorTls, Target, kebab
 from .policy import Policy
 from .session import SessionPersistence
+from .sidecar import Sidecar
 from .wasm import WasmModule
 
 __all__ = [
@@ -31,6 +32,7 @@ __all__ = [
     "Policy",
     "ProcessorTls",
     "SessionPersistence",
+    "Sidecar",
     "Target",
     "WasmModule",
     "envoy_yaml",

@@ -24,7 +24,7 @@ from extproc import FilterSpec, Processor
 from .envoy import bootstrap
 from .envoy import to_yaml as envoy_yaml
 from .files import write_file
-from .gateway import resources
+from .gateway import notes, resources
 from .gateway import to_yaml as gateway_yaml
 from .model import DeploymentData, EnvoyOptions, GatewayOptions
 from .policy import Policy
@@ -74,7 +74,8 @@ class Deployment(DeploymentData):
         header = f"# {self.header}\n" if self.header else ""
         files = {"envoy.yaml": header + envoy_yaml(self.envoy_bootstrap())}
         if self.gateway.targets:
-            files["gateway.yaml"] = header + gateway_yaml(self.gateway_resources())
+            files["gateway.yaml"] = header + gateway_yaml(self.gateway_resources(),
+                                                          notes(self))
         return files
 
     def write(self, directory: str | os.PathLike[str]) -> list[Path]:

@@ -21,6 +21,8 @@ from .ext_proc import gateway_fields
 from .model import DeploymentData as Deployment
 from .model import Target, check_name, is_kubernetes_name
 from .net import MAX_UDS_PATH, host_port, is_ip, is_socket_path
+from .sidecar import envoy_deployment, envoy_gateway_config, gateway_class
+from .sidecar import notes as sidecar_notes
 from .wasm import WasmModule
 
 API_VERSION = "gateway.envoyproxy.io/v1alpha1"
@@ -153,6 +155,9 @@ def backend(deployment: Deployment) -> dict[str, Any]:
         endpoints.append({kind: {key: host, "port": port}})
     if not endpoints:
         raise GatewayError("the ext_proc Backend needs at least one address")
+    if any("fqdn" in e for e in endpoints) and not all("fqdn" in e for e in endpoints):
+        raise GatewayError("a Backend cannot mix host names with IP addresses or sockets "
+                           "(Envoy Gateway's CEL rule): give one kind")
     spec: dict[str, Any] = {"endpoints": endpoints}
     if options.tls_ca_configmap or options.tls_client_secret or options.tls_sni:
         if any("unix" in e for e in endpoints):
@@ -268,10 +273,58 @@ def filter_order(deployment: Deployment) -> dict[str, Any]:
     return doc
 
 
+def processor_path(deployment: Deployment) -> str:
+    """``MODULE:CLASS`` of the processor, as ``extctl serve`` in the sidecar imports it."""
+    spec = deployment.spec
+    if spec is None:
+        raise GatewayError("a sidecar serves a processor: give its class")
+    module, _, name = spec.import_path.partition(":")
+    if module in ("", "__main__") or "<" in name:
+        raise GatewayError(f"{spec.name}: the sidecar imports the class by name; "
+                           "define it in a module (not __main__ or a function)")
+    return spec.import_path
+
+
+def envoy_proxy(deployment: Deployment) -> dict[str, Any]:
+    """The EnvoyProxy: ``filterOrder`` when the policy moves filters, and the processor as a
+    native sidecar of Envoy's pods when the deployment has one."""
+    doc = filter_order(deployment) if deployment.policy.filter_order else _meta(
+        "EnvoyProxy", f"{deployment.name}-proxy", deployment.gateway.namespace)
+    doc.setdefault("spec", {})
+    sidecar_options = deployment.gateway.sidecar
+    if sidecar_options is not None:
+        doc["spec"]["provider"] = {"type": "Kubernetes", "kubernetes": {
+            "envoyDeployment": envoy_deployment(
+                sidecar_options, processor_path(deployment), deployment.addresses)}}
+    return doc
+
+
+def sidecar_documents(deployment: Deployment) -> list[dict[str, Any]]:
+    """What a sidecar deployment needs besides the EnvoyProxy: the GatewayClass that refers
+    to it (when named) and Envoy Gateway's configuration with Backends enabled."""
+    options = deployment.gateway.sidecar
+    if options is None:
+        return []
+    docs = []
+    if options.gateway_class is not None:
+        check_name(options.gateway_class, "GatewayClass")
+        docs.append(gateway_class(options, f"{deployment.name}-proxy",
+                                          deployment.gateway.namespace))
+    docs.append(envoy_gateway_config(options))
+    return docs
+
+
+def notes(deployment: Deployment) -> list[str]:
+    """Comment lines for the top of the rendered documents (what they cannot do themselves)."""
+    options = deployment.gateway.sidecar
+    return [] if options is None else sidecar_notes(options, f"{deployment.name}-proxy")
+
+
 def resources(deployment: Deployment) -> list[dict[str, Any]]:
     """The EnvoyExtensionPolicy, the Backend when there is a processor, and the policies the
     deployment asks for (SecurityPolicy, BackendTrafficPolicy, ClientTrafficPolicy,
-    EnvoyProxy)."""
+    EnvoyProxy, with the sidecar when there is one; then the GatewayClass and Envoy Gateway's
+    ConfigMap a sidecar needs)."""
     policy = deployment.policy
     docs = [extension_policy(deployment)]
     if deployment.processor is not None:
@@ -282,12 +335,25 @@ def resources(deployment: Deployment) -> list[dict[str, Any]]:
         docs.append(session_persistence(deployment))
     if policy.xff_trusted_hops:
         docs.append(client_ip_detection(deployment))
-    if policy.filter_order:
-        docs.append(filter_order(deployment))
+    if policy.filter_order or deployment.gateway.sidecar is not None:
+        docs.append(envoy_proxy(deployment))
+    docs.extend(sidecar_documents(deployment))
     return docs
 
 
-def to_yaml(documents: Sequence[dict[str, Any]]) -> str:
+def to_yaml(documents: Sequence[dict[str, Any]], notes: Sequence[str] = ()) -> str:
+    """The documents as YAML, after ``notes`` as comment lines."""
     import yaml
 
-    return str(yaml.safe_dump_all(list(documents), sort_keys=False, default_flow_style=False))
+    class Dumper(yaml.SafeDumper):
+        pass
+
+    def text(dumper: yaml.SafeDumper, value: str) -> Any:
+        # A ConfigMap's embedded file reads as a block, the way people write it.
+        return dumper.represent_scalar("tag:yaml.org,2002:str", value,
+                                       style="|" if "\n" in value else None)
+
+    Dumper.add_representer(str, text)
+    comments = "".join(f"# {line}\n" for line in notes)
+    return comments + str(yaml.dump_all(list(documents), Dumper=Dumper, sort_keys=False,
+                                        default_flow_style=False))

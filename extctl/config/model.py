@@ -13,6 +13,7 @@ from extproc import FilterSpec, ProcessingMode, Processor
 
 from .errors import ConfigError, GatewayError
 from .policy import Policy
+from .sidecar import Sidecar
 from .wasm import WasmModule
 
 _NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
@@ -106,6 +107,9 @@ class GatewayOptions:
     """Backend TLS: a kubernetes.io/tls Secret Envoy presents to a processor that checks
     clients."""
     tls_sni: str | None = None
+    sidecar: Sidecar | None = None
+    """Run the processor as a native sidecar of Envoy's pods: adds the EnvoyProxy deployment
+    patch, Envoy Gateway's Backend switch and (with a class) the GatewayClass."""
 
 
 def kebab(name: str) -> str:

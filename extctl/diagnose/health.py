@@ -1,0 +1,62 @@
+"""One gRPC health check (``grpc.health.v1``) per processor worker, with a deadline: what the
+sidecar's Kubernetes probes run (``extctl health``).
+
+    results = check(ServerConfig(uds="/var/run/extproc/extproc.sock", workers=2).addresses())
+    assert all(r.serving for r in results)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from ..errors import Unhealthy
+
+
+@dataclass(frozen=True)
+class Result:
+    """One worker's answer: ``SERVING``, ``NOT_SERVING``, ``UNKNOWN``, or why there was none."""
+
+    address: str
+    status: str
+    detail: str = ""
+
+    @property
+    def serving(self) -> bool:
+        return self.status == "SERVING"
+
+
+def _target(address: str) -> str:
+    return "unix:" + address if address.startswith("/") else address
+
+
+def check_one(address: str, timeout: float = 1.0, service: str = "") -> Result:
+    """Ask the server at ``address`` (a socket path or host:port) once, within ``timeout``."""
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    with grpc.insecure_channel(_target(address)) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        try:
+            answer = stub.Check(health_pb2.HealthCheckRequest(service=service),
+                                timeout=timeout)
+        except grpc.RpcError as exc:
+            code = exc.code()
+            name = "UNREACHABLE" if code in (grpc.StatusCode.UNAVAILABLE,
+                                             grpc.StatusCode.DEADLINE_EXCEEDED) else code.name
+            return Result(address, name, str(exc.details() or ""))
+    status = health_pb2.HealthCheckResponse.ServingStatus.Name(answer.status)
+    return Result(address, status)
+
+
+def check(addresses: Sequence[str], timeout: float = 1.0, service: str = "") -> list[Result]:
+    """Every worker's answer, in order."""
+    return [check_one(address, timeout, service) for address in addresses]
+
+
+def require_serving(results: Sequence[Result]) -> None:
+    """Raise :class:`Unhealthy` unless every worker is SERVING."""
+    bad = [r for r in results if not r.serving]
+    if bad:
+        raise Unhealthy("; ".join(f"{r.address}: {r.status}" + (f" ({r.detail})" if r.detail
+                                                                 else "") for r in bad))
