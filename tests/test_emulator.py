@@ -65,9 +65,11 @@ def test_host_calls_module_headers_body_properties_and_config():
     assert result.request_header("x-remove") is None
     assert result.request_header("x-path") == "/p?q=1"  # from the request.path property
     assert result.request_body == b"prefix:abcd"  # buffered to the end, then changed
+    # Envoy's HTTP/1.1 framing: each chunk, then an empty frame that ends the stream.
     assert [(phase, action.name) for phase, action in result.actions] == [
         ("request_headers", "Continue"), ("request_body", "StopIterationAndBuffer"),
-        ("request_body", "Continue"), ("response_headers", "Continue")]
+        ("request_body", "StopIterationAndBuffer"), ("request_body", "Continue"),
+        ("response_headers", "Continue")]
     assert result.response_header("x-up") == "1"  # pairs read and written back intact
     assert result.response_header("x-config") == "cfg-1"
     assert [line.message for line in result.logs] == ["request headers"]
@@ -178,14 +180,14 @@ def test_imports_the_emulator_lacks_are_named_at_load_time():
 
 
 def test_stubbed_imports_load_and_answer_unimplemented():
-    module = _module("""(drop (call $http_call (i32.const 0) (i32.const 0) (i32.const 0)
+    module = _module("""(drop (call $grpc_stream (i32.const 0) (i32.const 0) (i32.const 0)
                          (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0)
-                         (i32.const 0) (i32.const 0))) (i32.const 0)""",
-                     imports='(import "env" "proxy_http_call" (func $http_call '
-                             '(param i32 i32 i32 i32 i32 i32 i32 i32 i32 i32) (result i32)))')
+                         (i32.const 0))) (i32.const 0)""",
+                     imports='(import "env" "proxy_grpc_stream" (func $grpc_stream '
+                             '(param i32 i32 i32 i32 i32 i32 i32 i32 i32) (result i32)))')
     plugin = ProxyWasm(module)
     assert plugin.request().status == 200
-    assert any("proxy_http_call is not implemented" in line.message for line in plugin.logs)
+    assert any("proxy_grpc_stream is not implemented" in line.message for line in plugin.logs)
 
 
 @pytest.mark.parametrize(("abi", "message"), [("0_1_0", "ABI 0_1_0 is not supported"),
@@ -204,17 +206,17 @@ def test_inspect_flags_imports_the_emulator_cannot_provide(tmp_path):
     module = tmp_path / "m.wasm"
     module.write_bytes(_module("(i32.const 0)", imports="""
         (import "env" "proxy_made_up" (func (param i32) (result i32)))
-        (import "env" "proxy_http_call" (func (param i32 i32 i32 i32 i32 i32 i32 i32 i32 i32)
-                                              (result i32)))"""))
+        (import "env" "proxy_grpc_stream" (func (param i32 i32 i32 i32 i32 i32 i32 i32 i32)
+                                                (result i32)))"""))
     text = CliRunner().invoke(cli, ["inspect", str(module)])
     assert "emulator: would refuse it: env.proxy_made_up" in text.output
-    assert "stubs answering UNIMPLEMENTED: env.proxy_http_call" in text.output
+    assert "stubs answering UNIMPLEMENTED: env.proxy_grpc_stream" in text.output
     import json
 
     report = json.loads(CliRunner().invoke(cli, ["inspect", str(module), "--output",
                                                  "json"]).output)
     assert report["emulator"] == {"missing": ["env.proxy_made_up"],
-                                  "stubbed": ["env.proxy_http_call"]}
+                                  "stubbed": ["env.proxy_grpc_stream"]}
     wrong = tmp_path / "wrong.wasm"
     wrong.write_bytes(_module("(i32.const 0)", imports='(import "env" "proxy_log" '
                                                        '(func (param i32 i32) (result i32)))'))
@@ -333,7 +335,8 @@ def test_maps_buffers_and_properties_exist_only_when_envoy_lends_them():
 
 def test_body_buffer_reads_whole_and_edits_only_at_the_ends():
     module = _module("(i32.const 0)", imports=HOST, extra=_digit_body())
-    result = ProxyWasm(module).request(method="POST", body=b"abc")
+    # one body call (HTTP/2 framing: the chunk ends the stream)
+    result = ProxyWasm(module, framing="http2").request(method="POST", body=b"abc")
     # read with length 0xFFFFFFFF (all of it) and appended; "!" appended at 0xFFFFFFFF; an
     # insert in the middle refused (BAD_ARGUMENT: 2)
     assert result.request_body == b"abcabc!"

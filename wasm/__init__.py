@@ -9,9 +9,13 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from .calls import Call, Reply
     from .digest import normalise_sha256, sha256_file, verify_file
-    from .emulator import LogLine, ProxyWasm
+    from .emulator import ProxyWasm
     from .errors import (
+        CalloutFailure,
+        CalloutReset,
+        CalloutTimeout,
         DigestMismatch,
         HostError,
         InvalidModule,
@@ -29,9 +33,14 @@ if TYPE_CHECKING:
         inspect_bytes,
         inspect_file,
     )
+    from .state import LogLine
 
 __all__ = [
     "KNOWN_ABIS",
+    "Call",
+    "CalloutFailure",
+    "CalloutReset",
+    "CalloutTimeout",
     "DigestMismatch",
     "HostError",
     "HttpResult",
@@ -42,6 +51,7 @@ __all__ = [
     "MissingImports",
     "ModuleInfo",
     "ProxyWasm",
+    "Reply",
     "StartFailed",
     "UnsupportedAbi",
     "WasmError",
@@ -54,17 +64,22 @@ __all__ = [
 ]
 
 _WHERE = {
+    "Call": "calls",
+    "CalloutFailure": "errors",
+    "CalloutReset": "errors",
+    "CalloutTimeout": "errors",
     "DigestMismatch": "errors",
     "HostError": "errors",
     "HttpResult": "exchange",
     "InvalidModule": "errors",
     "KNOWN_ABIS": "module",
     "LocalResponse": "exchange",
-    "LogLine": "emulator",
+    "LogLine": "state",
     "MemoryAccess": "errors",
     "MissingImports": "errors",
     "ModuleInfo": "module",
     "ProxyWasm": "emulator",
+    "Reply": "calls",
     "StartFailed": "errors",
     "UnsupportedAbi": "errors",
     "WasmError": "errors",

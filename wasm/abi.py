@@ -106,6 +106,18 @@ HOST_FUNCTIONS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "proxy_increment_metric": ((I32, I64), (I32,)),
     "proxy_record_metric": ((I32, I64), (I32,)),
     "proxy_get_metric": ((I32, I32), (I32,)),
+    # callouts (wasm.callouts)
+    "proxy_http_call": ((I32,) * 10, (I32,)),
+    "proxy_grpc_call": ((I32,) * 12, (I32,)),
+    "proxy_grpc_cancel": ((I32,), (I32,)),
+    "proxy_grpc_close": ((I32,), (I32,)),
+    "proxy_get_status": ((I32, I32, I32), (I32,)),
+    # shared queues and foreign functions (wasm.queues)
+    "proxy_register_shared_queue": ((I32, I32, I32), (I32,)),
+    "proxy_resolve_shared_queue": ((I32, I32, I32, I32, I32), (I32,)),
+    "proxy_enqueue_shared_queue": ((I32, I32, I32), (I32,)),
+    "proxy_dequeue_shared_queue": ((I32, I32, I32), (I32,)),
+    "proxy_call_foreign_function": ((I32,) * 6, (I32,)),
 }
 """The host functions the emulator implements (for ABI 0.2.0, less ``proxy_get_log_level``,
 which Envoy gives 0.2.1 modules only)."""
@@ -113,18 +125,8 @@ ONLY_0_2_1 = frozenset({"proxy_get_log_level"})
 
 STUBBED_FUNCTIONS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     # Provided so that SDKs which import them load; each answers UNIMPLEMENTED.
-    "proxy_http_call": ((I32,) * 10, (I32,)),
-    "proxy_grpc_call": ((I32,) * 12, (I32,)),
     "proxy_grpc_stream": ((I32,) * 9, (I32,)),
     "proxy_grpc_send": ((I32, I32, I32, I32), (I32,)),
-    "proxy_grpc_cancel": ((I32,), (I32,)),
-    "proxy_grpc_close": ((I32,), (I32,)),
-    "proxy_register_shared_queue": ((I32, I32, I32), (I32,)),
-    "proxy_resolve_shared_queue": ((I32, I32, I32, I32, I32), (I32,)),
-    "proxy_enqueue_shared_queue": ((I32, I32, I32), (I32,)),
-    "proxy_dequeue_shared_queue": ((I32, I32, I32), (I32,)),
-    "proxy_call_foreign_function": ((I32,) * 6, (I32,)),
-    "proxy_get_status": ((I32, I32, I32), (I32,)),
 }
 """Host functions present only as stubs: a filter that calls one gets UNIMPLEMENTED."""
 

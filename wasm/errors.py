@@ -9,6 +9,12 @@
         ├── WasmTrap         the module trapped, ran out of fuel or exited (callback named)
         ├── StartFailed      proxy_on_vm_start or proxy_on_configure answered false
         └── MemoryAccess     the module handed the host memory it does not have
+    CalloutFailure       raised by a scripted upstream (wasm.calls) to fail a callout
+    ├── CalloutTimeout   the callout times out (Envoy's async client answers 504)
+    └── CalloutReset     the upstream resets the call (the filter sees no reply)
+
+A scripted upstream or foreign function that raises anything else becomes a HostError naming
+the cluster or function.
 """
 
 from __future__ import annotations
@@ -63,3 +69,17 @@ class StartFailed(HostError):
 
 class MemoryAccess(HostError):
     """A pointer and size from the module fall outside its memory (or allocation failed)."""
+
+
+class CalloutFailure(Exception):
+    """Raised by a scripted upstream handler to make a callout fail."""
+
+
+class CalloutTimeout(CalloutFailure):
+    """The callout times out: Envoy's async client answers 504 "upstream request timeout"
+    (gRPC: DEADLINE_EXCEEDED)."""
+
+
+class CalloutReset(CalloutFailure):
+    """The upstream resets the callout: the filter's callback gets no headers or body and
+    ``proxy_get_status`` reports BROKEN_CONNECTION "reset" (gRPC: UNAVAILABLE)."""

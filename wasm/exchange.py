@@ -1,33 +1,31 @@
 """One HTTP exchange through an emulated filter, in Envoy's order: request headers, body
 chunks, trailers, the upstream's answer, the response phases; local replies and stops handled
-as Envoy handles them."""
+as Envoy handles them.
+
+Body framing, both directions. ``"http1"`` (the default) is what Envoy's HTTP/1.1 codec
+delivers: each chunk as a data frame without end of stream, then an empty frame that ends the
+stream (so ``body=b"abc"`` runs the body callback twice: ``(3, false)`` then ``(3 or 0,
+true)``, the size being what the buffer then holds); with trailers, the trailers end the
+stream instead. ``"http2"``: the last chunk carries the end of stream (one call for
+``body=b"abc"``). No body: the headers end the stream, no body callback.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 from .abi import MapType
+from .calls import Call
+from .context import Action, HttpContext, Pairs, pairs_of
+from .state import LocalResponse, LogLine
 
-if TYPE_CHECKING:
-    from .emulator import Action, HttpContext, LogLine
+__all__ = ["FRAMINGS", "HttpResult", "LocalResponse", "Pairs", "Request", "Upstream",
+           "chunks_of", "pairs_of", "run"]
 
-Pairs = Mapping[str, str] | Mapping[str, bytes] | Iterable[tuple[str, str | bytes]]
+FRAMINGS = ("http1", "http2")
 Upstream = Callable[[list[tuple[str, str]], bytes],
                     tuple[int, Pairs, "bytes | Sequence[bytes]"]]
-
-
-@dataclass
-class LocalResponse:
-    """What the filter answered with ``proxy_send_local_response``."""
-
-    status: int
-    body: bytes
-    headers: list[tuple[str, str]]
-    details: str
-    """Envoy's response code details (whitespace turned into ``_``, as Envoy does)."""
-    grpc_status: int | None = None
 
 
 @dataclass
@@ -52,6 +50,8 @@ class HttpResult:
     """The filter closed the stream (``proxy_close_stream``): Envoy resets it."""
     logs: list[LogLine] = field(default_factory=list)
     """Log lines of this request's context."""
+    calls: list[Call] = field(default_factory=list)
+    """Callouts the filter made during this request (from any context), with their replies."""
 
     @property
     def status(self) -> int:
@@ -66,11 +66,6 @@ class HttpResult:
 
 def _first(pairs: Sequence[tuple[str, str]], name: str) -> str | None:
     return next((v for k, v in pairs if k == name.lower()), None)
-
-
-def pairs_of(values: Pairs | None) -> list[tuple[str, str | bytes]]:
-    items = values.items() if isinstance(values, Mapping) else (values or ())
-    return [(k.lower(), v) for k, v in items]
 
 
 def chunks_of(body: bytes | Sequence[bytes]) -> list[bytes]:
@@ -92,6 +87,7 @@ class Request:
     response_headers: Pairs | None
     response_chunks: list[bytes]
     response_trailers: Pairs | None
+    framing: str = "http1"
 
 
 def run(context: HttpContext, request: Request) -> HttpResult:
@@ -101,7 +97,8 @@ def run(context: HttpContext, request: Request) -> HttpResult:
     action = context.on_request_headers(headers, not request.chunks and request.trailers is None)
     if (stop := _stopped(context, result, action, "request_headers")) is not None:
         return stop
-    sent, paused = _body(context, "request", request.chunks, request.trailers is None)
+    sent, paused = _body(context, "request", request.chunks, request.trailers is None,
+                         request.framing)
     if context.local_response is not None or context.reset:
         return _ended(context, result)
     if paused:
@@ -125,7 +122,8 @@ def run(context: HttpContext, request: Request) -> HttpResult:
                                          not response_chunks and response_trailers is None)
     if (stop := _stopped(context, result, action, "response_headers")) is not None:
         return stop
-    received, paused = _body(context, "response", response_chunks, response_trailers is None)
+    received, paused = _body(context, "response", response_chunks, response_trailers is None,
+                             request.framing)
     if context.local_response is not None or context.reset:
         return _ended(context, result)
     if paused:
@@ -152,11 +150,14 @@ def _stopped(context: HttpContext, result: HttpResult, action: Action,
     return None
 
 
-def _body(context: HttpContext, direction: str, chunks: list[bytes],
-          ends: bool) -> tuple[bytes, bool]:
-    """Send body chunks. StopIterationAndBuffer keeps them for the next call, which sees the
-    whole buffer; the other stops hold them back unseen, as Envoy does."""
+def _body(context: HttpContext, direction: str, chunks: list[bytes], ends: bool,
+          framing: str) -> tuple[bytes, bool]:
+    """Send body chunks in the framing's frames. StopIterationAndBuffer keeps them for the
+    next call, which sees the whole buffer; the other stops hold them back unseen, as Envoy
+    does."""
     on_body = context.on_request_body if direction == "request" else context.on_response_body
+    if chunks and ends and framing == "http1":
+        chunks = [*chunks, b""]  # the codec's empty end-of-stream frame
     passed = b""
     for index, chunk in enumerate(chunks):
         last = index == len(chunks) - 1 and ends

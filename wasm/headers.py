@@ -31,12 +31,14 @@ class HeaderMap:
                 if existing == key:
                     self.pairs[index] = (key, old + b"," + value)
                     return
-        if key.startswith(b":"):  # pseudo-headers stay ahead of the others
+        pairs = self.pairs
+        if key.startswith(b":") and pairs and not pairs[-1][0].startswith(b":"):
+            # pseudo-headers stay ahead of the others
             at = next((i for i, (k, _) in enumerate(self.pairs) if not k.startswith(b":")),
                       len(self.pairs))
-            self.pairs.insert(at, (key, value))
+            pairs.insert(at, (key, value))
         else:
-            self.pairs.append((key, value))
+            pairs.append((key, value))
 
     def replace(self, name: bytes, value: bytes) -> None:
         """Envoy's setCopy: every entry of the name goes, the new one is added."""

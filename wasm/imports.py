@@ -1,8 +1,9 @@
 """The host side of the proxy-wasm ABI: the functions a module imports, implemented over the
-emulator's state (:mod:`wasm.emulator`) with the answers Envoy gives (proxy-wasm-cpp-host and
-Envoy's wasm context). Every pointer the module hands over is checked against its memory;
-every value handed back is written into memory the module allocates (``malloc`` or
-``proxy_on_memory_allocate``). Arguments arrive as the unsigned 32-bit values the ABI means.
+plugin's state (:mod:`wasm.state`) and memory (:mod:`wasm.memory`) with the answers Envoy
+gives (proxy-wasm-cpp-host and Envoy's wasm context). Every pointer the module hands over is
+checked against its memory; every value handed back is written into memory the module
+allocates (``malloc`` or ``proxy_on_memory_allocate``). Arguments arrive as the unsigned
+32-bit values the ABI means.
 
 Where the emulator departs from Envoy on purpose: a pointer outside the module's memory raises
 :class:`~wasm.errors.MemoryAccess` (Envoy answers INVALID_MEMORY_ACCESS and carries on), so a
@@ -15,7 +16,7 @@ import os
 import re
 import struct
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .abi import (
     BufferType,
@@ -27,57 +28,28 @@ from .abi import (
     deserialize_map,
     serialize_map,
 )
-from .errors import MemoryAccess, WasmTrap
+from .errors import WasmTrap
 from .headers import HeaderMap
-
-if TYPE_CHECKING:
-    from .emulator import ProxyWasm
+from .memory import Memory
+from .properties import lookup
+from .state import PluginState
 
 EBADF, ENOSYS = 8, 52
 _WHITESPACE = re.compile(rb"\s")
 
 
 class HostFunctions:
-    """One instance per loaded module; ``table()`` maps import names to callables."""
+    """The core host functions (logging, time, buffers, header maps, properties, the stream,
+    shared data, metrics, WASI); ``table()`` maps every import name to a callable, those of
+    :mod:`wasm.callouts` and :mod:`wasm.queues` included."""
 
-    def __init__(self, host: ProxyWasm) -> None:
-        self.host = host
-
-    # memory
-
-    def check(self, function: str, ptr: int, size: int) -> None:
-        length = self.host.memory_size()
-        if ptr + size > length:
-            raise MemoryAccess(f"{function}: the module passed {size} bytes at {ptr}, outside "
-                               f"its {length}-byte memory")
-
-    def read(self, function: str, ptr: int, size: int) -> bytes:
-        self.check(function, ptr, size)
-        return self.host.memory_read(ptr, size) if size else b""
-
-    def write(self, function: str, ptr: int, data: bytes) -> None:
-        self.check(function, ptr, len(data))
-        if data:
-            self.host.memory_write(ptr, data)
-
-    def put_u32(self, function: str, ptr: int, value: int) -> None:
-        self.write(function, ptr, struct.pack("<I", value & 0xFFFFFFFF))
-
-    def put_u64(self, function: str, ptr: int, value: int) -> None:
-        self.write(function, ptr, struct.pack("<Q", value & 0xFFFFFFFFFFFFFFFF))
-
-    def hand_back(self, function: str, data: bytes, ptr_ptr: int, size_ptr: int) -> int:
-        """Copy ``data`` into memory the module allocates and write its address and size;
-        nothing is allocated for empty data (address 0, size 0), as in Envoy."""
-        address = self.host.allocate(len(data)) if data else 0
-        if data:
-            self.write(function, address, data)
-        self.put_u32(function, ptr_ptr, address)
-        self.put_u32(function, size_ptr, len(data))
-        return Status.OK
-
-    def text(self, function: str, ptr: int, size: int) -> str:
-        return self.read(function, ptr, size).decode("utf-8", "replace")
+    def __init__(self, state: PluginState, memory: Memory) -> None:
+        self.state = state
+        self.memory = memory
+        # bound once: these run on every host call
+        self.read, self.write, self.text = memory.read, memory.write, memory.text
+        self.put_u32, self.put_u64, self.hand_back = (memory.put_u32, memory.put_u64,
+                                                      memory.hand_back)
 
     # logging, time, ticks
 
@@ -85,20 +57,20 @@ class HostFunctions:
         if level > LogLevel.CRITICAL:
             return Status.BAD_ARGUMENT
         message = self.text("proxy_log", ptr, size)
-        if level >= self.host.log_level:
-            self.host.log(LogLevel(level), message)
+        if level >= self.state.log_level:
+            self.state.log(LogLevel(level), message)
         return Status.OK
 
     def proxy_get_log_level(self, ptr: int) -> int:
-        self.put_u32("proxy_get_log_level", ptr, int(self.host.log_level))
+        self.put_u32("proxy_get_log_level", ptr, int(self.state.log_level))
         return Status.OK
 
     def proxy_get_current_time_nanoseconds(self, ptr: int) -> int:
-        self.put_u64("proxy_get_current_time_nanoseconds", ptr, self.host.clock())
+        self.put_u64("proxy_get_current_time_nanoseconds", ptr, self.state.clock())
         return Status.OK
 
     def proxy_set_tick_period_milliseconds(self, period: int) -> int:
-        self.host.tick_period_ms = period
+        self.state.tick_period_ms = period
         return Status.OK
 
     # buffers
@@ -107,15 +79,18 @@ class HostFunctions:
         if kind > BufferType.PLUGIN_CONFIGURATION:
             return Status.BAD_ARGUMENT
         if kind == BufferType.VM_CONFIGURATION:
-            return (self.host.vm_configuration if self.host.phase in ("vm_start", "root_create")
+            return (self.state.vm_configuration if self.state.phase in ("vm_start", "root_create")
                     else Status.NOT_FOUND)
         if kind == BufferType.PLUGIN_CONFIGURATION:
             # Envoy holds the plugin (and its configuration) only while configuring.
-            return (self.host.plugin_configuration
-                    if self.host.phase in ("configure", "root_create") else Status.NOT_FOUND)
+            return (self.state.plugin_configuration
+                    if self.state.phase in ("configure", "root_create") else Status.NOT_FOUND)
+        answer = self.state.answer
+        if answer is not None and kind == answer.buffer:
+            return answer.body  # a callout's reply, while the callback for it runs
         if kind == BufferType.HTTP_CALL_RESPONSE_BODY:
             return Status.NOT_FOUND
-        context = self.host.http
+        context = self.state.stream
         if context is not None and kind == BufferType.HTTP_REQUEST_BODY:
             return context.buffers["request"]
         if context is not None and kind == BufferType.HTTP_RESPONSE_BODY:
@@ -142,7 +117,7 @@ class HostFunctions:
     def proxy_set_buffer_bytes(self, kind: int, start: int, length: int, ptr: int,
                                size: int) -> int:
         data = self.read("proxy_set_buffer_bytes", ptr, size)
-        context = self.host.http
+        context = self.state.stream
         direction = {0: "request", 1: "response"}.get(kind)  # the two body buffers
         if context is None or direction is None:
             return Status.BAD_ARGUMENT
@@ -160,7 +135,11 @@ class HostFunctions:
     def _map(self, kind: int, write: bool) -> HeaderMap | Status:
         if kind > MapType.HTTP_CALL_RESPONSE_TRAILERS:
             return Status.BAD_ARGUMENT
-        context = self.host.http
+        answer = self.state.answer
+        if kind >= MapType.GRPC_RECEIVE_INITIAL_METADATA:  # a callout's reply, lent by kind
+            lent = answer.maps.get(kind) if answer is not None else None
+            return lent if lent is not None else Status.BAD_ARGUMENT
+        context = self.state.stream
         found = context.map_for(MapType(kind), write) if context is not None else None
         if found is None:
             # Envoy's answer once it has let go of a map (or before it has one); in the
@@ -241,7 +220,7 @@ class HostFunctions:
     def proxy_get_property(self, path_ptr: int, path_size: int, ptr_ptr: int,
                            size_ptr: int) -> int:
         path = self.read("proxy_get_property", path_ptr, path_size)
-        value = self.host.property(tuple(path.rstrip(b"\0").split(b"\0")))
+        value = lookup(self.state, tuple(path.rstrip(b"\0").split(b"\0")))
         if value is None:
             return Status.NOT_FOUND
         return self.hand_back("proxy_get_property", value, ptr_ptr, size_ptr)
@@ -249,7 +228,7 @@ class HostFunctions:
     def proxy_set_property(self, path_ptr: int, path_size: int, ptr: int, size: int) -> int:
         path = self.read("proxy_set_property", path_ptr, path_size)
         value = self.read("proxy_set_property", ptr, size)
-        context = self.host.http
+        context = self.state.stream
         if context is None:
             return Status.NOT_FOUND  # Envoy keeps filter state on streams only
         context.filter_state[path.rstrip(b"\0")] = value
@@ -263,7 +242,7 @@ class HostFunctions:
         details = self.read("proxy_send_local_response", details_ptr, details_size)
         body = self.read("proxy_send_local_response", body_ptr, body_size)
         raw_headers = self.read("proxy_send_local_response", headers_ptr, headers_size)
-        context = self.host.http
+        context = self.state.stream
         if context is None:
             return Status.OK  # Envoy ignores it from the root context
         try:
@@ -276,24 +255,24 @@ class HostFunctions:
         return Status.OK
 
     def proxy_continue_stream(self, stream: int) -> int:
-        context = self.host.http
+        context = self.state.stream
         if context is None or stream not in (StreamType.REQUEST, StreamType.RESPONSE):
             return Status.BAD_ARGUMENT
         context.continued.add("request" if stream == StreamType.REQUEST else "response")
         return Status.OK
 
     def proxy_close_stream(self, stream: int) -> int:
-        context = self.host.http
+        context = self.state.stream
         if context is None:
             return Status.BAD_ARGUMENT
         context.reset = True
         return Status.OK
 
     def proxy_set_effective_context(self, context_id: int) -> int:
-        return Status.OK if self.host.set_effective_context(context_id) else Status.BAD_ARGUMENT
+        return Status.OK if self.state.set_effective_context(context_id) else Status.BAD_ARGUMENT
 
     def proxy_done(self) -> int:
-        context = self.host.http
+        context = self.state.stream
         if context is None or not context.finishing:
             return Status.NOT_FOUND
         context.finishing = False
@@ -304,7 +283,7 @@ class HostFunctions:
     def proxy_get_shared_data(self, key_ptr: int, key_size: int, ptr_ptr: int, size_ptr: int,
                               cas_ptr: int) -> int:
         key = self.read("proxy_get_shared_data", key_ptr, key_size)
-        entry = self.host.shared_data.get(key)
+        entry = self.state.shared_data.get(key)
         if entry is None:
             return Status.NOT_FOUND
         self.hand_back("proxy_get_shared_data", entry[0], ptr_ptr, size_ptr)
@@ -315,7 +294,7 @@ class HostFunctions:
                               cas: int) -> int:
         key = self.read("proxy_set_shared_data", key_ptr, key_size)
         value = self.read("proxy_set_shared_data", ptr, size)
-        return self.host.shared_data.set(key, value, cas)
+        return self.state.shared_data.set(key, value, cas)
 
     def proxy_define_metric(self, kind: int, name_ptr: int, name_size: int,
                             id_ptr: int) -> int:
@@ -323,17 +302,17 @@ class HostFunctions:
         if kind > MetricType.HISTOGRAM:
             return Status.BAD_ARGUMENT
         self.put_u32("proxy_define_metric", id_ptr,
-                     self.host.metrics.define(MetricType(kind), name))
+                     self.state.metrics.define(MetricType(kind), name))
         return Status.OK
 
     def proxy_increment_metric(self, metric_id: int, offset: int) -> int:
-        return self.host.metrics.increment(metric_id, offset)
+        return self.state.metrics.increment(metric_id, offset)
 
     def proxy_record_metric(self, metric_id: int, value: int) -> int:
-        return self.host.metrics.record(metric_id, value)
+        return self.state.metrics.record(metric_id, value)
 
     def proxy_get_metric(self, metric_id: int, ptr: int) -> int:
-        status, value = self.host.metrics.value_of(metric_id)
+        status, value = self.state.metrics.value_of(metric_id)
         if status == Status.OK:
             self.put_u64("proxy_get_metric", ptr, value)
         return status
@@ -342,7 +321,7 @@ class HostFunctions:
 
     def wasi_proc_exit(self, code: int) -> None:
         raise WasmTrap(f"the module exited (proc_exit {code}), as an abort does",
-                       self.host.current_callback)
+                       self.state.current_callback)
 
     def wasi_fd_write(self, fd: int, iovs: int, iovs_len: int, written_ptr: int) -> int:
         if fd not in (1, 2):
@@ -353,7 +332,7 @@ class HostFunctions:
             data += self.read("fd_write", ptr, size)
         # One log line per write, its trailing newline dropped: stdout at info, stderr error.
         message = data.decode("utf-8", "replace").removesuffix("\n")
-        self.host.log(LogLevel.ERROR if fd == 2 else LogLevel.INFO, message)
+        self.state.log(LogLevel.ERROR if fd == 2 else LogLevel.INFO, message)
         self.put_u32("fd_write", written_ptr, len(data))
         return 0
 
@@ -379,9 +358,9 @@ class HostFunctions:
 
     def wasi_clock_time_get(self, clock: int, precision: int, ptr: int) -> int:
         if clock == 0:  # realtime
-            self.put_u64("clock_time_get", ptr, self.host.clock())
+            self.put_u64("clock_time_get", ptr, self.state.clock())
         elif clock == 1:  # monotonic
-            self.put_u64("clock_time_get", ptr, self.host.monotonic())
+            self.put_u64("clock_time_get", ptr, self.state.monotonic())
         else:
             return 58  # ENOTSUP: no process or thread clocks
         return 0
@@ -390,11 +369,15 @@ class HostFunctions:
         self.write("random_get", ptr, os.urandom(size))
         return 0
 
-    def table(self) -> dict[tuple[str, str], Callable[..., Any]]:
+    def table(self, *others: object) -> dict[tuple[str, str], Callable[..., Any]]:
+        """Import name -> callable: this object's functions, then those of ``others`` (the
+        callout and queue functions), stubs for the rest."""
         from .abi import ENV_EXTRAS, HOST_FUNCTIONS, STUBBED_FUNCTIONS, WASI_MODULES
 
+        providers = (self, *others)
         found: dict[tuple[str, str], Callable[..., Any]] = {
-            ("env", name): getattr(self, name) for name in HOST_FUNCTIONS}
+            ("env", name): next(getattr(p, name) for p in providers if hasattr(p, name))
+            for name in HOST_FUNCTIONS}
         for name in STUBBED_FUNCTIONS:
             found[("env", name)] = self._stub(name)
         extras: dict[str, Callable[..., Any]] = {
@@ -421,6 +404,6 @@ class HostFunctions:
 
     def _stub(self, name: str) -> Callable[..., int]:
         def unimplemented(*args: int) -> int:
-            self.host.log(LogLevel.WARN, f"emulator: {name} is not implemented")
+            self.state.log(LogLevel.WARN, f"emulator: {name} is not implemented")
             return Status.UNIMPLEMENTED
         return unimplemented

@@ -1,12 +1,75 @@
-"""State the host keeps across calls for the emulator: shared data and metrics, with Envoy's
-rules (one CAS counter for all keys; metric ids that carry their type)."""
+"""What the host keeps for a loaded plugin, read and changed by the host functions: the
+plugin's configuration and log, shared data and metrics (with Envoy's rules: one CAS counter
+for all keys; metric ids that carry their type), shared queues, callouts waiting for their
+upstream, and the state of each HTTP stream."""
 
 from __future__ import annotations
 
-from .abi import MetricType, Status
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 
+from .abi import LogLevel, MapType, MetricType, Status
+from .calls import Answer, Call, Handler
+from .headers import HeaderMap
+
+ROOT_CONTEXT_ID = 1
 _TYPE_MASK = 3
 _ID_STEP = 4
+
+ForeignFunction = Callable[[bytes], bytes]
+
+
+@dataclass(frozen=True)
+class LogLine:
+    level: LogLevel
+    message: str
+    context_id: int
+
+
+@dataclass
+class LocalResponse:
+    """What the filter answered with ``proxy_send_local_response``."""
+
+    status: int
+    body: bytes
+    headers: list[tuple[str, str]]
+    details: str
+    """Envoy's response code details (whitespace turned into ``_``, as Envoy does)."""
+    grpc_status: int | None = None
+
+
+@dataclass
+class StreamState:
+    """One HTTP stream as the host holds it. Envoy lends the filter a header map only during
+    the callback for it (and, read-only, during ``proxy_on_log``); so does the emulator."""
+
+    context_id: int
+    maps: dict[MapType, HeaderMap] = field(default_factory=dict)
+    live: set[MapType] = field(default_factory=set)
+    paused_maps: set[MapType] = field(default_factory=set)
+    """Maps of a phase the filter stopped: Envoy still lends them (to a callout's reply)."""
+    logging: bool = False
+    buffers: dict[str, bytes] = field(default_factory=lambda: {"request": b"", "response": b""})
+    held: dict[str, bytes] = field(default_factory=lambda: {"request": b"", "response": b""})
+    local_response: LocalResponse | None = None
+    continued: set[str] = field(default_factory=set)
+    reset: bool = False
+    finishing: bool = False
+    response_started: bool = False
+    response_code: int | None = None
+    filter_state: dict[bytes, bytes] = field(default_factory=dict)
+
+    def map_for(self, kind: MapType, write: bool) -> HeaderMap | None:
+        if kind in self.live or kind in self.paused_maps or (self.logging and not write):
+            return self.maps.get(kind)
+        return None
+
+    def send_local_response(self, status: int, body: bytes, headers: list[tuple[bytes, bytes]],
+                            details: str, grpc_status: int | None) -> None:
+        self.local_response = LocalResponse(status, body, HeaderMap(headers).text(), details,
+                                            grpc_status)
 
 
 class SharedData:
@@ -24,6 +87,34 @@ class SharedData:
         self._cas = (self._cas + 1) & 0xFFFFFFFF or 1  # one counter for every key; never 0
         self.entries[key] = (value, self._cas)
         return Status.OK
+
+
+class SharedQueues:
+    """Queues by (vm id, name), as proxy-wasm-cpp-host keeps them: tokens from 1, registering
+    a name again hands back its token, and each enqueue wakes the context that registered it
+    (``proxy_on_queue_ready``)."""
+
+    def __init__(self) -> None:
+        self.tokens: dict[tuple[str, str], int] = {}
+        self.items: dict[int, deque[bytes]] = {}
+        self.owners: dict[int, int] = {}
+
+    def register(self, vm_id: str, name: str, context_id: int) -> int:
+        token = self.tokens.get((vm_id, name))
+        if token is None:
+            token = len(self.tokens) + 1
+            self.tokens[(vm_id, name)] = token
+            self.items[token] = deque()
+        self.owners[token] = context_id
+        return token
+
+    def resolve(self, vm_id: str, name: str) -> int | None:
+        return self.tokens.get((vm_id, name))
+
+    def contents(self, name: str, vm_id: str = "") -> list[bytes]:
+        """What a queue holds now (for tests)."""
+        token = self.tokens.get((vm_id, name))
+        return list(self.items[token]) if token is not None else []
 
 
 class Metrics:
@@ -86,3 +177,62 @@ class Metrics:
     def snapshot(self) -> dict[str, int | list[int]]:
         return {name: (self.samples[name] if kind == MetricType.HISTOGRAM
                        else self.values[name]) for name, kind in self.kinds.items()}
+
+
+@dataclass
+class PluginState:
+    """Everything the host functions read or change, for one loaded plugin."""
+
+    plugin_configuration: bytes = b""
+    vm_configuration: bytes = b""
+    root_id: str = ""
+    plugin_name: str = "plugin"
+    vm_id: str = ""
+    properties: dict[tuple[bytes, ...], bytes] = field(default_factory=dict)
+    log_level: LogLevel = LogLevel.INFO
+    clock: Callable[[], int] = time.time_ns
+    monotonic: Callable[[], int] = time.monotonic_ns
+    upstreams: Mapping[str, Handler] = field(default_factory=dict)
+    foreign_functions: dict[str, ForeignFunction] = field(default_factory=dict)
+    logs: list[LogLine] = field(default_factory=list)
+    shared_data: SharedData = field(default_factory=SharedData)
+    metrics: Metrics = field(default_factory=Metrics)
+    queues: SharedQueues = field(default_factory=SharedQueues)
+    tick_period_ms: int = 0
+    phase: str = ""
+    """``root_create``, ``vm_start`` or ``configure`` while starting: which configuration
+    buffer Envoy lends."""
+    current_callback: str = ""
+    context_id: int = ROOT_CONTEXT_ID
+    stream: StreamState | None = None
+    """The effective context's stream (None for the root context)."""
+    streams: dict[int, StreamState] = field(default_factory=dict)
+    calls: list[Call] = field(default_factory=list)
+    """Every callout made, in order, with its reply once answered."""
+    pending: deque[tuple[str, int, int]] = field(default_factory=deque)
+    """Events Envoy would deliver once the running callback returns: ("http" or "grpc",
+    token, context id) for a callout's reply, ("queue", token, context id) for
+    ``proxy_on_queue_ready``."""
+    answer: Answer | None = None
+    """A callout's reply while the filter's callback for it runs."""
+    status: tuple[int, str] = (0, "")
+    """What ``proxy_get_status`` reports (a callout's failure or a gRPC status)."""
+    next_http_token: int = 1
+    next_grpc_token: int = 1
+
+    def log(self, level: LogLevel, message: str) -> None:
+        self.logs.append(LogLine(level, message, self.context_id))
+
+    def set_effective_context(self, context_id: int) -> bool:
+        if context_id != ROOT_CONTEXT_ID and context_id not in self.streams:
+            return False
+        self.context_id = context_id
+        self.stream = self.streams.get(context_id)
+        return True
+
+    def root_context_of(self, context_id: int) -> int:
+        return ROOT_CONTEXT_ID  # the emulator runs one root context
+
+    def call(self, kind: str, token: int) -> Call | None:
+        return next((c for c in reversed(self.calls) if c.token == token and c.kind == kind),
+                    None)

@@ -129,6 +129,16 @@ class DevStack:
                                  log_level=self.envoy_log_level).start()
             tail = threading.Thread(target=_tail, args=(envoy.log_path, stop), daemon=True)
             tail.start()
+            changes: queue.Queue[set[str]] = queue.Queue()
+            watcher = None
+            watching = threading.Event()
+            if self.reload is not None:
+                watcher = threading.Thread(target=watch, daemon=True, kwargs={
+                    "directories": self.reload.directories or [self.reload.app_dir],
+                    "on_change": changes.put, "stop": stop,
+                    "files": [m.file for m in modules if m.file], "ready": watching})
+                watcher.start()
+                watching.wait(10)  # a change saved before this would be missed
             click.echo(f"workdir: {workdir}")
             if current.spec is not None:
                 click.echo(f"processor: {current.spec.name} on unix:{socket_path} "
@@ -145,14 +155,6 @@ class DevStack:
                            f"{' and the Wasm files' if modules else ''})")
             click.echo("Ctrl-C stops everything.")
             sys.stdout.flush()
-            changes: queue.Queue[set[str]] = queue.Queue()
-            watcher = None
-            if self.reload is not None:
-                watcher = threading.Thread(target=watch, daemon=True, kwargs={
-                    "directories": self.reload.directories or [self.reload.app_dir],
-                    "on_change": changes.put, "stop": stop,
-                    "files": [m.file for m in modules if m.file]})
-                watcher.start()
             wasm_files = {m.file for m in modules if m.file}
             while not stop.wait(0.1):
                 if envoy.process is None or envoy.process.poll() is not None:

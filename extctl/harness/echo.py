@@ -10,6 +10,11 @@ Request headers steer the answer (the processor under test sees them too):
 
 Every answer carries ``x-echo-server: HOST:PORT``, this server's address, so a test with several
 upstreams can tell which one answered.
+
+``EchoServer(answer=fn)`` answers with ``fn(method, path, headers, body) -> (status, headers,
+body, trailers)`` instead: ``body`` as bytes goes out with a content-length, a list of chunks
+chunked (each flushed, 150 ms apart), trailers (a dict, may be empty) at the end of a chunked
+body.
 """
 
 from __future__ import annotations
@@ -18,8 +23,14 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+Answer = Callable[[str, str, list[tuple[str, str]], bytes],
+                  tuple[int, dict[str, str], "bytes | list[bytes]", dict[str, str]]]
+"""A scripted upstream: (method, path, headers, body) -> (status, headers, body or chunks,
+trailers)."""
 
 logger = logging.getLogger("extctl.upstream")
 
@@ -63,8 +74,35 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(b"0\r\n" + lines.encode("latin-1") + b"\r\n")
         self.wfile.flush()
 
+    def _scripted(self, answer: Answer, body: bytes) -> None:
+        status, headers, content, trailers = answer(
+            self.command, self.path, [(k.lower(), v) for k, v in self.headers.items()], body)
+        self.send_response(status)
+        for name, value in headers.items():
+            self.send_header(name, value)
+        if isinstance(content, bytes):
+            self.send_header("content-length", str(len(content)))
+            self.end_headers()
+            self.wfile.write(content)
+            return
+        self.send_header("transfer-encoding", "chunked")
+        self.end_headers()
+        for index, chunk in enumerate(content):
+            if index:
+                # each chunk its own read (even on a busy machine), so Envoy frames it alone
+                time.sleep(0.15)
+            self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+            self.wfile.flush()
+        lines = "".join(f"{k}: {v}\r\n" for k, v in trailers.items())
+        self.wfile.write(b"0\r\n" + lines.encode("latin-1") + b"\r\n")
+        self.wfile.flush()
+
     def _handle(self) -> None:
         body, chunked, trailers = self._read_body()
+        answer = getattr(self.server, "answer", None)
+        if answer is not None:
+            self._scripted(answer, body)
+            return
         delay = int(self.headers.get("x-echo-delay-ms") or 0)
         if delay:
             time.sleep(delay / 1000)
@@ -111,10 +149,12 @@ class _Handler(BaseHTTPRequestHandler):
 class EchoServer:
     """``with EchoServer() as echo: echo.address`` -> ``"127.0.0.1:PORT"``."""
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0, verbose: bool = False) -> None:
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, verbose: bool = False,
+                 answer: Answer | None = None) -> None:
         self._server = ThreadingHTTPServer((host, port), _Handler)
         self._server.daemon_threads = True
         self._server.verbose = verbose  # type: ignore[attr-defined]
+        self._server.answer = answer  # type: ignore[attr-defined]
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True,
                                         name="extctl-echo")
 

@@ -93,9 +93,10 @@ def _terminate(process: subprocess.Popen[bytes] | None, grace: float) -> None:
 
 def watch(directories: Sequence[str | Path], on_change: Callable[[set[str]], None],
           stop: threading.Event, suffixes: Sequence[str] = PYTHON_SOURCES,
-          files: Sequence[str | Path] = ()) -> None:
+          files: Sequence[str | Path] = (), ready: threading.Event | None = None) -> None:
     """Call ``on_change(paths)`` for each debounced batch of changes to files ending in
-    ``suffixes`` under ``directories`` (and to ``files``), until ``stop`` is set."""
+    ``suffixes`` under ``directories`` (and to ``files``), until ``stop`` is set; ``ready`` is
+    set once changes are being watched (a change before that would be missed)."""
     try:
         import watchfiles
     except ImportError:
@@ -108,9 +109,14 @@ def watch(directories: Sequence[str | Path], on_change: Callable[[set[str]], Non
     def wanted(change: object, path: str) -> bool:
         return path in exact or (path.endswith(tuple(suffixes)) and "__pycache__" not in path)
 
+    # An empty batch after rust_timeout says the watcher runs: the first one sets ``ready``.
     for batch in watchfiles.watch(*roots, watch_filter=wanted, debounce=DEBOUNCE_MS, step=50,
-                                  stop_event=stop, raise_interrupt=False):
-        on_change({path for _, path in batch})
+                                  stop_event=stop, raise_interrupt=False, rust_timeout=100,
+                                  yield_on_timeout=True):
+        if ready is not None:
+            ready.set()
+        if batch:
+            on_change({path for _, path in batch})
 
 
 def serve_with_reload(serve_args: Sequence[str], directories: Sequence[str | Path]) -> int:
@@ -129,8 +135,11 @@ def serve_with_reload(serve_args: Sequence[str], directories: Sequence[str | Pat
         child.restart()
 
     child.start()
-    watcher = threading.Thread(target=watch, args=(directories, changed, stop), daemon=True)
+    ready = threading.Event()
+    watcher = threading.Thread(target=watch, args=(directories, changed, stop), daemon=True,
+                               kwargs={"ready": ready})
     watcher.start()
+    ready.wait(10)
     try:
         while not stop.wait(0.2):
             code = child.exit_code

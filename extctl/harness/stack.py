@@ -29,7 +29,7 @@ import extproc
 from extproc import ServerThread
 
 from ..config import Deployment, WasmModule
-from .echo import EchoServer
+from .echo import Answer, EchoServer
 from .envoy import EnvoyProcess
 
 __all__ = ["Reply", "Stack", "envoy_stack", "http", "stack"]
@@ -57,9 +57,10 @@ class Reply:
 
 def http(port: int, path: str = "/", method: str = "GET", headers: dict[str, str] | None = None,
          body: bytes | None = None, chunks: list[bytes] | None = None,
-         timeout: float = 30, source: str | None = None) -> Reply:
-    """One HTTP/1.1 request to 127.0.0.1:``port`` (chunked when ``chunks`` is given), from the
-    loopback address ``source`` when given (all of 127.0.0.0/8 is local)."""
+         timeout: float = 30, source: str | None = None, chunk_delay: float = 0.05) -> Reply:
+    """One HTTP/1.1 request to 127.0.0.1:``port`` (chunked when ``chunks`` is given, a pause of
+    ``chunk_delay`` seconds after each chunk), from the loopback address ``source`` when given
+    (all of 127.0.0.0/8 is local)."""
     conn = httpclient.HTTPConnection("127.0.0.1", port, timeout=timeout,
                                      source_address=(source, 0) if source else None)
     try:
@@ -71,7 +72,7 @@ def http(port: int, path: str = "/", method: str = "GET", headers: dict[str, str
             conn.endheaders()
             for chunk in chunks:
                 conn.send(b"%x\r\n%s\r\n" % (len(chunk), chunk))
-                time.sleep(0.05)
+                time.sleep(chunk_delay)
             conn.send(b"0\r\n\r\n")
         else:
             conn.request(method, path, body=body, headers=headers or {})
@@ -128,20 +129,30 @@ def stack(processor: type[extproc.Processor] | None, sock_dir: Path, echo: EchoS
 @contextlib.contextmanager
 def envoy_stack(processor: type[extproc.Processor] | None = None, *,
                 wasm: Sequence[str | Path | WasmModule] = (),
+                upstream: Answer | tuple[int, dict[str, str], bytes | list[bytes],
+                                         dict[str, str]] | None = None,
                 **options: Any) -> Iterator[Stack]:
     r""":func:`stack` with its own short socket directory and echo upstream, removed after.
 
     ``wasm``: module files (run with plugin configuration ``{}``) or
-    :class:`~extctl.config.WasmModule`\ s. Other keywords are fields of
-    :class:`~extctl.config.Policy` and :class:`~extctl.config.EnvoyOptions`.
+    :class:`~extctl.config.WasmModule`\ s. ``upstream``: instead of echoing, answer each
+    request with ``upstream(method, path, headers, body) -> (status, headers, body or chunks,
+    trailers)``, or always with that tuple (see :mod:`extctl.harness.echo`). Other keywords
+    are fields of :class:`~extctl.config.Policy` and :class:`~extctl.config.EnvoyOptions`.
     """
+    answer: Answer | None
+    if isinstance(upstream, tuple):
+        fixed = upstream
+        answer = lambda method, path, headers, body: fixed  # noqa: E731
+    else:
+        answer = upstream
     modules = [w if isinstance(w, WasmModule) else
                WasmModule(Path(w).stem or "wasm", file=str(Path(w).resolve()), config={})
                for w in wasm]
     # AF_UNIX paths are limited to 107 bytes: pytest's tmp_path can be longer.
     sock_dir = Path(tempfile.mkdtemp(prefix="extkit-", dir="/tmp"))
     try:
-        with EchoServer() as echo, stack(processor, sock_dir, echo, wasm=modules,
+        with EchoServer(answer=answer) as echo, stack(processor, sock_dir, echo, wasm=modules,
                                          **options) as running:
             yield running
     finally:

@@ -1,6 +1,7 @@
 """The built module in a real Envoy: what it does to requests and responses."""
 
 from extctl.config import WasmModule
+from wasm.testing import Exchange, compare_with_envoy
 
 
 def _filter(module, configuration=""):
@@ -25,3 +26,12 @@ def test_denies_requests_with_x_deny(envoy_stack, module):
     assert reply.status == 403
     assert reply.body == b"denied by wasm\n"
     assert reply.headers["x-denied-by"] == "wasm"
+
+
+def test_the_emulator_agrees_with_envoy(module):
+    """The unit tests' emulator, checked against Envoy on the same requests."""
+    assert compare_with_envoy(module, configuration="tagged", name="wasm-tagger", requests=[
+        Exchange(path="/", headers={"x-user": "ada"}),
+        Exchange(headers={"x-deny": "1"}),
+        Exchange(method="POST", body=[b"a", b"b"], response_body=[b"c", b"d"]),
+    ]) == []

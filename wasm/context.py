@@ -1,0 +1,279 @@
+"""Contexts: an HTTP stream's callbacks run in Envoy's way, and what Envoy's dispatcher does
+once a callback returns (callouts answered by their scripted upstream, queues woken).
+
+Envoy never calls back into a plugin while one of its callbacks runs: a callout's reply and
+``proxy_on_queue_ready`` come later, from the event loop. The emulator delivers them as soon
+as the callback that caused them returns, in the order they were caused; a stream paused on a
+callout goes on if the reply's callback continued it (``proxy_continue_stream``) or answered
+it (``proxy_send_local_response``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from .abi import BODY_ACTIONS, HEADER_ACTIONS, BufferType, MapType
+from .calls import Answer, Call, Reply
+from .errors import CalloutReset, CalloutTimeout, HostError
+from .headers import HeaderMap
+from .state import ROOT_CONTEXT_ID, LocalResponse, PluginState, StreamState
+from .vm import Vm
+
+Pairs = Mapping[str, str] | Mapping[str, bytes] | Iterable[tuple[str, str | bytes]]
+
+# What Envoy's async client answers when a callout times out (a local reply).
+_TIMEOUT_BODY = b"upstream request timeout"
+_GRPC_DEADLINE_EXCEEDED, _GRPC_UNAVAILABLE = 4, 14
+_BROKEN_CONNECTION = 11
+
+
+@dataclass(frozen=True)
+class Action:
+    """What a callback answered: the raw value and its name for that phase."""
+
+    value: int
+    name: str
+    continues: bool
+
+
+_ACTIONS: dict[tuple[int, bool], Action] = {}
+
+
+def _action(value: int, body: bool, continues: bool) -> Action:
+    """Actions are values: one of each, made once."""
+    found = _ACTIONS.get((value, body))
+    if found is None:
+        name = (BODY_ACTIONS if body else HEADER_ACTIONS).get(value, "Unknown")
+        found = _ACTIONS.setdefault((value, body), Action(value, name, continues))
+    return found
+
+
+def pairs_of(values: Pairs | None) -> list[tuple[str, str | bytes]]:
+    items = values.items() if isinstance(values, Mapping) else (values or ())
+    return [(k.lower(), v) for k, v in items]
+
+
+def encode(pairs: Iterable[tuple[str, str | bytes]]) -> list[tuple[bytes, bytes]]:
+    """Values as ``str`` (latin-1, or UTF-8 beyond it) or ``bytes``."""
+    return [(k.encode("latin-1"), v if isinstance(v, bytes) else _text_bytes(v))
+            for k, v in pairs]
+
+
+def _text_bytes(value: str) -> bytes:
+    try:
+        return value.encode("latin-1")
+    except UnicodeEncodeError:
+        return value.encode("utf-8")
+
+
+def run_callback(vm: Vm, name: str, *args: int) -> int | None:
+    """A top-level callback, then whatever Envoy would deliver after it."""
+    value = vm.call(name, *args)
+    deliver(vm, vm.state)
+    return value
+
+
+def deliver(vm: Vm, state: PluginState) -> None:
+    """Answer pending callouts and wake queues, in order, until nothing is pending (a reply's
+    callback may make another call)."""
+    while state.pending:
+        kind, token, context_id = state.pending.popleft()
+        if kind == "queue":
+            vm.call("proxy_on_queue_ready", context_id, token)
+            continue
+        call = state.call(kind, token)
+        assert call is not None
+        _answer(vm, state, call)
+
+
+def _answer(vm: Vm, state: PluginState, call: Call) -> None:
+    handler = state.upstreams.get(call.cluster)
+    reply: Reply | None = None
+    try:
+        if handler is None:  # only gRPC gets this far without a cluster (Envoy checks later)
+            raise CalloutReset(f"no upstream for cluster {call.cluster!r}")
+        answered = handler(call)
+        reply = answered if isinstance(answered, Reply) else Reply(*answered)
+    except CalloutTimeout:
+        call.failure = "timeout"
+    except CalloutReset:
+        call.failure = "reset"
+    except Exception as exc:
+        raise HostError(f"the scripted upstream for cluster {call.cluster!r} raised "
+                        f"{type(exc).__name__}: {exc} (answering the {call.kind} call made "
+                        f"by context {call.context_id})") from exc
+    call.reply = reply
+    if call.kind == "http":
+        _http_reply(vm, state, call, reply)
+    else:
+        _grpc_reply(vm, state, call, reply)
+
+
+def _http_reply(vm: Vm, state: PluginState, call: Call, reply: Reply | None) -> None:
+    if call.failure == "reset":
+        state.status = (_BROKEN_CONNECTION, "reset")
+        answer = Answer(buffer=BufferType.HTTP_CALL_RESPONSE_BODY)
+    else:
+        if call.failure == "timeout":
+            reply = Reply(504, {"content-length": str(len(_TIMEOUT_BODY)),
+                                "content-type": "text/plain"}, _TIMEOUT_BODY)
+        assert reply is not None
+        headers = HeaderMap(encode([(":status", str(reply.http_status())),
+                                    *reply.header_pairs()]))
+        trailers = HeaderMap(encode(reply.trailer_pairs()))
+        answer = Answer({MapType.HTTP_CALL_RESPONSE_HEADERS: headers,
+                         MapType.HTTP_CALL_RESPONSE_TRAILERS: trailers},
+                        BufferType.HTTP_CALL_RESPONSE_BODY, reply.body)
+    headers_count = len(answer.maps.get(MapType.HTTP_CALL_RESPONSE_HEADERS, HeaderMap()).pairs)
+    trailers_count = len(answer.maps.get(MapType.HTTP_CALL_RESPONSE_TRAILERS,
+                                         HeaderMap()).pairs)
+    state.answer = answer
+    try:
+        vm.call("proxy_on_http_call_response", ROOT_CONTEXT_ID, call.token, headers_count,
+                len(answer.body), trailers_count)
+    finally:
+        state.answer = None
+        state.status = (0, "")
+
+
+def _grpc_reply(vm: Vm, state: PluginState, call: Call, reply: Reply | None) -> None:
+    """A unary call: its message on success, else only the close with its status (Envoy
+    hands a unary call no metadata)."""
+    if reply is not None and reply.grpc_status() == 0:
+        state.answer = Answer(buffer=BufferType.GRPC_RECEIVE_BUFFER, body=reply.body)
+        try:
+            vm.call("proxy_on_grpc_receive", ROOT_CONTEXT_ID, call.token, len(reply.body))
+        finally:
+            state.answer = None
+        return
+    if reply is not None:
+        status, message = reply.grpc_status(), reply.message
+    elif call.failure == "timeout":
+        status, message = _GRPC_DEADLINE_EXCEEDED, "upstream request timeout"
+    else:
+        status, message = _GRPC_UNAVAILABLE, "upstream connect error or reset"
+    state.status = (status, message)
+    try:
+        vm.call("proxy_on_grpc_close", ROOT_CONTEXT_ID, call.token, status)
+    finally:
+        state.status = (0, "")
+
+
+class HttpContext:
+    """One HTTP stream inside the filter, its callbacks called one by one."""
+
+    def __init__(self, vm: Vm, stream: StreamState) -> None:
+        self.vm = vm
+        self.stream = stream
+        self.context_id = stream.context_id
+        self.actions: list[tuple[str, Action]] = []
+
+    # the stream's state, under the names tests use
+    @property
+    def local_response(self) -> LocalResponse | None:
+        return self.stream.local_response
+
+    @local_response.setter
+    def local_response(self, value: LocalResponse | None) -> None:
+        self.stream.local_response = value
+
+    @property
+    def reset(self) -> bool:
+        return self.stream.reset
+
+    @property
+    def continued(self) -> set[str]:
+        return self.stream.continued
+
+    @property
+    def response_started(self) -> bool:
+        return self.stream.response_started
+
+    def _call(self, callback: str, lends: MapType | None, *args: int) -> Action:
+        stream = self.stream
+        stream.paused_maps.clear()  # a new phase: Envoy has let go of a stopped one's map
+        if lends is not None:
+            stream.live.add(lends)
+        try:
+            value = self.vm.call(callback, self.context_id, *args)
+        finally:
+            stream.live.clear()
+        value = 0 if value is None else value
+        body = callback.endswith("_body")
+        # Envoy takes a headers answer of 2 (ContinueAndEndStream) as Continue.
+        continues = value == 0 or (not body and value == 2)
+        if not continues and lends is not None:
+            # Envoy keeps the map of a stopped phase: a callout's reply may still change it.
+            stream.paused_maps.add(lends)
+        deliver(self.vm, self.vm.state)
+        action = _action(value, body, continues)
+        self.actions.append((callback.removeprefix("proxy_on_"), action))
+        return action
+
+    def _map_phase(self, callback: str, kind: MapType, pairs: Pairs, *flags: bool) -> Action:
+        """A headers or trailers callback: the map is lent to the filter while it runs."""
+        self.stream.maps[kind] = HeaderMap(encode(pairs_of(pairs)))
+        return self._call(callback, kind, len(self.stream.maps[kind].pairs), *map(int, flags))
+
+    def _body_phase(self, direction: str, chunk: bytes, end_of_stream: bool) -> Action:
+        self.stream.buffers[direction] += chunk
+        return self._call(f"proxy_on_{direction}_body", None,
+                          len(self.stream.buffers[direction]), int(end_of_stream))
+
+    def on_request_headers(self, headers: Pairs, end_of_stream: bool = True) -> Action:
+        return self._map_phase("proxy_on_request_headers", MapType.REQUEST_HEADERS, headers,
+                               end_of_stream)
+
+    def on_request_body(self, chunk: bytes, end_of_stream: bool) -> Action:
+        return self._body_phase("request", chunk, end_of_stream)
+
+    def on_request_trailers(self, trailers: Pairs) -> Action:
+        return self._map_phase("proxy_on_request_trailers", MapType.REQUEST_TRAILERS, trailers)
+
+    def on_response_headers(self, headers: Pairs, end_of_stream: bool = True) -> Action:
+        self.stream.response_started = True
+        pairs = pairs_of(headers)  # once: ``headers`` may be an iterator
+        status = dict(pairs).get(":status")
+        self.stream.response_code = (int(status) if isinstance(status, str) and status.isdigit()
+                                     else None)
+        return self._map_phase("proxy_on_response_headers", MapType.RESPONSE_HEADERS, pairs,
+                               end_of_stream)
+
+    def on_response_body(self, chunk: bytes, end_of_stream: bool) -> Action:
+        return self._body_phase("response", chunk, end_of_stream)
+
+    def on_response_trailers(self, trailers: Pairs) -> Action:
+        return self._map_phase("proxy_on_response_trailers", MapType.RESPONSE_TRAILERS,
+                               trailers)
+
+    def take_body(self, direction: str) -> bytes:
+        """What the filter lets through: data held back, then the buffer (both emptied)."""
+        stream = self.stream
+        data = stream.held[direction] + stream.buffers[direction]
+        stream.held[direction] = stream.buffers[direction] = b""
+        return data
+
+    def hold(self, direction: str) -> None:
+        """A stop other than StopIterationAndBuffer: Envoy keeps the data, but the next call
+        sees only the chunk that comes next."""
+        stream = self.stream
+        stream.held[direction] += stream.buffers[direction]
+        stream.buffers[direction] = b""
+
+    def headers(self, kind: MapType) -> list[tuple[str, str]]:
+        found = self.stream.maps.get(kind)
+        return found.text() if found is not None else []
+
+    def finish(self) -> None:
+        """The stream is over: ``proxy_on_log`` (the maps readable), then ``proxy_on_done``
+        and ``proxy_on_delete``, in Envoy's order."""
+        self.stream.logging = True
+        try:
+            self.vm.call("proxy_on_log", self.context_id)
+        finally:
+            self.stream.logging = False
+        done = self.vm.call("proxy_on_done", self.context_id)
+        self.stream.finishing = done == 0  # the filter will call proxy_done itself
+        self.vm.call("proxy_on_delete", self.context_id)
+        deliver(self.vm, self.vm.state)  # what the last callbacks caused (a log callout)

@@ -1,0 +1,77 @@
+"""Host functions for shared queues and foreign functions.
+
+Queues follow proxy-wasm-cpp-host: a queue is named within its VM id; tokens count from 1;
+registering a name again keeps its token and makes the registering root context the one
+woken; every enqueue wakes it with ``proxy_on_queue_ready`` once the running callback returns
+(Envoy posts it to the dispatcher); a dequeue from an empty queue answers EMPTY.
+
+Foreign functions are the ones given to the emulator (``foreign_functions={"name": fn}``, a
+function of the argument bytes returning the result bytes); any other name is NOT_FOUND, as
+in Envoy for a function it does not ship.
+"""
+
+from __future__ import annotations
+
+from .abi import Status
+from .errors import HostError
+from .memory import Memory
+from .state import PluginState
+
+
+class QueueFunctions:
+    def __init__(self, state: PluginState, memory: Memory) -> None:
+        self.state = state
+        self.memory = memory
+
+    def proxy_register_shared_queue(self, name_ptr: int, name_size: int,
+                                    token_ptr: int) -> int:
+        name = self.memory.text("proxy_register_shared_queue", name_ptr, name_size)
+        state = self.state
+        # The queue wakes the root context of the context that registered it.
+        token = state.queues.register(state.vm_id, name, state.root_context_of(state.context_id))
+        self.memory.put_u32("proxy_register_shared_queue", token_ptr, token)
+        return Status.OK
+
+    def proxy_resolve_shared_queue(self, vm_id_ptr: int, vm_id_size: int, name_ptr: int,
+                                   name_size: int, token_ptr: int) -> int:
+        vm_id = self.memory.text("proxy_resolve_shared_queue", vm_id_ptr, vm_id_size)
+        name = self.memory.text("proxy_resolve_shared_queue", name_ptr, name_size)
+        token = self.state.queues.resolve(vm_id, name)
+        if token is None:
+            return Status.NOT_FOUND
+        self.memory.put_u32("proxy_resolve_shared_queue", token_ptr, token)
+        return Status.OK
+
+    def proxy_enqueue_shared_queue(self, token: int, ptr: int, size: int) -> int:
+        data = self.memory.read("proxy_enqueue_shared_queue", ptr, size)
+        queues = self.state.queues
+        if token not in queues.items:
+            return Status.NOT_FOUND
+        queues.items[token].append(data)
+        self.state.pending.append(("queue", token, queues.owners[token]))
+        return Status.OK
+
+    def proxy_dequeue_shared_queue(self, token: int, ptr_ptr: int, size_ptr: int) -> int:
+        items = self.state.queues.items.get(token)
+        if items is None:
+            return Status.NOT_FOUND
+        if not items:
+            return Status.EMPTY
+        return self.memory.hand_back("proxy_dequeue_shared_queue", items.popleft(), ptr_ptr,
+                                     size_ptr)
+
+    def proxy_call_foreign_function(self, name_ptr: int, name_size: int, arg_ptr: int,
+                                    arg_size: int, ret_ptr_ptr: int, ret_size_ptr: int) -> int:
+        name = self.memory.text("proxy_call_foreign_function", name_ptr, name_size)
+        argument = self.memory.read("proxy_call_foreign_function", arg_ptr, arg_size)
+        function = self.state.foreign_functions.get(name)
+        if function is None:
+            return Status.NOT_FOUND
+        try:
+            result = function(argument)
+        except Exception as exc:
+            raise HostError(f"foreign function {name!r} (called from "
+                            f"{self.state.current_callback}) raised "
+                            f"{type(exc).__name__}: {exc}") from exc
+        return self.memory.hand_back("proxy_call_foreign_function", bytes(result), ret_ptr_ptr,
+                                     ret_size_ptr)

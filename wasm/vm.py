@@ -1,0 +1,276 @@
+"""The module instantiated on wasmtime: its imports linked to the host functions, its exports
+called with a fuel budget, traps and host errors turned into :class:`~wasm.errors.WasmTrap`
+naming the callback.
+
+Calls in both directions go through wasmtime's unchecked C entry points (raw 64-bit value
+slots) rather than the typed ``wasmtime.Func`` wrappers: the signatures are checked once, at
+link time (:func:`wasm.module.import_problems`), and the wrappers' per-call type lookups and
+value boxing were most of the emulator's time per request.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import struct
+from collections.abc import Callable
+from typing import Any
+
+import wasmtime
+from wasmtime import _bindings
+from wasmtime import _ffi as ffi
+
+from .abi import import_signatures
+from .errors import (
+    HostError,
+    InvalidModule,
+    MemoryAccess,
+    MissingImports,
+    UnsupportedAbi,
+    WasmTrap,
+)
+from .memory import Memory
+from .module import import_problems
+from .state import PluginState
+
+_Raw = ffi.wasmtime_val_raw_t
+_SLOT = ctypes.sizeof(_Raw)
+_CALLBACK = ffi.wasmtime_func_unchecked_callback_t
+# The same C signature with plain addresses: ctypes builds no pointer objects per call.
+_RAW_CALLBACK = ctypes.CFUNCTYPE(ctypes.c_size_t, ctypes.c_void_p, ctypes.c_void_p,
+                                 ctypes.c_void_p, ctypes.c_size_t)
+_FINALIZER = ctypes.CFUNCTYPE(None, ctypes.c_void_p)
+_NO_FINALIZER = _FINALIZER(lambda env: None)
+
+
+# The same library, called without releasing the GIL: a call into the module comes back into
+# Python (host functions) on this thread, and releasing and taking the GIL again around every
+# crossing cost more than the crossing itself.
+_HOLDING_GIL = ctypes.PyDLL(_bindings.dll._name,  # type: ignore[attr-defined]
+                            handle=_bindings.dll._handle)  # type: ignore[attr-defined]
+
+
+def _raw_function(name: str, restype: Any, *argtypes: Any) -> Any:
+    """A C entry point of wasmtime taking plain addresses: ctypes converts ints without the
+    type checks wasmtime's own prototypes make on every call (a fresh function object, so
+    those prototypes are left as they are)."""
+    function = _HOLDING_GIL[name]
+    function.restype = restype
+    function.argtypes = argtypes
+    return function
+
+
+_call_unchecked = _raw_function("wasmtime_func_call_unchecked", ctypes.c_void_p,
+                                ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
+                                ctypes.c_size_t, ctypes.c_void_p)
+_set_fuel = _raw_function("wasmtime_context_set_fuel", ctypes.c_void_p, ctypes.c_void_p,
+                          ctypes.c_uint64)
+_RESULT = struct.Struct("<I")
+
+
+def _slots(kinds: tuple[str, ...] | list[str]) -> struct.Struct:
+    """The layout of raw value slots: an i32 read unsigned (as the ABI means it), an i64
+    signed; each slot is 16 bytes."""
+    pad = f"{_SLOT - 4}x"
+    return struct.Struct("<" + "".join(f"q{_SLOT - 8}x" if k == "i64" else f"I{pad}"
+                                        for k in kinds))
+
+
+class _Export:
+    """An export ready to call: its function, a value buffer, its parameter layout."""
+
+    def __init__(self, func: Any, params: list[str], results: int) -> None:
+        slots = max(len(params), results, 1)
+        self.values = (_Raw * slots)()
+        self.slots = slots
+        self.keep = func  # the address below points into it
+        self.func = ctypes.addressof(func)
+        self.params = _slots(params)
+        self.address = ctypes.addressof(self.values)
+        self.results = results
+
+
+class Vm:
+    """One instance of a module in its own store."""
+
+    def __init__(self, data: bytes, abi_of: Callable[[wasmtime.Module], str], state: PluginState,
+                 functions: Callable[[Memory], dict[tuple[str, str], Callable[..., Any]]],
+                 fuel: int | None, memory_limit: int) -> None:
+        self.state = state
+        self.fuel = fuel
+        self.broken: str | None = None
+        self._top = ""  # the callback a trap is reported against, even one in an allocation
+        self._raised: BaseException | None = None
+        config = wasmtime.Config()
+        config.consume_fuel = fuel is not None
+        config.memory_may_move = False  # lets wasm.memory keep the base address
+        self._engine = wasmtime.Engine(config)
+        try:
+            self._module = wasmtime.Module(self._engine, data)
+        except wasmtime.WasmtimeError as exc:
+            raise InvalidModule(f"wasmtime rejects the module: {exc}") from None
+        self.abi = abi_of(self._module)
+        self._store = wasmtime.Store(self._engine)
+        self._store.set_limits(memory_size=memory_limit)
+        self._context = self._store._context()
+        self._context_address = ctypes.cast(self._context, ctypes.c_void_p).value
+        self._callbacks: list[Any] = []  # ctypes thunks must outlive the instance
+        self.memory = Memory(self._context, ffi.wasmtime_memory_t())
+        table = functions(self.memory)
+        self._refuel()  # a start function runs while instantiating
+        instance = self._link(table)
+        exports = instance.exports(self._store)
+        memory = exports.get("memory") if "memory" in exports else None
+        if not isinstance(memory, wasmtime.Memory):
+            raise UnsupportedAbi("the module exports no memory named 'memory'")
+        self.memory._memory = memory._memory
+        self._functions: dict[str, _Export] = {}
+        for name, item in exports.items():
+            if isinstance(item, wasmtime.Func):
+                kind = item.type(self._store)
+                self._functions[name] = _Export(item._func, [str(p) for p in kind.params],
+                                                len(kind.results))
+        self._trap = ctypes.c_void_p()
+        self._trap_address = ctypes.addressof(self._trap)
+        # Envoy's preference: malloc, then proxy_on_memory_allocate.
+        allocator = next((n for n in ("malloc", "proxy_on_memory_allocate")
+                          if n in self._functions), None)
+        if allocator is None:
+            raise UnsupportedAbi("the module exports neither malloc nor "
+                                 "proxy_on_memory_allocate: the host could not hand it data")
+        self.allocator = allocator
+        self.memory.allocate = self.allocate
+
+    def has_export(self, name: str) -> bool:
+        return name in self._functions
+
+    def _link(self, table: dict[tuple[str, str], Callable[..., Any]]) -> wasmtime.Instance:
+        problems = import_problems(self._module, self.abi)
+        if problems:
+            described = [name if why == "missing"
+                         else f"{name} (declared with another signature than the ABI's)"
+                         for name, why in problems]
+            raise MissingImports("the module imports what the emulator (and Envoy) does not "
+                                 f"provide: {', '.join(described)}",
+                                 tuple(name for name, _ in problems))
+        linker = wasmtime.Linker(self._engine)
+        signatures = import_signatures(self.abi)
+        for item in self._module.imports:  # every one checked above: the ABI's signature
+            key = (item.module, item.name or "")
+            assert isinstance(item.type, wasmtime.FuncType)
+            params, results = signatures[key]
+            raw = _RAW_CALLBACK(self._host_function(table[key], params, bool(results)))
+            callback = ctypes.cast(raw, _CALLBACK)
+            self._callbacks.append((raw, callback))
+            module, name = key[0].encode(), key[1].encode()
+            error = ffi.wasmtime_linker_define_func_unchecked(
+                linker.ptr(), module, len(module), name, len(name), item.type.ptr(), callback,
+                None, _NO_FINALIZER)
+            if error:
+                raise InvalidModule(f"linking {key[0]}.{key[1]} failed: "
+                                    f"{wasmtime.WasmtimeError._from_ptr(error)}")
+        try:
+            return linker.instantiate(self._store, self._module)
+        except (wasmtime.WasmtimeError, wasmtime.Trap) as exc:
+            self._raised = None
+            raise WasmTrap(f"instantiating the module failed: {first_line(exc)}",
+                           "instantiate") from None
+
+    def _host_function(self, function: Callable[..., Any], params: tuple[str, ...],
+                       has_result: bool) -> Callable[..., int]:
+        """The C callback for one host function: its arguments unpacked from the raw slots
+        in one go; a Python exception becomes a trap, re-raised by ``call``."""
+        layout = _slots(params)
+        unpack, size = layout.unpack, layout.size
+        string_at, result_at = ctypes.string_at, ctypes.c_uint32.from_address
+
+        def callback(env: Any, caller: Any, values: int, slots: int) -> int:
+            try:
+                result = function(*unpack(string_at(values, size))) if size else function()
+                if has_result:
+                    result_at(values).value = int(result) & 0xFFFFFFFF
+                return 0
+            except BaseException as exc:  # carried across the C frames, raised by call()
+                self._raised = exc
+                message = b"host function raised"
+                return ctypes.cast(ffi.wasmtime_trap_new(message, len(message)),
+                                   ctypes.c_void_p).value or 0
+        return callback
+
+    def call(self, name: str, *args: int) -> int | None:
+        """Call an export (None when the module does not export it). A top-level call gets
+        the fuel budget (calls the host makes while it runs, such as allocations, spend from
+        it) and the context it names as the effective one; a trap becomes a WasmTrap naming
+        the callback, after which the plugin is unusable, as in Envoy."""
+        if self.broken is not None:
+            raise WasmTrap(f"the plugin is unusable after {self.broken} trapped", name)
+        found = self._functions.get(name)
+        if found is None:
+            return None
+        state = self.state
+        outer = state.current_callback
+        state.current_callback = name
+        try:
+            if outer:  # the host calling in (an allocation) while a callback runs
+                return self._invoke(name, found, args)
+            saved = state.context_id, state.stream
+            if args and name.startswith("proxy_on_"):
+                state.set_effective_context(args[0])
+            self._refuel()
+            self._top = name
+            try:
+                return self._invoke(name, found, args)
+            except HostError:
+                self.broken = name
+                raise
+            finally:
+                state.context_id, state.stream = saved
+                self._top = ""
+        finally:
+            state.current_callback = outer
+
+    def _invoke(self, name: str, found: _Export, args: tuple[int, ...]) -> int | None:
+        # Each export has its own buffer: the only call made while another runs is the
+        # allocator, which never runs inside itself.
+        if args:
+            found.params.pack_into(found.values, 0, *args)
+        error = _call_unchecked(self._context_address, found.func, found.address, found.slots,
+                                self._trap_address)
+        if error or self._trap.value:
+            self._failed(name, error)
+        return _RESULT.unpack_from(found.values)[0] if found.results else None
+
+    def _failed(self, name: str, error: Any) -> None:
+        raised, self._raised = self._raised, None
+        trap, self._trap.value = self._trap.value, None
+        # wasmtime's own objects take ownership of the error or trap (and free it)
+        problem: Exception
+        if error:
+            problem = wasmtime.WasmtimeError._from_ptr(
+                ctypes.cast(error, ctypes.POINTER(ffi.wasmtime_error_t)))
+        else:
+            problem = wasmtime.Trap._from_ptr(
+                ctypes.cast(trap, ctypes.POINTER(ffi.wasm_trap_t)))  # type: ignore[arg-type]
+        if raised is not None:
+            raise raised
+        exhausted = "all fuel consumed" in str(problem)
+        reason = (f"ran out of fuel after {self.fuel} instructions (a loop?); raise fuel= if "
+                  "it needs more" if exhausted else first_line(problem))
+        name = self._top or name
+        raise WasmTrap(f"{name} trapped: {reason}", name, exhausted)
+
+    def allocate(self, size: int) -> int:
+        address = self.call(self.allocator, size) or 0
+        if address == 0 or not self.memory.holds(address, size):
+            raise MemoryAccess(f"{self.allocator}({size}) returned {address}, not memory "
+                               f"the module has ({self.memory.size()} bytes)")
+        return address
+
+    def _refuel(self) -> None:
+        if self.fuel is not None:
+            _set_fuel(self._context_address, self.fuel)
+
+
+def first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    caused = text.split("Caused by:")[-1].strip() if "Caused by:" in text else text
+    return caused.splitlines()[0] if caused else type(exc).__name__
