@@ -14,6 +14,8 @@ import sys
 import time
 from typing import Any
 
+from ._errors import ServeError
+
 FORMATS = ("text", "json")
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 # Keys a JSON line may carry beyond time, level, logger and message; stable and documented.
@@ -46,7 +48,7 @@ class JsonFormatter(logging.Formatter):
 def setup(level: str = "info", format: str = "text") -> None:
     """Log to stderr at ``level`` as ``format`` (text or json), replacing earlier handlers."""
     if format not in FORMATS:
-        raise ValueError(f"log format must be text or json, got {format!r}")
+        raise ServeError(f"log format must be text or json, got {format!r}")
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if format == "json" else logging.Formatter(TEXT_FORMAT))
     root = logging.getLogger()

@@ -11,14 +11,15 @@ from __future__ import annotations
 import dataclasses
 import enum
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2
+from envoy.type.v3 import http_status_pb2
 
-from ._errors import ProcessorDefinitionError
-from ._responses import ENVOY_STATUS_CODES
+from ._errors import ProcessorDefinitionError, ProtocolError
+from ._responses import status_problem
 
 _PM = processing_mode_pb2.ProcessingMode
 _F = TypeVar("_F", bound=Callable[..., Any])
@@ -35,6 +36,9 @@ class BodyMode(enum.Enum):
     """The body up to Envoy's buffer limit, once."""
     FULL_DUPLEX_STREAMED = "FULL_DUPLEX_STREAMED"
     """Chunks both ways, decoupled: emit more or less than received, flush at end of stream."""
+    GRPC = "GRPC"
+    """gRPC messages. Envoy 1.40 forwards them unprocessed unless a whole body is held when
+    the headers are answered: then it sends that body once, gRPC framing included."""
 
     @property
     def proto_value(self) -> int:
@@ -47,11 +51,24 @@ class BodyMode(enum.Enum):
 
     @classmethod
     def from_proto(cls, value: int) -> BodyMode | None:
-        name = _PM.BodySendMode.Name(value)
+        """The mode of a BodySendMode number; ProtocolError for a number this API lacks."""
+        try:
+            name = _PM.BodySendMode.Name(value)
+        except ValueError:
+            raise ProtocolError(f"unknown body send mode {value}") from None
         return None if name == "NONE" else cls(name)
 
 
 _FULL_DUPLEX = BodyMode.FULL_DUPLEX_STREAMED
+
+#: Statuses Envoy takes for ``status_on_error`` (its HttpStatus enum; Envoy Gateway's
+#: ``statusOnError`` lists the same 4xx and 5xx codes).
+ERROR_STATUSES = frozenset(code for code in http_status_pb2.StatusCode.values()
+                           if 400 <= code <= 599)
+
+#: Envoy's ``route_cache_action``: clear when asked (with a header mutation), on every header
+#: mutation, or never.
+ROUTE_CACHE_ACTIONS = ("default", "clear", "retain")
 
 
 @dataclass(frozen=True)
@@ -149,8 +166,34 @@ class FilterSpec:
     """A hook's exception continues the request unchanged (else ``error_status``)."""
     error_status: int = 500
     error_body: bytes = b""
+    status_on_error: int | None = None
+    """What Envoy answers when it gets no answer (None: Envoy's 500)."""
+    max_message_timeout: float | None = None
+    """The longest ``extend_timeout`` Envoy honours (None: no extension)."""
+    forwarding_namespaces: tuple[str, ...] = ()
+    typed_forwarding_namespaces: tuple[str, ...] = ()
+    grpc_initial_metadata: tuple[tuple[str, str], ...] = ()
+    observability_mode: bool = False
+    deferred_close_timeout: float | None = None
+    route_cache_action: str = "default"
+    disable_immediate_response: bool = False
+    allowed_override_modes: tuple[ProcessingMode, ...] = ()
+    send_body_without_waiting_for_header_response: bool = False
     import_path: str = ""
     """``module:QualName`` the class is imported by (what ``extctl serve`` is given)."""
+
+    @property
+    def timeout(self) -> float:
+        """Seconds Envoy waits for each answer (its default is 200 ms)."""
+        return self.message_timeout if self.message_timeout is not None else 0.2
+
+    def override_allowed(self, mode: ProcessingMode) -> bool:
+        """Envoy applies ``mode`` as a mode_override (``allowed_override_modes`` empty: any)."""
+        if not self.allowed_override_modes:
+            return True
+        # Envoy compares without request_header_mode: the request headers are already sent.
+        return any(dataclasses.replace(allowed, request_headers=mode.request_headers) == mode
+                   for allowed in self.allowed_override_modes)
 
     @property
     def full_duplex(self) -> bool:
@@ -172,19 +215,24 @@ class FilterSpec:
         data = dataclasses.asdict(self)
         data["hooks"] = sorted(self.hooks)
         data["error_body"] = self.error_body.decode("latin-1")
-        data["mode"] = {k: v.value if isinstance(v, BodyMode) else v
-                        for k, v in data["mode"].items()}
+        data["mode"] = _mode_to_dict(self.mode)
+        data["allowed_override_modes"] = [_mode_to_dict(m) for m in self.allowed_override_modes]
+        data["grpc_initial_metadata"] = [list(pair) for pair in self.grpc_initial_metadata]
         return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> FilterSpec:
         """The inverse of :meth:`to_dict`."""
-        mode: dict[str, Any] = {k: BodyMode(v) if isinstance(v, str) else v
-                                for k, v in data["mode"].items()}
-        tuples = ("request_attributes", "response_attributes", "dynamic_metadata_namespaces")
-        return cls(**{**data, "mode": ProcessingMode(**mode), "hooks": frozenset(data["hooks"]),
+        tuples = ("request_attributes", "response_attributes", "dynamic_metadata_namespaces",
+                  "forwarding_namespaces", "typed_forwarding_namespaces")
+        return cls(**{**data, "mode": _mode_from_dict(data["mode"]),
+                      "hooks": frozenset(data["hooks"]),
                       "error_body": data["error_body"].encode("latin-1"),
-                      **{name: tuple(data[name]) for name in tuples}})
+                      "allowed_override_modes": tuple(
+                          _mode_from_dict(m) for m in data.get("allowed_override_modes", ())),
+                      "grpc_initial_metadata": tuple(
+                          (k, v) for k, v in data.get("grpc_initial_metadata", ())),
+                      **{name: tuple(data.get(name, ())) for name in tuples}})
 
     @classmethod
     def of(cls, processor: type[Any] | FilterSpec) -> FilterSpec:
@@ -195,6 +243,17 @@ class FilterSpec:
         if not isinstance(spec, FilterSpec):
             spec = derive(processor)
         return spec
+
+
+def _mode_to_dict(mode: ProcessingMode) -> dict[str, Any]:
+    return {k: v.value if isinstance(v, BodyMode) else v
+            for k, v in dataclasses.asdict(mode).items()}
+
+
+def _mode_from_dict(data: dict[str, Any]) -> ProcessingMode:
+    fields: dict[str, Any] = {k: BodyMode(v) if isinstance(v, str) else v
+                              for k, v in data.items()}
+    return ProcessingMode(**fields)
 
 
 def derive(cls: type[Any]) -> FilterSpec:
@@ -217,11 +276,20 @@ def derive(cls: type[Any]) -> FilterSpec:
                 f"{name} defines {hook} but {direction}_body_mode is None, so Envoy "
                 f"would never send the body: set {direction}_body_mode = BodyMode.STREAMED "
                 "(or BUFFERED ...), or allow_mode_override = True to enable it per request")
-    if cls.error_status not in ENVOY_STATUS_CODES:
-        raise ProcessorDefinitionError(
-            f"{name}.error_status {cls.error_status} is not a status Envoy accepts")
+    problem = status_problem(cls.error_status)
+    if problem is not None:
+        raise ProcessorDefinitionError(f"{name}.error_{problem}")
     request_fd = cls.request_body_mode is _FULL_DUPLEX
     response_fd = cls.response_body_mode is _FULL_DUPLEX
+    if BodyMode.GRPC in (cls.request_body_mode, cls.response_body_mode):
+        raise ProcessorDefinitionError(
+            f"{name}: Envoy 1.40 forwards gRPC messages without sending them in GRPC body "
+            "mode (only a body already held when the headers are answered reaches the "
+            "processor): use STREAMED, which sends the framed messages")
+    if cls.allow_mode_override and (request_fd or response_fd):
+        raise ProcessorDefinitionError(
+            f"{name}: Envoy drops every mode_override when a body is FULL_DUPLEX_STREAMED; "
+            "set allow_mode_override = False")
     mode = ProcessingMode(
         request_headers="on_request_headers" in hooks,
         response_headers="on_response_headers" in hooks,
@@ -231,10 +299,41 @@ def derive(cls: type[Any]) -> FilterSpec:
         request_trailers="on_request_trailers" in hooks or request_fd,
         response_trailers="on_response_trailers" in hooks or response_fd,
     )
-    timeout = cls.message_timeout
-    if timeout is not None and not (isinstance(timeout, (int, float)) and timeout > 0):
+    timeout = _seconds(name, "message_timeout", cls.message_timeout)
+    max_timeout = _seconds(name, "max_message_timeout", cls.max_message_timeout)
+    if max_timeout is not None and max_timeout < (timeout or 0.2):
         raise ProcessorDefinitionError(
-            f"{name}.message_timeout must be a positive number of seconds, got {timeout!r}")
+            f"{name}.max_message_timeout ({max_timeout}s) is shorter than message_timeout "
+            f"({timeout or 0.2}s): an extension could only shorten the wait")
+    status_on_error = cls.status_on_error
+    if status_on_error is not None and status_on_error not in ERROR_STATUSES:
+        raise ProcessorDefinitionError(
+            f"{name}.status_on_error must be a 4xx or 5xx status of Envoy's HttpStatus enum "
+            f"(what Envoy and Envoy Gateway accept), got {status_on_error!r}")
+    deferred = _seconds(name, "deferred_close_timeout", cls.deferred_close_timeout)
+    if deferred is not None and not cls.observability_mode:
+        raise ProcessorDefinitionError(
+            f"{name}.deferred_close_timeout applies to observability_mode only")
+    action = cls.route_cache_action
+    if action not in ROUTE_CACHE_ACTIONS:
+        raise ProcessorDefinitionError(
+            f"{name}.route_cache_action must be one of {', '.join(ROUTE_CACHE_ACTIONS)}, "
+            f"got {action!r}")
+    allowed = tuple(cls.allowed_override_modes)
+    if allowed and not cls.allow_mode_override:
+        raise ProcessorDefinitionError(
+            f"{name}.allowed_override_modes needs allow_mode_override = True")
+    if not all(isinstance(m, ProcessingMode) for m in allowed):
+        raise ProcessorDefinitionError(
+            f"{name}.allowed_override_modes must hold ProcessingMode values")
+    metadata = cls.grpc_initial_metadata
+    pairs = tuple(metadata.items()) if isinstance(metadata, Mapping) else tuple(metadata)
+    for key, value in pairs:
+        if not (isinstance(key, str) and isinstance(value, str) and key == key.lower()
+                and key and not key.startswith(":")):
+            raise ProcessorDefinitionError(
+                f"{name}.grpc_initial_metadata: {key!r}: {value!r} is not a lower-case "
+                "gRPC metadata name with a str value")
     return FilterSpec(
         name=name, mode=mode, hooks=hooks,
         request_attributes=tuple(cls.request_attributes),
@@ -243,8 +342,29 @@ def derive(cls: type[Any]) -> FilterSpec:
         allow_routing_mutations=bool(cls.allow_routing_mutations),
         allow_envoy_mutations=bool(cls.allow_envoy_mutations),
         dynamic_metadata_namespaces=tuple(cls.dynamic_metadata_namespaces),
-        message_timeout=float(timeout) if timeout is not None else None,
+        message_timeout=timeout,
         fail_open=bool(cls.fail_open), error_status=int(cls.error_status),
         error_body=bytes(cls.error_body),
+        status_on_error=status_on_error,
+        max_message_timeout=max_timeout,
+        forwarding_namespaces=tuple(cls.forwarding_namespaces),
+        typed_forwarding_namespaces=tuple(cls.typed_forwarding_namespaces),
+        grpc_initial_metadata=pairs,
+        observability_mode=bool(cls.observability_mode),
+        deferred_close_timeout=deferred,
+        route_cache_action=action,
+        disable_immediate_response=bool(cls.disable_immediate_response),
+        allowed_override_modes=allowed,
+        send_body_without_waiting_for_header_response=bool(
+            cls.send_body_without_waiting_for_header_response),
         import_path=f"{cls.__module__}:{cls.__qualname__}",
     )
+
+
+def _seconds(name: str, attribute: str, value: Any) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        raise ProcessorDefinitionError(
+            f"{name}.{attribute} must be a positive number of seconds, got {value!r}")
+    return float(value)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Awaitable, Callable, Mapping
+from types import MappingProxyType
 from typing import Any, ClassVar
 
 from google.protobuf import json_format
@@ -17,6 +19,7 @@ HookResult = ImmediateResponse | None
 
 # The namespace Envoy's ext_proc filter uses for its own attributes and metadata.
 EXT_PROC_NAMESPACE = "envoy.filters.http.ext_proc"
+_NO_METADATA: Mapping[str, str] = MappingProxyType({})
 
 
 class Processor:
@@ -51,6 +54,29 @@ class Processor:
     dynamic_metadata_namespaces: ClassVar[tuple[str, ...]] = ()
     #: How long Envoy waits for each answer, in seconds (None: Envoy's default, 200 ms).
     message_timeout: ClassVar[float | None] = None
+    #: The longest wait :meth:`extend_timeout` may ask for (Envoy's max_message_timeout).
+    max_message_timeout: ClassVar[float | None] = None
+    #: What Envoy answers when the processor fails it: unreachable, stream error (Envoy's
+    #: status_on_error, 4xx/5xx; None: 500). A message timeout stays 504.
+    status_on_error: ClassVar[int | None] = None
+    #: Metadata namespaces Envoy forwards in ``metadata_context`` (untyped / typed).
+    forwarding_namespaces: ClassVar[tuple[str, ...]] = ()
+    typed_forwarding_namespaces: ClassVar[tuple[str, ...]] = ()
+    #: gRPC metadata Envoy adds to every ``Process`` stream (read as :attr:`grpc_metadata`).
+    grpc_initial_metadata: ClassVar[Mapping[str, str] | tuple[tuple[str, str], ...]] = ()
+    #: Envoy sends every phase without waiting for answers (it ignores them): for watching.
+    observability_mode: ClassVar[bool] = False
+    #: Seconds Envoy keeps an observability stream open after the request ends.
+    deferred_close_timeout: ClassVar[float | None] = None
+    #: ``"default"``: clear_route_cache() re-routes; ``"clear"``: every header change
+    #: re-routes; ``"retain"``: never (Envoy's route_cache_action).
+    route_cache_action: ClassVar[str] = "default"
+    #: Envoy refuses ImmediateResponse answers (a hook failing closed ends the stream).
+    disable_immediate_response: ClassVar[bool] = False
+    #: The modes :meth:`override_mode` may switch to (empty: any).
+    allowed_override_modes: ClassVar[tuple[ProcessingMode, ...]] = ()
+    #: STREAMED bodies are sent before the headers are answered.
+    send_body_without_waiting_for_header_response: ClassVar[bool] = False
 
     _spec: ClassVar[FilterSpec]
 
@@ -75,6 +101,11 @@ class Processor:
         self._mode_override: ProcessingMode | None = None
         self._effective_mode = type(self)._spec.mode
         self._phase = ""
+        self._grpc_metadata: Mapping[str, str] | None = None
+        self._raw_grpc_metadata: Callable[[], Any] = tuple
+        self._replacement: bytes | None = None
+        self._extended = False  # this message's answer already got more time
+        self._extend: Callable[[float], Awaitable[None]] | None = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -140,15 +171,20 @@ class Processor:
 
     @property
     def metadata_context(self) -> dict[str, Any]:
-        """The metadata Envoy forwards (``metadata_options.forwarding_namespaces``)."""
+        """The metadata Envoy forwards: ``forwarding_namespaces`` and
+        ``typed_forwarding_namespaces`` (as JSON, with ``@type``)."""
         raw = self._metadata_context
         if raw is None:
             return {}
-        return {ns: json_format.MessageToDict(s) for ns, s in raw.filter_metadata.items()}
+        metadata = {ns: json_format.MessageToDict(s) for ns, s in raw.filter_metadata.items()}
+        # Typed namespaces as JSON: {"@type": "type.googleapis.com/...", ...fields}.
+        metadata.update((ns, json_format.MessageToDict(typed))
+                        for ns, typed in raw.typed_filter_metadata.items())
+        return metadata
 
     def set_dynamic_metadata(self, namespace: str, key: str, value: Any) -> None:
         """Emit ``value`` as Envoy dynamic metadata ``namespace.key`` with the next answer."""
-        if namespace not in type(self).dynamic_metadata_namespaces:
+        if namespace not in type(self)._spec.dynamic_metadata_namespaces:
             raise MutationError(
                 f"Envoy drops dynamic metadata in namespace {namespace!r}: add it to "
                 f"{type(self).__name__}.dynamic_metadata_namespaces")
@@ -156,11 +192,58 @@ class Processor:
             self._dynamic_metadata = {}
         self._dynamic_metadata.setdefault(namespace, {})[key] = value
 
+    @property
+    def grpc_metadata(self) -> Mapping[str, str]:
+        """The ``Process`` stream's gRPC metadata: trace context (``traceparent`` ...) and
+        ``grpc_initial_metadata``. Read-only."""
+        metadata = self._grpc_metadata
+        if metadata is None:
+            pairs: dict[str, str] = {}
+            for key, value in self._raw_grpc_metadata() or ():
+                # A repeated key's values joined, as Headers does.
+                pairs[key] = f"{pairs[key]}, {value}" if key in pairs else value
+            metadata = self._grpc_metadata = MappingProxyType(pairs) if pairs else _NO_METADATA
+        return metadata
+
     def clear_route_cache(self) -> None:
         """Make Envoy pick the route again (after changing headers the route matches on)."""
-        if not self._phase.startswith("request"):
-            raise MutationError("Envoy ignores clear_route_cache outside request phases")
+        spec = type(self)._spec
+        if self._phase not in ("request_headers", "request_body"):
+            raise MutationError("Envoy clears the route cache only in answer to request headers "
+                                f"or body (called from {self._phase or 'outside a hook'})")
+        headers = self.request_headers
+        if self._phase == "request_body" and (headers is None or headers._locked is not None):
+            raise MutationError("Envoy already chose the route: the request headers were sent "
+                                "on (clear it from on_request_headers, or in BUFFERED mode)")
+        if spec.route_cache_action == "retain":
+            raise MutationError(f"{spec.name}.route_cache_action is 'retain': Envoy never "
+                                "clears the route cache")
         self._clear_route_cache = True
+
+    def replace_body(self, data: bytes | str) -> None:
+        """From a headers hook: Envoy forwards ``data`` as the whole body, never sends this
+        direction's body or trailers, and drops content-length (CONTINUE_AND_REPLACE)."""
+        if self._phase not in ("request_headers", "response_headers"):
+            raise MutationError("Envoy replaces a body only in answer to headers (called from "
+                                f"{self._phase or 'outside a hook'})")
+        self._replacement = data.encode() if isinstance(data, str) else bytes(data)
+
+    async def extend_timeout(self, seconds: float) -> None:
+        """Ask Envoy to wait ``seconds`` (from now) for this hook's answer; once per message,
+        up to the class's ``max_message_timeout``."""
+        spec = type(self)._spec
+        if spec.max_message_timeout is None:
+            raise MutationError(f"{spec.name}.max_message_timeout is None: Envoy ignores "
+                                "timeout extensions; set it")
+        if not 0.001 <= seconds <= spec.max_message_timeout:
+            raise MutationError(f"Envoy honours an extension from 1 ms to max_message_timeout "
+                                f"({spec.max_message_timeout}s), not {seconds}s")
+        if not self._phase or self._extend is None:
+            raise MutationError("extend_timeout() is for hooks")
+        if self._extended:
+            raise MutationError("Envoy honours one extension per message")
+        self._extended = True
+        await self._extend(seconds)
 
     def override_mode(
         self,
@@ -178,13 +261,17 @@ class Processor:
         ``None`` stops sending that body.
         """
         cls = type(self)
-        if not cls.allow_mode_override:
+        spec = cls._spec
+        if not spec.allow_mode_override:
             raise MutationError(f"{cls.__name__}.allow_mode_override is False: Envoy would "
                                 "ignore the override; set it to True")
         if self._phase not in ("request_headers", "response_headers"):
             raise MutationError("Envoy honours a mode override only in answer to headers "
                                 f"(called from {self._phase or 'outside a hook'})")
         current = self._mode_override or self._effective_mode
+        if BodyMode.FULL_DUPLEX_STREAMED in (current.request_body, current.response_body):
+            raise MutationError("Envoy drops every mode override when a body is "
+                                "FULL_DUPLEX_STREAMED")
         changes: dict[str, Any] = {}
         for name, value in (("request_body", request_body), ("response_body", response_body)):
             if value is not False:
@@ -194,7 +281,7 @@ class Processor:
                     raise MutationError("Envoy does not switch to or from FULL_DUPLEX_STREAMED "
                                         "per request")
                 hook = f"on_{name}"
-                if value is not None and hook not in cls._spec.hooks:
+                if value is not None and hook not in spec.hooks:
                     raise MutationError(f"{cls.__name__} does not define {hook}")
                 changes[name] = value
         for name, flag in (("response_headers", response_headers),
@@ -202,7 +289,11 @@ class Processor:
                            ("response_trailers", response_trailers)):
             if flag is not None:
                 changes[name] = bool(flag)
-        self._mode_override = dataclasses.replace(current, **changes)
+        override = dataclasses.replace(current, **changes)
+        if not spec.override_allowed(override):
+            raise MutationError(f"Envoy ignores this override: it is not one of "
+                                f"{cls.__name__}.allowed_override_modes")
+        self._mode_override = override
 
     # Set by the message loop: the mode in force for this request.
     _effective_mode: ProcessingMode

@@ -9,10 +9,23 @@ from typing import Any
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from envoy.type.v3 import http_status_pb2
 
+from ._errors import MutationError
 from ._headers import header_mutation
 
-# Envoy validates HttpStatus against its enum: any other code fails the whole response.
-ENVOY_STATUS_CODES = frozenset(c for c in http_status_pb2.StatusCode.values() if c)
+
+def status_problem(status: object) -> str | None:
+    """Why Envoy would not answer with ``status``, or None when it would.
+
+    Envoy sends any code from 200 on as given (418, 451, 499 too, in its HttpStatus enum or
+    not) and substitutes 200 below that; from 1000 on the status line is no HTTP status.
+    """
+    if not isinstance(status, int) or isinstance(status, bool):
+        return f"status must be an int, got {status!r}"
+    if status < 200:
+        return f"status {status}: Envoy answers 200 for any status below 200"
+    if status > 999:
+        return f"status {status} is not a three-digit HTTP status (Envoy sends it as is)"
+    return None
 
 
 @dataclass(frozen=True)
@@ -29,12 +42,11 @@ class ImmediateResponse:
     details: str = ""
 
     def __post_init__(self) -> None:
-        if self.status not in ENVOY_STATUS_CODES:
-            raise ValueError(
-                f"ImmediateResponse status {self.status} is not one Envoy accepts "
-                "(its HttpStatus enum, e.g. 400, 401, 403, 404, 429, 500, 503)")
+        problem = status_problem(self.status)
+        if problem is not None:
+            raise MutationError(f"ImmediateResponse {problem}")
         if self.grpc_status is not None and not 0 <= self.grpc_status <= 16:
-            raise ValueError(f"grpc_status must be a gRPC code 0..16, got {self.grpc_status}")
+            raise MutationError(f"grpc_status must be a gRPC code 0..16, got {self.grpc_status}")
 
     def to_proto(self) -> Any:
         body = self.body.encode() if isinstance(self.body, str) else bytes(self.body)

@@ -27,7 +27,7 @@ from ._config import ServerConfig, split_address
 from ._errors import ProtocolError, ServeError
 from ._processor import Processor
 from ._record import Observer
-from ._stream import answer_stream
+from ._stream import ProcessorFailed, answer_stream
 from ._unix import claim_socket
 
 if TYPE_CHECKING:
@@ -184,11 +184,17 @@ class _Servicer:
         record = None if observer is None else observer.stream(context)
         counts = self.counts if record is None else record.messages
         try:
-            async for answer in answer_stream(self.processor, request_iterator, counts, record):
+            async for answer in answer_stream(self.processor, request_iterator, counts,
+                                              context.write, context.invocation_metadata,
+                                              record):
                 yield answer
         except ProtocolError as exc:
             logger.warning("ext_proc protocol error: %s", exc)
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        except ProcessorFailed as exc:
+            # Envoy refuses an ImmediateResponse here: an error status makes it answer
+            # status_on_error.
+            await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
         except (asyncio.CancelledError, grpc.aio.AbortError):
             raise
         except grpc.aio.UsageError:
@@ -224,8 +230,10 @@ def make_server(processor: type[Processor], config: ServerConfig,
 
 
 async def serve_async(processor: type[Processor], config: ServerConfig,
-                      listen: str | None = None) -> int:
-    """Serve until SIGTERM/SIGINT; the first drains, a second cuts streams at once."""
+                      listen: str | None = None,
+                      stop_signals: tuple[int, ...] = (signal.SIGTERM, signal.SIGINT)) -> int:
+    """Serve until one of ``stop_signals``; the first drains, a second cuts streams at once."""
+    handled = stop_signals
     server = make_server(processor, config, listen)
     loop = asyncio.get_running_loop()
     signals = 0
@@ -238,7 +246,7 @@ async def serve_async(processor: type[Processor], config: ServerConfig,
         (first if signals == 1 else second).set()
 
     # Handlers first: a signal while the server starts drains it once it has started.
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    for sig in handled:
         loop.add_signal_handler(sig, on_signal)
     try:
         await server.start()
@@ -263,7 +271,7 @@ async def serve_async(processor: type[Processor], config: ServerConfig,
         forced.cancel()
         return DRAINED
     finally:
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in handled:
             loop.remove_signal_handler(sig)
         await server.stop(0)
 
@@ -315,10 +323,13 @@ def _run_loop(config: ServerConfig, main: Coroutine[Any, Any, int]) -> int:
 
 
 def _worker_main(processor: type[Processor], config: ServerConfig, listen: str) -> int:
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    # Ctrl-C reaches the whole process group, and the supervisor forwards it as SIGTERM:
+    # counting both would cut in-flight streams on the first Ctrl-C. Workers follow the
+    # supervisor only (a second Ctrl-C is a second SIGTERM from it).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
-        return _run_loop(config, serve_async(processor, config, listen))
+        return _run_loop(config, serve_async(processor, config, listen, (signal.SIGTERM,)))
     except ServeError as exc:
         logger.error("worker on %s: %s", listen, exc)
         return _WORKER_DID_NOT_START

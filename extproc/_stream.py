@@ -16,7 +16,7 @@ from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
-from google.protobuf import struct_pb2
+from google.protobuf import duration_pb2, struct_pb2
 
 from ._body import Body
 from ._errors import ProtocolError
@@ -36,6 +36,7 @@ _BodyResponse = pb.BodyResponse
 _TrailersResponse = pb.TrailersResponse
 _FULL_DUPLEX = BodyMode.FULL_DUPLEX_STREAMED
 _BUFFERED = BodyMode.BUFFERED
+_REPLACE = pb.CommonResponse.CONTINUE_AND_REPLACE
 
 # "Continue unchanged" answers, built once: serialising a shared message is safe.
 _PASS = {
@@ -72,16 +73,24 @@ class _Stop(Exception):
     """An immediate response was sent: the stream is over."""
 
 
+class ProcessorFailed(Exception):
+    """A hook failed closed where Envoy takes no ImmediateResponse (disable_immediate_response):
+    the stream must end with an error, so that Envoy answers ``status_on_error``."""
+
+
 async def answer_stream(cls: type[Processor], messages: AsyncIterable[Any],
-                        counts: dict[str, int] | None = None,
+                        counts: dict[str, int] | None = None, early: Write | None = None,
+                        metadata: Callable[[], Any] | None = None,
                         record: StreamRecord | None = None) -> AsyncIterator[Any]:
     """The answers to one ``Process`` stream's messages (the servicer's async generator).
 
-    ``counts``, when given, counts the messages received per phase; ``record`` is told about
+    ``counts``, when given, counts the messages received per phase; ``early`` writes a
+    message while a hook still runs (a timeout extension); ``metadata`` returns the stream's
+    gRPC metadata (key/value pairs), called only if a hook reads it; ``record`` is told about
     each hook and body (``extproc._record``). Raises ProtocolError on a message sequence the
     protocol does not allow.
     """
-    exchange = _Exchange(cls, counts, record)
+    exchange = _Exchange(cls, counts, early, metadata, record)
     try:
         async for message in messages:
             answers = await exchange.handle(message)
@@ -106,23 +115,29 @@ async def run_stream(cls: type[Processor], read: Read, write: Write, eof: object
         while (message := await read()) is not eof:
             yield message
 
-    async for answer in answer_stream(cls, messages(), counts):
+    async for answer in answer_stream(cls, messages(), counts, write):
         await write(answer)
 
 
 class _Exchange:
-    __slots__ = ("cls", "counts", "first", "hooks", "observability", "proc", "record", "spec",
-                 "state")
+    __slots__ = ("cls", "counts", "early", "first", "hooks", "observability", "proc", "record",
+                 "spec", "state")
 
     def __init__(self, cls: type[Processor], counts: dict[str, int] | None = None,
+                 early: Write | None = None, metadata: Callable[[], Any] | None = None,
                  record: StreamRecord | None = None) -> None:
         self.cls = cls
         self.record = record
         self.spec = spec = cls._spec
         self.hooks = spec.hooks
         self.counts = counts
+        self.early = early
         proc = cls()
         proc._init_state()
+        if early is not None:
+            proc._extend = self._extend
+        if metadata is not None:
+            proc._raw_grpc_metadata = metadata  # called when a hook reads grpc_metadata
         self.proc = proc
         self.state = {"request": _START, "response": _START}
         self.first = True
@@ -148,6 +163,7 @@ class _Exchange:
         if message.HasField("metadata_context"):
             proc._metadata_context = message.metadata_context
         proc._phase = which
+        proc._extended = False
         state = self.state[direction]
         if part == _HEADERS:
             if state != _START:
@@ -183,8 +199,9 @@ class _Exchange:
             self._lock_unless_buffered(headers, direction, http_headers.end_of_stream)
             return [_PASS[which]]
         override = proc._mode_override
+        replacement = proc._replacement
         if (headers._changes is None and not proc._clear_route_cache and override is None
-                and proc._dynamic_metadata is None):
+                and proc._dynamic_metadata is None and replacement is None):
             self._lock_unless_buffered(headers, direction, http_headers.end_of_stream)
             return [_PASS[which]]
         # Built in place: nested constructors copy every sub-message.
@@ -193,8 +210,20 @@ class _Exchange:
         response.SetInParent()
         headers._write_mutation(response.header_mutation)
         if proc._clear_route_cache:
+            # Envoy ignores clear_route_cache in a CommonResponse without header_mutation.
+            response.header_mutation.SetInParent()
             response.clear_route_cache = True
             proc._clear_route_cache = False
+        if replacement is not None:
+            proc._replacement = None
+            response.status = _REPLACE
+            if replacement:
+                response.body_mutation.body = replacement
+            else:
+                response.body_mutation.clear_body = True
+            # Envoy sends nothing more of this direction, body or trailers.
+            self.state[direction] = _DONE
+            headers._lock(f"{direction} headers were already sent on with the new body")
         if override is not None:
             proc._mode_override = None
             proc._effective_mode = override
@@ -233,6 +262,7 @@ class _Exchange:
             else:
                 response.body_mutation.clear_body = True
         if route:
+            response.header_mutation.SetInParent()  # else Envoy ignores clear_route_cache
             response.clear_route_cache = True
             proc._clear_route_cache = False
         if buffered:
@@ -300,6 +330,13 @@ class _Exchange:
                 record.hook_finished(phase)
             return True
         if isinstance(result, ImmediateResponse):
+            if self.spec.disable_immediate_response:
+                logger.error("%s.%s returned an ImmediateResponse, which Envoy refuses "
+                             "(disable_immediate_response; x-request-id=%s)",
+                             self.cls.__name__, hook, self._request_id(),
+                             extra=self._log_fields(phase))
+                return self._fail(phase, TypeError("ImmediateResponse with "
+                                                   "disable_immediate_response"))
             logger.info("%s.%s answered %d (x-request-id=%s)", self.cls.__name__, hook,
                         result.status, self._request_id(),
                         extra={**self._log_fields(phase, "immediate"),
@@ -334,15 +371,25 @@ class _Exchange:
             proc = self.proc
             proc._mode_override = None
             proc._clear_route_cache = False
+            proc._replacement = None
             proc._dynamic_metadata = None
             for name in ("request_headers", "response_headers"):
                 headers = getattr(proc, name)
                 if headers is not None and headers._locked is None:
                     headers._changes = None  # a half-done hook's changes are not applied
             return False
+        if spec.disable_immediate_response:
+            raise ProcessorFailed(f"{spec.name} failed")
         response = ImmediateResponse(spec.error_status, body=spec.error_body,
                                      details="extproc_processor_error")
         raise _Stop(_PR(immediate_response=response.to_proto()))
+
+    async def _extend(self, seconds: float) -> None:
+        if self.observability or self.early is None:
+            return  # Envoy does not wait for answers in observability mode
+        answer = _PR()
+        answer.override_message_timeout.CopyFrom(_duration(seconds))
+        await self.early(answer)
 
     def _request_id(self) -> str:
         headers = self.proc.request_headers
@@ -380,3 +427,9 @@ class _Exchange:
         if (request_body, response_body) != (mode.request_body, mode.response_body):
             proc._effective_mode = dataclasses.replace(
                 mode, request_body=request_body, response_body=response_body)
+
+
+def _duration(seconds: float) -> Any:
+    duration = duration_pb2.Duration()
+    duration.FromNanoseconds(int(seconds * 1e9))
+    return duration

@@ -29,7 +29,7 @@ from ._errors import ProtocolError
 from ._headers import Headers
 from ._mode import BodyMode, ProcessingMode
 from ._processor import EXT_PROC_NAMESPACE, Processor
-from ._stream import _Exchange, _Stop
+from ._stream import _PASS, ProcessorFailed, _Exchange, _Stop
 from ._thread import ServerThread
 
 __all__ = ["Message", "Result", "ServerThread", "lifespan", "run", "run_sync"]
@@ -38,6 +38,8 @@ HeaderInput = Mapping[str, str] | Iterable[tuple[str, str]] | None
 BodyInput = bytes | Sequence[bytes]
 
 _HVO = base_pb2.HeaderValueOption
+_FULL_DUPLEX = BodyMode.FULL_DUPLEX_STREAMED
+_DROPS_LENGTH = (BodyMode.STREAMED, BodyMode.BUFFERED_PARTIAL, _FULL_DUPLEX)
 
 
 @dataclass
@@ -73,6 +75,8 @@ class Result:
     route_cache_cleared: bool = False
     mode: ProcessingMode | None = None
     """The processing mode in force at the end (after any override)."""
+    timeout_extensions: list[float] = field(default_factory=list)
+    """Seconds of each ``extend_timeout`` Envoy received, in order."""
 
     @property
     def status(self) -> int:
@@ -99,14 +103,23 @@ async def run(
     attributes: Mapping[str, Any] | None = None,
     response_attributes: Mapping[str, Any] | None = None,
     metadata_context: Mapping[str, Mapping[str, Any]] | None = None,
+    typed_metadata_context: Mapping[str, Any] | None = None,
     mode: ProcessingMode | None = None,
+    grpc_metadata: Mapping[str, str] | None = None,
 ) -> Result:
     """Send one request (and the upstream's response) through ``processor``.
 
     Bodies are ``bytes`` (one chunk) or a list of chunks. ``upstream``, when given, receives
     the processed request and returns the response (a Message or ``(status, headers, body)``).
+    ``metadata_context`` / ``typed_metadata_context`` (namespace -> protobuf message) are what
+    Envoy forwards (``forwarding_namespaces`` / ``typed_forwarding_namespaces``).
+    ``grpc_metadata`` is added to the class's ``grpc_initial_metadata`` on the stream (trace
+    context, say). Each answer must come within the class's ``message_timeout`` (or the
+    extension it asked for), else the client gets Envoy's 504.
     """
-    driver = _Driver(processor, mode or processor.processing_mode())
+    spec = processor.filter_spec()
+    metadata = [*spec.grpc_initial_metadata, *_pairs(grpc_metadata)]
+    driver = _Driver(processor, mode or processor.processing_mode(), metadata)
     request_pairs = [(":method", method), (":path", path), (":scheme", "http"),
                      (":authority", authority)]
     request_pairs += _pairs(headers)
@@ -116,6 +129,7 @@ async def run(
     if chunks and not any(k in ("content-length", "transfer-encoding") for k, _ in request_pairs):
         request_pairs.append(("content-length", str(sum(map(len, chunks)))))
     try:
+        driver.typed_metadata = typed_metadata_context
         request = await driver.direction("request", request_pairs, chunks, _pairs(trailers),
                                          trailers is not None, attributes, metadata_context)
         driver.upstream_reached = request
@@ -161,8 +175,14 @@ async def lifespan(processor: type[Processor]) -> AsyncIterator[type[Processor]]
 
 
 class _Driver:
-    def __init__(self, processor: type[Processor], mode: ProcessingMode) -> None:
-        self.exchange = _Exchange(processor)
+    def __init__(self, processor: type[Processor], mode: ProcessingMode,
+                 metadata: list[tuple[str, str]]) -> None:
+        self.spec = processor.filter_spec()
+        self.exchange = _Exchange(processor, early=self._early, metadata=lambda: metadata)
+        self.deadline = 0.0
+        self.extended = False
+        self.extensions: list[float] = []
+        self.typed_metadata: Mapping[str, Any] | None = None
         self.mode = mode
         self.sent: list[str] = []
         self.metadata: dict[str, Any] = {}
@@ -176,18 +196,59 @@ class _Driver:
             config = message.protocol_config
             config.request_body_mode, config.response_body_mode = self.mode.body_proto_values
         wire = pb.ProcessingRequest.FromString(message.SerializeToString())
-        self.sent.append(str(wire.WhichOneof("request")))
+        which = str(wire.WhichOneof("request"))
+        self.sent.append(which)
+        if self.spec.observability_mode:
+            # Envoy does not wait for answers: it forwards everything as it came.
+            wire.observability_mode = True
+            with contextlib.suppress(_Stop, ProcessorFailed):
+                await self.exchange.handle(wire)
+            return [_passthrough(wire, which, self.mode)]
         try:
-            answers = await self.exchange.handle(wire)
+            answers = await self._answer(wire)
         except _Stop as stop:
             raise _Stop(pb.ProcessingResponse.FromString(stop.args[0].SerializeToString()))\
                 from None
+        except ProcessorFailed:
+            raise _Stop(_envoy_reply(self.spec.status_on_error or 500, "stream error")) from None
         decoded = [pb.ProcessingResponse.FromString(a.SerializeToString()) for a in answers]
         for answer in decoded:
             if answer.HasField("dynamic_metadata"):
                 for ns, values in json_format.MessageToDict(answer.dynamic_metadata).items():
                     self.metadata.setdefault(ns, {}).update(values)
         return decoded
+
+    async def _answer(self, wire: Any) -> list[Any]:
+        """The processor's answers, within Envoy's message timeout (reset once by an
+        extension, as Envoy does)."""
+        loop = asyncio.get_running_loop()
+        self.deadline = loop.time() + self.spec.timeout
+        self.extended = False
+        task = asyncio.ensure_future(self.exchange.handle(wire))
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=max(0.0, self.deadline - loop.time()))
+            if done:
+                return task.result()
+            if loop.time() >= self.deadline:
+                task.cancel()
+                with contextlib.suppress(BaseException):
+                    await task
+                raise _Stop(_envoy_reply(504, "message timeout"))
+
+    def _reroutes(self, common: Any) -> bool:
+        # Envoy re-routes only for an answer with a header_mutation (even an empty one), as
+        # asked or on every mutation, as route_cache_action says.
+        action = self.spec.route_cache_action
+        return common.HasField("header_mutation") and (
+            action == "clear" or (action == "default" and common.clear_route_cache))
+
+    async def _early(self, answer: Any) -> None:
+        wire = pb.ProcessingResponse.FromString(answer.SerializeToString())
+        seconds = wire.override_message_timeout.ToNanoseconds() / 1e9
+        self.extensions.append(seconds)
+        if not self.extended and seconds <= (self.spec.max_message_timeout or 0):
+            self.extended = True  # Envoy restarts its timer once per message
+            self.deadline = asyncio.get_running_loop().time() + seconds
 
     async def direction(self, direction: str, pairs: list[tuple[str, str]], chunks: list[bytes],
                         trailer_pairs: list[tuple[str, str]], has_trailers: bool,
@@ -210,30 +271,53 @@ class _Driver:
                     s = struct_pb2.Struct()
                     s.update(dict(values))
                     message.metadata_context.filter_metadata[ns].CopyFrom(s)
+            if self.typed_metadata and direction == "request":
+                for ns, typed in self.typed_metadata.items():
+                    message.metadata_context.typed_filter_metadata[ns].Pack(typed)
             (answer,) = await self.send(message)
             common = getattr(answer, which).response
             pairs = _apply(pairs, common.header_mutation)
-            self.route_cache_cleared |= common.clear_route_cache
+            self.route_cache_cleared |= direction == "request" and self._reroutes(common)
             if answer.HasField("mode_override"):
-                mode = self.mode = ProcessingMode.from_proto(answer.mode_override, mode)
+                override = ProcessingMode.from_proto(answer.mode_override, mode)
+                # Envoy drops overrides with a full-duplex body, and those not allowed.
+                if (_FULL_DUPLEX not in (mode.request_body, mode.response_body)
+                        and self.spec.override_allowed(override)):
+                    mode = self.mode = override
+            if common.status == pb.CommonResponse.CONTINUE_AND_REPLACE:
+                replaced = _mutated(b"".join(chunks), common.body_mutation)
+                pairs = [(k, v) for k, v in pairs if k != "content-length"]
+                return Message(Headers(pairs, kind=direction), replaced,
+                               [replaced] if replaced else [],
+                               Headers(trailer_pairs, kind="trailers") if has_trailers else None)
         body_mode: BodyMode | None = getattr(mode, f"{direction}_body")
+        if body_mode in _DROPS_LENGTH or (body_mode is BodyMode.BUFFERED
+                                          and not getattr(mode, which)):
+            # Envoy cannot know the length the processor will leave: it drops content-length
+            # whether or not the body changes.
+            pairs = [(k, v) for k, v in pairs if k != "content-length"]
         which = f"{direction}_body"
         out_chunks: list[bytes] = []
         if body_mode is None or not chunks:
             out_chunks = list(chunks)
-        elif body_mode in (BodyMode.BUFFERED, BodyMode.BUFFERED_PARTIAL):
+        elif body_mode in (BodyMode.BUFFERED, BodyMode.BUFFERED_PARTIAL, BodyMode.GRPC):
+            # GRPC: Envoy 1.40 sends a gRPC body only when it holds all of it as the headers
+            # are answered, then in one message, framing included.
             whole = b"".join(chunks)
             message = pb.ProcessingRequest()
             getattr(message, which).body = whole
             getattr(message, which).end_of_stream = not has_trailers
             (answer,) = await self.send(message)
             common = getattr(answer, which).response
+            self.route_cache_cleared |= direction == "request" and self._reroutes(common)
             mutated = common.body_mutation.WhichOneof("mutation")
             out_chunks = [_mutated(whole, common.body_mutation)]
             if body_mode is BodyMode.BUFFERED and getattr(mode, f"{direction}_headers"):
                 pairs = _apply(pairs, common.header_mutation)
             elif mutated:
                 content_length_kept = False
+            if body_mode is BodyMode.GRPC:
+                trailer_pairs = trailer_pairs if has_trailers else []
         else:
             for index, chunk in enumerate(chunks):
                 message = pb.ProcessingRequest()
@@ -282,7 +366,23 @@ class _Driver:
         return Result(request=request, response=response, immediate=stop is not None,
                       details=stop.immediate_response.details if stop is not None else "",
                       sent=self.sent, dynamic_metadata=self.metadata,
-                      route_cache_cleared=self.route_cache_cleared, mode=self.mode)
+                      route_cache_cleared=self.route_cache_cleared, mode=self.mode,
+                      timeout_extensions=self.extensions)
+
+
+def _passthrough(wire: Any, which: str, mode: ProcessingMode) -> Any:
+    if which.endswith("_body") and getattr(mode, which) is _FULL_DUPLEX:
+        answer = pb.ProcessingResponse()
+        streamed = getattr(answer, which).response.body_mutation.streamed_response
+        streamed.body = getattr(wire, which).body
+        return answer
+    return _PASS[which]
+
+
+def _envoy_reply(status: int, details: str) -> Any:
+    """The local reply Envoy sends itself (no body) when the processor does not answer."""
+    return pb.ProcessingResponse(immediate_response=pb.ImmediateResponse(
+        status={"code": status}, details=details))
 
 
 def _immediate_message(answer: Any) -> Message:

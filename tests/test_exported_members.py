@@ -26,9 +26,11 @@ def test_testing_public_names():
         assert getattr(extproc.testing, name).__module__ == "extproc.testing"
 
 
-def test_body_modes_are_the_four_envoy_gateway_names():
-    assert [m.gateway_name for m in extproc.BodyMode] == [
+def test_body_modes_are_the_four_envoy_gateway_names_and_grpc():
+    # GRPC is only read from a hand-written Envoy config: no class may ask for it.
+    assert [m.gateway_name for m in extproc.BodyMode if m is not extproc.BodyMode.GRPC] == [
         "Streamed", "Buffered", "BufferedPartial", "FullDuplexStreamed"]
+    assert extproc.BodyMode.GRPC.proto_value == 5
 
 
 def test_wasm_and_registry_public_names():

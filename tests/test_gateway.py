@@ -382,8 +382,6 @@ def test_gen_envoy_with_every_option_passes_envoy_validate(tmp_path, wat_module)
     (["envoy", "--listen", "localhost:10000"], "give an IP address"),
     (["envoy", "--wasm", "w=./missing.wasm"], "is not a file"),
     (["envoy", "--wasm", "w=/x.wasm", "--wasm", "w=/y.wasm"], "w is given twice"),
-    (["envoy", "procs:FullDuplexRedact", "--uds", "/x.sock", "--fail-open"],
-     "FULL_DUPLEX_STREAMED"),
     (["gateway", "procs:HeadersOnly", "--name", "n", "--route", "r", "--uds", "x.sock"],
      "absolute path"),
     (["gateway", "procs:HeadersOnly", "--name", "n", "--namespace", "Bad NS", "--route", "r",

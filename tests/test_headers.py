@@ -496,10 +496,15 @@ def test_body_data_type_checked(value: object) -> None:
 # -- ImmediateResponse ----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("status", [418, 0, 299, 600, 999])
-def test_immediate_response_status_must_be_in_envoy_enum(status: int) -> None:
+@pytest.mark.parametrize("status", [0, 100, 199, 1000, 65536])
+def test_immediate_response_status_refused_where_envoy_would_not_send_it(status: int) -> None:
     with pytest.raises(ValueError, match=str(status)):
         ImmediateResponse(status)
+
+
+@pytest.mark.parametrize("status", [200, 299, 418, 425, 451, 499, 600, 999])
+def test_immediate_response_status_envoy_sends_as_is(status: int) -> None:
+    assert ImmediateResponse(status).to_proto().status.code == status
 
 
 def test_immediate_response_grpc_status_range() -> None:

@@ -160,14 +160,21 @@ def test_body_mode_must_be_body_mode() -> None:
                 pass
 
 
-def test_error_status_must_be_envoy_status() -> None:
-    with pytest.raises(ProcessorDefinitionError, match="418"):
-        class Teapot(Processor):
-            error_status = 418
+def test_error_status_must_be_one_envoy_sends_as_is() -> None:
+    with pytest.raises(ProcessorDefinitionError, match="Envoy answers 200 for any status below"):
+        class Early(Processor):
+            error_status = 103
 
             async def on_request_headers(self, headers: Headers) -> None:
                 pass
 
+    class Teapot(Processor):  # outside Envoy's HttpStatus enum, yet sent as is
+        error_status = 418
+
+        async def on_request_headers(self, headers: Headers) -> None:
+            pass
+
+    assert Teapot.filter_spec().error_status == 418
     assert issubclass(ProcessorDefinitionError, TypeError)
 
 
@@ -1029,8 +1036,11 @@ def test_filter_spec_travels_as_json():
     import json
 
     from procs import FullDuplexRedact, Metadata
+    from protocol_procs import OnlyBufferedOverride, Shadow, StreamMetadata
+    from test_protocol_configs import Everything
 
-    for cls in (FullDuplexRedact, Metadata):
+    for cls in (FullDuplexRedact, Metadata, Everything, Shadow, StreamMetadata,
+                OnlyBufferedOverride):
         spec = extproc.FilterSpec.of(cls)
         again = extproc.FilterSpec.from_dict(json.loads(json.dumps(spec.to_dict())))
         assert again == spec and extproc.FilterSpec.of(again) is again

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import socket
 import threading
@@ -429,3 +430,53 @@ def test_the_admin_endpoint_is_refused_with_the_pyvoy_transport(tmp_path):
     with pytest.raises(extproc.ServeError, match="grpcio transport only"):
         extproc.ServerConfig(uds=str(tmp_path / "a.sock"), admin="127.0.0.1:0",
                              transport="pyvoy")
+
+
+def _workers_in_own_group(sock_dir, extctl):
+    """``extctl serve --workers 2`` in its own process group, as a shell runs it."""
+    path = sock_dir / "g.sock"
+    proc = extctl("serve", "procs:Slow", "--uds", str(path), "--workers", "2",
+                  "--grace-period", "30", start_new_session=True)
+    sockets = [sock_dir / "g-0.sock", sock_dir / "g-1.sock"]
+    for worker_socket in sockets:
+        wait_for_socket(worker_socket, proc)
+    return proc, sockets
+
+
+def test_ctrl_c_on_workers_drains_in_flight_requests_and_exits_0(sock_dir, extctl):
+    proc, sockets = _workers_in_own_group(sock_dir, extctl)
+    try:
+        with _envoy_for([str(s) for s in sockets], sock_dir / "envoy") as envoy:
+            result: dict[str, object] = {}
+            slow = threading.Thread(target=lambda: result.update(
+                reply=http(envoy.port, "/", headers={"x-sleep-ms": "1500"})))
+            slow.start()
+            time.sleep(0.5)  # inside a worker's hook
+            os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C does: the whole group
+            slow.join(20)
+            assert result["reply"].status == 200  # type: ignore[attr-defined]
+            assert proc.wait(15) == 0
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert not any(s.exists() for s in sockets)
+
+
+def test_second_ctrl_c_on_workers_still_forces_exit_1(sock_dir, extctl):
+    proc, sockets = _workers_in_own_group(sock_dir, extctl)
+    try:
+        with _envoy_for([str(s) for s in sockets], sock_dir / "envoy") as envoy:
+            slow = threading.Thread(target=lambda: http(envoy.port, "/",
+                                                        headers={"x-sleep-ms": "8000"}))
+            slow.start()
+            time.sleep(0.5)
+            os.killpg(proc.pid, signal.SIGINT)
+            time.sleep(0.5)
+            started = time.monotonic()
+            os.killpg(proc.pid, signal.SIGINT)
+            assert proc.wait(15) == 1
+            assert time.monotonic() - started < 5  # not the 30 s grace, nor the 8 s sleep
+            slow.join(20)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)

@@ -35,6 +35,7 @@ from envoy.extensions.wasm.v3 import wasm_pb2
 from google.protobuf import any_pb2, duration_pb2, json_format, wrappers_pb2
 
 from .errors import ConfigError
+from .ext_proc import apply_spec
 from .filter_order import order
 from .model import DeploymentData as Deployment
 from .model import ProcessorTls
@@ -76,9 +77,6 @@ def ext_proc_filter(deployment: Deployment) -> Any:
     assert spec is not None
     policy = deployment.policy
     timeout = policy.message_timeout or spec.message_timeout
-    if policy.fail_open and spec.full_duplex:
-        raise ConfigError("fail_open cannot be set with FULL_DUPLEX_STREAMED bodies (what is "
-                          "emitted is only what the processor says)")
     grpc = grpc_service_pb2.GrpcService(
         envoy_grpc=grpc_service_pb2.GrpcService.EnvoyGrpc(
             cluster_name=EXT_PROC_CLUSTER,
@@ -100,6 +98,7 @@ def ext_proc_filter(deployment: Deployment) -> Any:
     if spec.dynamic_metadata_namespaces:
         filter_config.metadata_options.receiving_namespaces.untyped.extend(
             spec.dynamic_metadata_namespaces)
+    apply_spec(filter_config, spec)
     return hcm_pb2.HttpFilter(name=f"envoy.filters.http.ext_proc/{spec.name.lower()}",
                               typed_config=_any(filter_config))
 

@@ -17,6 +17,7 @@ from typing import Any
 from extproc import BodyMode, FilterSpec
 
 from .errors import GatewayError
+from .ext_proc import gateway_fields
 from .model import DeploymentData as Deployment
 from .model import Target, check_name, is_kubernetes_name
 from .net import MAX_UDS_PATH, host_port, is_ip, is_socket_path
@@ -202,12 +203,13 @@ def extension_policy(deployment: Deployment) -> dict[str, Any]:
             ext_proc["messageTimeout"] = _duration(timeout)
         if policy.fail_open:
             ext_proc["failOpen"] = True
+        ext_proc.update(gateway_fields(filter_spec))
         namespaces = list(filter_spec.dynamic_metadata_namespaces)
         if namespaces:
             if len(namespaces) > 8 or any(n.startswith("envoy.filters.http") for n in namespaces):
                 raise GatewayError("dynamic_metadata_namespaces: at most 8, and none of Envoy's "
                                    "own envoy.filters.http.* namespaces")
-            ext_proc["metadata"] = {"writableNamespaces": namespaces}
+            ext_proc.setdefault("metadata", {})["writableNamespaces"] = namespaces
         spec["extProc"] = [ext_proc]
     if deployment.wasm:
         spec["wasm"] = [wasm_spec(w) for w in deployment.wasm]

@@ -1,0 +1,260 @@
+"""Envoy 1.40's ext_proc protocol, shown through a real Envoy where the differential tests
+cannot show it: stats, timing, a gRPC upstream, an unreachable processor."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from concurrent import futures
+from typing import Any
+
+import grpc
+import pytest
+from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
+from patched_envoy import envoy_config, http2_upstream, patched_stack, route_on_header, tracing
+from protocol_procs import (
+    EarlyBody,
+    GrpcMessages,
+    Reroute,
+    Shadow,
+    SlowWithStatus,
+    StreamMetadata,
+    grpc_frame,
+)
+
+from extctl.harness.envoy import EnvoyProcess
+from extctl.testing import http
+from extproc import SERVICE_NAME, BodyMode, ProcessingMode
+from extproc.testing import run
+
+pytestmark = pytest.mark.envoy
+
+IGNORED = "http.ingress.ext_proc.clear_route_cache_ignored"
+
+
+def _raw_processor(target: str, answer: Any) -> grpc.Server:
+    """An ext_proc server answering request headers with ``answer`` (any other message
+    unchanged): to show what Envoy does with answers the framework never sends."""
+
+    def process(requests: Iterator[Any], context: Any) -> Iterator[Any]:
+        for message in requests:
+            which = message.WhichOneof("request")
+            if which == "request_headers":
+                yield answer
+            else:
+                reply = pb.ProcessingResponse()
+                getattr(reply, which).SetInParent()
+                yield reply
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    handler = grpc.stream_stream_rpc_method_handler(
+        process, request_deserializer=pb.ProcessingRequest.FromString,
+        response_serializer=pb.ProcessingResponse.SerializeToString)
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(SERVICE_NAME, {"Process": handler}),))
+    server.add_insecure_port(target)
+    server.start()
+    return server
+
+
+def test_envoy_ignores_clear_route_cache_without_header_mutation(sock_dir, echo):
+    bare = pb.ProcessingResponse()
+    bare.request_headers.response.clear_route_cache = True  # no header_mutation
+    socket_path = sock_dir / "raw.sock"
+    server = _raw_processor(f"unix:{socket_path}", bare)
+    try:
+        config = envoy_config(Reroute, [str(socket_path)], echo.address)
+        with EnvoyProcess(config, sock_dir / "envoy-raw") as envoy:
+            assert http(envoy.port, "/").status == 200
+            assert envoy.stats(IGNORED) == {IGNORED: 1}
+    finally:
+        server.stop(0)
+    # The framework sends an (empty) header_mutation with it: nothing is ignored.
+    with patched_stack(Reroute, sock_dir, echo.address,
+                       route_on_header("x-route", "b", "route b\n")) as s:
+        assert s.get("/", headers={"x-clear-only": "1"}).status == 200
+        assert s.get("/", headers={"x-go-b": "1", "x-clear": "1"}).body == b"route b\n"
+        assert s.envoy.stats(IGNORED) == {IGNORED: 0}
+
+
+def test_status_on_error_when_the_processor_is_unreachable(sock_dir, echo):
+    config = envoy_config(SlowWithStatus, [str(sock_dir / "nobody.sock")], echo.address)
+    with EnvoyProcess(config, sock_dir / "envoy") as envoy:
+        assert http(envoy.port, "/").status == 503
+
+
+def test_observability_mode_does_not_delay_the_request(sock_dir, echo):
+    with patched_stack(Shadow, sock_dir, echo.address) as s:
+        started = time.monotonic()
+        reply = s.get("/watched")
+        elapsed = time.monotonic() - started
+        deadline = time.monotonic() + 5
+        while s.counts.get("request_headers", 0) < 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        counts = dict(s.counts)
+    assert reply.status == 200  # the hook's 403 is not applied
+    assert "x-shadow" not in reply.upstream_headers()
+    assert elapsed < 0.4, f"the 500 ms hook delayed the request ({elapsed:.3f}s)"
+    assert counts["request_headers"] == 1  # yet the processor saw it
+
+
+TRACE_ID = "0af7651916cd43dd8448eb211c80319c"
+
+
+async def test_trace_context_reaches_hooks_as_grpc_metadata(sock_dir, echo):
+    """With tracing on, Envoy sends the request's trace context (a child span of the client's)
+    as gRPC metadata of the Process stream, beside grpc_initial_metadata."""
+    parent = f"00-{TRACE_ID}-b7ad6b7169203331-01"
+    with patched_stack(StreamMetadata, sock_dir, echo.address, tracing) as s:
+        seen = s.get("/", headers={"traceparent": parent}).upstream_headers()
+    (traceparent,) = seen["x-traceparent-seen"]
+    assert traceparent.split("-")[1] == TRACE_ID and traceparent != parent
+    assert seen["x-tenant-seen"] == ["blue"]
+    result = await run(StreamMetadata, grpc_metadata={"traceparent": traceparent})
+    assert result.request is not None
+    assert result.request.headers["x-traceparent-seen"] == traceparent
+    assert result.request.headers["x-tenant-seen"] == "blue"
+
+
+# -- GRPC body mode -----------------------------------------------------------------------------
+
+
+class _GrpcEcho:
+    """A gRPC upstream on loopback: unary ``t.Echo/Say`` and streaming ``t.Echo/Chat``
+    answer ``echo:`` + each message (raw bytes, no protobuf)."""
+
+    def __enter__(self) -> _GrpcEcho:
+        def say(request: bytes, context: Any) -> bytes:
+            return b"echo:" + request
+
+        def chat(requests: Iterator[bytes], context: Any) -> Iterator[bytes]:
+            for request in requests:
+                yield b"echo:" + request
+
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+        self.server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("t.Echo", {
+            "Say": grpc.unary_unary_rpc_method_handler(say),
+            "Chat": grpc.stream_stream_rpc_method_handler(chat)}),))
+        self.port = self.server.add_insecure_port("127.0.0.1:0")
+        self.server.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.server.stop(0)
+
+
+GRPC_MODE = ProcessingMode(request_headers=True, response_headers=False,
+                           request_body=BodyMode.GRPC)
+
+
+async def test_grpc_body_mode_through_envoy_and_in_process_agree(sock_dir):
+    with _GrpcEcho() as upstream, patched_stack(
+            GrpcMessages, sock_dir, f"127.0.0.1:{upstream.port}", http2_upstream,
+            processing_mode=GRPC_MODE) as s, \
+            grpc.insecure_channel(f"127.0.0.1:{s.envoy.port}") as channel:
+        say = channel.unary_unary("/t.Echo/Say")
+        # Unary: the whole message is held when the headers are answered, so Envoy sends it
+        # (gRPC framing included) and applies the rewritten one.
+        assert say(b"ping", timeout=10) == b"echo:PONG?"
+        unary_counts = dict(s.counts)
+
+        # Streaming: Envoy 1.40 forwards messages that arrive later without sending them.
+        def spaced() -> Iterator[bytes]:
+            for message in (b"ping", b"two"):
+                time.sleep(0.2)
+                yield message
+
+        chat = channel.stream_stream("/t.Echo/Chat")
+        assert list(chat(spaced(), timeout=10)) == [b"echo:ping", b"echo:two"]
+        counts = dict(s.counts)
+    assert unary_counts == {"request_headers": 1, "request_body": 1}
+    assert counts == {"request_headers": 2, "request_body": 1}
+    result = await run(GrpcMessages, mode=GRPC_MODE, method="POST", body=grpc_frame(b"ping"))
+    assert result.request is not None and result.request.body == grpc_frame(b"PONG?")
+
+
+def test_processor_error_in_grpc_mode_is_answered_not_fatal(sock_dir):
+    """A body the hook cannot handle fails closed: the gRPC client gets an error status, the
+    server keeps serving."""
+    with _GrpcEcho() as upstream, patched_stack(
+            GrpcMessages, sock_dir, f"127.0.0.1:{upstream.port}", http2_upstream,
+            processing_mode=GRPC_MODE) as s, \
+            grpc.insecure_channel(f"127.0.0.1:{s.envoy.port}") as channel:
+        say = channel.unary_unary("/t.Echo/Say")
+        errors: list[Any] = []
+
+        def call() -> None:
+            try:
+                say(b"explode", timeout=10)
+            except grpc.RpcError as exc:
+                errors.append(exc)
+
+        worker = threading.Thread(target=call)
+        worker.start()
+        worker.join(15)
+        assert errors and errors[0].code() != grpc.StatusCode.OK
+        assert say(b"ping", timeout=10) == b"echo:PONG?"
+
+
+class _Recorder:
+    """A raw ext_proc server that answers nothing it need not (observability mode) and
+    records each stream's first message and how long after it the stream closed."""
+
+    def __init__(self, target: str) -> None:
+        self.first: list[Any] = []
+        self.closed: list[float] = []
+
+        def process(requests: Iterator[Any], context: Any) -> Iterator[Any]:
+            started = time.monotonic()
+            # Whether Envoy half-closes or cancels the stream, this runs when it ends.
+            context.add_callback(lambda: self.closed.append(time.monotonic() - started))
+            for message in requests:
+                if not self.first:
+                    self.first.append(message)
+            return iter(())
+
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+        handler = grpc.stream_stream_rpc_method_handler(
+            process, request_deserializer=pb.ProcessingRequest.FromString,
+            response_serializer=pb.ProcessingResponse.SerializeToString)
+        self.server.add_generic_rpc_handlers(
+            (grpc.method_handlers_generic_handler(SERVICE_NAME, {"Process": handler}),))
+        self.server.add_insecure_port(target)
+        self.server.start()
+
+
+@pytest.mark.parametrize(("deferred", "low", "high"), [(0.5, 0.3, 2.5), (3.0, 2.5, 6.0)])
+def test_deferred_close_timeout_keeps_the_observability_stream_open(sock_dir, echo, deferred,
+                                                                    low, high):
+    class Watch(Shadow):
+        deferred_close_timeout = deferred
+
+    socket_path = sock_dir / "rec.sock"
+    recorder = _Recorder(f"unix:{socket_path}")
+    try:
+        config = envoy_config(Watch, [str(socket_path)], echo.address)
+        with EnvoyProcess(config, sock_dir / "envoy-rec") as envoy:
+            assert http(envoy.port, "/").status == 200
+            deadline = time.monotonic() + 10
+            while not recorder.closed and time.monotonic() < deadline:
+                time.sleep(0.05)
+    finally:
+        recorder.server.stop(0)
+    assert recorder.first[0].observability_mode
+    assert low <= recorder.closed[0] <= high, recorder.closed
+
+
+def test_body_sent_without_waiting_is_announced_in_the_protocol_config(sock_dir, echo):
+    socket_path = sock_dir / "rec.sock"
+    recorder = _Recorder(f"unix:{socket_path}")
+    try:
+        config = envoy_config(EarlyBody, [str(socket_path)], echo.address, fail_open=True,
+                              message_timeout=0.2)
+        with EnvoyProcess(config, sock_dir / "envoy-rec") as envoy:
+            http(envoy.port, "/", method="POST", body=b"x")
+    finally:
+        recorder.server.stop(0)
+    config_sent = recorder.first[0].protocol_config
+    assert config_sent.send_body_without_waiting_for_header_response
+    assert config_sent.request_body_mode == BodyMode.STREAMED.proto_value
