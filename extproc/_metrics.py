@@ -51,7 +51,8 @@ HOOK_SUM = _HOOK_SIZE - 1  # from a phase's base
 ERRORS = HOOK + len(PHASES) * _HOOK_SIZE  # per phase, per outcome
 IMMEDIATE = ERRORS + len(PHASES) * len(OUTCOMES)  # per phase, per status
 BODY = IMMEDIATE + len(PHASES) * len(STATUSES)  # per direction
-SIZE = BODY + len(DIRECTIONS)
+EXTENDED = BODY + len(DIRECTIONS)  # per phase
+SIZE = EXTENDED + len(PHASES)
 _BYTES = SIZE * 8
 
 
@@ -99,6 +100,9 @@ class Metrics:
 
     def error(self, phase: str, outcome: str) -> None:
         self.values[ERRORS + PHASES.index(phase) * len(OUTCOMES) + OUTCOMES.index(outcome)] += 1
+
+    def extended(self, phase: str) -> None:
+        self.values[EXTENDED + PHASES.index(phase)] += 1
 
 
 class Collector:
@@ -195,6 +199,13 @@ class Collector:
         for i, direction in enumerate(DIRECTIONS):
             body.add_metric([processor, direction], v[BODY + i])
         yield body
+        extended = CounterMetricFamily(
+            "extproc_timeouts_extended_total", "Message timeouts a hook extended "
+            "(extend_timeout), by phase.", labels=["processor", "phase"])
+        for i, phase in enumerate(PHASES):
+            if v[EXTENDED + i]:
+                extended.add_metric([processor, phase], v[EXTENDED + i])
+        yield extended
         yield GaugeMetricFamily("extproc_serving", "Server processes whose gRPC health "
                                 "service says SERVING (0 while draining).", value=v[SERVING])
 

@@ -149,6 +149,11 @@ class StreamRecord:
         if self._hook_span is not None:
             self._end_hook_span(outcome, status, error)
 
+    def extended(self, phase: str) -> None:
+        """A hook extended Envoy's message timeout (rare: recorded at once)."""
+        if self.metrics is not None:
+            self.metrics.extended(phase)
+
     def body(self, direction: str, size: int) -> None:
         if self.body_bytes is None:
             self.body_bytes = {"request": 0, "response": 0}

@@ -390,6 +390,8 @@ class _Exchange:
         answer = _PR()
         answer.override_message_timeout.CopyFrom(_duration(seconds))
         await self.early(answer)
+        if self.record is not None:
+            self.record.extended(self.proc._phase)
 
     def _request_id(self) -> str:
         headers = self.proc.request_headers

@@ -3,6 +3,7 @@ with workers, JSON log lines, and OpenTelemetry spans whose parent is Envoy's sp
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
 import threading
@@ -448,3 +449,29 @@ def test_otel_variables_alone_export_every_workers_spans_over_otlp(sock_dir, ext
     names = {a.value.string_value for r in collector.resources for a in r.attributes
              if a.key == "service.name"}
     assert names == {"tenant-guard"}
+
+
+class Extending(extproc.Processor):
+    message_timeout = 0.2
+    max_message_timeout = 2.0
+
+    async def on_request_headers(self, headers):
+        if "x-slow" in headers:
+            await self.extend_timeout(1.0)
+            await asyncio.sleep(0.5)  # longer than message_timeout: passes only extended
+        headers["x-extended"] = "yes"
+
+
+def test_timeouts_extended_are_counted_by_phase(sock_dir, echo):
+    socket_path = str(sock_dir / "x.sock")
+    with ServerThread(Extending, uds=socket_path, admin="127.0.0.1:0") as server, \
+            EnvoyProcess(Deployment(Extending, [socket_path], upstreams=[echo.address])
+                         .envoy_bootstrap(), sock_dir / "envoy") as envoy:
+        slow = http(envoy.port, "/", headers={"x-slow": "1"})
+        quick = http(envoy.port, "/")
+        assert server.server.admin is not None
+        samples = _samples(_get(server.server.admin.url + "/metrics")[1])
+    assert slow.status == quick.status == 200
+    assert slow.upstream_headers()["x-extended"] == ["yes"]
+    assert _value(samples, "extproc_timeouts_extended_total", processor="Extending",
+                  phase="request_headers") == 1
