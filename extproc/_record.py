@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import time
 from bisect import bisect_left
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import grpc
@@ -27,6 +28,16 @@ access_log = logging.getLogger("extproc.access")
 
 # Outcomes of a hook.
 OK, IMMEDIATE, FAIL_OPEN, FAIL_CLOSED = "ok", "immediate", "fail_open", "fail_closed"
+
+
+# Callbacks given every finished stream's record, with what each hook changed (``extctl dev``'s
+# live view). Empty: no change is collected (nothing is added to the per-message path).
+_views: list[Callable[[StreamRecord], None]] = []
+
+
+def add_view(view: Callable[[StreamRecord], None]) -> None:
+    """Call ``view(record)`` when each stream of servers started from now on ends."""
+    _views.append(view)
 
 
 class HookRecord(NamedTuple):
@@ -47,13 +58,15 @@ class Observer:
         self.tracer = tracer
         self.counts = counts
         self.access = access_log.isEnabledFor(logging.DEBUG)
+        self.views = tuple(_views)
 
     @classmethod
     def create(cls, processor: str, metrics: Metrics | None,
                counts: dict[str, int]) -> Observer | None:
         """An observer, or None when there is nothing to record."""
         tracer = configured_tracer()
-        if metrics is None and tracer is None and not access_log.isEnabledFor(logging.DEBUG):
+        if (metrics is None and tracer is None and not _views
+                and not access_log.isEnabledFor(logging.DEBUG)):
             return None
         return cls(processor, metrics, tracer, counts)
 
@@ -95,6 +108,9 @@ class StreamRecord:
 
     # Defaults until a stream uses them.
     proc: Any = None
+    _arg: Any = None
+    _arg_size: int | None = None
+    seconds = 0.0
     span: Any = None
     _hook_span: Any = None
     _hook_token: Any = None
@@ -113,6 +129,7 @@ class StreamRecord:
         if self.tracer is not None:
             self.started_ns = time.time_ns()
         self.messages: dict[str, int] = {}
+        self.changes: list[dict[str, Any]] = []  # per hook, with views only
         self._hooks: list[tuple[str, float, str, int | None]] = []
         if metrics is not None:
             values = metrics.values
@@ -126,8 +143,11 @@ class StreamRecord:
 
     # -- called by the message loop -------------------------------------------------------
 
-    def hook_started(self, phase: str, proc: Any) -> None:
+    def hook_started(self, phase: str, proc: Any, arg: Any = None) -> None:
         self.proc = proc
+        if self.observer.views:
+            self._arg = arg
+            self._arg_size = len(arg._data) if hasattr(arg, "_changed") else None
         if self.tracer is not None:
             self._start_hook_span(phase)
         self._hook_started = time.perf_counter()
@@ -136,6 +156,8 @@ class StreamRecord:
                       error: BaseException | None = None) -> None:
         seconds = time.perf_counter() - self._hook_started
         self._hooks.append((phase, seconds, outcome, status))
+        if self.observer.views:
+            self.changes.append(_changes(self.proc, self._arg, self._arg_size, outcome))
         metrics = self.metrics
         if metrics is not None:
             values = metrics.values
@@ -192,6 +214,12 @@ class StreamRecord:
             self._end_stream_span(code)
         if self.observer.access:
             self._access_line(code, seconds)
+        self.seconds = seconds
+        for view in self.observer.views:
+            try:
+                view(self)
+            except Exception:  # a view must never break serving
+                access_log.exception("a stream view failed")
 
     def _access_line(self, code: str, seconds: float) -> None:
         request_id = self.request_id or "-"
@@ -271,3 +299,24 @@ class StreamRecord:
         elif any(h.outcome in (FAIL_OPEN, FAIL_CLOSED) for h in self.hooks):
             span.set_status(trace.Status(trace.StatusCode.ERROR, "hook error"))
         span.end()
+
+
+def _changes(proc: Any, arg: Any, size: int | None, outcome: str) -> dict[str, Any]:
+    """What a hook changed, read from the objects it changed (for the views)."""
+    found: dict[str, Any] = {}
+    if outcome == FAIL_OPEN:
+        return found  # a failed hook's changes are discarded
+    changes = getattr(arg, "_changes", None)
+    if changes:
+        for name, (op, _) in changes.items():
+            found.setdefault(("set", "add", "remove")[op], []).append(name)
+    if size is not None and arg._changed:
+        found["body"] = [size, len(arg._data)]
+    metadata = getattr(proc, "_dynamic_metadata", None)
+    if metadata:
+        found["dynamic_metadata"] = sorted(f"{ns}.{key}" for ns, values in metadata.items()
+                                           for key in values)
+    override = getattr(proc, "_mode_override", None)
+    if override is not None:
+        found["mode_override"] = list(override.phases)
+    return found

@@ -318,7 +318,7 @@ class _Exchange:
         """Run a hook; False means it failed and the class fails open. Raises _Stop."""
         proc, record = self.proc, self.record
         if record is not None:
-            record.hook_started(phase, proc)
+            record.hook_started(phase, proc, arg)
         try:
             result = await getattr(proc, hook)(arg)
         except Exception as exc:

@@ -295,3 +295,40 @@ def test_gen_to_a_path_that_cannot_be_written_is_one_line(tmp_path):
     assert result.exit_code == 1, result.output
     assert result.output.count("\n") == 1 and "cannot write" in result.output
     assert blocker.read_text() == "not a directory"
+
+
+def test_dev_live_view_lists_exactly_what_the_hooks_changed(extctl):
+    import json
+
+    proc = extctl("dev", "procs:Rewrite", "--port", "0", "--output", "json")
+    port_match, _ = _wait_for_line(proc, r"try: curl -i http://127\.0\.0\.1:(\d+)/")
+    port = int(port_match.group(1))
+    http(port, "/p", headers={"x-internal": "drop", "x-multi": "first"})
+    line, _ = _wait_for_line(proc, r"^\{.*\}$")
+    http(port, "/", headers={"x-deny": "1"})
+    denied, _ = _wait_for_line(proc, r"^\{.*\}$")
+    proc.send_signal(signal.SIGINT)
+    proc.communicate(timeout=30)
+    view = json.loads(line.group(0))
+    assert (view["method"], view["path"], view["status"]) == ("GET", "/p", 200)
+    assert view["sent"] == ["request_headers", "response_headers"]
+    request, response = view["hooks"]
+    assert (request["phase"], request["outcome"]) == ("request_headers", "ok")
+    assert sorted(request["set"]) == ["x-path", "x-replaced"]
+    assert request["add"] == ["x-multi"] and request["remove"] == ["x-internal"]
+    assert response["phase"] == "response_headers"
+    assert sorted(response["set"]) == ["x-processed-by", "x-request-path"]
+    assert "add" not in response and "body" not in request
+    refused = json.loads(denied.group(0))
+    assert (refused["status"], refused["sent"]) == (403, ["request_headers"])
+    assert refused["hooks"][0]["immediate_response"] == 403
+
+
+def test_dev_quiet_prints_no_live_view(extctl):
+    proc = extctl("dev", "procs:Rewrite", "--port", "0", "--quiet")
+    port_match, _ = _wait_for_line(proc, r"try: curl -i http://127\.0\.0\.1:(\d+)/")
+    http(int(port_match.group(1)), "/p")
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=30)
+    assert "GET /p" not in out and "->" not in out

@@ -138,7 +138,7 @@ def test_dev_reload_applies_an_edit_and_recovers_from_a_broken_one(dev, tmp_path
     app = tmp_path / "reloaded_app.py"
     _write(app, "1")
     running = dev("dev", "reloaded_app:App", "--app-dir", str(tmp_path), "--port", "0",
-                  "--reload")
+                  "--reload", "--output", "json")
     port = int(running.wait_for(r"try: curl -i http://127\.0\.0\.1:(\d+)/").group(1))
     running.wait_for(r"reload: on")
     _until(lambda: _version(port) == "1", 10)  # the child serves
@@ -147,6 +147,8 @@ def test_dev_reload_applies_an_edit_and_recovers_from_a_broken_one(dev, tmp_path
 
     _write(app, "2")
     assert _until(lambda: _version(port) == "2", 2.0) <= 2.0
+    # The child that serves prints the live view: the request it answered, what it set.
+    assert '"set":["x-version"]' in running.wait_for(r'^\{"method":"GET".*\}$').group(0)
 
     app.write_text("import extproc\nclass App(extproc.Processor:\n")  # a syntax error
     _until(lambda: http(port, "/").status >= 500, 5)  # Envoy fails closed meanwhile

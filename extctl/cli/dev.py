@@ -39,6 +39,10 @@ from . import options
                    "changes, and Envoy when a local --wasm file does.")
 @click.option("--reload-dir", multiple=True, type=click.Path(file_okay=False, exists=True),
               help="Watch this directory instead of --app-dir (repeatable).")
+@click.option("--quiet", is_flag=True, help="No live view of the requests.")
+@click.option("--output", type=click.Choice(["text", "json"]), default="text",
+              show_default=True, help="The live view: a block per request, or one JSON object "
+              "per request (phases sent, each hook's time and changes, status, total time).")
 @options.log_level
 @options.log_format
 @click.option("--envoy-log-level", type=click.Choice(["trace", "debug", "info", "warning",
@@ -49,7 +53,8 @@ def dev(processor: str | None, port: int, wasm: tuple[str, ...],
         wasm_sha256: str | None, wasm_config: str, wasm_root_id: str,
         filter_order: tuple[str, ...], docker_config: str | None, ca_file: str | None,
         insecure: bool, admin: str, app_dir: str, reload: bool, reload_dir: tuple[str, ...],
-        log_level: str, log_format: str, envoy_log_level: str) -> None:
+        quiet: bool, output: str, log_level: str, log_format: str,
+        envoy_log_level: str) -> None:
     """Try a processor and/or Wasm modules locally, with an echo upstream and a real Envoy.
 
     Without MODULE:CLASS (and without --wasm) the bundled demo processor runs. Prints the
@@ -91,6 +96,11 @@ def dev(processor: str | None, port: int, wasm: tuple[str, ...],
         module.name: options.connection(module.image, docker_config=docker_config,
                                         ca_file=ca_file, insecure=insecure)
         if module.image else registry.Connection(ca_file=ca_file) for module in modules}
-    watching = Reload(processor, app_dir, reload_dir) if reload else None
+    watching = Reload(processor, app_dir, reload_dir, None if quiet else output) \
+        if reload else None
+    if not quiet and watching is None:
+        from ..harness.view import show
+
+        show(output)  # the in-process server's streams
     DevStack(cls, port=port, wasm=modules, filter_order=order, connections=connections,
              envoy_log_level=envoy_log_level, reload=watching, admin=admin).run()

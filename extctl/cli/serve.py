@@ -59,8 +59,10 @@ def _server_options(function: Any) -> Any:
               help="Watch this directory instead of --app-dir (repeatable).")
 @options.log_level
 @options.log_format
+# extctl dev --reload's child prints the live view itself (it serves the streams).
+@click.option("--live-view", type=click.Choice(["text", "json"]), hidden=True)
 def serve(processor: str, app_dir: str, reload: bool, reload_dir: tuple[str, ...],
-          log_level: str, log_format: str, **settings: Any) -> None:
+          log_level: str, log_format: str, live_view: str | None, **settings: Any) -> None:
     """Serve a Processor subclass over gRPC for Envoy's ext_proc filter.
 
     SIGTERM/SIGINT drain in-flight requests within --grace-period and exit 0;
@@ -93,4 +95,8 @@ def serve(processor: str, app_dir: str, reload: bool, reload_dir: tuple[str, ...
                 command += [f"--{name.replace('_', '-')}", text]
         sys.exit(serve_with_reload(command, reload_dir or [app_dir]))
     cls = options.load_processor(processor, app_dir)
+    if live_view is not None:
+        from ..harness.view import show
+
+        show(live_view)
     sys.exit(extproc.serve(cls, config))

@@ -78,6 +78,8 @@ class Reload:
     app_dir: str = "."
     directories: Sequence[str] = ()
     """Where Python changes are watched; default: ``app_dir``."""
+    view: str | None = None
+    """The live view the child prints (``text``, ``json``; None: none)."""
 
 
 class DevStack:
@@ -231,7 +233,7 @@ def _serve_args(reload: Reload, socket_path: str, log_level: str, admin: str) ->
     return [reload.processor, "--uds", socket_path, "--admin", admin,
             "--app-dir", os.path.abspath(reload.app_dir), "--socket-mode", "600",
             "--grace-period", "1", "--log-level", "info" if log_level in ("debug", "trace")
-            else "warning"]
+            else "warning", *(["--live-view", reload.view] if reload.view else [])]
 
 
 def _probe(reload: Reload) -> FilterSpec | None:
