@@ -64,6 +64,7 @@ def _exporter(name: str) -> Any:
     if name != "otlp":
         raise ServeError(f"OTEL_TRACES_EXPORTER={name!r}: envoy-extkit exports with otlp, "
                          "console or none")
+    _check_otlp_protos()
     protocol = (os.environ.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
                 or os.environ.get("OTEL_EXPORTER_OTLP_PROTOCOL") or "grpc")
     if protocol == "grpc":
@@ -93,3 +94,18 @@ def parent(metadata: Iterable[tuple[str, Any]] | None, headers: Any) -> Any:
     if headers is not None:
         return propagate.extract(headers.to_dict())
     return None
+
+
+def _check_otlp_protos() -> None:
+    """xds-protos ships an older copy of the OpenTelemetry protos (Envoy's API uses them) at
+    the same paths as opentelemetry-proto: whichever wheel pip unpacked last wins, and the OTLP
+    exporter cannot encode spans with the older one. Say so instead of exporting nothing."""
+    from opentelemetry.proto.trace.v1 import trace_pb2
+
+    if "scope_spans" not in trace_pb2.ResourceSpans.DESCRIPTOR.fields_by_name:
+        from importlib.metadata import version
+
+        raise ServeError(
+            "the OpenTelemetry protos on sys.path are xds-protos' older copy, which the OTLP "
+            "exporter cannot use: reinstall opentelemetry-proto over it (pip install "
+            f"--force-reinstall --no-deps opentelemetry-proto=={version('opentelemetry-proto')})")

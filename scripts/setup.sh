@@ -36,6 +36,11 @@ if [[ ! -x .venv/bin/python ]]; then
     "$python" -m venv .venv
 fi
 .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[dev]'
+# xds-protos and opentelemetry-proto both ship opentelemetry/proto/... (xds-protos an older
+# copy, for Envoy's API); the OTLP exporter needs opentelemetry-proto's, so it is laid last.
+otel_proto=$(.venv/bin/python -c 'from importlib.metadata import version; print(version("opentelemetry-proto"))')
+.venv/bin/python -m pip install -q --disable-pip-version-check --force-reinstall --no-deps \
+    "opentelemetry-proto==$otel_proto"
 if ! "$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
     echo "setup: the pyvoy transport the tests run needs Python 3.11; set PYTHON=python3.11" >&2
     exit 1
