@@ -66,20 +66,10 @@ class Dev:
 
     def envoy_pids(self) -> set[int]:
         """The Envoy processes this dev stack started (its descendants)."""
-        parents: dict[int, int] = {}
-        for entry in Path("/proc").iterdir():
-            if entry.name.isdigit():
-                try:
-                    stat = (entry / "stat").read_text()
-                except OSError:
-                    continue
-                parents[int(entry.name)] = int(stat.rpartition(")")[2].split()[1])
-        found, frontier = set(), {self.proc.pid}
-        while frontier:
-            frontier = {child for child, parent in parents.items() if parent in frontier}
-            found |= frontier
+        from test_cli import _descendants
+
         envoys = set()
-        for pid in found:
+        for pid in _descendants(self.proc.pid):
             try:
                 command = (Path("/proc") / str(pid) / "cmdline").read_bytes().split(b"\0")
             except OSError:
