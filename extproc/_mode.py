@@ -196,6 +196,13 @@ class FilterSpec:
                    for allowed in self.allowed_override_modes)
 
     @property
+    def importable(self) -> bool:
+        """Another process can import the class by :attr:`import_path` (it is defined at the
+        top level of a module, not in ``__main__`` or a function)."""
+        module, _, name = self.import_path.partition(":")
+        return module not in ("", "__main__") and "<" not in name
+
+    @property
     def full_duplex(self) -> bool:
         """A body travels FULL_DUPLEX_STREAMED in either direction."""
         return _FULL_DUPLEX in (self.mode.request_body, self.mode.response_body)

@@ -135,7 +135,7 @@ class PyvoyServer:
                  listen: str | None = None) -> None:
         if not (isinstance(processor, type) and issubclass(processor, Processor)):
             raise ServeError(f"{processor!r} is not a subclass of extproc.Processor")
-        if processor.__module__ == "__main__" or "<locals>" in processor.__qualname__:
+        if not processor._spec.importable:
             raise ServeError(f"the pyvoy transport imports {processor.__name__} by name in the "
                              "Envoy process: define it at the top level of an importable module")
         self.processor = processor
@@ -187,7 +187,7 @@ class PyvoyServer:
         # Envoy loads a dynamic module by name: lib<name>.so on its search path.
         os.symlink(module, os.path.join(workdir, "libpyvoy.so"))
         app_options = {
-            "processor": f"{self.processor.__module__}:{self.processor.__qualname__}",
+            "processor": self.processor._spec.import_path,
             "max_message_bytes": config.max_message_bytes,
             "drain_file": os.path.join(workdir, "draining"),
             "error_file": os.path.join(workdir, "error"),

@@ -278,8 +278,7 @@ def processor_path(deployment: Deployment) -> str:
     spec = deployment.spec
     if spec is None:
         raise GatewayError("a sidecar serves a processor: give its class")
-    module, _, name = spec.import_path.partition(":")
-    if module in ("", "__main__") or "<" in name:
+    if not spec.importable:
         raise GatewayError(f"{spec.name}: the sidecar imports the class by name; "
                            "define it in a module (not __main__ or a function)")
     return spec.import_path
