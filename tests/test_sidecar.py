@@ -190,3 +190,18 @@ def test_readme_deploying_commands_run(tmp_path, monkeypatch):
                                          "GatewayClass", "ConfigMap"]
     for doc in docs[:4]:
         validate(doc)
+
+
+def test_a_class_the_sidecar_cannot_import_by_name_is_refused():
+    import extproc
+    from extctl.config import GatewayError
+
+    class Local(extproc.Processor):
+        async def on_request_headers(self, headers):
+            return None
+
+    deployment = Deployment(Local, addresses=[SOCKET], gateway=GatewayOptions(
+        targets=[Target("HTTPRoute", "r")], sidecar=Sidecar("reg.example.com/p:1")))
+    with pytest.raises(GatewayError, match="imports the class by name"):
+        deployment.gateway_resources()
+    assert Rewrite.filter_spec().importable and not Local.filter_spec().importable

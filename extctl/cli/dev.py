@@ -37,8 +37,7 @@ from . import options
 @click.option("--reload", is_flag=True,
               help="Restart the processor when a Python file under --app-dir (or --reload-dir) "
                    "changes, and Envoy when a local --wasm file does.")
-@click.option("--reload-dir", multiple=True, type=click.Path(file_okay=False, exists=True),
-              help="Watch this directory instead of --app-dir (repeatable).")
+@options.reload_dir
 @click.option("--quiet", is_flag=True, help="No live view of the requests.")
 @click.option("--output", type=click.Choice(["text", "json"]), default="text",
               show_default=True, help="The live view: a block per request, or one JSON object "

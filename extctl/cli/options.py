@@ -49,6 +49,9 @@ log_format = click.option(
     help="text, or one JSON object per line (keys: time, level, logger, pid, message and, when a "
          "line has them, request_id, processor, phase, outcome, status, grpc_code, "
          "duration_ms, phases, hooks, exception).")
+reload_dir = click.option("--reload-dir", multiple=True,
+                          type=click.Path(file_okay=False, exists=True),
+                          help="Watch this directory instead of --app-dir (repeatable).")
 output = click.option("--output", type=click.Choice(["text", "json"]), default="text",
                       show_default=True)
 

@@ -55,8 +55,7 @@ def _server_options(function: Any) -> Any:
 @click.option("--reload", is_flag=True,
               help="For development: serve from a child process started anew when a Python "
                    "file under --app-dir (or --reload-dir) changes.")
-@click.option("--reload-dir", multiple=True, type=click.Path(file_okay=False, exists=True),
-              help="Watch this directory instead of --app-dir (repeatable).")
+@options.reload_dir
 @options.log_level
 @options.log_format
 # extctl dev --reload's child prints the live view itself (it serves the streams).
