@@ -3,29 +3,19 @@
 from __future__ import annotations
 
 import ipaddress
-import os
 from collections.abc import Sequence
 
 from extproc import ServeError
-from extproc._config import MAX_UDS_PATH, join_address, split_address
+from extproc._config import MAX_UDS_PATH, split_address
 
 from .errors import ConfigError
 
-__all__ = ["MAX_UDS_PATH", "host_port", "is_ip", "is_socket_path", "join_address",
-           "parse_cidrs", "socket_path"]
+__all__ = ["MAX_UDS_PATH", "host_port", "is_ip", "is_socket_path", "parse_cidrs"]
 
 
 def is_socket_path(address: str) -> bool:
     """A Unix socket path rather than host:port."""
     return ":" not in address or address.startswith(("/", "."))
-
-
-def socket_path(path: str) -> str:
-    """``path`` when the kernel can bind it (AF_UNIX paths are limited in bytes)."""
-    if len(os.fsencode(path)) > MAX_UDS_PATH:
-        raise ConfigError(f"Unix socket path {path!r} is longer than {MAX_UDS_PATH} bytes; "
-                          "choose a shorter path")
-    return path
 
 
 def host_port(address: str, what: str) -> tuple[str, int]:

@@ -41,7 +41,6 @@ class Child:
         self.grace = grace
         self.process: subprocess.Popen[bytes] | None = None
         self._standby: subprocess.Popen[bytes] | None = None
-        self.restarts = 0
 
     def _spawn_standby(self) -> subprocess.Popen[bytes]:
         return subprocess.Popen([sys.executable, "-m", "extctl.harness.standby"],
@@ -72,7 +71,6 @@ class Child:
 
     def restart(self) -> None:
         self.stop()
-        self.restarts += 1
         self.start()
 
     @property
