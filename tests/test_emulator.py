@@ -179,17 +179,6 @@ def test_imports_the_emulator_lacks_are_named_at_load_time():
     assert "env.proxy_made_up, env.proxy_also_made_up" in str(missing.value)
 
 
-def test_stubbed_imports_load_and_answer_unimplemented():
-    module = _module("""(drop (call $grpc_stream (i32.const 0) (i32.const 0) (i32.const 0)
-                         (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0)
-                         (i32.const 0))) (i32.const 0)""",
-                     imports='(import "env" "proxy_grpc_stream" (func $grpc_stream '
-                             '(param i32 i32 i32 i32 i32 i32 i32 i32 i32) (result i32)))')
-    plugin = ProxyWasm(module)
-    assert plugin.request().status == 200
-    assert any("proxy_grpc_stream is not implemented" in line.message for line in plugin.logs)
-
-
 @pytest.mark.parametrize(("abi", "message"), [("0_1_0", "ABI 0_1_0 is not supported"),
                                               ("9_9_9", "ABI 9_9_9 is not supported")])
 def test_unsupported_abis_are_refused(abi, message):
@@ -210,13 +199,11 @@ def test_inspect_flags_imports_the_emulator_cannot_provide(tmp_path):
                                                 (result i32)))"""))
     text = CliRunner().invoke(cli, ["inspect", str(module)])
     assert "emulator: would refuse it: env.proxy_made_up" in text.output
-    assert "stubs answering UNIMPLEMENTED: env.proxy_grpc_stream" in text.output
     import json
 
     report = json.loads(CliRunner().invoke(cli, ["inspect", str(module), "--output",
                                                  "json"]).output)
-    assert report["emulator"] == {"missing": ["env.proxy_made_up"],
-                                  "stubbed": ["env.proxy_grpc_stream"]}
+    assert report["emulator"] == {"missing": ["env.proxy_made_up"]}
     wrong = tmp_path / "wrong.wasm"
     wrong.write_bytes(_module("(i32.const 0)", imports='(import "env" "proxy_log" '
                                                        '(func (param i32 i32) (result i32)))'))

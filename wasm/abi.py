@@ -109,6 +109,8 @@ HOST_FUNCTIONS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     # callouts (wasm.callouts)
     "proxy_http_call": ((I32,) * 10, (I32,)),
     "proxy_grpc_call": ((I32,) * 12, (I32,)),
+    "proxy_grpc_stream": ((I32,) * 9, (I32,)),
+    "proxy_grpc_send": ((I32, I32, I32, I32), (I32,)),
     "proxy_grpc_cancel": ((I32,), (I32,)),
     "proxy_grpc_close": ((I32,), (I32,)),
     "proxy_get_status": ((I32, I32, I32), (I32,)),
@@ -122,13 +124,6 @@ HOST_FUNCTIONS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
 """The host functions the emulator implements (for ABI 0.2.0, less ``proxy_get_log_level``,
 which Envoy gives 0.2.1 modules only)."""
 ONLY_0_2_1 = frozenset({"proxy_get_log_level"})
-
-STUBBED_FUNCTIONS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    # Provided so that SDKs which import them load; each answers UNIMPLEMENTED.
-    "proxy_grpc_stream": ((I32,) * 9, (I32,)),
-    "proxy_grpc_send": ((I32, I32, I32, I32), (I32,)),
-}
-"""Host functions present only as stubs: a filter that calls one gets UNIMPLEMENTED."""
 
 WASI_FUNCTIONS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "proc_exit": ((I32,), ()),
@@ -215,14 +210,7 @@ def import_signatures(abi: str = "0_2_1") -> dict[tuple[str, str], Signature]:
     ``abi``, as Envoy gives them."""
     found = {("env", n): sig for n, sig in HOST_FUNCTIONS.items()
              if abi == "0_2_1" or n not in ONLY_0_2_1}
-    found.update({("env", n): sig for n, sig in STUBBED_FUNCTIONS.items()})
     found.update({("env", n): sig for n, sig in ENV_EXTRAS.items()})
     found.update({(m, n): sig for m in WASI_MODULES for n, sig in WASI_FUNCTIONS.items()})
     return found
 
-
-def provided_imports(abi: str = "0_2_1") -> dict[tuple[str, str], str]:
-    """What the emulator gives a module: (module, name) -> ``"implemented"`` or ``"stub"``
-    (present, answers UNIMPLEMENTED)."""
-    return {key: "stub" if key[0] == "env" and key[1] in STUBBED_FUNCTIONS else "implemented"
-            for key in import_signatures(abi)}

@@ -1,15 +1,27 @@
 """Host functions for callouts: ``proxy_http_call``, ``proxy_grpc_call`` (unary),
-``proxy_grpc_cancel``/``proxy_grpc_close`` and ``proxy_get_status``, with Envoy's checks
-(the cluster must exist; an HTTP call needs ``:method``, ``:path`` and ``:authority``; a
-negative timeout is refused). A call is recorded and answered once the running callback
-returns, as Envoy's dispatcher would (:mod:`wasm.context` delivers it)."""
+``proxy_grpc_stream``/``proxy_grpc_send``, ``proxy_grpc_cancel``/``proxy_grpc_close`` and
+``proxy_get_status``, with Envoy's checks (an HTTP call's cluster must exist and it needs
+``:method``, ``:path`` and ``:authority``; a negative timeout is refused; a gRPC service
+given as a plain cluster name must name one; tokens count in fours, their two low bits the
+kind, as proxy-wasm-cpp-host hands them out: HTTP calls 4, 8, ..., gRPC calls 5, 9, ...,
+gRPC streams 6, 10, ...; each function takes only its kinds). A call is recorded and
+answered once the running callback returns, as Envoy's dispatcher would
+(:mod:`wasm.context` delivers it); so is what a stream's upstream is told and answers.
+
+A stream follows Envoy's wasm context: ``proxy_grpc_close`` half-closes it (the upstream
+may still answer, and the filter still gets its messages and close); ``proxy_grpc_cancel``
+resets it (no callback after); a send with end of stream half-closes it too; the token
+stays valid until the filter has closed or cancelled it, even once the upstream has
+ended it (a send then goes nowhere, as in Envoy)."""
 
 from __future__ import annotations
 
+from collections import deque
+
 from .abi import Status, deserialize_map
-from .calls import Call
+from .calls import GRPC_UNAVAILABLE, NO_CLUSTER, Call, Delivery, GrpcStream
 from .memory import Memory
-from .state import PluginState
+from .state import GRPC_CALL, GRPC_STREAM, HTTP_CALL, KIND_MASK, PluginState
 
 _REQUIRED = (":method", ":path", ":authority")
 
@@ -41,8 +53,7 @@ class CalloutFunctions:
         if body:  # Envoy's async client sends the body with its length
             headers = [(k, v) for k, v in headers if k != "content-length"]
             headers.append(("content-length", str(len(body))))
-        token = self.state.next_http_token
-        self.state.next_http_token += 1
+        token = self.state.next_token(HTTP_CALL)
         self._record(Call("http", cluster, headers, body, trailers, timeout_ms, token,
                           self.state.context_id))
         self.memory.put_u32(name, token_ptr, token)
@@ -58,19 +69,79 @@ class CalloutFunctions:
         method = self.memory.text(name, method_ptr, method_size)
         metadata = self._pairs(name, metadata_ptr, metadata_size)
         request = self.memory.read(name, request_ptr, request_size)
-        # Call tokens are odd (stream tokens would be even), as in Envoy.
-        token = self.state.next_grpc_token | 1
-        self.state.next_grpc_token = token + 2
-        self._record(Call("grpc", cluster_of(service), metadata, request, [], timeout_ms,
-                          token, self.state.context_id, service_name, method))
+        cluster, plain = parse_service(service)
+        if cluster not in self.state.upstreams and plain:
+            return Status.PARSE_FAILURE
+        token = self.state.next_token(GRPC_CALL)
+        call = Call("grpc", cluster, metadata, request, [], timeout_ms, token,
+                    self.state.context_id, service_name, method)
+        self._record(call)
+        if cluster not in self.state.upstreams:
+            # A GrpcService naming no cluster: Envoy's client closes the call as it starts
+            # (UNAVAILABLE "Cluster not available", delivered later) and answers
+            # INTERNAL_FAILURE, the token never handed over.
+            call.failure = "no cluster"
+            return Status.INTERNAL_FAILURE
         self.memory.put_u32(name, token_ptr, token)
+        return Status.OK
+
+    def proxy_grpc_stream(self, service_ptr: int, service_size: int, service_name_ptr: int,
+                          service_name_size: int, method_ptr: int, method_size: int,
+                          metadata_ptr: int, metadata_size: int, token_ptr: int) -> int:
+        name = "proxy_grpc_stream"
+        service = self.memory.read(name, service_ptr, service_size)
+        service_name = self.memory.text(name, service_name_ptr, service_name_size)
+        method = self.memory.text(name, method_ptr, method_size)
+        metadata = self._pairs(name, metadata_ptr, metadata_size)
+        cluster, plain = parse_service(service)
+        state = self.state
+        if cluster not in state.upstreams and plain:
+            return Status.PARSE_FAILURE
+        token = state.next_token(GRPC_STREAM)
+        stream = GrpcStream(cluster, service_name, method, metadata, token, state.context_id,
+                            wake=state.wake)
+        state.grpc_streams[token] = stream
+        if cluster not in state.upstreams:  # as for a call (above)
+            stream.status = (GRPC_UNAVAILABLE, NO_CLUSTER)
+            stream.forgotten = True
+            stream.to_filter.append(Delivery("failed", status=GRPC_UNAVAILABLE,
+                                             message=NO_CLUSTER))
+            state.wake(stream)
+            return Status.INTERNAL_FAILURE
+        self.memory.put_u32(name, token_ptr, token)
+        stream.to_upstream.append(("open", b""))
+        state.wake(stream)
+        return Status.OK
+
+    def _stream(self, token: int) -> GrpcStream | Status:
+        """A stream the filter may still act on, or the status Envoy answers."""
+        if token & KIND_MASK != GRPC_STREAM:
+            return Status.BAD_ARGUMENT
+        stream = self.state.grpc_streams.get(token)
+        if stream is None or stream.forgotten:
+            return Status.NOT_FOUND
+        return stream
+
+    def proxy_grpc_send(self, token: int, message_ptr: int, message_size: int,
+                        end_stream: int) -> int:
+        message = self.memory.read("proxy_grpc_send", message_ptr, message_size)
+        stream = self._stream(token)
+        if isinstance(stream, Status):
+            return stream
+        if stream.status is None and not stream.half_closed:  # else it goes nowhere
+            stream.to_upstream.append(("message", message))
+            if end_stream:
+                stream.to_upstream.append(("half_close", b""))
+            stream.wake(stream)
+        if end_stream:
+            stream.half_closed = True
         return Status.OK
 
     def _record(self, call: Call) -> None:
         self.state.calls.append(call)
         self.state.pending.append((call.kind, call.token, call.context_id))
 
-    def _cancel(self, token: int) -> int:
+    def _cancel_call(self, token: int) -> int:
         event = next((e for e in self.state.pending if e[0] == "grpc" and e[1] == token), None)
         if event is None:
             return Status.NOT_FOUND
@@ -78,10 +149,32 @@ class CalloutFunctions:
         return Status.OK
 
     def proxy_grpc_cancel(self, token: int) -> int:
-        return self._cancel(token)
+        if token & KIND_MASK == GRPC_CALL:
+            return self._cancel_call(token)
+        stream = self._stream(token)
+        if isinstance(stream, Status):
+            return stream
+        stream.cancelled = stream.forgotten = True  # no callback after this
+        stream.to_filter.clear()
+        if stream.status is None:
+            # Reset before its frames went out: what the upstream was not yet told is lost.
+            stream.to_upstream = deque(e for e in stream.to_upstream if e[0] == "open")
+            stream.to_upstream.append(("cancel", b""))
+            stream.wake(stream)
+        return Status.OK
 
     def proxy_grpc_close(self, token: int) -> int:
-        return self._cancel(token)
+        if token & KIND_MASK == GRPC_CALL:
+            return self._cancel_call(token)
+        stream = self._stream(token)
+        if isinstance(stream, Status):
+            return stream
+        if stream.status is None and not stream.half_closed:
+            stream.to_upstream.append(("half_close", b""))
+            stream.wake(stream)
+        # Envoy forgets the token once the upstream's close has been delivered after this.
+        stream.half_closed = stream.local_closed = True
+        return Status.OK
 
     def proxy_get_status(self, code_ptr: int, message_ptr_ptr: int, message_size_ptr: int) -> int:
         code, message = self.state.status
@@ -90,18 +183,18 @@ class CalloutFunctions:
                                      message_size_ptr)
 
 
-def cluster_of(service: bytes) -> str:
-    """The cluster a gRPC call goes to: a serialised ``GrpcService`` names it in
-    ``envoy_grpc.cluster_name`` (field 1 of field 1); SDKs that pass a plain name get it
-    taken as the cluster, as Envoy does."""
+def parse_service(service: bytes) -> tuple[str, bool]:
+    """The cluster a gRPC call or stream goes to, and whether ``service`` was a plain name:
+    a serialised ``GrpcService`` names it in ``envoy_grpc.cluster_name`` (field 1 of field
+    1); bytes that do not parse as one are taken as the cluster's name, as Envoy does."""
     inner = _field(service, 1)
     name = _field(inner, 1) if inner is not None else None
     if name:
         try:
-            return name.decode("utf-8")
+            return name.decode("utf-8"), False
         except UnicodeDecodeError:
             pass
-    return service.decode("utf-8", "replace")
+    return service.decode("utf-8", "replace"), True
 
 
 def _field(data: bytes, number: int) -> bytes | None:

@@ -1,11 +1,11 @@
 """Contexts: an HTTP stream's callbacks run in Envoy's way, and what Envoy's dispatcher does
 once a callback returns (callouts answered by their scripted upstream, queues woken).
 
-Envoy never calls back into a plugin while one of its callbacks runs: a callout's reply and
-``proxy_on_queue_ready`` come later, from the event loop. The emulator delivers them as soon
-as the callback that caused them returns, in the order they were caused; a stream paused on a
-callout goes on if the reply's callback continued it (``proxy_continue_stream``) or answered
-it (``proxy_send_local_response``).
+Envoy never calls back into a plugin while one of its callbacks runs: a callout's reply,
+what a gRPC stream's upstream sends and ``proxy_on_queue_ready`` come later, from the event
+loop. The emulator delivers them as soon as the callback that caused them returns, in the
+order they were caused; a stream paused on a callout goes on if the reply's callback
+continued it (``proxy_continue_stream``) or answered it (``proxy_send_local_response``).
 """
 
 from __future__ import annotations
@@ -14,8 +14,19 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from .abi import BODY_ACTIONS, HEADER_ACTIONS, BufferType, MapType
-from .calls import Answer, Call, Reply
-from .errors import CalloutReset, CalloutTimeout, HostError
+from .calls import (
+    GRPC_DEADLINE_EXCEEDED,
+    GRPC_UNAVAILABLE,
+    NO_CLUSTER,
+    Answer,
+    Call,
+    GrpcStream,
+    GrpcStreamHandler,
+    Handler,
+    Reply,
+    via_upstream,
+)
+from .errors import CalloutFailure, CalloutReset, CalloutTimeout, HostError
 from .headers import HeaderMap
 from .state import ROOT_CONTEXT_ID, LocalResponse, PluginState, StreamState
 from .vm import Vm
@@ -24,7 +35,6 @@ Pairs = Mapping[str, str] | Mapping[str, bytes] | Iterable[tuple[str, str | byte
 
 # What Envoy's async client answers when a callout times out (a local reply).
 _TIMEOUT_BODY = b"upstream request timeout"
-_GRPC_DEADLINE_EXCEEDED, _GRPC_UNAVAILABLE = 4, 14
 _BROKEN_CONNECTION = 11
 
 
@@ -77,32 +87,49 @@ def run_callback(vm: Vm, name: str, *args: int) -> int | None:
 def deliver(vm: Vm, state: PluginState) -> None:
     """Answer pending callouts and wake queues, in order, until nothing is pending (a reply's
     callback may make another call)."""
-    while state.pending:
-        kind, token, context_id = state.pending.popleft()
-        if kind == "queue":
-            vm.call("proxy_on_queue_ready", context_id, token)
-            continue
-        call = state.call(kind, token)
-        assert call is not None
-        _answer(vm, state, call)
+    if state.delivering:
+        return  # the loop below is running: it takes what was added
+    state.delivering = True
+    try:
+        while state.pending:
+            kind, token, context_id = state.pending.popleft()
+            if kind == "queue":
+                vm.call("proxy_on_queue_ready", context_id, token)
+            elif kind == "stream":
+                _stream_events(vm, state, state.grpc_streams[token])
+            else:
+                call = state.call(kind, token)
+                assert call is not None
+                _answer(vm, state, call)
+    finally:
+        state.delivering = False
+
+
+def _broken_upstream(cluster: str, exc: Exception, doing: str) -> HostError:
+    return HostError(f"the scripted upstream for cluster {cluster!r} raised "
+                     f"{type(exc).__name__}: {exc} ({doing})")
 
 
 def _answer(vm: Vm, state: PluginState, call: Call) -> None:
-    handler = state.upstreams.get(call.cluster)
+    if call.failure == "no cluster":  # closed as it started: no upstream to ask
+        _grpc_reply(vm, state, call, None)
+        return
+    handler = state.upstreams[call.cluster]  # the host functions checked it is there
     reply: Reply | None = None
+    doing = f"answering the {call.kind} call made by context {call.context_id}"
     try:
-        if handler is None:  # only gRPC gets this far without a cluster (Envoy checks later)
-            raise CalloutReset(f"no upstream for cluster {call.cluster!r}")
+        if isinstance(handler, GrpcStreamHandler):
+            raise TypeError("a GrpcStreamHandler answers gRPC streams only")
         answered = handler(call)
+        if answered is None:
+            raise TypeError("the handler returned None, not a reply")
         reply = answered if isinstance(answered, Reply) else Reply(*answered)
     except CalloutTimeout:
         call.failure = "timeout"
     except CalloutReset:
         call.failure = "reset"
     except Exception as exc:
-        raise HostError(f"the scripted upstream for cluster {call.cluster!r} raised "
-                        f"{type(exc).__name__}: {exc} (answering the {call.kind} call made "
-                        f"by context {call.context_id})") from exc
+        raise _broken_upstream(call.cluster, exc, doing) from exc
     call.reply = reply
     if call.kind == "http":
         _http_reply(vm, state, call, reply)
@@ -148,16 +175,105 @@ def _grpc_reply(vm: Vm, state: PluginState, call: Call, reply: Reply | None) -> 
             state.answer = None
         return
     if reply is not None:
-        status, message = reply.grpc_status(), reply.message
+        status, message = reply.grpc_status(), via_upstream(reply.message)
     elif call.failure == "timeout":
-        status, message = _GRPC_DEADLINE_EXCEEDED, "upstream request timeout"
+        status, message = GRPC_DEADLINE_EXCEEDED, "upstream request timeout"
+    elif call.failure == "no cluster":
+        status, message = GRPC_UNAVAILABLE, NO_CLUSTER
     else:
-        status, message = _GRPC_UNAVAILABLE, "upstream connect error or reset"
+        status, message = GRPC_UNAVAILABLE, "upstream connect error or reset"
     state.status = (status, message)
     try:
         vm.call("proxy_on_grpc_close", ROOT_CONTEXT_ID, call.token, status)
     finally:
         state.status = (0, "")
+
+
+def _stream_events(vm: Vm, state: PluginState, stream: GrpcStream) -> None:
+    """Tell a stream's upstream what the filter did, then call the filter back for what the
+    upstream did, one event at a time (a callback may act on the stream again: that is
+    delivered on a later turn, as Envoy's event loop would)."""
+    handler = state.upstreams.get(stream.cluster)  # there, or the stream never opened
+    while stream.to_upstream:
+        event, data = stream.to_upstream.popleft()
+        if event == "message":
+            stream.received.append(data)
+        doing = f"handling {event!r} on gRPC stream {stream.token}"
+        try:
+            if isinstance(handler, GrpcStreamHandler):
+                _tell(handler, stream, event, data)
+            elif handler is not None:
+                _unary_turn(handler, stream, event, data)
+        except CalloutFailure as failure:
+            if stream.open:
+                if isinstance(failure, CalloutTimeout):
+                    stream.close(GRPC_DEADLINE_EXCEEDED, "upstream request timeout")
+                else:
+                    stream.reset()
+        except Exception as exc:
+            raise _broken_upstream(stream.cluster, exc, doing) from exc
+    while stream.to_filter and not stream.cancelled:
+        delivery = stream.to_filter.popleft()
+        if delivery.kind == "metadata":
+            metadata = HeaderMap(encode(delivery.pairs))
+            _lend(vm, state, "proxy_on_grpc_receive_initial_metadata", stream.token,
+                  Answer({MapType.GRPC_RECEIVE_INITIAL_METADATA: metadata}), len(delivery.pairs))
+        elif delivery.kind == "message":
+            _lend(vm, state, "proxy_on_grpc_receive", stream.token,
+                  Answer(buffer=BufferType.GRPC_RECEIVE_BUFFER, body=delivery.data),
+                  len(delivery.data))
+        else:
+            if delivery.kind == "close":  # "failed": closed as it started, only the close
+                _lend(vm, state, "proxy_on_grpc_receive_trailing_metadata", stream.token,
+                      Answer({MapType.GRPC_RECEIVE_TRAILING_METADATA:
+                              HeaderMap(encode(delivery.pairs))}), len(delivery.pairs))
+            state.status = (delivery.status, delivery.message)
+            try:
+                vm.call("proxy_on_grpc_close", ROOT_CONTEXT_ID, stream.token, delivery.status)
+            finally:
+                state.status = (0, "")
+            if stream.local_closed:
+                stream.forgotten = True  # both ends closed: Envoy erases the token
+
+
+def _lend(vm: Vm, state: PluginState, callback: str, token: int, answer: Answer,
+          size: int) -> None:
+    state.answer = answer
+    try:
+        vm.call(callback, ROOT_CONTEXT_ID, token, size)
+    finally:
+        state.answer = None
+
+
+def _tell(handler: GrpcStreamHandler, stream: GrpcStream, event: str, data: bytes) -> None:
+    if event == "open":
+        handler.opened(stream)
+    elif event == "message":
+        handler.received(stream, data)
+    elif event == "half_close":
+        handler.half_closed(stream)
+    else:
+        handler.cancelled(stream)
+
+
+def _unary_turn(handler: Handler, stream: GrpcStream, event: str, data: bytes) -> None:
+    """A plain handler on a stream: each message answered as a unary call; closed OK when
+    the filter ends its side."""
+    if event == "half_close" and stream.open:
+        stream.close()
+    if event != "message" or not stream.open:
+        return
+    answered = handler(Call("grpc", stream.cluster, stream.headers, data, [], 0, stream.token,
+                            stream.context_id, stream.service, stream.method))
+    if answered is None:
+        return
+    reply = answered if isinstance(answered, Reply) else Reply(*answered)
+    if reply.grpc_status() == 0:
+        if not stream.metadata_sent and reply.header_pairs():
+            stream.send_metadata(reply.header_pairs())
+        stream.send(reply.body)
+    else:
+        stream.close(reply.grpc_status(), reply.message, reply.trailer_pairs())
 
 
 class HttpContext:

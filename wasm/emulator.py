@@ -34,7 +34,7 @@ import wasmtime
 
 from .abi import SUPPORTED_ABIS, LogLevel, supported_abi
 from .callouts import CalloutFunctions
-from .calls import Call, Handler
+from .calls import Call, GrpcStream, ScriptedUpstream
 from .context import HttpContext, deliver, run_callback
 from .errors import InvalidModule, StartFailed, UnsupportedAbi
 from .exchange import FRAMINGS, HttpResult, Pairs, Request, Upstream, chunks_of, run
@@ -65,7 +65,7 @@ class ProxyWasm:
     """A loaded filter: its VM, root context and plugin configuration, ready for requests.
 
     ``upstreams``: cluster name -> handler answering the filter's HTTP and gRPC callouts
-    (:mod:`wasm.calls`); ``foreign_functions``: name -> function for
+    and gRPC streams (:mod:`wasm.calls`); ``foreign_functions``: name -> function for
     ``proxy_call_foreign_function``; ``framing``: ``"http1"`` (Envoy's HTTP/1.1 codec, the
     default) or ``"http2"``, how bodies are cut into callbacks (:mod:`wasm.exchange`).
     """
@@ -74,7 +74,7 @@ class ProxyWasm:
                  plugin_configuration: bytes | str = b"", vm_configuration: bytes | str = b"",
                  root_id: str = "", plugin_name: str = "plugin", vm_id: str = "",
                  properties: Mapping[str, str | int | bool | bytes] | None = None,
-                 upstreams: Mapping[str, Handler] | None = None,
+                 upstreams: Mapping[str, ScriptedUpstream] | None = None,
                  foreign_functions: Mapping[str, ForeignFunction] | None = None,
                  framing: str = "http1",
                  fuel: int | None = DEFAULT_FUEL,
@@ -104,6 +104,7 @@ class ProxyWasm:
         self._ids = itertools.count(ROOT_CONTEXT_ID + 1)
         self.vm = Vm(data, _abi_of, self.state, self._host_functions, fuel, memory_limit)
         self.abi = self.vm.abi
+        self.state.drain = lambda: deliver(self.vm, self.state)
         if start:
             self.start()
 
@@ -134,6 +135,12 @@ class ProxyWasm:
     def calls(self) -> list[Call]:
         """Every callout the filter made, in order, with the upstream's reply."""
         return self.state.calls
+
+    @property
+    def grpc_streams(self) -> list[GrpcStream]:
+        """Every gRPC stream the filter opened, in order: what it sent, and the upstream's end
+        (a test may send on one at any time between callbacks)."""
+        return list(self.state.grpc_streams.values())
 
     @property
     def tick_period_ms(self) -> int:
@@ -224,6 +231,7 @@ class ProxyWasm:
             raise ValueError(f"framing must be one of {', '.join(FRAMINGS)}, not {framing!r}")
         context = self.http_context()
         first_log, first_call = len(self.state.logs), len(self.state.calls)
+        first_stream = len(self.state.grpc_streams)
         try:
             result = run(context, Request(
                 method, path, authority, headers, chunks_of(body), trailers, upstream, status,
@@ -236,6 +244,7 @@ class ProxyWasm:
         result.logs = [line for line in self.state.logs[first_log:]
                        if line.context_id == context.context_id]
         result.calls = self.state.calls[first_call:]
+        result.grpc_streams = list(self.state.grpc_streams.values())[first_stream:]
         return result
 
 

@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from .abi import MapType
-from .calls import Call
+from .calls import Call, GrpcStream
 from .context import Action, HttpContext, Pairs, pairs_of
 from .state import LocalResponse, LogLine
 
@@ -52,6 +52,8 @@ class HttpResult:
     """Log lines of this request's context."""
     calls: list[Call] = field(default_factory=list)
     """Callouts the filter made during this request (from any context), with their replies."""
+    grpc_streams: list[GrpcStream] = field(default_factory=list)
+    """gRPC streams the filter opened during this request (from any context)."""
 
     @property
     def status(self) -> int:

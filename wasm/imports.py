@@ -371,15 +371,13 @@ class HostFunctions:
 
     def table(self, *others: object) -> dict[tuple[str, str], Callable[..., Any]]:
         """Import name -> callable: this object's functions, then those of ``others`` (the
-        callout and queue functions), stubs for the rest."""
-        from .abi import ENV_EXTRAS, HOST_FUNCTIONS, STUBBED_FUNCTIONS, WASI_MODULES
+        callout and queue functions)."""
+        from .abi import ENV_EXTRAS, HOST_FUNCTIONS, WASI_MODULES
 
         providers = (self, *others)
         found: dict[tuple[str, str], Callable[..., Any]] = {
             ("env", name): next(getattr(p, name) for p in providers if hasattr(p, name))
             for name in HOST_FUNCTIONS}
-        for name in STUBBED_FUNCTIONS:
-            found[("env", name)] = self._stub(name)
         extras: dict[str, Callable[..., Any]] = {
             "emscripten_notify_memory_growth": lambda pages: None,
             "pthread_equal": lambda a, b: int(a == b)}
@@ -402,8 +400,3 @@ class HostFunctions:
                 found[(module, name)] = function
         return found
 
-    def _stub(self, name: str) -> Callable[..., int]:
-        def unimplemented(*args: int) -> int:
-            self.state.log(LogLevel.WARN, f"emulator: {name} is not implemented")
-            return Status.UNIMPLEMENTED
-        return unimplemented

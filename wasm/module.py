@@ -55,20 +55,11 @@ class ModuleInfo:
         return tuple(name if why == "missing" else f"{name} (signature)"
                      for name, why in self.import_problems)
 
-    @property
-    def emulator_stubbed(self) -> tuple[str, ...]:
-        """Imports the emulator provides only as stubs answering UNIMPLEMENTED."""
-        from .abi import provided_imports, supported_abi
-
-        provided = provided_imports(supported_abi(self.abi_versions) or "0_2_1")
-        return tuple(f"{m}.{n}" for m, n in self.imports if provided.get((m, n)) == "stub")
-
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["imports"] = [f"{m}.{n}" for m, n in self.imports]
         data["proxy_wasm"] = self.is_proxy_wasm
-        data["emulator"] = {"missing": list(self.emulator_missing),
-                            "stubbed": list(self.emulator_stubbed)}
+        data["emulator"] = {"missing": list(self.emulator_missing)}
         return data
 
 

@@ -11,10 +11,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from .abi import LogLevel, MapType, MetricType, Status
-from .calls import Answer, Call, Handler
+from .calls import Answer, Call, GrpcStream, ScriptedUpstream
 from .headers import HeaderMap
 
 ROOT_CONTEXT_ID = 1
+# Callout tokens: the two low bits give the kind, each kind counts in fours from its own.
+HTTP_CALL, GRPC_CALL, GRPC_STREAM = 0, 1, 2
+KIND_MASK = 3
 _TYPE_MASK = 3
 _ID_STEP = 4
 
@@ -192,7 +195,7 @@ class PluginState:
     log_level: LogLevel = LogLevel.INFO
     clock: Callable[[], int] = time.time_ns
     monotonic: Callable[[], int] = time.monotonic_ns
-    upstreams: Mapping[str, Handler] = field(default_factory=dict)
+    upstreams: Mapping[str, ScriptedUpstream] = field(default_factory=dict)
     foreign_functions: dict[str, ForeignFunction] = field(default_factory=dict)
     logs: list[LogLine] = field(default_factory=list)
     shared_data: SharedData = field(default_factory=SharedData)
@@ -209,16 +212,25 @@ class PluginState:
     streams: dict[int, StreamState] = field(default_factory=dict)
     calls: list[Call] = field(default_factory=list)
     """Every callout made, in order, with its reply once answered."""
+    grpc_streams: dict[int, GrpcStream] = field(default_factory=dict)
+    """Every gRPC stream opened, by token (kept after it ends: tests read them)."""
     pending: deque[tuple[str, int, int]] = field(default_factory=deque)
     """Events Envoy would deliver once the running callback returns: ("http" or "grpc",
     token, context id) for a callout's reply, ("queue", token, context id) for
-    ``proxy_on_queue_ready``."""
+    ``proxy_on_queue_ready``, ("stream", token, context id) for what a gRPC stream's two
+    ends did."""
+    delivering: bool = False
+    drain: Callable[[], None] | None = None
+    """Delivers the pending events (set by the emulator): run when something happens
+    between callbacks, such as a test sending on a gRPC stream."""
     answer: Answer | None = None
     """A callout's reply while the filter's callback for it runs."""
     status: tuple[int, str] = (0, "")
     """What ``proxy_get_status`` reports (a callout's failure or a gRPC status)."""
-    next_http_token: int = 1
-    next_grpc_token: int = 1
+    tokens: dict[int, int] = field(default_factory=lambda: {HTTP_CALL: HTTP_CALL,
+                                                              GRPC_CALL: GRPC_CALL,
+                                                              GRPC_STREAM: GRPC_STREAM})
+    """The last token handed out, by kind."""
 
     def log(self, level: LogLevel, message: str) -> None:
         self.logs.append(LogLine(level, message, self.context_id))
@@ -232,6 +244,17 @@ class PluginState:
 
     def root_context_of(self, context_id: int) -> int:
         return ROOT_CONTEXT_ID  # the emulator runs one root context
+
+    def next_token(self, kind: int) -> int:
+        self.tokens[kind] += KIND_MASK + 1
+        return self.tokens[kind]
+
+    def wake(self, stream: GrpcStream) -> None:
+        """A gRPC stream has events for one end or the other: delivered after the running
+        callback, or now when nothing runs."""
+        self.pending.append(("stream", stream.token, stream.context_id))
+        if not self.current_callback and not self.delivering and self.drain is not None:
+            self.drain()
 
     def call(self, kind: str, token: int) -> Call | None:
         return next((c for c in reversed(self.calls) if c.token == token and c.kind == kind),

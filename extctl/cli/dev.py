@@ -38,6 +38,8 @@ from . import options
               help="Restart the processor when a Python file under --app-dir (or --reload-dir) "
                    "changes, and Envoy when a local --wasm file does.")
 @options.reload_dir
+@options.clusters[0]
+@options.clusters[1]
 @click.option("--quiet", is_flag=True, help="No live view of the requests.")
 @click.option("--output", type=click.Choice(["text", "json"]), default="text",
               show_default=True, help="The live view: a block per request, or one JSON object "
@@ -52,8 +54,8 @@ def dev(processor: str | None, port: int, wasm: tuple[str, ...],
         wasm_sha256: str | None, wasm_config: str, wasm_root_id: str,
         filter_order: tuple[str, ...], docker_config: str | None, ca_file: str | None,
         insecure: bool, admin: str, app_dir: str, reload: bool, reload_dir: tuple[str, ...],
-        quiet: bool, output: str, log_level: str, log_format: str,
-        envoy_log_level: str) -> None:
+        http_clusters: tuple[str, ...], grpc_clusters: tuple[str, ...], quiet: bool,
+        output: str, log_level: str, log_format: str, envoy_log_level: str) -> None:
     """Try a processor and/or Wasm modules locally, with an echo upstream and a real Envoy.
 
     Without MODULE:CLASS (and without --wasm) the bundled demo processor runs. Prints the
@@ -66,6 +68,7 @@ def dev(processor: str | None, port: int, wasm: tuple[str, ...],
       extctl dev app.processor:Redact --port 8080 --reload
       extctl dev app.processor:Redact --wasm plugin.wasm --filter-order wasm:before:ext_proc
       extctl dev --wasm oci://registry.example.com/filters/tag:v1 --wasm-config '{"a": 1}'
+      extctl dev --wasm auth.wasm --cluster auth=127.0.0.1:9000   # its callouts' target
     """
     import registry
 
@@ -102,4 +105,5 @@ def dev(processor: str | None, port: int, wasm: tuple[str, ...],
 
         show(output)  # the in-process server's streams
     DevStack(cls, port=port, wasm=modules, filter_order=order, connections=connections,
-             envoy_log_level=envoy_log_level, reload=watching, admin=admin).run()
+             envoy_log_level=envoy_log_level, reload=watching, admin=admin,
+             clusters=options.callout_clusters(http_clusters, grpc_clusters)).run()

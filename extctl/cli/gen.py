@@ -290,6 +290,8 @@ def gateway(processor: str | None, route: tuple[str, ...], gateway: tuple[str, .
 @click.option("--hash-algorithm", type=click.Choice(["ring_hash", "maglev"]),
               default="ring_hash", show_default=True, help="Load balancer for --session.")
 @click.option("--access-log", is_flag=True, help="Log each request to Envoy's stdout.")
+@options.clusters[0]
+@options.clusters[1]
 @click.option("--format", type=click.Choice(["yaml", "json"]), default="yaml",
               show_default=True)
 @options.app_dir
@@ -298,8 +300,8 @@ def envoy(processor: str | None, uds: str | None, address: str | None, workers: 
           tls_ca: str | None, tls_cert: str | None, tls_key: str | None, tls_sni: str | None,
           upstream: tuple[str, ...], wasm: tuple[str, ...], wasm_config: tuple[str, ...],
           wasm_root_id: tuple[str, ...], wasm_fail_open: tuple[str, ...],
-          hash_algorithm: str, format: str, app_dir: str, out: str | None,
-          **values: Any) -> None:
+          hash_algorithm: str, http_clusters: tuple[str, ...], grpc_clusters: tuple[str, ...],
+          format: str, app_dir: str, out: str | None, **values: Any) -> None:
     """A standalone Envoy bootstrap, built from typed xds-protos messages: listener, the
     filters (RBAC, Wasm, ext_proc from the class) in Envoy Gateway's order, the upstreams.
 
@@ -308,6 +310,8 @@ def envoy(processor: str | None, uds: str | None, address: str | None, workers: 
       extctl gen envoy app:Redact --uds /run/extproc/extproc.sock --upstream 127.0.0.1:8080
       extctl gen envoy --wasm tag=./plugin.wasm --wasm-config 'tag={}' \\
           --upstream 10.0.0.1:80 --upstream 10.0.0.2:80 --session Cookie:sticky:1h
+      extctl gen envoy --wasm auth=./auth.wasm --grpc-cluster authz=10.0.0.5:9000 \\
+          --upstream 10.0.0.1:80
     """
     import os
 
@@ -333,7 +337,9 @@ def envoy(processor: str | None, uds: str | None, address: str | None, workers: 
         cls, addresses=_addresses(uds and os.path.abspath(uds), address, workers) if cls else (),
         policy=policy, wasm=modules, upstreams=upstream,
         envoy=EnvoyOptions(processor_tls=ProcessorTls(tls_ca, tls_cert, tls_key, tls_sni)
-                           if tls_ca else None, **values))
+                           if tls_ca else None,
+                           clusters=options.callout_clusters(http_clusters, grpc_clusters),
+                           **values))
     message = deployment.envoy_bootstrap()
     _emit(envoy_yaml(message) if format == "yaml" else to_json(message) + "\n", out)
 

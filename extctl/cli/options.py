@@ -52,6 +52,24 @@ log_format = click.option(
 reload_dir = click.option("--reload-dir", multiple=True,
                           type=click.Path(file_okay=False, exists=True),
                           help="Watch this directory instead of --app-dir (repeatable).")
+clusters = (
+    click.option("--cluster", "http_clusters", multiple=True, metavar="NAME=HOST:PORT",
+                 help="A cluster the Wasm modules call out to by NAME (HTTP/1.1; repeatable)."),
+    click.option("--grpc-cluster", "grpc_clusters", multiple=True, metavar="NAME=HOST:PORT",
+                 help="A cluster the Wasm modules call by NAME over gRPC (HTTP/2; "
+                      "repeatable)."),
+)
+
+
+def callout_clusters(http_clusters: tuple[str, ...],
+                     grpc_clusters: tuple[str, ...]) -> list[Any]:
+    """``--cluster`` and ``--grpc-cluster`` values as :class:`~extctl.config.CalloutCluster`."""
+    from ..config import CalloutCluster
+
+    return ([CalloutCluster.parse(text) for text in http_clusters]
+            + [CalloutCluster.parse(text, http2=True) for text in grpc_clusters])
+
+
 output = click.option("--output", type=click.Choice(["text", "json"]), default="text",
                       show_default=True)
 

@@ -194,8 +194,6 @@ def inspect(module: str, username: str | None, password_stdin: bool, docker_conf
         click.echo("emulator: would refuse it: " + ", ".join(info.emulator_missing))
     elif info.is_proxy_wasm:
         click.echo("emulator: provides every import")
-    if info.emulator_stubbed:
-        click.echo("emulator: stubs answering UNIMPLEMENTED: " + ", ".join(info.emulator_stubbed))
 
 
 @click.command()

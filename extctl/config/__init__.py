@@ -15,7 +15,7 @@ from .envoy import to_yaml as envoy_yaml
 from .errors import ConfigError, GatewayError
 from .filter_order import DEFAULT_ORDER, FilterPosition
 from .gateway import to_yaml as gateway_yaml
-from .model import EnvoyOptions, GatewayOptions, ProcessorTls, Target, kebab
+from .model import CalloutCluster, EnvoyOptions, GatewayOptions, ProcessorTls, Target, kebab
 from .policy import Policy
 from .session import SessionPersistence
 from .sidecar import Sidecar
@@ -23,6 +23,7 @@ from .wasm import WasmModule
 
 __all__ = [
     "DEFAULT_ORDER",
+    "CalloutCluster",
     "ConfigError",
     "Deployment",
     "EnvoyOptions",

@@ -196,6 +196,14 @@ def bootstrap(deployment: Deployment) -> Any:
     for index, wasm in enumerate(deployment.wasm):
         if wasm.file is None and wasm.url is not None:
             clusters.append(_url_cluster(f"wasm_source_{index}", wasm.url))
+    for callout in options.clusters:
+        cluster = cluster_pb2.Cluster(
+            name=callout.name, type=_discovery([callout.address]), connect_timeout=_seconds(1),
+            load_assignment=_load_assignment(callout.name, [callout.address]))
+        if callout.http2:
+            cluster.typed_extension_protocol_options[
+                "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"].CopyFrom(_any(http2))
+        clusters.append(cluster)
     if upstreams:
         upstream = cluster_pb2.Cluster(
             name=UPSTREAM_CLUSTER,

@@ -62,6 +62,41 @@ class ProcessorTls:
             raise ConfigError("a client certificate needs its key, and a key its certificate")
 
 
+_CLUSTER_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
+RESERVED_CLUSTERS = ("extproc", "upstream")
+"""Cluster names the generated config uses itself (and ``wasm_source_N``)."""
+
+
+@dataclass(frozen=True)
+class CalloutCluster:
+    """A cluster Wasm filters call by name (``proxy_http_call``, ``proxy_grpc_call``,
+    ``proxy_grpc_stream``): ``NAME=HOST:PORT``. ``http2``: talk HTTP/2 to it, as a gRPC
+    service needs."""
+
+    name: str
+    address: str
+    http2: bool = False
+
+    def __post_init__(self) -> None:
+        from .net import host_port
+
+        if not _CLUSTER_NAME.match(self.name):
+            raise ConfigError(f"cluster name {self.name!r}: use letters, digits, '_', '.' "
+                              "and '-'")
+        if self.name in RESERVED_CLUSTERS or self.name.startswith("wasm_source_"):
+            raise ConfigError(f"cluster name {self.name!r} is the generated config's own; "
+                              "choose another")
+        host_port(self.address, f"cluster {self.name}")
+
+    @classmethod
+    def parse(cls, text: str, http2: bool = False) -> CalloutCluster:
+        """``NAME=HOST:PORT``."""
+        name, sep, address = text.partition("=")
+        if not sep or not name or not address:
+            raise ConfigError(f"cluster {text!r}: give NAME=HOST:PORT")
+        return cls(name, address, http2)
+
+
 @dataclass(frozen=True)
 class EnvoyOptions:
     """What only the standalone Envoy config has: its own addresses and knobs."""
@@ -88,6 +123,14 @@ class EnvoyOptions:
     """Accept and forward HTTP/1.1 chunked trailers (Envoy drops them by default)."""
     preserve_external_request_id: bool = False
     """Keep a client's x-request-id (an edge Envoy replaces it by default)."""
+    clusters: Sequence[CalloutCluster] = ()
+    """Clusters the Wasm modules call out to, by name."""
+
+    def __post_init__(self) -> None:
+        names = [c.name for c in self.clusters]
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise ConfigError(f"cluster {repeated[0]!r} is given twice")
 
 
 @dataclass(frozen=True)

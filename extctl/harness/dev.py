@@ -29,7 +29,7 @@ import registry
 import wasm
 from extproc import FilterSpec, ServerThread
 
-from ..config import Deployment, FilterPosition, WasmModule
+from ..config import CalloutCluster, Deployment, FilterPosition, WasmModule
 from ..errors import UsageError
 from .echo import EchoServer
 from .envoy import EnvoyProcess
@@ -88,8 +88,9 @@ class DevStack:
                  filter_order: Sequence[FilterPosition] = (),
                  connections: Mapping[str, registry.Connection] | None = None,
                  envoy_log_level: str = "warning", reload: Reload | None = None,
-                 admin: str = "127.0.0.1:0") -> None:
+                 admin: str = "127.0.0.1:0", clusters: Sequence[CalloutCluster] = ()) -> None:
         self.admin = admin
+        self.clusters = tuple(clusters)
         self.envoy_log_level = envoy_log_level
         self.processor = processor
         self.port = port
@@ -135,7 +136,8 @@ class DevStack:
                 return Deployment.build(
                     spec, addresses=[socket_path] if spec is not None else [],
                     upstreams=[echo.address] if echo else [], listen=f"127.0.0.1:{port}",
-                    access_log=True, wasm=modules, filter_order=self.filter_order)
+                    access_log=True, wasm=modules, filter_order=self.filter_order,
+                    clusters=self.clusters)
 
             current = deployment(processor, self.port)
             envoy = EnvoyProcess(current.envoy_bootstrap(), workdir / "envoy",
