@@ -332,3 +332,37 @@ def test_dev_quiet_prints_no_live_view(extctl):
     proc.send_signal(signal.SIGINT)
     out, _ = proc.communicate(timeout=30)
     assert "GET /p" not in out and "->" not in out
+
+
+def test_gen_envoy_writes_the_clusters_wasm_modules_call_out_to():
+    import yaml
+
+    result = CliRunner().invoke(cli, [
+        "gen", "envoy", "--upstream", "127.0.0.1:8080", "--cluster", "auth=127.0.0.1:9000",
+        "--grpc-cluster", "logs=collector.example:4317", "--format", "json"])
+    assert result.exit_code == 0, result.output
+    clusters = {c["name"]: c for c in yaml.safe_load(result.output)["static_resources"]["clusters"]}
+    assert set(clusters) == {"upstream", "auth", "logs"}
+    options_key = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+    assert "typed_extension_protocol_options" not in clusters["auth"]
+    assert "http2_protocol_options" in clusters["logs"]["typed_extension_protocol_options"][
+        options_key]["explicit_http_config"]
+    assert clusters["auth"]["type"] == "STATIC" and clusters["logs"]["type"] == "STRICT_DNS"
+    endpoint = clusters["auth"]["load_assignment"]["endpoints"][0]["lb_endpoints"][0]
+    assert endpoint["endpoint"]["address"]["socket_address"] == {"address": "127.0.0.1",
+                                                                  "port_value": 9000}
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--cluster", "auth"], "cluster 'auth': give NAME=HOST:PORT"),
+    (["--cluster", "upstream=127.0.0.1:1"], "cluster name 'upstream' is the generated config's"),
+    (["--cluster", "a b=127.0.0.1:1"], "cluster name 'a b': use letters"),
+    (["--cluster", "a=127.0.0.1:1", "--grpc-cluster", "a=127.0.0.1:2"],
+     "cluster 'a' is given twice"),
+    (["--grpc-cluster", "a=127.0.0.1"], "cluster a"),
+])
+def test_bad_clusters_are_one_line_and_exit_2(args, message):
+    result = CliRunner().invoke(cli, ["gen", "envoy", *args])
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0] and "Traceback" not in result.output

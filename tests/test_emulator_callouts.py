@@ -231,3 +231,18 @@ def test_a_reset_callout_reports_broken_connection():
     ok.tick()
     assert [line.message for line in ok.logs] == ["0", "0", ""]
     assert ok.calls[0].header(":authority") == "svc" and ok.calls[0].timeout_ms == 100
+
+
+def test_declare_property_as_in_envoy():
+    # Envoy 1.40 logs "declare 0 2 2 set 0 2 0 0 one" for this module
+    # (test_emulator_envoy_features.py runs it there): declared once, then refused; a
+    # read-only property set once per stream; an undeclared one as often as wanted.
+    plugin = ProxyWasm(_wat("declare_property.wat"))
+    for _ in range(2):
+        plugin.request()
+    assert [line.message for line in plugin.logs] == ["declare 0 2 2 set 0 2 0 0 one"] * 2
+    # a function the test registers under the name wins over Envoy's
+    mine = ProxyWasm(_wat("declare_property.wat"),
+                     foreign_functions={"declare_property": lambda data: b""})
+    mine.request()
+    assert mine.logs[0].message == "declare 0 0 0 set 0 0 0 0 two"

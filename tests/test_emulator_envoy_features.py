@@ -130,3 +130,16 @@ def test_shared_queue_producer_and_consumer_as_in_envoy(queue_module):
     assert emulator.queues.contents("jobs", vm_id="queued") == []  # all dequeued
     emulator.tick()  # a timer-driven producer: the consumer runs after the tick
     assert emulator.shared_data.get(b"last-job") == (b"tick", 2)
+
+
+def test_declare_property_as_in_envoy(tmp_path_factory):
+    module = _compiled(tmp_path_factory, "declare_property")
+    with envoy_stack(wasm=[WasmModule("declared", file=str(module), text="")]) as stack:
+        assert [stack.get("/").status for _ in range(2)] == [200, 200]
+        log = stack.envoy.log()
+    envoy_lines = re.findall(r"wasm log[^:\n]*: ([^\n]*)", log)
+    emulator = ProxyWasm(module)
+    for _ in range(2):
+        emulator.request()
+    assert [line.message for line in emulator.logs] == envoy_lines == \
+        ["declare 0 2 2 set 0 2 0 0 one"] * 2

@@ -52,7 +52,8 @@ def test_wasm_and_registry_public_names():
         if isinstance(member, type) and issubclass(member, Exception):
             assert issubclass(member, registry.RegistryError), name
     assert {"inspect_file", "verify_file", "InvalidModule", "ProxyWasm", "WasmTrap",
-            "MissingImports", "MemoryAccess", "UnsupportedAbi"} <= set(wasm.__all__)
+            "MissingImports", "MemoryAccess", "UnsupportedAbi", "GrpcStream",
+            "GrpcStreamHandler"} <= set(wasm.__all__)
     import wasm.emulator
 
     for name in wasm.emulator.__all__:

@@ -9,7 +9,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .calls import Call, Reply
+    from .calls import Call, GrpcStream, GrpcStreamHandler, Reply
     from .digest import normalise_sha256, sha256_file, verify_file
     from .emulator import ProxyWasm
     from .errors import (
@@ -42,6 +42,8 @@ __all__ = [
     "CalloutReset",
     "CalloutTimeout",
     "DigestMismatch",
+    "GrpcStream",
+    "GrpcStreamHandler",
     "HostError",
     "HttpResult",
     "InvalidModule",
@@ -69,6 +71,8 @@ _WHERE = {
     "CalloutReset": "errors",
     "CalloutTimeout": "errors",
     "DigestMismatch": "errors",
+    "GrpcStream": "calls",
+    "GrpcStreamHandler": "calls",
     "HostError": "errors",
     "HttpResult": "exchange",
     "InvalidModule": "errors",

@@ -21,6 +21,7 @@ from collections import deque
 from .abi import Status, deserialize_map
 from .calls import GRPC_UNAVAILABLE, NO_CLUSTER, Call, Delivery, GrpcStream
 from .memory import Memory
+from .protowire import fields, first
 from .state import GRPC_CALL, GRPC_STREAM, HTTP_CALL, KIND_MASK, PluginState
 
 _REQUIRED = (":method", ":path", ":authority")
@@ -184,49 +185,12 @@ class CalloutFunctions:
 
 
 def parse_service(service: bytes) -> tuple[str, bool]:
-    """The cluster a gRPC call or stream goes to, and whether ``service`` was a plain name:
-    a serialised ``GrpcService`` names it in ``envoy_grpc.cluster_name`` (field 1 of field
-    1); bytes that do not parse as one are taken as the cluster's name, as Envoy does."""
-    inner = _field(service, 1)
-    name = _field(inner, 1) if inner is not None else None
-    if name:
-        try:
-            return name.decode("utf-8"), False
-        except UnicodeDecodeError:
-            pass
-    return service.decode("utf-8", "replace"), True
-
-
-def _field(data: bytes, number: int) -> bytes | None:
-    """The first length-delimited field ``number`` of a protobuf message; None when ``data``
-    does not parse as one."""
-    at = 0
-    while at < len(data):
-        key, at = _varint(data, at)
-        if key < 0:
-            return None
-        wire = key & 7
-        if wire == 2:
-            size, at = _varint(data, at)
-            if size < 0 or at + size > len(data):
-                return None
-            if key >> 3 == number:
-                return data[at:at + size]
-            at += size
-        elif wire == 0:
-            _, at = _varint(data, at)
-        else:
-            return None
-    return None
-
-
-def _varint(data: bytes, at: int) -> tuple[int, int]:
-    value = shift = 0
-    while at < len(data):
-        byte = data[at]
-        at += 1
-        value |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            return value, at
-        shift += 7
-    return -1, at
+    """The cluster a gRPC call or stream goes to, and whether ``service`` was a plain name.
+    As in Envoy: bytes that parse as a ``GrpcService`` are one (its cluster is
+    ``envoy_grpc.cluster_name``, field 1 of field 1, maybe empty); anything else is the
+    cluster's name."""
+    if fields(service) is None:
+        return service.decode("utf-8", "replace"), True
+    inner = first(service, 1)
+    name = first(inner, 1) if isinstance(inner, bytes) else None
+    return (name.decode("utf-8", "replace") if isinstance(name, bytes) else ""), False

@@ -231,7 +231,11 @@ class HostFunctions:
         context = self.state.stream
         if context is None:
             return Status.NOT_FOUND  # Envoy keeps filter state on streams only
-        context.filter_state[path.rstrip(b"\0")] = value
+        key = path.rstrip(b"\0")
+        declared = self.state.declared.get(key)
+        if declared is not None and declared.readonly and key in context.filter_state:
+            return Status.BAD_ARGUMENT  # a read-only property is set once
+        context.filter_state[key] = value
         return Status.OK
 
     # the stream

@@ -6,8 +6,12 @@ woken; every enqueue wakes it with ``proxy_on_queue_ready`` once the running cal
 (Envoy posts it to the dispatcher); a dequeue from an empty queue answers EMPTY.
 
 Foreign functions are the ones given to the emulator (``foreign_functions={"name": fn}``, a
-function of the argument bytes returning the result bytes); any other name is NOT_FOUND, as
-in Envoy for a function it does not ship.
+function of the argument bytes returning the result bytes), then the one Envoy ships that
+SDKs call, ``declare_property`` (its ``DeclarePropertyArguments`` message: a declared
+read-only property can be set once per stream; declaring a name twice, or bytes that are not
+the message, is BAD_ARGUMENT; a declaration from a stream's context is kept on that context,
+where Envoy never looks, so it changes nothing); any other name is NOT_FOUND, as in Envoy
+for a function it does not ship.
 """
 
 from __future__ import annotations
@@ -15,7 +19,8 @@ from __future__ import annotations
 from .abi import Status
 from .errors import HostError
 from .memory import Memory
-from .state import PluginState
+from .protowire import fields
+from .state import ROOT_CONTEXT_ID, DeclaredProperty, PluginState
 
 
 class QueueFunctions:
@@ -65,6 +70,8 @@ class QueueFunctions:
         name = self.memory.text("proxy_call_foreign_function", name_ptr, name_size)
         argument = self.memory.read("proxy_call_foreign_function", arg_ptr, arg_size)
         function = self.state.foreign_functions.get(name)
+        if function is None and name == "declare_property":
+            return self._declare_property(argument)
         if function is None:
             return Status.NOT_FOUND
         try:
@@ -75,3 +82,21 @@ class QueueFunctions:
                             f"{type(exc).__name__}: {exc}") from exc
         return self.memory.hand_back("proxy_call_foreign_function", bytes(result), ret_ptr_ptr,
                                      ret_size_ptr)
+
+    def _declare_property(self, argument: bytes) -> int:
+        parsed = fields(argument)
+        if parsed is None:
+            return Status.BAD_ARGUMENT
+        values = dict(parsed)  # the last of each field wins, as in protobuf
+        name, readonly = values.get(1, b""), values.get(2, 0)
+        kind, span = values.get(3, 0), values.get(5, 0)
+        if not (isinstance(name, bytes) and isinstance(readonly, int)
+                and isinstance(kind, int) and isinstance(span, int)):
+            return Status.BAD_ARGUMENT
+        state = self.state
+        if state.context_id != ROOT_CONTEXT_ID:
+            return Status.OK
+        if name in state.declared:
+            return Status.BAD_ARGUMENT  # Envoy keeps the first declaration
+        state.declared[name] = DeclaredProperty(name, bool(readonly), kind, span)
+        return Status.OK

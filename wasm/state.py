@@ -182,6 +182,20 @@ class Metrics:
                        else self.values[name]) for name, kind in self.kinds.items()}
 
 
+@dataclass(frozen=True)
+class DeclaredProperty:
+    """A property declared through Envoy's ``declare_property`` foreign function. Envoy
+    keeps its value as filter state of the stream (whatever the life span, in the emulator:
+    one request is one stream on its own connection); read-only: set once per stream."""
+
+    name: bytes
+    readonly: bool
+    type: int
+    """0 bytes, 1 string, 2 FlatBuffers, 3 protobuf (the value is kept as given)."""
+    span: int
+    """0 filter chain, 1 downstream request, 2 downstream connection."""
+
+
 @dataclass
 class PluginState:
     """Everything the host functions read or change, for one loaded plugin."""
@@ -197,6 +211,8 @@ class PluginState:
     monotonic: Callable[[], int] = time.monotonic_ns
     upstreams: Mapping[str, ScriptedUpstream] = field(default_factory=dict)
     foreign_functions: dict[str, ForeignFunction] = field(default_factory=dict)
+    declared: dict[bytes, DeclaredProperty] = field(default_factory=dict)
+    """Properties declared from the root context (the ones Envoy's set_property checks)."""
     logs: list[LogLine] = field(default_factory=list)
     shared_data: SharedData = field(default_factory=SharedData)
     metrics: Metrics = field(default_factory=Metrics)

@@ -1,0 +1,251 @@
+"""gRPC streams from a Wasm filter (``proxy_grpc_stream``): the emulator against a real Envoy
+calling a real gRPC server (grpcio), same module (tests/wat/grpc_stream.wat logs every step
+and callback), same requests; then what the emulator offers a test beyond that (pushes from
+the test, plain handlers, refusals)."""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections.abc import Iterator
+from concurrent import futures
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+import wasmtime
+
+from extctl.config import CalloutCluster, WasmModule
+from extctl.testing import envoy_stack
+from wasm import GrpcStream, GrpcStreamHandler, HostError, ProxyWasm, Reply
+
+WAT = Path(__file__).resolve().parent / "wat"
+MODULE = bytes(wasmtime.wat2wasm((WAT / "grpc_stream.wat").read_text()))
+
+# The requests, each with what the gRPC server does with the stream (it reads the first
+# message, the request's path).
+CASES: list[dict[str, Any]] = [
+    {"path": "/echo"},                                          # metadata, echo, trailers, OK
+    {"path": "/deny"},                                          # trailers-only PERMISSION_DENIED
+    {"path": "/late"},                                          # a message, then status 9
+    {"path": "/echo", "headers": {"x-end": "1"}},               # two messages, end of stream
+    {"path": "/echo", "headers": {"x-cancel": "1"}},            # the filter cancels at once
+    {"path": "/plain", "headers": {"x-cluster": "nope"}},       # no such cluster: PARSE_FAILURE
+    {"path": "/proto", "headers": {"x-cluster": "nope", "x-proto": "1"}},  # fails as it starts
+    {"path": "/wrapped", "headers": {"x-proto": "1"}},          # a GrpcService naming "grpc"
+]
+
+
+class GrpcServer:
+    """test.Chat/Talk, a bidirectional stream of raw bytes, recording each call."""
+
+    def __init__(self) -> None:
+        self.calls: list[dict[str, Any]] = []
+        self.lock = threading.Lock()
+        handler = grpc.method_handlers_generic_handler("test.Chat", {
+            "Talk": grpc.stream_stream_rpc_method_handler(self.talk)})
+        self.server = grpc.server(futures.ThreadPoolExecutor(4))
+        self.server.add_generic_rpc_handlers((handler,))
+        self.port = self.server.add_insecure_port("127.0.0.1:0")
+
+    def talk(self, requests: Iterator[bytes], context: grpc.ServicerContext) -> Iterator[bytes]:
+        call: dict[str, Any] = {"metadata": dict((m.key, m.value) for m in
+                                                 context.invocation_metadata()),
+                                "messages": []}
+        with self.lock:
+            self.calls.append(call)
+        for message in requests:
+            call["messages"].append(message)
+            if message == b"/deny":
+                context.abort(grpc.StatusCode.PERMISSION_DENIED, "denied")
+            if message == b"/late":
+                yield b"first"
+                context.abort(grpc.StatusCode.FAILED_PRECONDITION, "late")
+            if len(call["messages"]) == 1:
+                context.send_initial_metadata((("x-upstream", "yes"),))
+            yield b"echo:" + message
+        context.set_trailing_metadata((("x-trailer", "done"),))
+
+
+# What grpcio adds on its own, which the scripted upstream says too.
+GRPCIO_HEADERS = {"grpc-accept-encoding": "identity, deflate, gzip"}
+
+
+class Talk(GrpcStreamHandler):
+    """The same server, scripted."""
+
+    def received(self, stream: GrpcStream, message: bytes) -> None:
+        if message == b"/deny":
+            stream.close(7, "denied")  # before anything else: a trailers-only answer
+            return
+        if message == b"/late":
+            stream.send_metadata(GRPCIO_HEADERS)
+            stream.send(b"first")
+            stream.close(9, "late")
+            return
+        if len(stream.received) == 1:
+            stream.send_metadata({**GRPCIO_HEADERS, "x-upstream": "yes"})
+        stream.send(b"echo:" + message)
+
+    def half_closed(self, stream: GrpcStream) -> None:
+        if stream.open:  # grpcio sends an empty grpc-message with an OK status
+            stream.close(trailers=[("grpc-message", ""), ("x-trailer", "done")])
+
+
+SERVICE_TIME = re.compile(r"x-envoy-upstream-service-time\|\d+\|")
+
+
+def _normal(line: str) -> str:
+    return SERVICE_TIME.sub("x-envoy-upstream-service-time|N|", line)
+
+
+@pytest.mark.envoy
+def test_grpc_streams_as_in_envoy(tmp_path):
+    server = GrpcServer()
+    server.server.start()
+    try:
+        module = tmp_path / "grpc_stream.wasm"
+        module.write_bytes(MODULE)
+        plugin = WasmModule("streams", file=str(module), text="")
+        cluster = CalloutCluster("grpc", f"127.0.0.1:{server.port}", http2=True)
+        with envoy_stack(wasm=[plugin], clusters=[cluster]) as stack:
+            replies = [stack.get(c["path"], headers=c.get("headers", {})) for c in CASES]
+            log = stack.envoy.log()
+    finally:
+        server.server.stop(0)
+    envoy_lines = [_normal(m.group(1)) for m in re.finditer(r"wasm log[^:\n]*: ([^\n]*)", log)]
+    envoy_closes = [r.upstream_headers().get("x-grpc-close") for r in replies]
+
+    emulator = ProxyWasm(MODULE, upstreams={"grpc": Talk()})
+    results = [emulator.request(path=c["path"], headers=c.get("headers", {})) for c in CASES]
+    emulator_lines = [_normal(line.message) for line in emulator.logs]
+    emulator_closes = [[r.request_header("x-grpc-close")] if r.request_header("x-grpc-close")
+                       else None for r in results]
+
+    assert emulator_lines == envoy_lines
+    assert emulator_closes == envoy_closes == [["0"], ["7"], ["9"], ["0"], None, None, None,
+                                               ["0"]]
+    # What both agree on, spelled out: stream tokens 6, 10, ... (a failed start uses one);
+    # trailers-only; the details Envoy appends to the status message; the token forgotten
+    # after a failed start (the send in its close callback: NOT_FOUND).
+    assert envoy_lines[:2] == ["open 0 6", "sent 0 0"]
+    assert "initial 0 " in envoy_lines
+    assert ("trailing 5 :status|200|content-type|application/grpc|grpc-status|7|"
+            "grpc-message|denied|x-envoy-upstream-service-time|N|") in envoy_lines
+    assert "close 10 7 denied{via_upstream}" in envoy_lines
+    assert "open 4 0" in envoy_lines  # a plain name that names no cluster
+    failed = envoy_lines.index("open 10 0")  # INTERNAL_FAILURE, then a close for its token
+    assert envoy_lines[failed:failed + 5] == ["open 10 0", "close 26 14 Cluster not available",
+                                              "after 1", "open 0 30", "sent 0 0"]
+    # What the gRPC server received, against what the scripted one was told.
+    real = [(c["metadata"].get("x-from"), c["messages"]) for c in server.calls]
+    scripted = [(s.header("x-from"), s.received) for s in emulator.grpc_streams
+                if s.status != (14, "Cluster not available")]
+    assert real == scripted
+    assert real[3] == ("filter", [b"/echo", b"bye"]) and real[4] == ("filter", [])
+    assert [s.cancelled for s in emulator.grpc_streams] == [False] * 4 + [True, False, False]
+
+
+def _stream_module(**upstreams: Any) -> ProxyWasm:
+    return ProxyWasm(MODULE, upstreams=upstreams)
+
+
+class Quiet(GrpcStreamHandler):
+    """Answers nothing, and keeps the stream open when the filter ends its side."""
+
+    def half_closed(self, stream: GrpcStream) -> None:
+        pass
+
+
+def _root_lines(plugin: ProxyWasm) -> list[str]:
+    return [line.message for line in plugin.logs if line.context_id == 1]
+
+
+def test_a_test_pushes_on_an_open_stream_and_the_filter_gets_it_at_once():
+    plugin = _stream_module(grpc=Quiet())
+    result = plugin.request(path="/watch")
+    assert result.paused == "request_headers" and not result.upstream_reached
+    [stream] = result.grpc_streams
+    assert (stream.cluster, stream.service, stream.method) == ("grpc", "test.Chat", "Talk")
+    assert stream.header("x-from") == "filter" and stream.received == [b"/watch"]
+    assert stream.half_closed and stream.open
+    stream.send_metadata({"x-push": "1"})
+    stream.send(b"update-1")
+    stream.send(b"update-2")
+    assert _root_lines(plugin) == [
+        "initial 4 :status|200|content-type|application/grpc|x-push|1|"
+        "x-envoy-upstream-service-time|0|", "message 6 update-1", "message 6 update-2"]
+    stream.close(5, "gone", trailers={"x-why": "test"})
+    assert _root_lines(plugin)[3:] == ["trailing 3 grpc-status|5|grpc-message|gone|x-why|test|",
+                                       "close 6 5 gone{via_upstream}", "after 0"]
+    assert stream.status == (5, "gone") and not stream.open
+    with pytest.raises(ValueError, match="already ended it"):
+        stream.send(b"late")
+    plugin.request(path="/again")
+    second = plugin.grpc_streams[-1]
+    assert second.token == 10
+    second.send_metadata()
+    with pytest.raises(ValueError, match="initial metadata was already sent"):
+        second.send_metadata()
+
+
+def test_a_plain_handler_answers_each_message_and_closes_when_the_filter_ends():
+    seen = []
+
+    def upper(call):
+        seen.append(call)
+        return Reply(body=call.body.upper(), headers={"x-h": "1"})
+
+    plugin = _stream_module(grpc=upper)
+    result = plugin.request(path="/abc", headers={"x-end": "1"})
+    assert result.request_header("x-grpc-close") == "0" and result.upstream_reached
+    assert [(c.kind, c.service, c.method, c.body) for c in seen] == [
+        ("grpc", "test.Chat", "Talk", b"/abc"), ("grpc", "test.Chat", "Talk", b"bye")]
+    assert [line for line in _root_lines(plugin) if line.startswith("message")] == \
+        ["message 6 /ABC", "message 6 BYE"]
+    # a status other than OK closes the stream with it
+    denied = _stream_module(grpc=lambda call: Reply(7, message="no"))
+    assert denied.request().request_header("x-grpc-close") == "7"
+    assert "close 6 7 no{via_upstream}" in _root_lines(denied)
+
+
+def test_upstream_failures_on_a_stream():
+    class Resets(GrpcStreamHandler):
+        def received(self, stream, message):
+            stream.reset()
+
+    reset = _stream_module(grpc=Resets())
+    assert reset.request().request_header("x-grpc-close") == "13"
+    assert _root_lines(reset) == ["trailing 0 ", "close 6 13 ", "after 0"]
+
+    class Broken(GrpcStreamHandler):
+        def received(self, stream, message):
+            raise KeyError("oops")
+
+    with pytest.raises(HostError, match="scripted upstream for cluster 'grpc' raised KeyError"):
+        _stream_module(grpc=Broken()).request()
+    # a stream handler given for HTTP callouts says so
+    from test_emulator_callouts import _wat
+
+    with pytest.raises(HostError, match="answers gRPC streams only"):
+        ProxyWasm(_wat("callout.wat"), upstreams={"upstream": Quiet()}).request()
+
+
+def test_the_host_checks_stream_tokens_as_envoy_does():
+    plugin = _stream_module(grpc=Quiet())
+    plugin.request(path="/x", headers={"x-cancel": "1"})
+    [stream] = plugin.grpc_streams
+    assert stream.cancelled and stream.received == []  # reset before anything went out
+    stream.send(b"dropped")  # the upstream's sends after a cancel go nowhere
+    assert _root_lines(plugin) == []
+    vm = plugin.vm
+    state = plugin.state
+    from wasm.callouts import CalloutFunctions
+
+    functions = CalloutFunctions(state, vm.memory)
+    assert functions.proxy_grpc_send(stream.token, 0, 0, 0) == 1    # cancelled: NOT_FOUND
+    assert functions.proxy_grpc_send(4, 0, 0, 0) == 2               # an HTTP call's: BAD_ARGUMENT
+    assert functions.proxy_grpc_send(5, 0, 0, 0) == 2               # a gRPC call's: BAD_ARGUMENT
+    assert functions.proxy_grpc_close(10) == 1                      # no such stream
+    assert functions.proxy_grpc_cancel(8) == 2                      # an HTTP call's token
