@@ -143,3 +143,20 @@ def test_declare_property_as_in_envoy(tmp_path_factory):
         emulator.request()
     assert [line.message for line in emulator.logs] == envoy_lines == \
         ["declare 0 2 2 set 0 2 0 0 one"] * 2
+
+
+def test_a_callout_reply_carries_the_headers_envoy_adds(tmp_path_factory):
+    module = _compiled(tmp_path_factory, "callout_headers")
+    with envoy_stack(wasm=[WasmModule("headers", file=str(module), text="")]) as stack:
+        assert stack.get("/").status == 200
+        log = stack.envoy.log()
+    [envoy_line] = re.findall(r"wasm log[^:\n]*: ([^\n]*)", log)
+    envoy_names = envoy_line.split("|")[0:-1:2]
+    # the echo upstream's own headers, said by the scripted one
+    echo_headers = {name: "x" for name in envoy_names
+                    if name not in (":status", "x-envoy-upstream-service-time")}
+    emulator = ProxyWasm(module, upstreams={"upstream": lambda call: Reply(200, echo_headers)})
+    emulator.request()
+    emulator_names = emulator.logs[0].message.split("|")[0:-1:2]
+    assert emulator_names == envoy_names
+    assert envoy_names[0] == ":status" and envoy_names[-1] == "x-envoy-upstream-service-time"

@@ -102,7 +102,7 @@ Handler = Callable[[Call], "Reply | tuple[int, Headers, bytes] | None"]
 # the router's x-envoy-upstream-service-time last), the trailers (grpc-status, grpc-message,
 # the upstream's own) as trailing metadata.
 _GRPC_HEADERS = ((":status", "200"), ("content-type", "application/grpc"))
-_SERVICE_TIME = ("x-envoy-upstream-service-time", "0")
+SERVICE_TIME = ("x-envoy-upstream-service-time", "0")
 GRPC_DEADLINE_EXCEEDED, GRPC_INTERNAL, GRPC_UNAVAILABLE = 4, 13, 14
 NO_CLUSTER = "Cluster not available"
 
@@ -223,7 +223,7 @@ class GrpcStream:
         if self.metadata_sent:
             raise ValueError(f"gRPC stream {self.token}: initial metadata was already sent")
         self.metadata_sent = True
-        self._event(Delivery("metadata", [*_GRPC_HEADERS, *_pairs(headers), _SERVICE_TIME]))
+        self._event(Delivery("metadata", [*_GRPC_HEADERS, *_pairs(headers), SERVICE_TIME]))
 
     def send(self, message: bytes) -> None:
         """One message to the filter (``proxy_on_grpc_receive``)."""
@@ -248,7 +248,7 @@ class GrpcStream:
         if not self.metadata_sent:
             self.metadata_sent = True
             self.to_filter.append(Delivery("metadata"))
-            trailing = [*_GRPC_HEADERS, *trailing, _SERVICE_TIME]
+            trailing = [*_GRPC_HEADERS, *trailing, SERVICE_TIME]
         self.status = (status, message)
         self._event(Delivery("close", trailing, status=status, message=via_upstream(message)))
 

@@ -18,6 +18,7 @@ from .calls import (
     GRPC_DEADLINE_EXCEEDED,
     GRPC_UNAVAILABLE,
     NO_CLUSTER,
+    SERVICE_TIME,
     Answer,
     Call,
     GrpcStream,
@@ -142,12 +143,16 @@ def _http_reply(vm: Vm, state: PluginState, call: Call, reply: Reply | None) -> 
         state.status = (_BROKEN_CONNECTION, "reset")
         answer = Answer(buffer=BufferType.HTTP_CALL_RESPONSE_BODY)
     else:
+        # Envoy's router adds the upstream's time to what an upstream answered (last), not
+        # to its own timeout reply.
+        added = [SERVICE_TIME]
         if call.failure == "timeout":
             reply = Reply(504, {"content-length": str(len(_TIMEOUT_BODY)),
                                 "content-type": "text/plain"}, _TIMEOUT_BODY)
+            added = []
         assert reply is not None
         headers = HeaderMap(encode([(":status", str(reply.http_status())),
-                                    *reply.header_pairs()]))
+                                    *reply.header_pairs(), *added]))
         trailers = HeaderMap(encode(reply.trailer_pairs()))
         answer = Answer({MapType.HTTP_CALL_RESPONSE_HEADERS: headers,
                          MapType.HTTP_CALL_RESPONSE_TRAILERS: trailers},

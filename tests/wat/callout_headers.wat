@@ -1,0 +1,45 @@
+;; A proxy-wasm (ABI 0.2.1) filter that calls cluster "upstream" (GET /check, :authority
+;; auth) on each request, lets the request go on, and logs at warn the reply's headers as
+;; the host hands them over, "name|value|name|value|...".
+(module
+  (import "env" "proxy_get_header_map_pairs" (func $get_pairs (param i32 i32 i32) (result i32)))
+  (import "env" "proxy_http_call"
+    (func $http_call (param i32 i32 i32 i32 i32 i32 i32 i32 i32 i32) (result i32)))
+  (import "env" "proxy_log" (func $log (param i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (global $heap (mut i32) (i32.const 16384))
+  ;; :method GET, :path /check, :authority auth, serialised (69 bytes)
+  (data (i32.const 256) "\03\00\00\00\07\00\00\00\03\00\00\00\05\00\00\00\06\00\00\00\0a\00\00\00\04\00\00\00:method\00GET\00:path\00/check\00:authority\00auth\00")
+  (data (i32.const 1024) "upstream")
+  (func (export "proxy_abi_version_0_2_1"))
+  (func (export "proxy_on_memory_allocate") (param $size i32) (result i32)
+    (local $at i32)
+    (local.set $at (global.get $heap))
+    (global.set $heap (i32.add (global.get $heap) (local.get $size)))
+    (local.get $at))
+  (func (export "proxy_on_context_create") (param i32 i32))
+  (func (export "proxy_on_vm_start") (param i32 i32) (result i32) (i32.const 1))
+  (func (export "proxy_on_configure") (param i32 i32) (result i32) (i32.const 1))
+  (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32)
+    (drop (call $http_call (i32.const 1024) (i32.const 8) (i32.const 256) (i32.const 69)
+                           (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0)
+                           (i32.const 1000) (i32.const 8)))
+    (i32.const 0))
+  (func (export "proxy_on_http_call_response") (param i32 i32 i32 i32 i32)
+    (local $start i32) (local $at i32) (local $end i32)
+    (drop (call $get_pairs (i32.const 6) (i32.const 16) (i32.const 20)))
+    ;; the names and values start after the count and the sizes; each NUL becomes "|"
+    (local.set $at (i32.add (i32.load (i32.const 16))
+      (i32.add (i32.const 4) (i32.shl (i32.load (i32.load (i32.const 16))) (i32.const 3)))))
+    (local.set $start (local.get $at))
+    (local.set $end (i32.add (i32.load (i32.const 16)) (i32.load (i32.const 20))))
+    (block $done
+      (loop $next
+        (br_if $done (i32.ge_u (local.get $at) (local.get $end)))
+        (if (i32.eqz (i32.load8_u (local.get $at)))
+          (then (i32.store8 (local.get $at) (i32.const 124))))
+        (local.set $at (i32.add (local.get $at) (i32.const 1)))
+        (br $next)))
+    (drop (call $log (i32.const 3) (local.get $start)
+                     (i32.sub (local.get $end) (local.get $start)))))
+  (func (export "proxy_on_done") (param i32) (result i32) (i32.const 1)))
