@@ -366,3 +366,27 @@ def test_bad_clusters_are_one_line_and_exit_2(args, message):
     assert result.exit_code == 2, result.output
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and message in lines[0] and "Traceback" not in result.output
+
+
+def test_dev_gives_a_wasm_module_the_grpc_cluster_it_streams_to(extctl, tmp_path):
+    import wasmtime
+    from conftest import ROOT
+    from test_emulator_grpc_streams import GrpcServer
+
+    module = tmp_path / "streams.wasm"
+    module.write_bytes(wasmtime.wat2wasm((ROOT / "tests/wat/grpc_stream.wat").read_text()))
+    server = GrpcServer()
+    server.server.start()
+    try:
+        proc = extctl("dev", "--port", "0", "--wasm", str(module), "--grpc-cluster",
+                      f"grpc=127.0.0.1:{server.port}")
+        port_match, _ = _wait_for_line(proc, r"try: curl -i http://127\.0\.0\.1:(\d+)/")
+        reply = http(int(port_match.group(1)), "/echo")
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=30)
+    finally:
+        server.server.stop(0)
+    assert proc.returncode == 0
+    # the filter streamed the path to the server and went on once the stream closed OK
+    assert reply.upstream_headers()["x-grpc-close"] == ["0"]
+    assert [call["messages"] for call in server.calls] == [[b"/echo"]]
