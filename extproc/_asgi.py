@@ -148,7 +148,7 @@ class GrpcApp:
         path = scope["path"]
         try:
             if path == PROCESS_PATH:
-                await self._process(receive, send)
+                await self._process(scope, receive, send)
             elif path == HEALTH_CHECK_PATH:
                 await self._health_check(receive, send)
             elif path == HEALTH_WATCH_PATH:
@@ -165,7 +165,7 @@ class GrpcApp:
         except _Disconnected:
             pass
 
-    async def _process(self, receive: Receive, send: Send) -> None:
+    async def _process(self, scope: Scope, receive: Receive, send: Send) -> None:
         if self.draining():
             await send(_START)
             await _finish(send, _trailers(UNAVAILABLE, "the server is shutting down"))
@@ -182,13 +182,23 @@ class GrpcApp:
 
         started = False
         end = _OK_TRAILERS
+
+        async def write(answer: Any) -> None:
+            nonlocal started
+            if not started:
+                started = True
+                await send(_START)
+            await send({"type": "http.response.body",
+                        "body": frame(answer.SerializeToString()), "more_body": True})
+
+        def metadata() -> list[tuple[str, str]]:
+            return grpc_metadata(scope["headers"])
+
         try:
-            async for answer in answer_stream(self.processor, requests(), self.message_counts):
-                if not started:
-                    started = True
-                    await send(_START)
-                await send({"type": "http.response.body",
-                            "body": frame(answer.SerializeToString()), "more_body": True})
+            # ``write`` also serves answers a hook sends while it runs (a timeout extension).
+            async for answer in answer_stream(self.processor, requests(), self.message_counts,
+                                              early=write, metadata=metadata):
+                await write(answer)
         except (_Disconnected, OSError):
             return  # the client reset the stream (pyvoy raises an OSError on send)
         except ProtocolError as exc:
@@ -280,6 +290,21 @@ class GrpcApp:
                     logger.exception("%s.on_shutdown failed", self.processor.__name__)
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+
+
+# What gRPC itself uses, which grpcio leaves out of a call's metadata: the same stays out here.
+_TRANSPORT_HEADERS = frozenset({"host", "content-type", "te", "user-agent", "grpc-timeout",
+                                "grpc-encoding", "grpc-accept-encoding"})
+
+
+def grpc_metadata(headers: Any) -> list[tuple[str, str]]:
+    """A stream's gRPC metadata from its HTTP/2 request headers, as grpcio hands it over."""
+    found = []
+    for raw_key, raw_value in headers:
+        key = raw_key.decode("latin-1").lower()
+        if not key.startswith(":") and key not in _TRANSPORT_HEADERS:
+            found.append((key, raw_value.decode("latin-1")))
+    return found
 
 
 def _write(path: str, text: str) -> None:

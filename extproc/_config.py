@@ -70,7 +70,12 @@ class ServerConfig:
             raise ServeError(f"transport must be grpcio or pyvoy, got {self.transport!r}")
         if self.transport == "pyvoy":
             from ._pyvoy_env import check_installed
+            from ._tracing import requested
 
+            if requested():
+                raise ServeError("traces are exported with the grpcio transport only; unset "
+                                 "OTEL_TRACES_EXPORTER and OTEL_EXPORTER_OTLP_*ENDPOINT, or "
+                                 "use --transport grpcio")
             check_installed()
         if self.grace_period < 0:
             raise ServeError("grace_period must be >= 0 seconds")

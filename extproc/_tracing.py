@@ -28,6 +28,14 @@ logger = logging.getLogger("extproc.tracing")
 _ENDPOINTS = ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
 
 
+def requested() -> bool:
+    """Whether ``OTEL_*`` asks for spans to be exported (whatever is installed)."""
+    if os.environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+        return False
+    exporters = os.environ.get("OTEL_TRACES_EXPORTER", "").strip().lower()
+    return exporters != "none" and bool(exporters or any(os.environ.get(e) for e in _ENDPOINTS))
+
+
 def tracer() -> Any | None:
     """The tracer spans are made with, or None when tracing is off (or not installed)."""
     if os.environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
@@ -43,7 +51,7 @@ def tracer() -> Any | None:
     provider = trace.get_tracer_provider()
     if not isinstance(provider, (trace.ProxyTracerProvider, trace.NoOpTracerProvider)):
         return provider.get_tracer("extproc")  # the application configured tracing itself
-    if exporters == "none" or not (exporters or any(os.environ.get(e) for e in _ENDPOINTS)):
+    if not requested():
         return None
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor

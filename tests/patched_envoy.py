@@ -106,11 +106,11 @@ def envoy_config(processor: type[extproc.Processor], addresses: list[str],
 
 @contextlib.contextmanager
 def patched_stack(processor: type[extproc.Processor], sock_dir: Path, upstream: str | None,
-                  *patches: Patch, **options: Any) -> Iterator[Stack]:
+                  *patches: Patch, transport: str = "grpcio", **options: Any) -> Iterator[Stack]:
     """:func:`extctl.testing.stack` with ``patches`` applied to the bootstrap; ``options``
     as for ``Deployment.build``."""
     socket_path = str(sock_dir / "p.sock")
-    with extproc.ServerThread(processor, uds=socket_path) as server:
+    with extproc.ServerThread(processor, uds=socket_path, transport=transport) as server:
         config = envoy_config(processor, [socket_path], upstream, **options)
         for patch in patches:
             patch(config)

@@ -133,12 +133,14 @@ CASES = [
 ]
 
 
-def _through_envoy(case: Case, sock_dir: Any, echo: Any) -> dict[str, Any]:
-    options = {"processing_mode": case.mode} if case.mode else {}
+def _through_envoy(case: Case, sock_dir: Any, echo: Any,
+                   transport: str = "grpcio") -> dict[str, Any]:
+    options: dict[str, Any] = {"processing_mode": case.mode} if case.mode else {}
     headers = dict(case.headers)
     if case.upstream_chunks is not None:
         headers["x-echo-chunks"] = json.dumps(case.upstream_chunks)
-    with patched_stack(case.processor, sock_dir, echo.address, *case.patches, **options) as s:
+    with patched_stack(case.processor, sock_dir, echo.address, *case.patches,
+                       transport=transport, **options) as s:
         reply = s.get("/p", method=case.method, headers=headers, body=case.body)
     return _envoy_view(case, reply)
 
@@ -186,3 +188,14 @@ def _joined(headers: Mapping[str, str], name: str) -> str | None:
 async def test_envoy_and_in_process_driver_agree(case: Case, sock_dir: Any, echo: Any) -> None:
     expected = _through_envoy(case, sock_dir, echo)
     assert await _in_process(case) == expected
+
+
+# What a hook sends while it runs (a timeout extension) and what it reads of the stream
+# (its gRPC metadata) go through the transport's own code: both on pyvoy too.
+ON_PYVOY = [c for c in CASES if c.id in ("slow-hook-times-out", "slow-hook-with-extension",
+                                         "grpc-initial-metadata")]
+
+
+@pytest.mark.parametrize("case", ON_PYVOY, ids=[c.id for c in ON_PYVOY])
+async def test_the_pyvoy_transport_agrees_too(case: Case, sock_dir: Any, echo: Any) -> None:
+    assert _through_envoy(case, sock_dir, echo, "pyvoy") == await _in_process(case)

@@ -432,6 +432,17 @@ def test_the_admin_endpoint_is_refused_with_the_pyvoy_transport(tmp_path):
                              transport="pyvoy")
 
 
+@pytest.mark.parametrize("env", [{"OTEL_TRACES_EXPORTER": "otlp"},
+                                 {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4317"}])
+def test_traces_are_refused_with_the_pyvoy_transport_not_dropped(tmp_path, monkeypatch, env):
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(extproc.ServeError, match="traces are exported with the grpcio"):
+        extproc.ServerConfig(uds=str(tmp_path / "a.sock"), transport="pyvoy")
+    monkeypatch.setenv("OTEL_SDK_DISABLED", "true")  # switched off: nothing to refuse
+    extproc.ServerConfig(uds=str(tmp_path / "a.sock"), transport="pyvoy")
+
+
 def _workers_in_own_group(sock_dir, extctl):
     """``extctl serve --workers 2`` in its own process group, as a shell runs it."""
     path = sock_dir / "g.sock"
