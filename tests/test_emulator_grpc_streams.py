@@ -34,6 +34,11 @@ CASES: list[dict[str, Any]] = [
     {"path": "/plain", "headers": {"x-cluster": "nope"}},       # no such cluster: PARSE_FAILURE
     {"path": "/proto", "headers": {"x-cluster": "nope", "x-proto": "1"}},  # fails as it starts
     {"path": "/wrapped", "headers": {"x-proto": "1"}},          # a GrpcService naming "grpc"
+    {"path": "/deny", "headers": {"x-keep": "1"}},              # the filter never closes
+    {"path": "/", "headers": {"x-last": "1"}},                  # close, send, cancel after it
+    {"path": "/", "headers": {"x-last": "1"}},                  # ... again: forgotten
+    {"path": "/deny", "headers": {"x-end": "1"}},               # denied at the first message
+    {"path": "/", "headers": {"x-last": "1"}},
 ]
 
 
@@ -125,7 +130,7 @@ def test_grpc_streams_as_in_envoy(tmp_path):
 
     assert emulator_lines == envoy_lines
     assert emulator_closes == envoy_closes == [["0"], ["7"], ["9"], ["0"], None, None, None,
-                                               ["0"]]
+                                               ["0"], ["7"], None, None, ["7"], None]
     # What both agree on, spelled out: stream tokens 6, 10, ... (a failed start uses one);
     # trailers-only; the details Envoy appends to the status message; the token forgotten
     # after a failed start (the send in its close callback: NOT_FOUND).
@@ -138,13 +143,22 @@ def test_grpc_streams_as_in_envoy(tmp_path):
     failed = envoy_lines.index("open 10 0")  # INTERNAL_FAILURE, then a close for its token
     assert envoy_lines[failed:failed + 5] == ["open 10 0", "close 26 14 Cluster not available",
                                               "after 1", "open 0 30", "sent 0 0"]
+    # The router's x-envoy-upstream-service-time only once the filter had ended its side;
+    # after the upstream's close, proxy_grpc_close forgets the token at once.
+    kept = envoy_lines.index("open 0 34")
+    assert envoy_lines[kept + 3:kept + 8] == [
+        "trailing 4 :status|200|content-type|application/grpc|grpc-status|7|"
+        "grpc-message|denied|", "close 34 7 denied{via_upstream}", "after 0", "last 0 1 1",
+        "last 1 1 1"]
+    assert envoy_lines[-1] == "last 0 1 1"
     # What the gRPC server received, against what the scripted one was told.
     real = [(c["metadata"].get("x-from"), c["messages"]) for c in server.calls]
     scripted = [(s.header("x-from"), s.received) for s in emulator.grpc_streams
                 if s.status != (14, "Cluster not available")]
     assert real == scripted
     assert real[3] == ("filter", [b"/echo", b"bye"]) and real[4] == ("filter", [])
-    assert [s.cancelled for s in emulator.grpc_streams] == [False] * 4 + [True, False, False]
+    assert real[-1] == ("filter", [b"/deny"])  # "bye" came after the upstream ended it
+    assert [s.cancelled for s in emulator.grpc_streams] == [False] * 4 + [True] + [False] * 4
 
 
 def _stream_module(**upstreams: Any) -> ProxyWasm:
@@ -249,3 +263,97 @@ def test_the_host_checks_stream_tokens_as_envoy_does():
     assert functions.proxy_grpc_send(5, 0, 0, 0) == 2               # a gRPC call's: BAD_ARGUMENT
     assert functions.proxy_grpc_close(10) == 1                      # no such stream
     assert functions.proxy_grpc_cancel(8) == 2                      # an HTTP call's token
+
+
+PING_PONG = """(module
+  (import "env" "proxy_grpc_stream"
+    (func $stream (param i32 i32 i32 i32 i32 i32 i32 i32 i32) (result i32)))
+  (import "env" "proxy_grpc_send" (func $send (param i32 i32 i32 i32) (result i32)))
+  (import "env" "proxy_get_buffer_bytes"
+    (func $get_buffer (param i32 i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (global $heap (mut i32) (i32.const 4096))
+  (data (i32.const 256) "grpc")
+  (data (i32.const 272) "ping")
+  (func (export "proxy_abi_version_0_2_1"))
+  (func (export "proxy_on_memory_allocate") (param $size i32) (result i32)
+    (local $at i32) (local.set $at (global.get $heap))
+    (global.set $heap (i32.add (global.get $heap) (local.get $size))) (local.get $at))
+  (func (export "proxy_on_context_create") (param i32 i32))
+  (func (export "proxy_on_vm_start") (param i32 i32) (result i32) (i32.const 1))
+  (func (export "proxy_on_configure") (param i32 i32) (result i32) (i32.const 1))
+  (func (export "proxy_on_tick") (param i32)
+    (drop (call $stream (i32.const 256) (i32.const 4) (i32.const 256) (i32.const 4)
+                        (i32.const 256) (i32.const 4) (i32.const 0) (i32.const 0) (i32.const 8)))
+    (drop (call $send (i32.load (i32.const 8)) (i32.const 272) (i32.const 4) (i32.const 0))))
+  (func (export "proxy_on_grpc_receive") (param i32) (param $token i32) (param $size i32)
+    (global.set $heap (i32.const 4096))
+    (drop (call $get_buffer (i32.const 5) (i32.const 0) (local.get $size) (i32.const 16)
+                            (i32.const 20)))
+    (drop (call $send (local.get $token) (i32.load (i32.const 16)) (i32.load (i32.const 20))
+                      (i32.const 0))))
+  (func (export "proxy_on_done") (param i32) (result i32) (i32.const 1)))"""
+
+
+def test_a_filter_and_an_upstream_answering_each_other_forever_fail_the_test():
+    plugin = ProxyWasm(bytes(wasmtime.wat2wasm(PING_PONG)),
+                       upstreams={"grpc": lambda call: Reply(body=call.body)})
+    plugin.state.max_events = 500
+    with pytest.raises(HostError, match=r"more than 500 .* answer each other without end"):
+        plugin.tick()
+    [stream] = plugin.grpc_streams
+    assert 250 <= len(stream.received) <= 502  # it ran, then stopped
+    assert len(plugin.state.pending) == 0
+
+
+def test_what_a_scripted_upstream_gives_is_checked_where_it_gives_it():
+    plugin = _stream_module(grpc=Quiet())
+    plugin.request()
+    [stream] = plugin.grpc_streams
+    with pytest.raises(TypeError, match="initial metadata: names and values are str"):
+        stream.send_metadata({"x-count": 3})  # type: ignore[dict-item]
+    with pytest.raises(TypeError, match="a message is bytes, not str"):
+        stream.send("text")  # type: ignore[arg-type]
+    stream.send(b"ok")  # nothing was half-sent: the metadata still comes first
+    assert _root_lines(plugin)[0].startswith("initial 3 :status|200|")
+    with pytest.raises(TypeError, match="close\\(status: int"):
+        stream.close("7")  # type: ignore[arg-type]
+
+    class TimesOut(GrpcStreamHandler):
+        def received(self, stream, message):
+            from wasm import CalloutTimeout
+
+            raise CalloutTimeout("slow")
+
+    with pytest.raises(HostError, match="a gRPC stream has no timeout in proxy-wasm"):
+        _stream_module(grpc=TimesOut()).request()
+
+
+@pytest.mark.parametrize(("service", "parsed"), [
+    (b"grpc", ("grpc", True)),                                   # a plain name
+    (b"\x0a\x06\x0a\x04grpc", ("grpc", False)),                  # GrpcService.envoy_grpc
+    (b"\x0a\x02\x0a\x05", ("\n\x02\n\x05", True)),               # corrupt inside: a name
+    (b"\x0a\x07\x0a\x05first\x0a\x08\x0a\x06second", ("second", False)),  # the last wins
+    (b"", ("", False)),                                          # an empty GrpcService
+])
+def test_a_grpc_service_is_read_as_envoy_reads_it(service, parsed):
+    from wasm.callouts import parse_service
+
+    assert parse_service(service) == parsed
+
+
+def test_declare_property_arguments_are_read_as_protobuf_reads_them():
+    import random
+
+    from wasm.protowire import LENGTH_DELIMITED, VARINT, message
+
+    schema = {1: LENGTH_DELIMITED, 2: VARINT}
+    assert message(b"\x0a\x01a\x0a\x01b\x10\x01", schema) == {1: b"b", 2: 1}  # the last wins
+    assert message(b"\x08\x05\x12\x01x", schema) == {}    # other wire types: unknown fields
+    assert message(b"\x10" + b"\xff" * 10 + b"\x01", schema) is None  # past 64 bits
+    assert message(b"\x0a\x05ab", schema) is None         # runs past the end
+    assert message(b"\x00", schema) is None               # field number 0
+    rng = random.Random(7)
+    for _ in range(3000):  # whatever the bytes, an answer and no exception
+        data = bytes(rng.randrange(256) for _ in range(rng.randrange(24)))
+        assert message(data, schema) is None or isinstance(message(data, schema), dict)

@@ -11,8 +11,9 @@ answered once the running callback returns, as Envoy's dispatcher would
 A stream follows Envoy's wasm context: ``proxy_grpc_close`` half-closes it (the upstream
 may still answer, and the filter still gets its messages and close); ``proxy_grpc_cancel``
 resets it (no callback after); a send with end of stream half-closes it too; the token
-stays valid until the filter has closed or cancelled it, even once the upstream has
-ended it (a send then goes nowhere, as in Envoy)."""
+stays valid until the filter has cancelled it, or closed it with the upstream's close
+delivered (in either order); until then a send after the upstream's end goes nowhere, as in
+Envoy."""
 
 from __future__ import annotations
 
@@ -21,7 +22,6 @@ from collections import deque
 from .abi import Status, deserialize_map
 from .calls import GRPC_UNAVAILABLE, NO_CLUSTER, Call, Delivery, GrpcStream
 from .memory import Memory
-from .protowire import fields, first
 from .state import GRPC_CALL, GRPC_STREAM, HTTP_CALL, KIND_MASK, PluginState
 
 _REQUIRED = (":method", ":path", ":authority")
@@ -173,8 +173,10 @@ class CalloutFunctions:
         if stream.status is None and not stream.half_closed:
             stream.to_upstream.append(("half_close", b""))
             stream.wake(stream)
-        # Envoy forgets the token once the upstream's close has been delivered after this.
         stream.half_closed = stream.local_closed = True
+        # Envoy forgets the token now if the upstream's close has reached the filter, else
+        # once it has.
+        stream.forgotten = stream.remote_closed
         return Status.OK
 
     def proxy_get_status(self, code_ptr: int, message_ptr_ptr: int, message_size_ptr: int) -> int:
@@ -187,10 +189,13 @@ class CalloutFunctions:
 def parse_service(service: bytes) -> tuple[str, bool]:
     """The cluster a gRPC call or stream goes to, and whether ``service`` was a plain name.
     As in Envoy: bytes that parse as a ``GrpcService`` are one (its cluster is
-    ``envoy_grpc.cluster_name``, field 1 of field 1, maybe empty); anything else is the
-    cluster's name."""
-    if fields(service) is None:
+    ``envoy_grpc.cluster_name``, maybe empty); anything else is the cluster's name."""
+    from envoy.config.core.v3.grpc_service_pb2 import GrpcService
+    from google.protobuf.message import DecodeError
+
+    parsed = GrpcService()
+    try:
+        parsed.ParseFromString(service)
+    except DecodeError:
         return service.decode("utf-8", "replace"), True
-    inner = first(service, 1)
-    name = first(inner, 1) if isinstance(inner, bytes) else None
-    return (name.decode("utf-8", "replace") if isinstance(name, bytes) else ""), False
+    return parsed.envoy_grpc.cluster_name, False

@@ -99,8 +99,9 @@ Handler = Callable[[Call], "Reply | tuple[int, Headers, bytes] | None"]
 """A scripted upstream for HTTP calls and unary gRPC calls (None: nothing, for a stream)."""
 
 # What Envoy's gRPC client hands the filter: the response headers as initial metadata (with
-# the router's x-envoy-upstream-service-time last), the trailers (grpc-status, grpc-message,
-# the upstream's own) as trailing metadata.
+# the router's x-envoy-upstream-service-time last, which the router adds only once the
+# request is complete: on a stream, when the filter has ended its side), the trailers
+# (grpc-status, grpc-message, the upstream's own) as trailing metadata.
 _GRPC_HEADERS = ((":status", "200"), ("content-type", "application/grpc"))
 SERVICE_TIME = ("x-envoy-upstream-service-time", "0")
 GRPC_DEADLINE_EXCEEDED, GRPC_INTERNAL, GRPC_UNAVAILABLE = 4, 13, 14
@@ -181,6 +182,8 @@ class GrpcStream:
     kind: str = "grpc_stream"
     local_closed: bool = field(default=False, repr=False)
     """The filter called ``proxy_grpc_close``."""
+    remote_closed: bool = field(default=False, repr=False)
+    """The filter has been called back for the upstream's end of the stream."""
     forgotten: bool = field(default=False, repr=False)
     """The host no longer knows the token (cancelled, or closed by both ends in that
     order): the filter's calls with it answer NOT_FOUND."""
@@ -215,18 +218,25 @@ class GrpcStream:
         self.to_filter.append(event)
         self.wake(self)
 
+    def _router_headers(self) -> list[tuple[str, str]]:
+        return [SERVICE_TIME] if self.half_closed else []
+
     def send_metadata(self, headers: Headers = ()) -> None:
         """The upstream's initial metadata (response headers); sent on the first message or
         close when not sent before, and only once."""
+        pairs = _text_pairs(headers, "initial metadata")
         if not self._check_open("send initial metadata"):
             return
         if self.metadata_sent:
             raise ValueError(f"gRPC stream {self.token}: initial metadata was already sent")
         self.metadata_sent = True
-        self._event(Delivery("metadata", [*_GRPC_HEADERS, *_pairs(headers), SERVICE_TIME]))
+        self._event(Delivery("metadata", [*_GRPC_HEADERS, *pairs, *self._router_headers()]))
 
     def send(self, message: bytes) -> None:
         """One message to the filter (``proxy_on_grpc_receive``)."""
+        if not isinstance(message, (bytes, bytearray, memoryview)):
+            raise TypeError(f"gRPC stream {self.token}: a message is bytes, not "
+                            f"{type(message).__name__}")
         if not self._check_open("send a message"):
             return
         if not self.metadata_sent:
@@ -239,16 +249,20 @@ class GrpcStream:
         (grpc-status, grpc-message, ``trailers``) then ``proxy_on_grpc_close``. Closing before
         any metadata or message is a trailers-only answer: empty initial metadata, and the
         headers come as trailing metadata, as Envoy's gRPC client hands them over."""
+        pairs = _text_pairs(trailers, "trailers")
+        if not isinstance(status, int) or not isinstance(message, str):
+            raise TypeError(f"gRPC stream {self.token}: close(status: int, message: str), "
+                            f"not {status!r}, {message!r}")
         if not self._check_open("close"):
             return
         trailing = [("grpc-status", str(status))]
         if message:
             trailing.append(("grpc-message", message))
-        trailing += _pairs(trailers)
+        trailing += pairs
         if not self.metadata_sent:
             self.metadata_sent = True
             self.to_filter.append(Delivery("metadata"))
-            trailing = [*_GRPC_HEADERS, *trailing, SERVICE_TIME]
+            trailing = [*_GRPC_HEADERS, *trailing, *self._router_headers()]
         self.status = (status, message)
         self._event(Delivery("close", trailing, status=status, message=via_upstream(message)))
 
@@ -264,6 +278,16 @@ class GrpcStream:
 def _pairs(values: Mapping[str, str] | Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
     items = values.items() if isinstance(values, Mapping) else values
     return [(k.lower(), v) for k, v in items]
+
+
+def _text_pairs(values: Headers, what: str) -> list[tuple[str, str]]:
+    """Header pairs a scripted upstream gives, checked where it gives them: names and values
+    are text."""
+    pairs = _pairs(values)
+    for name, value in pairs:
+        if not isinstance(name, str) or not isinstance(value, str):
+            raise TypeError(f"{what}: names and values are str, not {name!r}: {value!r}")
+    return pairs
 
 
 @dataclass

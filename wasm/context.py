@@ -27,7 +27,7 @@ from .calls import (
     Reply,
     via_upstream,
 )
-from .errors import CalloutFailure, CalloutReset, CalloutTimeout, HostError
+from .errors import CalloutReset, CalloutTimeout, HostError
 from .headers import HeaderMap
 from .state import ROOT_CONTEXT_ID, LocalResponse, PluginState, StreamState
 from .vm import Vm
@@ -91,17 +91,26 @@ def deliver(vm: Vm, state: PluginState) -> None:
     if state.delivering:
         return  # the loop below is running: it takes what was added
     state.delivering = True
+    events = 0
     try:
         while state.pending:
             kind, token, context_id = state.pending.popleft()
             if kind == "queue":
                 vm.call("proxy_on_queue_ready", context_id, token)
+                events += 1
             elif kind == "stream":
-                _stream_events(vm, state, state.grpc_streams[token])
+                events += _stream_events(vm, state, state.grpc_streams[token])
             else:
                 call = state.call(kind, token)
                 assert call is not None
                 _answer(vm, state, call)
+                events += 1
+            if events > state.max_events:
+                state.pending.clear()
+                raise HostError(f"more than {state.max_events} callout replies, stream "
+                                "events and queue wake-ups followed one callback: the filter "
+                                "and its upstreams answer each other without end "
+                                "(state.max_events sets the limit)")
     finally:
         state.delivering = False
 
@@ -194,13 +203,15 @@ def _grpc_reply(vm: Vm, state: PluginState, call: Call, reply: Reply | None) -> 
         state.status = (0, "")
 
 
-def _stream_events(vm: Vm, state: PluginState, stream: GrpcStream) -> None:
+def _stream_events(vm: Vm, state: PluginState, stream: GrpcStream) -> int:
     """Tell a stream's upstream what the filter did, then call the filter back for what the
     upstream did, one event at a time (a callback may act on the stream again: that is
-    delivered on a later turn, as Envoy's event loop would)."""
+    delivered on a later turn, as Envoy's event loop would). Returns the callbacks made."""
     handler = state.upstreams.get(stream.cluster)  # there, or the stream never opened
     while stream.to_upstream:
         event, data = stream.to_upstream.popleft()
+        if stream.status is not None and event in ("message", "half_close"):
+            continue  # the upstream has ended the stream: what the filter sends goes nowhere
         if event == "message":
             stream.received.append(data)
         doing = f"handling {event!r} on gRPC stream {stream.token}"
@@ -209,16 +220,19 @@ def _stream_events(vm: Vm, state: PluginState, stream: GrpcStream) -> None:
                 _tell(handler, stream, event, data)
             elif handler is not None:
                 _unary_turn(handler, stream, event, data)
-        except CalloutFailure as failure:
+        except CalloutReset:
             if stream.open:
-                if isinstance(failure, CalloutTimeout):
-                    stream.close(GRPC_DEADLINE_EXCEEDED, "upstream request timeout")
-                else:
-                    stream.reset()
+                stream.reset()
+        except CalloutTimeout as exc:
+            raise _broken_upstream(stream.cluster, TypeError(
+                "a gRPC stream has no timeout in proxy-wasm (Envoy sets none): end it with "
+                "stream.close(4, ...) or stream.reset()"), doing) from exc
         except Exception as exc:
             raise _broken_upstream(stream.cluster, exc, doing) from exc
+    made = 0
     while stream.to_filter and not stream.cancelled:
         delivery = stream.to_filter.popleft()
+        made += 1
         if delivery.kind == "metadata":
             metadata = HeaderMap(encode(delivery.pairs))
             _lend(vm, state, "proxy_on_grpc_receive_initial_metadata", stream.token,
@@ -232,6 +246,7 @@ def _stream_events(vm: Vm, state: PluginState, stream: GrpcStream) -> None:
                 _lend(vm, state, "proxy_on_grpc_receive_trailing_metadata", stream.token,
                       Answer({MapType.GRPC_RECEIVE_TRAILING_METADATA:
                               HeaderMap(encode(delivery.pairs))}), len(delivery.pairs))
+            stream.remote_closed = True
             state.status = (delivery.status, delivery.message)
             try:
                 vm.call("proxy_on_grpc_close", ROOT_CONTEXT_ID, stream.token, delivery.status)
@@ -239,6 +254,7 @@ def _stream_events(vm: Vm, state: PluginState, stream: GrpcStream) -> None:
                 state.status = (0, "")
             if stream.local_closed:
                 stream.forgotten = True  # both ends closed: Envoy erases the token
+    return made
 
 
 def _lend(vm: Vm, state: PluginState, callback: str, token: int, answer: Answer,

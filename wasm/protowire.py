@@ -1,15 +1,21 @@
-"""Just enough of protobuf's wire format to read the small messages filters hand the host
-(a ``GrpcService``, ``declare_property``'s arguments) without their generated classes."""
+"""Just enough of protobuf's wire format to read ``declare_property``'s arguments, a message
+Envoy defines outside its API (so no generated class exists for it), as protobuf reads it:
+the last value of a field wins, a field with another wire type than the schema's is kept
+aside as unknown, and bytes that are not a message are refused."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
+VARINT, LENGTH_DELIMITED = 0, 2
 Field = int | bytes
 """A varint's value, or the bytes of a length-delimited or fixed-size field."""
 
 
-def fields(data: bytes) -> list[tuple[int, Field]] | None:
-    """``(number, value)`` of each field in order; None when ``data`` is not a message."""
-    found: list[tuple[int, Field]] = []
+def message(data: bytes, schema: Mapping[int, int]) -> dict[int, Field] | None:
+    """Field number -> value for the fields of ``schema`` (number -> wire type) found in
+    ``data``; None when ``data`` is not a message."""
+    found: dict[int, Field] = {}
     at = 0
     while at < len(data):
         key, at = _varint(data, at)
@@ -17,39 +23,36 @@ def fields(data: bytes) -> list[tuple[int, Field]] | None:
             return None
         wire = key & 7
         value: Field
-        if wire == 0:
+        if wire == VARINT:
             value, at = _varint(data, at)
             if value < 0:
                 return None
-        elif wire == 2:
+        elif wire == LENGTH_DELIMITED:
             size, at = _varint(data, at)
             if size < 0 or at + size > len(data):
                 return None
             value, at = data[at:at + size], at + size
-        elif wire in (1, 5):
+        elif wire in (1, 5):  # fixed64, fixed32
             size = 8 if wire == 1 else 4
             if at + size > len(data):
                 return None
             value, at = data[at:at + size], at + size
         else:
             return None
-        found.append((key >> 3, value))
+        if schema.get(key >> 3) == wire:
+            found[key >> 3] = value
     return found
 
 
-def first(data: bytes, number: int) -> Field | None:
-    """Field ``number``'s first value; None when absent or ``data`` is not a message."""
-    parsed = fields(data)
-    return next((v for n, v in parsed if n == number), None) if parsed is not None else None
-
-
 def _varint(data: bytes, at: int) -> tuple[int, int]:
-    value = shift = 0
-    while at < len(data) and shift < 64:
-        byte = data[at]
-        at += 1
-        value |= (byte & 0x7F) << shift
+    """The varint at ``at`` and where it ends; -1 when it runs off the end or past 64 bits
+    (ten bytes)."""
+    value = 0
+    for index in range(10):
+        if at + index >= len(data):
+            return -1, at
+        byte = data[at + index]
+        value |= (byte & 0x7F) << (7 * index)
         if not byte & 0x80:
-            return value, at
-        shift += 7
+            return (value, at + index + 1) if value < 1 << 64 else (-1, at)
     return -1, at

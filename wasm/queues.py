@@ -19,7 +19,7 @@ from __future__ import annotations
 from .abi import Status
 from .errors import HostError
 from .memory import Memory
-from .protowire import fields
+from .protowire import LENGTH_DELIMITED, VARINT, message
 from .state import ROOT_CONTEXT_ID, DeclaredProperty, PluginState
 
 
@@ -84,15 +84,15 @@ class QueueFunctions:
                                      ret_size_ptr)
 
     def _declare_property(self, argument: bytes) -> int:
-        parsed = fields(argument)
-        if parsed is None:
+        # DeclarePropertyArguments: name 1, readonly 2, type 3, schema 4, span 5
+        values = message(argument, {1: LENGTH_DELIMITED, 2: VARINT, 3: VARINT,
+                                    4: LENGTH_DELIMITED, 5: VARINT})
+        if values is None:
             return Status.BAD_ARGUMENT
-        values = dict(parsed)  # the last of each field wins, as in protobuf
         name, readonly = values.get(1, b""), values.get(2, 0)
         kind, span = values.get(3, 0), values.get(5, 0)
-        if not (isinstance(name, bytes) and isinstance(readonly, int)
-                and isinstance(kind, int) and isinstance(span, int)):
-            return Status.BAD_ARGUMENT
+        assert isinstance(name, bytes) and isinstance(readonly, int)
+        assert isinstance(kind, int) and isinstance(span, int)
         state = self.state
         if state.context_id != ROOT_CONTEXT_ID:
             return Status.OK

@@ -236,6 +236,9 @@ class PluginState:
     ``proxy_on_queue_ready``, ("stream", token, context id) for what a gRPC stream's two
     ends did."""
     delivering: bool = False
+    max_events: int = 100_000
+    """Events delivered after one callback before the emulator calls it a loop (a filter and
+    a scripted upstream answering each other forever) and raises HostError."""
     drain: Callable[[], None] | None = None
     """Delivers the pending events (set by the emulator): run when something happens
     between callbacks, such as a test sending on a gRPC stream."""
@@ -268,7 +271,9 @@ class PluginState:
     def wake(self, stream: GrpcStream) -> None:
         """A gRPC stream has events for one end or the other: delivered after the running
         callback, or now when nothing runs."""
-        self.pending.append(("stream", stream.token, stream.context_id))
+        event = ("stream", stream.token, stream.context_id)
+        if event not in self.pending:  # one turn takes all of a stream's events
+            self.pending.append(event)
         if not self.current_callback and not self.delivering and self.drain is not None:
             self.drain()
 

@@ -7,7 +7,10 @@
 ;;   request goes on untouched. Then sends the request's :path, and
 ;;     x-end: sends "bye" with end of stream; x-cancel: cancels the stream and lets the
 ;;     request go; otherwise: proxy_grpc_close (half-close);
+;;     x-keep: neither (the stream stays open on the filter's side);
 ;;   logs "sent <status> <status>" and stops the request until the stream ends.
+;; - with x-last: instead, closes, sends on and cancels the last stream opened, logs
+;;   "last <status> <status> <status>" and lets the request go.
 ;; - proxy_on_grpc_receive_initial_metadata: "initial <count> <map>" (a map as k|v|k|v|)
 ;; - proxy_on_grpc_receive: "message <token> <bytes>"
 ;; - proxy_on_grpc_receive_trailing_metadata: "trailing <count> <map>"
@@ -38,6 +41,7 @@
   ;; 4096..4351: a serialised GrpcService; 8192..16383: the log line being built
   (global $heap (mut i32) (i32.const 16384))
   (global $line (mut i32) (i32.const 0))
+  (global $last (mut i32) (i32.const 0))
   (data (i32.const 256) "x-cluster")     ;; 9
   (data (i32.const 272) "x-proto")       ;; 7
   (data (i32.const 288) "x-end")         ;; 5
@@ -48,6 +52,9 @@
   (data (i32.const 368) "bye")           ;; 3
   (data (i32.const 384) "grpc")          ;; 4
   (data (i32.const 400) "x-grpc-close")  ;; 12
+  (data (i32.const 416) "x-keep")        ;; 6
+  (data (i32.const 432) "x-last")        ;; 6
+  (data (i32.const 448) "last ")         ;; 5
   ;; initial metadata x-from: filter, serialised (26 bytes)
   (data (i32.const 512) "\01\00\00\00\06\00\00\00\06\00\00\00x-from\00filter\00")
   (data (i32.const 1024) "open ")        ;; 5
@@ -103,6 +110,18 @@
   (func (export "proxy_on_request_headers") (param $context i32) (param i32 i32) (result i32)
     (local $cluster i32) (local $cluster_size i32) (local $service i32) (local $size i32)
     (local $status i32) (local $token i32) (local $sent i32) (local $ended i32)
+    (if (i32.eqz (call $get_header (i32.const 0) (i32.const 432) (i32.const 6) (i32.const 0)
+                                   (i32.const 4)))
+      (then
+        (call $text (i32.const 448) (i32.const 5))
+        (call $number (call $grpc_close (global.get $last)))
+        (call $char (i32.const 32))
+        (call $number (call $grpc_send (global.get $last) (i32.const 368) (i32.const 3)
+                                       (i32.const 0)))
+        (call $char (i32.const 32))
+        (call $number (call $grpc_cancel (global.get $last)))
+        (call $emit)
+        (return (i32.const 0))))
     (local.set $cluster (i32.const 384))
     (local.set $cluster_size (i32.const 4))
     (if (i32.eqz (call $get_header (i32.const 0) (i32.const 256) (i32.const 9) (i32.const 0)
@@ -133,6 +152,7 @@
     (call $number (local.get $token))
     (call $emit)
     (if (local.get $status) (then (return (i32.const 0))))
+    (global.set $last (local.get $token))
     (i32.store (call $slot (local.get $token)) (local.get $context))
     (drop (call $get_header (i32.const 0) (i32.const 352) (i32.const 5) (i32.const 16)
                             (i32.const 20)))
@@ -153,7 +173,12 @@
           (i32.eqz (call $get_header (i32.const 0) (i32.const 288) (i32.const 5) (i32.const 24)
                                      (i32.const 28)))
         (then (call $grpc_send (local.get $token) (i32.const 368) (i32.const 3) (i32.const 1)))
-        (else (call $grpc_close (local.get $token)))))
+        (else
+          (if (result i32)
+              (i32.eqz (call $get_header (i32.const 0) (i32.const 416) (i32.const 6)
+                                         (i32.const 24) (i32.const 28)))
+            (then (i32.const 0))
+            (else (call $grpc_close (local.get $token)))))))
     (call $text (i32.const 1040) (i32.const 5))
     (call $number (local.get $sent))
     (call $char (i32.const 32))
