@@ -193,6 +193,13 @@ def test_gen_gateway_and_envoy_from_the_cli(tmp_path):
     assert docs[0]["spec"]["wasm"][0]["code"]["image"]["sha256"] == "b" * 64
     assert [e["unix"]["path"] for e in docs[1]["spec"]["endpoints"]] == [
         "/var/run/extproc/x-0.sock", "/var/run/extproc/x-1.sock"]
+    # a Backend is served only with enableBackend: the file says so at the top
+    head = [line for line in out.read_text().splitlines() if line.startswith("#")]
+    assert any("enableBackend: true" in line for line in head), head
+    wasm_only = CliRunner().invoke(cli, [
+        "gen", "gateway", "--name", "w", "--route", "r",
+        "--wasm-image", f"tag=oci://registry.example.com/f/tag:v1@sha256:{'b' * 64}"])
+    assert "enableBackend" not in wasm_only.output  # no Backend, nothing to enable
     refused = CliRunner().invoke(cli, ["gen", "gateway", "procs:FullDuplexRedact", "--name",
                                        "fd", "--route", "r", "--uds", "/x.sock", "--fail-open"])
     assert refused.exit_code == 2 and "FullDuplexStreamed" in refused.output

@@ -316,7 +316,14 @@ def sidecar_documents(deployment: Deployment) -> list[dict[str, Any]]:
 def notes(deployment: Deployment) -> list[str]:
     """Comment lines for the top of the rendered documents (what they cannot do themselves)."""
     options = deployment.gateway.sidecar
-    return [] if options is None else sidecar_notes(options, f"{deployment.name}-proxy")
+    if options is not None:
+        return sidecar_notes(options, f"{deployment.name}-proxy")
+    if deployment.processor is not None:  # a Backend, which Envoy Gateway serves only when told
+        return ["The Backend needs Envoy Gateway's `extensionApis: {enableBackend: true}` "
+                "(ConfigMap envoy-gateway-system/envoy-gateway-config,",
+                "then restart the envoy-gateway Deployment); --sidecar-image writes that "
+                "ConfigMap for you."]
+    return []
 
 
 def resources(deployment: Deployment) -> list[dict[str, Any]]:
