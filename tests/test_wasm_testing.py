@@ -63,3 +63,56 @@ def test_every_module_here_agrees_with_envoy(name):
                  Exchange(method="POST", body=[b"a", b"b"], response_body=[b"c", b"d"]),
                  Exchange(headers={"x-deny": "1"}, status=503)]
     assert compare_with_envoy(bytes(module), requests=exchanges, name=name) == []
+
+
+def _callout_module() -> bytes:
+    """tests/wat/callout.wat calling cluster "checkers" instead of the upstream's."""
+    text = (WAT / "callout.wat").read_text()
+    assert '(data (i32.const 1024) "upstream")' in text
+    return bytes(wasmtime.wat2wasm(text.replace('(data (i32.const 1024) "upstream")',
+                                                '(data (i32.const 1024) "checkers")')))
+
+
+def _checker(call):
+    from wasm import Reply
+
+    status = int(call.header("x-echo-status") or 200)
+    return Reply(status, {"content-type": "text/plain"}, f"{status} for {call.header(':path')}"
+                 .encode())
+
+
+def test_a_callout_filter_is_compared_with_its_cluster_served_for_real():
+    requests = [Exchange(path="/a", headers={"x-keep": "1"}),
+                Exchange(path="/b", headers={"x-deny": "1"})]
+    # without the cluster, Envoy refuses the call and the filter lets the request go; the
+    # emulator (told of the cluster) pauses it: a difference, so the cluster must be served
+    assert compare_with_envoy(_callout_module(), requests=requests,
+                              upstreams={"checkers": _checker}) == []
+
+
+def test_a_callout_difference_names_the_calls(tmp_path):
+    from wasm import Reply
+
+    calls: list[str] = []
+
+    def drifting(call):  # answers the two runs differently: the comparison must see it
+        calls.append(call.header(":path") or "")
+        return Reply(200 if len(calls) == 1 else 403)
+
+    found = compare_with_envoy(_callout_module(), requests=[Exchange(path="/a")],
+                               upstreams={"checkers": drifting})
+    by_field = {d.what: (d.envoy, d.emulator) for d in found}
+    assert by_field["status"] == (200, 403)
+    assert "calls" not in by_field  # both made the same call
+    assert calls == ["/check", "/check"]
+
+
+def test_a_timeout_cannot_be_served_for_real():
+    from wasm import CalloutReset, HostError
+
+    def resets(call):
+        raise CalloutReset("gone")
+
+    with pytest.raises(HostError, match="cannot be made to time out or reset on cue"):
+        compare_with_envoy(_callout_module(), requests=[Exchange()],
+                           upstreams={"checkers": resets})

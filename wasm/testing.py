@@ -17,6 +17,12 @@ content-length, as Envoy forwards the header as it is (the upstream would read a
 Compared per request: status, the headers and body the
 client received, whether the upstream was reached and the headers and body it received,
 less the headers Envoy, the client or the upstream add on their own (:data:`IGNORED`).
+
+A filter that makes HTTP callouts gets its clusters with ``upstreams={"auth": handler}``:
+the same handler answers in the emulator and, through Envoy, as a real HTTP server on
+loopback behind a cluster of that name; the calls each request made (cluster, method, path,
+authority, headers and body as the upstream received them) are compared too. A handler that
+raises CalloutTimeout or CalloutReset cannot be served for real: that is a HostError.
 """
 
 from __future__ import annotations
@@ -27,7 +33,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .calls import Call, Handler, Reply
 from .emulator import ProxyWasm
+from .errors import CalloutFailure, HostError
 
 __all__ = ["IGNORED", "Difference", "Exchange", "compare_with_envoy"]
 
@@ -61,22 +69,24 @@ class Difference:
     """Index of the request in ``requests``."""
     what: str
     """``status``, ``response_headers``, ``response_body``, ``upstream_reached``,
-    ``upstream_headers`` or ``upstream_body``."""
+    ``upstream_headers``, ``upstream_body`` or ``calls``."""
     envoy: Any
     emulator: Any
 
 
 def compare_with_envoy(module: str | Path | bytes, *, requests: Sequence[Exchange],
                        root_id: str = "", configuration: str = "",
-                       name: str = "under-test", framing: str = "http1") -> list[Difference]:
+                       name: str = "under-test", framing: str = "http1",
+                       upstreams: Mapping[str, Handler] | None = None) -> list[Difference]:
     """Run ``requests`` through a real Envoy and through the emulator; the differences (an
     empty list when both agree). ``framing`` is the emulator's (Envoy's client and upstream
-    speak HTTP/1.1)."""
+    speak HTTP/1.1); ``upstreams``: cluster -> handler for the filter's HTTP callouts."""
     path, cleanup = _module_file(module)
+    clusters = dict(upstreams or {})
     try:
-        envoy = _through_envoy(path, list(requests), root_id, configuration, name)
+        envoy = _through_envoy(path, list(requests), root_id, configuration, name, clusters)
         emulated = _through_emulator(path, list(requests), root_id, configuration, name,
-                                     envoy["authority"], framing)
+                                     envoy["authority"], framing, clusters)
     finally:
         if cleanup is not None:
             cleanup.cleanup()
@@ -114,14 +124,46 @@ _PREFIXES = tuple(name for name in IGNORED if name.endswith(("-", ":")))
 _EXACT = frozenset(name for name in IGNORED if not name.endswith(("-", ":")))
 
 
+def _call_view(cluster: str, headers: Sequence[tuple[str, str]],
+               body: bytes) -> dict[str, Any]:
+    """A callout as its upstream received it, in the form both runs are compared in."""
+    found = dict(headers)
+    return {"cluster": cluster, "method": found.get(":method"), "path": found.get(":path"),
+            "authority": found.get(":authority"), "headers": _ours(headers), "body": body}
+
+
+def _served(cluster: str, handler: Handler, calls: list[dict[str, Any]]) -> Any:
+    """``handler`` as a real HTTP upstream's answer function (extctl.harness.echo)."""
+
+    def answer(method: str, target: str, headers: list[tuple[str, str]],
+               body: bytes) -> tuple[int, dict[str, str], bytes, dict[str, str]]:
+        pseudo = [(":method", method), (":path", target),
+                  (":authority", next((v for k, v in headers if k.lower() == "host"), ""))]
+        pairs = pseudo + [(k.lower(), v) for k, v in headers]
+        calls.append(_call_view(cluster, pairs, body))
+        try:
+            answered = handler(Call("http", cluster, pairs, body, [], 0, 0, 0))
+        except CalloutFailure as failure:
+            calls[-1]["unservable"] = type(failure).__name__
+            return 500, {}, b"", {}
+        reply = answered if isinstance(answered, Reply) else Reply(*answered)  # type: ignore[misc]
+        return reply.http_status(), dict(reply.header_pairs()), reply.body, {}
+
+    return answer
+
+
 def _through_envoy(path: Path, requests: list[Exchange], root_id: str, configuration: str,
-                   name: str) -> dict[str, Any]:
+                   name: str, upstreams: Mapping[str, Handler]) -> dict[str, Any]:
     # the real-Envoy harness; imported here so that the emulator needs none of it
-    from extctl.config import WasmModule
+    import contextlib
+
+    from extctl.config import CalloutCluster, WasmModule
+    from extctl.harness.echo import EchoServer
     from extctl.testing import envoy_stack
 
     current: list[Exchange] = []
     received: list[tuple[list[tuple[str, str]], bytes]] = []
+    calls: list[dict[str, Any]] = []
 
     def answer(method: str, target: str, headers: list[tuple[str, str]],
                body: bytes) -> tuple[int, dict[str, str], bytes | list[bytes], dict[str, str]]:
@@ -132,11 +174,17 @@ def _through_envoy(path: Path, requests: list[Exchange], root_id: str, configura
 
     plugin = WasmModule(name, file=str(path), text=configuration, root_id=root_id)
     seen = []
-    with envoy_stack(wasm=[plugin], upstream=answer) as stack:
+    with contextlib.ExitStack() as servers:
+        clusters = [CalloutCluster(cluster, servers.enter_context(EchoServer(
+            answer=_served(cluster, handler, calls))).address)
+            for cluster, handler in upstreams.items()]
+        stack = servers.enter_context(envoy_stack(wasm=[plugin], upstream=answer,
+                                                  clusters=clusters))
         authority = f"127.0.0.1:{stack.envoy.port}"
         for spec in requests:
             current.append(spec)
             received.clear()
+            calls.clear()
             chunked = isinstance(spec.body, list)
             reply = stack.get(spec.path, method=spec.method, headers=dict(spec.headers),
                               body=None if chunked or not spec.body else spec.body,
@@ -150,17 +198,25 @@ def _through_envoy(path: Path, requests: list[Exchange], root_id: str, configura
                 "upstream_reached": reached,
                 "upstream_headers": _ours(received[0][0]) if reached else None,
                 "upstream_body": received[0][1] if reached else None,
+                "calls": list(calls),
             })
+            unservable = [c for c in calls if "unservable" in c]
+            if unservable:
+                raise HostError(f"the scripted upstream for cluster "
+                                f"{unservable[0]['cluster']!r} raised "
+                                f"{unservable[0]['unservable']}: a real upstream cannot be "
+                                "made to time out or reset on cue; test that with ProxyWasm "
+                                "alone")
     return {"seen": seen, "authority": authority}
 
 
 def _through_emulator(path: Path, requests: list[Exchange], root_id: str,
                       configuration: str, name: str, authority: str,
-                      framing: str) -> list[dict[str, Any]]:
+                      framing: str, upstreams: Mapping[str, Handler]) -> list[dict[str, Any]]:
     seen = []
     # Envoy names the VM after the module (see extctl.config.envoy)
     with ProxyWasm(path, plugin_configuration=configuration, root_id=root_id, vm_id=name,
-                   plugin_name=name, framing=framing) as plugin:
+                   plugin_name=name, framing=framing, upstreams=upstreams) as plugin:
         for spec in requests:
             chunked = isinstance(spec.body, list)
             # what the client sends besides the request's own headers
@@ -186,5 +242,6 @@ def _through_emulator(path: Path, requests: list[Exchange], root_id: str,
                 "upstream_headers": (_ours(result.request_headers) if result.upstream_reached
                                      else None),
                 "upstream_body": result.request_body if result.upstream_reached else None,
+                "calls": [_call_view(c.cluster, c.headers, c.body) for c in result.calls],
             })
     return seen
