@@ -116,3 +116,39 @@ def test_a_timeout_cannot_be_served_for_real():
     with pytest.raises(HostError, match="cannot be made to time out or reset on cue"):
         compare_with_envoy(_callout_module(), requests=[Exchange()],
                            upstreams={"checkers": resets})
+
+
+def test_grpc_streams_are_compared_with_a_real_grpc_server_behind_the_cluster():
+    from test_emulator_grpc_streams import MODULE, Talk
+
+    requests = [Exchange(path="/echo"), Exchange(path="/deny"), Exchange(path="/late"),
+                Exchange(path="/echo", headers={"x-end": "1"})]
+    assert compare_with_envoy(MODULE, requests=requests, grpc_upstreams={"grpc": Talk()}) == []
+    # a plain handler serves each message as a unary call would, on both sides
+    upper = compare_with_envoy(MODULE, requests=requests[:1], grpc_upstreams={
+        "grpc": lambda call: (0, {}, call.body.upper())})
+    assert upper == []
+
+
+def test_a_grpc_difference_is_reported_and_clusters_are_named_once():
+    from test_emulator_grpc_streams import MODULE, Talk
+
+    class Moody(Talk):  # allows the first stream it sees (Envoy's run), denies the next
+        seen = 0
+
+        def received(self, stream, message):
+            Moody.seen += 1
+            if Moody.seen > 1:
+                stream.close(7, "moody")
+            else:
+                super().received(stream, message)
+
+    found = compare_with_envoy(MODULE, requests=[Exchange(path="/echo")],
+                               grpc_upstreams={"grpc": Moody()})
+    by_field = {d.what: (d.envoy, d.emulator) for d in found}
+    assert by_field["upstream_headers"][0]["x-grpc-close"] == "0"
+    assert by_field["upstream_headers"][1]["x-grpc-close"] == "7"
+    assert "grpc" not in by_field  # the upstream received the same in both
+    with pytest.raises(ValueError, match="either in upstreams or in grpc_upstreams"):
+        compare_with_envoy(MODULE, requests=[], upstreams={"grpc": _checker},
+                           grpc_upstreams={"grpc": Talk()})

@@ -275,6 +275,37 @@ class GrpcStream:
         self._event(Delivery("close", status=GRPC_INTERNAL))
 
 
+def dispatch(handler: ScriptedUpstream, stream: GrpcStream, event: str, data: bytes) -> None:
+    """Tell a stream's scripted upstream what the filter did: ``"open"``, ``"message"``
+    (``data``), ``"half_close"`` or ``"cancel"``. A plain handler answers each message as a
+    unary call would and closes the stream OK when the filter ends its side."""
+    if isinstance(handler, GrpcStreamHandler):
+        if event == "open":
+            handler.opened(stream)
+        elif event == "message":
+            handler.received(stream, data)
+        elif event == "half_close":
+            handler.half_closed(stream)
+        else:
+            handler.cancelled(stream)
+        return
+    if event == "half_close" and stream.open:
+        stream.close()
+    if event != "message" or not stream.open:
+        return
+    answered = handler(Call("grpc", stream.cluster, stream.headers, data, [], 0, stream.token,
+                            stream.context_id, stream.service, stream.method))
+    if answered is None:
+        return
+    reply = answered if isinstance(answered, Reply) else Reply(*answered)
+    if reply.grpc_status() == 0:
+        if not stream.metadata_sent and reply.header_pairs():
+            stream.send_metadata(reply.header_pairs())
+        stream.send(reply.body)
+    else:
+        stream.close(reply.grpc_status(), reply.message, reply.trailer_pairs())
+
+
 def _pairs(values: Mapping[str, str] | Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
     items = values.items() if isinstance(values, Mapping) else values
     return [(k.lower(), v) for k, v in items]

@@ -23,8 +23,8 @@ from .calls import (
     Call,
     GrpcStream,
     GrpcStreamHandler,
-    Handler,
     Reply,
+    dispatch,
     via_upstream,
 )
 from .errors import CalloutReset, CalloutTimeout, HostError
@@ -216,10 +216,8 @@ def _stream_events(vm: Vm, state: PluginState, stream: GrpcStream) -> int:
             stream.received.append(data)
         doing = f"handling {event!r} on gRPC stream {stream.token}"
         try:
-            if isinstance(handler, GrpcStreamHandler):
-                _tell(handler, stream, event, data)
-            elif handler is not None:
-                _unary_turn(handler, stream, event, data)
+            if handler is not None:
+                dispatch(handler, stream, event, data)
         except CalloutReset:
             if stream.open:
                 stream.reset()
@@ -264,37 +262,6 @@ def _lend(vm: Vm, state: PluginState, callback: str, token: int, answer: Answer,
         vm.call(callback, ROOT_CONTEXT_ID, token, size)
     finally:
         state.answer = None
-
-
-def _tell(handler: GrpcStreamHandler, stream: GrpcStream, event: str, data: bytes) -> None:
-    if event == "open":
-        handler.opened(stream)
-    elif event == "message":
-        handler.received(stream, data)
-    elif event == "half_close":
-        handler.half_closed(stream)
-    else:
-        handler.cancelled(stream)
-
-
-def _unary_turn(handler: Handler, stream: GrpcStream, event: str, data: bytes) -> None:
-    """A plain handler on a stream: each message answered as a unary call; closed OK when
-    the filter ends its side."""
-    if event == "half_close" and stream.open:
-        stream.close()
-    if event != "message" or not stream.open:
-        return
-    answered = handler(Call("grpc", stream.cluster, stream.headers, data, [], 0, stream.token,
-                            stream.context_id, stream.service, stream.method))
-    if answered is None:
-        return
-    reply = answered if isinstance(answered, Reply) else Reply(*answered)
-    if reply.grpc_status() == 0:
-        if not stream.metadata_sent and reply.header_pairs():
-            stream.send_metadata(reply.header_pairs())
-        stream.send(reply.body)
-    else:
-        stream.close(reply.grpc_status(), reply.message, reply.trailer_pairs())
 
 
 class HttpContext:

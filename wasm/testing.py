@@ -21,8 +21,12 @@ less the headers Envoy, the client or the upstream add on their own (:data:`IGNO
 A filter that makes HTTP callouts gets its clusters with ``upstreams={"auth": handler}``:
 the same handler answers in the emulator and, through Envoy, as a real HTTP server on
 loopback behind a cluster of that name; the calls each request made (cluster, method, path,
-authority, headers and body as the upstream received them) are compared too. A handler that
-raises CalloutTimeout or CalloutReset cannot be served for real: that is a HostError.
+authority, headers and body as the upstream received them) are compared too. gRPC calls and
+streams likewise with ``grpc_upstreams={"authz": handler}`` (a plain handler or a
+:class:`~wasm.calls.GrpcStreamHandler`, served by a real grpcio server over HTTP/2): what
+each stream's upstream received (service, method, metadata, messages) is compared. A
+handler that raises CalloutTimeout or CalloutReset, or resets a stream, cannot be served
+for real: that is a HostError.
 """
 
 from __future__ import annotations
@@ -33,7 +37,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .calls import Call, Handler, Reply
+from .calls import (
+    GRPC_UNAVAILABLE,
+    NO_CLUSTER,
+    Call,
+    GrpcStream,
+    Handler,
+    Reply,
+    ScriptedUpstream,
+    dispatch,
+)
 from .emulator import ProxyWasm
 from .errors import CalloutFailure, HostError
 
@@ -69,7 +82,7 @@ class Difference:
     """Index of the request in ``requests``."""
     what: str
     """``status``, ``response_headers``, ``response_body``, ``upstream_reached``,
-    ``upstream_headers``, ``upstream_body`` or ``calls``."""
+    ``upstream_headers``, ``upstream_body``, ``calls`` or ``grpc``."""
     envoy: Any
     emulator: Any
 
@@ -77,16 +90,23 @@ class Difference:
 def compare_with_envoy(module: str | Path | bytes, *, requests: Sequence[Exchange],
                        root_id: str = "", configuration: str = "",
                        name: str = "under-test", framing: str = "http1",
-                       upstreams: Mapping[str, Handler] | None = None) -> list[Difference]:
+                       upstreams: Mapping[str, Handler] | None = None,
+                       grpc_upstreams: Mapping[str, ScriptedUpstream] | None = None,
+                       ) -> list[Difference]:
     """Run ``requests`` through a real Envoy and through the emulator; the differences (an
     empty list when both agree). ``framing`` is the emulator's (Envoy's client and upstream
-    speak HTTP/1.1); ``upstreams``: cluster -> handler for the filter's HTTP callouts."""
+    speak HTTP/1.1); ``upstreams``: cluster -> handler for the filter's HTTP callouts,
+    ``grpc_upstreams`` for its gRPC calls and streams."""
+    http = dict(upstreams or {})
+    grpc = dict(grpc_upstreams or {})
+    both: dict[str, ScriptedUpstream] = {**http, **grpc}
+    if len(both) < len(http) + len(grpc):
+        raise ValueError("a cluster is either in upstreams or in grpc_upstreams")
     path, cleanup = _module_file(module)
-    clusters = dict(upstreams or {})
     try:
-        envoy = _through_envoy(path, list(requests), root_id, configuration, name, clusters)
+        envoy = _through_envoy(path, list(requests), root_id, configuration, name, http, grpc)
         emulated = _through_emulator(path, list(requests), root_id, configuration, name,
-                                     envoy["authority"], framing, clusters)
+                                     envoy["authority"], framing, both)
     finally:
         if cleanup is not None:
             cleanup.cleanup()
@@ -152,8 +172,101 @@ def _served(cluster: str, handler: Handler, calls: list[dict[str, Any]]) -> Any:
     return answer
 
 
+def _stream_view(stream: GrpcStream) -> dict[str, Any]:
+    """A gRPC call or stream as its upstream received it."""
+    return {"cluster": stream.cluster, "service": stream.service, "method": stream.method,
+            "metadata": _ours(stream.headers), "messages": list(stream.received)}
+
+
+def _unary_view(call: Call) -> dict[str, Any]:
+    return {"cluster": call.cluster, "service": call.service, "method": call.method,
+            "metadata": _ours(call.headers), "messages": [call.body]}
+
+
+_GRPC_CODES: dict[int, Any] = {}
+
+
+def _grpc_served(cluster: str, handler: ScriptedUpstream, streams: list[GrpcStream],
+                 failures: list[str]) -> Any:
+    """``handler`` as a grpcio generic handler for every method: each call or stream runs
+    through the same :func:`~wasm.calls.dispatch` as in the emulator, what the handler sends
+    written back on the wire."""
+    import queue
+    import threading
+
+    import grpc
+
+    if not _GRPC_CODES:
+        _GRPC_CODES.update({code.value[0]: code for code in grpc.StatusCode})
+    own = {":status", "content-type", "x-envoy-upstream-service-time", "grpc-status",
+           "grpc-message"}
+
+    def talk(full_method: str, requests: Any, context: Any) -> Any:
+        service, _, method = full_method.lstrip("/").rpartition("/")
+        woken: queue.SimpleQueue[None] = queue.SimpleQueue()
+        stream = GrpcStream(cluster, service, method,
+                            [(m.key, m.value) for m in context.invocation_metadata()
+                             if isinstance(m.value, str)], 0, 0,
+                            wake=lambda s: woken.put(None))
+        streams.append(stream)
+
+        def read() -> None:
+            try:
+                dispatch(handler, stream, "open", b"")
+                for message in requests:
+                    if stream.status is not None:
+                        break
+                    stream.received.append(message)
+                    dispatch(handler, stream, "message", message)
+                if not context.is_active():
+                    raise grpc.RpcError("cancelled")
+                stream.half_closed = True
+                if stream.status is None:
+                    dispatch(handler, stream, "half_close", b"")
+            except grpc.RpcError:  # the filter cancelled the stream
+                stream.cancelled = True
+                dispatch(handler, stream, "cancel", b"")
+            except Exception as exc:  # reported by compare_with_envoy, closed here
+                failures.append(f"the scripted upstream for cluster {cluster!r} raised "
+                                f"{type(exc).__name__}: {exc}")
+                if stream.status is None:
+                    stream.close(13, "the scripted upstream failed")
+            finally:
+                woken.put(None)
+
+        context.add_callback(lambda: woken.put(None))  # the RPC ended: stop waiting
+        threading.Thread(target=read, daemon=True).start()
+        while context.is_active():
+            woken.get()
+            while stream.to_filter:
+                event = stream.to_filter.popleft()
+                if event.kind == "metadata" and event.pairs:
+                    context.send_initial_metadata(
+                        [(k, v) for k, v in event.pairs if k not in own])
+                elif event.kind == "message":
+                    yield event.data
+                elif event.kind == "close":
+                    code, message = stream.status or (0, "")
+                    if not event.pairs:
+                        failures.append(f"the scripted upstream for cluster {cluster!r} "
+                                        "reset a stream")
+                    context.set_trailing_metadata(
+                        [(k, v) for k, v in event.pairs if k not in own])
+                    context.set_code(_GRPC_CODES.get(code, grpc.StatusCode.UNKNOWN))
+                    context.set_details(message)
+                    return
+
+    class Generic(grpc.GenericRpcHandler):  # type: ignore[misc]
+        def service(self, details: Any) -> Any:
+            return grpc.stream_stream_rpc_method_handler(
+                lambda requests, context: talk(details.method, requests, context))
+
+    return Generic()
+
+
 def _through_envoy(path: Path, requests: list[Exchange], root_id: str, configuration: str,
-                   name: str, upstreams: Mapping[str, Handler]) -> dict[str, Any]:
+                   name: str, upstreams: Mapping[str, Handler],
+                   grpc_upstreams: Mapping[str, ScriptedUpstream]) -> dict[str, Any]:
     # the real-Envoy harness; imported here so that the emulator needs none of it
     import contextlib
 
@@ -174,10 +287,24 @@ def _through_envoy(path: Path, requests: list[Exchange], root_id: str, configura
 
     plugin = WasmModule(name, file=str(path), text=configuration, root_id=root_id)
     seen = []
+    streams: list[GrpcStream] = []
+    failures: list[str] = []
     with contextlib.ExitStack() as servers:
         clusters = [CalloutCluster(cluster, servers.enter_context(EchoServer(
             answer=_served(cluster, handler, calls))).address)
             for cluster, handler in upstreams.items()]
+        for cluster, handler in grpc_upstreams.items():
+            from concurrent import futures
+
+            import grpc
+
+            server = grpc.server(futures.ThreadPoolExecutor(8))
+            server.add_generic_rpc_handlers([_grpc_served(cluster, handler, streams,
+                                                          failures)])
+            port = server.add_insecure_port("127.0.0.1:0")
+            server.start()
+            servers.callback(server.stop, 0)
+            clusters.append(CalloutCluster(cluster, f"127.0.0.1:{port}", http2=True))
         stack = servers.enter_context(envoy_stack(wasm=[plugin], upstream=answer,
                                                   clusters=clusters))
         authority = f"127.0.0.1:{stack.envoy.port}"
@@ -185,6 +312,7 @@ def _through_envoy(path: Path, requests: list[Exchange], root_id: str, configura
             current.append(spec)
             received.clear()
             calls.clear()
+            streams.clear()
             chunked = isinstance(spec.body, list)
             reply = stack.get(spec.path, method=spec.method, headers=dict(spec.headers),
                               body=None if chunked or not spec.body else spec.body,
@@ -199,7 +327,11 @@ def _through_envoy(path: Path, requests: list[Exchange], root_id: str, configura
                 "upstream_headers": _ours(received[0][0]) if reached else None,
                 "upstream_body": received[0][1] if reached else None,
                 "calls": list(calls),
+                "grpc": sorted((_stream_view(s) for s in streams), key=repr),
             })
+            if failures:
+                raise HostError(f"{failures[0]}: a real upstream cannot be made to time out "
+                                "or reset on cue; test that with ProxyWasm alone")
             unservable = [c for c in calls if "unservable" in c]
             if unservable:
                 raise HostError(f"the scripted upstream for cluster "
@@ -212,7 +344,8 @@ def _through_envoy(path: Path, requests: list[Exchange], root_id: str, configura
 
 def _through_emulator(path: Path, requests: list[Exchange], root_id: str,
                       configuration: str, name: str, authority: str,
-                      framing: str, upstreams: Mapping[str, Handler]) -> list[dict[str, Any]]:
+                      framing: str, upstreams: Mapping[str, ScriptedUpstream],
+                      ) -> list[dict[str, Any]]:
     seen = []
     # Envoy names the VM after the module (see extctl.config.envoy)
     with ProxyWasm(path, plugin_configuration=configuration, root_id=root_id, vm_id=name,
@@ -242,6 +375,11 @@ def _through_emulator(path: Path, requests: list[Exchange], root_id: str,
                 "upstream_headers": (_ours(result.request_headers) if result.upstream_reached
                                      else None),
                 "upstream_body": result.request_body if result.upstream_reached else None,
-                "calls": [_call_view(c.cluster, c.headers, c.body) for c in result.calls],
+                "calls": [_call_view(c.cluster, c.headers, c.body) for c in result.calls
+                          if c.kind == "http"],
+                "grpc": sorted([_stream_view(s) for s in result.grpc_streams
+                                if s.status != (GRPC_UNAVAILABLE, NO_CLUSTER)]
+                               + [_unary_view(c) for c in result.calls if c.kind == "grpc"],
+                               key=repr),
             })
     return seen
