@@ -152,3 +152,51 @@ def test_a_grpc_difference_is_reported_and_clusters_are_named_once():
     with pytest.raises(ValueError, match="either in upstreams or in grpc_upstreams"):
         compare_with_envoy(MODULE, requests=[], upstreams={"grpc": _checker},
                            grpc_upstreams={"grpc": Talk()})
+
+
+def test_a_stateful_grpc_handler_sees_the_same_streams_in_both_runs():
+    from test_emulator_grpc_streams import MODULE, Talk
+
+    events: list[str] = []
+
+    class Recording(Talk):
+        def opened(self, stream):
+            events.append(f"open {stream.token}")
+
+        def cancelled(self, stream):
+            events.append(f"cancel {stream.token}")
+
+    requests = [Exchange(path="/deny", headers={"x-keep": "1"}), Exchange(path="/late"),
+                Exchange(path="/echo", headers={"x-cancel": "1"}), Exchange(path="/echo")]
+    assert compare_with_envoy(MODULE, requests=requests,
+                              grpc_upstreams={"grpc": Recording()}) == []
+    # the real server numbers streams as the emulator does; an upstream that closed is not
+    # told of a cancel; a stream cancelled before it was sent may reach the real server
+    # (late) or not at all
+    through_envoy, emulated = events[:events.index("open 6", 1)], \
+        events[events.index("open 6", 1):]
+    assert emulated == ["open 6", "open 10", "open 14", "cancel 14", "open 18"]
+    assert [e for e in through_envoy if "14" not in e] == ["open 6", "open 10", "open 18"]
+
+
+@pytest.mark.parametrize(("answer", "message"), [
+    (lambda s: s.send_metadata({"bad name": "v"}), "sent metadata 'bad name', a name gRPC"),
+    (lambda s: s.close(0, trailers={"x-v": "a\nb"}), "which gRPC refuses"),
+    (lambda s: s.close(20), "status 20, which gRPC cannot send"),
+    (lambda s: None, "never ended gRPC stream test.Chat/Talk after the filter ended its side"),
+])
+def test_what_a_real_grpc_upstream_cannot_send_is_a_host_error(answer, message):
+    from test_emulator_grpc_streams import MODULE
+
+    from wasm import GrpcStreamHandler, HostError
+
+    class Handler(GrpcStreamHandler):
+        def received(self, stream, data):
+            answer(stream)
+
+        def half_closed(self, stream):
+            pass  # never closes: the last case
+
+    with pytest.raises(HostError, match=message):
+        compare_with_envoy(MODULE, requests=[Exchange(path="/x")],
+                           grpc_upstreams={"grpc": Handler()})

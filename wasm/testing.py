@@ -37,20 +37,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .calls import (
-    GRPC_UNAVAILABLE,
-    NO_CLUSTER,
-    Call,
-    GrpcStream,
-    Handler,
-    Reply,
-    ScriptedUpstream,
-    dispatch,
-)
+from .calls import GRPC_UNAVAILABLE, NO_CLUSTER, GrpcStream, Handler, ScriptedUpstream
 from .emulator import ProxyWasm
-from .errors import CalloutFailure, HostError
+from .errors import HostError
+from .upstreams import GrpcUpstream, call_view, http_answer, stream_view
 
 __all__ = ["IGNORED", "Difference", "Exchange", "compare_with_envoy"]
+
+_ANSWER_SECONDS = 30
 
 IGNORED = ("x-envoy-", "x-forwarded-", ":", "x-request-id", "host", "accept-encoding",
            "content-length", "transfer-encoding", "date", "server", "x-echo-server",
@@ -144,124 +138,12 @@ _PREFIXES = tuple(name for name in IGNORED if name.endswith(("-", ":")))
 _EXACT = frozenset(name for name in IGNORED if not name.endswith(("-", ":")))
 
 
-def _call_view(cluster: str, headers: Sequence[tuple[str, str]],
-               body: bytes) -> dict[str, Any]:
-    """A callout as its upstream received it, in the form both runs are compared in."""
-    found = dict(headers)
-    return {"cluster": cluster, "method": found.get(":method"), "path": found.get(":path"),
-            "authority": found.get(":authority"), "headers": _ours(headers), "body": body}
-
-
-def _served(cluster: str, handler: Handler, calls: list[dict[str, Any]]) -> Any:
-    """``handler`` as a real HTTP upstream's answer function (extctl.harness.echo)."""
-
-    def answer(method: str, target: str, headers: list[tuple[str, str]],
-               body: bytes) -> tuple[int, dict[str, str], bytes, dict[str, str]]:
-        pseudo = [(":method", method), (":path", target),
-                  (":authority", next((v for k, v in headers if k.lower() == "host"), ""))]
-        pairs = pseudo + [(k.lower(), v) for k, v in headers]
-        calls.append(_call_view(cluster, pairs, body))
-        try:
-            answered = handler(Call("http", cluster, pairs, body, [], 0, 0, 0))
-        except CalloutFailure as failure:
-            calls[-1]["unservable"] = type(failure).__name__
-            return 500, {}, b"", {}
-        reply = answered if isinstance(answered, Reply) else Reply(*answered)  # type: ignore[misc]
-        return reply.http_status(), dict(reply.header_pairs()), reply.body, {}
-
-    return answer
-
-
-def _stream_view(stream: GrpcStream) -> dict[str, Any]:
-    """A gRPC call or stream as its upstream received it."""
-    return {"cluster": stream.cluster, "service": stream.service, "method": stream.method,
-            "metadata": _ours(stream.headers), "messages": list(stream.received)}
-
-
-def _unary_view(call: Call) -> dict[str, Any]:
-    return {"cluster": call.cluster, "service": call.service, "method": call.method,
-            "metadata": _ours(call.headers), "messages": [call.body]}
-
-
-_GRPC_CODES: dict[int, Any] = {}
-
-
-def _grpc_served(cluster: str, handler: ScriptedUpstream, streams: list[GrpcStream],
-                 failures: list[str]) -> Any:
-    """``handler`` as a grpcio generic handler for every method: each call or stream runs
-    through the same :func:`~wasm.calls.dispatch` as in the emulator, what the handler sends
-    written back on the wire."""
-    import queue
-    import threading
-
-    import grpc
-
-    if not _GRPC_CODES:
-        _GRPC_CODES.update({code.value[0]: code for code in grpc.StatusCode})
-    own = {":status", "content-type", "x-envoy-upstream-service-time", "grpc-status",
-           "grpc-message"}
-
-    def talk(full_method: str, requests: Any, context: Any) -> Any:
-        service, _, method = full_method.lstrip("/").rpartition("/")
-        woken: queue.SimpleQueue[None] = queue.SimpleQueue()
-        stream = GrpcStream(cluster, service, method,
-                            [(m.key, m.value) for m in context.invocation_metadata()
-                             if isinstance(m.value, str)], 0, 0,
-                            wake=lambda s: woken.put(None))
-        streams.append(stream)
-
-        def read() -> None:
-            try:
-                dispatch(handler, stream, "open", b"")
-                for message in requests:
-                    if stream.status is not None:
-                        break
-                    stream.received.append(message)
-                    dispatch(handler, stream, "message", message)
-                if not context.is_active():
-                    raise grpc.RpcError("cancelled")
-                stream.half_closed = True
-                if stream.status is None:
-                    dispatch(handler, stream, "half_close", b"")
-            except grpc.RpcError:  # the filter cancelled the stream
-                stream.cancelled = True
-                dispatch(handler, stream, "cancel", b"")
-            except Exception as exc:  # reported by compare_with_envoy, closed here
-                failures.append(f"the scripted upstream for cluster {cluster!r} raised "
-                                f"{type(exc).__name__}: {exc}")
-                if stream.status is None:
-                    stream.close(13, "the scripted upstream failed")
-            finally:
-                woken.put(None)
-
-        context.add_callback(lambda: woken.put(None))  # the RPC ended: stop waiting
-        threading.Thread(target=read, daemon=True).start()
-        while context.is_active():
-            woken.get()
-            while stream.to_filter:
-                event = stream.to_filter.popleft()
-                if event.kind == "metadata" and event.pairs:
-                    context.send_initial_metadata(
-                        [(k, v) for k, v in event.pairs if k not in own])
-                elif event.kind == "message":
-                    yield event.data
-                elif event.kind == "close":
-                    code, message = stream.status or (0, "")
-                    if not event.pairs:
-                        failures.append(f"the scripted upstream for cluster {cluster!r} "
-                                        "reset a stream")
-                    context.set_trailing_metadata(
-                        [(k, v) for k, v in event.pairs if k not in own])
-                    context.set_code(_GRPC_CODES.get(code, grpc.StatusCode.UNKNOWN))
-                    context.set_details(message)
-                    return
-
-    class Generic(grpc.GenericRpcHandler):  # type: ignore[misc]
-        def service(self, details: Any) -> Any:
-            return grpc.stream_stream_rpc_method_handler(
-                lambda requests, context: talk(details.method, requests, context))
-
-    return Generic()
+def _stream_views(streams: Sequence[GrpcStream]) -> list[dict[str, Any]]:
+    """What each gRPC upstream received, in an order both runs share; a stream the filter
+    cancelled before anything reached its upstream is left out (through Envoy it may reach
+    the server after the client's response, or never)."""
+    return sorted((stream_view(s.cluster, s.service, s.method, s.headers, s.received, _ours)
+                   for s in streams if not (s.cancelled and not s.received)), key=repr)
 
 
 def _through_envoy(path: Path, requests: list[Exchange], root_id: str, configuration: str,
@@ -287,37 +169,43 @@ def _through_envoy(path: Path, requests: list[Exchange], root_id: str, configura
 
     plugin = WasmModule(name, file=str(path), text=configuration, root_id=root_id)
     seen = []
-    streams: list[GrpcStream] = []
     failures: list[str] = []
+    tokens = [6]  # the emulator's first gRPC stream token, shared by every server
     with contextlib.ExitStack() as servers:
         clusters = [CalloutCluster(cluster, servers.enter_context(EchoServer(
-            answer=_served(cluster, handler, calls))).address)
+            answer=http_answer(cluster, handler, calls, failures, _ours))).address)
             for cluster, handler in upstreams.items()]
+        grpc_servers = []
         for cluster, handler in grpc_upstreams.items():
-            from concurrent import futures
-
-            import grpc
-
-            server = grpc.server(futures.ThreadPoolExecutor(8))
-            server.add_generic_rpc_handlers([_grpc_served(cluster, handler, streams,
-                                                          failures)])
-            port = server.add_insecure_port("127.0.0.1:0")
-            server.start()
-            servers.callback(server.stop, 0)
-            clusters.append(CalloutCluster(cluster, f"127.0.0.1:{port}", http2=True))
+            server = GrpcUpstream(cluster, handler, failures, tokens).start()
+            servers.callback(server.stop)
+            grpc_servers.append(server)
+            clusters.append(CalloutCluster(cluster, f"127.0.0.1:{server.port}", http2=True))
         stack = servers.enter_context(envoy_stack(wasm=[plugin], upstream=answer,
                                                   clusters=clusters))
         authority = f"127.0.0.1:{stack.envoy.port}"
-        for spec in requests:
+        for index, spec in enumerate(requests):
             current.append(spec)
             received.clear()
             calls.clear()
-            streams.clear()
+            for server in grpc_servers:
+                server.streams.clear()
             chunked = isinstance(spec.body, list)
-            reply = stack.get(spec.path, method=spec.method, headers=dict(spec.headers),
-                              body=None if chunked or not spec.body else spec.body,
-                              chunks=spec.body if isinstance(spec.body, list) else None,
-                              chunk_delay=0.15)  # each chunk its own frame in Envoy
+            try:
+                reply = stack.get(spec.path, method=spec.method, headers=dict(spec.headers),
+                                  body=None if chunked or not spec.body else spec.body,
+                                  chunks=spec.body if isinstance(spec.body, list) else None,
+                                  chunk_delay=0.15,  # each chunk its own frame in Envoy
+                                  timeout=_ANSWER_SECONDS)
+            except TimeoutError:
+                why = failures[0] if failures else "a callout or stream that never ends?"
+                raise HostError(f"request {index} ({spec.method} {spec.path}) got no answer "
+                                f"through Envoy within {_ANSWER_SECONDS} s: the filter keeps "
+                                f"it paused ({why})") from None
+            for server in grpc_servers:
+                server.settle()
+            if failures:
+                raise HostError(failures[0])
             reached = bool(received)
             seen.append({
                 "status": reply.status,
@@ -327,18 +215,8 @@ def _through_envoy(path: Path, requests: list[Exchange], root_id: str, configura
                 "upstream_headers": _ours(received[0][0]) if reached else None,
                 "upstream_body": received[0][1] if reached else None,
                 "calls": list(calls),
-                "grpc": sorted((_stream_view(s) for s in streams), key=repr),
+                "grpc": _stream_views([s for server in grpc_servers for s in server.streams]),
             })
-            if failures:
-                raise HostError(f"{failures[0]}: a real upstream cannot be made to time out "
-                                "or reset on cue; test that with ProxyWasm alone")
-            unservable = [c for c in calls if "unservable" in c]
-            if unservable:
-                raise HostError(f"the scripted upstream for cluster "
-                                f"{unservable[0]['cluster']!r} raised "
-                                f"{unservable[0]['unservable']}: a real upstream cannot be "
-                                "made to time out or reset on cue; test that with ProxyWasm "
-                                "alone")
     return {"seen": seen, "authority": authority}
 
 
@@ -375,11 +253,14 @@ def _through_emulator(path: Path, requests: list[Exchange], root_id: str,
                 "upstream_headers": (_ours(result.request_headers) if result.upstream_reached
                                      else None),
                 "upstream_body": result.request_body if result.upstream_reached else None,
-                "calls": [_call_view(c.cluster, c.headers, c.body) for c in result.calls
-                          if c.kind == "http"],
-                "grpc": sorted([_stream_view(s) for s in result.grpc_streams
-                                if s.status != (GRPC_UNAVAILABLE, NO_CLUSTER)]
-                               + [_unary_view(c) for c in result.calls if c.kind == "grpc"],
+                "calls": [call_view(c.cluster, c.headers, c.body, _ours)
+                          for c in result.calls if c.kind == "http"],
+                "grpc": sorted(_stream_views([s for s in result.grpc_streams
+                                              if s.status != (GRPC_UNAVAILABLE, NO_CLUSTER)])
+                               + [stream_view(c.cluster, c.service, c.method, c.headers,
+                                              [c.body], _ours)
+                                  for c in result.calls
+                                  if c.kind == "grpc" and c.failure != "no cluster"],
                                key=repr),
             })
     return seen

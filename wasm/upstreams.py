@@ -1,0 +1,257 @@
+"""Scripted upstreams served for real, for :func:`wasm.testing.compare_with_envoy`: the same
+handler that answers a filter's callouts in the emulator answers them through Envoy, as an
+HTTP server (a plain handler) or a grpcio server (gRPC calls and streams, through
+:func:`wasm.calls.dispatch`, the emulator's own). What each upstream received is recorded
+in the form both runs are compared in; what a real upstream cannot do (time out or reset
+on cue, send what gRPC refuses) is collected in ``failures``, not half-done.
+"""
+
+from __future__ import annotations
+
+import base64
+import queue
+import re
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from .calls import Call, GrpcStream, Handler, Reply, ScriptedUpstream, dispatch
+from .errors import CalloutFailure
+
+Headers = Sequence[tuple[str, str]] | Mapping[str, str]
+Ours = Callable[[Headers], dict[str, str]]
+
+# What Envoy's gRPC client and the emulator add around a handler's metadata, and what grpcio
+# writes on its own: not written again.
+_OWN = frozenset({":status", "content-type", "x-envoy-upstream-service-time", "grpc-status",
+                  "grpc-message", "grpc-accept-encoding", "grpc-encoding"})
+_METADATA_NAME = re.compile(r"^[0-9a-z_.-]+$")
+_MAX_GRPC_STATUS = 16
+_FIRST_TOKEN, _TOKEN_STEP = 6, 4  # as the emulator numbers gRPC streams
+
+
+def call_view(cluster: str, headers: Sequence[tuple[str, str]], body: bytes,
+              ours: Ours) -> dict[str, Any]:
+    """An HTTP callout as its upstream received it."""
+    found = dict(headers)
+    return {"cluster": cluster, "method": found.get(":method"), "path": found.get(":path"),
+            "authority": found.get(":authority"), "headers": ours(headers), "body": body}
+
+
+def stream_view(cluster: str, service: str, method: str, metadata: Sequence[tuple[str, str]],
+                messages: Sequence[bytes], ours: Ours) -> dict[str, Any]:
+    """A gRPC call or stream as its upstream received it (binary metadata by name only:
+    its value is text in the filter and bytes to a gRPC server)."""
+    shown = [(k, "(binary)" if k.endswith("-bin") else v) for k, v in metadata]
+    return {"cluster": cluster, "service": service, "method": method,
+            "metadata": ours(shown), "messages": list(messages)}
+
+
+def http_answer(cluster: str, handler: Handler, calls: list[dict[str, Any]],
+                failures: list[str], ours: Ours) -> Any:
+    """``handler`` as a real HTTP upstream's answer function (:mod:`extctl.harness.echo`)."""
+
+    def answer(method: str, target: str, headers: list[tuple[str, str]],
+               body: bytes) -> tuple[int, dict[str, str], bytes, dict[str, str]]:
+        pseudo = [(":method", method), (":path", target),
+                  (":authority", next((v for k, v in headers if k.lower() == "host"), ""))]
+        pairs = pseudo + [(k.lower(), v) for k, v in headers]
+        calls.append(call_view(cluster, pairs, body, ours))
+        try:
+            answered = handler(Call("http", cluster, pairs, body, [], 0, 0, 0))
+            if answered is None:
+                raise TypeError("the handler returned None, not a reply")
+            reply = answered if isinstance(answered, Reply) else Reply(*answered)
+        except CalloutFailure as failure:
+            failures.append(f"the scripted upstream for cluster {cluster!r} raised "
+                            f"{type(failure).__name__}: a real upstream cannot be made to "
+                            "time out or reset on cue; test that with ProxyWasm alone")
+            return 500, {}, b"", {}
+        except Exception as exc:
+            failures.append(f"the scripted upstream for cluster {cluster!r} raised "
+                            f"{type(exc).__name__}: {exc}")
+            return 500, {}, b"", {}
+        return reply.http_status(), dict(reply.header_pairs()), reply.body, {}
+
+    return answer
+
+
+class GrpcUpstream:
+    """A grpcio server on 127.0.0.1 serving every method of ``cluster`` with ``handler``."""
+
+    def __init__(self, cluster: str, handler: ScriptedUpstream, failures: list[str],
+                 tokens: list[int]) -> None:
+        from concurrent import futures
+
+        import grpc
+
+        self.cluster = cluster
+        self.handler = handler
+        self.failures = failures
+        self.tokens = tokens  # shared by every server of one run: the emulator's numbering
+        self.streams: list[GrpcStream] = []
+        self.active = 0
+        self._lock = threading.Lock()
+        self._codes = {code.value[0]: code for code in grpc.StatusCode}
+        upstream = self
+
+        class Generic(grpc.GenericRpcHandler):  # type: ignore[misc]
+            def service(self, details: Any) -> Any:
+                return grpc.stream_stream_rpc_method_handler(
+                    lambda requests, context: upstream._talk(details.method, requests,
+                                                             context))
+
+        self._pool = futures.ThreadPoolExecutor(8, thread_name_prefix="extkit-grpc-upstream")
+        self.server = grpc.server(self._pool)
+        self.server.add_generic_rpc_handlers([Generic()])
+        self.port = self.server.add_insecure_port("127.0.0.1:0")
+
+    def start(self) -> GrpcUpstream:
+        self.server.start()
+        return self
+
+    def stop(self) -> None:
+        self.server.stop(0).wait(5)
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def settle(self, timeout: float = 5.0, quiet: float = 0.1) -> None:
+        """Wait until no call is in flight and none has started for ``quiet`` seconds (a
+        stream the filter cancelled may reach the server after the client's response)."""
+        deadline = time.monotonic() + timeout
+        seen = -1
+        while time.monotonic() < deadline:
+            with self._lock:
+                active, started = self.active, len(self.streams)
+            if active == 0 and started == seen:
+                return
+            seen = started if active == 0 else -1
+            time.sleep(quiet)
+
+    def _fail(self, why: str) -> None:
+        self.failures.append(f"the scripted upstream for cluster {self.cluster!r} {why}")
+
+    def _talk(self, full_method: str, requests: Any, context: Any) -> Any:
+        import grpc
+
+        service, _, method = full_method.lstrip("/").rpartition("/")
+        woken: queue.SimpleQueue[None] = queue.SimpleQueue()
+        metadata = [(m.key, m.value if isinstance(m.value, str)
+                     else base64.b64encode(m.value).decode()) for m in
+                    context.invocation_metadata()]
+        with self._lock:
+            self.active += 1
+            token = self.tokens[0]
+            self.tokens[0] += _TOKEN_STEP
+        stream = GrpcStream(self.cluster, service, method, metadata, token, 0,
+                            wake=lambda s: woken.put(None))
+        with self._lock:
+            self.streams.append(stream)
+
+        def read() -> None:
+            cancelled = False
+            try:
+                dispatch(self.handler, stream, "open", b"")
+                for message in requests:
+                    if stream.status is not None:
+                        break
+                    stream.received.append(message)
+                    dispatch(self.handler, stream, "message", message)
+                if stream.status is None and context.is_active():
+                    stream.half_closed = True
+                    dispatch(self.handler, stream, "half_close", b"")
+            except grpc.RpcError:
+                cancelled = True  # the call ended under the iteration: the filter reset it
+            except CalloutFailure as failure:
+                self._fail(f"raised {type(failure).__name__}: a real upstream cannot be made "
+                           "to time out or reset on cue; test that with ProxyWasm alone")
+                _end(stream)
+            except Exception as exc:
+                self._fail(f"raised {type(exc).__name__}: {exc}")
+                _end(stream)
+            finally:
+                if stream.status is None and (cancelled or not context.is_active()):
+                    stream.cancelled = True
+                    try:
+                        dispatch(self.handler, stream, "cancel", b"")
+                    except Exception as exc:
+                        self._fail(f"raised {type(exc).__name__}: {exc}")
+                woken.put(None)
+
+        context.add_callback(lambda: woken.put(None))  # the call ended: stop waiting
+        reader = threading.Thread(target=read, daemon=True, name="extkit-grpc-upstream")
+        reader.start()
+        try:
+            while context.is_active():
+                woken.get()
+                messages, closed = self._write(stream, context)
+                yield from messages
+                if closed:
+                    return
+                if (not reader.is_alive() and stream.half_closed and stream.status is None
+                        and not stream.to_filter):
+                    self._fail(f"never ended gRPC stream {service}/{method} after the filter "
+                               "ended its side (close it in half_closed)")
+                    context.set_code(grpc.StatusCode.INTERNAL)
+                    return
+        finally:
+            with self._lock:
+                self.active -= 1
+
+    def _write(self, stream: GrpcStream, context: Any) -> tuple[list[bytes], bool]:
+        """What the handler sent since the last turn: metadata and the close written on
+        ``context``, the messages returned (for the call's generator to yield), and whether
+        the stream is closed."""
+        import grpc
+
+        messages: list[bytes] = []
+        while stream.to_filter:
+            event = stream.to_filter.popleft()
+            try:
+                if event.kind == "metadata" and event.pairs:
+                    context.send_initial_metadata(self._metadata(event.pairs))
+                elif event.kind == "message":
+                    messages.append(event.data)
+                elif event.kind == "close":
+                    code, message = stream.status or (0, "")
+                    if not event.pairs and code == 13 and not message:
+                        self._fail("reset a stream: a real upstream cannot be made to reset on "
+                                   "cue; test that with ProxyWasm alone")
+                    if code > _MAX_GRPC_STATUS:
+                        self._fail(f"closed a stream with status {code}, which gRPC cannot "
+                                   f"send (0..{_MAX_GRPC_STATUS})")
+                    context.set_trailing_metadata(self._metadata(event.pairs))
+                    context.set_code(self._codes.get(code, grpc.StatusCode.UNKNOWN))
+                    context.set_details(message)
+                    return messages, True
+            except ValueError as exc:
+                self._fail(str(exc))
+                context.set_code(grpc.StatusCode.INTERNAL)
+                return messages, True
+        return messages, False
+
+    @staticmethod
+    def _metadata(pairs: Sequence[tuple[str, str]]) -> list[tuple[str, str | bytes]]:
+        """What a handler gave, as grpcio writes it; ValueError for what gRPC refuses."""
+        written: list[tuple[str, str | bytes]] = []
+        for name, value in pairs:
+            if name in _OWN:
+                continue
+            if not _METADATA_NAME.match(name) or (name.startswith("grpc-")
+                                                  and name != "grpc-status-details-bin"):
+                raise ValueError(f"sent metadata {name!r}, a name gRPC refuses (lower-case "
+                                 "letters, digits, '_', '.', '-'; not grpc-*)")
+            if name.endswith("-bin"):
+                written.append((name, value.encode("latin-1")))
+            elif not all(" " <= c <= "~" for c in value):
+                raise ValueError(f"sent metadata {name}: {value!r}, which gRPC refuses "
+                                 "(printable ASCII only, or a -bin name)")
+            else:
+                written.append((name, value))
+        return written
+
+
+def _end(stream: GrpcStream) -> None:
+    """Close a stream whose handler failed (the failure is reported), so that the call ends."""
+    if stream.status is None and not stream.cancelled:
+        stream.close(13, "the scripted upstream failed")
