@@ -205,3 +205,71 @@ def test_a_class_the_sidecar_cannot_import_by_name_is_refused():
     with pytest.raises(GatewayError, match="imports the class by name"):
         deployment.gateway_resources()
     assert Rewrite.filter_spec().importable and not Local.filter_spec().importable
+
+
+def test_an_admin_port_gives_http_probes_and_a_metrics_port(tmp_path):
+    result = _gen(tmp_path, "--name", "redact", "--route", "r", "--uds", SOCKET,
+                  "--workers", "2", "--sidecar-image", "registry.example.com/redact:1",
+                  "--sidecar-admin-port", "9102")
+    assert result.exit_code == 0, result.output
+    proxy = _by_kind(result.output)["EnvoyProxy"]
+    validate(proxy)
+    (sidecar,) = proxy["spec"]["provider"]["kubernetes"]["envoyDeployment"]["initContainers"]
+    assert sidecar["command"][-2:] == ["--admin", "0.0.0.0:9102"]
+    assert sidecar["ports"] == [{"name": "extproc-admin", "containerPort": 9102,
+                                 "protocol": "TCP"}]
+    assert sidecar["startupProbe"]["httpGet"] == {"path": "/readyz", "port": 9102}
+    assert sidecar["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": 9102}
+    assert sidecar["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": 9102}
+    assert "exec" not in sidecar["livenessProbe"]
+    refused = _gen(tmp_path, "--name", "redact", "--route", "r", "--uds", SOCKET,
+                   "--sidecar-admin-port", "9102")
+    assert refused.exit_code == 2 and "give --sidecar-image" in refused.output
+    low = _gen(tmp_path, "--name", "redact", "--route", "r", "--uds", SOCKET,
+               "--sidecar-image", "registry.example.com/redact:1", "--sidecar-admin-port", "80")
+    assert low.exit_code == 2
+
+
+def test_the_sidecar_command_answers_the_http_probes(sock_dir, extctl):
+    import socket
+    import time
+    import urllib.request
+
+    from conftest import wait_for_socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    result = _gen(sock_dir, "--name", "p", "--route", "r", "--uds", str(sock_dir / "p.sock"),
+                  "--workers", "2", "--sidecar-image", "registry.example.com/p:1",
+                  "--sidecar-admin-port", str(port))
+    proxy = _by_kind(result.output)["EnvoyProxy"]
+    (sidecar,) = proxy["spec"]["provider"]["kubernetes"]["envoyDeployment"]["initContainers"]
+    command = sidecar["command"]
+    assert command[:3] == ["extctl", "serve", "app:Redact"]
+    # the container's command, with a class this test can import and loopback for the pod
+    args = ["procs:HeadersOnly", *command[3:-1], f"127.0.0.1:{port}"]
+    proc = extctl("serve", *args)
+    try:
+        for worker in ("p-0.sock", "p-1.sock"):
+            wait_for_socket(sock_dir / worker, proc)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                with urllib.request.urlopen(
+                        f"http://127.0.0.1:{port}{sidecar['readinessProbe']['httpGet']['path']}",
+                        timeout=2) as ready:
+                    assert ready.status == 200
+                    break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+        alive_path = sidecar["livenessProbe"]["httpGet"]["path"]
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{alive_path}", timeout=2) as alive:
+            assert alive.status == 200
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as metrics:
+            assert b"grpc_server_started_total" in metrics.read()
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=30)

@@ -162,6 +162,8 @@ _SIDECAR_FLAGS: dict[str, dict[str, Any]] = {
     "cpu_limit": {"flag": "--cpu-limit"},
     "gateway_class": {"flag": "--gateway-class", "metavar": "NAME"},
     "eg_namespace": {"flag": "--eg-namespace"},
+    "admin_port": {"flag": "--sidecar-admin-port", "metavar": "PORT",
+                   "type": click.IntRange(1024, 65535)},
 }
 
 
@@ -202,9 +204,10 @@ def _sidecar(values: dict[str, Any]) -> Any:
     given = {name: values.pop(_param(name)) for name in _SIDECAR_FLAGS}
     image = given.pop("image")
     if image is None:
-        if given["gateway_class"] is not None or given["cpu_limit"] is not None:
-            raise ConfigError("--gateway-class and --cpu-limit describe the sidecar: give "
-                              "--sidecar-image")
+        if any(given[name] is not None for name in ("gateway_class", "cpu_limit",
+                                                     "admin_port")):
+            raise ConfigError("--gateway-class, --cpu-limit and --sidecar-admin-port "
+                              "describe the sidecar: give --sidecar-image")
         return None
     return Sidecar(image, **given)
 

@@ -60,6 +60,10 @@ class Sidecar:
                 "your Gateway's spec.infrastructure.parametersRef; the output says how)."})
     eg_namespace: str = field(default=EG_NAMESPACE, metadata={
         "help": "Namespace of Envoy Gateway's envoy-gateway-config ConfigMap."})
+    admin_port: int | None = field(default=None, metadata={
+        "help": "Serve the admin endpoint on this port of the pod (metrics for Prometheus at "
+                "/metrics, /healthz, /readyz) and probe it over HTTP instead of running "
+                "`extctl health` in the container for every probe."})
 
     def __post_init__(self) -> None:
         if not _IMAGE.match(self.image):
@@ -71,6 +75,9 @@ class Sidecar:
         if self.socket_mode & 0o007 or not self.socket_mode & 0o060 == 0o060:
             raise GatewayError(f"socket mode {self.socket_mode:o}: the group (Envoy) needs "
                                "read and write, and others no access (660)")
+        if self.admin_port is not None and not 1024 <= self.admin_port <= 65535:
+            raise GatewayError(f"admin port {self.admin_port}: give 1024..65535 (the sidecar "
+                               "runs as non-root)")
         for what, quantity in (("cpu", self.cpu), ("memory", self.memory),
                                ("cpu limit", self.cpu_limit)):
             if quantity is not None and not _QUANTITY.match(quantity):
@@ -98,16 +105,32 @@ def socket_base(addresses: Sequence[str]) -> tuple[str, int]:
     return base, workers
 
 
-def _probe(command: list[str], period: int, failures: int) -> dict[str, Any]:
-    return {"exec": {"command": list(command)}, "periodSeconds": period, "timeoutSeconds": 3,
-            "failureThreshold": failures}
+def _probe(how: dict[str, Any], period: int, failures: int) -> dict[str, Any]:
+    return {**how, "periodSeconds": period, "timeoutSeconds": 3, "failureThreshold": failures}
 
 
 def container(sidecar: Sidecar, processor: str, addresses: Sequence[str]) -> dict[str, Any]:
     """The sidecar: ``extctl serve`` as a native sidecar (an init container that keeps
-    running), probed with ``extctl health`` on every worker's socket."""
+    running), probed with ``extctl health`` on every worker's socket, or over HTTP on the
+    admin endpoint when it has a port (``/readyz``: every worker serving; ``/healthz``:
+    the process answers)."""
     uds, workers = socket_base(addresses)
-    health = ["extctl", "health", "--uds", uds, "--workers", str(workers), "--timeout", "2"]
+    command = ["extctl", "serve", processor, "--uds", uds, "--workers", str(workers),
+               "--socket-mode", f"{sidecar.socket_mode:o}"]
+    ports: list[dict[str, Any]] = []
+    ready: dict[str, Any]
+    alive: dict[str, Any]
+    if sidecar.admin_port is None:
+        health: dict[str, Any] = {"exec": {"command": ["extctl", "health", "--uds", uds, "--workers",
+                                       str(workers), "--timeout", "2"]}}
+        ready = alive = health
+    else:
+        # the pod's address: kubelet probes it, Prometheus scrapes it
+        command += ["--admin", f"0.0.0.0:{sidecar.admin_port}"]
+        ports = [{"name": "extproc-admin", "containerPort": sidecar.admin_port,
+                  "protocol": "TCP"}]
+        ready = {"httpGet": {"path": "/readyz", "port": sidecar.admin_port}}
+        alive = {"httpGet": {"path": "/healthz", "port": sidecar.admin_port}}
     resources: dict[str, Any] = {"requests": {"cpu": sidecar.cpu, "memory": sidecar.memory},
                                  "limits": {"memory": sidecar.memory}}
     if sidecar.cpu_limit is not None:
@@ -116,13 +139,13 @@ def container(sidecar: Sidecar, processor: str, addresses: Sequence[str]) -> dic
         "name": "extproc",
         "image": sidecar.image,
         "restartPolicy": "Always",
-        "command": ["extctl", "serve", processor, "--uds", uds, "--workers", str(workers),
-                    "--socket-mode", f"{sidecar.socket_mode:o}"],
+        "command": command,
+        **({"ports": ports} if ports else {}),
         "env": [{"name": "PYTHONDONTWRITEBYTECODE", "value": "1"}],
         # Envoy starts once this passes: no "No such file" 500s while the sidecar starts.
-        "startupProbe": _probe(health, 1, 60),
-        "readinessProbe": _probe(health, 5, 2),
-        "livenessProbe": _probe(health, 10, 3),
+        "startupProbe": _probe(ready, 1, 60),
+        "readinessProbe": _probe(ready, 5, 2),
+        "livenessProbe": _probe(alive, 10, 3),
         "resources": resources,
         "securityContext": {
             "runAsNonRoot": True, "runAsUser": sidecar.user, "runAsGroup": sidecar.user,
