@@ -121,8 +121,8 @@ def container(sidecar: Sidecar, processor: str, addresses: Sequence[str]) -> dic
     ready: dict[str, Any]
     alive: dict[str, Any]
     if sidecar.admin_port is None:
-        health: dict[str, Any] = {"exec": {"command": ["extctl", "health", "--uds", uds, "--workers",
-                                       str(workers), "--timeout", "2"]}}
+        health: dict[str, Any] = {"exec": {"command": [
+            "extctl", "health", "--uds", uds, "--workers", str(workers), "--timeout", "2"]}}
         ready = alive = health
     else:
         # the pod's address: kubelet probes it, Prometheus scrapes it
