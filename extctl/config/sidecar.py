@@ -12,6 +12,7 @@ group, and mode 660 lets the sidecar's user and that group connect and nobody el
 
 from __future__ import annotations
 
+import copy
 import os
 import re
 from collections.abc import Sequence
@@ -106,7 +107,9 @@ def socket_base(addresses: Sequence[str]) -> tuple[str, int]:
 
 
 def _probe(how: dict[str, Any], period: int, failures: int) -> dict[str, Any]:
-    return {**how, "periodSeconds": period, "timeoutSeconds": 3, "failureThreshold": failures}
+    # a copy each: shared objects would come out as YAML anchors
+    return {**copy.deepcopy(how), "periodSeconds": period, "timeoutSeconds": 3,
+            "failureThreshold": failures}
 
 
 def container(sidecar: Sidecar, processor: str, addresses: Sequence[str]) -> dict[str, Any]:
