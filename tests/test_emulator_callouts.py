@@ -246,3 +246,17 @@ def test_declare_property_as_in_envoy():
                      foreign_functions={"declare_property": lambda data: b""})
     mine.request()
     assert mine.logs[0].message == "declare 0 0 0 set 0 0 0 0 two"
+
+
+def test_uncompress_refuses_what_is_not_whole_zlib_data_and_stays_bounded():
+    import zlib
+
+    from wasm.queues import _zlib
+
+    packed = _zlib("compress", b"abc" * 1000)
+    assert packed == zlib.compress(b"abc" * 1000)  # zlib format, default level
+    assert _zlib("uncompress", packed) == b"abc" * 1000
+    assert _zlib("uncompress", packed + b"tail") == b"abc" * 1000  # as zlib's uncompress()
+    assert _zlib("uncompress", packed[:-3]) is None  # cut short
+    bomb = zlib.compress(bytes(80 * 1024 * 1024))
+    assert _zlib("uncompress", bomb) is None  # past 64 MiB: refused, not held

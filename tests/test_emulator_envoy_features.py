@@ -160,3 +160,16 @@ def test_a_callout_reply_carries_the_headers_envoy_adds(tmp_path_factory):
     emulator_names = emulator.logs[0].message.split("|")[0:-1:2]
     assert emulator_names == envoy_names
     assert envoy_names[0] == ":status" and envoy_names[-1] == "x-envoy-upstream-service-time"
+
+
+def test_the_foreign_functions_envoy_ships_as_in_envoy(tmp_path_factory):
+    module = _compiled(tmp_path_factory, "foreign_builtins")
+    with envoy_stack(wasm=[WasmModule("builtins", file=str(module), text="")]) as stack:
+        assert stack.get("/").status == 200
+        log = stack.envoy.log()
+    envoy_lines = re.findall(r"wasm log[^:\n]*: ([^\n]*)", log)
+    emulator = ProxyWasm(module)
+    result = emulator.request()
+    assert [line.message for line in emulator.logs] == envoy_lines == [
+        "compress 0 uncompress 0 hello hello hello garbage 3 clear 0"]
+    assert result.route_cache_cleared == 1

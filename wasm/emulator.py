@@ -241,6 +241,7 @@ class ProxyWasm:
                 context.finish()
             self.state.streams.pop(context.context_id, None)
         result.actions = context.actions
+        result.route_cache_cleared = context.stream.route_cache_cleared
         result.logs = [line for line in self.state.logs[first_log:]
                        if line.context_id == context.context_id]
         result.calls = self.state.calls[first_call:]

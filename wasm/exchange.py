@@ -48,6 +48,8 @@ class HttpResult:
     """The phase where the filter stopped without continuing (Envoy would wait there)."""
     reset: bool = False
     """The filter closed the stream (``proxy_close_stream``): Envoy resets it."""
+    route_cache_cleared: int = 0
+    """Times the filter asked Envoy to pick the route again (``clear_route_cache``)."""
     logs: list[LogLine] = field(default_factory=list)
     """Log lines of this request's context."""
     calls: list[Call] = field(default_factory=list)

@@ -6,15 +6,25 @@ woken; every enqueue wakes it with ``proxy_on_queue_ready`` once the running cal
 (Envoy posts it to the dispatcher); a dequeue from an empty queue answers EMPTY.
 
 Foreign functions are the ones given to the emulator (``foreign_functions={"name": fn}``, a
-function of the argument bytes returning the result bytes), then the one Envoy ships that
-SDKs call, ``declare_property`` (its ``DeclarePropertyArguments`` message: a declared
-read-only property can be set once per stream; declaring a name twice, or bytes that are not
-the message, is BAD_ARGUMENT; a declaration from a stream's context is kept on that context,
-where Envoy never looks, so it changes nothing); any other name is NOT_FOUND, as in Envoy
-for a function it does not ship.
+function of the argument bytes returning the result bytes), then those Envoy ships that SDKs
+call:
+
+- ``declare_property`` (its ``DeclarePropertyArguments`` message): a declared read-only
+  property can be set once per stream; declaring a name twice, or bytes that are not the
+  message, is BAD_ARGUMENT; a declaration from a stream's context is kept on that context,
+  where Envoy never looks, so it changes nothing;
+- ``compress`` and ``uncompress``: zlib data (the zlib format, default level), bytes that are
+  not zlib data SERIALIZATION_FAILURE;
+- ``clear_route_cache``: counted on the stream (``HttpResult.route_cache_cleared``).
+
+Any other name is NOT_FOUND, as in Envoy for a function it does not ship (``sign``,
+``verify_signature``, ``set_envoy_filter_state`` and the CEL ``expr_*`` functions are not
+emulated: give your own under the name).
 """
 
 from __future__ import annotations
+
+import zlib
 
 from .abi import Status
 from .errors import HostError
@@ -72,6 +82,16 @@ class QueueFunctions:
         function = self.state.foreign_functions.get(name)
         if function is None and name == "declare_property":
             return self._declare_property(argument)
+        if function is None and name == "clear_route_cache":
+            if self.state.stream is not None:
+                self.state.stream.route_cache_cleared += 1
+            return Status.OK
+        if function is None and name in ("compress", "uncompress"):
+            result = _zlib(name, argument)
+            if result is None:
+                return Status.SERIALIZATION_FAILURE
+            return self.memory.hand_back("proxy_call_foreign_function", result, ret_ptr_ptr,
+                                         ret_size_ptr)
         if function is None:
             return Status.NOT_FOUND
         try:
@@ -100,3 +120,21 @@ class QueueFunctions:
             return Status.BAD_ARGUMENT  # Envoy keeps the first declaration
         state.declared[name] = DeclaredProperty(name, bool(readonly), kind, span)
         return Status.OK
+
+
+_MAX_UNCOMPRESSED = 64 * 1024 * 1024
+
+
+def _zlib(name: str, data: bytes) -> bytes | None:
+    """``compress`` or ``uncompress`` as Envoy's zlib calls do them; None for data that is not
+    zlib's (or would uncompress past 64 MiB, which a test treats as not zlib's)."""
+    if name == "compress":
+        return zlib.compress(data)
+    decompressor = zlib.decompressobj()
+    try:
+        result = decompressor.decompress(data, _MAX_UNCOMPRESSED)
+    except zlib.error:
+        return None
+    if not decompressor.eof or decompressor.unconsumed_tail:
+        return None  # cut short, or larger than the cap
+    return result

@@ -63,6 +63,7 @@ class StreamState:
     response_started: bool = False
     response_code: int | None = None
     filter_state: dict[bytes, bytes] = field(default_factory=dict)
+    route_cache_cleared: int = 0
 
     def map_for(self, kind: MapType, write: bool) -> HeaderMap | None:
         if kind in self.live or kind in self.paused_maps or (self.logging and not write):
