@@ -9,23 +9,31 @@
     extproc.serve(AddHeader, uds="/var/run/extproc/extproc.sock")
 """
 
-from ._body import Body
-from ._config import ServerConfig
-from ._errors import (
-    ExtprocError,
-    ImportFromStringError,
-    MutationError,
-    ProcessorDefinitionError,
-    ProtocolError,
-    ServeError,
-)
-from ._headers import Headers
-from ._importer import import_processor
-from ._mode import BodyMode, FilterSpec, ProcessingMode, derive
-from ._processor import Processor
-from ._responses import ImmediateResponse
-from ._server import SERVICE_NAME, Server, make_server, serve, serve_async
-from ._thread import ServerThread
+# Names are imported from their modules on first use, as in ``wasm`` and ``registry``: a
+# health check or a config object does not load the server, protobufs and asyncio.
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ._body import Body
+    from ._config import ServerConfig
+    from ._errors import (
+        ExtprocError,
+        ImportFromStringError,
+        MutationError,
+        ProcessorDefinitionError,
+        ProtocolError,
+        ServeError,
+    )
+    from ._headers import Headers
+    from ._importer import import_processor
+    from ._mode import BodyMode, FilterSpec, ProcessingMode, derive
+    from ._processor import Processor
+    from ._responses import ImmediateResponse
+    from ._server import SERVICE_NAME, Server, make_server, serve, serve_async
+    from ._thread import ServerThread
 
 __all__ = [
     "SERVICE_NAME",
@@ -51,3 +59,41 @@ __all__ = [
     "serve",
     "serve_async",
 ]
+
+_WHERE = {
+    "SERVICE_NAME": "_server",
+    "Body": "_body",
+    "BodyMode": "_mode",
+    "ExtprocError": "_errors",
+    "FilterSpec": "_mode",
+    "Headers": "_headers",
+    "ImmediateResponse": "_responses",
+    "ImportFromStringError": "_errors",
+    "MutationError": "_errors",
+    "ProcessingMode": "_mode",
+    "Processor": "_processor",
+    "ProcessorDefinitionError": "_errors",
+    "ProtocolError": "_errors",
+    "ServeError": "_errors",
+    "Server": "_server",
+    "ServerConfig": "_config",
+    "ServerThread": "_thread",
+    "derive": "_mode",
+    "import_processor": "_importer",
+    "make_server": "_server",
+    "serve": "_server",
+    "serve_async": "_server",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

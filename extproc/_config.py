@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import asyncio
 
 from ._errors import ServeError
 
@@ -114,6 +116,8 @@ class ServerConfig:
 
     def new_event_loop(self) -> asyncio.AbstractEventLoop:
         """A new event loop of the configured kind."""
+        import asyncio
+
         uvloop = _uvloop() if self.loop != "asyncio" else None
         return uvloop.new_event_loop() if uvloop is not None else asyncio.new_event_loop()
 

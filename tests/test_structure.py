@@ -107,12 +107,14 @@ def test_testing_public_names():
         assert getattr(extctl.testing, name).__module__.startswith("extctl.harness"), name
 
 
-def _imported_by(*argv: str) -> set[str]:
-    """Top-level modules loaded by ``extctl ARGV`` in a fresh interpreter."""
+def _imported_by(*argv: str, whole: bool = False) -> set[str]:
+    """Top-level modules (``whole``: every module) loaded by ``extctl ARGV`` in a fresh
+    interpreter."""
+    name = "m" if whole else "m.split('.')[0]"
     code = ("import sys; from extctl.cli import cli\n"
             "try:\n    cli(" + repr(list(argv)) + ", prog_name='extctl')\n"
             "except SystemExit:\n    pass\n"
-            "print(' '.join(sorted({m.split('.')[0] for m in sys.modules})), file=sys.stderr)")
+            "print(' '.join(sorted({" + name + " for m in sys.modules})), file=sys.stderr)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=60, cwd=ROOT)
     return set(done.stderr.strip().splitlines()[-1].split())
@@ -128,6 +130,13 @@ def test_commands_import_only_what_they_run():
     assert not pull & {"grpc", "wasmtime", "extproc", "yaml"}, pull
     gen = _imported_by("gen", "--help")
     assert not gen & {"wasmtime", "registry", "httpx"}, gen
+    # what an exec probe runs: the health check, not the server, its protos or asyncio's loop
+    health = _imported_by("health", "--uds", "/nonexistent/p.sock", "--timeout", "0.2",
+                          whole=True)
+    assert {"grpc", "grpc_health.v1.health_pb2", "extproc._config"} <= health
+    assert not health & {"extproc._server", "extproc._stream", "extproc._headers", "uvloop",
+                         "envoy.service.ext_proc.v3.external_processor_pb2", "wasmtime",
+                         "httpx"}, sorted(health)
 
 
 def test_the_exit_code_table_names_real_classes():

@@ -28,14 +28,14 @@ def health(uds: str | None, address: str | None, workers: int, timeout: float, s
     """
     import json
 
-    import extproc
+    from extproc import ServeError, ServerConfig
 
     from ..diagnose.health import check, require_serving
     from ..errors import UsageError
 
     try:
-        addresses = extproc.ServerConfig(uds=uds, address=address, workers=workers).addresses()
-    except extproc.ServeError as exc:
+        addresses = ServerConfig(uds=uds, address=address, workers=workers).addresses()
+    except ServeError as exc:
         raise UsageError(str(exc)) from None
     from registry.untrusted import escape
 
