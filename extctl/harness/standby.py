@@ -12,7 +12,10 @@ import sys
 
 
 def main() -> int:
-    import extproc  # noqa: F401  - the slow part of a start, done before it is needed
+    import extproc
+
+    for name in extproc.__all__:  # the slow part of a start (its names import on first use)
+        getattr(extproc, name)
     from extctl.cli import cli
     from extctl.cli import serve as _serve  # noqa: F401
 
