@@ -268,7 +268,8 @@ class GrpcStream:
 
     def reset(self) -> None:
         """The upstream resets the stream: empty trailing metadata and INTERNAL (13), as
-        Envoy's gRPC client reports a reset."""
+        Envoy's gRPC client reports a reset (read from its source; the status message, empty
+        here, was not checked through Envoy: a real upstream cannot reset on cue)."""
         if not self._check_open("reset"):
             return
         self.status = (GRPC_INTERNAL, "")

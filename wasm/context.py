@@ -189,6 +189,7 @@ def _grpc_reply(vm: Vm, state: PluginState, call: Call, reply: Reply | None) -> 
             state.answer = None
         return
     if reply is not None:
+        # Envoy's gRPC client reports a call's status as a stream's (checked for streams)
         status, message = reply.grpc_status(), via_upstream(reply.message)
     elif call.failure == "timeout":
         status, message = GRPC_DEADLINE_EXCEEDED, "upstream request timeout"
