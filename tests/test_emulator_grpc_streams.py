@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 import threading
+import time
 from collections.abc import Iterator
 from concurrent import futures
 from pathlib import Path
@@ -242,7 +243,7 @@ def test_upstream_failures_on_a_stream():
     # a stream handler given for HTTP callouts says so
     from test_emulator_callouts import _wat
 
-    with pytest.raises(HostError, match="answers gRPC streams only"):
+    with pytest.raises(HostError, match="answers gRPC calls and streams, not HTTP calls"):
         ProxyWasm(_wat("callout.wat"), upstreams={"upstream": Quiet()}).request()
 
 
@@ -357,3 +358,55 @@ def test_declare_property_arguments_are_read_as_protobuf_reads_them():
     for _ in range(3000):  # whatever the bytes, an answer and no exception
         data = bytes(rng.randrange(256) for _ in range(rng.randrange(24)))
         assert message(data, schema) is None or isinstance(message(data, schema), dict)
+
+
+@pytest.mark.envoy
+def test_unary_grpc_calls_as_in_envoy(tmp_path):
+    """The same grpcio server answering unary calls (tests/wat/grpc_call.wat): the message,
+    or the status with Envoy's details appended."""
+    server = GrpcServer()
+    server.server.start()
+    module = tmp_path / "grpc_call.wasm"
+    module.write_bytes(wasmtime.wat2wasm((WAT / "grpc_call.wat").read_text()))
+    paths = ["/echo", "/deny", "/late"]
+    try:
+        plugin = WasmModule("calls", file=str(module), text="")
+        cluster = CalloutCluster("grpc", f"127.0.0.1:{server.port}", http2=True)
+        with envoy_stack(wasm=[plugin], clusters=[cluster]) as stack:
+            for path in paths:
+                assert stack.get(path).status == 200
+                time.sleep(0.2)  # the reply comes after the request: let it land first
+            log = stack.envoy.log()
+    finally:
+        server.server.stop(0)
+    envoy_lines = re.findall(r"wasm log[^:\n]*: ([^\n]*)", log)
+    emulator = ProxyWasm(module, upstreams={"grpc": Talk()})
+    for path in paths:
+        emulator.request(path=path)
+    assert [line.message for line in emulator.logs] == envoy_lines == [
+        "call 0 5", "message 5 echo:/echo",
+        "call 0 9", "close 9 7 denied{via_upstream}",
+        "call 0 13", "close 13 9 late{via_upstream}"]
+
+
+def test_a_stream_handler_serves_unary_calls_as_a_grpc_server_would():
+    module = bytes(wasmtime.wat2wasm((WAT / "grpc_call.wat").read_text()))
+
+    class Silent(GrpcStreamHandler):  # ends OK without a message: Envoy reports INTERNAL
+        pass
+
+    class Twice(GrpcStreamHandler):  # two messages: the call gets the last
+        def received(self, stream, message):
+            stream.send(b"first")
+            stream.send(b"second")
+
+    class Resets(GrpcStreamHandler):
+        def received(self, stream, message):
+            stream.reset()
+
+    for handler, expected in [(Silent(), "close 5 13 "), (Twice(), "message 5 second"),
+                              (Resets(), "close 5 14 upstream connect error or reset")]:
+        plugin = ProxyWasm(module, upstreams={"grpc": handler})
+        plugin.request(path="/x")
+        assert [line.message for line in plugin.logs] == ["call 0 5", expected]
+        assert plugin.calls[0].body == b"/x"

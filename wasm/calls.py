@@ -62,7 +62,8 @@ class Call:
     """What the upstream answered (None when it timed out or reset, or has not answered)."""
     failure: str | None = None
     """``"timeout"`` or ``"reset"`` when the upstream raised one; ``"no cluster"`` for a
-    GrpcService naming a cluster that has no upstream."""
+    GrpcService naming a cluster that has no upstream; ``"no message"`` for a gRPC call
+    a stream handler ended OK without a message."""
 
     def header(self, name: str) -> str | None:
         return next((v for k, v in self.headers if k == name.lower()), None)

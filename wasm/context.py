@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from .abi import BODY_ACTIONS, HEADER_ACTIONS, BufferType, MapType
 from .calls import (
     GRPC_DEADLINE_EXCEEDED,
+    GRPC_INTERNAL,
     GRPC_UNAVAILABLE,
     NO_CLUSTER,
     SERVICE_TIME,
@@ -129,11 +130,15 @@ def _answer(vm: Vm, state: PluginState, call: Call) -> None:
     doing = f"answering the {call.kind} call made by context {call.context_id}"
     try:
         if isinstance(handler, GrpcStreamHandler):
-            raise TypeError("a GrpcStreamHandler answers gRPC streams only")
-        answered = handler(call)
-        if answered is None:
-            raise TypeError("the handler returned None, not a reply")
-        reply = answered if isinstance(answered, Reply) else Reply(*answered)
+            if call.kind != "grpc":
+                raise TypeError("a GrpcStreamHandler answers gRPC calls and streams, not "
+                                "HTTP calls")
+            reply = _unary_from_stream(handler, call)
+        else:
+            answered = handler(call)
+            if answered is None:
+                raise TypeError("the handler returned None, not a reply")
+            reply = answered if isinstance(answered, Reply) else Reply(*answered)
     except CalloutTimeout:
         call.failure = "timeout"
     except CalloutReset:
@@ -178,6 +183,32 @@ def _http_reply(vm: Vm, state: PluginState, call: Call, reply: Reply | None) -> 
         state.status = (0, "")
 
 
+def _unary_from_stream(handler: GrpcStreamHandler, call: Call) -> Reply | None:
+    """A unary call served by a stream handler, as a gRPC server serves one: a stream with
+    one message and the client's end. The call gets the last message and the status (Envoy's
+    client keeps the last); OK without a message is a failure, INTERNAL, as in Envoy."""
+    stream = GrpcStream(call.cluster, call.service, call.method, call.headers, call.token,
+                        call.context_id)
+    for event, data in (("open", b""), ("message", call.body), ("half_close", b"")):
+        if stream.status is not None:
+            break
+        if event == "message":
+            stream.received.append(data)
+        dispatch(handler, stream, event, data)
+    if stream.status is None:
+        raise TypeError(f"it never ended the unary call {call.service}/{call.method} "
+                        "(close the stream in half_closed)")
+    closing = stream.to_filter[-1]
+    if closing.kind == "close" and not closing.pairs:
+        raise CalloutReset("the stream handler reset the call")
+    messages = [d.data for d in stream.to_filter if d.kind == "message"]
+    status, message = stream.status
+    if status == 0 and not messages:
+        call.failure = "no message"
+        return None
+    return Reply(status, body=messages[-1] if messages else b"", message=message)
+
+
 def _grpc_reply(vm: Vm, state: PluginState, call: Call, reply: Reply | None) -> None:
     """A unary call: its message on success, else only the close with its status (Envoy
     hands a unary call no metadata)."""
@@ -189,12 +220,14 @@ def _grpc_reply(vm: Vm, state: PluginState, call: Call, reply: Reply | None) -> 
             state.answer = None
         return
     if reply is not None:
-        # Envoy's gRPC client reports a call's status as a stream's (checked for streams)
+        # the upstream's grpc-message with Envoy's details, as for a stream (checked for both)
         status, message = reply.grpc_status(), via_upstream(reply.message)
     elif call.failure == "timeout":
         status, message = GRPC_DEADLINE_EXCEEDED, "upstream request timeout"
     elif call.failure == "no cluster":
         status, message = GRPC_UNAVAILABLE, NO_CLUSTER
+    elif call.failure == "no message":  # OK, but nothing to hand over
+        status, message = GRPC_INTERNAL, ""
     else:
         status, message = GRPC_UNAVAILABLE, "upstream connect error or reset"
     state.status = (status, message)
