@@ -60,19 +60,32 @@ class CalloutFunctions:
         self.memory.put_u32(name, token_ptr, token)
         return Status.OK
 
+    def _grpc_target(self, name: str, service_ptr: int, service_size: int,
+                     service_name_ptr: int, service_name_size: int, method_ptr: int,
+                     method_size: int, metadata_ptr: int, metadata_size: int,
+                     ) -> tuple[str, str, str, list[tuple[str, str]]] | Status:
+        """What a gRPC call or stream is made to: (cluster, service, method, metadata), or
+        PARSE_FAILURE for a plain cluster name that names no cluster."""
+        cluster, plain = parse_service(self.memory.read(name, service_ptr, service_size))
+        service_name = self.memory.text(name, service_name_ptr, service_name_size)
+        method = self.memory.text(name, method_ptr, method_size)
+        metadata = self._pairs(name, metadata_ptr, metadata_size)
+        if cluster not in self.state.upstreams and plain:
+            return Status.PARSE_FAILURE
+        return cluster, service_name, method, metadata
+
     def proxy_grpc_call(self, service_ptr: int, service_size: int, service_name_ptr: int,
                         service_name_size: int, method_ptr: int, method_size: int,
                         metadata_ptr: int, metadata_size: int, request_ptr: int,
                         request_size: int, timeout_ms: int, token_ptr: int) -> int:
         name = "proxy_grpc_call"
-        service = self.memory.read(name, service_ptr, service_size)
-        service_name = self.memory.text(name, service_name_ptr, service_name_size)
-        method = self.memory.text(name, method_ptr, method_size)
-        metadata = self._pairs(name, metadata_ptr, metadata_size)
+        target = self._grpc_target(name, service_ptr, service_size, service_name_ptr,
+                                   service_name_size, method_ptr, method_size, metadata_ptr,
+                                   metadata_size)
         request = self.memory.read(name, request_ptr, request_size)
-        cluster, plain = parse_service(service)
-        if cluster not in self.state.upstreams and plain:
-            return Status.PARSE_FAILURE
+        if isinstance(target, Status):
+            return target
+        cluster, service_name, method, metadata = target
         token = self.state.next_token(GRPC_CALL)
         call = Call("grpc", cluster, metadata, request, [], timeout_ms, token,
                     self.state.context_id, service_name, method)
@@ -90,14 +103,13 @@ class CalloutFunctions:
                           service_name_size: int, method_ptr: int, method_size: int,
                           metadata_ptr: int, metadata_size: int, token_ptr: int) -> int:
         name = "proxy_grpc_stream"
-        service = self.memory.read(name, service_ptr, service_size)
-        service_name = self.memory.text(name, service_name_ptr, service_name_size)
-        method = self.memory.text(name, method_ptr, method_size)
-        metadata = self._pairs(name, metadata_ptr, metadata_size)
-        cluster, plain = parse_service(service)
+        target = self._grpc_target(name, service_ptr, service_size, service_name_ptr,
+                                   service_name_size, method_ptr, method_size, metadata_ptr,
+                                   metadata_size)
+        if isinstance(target, Status):
+            return target
+        cluster, service_name, method, metadata = target
         state = self.state
-        if cluster not in state.upstreams and plain:
-            return Status.PARSE_FAILURE
         token = state.next_token(GRPC_STREAM)
         stream = GrpcStream(cluster, service_name, method, metadata, token, state.context_id,
                             wake=state.wake)

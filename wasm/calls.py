@@ -165,7 +165,7 @@ class GrpcStream:
     headers: list[tuple[str, str]]
     """The initial metadata the filter sent."""
     token: int
-    """Even, as Envoy's stream tokens are (call tokens are odd)."""
+    """6, 10, ...: 2 in the two low bits, as Envoy numbers streams (wasm.state)."""
     context_id: int
     """The context that opened it (the callbacks go to the root context in any case)."""
     received: list[bytes] = field(default_factory=list)
@@ -186,8 +186,10 @@ class GrpcStream:
     remote_closed: bool = field(default=False, repr=False)
     """The filter has been called back for the upstream's end of the stream."""
     forgotten: bool = field(default=False, repr=False)
-    """The host no longer knows the token (cancelled, or closed by both ends in that
-    order): the filter's calls with it answer NOT_FOUND."""
+    """The host no longer knows the token: the filter's calls with it answer NOT_FOUND.
+    Not derived from the flags above: Envoy erases the token at different moments (at a
+    cancel; at the filter's close once the upstream's close was delivered; after the close
+    callback when the filter had closed first)."""
     to_upstream: deque[tuple[str, bytes]] = field(default_factory=deque, repr=False)
     """What the filter did that its upstream has not yet been told of."""
     to_filter: deque[Delivery] = field(default_factory=deque, repr=False)
@@ -277,6 +279,14 @@ class GrpcStream:
         self._event(Delivery("close", status=GRPC_INTERNAL))
 
 
+def reply_of(answered: Reply | tuple[int, Headers, bytes] | None) -> Reply:
+    """What a plain handler returned, as a Reply (a ``(status, headers, body)`` tuple is
+    taken too); TypeError for None."""
+    if answered is None:
+        raise TypeError("the handler returned None, not a reply")
+    return answered if isinstance(answered, Reply) else Reply(*answered)
+
+
 def dispatch(handler: ScriptedUpstream, stream: GrpcStream, event: str, data: bytes) -> None:
     """Tell a stream's scripted upstream what the filter did: ``"open"``, ``"message"``
     (``data``), ``"half_close"`` or ``"cancel"``. A plain handler answers each message as a
@@ -299,7 +309,7 @@ def dispatch(handler: ScriptedUpstream, stream: GrpcStream, event: str, data: by
                             stream.context_id, stream.service, stream.method))
     if answered is None:
         return
-    reply = answered if isinstance(answered, Reply) else Reply(*answered)
+    reply = reply_of(answered)
     if reply.grpc_status() == 0:
         if not stream.metadata_sent and reply.header_pairs():
             stream.send_metadata(reply.header_pairs())

@@ -26,6 +26,7 @@ from .calls import (
     GrpcStreamHandler,
     Reply,
     dispatch,
+    reply_of,
     via_upstream,
 )
 from .errors import CalloutReset, CalloutTimeout, HostError
@@ -135,10 +136,7 @@ def _answer(vm: Vm, state: PluginState, call: Call) -> None:
                                 "HTTP calls")
             reply = _unary_from_stream(handler, call)
         else:
-            answered = handler(call)
-            if answered is None:
-                raise TypeError("the handler returned None, not a reply")
-            reply = answered if isinstance(answered, Reply) else Reply(*answered)
+            reply = reply_of(handler(call))
     except CalloutTimeout:
         call.failure = "timeout"
     except CalloutReset:

@@ -5,9 +5,10 @@ upstream, and the state of each HTTP stream."""
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 from .abi import LogLevel, MapType, MetricType, Status
@@ -18,6 +19,12 @@ ROOT_CONTEXT_ID = 1
 # Callout tokens: the two low bits give the kind, each kind counts in fours from its own.
 HTTP_CALL, GRPC_CALL, GRPC_STREAM = 0, 1, 2
 KIND_MASK = 3
+
+
+def token_numbers(kind: int) -> Iterator[int]:
+    """The tokens of ``kind`` in the order proxy-wasm-cpp-host hands them out (HTTP calls
+    4, 8, ...; gRPC calls 5, 9, ...; gRPC streams 6, 10, ...)."""
+    return itertools.count(kind + KIND_MASK + 1, KIND_MASK + 1)
 _TYPE_MASK = 3
 _ID_STEP = 4
 
@@ -247,10 +254,9 @@ class PluginState:
     """A callout's reply while the filter's callback for it runs."""
     status: tuple[int, str] = (0, "")
     """What ``proxy_get_status`` reports (a callout's failure or a gRPC status)."""
-    tokens: dict[int, int] = field(default_factory=lambda: {HTTP_CALL: HTTP_CALL,
-                                                              GRPC_CALL: GRPC_CALL,
-                                                              GRPC_STREAM: GRPC_STREAM})
-    """The last token handed out, by kind."""
+    tokens: dict[int, Iterator[int]] = field(default_factory=lambda: {
+        kind: token_numbers(kind) for kind in (HTTP_CALL, GRPC_CALL, GRPC_STREAM)})
+    """The tokens still to hand out, by kind."""
 
     def log(self, level: LogLevel, message: str) -> None:
         self.logs.append(LogLine(level, message, self.context_id))
@@ -266,8 +272,7 @@ class PluginState:
         return ROOT_CONTEXT_ID  # the emulator runs one root context
 
     def next_token(self, kind: int) -> int:
-        self.tokens[kind] += KIND_MASK + 1
-        return self.tokens[kind]
+        return next(self.tokens[kind])
 
     def wake(self, stream: GrpcStream) -> None:
         """A gRPC stream has events for one end or the other: delivered after the running

@@ -40,6 +40,7 @@ from typing import Any
 from .calls import GRPC_UNAVAILABLE, NO_CLUSTER, GrpcStream, Handler, ScriptedUpstream
 from .emulator import ProxyWasm
 from .errors import HostError
+from .state import GRPC_STREAM, token_numbers
 from .upstreams import GrpcUpstream, call_view, http_answer, stream_view
 
 __all__ = ["IGNORED", "Difference", "Exchange", "compare_with_envoy"]
@@ -170,7 +171,7 @@ def _through_envoy(path: Path, requests: list[Exchange], root_id: str, configura
     plugin = WasmModule(name, file=str(path), text=configuration, root_id=root_id)
     seen = []
     failures: list[str] = []
-    tokens = [6]  # the emulator's first gRPC stream token, shared by every server
+    tokens = token_numbers(GRPC_STREAM)  # the emulator's numbering, across every server
     with contextlib.ExitStack() as servers:
         clusters = [CalloutCluster(cluster, servers.enter_context(EchoServer(
             answer=http_answer(cluster, handler, calls, failures, _ours))).address)

@@ -13,10 +13,10 @@ import queue
 import re
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
-from .calls import Call, GrpcStream, Handler, Reply, ScriptedUpstream, dispatch
+from .calls import Call, GrpcStream, Handler, ScriptedUpstream, dispatch, reply_of
 from .errors import CalloutFailure
 
 Headers = Sequence[tuple[str, str]] | Mapping[str, str]
@@ -28,7 +28,8 @@ _OWN = frozenset({":status", "content-type", "x-envoy-upstream-service-time", "g
                   "grpc-message", "grpc-accept-encoding", "grpc-encoding"})
 _METADATA_NAME = re.compile(r"^[0-9a-z_.-]+$")
 _MAX_GRPC_STATUS = 16
-_FIRST_TOKEN, _TOKEN_STEP = 6, 4  # as the emulator numbers gRPC streams
+NOT_ON_CUE = ("a real upstream cannot be made to time out or reset on cue; test that with "
+              "ProxyWasm alone")
 
 
 def call_view(cluster: str, headers: Sequence[tuple[str, str]], body: bytes,
@@ -59,14 +60,10 @@ def http_answer(cluster: str, handler: Handler, calls: list[dict[str, Any]],
         pairs = pseudo + [(k.lower(), v) for k, v in headers]
         calls.append(call_view(cluster, pairs, body, ours))
         try:
-            answered = handler(Call("http", cluster, pairs, body, [], 0, 0, 0))
-            if answered is None:
-                raise TypeError("the handler returned None, not a reply")
-            reply = answered if isinstance(answered, Reply) else Reply(*answered)
+            reply = reply_of(handler(Call("http", cluster, pairs, body, [], 0, 0, 0)))
         except CalloutFailure as failure:
             failures.append(f"the scripted upstream for cluster {cluster!r} raised "
-                            f"{type(failure).__name__}: a real upstream cannot be made to "
-                            "time out or reset on cue; test that with ProxyWasm alone")
+                            f"{type(failure).__name__}: {NOT_ON_CUE}")
             return 500, {}, b"", {}
         except Exception as exc:
             failures.append(f"the scripted upstream for cluster {cluster!r} raised "
@@ -81,7 +78,7 @@ class GrpcUpstream:
     """A grpcio server on 127.0.0.1 serving every method of ``cluster`` with ``handler``."""
 
     def __init__(self, cluster: str, handler: ScriptedUpstream, failures: list[str],
-                 tokens: list[int]) -> None:
+                 tokens: Iterator[int]) -> None:
         from concurrent import futures
 
         import grpc
@@ -89,7 +86,7 @@ class GrpcUpstream:
         self.cluster = cluster
         self.handler = handler
         self.failures = failures
-        self.tokens = tokens  # shared by every server of one run: the emulator's numbering
+        self.tokens = tokens  # one numbering for every server of a run, the emulator's
         self.streams: list[GrpcStream] = []
         self.active = 0
         self._lock = threading.Lock()
@@ -141,8 +138,7 @@ class GrpcUpstream:
                     context.invocation_metadata()]
         with self._lock:
             self.active += 1
-            token = self.tokens[0]
-            self.tokens[0] += _TOKEN_STEP
+            token = next(self.tokens)
         stream = GrpcStream(self.cluster, service, method, metadata, token, 0,
                             wake=lambda s: woken.put(None))
         with self._lock:
@@ -163,8 +159,7 @@ class GrpcUpstream:
             except grpc.RpcError:
                 cancelled = True  # the call ended under the iteration: the filter reset it
             except CalloutFailure as failure:
-                self._fail(f"raised {type(failure).__name__}: a real upstream cannot be made "
-                           "to time out or reset on cue; test that with ProxyWasm alone")
+                self._fail(f"raised {type(failure).__name__}: {NOT_ON_CUE}")
                 _end(stream)
             except Exception as exc:
                 self._fail(f"raised {type(exc).__name__}: {exc}")
@@ -215,8 +210,7 @@ class GrpcUpstream:
                 elif event.kind == "close":
                     code, message = stream.status or (0, "")
                     if not event.pairs and code == 13 and not message:
-                        self._fail("reset a stream: a real upstream cannot be made to reset on "
-                                   "cue; test that with ProxyWasm alone")
+                        self._fail(f"reset a stream: {NOT_ON_CUE}")
                     if code > _MAX_GRPC_STATUS:
                         self._fail(f"closed a stream with status {code}, which gRPC cannot "
                                    f"send (0..{_MAX_GRPC_STATUS})")
