@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import wasmtime
+from test_emulator import _module
 
 from wasm import CalloutReset, CalloutTimeout, HostError, ProxyWasm, Reply
 
@@ -60,26 +61,17 @@ def test_a_handler_that_raises_is_a_host_error_naming_the_cluster():
         ProxyWasm(_wat("callout.wat"), upstreams={"upstream": buggy}).request()
 
 
-GRPC = """(module
+GRPC = _module("(i32.const 0)", imports="""
   (import "env" "proxy_grpc_call" (func $grpc_call (param i32 i32 i32 i32 i32 i32 i32 i32 i32
                                                           i32 i32 i32) (result i32)))
   (import "env" "proxy_get_buffer_bytes"
     (func $get_buffer (param i32 i32 i32 i32 i32) (result i32)))
   (import "env" "proxy_get_status" (func $get_status (param i32 i32 i32) (result i32)))
-  (import "env" "proxy_log" (func $log (param i32 i32 i32) (result i32)))
-  (memory (export "memory") 1)
-  (global $heap (mut i32) (i32.const 4096))
+  (import "env" "proxy_log" (func $log (param i32 i32 i32) (result i32)))""", extra="""
   (data (i32.const 256) "auth")
   (data (i32.const 272) "pkg.Auth")
   (data (i32.const 288) "Check")
   (data (i32.const 304) "request")
-  (func (export "proxy_abi_version_0_2_1"))
-  (func (export "proxy_on_memory_allocate") (param $size i32) (result i32)
-    (local $at i32) (local.set $at (global.get $heap))
-    (global.set $heap (i32.add (global.get $heap) (local.get $size))) (local.get $at))
-  (func (export "proxy_on_context_create") (param i32 i32))
-  (func (export "proxy_on_vm_start") (param i32 i32) (result i32) (i32.const 1))
-  (func (export "proxy_on_configure") (param i32 i32) (result i32) (i32.const 1))
   (func (export "proxy_on_tick") (param i32)
     (drop (call $grpc_call (i32.const 256) (i32.const 4) (i32.const 272) (i32.const 8)
                            (i32.const 288) (i32.const 5) (i32.const 0) (i32.const 0)
@@ -90,8 +82,7 @@ GRPC = """(module
     (drop (call $log (i32.const 2) (i32.load (i32.const 8)) (i32.load (i32.const 12)))))
   (func (export "proxy_on_grpc_close") (param i32 i32) (param $status i32)
     (drop (call $get_status (i32.const 16) (i32.const 20) (i32.const 24)))
-    (drop (call $log (i32.const 3) (i32.load (i32.const 20)) (i32.load (i32.const 24)))))
-  (func (export "proxy_on_done") (param i32) (result i32) (i32.const 1)))"""
+    (drop (call $log (i32.const 3) (i32.load (i32.const 20)) (i32.load (i32.const 24)))))""")
 
 
 def test_a_unary_grpc_call_gets_its_message_or_its_status():
@@ -103,7 +94,7 @@ def test_a_unary_grpc_call_gets_its_message_or_its_status():
             return Reply(body=b"granted")  # gRPC status 0 (OK) by default
         return Reply(7, message="permission denied")
 
-    plugin = ProxyWasm(bytes(wasmtime.wat2wasm(GRPC)), upstreams={"auth": auth})
+    plugin = ProxyWasm(GRPC, upstreams={"auth": auth})
     plugin.tick()
     plugin.tick()
     assert [(c.kind, c.cluster, c.service, c.method, c.timeout_ms) for c in seen] == \
@@ -114,39 +105,30 @@ def test_a_unary_grpc_call_gets_its_message_or_its_status():
                                                       "permission denied{via_upstream}"]
 
 
-FOREIGN = """(module
+FOREIGN = _module("(i32.const 0)", imports="""
   (import "env" "proxy_call_foreign_function"
     (func $foreign (param i32 i32 i32 i32 i32 i32) (result i32)))
-  (import "env" "proxy_log" (func $log (param i32 i32 i32) (result i32)))
-  (memory (export "memory") 1)
-  (global $heap (mut i32) (i32.const 4096))
+  (import "env" "proxy_log" (func $log (param i32 i32 i32) (result i32)))""", extra="""
   (data (i32.const 256) "upper")
   (data (i32.const 272) "missing")
-  (data (i32.const 288) "hello")
-  (func (export "proxy_abi_version_0_2_1"))
-  (func (export "proxy_on_memory_allocate") (param $size i32) (result i32)
-    (local $at i32) (local.set $at (global.get $heap))
-    (global.set $heap (i32.add (global.get $heap) (local.get $size))) (local.get $at))
-  (func (export "proxy_on_context_create") (param i32 i32))
-  (func (export "proxy_on_vm_start") (param i32 i32) (result i32) (i32.const 1))
-  (func (export "proxy_on_configure") (param i32 i32) (result i32)
+  (data (i32.const 288) "hello")""",
+                  configure="""
     ;; status of an unknown function (NOT_FOUND: 1) kept at 32
     (i32.store (i32.const 32) (call $foreign (i32.const 272) (i32.const 7) (i32.const 288)
                                              (i32.const 5) (i32.const 8) (i32.const 12)))
     (drop (call $foreign (i32.const 256) (i32.const 5) (i32.const 288) (i32.const 5)
                          (i32.const 8) (i32.const 12)))
     (drop (call $log (i32.const 2) (i32.load (i32.const 8)) (i32.load (i32.const 12))))
-    (i32.eq (i32.load (i32.const 32)) (i32.const 1)))
-  (func (export "proxy_on_done") (param i32) (result i32) (i32.const 1)))"""
+    (i32.eq (i32.load (i32.const 32)) (i32.const 1))""")
 
 
 def test_foreign_functions_the_test_registers():
-    plugin = ProxyWasm(bytes(wasmtime.wat2wasm(FOREIGN)),
+    plugin = ProxyWasm(FOREIGN,
                        foreign_functions={"upper": bytes.upper})
     assert [line.message for line in plugin.logs] == ["HELLO"]
     with pytest.raises(HostError, match=r"foreign function .upper. .*proxy_on_configure.* "
                                         r"raised ValueError"):
-        ProxyWasm(bytes(wasmtime.wat2wasm(FOREIGN)),
+        ProxyWasm(FOREIGN,
                   foreign_functions={"upper": lambda data: int("x")})  # type: ignore
 
 
@@ -172,22 +154,13 @@ def _tick_caller(headers: list[tuple[str, str]], timeout: int = 100) -> bytes:
     """On each tick: proxy_http_call to cluster "c" with ``headers``, logging the call's
     status (a digit); its reply's callback logs proxy_get_status's code and message."""
     data, size = _serialised(headers)
-    return bytes(wasmtime.wat2wasm(f"""(module
+    return _module("(i32.const 0)", imports="""
       (import "env" "proxy_http_call"
         (func $call (param i32 i32 i32 i32 i32 i32 i32 i32 i32 i32) (result i32)))
       (import "env" "proxy_get_status" (func $get_status (param i32 i32 i32) (result i32)))
-      (import "env" "proxy_log" (func $log (param i32 i32 i32) (result i32)))
-      (memory (export "memory") 1)
-      (global $heap (mut i32) (i32.const 4096))
+      (import "env" "proxy_log" (func $log (param i32 i32 i32) (result i32)))""", extra=f"""
       (data (i32.const 256) "c")
       (data (i32.const 512) "{data}")
-      (func (export "proxy_abi_version_0_2_1"))
-      (func (export "proxy_on_memory_allocate") (param $size i32) (result i32)
-        (local $at i32) (local.set $at (global.get $heap))
-        (global.set $heap (i32.add (global.get $heap) (local.get $size))) (local.get $at))
-      (func (export "proxy_on_context_create") (param i32 i32))
-      (func (export "proxy_on_vm_start") (param i32 i32) (result i32) (i32.const 1))
-      (func (export "proxy_on_configure") (param i32 i32) (result i32) (i32.const 1))
       (func (export "proxy_on_tick") (param i32)
         (i32.store8 (i32.const 64) (i32.add (i32.const 48)
           (call $call (i32.const 256) (i32.const 1) (i32.const 512) (i32.const {size})
@@ -199,8 +172,7 @@ def _tick_caller(headers: list[tuple[str, str]], timeout: int = 100) -> bytes:
         (i32.store8 (i32.const 68) (i32.add (i32.const 48) (i32.rem_u (i32.load (i32.const 16))
                                                                      (i32.const 10))))
         (drop (call $log (i32.const 2) (i32.const 68) (i32.const 1)))
-        (drop (call $log (i32.const 2) (i32.load (i32.const 20)) (i32.load (i32.const 24)))))
-      (func (export "proxy_on_done") (param i32) (result i32) (i32.const 1)))"""))
+        (drop (call $log (i32.const 2) (i32.load (i32.const 20)) (i32.load (i32.const 24)))))""")
 
 
 GOOD = [(":method", "GET"), (":path", "/"), (":authority", "svc")]

@@ -16,6 +16,7 @@ from typing import Any
 import grpc
 import pytest
 import wasmtime
+from test_emulator import _module
 
 from extctl.config import CalloutCluster, WasmModule
 from extctl.testing import envoy_stack
@@ -266,23 +267,14 @@ def test_the_host_checks_stream_tokens_as_envoy_does():
     assert functions.proxy_grpc_cancel(8) == 2                      # an HTTP call's token
 
 
-PING_PONG = """(module
+PING_PONG = _module("(i32.const 0)", imports="""
   (import "env" "proxy_grpc_stream"
     (func $stream (param i32 i32 i32 i32 i32 i32 i32 i32 i32) (result i32)))
   (import "env" "proxy_grpc_send" (func $send (param i32 i32 i32 i32) (result i32)))
   (import "env" "proxy_get_buffer_bytes"
-    (func $get_buffer (param i32 i32 i32 i32 i32) (result i32)))
-  (memory (export "memory") 1)
-  (global $heap (mut i32) (i32.const 4096))
+    (func $get_buffer (param i32 i32 i32 i32 i32) (result i32)))""", extra="""
   (data (i32.const 256) "grpc")
   (data (i32.const 272) "ping")
-  (func (export "proxy_abi_version_0_2_1"))
-  (func (export "proxy_on_memory_allocate") (param $size i32) (result i32)
-    (local $at i32) (local.set $at (global.get $heap))
-    (global.set $heap (i32.add (global.get $heap) (local.get $size))) (local.get $at))
-  (func (export "proxy_on_context_create") (param i32 i32))
-  (func (export "proxy_on_vm_start") (param i32 i32) (result i32) (i32.const 1))
-  (func (export "proxy_on_configure") (param i32 i32) (result i32) (i32.const 1))
   (func (export "proxy_on_tick") (param i32)
     (drop (call $stream (i32.const 256) (i32.const 4) (i32.const 256) (i32.const 4)
                         (i32.const 256) (i32.const 4) (i32.const 0) (i32.const 0) (i32.const 8)))
@@ -292,12 +284,11 @@ PING_PONG = """(module
     (drop (call $get_buffer (i32.const 5) (i32.const 0) (local.get $size) (i32.const 16)
                             (i32.const 20)))
     (drop (call $send (local.get $token) (i32.load (i32.const 16)) (i32.load (i32.const 20))
-                      (i32.const 0))))
-  (func (export "proxy_on_done") (param i32) (result i32) (i32.const 1)))"""
+                      (i32.const 0))))""")
 
 
 def test_a_filter_and_an_upstream_answering_each_other_forever_fail_the_test():
-    plugin = ProxyWasm(bytes(wasmtime.wat2wasm(PING_PONG)),
+    plugin = ProxyWasm(PING_PONG,
                        upstreams={"grpc": lambda call: Reply(body=call.body)})
     plugin.state.max_events = 500
     with pytest.raises(HostError, match=r"more than 500 .* answer each other without end"):
