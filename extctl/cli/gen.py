@@ -176,25 +176,12 @@ def _sidecar_options(function: Any) -> Any:
     """One option per :class:`~extctl.config.Sidecar` field; --sidecar-image turns it on."""
     from ..config import Sidecar
 
-    fields = {f.name: f for f in dataclasses.fields(Sidecar)}
-    if set(fields) != set(_SIDECAR_FLAGS):
-        raise AssertionError("every Sidecar field needs its command-line spelling")
-    made = []
-    for name, spelling in _SIDECAR_FLAGS.items():
-        settings = {k: v for k, v in spelling.items() if k != "flag"}
-        default = fields[name].default
-        if default is dataclasses.MISSING or default is None:
-            default = None
-        elif name == "socket_mode":
-            default = f"{default:o}"
-        help = fields[name].metadata["help"]
-        if name == "image":
-            help = ("Run the processor from this image as a native sidecar of Envoy's pods: "
-                    "adds the EnvoyProxy (sidecar, socket volume, fsGroup), Envoy Gateway's "
-                    "Backend switch and, with --gateway-class, the GatewayClass. " + help)
-        made.append(click.option(spelling["flag"], _param(name), default=default,
-                                 show_default=default is not None, help=help, **settings))
-    return options.apply(function, *made)
+    return options.field_options(Sidecar, _SIDECAR_FLAGS, param=lambda name, flag: _param(name),
+                                 help_before={"image": (
+                                     "Run the processor from this image as a native sidecar of "
+                                     "Envoy's pods: adds the EnvoyProxy (sidecar, socket volume, "
+                                     "fsGroup), Envoy Gateway's Backend switch and, with "
+                                     "--gateway-class, the GatewayClass. ")})(function)
 
 
 def _sidecar(values: dict[str, Any]) -> Any:

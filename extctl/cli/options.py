@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
@@ -163,19 +163,44 @@ _POLICY_FLAGS: dict[str, dict[str, Any]] = {
 }
 
 
+def field_options(cls: type, spelling: Mapping[str, Mapping[str, Any]], *,
+                  defaults: bool = True,
+                  param: Callable[[str, str], str] = lambda name, flag: name,
+                  help_before: Mapping[str, str] | None = None) -> Callable[[F], F]:
+    """One click option per field of the dataclass ``cls``, spelled as ``spelling`` says
+    (``flag``, default ``--field-name``, and click settings; every field must be there);
+    the help from the field's metadata (after ``help_before``), a ``choices`` list as a
+    Choice, and with ``defaults`` the field's default, shown (an Octal one as octal);
+    ``param(name, flag)`` names the click parameter."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    if set(fields) != set(spelling):
+        raise AssertionError(f"every {cls.__name__} field needs its command-line spelling")
+    made = []
+    for name, spelled in spelling.items():
+        found = fields[name]
+        settings = {k: v for k, v in spelled.items() if k != "flag"}
+        flag = str(spelled.get("flag", "--" + name.replace("_", "-")))
+        if "choices" in found.metadata:
+            settings.setdefault("type", click.Choice(found.metadata["choices"]))
+        if defaults:
+            default = None if found.default is dataclasses.MISSING else found.default
+            if default is not None and isinstance(settings.get("type"), Octal):
+                default = f"{default:o}"
+            settings.update(default=default, show_default=default is not None)
+        made.append(click.option(flag, param(name, flag), **settings,
+                                 help=(help_before or {}).get(name, "")
+                                 + found.metadata["help"]))
+
+    def decorate(function: F) -> F:
+        return apply(function, *made)
+    return decorate
+
+
 def policy_options(function: F) -> F:
     """One click option per :class:`~extctl.config.Policy` field."""
     from ..config import Policy
 
-    fields = {f.name: f for f in dataclasses.fields(Policy)}
-    if set(fields) != set(_POLICY_FLAGS):
-        raise AssertionError("every Policy field needs its command-line spelling")
-    options = []
-    for name, spelling in _POLICY_FLAGS.items():
-        settings = {k: v for k, v in spelling.items() if k != "flag"}
-        options.append(click.option(spelling["flag"], name,
-                                    help=fields[name].metadata["help"], **settings))
-    return apply(function, *options)
+    return field_options(Policy, _POLICY_FLAGS, defaults=False)(function)
 
 
 def policy(values: dict[str, Any], hash_algorithm: str = "ring_hash") -> Policy:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import sys
 from typing import Any
@@ -33,19 +32,7 @@ def _server_options(function: Any) -> Any:
     """One option per :class:`extproc.ServerConfig` field."""
     from extproc import ServerConfig
 
-    fields = dataclasses.fields(ServerConfig)
-    if {f.name for f in fields} != set(_SPELLING):
-        raise AssertionError("every ServerConfig field needs its command-line spelling")
-    made = []
-    for f in fields:
-        settings = dict(_SPELLING[f.name])
-        if "choices" in f.metadata:
-            settings["type"] = click.Choice(f.metadata["choices"])
-        default = f"{f.default:o}" if f.name == "socket_mode" else f.default
-        made.append(click.option(f"--{f.name.replace('_', '-')}", help=f.metadata["help"],
-                                 default=default, show_default=default is not None,
-                                 **settings))
-    return options.apply(function, *made)
+    return options.field_options(ServerConfig, _SPELLING)(function)
 
 
 @click.command()
