@@ -121,6 +121,12 @@ class ServerConfig:
         uvloop = _uvloop() if self.loop != "asyncio" else None
         return uvloop.new_event_loop() if uvloop is not None else asyncio.new_event_loop()
 
+    def listen_on(self, listen: str | None = None) -> str:
+        """Where one server binds: ``listen`` (default: the first of :meth:`addresses`), a
+        Unix socket path made absolute."""
+        chosen = listen if listen is not None else self.addresses()[0]
+        return os.path.abspath(chosen) if self.uds is not None else chosen
+
     def addresses(self) -> list[str]:
         """Where each worker listens: Unix socket paths, or ``host:port`` strings.
 

@@ -10,7 +10,7 @@ from typing import Any, ClassVar
 from google.protobuf import json_format
 
 from ._body import Body
-from ._errors import MutationError
+from ._errors import MutationError, ServeError
 from ._headers import Headers
 from ._mode import BodyMode, FilterSpec, ProcessingMode, default_hook, derive
 from ._responses import ImmediateResponse
@@ -300,3 +300,9 @@ class Processor:
 
 
 Processor._spec = derive(Processor)
+
+
+def require_processor(processor: object) -> None:
+    """ServeError unless ``processor`` is a Processor subclass (what every server serves)."""
+    if not (isinstance(processor, type) and issubclass(processor, Processor)):
+        raise ServeError(f"{processor!r} is not a subclass of extproc.Processor")

@@ -31,7 +31,7 @@ from typing import Any
 
 from ._config import ServerConfig, split_address
 from ._errors import ServeError
-from ._processor import Processor
+from ._processor import Processor, require_processor
 from ._pyvoy_env import check_installed
 from ._unix import claim_socket
 
@@ -133,17 +133,14 @@ class PyvoyServer:
 
     def __init__(self, processor: type[Processor], config: ServerConfig,
                  listen: str | None = None) -> None:
-        if not (isinstance(processor, type) and issubclass(processor, Processor)):
-            raise ServeError(f"{processor!r} is not a subclass of extproc.Processor")
+        require_processor(processor)
         if not processor._spec.importable:
             raise ServeError(f"the pyvoy transport imports {processor.__name__} by name in the "
                              "Envoy process: define it at the top level of an importable module")
         self.processor = processor
         self.config = config
-        self.listen = listen if listen is not None else config.addresses()[0]
+        self.listen = config.listen_on(listen)
         self.is_uds = config.uds is not None
-        if self.is_uds:
-            self.listen = os.path.abspath(self.listen)
         self.bound_port: int | None = None
         self._process: asyncio.subprocess.Process | None = None
         self._workdir: str | None = None

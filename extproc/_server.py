@@ -25,7 +25,7 @@ from ._admin import (
 )
 from ._config import ServerConfig, split_address
 from ._errors import ProtocolError, ServeError
-from ._processor import Processor
+from ._processor import Processor, require_processor
 from ._record import Observer
 from ._stream import ProcessorFailed, answer_stream
 from ._unix import claim_socket
@@ -52,14 +52,11 @@ class Server:
 
     def __init__(self, processor: type[Processor], config: ServerConfig,
                  listen: str | None = None) -> None:
-        if not (isinstance(processor, type) and issubclass(processor, Processor)):
-            raise ServeError(f"{processor!r} is not a subclass of extproc.Processor")
+        require_processor(processor)
         self.processor = processor
         self.config = config
-        self.listen = listen if listen is not None else config.addresses()[0]
+        self.listen = config.listen_on(listen)
         self.is_uds = config.uds is not None
-        if self.is_uds:
-            self.listen = os.path.abspath(self.listen)
         self.bound_port: int | None = None
         self._server: grpc.aio.Server | None = None
         self._health: Any = None
