@@ -176,3 +176,12 @@ def admin_address(text: str) -> str:
 
 def join_address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def dial_target(listen: str, is_uds: bool, port: int | None) -> str:
+    """The gRPC target a client dials for a server bound at ``listen`` (``unix:/path``, or
+    ``host:port`` with the port it got; an IPv6 host in brackets)."""
+    if is_uds:
+        return "unix:" + listen
+    host, _ = split_address(listen)
+    return f"{host}:{port}" if ":" not in host else f"[{host}]:{port}"

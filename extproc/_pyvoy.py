@@ -29,7 +29,7 @@ import tempfile
 import time
 from typing import Any
 
-from ._config import ServerConfig, split_address
+from ._config import ServerConfig, dial_target, split_address
 from ._errors import ServeError
 from ._processor import Processor, require_processor
 from ._pyvoy_env import check_installed
@@ -149,10 +149,7 @@ class PyvoyServer:
     @property
     def target(self) -> str:
         """The gRPC target a client dials (``unix:/path`` or ``host:port``)."""
-        if self.is_uds:
-            return "unix:" + self.listen
-        host, _ = split_address(self.listen)
-        return f"{host}:{self.bound_port}" if ":" not in host else f"[{host}]:{self.bound_port}"
+        return dial_target(self.listen, self.is_uds, self.bound_port)
 
     @property
     def pid(self) -> int | None:

@@ -23,7 +23,7 @@ from ._admin import (
     on_draining,
     on_serving,
 )
-from ._config import ServerConfig, split_address
+from ._config import ServerConfig, dial_target
 from ._errors import ProtocolError, ServeError
 from ._processor import Processor, require_processor
 from ._record import Observer
@@ -74,10 +74,7 @@ class Server:
     @property
     def target(self) -> str:
         """The gRPC target a client dials (``unix:/path`` or ``host:port``)."""
-        if self.is_uds:
-            return "unix:" + self.listen
-        host, _ = split_address(self.listen)
-        return f"{host}:{self.bound_port}" if ":" not in host else f"[{host}]:{self.bound_port}"
+        return dial_target(self.listen, self.is_uds, self.bound_port)
 
     async def start(self) -> None:
         config = self.config
