@@ -1,33 +1,43 @@
 """The admin endpoint: ``/metrics`` (Prometheus text format), ``/healthz``, ``/readyz``.
 
-A small threaded HTTP server, so a scrape never waits for the event loop that serves Envoy.
-``/readyz`` answers 200 only while the gRPC health service says SERVING, so Kubernetes HTTP
-probes see what Envoy's gRPC health checks see, 503 while draining.
+An asyncio HTTP server on a loop of its own (a thread of the server process, or the admin
+process with workers), so a scrape never waits for the loop that serves Envoy. The probes do
+ask that loop, through its heartbeat (see ``_metrics``): ``/healthz`` fails when a serving
+loop has not turned for ``stall_timeout`` seconds (a hook that blocks it), ``/readyz`` also
+while a worker is not SERVING (starting, draining, exited), so Kubernetes probes see what
+Envoy sees.
+
+The port is reachable by whatever reaches the pod, so every connection is bounded: at most
+:data:`MAX_CONNECTIONS` at once (past that the one waiting longest for its request is
+closed, so a flood of half-sent requests cannot keep probes out), one request per
+connection, :data:`REQUEST_DEADLINE` for reading it and writing the answer, a request head
+of at most :data:`MAX_HEAD` bytes. A peer that goes away mid-answer is logged at DEBUG.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import os
 import signal
 import socket
 import threading
+import time
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
 
 from ._config import ServerConfig, split_address
 from ._errors import ServeError
+from ._lifecycle import die_with_parent
 from ._metrics import (
+    HEARTBEAT,
+    PID,
     SERVING,
     Collector,
     Metrics,
-    multiprocess_dir,
+    SharedValues,
     registry,
-    remove_multiprocess_dir,
-    serving_workers,
-    worker_file,
-    worker_gone,
 )
 from ._record import Observer
 
@@ -36,113 +46,234 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("extproc.admin")
 
+MAX_CONNECTIONS = 64
+REQUEST_DEADLINE = 5.0
+MAX_HEAD = 8192
+
+#: What the probes answer: (problems that fail /healthz, problems that fail /readyz).
+Check = Callable[[], tuple[list[str], list[str]]]
+
+_REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
+            431: "Request Header Fields Too Large", 503: "Service Unavailable"}
+
 
 class AdminServer:
-    """``start()`` binds ``address`` (host:port) and serves on a daemon thread; ``stop()``."""
+    """``start()`` binds ``address`` (host:port) and serves on a thread with its own loop;
+    ``stop()``. The admin process (workers > 1) calls ``bind()`` then ``run()``."""
 
-    def __init__(self, address: str, registry: Any, ready: Callable[[], bool]) -> None:
+    def __init__(self, address: str, registry: Any, check: Check) -> None:
         self.address = address
         self.registry = registry
-        self.ready = ready
-        self._httpd: ThreadingHTTPServer | None = None
+        self.check = check
+        self._socket: socket.socket | None = None
         self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        # Open connections, oldest first, and whether each has read its request.
+        self._connections: dict[asyncio.StreamWriter, bool] = {}
 
     @property
     def url(self) -> str:
-        assert self._httpd is not None
-        host, port = self._httpd.server_address[:2]
+        assert self._socket is not None
+        host, port = self._socket.getsockname()[:2]
         host = str(host)
         return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
-    def bind(self) -> ThreadingHTTPServer:
+    def bind(self) -> socket.socket:
         host, port = split_address(self.address)
-        handler = type("Handler", (_Handler,), {"admin": self})
-        server_class = _V6Server if ":" in host else ThreadingHTTPServer
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
         try:
-            httpd = server_class((host, port), handler)
+            sock = socket.create_server((host, port), family=family, backlog=128)
         except OSError as exc:
-            raise ServeError(f"cannot listen on admin address {self.address}: {exc}") from None
-        httpd.daemon_threads = True
-        self._httpd = httpd
+            raise ServeError(f"cannot listen on admin address {self.address}: "
+                             f"{exc.strerror or exc}") from None
+        self._socket = sock
         logger.info("admin endpoint on %s (/metrics, /healthz, /readyz)", self.url)
-        return httpd
+        return sock
 
     def start(self) -> AdminServer:
-        httpd = self.bind()
-        self._thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.2},
-                                        name="extproc-admin", daemon=True)
+        """Bind, then serve on a daemon thread until :meth:`stop`."""
+        self.bind()
+        loop = self._loop = asyncio.new_event_loop()
+        started = threading.Event()
+
+        def main() -> None:
+            asyncio.set_event_loop(loop)
+            try:
+                loop.run_until_complete(self.run(started.set))
+            finally:
+                loop.close()
+
+        self._thread = threading.Thread(target=main, name="extproc-admin", daemon=True)
         self._thread.start()
+        started.wait(10)
         return self
 
+    async def run(self, started: Callable[[], None] | None = None) -> None:
+        """Serve the bound socket until :meth:`stop` (or :meth:`request_stop`)."""
+        assert self._socket is not None
+        self._stop = asyncio.Event()
+        server = await asyncio.start_server(self._connection, sock=self._socket,
+                                            limit=MAX_HEAD)
+        if started is not None:
+            started()
+        try:
+            await self._stop.wait()
+        finally:
+            server.close()
+            for writer in list(self._connections):
+                writer.transport.abort()
+            await asyncio.sleep(0)  # let the aborted handlers finish
+
+    def request_stop(self) -> None:
+        """From the loop's own thread (a signal handler)."""
+        if self._stop is not None:
+            self._stop.set()
+
     def stop(self) -> None:
-        httpd, self._httpd = self._httpd, None
-        if httpd is not None:
-            httpd.shutdown()
-            httpd.server_close()
-        if self._thread is not None:
-            self._thread.join(5)
+        loop, thread = self._loop, self._thread
+        if loop is not None and thread is not None and thread.is_alive():
+            with contextlib.suppress(RuntimeError):  # the loop already closed
+                loop.call_soon_threadsafe(self.request_stop)
+            thread.join(5)
+        self._loop = self._thread = None
+        if self._socket is not None:
+            self._socket.close()
 
+    # -- one connection ---------------------------------------------------------------------
 
-class _V6Server(ThreadingHTTPServer):
-    address_family = socket.AF_INET6
+    async def _connection(self, reader: asyncio.StreamReader,
+                          writer: asyncio.StreamWriter) -> None:
+        connections = self._connections
+        connections[writer] = False
+        if len(connections) > MAX_CONNECTIONS:
+            # Full: close the connection waiting longest for its request (else the oldest).
+            victim = next((w for w, read in connections.items() if not read),
+                          next(iter(connections)))
+            connections.pop(victim, None)
+            victim.transport.abort()
+        try:
+            await asyncio.wait_for(self._exchange(reader, writer), REQUEST_DEADLINE)
+        except (asyncio.TimeoutError, asyncio.IncompleteReadError, ConnectionError,
+                OSError) as exc:
+            logger.debug("admin: connection ended early: %s", type(exc).__name__)
+            writer.transport.abort()
+        finally:
+            connections.pop(writer, None)
+            writer.close()
 
+    async def _exchange(self, reader: asyncio.StreamReader,
+                        writer: asyncio.StreamWriter) -> None:
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+        except asyncio.LimitOverrunError:
+            await self._reply(writer, 431, b"request head too large\n")
+            return
+        if writer in self._connections:
+            self._connections[writer] = True
+        line = head.split(b"\r\n", 1)[0].decode("latin-1")
+        parts = line.split(" ")
+        if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
+            await self._reply(writer, 400, b"bad request\n")
+            return
+        method, target = parts[0], parts[1]
+        if method not in ("GET", "HEAD"):
+            await self._reply(writer, 405, b"GET only\n")
+            return
+        status, body, content_type = self._answer(target.split("?", 1)[0])
+        await self._reply(writer, status, body, content_type, head_only=method == "HEAD")
 
-class _Handler(BaseHTTPRequestHandler):
-    admin: AdminServer
-    server_version = "extproc-admin"
-
-    def do_GET(self) -> None:
-        path = self.path.split("?", 1)[0]
+    def _answer(self, path: str) -> tuple[int, bytes, str]:
         if path == "/metrics":
             from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-            self._reply(200, generate_latest(self.admin.registry), CONTENT_TYPE_LATEST)
-        elif path == "/healthz":
-            self._reply(200, b"ok\n")
-        elif path == "/readyz":
-            if self.admin.ready():
-                self._reply(200, b"ok\n")
-            else:
-                self._reply(503, b"not serving\n")
-        else:
-            self._reply(404, b"not found: /metrics, /healthz, /readyz\n")
+            return 200, generate_latest(self.registry), CONTENT_TYPE_LATEST
+        if path in ("/healthz", "/readyz"):
+            dead, unready = self.check()
+            problems = dead if path == "/healthz" else unready
+            if problems:
+                return 503, "".join(f"{p}\n" for p in problems).encode(), "text/plain"
+            return 200, b"ok\n", "text/plain"
+        return 404, b"not found: /metrics, /healthz, /readyz\n", "text/plain"
 
-    def _reply(self, status: int, body: bytes, content_type: str = "text/plain") -> None:
-        self.send_response(status)
-        self.send_header("content-type", content_type)
-        self.send_header("content-length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+    async def _reply(self, writer: asyncio.StreamWriter, status: int, body: bytes,
+                     content_type: str = "text/plain", head_only: bool = False) -> None:
+        head = (f"HTTP/1.1 {status} {_REASONS.get(status, 'Error')}\r\n"
+                f"content-type: {content_type}\r\ncontent-length: {len(body)}\r\n"
+                "connection: close\r\n\r\n").encode()
+        writer.write(head if head_only else head + body)
+        await writer.drain()
 
-    def log_message(self, format: str, *args: Any) -> None:
-        logger.debug("admin: " + format, *args)
+
+# -- what the probes say ----------------------------------------------------------------------
+
+
+def probe_check(slots: Callable[[], list[tuple[str, Any]]], stall_timeout: float) -> Check:
+    """The probes over ``slots()`` (a name and a values array per serving process that
+    should be there): not live when a process's heartbeat is older than ``stall_timeout``;
+    not ready when one is not live, not SERVING, or not there."""
+
+    def check() -> tuple[list[str], list[str]]:
+        now = time.monotonic()
+        dead: list[str] = []
+        unready: list[str] = []
+        for name, values in slots():
+            beat = values[HEARTBEAT]
+            pid = int(values[PID])
+            who = f"{name} (pid {pid})" if pid else name
+            if beat and now - beat > stall_timeout:
+                dead.append(f"{who}: its event loop has not turned for {now - beat:.1f}s "
+                            f"(stall timeout {stall_timeout:g}s): a hook blocks it")
+            elif not beat or not values[SERVING]:
+                unready.append(f"{who}: not serving")
+        return dead, dead + unready
+
+    return check
+
+
+async def heartbeat(values: Any, interval: float,
+                    parent: int | None = None) -> None:
+    """Write ``time.monotonic()`` into ``values`` every ``interval`` seconds while the loop
+    turns. With ``parent`` (a worker), also end this process when the supervisor is gone
+    and the kernel did not say so (PR_SET_PDEATHSIG is Linux's)."""
+    while True:
+        values[HEARTBEAT] = time.monotonic()
+        if parent is not None and os.getppid() != parent:
+            logger.warning("the supervisor (pid %d) is gone; stopping", parent)
+            os.kill(os.getpid(), signal.SIGTERM)
+            parent = None
+        await asyncio.sleep(interval)
+
+
+def heartbeat_interval(config: ServerConfig) -> float:
+    return min(0.5, config.stall_timeout / 4)
 
 
 # -- wiring into the server (one process) and the supervisor (workers) ----------------------
 
 
 def make_observer(processor: type[Processor], config: ServerConfig,
-             counts: dict[str, int]) -> Observer | None:
-    """What a server process records; metrics only with ``admin`` (multiprocess values when a
-    supervisor runs workers, see ``_metrics``)."""
+                  counts: dict[str, int], slot: Any = None) -> Observer | None:
+    """What a server process records; metrics only with ``admin`` (in ``slot`` of the
+    supervisor's shared values when it runs workers)."""
     metrics = None
     if config.admin is not None:
-        metrics = Metrics(processor.__name__, worker_file() if config.workers > 1 else None)
+        metrics = Metrics(processor.__name__, slot)
     return Observer.create(processor.__name__, metrics, counts)
 
 
-def on_serving(config: ServerConfig, observer: Observer | None,
-            ready: Callable[[], bool]) -> AdminServer | None:
-    """The server says SERVING: tell the metrics; serve the endpoint (``/readyz`` asks
-    ``ready``) unless a supervisor does (workers > 1)."""
+def on_serving(config: ServerConfig, observer: Observer | None) -> AdminServer | None:
+    """The server says SERVING: tell the metrics; serve the endpoint unless a supervisor
+    does (workers > 1)."""
     if observer is not None and observer.metrics is not None:
         observer.metrics.values[SERVING] = 1
     if config.admin is None or config.workers > 1:
         return None
     assert observer is not None and observer.metrics is not None
     metrics = observer.metrics
+    check = probe_check(lambda: [("server", metrics.values)], config.stall_timeout)
     return AdminServer(config.admin, registry(Collector(metrics.processor, metrics)),
-                       ready).start()
+                       check).start()
 
 
 def on_draining(observer: Observer | None) -> None:
@@ -151,15 +282,16 @@ def on_draining(observer: Observer | None) -> None:
 
 
 class SupervisorAdmin:
-    """With workers > 1 and ``admin``: the metric files' directory, and one admin process
-    (forked before the workers, so the supervisor itself never runs a thread and forks)
-    serving what all workers wrote. Ready while every worker says SERVING."""
+    """With workers > 1 and ``admin``: the shared values (:class:`SharedValues`), and one
+    admin process (forked before the workers, so the supervisor itself never runs a thread
+    and forks) serving what all workers record. Ready while every worker is live and
+    SERVING."""
 
     def __init__(self, config: ServerConfig, processor: str) -> None:
         self.config = config
         self.processor = processor
         self.pid: int | None = None
-        self._directory: str | None = None
+        self.shared: SharedValues | None = None
         self._server: AdminServer | None = None
         self._stopping = False
 
@@ -167,25 +299,41 @@ class SupervisorAdmin:
         config = self.config
         if config.admin is None:
             return
-        self._directory = multiprocess_dir()
-        collector = Collector(self.processor, directory=self._directory)
-        workers = config.workers
-        self._server = AdminServer(config.admin, registry(collector),
-                                   lambda: serving_workers(collector) >= workers)
+        shared = self.shared = SharedValues(config.workers)
+        check = probe_check(lambda: [(f"worker {i}", shared.slot(i))
+                                     for i in range(config.workers)], config.stall_timeout)
+        self._server = AdminServer(config.admin, registry(Collector(self.processor,
+                                                                    shared=shared)), check)
         self._server.bind()  # in the supervisor: an address in use fails before any fork
         self._spawn()
 
+    def slot(self, worker: int) -> Any:
+        return self.shared.slot(worker) if self.shared is not None else None
+
     def _spawn(self) -> None:
-        assert self._server is not None and self._server._httpd is not None
-        httpd = self._server._httpd
+        assert self._server is not None
+        server = self._server
+        supervisor = os.getpid()
         pid = os.fork()
         if pid == 0:  # pragma: no cover - runs in the child
-            signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C: the supervisor decides
-            signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
+            code = 1
             try:
-                httpd.serve_forever(poll_interval=0.2)
+                die_with_parent(supervisor)
+                # The supervisor decides when the admin process stops (SIGTERM); what the
+                # operator sends to the whole group is the supervisor's to interpret.
+                for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGQUIT):
+                    signal.signal(sig, signal.SIG_IGN)
+
+                async def main() -> None:
+                    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM,
+                                                                   server.request_stop)
+                    await server.run()
+
+                asyncio.run(main())
+                code = 0
             finally:
-                os._exit(1)
+                logging.shutdown()
+                os._exit(code)
         self.pid = pid
 
     def reaped(self, pid: int) -> bool:
@@ -198,9 +346,9 @@ class SupervisorAdmin:
             self._spawn()
         return True
 
-    def worker_gone(self, pid: int) -> None:
-        if self._directory is not None:
-            worker_gone(self._directory, pid)
+    def worker_gone(self, worker: int) -> None:
+        if self.shared is not None:
+            self.shared.retire(worker)
 
     def stop(self) -> None:
         self._stopping = True
@@ -211,8 +359,9 @@ class SupervisorAdmin:
             except (ProcessLookupError, ChildProcessError):
                 pass
             self.pid = None
-        if self._server is not None and self._server._httpd is not None:
-            self._server._httpd.server_close()
-        if self._directory is not None:
-            remove_multiprocess_dir(self._directory)
-            self._directory = None
+        if self._server is not None:
+            self._server.stop()
+        if self.shared is not None:
+            self.shared.close()
+            self.shared = None
+

@@ -6,13 +6,22 @@ a 4-byte big-endian length, then the message. The answers come from the same mes
 the grpc.aio transport (``answer_stream``).
 
 The server process reads its settings from the ``EXTPROC_ASGI`` environment variable (JSON:
-``processor`` as ``module:Class``, ``max_message_bytes``, ``drain_file``, ``error_file``,
-``log_level``); ``app`` is built from them on import.
+``processor`` as ``module:Class``, ``max_message_bytes``, ``drain_fd``, ``error_file``,
+``log_level``, ``counts_token``); ``app`` is built from them on import.
+
+Draining is told through a pipe (``drain_fd``, inherited from the process that started
+Envoy): the loop watches it, so health ``Watch`` streams wait on an event instead of polling,
+and a host that dies closes it, which drains too.
+
+``/extproc.Debug/MessageCounts`` (the messages received per phase, what the test helpers
+read) is served only when the host asked for it with a random ``counts_token``, and only to
+calls that carry that token: on a production listener it is an unknown method like any other.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hmac
 import json
 import logging
 import os
@@ -25,7 +34,7 @@ from grpc_health.v1 import health_pb2
 
 from ._errors import ProtocolError
 from ._processor import Processor
-from ._stream import answer_stream
+from ._stream import _contained, answer_stream
 
 logger = logging.getLogger("extproc.server")
 
@@ -35,6 +44,8 @@ HEALTH_CHECK_PATH = "/grpc.health.v1.Health/Check"
 HEALTH_WATCH_PATH = "/grpc.health.v1.Health/Watch"
 #: Messages received per phase, as JSON in one message (what ``Server.message_counts`` holds).
 COUNTS_PATH = "/extproc.Debug/MessageCounts"
+#: The metadata key that carries the counts token.
+COUNTS_TOKEN_HEADER = "x-extproc-counts-token"
 
 # gRPC status codes used here.
 OK, INVALID_ARGUMENT, NOT_FOUND, RESOURCE_EXHAUSTED = 0, 3, 5, 8
@@ -128,15 +139,44 @@ class GrpcApp:
     """ASGI app serving ``processor`` over gRPC: ``Process``, health ``Check``/``Watch``."""
 
     def __init__(self, processor: type[Processor], max_message_bytes: int,
-                 drain_file: str | None = None, error_file: str | None = None) -> None:
+                 drain_fd: int | None = None, error_file: str | None = None,
+                 counts_token: str | None = None) -> None:
         self.processor = processor
         self.max_message_bytes = max_message_bytes
-        self.drain_file = drain_file
+        self.drain_fd = drain_fd
         self.error_file = error_file
-        self.message_counts: dict[str, int] = {}
+        self.counts_token = counts_token.encode() if counts_token else None
+        self.message_counts: dict[str, int] | None = {} if counts_token else None
+        self._draining = False
+        self._drained: asyncio.Event | None = None
 
     def draining(self) -> bool:
-        return self.drain_file is not None and os.path.exists(self.drain_file)
+        return self._draining
+
+    def _watch_drain(self) -> None:
+        """On the serving loop: drain once the host writes to (or closes) the pipe."""
+        self._drained = asyncio.Event()
+        if self.drain_fd is None:
+            return
+        loop = asyncio.get_running_loop()
+        fd = self.drain_fd
+
+        def readable() -> None:
+            loop.remove_reader(fd)
+            self._draining = True
+            assert self._drained is not None
+            self._drained.set()
+
+        loop.add_reader(fd, readable)
+
+    def _counts_allowed(self, scope: Scope) -> bool:
+        token = self.counts_token
+        if token is None:
+            return False
+        for key, value in scope["headers"]:
+            if key.lower() == COUNTS_TOKEN_HEADER.encode():
+                return hmac.compare_digest(value, token)
+        return False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -153,7 +193,7 @@ class GrpcApp:
                 await self._health_check(receive, send)
             elif path == HEALTH_WATCH_PATH:
                 await self._health_watch(receive, send)
-            elif path == COUNTS_PATH:
+            elif path == COUNTS_PATH and self._counts_allowed(scope):
                 await send(_START)
                 counts = json.dumps(self.message_counts).encode()
                 await send({"type": "http.response.body", "body": frame(counts),
@@ -251,32 +291,40 @@ class GrpcApp:
                 pass
 
         gone = asyncio.ensure_future(disconnected())
-        sent = None
+        drained = (asyncio.ensure_future(self._drained.wait()) if self._drained is not None
+                   else None)
         try:
-            while not gone.done():
-                status = self._health_status(service)
-                if status != sent:
-                    sent = status
-                    answer = health_pb2.HealthCheckResponse(status=status).SerializeToString()
-                    await send({"type": "http.response.body", "body": frame(answer),
-                                "more_body": True})
-                    if status == _NOT_SERVING:
-                        # Draining: the status cannot change back; the stream must not hold
-                        # the drain up.
-                        await _finish(send, _OK_TRAILERS)
-                        return
-                await asyncio.wait({gone}, timeout=0.1)
+            answer = health_pb2.HealthCheckResponse(status=self._health_status(service))
+            await send({"type": "http.response.body", "body": frame(answer.SerializeToString()),
+                        "more_body": True})
+            if answer.status == _SERVING:
+                # Nothing to do until the drain starts or the client goes: no polling.
+                await asyncio.wait({gone} | ({drained} if drained else set()),
+                                   return_when=asyncio.FIRST_COMPLETED)
+                if gone.done():
+                    return
+                answer = health_pb2.HealthCheckResponse(status=_NOT_SERVING)
+                await send({"type": "http.response.body",
+                            "body": frame(answer.SerializeToString()), "more_body": True})
+            # Draining: the status cannot change back; the stream must not hold the drain up.
+            await _finish(send, _OK_TRAILERS)
         finally:
             gone.cancel()
+            if drained is not None:
+                drained.cancel()
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:
             event = await receive()
             if event["type"] == "lifespan.startup":
+                self._watch_drain()
                 try:
                     await self.processor.on_startup()
-                except Exception as exc:
-                    logger.exception("%s.on_startup failed", self.processor.__name__)
+                except BaseException as exc:
+                    if not _contained(exc):
+                        raise
+                    logger.error("%s.on_startup failed", self.processor.__name__,
+                                 exc_info=exc)
                     message = f"{self.processor.__name__}.on_startup failed: {exc}"
                     if self.error_file is not None:
                         _write(self.error_file, message)
@@ -286,8 +334,11 @@ class GrpcApp:
             elif event["type"] == "lifespan.shutdown":
                 try:
                     await self.processor.on_shutdown()
-                except Exception:
-                    logger.exception("%s.on_shutdown failed", self.processor.__name__)
+                except BaseException as exc:
+                    if not _contained(exc):
+                        raise
+                    logger.error("%s.on_shutdown failed", self.processor.__name__,
+                                 exc_info=exc)
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
@@ -322,7 +373,8 @@ def _from_environment() -> GrpcApp | None:
     logging.basicConfig(level=options.get("log_level", "WARNING"),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     return GrpcApp(import_processor(options["processor"]), options["max_message_bytes"],
-                   options.get("drain_file"), options.get("error_file"))
+                   options.get("drain_fd"), options.get("error_file"),
+                   options.get("counts_token"))
 
 
 #: What pyvoy serves (``extproc._asgi:app``), built from ``EXTPROC_ASGI``.

@@ -50,6 +50,9 @@ class ServerConfig:
         "help": "Serve /metrics (Prometheus), /healthz and /readyz over HTTP on HOST:PORT "
                 "(a bare PORT means 127.0.0.1:PORT). Off by default; with workers > 1 one "
                 "endpoint shows every worker."})
+    stall_timeout: float = field(default=5.0, metadata={
+        "help": "Seconds a serving event loop may go without turning (a hook that blocks "
+                "it) before the admin endpoint's /healthz and /readyz fail."})
     transport: str = field(default="grpcio", metadata={
         "help": "grpcio: a grpc.aio server in this process. pyvoy: the same processor inside "
                 "an Envoy process (pyvoy), less CPU and latency per request; needs pyvoy "
@@ -81,6 +84,8 @@ class ServerConfig:
             check_installed()
         if self.grace_period < 0:
             raise ServeError("grace_period must be >= 0 seconds")
+        if not self.stall_timeout > 0:
+            raise ServeError("stall_timeout must be > 0 seconds")
         if self.max_message_bytes < 4096:
             raise ServeError("max_message_bytes must be at least 4096")
         if self.admin is not None:

@@ -5,22 +5,26 @@ a fixed index, so recording is an add at a known index: no lock, no label lookup
 prometheus-client object on the per-message path (its ``inc`` costs about 5x more here).
 prometheus-client renders the text format at scrape time (:class:`Collector`).
 
-With ``workers > 1`` each worker's array is a memory-mapped file in a directory the supervisor
-creates, and one admin process sums the files of all workers at each scrape: one scrape shows
-every worker, live, and the counts of a worker that died and was restarted are kept (its
-gauges are zeroed when it is reaped). Asking the workers at scrape time instead would lose
-the counts of a worker that is draining or dead.
+With ``workers > 1`` every worker's array is a slot of one anonymous shared mapping that the
+supervisor makes before it forks (:class:`SharedValues`), and one admin process sums the slots
+at each scrape: one scrape shows every worker, live. No file is involved, so a read-only root
+without a writable ``/tmp`` (how a sidecar runs) serves metrics as well. When a worker exits,
+its counts move to a slot of their own and its slot starts empty for the worker that replaces
+it, so counters never go down. Asking the workers at scrape time instead would lose the counts
+of a worker that is draining or dead.
+
+Each array also carries two values that are not metrics: the process id, and the heartbeat
+(``time.monotonic()``, written by a task on the serving event loop) that the admin endpoint's
+probes read to tell a live process from one whose loop is blocked.
 """
 
 from __future__ import annotations
 
+import contextlib
 import mmap
 import os
-import shutil
-import tempfile
 from bisect import bisect_left
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 GRPC_LABELS = {"grpc_type": "bidi_stream",
@@ -41,9 +45,9 @@ HOOK_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05
 STREAM_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
                   30.0, 60.0)
 
-# The layout of the array.
-STARTED, RECEIVED, SENT, ACTIVE, SERVING = range(5)
-HANDLED = 5
+# The layout of the array. PID and HEARTBEAT are not metrics (see the module docstring).
+STARTED, RECEIVED, SENT, ACTIVE, SERVING, PID, HEARTBEAT = range(7)
+HANDLED = 7
 HANDLING = HANDLED + len(CODES)  # buckets (the last one +Inf), then the sum
 HOOK = HANDLING + len(STREAM_BUCKETS) + 2  # per phase: buckets, +Inf, sum
 _HOOK_SIZE = len(HOOK_BUCKETS) + 2
@@ -57,24 +61,14 @@ _BYTES = SIZE * 8
 
 
 class Metrics:
-    """One process's values (``values``: a memoryview of doubles), written by the recorder.
+    """One process's values (``values``: a memoryview of doubles), written by the recorder:
+    ``slot`` (a worker's slot of :class:`SharedValues`), or an array of its own."""
 
-    ``path`` names the file they are mapped from (workers > 1); None keeps them in memory.
-    """
-
-    def __init__(self, processor: str, path: str | None = None) -> None:
+    def __init__(self, processor: str, slot: Any = None) -> None:
         self.processor = processor
-        self.path = path
-        if path is None:
-            self._buffer: Any = bytearray(_BYTES)
-        else:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
-            try:
-                os.ftruncate(fd, _BYTES)
-                self._buffer = mmap.mmap(fd, _BYTES)
-            finally:
-                os.close(fd)
-        self.values = memoryview(self._buffer).cast("d")
+        # a memoryview of doubles (typed Any: typeshed's memoryview is of ints)
+        self.values: Any = memoryview(bytearray(_BYTES)).cast("d") if slot is None else slot
+        self.values[PID] = os.getpid()
         self.code_index = {code: HANDLED + i for i, code in enumerate(CODES)}
         self.hook_index = {phase: HOOK + i * _HOOK_SIZE for i, phase in enumerate(PHASES)}
         self.body_index = {direction: BODY + i for i, direction in enumerate(DIRECTIONS)}
@@ -106,27 +100,20 @@ class Metrics:
 
 
 class Collector:
-    """The prometheus-client collector of one process's values, or of every file in a
-    directory (workers > 1)."""
+    """The prometheus-client collector of one process's values, or of every worker's
+    (``shared``, workers > 1)."""
 
     def __init__(self, processor: str, metrics: Metrics | None = None,
-                 directory: str | None = None) -> None:
+                 shared: SharedValues | None = None) -> None:
         self.processor = processor
         self.metrics = metrics
-        self.directory = directory
+        self.shared = shared
 
     def totals(self) -> list[float]:
-        if self.metrics is not None:
-            return list(self.metrics.values)
-        totals = [0.0] * SIZE
-        for path in Path(self.directory or "").glob("*.db"):
-            data = path.read_bytes()
-            if len(data) != _BYTES:
-                continue  # a worker still creating its file
-            for i, value in enumerate(memoryview(data).cast("d")):
-                if value:
-                    totals[i] += value
-        return totals
+        if self.shared is not None:
+            return self.shared.totals()
+        assert self.metrics is not None
+        return list(self.metrics.values)
 
     def collect(self) -> Iterator[Any]:
         from prometheus_client.core import (
@@ -230,43 +217,58 @@ def registry(collector: Collector) -> Any:
 
 # -- workers > 1 ------------------------------------------------------------------------------
 
-MULTIPROC_ENV = "EXTPROC_METRICS_DIR"
+# Values that describe a process now rather than count what it did: not summed into the counts
+# a worker leaves behind when it exits.
+_NOT_COUNTS = (ACTIVE, SERVING, PID, HEARTBEAT)
+_HEADER = 64  # the sequence number of moves (see SharedValues.retire), padded
 
 
-def multiprocess_dir() -> str:
-    """A fresh directory for the workers' files, named in the environment they inherit."""
-    path = tempfile.mkdtemp(prefix="extproc-metrics-")
-    os.environ[MULTIPROC_ENV] = path
-    return path
+class SharedValues:
+    """Every worker's array in one anonymous shared mapping (``MAP_SHARED``), made before the
+    supervisor forks, so the workers and the admin process all see it. Slot 0 holds the
+    counts of workers that exited, slot ``1 + i`` worker ``i``'s values."""
 
+    def __init__(self, workers: int) -> None:
+        self.workers = workers
+        self._map = mmap.mmap(-1, _HEADER + (workers + 1) * _BYTES)
+        view = memoryview(self._map)
+        self._sequence = view[:8].cast("Q")
+        self._slots: list[Any] = [view[_HEADER + i * _BYTES:_HEADER + (i + 1) * _BYTES].cast("d")
+                       for i in range(workers + 1)]
 
-def remove_multiprocess_dir(path: str) -> None:
-    if os.environ.get(MULTIPROC_ENV) == path:
-        del os.environ[MULTIPROC_ENV]
-    shutil.rmtree(path, ignore_errors=True)
+    def slot(self, worker: int) -> Any:
+        """Worker ``worker``'s values (what its :class:`Metrics` writes)."""
+        return self._slots[1 + worker]
 
+    def retire(self, worker: int) -> None:
+        """Worker ``worker`` exited (the supervisor reaped it): its counts join those of
+        earlier workers, its slot is emptied for the next one. A reader that overlaps the
+        move sees the sequence change and reads again, so a scrape never counts twice."""
+        slot, retired = self._slots[1 + worker], self._slots[0]
+        self._sequence[0] += 1  # odd: moving
+        for i, value in enumerate(slot):
+            if value and i not in _NOT_COUNTS:
+                retired[i] += value
+        offset = _HEADER + (1 + worker) * _BYTES
+        self._map[offset:offset + _BYTES] = bytes(_BYTES)
+        self._sequence[0] += 1
 
-def worker_file(pid: int | None = None) -> str | None:
-    """This worker's file, when a supervisor named a directory."""
-    directory = os.environ.get(MULTIPROC_ENV)
-    return os.path.join(directory, f"{pid or os.getpid()}.db") if directory else None
+    def totals(self) -> list[float]:
+        """The sum over every slot (the not-count values of live workers only)."""
+        for _ in range(1000):  # a move takes microseconds; bounded all the same
+            before = self._sequence[0]
+            totals = list(self._slots[0])
+            for slot in self._slots[1:]:
+                for i, value in enumerate(slot):
+                    if value:
+                        totals[i] += value
+            if before % 2 == 0 and self._sequence[0] == before:
+                break
+        totals[PID] = totals[HEARTBEAT] = 0.0
+        return totals
 
-
-def worker_gone(directory: str, pid: int) -> None:
-    """A reaped worker: its gauges (active streams, serving) are zeroed; its counters stay."""
-    path = os.path.join(directory, f"{pid}.db")
-    try:
-        with open(path, "r+b") as f:
-            data = bytearray(f.read())
-            if len(data) != _BYTES:
-                return
-            values = memoryview(data).cast("d")
-            values[ACTIVE] = values[SERVING] = 0.0
-            f.seek(0)
-            f.write(data)
-    except FileNotFoundError:
-        pass
-
-
-def serving_workers(collector: Collector) -> float:
-    return collector.totals()[SERVING]
+    def close(self) -> None:
+        self._slots.clear()
+        self._sequence.release()
+        with contextlib.suppress(BufferError):
+            self._map.close()

@@ -7,7 +7,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from types import MappingProxyType
 from typing import Any, ClassVar
 
-from google.protobuf import json_format
+from google.protobuf import json_format, struct_pb2
 
 from ._body import Body
 from ._errors import MutationError, ServeError
@@ -96,7 +96,7 @@ class Processor:
         self._attributes: dict[str, Any] = {}
         self._raw_attributes: list[Any] = []
         self._metadata_context: Any = None
-        self._dynamic_metadata: dict[str, dict[str, Any]] | None = None
+        self._dynamic_metadata: dict[str, dict[str, Any]] | None = None  # protobuf Values
         self._clear_route_cache = False
         self._mode_override: ProcessingMode | None = None
         self._effective_mode = type(self)._spec.mode
@@ -188,9 +188,21 @@ class Processor:
             raise MutationError(
                 f"Envoy drops dynamic metadata in namespace {namespace!r}: add it to "
                 f"{type(self).__name__}.dynamic_metadata_namespaces")
+        if not isinstance(key, str):
+            raise MutationError(f"dynamic metadata keys are str, got {type(key).__name__}")
+        # Converted now, so a value Envoy cannot carry fails inside the hook (the class's
+        # fail_open policy applies) and later changes to a mutable value are not sent.
+        converted = struct_pb2.Struct()
+        try:
+            converted.update({key: value})
+        except (TypeError, ValueError, RecursionError):
+            raise MutationError(
+                f"dynamic metadata {namespace}.{key}: a {type(value).__name__} cannot be sent; "
+                "Envoy's metadata holds JSON values (None, bool, int, float, str, and lists "
+                "and dicts with str keys of those)") from None
         if self._dynamic_metadata is None:
             self._dynamic_metadata = {}
-        self._dynamic_metadata.setdefault(namespace, {})[key] = value
+        self._dynamic_metadata.setdefault(namespace, {})[key] = converted.fields[key]
 
     @property
     def grpc_metadata(self) -> Mapping[str, str]:

@@ -21,6 +21,7 @@ import http.client
 import json
 import logging
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -31,6 +32,7 @@ from typing import Any
 
 from ._config import ServerConfig, dial_target, split_address
 from ._errors import ServeError
+from ._lifecycle import die_with_parent
 from ._processor import Processor, require_processor
 from ._pyvoy_env import check_installed
 from ._unix import claim_socket
@@ -132,7 +134,7 @@ class PyvoyServer:
     """
 
     def __init__(self, processor: type[Processor], config: ServerConfig,
-                 listen: str | None = None) -> None:
+                 listen: str | None = None, *, counts: bool = False) -> None:
         require_processor(processor)
         if not processor._spec.importable:
             raise ServeError(f"the pyvoy transport imports {processor.__name__} by name in the "
@@ -145,6 +147,9 @@ class PyvoyServer:
         self._process: asyncio.subprocess.Process | None = None
         self._workdir: str | None = None
         self._stopping = False
+        self._drain_fd: int | None = None  # writing to it (or closing it) drains the app
+        # Only test helpers ask for the message counts (ServerThread); never the CLI.
+        self._counts_token = secrets.token_hex(16) if counts else None
 
     @property
     def target(self) -> str:
@@ -158,15 +163,20 @@ class PyvoyServer:
 
     @property
     def message_counts(self) -> dict[str, int]:
-        """Messages received per phase since start, asked of the Envoy process."""
+        """Messages received per phase since start, asked of the Envoy process (only when
+        constructed with ``counts=True``)."""
         import grpc
 
-        from ._asgi import COUNTS_PATH
+        from ._asgi import COUNTS_PATH, COUNTS_TOKEN_HEADER
 
+        if self._counts_token is None:
+            raise ServeError("message counts are kept only by a PyvoyServer made with "
+                             "counts=True (what ServerThread does)")
         with grpc.insecure_channel(self.target) as channel:
             call = channel.unary_unary(COUNTS_PATH, request_serializer=None,
                                        response_deserializer=None)
-            counts: dict[str, int] = json.loads(call(b"", timeout=10))
+            counts: dict[str, int] = json.loads(call(
+                b"", timeout=10, metadata=[(COUNTS_TOKEN_HEADER, self._counts_token)]))
             return counts
 
     async def start(self) -> None:
@@ -180,13 +190,16 @@ class PyvoyServer:
         _write(os.path.join(stub, "__init__.py"), _ENVOY_STUB.format(envoy=envoy))
         # Envoy loads a dynamic module by name: lib<name>.so on its search path.
         os.symlink(module, os.path.join(workdir, "libpyvoy.so"))
-        app_options = {
+        drain_read, self._drain_fd = os.pipe()
+        app_options: dict[str, Any] = {
             "processor": self.processor._spec.import_path,
             "max_message_bytes": config.max_message_bytes,
-            "drain_file": os.path.join(workdir, "draining"),
+            "drain_fd": drain_read,
             "error_file": os.path.join(workdir, "error"),
             "log_level": logging.getLevelName(logging.getLogger().getEffectiveLevel()),
         }
+        if self._counts_token is not None:
+            app_options["counts_token"] = self._counts_token
         document = bootstrap(config, self.listen, workdir)
         config_path = os.path.join(workdir, "envoy.json")
         _write(config_path, json.dumps(document))
@@ -200,11 +213,27 @@ class PyvoyServer:
                # pyvoy's module is built like an extension module: libpython comes preloaded.
                "LD_PRELOAD": libpython}
         level = "info" if logger.isEnabledFor(logging.DEBUG) else "error"
-        self._process = await asyncio.create_subprocess_exec(
-            envoy, "-c", config_path, "--concurrency", "1", "--disable-hot-restart",
-            "-l", level, "--drain-strategy", "immediate",
-            "--drain-time-s", str(max(1, int(config.grace_period))),
-            stdin=asyncio.subprocess.DEVNULL, env=env, preexec_fn=_die_with_parent)
+        parent = os.getpid()
+        socket_mode = config.socket_mode if self.is_uds else None
+
+        def in_child() -> None:
+            die_with_parent(parent)
+            # Its own process group: a signal to serve's group (systemd, a runtime, Ctrl-C)
+            # is serve's to act on; serve drains this Envoy, which SIGTERM would cut.
+            os.setpgid(0, 0)
+            if socket_mode is not None:
+                # Envoy binds the socket, then sets its mode: created with it instead.
+                os.umask(0o777 & ~socket_mode)
+
+        try:
+            self._process = await asyncio.create_subprocess_exec(
+                envoy, "-c", config_path, "--concurrency", "1", "--disable-hot-restart",
+                "-l", level, "--drain-strategy", "immediate",
+                "--drain-time-s", str(max(1, int(config.grace_period))),
+                stdin=asyncio.subprocess.DEVNULL, env=env, preexec_fn=in_child,
+                pass_fds=(drain_read,))
+        finally:
+            os.close(drain_read)
         try:
             await self._wait_ready()
         except BaseException:
@@ -261,8 +290,7 @@ class PyvoyServer:
             if process.returncode is None and grace > 0:
                 if not self._stopping:
                     self._stopping = True
-                    assert self._workdir is not None
-                    _write(os.path.join(self._workdir, "draining"), "")
+                    self._signal_drain()
                     with contextlib.suppress(OSError):
                         await self._admin("POST", "/drain_listeners?graceful")
                     logger.info("draining (grace %.1fs)", grace)
@@ -277,7 +305,15 @@ class PyvoyServer:
         finally:
             await self._terminate()
 
+    def _signal_drain(self) -> None:
+        fd, self._drain_fd = self._drain_fd, None
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                os.write(fd, b"d")
+            os.close(fd)
+
     async def _terminate(self) -> None:
+        self._signal_drain()
         process, self._process = self._process, None
         if process is not None and process.returncode is None:
             with contextlib.suppress(ProcessLookupError):
@@ -334,16 +370,6 @@ def _admin_request(socket_path: str, method: str, path: str) -> tuple[int, bytes
         raise OSError(f"Envoy admin: {exc}") from exc
     finally:
         connection.close()
-
-
-def _die_with_parent() -> None:
-    """In the child before exec: Envoy gets SIGTERM when the thread that started it ends, so a
-    server killed outright leaves no Envoy behind (Linux; elsewhere nothing)."""
-    if sys.platform == "linux":
-        import ctypes
-
-        pr_set_pdeathsig = 1
-        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
 def _write(path: str, text: str) -> None:

@@ -40,19 +40,34 @@ class ImmediateResponse:
     headers: Mapping[str, str | bytes] | None = field(default=None)
     grpc_status: int | None = None
     details: str = ""
+    _mutation: Any = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         problem = status_problem(self.status)
         if problem is not None:
             raise MutationError(f"ImmediateResponse {problem}")
-        if self.grpc_status is not None and not 0 <= self.grpc_status <= 16:
-            raise MutationError(f"grpc_status must be a gRPC code 0..16, got {self.grpc_status}")
+        grpc_status = self.grpc_status
+        if grpc_status is not None and (not isinstance(grpc_status, int)
+                                        or isinstance(grpc_status, bool)
+                                        or not 0 <= grpc_status <= 16):
+            raise MutationError(f"grpc_status must be a gRPC code 0..16, got {grpc_status!r}")
+        # Checked here, where the hook builds it: a bad value fails inside the hook.
+        if not isinstance(self.body, (bytes, bytearray, memoryview, str)):
+            raise MutationError(f"ImmediateResponse body must be bytes or str, got "
+                                f"{type(self.body).__name__}")
+        if not isinstance(self.details, str):
+            raise MutationError(f"ImmediateResponse details must be str, got "
+                                f"{type(self.details).__name__}")
+        if self.headers is not None and not isinstance(self.headers, Mapping):
+            raise MutationError(f"ImmediateResponse headers must be a mapping, got "
+                                f"{type(self.headers).__name__}")
+        object.__setattr__(self, "_mutation", header_mutation(self.headers))
 
     def to_proto(self) -> Any:
         body = self.body.encode() if isinstance(self.body, str) else bytes(self.body)
         message = pb.ImmediateResponse(
             status=http_status_pb2.HttpStatus(code=self.status), body=body, details=self.details)
-        mutation = header_mutation(self.headers)
+        mutation = self._mutation
         if mutation is not None:
             message.headers.CopyFrom(mutation)
         if self.grpc_status is not None:

@@ -19,16 +19,19 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from ._admin import (
     AdminServer,
     SupervisorAdmin,
+    heartbeat,
+    heartbeat_interval,
     make_observer,
     on_draining,
     on_serving,
 )
 from ._config import ServerConfig, dial_target
 from ._errors import ProtocolError, ServeError
+from ._lifecycle import DRAIN, FORCE, HANDLED, INTERRUPT, Stop, die_with_parent
 from ._processor import Processor, require_processor
 from ._record import Observer
-from ._stream import ProcessorFailed, answer_stream
-from ._unix import claim_socket
+from ._stream import ProcessorFailed, _contained, answer_stream
+from ._unix import claim_socket, created_with_mode, identity, remove_own
 
 if TYPE_CHECKING:
     from ._pyvoy import PyvoyServer
@@ -48,10 +51,13 @@ class Server:
     """One server process: ``await start()``, ``await stop()``.
 
     ``listen`` is one entry of ``config.addresses()`` (a Unix socket path or host:port).
+    A supervisor's worker also gives its ``slot`` of the shared metric values and its own
+    pid as ``supervisor``.
     """
 
     def __init__(self, processor: type[Processor], config: ServerConfig,
-                 listen: str | None = None) -> None:
+                 listen: str | None = None, *, slot: Any = None,
+                 supervisor: int | None = None) -> None:
         require_processor(processor)
         self.processor = processor
         self.config = config
@@ -61,6 +67,10 @@ class Server:
         self._server: grpc.aio.Server | None = None
         self._health: Any = None
         self._stopping = False
+        self._slot = slot
+        self._supervisor = supervisor
+        self._socket_id: tuple[int, int] | None = None
+        self._heartbeat: asyncio.Future[None] | None = None
         #: Messages received per phase since start (e.g. ``{"request_headers": 3}``).
         self.message_counts: dict[str, int] = {}
         self.observer: Observer | None = None
@@ -84,7 +94,8 @@ class Server:
             # Without this a second server could silently share the port.
             ("grpc.so_reuseport", 0),
         ])
-        self.observer = observer = make_observer(self.processor, config, self.message_counts)
+        self.observer = observer = make_observer(self.processor, config, self.message_counts,
+                                                 self._slot)
         handler = grpc.stream_stream_rpc_method_handler(
             _Servicer(self.processor, self.message_counts, observer).Process,
             request_deserializer=pb.ProcessingRequest.FromString,
@@ -98,27 +109,38 @@ class Server:
             claim_socket(self.listen)
         try:
             await self.processor.on_startup()
-        except Exception as exc:
-            logger.exception("%s.on_startup failed", self.processor.__name__)
-            raise ServeError(f"{self.processor.__name__}.on_startup failed: {exc}") from exc
+        except BaseException as exc:
+            if not _contained(exc):
+                raise
+            logger.error("%s.on_startup failed", self.processor.__name__, exc_info=exc)
+            raise ServeError(f"{self.processor.__name__}.on_startup failed: {exc!r}") from exc
         try:
             if self.is_uds:
-                server.add_insecure_port("unix:" + self.listen)
+                with created_with_mode(config.socket_mode):
+                    server.add_insecure_port("unix:" + self.listen)
+                    await server.start()
             elif config.tls:
                 self.bound_port = server.add_secure_port(self.listen, _credentials(config))
+                await server.start()
             else:
                 self.bound_port = server.add_insecure_port(self.listen)
-            await server.start()
+                await server.start()
         except RuntimeError as exc:
             await self._shutdown_hook()
             raise ServeError(f"cannot listen on {self.listen}: {exc}") from None
         if self.is_uds:
-            os.chmod(self.listen, config.socket_mode)
+            self._socket_id = identity(self.listen)
         self._server = server
         for name in ("", SERVICE_NAME):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        if observer is not None and observer.metrics is not None:
+            self._heartbeat = asyncio.ensure_future(heartbeat(
+                observer.metrics.values, heartbeat_interval(config), self._supervisor))
+        elif self._supervisor is not None:
+            self._heartbeat = asyncio.ensure_future(heartbeat(
+                [0.0] * 16, heartbeat_interval(config), self._supervisor))
         try:
-            self.admin = on_serving(config, observer, lambda: self.serving)
+            self.admin = on_serving(config, observer)
         except ServeError:
             await self.stop(0)
             raise
@@ -141,9 +163,11 @@ class Server:
         finally:
             if self._server is not None:
                 self._server = None
+                if self._heartbeat is not None:
+                    self._heartbeat.cancel()
+                    self._heartbeat = None
                 if self.is_uds:
-                    with contextlib.suppress(FileNotFoundError):
-                        os.unlink(self.listen)
+                    remove_own(self.listen, self._socket_id)
                 if self.admin is not None:
                     self.admin.stop()
                 if self.observer is not None:
@@ -153,8 +177,10 @@ class Server:
     async def _shutdown_hook(self) -> None:
         try:
             await self.processor.on_shutdown()
-        except Exception:
-            logger.exception("%s.on_shutdown failed", self.processor.__name__)
+        except BaseException as exc:
+            if not _contained(exc):
+                raise
+            logger.error("%s.on_shutdown failed", self.processor.__name__, exc_info=exc)
 
     async def __aenter__(self) -> Server:
         await self.start()
@@ -213,38 +239,44 @@ def _credentials(config: ServerConfig) -> grpc.ServerCredentials:
 # -- running until a signal ------------------------------------------------------------------
 
 
-def make_server(processor: type[Processor], config: ServerConfig,
-                listen: str | None = None) -> Server | PyvoyServer:
-    """The server of ``config.transport``: grpc.aio here, or an Envoy process running pyvoy."""
+def make_server(processor: type[Processor], config: ServerConfig, listen: str | None = None,
+                *, counts: bool = False, **worker: Any) -> Server | PyvoyServer:
+    """The server of ``config.transport``: grpc.aio here, or an Envoy process running pyvoy.
+    ``counts``: keep ``message_counts`` (test helpers; grpcio always does, in process).
+    ``worker``: what a supervisor's worker adds (``slot``, ``supervisor``; grpcio only)."""
     if config.transport == "pyvoy":
         from ._pyvoy import PyvoyServer
 
-        return PyvoyServer(processor, config, listen)
-    return Server(processor, config, listen)
+        return PyvoyServer(processor, config, listen, counts=counts)
+    return Server(processor, config, listen, **worker)
 
 
 async def serve_async(processor: type[Processor], config: ServerConfig,
-                      listen: str | None = None,
-                      stop_signals: tuple[int, ...] = (signal.SIGTERM, signal.SIGINT)) -> int:
-    """Serve until one of ``stop_signals``; the first drains, a second cuts streams at once."""
-    handled = stop_signals
-    server = make_server(processor, config, listen)
+                      listen: str | None = None, stop_signals: tuple[int, ...] = HANDLED,
+                      **worker: Any) -> int:
+    """Serve until a signal of ``stop_signals`` stops it (``_lifecycle`` says which signal
+    drains and which cuts in-flight streams); DRAINED or FORCED."""
+    server = make_server(processor, config, listen, **worker)
     loop = asyncio.get_running_loop()
-    signals = 0
-    first = asyncio.Event()
-    second = asyncio.Event()
+    stop = Stop()
+    changed = asyncio.Event()
 
-    def on_signal() -> None:
-        nonlocal signals
-        signals += 1
-        (first if signals == 1 else second).set()
+    def on_signal(signum: int) -> None:
+        if stop.receive(signum):
+            changed.set()
+        else:
+            logger.info("%s: already draining", signal.Signals(signum).name)
 
     # Handlers first: a signal while the server starts drains it once it has started.
-    for sig in handled:
-        loop.add_signal_handler(sig, on_signal)
+    previous = {sig: signal.getsignal(sig) for sig in stop_signals}
+    for sig in stop_signals:
+        loop.add_signal_handler(sig, on_signal, sig)
+    # A supervisor forks its workers with these blocked, so that none arrives before the
+    # worker's handlers are in place (it would kill the worker outright).
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, stop_signals)
     try:
         await server.start()
-        signalled = asyncio.ensure_future(first.wait())
+        signalled = asyncio.ensure_future(changed.wait())
         exited = asyncio.ensure_future(server.wait()) if not isinstance(server, Server) else None
         await asyncio.wait({signalled} | ({exited} if exited else set()),
                            return_when=asyncio.FIRST_COMPLETED)
@@ -254,31 +286,35 @@ async def serve_async(processor: type[Processor], config: ServerConfig,
                 raise ServeError(f"the Envoy process serving with pyvoy exited with "
                                  f"{exited.result()}")
             exited.cancel()
-        drain = asyncio.ensure_future(server.stop())
-        forced = asyncio.ensure_future(second.wait())
-        await asyncio.wait({drain, forced}, return_when=asyncio.FIRST_COMPLETED)
-        if not drain.done():
-            logger.warning("second signal: cutting in-flight streams")
-            await server.stop(0)
-            await drain
-            return FORCED
-        forced.cancel()
-        return DRAINED
+        drain = asyncio.ensure_future(server.stop(0 if stop.force else None))
+        while not drain.done():
+            changed.clear()
+            forced = asyncio.ensure_future(changed.wait())
+            await asyncio.wait({drain, forced}, return_when=asyncio.FIRST_COMPLETED)
+            forced.cancel()
+            if stop.force and not drain.done():
+                logger.warning("cutting in-flight streams")
+                await server.stop(0)
+        await drain
+        return FORCED if stop.force else DRAINED
     finally:
-        for sig in handled:
+        for sig, handler in previous.items():
             loop.remove_signal_handler(sig)
+            if handler is not None:
+                signal.signal(sig, handler)
         await server.stop(0)
 
 
 def serve(processor: type[Processor], config: ServerConfig | None = None, *,
           uds: str | None = None, address: str | None = None, workers: int = 1,
           **options: Any) -> int:
-    """Serve ``processor`` until SIGTERM/SIGINT and return the exit code: 0 when in-flight
-    streams drained, 1 when a second signal cut them. Raises ServeError when it cannot start.
+    """Serve ``processor`` until a signal stops it and return the exit code: 0 when in-flight
+    streams drained (SIGTERM, SIGHUP, SIGINT), 1 when they were cut (SIGQUIT, a second
+    SIGINT). Raises ServeError when it cannot start.
 
     Give a ready :class:`ServerConfig`, or its fields: ``uds``/``address``, ``workers`` and
     ``options`` (socket_mode, grace_period, max_message_bytes, tls_cert, tls_key,
-    tls_client_ca, loop, admin, transport).
+    tls_client_ca, loop, admin, stall_timeout, transport).
     """
     if config is None:
         config = ServerConfig(uds=uds, address=address, workers=workers, **options)
@@ -316,14 +352,22 @@ def _run_loop(config: ServerConfig, main: Coroutine[Any, Any, int]) -> int:
             loop.close()
 
 
-def _worker_main(processor: type[Processor], config: ServerConfig, listen: str) -> int:
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    # Ctrl-C reaches the whole process group, and the supervisor forwards it as SIGTERM:
-    # counting both would cut in-flight streams on the first Ctrl-C. Workers follow the
-    # supervisor only (a second Ctrl-C is a second SIGTERM from it).
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+# What a worker handles: group-wide signals reach it directly, the supervisor forwards the
+# rest (SIGTERM to drain, SIGQUIT to force). Ctrl-C reaches the whole group, and the
+# supervisor counts it: a worker that counted it too would take the supervisor's forwarded
+# SIGTERM as a second signal.
+_WORKER_SIGNALS = (*DRAIN, FORCE)
+
+
+def _worker_main(processor: type[Processor], config: ServerConfig, listen: str,
+                 slot: Any, supervisor: int) -> int:
+    die_with_parent(supervisor)
+    for sig in _WORKER_SIGNALS:  # not the supervisor's handler, copied by fork
+        signal.signal(sig, signal.SIG_DFL)
+    signal.signal(INTERRUPT, signal.SIG_IGN)
     try:
-        return _run_loop(config, serve_async(processor, config, listen, (signal.SIGTERM,)))
+        return _run_loop(config, serve_async(processor, config, listen, _WORKER_SIGNALS,
+                                             slot=slot, supervisor=supervisor))
     except ServeError as exc:
         logger.error("worker on %s: %s", listen, exc)
         return _WORKER_DID_NOT_START
@@ -337,60 +381,69 @@ def _supervise(processor: type[Processor], config: ServerConfig) -> int:
     if config.uds is not None:
         for path in config.addresses():
             claim_socket(path)  # fail before forking, with the path in the message
-    children: dict[int, tuple[str, float]] = {}
-    signals = 0
+    addresses = config.addresses()
+    children: dict[int, tuple[int, float]] = {}  # pid -> (worker index, start time)
+    stop = Stop()
+    supervisor = os.getpid()
+    admin = SupervisorAdmin(config, processor.__name__)
 
-    def spawn(listen: str) -> None:
+    def spawn(index: int) -> None:
         sys.stdout.flush()
         sys.stderr.flush()
-        pid = os.fork()
-        if pid == 0:  # pragma: no cover - runs in the child
-            code = 1
-            try:
-                code = _worker_main(processor, config, listen)
-            finally:
-                logging.shutdown()
-                os._exit(code)
-        children[pid] = (listen, time.monotonic())
+        # Blocked across the fork: the child unblocks them once its handlers are in place,
+        # and a signal here runs after the child is in ``children``.
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED)
+        try:
+            pid = os.fork()
+            if pid == 0:  # pragma: no cover - runs in the child
+                code = 1
+                try:
+                    code = _worker_main(processor, config, addresses[index],
+                                        admin.slot(index), supervisor)
+                finally:
+                    logging.shutdown()
+                    os._exit(code)
+            children[pid] = (index, time.monotonic())
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
 
     def on_signal(signum: int, frame: object) -> None:
-        nonlocal signals
-        signals += 1
+        if not stop.receive(signum):
+            return  # the same drain, asked again (e.g. the whole group got SIGTERM)
+        forward = signal.SIGQUIT if stop.force else signal.SIGTERM
         for pid in list(children):
             with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGTERM)
+                os.kill(pid, forward)
 
-    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    previous = {sig: signal.signal(sig, on_signal) for sig in HANDLED}
     exit_code = DRAINED
     did_not_start: str | None = None
-    admin = SupervisorAdmin(config, processor.__name__)
     try:
         admin.start()
-        for listen in config.addresses():
-            spawn(listen)
-        logger.info("supervisor %d: %d workers on %s", os.getpid(), config.workers,
-                    ", ".join(config.addresses()))
+        for index in range(len(addresses)):
+            spawn(index)
+        logger.info("supervisor %d: %d workers on %s", supervisor, config.workers,
+                    ", ".join(addresses))
         while children:
             pid, status = os.wait()
             if admin.reaped(pid) or pid not in children:
                 continue
-            listen, started = children.pop(pid)
-            admin.worker_gone(pid)
+            index, started = children.pop(pid)
+            admin.worker_gone(index)
             code = os.waitstatus_to_exitcode(status)
-            if signals:
+            if stop.drain:
                 exit_code = max(exit_code, code if code > 0 else 0)
-                if signals > 1:
-                    exit_code = max(exit_code, FORCED)
                 continue
             if code == _WORKER_DID_NOT_START:
-                logger.error("worker on %s could not start; stopping", listen)
+                logger.error("worker on %s could not start; stopping", addresses[index])
                 on_signal(signal.SIGTERM, None)
-                did_not_start = listen
+                did_not_start = addresses[index]
                 continue
-            logger.warning("worker on %s exited with %d; restarting", listen, code)
+            logger.warning("worker on %s exited with %d; restarting", addresses[index], code)
             if time.monotonic() - started < 1.0:
                 time.sleep(1.0)  # a worker that dies at once must not spin the supervisor
-            spawn(listen)
+            if not stop.drain:
+                spawn(index)
     finally:
         admin.stop()
         for sig, handler in previous.items():
@@ -398,4 +451,4 @@ def _supervise(processor: type[Processor], config: ServerConfig) -> int:
     if did_not_start is not None:
         raise ServeError(f"the worker on {did_not_start} could not start (its error is "
                          "logged above)")
-    return exit_code
+    return FORCED if stop.force else exit_code

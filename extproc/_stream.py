@@ -10,13 +10,16 @@ answer; in FULL_DUPLEX_STREAMED a body chunk gets zero or more (held bytes are f
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
+import signal
+import threading
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
-from google.protobuf import duration_pb2, struct_pb2
+from google.protobuf import duration_pb2
 
 from ._body import Body
 from ._errors import ProtocolError
@@ -321,9 +324,11 @@ class _Exchange:
             record.hook_started(phase, proc, arg)
         try:
             result = await getattr(proc, hook)(arg)
-        except Exception as exc:
-            logger.exception("%s.%s failed (x-request-id=%s)", self.cls.__name__, hook,
-                             self._request_id(), extra=self._log_fields(phase))
+        except BaseException as exc:
+            if not _contained(exc):
+                raise
+            logger.error("%s.%s failed (x-request-id=%s)", self.cls.__name__, hook,
+                         self._request_id(), exc_info=exc, extra=self._log_fields(phase))
             return self._fail(phase, exc)
         if result is None:
             if record is not None:
@@ -337,14 +342,22 @@ class _Exchange:
                              extra=self._log_fields(phase))
                 return self._fail(phase, TypeError("ImmediateResponse with "
                                                    "disable_immediate_response"))
+            # What the hook gave is turned into the answer under the same policy as the hook
+            # itself: a value Envoy cannot take fails open or closed, never the stream.
+            try:
+                answer = _PR(immediate_response=result.to_proto())
+                self._attach_metadata(answer)
+            except Exception as exc:
+                logger.error("%s.%s returned an ImmediateResponse that cannot be sent "
+                             "(x-request-id=%s)", self.cls.__name__, hook, self._request_id(),
+                             exc_info=exc, extra=self._log_fields(phase))
+                return self._fail(phase, exc)
             logger.info("%s.%s answered %d (x-request-id=%s)", self.cls.__name__, hook,
                         result.status, self._request_id(),
                         extra={**self._log_fields(phase, "immediate"),
                                "status": result.status})
             if record is not None:
                 record.hook_finished(phase, "immediate", result.status)
-            answer = _PR(immediate_response=result.to_proto())
-            self._attach_metadata(answer)
             raise _Stop(answer)
         logger.error("%s.%s returned %r; hooks return None or ImmediateResponse "
                      "(x-request-id=%s)", self.cls.__name__, hook, type(result).__name__,
@@ -401,9 +414,11 @@ class _Exchange:
         metadata = self.proc._dynamic_metadata
         if metadata is not None:
             self.proc._dynamic_metadata = None
-            struct = struct_pb2.Struct()
-            struct.update(metadata)
-            answer.dynamic_metadata.CopyFrom(struct)
+            fields = answer.dynamic_metadata.fields
+            for namespace, values in metadata.items():
+                namespace_fields = fields[namespace].struct_value.fields
+                for key, value in values.items():
+                    namespace_fields[key].CopyFrom(value)
 
     def _lock_unless_buffered(self, headers: Headers, direction: str, eos: bool) -> None:
         mode = getattr(self.proc._effective_mode, _BODY_FIELD[direction])
@@ -435,3 +450,21 @@ def _duration(seconds: float) -> Any:
     duration = duration_pb2.Duration()
     duration.FromNanoseconds(int(seconds * 1e9))
     return duration
+
+
+def _contained(exc: BaseException) -> bool:
+    """Whether a hook's exception is handled as a hook failure (fail open or closed) rather
+    than ending the server: everything a hook raises, SystemExit and KeyboardInterrupt
+    included (a server's signals never raise those: its handlers are installed), except the
+    cancellation of the stream itself and a KeyboardInterrupt that a real Ctrl-C may have
+    raised (SIGINT's default handler in place, on the main thread)."""
+    if isinstance(exc, asyncio.CancelledError):
+        task = asyncio.current_task()
+        cancelling = getattr(task, "cancelling", None)  # Python 3.11+
+        # Raised by the hook's own code (a task it awaited was cancelled), not at the
+        # stream: a failure like any other.
+        return cancelling is not None and cancelling() == 0
+    if isinstance(exc, KeyboardInterrupt):
+        return not (threading.current_thread() is threading.main_thread()
+                    and signal.getsignal(signal.SIGINT) is signal.default_int_handler)
+    return True

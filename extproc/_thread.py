@@ -24,7 +24,7 @@ class ServerThread:
 
     def __init__(self, processor: type[Processor], **config: Any) -> None:
         self.config = ServerConfig(**config)
-        self.server = make_server(processor, self.config)
+        self.server = make_server(processor, self.config, counts=True)
         self._loop = self.config.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True,
                                         name=f"extproc-{processor.__name__}")

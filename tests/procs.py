@@ -97,11 +97,16 @@ class FullDuplexRedact(extproc.Processor):
 
 
 class Slow(extproc.Processor):
-    """Holds the request for ``x-sleep-ms`` in the hook (graceful shutdown tests)."""
+    """Holds the request for ``x-sleep-ms`` in the hook (graceful shutdown tests); creates
+    the file ``x-mark`` names once inside it, so a test knows when the request is there."""
 
     message_timeout = 10.0
 
     async def on_request_headers(self, headers: Headers) -> None:
+        mark = headers.get("x-mark")
+        if mark:
+            with open(mark, "w") as f:
+                f.write(str(os.getpid()))
         await asyncio.sleep(int(headers.get("x-sleep-ms") or 0) / 1000)
         headers["x-slept"] = "1"
 

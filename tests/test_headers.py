@@ -530,7 +530,12 @@ def test_immediate_response_str_body_encoded_and_no_headers() -> None:
     assert not message.HasField("headers")
 
 
-def test_immediate_response_bad_headers_refused() -> None:
-    response = ImmediateResponse(403, headers={"x-bad": "a\nb"})
+@pytest.mark.parametrize("kwargs", [
+    {"headers": {"x-bad": "a\nb"}}, {"headers": {"x bad": "1"}}, {"headers": {"x": object()}},
+    {"headers": [("x", "1")]}, {"body": 3}, {"body": None}, {"details": 3},
+    {"grpc_status": True}, {"grpc_status": "1"},
+])
+def test_immediate_response_bad_values_refused_where_the_hook_builds_it(kwargs) -> None:
+    # At construction, inside the hook: the class's fail policy applies to it.
     with pytest.raises(MutationError):
-        response.to_proto()
+        ImmediateResponse(403, **kwargs)

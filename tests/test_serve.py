@@ -110,20 +110,31 @@ def test_sigterm_lets_the_in_flight_request_finish_then_exits_0(sock_dir, extctl
     assert "draining" in proc.communicate(timeout=15)[1]
 
 
-def test_second_signal_cuts_in_flight_streams_and_exits_1(sock_dir, extctl, transport):
+def wait_for_path(path: Path, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert time.monotonic() < deadline, f"{path} did not appear within {timeout}s"
+        time.sleep(0.02)
+
+
+@pytest.mark.parametrize("first, second", [(signal.SIGINT, signal.SIGINT),
+                                           (signal.SIGTERM, signal.SIGQUIT)],
+                         ids=["ctrl-c-twice", "sigquit"])
+def test_an_explicit_second_signal_cuts_in_flight_streams_and_exits_1(
+        sock_dir, extctl, transport, first, second):
     path = sock_dir / "f.sock"
     proc = serve(extctl, transport, "procs:Slow", "--uds", str(path), "--grace-period", "60")
     try:
         wait_for_socket(path, proc)
         with _envoy_for([str(path)], sock_dir / "envoy") as envoy:
-            slow = threading.Thread(target=lambda: http(envoy.port, "/",
-                                                        headers={"x-sleep-ms": "8000"}))
+            slow = threading.Thread(target=lambda: http(envoy.port, "/", headers={
+                "x-sleep-ms": "8000", "x-mark": str(sock_dir / "inside")}))
             slow.start()
-            time.sleep(0.5)
-            proc.send_signal(signal.SIGTERM)
-            time.sleep(0.5)
+            wait_for_path(sock_dir / "inside")
+            proc.send_signal(first)
+            _wait_not_serving(f"unix:{path}")
             started = time.monotonic()
-            proc.send_signal(signal.SIGTERM)
+            proc.send_signal(second)
             assert proc.wait(15) == 1
             assert time.monotonic() - started < 5  # not the 60 s grace, nor the 8 s sleep
             slow.join(20)
@@ -131,6 +142,51 @@ def test_second_signal_cuts_in_flight_streams_and_exits_1(sock_dir, extctl, tran
         if proc.poll() is None:
             proc.kill()
     assert not path.exists()
+
+
+def _wait_not_serving(target: str, timeout: float = 10) -> None:
+    """Until the server says NOT_SERVING (it took the first signal) or stops answering."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if _health(target) == NOT_SERVING:
+                return
+        except grpc.RpcError:
+            return
+        time.sleep(0.02)
+    raise AssertionError("the server never started draining")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
+def test_a_repeated_sigterm_or_a_sighup_is_the_same_graceful_drain(sock_dir, extctl, transport,
+                                                                     sig):
+    # systemd, `timeout`, a container runtime: SIGTERM to the process and then to the group;
+    # a closed terminal: SIGHUP. None of them may cut the request in flight.
+    path = sock_dir / "r.sock"
+    proc = serve(extctl, transport, "procs:Slow", "--uds", str(path), "--grace-period", "30")
+    try:
+        wait_for_socket(path, proc)
+        pids = _server_pids(proc.pid)
+        with _envoy_for([str(path)], sock_dir / "envoy") as envoy:
+            result: dict[str, object] = {}
+            slow = threading.Thread(target=lambda: result.update(reply=http(
+                envoy.port, "/", headers={"x-sleep-ms": "2000",
+                                          "x-mark": str(sock_dir / "inside")})))
+            slow.start()
+            wait_for_path(sock_dir / "inside")
+            proc.send_signal(sig)
+            _wait_not_serving(f"unix:{path}")
+            proc.send_signal(sig)
+            proc.send_signal(signal.SIGTERM)
+            slow.join(20)
+            assert result["reply"].status == 200  # type: ignore[attr-defined]
+            assert result["reply"].headers["x-worker-pid"] in pids  # type: ignore[attr-defined]
+            assert proc.wait(15) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert not path.exists()
+    assert "already draining" in proc.communicate(timeout=15)[1]
 
 
 def test_stale_socket_file_is_replaced(sock_dir, extctl, transport):

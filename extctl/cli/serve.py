@@ -24,6 +24,7 @@ _SPELLING: dict[str, dict[str, Any]] = {
     "tls_client_ca": {"type": click.Path(exists=True, dir_okay=False)},
     "loop": {},
     "admin": {"metavar": "HOST:PORT"},
+    "stall_timeout": {"type": click.FloatRange(min=0, min_open=True)},
     "transport": {},
 }
 

@@ -1,0 +1,71 @@
+"""How a serving process meets the operator's signals and its parent's death.
+
+Signals (the README's table):
+
+=========  ====================================================================
+SIGTERM    drain: NOT_SERVING, no new streams, in-flight ones get the grace period;
+           repeated (a runtime signalling the whole group, systemd, ``timeout``), the
+           same drain
+SIGHUP     the same as SIGTERM (a closed terminal, a supervisor's reload): drain, exit 0
+SIGINT     drain; a second SIGINT (Ctrl-C twice) cuts in-flight streams: exit 1
+SIGQUIT    cut in-flight streams at once: exit 1
+=========  ====================================================================
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from typing import Any
+
+#: Signals that drain; repeated, they drain still.
+DRAIN = (signal.SIGTERM, signal.SIGHUP)
+#: Drains the first time; forces the second.
+INTERRUPT = signal.SIGINT
+#: Forces at once.
+FORCE = signal.SIGQUIT
+HANDLED = (*DRAIN, INTERRUPT, FORCE)
+
+
+class Stop:
+    """Counts what the operator sent: ``drain`` once anything stops the server, ``force``
+    once a signal asks to cut in-flight streams."""
+
+    __slots__ = ("drain", "force", "interrupts")
+
+    def __init__(self) -> None:
+        self.drain = False
+        self.force = False
+        self.interrupts = 0
+
+    def receive(self, signum: int) -> bool:
+        """Take ``signum``; True when it changed what must happen (drain or force)."""
+        before = (self.drain, self.force)
+        if signum == FORCE:
+            self.force = True
+        elif signum == INTERRUPT:
+            self.interrupts += 1
+            if self.interrupts > 1:
+                self.force = True
+        self.drain = True
+        return (self.drain, self.force) != before
+
+
+def die_with_parent(parent: int, sig: int = signal.SIGTERM) -> None:
+    """In a child of ``parent``: receive ``sig`` when the parent dies (Linux's
+    PR_SET_PDEATHSIG), and exit at once when it died before this ran. Call it first thing
+    in the child (before exec for a program)."""
+    if _prctl is not None:
+        _prctl(_PR_SET_PDEATHSIG, sig)
+    if os.getppid() != parent:
+        os._exit(1)
+
+
+_PR_SET_PDEATHSIG = 1
+# Looked up here, in the parent: a child forked from a threaded parent only calls it.
+_prctl: Any = None
+if sys.platform == "linux":
+    import ctypes
+
+    _prctl = ctypes.CDLL(None, use_errno=True).prctl
