@@ -16,7 +16,7 @@ from typing import Any
 from envoy.config.accesslog.v3 import accesslog_pb2
 from envoy.config.bootstrap.v3 import bootstrap_pb2
 from envoy.config.cluster.v3 import cluster_pb2
-from envoy.config.core.v3 import address_pb2, base_pb2, grpc_service_pb2
+from envoy.config.core.v3 import address_pb2, base_pb2, grpc_service_pb2, health_check_pb2
 from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
 from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
 from envoy.config.rbac.v3 import rbac_pb2 as rbac_config_pb2
@@ -37,6 +37,7 @@ from google.protobuf import any_pb2, duration_pb2, json_format, wrappers_pb2
 from .errors import ConfigError
 from .ext_proc import apply_spec
 from .filter_order import order
+from .health_check import PROCESSOR, SERVICE
 from .model import DeploymentData as Deployment
 from .model import ProcessorTls
 from .net import host_port, is_ip, is_socket_path
@@ -101,6 +102,20 @@ def ext_proc_filter(deployment: Deployment) -> Any:
     apply_spec(filter_config, spec)
     return hcm_pb2.HttpFilter(name=f"envoy.filters.http.ext_proc/{spec.name.lower()}",
                               typed_config=_any(filter_config))
+
+
+def processor_health_check() -> Any:
+    """The ext_proc cluster's active check: ``grpc.health.v1`` for the ext_proc service on
+    every worker (SERVING, or NOT_SERVING while it drains), timed by :data:`PROCESSOR`."""
+    timings = PROCESSOR
+    return health_check_pb2.HealthCheck(
+        timeout=_seconds(timings.timeout),
+        interval=_seconds(timings.interval),
+        no_traffic_interval=_seconds(timings.no_traffic_interval),
+        unhealthy_threshold={"value": timings.unhealthy_threshold},
+        healthy_threshold={"value": timings.healthy_threshold},
+        grpc_health_check=health_check_pb2.HealthCheck.GrpcHealthCheck(service_name=SERVICE),
+    )
 
 
 def _loopback(address: str) -> None:
@@ -186,6 +201,7 @@ def bootstrap(deployment: Deployment) -> Any:
         typed_extension_protocol_options={
             "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": _any(http2)},
         load_assignment=_load_assignment(EXT_PROC_CLUSTER, deployment.addresses),
+        health_checks=[processor_health_check()],
     )]
     if options.processor_tls is not None:
         if not clusters:

@@ -18,6 +18,7 @@ from extproc import BodyMode, FilterSpec
 
 from .errors import GatewayError
 from .ext_proc import gateway_fields
+from .health_check import PROCESSOR, SERVICE
 from .model import DeploymentData as Deployment
 from .model import Target, check_name, is_kubernetes_name
 from .net import MAX_UDS_PATH, host_port, is_ip, is_socket_path
@@ -181,6 +182,17 @@ def backend(deployment: Deployment) -> dict[str, Any]:
     return doc
 
 
+def active_health_check() -> dict[str, Any]:
+    """extProc ``backendSettings.healthCheck.active``: the standalone config's gRPC check with
+    the same timings, except what Envoy Gateway v1.9 has no field for (``no_traffic_interval``:
+    Envoy's 60 s applies until the first request)."""
+    timings = PROCESSOR
+    return {"type": "GRPC", "grpc": {"service": SERVICE},
+            "timeout": _duration(timings.timeout), "interval": _duration(timings.interval),
+            "unhealthyThreshold": timings.unhealthy_threshold,
+            "healthyThreshold": timings.healthy_threshold}
+
+
 def extension_policy(deployment: Deployment) -> dict[str, Any]:
     options, policy = deployment.gateway, deployment.policy
     name = deployment.name
@@ -196,6 +208,7 @@ def extension_policy(deployment: Deployment) -> dict[str, Any]:
         ext_proc: dict[str, Any] = {
             "backendRefs": [{"group": "gateway.envoyproxy.io", "kind": "Backend",
                              "name": f"{name}-extproc"}],
+            "backendSettings": {"healthCheck": {"active": active_health_check()}},
             "processingMode": processing_mode(filter_spec),
         }
         timeout = policy.message_timeout or filter_spec.message_timeout
