@@ -1,0 +1,190 @@
+"""Envoy's active gRPC health checks of the processor, as both generators configure them, and what
+they do through a real Envoy 1.40: every worker healthy when Envoy starts, a draining worker out
+of rotation while another serves, a dead processor noticed before any traffic."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import http, wait_for_socket
+from crds import validate
+from envoy.service.ext_proc.v3 import external_processor_pb2
+from procs import Rewrite, Slow
+
+import extproc
+from extctl.config import Deployment, GatewayOptions, Target
+from extctl.config.health_check import PROCESSOR, SERVICE
+from extctl.testing import EnvoyProcess
+
+# PROCESSOR's bounds, with room for a loaded machine: Envoy's timers are exact, the polling
+# here and the processes' start are not.
+SLACK = 1.0
+
+
+def test_both_generators_check_the_service_the_servers_answer_for():
+    service = external_processor_pb2.DESCRIPTOR.services_by_name["ExternalProcessor"]
+    assert SERVICE == service.full_name == extproc.SERVICE_NAME
+    deployment = Deployment(Rewrite, addresses=["/run/p/p-0.sock", "/run/p/p-1.sock"],
+                            gateway=GatewayOptions(targets=[Target("HTTPRoute", "r")]))
+    (cluster,) = [c for c in deployment.envoy_bootstrap().static_resources.clusters
+                  if c.name == "extproc"]
+    (check,) = cluster.health_checks
+    assert check.grpc_health_check.service_name == SERVICE
+    assert check.timeout.ToMilliseconds() == PROCESSOR.timeout * 1000
+    assert check.interval.ToMilliseconds() == PROCESSOR.interval * 1000
+    # Envoy's default, 60 s until the first request, would leave a dead processor unnoticed
+    assert check.no_traffic_interval.ToMilliseconds() == PROCESSOR.no_traffic_interval * 1000
+    assert check.unhealthy_threshold.value == PROCESSOR.unhealthy_threshold
+    assert check.healthy_threshold.value == PROCESSOR.healthy_threshold
+    policy = deployment.gateway_resources()[0]
+    validate(policy)
+    (ext_proc,) = policy["spec"]["extProc"]
+    assert ext_proc["backendSettings"] == {"healthCheck": {"active": {
+        "type": "GRPC", "grpc": {"service": SERVICE}, "timeout": "1s", "interval": "500ms",
+        "unhealthyThreshold": PROCESSOR.unhealthy_threshold,
+        "healthyThreshold": PROCESSOR.healthy_threshold}}}
+
+
+def _hosts(envoy: EnvoyProcess) -> dict[str, dict[str, Any]]:
+    """The ext_proc cluster's hosts by socket path: their ``health_status``."""
+    clusters = json.loads(envoy.admin("/clusters?format=json"))["cluster_statuses"]
+    (cluster,) = [c for c in clusters if c["name"] == "extproc"]
+    return {h["address"]["pipe"]["path"]: h["health_status"] for h in cluster["host_statuses"]}
+
+
+def _failed(envoy: EnvoyProcess, path: str) -> bool:
+    return bool(_hosts(envoy)[path].get("failed_active_health_check"))
+
+
+def _wait_failed(envoy: EnvoyProcess, path: str, within: float) -> float:
+    """Seconds until Envoy marks ``path`` failed_active_health_check (at most ``within``)."""
+    start = time.monotonic()
+    while not _failed(envoy, path):
+        elapsed = time.monotonic() - start
+        assert elapsed < within, (f"{path} still healthy after {elapsed:.1f}s: "
+                                  f"{_hosts(envoy)}")
+        time.sleep(0.05)
+    return time.monotonic() - start
+
+
+def _stop(proc: Any) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(20)
+    except Exception:
+        proc.kill()
+
+
+def _workers(extctl: Any, sock_dir: Path, transport: str = "grpcio") -> tuple[Any, list[str]]:
+    sockets = [str(sock_dir / f"w-{i}.sock") for i in range(2)]
+    proc = extctl("serve", "procs:Slow", "--uds", str(sock_dir / "w.sock"), "--workers", "2",
+                  "--grace-period", "15", "--transport", transport)
+    for path in sockets:
+        wait_for_socket(Path(path), proc)
+    return proc, sockets
+
+
+@pytest.mark.envoy
+def test_every_worker_is_healthy_when_envoy_starts_and_the_first_request_passes(
+        sock_dir, extctl, transport):
+    """Envoy starts its listener after one check of every host, and a first success marks a
+    host healthy: the request right after start reaches a healthy worker (both transports
+    answer the check)."""
+    proc, sockets = _workers(extctl, sock_dir, transport)
+    try:
+        with EnvoyProcess(Deployment.build(Slow, addresses=sockets).envoy_bootstrap(),
+                          sock_dir / "envoy") as envoy:
+            first = http(envoy.port, "/")
+            hosts = _hosts(envoy)
+        assert first.status == 200 and "x-worker-pid" in first.headers, first
+        assert set(hosts) == set(sockets)
+        for path, health in hosts.items():
+            assert not health.get("failed_active_health_check"), (path, health)
+    finally:
+        _stop(proc)
+
+
+@pytest.mark.envoy
+def test_a_draining_worker_gets_no_new_streams_while_the_other_serves_them(sock_dir, extctl):
+    proc, sockets = _workers(extctl, sock_dir)
+    try:
+        owners = {path: _listener_pid(path) for path in sockets}
+        victim, other = sockets
+        with EnvoyProcess(Deployment.build(Slow, addresses=sockets).envoy_bootstrap(),
+                          sock_dir / "envoy") as envoy:
+            # One Envoy worker thread: round robin alternates, so two requests in a row
+            # reach both processor workers, and each holds one in flight.
+            slow: dict[int, Any] = {}
+            threads = [threading.Thread(target=lambda i=i: slow.update(
+                {i: http(envoy.port, "/", headers={"x-sleep-ms": "5000"})})) for i in range(2)]
+            for thread in threads:
+                thread.start()
+                time.sleep(0.2)
+            time.sleep(0.3)  # both requests are inside a worker's hook
+            os.kill(owners[victim], signal.SIGTERM)  # it drains; its request stays in flight
+            took = _wait_failed(envoy, victim, PROCESSOR.interval * PROCESSOR.unhealthy_threshold
+                                + PROCESSOR.timeout + SLACK)
+            served = [http(envoy.port, "/") for _ in range(20)]
+            still_draining = _alive(owners[victim])
+            assert not _failed(envoy, other)
+            for thread in threads:
+                thread.join(20)
+        assert still_draining, "the worker exited: it was not draining during the requests"
+        assert [r.status for r in served] == [200] * 20
+        assert {r.headers["x-worker-pid"] for r in served} == {str(owners[other])}
+        # each worker had a request in flight, and the draining one finished its own
+        assert sorted(r.headers.get("x-worker-pid") for r in slow.values()) == sorted(
+            str(pid) for pid in owners.values()), slow
+        print(f"draining worker out of rotation after {took:.2f}s")
+    finally:
+        _stop(proc)
+
+
+def _listener_pid(path: str) -> int:
+    """The pid of the process listening on the Unix socket ``path`` (from /proc)."""
+    with open("/proc/net/unix") as table:
+        inodes = {fields[6] for fields in (line.split() for line in table.read().splitlines()[1:])
+                  if len(fields) >= 8 and fields[7] == path}
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            fds = [os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")]
+        except OSError:
+            continue
+        if any(fd.startswith("socket:[") and fd[8:-1] in inodes for fd in fds):
+            return int(pid)
+    raise AssertionError(f"nothing listens on {path}")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rpartition(")")[2].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.envoy
+def test_a_dead_processor_is_marked_failed_without_any_traffic(sock_dir, extctl):
+    path = sock_dir / "p.sock"
+    proc = extctl("serve", "procs:Slow", "--uds", str(path))
+    try:
+        wait_for_socket(path, proc)
+        with EnvoyProcess(Deployment.build(Slow, addresses=[str(path)]).envoy_bootstrap(),
+                          sock_dir / "envoy") as envoy:
+            assert not _failed(envoy, str(path))
+            proc.kill()  # its socket file stays: connections are refused
+            proc.wait(10)
+            took = _wait_failed(envoy, str(path), PROCESSOR.no_traffic_interval
+                                * PROCESSOR.unhealthy_threshold + SLACK)
+            assert envoy.stats("cluster.extproc.")["cluster.extproc.upstream_cx_total"] == 0
+        print(f"dead processor noticed after {took:.2f}s")
+    finally:
+        _stop(proc)
