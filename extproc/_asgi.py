@@ -62,6 +62,7 @@ _END_BODY = {"type": "http.response.body", "body": b"", "more_body": False}
 _OK_TRAILERS = {"type": "http.response.trailers", "more_trailers": False,
                 "headers": [(b"grpc-status", b"0")]}
 _SERVING: int = health_pb2.HealthCheckResponse.SERVING
+_DISCONNECT_POLL = 1.0
 _NOT_SERVING: int = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
@@ -287,8 +288,11 @@ class GrpcApp:
             return
 
         async def disconnected() -> None:
-            while (await receive())["type"] != "http.disconnect":
-                pass
+            # Once the request has ended, pyvoy answers receive() at once until the stream is
+            # gone (then with http.disconnect) instead of waiting for it: asked once a second,
+            # not in a busy loop.
+            while (await receive())["type"] != "http.disconnect":  # noqa: ASYNC110
+                await asyncio.sleep(_DISCONNECT_POLL)
 
         gone = asyncio.ensure_future(disconnected())
         drained = (asyncio.ensure_future(self._drained.wait()) if self._drained is not None

@@ -17,6 +17,8 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import threading
+from collections.abc import Callable
 from typing import Any
 
 #: Signals that drain; repeated, they drain still.
@@ -60,6 +62,17 @@ def die_with_parent(parent: int, sig: int = signal.SIGTERM) -> None:
         _prctl(_PR_SET_PDEATHSIG, sig)
     if os.getppid() != parent:
         os._exit(1)
+
+
+def parent_death_signal(sig: int = signal.SIGTERM) -> Callable[[], None] | None:
+    """A ``preexec_fn`` for a program started from here that must not outlive this process
+    (its child gets ``sig`` when this process dies), or None off the main thread: the kernel
+    sends the signal when the *thread* that forked ends, and only the main thread lives as
+    long as the process."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    parent = os.getpid()
+    return lambda: die_with_parent(parent, sig)
 
 
 _PR_SET_PDEATHSIG = 1

@@ -5,6 +5,9 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import sys
+import time
+from typing import Any
 
 import extproc
 from extproc import Body, BodyMode, Headers, ImmediateResponse
@@ -105,7 +108,7 @@ class Slow(extproc.Processor):
     async def on_request_headers(self, headers: Headers) -> None:
         mark = headers.get("x-mark")
         if mark:
-            with open(mark, "w") as f:
+            with open(mark, "w") as f:  # noqa: ASYNC230 - a tiny local file, on purpose
                 f.write(str(os.getpid()))
         await asyncio.sleep(int(headers.get("x-sleep-ms") or 0) / 1000)
         headers["x-slept"] = "1"
@@ -201,3 +204,55 @@ class AppendOrder(extproc.Processor):
 
     async def on_request_headers(self, headers):
         headers.add("x-order", "ext_proc")
+
+
+class Blocking(extproc.Processor):
+    """Blocks the event loop for ``x-block-ms`` (what a hook calling blocking code does)."""
+
+    async def on_request_headers(self, headers: Headers) -> None:
+        time.sleep(int(headers.get("x-block-ms") or 0) / 1000)  # noqa: ASYNC251 - on purpose
+
+
+class _UserBaseException(BaseException):
+    pass
+
+
+async def _cancelled_inside() -> None:
+    task = asyncio.ensure_future(asyncio.sleep(10))
+    task.cancel()
+    await task  # the hook's own task was cancelled: CancelledError, not the stream's
+
+
+# What each x-do value makes the hook do: every way a hook can go wrong.
+MISBEHAVIOURS = {
+    "exit": lambda proc: sys.exit(3),
+    "interrupt": lambda proc: (_ for _ in ()).throw(KeyboardInterrupt()),
+    "generator-exit": lambda proc: (_ for _ in ()).throw(GeneratorExit()),
+    "base-exception": lambda proc: (_ for _ in ()).throw(_UserBaseException()),
+    "immediate-body-int": lambda proc: ImmediateResponse(403, body=3),  # type: ignore[arg-type]
+    "immediate-header-crlf": lambda proc: ImmediateResponse(403, headers={"x": "a\r\nb: c"}),
+    "immediate-header-name": lambda proc: ImmediateResponse(403, headers={"x y": "1"}),
+    "metadata-set": lambda proc: proc.set_dynamic_metadata("extkit", "k", {1, 2}),
+    "metadata-bytes": lambda proc: proc.set_dynamic_metadata("extkit", "k", b"raw"),
+    "returns-int": lambda proc: 3,
+}
+
+
+class Misbehaving(extproc.Processor):
+    """Goes wrong as ``x-do`` says (MISBEHAVIOURS, or ``cancelled``); fails closed with 503."""
+
+    dynamic_metadata_namespaces = ("extkit",)
+    error_status = 503
+
+    async def on_request_headers(self, headers: Headers) -> Any:
+        what = headers.get("x-do") or ""
+        if what == "cancelled":
+            await _cancelled_inside()
+        return MISBEHAVIOURS[what](self) if what else None
+
+    async def on_response_headers(self, headers: Headers) -> None:
+        headers["x-worker-pid"] = str(os.getpid())
+
+
+class MisbehavingOpen(Misbehaving):
+    fail_open = True

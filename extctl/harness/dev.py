@@ -33,7 +33,7 @@ from ..config import CalloutCluster, Deployment, FilterPosition, WasmModule
 from ..errors import UsageError
 from .echo import EchoServer
 from .envoy import EnvoyProcess
-from .reload import Child, watch
+from .reload import STOP_SIGNALS, Child, watch
 
 logger = logging.getLogger("extctl.dev")
 
@@ -106,7 +106,7 @@ class DevStack:
         def on_signal(signum: int, frame: FrameType | None) -> None:
             stop.set()
 
-        previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        previous = {s: signal.signal(s, on_signal) for s in STOP_SIGNALS}
         server: ServerThread | None = None
         child: Child | None = None
         envoy = echo = None

@@ -21,6 +21,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from extproc._lifecycle import parent_death_signal
+
 from ..config.envoy import to_json
 from ..errors import EnvoyError
 
@@ -94,8 +96,11 @@ class EnvoyProcess:
                    "--admin-address-path", str(admin_path),
                    "--drain-time-s", "1", "--parent-shutdown-time-s", "2"]
         with open(self.log_path, "ab") as log:
+            # Its own session (a terminal's signals are ours to act on), and gone with us
+            # even when we are killed outright.
             self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
-                                            stdin=subprocess.DEVNULL, start_new_session=True)
+                                            stdin=subprocess.DEVNULL, start_new_session=True,
+                                            preexec_fn=parent_death_signal())
         try:
             self._wait_ready(admin_path)
         except BaseException:

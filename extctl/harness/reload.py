@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import queue
 import signal
 import subprocess
 import sys
@@ -19,11 +20,15 @@ import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from extproc._lifecycle import parent_death_signal
+
 from ..errors import UsageError
 
 logger = logging.getLogger("extctl.reload")
 
 DEBOUNCE_MS = 150
+#: What stops the reloader and its child: a closed terminal (SIGHUP) too.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 PYTHON_SOURCES = (".py",)
 
 
@@ -44,7 +49,8 @@ class Child:
 
     def _spawn_standby(self) -> subprocess.Popen[bytes]:
         return subprocess.Popen([sys.executable, "-m", "extctl.harness.standby"],
-                                stdin=subprocess.PIPE, start_new_session=True)
+                                stdin=subprocess.PIPE, start_new_session=True,
+                                preexec_fn=parent_death_signal())
 
     def start(self) -> None:
         standby = self._standby or self._spawn_standby()
@@ -118,28 +124,33 @@ def watch(directories: Sequence[str | Path], on_change: Callable[[set[str]], Non
 
 
 def serve_with_reload(serve_args: Sequence[str], directories: Sequence[str | Path]) -> int:
-    """Run ``extctl serve SERVE_ARGS`` (without ``--reload``) until SIGINT/SIGTERM, started anew
-    whenever a Python file under ``directories`` changes."""
+    """Run ``extctl serve SERVE_ARGS`` (without ``--reload``) until SIGINT, SIGTERM or SIGHUP,
+    started anew whenever a Python file under ``directories`` changes."""
     child = Child(serve_args)
     stop = threading.Event()
 
     def on_signal(signum: int, frame: object) -> None:
         stop.set()
 
-    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-
-    def changed(paths: set[str]) -> None:
-        logger.warning("reloading: %s changed", ", ".join(sorted(paths)[:3]))
-        child.restart()
-
+    previous = {s: signal.signal(s, on_signal) for s in STOP_SIGNALS}
+    # Children are started from this (the main) thread only: they die with this process
+    # (PR_SET_PDEATHSIG), which follows the thread that started them.
+    changes: queue.Queue[set[str]] = queue.Queue()
     child.start()
     ready = threading.Event()
-    watcher = threading.Thread(target=watch, args=(directories, changed, stop), daemon=True,
-                               kwargs={"ready": ready})
+    watcher = threading.Thread(target=watch, args=(directories, changes.put, stop),
+                               daemon=True, kwargs={"ready": ready})
     watcher.start()
     ready.wait(10)
     try:
-        while not stop.wait(0.2):
+        while not stop.is_set():
+            try:
+                paths = changes.get(timeout=0.2)
+            except queue.Empty:
+                pass
+            else:
+                logger.warning("reloading: %s changed", ", ".join(sorted(paths)[:3]))
+                child.restart()
             code = child.exit_code
             if code is not None and child.process is not None:
                 logger.error("the server exited with %d; waiting for the next change", code)

@@ -1,0 +1,358 @@
+"""``extctl serve`` under what operators and hostile peers do: a hook that blocks the loop, a
+hook that raises anything or answers garbage, signals to the whole process group, a parent
+killed outright, a flood of half-sent admin requests, idle health watches. Real processes,
+real signals, a real Envoy; assertions on what an operator sees."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import struct
+import threading
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+from conftest import http, wait_for_socket
+from envoy.config.core.v3 import base_pb2
+from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from oci import free_port
+from procs import MISBEHAVIOURS, Misbehaving
+from test_serve import _envoy_for, _health, wait_for_path
+
+from extproc import SERVICE_NAME, ServerConfig
+
+pytestmark = pytest.mark.envoy
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+
+
+def _get(port: int, path: str, timeout: float = 5) -> tuple[int, str]:
+    """GET http://127.0.0.1:port/path on a fresh connection: (status, body)."""
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request("GET", path)
+        response = conn.getresponse()
+        return response.status, response.read().decode()
+    finally:
+        conn.close()
+
+
+def _until(condition, timeout: float, what: str):
+    """Poll ``condition()`` until it returns something true; its value."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            value = condition()
+        except OSError:
+            value = None
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"{what} within {timeout}s"
+        time.sleep(0.05)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found += [int(c) for c in (task / "children").read_text().split()]
+    return found
+
+
+def _headers_request(**headers: str) -> pb.ProcessingRequest:
+    values = [base_pb2.HeaderValue(key=k, raw_value=v.encode()) for k, v in
+              {":path": "/", ":method": "GET", **headers}.items()]
+    return pb.ProcessingRequest(request_headers=pb.HttpHeaders(
+        headers=base_pb2.HeaderMap(headers=values), end_of_stream=True))
+
+
+def _process_once(target: str, request: pb.ProcessingRequest, timeout: float = 30) -> list:
+    with grpc.insecure_channel(target) as channel:
+        call = channel.stream_stream(
+            f"/{SERVICE_NAME}/Process", request_serializer=pb.ProcessingRequest.SerializeToString,
+            response_deserializer=pb.ProcessingResponse.FromString)
+        return list(call(iter([request]), timeout=timeout))
+
+
+# -- probes that tell the truth -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_hook_that_blocks_the_loop_fails_liveness_and_readiness(sock_dir, extctl, workers):
+    port = free_port()
+    path = sock_dir / "b.sock"
+    proc = extctl("serve", "procs:Blocking", "--uds", str(path), "--workers", str(workers),
+                  "--admin", f"127.0.0.1:{port}", "--stall-timeout", "1")
+    sockets = ServerConfig(uds=str(path), workers=workers).addresses()
+    for worker_socket in sockets:
+        wait_for_socket(Path(worker_socket), proc)
+    _until(lambda: _get(port, "/readyz")[0] == 200, 20, "ready")
+    assert _get(port, "/healthz") == (200, "ok\n")
+
+    # The last worker's loop is blocked for 5 s; the others (if any) serve on.
+    blocked = threading.Thread(target=_process_once, args=(
+        f"unix:{sockets[-1]}", _headers_request(**{"x-block-ms": "5000"})))
+    blocked.start()
+    try:
+        status, body = _until(lambda: (lambda r: r if r[0] == 503 else None)(
+            _get(port, "/healthz")), 4, "/healthz failing")
+        assert "has not turned for" in body and "stall timeout 1s" in body
+        assert f"worker {workers - 1}" in body if workers > 1 else "server" in body
+        status, body = _get(port, "/readyz")
+        assert status == 503 and "has not turned for" in body
+        if workers > 1:  # the other worker still answers
+            assert _process_once(f"unix:{sockets[0]}", _headers_request(), timeout=5)
+    finally:
+        blocked.join(30)
+    # The loop turns again: both probes recover.
+    _until(lambda: _get(port, "/healthz")[0] == 200 and _get(port, "/readyz")[0] == 200, 5,
+           "probes recovered")
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(20) == 0
+
+
+def test_the_admin_endpoint_survives_a_flood_of_half_sent_requests(sock_dir, extctl):
+    """300 connections that never finish their request, to a server allowed 256 files: the
+    probes, a scrape and the gRPC health check still answer, and the connections are closed."""
+    port = free_port()
+    path = sock_dir / "a.sock"
+
+    def limit_files() -> None:
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256))
+
+    proc = extctl("serve", "procs:HeadersOnly", "--uds", str(path), "--admin",
+                  f"127.0.0.1:{port}", "--log-format", "json", preexec_fn=limit_files)
+    wait_for_socket(path, proc)
+    _until(lambda: _get(port, "/readyz")[0] == 200, 20, "ready")
+    flood = []
+    try:
+        for _ in range(300):
+            conn = socket.create_connection(("127.0.0.1", port), timeout=5)
+            conn.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")  # never ends the head
+            flood.append(conn)
+        assert _get(port, "/healthz") == (200, "ok\n")
+        assert _get(port, "/readyz")[0] == 200
+        assert "grpc_server_started_total" in _get(port, "/metrics")[1]
+        assert _health(f"unix:{path}") == SERVING
+        open_files = len(os.listdir(f"/proc/{proc.pid}/fd"))
+        assert open_files < 150, open_files
+        # A scrape aborted mid-answer (RST), and a head too large: answered or dropped
+        # quietly.
+        for _ in range(20):
+            abort = socket.create_connection(("127.0.0.1", port), timeout=5)
+            abort.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            abort.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            abort.close()
+        big = socket.create_connection(("127.0.0.1", port), timeout=5)
+        big.sendall(b"GET / HTTP/1.1\r\nx: " + b"a" * 20000 + b"\r\n\r\n")
+        assert big.recv(100).startswith(b"HTTP/1.1 431 ")
+        big.close()
+        # The deadline: every half-sent request is closed by the server within 5 s.
+        closed = _until(lambda: all(c.recv(1) == b"" for c in flood[-64:]), 10,
+                        "half-sent requests closed")
+        assert closed
+    finally:
+        for conn in flood:
+            conn.close()
+    assert _get(port, "/healthz") == (200, "ok\n")
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(20) == 0
+    stderr = proc.communicate(timeout=15)[1]
+    for line in stderr.splitlines():
+        json.loads(line)  # under --log-format json, every line is JSON: no raw traceback
+
+
+# -- hook failures --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fail_open", [False, True], ids=["fail-closed", "fail-open"])
+def test_whatever_a_hook_raises_or_returns_follows_the_class_policy(sock_dir, extctl,
+                                                                    fail_open):
+    port = free_port()
+    path = sock_dir / "m.sock"
+    name = "MisbehavingOpen" if fail_open else "Misbehaving"
+    proc = extctl("serve", f"procs:{name}", "--uds", str(path), "--admin", f"127.0.0.1:{port}",
+                  "--transport", "grpcio")
+    wait_for_socket(path, proc)
+    cases = [*MISBEHAVIOURS, "cancelled"]
+    with _envoy_for([str(path)], sock_dir / "envoy", Misbehaving) as envoy:
+        for what in cases:
+            reply = http(envoy.port, "/", headers={"x-do": what})
+            if fail_open:  # the request goes on, unchanged
+                assert reply.status == 200, (what, reply)
+                assert "x-worker-pid" in reply.headers, what
+            else:  # the class's error status, not Envoy's 500 for a broken stream
+                assert (reply.status, reply.body) == (503, b"processor error\n"), (what, reply)
+        assert proc.poll() is None
+        assert _health(f"unix:{path}") == SERVING
+        assert http(envoy.port, "/").status == 200
+    metrics = _get(port, "/metrics")[1]
+    outcome = "fail_open" if fail_open else "fail_closed"
+    assert (f'extproc_hook_errors_total{{outcome="{outcome}",phase="request_headers",'
+            f'processor="{name}"}} {float(len(cases))}') in metrics
+    assert 'grpc_server_handled_total{grpc_code="INTERNAL"' not in metrics
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(20) == 0
+    stderr = proc.communicate(timeout=15)[1]
+    for exception in ("SystemExit", "KeyboardInterrupt", "GeneratorExit", "_UserBaseException",
+                      "CancelledError", "MutationError"):
+        assert exception in stderr
+
+
+# -- signals to the whole group, and orphans ----------------------------------------------------
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
+def test_a_signal_to_the_whole_group_drains_every_worker(sock_dir, extctl, sig):
+    """systemd's default kill mode, ``timeout``, a runtime signalling the group: each worker
+    gets the signal twice (directly, then from the supervisor); in-flight requests finish."""
+    path = sock_dir / "g.sock"
+    proc = extctl("serve", "procs:Slow", "--uds", str(path), "--workers", "2",
+                  "--grace-period", "30", start_new_session=True)
+    sockets = ServerConfig(uds=str(path), workers=2).addresses()
+    for worker_socket in sockets:
+        wait_for_socket(Path(worker_socket), proc)
+    try:
+        with _envoy_for(sockets, sock_dir / "envoy") as envoy:
+            replies: list[object] = []
+            marks = [sock_dir / f"in-{i}" for i in range(4)]
+            threads = [threading.Thread(target=lambda m=m: replies.append(http(
+                envoy.port, "/", headers={"x-sleep-ms": "2000", "x-mark": str(m)})))
+                for m in marks]
+            for thread in threads:
+                thread.start()
+            for mark in marks:
+                wait_for_path(mark)
+            os.killpg(proc.pid, sig)
+            for thread in threads:
+                thread.join(30)
+            assert [r.status for r in replies] == [200] * 4  # type: ignore[attr-defined]
+            assert proc.wait(20) == 0
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert not any(Path(s).exists() for s in sockets)
+
+
+def test_workers_and_the_admin_process_do_not_outlive_a_killed_supervisor(sock_dir, extctl):
+    path = sock_dir / "o.sock"
+    port = free_port()
+    proc = extctl("serve", "procs:HeadersOnly", "--uds", str(path), "--workers", "2",
+                  "--admin", f"127.0.0.1:{port}", "--grace-period", "2")
+    sockets = ServerConfig(uds=str(path), workers=2).addresses()
+    for worker_socket in sockets:
+        wait_for_socket(Path(worker_socket), proc)
+    _until(lambda: _get(port, "/readyz")[0] == 200, 20, "ready")
+    children = _children(proc.pid)
+    assert len(children) == 3  # two workers and the admin process
+    proc.kill()
+    proc.wait(10)
+    _until(lambda: not any(_alive(c) for c in children), 10, "children gone")
+    assert not any(Path(s).exists() for s in sockets)
+    # The same command starts again at once, on the same paths and port.
+    again = extctl("serve", "procs:HeadersOnly", "--uds", str(path), "--workers", "2",
+                   "--admin", f"127.0.0.1:{port}")
+    for worker_socket in sockets:
+        wait_for_socket(Path(worker_socket), again)
+    assert all(_health(f"unix:{s}") == SERVING for s in sockets)
+    again.send_signal(signal.SIGTERM)
+    assert again.wait(20) == 0
+
+
+def test_the_reload_child_does_not_outlive_a_killed_reloader(sock_dir, extctl, tmp_path):
+    path = sock_dir / "r.sock"
+    proc = extctl("serve", "procs:HeadersOnly", "--uds", str(path), "--reload",
+                  "--reload-dir", str(tmp_path))
+    wait_for_socket(path, proc)
+    descendants = _children(proc.pid)
+    assert descendants  # the serving child and a warm standby
+    proc.kill()
+    proc.wait(10)
+    _until(lambda: not any(_alive(c) for c in descendants), 15, "reload children gone")
+    assert not path.exists()
+
+
+@pytest.mark.parametrize("how", [signal.SIGHUP, signal.SIGKILL])
+def test_extctl_dev_leaves_no_envoy_behind(extctl, how):
+    port = free_port()
+    proc = extctl("dev", "--port", str(port))
+    line = _until(lambda: next((ln for ln in iter(proc.stdout.readline, "")
+                                if ln.startswith("try: curl")), None), 60, "dev started")
+    assert line
+    envoys = [pid for pid in _children(proc.pid)
+              if "envoy" in Path(f"/proc/{pid}/cmdline").read_text()]
+    assert len(envoys) == 1
+    proc.send_signal(how)
+    proc.wait(20)
+    _until(lambda: not _alive(envoys[0]), 15, "Envoy gone")
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
+
+
+# -- pyvoy: health watches and the debug route ------------------------------------------------
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_idle_health_watches_cost_no_cpu_on_pyvoy(sock_dir, extctl):
+    path = sock_dir / "w.sock"
+    proc = extctl("serve", "procs:HeadersOnly", "--uds", str(path), "--transport", "pyvoy")
+    wait_for_socket(path, proc)
+    (envoy_pid,) = _children(proc.pid)
+    channel = grpc.insecure_channel(f"unix:{path}")
+    try:
+        stub = health_pb2_grpc.HealthStub(channel)
+        watches = [stub.Watch(health_pb2.HealthCheckRequest(service=""), timeout=60)
+                   for _ in range(300)]
+        for watch in watches:
+            assert next(watch).status == SERVING
+        before = _cpu_seconds(envoy_pid)
+        started = time.monotonic()
+        threading.Event().wait(3)  # a window of idleness, measured, not synchronisation
+        used = _cpu_seconds(envoy_pid) - before
+        elapsed = time.monotonic() - started
+        assert used < 0.1 * elapsed, f"{used:.2f}s CPU in {elapsed:.1f}s for idle watches"
+        # and every watch still learns of the drain at once
+        proc.send_signal(signal.SIGTERM)
+        for watch in watches:
+            assert next(watch).status == health_pb2.HealthCheckResponse.NOT_SERVING
+    finally:
+        channel.close()
+    assert proc.wait(20) == 0
+
+
+def test_the_message_counts_route_is_not_served_to_peers_on_pyvoy(sock_dir, extctl):
+    from extproc._asgi import COUNTS_PATH, COUNTS_TOKEN_HEADER
+
+    path = sock_dir / "c.sock"
+    proc = extctl("serve", "procs:HeadersOnly", "--uds", str(path), "--transport", "pyvoy")
+    wait_for_socket(path, proc)
+    with grpc.insecure_channel(f"unix:{path}") as channel:
+        call = channel.unary_unary(COUNTS_PATH, request_serializer=None,
+                                   response_deserializer=None)
+        for metadata in ([], [(COUNTS_TOKEN_HEADER, "0" * 32)]):
+            with pytest.raises(grpc.RpcError) as refused:
+                call(b"", timeout=10, metadata=metadata)
+            assert refused.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(20) == 0
+
