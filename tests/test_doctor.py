@@ -1,6 +1,7 @@
 """``extctl doctor`` against real Envoys started from generated configs: one correct, one
 without the filter on the route, one with a Wasm module that fails to load, one whose
-processor socket is gone."""
+processor socket is gone, one whose processor dies before any traffic, one without a health
+check. (Misbehaving admin endpoints: test_doctor_hostile.py.)"""
 
 from __future__ import annotations
 
@@ -8,11 +9,13 @@ import functools
 import hashlib
 import json
 import threading
+import time
+import urllib.request
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from click.testing import CliRunner
-from conftest import ROOT, http
+from conftest import ROOT, http, wait_for_socket
 from procs import HeadersOnly, Rewrite
 
 import extproc
@@ -70,6 +73,8 @@ def test_a_correct_deployment_is_reported_and_passes(sock_dir, tmp_path, wat_mod
                                 "envoy.filters.http.wasm/tag", "envoy.filters.http.router"]
     (endpoint,) = report["endpoints"]
     assert endpoint["address"] == socket and endpoint["health"] == "healthy"
+    assert endpoint["detail"] == "Envoy's active health check passes"
+    assert endpoint["answer"] == "SERVING"  # the socket is on this machine: asked directly
     assert endpoint["active_connections"] == 1 and endpoint["connect_failures"] == 0
     assert report["wasm"] == [{"name": "tag", "source": f"local {wat_module}", "loaded": True}]
     assert report["counters"]["ext_proc.streams_started"] == 1
@@ -142,9 +147,81 @@ def test_a_processor_socket_that_is_gone(sock_dir, tmp_path):
     assert code == FINDINGS
     (endpoint,) = report["endpoints"]
     assert endpoint["active_connections"] == 0 and endpoint["connect_failures"] >= 1
-    assert any(f"ext_proc endpoint {socket}: Envoy cannot connect" in p
-               for p in report["problems"])
+    assert endpoint["health"] in ("unhealthy", "unreachable")
+    assert endpoint["answer"] is None  # no socket here to ask
+    assert any(p.startswith(f"ext_proc endpoint {socket} is un") and "Envoy cannot connect"
+               in p for p in report["problems"]), report["problems"]
     assert report["counters"]["ext_proc.streams_failed"] >= 1
+
+
+def _envoy_health(envoy: EnvoyProcess, path: str) -> dict[str, object]:
+    """The health_status Envoy's /clusters gives the endpoint at socket ``path``."""
+    url = f"http://{envoy.admin_address}/clusters?format=json"
+    with urllib.request.urlopen(url, timeout=5) as answer:
+        clusters = json.load(answer)
+    return next(h.get("health_status", {}) for c in clusters["cluster_statuses"]
+                for h in c.get("host_statuses", [])
+                if h["address"].get("pipe", {}).get("path") == path)
+
+
+def test_a_processor_that_dies_before_any_traffic_is_reported(sock_dir, tmp_path, extctl):
+    """No request reaches Envoy. Right after the processor is killed (its socket file stays,
+    nothing listens) the doctor asks the socket itself and finds it unreachable; once
+    Envoy's active health check has failed, Envoy's own flag says so as well."""
+    socket = sock_dir / "p.sock"
+    proc = extctl("serve", "procs:Rewrite", "--uds", str(socket))
+    wait_for_socket(socket, proc)
+    deployment = Deployment(Rewrite, addresses=[str(socket)])
+    with EnvoyProcess(deployment.envoy_bootstrap(), tmp_path / "envoy") as envoy:
+        alive_code, alive = _doctor(envoy, "procs:Rewrite")
+        proc.kill()
+        proc.wait(10)
+        assert socket.exists()
+        dead_code, dead = _doctor(envoy, "procs:Rewrite")
+        deadline = time.monotonic() + 10
+        while not _envoy_health(envoy, str(socket)).get("failed_active_health_check"):
+            assert time.monotonic() < deadline, _envoy_health(envoy, str(socket))
+            time.sleep(0.05)
+        flagged_code, flagged = _doctor(envoy, "procs:Rewrite")
+        text = CliRunner().invoke(cli, ["doctor", "--admin", envoy.admin_address])
+    assert alive_code == OK, alive["problems"]
+    (endpoint,) = alive["endpoints"]
+    assert endpoint["health"] == "healthy" and endpoint["answer"] == "SERVING"
+    assert endpoint["connections"] == 0  # no traffic: Envoy's health check said so
+    assert alive["counters"]["cluster.extproc.health_check.success"] >= 1
+
+    assert dead_code == FINDINGS
+    (endpoint,) = dead["endpoints"]
+    assert endpoint["answer"].startswith("UNREACHABLE")
+    assert any(p.startswith(f"ext_proc endpoint {socket} is unreachable: asked on its socket "
+                            "here, the processor does not answer") for p in dead["problems"])
+
+    assert flagged_code == FINDINGS
+    (endpoint,) = flagged["endpoints"]
+    assert endpoint["health"] == "unhealthy" and endpoint["connections"] == 0
+    assert f"ext_proc endpoint {socket} is unhealthy: Envoy's active health check fails " \
+           "(failed_active_health_check): no requests go there" in flagged["problems"]
+    assert flagged["counters"]["cluster.extproc.health_check.failure"] >= 1
+    assert flagged["counters"]["ext_proc.streams_started"] == 0
+    assert text.exit_code == FINDINGS
+    assert f"{socket} unhealthy (Envoy's active health check fails" in text.stdout
+
+
+def test_without_a_health_check_or_traffic_an_endpoint_is_not_called_healthy(sock_dir,
+                                                                              tmp_path):
+    socket = str(sock_dir / "p.sock")
+    bootstrap = Deployment(Rewrite, addresses=[socket]).envoy_bootstrap()
+    for cluster in bootstrap.static_resources.clusters:
+        del cluster.health_checks[:]
+    with extproc.ServerThread(Rewrite, uds=socket), \
+            EnvoyProcess(bootstrap, tmp_path / "envoy") as envoy:
+        code, report = _doctor(envoy, "procs:Rewrite")
+    assert code == OK, report["problems"]
+    (endpoint,) = report["endpoints"]
+    assert endpoint["health"] == "unknown" and endpoint["answer"] == "SERVING"
+    assert not [k for k in report["counters"] if k.startswith("cluster.")]
+    assert any("no active health check and no connection made yet" in n
+               for n in report["notes"])
 
 
 def test_an_admin_endpoint_that_cannot_be_read_is_a_transport_failure(tmp_path):
@@ -190,9 +267,84 @@ def test_routes_turn_installed_filters_on_and_off_and_text_is_escaped():
         ["envoy.filters.http.ext_proc/p", "envoy.filters.http.router"],
         ["envoy.filters.http.router"]]
     assert report.counters == {"ext_proc.streams_started": 4}
-    assert report.endpoints[0].health == "unhealthy (failed_active_health_check)"
-    assert report.problems == ["ext_proc endpoint /s.sock: unhealthy (failed_active_health_check)"]
+    assert report.endpoints[0].health == "unhealthy"
+    assert report.problems == [
+        "ext_proc endpoint /s.sock is unhealthy: Envoy's active health check fails "
+        "(failed_active_health_check): no requests go there"]
     assert "\x1b" not in report.text() and "h\\x1b[31m" in report.text()
+
+
+def _host(path, health, **stats):
+    return {"address": {"pipe": {"path": path}}, "health_status": health,
+            "stats": [{"name": k, "value": v} for k, v in stats.items()]}
+
+
+def test_an_endpoint_is_healthy_only_with_evidence_and_never_after_failed_connections():
+    dump = {"configs": [{
+        "@type": "type.googleapis.com/envoy.admin.v3.ListenersConfigDump",
+        "static_listeners": [{"listener": {"name": "l", "filter_chains": [{"filters": [{
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.network."
+                         "http_connection_manager.v3.HttpConnectionManager",
+                "route_config": {"virtual_hosts": [{"routes": [{"match": {"prefix": "/"}}]}]},
+                "http_filters": [{"name": "envoy.filters.http.ext_proc/p", "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3."
+                             "ExternalProcessor",
+                    "grpc_service": {"envoy_grpc": {"cluster_name": "x"}}}}]}}]}]}}]}]}
+    healthy = {"eds_health_status": "HEALTHY"}
+    clusters = {"cluster_statuses": [{"name": "x", "host_statuses": [
+        _host("/quiet", healthy),
+        _host("/open", healthy, cx_active="1", cx_total="1"),
+        _host("/flaky", healthy, cx_active="1", cx_total="3", cx_connect_fail="2"),
+        _host("/dead", healthy, cx_active="0", cx_total="2", cx_connect_fail="2"),
+        _host("/first", {**healthy, "pending_active_hc": True}),
+        _host("/going", {"eds_health_status": "DRAINING"}),
+        # Values Envoy never writes count as absent: not healthy from them, no traceback.
+        _host("/odd", healthy, cx_active="\u00b2", cx_total="9" * 5000,
+              cx_connect_fail=[1]),
+    ]}]}
+    report = diagnose(dump, "", clusters)
+    health = {e.address: (e.health, e.detail) for e in report.endpoints}
+    assert health == {
+        "/quiet": ("unknown", "no active health check and no open connection: not checked"),
+        "/open": ("healthy", "open connection, no active health check"),
+        "/flaky": ("reachable", "1 open connection(s) after 2 failed connection attempt(s)"),
+        "/dead": ("unreachable", "Envoy cannot connect (2 failed attempt(s), no open "
+                  "connection): is the processor running, and is its socket where Envoy "
+                  "looks?"),
+        "/first": ("pending", "Envoy's first active health check has not finished"),
+        "/going": ("draining", "Envoy's EDS health status"),
+        "/odd": ("unknown", "no active health check and no open connection: not checked"),
+    }
+    assert [p.split(" is ")[0] for p in report.problems] == [
+        "ext_proc endpoint /dead", "ext_proc endpoint /going"]
+    # With an active health check (its counters in /stats), a quiet endpoint is healthy.
+    checked = diagnose(dump, "cluster.x.health_check.attempt: 3\n"
+                             "cluster.x.health_check.success: 3\n", clusters)
+    assert checked.endpoints[0].health == "healthy"
+    assert checked.endpoints[0].detail == "Envoy's active health check passes"
+    assert checked.counters["cluster.x.health_check.success"] == 3
+    assert "healthy" not in [e.health for e in report.endpoints
+                             if e.connect_failures or e.address == "/quiet"]
+
+
+def test_format_characters_from_envoy_are_escaped_in_the_text_report():
+    tricky = "\u202eevil\u2066x\u200by\x1b[2J"
+    dump = {"configs": [{
+        "@type": "type.googleapis.com/envoy.admin.v3.ListenersConfigDump",
+        "static_listeners": [{"listener": {"name": tricky, "filter_chains": [{"filters": [{
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.network."
+                         "http_connection_manager.v3.HttpConnectionManager",
+                "route_config": {"name": tricky, "virtual_hosts": [{"name": tricky, "routes": [
+                    {"name": tricky, "match": {"prefix": tricky}}]}]},
+                "http_filters": [{"name": "envoy.filters.http.wasm/" + tricky}]}}]}]}}]}]}
+    text = diagnose(dump, "", {}).text()
+    for raw in ("\u202e", "\u2066", "\u200b", "\x1b"):
+        assert raw not in text
+    assert "\\u202eevil\\u2066x\\u200by\\x1b[2J" in text
+    # the listener, its filter, the route (config, host, name, prefix, filter), the module
+    assert text.count("\\u202e") == 8
 
 
 def test_doctor_from_python(sock_dir, tmp_path):

@@ -15,16 +15,18 @@ from . import options
 @click.option("--wasm", multiple=True, metavar="NAME",
               help="A Wasm module that must be configured (repeatable).")
 @click.option("--timeout", type=click.FloatRange(min=0.1), default=10.0, show_default=True,
-              help="Deadline for each answer of the admin endpoint, in seconds.")
+              help="One deadline for the whole run, in seconds: every answer of the admin "
+                   "endpoint, and the processors asked directly.")
 @options.output
 @options.app_dir
 def doctor(processor: str | None, admin: str, wasm: tuple[str, ...], timeout: float,
            output: str, app_dir: str) -> None:
     """Report which listeners and routes run the ext_proc and Wasm filters (in their
-    effective order), the ext_proc cluster's endpoints and health, whether Wasm modules
-    loaded, and the ext_proc counters; with MODULE:CLASS, compare the processing mode Envoy
-    has with the class's. Exit 0 when everything expected is there, 12 otherwise, 10 when
-    the admin endpoint cannot be read.
+    effective order), the ext_proc cluster's endpoints and health (Envoy's active health
+    check and connections; a processor whose Unix socket is on this machine is also asked
+    directly), whether Wasm modules loaded, and the ext_proc counters; with MODULE:CLASS,
+    compare the processing mode Envoy has with the class's. Exit 0 when everything expected
+    is there, 12 otherwise, 10 when the admin endpoint cannot be read.
 
     \b
     Example:
