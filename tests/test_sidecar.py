@@ -3,14 +3,30 @@ CRDs (schema, no pruned field, CEL rules), and what the sidecar needs is all the
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
 
 import pytest
 import yaml
 from click.testing import CliRunner
+from conftest import ROOT, http
 from crds import cel_errors, schema, validate
 from procs import Rewrite
 
+import extproc
 from extctl.cli import cli
 from extctl.config import (
     Deployment,
@@ -21,6 +37,8 @@ from extctl.config import (
     Sidecar,
     Target,
 )
+from extctl.config.sidecar import ENVOY_UID, container, envoy_deployment
+from extctl.testing import EnvoyProcess, find_envoy
 
 SOCKET = "/var/run/extproc/extproc.sock"
 APP = """
@@ -273,3 +291,237 @@ def test_the_sidecar_command_answers_the_http_probes(sock_dir, extctl):
     finally:
         proc.terminate()
         proc.communicate(timeout=30)
+
+
+# -- the generated container on a read-only root, as its user --------------------------------
+
+# The setup that runs as root inside the container's private mount namespace before it becomes
+# the container's process: every mount read-only (readOnlyRootFilesystem), except the socket's
+# emptyDir, and a fresh /dev/shm as every container runtime gives a container; then the premise
+# is checked, and the generated command runs as the generated user, without capabilities or
+# privilege escalation.
+_NAMESPACE_SETUP = r"""
+import errno, json, os, re, subprocess, sys
+
+spec = json.loads(sys.argv[1])
+mounts = [re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), line.split()[4])
+          for line in open("/proc/self/mountinfo")]
+for point in mounts:
+    if point not in spec["writable"]:
+        subprocess.run(["mount", "-o", "remount,bind,ro", point], check=True, timeout=30)
+subprocess.run(["mount", "-t", "tmpfs", "-o", "mode=1777,size=64m", "shm", "/dev/shm"],
+               check=True, timeout=30)
+for directory in ("/tmp", "/var/tmp", "/"):
+    try:
+        os.close(os.open(os.path.join(directory, ".xk-premise"), os.O_CREAT | os.O_EXCL, 0o600))
+    except OSError as exc:
+        if exc.errno != errno.EROFS:
+            raise
+    else:
+        sys.exit(f"premise broken: {directory} is writable in the container's namespace")
+os.execvp("setpriv", spec["setpriv"] + spec["command"])
+"""
+
+
+def _setpriv(uid: int, gid: int, groups: list[int]) -> list[str]:
+    """The securityContext as setpriv options: runAsUser/runAsGroup, the pod's supplementary
+    groups, capabilities drop ALL, allowPrivilegeEscalation false."""
+    return ["setpriv", f"--reuid={uid}", f"--regid={gid}",
+            f"--groups={','.join(map(str, groups))}", "--inh-caps=-all", "--bounding-set=-all",
+            "--no-new-privs", "--"]
+
+
+def _mount_namespace(pid: int) -> str:
+    return os.readlink(f"/proc/{pid}/ns/mnt")
+
+
+def _pids_in(namespace: str) -> list[int]:
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                if _mount_namespace(int(entry)) == namespace:
+                    pids.append(int(entry))
+            except OSError:
+                pass
+    return pids
+
+
+def _probe(probe: dict, pid: int, env: dict[str, str], setpriv: list[str]) -> tuple[bool, str]:
+    """One probe as kubelet runs it: an exec probe's command in the container (its mount
+    namespace, user and environment), an httpGet probe against the pod's address."""
+    timeout = probe["timeoutSeconds"]
+    if "exec" in probe:
+        try:
+            done = subprocess.run(["nsenter", f"--mount=/proc/{pid}/ns/mnt", "--", *setpriv,
+                                   *probe["exec"]["command"]], env=env, cwd="/",
+                                  capture_output=True, text=True, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return False, f"timed out after {timeout}s"
+        return done.returncode == 0, done.stdout + done.stderr
+    get = probe["httpGet"]
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{get['port']}{get['path']}",
+                                    timeout=timeout) as answer:
+            return 200 <= answer.status < 400, str(answer.status)
+    except urllib.error.HTTPError as exc:
+        return False, str(exc.code)
+    except OSError as exc:
+        return False, repr(exc)
+
+
+def _extctl_path(uid: int, gid: int, bin_dir: Path) -> str:
+    """A PATH on which ``extctl`` runs as ``uid``: this venv's own console script when the user
+    can run it, else a wrapper around an interpreter it can run with this project's packages
+    (the venv may live under a directory only root can enter)."""
+    system = "/usr/local/bin:/usr/bin:/bin"
+    venv_bin = os.path.dirname(sys.executable)
+    check = ["setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups"]
+    if subprocess.run([*check, os.path.join(venv_bin, "extctl"), "--version"], cwd="/",
+                      env={"PATH": f"{venv_bin}:{system}", "HOME": "/"},
+                      capture_output=True, timeout=60).returncode == 0:
+        return f"{venv_bin}:{system}"
+    paths = os.pathsep.join([str(ROOT), sysconfig.get_paths()["purelib"],
+                             sysconfig.get_paths()["platlib"]])
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    for python in (f"/usr/bin/python{version}", f"/usr/local/bin/python{version}"):
+        if subprocess.run([*check, python, "-c", "import extctl, extproc, grpc"], cwd="/",
+                          env={"PYTHONPATH": paths, "HOME": "/"},
+                          capture_output=True, timeout=60).returncode == 0:
+            bin_dir.mkdir()
+            wrapper = bin_dir / "extctl"
+            wrapper.write_text(f'#!/bin/sh\nPYTHONPATH="{paths}:$PYTHONPATH" '
+                               f'exec {python} -m extctl "$@"\n')
+            wrapper.chmod(0o755)
+            return f"{bin_dir}:{system}"
+    raise RuntimeError(f"uid {uid} can run neither {venv_bin}/extctl nor a Python {version} "
+                       "with this project's packages: make the venv readable to others")
+
+
+@pytest.mark.envoy
+@pytest.mark.parametrize("admin", [False, True], ids=["exec-probes", "admin-port"])
+@pytest.mark.parametrize("workers", [1, 2])
+def test_the_generated_sidecar_runs_as_its_user_on_a_read_only_root(workers, admin,
+                                                                    monkeypatch):
+    """The container as Kubernetes runs it: the generated command as runAsUser/runAsGroup with
+    the pod's fsGroup, in a private mount namespace where everything is read-only (/tmp
+    included) but the socket's emptyDir; its startup, readiness and liveness probes pass as
+    kubelet runs them, Envoy (Envoy Gateway's uid, in the fsGroup) reaches the processor over
+    the socket, and SIGTERM ends it with exit 0 and nothing left running."""
+    if os.geteuid() != 0:
+        raise RuntimeError("this test mounts file systems and changes user: run it as root "
+                           "(CI does)")
+    for tool in ("unshare", "nsenter", "setpriv", "mount", "umount"):
+        if shutil.which(tool) is None:
+            raise RuntimeError(f"{tool} is missing: install util-linux")
+    port = None
+    if admin:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+    base = Path(tempfile.mkdtemp(prefix="xk-ro-", dir="/tmp"))
+    base.chmod(0o755)
+    socket_dir = base / "run"  # the emptyDir
+    socket_dir.mkdir()
+    addresses = extproc.ServerConfig(uds=str(socket_dir / "extproc.sock"),
+                                     workers=workers).addresses()
+    sidecar = Sidecar("registry.example.com/p:1", admin_port=port)
+    spec = container(sidecar, "procs:Rewrite", addresses)
+    fs_group = envoy_deployment(sidecar, "procs:Rewrite", addresses)["pod"]["securityContext"][
+        "fsGroup"]
+    security = spec["securityContext"]
+    assert security["readOnlyRootFilesystem"] is True
+    assert spec["volumeMounts"][0]["mountPath"] == str(socket_dir)
+    uid, gid = security["runAsUser"], security["runAsGroup"]
+    setpriv = _setpriv(uid, gid, [fs_group])
+    serve: subprocess.Popen[str] | None = None
+    namespace = None
+    mounted = False
+    try:
+        # kubelet's memory-backed emptyDir with fsGroup: group-owned, setgid, 0777
+        subprocess.run(["mount", "-t", "tmpfs", "-o", f"size=1m,mode=2777,uid=0,gid={fs_group}",
+                        "xk-emptydir", str(socket_dir)], check=True, timeout=30)
+        mounted = True
+        env = {"PATH": _extctl_path(uid, gid, base / "bin"), "HOME": "/",
+               # where the image would have the processor's module installed
+               "PYTHONPATH": str(ROOT / "tests"),
+               **{item["name"]: item["value"] for item in spec["env"]}}
+        setup = {"writable": [str(socket_dir)], "setpriv": setpriv,
+                 "command": spec["command"]}
+        serve = subprocess.Popen(
+            ["unshare", "--mount", "--propagation", "private", "--", sys.executable, "-c",
+             _NAMESPACE_SETUP, json.dumps(setup)],
+            env=env, cwd="/", stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            start_new_session=True)
+
+        def output() -> str:
+            assert serve is not None
+            if serve.poll() is None:
+                serve.kill()
+            return serve.communicate(timeout=15)[0]
+
+        # The startup probe, as kubelet runs it: every periodSeconds until one passes, at
+        # most failureThreshold failures.
+        startup = spec["startupProbe"]
+        failures = 0
+        while True:
+            if serve.poll() is not None:
+                raise AssertionError(f"the container exited with {serve.returncode}:\n"
+                                     f"{output()}")
+            passed, said = _probe(startup, serve.pid, env, setpriv)
+            if passed:
+                break
+            failures += 1
+            assert failures < startup["failureThreshold"], \
+                f"startup probe failed {failures} times ({said}):\n{output()}"
+            time.sleep(startup["periodSeconds"])
+        namespace = _mount_namespace(serve.pid)
+        assert namespace != _mount_namespace(os.getpid())
+        status = Path(f"/proc/{serve.pid}/status").read_text()
+        assert f"Uid:\t{uid}\t{uid}\t{uid}\t{uid}" in status, status
+        for name in ("readinessProbe", "livenessProbe"):
+            passed, said = _probe(spec[name], serve.pid, env, setpriv)
+            assert passed, f"{name}: {said}"
+
+        # Envoy, as Envoy Gateway runs it (uid 65532, the fsGroup a supplementary group).
+        workdir = base / "envoy"
+        workdir.mkdir()
+        os.chown(workdir, ENVOY_UID, ENVOY_UID)
+        wrapper = base / "envoy-as-user"
+        wrapper.write_text("#!/bin/sh\nexec " + " ".join(
+            _setpriv(ENVOY_UID, ENVOY_UID, [fs_group])) + f" {find_envoy()} \"$@\"\n")
+        wrapper.chmod(0o755)
+        monkeypatch.setenv("EXTCTL_ENVOY_BINARY", str(wrapper))
+        with EnvoyProcess(Deployment.build(Rewrite, addresses=addresses).envoy_bootstrap(),
+                          workdir) as envoy:
+            replies = [http(envoy.port, "/") for _ in range(2 * workers)]
+        for reply in replies:
+            assert reply.status == 200, reply
+            assert reply.headers["x-processed-by"].startswith("extkit-"), reply.headers
+
+        serve.send_signal(signal.SIGTERM)  # what kubelet sends when the pod stops
+        try:
+            code = serve.wait(30)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"still running 30 s after SIGTERM:\n{output()}") from None
+        said = output()
+        assert code == 0, f"exit {code}:\n{said}"
+        deadline = time.monotonic() + 10
+        while _pids_in(namespace) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert _pids_in(namespace) == [], f"left running in the container:\n{said}"
+        assert not any(os.path.exists(a) for a in addresses), os.listdir(socket_dir)
+    finally:
+        if serve is not None:
+            if serve.poll() is None:
+                os.killpg(serve.pid, signal.SIGKILL)
+            with contextlib.suppress(Exception):
+                serve.communicate(timeout=15)
+        if namespace is not None:
+            for pid in _pids_in(namespace):
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGKILL)
+        if mounted:
+            subprocess.run(["umount", "--lazy", str(socket_dir)], capture_output=True,
+                           timeout=30)
+        shutil.rmtree(base, ignore_errors=True)
