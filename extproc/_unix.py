@@ -33,6 +33,10 @@ def claim_socket(path: str) -> None:
     except (ConnectionRefusedError, FileNotFoundError):
         _remove_stale(path, st)
         return
+    except PermissionError:
+        raise ServeError(f"a socket {path} (owner uid {st.st_uid}) is there and this user "
+                         "may not connect to it to see whether it is in use; remove it as "
+                         "its owner or choose another path") from None
     except OSError as exc:
         raise ServeError(f"cannot check socket {path}: {exc.strerror or exc}") from None
     finally:

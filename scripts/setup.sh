@@ -6,8 +6,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# passwd (useradd) and util-linux (setpriv): the socket permission test runs as other users.
-packages=(docker-registry skopeo wrk curl openssl passwd util-linux)
+# passwd (useradd) and util-linux (setpriv): the socket permission test runs as other users;
+# strace holds the server between bind() and listen() in the socket mode test.
+packages=(docker-registry skopeo wrk curl openssl passwd util-linux strace)
 missing=()
 for pkg in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" \
