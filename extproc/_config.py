@@ -33,7 +33,7 @@ class ServerConfig:
     socket_mode: int = field(default=0o660, metadata={
         "help": "File mode of the Unix socket (Envoy's user needs read/write)."})
     grace_period: float = field(default=10.0, metadata={
-        "help": "Seconds in-flight requests get after SIGTERM/SIGINT."})
+        "help": "Seconds in-flight requests get after SIGTERM, SIGHUP or SIGINT."})
     max_message_bytes: int = field(default=32 * 1024 * 1024, metadata={
         "help": "Largest gRPC message either way (a BUFFERED body travels in one)."})
     tls_cert: str | None = field(default=None, metadata={

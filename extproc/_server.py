@@ -42,7 +42,7 @@ SERVICE_NAME = "envoy.service.ext_proc.v3.ExternalProcessor"
 
 # What serve() returns; a server that cannot start raises ServeError instead.
 DRAINED = 0  # in-flight streams finished after the signal
-FORCED = 1  # a second signal cut in-flight streams short
+FORCED = 1  # a second SIGINT or a SIGQUIT cut in-flight streams short
 # A worker process tells its supervisor it could not start with this exit status.
 _WORKER_DID_NOT_START = 3
 

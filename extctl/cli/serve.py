@@ -52,8 +52,9 @@ def serve(processor: str, app_dir: str, reload: bool, reload_dir: tuple[str, ...
           log_level: str, log_format: str, live_view: str | None, **settings: Any) -> None:
     """Serve a Processor subclass over gRPC for Envoy's ext_proc filter.
 
-    SIGTERM/SIGINT drain in-flight requests within --grace-period and exit 0;
-    a second signal cuts them and exits 1.
+    SIGTERM, SIGHUP and SIGINT drain in-flight requests within --grace-period
+    and exit 0 (a repeated SIGTERM is the same drain); a second SIGINT or a
+    SIGQUIT cuts them and exits 1.
 
     \b
     Example:

@@ -116,7 +116,7 @@ def container(sidecar: Sidecar, processor: str, addresses: Sequence[str]) -> dic
     """The sidecar: ``extctl serve`` as a native sidecar (an init container that keeps
     running), probed with ``extctl health`` on every worker's socket, or over HTTP on the
     admin endpoint when it has a port (``/readyz``: every worker serving; ``/healthz``:
-    the process answers)."""
+    every worker's event loop turns)."""
     uds, workers = socket_base(addresses)
     command = ["extctl", "serve", processor, "--uds", uds, "--workers", str(workers),
                "--socket-mode", f"{sidecar.socket_mode:o}"]
