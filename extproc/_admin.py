@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._config import ServerConfig, split_address
 from ._errors import ServeError
-from ._lifecycle import die_with_parent
+from ._lifecycle import HANDLED, die_with_parent
 from ._metrics import (
     HEARTBEAT,
     PID,
@@ -314,27 +314,35 @@ class SupervisorAdmin:
         assert self._server is not None
         server = self._server
         supervisor = os.getpid()
-        pid = os.fork()
-        if pid == 0:  # pragma: no cover - runs in the child
-            code = 1
-            try:
-                die_with_parent(supervisor)
-                # The supervisor decides when the admin process stops (SIGTERM); what the
-                # operator sends to the whole group is the supervisor's to interpret.
-                for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGQUIT):
-                    signal.signal(sig, signal.SIG_IGN)
+        # Blocked across the fork: until the child's own handlers are in place, a signal must
+        # not run the supervisor's handler there (it would signal the workers).
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED)
+        try:
+            pid = os.fork()
+            if pid == 0:  # pragma: no cover - runs in the child
+                code = 1
+                try:
+                    die_with_parent(supervisor)
+                    # The supervisor decides when the admin process stops (SIGTERM); what
+                    # the operator sends to the whole group is the supervisor's to act on.
+                    for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGQUIT):
+                        signal.signal(sig, signal.SIG_IGN)
+                    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
-                async def main() -> None:
-                    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM,
-                                                                   server.request_stop)
-                    await server.run()
+                    async def main() -> None:
+                        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM,
+                                                                       server.request_stop)
+                        signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED)
+                        await server.run()
 
-                asyncio.run(main())
-                code = 0
-            finally:
-                logging.shutdown()
-                os._exit(code)
-        self.pid = pid
+                    asyncio.run(main())
+                    code = 0
+                finally:
+                    logging.shutdown()
+                    os._exit(code)
+            self.pid = pid
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
 
     def reaped(self, pid: int) -> bool:
         """True when ``pid`` was the admin process (restarted unless stopping)."""
