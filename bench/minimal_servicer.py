@@ -6,7 +6,12 @@ the default asyncio loop). It does the same work as the envoy-extkit candidates 
 - headers:  sets one request header and one response header;
 - streamed: rewrites each response body chunk (``secret`` -> ``******``);
 - buffered: adds a field to the JSON request body (headers are not sent in this scenario, so
-  Envoy drops content-length itself).
+  Envoy drops content-length itself);
+- append: appends one byte to the BUFFERED request body, the answer built in place (nested
+  constructors would copy the body once per level): ``bench/memory.py``'s large bodies.
+
+Its message limits are raised to 64 MiB, as ``extctl serve --max-message-bytes`` does, so a
+large BUFFERED body fits in one message.
 
     python bench/minimal_servicer.py headers /tmp/minimal.sock      (or 127.0.0.1:9000)
 """
@@ -24,6 +29,8 @@ import grpc
 from envoy.config.core.v3 import base_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
+
+MAX_MESSAGE = 64 * 1024 * 1024
 
 
 def _set(name: str, value: bytes = b"1") -> pb.CommonResponse:
@@ -50,6 +57,11 @@ class Minimal(pb_grpc.ExternalProcessorServicer):
                 body = json.dumps(document).encode()
                 yield pb.ProcessingResponse(request_body=pb.BodyResponse(
                     response=pb.CommonResponse(body_mutation=pb.BodyMutation(body=body))))
+            elif which == "request_body" and self.work == "append":
+                body = request.request_body.body + b"x"
+                answer = pb.ProcessingResponse()
+                answer.request_body.response.body_mutation.body = body
+                yield answer
             elif which == "response_body" and self.work == "streamed":
                 chunk = request.response_body.body.replace(b"secret", b"******")
                 yield pb.ProcessingResponse(response_body=pb.BodyResponse(
@@ -65,7 +77,8 @@ class Minimal(pb_grpc.ExternalProcessorServicer):
 
 
 async def main(work: str, listen: str) -> None:
-    server = grpc.aio.server()
+    server = grpc.aio.server(options=[("grpc.max_receive_message_length", MAX_MESSAGE),
+                                      ("grpc.max_send_message_length", MAX_MESSAGE)])
     pb_grpc.add_ExternalProcessorServicer_to_server(Minimal(work), server)
     is_uds = not (":" in listen and not listen.startswith("/"))
     server.add_insecure_port("unix:" + listen if is_uds else listen)

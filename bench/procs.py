@@ -40,3 +40,13 @@ class BufferedJson(extproc.Processor):
         document = json.loads(body.data)
         document["added_by"] = "extkit"
         body.data = json.dumps(document).encode()
+
+
+class AppendByte(extproc.Processor):
+    """Appends one byte to the BUFFERED request body: ``bench/memory.py``'s large bodies."""
+
+    request_body_mode = extproc.BodyMode.BUFFERED
+    message_timeout = 60.0  # tens of megabytes each way on a shared machine
+
+    async def on_request_body(self, body: extproc.Body) -> None:
+        body.data = body.data + b"x"
