@@ -273,6 +273,29 @@ REPLACEMENTS: dict[str, Any] = {
 }
 
 
+# Every key the doctor reads; each is also added where it is absent, with a value of each
+# shape (a route of the real answer has no typed_per_filter_config, say).
+READ_KEYS = ("configs", "@type", "static_listeners", "dynamic_listeners", "listener",
+    "active_state", "filter_chains", "default_filter_chain", "filters", "typed_config", "name",
+    "static_route_configs", "dynamic_route_configs", "route_config", "rds", "route_config_name",
+    "scoped_routes", "http_filters", "disabled", "typed_per_filter_config", "match", "prefix",
+    "path", "path_separated_prefix", "safe_regex", "regex", "virtual_hosts", "routes",
+    "grpc_service", "envoy_grpc", "cluster_name", "config", "vm_config", "code", "remote",
+    "local", "http_uri", "uri", "filename", "processing_mode", "cluster_statuses",
+    "host_statuses", "stats", "value", "address", "pipe", "socket_address", "port_value",
+    "health_status", "eds_health_status", "pending_active_hc", "failed_active_health_check")
+ADDED: dict[str, Any] = {"list": [1], "string": "x", "int": 7, "map": {"k": [1]}}
+
+
+def _added(document: Any, at: tuple[Any, ...], key: str, value: Any) -> bytes:
+    mutated = copy.deepcopy(document)
+    node = mutated
+    for step in at:
+        node = node[step]
+    node[key] = value
+    return json.dumps(mutated).encode()
+
+
 def _replaced(document: Any, at: tuple[Any, ...], value: Any) -> bytes:
     raw = None
     if isinstance(value, tuple) and value[0] == _RAW:
@@ -367,6 +390,23 @@ def test_every_subtree_of_a_real_answer_replaced_is_a_report_or_one_error_line(
                 # Below the top, a value of another shape is read as absent, not refused.
                 assert outcome == ("error" if _refused(at, value) else "report"), \
                     (path, at, name)
+        for at in _paths(document):
+            node = document
+            for step in at:
+                node = node[step]
+            if not isinstance(node, dict):
+                continue
+            for key in (k for k in READ_KEYS if k not in node):
+                for name, value in ADDED.items():
+                    served[path] = _added(document, at, key, value)
+                    run += 1
+                    output = ["--output", "json"] if run % 2 else []
+                    context = f"{path} {at} + {key}: {name}"
+                    outcome = _check(runner.invoke(cli, [*args, *output]), context)
+                    outcomes[outcome] += 1
+                    assert outcome == "report" or (not at and key in ("configs",
+                                                                      "cluster_statuses")), \
+                        context
         served[path] = real_answers[path]
     lines = real_answers[STATS].decode().splitlines()
     for index, line in enumerate(lines):
