@@ -192,19 +192,20 @@ def test_a_processor_that_dies_before_any_traffic_is_reported(sock_dir, tmp_path
 
     assert dead_code == FINDINGS
     (endpoint,) = dead["endpoints"]
-    assert endpoint["answer"].startswith("UNREACHABLE")
-    assert any(p.startswith(f"ext_proc endpoint {socket} is unreachable: asked on its socket "
-                            "here, the processor does not answer") for p in dead["problems"])
+    assert endpoint["answer"] == "UNREACHABLE (Connection refused)"
+    assert f"ext_proc endpoint {socket} is unreachable: asked on its socket here, the " \
+           "processor does not answer (Connection refused)" in dead["problems"]
 
     assert flagged_code == FINDINGS
     (endpoint,) = flagged["endpoints"]
     assert endpoint["health"] == "unhealthy" and endpoint["connections"] == 0
-    assert f"ext_proc endpoint {socket} is unhealthy: Envoy's active health check fails " \
-           "(failed_active_health_check): no requests go there" in flagged["problems"]
+    assert f"ext_proc endpoint {socket} is unhealthy: Envoy's active health check fails, so " \
+           "no requests go there [failed_active_health_check]" in flagged["problems"]
     assert flagged["counters"]["cluster.extproc.health_check.failure"] >= 1
     assert flagged["counters"]["ext_proc.streams_started"] == 0
     assert text.exit_code == FINDINGS
     assert f"{socket} unhealthy (Envoy's active health check fails" in text.stdout
+    assert "asked on its socket: UNREACHABLE (Connection refused)" in text.stdout
 
 
 def test_without_a_health_check_or_traffic_an_endpoint_is_not_called_healthy(sock_dir,
@@ -269,8 +270,8 @@ def test_routes_turn_installed_filters_on_and_off_and_text_is_escaped():
     assert report.counters == {"ext_proc.streams_started": 4}
     assert report.endpoints[0].health == "unhealthy"
     assert report.problems == [
-        "ext_proc endpoint /s.sock is unhealthy: Envoy's active health check fails "
-        "(failed_active_health_check): no requests go there"]
+        "ext_proc endpoint /s.sock is unhealthy: Envoy's active health check fails, so no "
+        "requests go there [failed_active_health_check]"]
     assert "\x1b" not in report.text() and "h\\x1b[31m" in report.text()
 
 

@@ -165,7 +165,7 @@ class Report:
                          f"{_safe(route.match)}: {' -> '.join(map(_safe, route.filters))}")
         for endpoint in self.endpoints:
             asked = "" if endpoint.answer is None else \
-                f"; asked directly: {_safe(endpoint.answer)}"
+                f"; asked on its socket: {_safe(endpoint.answer)}"
             lines.append(f"ext_proc cluster {_safe(endpoint.cluster)}: "
                          f"{_safe(endpoint.address)} {_safe(endpoint.health, 40)} "
                          f"({_safe(endpoint.detail)}), "
@@ -524,9 +524,9 @@ def _health(status: Any, cx: dict[str, int], checked: bool) -> tuple[str, str]:
         return "unknown", "Envoy gives no health status"
     failed = sorted(k for k, v in status.items() if k.startswith("failed_") and v is True)
     if failed:
-        why = f"Envoy marks it {', '.join(failed)}"
-        if "failed_active_health_check" in failed:
-            why = f"Envoy's active health check fails ({', '.join(failed)}): no requests go there"
+        why = "Envoy flags it" if "failed_active_health_check" not in failed else \
+            "Envoy's active health check fails, so no requests go there"
+        why += f" [{', '.join(failed)}]"
         return "unhealthy", why + ("; " + unreachable if failures and not active else "")
     eds = _str(status.get("eds_health_status", "HEALTHY"), "?")
     if eds != "HEALTHY":
@@ -598,12 +598,14 @@ def ask_endpoints(report: Report, deadline: float) -> None:
         results = list(pool.map(lambda e: check_one(
             e.address, max(0.0, deadline - time.monotonic()), EXT_PROC_SERVICE), local))
     for endpoint, result in zip(local, results, strict=True):
+        # gRPC's detail ends with the cause: "... connect failed: ... error: Connection refused"
+        why = result.detail.rpartition("error: ")[2]
         for same in (e for e in report.endpoints if e.address == endpoint.address):
-            same.answer = result.status + (f" ({result.detail})" if result.detail else "")
+            same.answer = result.status + (f" ({why})" if why else "")
         if result.status == "UNREACHABLE":
             report.problems.append(f"ext_proc endpoint {endpoint.address} is unreachable: "
-                                   "asked on its socket here, the processor does not answer "
-                                   f"({endpoint.answer})")
+                                   "asked on its socket here, the processor does not answer"
+                                   + (f" ({why})" if why else ""))
         elif result.status not in _ANSWERS_UP:
             report.problems.append(f"ext_proc endpoint {endpoint.address} is unhealthy: asked "
                                    f"on its socket here, the processor answers {endpoint.answer}")
