@@ -220,6 +220,17 @@ def test_an_answer_of_the_wrong_shape_is_one_error_line(tmp_path, name):
 TRICKY = "\u202eevil\u2066x\u200by\x1b[2J\x07"
 
 
+def test_an_error_status_is_one_line_with_what_the_server_said_escaped(tmp_path):
+    def route(req: Request) -> None:
+        req.reply(400, f"FieldMask refused {TRICKY}\n".encode() + b"x" * MIB)
+
+    with serve(route) as server:
+        run = doctor(server.origin, tmp=tmp_path)
+    assert_one_error(run, TRANSPORT, f"{LISTENERS}: HTTP 400: FieldMask refused "
+                     "\\u202eevil\\u2066x\\u200by\\x1b[2J\\x07\\nxxx")
+    assert len(run.stderr) < 400
+
+
 def test_format_characters_are_escaped_and_only_what_is_read_is_asked(tmp_path):
     listeners = {"configs": [{
         "@type": "type.googleapis.com/envoy.admin.v3.ListenersConfigDump",

@@ -51,6 +51,19 @@ class Budget:
     values: int = MAX_VALUES
 
 
+def _said(response: Any) -> str:
+    """The start of an error answer (Envoy says there what it refused), escaped."""
+    from registry.untrusted import escape
+
+    head = b""
+    for chunk in response.iter_raw():
+        head += chunk
+        if len(head) >= 200:
+            break
+    text = escape(head.decode("utf-8", errors="replace").strip(), 200)
+    return f": {text}" if text else ""
+
+
 class Admin:
     """One Envoy admin endpoint: ``http://HOST:PORT`` (a bare ``HOST:PORT`` means http).
 
@@ -113,7 +126,8 @@ class Admin:
                 raise httpx.TimeoutException("deadline reached")
             with self._client.stream("GET", where) as response:
                 if response.status_code != 200:
-                    raise AdminError(f"{where}: HTTP {response.status_code}")
+                    raise AdminError(f"{where}: HTTP {response.status_code}"
+                                     + _said(response))
                 body = bytearray()
                 for chunk in iter_body(response, budget.bytes, where):
                     body += chunk

@@ -265,16 +265,19 @@ def diagnose(config_dump: Any, stats: str | bytes | bytearray, clusters: Any,
         name = _dig(status, "name")
         if isinstance(name, str):
             statuses.setdefault(name, status)
+    checks: dict[str, dict[str, int]] = {}  # cluster -> its health check's counters
+    for counter, value in counters.items():
+        if counter.startswith("cluster."):
+            cluster_name = counter[len("cluster."):].rpartition(".health_check.")[0]
+            checks.setdefault(cluster_name, {})[counter] = value
     seen: set[str] = set()
     for f in ext_proc:
         cluster = _dig(f.config, "grpc_service", "envoy_grpc", "cluster_name")
         if isinstance(cluster, str) and cluster not in seen:
             seen.add(cluster)
-            checks = {k: v for k, v in counters.items()
-                      if k.startswith(f"cluster.{cluster}.health_check.")}
-            report.counters.update(checks)
+            report.counters.update(checks.get(cluster, {}))
             _check_cluster(report, cluster, statuses.get(cluster),
-                           checked=f"cluster.{cluster}.health_check.attempt" in checks)
+                           checked=f"cluster.{cluster}.health_check.attempt" in counters)
         elif not isinstance(cluster, str):
             report.notes.append(f"{f.name}: not an envoy_grpc cluster; endpoints not checked")
     _check_wasm(report, counters)
