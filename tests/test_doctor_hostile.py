@@ -149,6 +149,53 @@ def test_the_deadline_bounds_all_the_questions_together(tmp_path, stop):
     assert server.paths() == [LISTENERS, ROUTES]
 
 
+def _one_endpoint(path: str) -> dict[str, bytes]:
+    """Answers naming one ext_proc filter whose cluster's endpoint is the socket ``path``."""
+    listeners = {"configs": [{
+        "@type": "type.googleapis.com/envoy.admin.v3.ListenersConfigDump",
+        "static_listeners": [{"listener": {"name": "l", "filter_chains": [{"filters": [{
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.network."
+                         "http_connection_manager.v3.HttpConnectionManager",
+                "route_config": {"virtual_hosts": [{"routes": [{"match": {"prefix": "/"}}]}]},
+                "http_filters": [{"name": "envoy.filters.http.ext_proc/p", "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3."
+                             "ExternalProcessor",
+                    "grpc_service": {"envoy_grpc": {"cluster_name": "x"}}}}]}}]}]}}]}]}
+    clusters = {"cluster_statuses": [{"name": "x", "host_statuses": [{
+        "address": {"pipe": {"path": path}},
+        "health_status": {"eds_health_status": "HEALTHY"}}]}]}
+    return {LISTENERS: json.dumps(listeners).encode(), ROUTES: b'{"configs": []}',
+            STATS: b"cluster.x.health_check.attempt: 1\n", CLUSTERS: json.dumps(clusters).encode()}
+
+
+def test_a_local_processor_that_never_answers_is_asked_within_the_same_deadline(tmp_path,
+                                                                                sock_dir):
+    """Envoy still says healthy; the socket accepts and never answers: the doctor's own
+    question ends at the run's deadline, and the endpoint is a problem."""
+    import socket
+
+    path = str(sock_dir / "p.sock")
+    listening = socket.socket(socket.AF_UNIX)
+    listening.bind(path)
+    listening.listen(8)  # connections wait in the backlog: nobody answers
+    answers = _one_endpoint(path)
+
+    def route(req: Request) -> None:
+        req.reply(200, answers[req.path])
+
+    try:
+        with serve(route) as server:
+            run = doctor(server.origin, tmp=tmp_path)
+    finally:
+        listening.close()
+    assert run.returncode == FINDINGS, run.stderr
+    assert f"{path} healthy (Envoy's active health check passes)" in run.stdout
+    assert f"problem: ext_proc endpoint {path} is unreachable: asked on its socket here, the " \
+           "processor does not answer (Deadline Exceeded)" in run.stdout
+    assert run.seconds < DEADLINE + SLACK, run.seconds
+
+
 # -- bounded memory -------------------------------------------------------------------------
 
 def _gzip_bomb(mib: int) -> bytes:

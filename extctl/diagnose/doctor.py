@@ -595,6 +595,10 @@ def ask_endpoints(report: Report, deadline: float) -> None:
         local = local[:MAX_ASKED]
     if not local:
         return
+    if deadline - time.monotonic() < 0.05:
+        report.notes.append(f"{len(local)} local ext_proc endpoint(s) not asked: the "
+                            "deadline came first")
+        return
     from .health import check_one
 
     with ThreadPoolExecutor(max_workers=len(local)) as pool:
