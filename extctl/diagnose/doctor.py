@@ -97,6 +97,8 @@ class Route:
 
 @dataclass(slots=True)
 class Endpoint:
+    """One endpoint of an ext_proc cluster: Envoy's view, and a local processor's own word."""
+
     cluster: str
     address: str
     health: str
@@ -579,6 +581,8 @@ def ask_endpoints(report: Report, deadline: float) -> None:
     it, and without traffic."""
     from concurrent.futures import ThreadPoolExecutor
 
+    # The answer names the sockets: only sockets are asked, one health check each, at most
+    # MAX_ASKED of them, so a hostile answer can make the doctor send no more than that.
     by_address: dict[str, Endpoint] = {}
     for endpoint in report.endpoints:
         if not endpoint.unix or endpoint.address in by_address:
