@@ -21,6 +21,7 @@ from procs import Rewrite, Slow
 import extproc
 from extctl.config import Deployment, GatewayOptions, Target
 from extctl.config.health_check import PROCESSOR, SERVICE
+from extctl.diagnose.health import check
 from extctl.testing import EnvoyProcess
 
 # PROCESSOR's bounds, with room for a loaded machine: Envoy's timers are exact, the polling
@@ -83,12 +84,23 @@ def _stop(proc: Any) -> None:
         proc.kill()
 
 
+def _wait_serving(proc: Any, sockets: list[str]) -> None:
+    """Until every worker answers SERVING, as the sidecar's startup probe waits before
+    Kubernetes starts Envoy (a socket can exist before its server answers)."""
+    deadline = time.monotonic() + 30
+    for path in sockets:
+        wait_for_socket(Path(path), proc)
+    while not all(r.serving for r in check(sockets, service=SERVICE)):
+        assert proc.poll() is None, proc.communicate(timeout=15)
+        assert time.monotonic() < deadline, check(sockets, service=SERVICE)
+        time.sleep(0.1)
+
+
 def _workers(extctl: Any, sock_dir: Path, transport: str = "grpcio") -> tuple[Any, list[str]]:
     sockets = [str(sock_dir / f"w-{i}.sock") for i in range(2)]
     proc = extctl("serve", "procs:Slow", "--uds", str(sock_dir / "w.sock"), "--workers", "2",
                   "--grace-period", "15", "--transport", transport)
-    for path in sockets:
-        wait_for_socket(Path(path), proc)
+    _wait_serving(proc, sockets)
     return proc, sockets
 
 
@@ -176,7 +188,7 @@ def test_a_dead_processor_is_marked_failed_without_any_traffic(sock_dir, extctl)
     path = sock_dir / "p.sock"
     proc = extctl("serve", "procs:Slow", "--uds", str(path))
     try:
-        wait_for_socket(path, proc)
+        _wait_serving(proc, [str(path)])
         with EnvoyProcess(Deployment.build(Slow, addresses=[str(path)]).envoy_bootstrap(),
                           sock_dir / "envoy") as envoy:
             assert not _failed(envoy, str(path))
