@@ -13,7 +13,6 @@ from collections.abc import AsyncIterator, Coroutine
 from typing import TYPE_CHECKING, Any
 
 import grpc
-from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from ._admin import (
@@ -32,6 +31,7 @@ from ._processor import Processor, require_processor
 from ._record import Observer
 from ._stream import ProcessorFailed, _contained, answer_stream
 from ._unix import claim_socket, created_with_mode, identity, remove_own
+from ._wire import Encoded, parse_request
 
 if TYPE_CHECKING:
     from ._pyvoy import PyvoyServer
@@ -96,10 +96,12 @@ class Server:
         ])
         self.observer = observer = make_observer(self.processor, config, self.message_counts,
                                                  self._slot)
+        # Large bodies are parsed and answered in wire form (extproc._wire): one copy of the
+        # body each way instead of upb's arena copies.
         handler = grpc.stream_stream_rpc_method_handler(
             _Servicer(self.processor, self.message_counts, observer).Process,
-            request_deserializer=pb.ProcessingRequest.FromString,
-            response_serializer=pb.ProcessingResponse.SerializeToString,
+            request_deserializer=parse_request,
+            response_serializer=_serialize,
         )
         server.add_generic_rpc_handlers(
             (grpc.method_handlers_generic_handler(SERVICE_NAME, {"Process": handler}),))
@@ -206,7 +208,7 @@ class _Servicer:
         try:
             async for answer in answer_stream(self.processor, request_iterator, counts,
                                               context.write, context.invocation_metadata,
-                                              record):
+                                              record, encode=True):
                 yield answer
         except ProtocolError as exc:
             logger.warning("ext_proc protocol error: %s", exc)
@@ -222,6 +224,13 @@ class _Servicer:
         except Exception:
             logger.exception("internal error in the ext_proc message loop")
             await context.abort(grpc.StatusCode.INTERNAL, "internal processor error")
+
+
+def _serialize(answer: Any) -> bytes:
+    """The response serializer: answers the loop encoded itself, or upb messages."""
+    if answer.__class__ is Encoded:
+        return answer.take()
+    return answer.SerializeToString()  # type: ignore[no-any-return]
 
 
 def _credentials(config: ServerConfig) -> grpc.ServerCredentials:

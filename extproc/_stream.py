@@ -27,6 +27,17 @@ from ._headers import Headers
 from ._mode import BodyMode
 from ._processor import Processor
 from ._responses import ImmediateResponse
+from ._wire import (
+    LARGE,
+    PLACEHOLDER,
+    RELEASE_AFTER,
+    BodyRequest,
+    Encoded,
+    field_path,
+    large_body_finished,
+    large_body_started,
+    splice,
+)
 
 if TYPE_CHECKING:
     from ._record import StreamRecord
@@ -67,6 +78,14 @@ _PHASES = {
 _HOOK = {which: "on_" + which for which in _PHASES}
 _BODY_FIELD = {"request": "request_body", "response": "response_body"}
 _HEADERS_FIELD = {"request": "request_headers", "response": "response_headers"}
+# Where a body goes in an answer, as field numbers (for splice).
+_BODY_PATH = {which: field_path(_PR, which, "response", "body_mutation", "body")
+              for which in ("request_body", "response_body")}
+_STREAMED_PATH = {which: field_path(_PR, which, "response", "body_mutation",
+                                    "streamed_response", "body")
+                  for which in ("request_body", "response_body")}
+_REPLACEMENT_PATH = {which: field_path(_PR, which, "response", "body_mutation", "body")
+                     for which in ("request_headers", "response_headers")}
 
 Read = Callable[[], Awaitable[Any]]
 Write = Callable[[Any], Awaitable[None]]
@@ -84,16 +103,20 @@ class ProcessorFailed(Exception):
 async def answer_stream(cls: type[Processor], messages: AsyncIterable[Any],
                         counts: dict[str, int] | None = None, early: Write | None = None,
                         metadata: Callable[[], Any] | None = None,
-                        record: StreamRecord | None = None) -> AsyncIterator[Any]:
+                        record: StreamRecord | None = None,
+                        encode: bool = False) -> AsyncIterator[Any]:
     """The answers to one ``Process`` stream's messages (the servicer's async generator).
 
     ``counts``, when given, counts the messages received per phase; ``early`` writes a
     message while a hook still runs (a timeout extension); ``metadata`` returns the stream's
     gRPC metadata (key/value pairs), called only if a hook reads it; ``record`` is told about
-    each hook and body (``extproc._record``). Raises ProtocolError on a message sequence the
-    protocol does not allow.
+    each hook and body (``extproc._record``); ``encode`` (the grpcio transport): an answer
+    carrying a large body is yielded serialised, as an ``extproc._wire.Encoded`` its
+    serializer takes, and the process's free memory is returned after large bodies
+    (``extproc._wire``). Messages may be ``extproc._wire.BodyRequest``s. Raises ProtocolError
+    on a message sequence the protocol does not allow.
     """
-    exchange = _Exchange(cls, counts, early, metadata, record)
+    exchange = _Exchange(cls, counts, early, metadata, record, encode)
     try:
         async for message in messages:
             answers = await exchange.handle(message)
@@ -107,6 +130,8 @@ async def answer_stream(cls: type[Processor], messages: AsyncIterable[Any],
             if record is not None:
                 record.sent += 1
             yield stop.args[0]
+    finally:
+        exchange.close()
 
 
 async def run_stream(cls: type[Processor], read: Read, write: Write, eof: object,
@@ -123,13 +148,15 @@ async def run_stream(cls: type[Processor], read: Read, write: Write, eof: object
 
 
 class _Exchange:
-    __slots__ = ("cls", "counts", "early", "first", "hooks", "observability", "proc", "record",
-                 "spec", "state")
+    __slots__ = ("cls", "counts", "early", "encode", "first", "hooks", "large", "observability",
+                 "proc", "record", "spec", "state")
 
     def __init__(self, cls: type[Processor], counts: dict[str, int] | None = None,
                  early: Write | None = None, metadata: Callable[[], Any] | None = None,
-                 record: StreamRecord | None = None) -> None:
+                 record: StreamRecord | None = None, encode: bool = False) -> None:
         self.cls = cls
+        self.encode = encode
+        self.large = False  # a body of RELEASE_AFTER bytes or more was seen (encode only)
         self.record = record
         self.spec = spec = cls._spec
         self.hooks = spec.hooks
@@ -146,7 +173,21 @@ class _Exchange:
         self.first = True
         self.observability = False
 
+    def close(self) -> None:
+        """The stream is over: the processor's reference back to this exchange (a cycle,
+        freed only by a full garbage collection) goes, and with it whatever the processor
+        still holds of the stream's messages."""
+        self.proc._extend = None
+        if self.large:
+            self.large = False
+            large_body_finished()
+
     async def handle(self, message: Any) -> list[Any]:
+        data: bytes | None = None
+        if message.__class__ is BodyRequest:
+            # gRPC holds what it handed over until the next message: take the body out.
+            data, message.body = message.body, None
+            message = message.message
         which = message.WhichOneof("request")
         phase = _PHASES.get(which)
         if phase is None:
@@ -180,10 +221,19 @@ class _Exchange:
             if state == _DONE:
                 raise ProtocolError(f"{which} after the end of the {direction}")
             http_body = getattr(message, which)
-            self.state[direction] = _DONE if http_body.end_of_stream else _BODY
+            eos = http_body.end_of_stream
+            self.state[direction] = _DONE if eos else _BODY
+            if data is None:
+                data = http_body.body
+            if self.encode and not self.large and len(data) >= RELEASE_AFTER:
+                self.large = True
+                large_body_started()
             if self.record is not None:
-                self.record.body(direction, len(http_body.body))
-            return await self._body(which, direction, http_body.body, http_body.end_of_stream)
+                self.record.body(direction, len(data))
+            # _body holds the only reference, and drops it once the hook has answered.
+            answering = self._body(which, direction, data, eos)
+            del data
+            return await answering
         if state == _DONE:
             raise ProtocolError(f"{which} after the end of the {direction}")
         self.state[direction] = _DONE
@@ -217,10 +267,14 @@ class _Exchange:
             response.header_mutation.SetInParent()
             response.clear_route_cache = True
             proc._clear_route_cache = False
+        large = None
         if replacement is not None:
             proc._replacement = None
             response.status = _REPLACE
-            if replacement:
+            if self.encode and len(replacement) >= LARGE:
+                large = replacement
+                response.body_mutation.body = PLACEHOLDER
+            elif replacement:
                 response.body_mutation.body = replacement
             else:
                 response.body_mutation.clear_body = True
@@ -233,6 +287,8 @@ class _Exchange:
             answer.mode_override.CopyFrom(override.to_proto())
         self._attach_metadata(answer)
         self._lock_unless_buffered(headers, direction, http_headers.end_of_stream)
+        if large is not None:
+            return [Encoded(splice(answer.SerializeToString(), _REPLACEMENT_PATH[which], large))]
         return [answer]
 
     async def _body(self, which: str, direction: str, data: bytes, eos: bool) -> list[Any]:
@@ -242,6 +298,7 @@ class _Exchange:
         body = Body(data, eos)
         if hook in self.hooks and await self._call(hook, body, which) is False:
             body = Body(data, eos)  # fail open: forward what Envoy sent
+        del data  # from here on, only what the answer carries is kept
         if mode is _FULL_DUPLEX:
             return self._streamed(which, body)
         headers: Headers | None = getattr(proc, _HEADERS_FIELD[direction])
@@ -259,9 +316,14 @@ class _Exchange:
         answer = _PR()
         response = getattr(answer, which).response
         response.SetInParent()
+        large = None
         if body._changed:
-            if body._data:
-                response.body_mutation.body = body._data
+            data = body._data
+            if self.encode and len(data) >= LARGE:
+                large = data
+                response.body_mutation.body = PLACEHOLDER
+            elif data:
+                response.body_mutation.body = data
             else:
                 response.body_mutation.clear_body = True
         if route:
@@ -272,6 +334,8 @@ class _Exchange:
             headers._write_mutation(response.header_mutation)  # type: ignore[union-attr]
             headers._lock(f"{direction} headers were already sent on")  # type: ignore[union-attr]
         self._attach_metadata(answer)
+        if large is not None:
+            return [Encoded(splice(answer.SerializeToString(), _BODY_PATH[which], large))]
         return [answer]
 
     def _streamed(self, which: str, body: Body) -> list[Any]:
@@ -281,9 +345,12 @@ class _Exchange:
         answer = _PR()  # built in place, like every answer on this path
         streamed = getattr(answer, which).response.body_mutation.streamed_response
         streamed.SetInParent()
-        streamed.body = data
+        large = self.encode and len(data) >= LARGE
+        streamed.body = PLACEHOLDER if large else data
         streamed.end_of_stream = eos
         self._attach_metadata(answer)
+        if large:
+            return [Encoded(splice(answer.SerializeToString(), _STREAMED_PATH[which], data))]
         return [answer]
 
     async def _trailers(self, which: str, direction: str, values: Any,
