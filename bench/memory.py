@@ -87,7 +87,9 @@ def _server(name: str, listen: str, baseline: str) -> subprocess.Popen[bytes]:
             raise SystemExit(f"memory: unknown candidate {name!r}")
         command = [sys.executable, "-m", "extctl", "serve", "procs:AppendByte", "--uds",
                    listen, "--max-message-bytes", str(MAX_MESSAGE), "--log-level", "warning"]
-    proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL,
+    # Not from the checkout: `python -m` puts the working directory first on sys.path,
+    # which would shadow the baseline tree.
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, cwd=Path(listen).parent,
                             stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
     deadline = time.monotonic() + 30
     while not os.path.exists(listen):
