@@ -9,9 +9,10 @@ once every answer is back, and its VmRSS after ``--settle`` seconds. Candidates 
 round by round (order reversed every other round); medians of the rounds.
 
 Candidates: ``extkit`` (``extctl serve``, grpcio, default settings but --max-message-bytes 64
-MiB), ``bare`` (``minimal_servicer.py append``: a hand-written grpc.aio servicer doing the same
-work), ``extkit-base`` (extproc/extctl as of ``--baseline REV``), and variants with glibc malloc
-tunables in the environment (``+mmap`` ..., see VARIANTS).
+MiB; the working tree's code, or ``--revision REV``'s), ``bare`` (``minimal_servicer.py
+append``: a hand-written grpc.aio servicer doing the same work), ``extkit-base`` (extproc and
+extctl as of ``--baseline REV``), and variants with glibc malloc tunables in the environment
+(``+mmap`` ..., see VARIANTS).
 
     .venv/bin/python bench/memory.py            # writes the Memory section of RESULTS.md
     .venv/bin/python bench/memory.py --rounds 3 --candidates extkit,bare --no-write
@@ -73,7 +74,8 @@ def _status(pid: int) -> dict[str, float]:
     return values
 
 
-def _server(name: str, listen: str, baseline: str) -> subprocess.Popen[bytes]:
+def _server(name: str, listen: str, baseline: str,
+            revision: str | None = None) -> subprocess.Popen[bytes]:
     kind, _, variants = name.partition("+")
     env = {**os.environ, "PYTHONPATH": str(BENCH)}
     for variant in filter(None, variants.split("+")):
@@ -81,8 +83,9 @@ def _server(name: str, listen: str, baseline: str) -> subprocess.Popen[bytes]:
     if kind == "bare":
         command = [sys.executable, str(BENCH / "minimal_servicer.py"), "append", listen]
     else:
-        if kind == "extkit-base":
-            env["PYTHONPATH"] = f"{harness._baseline_tree(baseline)}{os.pathsep}{BENCH}"
+        if kind == "extkit-base" or (kind == "extkit" and revision is not None):
+            tree = harness._baseline_tree(baseline if kind == "extkit-base" else revision)
+            env["PYTHONPATH"] = f"{tree}{os.pathsep}{BENCH}"
         elif kind != "extkit":
             raise SystemExit(f"memory: unknown candidate {name!r}")
         command = [sys.executable, "-m", "extctl", "serve", "procs:AppendByte", "--uds",
@@ -121,10 +124,10 @@ def _length(method: str, path: str, headers: object, body: bytes
 
 
 def measure(name: str, bodies: int, size: int, settle: float, baseline: str,
-            upstream: EchoServer) -> Sample:
+            upstream: EchoServer, revision: str | None = None) -> Sample:
     workdir = Path(tempfile.mkdtemp(prefix="xk-mem-", dir="/tmp"))
     listen = str(workdir / "p.sock")
-    server = _server(name, listen, baseline)
+    server = _server(name, listen, baseline, revision)
     try:
         config = Deployment.build(procs.AppendByte, addresses=[listen],
                                   upstreams=[upstream.address]).envoy_bootstrap()
@@ -156,14 +159,16 @@ def measure(name: str, bodies: int, size: int, settle: float, baseline: str,
 
 
 def run(names: list[str], rounds: int, size: int, settle: float, baseline: str,
-        cases: tuple[int, ...]) -> dict[int, dict[str, list[Sample]]]:
+        cases: tuple[int, ...], revision: str | None = None
+        ) -> dict[int, dict[str, list[Sample]]]:
     results: dict[int, dict[str, list[Sample]]] = {n: {c: [] for c in names} for n in cases}
     with EchoServer(answer=_length) as upstream:
         for round_no in range(rounds):
             order = names if round_no % 2 == 0 else names[::-1]
             for bodies in cases:
                 for name in order:
-                    sample = measure(name, bodies, size, settle, baseline, upstream)
+                    sample = measure(name, bodies, size, settle, baseline, upstream,
+                                     revision)
                     results[bodies][name].append(sample)
                     print(f"[{round_no + 1}/{rounds}] {bodies} x {size / MIB:g} MiB {name}: "
                           f"start {sample.start_mib:.0f}, peak {sample.peak_mib:.0f}, after "
@@ -172,7 +177,8 @@ def run(names: list[str], rounds: int, size: int, settle: float, baseline: str,
 
 
 def report(results: dict[int, dict[str, list[Sample]]], rounds: int, size: int,
-           settle: float, baseline: str, load: tuple[str, str]) -> str:
+           settle: float, baseline: str, load: tuple[str, str],
+           revision: str | None = None) -> str:
     unit = size / MIB
     names = list(next(iter(results.values())))
     lines = [
@@ -185,8 +191,9 @@ def report(results: dict[int, dict[str, list[Sample]]], rounds: int, size: int,
         "start: VmRSS once Envoy is ready; peak: VmHWM once every answer is back; after: "
         f"VmRSS {settle:g} s later. Growth = figure - start; in bodies = growth / "
         f"{unit:g} MiB.",
-        f"- `extkit-base` is extproc/extctl as of {baseline}; `+mmap` etc. set glibc malloc "
-        "tunables in the server's environment (bench/memory.py VARIANTS).",
+        f"- `extkit` is extproc/extctl as of {revision or 'the working tree'}, `extkit-base` as "
+        f"of {baseline}; `+mmap` etc. set glibc malloc tunables in the server's environment "
+        "(bench/memory.py VARIANTS).",
         f"- load average (1 / 5 / 15 min): {load[0]} before, {load[1]} after",
         "",
     ]
@@ -222,15 +229,17 @@ def main() -> None:
     parser.add_argument("--bodies", default="1,3", help="comma-separated bodies at once")
     parser.add_argument("--baseline", default=harness.BASELINE_REVISION,
                         help="git revision whose extproc/extctl serve extkit-base")
+    parser.add_argument("--revision", help="serve extkit with this revision's extproc/extctl "
+                        "(default: the working tree)")
     parser.add_argument("--no-write", action="store_true", help="do not write RESULTS.md")
     args = parser.parse_args()
     size = int(args.size_mib * MIB)
     names = args.candidates.split(",")
     cases = tuple(int(n) for n in args.bodies.split(","))
     before = harness._load()
-    results = run(names, args.rounds, size, args.settle, args.baseline, cases)
+    results = run(names, args.rounds, size, args.settle, args.baseline, cases, args.revision)
     text = report(results, args.rounds, size, args.settle, args.baseline,
-                  (before, harness._load()))
+                  (before, harness._load()), args.revision)
     print(text)
     if not args.no_write:
         path = BENCH / "RESULTS.md"

@@ -290,8 +290,11 @@ def _start_server(candidate: Candidate, listen: str, addresses: list[str],
                    "--log-level", "warning", *candidate.args]
         if candidate.transport != "grpcio":  # the baseline's code may not know the option
             command += ["--transport", candidate.transport]
+    # Started outside the checkout: `python -m` puts the working directory first on sys.path,
+    # where it would shadow the baseline tree of PYTHONPATH.
     proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+                            stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
+                            cwd=tempfile.gettempdir())
     deadline = time.monotonic() + 30
     for address in addresses:
         while not _listening(address, tcp):
