@@ -71,6 +71,7 @@ class AdminServer:
         self._stop: asyncio.Event | None = None
         # Open connections, oldest first, and whether each has read its request.
         self._connections: dict[asyncio.StreamWriter, bool] = {}
+        self._handlers: set[asyncio.Task[Any]] = set()
 
     @property
     def url(self) -> str:
@@ -82,8 +83,12 @@ class AdminServer:
     def bind(self) -> socket.socket:
         host, port = split_address(self.address)
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        # "::" is every address, IPv4 too (as 0.0.0.0 is for IPv4): kubelet probes the pod's
+        # IPv4 address.
+        dualstack = host == "::" and socket.has_dualstack_ipv6()
         try:
-            sock = socket.create_server((host, port), family=family, backlog=128)
+            sock = socket.create_server((host, port), family=family, backlog=128,
+                                        dualstack_ipv6=dualstack)
         except OSError as exc:
             raise ServeError(f"cannot listen on admin address {self.address}: "
                              f"{exc.strerror or exc}") from None
@@ -92,8 +97,10 @@ class AdminServer:
         return sock
 
     def start(self) -> AdminServer:
-        """Bind, then serve on a daemon thread until :meth:`stop`."""
-        self.bind()
+        """Serve on a daemon thread until :meth:`stop` (binding first unless :meth:`bind`
+        was called)."""
+        if self._socket is None:
+            self.bind()
         loop = self._loop = asyncio.new_event_loop()
         started = threading.Event()
 
@@ -123,12 +130,23 @@ class AdminServer:
             server.close()
             for writer in list(self._connections):
                 writer.transport.abort()
-            await asyncio.sleep(0)  # let the aborted handlers finish
+            handlers = list(self._handlers)
+            for task in handlers:
+                task.cancel()
+            # Every connection's handler ends here, quietly, before the loop closes.
+            await asyncio.gather(*handlers, return_exceptions=True)
 
     def request_stop(self) -> None:
         """From the loop's own thread (a signal handler)."""
         if self._stop is not None:
             self._stop.set()
+
+    def close_socket(self) -> None:
+        """In a process forked from the one that bound it (a worker): let go of the port, so
+        that it is free once the admin process and the supervisor are gone."""
+        if self._socket is not None:
+            self._socket.close()
+            self._socket = None
 
     def stop(self) -> None:
         loop, thread = self._loop, self._thread
@@ -144,6 +162,9 @@ class AdminServer:
 
     async def _connection(self, reader: asyncio.StreamReader,
                           writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._handlers.add(task)
         connections = self._connections
         connections[writer] = False
         if len(connections) > MAX_CONNECTIONS:
@@ -158,27 +179,43 @@ class AdminServer:
                 OSError) as exc:
             logger.debug("admin: connection ended early: %s", type(exc).__name__)
             writer.transport.abort()
+        except asyncio.CancelledError:
+            # Only run() cancels these, when the endpoint stops: ended, not an error (asyncio
+            # would log a cancelled connection task as one).
+            writer.transport.abort()
         finally:
             connections.pop(writer, None)
             writer.close()
+            if task is not None:
+                self._handlers.discard(task)
 
     async def _exchange(self, reader: asyncio.StreamReader,
                         writer: asyncio.StreamWriter) -> None:
-        try:
-            head = await reader.readuntil(b"\r\n\r\n")
-        except asyncio.LimitOverrunError:
-            await self._reply(writer, 431, b"request head too large\n")
-            return
+        # The head, line by line (CRLF or a bare LF ends a line) up to an empty line.
+        lines: list[bytes] = []
+        size = 0
+        while True:
+            try:
+                line = await reader.readuntil(b"\n")
+            except asyncio.LimitOverrunError:
+                size = MAX_HEAD + 1
+            else:
+                size += len(line)
+                lines.append(line)
+            if size > MAX_HEAD:
+                await self._reply(writer, 431, b"request head too large\n")
+                return
+            if line in (b"\r\n", b"\n"):
+                break
         if writer in self._connections:
             self._connections[writer] = True
-        line = head.split(b"\r\n", 1)[0].decode("latin-1")
-        parts = line.split(" ")
+        parts = lines[0].decode("latin-1").strip().split(" ")
         if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
             await self._reply(writer, 400, b"bad request\n")
             return
         method, target = parts[0], parts[1]
         if method not in ("GET", "HEAD"):
-            await self._reply(writer, 405, b"GET only\n")
+            await self._reply(writer, 405, b"GET or HEAD only\n", allow=True)
             return
         status, body, content_type = self._answer(target.split("?", 1)[0])
         await self._reply(writer, status, body, content_type, head_only=method == "HEAD")
@@ -197,10 +234,12 @@ class AdminServer:
         return 404, b"not found: /metrics, /healthz, /readyz\n", "text/plain"
 
     async def _reply(self, writer: asyncio.StreamWriter, status: int, body: bytes,
-                     content_type: str = "text/plain", head_only: bool = False) -> None:
+                     content_type: str = "text/plain", head_only: bool = False,
+                     allow: bool = False) -> None:
         head = (f"HTTP/1.1 {status} {_REASONS.get(status, 'Error')}\r\n"
                 f"content-type: {content_type}\r\ncontent-length: {len(body)}\r\n"
-                "connection: close\r\n\r\n").encode()
+                + ("allow: GET, HEAD\r\n" if allow else "")
+                + "connection: close\r\n\r\n").encode()
         writer.write(head if head_only else head + body)
         await writer.drain()
 
@@ -245,6 +284,10 @@ async def heartbeat(values: Any, interval: float,
         await asyncio.sleep(interval)
 
 
+# How the supervisor stops the admin process (signals the operator sends are ignored there).
+_STOP = signal.SIGUSR1
+
+
 def heartbeat_interval(config: ServerConfig) -> float:
     return min(0.5, config.stall_timeout / 4)
 
@@ -262,18 +305,24 @@ def make_observer(processor: type[Processor], config: ServerConfig,
     return Observer.create(processor.__name__, metrics, counts)
 
 
-def on_serving(config: ServerConfig, observer: Observer | None) -> AdminServer | None:
-    """The server says SERVING: tell the metrics; serve the endpoint unless a supervisor
-    does (workers > 1)."""
-    if observer is not None and observer.metrics is not None:
-        observer.metrics.values[SERVING] = 1
+def bind_admin(config: ServerConfig, observer: Observer | None) -> AdminServer | None:
+    """The endpoint of a server that serves it itself (not with workers > 1, where the
+    supervisor's admin process does), its address taken, not yet serving: an address in use
+    fails before the processor's ``on_startup`` runs."""
     if config.admin is None or config.workers > 1:
         return None
     assert observer is not None and observer.metrics is not None
     metrics = observer.metrics
     check = probe_check(lambda: [("server", metrics.values)], config.stall_timeout)
-    return AdminServer(config.admin, registry(Collector(metrics.processor, metrics)),
-                       check).start()
+    admin = AdminServer(config.admin, registry(Collector(metrics.processor, metrics)), check)
+    admin.bind()
+    return admin
+
+
+def on_serving(observer: Observer | None) -> None:
+    """The server says SERVING: tell the metrics (what /readyz reads)."""
+    if observer is not None and observer.metrics is not None:
+        observer.metrics.values[SERVING] = 1
 
 
 def on_draining(observer: Observer | None) -> None:
@@ -316,23 +365,23 @@ class SupervisorAdmin:
         supervisor = os.getpid()
         # Blocked across the fork: until the child's own handlers are in place, a signal must
         # not run the supervisor's handler there (it would signal the workers).
-        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED)
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, (*HANDLED, _STOP))
         try:
             pid = os.fork()
             if pid == 0:  # pragma: no cover - runs in the child
                 code = 1
                 try:
-                    die_with_parent(supervisor)
-                    # The supervisor decides when the admin process stops (SIGTERM); what
-                    # the operator sends to the whole group is the supervisor's to act on.
-                    for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGQUIT):
+                    die_with_parent(supervisor, _STOP)
+                    # What the operator sends, to the supervisor or the whole group, is the
+                    # supervisor's to act on: the endpoint answers (503 from /readyz) through
+                    # the drain, until the supervisor stops it with _STOP.
+                    for sig in HANDLED:
                         signal.signal(sig, signal.SIG_IGN)
-                    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                    signal.signal(_STOP, signal.SIG_DFL)
 
                     async def main() -> None:
-                        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM,
-                                                                       server.request_stop)
-                        signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED)
+                        asyncio.get_running_loop().add_signal_handler(_STOP, server.request_stop)
+                        signal.pthread_sigmask(signal.SIG_UNBLOCK, (*HANDLED, _STOP))
                         await server.run()
 
                     asyncio.run(main())
@@ -354,6 +403,11 @@ class SupervisorAdmin:
             self._spawn()
         return True
 
+    def in_worker(self) -> None:
+        """In a worker just forked: the admin port is not the worker's to hold."""
+        if self._server is not None:
+            self._server.close_socket()
+
     def worker_gone(self, worker: int) -> None:
         if self.shared is not None:
             self.shared.retire(worker)
@@ -362,7 +416,7 @@ class SupervisorAdmin:
         self._stopping = True
         if self.pid is not None:
             try:
-                os.kill(self.pid, signal.SIGTERM)
+                os.kill(self.pid, _STOP)
                 os.waitpid(self.pid, 0)
             except (ProcessLookupError, ChildProcessError):
                 pass

@@ -7,7 +7,7 @@ the grpc.aio transport (``answer_stream``).
 
 The server process reads its settings from the ``EXTPROC_ASGI`` environment variable (JSON:
 ``processor`` as ``module:Class``, ``max_message_bytes``, ``drain_fd``, ``error_file``,
-``log_level``, ``counts_token``); ``app`` is built from them on import.
+``log_level``, ``log_format``, ``counts_token``); ``app`` is built from them on import.
 
 Draining is told through a pipe (``drain_fd``, inherited from the process that started
 Envoy): the loop watches it, so health ``Watch`` streams wait on an event instead of polling,
@@ -374,8 +374,10 @@ def _from_environment() -> GrpcApp | None:
     from ._importer import import_processor
 
     options = json.loads(settings)
-    logging.basicConfig(level=options.get("log_level", "WARNING"),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from ._logs import setup
+
+    # As the serving command logs: under --log-format json, every line JSON here too.
+    setup(options.get("log_level", "WARNING"), options.get("log_format", "text"))
     return GrpcApp(import_processor(options["processor"]), options["max_message_bytes"],
                    options.get("drain_fd"), options.get("error_file"),
                    options.get("counts_token"))

@@ -10,9 +10,8 @@ if TYPE_CHECKING:
     import asyncio
 
 from ._errors import ServeError
+from ._unix import MAX_UDS_PATH
 
-# AF_UNIX sun_path is 108 bytes including the terminating NUL.
-MAX_UDS_PATH = 107
 LOOPS = ("auto", "uvloop", "asyncio")
 TRANSPORTS = ("grpcio", "pyvoy")
 

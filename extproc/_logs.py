@@ -20,7 +20,7 @@ FORMATS = ("text", "json")
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 # Keys a JSON line may carry beyond time, level, logger and message; stable and documented.
 FIELDS = ("request_id", "processor", "phase", "outcome", "status", "grpc_code",
-          "duration_ms", "phases", "hooks")
+          "duration_ms", "phases", "hooks", "exit_code")
 
 
 class JsonFormatter(logging.Formatter):
@@ -56,3 +56,12 @@ def setup(level: str = "info", format: str = "text") -> None:
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level.upper())
+
+
+def current_format() -> str:
+    """``json`` when the root logger writes JSON lines (:func:`setup`), else ``text``: what a
+    child process that logs on its own (pyvoy's Envoy) is told to do."""
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler.formatter, JsonFormatter):
+            return "json"
+    return "text"

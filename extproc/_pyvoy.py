@@ -33,9 +33,10 @@ from typing import Any
 from ._config import ServerConfig, dial_target, split_address
 from ._errors import ServeError
 from ._lifecycle import die_with_parent
+from ._logs import current_format
 from ._processor import Processor, require_processor
 from ._pyvoy_env import check_installed
-from ._unix import claim_socket
+from ._unix import PrivateBind, claim_socket, remove_own
 
 logger = logging.getLogger("extproc.server")
 
@@ -148,6 +149,8 @@ class PyvoyServer:
         self._workdir: str | None = None
         self._stopping = False
         self._drain_fd: int | None = None  # writing to it (or closing it) drains the app
+        self._bind: PrivateBind | None = None  # where Envoy binds before the socket is moved
+        self._socket_id: tuple[int, int] | None = None
         # Only test helpers ask for the message counts (ServerThread); never the CLI.
         self._counts_token = secrets.token_hex(16) if counts else None
 
@@ -182,8 +185,11 @@ class PyvoyServer:
     async def start(self) -> None:
         envoy, module, libpython = check_installed()
         config = self.config
+        bind_at = self.listen
         if self.is_uds:
             claim_socket(self.listen)
+            self._bind = PrivateBind(self.listen)
+            bind_at = self._bind.path
         workdir = self._workdir = tempfile.mkdtemp(prefix="extproc-pyvoy-")
         stub = os.path.join(workdir, "path", "envoy")
         os.makedirs(stub)
@@ -197,10 +203,11 @@ class PyvoyServer:
             "drain_fd": drain_read,
             "error_file": os.path.join(workdir, "error"),
             "log_level": logging.getLevelName(logging.getLogger().getEffectiveLevel()),
+            "log_format": current_format(),
         }
         if self._counts_token is not None:
             app_options["counts_token"] = self._counts_token
-        document = bootstrap(config, self.listen, workdir)
+        document = bootstrap(config, bind_at, workdir)
         config_path = os.path.join(workdir, "envoy.json")
         _write(config_path, json.dumps(document))
         path = [os.path.join(workdir, "path"), *(p for p in sys.path if p), os.path.dirname(
@@ -214,16 +221,12 @@ class PyvoyServer:
                "LD_PRELOAD": libpython}
         level = "info" if logger.isEnabledFor(logging.DEBUG) else "error"
         parent = os.getpid()
-        socket_mode = config.socket_mode if self.is_uds else None
 
         def in_child() -> None:
             die_with_parent(parent)
             # Its own process group: a signal to serve's group (systemd, a runtime, Ctrl-C)
             # is serve's to act on; serve drains this Envoy, which SIGTERM would cut.
             os.setpgid(0, 0)
-            if socket_mode is not None:
-                # Envoy binds the socket, then sets its mode: created with it instead.
-                os.umask(0o777 & ~socket_mode)
 
         try:
             self._process = await asyncio.create_subprocess_exec(
@@ -236,6 +239,8 @@ class PyvoyServer:
             os.close(drain_read)
         try:
             await self._wait_ready()
+            if self._bind is not None:
+                self._socket_id = self._bind.publish(config.socket_mode)
         except BaseException:
             await self._terminate()
             raise
@@ -324,8 +329,11 @@ class PyvoyServer:
                 process.kill()
                 await process.wait()
         if self.is_uds:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self.listen)
+            remove_own(self.listen, self._socket_id)
+            self._socket_id = None
+        if self._bind is not None:
+            self._bind.close()
+            self._bind = None
         if self._workdir is not None:
             shutil.rmtree(self._workdir, ignore_errors=True)
             self._workdir = None

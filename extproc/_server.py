@@ -18,13 +18,14 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from ._admin import (
     AdminServer,
     SupervisorAdmin,
+    bind_admin,
     heartbeat,
     heartbeat_interval,
     make_observer,
     on_draining,
     on_serving,
 )
-from ._config import ServerConfig, dial_target
+from ._config import ServerConfig, dial_target, split_address
 from ._errors import ProtocolError, ServeError
 from ._lifecycle import DRAIN, FORCE, HANDLED, INTERRUPT, Stop, die_with_parent
 from ._processor import Processor, require_processor
@@ -109,29 +110,21 @@ class Server:
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         if self.is_uds:
             claim_socket(self.listen)
+        self.admin = bind_admin(config, observer)
         try:
             await self.processor.on_startup()
         except BaseException as exc:
+            self._close_admin()
             if not _contained(exc):
                 raise
             logger.error("%s.on_startup failed", self.processor.__name__, exc_info=exc)
             raise ServeError(f"{self.processor.__name__}.on_startup failed: {exc!r}") from exc
         try:
-            if self.is_uds:
-                with created_with_mode(config.socket_mode):
-                    server.add_insecure_port("unix:" + self.listen)
-                    await server.start()
-            elif config.tls:
-                self.bound_port = server.add_secure_port(self.listen, _credentials(config))
-                await server.start()
-            else:
-                self.bound_port = server.add_insecure_port(self.listen)
-                await server.start()
-        except RuntimeError as exc:
+            await self._listen(server)
+        except BaseException:
+            self._close_admin()
             await self._shutdown_hook()
-            raise ServeError(f"cannot listen on {self.listen}: {exc}") from None
-        if self.is_uds:
-            self._socket_id = identity(self.listen)
+            raise
         self._server = server
         for name in ("", SERVICE_NAME):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -141,13 +134,40 @@ class Server:
         elif self._supervisor is not None:
             self._heartbeat = asyncio.ensure_future(heartbeat(
                 [0.0] * 16, heartbeat_interval(config), self._supervisor))
-        try:
-            self.admin = on_serving(config, observer)
-        except ServeError:
-            await self.stop(0)
-            raise
+        on_serving(observer)
+        if self.admin is not None:
+            self.admin.start()
         logger.info("serving %s on %s (pid %d)", self.processor.__name__, self.target,
                     os.getpid())
+
+    async def _listen(self, server: grpc.aio.Server) -> None:
+        config = self.config
+        if not self.is_uds:
+            try:
+                if config.tls:
+                    self.bound_port = server.add_secure_port(self.listen, _credentials(config))
+                else:
+                    self.bound_port = server.add_insecure_port(self.listen)
+                await server.start()
+            except RuntimeError as exc:
+                raise ServeError(f"cannot listen on {self.listen}: "
+                                 f"{_bind_failure(self.listen) or exc}") from None
+            return
+        # Checked again right before binding, with nothing awaited in between: gRPC removes
+        # whatever is at the path it binds, a server that started meanwhile included.
+        claim_socket(self.listen)
+        try:
+            with created_with_mode(config.socket_mode):
+                server.add_insecure_port("unix:" + self.listen)  # binds (and listens) here
+            await server.start()
+        except RuntimeError as exc:
+            raise ServeError(f"cannot listen on {self.listen}: {exc}") from None
+        self._socket_id = identity(self.listen)
+
+    def _close_admin(self) -> None:
+        if self.admin is not None:
+            self.admin.stop()
+            self.admin = None
 
     async def stop(self, grace: float | None = None) -> None:
         """Report NOT_SERVING, refuse new streams, let in-flight ones finish within ``grace``."""
@@ -165,20 +185,27 @@ class Server:
         finally:
             if self._server is not None:
                 self._server = None
-                if self._heartbeat is not None:
-                    self._heartbeat.cancel()
-                    self._heartbeat = None
                 if self.is_uds:
                     remove_own(self.listen, self._socket_id)
-                if self.admin is not None:
-                    self.admin.stop()
-                if self.observer is not None:
-                    self.observer.close()
-                await self._shutdown_hook()
+                try:
+                    await self._shutdown_hook()
+                finally:
+                    # The loop turns while on_shutdown awaits: the heartbeat goes on until
+                    # then, so the probes do not take an awaiting hook for a blocked loop.
+                    if self._heartbeat is not None:
+                        self._heartbeat.cancel()
+                        self._heartbeat = None
+                    self._close_admin()
+                    if self.observer is not None:
+                        self.observer.close()
 
     async def _shutdown_hook(self) -> None:
+        bound = max(self.config.grace_period, 1.0)
         try:
-            await self.processor.on_shutdown()
+            await asyncio.wait_for(self.processor.on_shutdown(), bound)
+        except asyncio.TimeoutError:
+            logger.error("%s.on_shutdown did not finish within %gs (the grace period)",
+                         self.processor.__name__, bound)
         except BaseException as exc:
             if not _contained(exc):
                 raise
@@ -274,7 +301,7 @@ async def serve_async(processor: type[Processor], config: ServerConfig,
         if stop.receive(signum):
             changed.set()
         else:
-            logger.info("%s: already draining", signal.Signals(signum).name)
+            logger.info("%s again: the drain goes on", signal.Signals(signum).name)
 
     # Handlers first: a signal while the server starts drains it once it has started.
     previous = {sig: signal.getsignal(sig) for sig in stop_signals}
@@ -284,27 +311,39 @@ async def serve_async(processor: type[Processor], config: ServerConfig,
     # worker's handlers are in place (it would kill the worker outright).
     signal.pthread_sigmask(signal.SIG_UNBLOCK, stop_signals)
     try:
-        await server.start()
-        signalled = asyncio.ensure_future(changed.wait())
-        exited = asyncio.ensure_future(server.wait()) if not isinstance(server, Server) else None
-        await asyncio.wait({signalled} | ({exited} if exited else set()),
-                           return_when=asyncio.FIRST_COMPLETED)
-        if exited is not None:
-            if exited.done():
-                signalled.cancel()
-                raise ServeError(f"the Envoy process serving with pyvoy exited with "
-                                 f"{exited.result()}")
-            exited.cancel()
+        # Starting: a forcing signal cuts a hung on_startup.
+        start = asyncio.ensure_future(server.start())
+        if not await _unless_forced(start, stop, changed):
+            logger.warning("stopped while starting")
+            start.cancel()
+            with contextlib.suppress(asyncio.CancelledError, ServeError):
+                await start
+            return FORCED
+        await start
+        # Serving, until a signal (or the pyvoy transport's Envoy exits).
+        if not stop.drain:
+            signalled = asyncio.ensure_future(changed.wait())
+            exited = (asyncio.ensure_future(server.wait()) if not isinstance(server, Server)
+                      else None)
+            await asyncio.wait({signalled} | ({exited} if exited else set()),
+                               return_when=asyncio.FIRST_COMPLETED)
+            signalled.cancel()
+            if exited is not None:
+                if exited.done():
+                    raise ServeError(f"the Envoy process serving with pyvoy exited with "
+                                     f"{exited.result()}")
+                exited.cancel()
+        # Draining: a forcing signal cuts in-flight streams, then a hung on_shutdown.
         drain = asyncio.ensure_future(server.stop(0 if stop.force else None))
-        while not drain.done():
-            changed.clear()
-            forced = asyncio.ensure_future(changed.wait())
-            await asyncio.wait({drain, forced}, return_when=asyncio.FIRST_COMPLETED)
-            forced.cancel()
-            if stop.force and not drain.done():
-                logger.warning("cutting in-flight streams")
-                await server.stop(0)
-        await drain
+        if not await _unless_forced(drain, stop, changed):
+            logger.warning("cutting in-flight streams")
+            await server.stop(0)
+            await asyncio.wait({drain}, timeout=1.0)
+            drain.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await drain
+        else:
+            await drain
         return FORCED if stop.force else DRAINED
     finally:
         for sig, handler in previous.items():
@@ -312,6 +351,20 @@ async def serve_async(processor: type[Processor], config: ServerConfig,
             if handler is not None:
                 signal.signal(sig, handler)
         await server.stop(0)
+
+
+async def _unless_forced(task: asyncio.Future[Any], stop: Stop, changed: asyncio.Event) -> bool:
+    """Wait for ``task``; False as soon as a signal asks to force instead."""
+    while not task.done():
+        if stop.force:
+            return False
+        changed.clear()
+        waiter = asyncio.ensure_future(changed.wait())
+        try:
+            await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiter.cancel()
+    return True
 
 
 def serve(processor: type[Processor], config: ServerConfig | None = None, *,
@@ -335,11 +388,7 @@ def serve(processor: type[Processor], config: ServerConfig | None = None, *,
 def run(processor: type[Processor], config: ServerConfig) -> int:
     """Serve with a ready-made config: one process, or a supervisor forking ``workers``."""
     if config.workers == 1:
-        try:
-            return _run_loop(config, serve_async(processor, config))
-        except ServeError as exc:
-            logger.error("%s", exc)
-            raise
+        return _run_loop(config, serve_async(processor, config))
     return _supervise(processor, config)
 
 
@@ -348,7 +397,17 @@ def _run_loop(config: ServerConfig, main: Coroutine[Any, Any, int]) -> int:
     loop = config.new_event_loop()
     try:
         asyncio.set_event_loop(loop)
-        return loop.run_until_complete(main)
+        task = loop.create_task(main)
+        while True:
+            try:
+                return loop.run_until_complete(task)
+            except (SystemExit, KeyboardInterrupt) as exc:
+                # asyncio lets these out of any task; from a task the processor started (the
+                # server's signals never raise them: its handlers are installed) they must not
+                # end the server.
+                if task.done():
+                    raise
+                logger.error("a task raised %r; serving on", exc)
     finally:
         try:
             pending = asyncio.all_tasks(loop)
@@ -374,6 +433,7 @@ def _worker_main(processor: type[Processor], config: ServerConfig, listen: str,
     for sig in _WORKER_SIGNALS:  # not the supervisor's handler, copied by fork
         signal.signal(sig, signal.SIG_DFL)
     signal.signal(INTERRUPT, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, (INTERRUPT,))
     try:
         return _run_loop(config, serve_async(processor, config, listen, _WORKER_SIGNALS,
                                              slot=slot, supervisor=supervisor))
@@ -407,12 +467,15 @@ def _supervise(processor: type[Processor], config: ServerConfig) -> int:
             if pid == 0:  # pragma: no cover - runs in the child
                 code = 1
                 try:
+                    admin.in_worker()
                     code = _worker_main(processor, config, addresses[index],
                                         admin.slot(index), supervisor)
                 finally:
                     logging.shutdown()
                     os._exit(code)
             children[pid] = (index, time.monotonic())
+            if stop.drain:  # asked to stop while it was being forked
+                os.kill(pid, signal.SIGQUIT if stop.force else signal.SIGTERM)
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
 
@@ -430,6 +493,8 @@ def _supervise(processor: type[Processor], config: ServerConfig) -> int:
     try:
         admin.start()
         for index in range(len(addresses)):
+            if stop.drain:
+                break
             spawn(index)
         logger.info("supervisor %d: %d workers on %s", supervisor, config.workers,
                     ", ".join(addresses))
@@ -441,7 +506,8 @@ def _supervise(processor: type[Processor], config: ServerConfig) -> int:
             admin.worker_gone(index)
             code = os.waitstatus_to_exitcode(status)
             if stop.drain:
-                exit_code = max(exit_code, code if code > 0 else 0)
+                # a worker killed by a signal while draining cut its streams
+                exit_code = max(exit_code, code if code >= 0 else FORCED)
                 continue
             if code == _WORKER_DID_NOT_START:
                 logger.error("worker on %s could not start; stopping", addresses[index])
@@ -461,3 +527,17 @@ def _supervise(processor: type[Processor], config: ServerConfig) -> int:
         raise ServeError(f"the worker on {did_not_start} could not start (its error is "
                          "logged above)")
     return FORCED if stop.force else exit_code
+
+
+def _bind_failure(listen: str) -> str | None:
+    """Why ``host:port`` cannot be bound (gRPC only says that it could not), or None."""
+    import socket
+
+    try:
+        host, port = split_address(listen)
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with socket.socket(family) as probe:
+            probe.bind((host, port))
+    except (OSError, ServeError) as exc:
+        return getattr(exc, "strerror", None) or str(exc)
+    return None

@@ -148,8 +148,8 @@ async def run_stream(cls: type[Processor], read: Read, write: Write, eof: object
 
 
 class _Exchange:
-    __slots__ = ("cls", "counts", "early", "encode", "first", "hooks", "large", "observability",
-                 "proc", "record", "spec", "state")
+    __slots__ = ("broken", "cls", "counts", "early", "encode", "first", "hooks", "large",
+                 "observability", "proc", "record", "spec", "state")
 
     def __init__(self, cls: type[Processor], counts: dict[str, int] | None = None,
                  early: Write | None = None, metadata: Callable[[], Any] | None = None,
@@ -162,7 +162,15 @@ class _Exchange:
         self.hooks = spec.hooks
         self.counts = counts
         self.early = early
-        proc = cls()
+        #: What the class's constructor raised: the stream fails as a hook would.
+        self.broken: BaseException | None = None
+        try:
+            proc = cls()
+        except BaseException as exc:
+            if not _contained(exc):
+                raise
+            self.broken = exc
+            proc = object.__new__(cls)
         proc._init_state()
         if early is not None:
             proc._extend = self._extend
@@ -208,6 +216,8 @@ class _Exchange:
             proc._metadata_context = message.metadata_context
         proc._phase = which
         proc._extended = False
+        if self.broken is not None:
+            return self._unconstructed(which)
         state = self.state[direction]
         if part == _HEADERS:
             if state != _START:
@@ -431,6 +441,19 @@ class _Exchange:
                      self._request_id(), extra=self._log_fields(phase))
         return self._fail(phase, TypeError(f"{hook} returned {type(result).__name__}"))
 
+    def _unconstructed(self, which: str) -> list[Any]:
+        """The class's constructor failed: the first message fails as a hook would (logged,
+        counted, the class's policy); failing open, the rest pass unchanged."""
+        error = self.broken
+        if error is not None and error is not _REPORTED:
+            self.broken = _REPORTED
+            logger.error("%s() failed (x-request-id=%s)", self.cls.__name__,
+                         self._request_id(), exc_info=error, extra=self._log_fields(which))
+            if self.record is not None:
+                self.record.hook_started(which, self.proc)
+            self._fail(which, error)
+        return [_PASS[which]]
+
     def _log_fields(self, phase: str, outcome: str | None = None) -> dict[str, Any]:
         if outcome is None:
             outcome = "fail_open" if self.spec.fail_open else "fail_closed"
@@ -517,6 +540,9 @@ def _duration(seconds: float) -> Any:
     duration = duration_pb2.Duration()
     duration.FromNanoseconds(int(seconds * 1e9))
     return duration
+
+
+_REPORTED = Exception("reported")  # the constructor's failure was answered once
 
 
 def _contained(exc: BaseException) -> bool:

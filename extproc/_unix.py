@@ -1,15 +1,22 @@
-"""Unix socket files: a stale one is removed, one in use is refused; a new one is created
-with its final mode, and removed at exit only while it is still the one this server made."""
+"""Unix socket files: a stale one is removed, one in use is refused; a new one exists only
+with its final mode (bound under a umask that gives it, or, for a server that sets the mode
+after binding, bound in a private directory and moved into place), and is removed at exit
+only while it is still the one this server made."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import socket
 import stat
+import tempfile
 from collections.abc import Iterator
 
 from ._errors import ServeError
+
+# AF_UNIX sun_path is 108 bytes including the terminating NUL.
+MAX_UDS_PATH = 107
 
 
 def claim_socket(path: str) -> None:
@@ -58,15 +65,49 @@ def _remove_stale(path: str, st: os.stat_result) -> None:
 
 @contextlib.contextmanager
 def created_with_mode(mode: int) -> Iterator[None]:
-    """The umask that makes a socket bound inside the block get ``mode`` itself, so it
-    never exists with a wider one (a chmod after bind leaves a window in which anyone the
-    umask allowed can connect). The umask is per process: files other threads create
-    meanwhile get a narrower mode, never a wider one."""
+    """The umask that makes a socket bound inside the block get ``mode`` itself, so it never
+    exists with a wider one (a chmod after bind leaves a window in which anyone the umask
+    allowed can connect). The umask is the process's: keep the block to the bind call, with
+    nothing awaited inside, so no other code of this process creates files under it."""
     previous = os.umask(0o777 & ~mode)
     try:
         yield
     finally:
         os.umask(previous)
+
+
+class PrivateBind:
+    """Where a server that sets a socket's mode after binding it (Envoy, for the pyvoy
+    transport) binds: in a directory only this user can enter, next to the final path (the
+    same file system), moved into place by :meth:`publish` once its mode is set. Bound in
+    place, it would exist with the umask's mode until the chmod, open to anyone the umask lets
+    in; and the umask cannot be set for that server alone, since the processor's hooks run in
+    the same process. (``ss -xl`` then names the private path it was bound at.)"""
+
+    def __init__(self, final: str) -> None:
+        self.final = final
+        directory = tempfile.mkdtemp(prefix=".x", dir=os.path.dirname(final))  # mode 0700
+        self.directory: str | None = directory
+        self.path = os.path.join(directory, "s")
+        if len(os.fsencode(self.path)) > MAX_UDS_PATH:
+            self.close()
+            raise ServeError(f"the socket is bound in a private directory next to {final} "
+                             f"first ({self.path}), which is longer than {MAX_UDS_PATH} "
+                             "bytes; choose a shorter directory")
+
+    def publish(self, mode: int) -> tuple[int, int] | None:
+        """Give the bound socket ``mode`` and move it to the final path; what identifies it
+        there (see :func:`remove_own`)."""
+        os.chmod(self.path, mode)
+        claim_socket(self.final)  # a server that started meanwhile keeps its socket
+        os.rename(self.path, self.final)
+        self.close()
+        return identity(self.final)
+
+    def close(self) -> None:
+        directory, self.directory = self.directory, None
+        if directory is not None:
+            shutil.rmtree(directory, ignore_errors=True)
 
 
 def identity(path: str) -> tuple[int, int] | None:

@@ -256,3 +256,65 @@ class Misbehaving(extproc.Processor):
 
 class MisbehavingOpen(Misbehaving):
     fail_open = True
+
+
+class WritesFiles(extproc.Processor):
+    """Creates the file and the directory ``x-file`` names (what a hook's own files get)."""
+
+    async def on_request_headers(self, headers: Headers) -> None:
+        target = headers.get("x-file")
+        if target:
+            with open(target, "w"):  # noqa: ASYNC230 - a tiny local file, on purpose
+                pass
+            os.mkdir(target + ".d")
+
+
+class SlowLifecycle(extproc.Processor):
+    """``on_startup`` and ``on_shutdown`` await ``EXTKIT_START_S`` / ``EXTKIT_STOP_S`` seconds
+    (0 by default): a slow warm-up or clean-up, hung when long. ``on_startup`` first creates
+    the file ``EXTKIT_MARK`` names."""
+
+    @classmethod
+    async def on_startup(cls) -> None:
+        mark = os.environ.get("EXTKIT_MARK")
+        if mark:  # tells a test that on_startup runs
+            with open(mark, "w") as f:  # noqa: ASYNC230 - a tiny local file, on purpose
+                f.write(str(os.getpid()))
+        await asyncio.sleep(float(os.environ.get("EXTKIT_START_S", "0")))
+
+    @classmethod
+    async def on_shutdown(cls) -> None:
+        await asyncio.sleep(float(os.environ.get("EXTKIT_STOP_S", "0")))
+
+    async def on_request_headers(self, headers: Headers) -> None:
+        headers["x-served-by"] = str(os.getpid())
+
+
+class ConstructorFails(extproc.Processor):
+    """Its constructor raises SystemExit: user code run for every request, like a hook."""
+
+    error_status = 503
+
+    def __init__(self) -> None:
+        raise SystemExit(7)
+
+    async def on_request_headers(self, headers: Headers) -> None:
+        headers["x-never"] = "1"
+
+
+class ConstructorFailsOpen(ConstructorFails):
+    fail_open = True
+
+
+class BackgroundExit(extproc.Processor):
+    """A hook starts a task that raises SystemExit (asyncio lets it out of the loop)."""
+
+    async def on_request_headers(self, headers: Headers) -> None:
+        async def leave() -> None:
+            raise SystemExit(5)
+
+        _background.add(asyncio.ensure_future(leave()))
+        headers["x-served-by"] = str(os.getpid())
+
+
+_background: set[asyncio.Future[None]] = set()

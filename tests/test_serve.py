@@ -186,7 +186,7 @@ def test_a_repeated_sigterm_or_a_sighup_is_the_same_graceful_drain(sock_dir, ext
         if proc.poll() is None:
             proc.kill()
     assert not path.exists()
-    assert "already draining" in proc.communicate(timeout=15)[1]
+    assert "again: the drain goes on" in proc.communicate(timeout=15)[1]
 
 
 def test_stale_socket_file_is_replaced(sock_dir, extctl, transport):

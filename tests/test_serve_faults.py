@@ -22,7 +22,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from oci import free_port
 from procs import MISBEHAVIOURS, Misbehaving
-from test_serve import _envoy_for, _health, wait_for_path
+from test_serve import _envoy_for, _health, _wait_not_serving, wait_for_path
 
 from extproc import SERVICE_NAME, ServerConfig
 
@@ -356,3 +356,247 @@ def test_the_message_counts_route_is_not_served_to_peers_on_pyvoy(sock_dir, extc
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(20) == 0
 
+
+
+# -- what a hostile review of the above found -------------------------------------------------
+
+
+def test_a_signal_while_the_supervisor_forks_its_workers_still_stops_it(sock_dir, extctl):
+    """SIGTERM as soon as the first worker exists: every worker, forked before or after it,
+    drains; nothing is left waiting for a signal that was already sent."""
+    path = sock_dir / "s.sock"
+    port = free_port()
+    proc = extctl("serve", "procs:HeadersOnly", "--uds", str(path), "--workers", "3",
+                  "--admin", f"127.0.0.1:{port}", "--grace-period", "1")
+    _until(lambda: _children(proc.pid), 20, "a first child")
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(15) == 0
+
+
+def test_of_two_servers_started_on_one_path_one_serves_and_the_other_exits_3(sock_dir,
+                                                                           extctl):
+    """The second starts while the first is still in on_startup (not bound yet) and binds
+    first; the first then finds the path taken: one server, reachable, and one clear exit."""
+    path = sock_dir / "p.sock"
+    first = extctl("serve", "procs:SlowLifecycle", "--uds", str(path), env={
+        "EXTKIT_START_S": "3", "EXTKIT_MARK": str(sock_dir / "first")})
+    wait_for_path(sock_dir / "first")
+    second = extctl("serve", "procs:SlowLifecycle", "--uds", str(path))
+    assert first.wait(30) == 3
+    assert "something is already listening on" in first.communicate(timeout=15)[1]
+    answers = _process_once(f"unix:{path}", _headers_request())
+    served_by = answers[0].request_headers.response.header_mutation.set_headers[0].header
+    assert served_by.raw_value.decode() == str(second.pid)
+    second.send_signal(signal.SIGTERM)
+    assert second.wait(20) == 0
+    assert not path.exists()
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_forcing_signal_cuts_a_hung_on_startup(sock_dir, extctl, workers):
+    path = sock_dir / "h.sock"
+    marks = [sock_dir / f"mark-{i}" for i in range(int(workers))]
+    proc = extctl("serve", "procs:SlowLifecycle", "--uds", str(path), "--workers", workers,
+                  env={"EXTKIT_START_S": "600", "EXTKIT_MARK": str(marks[0])})
+    wait_for_path(marks[0])  # in on_startup (with workers: one of them is)
+    proc.send_signal(signal.SIGQUIT)
+    assert proc.wait(15) == 1
+    assert "stopped while starting" in proc.communicate(timeout=15)[1]
+
+
+def test_a_hung_on_shutdown_is_bounded_by_the_grace_period_and_cut_by_a_force(sock_dir,
+                                                                              extctl):
+    path = sock_dir / "d.sock"
+    bounded = extctl("serve", "procs:SlowLifecycle", "--uds", str(path), "--grace-period",
+                     "1", env={"EXTKIT_STOP_S": "600"})
+    wait_for_socket(path, bounded)
+    bounded.send_signal(signal.SIGTERM)
+    assert bounded.wait(15) == 0
+    assert "on_shutdown did not finish within 1s" in bounded.communicate(timeout=15)[1]
+    forced = extctl("serve", "procs:SlowLifecycle", "--uds", str(path), "--grace-period",
+                    "600", env={"EXTKIT_STOP_S": "600"})
+    wait_for_socket(path, forced)
+    forced.send_signal(signal.SIGTERM)
+    _until(lambda: not path.exists(), 10, "draining")
+    forced.send_signal(signal.SIGQUIT)
+    assert forced.wait(15) == 1
+
+
+@pytest.mark.parametrize("fail_open", [False, True], ids=["fail-closed", "fail-open"])
+def test_a_processor_whose_constructor_raises_follows_the_class_policy(sock_dir, extctl,
+                                                                      fail_open):
+    path = sock_dir / "c.sock"
+    name = "ConstructorFailsOpen" if fail_open else "ConstructorFails"
+    proc = extctl("serve", f"procs:{name}", "--uds", str(path))
+    wait_for_socket(path, proc)
+    from procs import ConstructorFails
+
+    with _envoy_for([str(path)], sock_dir / "envoy", ConstructorFails) as envoy:
+        for _ in range(3):
+            reply = http(envoy.port, "/")
+            assert reply.status == (200 if fail_open else 503), reply
+    assert proc.poll() is None and _health(f"unix:{path}") == SERVING
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(20) == 0
+    assert f"{name}() failed" in proc.communicate(timeout=15)[1]
+
+
+def test_a_task_a_hook_started_that_raises_systemexit_does_not_end_the_server(sock_dir,
+                                                                             extctl):
+    path = sock_dir / "t.sock"
+    proc = extctl("serve", "procs:BackgroundExit", "--uds", str(path))
+    wait_for_socket(path, proc)
+    for _ in range(3):
+        assert _process_once(f"unix:{path}", _headers_request())
+    assert proc.poll() is None and _health(f"unix:{path}") == SERVING
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(20) == 0
+    assert "a task raised SystemExit(5); serving on" in proc.communicate(timeout=15)[1]
+
+
+def test_probes_and_admin_connections_through_a_slow_on_shutdown(sock_dir, extctl):
+    """An on_shutdown that awaits is no stalled loop (/healthz stays 200, /readyz 503), and
+    admin connections still open when the endpoint stops end quietly (stderr all JSON)."""
+    path = sock_dir / "q.sock"
+    port = free_port()
+    proc = extctl("serve", "procs:SlowLifecycle", "--uds", str(path), "--admin",
+                  f"127.0.0.1:{port}", "--stall-timeout", "0.5", "--log-format", "json",
+                  env={"EXTKIT_STOP_S": "2"})
+    wait_for_socket(path, proc)
+    _until(lambda: _get(port, "/readyz")[0] == 200, 20, "ready")
+    idle = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(10)]
+    try:
+        proc.send_signal(signal.SIGTERM)
+        _until(lambda: not path.exists(), 10, "draining")
+        started = time.monotonic()
+        while time.monotonic() - started < 1.5:  # well past the stall timeout
+            assert _get(port, "/healthz")[0] == 200
+            assert _get(port, "/readyz")[0] == 503
+        assert proc.wait(20) == 0
+    finally:
+        for conn in idle:
+            conn.close()
+    for line in proc.communicate(timeout=15)[1].splitlines():
+        assert "Task" not in json.loads(line)["message"], line
+
+
+def test_a_restart_right_after_the_supervisor_is_killed_gets_the_admin_port(sock_dir, extctl):
+    """Draining orphans hold no listening socket of the admin endpoint."""
+    path = sock_dir / "k.sock"
+    port = free_port()
+    args = ("serve", "procs:Slow", "--uds", str(path), "--workers", "2", "--admin",
+            f"127.0.0.1:{port}", "--grace-period", "20")
+    proc = extctl(*args)
+    sockets = ServerConfig(uds=str(path), workers=2).addresses()
+    for worker_socket in sockets:
+        wait_for_socket(Path(worker_socket), proc)
+    workers = [pid for pid in _children(proc.pid)]
+    held = [threading.Thread(target=_process_once, args=(
+        f"unix:{s}", _headers_request(**{"x-sleep-ms": "5000"}))) for s in sockets]
+    for thread in held:
+        thread.start()
+    proc.kill()
+    proc.wait(10)
+    again = extctl(*args)
+    for worker_socket in sockets:
+        wait_for_socket(Path(worker_socket), again)
+    _until(lambda: _get(port, "/readyz")[0] == 200, 20, "the new server ready")
+    assert any(_alive(pid) for pid in workers)  # the old ones still drain meanwhile
+    for thread in held:
+        thread.join(30)
+    again.send_signal(signal.SIGTERM)
+    assert again.wait(20) == 0
+
+
+def test_a_worker_killed_while_draining_is_exit_1(sock_dir, extctl):
+    path = sock_dir / "w.sock"
+    proc = extctl("serve", "procs:Slow", "--uds", str(path), "--workers", "2",
+                  "--grace-period", "20")
+    sockets = ServerConfig(uds=str(path), workers=2).addresses()
+    for worker_socket in sockets:
+        wait_for_socket(Path(worker_socket), proc)
+    mark = sock_dir / "in"
+    failed: list[grpc.RpcError] = []
+
+    def hold() -> None:
+        try:
+            _process_once(f"unix:{sockets[0]}", _headers_request(
+                **{"x-sleep-ms": "10000", "x-mark": str(mark)}))
+        except grpc.RpcError as exc:
+            failed.append(exc)
+
+    held = threading.Thread(target=hold)
+    held.start()
+    wait_for_path(mark)
+    proc.send_signal(signal.SIGTERM)
+    _wait_not_serving(f"unix:{sockets[0]}")
+    os.kill(int(mark.read_text()), signal.SIGKILL)
+    assert proc.wait(20) == 1
+    held.join(30)
+    assert failed  # the request the killed worker held was cut
+
+
+def test_the_admin_process_keeps_answering_through_a_group_sigterm(sock_dir, extctl):
+    path = sock_dir / "a.sock"
+    port = free_port()
+    proc = extctl("serve", "procs:Slow", "--uds", str(path), "--workers", "2", "--admin",
+                  f"127.0.0.1:{port}", "--grace-period", "10", start_new_session=True)
+    sockets = ServerConfig(uds=str(path), workers=2).addresses()
+    for worker_socket in sockets:
+        wait_for_socket(Path(worker_socket), proc)
+    _until(lambda: _get(port, "/readyz")[0] == 200, 20, "ready")
+    mark = sock_dir / "in"
+    held = threading.Thread(target=_process_once, args=(f"unix:{sockets[0]}", _headers_request(
+        **{"x-sleep-ms": "2000", "x-mark": str(mark)})))
+    held.start()
+    wait_for_path(mark)
+    for _ in range(3):
+        os.killpg(proc.pid, signal.SIGTERM)
+    assert _get(port, "/readyz")[0] == 503  # the drain, told by the same admin process
+    held.join(30)
+    assert proc.wait(20) == 0
+    assert "admin process exited" not in proc.communicate(timeout=15)[1]
+
+
+def test_the_admin_endpoint_on_every_address_answers_ipv4_too(sock_dir, extctl):
+    if not socket.has_dualstack_ipv6():
+        pytest.fail("this machine has no dual-stack IPv6 sockets")
+    path = sock_dir / "v.sock"
+    port = free_port()
+    proc = extctl("serve", "procs:HeadersOnly", "--uds", str(path), "--admin", f"[::]:{port}")
+    wait_for_socket(path, proc)
+    assert _until(lambda: _get(port, "/healthz")[0] == 200, 10, "IPv4 answer")
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(20) == 0
+
+
+def test_an_admin_port_in_use_fails_before_on_startup_runs(sock_dir, extctl):
+    path = sock_dir / "b.sock"
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proc = extctl("serve", "procs:SlowLifecycle", "--uds", str(path), "--admin",
+                      f"127.0.0.1:{port}", env={"EXTKIT_START_S": "600"})
+        assert proc.wait(15) == 3
+    assert f"cannot listen on admin address 127.0.0.1:{port}" in proc.communicate(timeout=15)[1]
+
+
+def test_the_admin_endpoint_takes_bare_lf_and_says_what_it_allows(sock_dir, extctl):
+    path = sock_dir / "l.sock"
+    port = free_port()
+    proc = extctl("serve", "procs:HeadersOnly", "--uds", str(path), "--admin",
+                  f"127.0.0.1:{port}")
+    wait_for_socket(path, proc)
+    _until(lambda: _get(port, "/healthz")[0] == 200, 10, "up")
+    for request, expected in ((b"GET /healthz HTTP/1.0\n\n", b"HTTP/1.1 200 "),
+                              (b"POST /metrics HTTP/1.1\r\n\r\n", b"HTTP/1.1 405 ")):
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as conn:
+            conn.sendall(request)
+            answer = b""
+            while chunk := conn.recv(4096):
+                answer += chunk
+        assert answer.startswith(expected), answer
+    assert b"allow: GET, HEAD\r\n" in answer
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(20) == 0

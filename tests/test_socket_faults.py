@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ROOT
+from conftest import ROOT, wait_for_socket
 from test_socket_permissions import _as, _python_for, users  # noqa: F401 - the fixture
 
 pytestmark = pytest.mark.envoy
@@ -65,10 +65,10 @@ def test_a_stale_socket_of_another_user_in_a_sticky_directory_exits_3_with_one_l
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="strace")
-def test_the_socket_never_exists_with_a_wider_mode_than_asked(sock_dir):
+def test_the_socket_never_exists_with_a_wider_mode_than_asked(sock_dir, transport):
     """Under umask 000, with the server held for 1.5 s right after bind() (strace delays the
-    listen() that follows), the socket already has the mode asked for: no window in which
-    anyone the umask allowed could connect."""
+    listen() that follows; with pyvoy, Envoy's), the socket already has the mode asked for
+    when it appears: no window in which anyone the umask allowed could connect."""
     path = sock_dir / "m.sock"
     strace = shutil.which("strace")
     assert strace is not None, "strace is missing: run scripts/setup.sh"
@@ -76,7 +76,7 @@ def test_the_socket_never_exists_with_a_wider_mode_than_asked(sock_dir):
         [strace, "-f", "-o", "/dev/null", "-e", "trace=listen",
          "-e", "inject=listen:delay_enter=1500000",
          sys.executable, "-m", "extctl", "serve", "procs:HeadersOnly", "--uds", str(path),
-         "--socket-mode", "600"],
+         "--socket-mode", "600", "--transport", transport],
         env={**os.environ, "PYTHONPATH": str(ROOT / "tests")}, preexec_fn=lambda: os.umask(0),
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
@@ -90,3 +90,43 @@ def test_the_socket_never_exists_with_a_wider_mode_than_asked(sock_dir):
     finally:
         os.killpg(proc.pid, signal.SIGKILL)  # strace and the server it runs
         proc.communicate(timeout=30)
+
+
+def test_hooks_create_files_under_the_users_umask_not_the_sockets(sock_dir, extctl, transport):
+    """The socket's mode is the socket's: a hook's own files follow the umask serve was started
+    with, on both transports (pyvoy's Envoy included)."""
+    from test_serve_faults import _headers_request, _process_once
+
+    path = sock_dir / "u.sock"
+    proc = extctl("serve", "procs:WritesFiles", "--uds", str(path), "--socket-mode", "666",
+                  "--transport", transport, preexec_fn=lambda: os.umask(0o022))
+    wait_for_socket(path, proc)
+    target = sock_dir / "made"
+    _process_once(f"unix:{path}", _headers_request(**{"x-file": str(target)}))
+    assert stat.S_IMODE(target.stat().st_mode) == 0o644
+    assert stat.S_IMODE((sock_dir / "made.d").stat().st_mode) == 0o755
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(20) == 0
+
+
+def test_the_pyvoy_server_removes_its_socket_at_exit_only_while_it_is_its_own(sock_dir,
+                                                                               extctl):
+    """Another server took the path meanwhile (its socket replaced ours): ours stopping must
+    not remove theirs. (grpcio's core removes the path it bound when it stops, whatever is
+    there then: the README says so.)"""
+    import socket as socket_module
+
+    path = sock_dir / "o.sock"
+    proc = extctl("serve", "procs:HeadersOnly", "--uds", str(path), "--transport", "pyvoy")
+    wait_for_socket(path, proc)
+    path.unlink()
+    theirs = socket_module.socket(socket_module.AF_UNIX)
+    try:
+        theirs.bind(str(path))
+        theirs.listen()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(20) == 0
+        assert stat.S_ISSOCK(path.lstat().st_mode)
+    finally:
+        theirs.close()

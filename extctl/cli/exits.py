@@ -37,7 +37,16 @@ class Failure(click.ClickException):
         # Messages quote what servers and files said: never raw escape sequences.
         from registry.untrusted import escape
 
-        click.echo(f"error: {escape(self.format_message(), 2000)}", err=True, file=file)
+        message = escape(self.format_message(), 2000)
+        logs = sys.modules.get("extproc._logs")
+        if file is None and logs is not None and logs.current_format() == "json":
+            # --log-format json: every line on stderr is a JSON object, this one too.
+            import logging
+
+            logging.getLogger("extctl").error("error: %s", message,
+                                              extra={"exit_code": self.exit_code})
+            return
+        click.echo(f"error: {message}", err=True, file=file)
 
 
 # Error class (module, name) -> exit code, most specific first: the first match wins. Named,

@@ -39,6 +39,12 @@ def setup_logging(level: str, format: str = "text") -> None:
     from extproc._logs import setup
 
     setup(level, format)
+    if format == "json":
+        import os
+
+        # gRPC's core writes its own text lines to stderr; what it would say there reaches
+        # the JSON lines through the errors that name it.
+        os.environ.setdefault("GRPC_VERBOSITY", "NONE")
 
 
 app_dir = click.option("--app-dir", default=".", show_default=True,
@@ -48,7 +54,7 @@ log_format = click.option(
     "--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True,
     help="text, or one JSON object per line (keys: time, level, logger, pid, message and, when a "
          "line has them, request_id, processor, phase, outcome, status, grpc_code, "
-         "duration_ms, phases, hooks, exception).")
+         "duration_ms, phases, hooks, exit_code, exception).")
 reload_dir = click.option("--reload-dir", multiple=True,
                           type=click.Path(file_okay=False, exists=True),
                           help="Watch this directory instead of --app-dir (repeatable).")

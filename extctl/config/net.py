@@ -6,7 +6,8 @@ import ipaddress
 from collections.abc import Sequence
 
 from extproc import ServeError
-from extproc._config import MAX_UDS_PATH, split_address
+from extproc._config import split_address
+from extproc._unix import MAX_UDS_PATH
 
 from .errors import ConfigError
 
