@@ -20,19 +20,23 @@ escapes every non-printable character.
 from __future__ import annotations
 
 import dataclasses
-import os
-import re
-import stat
-import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from extproc import ProcessingMode, Processor
-from registry.untrusted import escape
 
 from ..errors import AdminError
 from .admin import Admin, Budget
+from .endpoints import ask_endpoints, check_cluster
+from .endpoints import counters as read_counters
+from .report import Endpoint, Filter, Report, Route, WasmStatus, safe
+from .shapes import as_list as _list
+from .shapes import dig as _dig
+from .shapes import text_of as _str
+
+__all__ = ["CLUSTERS", "EXT_PROC", "LISTENERS", "ROUTES", "STATS", "WASM", "Endpoint",
+           "Filter", "Report", "Route", "WasmStatus", "diagnose", "doctor"]
 
 EXT_PROC = "envoy.filters.http.ext_proc"
 WASM = "envoy.filters.http.wasm"
@@ -42,152 +46,16 @@ _KINDS = {
 }
 _HCM = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3." \
        "HttpConnectionManager"
-EXT_PROC_SERVICE = "envoy.service.ext_proc.v3.ExternalProcessor"
-"""What a local endpoint is asked about: the service Envoy's generated health check asks for."""
 LISTENERS = "/config_dump?mask=static_listeners,dynamic_listeners"
 ROUTES = "/config_dump?mask=static_route_configs,dynamic_route_configs"
 STATS = "/stats?filter=%5C.ext_proc%5C.%7C%5Ewasm%5C.remote_load%7C%5C.health_check%5C."
 """``\\.ext_proc\\.|^wasm\\.remote_load|\\.health_check\\.``: only the counters read."""
 CLUSTERS = "/clusters?format=json"
-MAX_TEXT = 1024
-"""Longest string kept from an answer (a name, a path, a regex)."""
 ROUTE_WORK = 5_000_000
 """Most (route, filter) pairs examined: a real gateway has some 10^5; the pairs multiply
 (listeners x routes x filters), so the answer's size alone does not bound them."""
 MAX_ROUTES = 20_000
 """Most routes listed in the report (all examined, up to :data:`ROUTE_WORK`)."""
-MAX_COUNTERS = 1000
-MAX_ASKED = 16
-"""Most local endpoints asked directly."""
-
-# An endpoint's ``health``: these are fine, these are not known; any other is a problem.
-_FINE = ("healthy", "reachable")
-_UNKNOWN = ("unknown", "pending")
-# What a local endpoint may answer without it being a problem (it answers: it is up).
-_ANSWERS_UP = ("SERVING", "UNIMPLEMENTED", "NOT_FOUND")
-
-
-def _safe(value: object, limit: int = 300) -> str:
-    """Text from Envoy, safe for a terminal: non-printable characters escaped, bounded."""
-    return escape(str(value), limit)
-
-
-@dataclass(slots=True)
-class Filter:
-    """One HTTP filter of a listener's connection manager."""
-
-    name: str
-    kind: str
-    """``envoy.filters.http.ext_proc``, ``envoy.filters.http.wasm``, or the filter's type."""
-    disabled: bool
-    """Installed but off unless a route turns it on (how Envoy Gateway installs policies)."""
-    config: dict[str, Any] = field(default_factory=dict, repr=False)
-
-
-@dataclass(slots=True)
-class Route:
-    """One route and the HTTP filters that run on it, in order."""
-
-    listener: str
-    route_config: str
-    virtual_host: str
-    match: str
-    filters: list[str]
-
-
-@dataclass(slots=True)
-class Endpoint:
-    """One endpoint of an ext_proc cluster: Envoy's view, and a local processor's own word."""
-
-    cluster: str
-    address: str
-    health: str
-    """Envoy's view: ``healthy`` (its active health check passes, or a connection is open, and
-    no connection attempt failed), ``reachable`` (connected after failed attempts),
-    ``unhealthy``, ``unreachable``, ``pending``, ``unknown`` (not checked, no traffic), or
-    Envoy's EDS health status in lower case."""
-    detail: str
-    """Why, in words."""
-    active_connections: int
-    connections: int
-    connect_failures: int
-    unix: bool = False
-    """A Unix socket path (asked directly when it is on this machine)."""
-    answer: str | None = None
-    """What the processor answered the doctor's own ``grpc.health.v1`` Check (``SERVING``,
-    ``NOT_SERVING``, ``UNREACHABLE (why)`` ...); None: not asked (not a local socket)."""
-
-
-@dataclass
-class WasmStatus:
-    name: str
-    source: str
-    loaded: bool | None
-    """None: Envoy does not say per module (see the report's notes)."""
-
-
-@dataclass
-class Report:
-    """What the doctor found; ``problems`` empty means everything expected is there."""
-
-    admin: str
-    listeners: dict[str, list[Filter]] = field(default_factory=dict)
-    routes: list[Route] = field(default_factory=list)
-    endpoints: list[Endpoint] = field(default_factory=list)
-    wasm: list[WasmStatus] = field(default_factory=list)
-    counters: dict[str, int] = field(default_factory=dict)
-    mode: dict[str, Any] | None = None
-    problems: list[str] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return not self.problems
-
-    def to_dict(self) -> dict[str, Any]:
-        # Field by field: dataclasses.asdict would also copy each filter's whole config.
-        return {
-            "admin": self.admin,
-            "listeners": {name: [{"name": f.name, "kind": f.kind, "disabled": f.disabled}
-                                 for f in filters]
-                          for name, filters in self.listeners.items()},
-            "routes": [dataclasses.asdict(r) for r in self.routes],
-            "endpoints": [dataclasses.asdict(e) for e in self.endpoints],
-            "wasm": [dataclasses.asdict(w) for w in self.wasm],
-            "counters": dict(self.counters), "mode": self.mode,
-            "problems": list(self.problems), "notes": list(self.notes), "ok": self.ok}
-
-    def text(self) -> str:
-        lines = [f"Envoy admin {_safe(self.admin)}"]
-        for listener, filters in self.listeners.items():
-            shown = [f"{_safe(f.name)}{' (disabled)' if f.disabled else ''}" for f in filters]
-            lines.append(f"listener {_safe(listener)}: {', '.join(shown) or '(no HTTP filters)'}")
-        for route in self.routes:
-            lines.append(f"  route {_safe(route.route_config)}/{_safe(route.virtual_host)} "
-                         f"{_safe(route.match)}: {' -> '.join(map(_safe, route.filters))}")
-        for endpoint in self.endpoints:
-            asked = "" if endpoint.answer is None else \
-                f"; asked on its socket: {_safe(endpoint.answer)}"
-            lines.append(f"ext_proc cluster {_safe(endpoint.cluster)}: "
-                         f"{_safe(endpoint.address)} {_safe(endpoint.health, 40)} "
-                         f"({_safe(endpoint.detail)}), "
-                         f"{endpoint.active_connections} open connection(s), "
-                         f"{endpoint.connect_failures} failed connection attempt(s){asked}")
-        for module in self.wasm:
-            state = {True: "loaded", False: "NOT LOADED", None: "load state unknown"}
-            lines.append(f"wasm {_safe(module.name)} ({_safe(module.source)}): "
-                         f"{state[module.loaded]}")
-        counted = {k: v for k, v in self.counters.items() if v}
-        if counted:
-            lines.append("counters: " + ", ".join(f"{_safe(k)}={v}" for k, v in counted.items()))
-        if self.mode is not None:
-            verdict = "matches" if self.mode["match"] else "DIFFERS"
-            lines.append(f"processing mode of {_safe(self.mode['processor'])}: {verdict}")
-        lines += [f"note: {_safe(n, 500)}" for n in self.notes]
-        lines += [f"problem: {_safe(p, 500)}" for p in self.problems]
-        lines.append("ok: everything expected is there" if self.ok else
-                     f"{len(self.problems)} problem(s)")
-        return "\n".join(lines) + "\n"
 
 
 def doctor(admin: str | Admin, processor: type[Processor] | None = None,
@@ -259,7 +127,7 @@ def diagnose(config_dump: Any, stats: str | bytes | bytearray, clusters: Any,
         report.notes.append(f"{scan.unlisted} more route(s) examined but not listed (the "
                             f"report lists {MAX_ROUTES})")
     _check_filters(report, processor, wasm, scan.running if scan.work >= 0 else None)
-    counters = _counters(stats.encode("utf-8") if isinstance(stats, str) else stats)
+    counters = read_counters(stats.encode("utf-8") if isinstance(stats, str) else stats)
     report.counters = {k: v for k, v in counters.items()
                        if k.startswith(("ext_proc.", "wasm.remote_load"))}
     statuses: dict[str, Any] = {}
@@ -278,7 +146,7 @@ def diagnose(config_dump: Any, stats: str | bytes | bytearray, clusters: Any,
         if isinstance(cluster, str) and cluster not in seen:
             seen.add(cluster)
             report.counters.update(checks.get(cluster, {}))
-            _check_cluster(report, cluster, statuses.get(cluster),
+            check_cluster(report, cluster, statuses.get(cluster),
                            checked=f"cluster.{cluster}.health_check.attempt" in counters)
         elif not isinstance(cluster, str):
             report.notes.append(f"{f.name}: not an envoy_grpc cluster; endpoints not checked")
@@ -293,25 +161,6 @@ def diagnose(config_dump: Any, stats: str | bytes | bytearray, clusters: Any,
 
 
 # -- config_dump ----------------------------------------------------------------------------
-
-def _list(value: Any) -> list[Any]:
-    return value if isinstance(value, list) else []
-
-
-def _dig(value: Any, *keys: str) -> Any:
-    for key in keys:
-        if not isinstance(value, dict):
-            return None
-        value = value.get(key)
-    return value
-
-
-def _str(value: Any, default: str = "") -> str:
-    """A string of the answer, cut at :data:`MAX_TEXT`; ``default`` for any other type."""
-    if not isinstance(value, str):
-        return default
-    return value if len(value) <= MAX_TEXT else value[:MAX_TEXT] + "..."
-
 
 def _configs(dump: Any, suffix: str) -> Iterator[dict[str, Any]]:
     for config in _list(_dig(dump, "configs")):
@@ -460,171 +309,6 @@ def _wasm_name(f: Filter) -> str:
     return name or f.name.partition("/")[2]
 
 
-# -- stats and clusters ---------------------------------------------------------------------
-
-# One candidate per line, no nested repetition: linear in the answer's size whatever it holds.
-_STAT = re.compile(rb"^((?:http|wasm|cluster)\.[^:\s]{1,400}): ([0-9]{1,20})\r?$", re.M)
-_HEALTH_CHECK = b".health_check."
-
-
-def _counters(stats: bytes | bytearray) -> dict[str, int]:
-    """ext_proc counters summed over connection managers, ``wasm.remote_load*`` and every
-    cluster's ``health_check`` counters (at most :data:`MAX_COUNTERS` names)."""
-    found: dict[str, int] = {}
-    for matched in _STAT.finditer(stats):
-        name, value = matched.group(1), int(matched.group(2))
-        parts = name.split(b".")
-        if parts[0] == b"http" and b"ext_proc" in parts[2:-1]:
-            key = "ext_proc." + parts[-1].decode("ascii", errors="replace")
-        elif parts[0] == b"wasm" and name.startswith(b"wasm.remote_load"):
-            key = name.decode("ascii", errors="replace")
-        elif parts[0] == b"cluster" and _HEALTH_CHECK in name:
-            cluster, _, check = name[len(b"cluster."):].rpartition(_HEALTH_CHECK)
-            key = (f"cluster.{cluster.decode('utf-8', errors='replace')}.health_check."
-                   f"{check.decode('ascii', errors='replace')}")
-        else:
-            continue
-        if key in found:
-            found[key] += value
-        elif len(found) < MAX_COUNTERS:
-            found[key] = value
-    return found
-
-
-def _count(value: Any) -> int | None:
-    """A counter's value, a number or a string of ASCII digits; None for anything else."""
-    if isinstance(value, str) and 0 < len(value) <= 20 and value.isascii() \
-            and value.isdigit():
-        return int(value)
-    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2 ** 64:
-        return value
-    return None
-
-
-def _host_stats(host: Any) -> dict[str, int]:
-    found: dict[str, int] = {}
-    for entry in _list(_dig(host, "stats")):
-        name, value = _dig(entry, "name"), _count(_dig(entry, "value"))
-        if name in ("cx_active", "cx_total", "cx_connect_fail") and value is not None:
-            found[name] = value
-    return found
-
-
-def _address(host: Any) -> tuple[str, bool]:
-    """The endpoint's address and whether it is a Unix socket path."""
-    pipe = _dig(host, "address", "pipe", "path")
-    if isinstance(pipe, str):
-        return _str(pipe), True
-    socket = _dig(host, "address", "socket_address")
-    port = _count(_dig(socket, "port_value"))
-    return f"{_str(_dig(socket, 'address'), '?')}:{'?' if port is None else port}", False
-
-
-def _health(status: Any, cx: dict[str, int], checked: bool) -> tuple[str, str]:
-    """Envoy's view of one endpoint: (health, detail); see :attr:`Endpoint.health`."""
-    active, failures = cx.get("cx_active", 0), cx.get("cx_connect_fail", 0)
-    unreachable = (f"Envoy cannot connect ({failures} failed attempt(s), no open connection): "
-                   "is the processor running, and is its socket where Envoy looks?")
-    if not isinstance(status, dict):
-        return "unknown", "Envoy gives no health status"
-    failed = sorted(k for k, v in status.items() if k.startswith("failed_") and v is True)
-    if failed:
-        why = "Envoy flags it" if "failed_active_health_check" not in failed else \
-            "Envoy's active health check fails, so no requests go there"
-        why += f" [{', '.join(failed)}]"
-        return "unhealthy", why + ("; " + unreachable if failures and not active else "")
-    eds = _str(status.get("eds_health_status", "HEALTHY"), "?")
-    if eds != "HEALTHY":
-        return eds.lower(), "Envoy's EDS health status"
-    if failures and not active:
-        return "unreachable", unreachable
-    if status.get("pending_active_hc") is True:
-        return "pending", "Envoy's first active health check has not finished"
-    if failures:
-        return "reachable", (f"{active} open connection(s) after {failures} failed "
-                             "connection attempt(s)")
-    if checked:
-        return "healthy", "Envoy's active health check passes"
-    if active:
-        return "healthy", "open connection, no active health check"
-    return "unknown", "no active health check and no open connection: not checked"
-
-
-def _check_cluster(report: Report, name: str, status: Any, checked: bool) -> None:
-    if not isinstance(status, dict):
-        report.problems.append(f"ext_proc cluster {name} does not exist")
-        return
-    hosts = _list(status.get("host_statuses"))
-    if not hosts:
-        report.problems.append(f"ext_proc cluster {name} has no endpoints")
-    connected = False
-    for host in hosts:
-        cx = _host_stats(host)
-        connected = connected or cx.get("cx_total", 0) > 0
-        address, unix = _address(host)
-        health, detail = _health(_dig(host, "health_status"), cx, checked)
-        endpoint = Endpoint(name, address, health, detail, cx.get("cx_active", 0),
-                            cx.get("cx_total", 0), cx.get("cx_connect_fail", 0), unix)
-        report.endpoints.append(endpoint)
-        if health not in _FINE + _UNKNOWN:
-            report.problems.append(f"ext_proc endpoint {address} is {health}: {detail}")
-    if hosts and not connected and not checked:
-        report.notes.append(f"ext_proc cluster {name}: no active health check and no "
-                            "connection made yet (no traffic), so whether Envoy reaches the "
-                            "processor is not known")
-
-
-def ask_endpoints(report: Report, deadline: float) -> None:
-    """Ask each endpoint that is a Unix socket on this machine (``grpc.health.v1`` Check,
-    all at once, before ``deadline`` on :func:`time.monotonic`'s clock) and add what it
-    answered to the report: a processor that died is seen before Envoy's health check sees
-    it, and without traffic."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    # The answer names the sockets: only sockets are asked, one health check each, at most
-    # MAX_ASKED of them, so a hostile answer can make the doctor send no more than that.
-    by_address: dict[str, Endpoint] = {}
-    for endpoint in report.endpoints:
-        if not endpoint.unix or endpoint.address in by_address:
-            continue
-        try:
-            if stat.S_ISSOCK(os.stat(endpoint.address).st_mode):
-                by_address[endpoint.address] = endpoint
-        except (OSError, ValueError):  # absent here, not permitted, a NUL in the path
-            pass
-    local = list(by_address.values())
-    if len(local) > MAX_ASKED:
-        report.notes.append(f"{len(local) - MAX_ASKED} local ext_proc endpoint(s) not asked "
-                            f"(the doctor asks {MAX_ASKED})")
-        local = local[:MAX_ASKED]
-    if not local:
-        return
-    if deadline - time.monotonic() < 0.05:
-        report.notes.append(f"{len(local)} local ext_proc endpoint(s) not asked: the "
-                            "deadline came first")
-        return
-    from .health import check_one
-
-    with ThreadPoolExecutor(max_workers=len(local)) as pool:
-        results = list(pool.map(lambda e: check_one(
-            e.address, max(0.0, deadline - time.monotonic()), EXT_PROC_SERVICE), local))
-    for endpoint, result in zip(local, results, strict=True):
-        # gRPC's detail ends with the cause: "... connect failed: ... error: Connection refused"
-        why = result.detail.rpartition("error: ")[2]
-        for same in (e for e in report.endpoints if e.address == endpoint.address):
-            same.answer = result.status + (f" ({why})" if why else "")
-        if result.status == "UNREACHABLE":
-            report.problems.append(f"ext_proc endpoint {endpoint.address} is unreachable: "
-                                   "asked on its socket here, the processor does not answer"
-                                   + (f" ({why})" if why else ""))
-        elif result.status not in _ANSWERS_UP:
-            report.problems.append(f"ext_proc endpoint {endpoint.address} is unhealthy: asked "
-                                   f"on its socket here, the processor answers {endpoint.answer}")
-        elif result.status != "SERVING":
-            report.notes.append(f"ext_proc endpoint {endpoint.address} answers, but not "
-                                f"SERVING for {EXT_PROC_SERVICE} ({endpoint.answer})")
-
-
 def _check_wasm(report: Report, counters: dict[str, int]) -> None:
     remote = []
     listed: set[str] = set()
@@ -682,7 +366,7 @@ def _check_mode(report: Report, processor: type[Processor], filters: list[Filter
         except (json_format.ParseError, ProtocolError, TypeError, ValueError,
                 AttributeError, RecursionError) as exc:
             report.problems.append(f"{f.name}: Envoy's processing mode cannot be read "
-                                   f"({_safe(exc, 200)})")
+                                   f"({safe(exc, 200)})")
             configured[f.name] = {}
             continue
         configured[f.name] = _mode_text(mode)
