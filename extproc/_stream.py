@@ -30,7 +30,6 @@ from ._responses import ImmediateResponse
 from ._wire import (
     LARGE,
     PLACEHOLDER,
-    RELEASE_AFTER,
     BodyRequest,
     Encoded,
     field_path,
@@ -156,7 +155,7 @@ class _Exchange:
                  record: StreamRecord | None = None, encode: bool = False) -> None:
         self.cls = cls
         self.encode = encode
-        self.large = False  # a body of RELEASE_AFTER bytes or more was seen (encode only)
+        self.large = False  # a body of LARGE bytes or more was seen (encode only)
         self.record = record
         self.spec = spec = cls._spec
         self.hooks = spec.hooks
@@ -235,7 +234,7 @@ class _Exchange:
             self.state[direction] = _DONE if eos else _BODY
             if data is None:
                 data = http_body.body
-            if self.encode and not self.large and len(data) >= RELEASE_AFTER:
+            if self.encode and not self.large and len(data) >= LARGE:
                 self.large = True
                 large_body_started()
             if self.record is not None:

@@ -18,32 +18,35 @@ bodies of :data:`LARGE` bytes or more:
 
 And what they leave behind: glibc's malloc raises its mmap threshold when a large mapped
 block is freed, so later body-sized buffers come from its heaps, which it keeps once they are
-free (one to five bodies' worth measured after 30 MiB bodies, bench/EXPERIMENTS.md). When the
-last stream in flight that carried a body of :data:`RELEASE_AFTER` bytes ends,
-:func:`large_body_finished` gives the free memory back (``malloc_trim``; a few milliseconds
-for 30 MiB bodies, nothing where the C library has no such call).
+free (one to five bodies' worth measured after 30 MiB bodies, bench/EXPERIMENTS.md). Once no
+stream with a large body has been in flight for :data:`IDLE` seconds, the free memory goes
+back to the system (``malloc_trim``; a few milliseconds for 30 MiB bodies; nothing where the C
+library has no such call). Not sooner: memory given back is faulted in again by the next
+request, which cost about 10% more CPU per request when every large stream released it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import ctypes.util
+import threading
 from collections.abc import Callable
 from typing import Any
 
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 
-#: Bodies from this size on take the paths above; below it upb's own copies cost less than
-#: the Python that avoids them (measured: about even at 64 KiB).
-LARGE = 64 * 1024
+#: Bodies from this size on take the paths above. Below it the copies are a small part of a
+#: process's memory, and fewer buffers alive made glibc trim and regrow its heap more often:
+#: 1 MiB STREAMED chunks took 9% more CPU in wire form (page faults), 64 KiB bodies the same.
+LARGE = 4 * 1024 * 1024
 
 #: What the loop sets where a large body goes; non-empty, since a proto3 bytes field without
 #: presence (StreamedBodyResponse.body) is not written when empty.
 PLACEHOLDER = b"\x00"
 
-#: A stream with a body this large returns the allocator's free memory to the system once it
-#: and every other such stream in flight have ended. Smaller bodies reuse what is kept.
-RELEASE_AFTER = 4 * 1024 * 1024
+#: Seconds without a large-body stream in flight before free memory is given back.
+IDLE = 1.0
 
 _parse = pb.ProcessingRequest.FromString
 # ProcessingRequest.request_body (4) and .response_body (5), length-delimited.
@@ -202,20 +205,42 @@ def _skip(data: bytes, pos: int, wire_type: int) -> int:
 
 # -- giving memory back ------------------------------------------------------------------------
 
-_in_flight = 0  # streams with a body of RELEASE_AFTER or more, not finished (one event loop)
+_lock = threading.Lock()  # servers on event loops of other threads share the allocator
+_in_flight = 0  # streams with a large body, not finished
+_timer: asyncio.TimerHandle | None = None
 _trim: Callable[[int], int] | None = None
 
 
 def large_body_started() -> None:
+    """A stream handles a large body (called once per stream)."""
     global _in_flight
-    _in_flight += 1
+    with _lock:
+        _in_flight += 1
 
 
 def large_body_finished() -> None:
-    global _in_flight
-    _in_flight -= 1
-    if _in_flight == 0:
-        release_memory()
+    """A stream that handled a large body is over: once none has been in flight for
+    :data:`IDLE` seconds, give the free memory back."""
+    global _in_flight, _timer
+    with _lock:
+        _in_flight -= 1
+        if _in_flight:
+            return
+        if _timer is not None:
+            _timer.cancel()
+        try:
+            _timer = asyncio.get_running_loop().call_later(IDLE, _release_if_idle)
+        except RuntimeError:  # a stream finalised outside its loop
+            _timer = None
+
+
+def _release_if_idle() -> None:
+    global _timer
+    with _lock:
+        _timer = None
+        if _in_flight:
+            return  # the next large stream to finish asks again
+    release_memory()
 
 
 def release_memory() -> None:

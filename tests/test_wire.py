@@ -4,6 +4,7 @@ the loop lets go of what it no longer needs."""
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import weakref
 from collections.abc import AsyncIterator, Callable
@@ -207,6 +208,7 @@ async def _answers(cls: type[Processor], messages: list[Any], encode: bool) -> l
     answers = []
     for message in messages:
         answers += await exchange.handle(message)
+    exchange.close()
     return answers
 
 
@@ -348,21 +350,49 @@ async def test_a_finished_stream_frees_its_processor_without_the_garbage_collect
         gc.enable()
 
 
-async def test_free_memory_is_returned_after_the_last_large_stream(
+async def _drain(stream: AsyncIterator[Any]) -> None:
+    async for _ in stream:
+        pass
+
+
+async def test_free_memory_is_returned_once_no_large_stream_is_in_flight(
         monkeypatch: pytest.MonkeyPatch) -> None:
     released: list[int] = []
     monkeypatch.setattr(wire, "release_memory", lambda: released.append(wire._in_flight))
-    huge = _body("request_body", b"x" * wire.RELEASE_AFTER)
-    first = answer_stream(AppendBuffered, _messages(huge), encode=True)
-    second = answer_stream(AppendBuffered, _messages(huge), encode=True)
+    monkeypatch.setattr(wire, "IDLE", 60.0)
+    monkeypatch.setattr(wire, "_timer", None)  # one an earlier test's loop left
+    first = answer_stream(AppendBuffered, _messages(_body("request_body", BIG)), encode=True)
+    second = answer_stream(AppendBuffered, _messages(_body("request_body", BIG)), encode=True)
     await first.__anext__()
     await second.__anext__()
     assert wire._in_flight == 2
-    for stream in (first, second):
-        with pytest.raises(StopAsyncIteration):
-            await stream.__anext__()
-    assert released == [0]  # once, when neither holds a large body any more
-    async for _ in answer_stream(AppendBuffered, _messages(_body("request_body", BIG)),
-                                 encode=True):
-        pass
-    assert released == [0]  # a body under RELEASE_AFTER leaves the allocator alone
+    await _drain(first)
+    assert wire._timer is None  # the second still holds a large body
+    await _drain(second)
+    timer = wire._timer
+    assert timer is not None and released == []  # not at once: see extproc._wire
+    # Another large stream within the idle time postpones the release.
+    await _drain(answer_stream(AppendBuffered, _messages(_body("request_body", BIG)),
+                               encode=True))
+    assert timer.cancelled() and wire._timer is not None and released == []
+    wire._timer.cancel()
+    wire._release_if_idle()  # what the timer runs
+    assert released == [0] and wire._timer is None
+    # Small bodies leave the allocator alone.
+    await _drain(answer_stream(AppendBuffered, _messages(_body("request_body", b"small")),
+                               encode=True))
+    assert wire._timer is None and wire._in_flight == 0
+
+
+async def test_the_release_runs_on_the_loop_after_the_idle_time(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    released: list[int] = []
+    monkeypatch.setattr(wire, "release_memory", lambda: released.append(wire._in_flight))
+    monkeypatch.setattr(wire, "IDLE", 0.01)
+    await _drain(answer_stream(AppendBuffered, _messages(_body("request_body", BIG)),
+                               encode=True))
+    for _ in range(100):
+        if released:
+            break
+        await asyncio.sleep(0.02)
+    assert released == [0]
