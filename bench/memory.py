@@ -55,6 +55,8 @@ VARIANTS = {
     "mmap1m": {"MALLOC_MMAP_THRESHOLD_": str(MIB)},
     "arena1": {"MALLOC_ARENA_MAX": "1"},
     "trim": {"MALLOC_TRIM_THRESHOLD_": str(128 * 1024)},
+    # The state glibc converges to after freeing one 32 MiB block, from the start.
+    "converged": {"MALLOC_MMAP_THRESHOLD_": str(32 * MIB), "MALLOC_TRIM_THRESHOLD_": str(64 * MIB)},
 }
 
 
