@@ -3,8 +3,9 @@
 upb copies a bytes field into the message's arena when it parses, and reading the field makes
 a Python bytes copy of that; setting a field copies it into the answer's arena, and
 ``SerializeToString`` builds the whole message in an encoder buffer before copying that into a
-bytes object. For a 30 MiB BUFFERED body that was up to five copies alive at once. Here, for
-bodies of :data:`LARGE` bytes or more:
+bytes object. For a 30 MiB BUFFERED body that was four copies alive at once (the request's
+arena, the answer's, the encoder buffer and the bytes). Here, for bodies of :data:`LARGE`
+bytes or more:
 
 - :func:`parse_request` (the grpcio deserializer): a ProcessingRequest whose first field is
   its HttpBody, itself starting with the body (Envoy serialises fields in number order), is
@@ -38,7 +39,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 
 #: Bodies from this size on take the paths above. Below it the copies are a small part of a
 #: process's memory, and fewer buffers alive made glibc trim and regrow its heap more often:
-#: 1 MiB STREAMED chunks took 9% more CPU in wire form (page faults), 64 KiB bodies the same.
+#: 1 MiB STREAMED chunks took 9% more CPU in wire form (page faults); 64 KiB bodies as much.
 LARGE = 4 * 1024 * 1024
 
 #: What the loop sets where a large body goes; non-empty, since a proto3 bytes field without
