@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
-import ctypes.util
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -248,7 +247,8 @@ def release_memory() -> None:
     """Return the allocator's free memory to the system (glibc's ``malloc_trim(0)``)."""
     global _trim
     if _trim is None:
-        name = ctypes.util.find_library("c")
-        function = getattr(ctypes.CDLL(name), "malloc_trim", None) if name else None
+        # The process's own symbols (libc among them): no library search, which would run
+        # ldconfig in a subprocess on the event loop.
+        function = getattr(ctypes.CDLL(None), "malloc_trim", None)
         _trim = function if function is not None else (lambda pad: 0)
     _trim(0)
