@@ -142,7 +142,9 @@ def test_dev_reload_applies_an_edit_and_recovers_from_a_broken_one(dev, tmp_path
 
     app.write_text("import extproc\nclass App(extproc.Processor:\n")  # a syntax error
     _until(lambda: http(port, "/").status >= 500, 5)  # Envoy fails closed meanwhile
-    assert "SyntaxError: invalid syntax" in running.err.read_text()  # the error, as one block
+    # the error, as one block (printed by the new child, which may come after the old one
+    # stopped serving)
+    _until(lambda: "SyntaxError: invalid syntax" in running.err.read_text(), 5)
     _until(lambda: "does not import" in running.err.read_text(), 5)
 
     _write(app, "3")
