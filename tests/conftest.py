@@ -125,6 +125,18 @@ def extctl() -> Iterator[Any]:
         proc.communicate(timeout=15)
 
 
+@pytest.fixture
+def started() -> Iterator[list[subprocess.Popen[str]]]:
+    """Processes a test starts itself (``started.append(proc)``); each is killed and reaped
+    when the test ends."""
+    processes: list[subprocess.Popen[str]] = []
+    yield processes
+    for proc in processes:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate(timeout=15)
+
+
 def wait_for_socket(path: Path, proc: subprocess.Popen[str], timeout: float = 20) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

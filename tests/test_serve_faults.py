@@ -10,13 +10,15 @@ import os
 import signal
 import socket
 import struct
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
 
 import grpc
 import pytest
-from conftest import http, wait_for_socket
+from conftest import ROOT, http, wait_for_socket
 from envoy.config.core.v3 import base_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -105,7 +107,7 @@ def test_a_hook_that_blocks_the_loop_fails_liveness_and_readiness(sock_dir, extc
 
     # The last worker's loop is blocked for 5 s; the others (if any) serve on.
     blocked = threading.Thread(target=_process_once, args=(
-        f"unix:{sockets[-1]}", _headers_request(**{"x-block-ms": "5000"})))
+        f"unix:{sockets[-1]}", _headers_request(**{"x-block-ms": "5000"})), daemon=True)
     blocked.start()
     try:
         status, body = _until(lambda: (lambda r: r if r[0] == 503 else None)(
@@ -125,19 +127,21 @@ def test_a_hook_that_blocks_the_loop_fails_liveness_and_readiness(sock_dir, extc
     assert proc.wait(20) == 0
 
 
-def test_the_admin_endpoint_survives_a_flood_of_half_sent_requests(sock_dir, extctl):
+def test_the_admin_endpoint_survives_a_flood_of_half_sent_requests(sock_dir, started):
     """300 connections that never finish their request, to a server allowed 256 files: the
     probes, a scrape and the gRPC health check still answer, and the connections are closed."""
     port = free_port()
     path = sock_dir / "a.sock"
 
-    def limit_files() -> None:
-        import resource
-
-        resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256))
-
-    proc = extctl("serve", "procs:HeadersOnly", "--uds", str(path), "--admin",
-                  f"127.0.0.1:{port}", "--log-format", "json", preexec_fn=limit_files)
+    # prlimit(1), not a preexec_fn: this process runs gRPC's threads, and forking it to run
+    # Python before exec is not safe with threads.
+    proc = subprocess.Popen(
+        ["prlimit", "--nofile=256:256", "--", sys.executable, "-m", "extctl", "serve",
+         "procs:HeadersOnly", "--uds", str(path), "--admin", f"127.0.0.1:{port}",
+         "--log-format", "json"],
+        env={**os.environ, "PYTHONPATH": str(ROOT / "tests")}, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+    started.append(proc)
     wait_for_socket(path, proc)
     _until(lambda: _get(port, "/readyz")[0] == 200, 20, "ready")
     flood = []
@@ -233,8 +237,8 @@ def test_a_signal_to_the_whole_group_drains_every_worker(sock_dir, extctl, sig):
             replies: list[object] = []
             marks = [sock_dir / f"in-{i}" for i in range(4)]
             threads = [threading.Thread(target=lambda m=m: replies.append(http(
-                envoy.port, "/", headers={"x-sleep-ms": "2000", "x-mark": str(m)})))
-                for m in marks]
+                envoy.port, "/", headers={"x-sleep-ms": "2000", "x-mark": str(m)})),
+                daemon=True) for m in marks]
             for thread in threads:
                 thread.start()
             for mark in marks:
@@ -492,7 +496,7 @@ def test_a_restart_right_after_the_supervisor_is_killed_gets_the_admin_port(sock
         wait_for_socket(Path(worker_socket), proc)
     workers = [pid for pid in _children(proc.pid)]
     held = [threading.Thread(target=_process_once, args=(
-        f"unix:{s}", _headers_request(**{"x-sleep-ms": "5000"}))) for s in sockets]
+        f"unix:{s}", _headers_request(**{"x-sleep-ms": "5000"})), daemon=True) for s in sockets]
     for thread in held:
         thread.start()
     proc.kill()
@@ -525,7 +529,7 @@ def test_a_worker_killed_while_draining_is_exit_1(sock_dir, extctl):
         except grpc.RpcError as exc:
             failed.append(exc)
 
-    held = threading.Thread(target=hold)
+    held = threading.Thread(target=hold, daemon=True)
     held.start()
     wait_for_path(mark)
     proc.send_signal(signal.SIGTERM)
@@ -547,7 +551,7 @@ def test_the_admin_process_keeps_answering_through_a_group_sigterm(sock_dir, ext
     _until(lambda: _get(port, "/readyz")[0] == 200, 20, "ready")
     mark = sock_dir / "in"
     held = threading.Thread(target=_process_once, args=(f"unix:{sockets[0]}", _headers_request(
-        **{"x-sleep-ms": "2000", "x-mark": str(mark)})))
+        **{"x-sleep-ms": "2000", "x-mark": str(mark)})), daemon=True)
     held.start()
     wait_for_path(mark)
     for _ in range(3):

@@ -22,6 +22,12 @@ from test_socket_permissions import _as, _python_for, users  # noqa: F401 - the 
 pytestmark = pytest.mark.envoy
 
 
+def _umask(mask: int, command: list[str]) -> list[str]:
+    """``command`` run under ``mask`` (by a shell: a preexec_fn is not safe in this process,
+    which runs gRPC's threads)."""
+    return ["sh", "-c", f'umask {mask:03o} && exec "$@"', "sh", *command]
+
+
 def _env(home: Path) -> dict[str, str]:
     return {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(home),
             "PYTHONNOUSERSITE": "1", "PYTHONDONTWRITEBYTECODE": "1",
@@ -45,9 +51,9 @@ def test_a_stale_socket_of_another_user_in_a_sticky_directory_exits_3_with_one_l
         path = base / ("x-0.sock" if workers > 1 else "x.sock")
         leave_stale = ("import socket, sys\ns = socket.socket(socket.AF_UNIX)\n"
                        "s.bind(sys.argv[1])\n")  # exits without unlinking: stale
-        subprocess.run(_as(users.outsider, python, "-c", leave_stale, str(path)), env=env,
-                       check=True, timeout=60, capture_output=True,
-                       preexec_fn=lambda: os.umask(umask))
+        subprocess.run(_umask(umask, _as(users.outsider, python, "-c", leave_stale,
+                                         str(path))),
+                       env=env, check=True, timeout=60, capture_output=True)
         assert stat.S_ISSOCK(path.lstat().st_mode)
         done = subprocess.run(
             _as(users.server, python, "-m", "extctl", "serve", "procs:HeadersOnly", "--uds",
@@ -73,11 +79,11 @@ def test_the_socket_never_exists_with_a_wider_mode_than_asked(sock_dir, transpor
     strace = shutil.which("strace")
     assert strace is not None, "strace is missing: run scripts/setup.sh"
     proc = subprocess.Popen(
-        [strace, "-f", "-o", "/dev/null", "-e", "trace=listen",
-         "-e", "inject=listen:delay_enter=1500000",
-         sys.executable, "-m", "extctl", "serve", "procs:HeadersOnly", "--uds", str(path),
-         "--socket-mode", "600", "--transport", transport],
-        env={**os.environ, "PYTHONPATH": str(ROOT / "tests")}, preexec_fn=lambda: os.umask(0),
+        _umask(0, [strace, "-f", "-o", "/dev/null", "-e", "trace=listen",
+                   "-e", "inject=listen:delay_enter=1500000",
+                   sys.executable, "-m", "extctl", "serve", "procs:HeadersOnly", "--uds",
+                   str(path), "--socket-mode", "600", "--transport", transport]),
+        env={**os.environ, "PYTHONPATH": str(ROOT / "tests")},
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         deadline = time.monotonic() + 60
@@ -92,14 +98,19 @@ def test_the_socket_never_exists_with_a_wider_mode_than_asked(sock_dir, transpor
         proc.communicate(timeout=30)
 
 
-def test_hooks_create_files_under_the_users_umask_not_the_sockets(sock_dir, extctl, transport):
+def test_hooks_create_files_under_the_users_umask_not_the_sockets(sock_dir, started,
+                                                                  transport):
     """The socket's mode is the socket's: a hook's own files follow the umask serve was started
     with, on both transports (pyvoy's Envoy included)."""
     from test_serve_faults import _headers_request, _process_once
 
     path = sock_dir / "u.sock"
-    proc = extctl("serve", "procs:WritesFiles", "--uds", str(path), "--socket-mode", "666",
-                  "--transport", transport, preexec_fn=lambda: os.umask(0o022))
+    proc = subprocess.Popen(
+        _umask(0o022, [sys.executable, "-m", "extctl", "serve", "procs:WritesFiles", "--uds",
+                       str(path), "--socket-mode", "666", "--transport", transport]),
+        env={**os.environ, "PYTHONPATH": str(ROOT / "tests")}, text=True,
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    started.append(proc)
     wait_for_socket(path, proc)
     target = sock_dir / "made"
     _process_once(f"unix:{path}", _headers_request(**{"x-file": str(target)}))
