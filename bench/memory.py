@@ -25,7 +25,6 @@ import http.client
 import os
 import re
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -151,12 +150,7 @@ def measure(name: str, bodies: int, size: int, settle: float, baseline: str,
             after = _status(server.pid)["VmRSS"]
         return Sample(start, peak, after)
     finally:
-        server.send_signal(signal.SIGTERM)
-        try:
-            server.wait(15)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
+        harness.stop_server(server)
         shutil.rmtree(workdir, ignore_errors=True)
 
 

@@ -305,6 +305,16 @@ def _start_server(candidate: Candidate, listen: str, addresses: list[str],
     return proc
 
 
+def stop_server(server: subprocess.Popen[bytes]) -> None:
+    """SIGTERM (the server drains), then SIGKILL after 15 s."""
+    server.send_signal(signal.SIGTERM)
+    try:
+        server.wait(15)
+    except subprocess.TimeoutExpired:
+        server.kill()
+        server.wait()
+
+
 def _listening(address: str, tcp: bool) -> bool:
     if not tcp:
         return os.path.exists(address)
@@ -415,12 +425,7 @@ def measure(scenario: Scenario, candidate: Candidate, duration: float, tcp: bool
         return Sample(rps, p50, p99, cpu)
     finally:
         if server is not None:
-            server.send_signal(signal.SIGTERM)
-            try:
-                server.wait(15)
-            except subprocess.TimeoutExpired:
-                server.kill()
-                server.wait()
+            stop_server(server)
         shutil.rmtree(workdir, ignore_errors=True)
 
 

@@ -280,8 +280,10 @@ def _host(path, health, **stats):
             "stats": [{"name": k, "value": v} for k, v in stats.items()]}
 
 
-def test_an_endpoint_is_healthy_only_with_evidence_and_never_after_failed_connections():
-    dump = {"configs": [{
+def one_ext_proc_listener() -> dict:
+    """A listeners config dump with one route running one ext_proc filter, whose cluster is
+    ``x``."""
+    return {"configs": [{
         "@type": "type.googleapis.com/envoy.admin.v3.ListenersConfigDump",
         "static_listeners": [{"listener": {"name": "l", "filter_chains": [{"filters": [{
             "typed_config": {
@@ -292,6 +294,10 @@ def test_an_endpoint_is_healthy_only_with_evidence_and_never_after_failed_connec
                     "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3."
                              "ExternalProcessor",
                     "grpc_service": {"envoy_grpc": {"cluster_name": "x"}}}}]}}]}]}}]}]}
+
+
+def test_an_endpoint_is_healthy_only_with_evidence_and_never_after_failed_connections():
+    dump = one_ext_proc_listener()
     healthy = {"eds_health_status": "HEALTHY"}
     clusters = {"cluster_statuses": [{"name": "x", "host_statuses": [
         _host("/quiet", healthy),

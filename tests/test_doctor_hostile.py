@@ -25,6 +25,7 @@ from click.testing import CliRunner
 from conftest import ROOT, http
 from hostile import Request, serve
 from procs import Rewrite
+from test_doctor import one_ext_proc_listener
 
 import extproc
 from extctl.cli import cli
@@ -151,17 +152,7 @@ def test_the_deadline_bounds_all_the_questions_together(tmp_path, stop):
 
 def _one_endpoint(path: str) -> dict[str, bytes]:
     """Answers naming one ext_proc filter whose cluster's endpoint is the socket ``path``."""
-    listeners = {"configs": [{
-        "@type": "type.googleapis.com/envoy.admin.v3.ListenersConfigDump",
-        "static_listeners": [{"listener": {"name": "l", "filter_chains": [{"filters": [{
-            "typed_config": {
-                "@type": "type.googleapis.com/envoy.extensions.filters.network."
-                         "http_connection_manager.v3.HttpConnectionManager",
-                "route_config": {"virtual_hosts": [{"routes": [{"match": {"prefix": "/"}}]}]},
-                "http_filters": [{"name": "envoy.filters.http.ext_proc/p", "typed_config": {
-                    "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3."
-                             "ExternalProcessor",
-                    "grpc_service": {"envoy_grpc": {"cluster_name": "x"}}}}]}}]}]}}]}]}
+    listeners = one_ext_proc_listener()
     clusters = {"cluster_statuses": [{"name": "x", "host_statuses": [{
         "address": {"pipe": {"path": path}},
         "health_status": {"eds_health_status": "HEALTHY"}}]}]}

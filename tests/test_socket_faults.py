@@ -70,7 +70,6 @@ def test_a_stale_socket_of_another_user_in_a_sticky_directory_exits_3_with_one_l
         shutil.rmtree(base, ignore_errors=True)
 
 
-@pytest.mark.skipif(sys.platform != "linux", reason="strace")
 def test_the_socket_never_exists_with_a_wider_mode_than_asked(sock_dir, transport):
     """Under umask 000, with the server held for 1.5 s right after bind() (strace delays the
     listen() that follows; with pyvoy, Envoy's), the socket already has the mode asked for
