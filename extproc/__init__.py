@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from ._body import Body
-    from ._config import ServerConfig
+    from ._config import SERVICE_NAME, ServerConfig
     from ._errors import (
         ExtprocError,
         ImportFromStringError,
@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from ._mode import BodyMode, FilterSpec, ProcessingMode, derive
     from ._processor import Processor
     from ._responses import ImmediateResponse
-    from ._server import SERVICE_NAME, Server, make_server, serve, serve_async
+    from ._server import Server, make_server, serve, serve_async
     from ._thread import ServerThread
 
 __all__ = [
@@ -61,7 +61,7 @@ __all__ = [
 ]
 
 _WHERE = {
-    "SERVICE_NAME": "_server",
+    "SERVICE_NAME": "_config",
     "Body": "_body",
     "BodyMode": "_mode",
     "ExtprocError": "_errors",

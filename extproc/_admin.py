@@ -272,11 +272,13 @@ def probe_check(slots: Callable[[], list[tuple[str, Any]]], stall_timeout: float
 
 async def heartbeat(values: Any, interval: float,
                     parent: int | None = None) -> None:
-    """Write ``time.monotonic()`` into ``values`` every ``interval`` seconds while the loop
-    turns. With ``parent`` (a worker), also end this process when the supervisor is gone
-    and the kernel did not say so (PR_SET_PDEATHSIG is Linux's)."""
+    """Write ``time.monotonic()`` into ``values`` (a metrics array, or None) every
+    ``interval`` seconds while the loop turns. With ``parent`` (a worker), also end this
+    process when the supervisor is gone and the kernel did not say so (PR_SET_PDEATHSIG is
+    Linux's)."""
     while True:
-        values[HEARTBEAT] = time.monotonic()
+        if values is not None:
+            values[HEARTBEAT] = time.monotonic()
         if parent is not None and os.getppid() != parent:
             logger.warning("the supervisor (pid %d) is gone; stopping", parent)
             os.kill(os.getpid(), signal.SIGTERM)

@@ -32,13 +32,13 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from google.protobuf.message import DecodeError
 from grpc_health.v1 import health_pb2
 
+from ._config import SERVICE_NAME
 from ._errors import ProtocolError
 from ._processor import Processor
 from ._stream import _contained, answer_stream
 
 logger = logging.getLogger("extproc.server")
 
-SERVICE_NAME = "envoy.service.ext_proc.v3.ExternalProcessor"
 PROCESS_PATH = f"/{SERVICE_NAME}/Process"
 HEALTH_CHECK_PATH = "/grpc.health.v1.Health/Check"
 HEALTH_WATCH_PATH = "/grpc.health.v1.Health/Watch"

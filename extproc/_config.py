@@ -12,6 +12,8 @@ if TYPE_CHECKING:
 from ._errors import ServeError
 from ._unix import MAX_UDS_PATH
 
+#: The gRPC service a processor serves; its health service answers for it (and for "").
+SERVICE_NAME = "envoy.service.ext_proc.v3.ExternalProcessor"
 LOOPS = ("auto", "uvloop", "asyncio")
 TRANSPORTS = ("grpcio", "pyvoy")
 

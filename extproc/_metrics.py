@@ -27,8 +27,10 @@ from bisect import bisect_left
 from collections.abc import Iterator
 from typing import Any
 
+from ._config import SERVICE_NAME
+
 GRPC_LABELS = {"grpc_type": "bidi_stream",
-               "grpc_service": "envoy.service.ext_proc.v3.ExternalProcessor",
+               "grpc_service": SERVICE_NAME,
                "grpc_method": "Process"}
 PHASES = ("request_headers", "request_body", "request_trailers", "response_headers",
           "response_body", "response_trailers")

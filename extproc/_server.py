@@ -25,7 +25,7 @@ from ._admin import (
     on_draining,
     on_serving,
 )
-from ._config import ServerConfig, dial_target, split_address
+from ._config import SERVICE_NAME, ServerConfig, dial_target, split_address
 from ._errors import ProtocolError, ServeError
 from ._lifecycle import DRAIN, FORCE, HANDLED, INTERRUPT, Stop, die_with_parent
 from ._processor import Processor, require_processor
@@ -39,7 +39,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("extproc.server")
 
-SERVICE_NAME = "envoy.service.ext_proc.v3.ExternalProcessor"
 
 # What serve() returns; a server that cannot start raises ServeError instead.
 DRAINED = 0  # in-flight streams finished after the signal
@@ -128,12 +127,11 @@ class Server:
         self._server = server
         for name in ("", SERVICE_NAME):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
-        if observer is not None and observer.metrics is not None:
+        metrics = observer.metrics if observer is not None else None
+        if metrics is not None or self._supervisor is not None:
             self._heartbeat = asyncio.ensure_future(heartbeat(
-                observer.metrics.values, heartbeat_interval(config), self._supervisor))
-        elif self._supervisor is not None:
-            self._heartbeat = asyncio.ensure_future(heartbeat(
-                [0.0] * 16, heartbeat_interval(config), self._supervisor))
+                metrics.values if metrics is not None else None, heartbeat_interval(config),
+                self._supervisor))
         on_serving(observer)
         if self.admin is not None:
             self.admin.start()

@@ -23,8 +23,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-SERVICE = "envoy.service.ext_proc.v3.ExternalProcessor"
-"""The service the checks ask about (``extproc.SERVICE_NAME``; a test holds them equal)."""
+from extproc import SERVICE_NAME
+
+SERVICE = SERVICE_NAME
+"""The service the checks ask about."""
 
 
 @dataclass(frozen=True)

@@ -11,14 +11,14 @@ import stat
 import time
 from typing import Any
 
+from extproc import SERVICE_NAME
+
 from .report import Endpoint, Report
 from .shapes import as_list as _list
 from .shapes import count_of as _count
 from .shapes import dig as _dig
 from .shapes import text_of as _str
 
-EXT_PROC_SERVICE = "envoy.service.ext_proc.v3.ExternalProcessor"
-"""What a local endpoint is asked about: the service Envoy's generated health check asks for."""
 MAX_COUNTERS = 1000
 MAX_ASKED = 16
 """Most local endpoints asked directly."""
@@ -164,7 +164,7 @@ def ask_endpoints(report: Report, deadline: float) -> None:
 
     with ThreadPoolExecutor(max_workers=len(local)) as pool:
         results = list(pool.map(lambda e: check_one(
-            e.address, max(0.0, deadline - time.monotonic()), EXT_PROC_SERVICE), local))
+            e.address, max(0.0, deadline - time.monotonic()), SERVICE_NAME), local))
     for endpoint, result in zip(local, results, strict=True):
         # gRPC's detail ends with the cause: "... connect failed: ... error: Connection refused"
         why = result.detail.rpartition("error: ")[2]
@@ -179,4 +179,4 @@ def ask_endpoints(report: Report, deadline: float) -> None:
                                    f"on its socket here, the processor answers {endpoint.answer}")
         elif result.status != "SERVING":
             report.notes.append(f"ext_proc endpoint {endpoint.address} answers, but not "
-                                f"SERVING for {EXT_PROC_SERVICE} ({endpoint.answer})")
+                                f"SERVING for {SERVICE_NAME} ({endpoint.answer})")
