@@ -31,7 +31,7 @@ from ._lifecycle import DRAIN, FORCE, HANDLED, INTERRUPT, Stop, die_with_parent
 from ._processor import Processor, require_processor
 from ._record import Observer
 from ._stream import ProcessorFailed, _contained, answer_stream
-from ._unix import claim_socket, created_with_mode, identity, remove_own
+from ._unix import PrivateBind, claim_socket, remove_own
 from ._wire import Encoded, parse_request
 
 if TYPE_CHECKING:
@@ -151,16 +151,24 @@ class Server:
                 raise ServeError(f"cannot listen on {self.listen}: "
                                  f"{_bind_failure(self.listen) or exc}") from None
             return
-        # Checked again right before binding, with nothing awaited in between: gRPC removes
-        # whatever is at the path it binds, a server that started meanwhile included.
-        claim_socket(self.listen)
+        # gRPC removes whatever is at the path it binds, and again when it stops, by path: a
+        # server started meanwhile (e.g. after a killed supervisor, while this one drains as
+        # an orphan) would lose its socket. So gRPC binds a private path and the socket is
+        # moved into place with its mode (PrivateBind); gRPC's removals reach nothing.
+        bind = PrivateBind(self.listen)
         try:
-            with created_with_mode(config.socket_mode):
-                server.add_insecure_port("unix:" + self.listen)  # binds (and listens) here
-            await server.start()
-        except RuntimeError as exc:
-            raise ServeError(f"cannot listen on {self.listen}: {exc}") from None
-        self._socket_id = identity(self.listen)
+            try:
+                server.add_insecure_port("unix:" + bind.path)
+                await server.start()
+            except RuntimeError as exc:
+                raise ServeError(f"cannot listen on {self.listen}: {exc}") from None
+            try:
+                self._socket_id = bind.publish(config.socket_mode)
+            except BaseException:
+                await server.stop(0)
+                raise
+        finally:
+            bind.close()
 
     def _close_admin(self) -> None:
         if self.admin is not None:

@@ -1,7 +1,6 @@
-"""Unix socket files: a stale one is removed, one in use is refused; a new one exists only
-with its final mode (bound under a umask that gives it, or, for a server that sets the mode
-after binding, bound in a private directory and moved into place), and is removed at exit
-only while it is still the one this server made."""
+"""Unix socket files: a stale one is removed, one in use is refused; a new one is bound in a
+private directory and moved into place with its final mode, and removed at exit only while it
+is still the one this server made."""
 
 from __future__ import annotations
 
@@ -11,7 +10,6 @@ import shutil
 import socket
 import stat
 import tempfile
-from collections.abc import Iterator
 
 from ._errors import ServeError
 
@@ -63,26 +61,13 @@ def _remove_stale(path: str, st: os.stat_result) -> None:
                          "path") from None
 
 
-@contextlib.contextmanager
-def created_with_mode(mode: int) -> Iterator[None]:
-    """The umask that makes a socket bound inside the block get ``mode`` itself, so it never
-    exists with a wider one (a chmod after bind leaves a window in which anyone the umask
-    allowed can connect). The umask is the process's: keep the block to the bind call, with
-    nothing awaited inside, so no other code of this process creates files under it."""
-    previous = os.umask(0o777 & ~mode)
-    try:
-        yield
-    finally:
-        os.umask(previous)
-
-
 class PrivateBind:
-    """Where a server that sets a socket's mode after binding it (Envoy, for the pyvoy
-    transport) binds: in a directory only this user can enter, next to the final path (the
-    same file system), moved into place by :meth:`publish` once its mode is set. Bound in
-    place, it would exist with the umask's mode until the chmod, open to anyone the umask lets
-    in; and the umask cannot be set for that server alone, since the processor's hooks run in
-    the same process. (``ss -xl`` then names the private path it was bound at.)"""
+    """Where a server binds its Unix socket: in a directory only this user can enter, next to
+    the final path (the same file system), moved into place by :meth:`publish` once its mode
+    is set. Bound in place, it would exist with the umask's mode until a chmod, open to anyone
+    the umask lets in (and the umask is the whole process's: the hooks' files too); and gRPC
+    and Envoy remove whatever is at the path they bind, when binding and when stopping, which
+    would take another server's socket. (``ss -xl`` names the private path it was bound at.)"""
 
     def __init__(self, final: str) -> None:
         self.final = final

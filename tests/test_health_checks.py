@@ -161,18 +161,16 @@ def test_a_draining_worker_gets_no_new_streams_while_the_other_serves_them(sock_
 
 
 def _listener_pid(path: str) -> int:
-    """The pid of the process listening on the Unix socket ``path`` (from /proc)."""
-    with open("/proc/net/unix") as table:
-        inodes = {fields[6] for fields in (line.split() for line in table.read().splitlines()[1:])
-                  if len(fields) >= 8 and fields[7] == path}
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            fds = [os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")]
-        except OSError:
-            continue
-        if any(fd.startswith("socket:[") and fd[8:-1] in inodes for fd in fds):
-            return int(pid)
-    raise AssertionError(f"nothing listens on {path}")
+    """The pid of the process listening on the Unix socket ``path`` (the peer's credentials
+    of a connection to it)."""
+    import socket
+    import struct
+
+    with socket.socket(socket.AF_UNIX) as probe:
+        probe.connect(path)
+        pid, _, _ = struct.unpack("3i", probe.getsockopt(
+            socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))
+    return int(pid)
 
 
 def _alive(pid: int) -> bool:

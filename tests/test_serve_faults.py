@@ -485,7 +485,8 @@ def test_probes_and_admin_connections_through_a_slow_on_shutdown(sock_dir, extct
 
 
 def test_a_restart_right_after_the_supervisor_is_killed_gets_the_admin_port(sock_dir, extctl):
-    """Draining orphans hold no listening socket of the admin endpoint."""
+    """Draining orphans hold no listening socket of the admin endpoint, and when they finish
+    they leave the new server's sockets (at the same paths) alone."""
     path = sock_dir / "k.sock"
     port = free_port()
     args = ("serve", "procs:Slow", "--uds", str(path), "--workers", "2", "--admin",
@@ -494,20 +495,27 @@ def test_a_restart_right_after_the_supervisor_is_killed_gets_the_admin_port(sock
     sockets = ServerConfig(uds=str(path), workers=2).addresses()
     for worker_socket in sockets:
         wait_for_socket(Path(worker_socket), proc)
-    workers = [pid for pid in _children(proc.pid)]
-    held = [threading.Thread(target=_process_once, args=(
-        f"unix:{s}", _headers_request(**{"x-sleep-ms": "5000"})), daemon=True) for s in sockets]
+    workers = _children(proc.pid)
+    marks = [sock_dir / f"in-{i}" for i in range(2)]
+    answered: list[object] = []
+    held = [threading.Thread(target=lambda s=s, m=m: answered.append(_process_once(
+        f"unix:{s}", _headers_request(**{"x-sleep-ms": "4000", "x-mark": str(m)}))),
+        daemon=True) for s, m in zip(sockets, marks, strict=True)]
     for thread in held:
         thread.start()
+    for mark in marks:
+        wait_for_path(mark)  # each old worker holds a request
     proc.kill()
     proc.wait(10)
     again = extctl(*args)
-    for worker_socket in sockets:
-        wait_for_socket(Path(worker_socket), again)
     _until(lambda: _get(port, "/readyz")[0] == 200, 20, "the new server ready")
     assert any(_alive(pid) for pid in workers)  # the old ones still drain meanwhile
     for thread in held:
         thread.join(30)
+    assert len(answered) == 2  # the orphans finished what they held
+    _until(lambda: not any(_alive(pid) for pid in workers), 20, "the orphans gone")
+    for worker_socket in sockets:  # and the new server's sockets are still there
+        assert _health(f"unix:{worker_socket}") == SERVING
     again.send_signal(signal.SIGTERM)
     assert again.wait(20) == 0
 

@@ -120,15 +120,14 @@ def test_hooks_create_files_under_the_users_umask_not_the_sockets(sock_dir, star
     assert proc.wait(20) == 0
 
 
-def test_the_pyvoy_server_removes_its_socket_at_exit_only_while_it_is_its_own(sock_dir,
-                                                                               extctl):
+def test_a_server_removes_its_socket_at_exit_only_while_it_is_its_own(sock_dir, extctl,
+                                                                       transport):
     """Another server took the path meanwhile (its socket replaced ours): ours stopping must
-    not remove theirs. (grpcio's core removes the path it bound when it stops, whatever is
-    there then: the README says so.)"""
+    not remove theirs."""
     import socket as socket_module
 
     path = sock_dir / "o.sock"
-    proc = extctl("serve", "procs:HeadersOnly", "--uds", str(path), "--transport", "pyvoy")
+    proc = extctl("serve", "procs:HeadersOnly", "--uds", str(path), "--transport", transport)
     wait_for_socket(path, proc)
     path.unlink()
     theirs = socket_module.socket(socket_module.AF_UNIX)
