@@ -49,6 +49,8 @@ _BodyResponse = pb.BodyResponse
 _TrailersResponse = pb.TrailersResponse
 _FULL_DUPLEX = BodyMode.FULL_DUPLEX_STREAMED
 _BUFFERED = BodyMode.BUFFERED
+_PARTIAL = BodyMode.BUFFERED_PARTIAL
+_GRPC = BodyMode.GRPC
 _REPLACE = pb.CommonResponse.CONTINUE_AND_REPLACE
 
 # "Continue unchanged" answers, built once: serialising a shared message is safe.
@@ -428,10 +430,20 @@ class _Exchange:
                              "(x-request-id=%s)", self.cls.__name__, hook, self._request_id(),
                              exc_info=exc, extra=self._log_fields(phase))
                 return self._fail(phase, exc)
-            logger.info("%s.%s answered %d (x-request-id=%s)", self.cls.__name__, hook,
-                        result.status, self._request_id(),
-                        extra={**self._log_fields(phase, "immediate"),
-                               "status": result.status})
+            if self._response_started(phase):
+                logger.warning("%s.%s answered %d after the response headers went to the "
+                               "client: Envoy cannot send it and resets the stream instead "
+                               "(the client gets a truncated response; x-request-id=%s). "
+                               "Answer from on_response_headers, or buffer the response "
+                               "body (BUFFERED) to decide on the whole of it",
+                               self.cls.__name__, hook, result.status, self._request_id(),
+                               extra={**self._log_fields(phase, "reset"),
+                                      "status": result.status})
+            else:
+                logger.info("%s.%s answered %d (x-request-id=%s)", self.cls.__name__, hook,
+                            result.status, self._request_id(),
+                            extra={**self._log_fields(phase, "immediate"),
+                                   "status": result.status})
             if record is not None:
                 record.hook_finished(phase, "immediate", result.status)
             raise _Stop(answer)
@@ -508,6 +520,15 @@ class _Exchange:
                 namespace_fields = fields[namespace].struct_value.fields
                 for key, value in values.items():
                     namespace_fields[key].CopyFrom(value)
+
+    def _response_started(self, phase: str) -> bool:
+        """Whether Envoy has sent the response headers on to the client by the time ``phase``
+        answers (a local answer then resets the stream): after their own answer, unless Envoy
+        holds them for a buffered body's answer."""
+        if phase == "response_trailers":
+            return True
+        return phase == "response_body" and self.proc._effective_mode.response_body not in (
+            _BUFFERED, _PARTIAL, _GRPC)
 
     def _lock_unless_buffered(self, headers: Headers, direction: str, eos: bool) -> None:
         mode = getattr(self.proc._effective_mode, _BODY_FIELD[direction])

@@ -10,6 +10,15 @@ Envoy's side is emulated: only the phases of the processing mode are sent (the c
 or ``mode=``), body chunks travel as the body mode says, answers are applied as Envoy applies
 them (removals before sets, content-length rules, mode overrides). Every message is encoded
 and decoded on the way, so what passes here is also what goes on the wire.
+
+Where a message ends follows its headers, as in Envoy: with ``content-length: 0`` (or no
+body and no trailers) the headers end it and no body phase runs; with
+``transfer-encoding: chunked`` a body follows even when it is empty (``body=b""``: one empty
+chunk with end of stream, as Envoy sends for a chunked message with nothing in it), as it does
+for ``body=[b""]`` (an HTTP/2 client's empty DATA frame). A local answer after the response
+headers went on to the client (a STREAMED or FULL_DUPLEX_STREAMED response-body hook, a
+response-trailers hook) cannot reach the client: Envoy resets the stream, and the result says
+so (``reset``; ``response`` is what the client got before the reset).
 """
 
 from __future__ import annotations
@@ -77,6 +86,11 @@ class Result:
     """The processing mode in force at the end (after any override)."""
     timeout_extensions: list[float] = field(default_factory=list)
     """Seconds of each ``extend_timeout`` Envoy received, in order."""
+    reset: bool = False
+    """True when Envoy reset the stream: a local answer (an ImmediateResponse, a hook failing
+    closed, a timeout) came after the response headers had gone on to the client, who got
+    ``response`` (headers and the body so far, no trailers) and then the reset (HTTP/2
+    RST_STREAM; HTTP/1.1 closes the connection)."""
 
     @property
     def status(self) -> int:
@@ -126,7 +140,8 @@ async def run(
     if not any(k == "x-request-id" for k, _ in request_pairs):
         request_pairs.append(("x-request-id", str(uuid.uuid4())))
     chunks = _chunks(body)
-    if chunks and not any(k in ("content-length", "transfer-encoding") for k, _ in request_pairs):
+    if any(chunks) and not any(k in ("content-length", "transfer-encoding")
+                               for k, _ in request_pairs):
         request_pairs.append(("content-length", str(sum(map(len, chunks)))))
     try:
         driver.typed_metadata = typed_metadata_context
@@ -146,14 +161,18 @@ async def run(
                 response_trailers = answer.trailers.items() if answer.trailers else None
         response_chunks = _chunks(response_body)
         response_pairs = [(":status", str(status)), *_pairs(response_headers)]
-        if response_chunks and not any(k in ("content-length", "transfer-encoding")
-                                       for k, _ in response_pairs):
+        if any(response_chunks) and not any(k in ("content-length", "transfer-encoding")
+                                            for k, _ in response_pairs):
             response_pairs.append(("content-length", str(sum(map(len, response_chunks)))))
         response = await driver.direction("response", response_pairs, response_chunks,
                                           _pairs(response_trailers),
                                           response_trailers is not None, response_attributes,
                                           None)
     except _Stop as stop:
+        if driver.started is not None:  # too late to answer: Envoy resets the stream
+            pairs, sent = driver.started
+            client = Message(Headers(pairs, kind="response"), b"".join(sent), list(sent))
+            return driver.result(driver.upstream_reached, client, stop.args[0], reset=True)
         return driver.result(driver.upstream_reached, _immediate_message(stop.args[0]),
                              stop.args[0])
     return driver.result(request, response, None)
@@ -188,6 +207,8 @@ class _Driver:
         self.metadata: dict[str, Any] = {}
         self.route_cache_cleared = False
         self.upstream_reached: Message | None = None
+        #: The response headers and body chunks the client has, once Envoy sent them on.
+        self.started: tuple[list[tuple[str, str]], list[bytes]] | None = None
         self.first = True
 
     async def send(self, message: Any) -> list[Any]:
@@ -255,6 +276,8 @@ class _Driver:
                         attributes: Mapping[str, Any] | None,
                         metadata: Mapping[str, Mapping[str, Any]] | None) -> Message:
         mode = self.mode
+        if not chunks and not has_trailers and _chunked(pairs):
+            chunks = [b""]  # a chunked message's body follows its headers, even empty
         headers_eos = not chunks and not has_trailers
         which = f"{direction}_headers"
         content_length_kept = True
@@ -291,13 +314,16 @@ class _Driver:
                                [replaced] if replaced else [],
                                Headers(trailer_pairs, kind="trailers") if has_trailers else None)
         body_mode: BodyMode | None = getattr(mode, f"{direction}_body")
-        if body_mode in _DROPS_LENGTH or (body_mode is BodyMode.BUFFERED
-                                          and not getattr(mode, which)):
+        if not headers_eos and (body_mode in _DROPS_LENGTH or (
+                body_mode is BodyMode.BUFFERED and not getattr(mode, which))):
             # Envoy cannot know the length the processor will leave: it drops content-length
-            # whether or not the body changes.
+            # whether or not the body changes (when a body or trailers follow).
             pairs = [(k, v) for k, v in pairs if k != "content-length"]
         which = f"{direction}_body"
         out_chunks: list[bytes] = []
+        holds = body_mode in (BodyMode.BUFFERED, BodyMode.BUFFERED_PARTIAL, BodyMode.GRPC)
+        if direction == "response" and not (holds and chunks):
+            self.started = (pairs, out_chunks)  # the headers go on to the client now
         if body_mode is None or not chunks:
             out_chunks = list(chunks)
         elif body_mode in (BodyMode.BUFFERED, BodyMode.BUFFERED_PARTIAL, BodyMode.GRPC):
@@ -318,6 +344,8 @@ class _Driver:
                 content_length_kept = False
             if body_mode is BodyMode.GRPC:
                 trailer_pairs = trailer_pairs if has_trailers else []
+            if direction == "response":
+                self.started = (pairs, out_chunks)
         else:
             for index, chunk in enumerate(chunks):
                 message = pb.ProcessingRequest()
@@ -362,12 +390,13 @@ class _Driver:
             return [mutation.streamed_response.body] if mutation.streamed_response.body else []
         return [_mutated(chunk, mutation)]
 
-    def result(self, request: Message | None, response: Message, stop: Any) -> Result:
+    def result(self, request: Message | None, response: Message, stop: Any,
+               reset: bool = False) -> Result:
         return Result(request=request, response=response, immediate=stop is not None,
                       details=stop.immediate_response.details if stop is not None else "",
                       sent=self.sent, dynamic_metadata=self.metadata,
                       route_cache_cleared=self.route_cache_cleared, mode=self.mode,
-                      timeout_extensions=self.extensions)
+                      timeout_extensions=self.extensions, reset=reset)
 
 
 def _passthrough(wire: Any, which: str, mode: ProcessingMode) -> Any:
@@ -435,6 +464,10 @@ def _pairs(headers: HeaderInput) -> list[tuple[str, str]]:
         return []
     items = headers.items() if isinstance(headers, Mapping) else headers
     return [(str(k).lower(), str(v)) for k, v in items]
+
+
+def _chunked(pairs: list[tuple[str, str]]) -> bool:
+    return any(k == "transfer-encoding" and "chunked" in v.lower() for k, v in pairs)
 
 
 def _chunks(body: BodyInput) -> list[bytes]:

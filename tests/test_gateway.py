@@ -52,11 +52,16 @@ def _config(processor, **kwargs) -> Deployment:
 @pytest.mark.parametrize("processor", [HeadersOnly, Rewrite, BufferedJson, FullDuplexRedact,
                                        Metadata, ModeOverride])
 def test_generated_resources_validate_against_the_crds(processor):
-    docs = resources(_config(processor))
-    for doc in docs:
-        _valid(doc)
-    assert [d["kind"] for d in docs] == ["EnvoyExtensionPolicy", "Backend"]
-    assert yaml.safe_load_all(to_yaml(docs)) is not None
+    """What is written (gateway.yaml, notes and all) parses to the documents generated, and
+    each is one the API server accepts as it is."""
+    deployment = _config(processor)
+    generated = resources(deployment)
+    for text in (deployment.render()["gateway.yaml"], to_yaml(generated)):
+        docs = list(yaml.safe_load_all(text))
+        assert [d["kind"] for d in docs] == ["EnvoyExtensionPolicy", "Backend"]
+        for doc in docs:
+            _valid(doc)
+        assert docs == generated
 
 
 def test_processing_mode_follows_the_class():
@@ -231,7 +236,7 @@ def test_other_policies_validate_and_refuse_what_eg_would():
         gp.session_persistence(policy(session=SessionPersistence("Header", "x-user"))),
         gp.session_persistence(policy(
             session=SessionPersistence("Cookie", "session", cookie_ttl="1h30m"))),
-        gp.client_ip_detection(Deployment(HeadersOnly, ["/x.sock"],
+        gp.client_traffic_policy(Deployment(HeadersOnly, ["/x.sock"],
                                           policy=Policy(xff_trusted_hops=2),
                                           gateway=GatewayOptions(name="p", targets=route,
                                                                  client_gateway="eg"))),

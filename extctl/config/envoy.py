@@ -169,7 +169,7 @@ def bootstrap(deployment: Deployment) -> Any:
                                typed_config=_any(router_pb2.Router())),
         ],
     )
-    if options.http1_trailers:
+    if deployment.http1_trailers:
         manager.http_protocol_options.enable_trailers = True
     if options.preserve_external_request_id:
         manager.preserve_external_request_id = True
@@ -231,7 +231,7 @@ def bootstrap(deployment: Deployment) -> Any:
         if policy.session is not None:
             upstream.lb_policy = (cluster_pb2.Cluster.MAGLEV if policy.session.algorithm
                                   == "maglev" else cluster_pb2.Cluster.RING_HASH)
-        if options.http1_trailers:
+        if deployment.http1_trailers:
             http1 = http_protocol_options_pb2.HttpProtocolOptions()
             http1.explicit_http_config.http_protocol_options.enable_trailers = True
             upstream.typed_extension_protocol_options[

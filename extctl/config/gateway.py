@@ -4,8 +4,9 @@ The EnvoyExtensionPolicy's processing mode comes from the class's FilterSpec, so
 sends what the class handles; a Wasm image's ``sha256`` is the manifest digest from ``push``.
 The policy adds the resources a deployment of extensions usually needs: client CIDR
 authorization (SecurityPolicy), session persistence (BackendTrafficPolicy consistent hash),
-X-Forwarded-For trusted hops (ClientTrafficPolicy) and filter order (EnvoyProxy). Rules the
-CRDs enforce with CEL, which a schema check cannot see, are refused here with GatewayError.
+X-Forwarded-For trusted hops and HTTP/1.1 trailers for trailer hooks (ClientTrafficPolicy)
+and filter order (EnvoyProxy). Rules the CRDs enforce with CEL, which a schema check cannot
+see, are refused here with GatewayError.
 """
 
 from __future__ import annotations
@@ -261,21 +262,41 @@ def session_persistence(deployment: Deployment) -> dict[str, Any]:
     return doc
 
 
-def client_ip_detection(deployment: Deployment) -> dict[str, Any]:
-    """ClientTrafficPolicy: take the client address ``xff_trusted_hops`` back in X-Forwarded-For,
-    on the Gateway named by ``client_gateway`` or among the targets."""
+def client_gateway(deployment: Deployment) -> str | None:
+    """The Gateway a ClientTrafficPolicy targets: ``client_gateway``, else the first Gateway
+    among the targets."""
     options = deployment.gateway
     gateway = options.client_gateway or next(
         (t.name for t in options.targets if t.kind == "Gateway"), None)
+    if gateway is not None:
+        check_name(gateway, "gateway")
+    return gateway
+
+
+def client_traffic_policy(deployment: Deployment) -> dict[str, Any] | None:
+    """ClientTrafficPolicy on the client Gateway: take the client address
+    ``xff_trusted_hops`` back in X-Forwarded-For, and keep HTTP/1.1 trailers when the
+    processor has trailer hooks (``http1.enableTrailers``: Envoy Gateway enables them on the
+    listener's codec and on its HTTP/1.1 clusters' alike). None when neither applies, or when
+    only trailers do and there is no Gateway to target (:func:`notes` says so)."""
+    hops = deployment.policy.xff_trusted_hops
+    trailers = deployment.processor is not None and deployment.http1_trailers
+    if not hops and not trailers:
+        return None
+    gateway = client_gateway(deployment)
     if gateway is None:
-        raise GatewayError("X-Forwarded-For trusted hops are set on a Gateway "
-                           "(ClientTrafficPolicy): name it (--client-gateway) or target one")
-    check_name(gateway, "gateway")
-    doc = _meta("ClientTrafficPolicy", f"{deployment.name}-client-ip", options.namespace)
-    doc["spec"] = {"targetRefs": [{"group": "gateway.networking.k8s.io", "kind": "Gateway",
-                                   "name": gateway}],
-                   "clientIPDetection": {"xForwardedFor": {
-                       "numTrustedHops": deployment.policy.xff_trusted_hops}}}
+        if hops:
+            raise GatewayError("X-Forwarded-For trusted hops are set on a Gateway "
+                               "(ClientTrafficPolicy): name it (--client-gateway) or target one")
+        return None
+    doc = _meta("ClientTrafficPolicy", f"{deployment.name}-client", deployment.gateway.namespace)
+    spec: dict[str, Any] = {"targetRefs": [{"group": "gateway.networking.k8s.io",
+                                            "kind": "Gateway", "name": gateway}]}
+    if hops:
+        spec["clientIPDetection"] = {"xForwardedFor": {"numTrustedHops": hops}}
+    if trailers:
+        spec["http1"] = {"enableTrailers": True}
+    doc["spec"] = spec
     return doc
 
 
@@ -328,15 +349,22 @@ def sidecar_documents(deployment: Deployment) -> list[dict[str, Any]]:
 
 def notes(deployment: Deployment) -> list[str]:
     """Comment lines for the top of the rendered documents (what they cannot do themselves)."""
+    lines = []
+    if (deployment.processor is not None and deployment.http1_trailers
+            and client_gateway(deployment) is None):
+        lines.append("The processor takes trailers: HTTP/1.1 trailers reach it only with "
+                     "ClientTrafficPolicy http1.enableTrailers on the Gateway")
+        lines.append("(Envoy drops them before any filter otherwise): name the Gateway with "
+                     "--client-gateway to have it written.")
     options = deployment.gateway.sidecar
     if options is not None:
-        return sidecar_notes(options, f"{deployment.name}-proxy")
+        return lines + sidecar_notes(options, f"{deployment.name}-proxy")
     if deployment.processor is not None:  # a Backend, which Envoy Gateway serves only when told
-        return ["The Backend needs Envoy Gateway's `extensionApis: {enableBackend: true}` "
+        return lines + ["The Backend needs Envoy Gateway's `extensionApis: {enableBackend: true}` "
                 "(ConfigMap envoy-gateway-system/envoy-gateway-config,",
                 "then restart the envoy-gateway Deployment); --sidecar-image writes that "
                 "ConfigMap for you."]
-    return []
+    return lines
 
 
 def resources(deployment: Deployment) -> list[dict[str, Any]]:
@@ -352,8 +380,9 @@ def resources(deployment: Deployment) -> list[dict[str, Any]]:
         docs.append(security_policy(deployment))
     if policy.session is not None:
         docs.append(session_persistence(deployment))
-    if policy.xff_trusted_hops:
-        docs.append(client_ip_detection(deployment))
+    client = client_traffic_policy(deployment)
+    if client is not None:
+        docs.append(client)
     if policy.filter_order or deployment.gateway.sidecar is not None:
         docs.append(envoy_proxy(deployment))
     docs.extend(sidecar_documents(deployment))

@@ -119,8 +119,10 @@ class EnvoyOptions:
     memory a client can make Envoy hold)."""
     access_log: bool = False
     """Log each request to Envoy's stdout."""
-    http1_trailers: bool = False
-    """Accept and forward HTTP/1.1 chunked trailers (Envoy drops them by default)."""
+    http1_trailers: bool | None = None
+    """Accept and forward HTTP/1.1 chunked trailers, from clients and from the upstream (Envoy's
+    HTTP/1 codec drops them by default, before any filter). None: when the processor's mode
+    sends trailers (a trailers hook), so that its hook runs for HTTP/1.1 messages too."""
     preserve_external_request_id: bool = False
     """Keep a client's x-request-id (an edge Envoy replaces it by default)."""
     clusters: Sequence[CalloutCluster] = ()
@@ -203,6 +205,15 @@ class DeploymentData:
         spec = FilterSpec.of(self.processor)
         mode = self.envoy.processing_mode
         return spec if mode is None else spec.with_mode(mode)
+
+    @property
+    def http1_trailers(self) -> bool:
+        """Whether Envoy's HTTP/1 codecs keep trailers: as asked, else when the processor's
+        mode sends them."""
+        if self.envoy.http1_trailers is not None:
+            return self.envoy.http1_trailers
+        mode = self.spec.mode if self.spec is not None else None
+        return mode is not None and (mode.request_trailers or mode.response_trailers)
 
     @property
     def name(self) -> str:
