@@ -162,14 +162,22 @@ class Soak(extproc.Processor):
 
 
 class BypassChecks(extproc.Processor):
-    """Sends the mutations Headers refuses, bypassing its checks, to see what Envoy does."""
+    """Sends the one header mutation ``x-mutation`` names (JSON ``[kind, action, name,
+    value]``: kind ``request``/``response``, action ``set``/``add``/``remove``) behind
+    Headers' checks, to see what Envoy does with the mutations Headers refuses."""
+
+    def _bypass(self, kind: str, headers: Headers) -> None:
+        assert self.request_headers is not None
+        wanted, action, name, value = json.loads(self.request_headers["x-mutation"])
+        if wanted == kind:  # Headers._change's operations: 0 set, 1 append, 2 remove
+            op = ("set", "add", "remove").index(action)
+            headers._change(name, op, None if action == "remove" else value)
 
     async def on_request_headers(self, headers: Headers) -> None:
-        for name, value in (("host", "evil.example"), (":authority", "evil.example"),
-                            (":method", "DELETE"), (":scheme", "https"),
-                            ("x-envoy-original-path", "/evil")):
-            headers._change(name, 0, value)  # 0: set
-        headers._change(":path", 2, None)  # 2: remove a pseudo-header
+        self._bypass("request", headers)
+
+    async def on_response_headers(self, headers: Headers) -> None:
+        self._bypass("response", headers)
 
 
 class RoutingAllowed(extproc.Processor):

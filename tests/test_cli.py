@@ -178,12 +178,30 @@ def test_every_command_has_help_with_an_example(command):
     assert f"extctl {command}" in result.output
 
 
+USAGE_ERRORS = [
+    (["serve"], "extctl serve", "Missing argument 'MODULE:CLASS'."),
+    (["serve", "procs:Rewrite", "--workers", "abc"], "extctl serve",
+     "Invalid value for '--workers': 'abc' is not a valid integer range."),
+    (["bogus"], "extctl", "No such command 'bogus'."),
+    (["gen", "envoy", "--nope"], "extctl gen envoy", "No such option '--nope'."),
+]
+
+
 def test_version_and_usage_errors():
+    from importlib.metadata import version
+
     runner = CliRunner()
-    assert runner.invoke(cli, ["--version"]).exit_code == 0
-    result = runner.invoke(cli, ["serve"])
-    assert result.exit_code == 2
-    assert "Missing argument" in result.output
+    shown = runner.invoke(cli, ["--version"], prog_name="extctl")
+    assert shown.exit_code == 0
+    assert shown.output == f"extctl, version {version('envoy-extkit')}\n"
+    for args, usage, error in USAGE_ERRORS:
+        result = runner.invoke(cli, args, prog_name="extctl")
+        assert result.exit_code == 2, args
+        # The usage of the command misused, then one line naming what was wrong.
+        lines = result.output.splitlines()
+        assert lines[0].startswith(f"Usage: {usage} [OPTIONS]"), result.output
+        assert [line for line in lines if "rror" in line] == [f"Error: {error}"], result.output
+        assert lines[-1] == f"Error: {error}"
 
 
 def test_nested_command_options_read_extctl_environment_variables(tmp_path):

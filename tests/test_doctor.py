@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import re
 import threading
 import time
 import urllib.request
@@ -116,22 +117,36 @@ def test_a_filter_not_on_the_route_and_a_mode_that_differs(sock_dir, tmp_path):
 
 
 def test_a_wasm_module_that_fails_to_load(sock_dir, tmp_path, module_url):
-    url, sha = module_url
+    url, _ = module_url  # the served module is fine; only the pinned digest is wrong
     socket = str(sock_dir / "p.sock")
     deployment = Deployment(Rewrite, addresses=[socket], wasm=[
         WasmModule("broken", url=url, sha256="0" * 64, fail_open=True)])
+    args = ("procs:Rewrite", "--wasm", "broken", "--wasm", "absent")
     with extproc.ServerThread(Rewrite, uds=socket), \
             EnvoyProcess(deployment.envoy_bootstrap(), tmp_path / "envoy") as envoy:
         reply = http(envoy.port, "/")
-        code, report = _doctor(envoy, "procs:Rewrite", "--wasm", "broken", "--wasm", "absent")
+        code, report = _doctor(envoy, *args)
+        text = CliRunner().invoke(cli, ["doctor", "--admin", envoy.admin_address,
+                                        "--app-dir", str(ROOT / "tests"), *args])
     assert reply.status == 200 and "x-wasm" not in reply.headers  # failed open, not run
-    assert code == FINDINGS
+    assert code == text.exit_code == FINDINGS
     assert report["counters"]["wasm.remote_load_fetch_failures"] >= 1
-    assert any("remote Wasm module fetch(es) failed or did not match the sha256" in p
-               and "broken" in p for p in report["problems"])
-    assert any("Wasm module absent is not configured" in p for p in report["problems"])
-    assert report["wasm"][0]["source"] == f"remote {url}"
-    assert sha  # the served module is fine; only the pinned digest is wrong
+    absent = ("Wasm module absent is not configured in Envoy (for Envoy Gateway: see the "
+              "controller's log for the policy)")
+    fetch = re.compile(r"\d+ remote Wasm module fetch\(es\) failed or did not match the "
+                       r"sha256, so a module did not load \(remote: broken; Envoy's log names "
+                       r"it: 'Plugin NAME failed to load'\)")
+    first, second = report["problems"]
+    assert first == absent and fetch.fullmatch(second), report["problems"]
+    # Envoy does not say which remote module failed: it is never reported as loaded.
+    assert report["wasm"] == [{"name": "broken", "source": f"remote {url}", "loaded": None}]
+    assert report["ok"] is False
+    # What a user reads: the module and its state, each problem, how many.
+    lines = text.stdout.splitlines()
+    assert f"wasm broken (remote {url}): load state unknown" in lines
+    first, second = [line for line in lines if line.startswith("problem: ")]
+    assert first == f"problem: {absent}" and fetch.fullmatch(second.removeprefix("problem: "))
+    assert lines[-1] == "2 problem(s)"
 
 
 def test_a_processor_socket_that_is_gone(sock_dir, tmp_path):

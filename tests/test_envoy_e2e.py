@@ -199,18 +199,79 @@ def test_direct_response_without_upstream(sock_dir):
     assert counts == {"request_headers": 1}
 
 
-def test_envoy_ignores_exactly_the_mutations_headers_refuses(make_stack):
-    """The MutationError list is Envoy's behaviour, checked against a real Envoy."""
-    with make_stack(BypassChecks) as s:
-        reply = s.get("/orig", headers={"host": "orig.example"})
-        rejected = s.envoy.stats("http.ingress.ext_proc.rejected_header_mutations")
-    assert reply.status == 200
+def _mutation_cases() -> list[tuple[str, str, str, str]]:
+    """Every (kind, action, name, value) over the names extproc/_headers.py's rules speak of:
+    its tables' names, host, every pseudo-header, an x-envoy-* name and an ordinary one
+    (content-type: the client sends it, and so does the upstream)."""
+    from extproc import _headers as rules
+
+    names = (set(rules.ROUTING_HEADERS) | set().union(*rules._SETTABLE_PSEUDO.values())
+             | {"host", ":authority", ":method", ":path", ":scheme", ":status",
+                "x-envoy-original-path", "content-type"})
+    values = {":path": "/evil", ":method": "DELETE", ":scheme": "https", ":status": "418",
+              ":authority": "evil.example", "host": "evil.example"}
+    return [(kind, action, name, values.get(name, "evil")) for kind in ("request", "response")
+            for action in ("set", "add", "remove") for name in sorted(names)]
+
+
+def _refused(kind: str, action: str, name: str, value: str) -> bool:
+    """Whether Headers, as a hook of BypassChecks gets it, refuses the mutation."""
+    from extproc import Headers, MutationError
+
+    headers = Headers(kind=kind, allow_routing=BypassChecks.allow_routing_mutations,
+                      allow_envoy=BypassChecks.allow_envoy_mutations)
+    try:
+        if action == "set":
+            headers[name] = value
+        elif action == "add":
+            headers.add(name, value)
+        else:
+            del headers[name]
+    except MutationError:
+        return True
+    return False
+
+
+def _seen(kind: str, name: str, reply) -> object:
+    """What the other side got of ``name``: the upstream (request), the client (response)."""
+    if kind == "response":
+        return reply.status if name == ":status" else reply.headers.get(name)
     echoed = reply.json()
-    assert echoed["method"] == "GET" and echoed["path"] == "/orig"
-    seen = reply.upstream_headers()
-    assert seen["host"] == ["orig.example"]
-    assert "x-envoy-original-path" not in seen
-    assert rejected["http.ingress.ext_proc.rejected_header_mutations"] == 6
+    pseudo = {":path": echoed["path"], ":method": echoed["method"]}
+    if name in pseudo:
+        return pseudo[name]
+    return reply.upstream_headers().get("host" if name == ":authority" else name)
+
+
+def test_envoy_ignores_exactly_the_mutations_headers_refuses(make_stack):
+    """The mutations Headers refuses (MutationError) are those a real Envoy ignores: it
+    counts them as rejected, or takes them to no effect (``:status`` on a request); every
+    other one changes what the upstream or the client gets."""
+    cases = _mutation_cases()
+    stat = "http.ingress.ext_proc.rejected_header_mutations"
+    sent = {"host": "orig.example", "content-type": "text/orig", "x-envoy-original-path": "/o"}
+    ignored, counted_but_applied = {}, []
+    with make_stack(BypassChecks) as s:
+        control = s.get("/orig", headers={**sent, "x-mutation": '["none", "set", "x", ""]'})
+        assert control.status == 200
+        rejected = s.envoy.stats(stat)[stat]
+        for case in cases:
+            kind, _, name, _ = case
+            reply = s.get("/orig", headers={**sent, "x-mutation": json.dumps(case)})
+            assert reply.status in (200, 418), (case, reply)
+            total = s.envoy.stats(stat)[stat]
+            counted, rejected = total - rejected, total
+            unchanged = _seen(kind, name, reply) == _seen(kind, name, control)
+            if counted and not unchanged:
+                counted_but_applied.append(case)
+            ignored[case] = bool(counted) or unchanged
+    assert not counted_but_applied  # what Envoy counts as rejected changes nothing
+    refused = {case: _refused(*case) for case in cases}
+    assert any(refused.values()) and not all(refused.values())
+    differ = {case: ("refused" if refused[case] else "allowed",
+                     "ignored" if ignored[case] else "applied")
+              for case in cases if refused[case] != ignored[case]}
+    assert not differ, differ
 
 
 def test_routing_mutation_applies_when_the_class_allows_it(make_stack):
