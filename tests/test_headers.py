@@ -11,6 +11,7 @@ from envoy.config.core.v3 import base_pb2
 import extproc
 from extproc import Body, Headers, ImmediateResponse, MutationError
 from extproc._headers import header_mutation
+from extproc.testing import run_sync
 
 OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
 APPEND = base_pb2.HeaderValueOption.APPEND_IF_EXISTS_OR_ADD
@@ -311,6 +312,46 @@ def test_x_envoy_headers_need_allow_envoy(name: str) -> None:
     h = Headers(allow_envoy=True)
     h[name] = "1"
     assert h[name] == "1"
+
+
+def test_x_envoy_permission_of_one_class_does_not_leak_to_another() -> None:
+    # The header-rule check remembers its verdicts; one class's allow_envoy_mutations must not
+    # become every class's.
+    class MayChangeEnvoy(extproc.Processor):
+        allow_envoy_mutations = True
+
+        async def on_request_headers(self, headers: Headers) -> None:
+            headers["x-envoy-foo"] = "changed"
+
+    refusals: list[MutationError] = []
+
+    class MayNot(extproc.Processor):
+        async def on_request_headers(self, headers: Headers) -> None:
+            for change in (lambda: headers.__setitem__("x-envoy-foo", "changed"),
+                           lambda: headers.add("x-envoy-foo", "changed"),
+                           lambda: headers.__delitem__("x-envoy-foo")):
+                with pytest.raises(MutationError, match="allow_envoy_mutations") as caught:
+                    change()
+                refusals.append(caught.value)
+
+    for _ in range(2):  # the refused class before and after the permitted one
+        result = run_sync(MayNot, headers={"x-envoy-foo": "original"})
+        assert result.request is not None and not result.immediate
+        assert result.request.headers["x-envoy-foo"] == "original"
+        permitted = run_sync(MayChangeEnvoy, headers={"x-envoy-foo": "original"})
+        assert permitted.request is not None
+        assert permitted.request.headers["x-envoy-foo"] == "changed"
+    assert len(refusals) == 6
+    # The same holds for bare Headers in one process.
+    allowed = Headers({"x-envoy-foo": "1"}, allow_envoy=True)
+    allowed["x-envoy-foo"] = "2"
+    allowed.add("x-envoy-foo", "3")
+    del allowed["x-envoy-foo"]
+    for change in (lambda h: h.__setitem__("x-envoy-foo", "2"),
+                   lambda h: h.add("x-envoy-foo", "3"),
+                   lambda h: h.__delitem__("x-envoy-foo")):
+        with pytest.raises(MutationError, match="x-envoy"):
+            change(Headers({"x-envoy-foo": "1"}))
 
 
 @pytest.mark.parametrize("name", [":path", ":method", ":authority", ":scheme", ":status", "host"])

@@ -669,6 +669,41 @@ async def test_fail_open_discards_dynamic_metadata_of_failed_hook() -> None:
     assert result.dynamic_metadata == {}
 
 
+# A failed fail_open hook's body replacement and mode override are dropped with it: they must
+# not ride on the next headers answer (the response's) either.
+class ReplaceThenBoom(Processor):
+    fail_open = True
+    allow_mode_override = True
+
+    async def on_request_headers(self, headers: Headers) -> None:
+        if "x-replace" in headers:
+            self.replace_body(b"half-done replacement")
+        if "x-override" in headers:
+            self.override_mode(response_body=BodyMode.BUFFERED)
+        raise RuntimeError("boom")
+
+    async def on_response_headers(self, headers: Headers) -> None:
+        pass
+
+    async def on_response_body(self, body: Body) -> None:
+        body.data = body.data.upper()
+
+
+@pytest.mark.parametrize("change", ["x-replace", "x-override"])
+async def test_fail_open_discards_body_replacement_and_mode_override_of_failed_hook(
+        change: str) -> None:
+    result = await run(ReplaceThenBoom, method="POST", headers={change: "1"},
+                       body=b"original request", response_body=b"original response")
+    assert not result.immediate
+    assert result.status == 200
+    assert result.request is not None
+    assert result.request.body == b"original request"
+    assert result.response.body == b"original response"
+    assert result.sent == ["request_headers", "response_headers"]
+    assert result.mode is not None
+    assert result.mode.response_body is None
+
+
 async def test_clear_route_cache() -> None:
     class Reroute(Processor):
         async def on_request_headers(self, headers: Headers) -> None:
