@@ -12,7 +12,13 @@ from hostile import digest, extctl, fake_registry, layer, manifest_for, serve
 from oci import PASSWORD, USER, skopeo
 
 import registry as oci
-from registry.layout import RUNTIME_CONFIG_LAYER, WASM_CONFIG, WASM_LAYER
+from registry.layout import (
+    DOCKER_LAYER,
+    DOCKER_MANIFEST,
+    RUNTIME_CONFIG_LAYER,
+    WASM_CONFIG,
+    WASM_LAYER,
+)
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
@@ -33,17 +39,18 @@ def _client(reg) -> oci.RegistryClient:
 
 
 def _upload(reg, repo: str, tag: str, layers: list[tuple[bytes, str]],
-            config: tuple[bytes, str] = (b"{}", WASM_CONFIG)) -> str:
+            config: tuple[bytes, str] = (b"{}", WASM_CONFIG),
+            manifest_type: str = OCI_MANIFEST) -> str:
     """Upload an image with arbitrary layers, as another client could; its digest."""
     manifest = json.dumps({
-        "schemaVersion": 2, "mediaType": OCI_MANIFEST,
+        "schemaVersion": 2, "mediaType": manifest_type,
         "config": {"mediaType": config[1], "digest": digest(config[0]), "size": len(config[0])},
         "layers": [{"mediaType": kind, "digest": digest(data), "size": len(data)}
                    for data, kind in layers]}).encode()
     with _client(reg) as client:
         for data in (config[0], *(d for d, _ in layers)):
             client.upload_blob(repo, data, digest(data))
-        client.put_manifest(repo, tag, manifest, OCI_MANIFEST)
+        client.put_manifest(repo, tag, manifest, manifest_type)
     return digest(manifest)
 
 
@@ -125,6 +132,63 @@ def test_layouts_envoy_gateway_refuses_are_rejected(registry, wat_module, tmp_pa
     assert reason in run.stdout and "invalid media type" in run.stdout
     assert f"manifest digest: {uploaded}" in run.stdout
     assert "Traceback" not in run.stderr
+
+
+def _plugin_tar_gz(wasm: bytes) -> bytes:
+    import gzip
+    import io
+    import tarfile
+
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w") as tar:
+        info = tarfile.TarInfo("plugin.wasm")
+        info.size = len(wasm)
+        tar.addfile(info, io.BytesIO(wasm))
+    return gzip.compress(raw.getvalue())
+
+
+@pytest.mark.parametrize(("last_layer", "accepted"), [
+    (DOCKER_LAYER, True),
+    ("application/vnd.oci.image.layer.v1.tar+gzip", False),
+])
+def test_a_docker_v2_manifest_needs_a_docker_tar_gzip_last_layer(registry, wat_module, tmp_path,
+                                                                  last_layer, accepted):
+    """EG reads a Docker v2 manifest only as a Docker container: its last layer must be the
+    Docker rootfs type; the OCI tar+gzip type (fine in an OCI manifest) is refused there."""
+    wasm = wat_module.read_bytes()
+    repo = "check/docker-" + ("docker-layer" if accepted else "oci-layer")
+    uploaded = _upload(registry, repo, "v1", [(_plugin_tar_gz(wasm), last_layer)],
+                       config=(b"{}", "application/vnd.docker.container.image.v1+json"),
+                       manifest_type=DOCKER_MANIFEST)
+    expect = f"invalid media type {last_layer} (expect {DOCKER_LAYER})"
+    for extra in ((), ("--module",)):
+        run = _check(registry, f"{repo}:v1", tmp_path, *extra)
+        assert "Traceback" not in run.stderr
+        assert f"manifest digest: {uploaded}" in run.stdout
+        if accepted:
+            assert run.returncode == 0, (run.stdout, run.stderr)
+            assert run.stdout.startswith("ACCEPTED")
+        else:
+            assert run.returncode == 9, (run.stdout, run.stderr)
+            assert run.stdout.startswith("REJECTED: Envoy Gateway would refuse it")
+            assert expect in run.stdout
+    conn = oci.Connection(oci.Credentials(USER, PASSWORD, "t"), ca_file=str(registry.ca_file))
+    result = oci.check_image(f"oci://{registry.host}/{repo}:v1", connection=conn, module=True)
+    assert result.digest == uploaded
+    assert result.accepted is accepted
+    assert result.layers == (last_layer,)
+    out = tmp_path / "pulled.wasm"
+    if accepted:
+        assert result.variant == "compat" and result.reasons == ()
+        assert result.module_sha256 == hashlib.sha256(wasm).hexdigest()
+        oci.pull(f"oci://{registry.host}/{repo}:v1", out, connection=conn)
+        assert out.read_bytes() == wasm
+    else:
+        assert result.image_sha256 is None
+        assert any(expect in reason for reason in result.reasons), result.reasons
+        with pytest.raises(oci.UnsupportedImage, match="Envoy Gateway would refuse it"):
+            oci.pull(f"oci://{registry.host}/{repo}:v1", out, connection=conn)
+        assert not out.exists()
 
 
 def test_an_index_shows_both_digests_and_which_one_eg_compares(registry, wat_module, tmp_path):

@@ -433,6 +433,50 @@ def test_an_index_child_named_by_a_tag_is_refused(tmp_path):
     assert not any(p.endswith("/manifests/latest") for p in reg.paths())
 
 
+def test_a_manifest_other_than_the_digest_asked_for_is_refused(tmp_path):
+    """A registry answering ``@sha256:X`` with another valid image: refused, nothing written
+    or cached, from the command line and the library, directly and through an index."""
+    asked_layer, other_layer = (_tar_gz({"plugin.wasm": MODULE}),
+                                _tar_gz({"plugin.wasm": MODULE + b"\x00"}))
+    asked, other = manifest_for([layer(asked_layer)]), manifest_for([layer(other_layer)])
+    index = json.dumps({"schemaVersion": 2,
+                        "mediaType": "application/vnd.oci.image.index.v1+json",
+                        "manifests": [{"mediaType": OCI_MANIFEST, "digest": digest(asked),
+                                       "size": len(asked), "platform": {
+                                           "os": "linux", "architecture": "amd64"}}]}).encode()
+    blobs = {digest(asked_layer): asked_layer, digest(other_layer): other_layer,
+             digest(b"{}"): b"{}"}
+
+    def route(req: Request) -> None:
+        path = req.path.split("?")[0]
+        if path.endswith(f"/manifests/{digest(index)}"):
+            req.reply(200, index, {"Content-Type": "application/vnd.oci.image.index.v1+json"})
+        elif "/manifests/" in path:  # whatever digest is asked for: the other image
+            req.reply(200, other, {"Content-Type": OCI_MANIFEST,
+                                   "Docker-Content-Digest": path.rsplit("/", 1)[1]})
+        elif "/blobs/" in path and path.rsplit("/", 1)[1] in blobs:
+            req.reply(200, blobs[path.rsplit("/", 1)[1]])
+        else:
+            req.reply(404, b'{"errors":[{"code":"NOT_FOUND"}]}')
+
+    with serve(route) as reg:
+        run, out = _pull(reg.host, tmp_path, repo=f"f/x@{digest(asked)}")
+        assert_clean_failure(run, 6, out)
+        assert digest(asked) in run.stderr and digest(other) in run.stderr
+        conn = oci.Connection(insecure=True)
+        cache = oci.Cache(tmp_path / "cache")
+        for name in (digest(asked), digest(index)):
+            lib_out = tmp_path / "lib.wasm"
+            with pytest.raises(oci.DigestMismatch, match=digest(other)):
+                oci.pull(f"oci://{reg.host}/f/x@{name}", lib_out, connection=conn,
+                         cache=cache)
+            assert not lib_out.exists()
+    assert not any("/blobs/" in p for p in reg.paths())  # refused before any layer
+    stored = tmp_path / "cache" / "blobs" / "sha256"
+    assert not (stored / digest(asked).removeprefix("sha256:")).exists()
+    assert not (stored / digest(other).removeprefix("sha256:")).exists()
+
+
 def test_an_index_pulled_by_digest_is_served_from_the_cache_with_the_registry_down(
         tmp_path, test_ca, wat_module):
     from oci import PASSWORD, USER, start_registry

@@ -226,6 +226,42 @@ def test_cache_pull_policies_with_the_registry_stopped(tmp_path, test_ca, wat_mo
         oci.pull(digest_ref, tmp_path / "f.wasm", connection=conn, cache=cache)
 
 
+def test_a_cached_layer_tampered_at_the_same_size_is_never_served(tmp_path, test_ca,
+                                                                  wat_module):
+    """The cache re-checks a layer's sha256, not only its size: a tampered layer is fetched
+    again while the registry is up, and with it down the pull fails with nothing written."""
+    from oci import start_registry
+
+    original = wat_module.read_bytes()
+    reg = start_registry(tmp_path / "reg", tls=test_ca)
+    conn = oci.Connection(oci.Credentials(USER, PASSWORD, "t"), ca_file=str(reg.ca_file))
+    cache = oci.Cache(tmp_path / "cache")
+    layer_digest = oci.build_image(original, "oci").layers[1].digest
+    cached_layer = tmp_path / "cache" / "blobs" / "sha256" / layer_digest.removeprefix("sha256:")
+    tag_ref = f"oci://{reg.host}/filters/same-size:v1"
+    try:
+        pushed = oci.push(wat_module, tag_ref, connection=conn)
+        digest_ref = f"oci://{reg.host}/filters/same-size@{pushed.digest}"
+        oci.pull(tag_ref, tmp_path / "a.wasm", connection=conn, cache=cache)
+        assert cached_layer.read_bytes() == original
+        # Still a Wasm module of the same size, one byte of its body changed.
+        tampered = original[:-1] + bytes([original[-1] ^ 0xFF])
+        assert len(tampered) == len(original) and tampered.startswith(b"\x00asm")
+        cached_layer.write_bytes(tampered)
+        for policy in ("IfNotPresent", "Always"):
+            out = tmp_path / f"{policy}.wasm"
+            again = oci.pull(digest_ref, out, connection=conn, cache=cache, pull_policy=policy)
+            assert out.read_bytes() == original
+            assert not again.from_cache and again.sha256 == hashlib.sha256(original).hexdigest()
+    finally:
+        reg.stop()
+    cached_layer.write_bytes(tampered)
+    offline = tmp_path / "offline.wasm"
+    with pytest.raises(oci.TransportError):
+        oci.pull(digest_ref, offline, connection=conn, cache=cache)
+    assert not offline.exists()
+
+
 def test_insecure_plain_http_on_loopback(tmp_path, wat_module):
     from oci import start_registry
 
