@@ -342,6 +342,26 @@ def test_dev_live_view_lists_exactly_what_the_hooks_changed(extctl):
     assert refused["hooks"][0]["immediate_response"] == 403
 
 
+def test_dev_text_live_view_lists_set_added_and_removed_headers(extctl):
+    proc = extctl("dev", "procs:Rewrite", "--port", "0")  # --output text is the default
+    port_match, _ = _wait_for_line(proc, r"try: curl -i http://127\.0\.0\.1:(\d+)/")
+    http(int(port_match.group(1)), "/p", headers={"x-internal": "drop", "x-multi": "first"})
+    _wait_for_line(proc, r"^GET /p -> 200 in [\d.]+ ms \(sent: request_headers, "
+                         r"response_headers\)$")
+    request, _ = _wait_for_line(proc, r"^  request_headers [\d.]+ ms: (.*)$")
+    response, _ = _wait_for_line(proc, r"^  response_headers [\d.]+ ms: (.*)$")
+    proc.send_signal(signal.SIGINT)
+    proc.communicate(timeout=30)
+
+    def changes(line: re.Match[str]) -> dict[str, list[str]]:
+        parts = [part.split(" ", 1) for part in line.group(1).split("; ")]
+        return {what: sorted(names.split(", ")) for what, names in parts}
+
+    assert changes(request) == {"set": ["x-path", "x-replaced"], "add": ["x-multi"],
+                                "remove": ["x-internal"]}
+    assert changes(response) == {"set": ["x-processed-by", "x-request-path"]}
+
+
 def test_dev_quiet_prints_no_live_view(extctl):
     proc = extctl("dev", "procs:Rewrite", "--port", "0", "--quiet")
     port_match, _ = _wait_for_line(proc, r"try: curl -i http://127\.0\.0\.1:(\d+)/")

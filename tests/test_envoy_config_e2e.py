@@ -14,6 +14,7 @@ import wasmtime
 from conftest import ROOT, http, stack
 from procs import AppendOrder
 
+import extproc
 from extctl.config import Deployment, FilterPosition, SessionPersistence, WasmModule
 from extctl.harness.echo import EchoServer
 from extctl.testing import EnvoyProcess
@@ -161,3 +162,41 @@ def test_processor_over_tcp_with_tls_and_client_certificates(tmp_path, echo, tes
         assert reply.upstream_headers()["x-seen"] == ["1"]
     else:  # the processor refuses Envoy's handshake; failing closed, Envoy answers 500
         assert reply.status == 500
+
+
+class ChangesEnvoyHeaders(extproc.Processor):
+    allow_envoy_mutations = True
+
+    async def on_request_headers(self, headers: extproc.Headers) -> None:
+        headers["x-envoy-foo"] = "changed"
+        headers["x-envoy-added"] = "by-processor"
+
+
+class ChangesEnvoyHeadersWithoutPermission(ChangesEnvoyHeaders):
+    """The same filter, configured as a class that does not ask for the permission."""
+
+    allow_envoy_mutations = False
+
+
+@pytest.mark.parametrize(("configured_from", "permitted"), [
+    (ChangesEnvoyHeaders, True), (ChangesEnvoyHeadersWithoutPermission, False)])
+def test_allow_envoy_mutations_decides_whether_envoy_applies_x_envoy_changes(
+        sock_dir, echo, configured_from, permitted):
+    """The processor always sends the x-envoy-* changes; Envoy applies them only when the
+    config generated from the class carries the permission."""
+    from extproc import ServerThread
+
+    socket_path = str(sock_dir / "p.sock")
+    with ServerThread(ChangesEnvoyHeaders, uds=socket_path) as server:
+        config = Deployment(configured_from, [socket_path], upstreams=[echo.address])
+        with EnvoyProcess(config.envoy_bootstrap(), sock_dir / "envoy") as envoy:
+            reply = http(envoy.port, "/", headers={"x-envoy-foo": "original"})
+        assert server.server.message_counts.get("request_headers") == 1
+    assert reply.status == 200, reply.body[:200]
+    seen = reply.upstream_headers()
+    if permitted:
+        assert seen["x-envoy-foo"] == ["changed"]
+        assert seen["x-envoy-added"] == ["by-processor"]
+    else:
+        assert seen["x-envoy-foo"] == ["original"]
+        assert "x-envoy-added" not in seen
