@@ -15,7 +15,8 @@ Where a message ends follows its headers, as in Envoy: with ``content-length: 0`
 body and no trailers) the headers end it and no body phase runs; with
 ``transfer-encoding: chunked`` a body follows even when it is empty (``body=b""``: one empty
 chunk with end of stream, as Envoy sends for a chunked message with nothing in it), as it does
-for ``body=[b""]`` (an HTTP/2 client's empty DATA frame). A local answer after the response
+for ``body=[b""]`` (an HTTP/2 client's empty DATA frame). Request hooks never see that header,
+which Envoy's HTTP/1 codec takes out of requests (a response's stays). A local answer after the response
 headers went on to the client (a STREAMED or FULL_DUPLEX_STREAMED response-body hook, a
 response-trailers hook) cannot reach the client: Envoy resets the stream, and the result says
 so (``reset``; ``response`` is what the client got before the reset).
@@ -276,8 +277,13 @@ class _Driver:
                         attributes: Mapping[str, Any] | None,
                         metadata: Mapping[str, Mapping[str, Any]] | None) -> Message:
         mode = self.mode
-        if not chunks and not has_trailers and _chunked(pairs):
-            chunks = [b""]  # a chunked message's body follows its headers, even empty
+        if _chunked(pairs):
+            # A chunked message's body follows its headers, even when empty. Envoy's HTTP/1
+            # codec takes the framing header out of a request's header map (not a response's).
+            if direction == "request":
+                pairs = [(k, v) for k, v in pairs if k != "transfer-encoding"]
+            if not chunks and not has_trailers:
+                chunks = [b""]
         headers_eos = not chunks and not has_trailers
         which = f"{direction}_headers"
         content_length_kept = True
@@ -418,6 +424,9 @@ def _immediate_message(answer: Any) -> Message:
     immediate = answer.immediate_response
     pairs = _apply([(":status", str(immediate.status.code)),
                     ("content-type", "text/plain")], immediate.headers)
+    # Envoy's local replies carry the length of their body.
+    pairs = [(k, v) for k, v in pairs if k != "content-length"]
+    pairs.append(("content-length", str(len(immediate.body))))
     return Message(Headers(pairs, kind="response"), immediate.body, [immediate.body])
 
 
