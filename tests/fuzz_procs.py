@@ -12,6 +12,9 @@ import extproc
 from extproc import BodyMode, ImmediateResponse
 
 MARKER = b"STOP"
+PATIENT = 10.0
+"""Each class's message_timeout: on a loaded machine a hook may take longer than Envoy's 200 ms
+default, and a 504 then would be a difference of timing, not of shape."""
 
 
 def _framing(headers: extproc.Headers) -> str:
@@ -20,6 +23,8 @@ def _framing(headers: extproc.Headers) -> str:
 
 class StreamedUpper(extproc.Processor):
     """STREAMED both ways: upper-cases every body byte; says what framing it saw."""
+
+    message_timeout = PATIENT
 
     request_body_mode = BodyMode.STREAMED
     response_body_mode = BodyMode.STREAMED
@@ -40,6 +45,8 @@ class StreamedUpper(extproc.Processor):
 class FullDuplexSwap(extproc.Processor):
     """FULL_DUPLEX_STREAMED both ways: every ``cat`` becomes ``dog``, across chunk boundaries
     (the last two bytes of a chunk are held back until the next one, or the end)."""
+
+    message_timeout = PATIENT
 
     request_body_mode = BodyMode.FULL_DUPLEX_STREAMED
     response_body_mode = BodyMode.FULL_DUPLEX_STREAMED
@@ -70,6 +77,8 @@ class BufferedSuffix(extproc.Processor):
     """BUFFERED both ways: appends ``!`` and says the length it got, in a header set from the
     body hook."""
 
+    message_timeout = PATIENT
+
     request_body_mode = BodyMode.BUFFERED
     response_body_mode = BodyMode.BUFFERED
 
@@ -92,6 +101,8 @@ class PartialLower(extproc.Processor):
     """BUFFERED_PARTIAL both ways: lower-cases what it is sent (bodies here stay below
     Envoy's buffer limit, so that is all of it)."""
 
+    message_timeout = PATIENT
+
     request_body_mode = BodyMode.BUFFERED_PARTIAL
     response_body_mode = BodyMode.BUFFERED_PARTIAL
 
@@ -105,6 +116,8 @@ class PartialLower(extproc.Processor):
 class DenyMarker(extproc.Processor):
     """STREAMED request body: a 451 as soon as ``STOP`` has been seen, split across chunks or
     not; what came before passes."""
+
+    message_timeout = PATIENT
 
     request_body_mode = BodyMode.STREAMED
 
@@ -123,6 +136,8 @@ class DenyMarker(extproc.Processor):
 class TrailerStamp(extproc.Processor):
     """Trailers both ways (and no body phase): stamps a trailer, removes ``x-drop``, and
     counts in a header of the next direction the trailers it saw."""
+
+    message_timeout = PATIENT
 
     def __init__(self) -> None:
         self.seen = 0
@@ -148,6 +163,8 @@ PROCESSORS = [StreamedUpper, FullDuplexSwap, BufferedSuffix, PartialLower, DenyM
 class LateDeny(extproc.Processor):
     """A 451 on ``STOP`` in the response body (STREAMED): by the time the hook sees it, Envoy
     has sent the response headers on to the client."""
+
+    message_timeout = PATIENT
 
     response_body_mode = BodyMode.STREAMED
 

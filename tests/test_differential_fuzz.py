@@ -5,7 +5,7 @@ them through a real Envoy in front of each processor of ``fuzz_procs`` and throu
 ``extproc.testing.run``, and compares what the client and the upstream received.
 
 CI runs a bounded number of examples per processor, with a fixed seed
-(``EXTKIT_FUZZ_EXAMPLES``, default 12); a longer, random run is
+(``EXTKIT_FUZZ_EXAMPLES``, default 25); a longer, random run is
 ``EXTKIT_FUZZ_EXAMPLES=300 EXTKIT_FUZZ_RANDOM=1 .venv/bin/pytest tests/test_differential_fuzz.py``.
 """
 
@@ -31,7 +31,7 @@ from extproc.testing import Result, run_sync
 
 pytestmark = pytest.mark.envoy
 
-EXAMPLES = int(os.environ.get("EXTKIT_FUZZ_EXAMPLES", "12"))
+EXAMPLES = int(os.environ.get("EXTKIT_FUZZ_EXAMPLES", "25"))
 LARGEST = 200 * 1024
 TOKENS = [b"cat", b"dog ", b"STOP", b"Hello, World. ", b"\x00\xff\r\n", b"x" * 700, b"catSTO"]
 COMPARED = ("content-length",)
