@@ -13,6 +13,13 @@ import extproc
 from extproc import Body, BodyMode, Headers, ImmediateResponse
 
 
+async def until_exists(path: str) -> None:
+    """Until the file ``path`` exists: a test creates it to release a hook it holds (another
+    process may create it, so it is polled)."""
+    while not os.path.exists(path):  # noqa: ASYNC110, ASYNC240 - a file, not an event here
+        await asyncio.sleep(0.01)
+
+
 class Rewrite(extproc.Processor):
     """Sets, appends and removes request headers; adds a response header; denies x-deny."""
 
@@ -100,8 +107,10 @@ class FullDuplexRedact(extproc.Processor):
 
 
 class Slow(extproc.Processor):
-    """Holds the request for ``x-sleep-ms`` in the hook (graceful shutdown tests); creates
-    the file ``x-mark`` names once inside it, so a test knows when the request is there."""
+    """Holds the request in its hook (graceful shutdown tests), as the request's headers say:
+    creates the file ``x-mark`` names once inside it, so a test knows the request is there;
+    then waits until the file ``x-release`` names exists, so the test says when it leaves,
+    and for ``x-sleep-ms``."""
 
     message_timeout = 10.0
 
@@ -110,6 +119,9 @@ class Slow(extproc.Processor):
         if mark:
             with open(mark, "w") as f:  # noqa: ASYNC230 - a tiny local file, on purpose
                 f.write(str(os.getpid()))
+        release = headers.get("x-release")
+        if release:
+            await until_exists(release)
         await asyncio.sleep(int(headers.get("x-sleep-ms") or 0) / 1000)
         headers["x-slept"] = "1"
 

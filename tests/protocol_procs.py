@@ -7,6 +7,8 @@ import asyncio
 import json
 import struct
 
+from procs import until_exists
+
 import extproc
 from extproc import Body, BodyMode, Headers, ImmediateResponse, MutationError, ProcessingMode
 
@@ -179,6 +181,18 @@ class Shadow(extproc.Processor):
 
     async def on_request_headers(self, headers: Headers) -> ImmediateResponse:
         await asyncio.sleep(0.5)
+        headers["x-shadow"] = "changed"
+        return ImmediateResponse(403)
+
+
+class HeldShadow(Shadow):
+    """Shadow whose hook creates the file ``x-mark`` names once inside, then holds until the
+    file ``x-release`` names exists: a test knows the hook is still at work."""
+
+    async def on_request_headers(self, headers: Headers) -> ImmediateResponse:
+        with open(headers["x-mark"], "w"):  # noqa: ASYNC230 - a tiny local file, on purpose
+            pass
+        await until_exists(headers["x-release"])
         headers["x-shadow"] = "changed"
         return ImmediateResponse(403)
 

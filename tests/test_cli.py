@@ -363,13 +363,26 @@ def test_dev_text_live_view_lists_set_added_and_removed_headers(extctl):
 
 
 def test_dev_quiet_prints_no_live_view(extctl):
+    import urllib.request
+
     proc = extctl("dev", "procs:Rewrite", "--port", "0", "--quiet")
-    port_match, _ = _wait_for_line(proc, r"try: curl -i http://127\.0\.0\.1:(\d+)/")
-    http(int(port_match.group(1)), "/p")
-    time.sleep(0.5)
+    port_match, lines = _wait_for_line(proc, r"try: curl -i http://127\.0\.0\.1:(\d+)/")
+    (metrics,) = [line.split()[1] for line in lines if line.startswith("metrics: ")]
+    assert http(int(port_match.group(1)), "/p").status == 200
+    # Until the stream has ended: counted as it ends, just before a view would print it.
+    deadline = time.monotonic() + 10
+    while True:
+        text = urllib.request.urlopen(metrics, timeout=5).read().decode()
+        if sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith("grpc_server_handled_total{")) >= 1:
+            break
+        assert time.monotonic() < deadline, text
+        time.sleep(0.02)
     proc.send_signal(signal.SIGINT)
     out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0
     assert "GET /p" not in out and "->" not in out
+    assert out.splitlines()[-1].startswith("stopped; removed ")
 
 
 def test_gen_envoy_writes_the_clusters_wasm_modules_call_out_to():

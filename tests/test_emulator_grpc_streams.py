@@ -364,9 +364,13 @@ def test_unary_grpc_calls_as_in_envoy(tmp_path):
         plugin = WasmModule("calls", file=str(module), text="")
         cluster = CalloutCluster("grpc", f"127.0.0.1:{server.port}", http2=True)
         with envoy_stack(wasm=[plugin], clusters=[cluster]) as stack:
-            for path in paths:
+            for count, path in enumerate(paths, 1):
                 assert stack.get(path).status == 200
-                time.sleep(0.2)  # the reply comes after the request: let it land first
+                # The reply comes after the request: its line, logged, before the next call.
+                deadline = time.monotonic() + 10
+                while len(re.findall(r"wasm log[^:\n]*: ", stack.envoy.log())) < 2 * count:
+                    assert time.monotonic() < deadline, stack.envoy.log()[-2000:]
+                    time.sleep(0.02)
             log = stack.envoy.log()
     finally:
         server.server.stop(0)

@@ -24,10 +24,6 @@ from extctl.config.health_check import PROCESSOR, SERVICE
 from extctl.diagnose.health import check
 from extctl.testing import EnvoyProcess
 
-# PROCESSOR's bounds, with room for a loaded machine: Envoy's timers are exact, the polling
-# here and the processes' start are not.
-SLACK = 1.0
-
 
 def test_both_generators_check_the_service_the_servers_answer_for():
     service = external_processor_pb2.DESCRIPTOR.services_by_name["ExternalProcessor"]
@@ -64,15 +60,47 @@ def _failed(envoy: EnvoyProcess, path: str) -> bool:
     return bool(_hosts(envoy)[path].get("failed_active_health_check"))
 
 
-def _wait_failed(envoy: EnvoyProcess, path: str, within: float) -> float:
-    """Seconds until Envoy marks ``path`` failed_active_health_check (at most ``within``)."""
-    start = time.monotonic()
+def _wait_failed(envoy: EnvoyProcess, path: str, timeout: float = 30) -> None:
+    """Until Envoy marks ``path`` failed_active_health_check (Envoy's default no-traffic
+    interval, 60 s, would not make it within ``timeout``)."""
+    deadline = time.monotonic() + timeout
     while not _failed(envoy, path):
-        elapsed = time.monotonic() - start
-        assert elapsed < within, (f"{path} still healthy after {elapsed:.1f}s: "
-                                  f"{_hosts(envoy)}")
+        assert time.monotonic() < deadline, f"{path} still healthy: {_hosts(envoy)}"
         time.sleep(0.05)
-    return time.monotonic() - start
+
+
+def _logged_envoy(processor: type, sockets: list[str], workdir: Path) -> EnvoyProcess:
+    """Envoy from the generated config, its health checker logging every check's outcome
+    (and each ejection) to ``workdir / "checks.log"``."""
+    from envoy.extensions.health_check.event_sinks.file.v3 import file_pb2
+
+    bootstrap = Deployment.build(processor, addresses=sockets).envoy_bootstrap()
+    (cluster,) = [c for c in bootstrap.static_resources.clusters if c.name == "extproc"]
+    (health_check,) = cluster.health_checks
+    health_check.always_log_health_check_failures = True
+    health_check.always_log_health_check_success = True
+    sink = health_check.event_logger.add(name="envoy.health_check.event_sink.file")
+    sink.typed_config.Pack(file_pb2.HealthCheckEventFileSink(
+        event_log_path=str(workdir / "checks.log")))
+    return EnvoyProcess(bootstrap, workdir / "envoy")
+
+
+def _checks_until_ejected(workdir: Path, path: str) -> list[str]:
+    """The failed checks of ``path`` since its last success, up to the one that ejected it,
+    each by its failure type (``NETWORK``: refused or reset; ``ACTIVE``: NOT_SERVING)."""
+    outcomes: list[str] = []
+    for line in (workdir / "checks.log").read_text().splitlines():
+        event = json.loads(line)
+        if event["host"]["pipe"]["path"] != path:
+            continue
+        if "successful_health_check_event" in event or "add_healthy_event" in event:
+            outcomes = []
+        elif "health_check_failure_event" in event:
+            outcomes.append(event["health_check_failure_event"]["failure_type"])
+        elif "eject_unhealthy_event" in event:
+            # logged before the failure of the check that ejects
+            return [*outcomes, event["eject_unhealthy_event"]["failure_type"]]
+    raise AssertionError(f"{path} was never ejected: {outcomes}")
 
 
 def _stop(proc: Any) -> None:
@@ -130,23 +158,28 @@ def test_a_draining_worker_gets_no_new_streams_while_the_other_serves_them(sock_
     try:
         owners = {path: _listener_pid(path) for path in sockets}
         victim, other = sockets
-        with EnvoyProcess(Deployment.build(Slow, addresses=sockets).envoy_bootstrap(),
-                          sock_dir / "envoy") as envoy:
+        release = sock_dir / "release"
+        with _logged_envoy(Slow, sockets, sock_dir) as envoy:
             # One Envoy worker thread: round robin alternates, so two requests in a row
-            # reach both processor workers, and each holds one in flight.
+            # reach both processor workers, and each holds one in flight until released.
             slow: dict[int, Any] = {}
-            threads = [threading.Thread(target=lambda i=i: slow.update(
-                {i: http(envoy.port, "/", headers={"x-sleep-ms": "5000"})})) for i in range(2)]
-            for thread in threads:
-                thread.start()
-                time.sleep(0.2)
-            time.sleep(0.3)  # both requests are inside a worker's hook
+            threads = []
+            for i in range(2):
+                mark = sock_dir / f"inside-{i}"
+                threads.append(threading.Thread(target=lambda i=i, mark=mark: slow.update(
+                    {i: http(envoy.port, "/", headers={"x-mark": str(mark),
+                                                       "x-release": str(release)})}),
+                    daemon=True))
+                threads[-1].start()
+                wait_for_socket(mark, proc)  # held in a worker's hook before the next one
+            holders = {int((sock_dir / f"inside-{i}").read_text()) for i in range(2)}
+            assert holders == set(owners.values())  # each worker holds one
             os.kill(owners[victim], signal.SIGTERM)  # it drains; its request stays in flight
-            took = _wait_failed(envoy, victim, PROCESSOR.interval * PROCESSOR.unhealthy_threshold
-                                + PROCESSOR.timeout + SLACK)
+            _wait_failed(envoy, victim)
             served = [http(envoy.port, "/") for _ in range(20)]
             still_draining = _alive(owners[victim])
             assert not _failed(envoy, other)
+            release.touch()
             for thread in threads:
                 thread.join(20)
         assert still_draining, "the worker exited: it was not draining during the requests"
@@ -155,7 +188,9 @@ def test_a_draining_worker_gets_no_new_streams_while_the_other_serves_them(sock_
         # each worker had a request in flight, and the draining one finished its own
         assert sorted(r.headers.get("x-worker-pid") for r in slow.values()) == sorted(
             str(pid) for pid in owners.values()), slow
-        print(f"draining worker out of rotation after {took:.2f}s")
+        # out of rotation after no more failed checks than unhealthy_threshold
+        failed = _checks_until_ejected(sock_dir, victim)
+        assert 1 <= len(failed) <= PROCESSOR.unhealthy_threshold, failed
     finally:
         _stop(proc)
 
@@ -187,14 +222,14 @@ def test_a_dead_processor_is_marked_failed_without_any_traffic(sock_dir, extctl)
     proc = extctl("serve", "procs:Slow", "--uds", str(path))
     try:
         _wait_serving(proc, [str(path)])
-        with EnvoyProcess(Deployment.build(Slow, addresses=[str(path)]).envoy_bootstrap(),
-                          sock_dir / "envoy") as envoy:
+        with _logged_envoy(Slow, [str(path)], sock_dir) as envoy:
             assert not _failed(envoy, str(path))
             proc.kill()  # its socket file stays: connections are refused
             proc.wait(10)
-            took = _wait_failed(envoy, str(path), PROCESSOR.no_traffic_interval
-                                * PROCESSOR.unhealthy_threshold + SLACK)
+            _wait_failed(envoy, str(path))
             assert envoy.stats("cluster.extproc.")["cluster.extproc.upstream_cx_total"] == 0
-        print(f"dead processor noticed after {took:.2f}s")
+        # refused connections: ejected at the unhealthy_threshold-th in a row, no later
+        failed = _checks_until_ejected(sock_dir, str(path))
+        assert failed == ["NETWORK"] * PROCESSOR.unhealthy_threshold, failed
     finally:
         _stop(proc)

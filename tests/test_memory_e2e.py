@@ -67,7 +67,11 @@ def test_a_30_mib_buffered_body_costs_few_bodies_of_memory(extctl, sock_dir: Pat
         config = Deployment.build(AppendOne, addresses=[str(socket)],
                                   upstreams=[upstream.address]).envoy_bootstrap()
         with EnvoyProcess(config, tmp_path / "envoy") as envoy:
-            time.sleep(0.5)  # the first health checks answered
+            checked = "cluster.extproc.health_check.success"
+            deadline = time.monotonic() + 10
+            while envoy.stats(checked)[checked] < 1:  # the first health check answered
+                assert time.monotonic() < deadline, envoy.stats("cluster.extproc.health")
+                time.sleep(0.02)
             start = _status(server.pid)["VmRSS"]
             connection = http.client.HTTPConnection("127.0.0.1", envoy.port, timeout=60)
             connection.request("POST", "/", body=b"x" * BODY,

@@ -162,18 +162,21 @@ def test_readyz_answers_503_while_draining(sock_dir, extctl, workers):
         config = Deployment.build(Slow, addresses=[str(s) for s in sockets])
         with EnvoyProcess(config.envoy_bootstrap(), sock_dir / "envoy") as envoy:
             replies: list[Any] = []
-            slow = threading.Thread(target=lambda: replies.append(
-                http(envoy.port, "/", headers={"x-sleep-ms": "2500"})))
+            inside, release = sock_dir / "inside", sock_dir / "release"
+            slow = threading.Thread(target=lambda: replies.append(http(
+                envoy.port, "/", headers={"x-mark": str(inside), "x-release": str(release)})),
+                daemon=True)
             slow.start()
-            time.sleep(0.7)  # inside the hook now
+            wait_for_socket(inside, proc)  # the hook holds the request until released
             assert _get(f"http://{admin}/readyz")[0] == 200
             proc.send_signal(signal.SIGTERM)
-            deadline = time.monotonic() + 2
+            deadline = time.monotonic() + 10
             while _get(f"http://{admin}/readyz")[0] != 503:
                 assert time.monotonic() < deadline, "/readyz did not turn 503"
                 time.sleep(0.05)
             assert _get(f"http://{admin}/healthz")[0] == 200  # up, only not ready
-            assert proc.poll() is None  # still draining the slow request
+            assert proc.poll() is None and not replies  # still draining the held request
+            release.touch()
             slow.join(20)
         assert replies and replies[0].status == 200
         assert proc.wait(20) == 0
@@ -457,7 +460,7 @@ class Extending(extproc.Processor):
 
     async def on_request_headers(self, headers):
         if "x-slow" in headers:
-            await self.extend_timeout(1.0)
+            await self.extend_timeout(2.0)
             await asyncio.sleep(0.5)  # longer than message_timeout: passes only extended
         headers["x-extended"] = "yes"
 

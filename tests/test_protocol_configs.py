@@ -89,15 +89,21 @@ def test_standalone_config_carries_every_field_the_class_decides(tmp_path):
     _envoy_validates(envoy_config(Shadow, ["/tmp/x.sock"], None), tmp_path)
 
 
-def _post_body_later(port: int, headers: dict[str, str]) -> tuple[int, bytes]:
-    """A chunked POST whose body follows the headers 300 ms later."""
-    conn = http_client.HTTPConnection("127.0.0.1", port, timeout=10)
+def _post_body_later(envoy: Any, headers: dict[str, str], stat: str) -> tuple[int, bytes]:
+    """A chunked POST whose body follows the headers once Envoy's counter ``stat`` has gone up
+    (Envoy has the headers' answer, or their failure, before any body byte)."""
+    stat = f"http.ingress.ext_proc.{stat}"
+    before = envoy.stats(stat)[stat]
+    conn = http_client.HTTPConnection("127.0.0.1", envoy.port, timeout=10)
     try:
         conn.putrequest("POST", "/up")
         for name, value in {**headers, "transfer-encoding": "chunked"}.items():
             conn.putheader(name, value)
         conn.endheaders()
-        time.sleep(0.3)  # Envoy has the headers' answer (or failure) before any body byte
+        deadline = time.monotonic() + 10
+        while envoy.stats(stat)[stat] == before:
+            assert time.monotonic() < deadline, f"{stat} stayed at {before}"
+            time.sleep(0.01)
         conn.send(b"4\r\ntop \r\n6\r\nsecret\r\n0\r\n\r\n")
         response = conn.getresponse()
         return response.status, response.read()
@@ -110,10 +116,15 @@ def test_standalone_fail_open_with_full_duplex_bodies(sock_dir, echo, tmp_path):
     before the first body byte is skipped; after it, the request fails."""
     with patched_stack(FullDuplexFailing, sock_dir, echo.address, fail_open=True) as s:
         _envoy_validates(s.envoy.config, tmp_path)
-        early_status, early_body = _post_body_later(s.envoy.port, {"x-boom-headers": "1"})
-        late_status, _ = _post_body_later(s.envoy.port, {"x-boom-body": "1"})
+        # the body only once Envoy has failed open on the headers
+        early_status, early_body = _post_body_later(s.envoy, {"x-boom-headers": "1"},
+                                                    "failure_mode_allowed")
+        # the body only once Envoy has the headers' answer
+        late_status, _ = _post_body_later(s.envoy, {"x-boom-body": "1"}, "stream_msgs_received")
+        failed_open = s.envoy.stats("http.ingress.ext_proc.failure_mode_allowed")
     assert early_status == 200 and json.loads(early_body)["body"] == "top secret"
     assert late_status == 500
+    assert failed_open == {"http.ingress.ext_proc.failure_mode_allowed": 1}  # the early one
 
 
 def test_gateway_policy_carries_what_envoy_gateway_expresses():

@@ -3,6 +3,7 @@ cannot show it: stats, timing, a gRPC upstream, an unreachable processor."""
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Iterator
@@ -16,6 +17,7 @@ from patched_envoy import envoy_config, http2_upstream, patched_stack, route_on_
 from protocol_procs import (
     EarlyBody,
     GrpcMessages,
+    HeldShadow,
     Reroute,
     Shadow,
     SlowWithStatus,
@@ -85,18 +87,26 @@ def test_status_on_error_when_the_processor_is_unreachable(sock_dir, echo):
 
 
 def test_observability_mode_does_not_delay_the_request(sock_dir, echo):
-    with patched_stack(Shadow, sock_dir, echo.address) as s:
-        started = time.monotonic()
-        reply = s.get("/watched")
-        elapsed = time.monotonic() - started
-        deadline = time.monotonic() + 5
-        while s.counts.get("request_headers", 0) < 1 and time.monotonic() < deadline:
-            time.sleep(0.05)
+    inside, release = sock_dir / "inside", sock_dir / "release"
+    replies: list[Any] = []
+    with patched_stack(HeldShadow, sock_dir, echo.address) as s:
+        client = threading.Thread(target=lambda: replies.append(s.get("/watched", headers={
+            "x-mark": str(inside), "x-release": str(release)})), daemon=True)
+        client.start()
+        client.join(10)  # the hook holds until released: a reply now did not wait for it
+        answered_while_held = bool(replies) and not release.exists()
+        deadline = time.monotonic() + 10
+        while not inside.exists():  # yet the processor saw the request
+            assert time.monotonic() < deadline, "the hook never ran"
+            time.sleep(0.01)
+        release.touch()
+        client.join(10)
         counts = dict(s.counts)
+    assert answered_while_held, "the request waited for the hook"
+    (reply,) = replies
     assert reply.status == 200  # the hook's 403 is not applied
     assert "x-shadow" not in reply.upstream_headers()
-    assert elapsed < 0.4, f"the 500 ms hook delayed the request ({elapsed:.3f}s)"
-    assert counts["request_headers"] == 1  # yet the processor saw it
+    assert counts["request_headers"] == 1
 
 
 TRACE_ID = "0af7651916cd43dd8448eb211c80319c"
@@ -160,13 +170,26 @@ async def test_grpc_body_mode_through_envoy_and_in_process_agree(sock_dir):
         unary_counts = dict(s.counts)
 
         # Streaming: Envoy 1.40 forwards messages that arrive later without sending them.
-        def spaced() -> Iterator[bytes]:
-            for message in (b"ping", b"two"):
-                time.sleep(0.2)
-                yield message
+        answers = "http.ingress.ext_proc.stream_msgs_received"
+        answered = s.envoy.stats(answers)[answers]
+        echoed = threading.Event()
+
+        def later() -> Iterator[bytes]:
+            # The first message once Envoy has the headers' answer, the second once the
+            # first has come back.
+            deadline = time.monotonic() + 10
+            while s.envoy.stats(answers)[answers] == answered:
+                assert time.monotonic() < deadline, "Envoy never had the headers' answer"
+                time.sleep(0.01)
+            yield b"ping"
+            echoed.wait(10)
+            yield b"two"
 
         chat = channel.stream_stream("/t.Echo/Chat")
-        assert list(chat(spaced(), timeout=10)) == [b"echo:ping", b"echo:two"]
+        replies = chat(later(), timeout=10)
+        first = next(replies)
+        echoed.set()
+        assert [first, *replies] == [b"echo:ping", b"echo:two"]
         counts = dict(s.counts)
     assert unary_counts == {"request_headers": 1, "request_body": 1}
     assert counts == {"request_headers": 2, "request_body": 1}
@@ -199,16 +222,17 @@ def test_processor_error_in_grpc_mode_is_answered_not_fatal(sock_dir):
 
 class _Recorder:
     """A raw ext_proc server that answers nothing it need not (observability mode) and
-    records each stream's first message and how long after it the stream closed."""
+    records each stream's first message, and ``("closed", name)`` in ``events`` when a stream
+    ends."""
 
-    def __init__(self, target: str) -> None:
+    def __init__(self, target: str, events: list[tuple[str, str]] | None = None,
+                 name: str = "") -> None:
         self.first: list[Any] = []
-        self.closed: list[float] = []
+        events = [] if events is None else events
 
         def process(requests: Iterator[Any], context: Any) -> Iterator[Any]:
-            started = time.monotonic()
             # Whether Envoy half-closes or cancels the stream, this runs when it ends.
-            context.add_callback(lambda: self.closed.append(time.monotonic() - started))
+            context.add_callback(lambda: events.append(("closed", name)))
             for message in requests:
                 if not self.first:
                     self.first.append(message)
@@ -224,25 +248,30 @@ class _Recorder:
         self.server.start()
 
 
-@pytest.mark.parametrize(("deferred", "low", "high"), [(0.5, 0.3, 2.5), (3.0, 2.5, 6.0)])
-def test_deferred_close_timeout_keeps_the_observability_stream_open(sock_dir, echo, deferred,
-                                                                    low, high):
-    class Watch(Shadow):
-        deferred_close_timeout = deferred
+def test_deferred_close_timeout_keeps_the_observability_stream_open(sock_dir, echo):
+    """Two Envoys, their streams kept open 3 s and 0.5 s after the request: the longer one,
+    although its request ended first, outlives the other's request and deferral."""
+    events: list[tuple[str, str]] = []
+    recorders, envoys = {}, {}
+    with contextlib.ExitStack() as stack:
+        for name, deferred in (("long", 3.0), ("short", 0.5)):
+            class Watch(Shadow):
+                deferred_close_timeout = deferred
 
-    socket_path = sock_dir / "rec.sock"
-    recorder = _Recorder(f"unix:{socket_path}")
-    try:
-        config = envoy_config(Watch, [str(socket_path)], echo.address)
-        with EnvoyProcess(config, sock_dir / "envoy-rec") as envoy:
-            assert http(envoy.port, "/").status == 200
-            deadline = time.monotonic() + 10
-            while not recorder.closed and time.monotonic() < deadline:
-                time.sleep(0.05)
-    finally:
-        recorder.server.stop(0)
-    assert recorder.first[0].observability_mode
-    assert low <= recorder.closed[0] <= high, recorder.closed
+            socket_path = sock_dir / f"{name}.sock"
+            recorders[name] = recorder = _Recorder(f"unix:{socket_path}", events, name)
+            stack.callback(recorder.server.stop, 0)
+            config = envoy_config(Watch, [str(socket_path)], echo.address)
+            envoys[name] = stack.enter_context(EnvoyProcess(config, sock_dir / f"envoy-{name}"))
+        for name in ("long", "short"):
+            assert http(envoys[name].port, "/").status == 200
+            events.append(("reply", name))
+        deadline = time.monotonic() + 20
+        while len(events) < 4 and time.monotonic() < deadline:
+            time.sleep(0.05)
+    assert all(r.first[0].observability_mode for r in recorders.values())
+    assert events == [("reply", "long"), ("reply", "short"), ("closed", "short"),
+                      ("closed", "long")]
 
 
 def test_body_sent_without_waiting_is_announced_in_the_protocol_config(sock_dir, echo):

@@ -3,6 +3,7 @@ reported and a fixed one recovers by itself."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -21,12 +22,15 @@ from conftest import ROOT, http
 
 pytestmark = pytest.mark.envoy
 
-APP = '''import extproc
+APP = '''import os
+
+import extproc
 
 
 class App(extproc.Processor):
     async def on_request_headers(self, headers):
         headers["x-version"] = "{version}"
+        headers["x-pid"] = str(os.getpid())
 {extra}'''
 
 RESPONSE_HOOK = '''
@@ -118,10 +122,51 @@ def _until(predicate, timeout: float) -> float:
 
 
 def _version(port: int) -> str | None:
+    return _served(port)[0]
+
+
+def _served(port: int) -> tuple[str | None, int | None]:
+    """The version that answered a request, and the pid of the process that ran it."""
     reply = http(port, "/")
     if reply.status != 200:
-        return None
-    return reply.upstream_headers().get("x-version", [None])[0]
+        return None, None
+    seen = reply.upstream_headers()
+    return seen.get("x-version", [None])[0], int(seen["x-pid"][0]) if "x-pid" in seen else None
+
+
+def _standbys(reloader: int) -> set[int]:
+    """The interpreters the reloader started from extctl.harness.standby (the one serving,
+    and the one waiting, imports done, for the next start)."""
+    from test_cli import _descendants
+
+    found = set()
+    for pid in _descendants(reloader):
+        with contextlib.suppress(OSError):
+            if b"extctl.harness.standby" in (Path("/proc") / str(pid) / "cmdline").read_bytes():
+                found.add(pid)
+    return found
+
+
+def _gone(pid: int) -> bool:
+    try:
+        return (Path("/proc") / str(pid) / "stat").read_text().rpartition(")")[2].split()[0] \
+            == "Z"
+    except FileNotFoundError:
+        return True
+
+
+def _reload_runs_in_the_warm_interpreter(reloader: int, port: int, app: Path) -> None:
+    """Edit ``app`` (from version 1 to 2): the next requests run the new code, in the
+    interpreter that was waiting, imports done, before the edit; the old one has stopped."""
+    version, old = _served(port)
+    assert version == "1" and old is not None
+    warm = _standbys(reloader) - {old}
+    assert len(warm) == 1, warm
+    _write(app, "2")
+    _until(lambda: _version(port) == "2", 10)
+    version, new = _served(port)
+    assert version == "2" and new in warm
+    assert _gone(old)
 
 
 def test_dev_reload_applies_an_edit_and_recovers_from_a_broken_one(dev, tmp_path):
@@ -135,10 +180,9 @@ def test_dev_reload_applies_an_edit_and_recovers_from_a_broken_one(dev, tmp_path
     envoy_before = running.envoy_pids()
     assert len(envoy_before) == 1
 
-    _write(app, "2")
-    assert _until(lambda: _version(port) == "2", 2.0) <= 2.0
+    _reload_runs_in_the_warm_interpreter(running.proc.pid, port, app)
     # The child that serves prints the live view: the request it answered, what it set.
-    assert '"set":["x-version"]' in running.wait_for(r'^\{"method":"GET".*\}$').group(0)
+    assert '"set":["x-version","x-pid"]' in running.wait_for(r'^\{"method":"GET".*\}$').group(0)
 
     app.write_text("import extproc\nclass App(extproc.Processor:\n")  # a syntax error
     _until(lambda: http(port, "/").status >= 500, 5)  # Envoy fails closed meanwhile
@@ -212,8 +256,7 @@ def test_serve_reload_serves_the_new_code_through_envoy(tmp_path):
                 .envoy_bootstrap(), tmp_path / "envoy") as envoy:
             assert config.spec is not None
             _until(lambda: _version(envoy.port) == "1", 10)
-            _write(app, "2")
-            assert _until(lambda: _version(envoy.port) == "2", 2.0) <= 2.0
+            _reload_runs_in_the_warm_interpreter(proc.pid, envoy.port, app)
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0
         assert not sock.exists()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import select
 import signal
 import socket
 import threading
@@ -92,6 +93,46 @@ def wait_for_path(path: Path, timeout: float = 20) -> None:
         time.sleep(0.02)
 
 
+class _Stderr:
+    """A running process's stderr, read as it comes (os.read: no line is left in a buffer
+    that select cannot see); ``rest()`` adds what it writes until it exits."""
+
+    def __init__(self, proc) -> None:
+        self.proc = proc
+        self.text = ""
+
+    def wait_for(self, text: str, count: int = 1, timeout: float = 20) -> None:
+        """Until ``text`` has been logged ``count`` times."""
+        fd = self.proc.stderr.fileno()
+        deadline = time.monotonic() + timeout
+        while self.text.count(text) < count:
+            left = deadline - time.monotonic()
+            assert left > 0, f"{text!r} not logged {count} times: {self.text}"
+            if select.select([fd], [], [], left)[0]:
+                chunk = os.read(fd, 65536)
+                assert chunk, f"the process exited: {self.text}"
+                self.text += chunk.decode(errors="replace")
+
+    def rest(self) -> str:
+        return self.text + self.proc.communicate(timeout=15)[1]
+
+
+def _held(envoy_port: int, sock_dir: Path, name: str) -> tuple[threading.Thread, dict, Path]:
+    """A request held in Slow's hook until the file it returns exists (the thread has not
+    started: start it, then wait for ``sock_dir / name``, created once the request is in)."""
+    result: dict[str, object] = {}
+    release = sock_dir / f"{name}.release"
+
+    def request() -> None:
+        try:
+            result["reply"] = http(envoy_port, "/", headers={"x-mark": str(sock_dir / name),
+                                                             "x-release": str(release)})
+        except OSError as exc:
+            result["error"] = exc
+
+    return threading.Thread(target=request, daemon=True), result, release
+
+
 @pytest.mark.parametrize("first, second", [(signal.SIGINT, signal.SIGINT),
                                            (signal.SIGTERM, signal.SIGQUIT)],
                          ids=["ctrl-c-twice", "sigquit"])
@@ -102,21 +143,36 @@ def test_an_explicit_second_signal_cuts_in_flight_streams_and_exits_1(
     try:
         wait_for_socket(path, proc)
         with _envoy_for([str(path)], sock_dir / "envoy") as envoy:
-            slow = threading.Thread(target=lambda: http(envoy.port, "/", headers={
-                "x-sleep-ms": "8000", "x-mark": str(sock_dir / "inside")}))
+            slow, result, release = _held(envoy.port, sock_dir, "inside")
             slow.start()
             wait_for_path(sock_dir / "inside")
             proc.send_signal(first)
             _wait_not_serving(f"unix:{path}")
-            started = time.monotonic()
             proc.send_signal(second)
+            # The hook is never released and the grace is 60 s: only a cut ends it now.
             assert proc.wait(15) == 1
-            assert time.monotonic() - started < 5  # not the 60 s grace, nor the 8 s sleep
             slow.join(20)
+            assert not release.exists()
     finally:
         if proc.poll() is None:
             proc.kill()
     assert not path.exists()
+    # The cut stream fails the request closed: the hook never answered it.
+    assert result["reply"].status == 500, result  # type: ignore[attr-defined]
+
+
+def _wait_serving(target: str, proc, timeout: float = 20) -> None:
+    """Until the server answers SERVING on ``target``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        assert proc.poll() is None, proc.communicate(timeout=15)
+        try:
+            if _health(target) == SERVING:
+                return
+        except grpc.RpcError:
+            pass
+        assert time.monotonic() < deadline, f"{target} never answered SERVING"
+        time.sleep(0.02)
 
 
 def _wait_not_serving(target: str, timeout: float = 10) -> None:
@@ -144,20 +200,22 @@ def test_sigterm_or_sighup_lets_the_in_flight_request_finish_then_exits_0(
     """However often they come, none of these cuts the request in flight."""
     path = sock_dir / "r.sock"
     proc = serve(extctl, transport, "procs:Slow", "--uds", str(path), "--grace-period", "30")
+    log = _Stderr(proc)
     try:
         wait_for_socket(path, proc)
         pids = _server_pids(proc.pid)
         with _envoy_for([str(path)], sock_dir / "envoy") as envoy:
-            result: dict[str, object] = {}
-            slow = threading.Thread(target=lambda: result.update(reply=http(
-                envoy.port, "/", headers={"x-sleep-ms": "2000",
-                                          "x-mark": str(sock_dir / "inside")})))
+            slow, result, release = _held(envoy.port, sock_dir, "inside")
             slow.start()
             wait_for_path(sock_dir / "inside")  # the request is inside the processor's hook
             proc.send_signal(signals[0])
             _wait_not_serving(f"unix:{path}")
-            for sig in signals[1:]:
+            log.wait_for("draining")
+            for count, sig in enumerate(signals[1:], 1):
                 proc.send_signal(sig)
+                log.wait_for("again: the drain goes on", count)  # taken, while held
+            assert proc.poll() is None
+            release.touch()  # every signal is in: now the hook may end
             slow.join(20)
             assert result["reply"].status == 200  # type: ignore[attr-defined]
             assert result["reply"].headers["x-worker-pid"] in pids  # type: ignore[attr-defined]
@@ -166,9 +224,9 @@ def test_sigterm_or_sighup_lets_the_in_flight_request_finish_then_exits_0(
         if proc.poll() is None:
             proc.kill()
     assert not path.exists()
-    stderr = proc.communicate(timeout=15)[1]
+    stderr = log.rest()
     assert "draining" in stderr
-    assert ("again: the drain goes on" in stderr) == (len(signals) > 1)
+    assert stderr.count("again: the drain goes on") == len(signals) - 1
 
 
 def test_stale_socket_file_is_replaced(sock_dir, extctl, transport):
@@ -318,7 +376,7 @@ def test_env_vars_configure_serve(sock_dir, extctl):
                   env={"EXTCTL_SERVE_UDS": str(path), "EXTCTL_SERVE_SOCKET_MODE": "640"})
     try:
         wait_for_socket(path, proc)
-        time.sleep(0.2)
+        _wait_serving(f"unix:{path}", proc)
         assert path.stat().st_mode & 0o777 == 0o640
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -496,12 +554,14 @@ def test_ctrl_c_on_workers_drains_in_flight_requests_and_exits_0(sock_dir, extct
     proc, sockets = _workers_in_own_group(sock_dir, extctl)
     try:
         with _envoy_for([str(s) for s in sockets], sock_dir / "envoy") as envoy:
-            result: dict[str, object] = {}
-            slow = threading.Thread(target=lambda: result.update(
-                reply=http(envoy.port, "/", headers={"x-sleep-ms": "1500"})))
+            slow, result, release = _held(envoy.port, sock_dir, "inside")
             slow.start()
-            time.sleep(0.5)  # inside a worker's hook
+            wait_for_path(sock_dir / "inside")  # inside a worker's hook
             os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C does: the whole group
+            for worker_socket in sockets:  # the supervisor took it and told both workers
+                _wait_not_serving(f"unix:{worker_socket}")
+            assert proc.poll() is None
+            release.touch()
             slow.join(20)
             assert result["reply"].status == 200  # type: ignore[attr-defined]
             assert proc.wait(15) == 0
@@ -515,17 +575,19 @@ def test_second_ctrl_c_on_workers_still_forces_exit_1(sock_dir, extctl):
     proc, sockets = _workers_in_own_group(sock_dir, extctl)
     try:
         with _envoy_for([str(s) for s in sockets], sock_dir / "envoy") as envoy:
-            slow = threading.Thread(target=lambda: http(envoy.port, "/",
-                                                        headers={"x-sleep-ms": "8000"}))
+            slow, result, release = _held(envoy.port, sock_dir, "inside")
             slow.start()
-            time.sleep(0.5)
+            wait_for_path(sock_dir / "inside")  # inside a worker's hook
             os.killpg(proc.pid, signal.SIGINT)
-            time.sleep(0.5)
-            started = time.monotonic()
+            for worker_socket in sockets:  # the first Ctrl-C is taken: both drain
+                _wait_not_serving(f"unix:{worker_socket}")
             os.killpg(proc.pid, signal.SIGINT)
+            # The hook is never released and the grace is 30 s: only a cut ends it now.
             assert proc.wait(15) == 1
-            assert time.monotonic() - started < 5  # not the 30 s grace, nor the 8 s sleep
             slow.join(20)
+            assert not release.exists()
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
+    # The cut stream fails the request closed: the hook never answered it.
+    assert result["reply"].status == 500, result  # type: ignore[attr-defined]
