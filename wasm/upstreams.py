@@ -4,6 +4,7 @@ HTTP server (a plain handler) or a grpcio server (gRPC calls and streams, throug
 :func:`wasm.calls.dispatch`, the emulator's own). What each upstream received is recorded
 in the form both runs are compared in; what a real upstream cannot do (time out or reset
 on cue, send what gRPC refuses) is collected in ``failures``, not half-done.
+:class:`HttpUpstream` is the exchanges' own upstream, trailers both ways.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from .calls import Call, GrpcStream, Handler, ScriptedUpstream, dispatch, reply_of
@@ -30,6 +32,14 @@ _METADATA_NAME = re.compile(r"^[0-9a-z_.-]+$")
 _MAX_GRPC_STATUS = 16
 NOT_ON_CUE = ("a real upstream cannot be made to time out or reset on cue; test that with "
               "ProxyWasm alone")
+CHUNK_DELAY = 0.15
+"""Seconds between an answer's chunks: each its own read, so Envoy frames each alone."""
+
+Pairs = list[tuple[str, str]]
+HttpAnswer = Callable[[str, str, Pairs, bytes, Pairs],
+                      tuple[int, "Headers", "bytes | Sequence[bytes]", "Headers"]]
+"""(method, target, headers, body, trailers) -> (status, headers, body or chunks, trailers);
+headers and trailers as a mapping or as pairs (a name repeated)."""
 
 
 def call_view(cluster: str, headers: Sequence[tuple[str, str]], body: bytes,
@@ -249,3 +259,91 @@ def _end(stream: GrpcStream) -> None:
     """Close a stream whose handler failed (the failure is reported), so that the call ends."""
     if stream.status is None and not stream.cancelled:
         stream.close(13, "the scripted upstream failed")
+
+
+class _Answering(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # headers and chunks go out in separate writes
+    server: _Server
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def _read(self) -> tuple[bytes, Pairs]:
+        """The request's body and trailers (chunked, or as long as its content-length)."""
+        if self.headers.get("transfer-encoding", "").lower() != "chunked":
+            length = int(self.headers.get("content-length") or 0)
+            return (self.rfile.read(length) if length else b""), []
+        body = bytearray()
+        while size := int(self.rfile.readline().split(b";")[0].strip() or b"0", 16):
+            body += self.rfile.read(size)
+            self.rfile.readline()
+        trailers = []
+        while (line := self.rfile.readline()) not in (b"\r\n", b"\n", b""):
+            name, _, value = line.decode("latin-1").partition(":")
+            trailers.append((name.strip().lower(), value.strip()))
+        return bytes(body), trailers
+
+    def _answer(self) -> None:
+        body, trailers = self._read()
+        headers = [(k.lower(), v) for k, v in self.headers.items()]
+        status, answer_headers, content, answer_trailers = self.server.answer(
+            self.command, self.path, headers, body, trailers)
+        self.send_response_only(status)  # no Server or Date: only what the answer says
+        for name, value in _items(answer_headers):
+            self.send_header(name, value)
+        if isinstance(content, bytes):
+            self.send_header("content-length", str(len(content)))
+            self.end_headers()
+            self.wfile.write(content)
+            return
+        self.send_header("transfer-encoding", "chunked")
+        self.end_headers()
+        for index, chunk in enumerate(content):
+            if index:
+                time.sleep(CHUNK_DELAY)
+            self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+            self.wfile.flush()
+        lines = "".join(f"{k}: {v}\r\n" for k, v in _items(answer_trailers))
+        self.wfile.write(b"0\r\n" + lines.encode("latin-1") + b"\r\n")
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("do_"):  # every method
+            return self._answer
+        raise AttributeError(name)
+
+
+def _items(headers: Headers) -> Sequence[tuple[str, str]]:
+    return list(headers.items()) if isinstance(headers, Mapping) else headers
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    answer: HttpAnswer
+
+
+class HttpUpstream:
+    """An HTTP/1.1 upstream on 127.0.0.1 answering each request as ``answer(method, target,
+    headers, body, trailers) -> (status, headers, body or chunks, trailers)`` says: a bytes
+    body with a content-length, chunks chunked (:data:`CHUNK_DELAY` apart) and then the
+    trailers. It sends only those headers and the framing one."""
+
+    def __init__(self, answer: HttpAnswer) -> None:
+        self._server = _Server(("127.0.0.1", 0), _Answering)
+        self._server.answer = answer
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True,
+                                        name="extkit-http-upstream")
+
+    @property
+    def address(self) -> str:
+        host, port = self._server.server_address[:2]
+        return f"{host!s}:{port}"
+
+    def __enter__(self) -> HttpUpstream:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(5)
