@@ -15,6 +15,7 @@ from extctl.cli import cli
 from wasm.abi import LogLevel, MapType, deserialize_map, serialize_map
 from wasm.emulator import ProxyWasm
 from wasm.errors import MemoryAccess, MissingImports, UnsupportedAbi, WasmTrap
+from wasm.testing import Exchange, compare_with_envoy
 
 WAT = Path(__file__).resolve().parent / "wat"
 
@@ -298,6 +299,7 @@ def _digit(status_call: str, at: int) -> str:
     return f"(i32.store8 (i32.const {at}) (i32.add (i32.const 48) {status_call}))"
 
 
+@pytest.mark.envoy
 def test_maps_buffers_and_properties_exist_only_when_envoy_lends_them():
     statuses = "".join([
         _digit("(call $add (i32.const 0) (i32.const 100) (i32.const 6) (i32.const 112) "
@@ -314,36 +316,29 @@ def test_maps_buffers_and_properties_exist_only_when_envoy_lends_them():
         (drop (call $add (i32.const 2) (i32.const 140) (i32.const 10) (i32.const 400)
                          (i32.const 4)))
         (i32.const 0))""")
+    # through Envoy and in the emulator alike
+    assert compare_with_envoy(module, configuration="cfg", requests=[
+        Exchange(), Exchange(method="POST", body=[b"a"], response_body=[b"b"])]) == []
     result = ProxyWasm(module, plugin_configuration="cfg").request()
     # BAD_ARGUMENT, NOT_FOUND, NOT_FOUND, OK (an empty map)
     assert result.response_header("x-statuses") == "2110"
     assert result.request_header("x-late") is None
 
 
+@pytest.mark.envoy
 def test_body_buffer_reads_whole_and_edits_only_at_the_ends():
-    module = _module("(i32.const 0)", imports=HOST, extra=_digit_body())
-    # one body call (HTTP/2 framing: the chunk ends the stream)
-    result = ProxyWasm(module, framing="http2").request(method="POST", body=b"abc")
-    # read with length 0xFFFFFFFF (all of it) and appended; "!" appended at 0xFFFFFFFF; an
-    # insert in the middle refused (BAD_ARGUMENT: 2)
-    assert result.request_body == b"abcabc!"
-    assert [line.message for line in result.logs] == ["2"]
-
-
-def _digit_body() -> str:
-    return """
-      (func (export "proxy_on_request_body") (param i32 i32 i32) (result i32)
-        (drop (call $get_buffer (i32.const 0) (i32.const 0) (i32.const -1) (i32.const 0)
-                                (i32.const 4)))
-        (drop (call $set_buffer (i32.const 0) (i32.const -1) (i32.const 0)
-                                (i32.load (i32.const 0)) (i32.load (i32.const 4))))
-        (drop (call $set_buffer (i32.const 0) (i32.const -1) (i32.const 0) (i32.const 160)
-                                (i32.const 1)))
-        (i32.store8 (i32.const 500) (i32.add (i32.const 48)
-          (call $set_buffer (i32.const 0) (i32.const 2) (i32.const 0) (i32.const 160)
-                            (i32.const 1))))
-        (drop (call $log (i32.const 2) (i32.const 500) (i32.const 1)))
-        (i32.const 0))"""
+    """tests/wat/body_edits.wat edits each body once it has all of it and appends what each
+    host call answered: the same through Envoy and in the emulator."""
+    module = _wat("body_edits.wat")
+    assert compare_with_envoy(module, requests=[
+        Exchange(method="POST", body=b"abc", response_body=b"abc"),
+        Exchange(method="POST", body=[b"ab", b"c"], response_body=[b"a", b"bc"])]) == []
+    result = ProxyWasm(module).request(method="POST", body=b"abc", response_body=b"abc")
+    # read with length 0xFFFFFFFF (all of it) and appended, "!" appended at 0xFFFFFFFF, an
+    # insert in the middle refused (BAD_ARGUMENT: 2), the first byte replaced, "[" prepended,
+    # the length (8), "]" appended at the length and past it; 5 bytes read from past the end:
+    # OK, nothing
+    assert result.request_body == result.response_body == b"[<bcabc!]]=0002000<008>00<000>0"
 
 
 def test_local_reply_headers_details_and_header_action_2():
@@ -397,6 +392,7 @@ def test_imports_declared_with_another_signature_or_for_another_abi_are_refused(
 
 
 def test_header_map_rules():
+    """Envoy's rules, which tests/test_emulator_envoy_features.py checks through Envoy."""
     from wasm.headers import HeaderMap
 
     headers = HeaderMap([(b"X-Forwarded-For", b"1.1.1.1"), (b"x-tag", b"a"),
@@ -405,9 +401,20 @@ def test_header_map_rules():
     headers.add(b"x-tag", b"b")  # others: one entry per value
     headers.add(b":authority", b"h")  # pseudo-headers stay in front
     headers.replace(b"x-tag", b"c")  # every entry goes, the new one at the end
-    assert headers.pairs == [(b":path", b"/"), (b":authority", b"h"),
+    headers.add(b"host", b"i")  # host is :authority in request headers
+    assert headers.pairs == [(b":path", b"/"), (b":authority", b"h,i"),
                              (b"x-forwarded-for", b"1.1.1.1,2.2.2.2"), (b"x-tag", b"c")]
-    assert headers.byte_size() == 6 + 11 + 30 + 6  # names and values, no separators
+    assert headers.byte_size() == 6 + 13 + 30 + 6  # names and values, no separators
+    # which names are inline depends on the map
+    response = HeaderMap([(b"location", b"/a"), (b"accept", b"x")], MapType.RESPONSE_HEADERS)
+    response.add(b"location", b"/b")
+    response.add(b"accept", b"y")
+    response.add(b"host", b"h")
+    assert response.pairs == [(b"location", b"/a,/b"), (b"accept", b"x"), (b"accept", b"y"),
+                              (b"host", b"h")]
+    trailers = HeaderMap([(b"content-type", b"a"), (b"content-type", b"b")],
+                         MapType.RESPONSE_TRAILERS)
+    assert trailers.pairs == [(b"content-type", b"a"), (b"content-type", b"b")]
 
 
 def test_metric_ids_carry_their_type_and_counters_add():

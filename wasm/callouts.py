@@ -19,8 +19,9 @@ from __future__ import annotations
 
 from collections import deque
 
-from .abi import Status, deserialize_map
+from .abi import MapType, Status, deserialize_map
 from .calls import GRPC_UNAVAILABLE, NO_CLUSTER, Call, Delivery, GrpcStream
+from .headers import HeaderMap
 from .memory import Memory
 from .state import GRPC_CALL, GRPC_STREAM, HTTP_CALL, KIND_MASK, PluginState
 
@@ -32,19 +33,25 @@ class CalloutFunctions:
         self.state = state
         self.memory = memory
 
-    def _pairs(self, function: str, ptr: int, size: int) -> list[tuple[str, str]]:
+    def _raw_pairs(self, function: str, ptr: int, size: int) -> list[tuple[bytes, bytes]]:
         try:
-            pairs = deserialize_map(self.memory.read(function, ptr, size))
+            return deserialize_map(self.memory.read(function, ptr, size))
         except ValueError:
-            pairs = []
-        return [(k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in pairs]
+            return []
+
+    def _pairs(self, function: str, ptr: int, size: int) -> list[tuple[str, str]]:
+        return [(k.decode("latin-1").lower(), v.decode("latin-1"))
+                for k, v in self._raw_pairs(function, ptr, size)]
 
     def proxy_http_call(self, upstream_ptr: int, upstream_size: int, headers_ptr: int,
                         headers_size: int, body_ptr: int, body_size: int, trailers_ptr: int,
                         trailers_size: int, timeout_ms: int, token_ptr: int) -> int:
         name = "proxy_http_call"
         cluster = self.memory.text(name, upstream_ptr, upstream_size)
-        headers = self._pairs(name, headers_ptr, headers_size)
+        # Envoy makes the call's headers a request header map: "host" is :authority there,
+        # and an inline name's repeated values are joined.
+        headers = HeaderMap(self._raw_pairs(name, headers_ptr, headers_size),
+                            MapType.REQUEST_HEADERS).text()
         body = self.memory.read(name, body_ptr, body_size)
         trailers = self._pairs(name, trailers_ptr, trailers_size)
         if timeout_ms >= 1 << 31 or cluster not in self.state.upstreams:

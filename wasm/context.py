@@ -164,8 +164,9 @@ def _http_reply(vm: Vm, state: PluginState, call: Call, reply: Reply | None) -> 
             added = []
         assert reply is not None
         headers = HeaderMap(encode([(":status", str(reply.http_status())),
-                                    *reply.header_pairs(), *added]))
-        trailers = HeaderMap(encode(reply.trailer_pairs()))
+                                    *reply.header_pairs(), *added]),
+                            MapType.HTTP_CALL_RESPONSE_HEADERS)
+        trailers = HeaderMap(encode(reply.trailer_pairs()), MapType.HTTP_CALL_RESPONSE_TRAILERS)
         answer = Answer({MapType.HTTP_CALL_RESPONSE_HEADERS: headers,
                          MapType.HTTP_CALL_RESPONSE_TRAILERS: trailers},
                         BufferType.HTTP_CALL_RESPONSE_BODY, reply.body)
@@ -264,7 +265,7 @@ def _stream_events(vm: Vm, state: PluginState, stream: GrpcStream) -> int:
         delivery = stream.to_filter.popleft()
         made += 1
         if delivery.kind == "metadata":
-            metadata = HeaderMap(encode(delivery.pairs))
+            metadata = HeaderMap(encode(delivery.pairs), MapType.GRPC_RECEIVE_INITIAL_METADATA)
             _lend(vm, state, "proxy_on_grpc_receive_initial_metadata", stream.token,
                   Answer({MapType.GRPC_RECEIVE_INITIAL_METADATA: metadata}), len(delivery.pairs))
         elif delivery.kind == "message":
@@ -275,7 +276,9 @@ def _stream_events(vm: Vm, state: PluginState, stream: GrpcStream) -> int:
             if delivery.kind == "close":  # "failed": closed as it started, only the close
                 _lend(vm, state, "proxy_on_grpc_receive_trailing_metadata", stream.token,
                       Answer({MapType.GRPC_RECEIVE_TRAILING_METADATA:
-                              HeaderMap(encode(delivery.pairs))}), len(delivery.pairs))
+                              HeaderMap(encode(delivery.pairs),
+                                        MapType.GRPC_RECEIVE_TRAILING_METADATA)}),
+                      len(delivery.pairs))
             stream.remote_closed = True
             state.status = (delivery.status, delivery.message)
             try:
@@ -349,7 +352,7 @@ class HttpContext:
 
     def _map_phase(self, callback: str, kind: MapType, pairs: Pairs, *flags: bool) -> Action:
         """A headers or trailers callback: the map is lent to the filter while it runs."""
-        self.stream.maps[kind] = HeaderMap(encode(pairs_of(pairs)))
+        self.stream.maps[kind] = HeaderMap(encode(pairs_of(pairs)), kind)
         return self._call(callback, kind, len(self.stream.maps[kind].pairs), *map(int, flags))
 
     def _body_phase(self, direction: str, chunk: bytes, end_of_stream: bool) -> Action:

@@ -79,8 +79,9 @@ class StreamState:
 
     def send_local_response(self, status: int, body: bytes, headers: list[tuple[bytes, bytes]],
                             details: str, grpc_status: int | None) -> None:
-        self.local_response = LocalResponse(status, body, HeaderMap(headers).text(), details,
-                                            grpc_status)
+        self.local_response = LocalResponse(status, body,
+                                            HeaderMap(headers, MapType.RESPONSE_HEADERS).text(),
+                                            details, grpc_status)
 
 
 class SharedData:
