@@ -15,10 +15,11 @@ SIGQUIT    cut in-flight streams at once: exit 1
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Sequence
 from typing import Any
 
 #: Signals that drain; repeated, they drain still.
@@ -64,15 +65,21 @@ def die_with_parent(parent: int, sig: int = signal.SIGTERM) -> None:
         os._exit(1)
 
 
-def parent_death_signal(sig: int = signal.SIGTERM) -> Callable[[], None] | None:
-    """A ``preexec_fn`` for a program started from here that must not outlive this process
-    (its child gets ``sig`` when this process dies), or None off the main thread: the kernel
-    sends the signal when the *thread* that forked ends, and only the main thread lives as
-    long as the process."""
-    if threading.current_thread() is not threading.main_thread():
-        return None
-    parent = os.getpid()
-    return lambda: die_with_parent(parent, sig)
+def dies_with_us(command: Sequence[str], sig: int = signal.SIGTERM,
+                 any_thread: bool = False) -> list[str]:
+    """``command`` made to receive ``sig`` when the thread starting it ends, through
+    util-linux's ``setpriv --pdeathsig`` (Linux's PR_SET_PDEATHSIG, kept across exec).
+
+    No ``preexec_fn``: Python code run between fork and exec in a threaded process (gRPC's
+    at-fork handlers among it) can wedge or abort the child before the program starts. The
+    kernel sends the signal when the *thread* that forked ends: off the main thread (which
+    alone lives as long as the process) the command is returned as is, unless ``any_thread``
+    (a thread whose end must stop the program too). Without setpriv, as is."""
+    on_main = threading.current_thread() is threading.main_thread()
+    setpriv = shutil.which("setpriv")
+    if setpriv is None or not (on_main or any_thread):
+        return list(command)
+    return [setpriv, f"--pdeathsig={signal.Signals(sig).name[3:]}", "--", *command]
 
 
 _PR_SET_PDEATHSIG = 1

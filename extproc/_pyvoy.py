@@ -32,7 +32,7 @@ from typing import Any
 
 from ._config import ServerConfig, dial_target, split_address
 from ._errors import ServeError
-from ._lifecycle import die_with_parent
+from ._lifecycle import dies_with_us
 from ._logs import current_format
 from ._processor import Processor, require_processor
 from ._pyvoy_env import check_installed
@@ -220,20 +220,15 @@ class PyvoyServer:
                # pyvoy's module is built like an extension module: libpython comes preloaded.
                "LD_PRELOAD": libpython}
         level = "info" if logger.isEnabledFor(logging.DEBUG) else "error"
-        parent = os.getpid()
-
-        def in_child() -> None:
-            die_with_parent(parent)
-            # Its own process group: a signal to serve's group (systemd, a runtime, Ctrl-C)
-            # is serve's to act on; serve drains this Envoy, which SIGTERM would cut.
-            os.setpgid(0, 0)
-
         try:
-            self._process = await asyncio.create_subprocess_exec(
-                envoy, "-c", config_path, "--concurrency", "1", "--disable-hot-restart",
-                "-l", level, "--drain-strategy", "immediate",
-                "--drain-time-s", str(max(1, int(config.grace_period))),
-                stdin=asyncio.subprocess.DEVNULL, env=env, preexec_fn=in_child,
+            # Its own session: a signal to serve's group (systemd, a runtime, Ctrl-C) is
+            # serve's to act on; serve drains this Envoy, which SIGTERM would cut. It dies
+            # with the thread that serves (ServerThread's too).
+            self._process = await asyncio.create_subprocess_exec(*dies_with_us(
+                [envoy, "-c", config_path, "--concurrency", "1", "--disable-hot-restart",
+                 "-l", level, "--drain-strategy", "immediate",
+                 "--drain-time-s", str(max(1, int(config.grace_period)))], any_thread=True),
+                stdin=asyncio.subprocess.DEVNULL, env=env, start_new_session=True,
                 pass_fds=(drain_read,))
         finally:
             os.close(drain_read)

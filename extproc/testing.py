@@ -16,8 +16,8 @@ body and no trailers) the headers end it and no body phase runs; with
 ``transfer-encoding: chunked`` a body follows even when it is empty (``body=b""``: one empty
 chunk with end of stream, as Envoy sends for a chunked message with nothing in it), as it does
 for ``body=[b""]`` (an HTTP/2 client's empty DATA frame). Request hooks never see that header,
-which Envoy's HTTP/1 codec takes out of requests (a response's stays). A local answer after the response
-headers went on to the client (a STREAMED or FULL_DUPLEX_STREAMED response-body hook, a
+which Envoy's HTTP/1 codec takes out of requests (a response's stays). A local answer after
+the response headers went on to the client (a STREAMED or FULL_DUPLEX_STREAMED response-body hook, a
 response-trailers hook) cannot reach the client: Envoy resets the stream, and the result says
 so (``reset``; ``response`` is what the client got before the reset).
 """

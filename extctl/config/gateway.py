@@ -358,9 +358,10 @@ def notes(deployment: Deployment) -> list[str]:
                      "--client-gateway to have it written.")
     options = deployment.gateway.sidecar
     if options is not None:
-        return lines + sidecar_notes(options, f"{deployment.name}-proxy")
+        return [*lines, *sidecar_notes(options, f"{deployment.name}-proxy")]
     if deployment.processor is not None:  # a Backend, which Envoy Gateway serves only when told
-        return lines + ["The Backend needs Envoy Gateway's `extensionApis: {enableBackend: true}` "
+        return [*lines,
+                "The Backend needs Envoy Gateway's `extensionApis: {enableBackend: true}` "
                 "(ConfigMap envoy-gateway-system/envoy-gateway-config,",
                 "then restart the envoy-gateway Deployment); --sidecar-image writes that "
                 "ConfigMap for you."]

@@ -21,7 +21,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from extproc._lifecycle import parent_death_signal
+from extproc._lifecycle import dies_with_us
 
 from ..config.envoy import to_json
 from ..errors import EnvoyError
@@ -98,9 +98,9 @@ class EnvoyProcess:
         with open(self.log_path, "ab") as log:
             # Its own session (a terminal's signals are ours to act on), and gone with us
             # even when we are killed outright.
-            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
-                                            stdin=subprocess.DEVNULL, start_new_session=True,
-                                            preexec_fn=parent_death_signal())
+            self.process = subprocess.Popen(dies_with_us(command), stdout=log,
+                                            stderr=subprocess.STDOUT,
+                                            stdin=subprocess.DEVNULL, start_new_session=True)
         try:
             self._wait_ready(admin_path)
         except BaseException:

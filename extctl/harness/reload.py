@@ -20,7 +20,7 @@ import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from extproc._lifecycle import parent_death_signal
+from extproc._lifecycle import dies_with_us
 
 from ..errors import UsageError
 
@@ -48,9 +48,8 @@ class Child:
         self._standby: subprocess.Popen[bytes] | None = None
 
     def _spawn_standby(self) -> subprocess.Popen[bytes]:
-        return subprocess.Popen([sys.executable, "-m", "extctl.harness.standby"],
-                                stdin=subprocess.PIPE, start_new_session=True,
-                                preexec_fn=parent_death_signal())
+        return subprocess.Popen(dies_with_us([sys.executable, "-m", "extctl.harness.standby"]),
+                                stdin=subprocess.PIPE, start_new_session=True)
 
     def start(self) -> None:
         standby = self._standby or self._spawn_standby()
