@@ -463,7 +463,7 @@ def _versions() -> str:
     wrk = subprocess.run(["wrk", "-v"], capture_output=True, text=True)
     wrk_version = (wrk.stdout or wrk.stderr).split()[1]
     uvloop = version("uvloop") if _installed("uvloop") else "not installed"
-    from extproc._pyvoy_env import PYVOY_VERSION, check_installed
+    from extproc.transports.pyvoy_env import PYVOY_VERSION, check_installed
 
     pyvoy_envoy = subprocess.run([check_installed()[0], "--version"], capture_output=True,
                                  text=True).stdout

@@ -32,8 +32,11 @@ if TYPE_CHECKING:
     from ._mode import BodyMode, FilterSpec, ProcessingMode, derive
     from ._processor import Processor
     from ._responses import ImmediateResponse
-    from ._server import Server, make_server, serve, serve_async
+    from ._run import serve
+    from ._serve import serve_async
     from ._thread import ServerThread
+    from .transports import make_server
+    from .transports.grpcio import Server
 
 __all__ = [
     "SERVICE_NAME",
@@ -75,14 +78,14 @@ _WHERE = {
     "ProcessorDefinitionError": "_errors",
     "ProtocolError": "_errors",
     "ServeError": "_errors",
-    "Server": "_server",
+    "Server": "transports.grpcio",
     "ServerConfig": "_config",
     "ServerThread": "_thread",
     "derive": "_mode",
     "import_processor": "_importer",
-    "make_server": "_server",
-    "serve": "_server",
-    "serve_async": "_server",
+    "make_server": "transports",
+    "serve": "_run",
+    "serve_async": "_serve",
 }
 
 

@@ -27,9 +27,8 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from ._config import ServerConfig, split_address
+from ._config import ServerConfig
 from ._errors import ServeError
-from ._lifecycle import HANDLED, die_with_parent
 from ._metrics import (
     HEARTBEAT,
     PID,
@@ -39,7 +38,9 @@ from ._metrics import (
     SharedValues,
     registry,
 )
-from ._record import Observer
+from ._record import Observer, StreamRecord
+from .addresses import split_address
+from .lifecycle import HANDLED, die_with_parent
 
 if TYPE_CHECKING:
     from ._processor import Processor
@@ -298,13 +299,14 @@ def heartbeat_interval(config: ServerConfig) -> float:
 
 
 def make_observer(processor: type[Processor], config: ServerConfig,
-                  counts: dict[str, int], slot: Any = None) -> Observer | None:
+                  counts: dict[str, int], slot: Any = None,
+                  view: Callable[[StreamRecord], None] | None = None) -> Observer | None:
     """What a server process records; metrics only with ``admin`` (in ``slot`` of the
-    supervisor's shared values when it runs workers)."""
+    supervisor's shared values when it runs workers); ``view`` told about every stream."""
     metrics = None
     if config.admin is not None:
         metrics = Metrics(processor.__name__, slot)
-    return Observer.create(processor.__name__, metrics, counts)
+    return Observer.create(processor.__name__, metrics, counts, view)
 
 
 def bind_admin(config: ServerConfig, observer: Observer | None) -> AdminServer | None:

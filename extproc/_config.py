@@ -10,12 +10,12 @@ if TYPE_CHECKING:
     import asyncio
 
 from ._errors import ServeError
-from ._unix import MAX_UDS_PATH
+from .addresses import MAX_UDS_PATH, split_address
+from .transports.known import TRANSPORTS, names
 
 #: The gRPC service a processor serves; its health service answers for it (and for "").
 SERVICE_NAME = "envoy.service.ext_proc.v3.ExternalProcessor"
 LOOPS = ("auto", "uvloop", "asyncio")
-TRANSPORTS = ("grpcio", "pyvoy")
 
 
 @dataclass(frozen=True)
@@ -58,7 +58,7 @@ class ServerConfig:
         "help": "grpcio: a grpc.aio server in this process. pyvoy: the same processor inside "
                 "an Envoy process (pyvoy), less CPU and latency per request; needs pyvoy "
                 "installed apart (see the README).",
-        "choices": TRANSPORTS})
+        "choices": tuple(TRANSPORTS)})
 
     def __post_init__(self) -> None:
         if (self.uds is None) == (self.address is None):
@@ -72,11 +72,12 @@ class ServerConfig:
             raise ServeError(f"loop must be auto, uvloop or asyncio, got {self.loop!r}")
         if self.loop == "uvloop" and _uvloop() is None:
             raise ServeError("loop='uvloop' but uvloop is not installed (pip install uvloop)")
-        if self.transport not in TRANSPORTS:
-            raise ServeError(f"transport must be grpcio or pyvoy, got {self.transport!r}")
+        if self.transport not in TRANSPORTS and self.transport not in names():
+            raise ServeError(f"transport must be one of {', '.join(names())}, "
+                             f"got {self.transport!r}")
         if self.transport == "pyvoy":
-            from ._pyvoy_env import check_installed
             from ._tracing import requested
+            from .transports.pyvoy_env import check_installed
 
             if requested():
                 raise ServeError("traces are exported with the grpcio transport only; unset "
@@ -157,19 +158,6 @@ def _uvloop() -> Any:
     return uvloop
 
 
-def split_address(address: str) -> tuple[str, int]:
-    """``"127.0.0.1:9000"`` / ``"[::1]:9000"`` -> (host, port); ServeError when malformed."""
-    host, sep, port_text = address.rpartition(":")
-    if not sep or not host or not port_text.isdigit():
-        raise ServeError(f"address {address!r} is not host:port (e.g. 127.0.0.1:9000)")
-    port = int(port_text)
-    if port > 65535:
-        raise ServeError(f"port {port} is out of range")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    return host, port
-
-
 def admin_address(text: str) -> str:
     """``"9901"`` -> ``"127.0.0.1:9901"`` (loopback unless a host is given); ``host:port`` is
     checked and kept."""
@@ -182,12 +170,3 @@ def admin_address(text: str) -> str:
 
 def join_address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-def dial_target(listen: str, is_uds: bool, port: int | None) -> str:
-    """The gRPC target a client dials for a server bound at ``listen`` (``unix:/path``, or
-    ``host:port`` with the port it got; an IPv6 host in brackets)."""
-    if is_uds:
-        return "unix:" + listen
-    host, _ = split_address(listen)
-    return f"{host}:{port}" if ":" not in host else f"[{host}]:{port}"

@@ -30,16 +30,6 @@ access_log = logging.getLogger("extproc.access")
 OK, IMMEDIATE, FAIL_OPEN, FAIL_CLOSED = "ok", "immediate", "fail_open", "fail_closed"
 
 
-# Callbacks given every finished stream's record, with what each hook changed (``extctl dev``'s
-# live view). Empty: no change is collected (nothing is added to the per-message path).
-_views: list[Callable[[StreamRecord], None]] = []
-
-
-def add_view(view: Callable[[StreamRecord], None]) -> None:
-    """Call ``view(record)`` when each stream of servers started from now on ends."""
-    _views.append(view)
-
-
 class HookRecord(NamedTuple):
     phase: str
     seconds: float
@@ -52,23 +42,26 @@ class Observer:
     when tracing is off), the access line (when ``extproc.access`` logs DEBUG)."""
 
     def __init__(self, processor: str, metrics: Metrics | None, tracer: Any | None,
-                 counts: dict[str, int]) -> None:
+                 counts: dict[str, int],
+                 views: tuple[Callable[[StreamRecord], None], ...] = ()) -> None:
         self.processor = processor
         self.metrics = metrics
         self.tracer = tracer
         self.counts = counts
         self.access = access_log.isEnabledFor(logging.DEBUG)
-        self.views = tuple(_views)
+        #: Given every finished stream's record, with what each hook changed (``extctl
+        #: dev``'s live view). Empty: no change is collected (nothing on the message path).
+        self.views = views
 
     @classmethod
-    def create(cls, processor: str, metrics: Metrics | None,
-               counts: dict[str, int]) -> Observer | None:
+    def create(cls, processor: str, metrics: Metrics | None, counts: dict[str, int],
+               view: Callable[[StreamRecord], None] | None = None) -> Observer | None:
         """An observer, or None when there is nothing to record."""
         tracer = configured_tracer()
-        if (metrics is None and tracer is None and not _views
+        if (metrics is None and tracer is None and view is None
                 and not access_log.isEnabledFor(logging.DEBUG)):
             return None
-        return cls(processor, metrics, tracer, counts)
+        return cls(processor, metrics, tracer, counts, (view,) if view is not None else ())
 
     def close(self) -> None:
         """Export the spans still buffered (a worker exits without running atexit hooks)."""

@@ -11,20 +11,22 @@ from typing import Any
 
 from ._config import ServerConfig
 from ._processor import Processor
-from ._server import make_server
+from .transports import View, make_server
 
 
 class ServerThread:
     """A real gRPC server for ``processor`` on its own event loop thread, for sync tests
-    (with ``transport="pyvoy"``, the thread starts and stops the serving Envoy).
+    (with ``transport="pyvoy"``, the thread starts and stops the serving Envoy). ``view`` is
+    told about every stream answered; the other keywords are :class:`ServerConfig`'s.
 
         with ServerThread(MyProcessor, uds=str(tmp_path / "p.sock")) as server:
             ...  # point Envoy at server.target
     """
 
-    def __init__(self, processor: type[Processor], **config: Any) -> None:
+    def __init__(self, processor: type[Processor], *, view: View | None = None,
+                 **config: Any) -> None:
         self.config = ServerConfig(**config)
-        self.server = make_server(processor, self.config, counts=True)
+        self.server = make_server(processor, self.config, counts=True, view=view)
         self._loop = self.config.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True,
                                         name=f"extproc-{processor.__name__}")

@@ -12,9 +12,7 @@ import stat
 import tempfile
 
 from ._errors import ServeError
-
-# AF_UNIX sun_path is 108 bytes including the terminating NUL.
-MAX_UDS_PATH = 107
+from .addresses import MAX_UDS_PATH
 
 
 def claim_socket(path: str) -> None:

@@ -12,10 +12,10 @@ import wasmtime
 from click.testing import CliRunner
 
 from extctl.cli import cli
+from extctl.testing import Exchange, compare_with_envoy
 from wasm.abi import LogLevel, MapType, deserialize_map, serialize_map
 from wasm.emulator import ProxyWasm
 from wasm.errors import MemoryAccess, MissingImports, UnsupportedAbi, WasmTrap
-from wasm.testing import Exchange, compare_with_envoy
 
 WAT = Path(__file__).resolve().parent / "wat"
 

@@ -16,9 +16,8 @@ import wasmtime
 from test_emulator import _module
 
 from extctl.config import CalloutCluster, WasmModule
-from extctl.testing import envoy_stack
+from extctl.testing import Exchange, compare_with_envoy, envoy_stack
 from wasm import CalloutReset, CalloutTimeout, HostError, ProxyWasm, Reply
-from wasm.testing import Exchange, compare_with_envoy
 
 WAT = Path(__file__).resolve().parent / "wat"
 

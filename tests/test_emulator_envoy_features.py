@@ -28,11 +28,10 @@ from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 
 from extctl.config import Deployment, WasmModule
 from extctl.config.envoy import UPSTREAM_CLUSTER
-from extctl.testing import EnvoyProcess, envoy_stack
+from extctl.harness.upstreams import CHUNK_DELAY, HttpUpstream
+from extctl.testing import EnvoyProcess, Exchange, compare_with_envoy, envoy_stack
 from wasm import Call, ProxyWasm, Reply
 from wasm.headers import INLINE_JOINED
-from wasm.testing import Exchange, compare_with_envoy
-from wasm.upstreams import CHUNK_DELAY, HttpUpstream
 
 pytestmark = pytest.mark.envoy
 

@@ -345,7 +345,7 @@ def test_idle_health_watches_cost_no_cpu_on_pyvoy(sock_dir, extctl):
 
 
 def test_the_message_counts_route_is_not_served_to_peers_on_pyvoy(sock_dir, extctl):
-    from extproc._asgi import COUNTS_PATH, COUNTS_TOKEN_HEADER
+    from extproc.transports.pyvoy_app import COUNTS_PATH, COUNTS_TOKEN_HEADER
 
     path = sock_dir / "c.sock"
     proc = extctl("serve", "procs:HeadersOnly", "--uds", str(path), "--transport", "pyvoy")

@@ -84,6 +84,49 @@ def test_no_import_cycle_among_the_project_modules():
     assert _cycles(graph) == []
 
 
+# The layers: extctl (the CLI, the config generators, the harness that runs Envoy) on top of
+# the libraries; registry may use wasm (a pulled module is checked as Wasm); extproc and wasm
+# use no other package of the project.
+MAY_IMPORT = {"extproc": set(), "wasm": set(), "registry": {"wasm"},
+              "extctl": {"extproc", "wasm", "registry"}}
+
+
+def _package(module: str) -> str:
+    return module.split(".")[0]
+
+
+def _private(module: str) -> bool:
+    return any(part.startswith("_") and not part.startswith("__") for part in module.split("."))
+
+
+def _layer_breaches(graph: dict[str, set[str]]) -> list[str]:
+    """Imports that run against the layers, or into another package's private modules."""
+    found = []
+    for module, targets in sorted(graph.items()):
+        for target in sorted(targets):
+            own, other = _package(module), _package(target)
+            if own == other:
+                continue
+            if other not in MAY_IMPORT[own]:
+                found.append(f"{module} -> {target}: {own} may not import {other}")
+            elif _private(target):
+                found.append(f"{module} -> {target}: a private module of {other}")
+    return found
+
+
+def test_the_layer_check_sees_a_breach():
+    assert _layer_breaches({"wasm.testing": {"extctl.harness"}, "extctl.a": {"extproc._x"},
+                            "extctl.b": {"extproc.lifecycle"}}) == [
+        "extctl.a -> extproc._x: a private module of extproc",
+        "wasm.testing -> extctl.harness: wasm may not import extctl"]
+
+
+def test_layers_point_one_way_and_packages_meet_only_in_public_modules():
+    graph = _module_graph()
+    assert "extproc.lifecycle" in graph["extctl.harness.envoy"]  # the graph is read
+    assert _layer_breaches(graph) == []
+
+
 def test_config_library_public_names():
     import extctl.config
 
@@ -102,7 +145,8 @@ def test_testing_public_names():
     import extctl.testing
 
     assert sorted(extctl.testing.__all__) == [
-        "EnvoyProcess", "Reply", "Stack", "envoy_stack", "find_envoy", "http", "stack"]
+        "Difference", "EnvoyProcess", "Exchange", "Reply", "Stack", "compare_with_envoy",
+        "envoy_stack", "find_envoy", "http", "stack"]
     for name in extctl.testing.__all__:
         assert getattr(extctl.testing, name).__module__.startswith("extctl.harness"), name
 
@@ -134,9 +178,9 @@ def test_commands_import_only_what_they_run():
     health = _imported_by("health", "--uds", "/nonexistent/p.sock", "--timeout", "0.2",
                           whole=True)
     assert {"grpc", "grpc_health.v1.health_pb2", "extproc._config"} <= health
-    assert not health & {"extproc._server", "extproc._stream", "extproc._headers", "uvloop",
-                         "envoy.service.ext_proc.v3.external_processor_pb2", "wasmtime",
-                         "httpx"}, sorted(health)
+    assert not health & {"extproc.transports.grpcio", "extproc._stream", "extproc._headers",
+                         "uvloop", "envoy.service.ext_proc.v3.external_processor_pb2",
+                         "wasmtime", "httpx"}, sorted(health)
 
 
 def test_the_exit_code_table_names_real_classes():

@@ -1,4 +1,4 @@
-"""wasm.testing.compare_with_envoy: the user-facing differential check, run as a user would,
+"""extctl.testing.compare_with_envoy: the user-facing differential check, run as a user would,
 with a scripted upstream answering what each exchange says."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import wasmtime
 
-from wasm.testing import Exchange, compare_with_envoy
+from extctl.testing import Exchange, compare_with_envoy
 
 pytestmark = pytest.mark.envoy
 

@@ -100,10 +100,12 @@ def dev(processor: str | None, port: int, wasm: tuple[str, ...],
         if module.image else registry.Connection(ca_file=ca_file) for module in modules}
     watching = Reload(processor, app_dir, reload_dir, None if quiet else output) \
         if reload else None
+    view = None
     if not quiet and watching is None:
-        from ..harness.view import show
+        from ..harness.view import live_view
 
-        show(output)  # the in-process server's streams
+        view = live_view(output)  # the in-process server's streams
     DevStack(cls, port=port, wasm=modules, filter_order=order, connections=connections,
+             view=view,
              envoy_log_level=envoy_log_level, reload=watching, admin=admin,
              clusters=options.callout_clusters(http_clusters, grpc_clusters)).run()

@@ -38,7 +38,7 @@ class Failure(click.ClickException):
         from registry.untrusted import escape
 
         message = escape(self.format_message(), 2000)
-        logs = sys.modules.get("extproc._logs")
+        logs = sys.modules.get("extproc.logs")
         if file is None and logs is not None and logs.current_format() == "json":
             # --log-format json: every line on stderr is a JSON object, this one too.
             import logging

@@ -35,8 +35,8 @@ def load_processor(spec: str, app_dir: str) -> type[extproc.Processor]:
 
 
 def setup_logging(level: str, format: str = "text") -> None:
-    """stderr at ``level``, as text or one JSON object per line (``extproc._logs``)."""
-    from extproc._logs import setup
+    """stderr at ``level``, as text or one JSON object per line (``extproc.logs``)."""
+    from extproc.logs import setup
 
     setup(level, format)
     if format == "json":

@@ -83,8 +83,9 @@ def serve(processor: str, app_dir: str, reload: bool, reload_dir: tuple[str, ...
                 command += [f"--{name.replace('_', '-')}", text]
         sys.exit(serve_with_reload(command, reload_dir or [app_dir]))
     cls = options.load_processor(processor, app_dir)
+    view = None
     if live_view is not None:
-        from ..harness.view import show
+        from ..harness.view import live_view as make_view
 
-        show(live_view)
-    sys.exit(extproc.serve(cls, config))
+        view = make_view(live_view)
+    sys.exit(extproc.serve(cls, config, view=view))

@@ -6,8 +6,7 @@ import ipaddress
 from collections.abc import Sequence
 
 from extproc import ServeError
-from extproc._config import split_address
-from extproc._unix import MAX_UDS_PATH
+from extproc.addresses import MAX_UDS_PATH, split_address
 
 from .errors import ConfigError
 

@@ -10,7 +10,6 @@ import os
 import queue
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -20,7 +19,6 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import FrameType
 
 import click
 
@@ -28,6 +26,8 @@ import extproc
 import registry
 import wasm
 from extproc import FilterSpec, ServerThread
+from extproc.lifecycle import capture_signals
+from extproc.transports import View
 
 from ..config import CalloutCluster, Deployment, FilterPosition, WasmModule
 from ..errors import UsageError
@@ -88,8 +88,10 @@ class DevStack:
                  filter_order: Sequence[FilterPosition] = (),
                  connections: Mapping[str, registry.Connection] | None = None,
                  envoy_log_level: str = "warning", reload: Reload | None = None,
-                 admin: str = "127.0.0.1:0", clusters: Sequence[CalloutCluster] = ()) -> None:
+                 admin: str = "127.0.0.1:0", clusters: Sequence[CalloutCluster] = (),
+                 view: View | None = None) -> None:
         self.admin = admin
+        self.view = view
         self.clusters = tuple(clusters)
         self.envoy_log_level = envoy_log_level
         self.processor = processor
@@ -100,13 +102,13 @@ class DevStack:
         self.reload = reload
 
     def run(self) -> None:
-        workdir = Path(tempfile.mkdtemp(prefix="extctl-dev-"))
+        """Until SIGINT, SIGTERM or SIGHUP; then everything started is stopped and removed."""
         stop = threading.Event()
+        with capture_signals(lambda signum: stop.set(), STOP_SIGNALS):
+            self._run(stop)
 
-        def on_signal(signum: int, frame: FrameType | None) -> None:
-            stop.set()
-
-        previous = {s: signal.signal(s, on_signal) for s in STOP_SIGNALS}
+    def _run(self, stop: threading.Event) -> None:
+        workdir = Path(tempfile.mkdtemp(prefix="extctl-dev-"))
         server: ServerThread | None = None
         child: Child | None = None
         envoy = echo = None
@@ -125,7 +127,7 @@ class DevStack:
                 admin_url = f"http://{admin}"
             elif self.processor is not None:
                 server = ServerThread(self.processor, uds=socket_path, socket_mode=0o600,
-                                      admin=self.admin).start()
+                                      admin=self.admin, view=self.view).start()
                 admin_server = getattr(server.server, "admin", None)  # grpcio transport
                 if admin_server is not None:
                     admin_url = admin_server.url
@@ -206,8 +208,6 @@ class DevStack:
                 sys.stdout.flush()
         finally:
             stop.set()
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
             if envoy is not None:
                 envoy.stop()
             if echo is not None:

@@ -21,7 +21,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from extproc._lifecycle import dies_with_us
+from extproc.lifecycle import dies_with_us
 
 from ..config.envoy import to_json
 from ..errors import EnvoyError

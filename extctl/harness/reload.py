@@ -20,7 +20,7 @@ import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from extproc._lifecycle import dies_with_us
+from extproc.lifecycle import capture_signals, dies_with_us
 
 from ..errors import UsageError
 
@@ -128,35 +128,30 @@ def serve_with_reload(serve_args: Sequence[str], directories: Sequence[str | Pat
     child = Child(serve_args)
     stop = threading.Event()
 
-    def on_signal(signum: int, frame: object) -> None:
-        stop.set()
-
-    previous = {s: signal.signal(s, on_signal) for s in STOP_SIGNALS}
-    # Children are started from this (the main) thread only: they die with this process
-    # (PR_SET_PDEATHSIG), which follows the thread that started them.
-    changes: queue.Queue[set[str]] = queue.Queue()
-    child.start()
-    ready = threading.Event()
-    watcher = threading.Thread(target=watch, args=(directories, changes.put, stop),
-                               daemon=True, kwargs={"ready": ready})
-    watcher.start()
-    ready.wait(10)
-    try:
-        while not stop.is_set():
-            try:
-                paths = changes.get(timeout=0.2)
-            except queue.Empty:
-                pass
-            else:
-                logger.warning("reloading: %s changed", ", ".join(sorted(paths)[:3]))
-                child.restart()
-            code = child.exit_code
-            if code is not None and child.process is not None:
-                logger.error("the server exited with %d; waiting for the next change", code)
-                child.process = None  # reported once; the next change starts it again
-        return 0
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-        child.close()
-        watcher.join(2)
+    with capture_signals(lambda signum: stop.set(), STOP_SIGNALS):
+        # Children are started from this (the main) thread only: they die with this process
+        # (PR_SET_PDEATHSIG), which follows the thread that started them.
+        changes: queue.Queue[set[str]] = queue.Queue()
+        child.start()
+        ready = threading.Event()
+        watcher = threading.Thread(target=watch, args=(directories, changes.put, stop),
+                                   daemon=True, kwargs={"ready": ready})
+        watcher.start()
+        ready.wait(10)
+        try:
+            while not stop.is_set():
+                try:
+                    paths = changes.get(timeout=0.2)
+                except queue.Empty:
+                    pass
+                else:
+                    logger.warning("reloading: %s changed", ", ".join(sorted(paths)[:3]))
+                    child.restart()
+                code = child.exit_code
+                if code is not None and child.process is not None:
+                    logger.error("the server exited with %d; waiting for the next change", code)
+                    child.process = None  # reported once; the next change starts it again
+            return 0
+        finally:
+            child.close()
+            watcher.join(2)

@@ -1,5 +1,5 @@
 """``extctl dev``'s live view: one block (or one JSON object) per request, built from the
-server's own per-stream record (``extproc._record``), not from its logs.
+server's own per-stream record (a ``StreamRecord``), not from its logs.
 
     GET /hello -> 200 in 4.1 ms (sent: request_headers, response_headers)
       request_headers 0.3 ms: set x-path; add x-multi; remove x-internal
@@ -9,11 +9,12 @@ server's own per-stream record (``extproc._record``), not from its logs.
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from extproc._record import StreamRecord, add_view
+if TYPE_CHECKING:
+    from extproc.transports import StreamRecord, View
 
 
 def summary(record: StreamRecord) -> dict[str, Any]:
@@ -59,10 +60,11 @@ def text(view: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def show(output: str) -> None:
-    """Print every request of servers started from now on in this process (``text``/``json``)."""
+def live_view(output: str) -> View:
+    """A server's view (``make_server(view=...)``) that prints every request it answers
+    (``text``/``json``)."""
     def view(record: StreamRecord) -> None:
         found = summary(record)
         click.echo(json.dumps(found, separators=(",", ":")) if output == "json" else text(found))
 
-    add_view(view)
+    return view

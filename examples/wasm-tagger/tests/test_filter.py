@@ -1,7 +1,7 @@
 """The built module in a real Envoy: what it does to requests and responses."""
 
 from extctl.config import WasmModule
-from wasm.testing import Exchange, compare_with_envoy
+from extctl.testing import Exchange, compare_with_envoy
 
 
 def _filter(module, configuration=""):

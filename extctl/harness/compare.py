@@ -1,7 +1,7 @@
 """Check the emulator against a real Envoy yourself: the same module and requests through
 both, the differences returned.
 
-    from wasm.testing import Exchange, compare_with_envoy
+    from extctl.testing import Exchange, compare_with_envoy
 
     def test_the_emulator_agrees_with_envoy(module):
         assert compare_with_envoy(module, requests=[
@@ -42,10 +42,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
-from .calls import GRPC_UNAVAILABLE, NO_CLUSTER, GrpcStream, Handler, ScriptedUpstream
-from .emulator import ProxyWasm
-from .errors import HostError
-from .state import GRPC_STREAM, token_numbers
+from wasm.calls import GRPC_UNAVAILABLE, NO_CLUSTER, GrpcStream, Handler, ScriptedUpstream
+from wasm.emulator import ProxyWasm
+from wasm.errors import HostError
+from wasm.state import GRPC_STREAM, token_numbers
+
+from ..config import CalloutCluster, WasmModule
+from .echo import EchoServer
+from .stack import stack
 from .upstreams import CHUNK_DELAY, GrpcUpstream, HttpUpstream, call_view, http_answer, stream_view
 
 __all__ = ["IGNORED", "Difference", "Exchange", "compare_with_envoy"]
@@ -161,9 +165,6 @@ def _through_envoy(path: Path, requests: list[Exchange], root_id: str, configura
     import contextlib
     import shutil
 
-    from extctl.config import CalloutCluster, WasmModule
-    from extctl.harness.echo import EchoServer
-    from extctl.testing import stack
 
     current: list[Exchange] = []
     received: list[tuple[list[tuple[str, str]], bytes, list[tuple[str, str]]]] = []

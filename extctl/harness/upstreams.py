@@ -1,4 +1,4 @@
-"""Scripted upstreams served for real, for :func:`wasm.testing.compare_with_envoy`: the same
+"""Scripted upstreams served for real, for :func:`extctl.testing.compare_with_envoy`: the same
 handler that answers a filter's callouts in the emulator answers them through Envoy, as an
 HTTP server (a plain handler) or a grpcio server (gRPC calls and streams, through
 :func:`wasm.calls.dispatch`, the emulator's own). What each upstream received is recorded
@@ -18,8 +18,8 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from .calls import Call, GrpcStream, Handler, ScriptedUpstream, dispatch, reply_of
-from .errors import CalloutFailure
+from wasm.calls import Call, GrpcStream, Handler, ScriptedUpstream, dispatch, reply_of
+from wasm.errors import CalloutFailure
 
 Headers = Sequence[tuple[str, str]] | Mapping[str, str]
 Ours = Callable[[Headers], dict[str, str]]

@@ -32,10 +32,10 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from google.protobuf.message import DecodeError
 from grpc_health.v1 import health_pb2
 
-from ._config import SERVICE_NAME
-from ._errors import ProtocolError
-from ._processor import Processor
-from ._stream import _contained, answer_stream
+from .._config import SERVICE_NAME
+from .._errors import ProtocolError
+from .._processor import Processor
+from .._stream import _contained, answer_stream
 
 logger = logging.getLogger("extproc.server")
 
@@ -371,10 +371,10 @@ def _from_environment() -> GrpcApp | None:
     settings = os.environ.get("EXTPROC_ASGI")
     if settings is None:
         return None
-    from ._importer import import_processor
+    from .._importer import import_processor
 
     options = json.loads(settings)
-    from ._logs import setup
+    from ..logs import setup
 
     # As the serving command logs: under --log-format json, every line JSON here too.
     setup(options.get("log_level", "WARNING"), options.get("log_format", "text"))

@@ -1,4 +1,5 @@
-"""How a serving process meets the operator's signals and its parent's death.
+"""How a serving process meets the operator's signals and its parent's death (public: the
+CLI's own long-running commands use the same signals and helpers).
 
 Signals (the README's table):
 
@@ -14,12 +15,14 @@ SIGQUIT    cut in-flight streams at once: exit 1
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import shutil
 import signal
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 #: Signals that drain; repeated, they drain still.
@@ -53,6 +56,33 @@ class Stop:
                 self.force = True
         self.drain = True
         return (self.drain, self.force) != before
+
+
+@contextlib.contextmanager
+def capture_signals(handler: Callable[[int], None], signals: Sequence[int] = HANDLED, *,
+                    loop: asyncio.AbstractEventLoop | None = None) -> Iterator[None]:
+    """Send ``signals`` to ``handler(signum)`` for the block, then put back what was there.
+
+    With ``loop``, through the loop (``add_signal_handler``: the handler runs as a callback
+    of the loop, never inside other code), and the signals are unblocked once the handlers
+    are in place (a supervisor forks its workers with them blocked, so that none arrives
+    before). Without, with ``signal.signal`` (main thread only)."""
+    previous = {sig: signal.getsignal(sig) for sig in signals}
+    try:
+        for sig in signals:
+            if loop is not None:
+                loop.add_signal_handler(sig, handler, sig)
+            else:
+                signal.signal(sig, lambda signum, frame: handler(signum))
+        if loop is not None:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, signals)
+        yield
+    finally:
+        for sig, before in previous.items():
+            if loop is not None:
+                loop.remove_signal_handler(sig)
+            if before is not None:
+                signal.signal(sig, before)
 
 
 def die_with_parent(parent: int, sig: int = signal.SIGTERM) -> None:
