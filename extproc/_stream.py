@@ -430,15 +430,16 @@ class _Exchange:
                              "(x-request-id=%s)", self.cls.__name__, hook, self._request_id(),
                              exc_info=exc, extra=self._log_fields(phase))
                 return self._fail(phase, exc)
-            if self._response_started(phase):
+            if not self.observability and self._response_started(phase):
+                advice = ("answer from on_response_headers" if phase == "response_trailers"
+                          else "answer from on_response_headers, or buffer the response body "
+                          "(BUFFERED) to decide on the whole of it")
                 logger.warning("%s.%s answered %d after the response headers went to the "
                                "client: Envoy cannot send it and resets the stream instead "
-                               "(the client gets a truncated response; x-request-id=%s). "
-                               "Answer from on_response_headers, or buffer the response "
-                               "body (BUFFERED) to decide on the whole of it",
+                               "(the client gets a truncated response; x-request-id=%s); %s",
                                self.cls.__name__, hook, result.status, self._request_id(),
-                               extra={**self._log_fields(phase, "reset"),
-                                      "status": result.status})
+                               advice, extra={**self._log_fields(phase, "reset"),
+                                              "status": result.status})
             else:
                 logger.info("%s.%s answered %d (x-request-id=%s)", self.cls.__name__, hook,
                             result.status, self._request_id(),

@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import shutil
 import signal
 import sys
 import threading
@@ -97,20 +96,30 @@ def die_with_parent(parent: int, sig: int = signal.SIGTERM) -> None:
 
 def dies_with_us(command: Sequence[str], sig: int = signal.SIGTERM,
                  any_thread: bool = False) -> list[str]:
-    """``command`` made to receive ``sig`` when the thread starting it ends, through
-    util-linux's ``setpriv --pdeathsig`` (Linux's PR_SET_PDEATHSIG, kept across exec).
+    """``command`` made to receive ``sig`` when the thread starting it ends (Linux's
+    PR_SET_PDEATHSIG, kept across exec), and not to start at all if this process is gone by
+    then: through a few lines of Python that set it, check the parent and exec the command.
 
     No ``preexec_fn``: Python code run between fork and exec in a threaded process (gRPC's
     at-fork handlers among it) can wedge or abort the child before the program starts. The
     kernel sends the signal when the *thread* that forked ends: off the main thread (which
     alone lives as long as the process) the command is returned as is, unless ``any_thread``
-    (a thread whose end must stop the program too). Without setpriv, as is."""
+    (a thread whose end must stop the program too). Off Linux, as is."""
     on_main = threading.current_thread() is threading.main_thread()
-    setpriv = shutil.which("setpriv")
-    if setpriv is None or not (on_main or any_thread):
+    if _prctl is None or not (on_main or any_thread):
         return list(command)
-    return [setpriv, f"--pdeathsig={signal.Signals(sig).name[3:]}", "--", *command]
+    return [sys.executable, "-I", "-S", "-c", _TRAMPOLINE, str(os.getpid()), str(int(sig)),
+            *command]
 
+
+# argv: parent pid, signal, the command. prctl(PR_SET_PDEATHSIG) survives the exec.
+_TRAMPOLINE = """\
+import ctypes, os, sys
+ctypes.CDLL(None, use_errno=True).prctl(1, int(sys.argv[2]))
+if os.getppid() != int(sys.argv[1]):
+    os._exit(1)
+os.execvp(sys.argv[3], sys.argv[3:])
+"""
 
 _PR_SET_PDEATHSIG = 1
 # Looked up here, in the parent: a child forked from a threaded parent only calls it.

@@ -11,15 +11,17 @@ or ``mode=``), body chunks travel as the body mode says, answers are applied as 
 them (removals before sets, content-length rules, mode overrides). Every message is encoded
 and decoded on the way, so what passes here is also what goes on the wire.
 
-Where a message ends follows its headers, as in Envoy: with ``content-length: 0`` (or no
-body and no trailers) the headers end it and no body phase runs; with
+Where a message ends follows its headers, as in Envoy: a request with no body and no trailers
+(or ``content-length: 0``) ends at its headers and no body phase runs; with
 ``transfer-encoding: chunked`` a body follows even when it is empty (``body=b""``: one empty
 chunk with end of stream, as Envoy sends for a chunked message with nothing in it), as it does
 for ``body=[b""]`` (an HTTP/2 client's empty DATA frame). Request hooks never see that header,
-which Envoy's HTTP/1 codec takes out of requests (a response's stays). A local answer after
-the response headers went on to the client (a STREAMED or FULL_DUPLEX_STREAMED response-body hook, a
-response-trailers hook) cannot reach the client: Envoy resets the stream, and the result says
-so (``reset``; ``response`` is what the client got before the reset).
+which Envoy's HTTP/1 codec takes out of requests (a response's stays). A response to HEAD, a
+204 or a 304 has no body. A body given without a framing header gets a ``content-length``.
+A local answer after the response headers went on to the client (a STREAMED or
+FULL_DUPLEX_STREAMED response-body hook, a response-trailers hook) cannot reach the client:
+Envoy resets the stream, and the result says so (``reset``; ``response`` is what the client
+got before the reset).
 """
 
 from __future__ import annotations
@@ -162,8 +164,12 @@ async def run(
                 response_trailers = answer.trailers.items() if answer.trailers else None
         response_chunks = _chunks(response_body)
         response_pairs = [(":status", str(status)), *_pairs(response_headers)]
-        if any(response_chunks) and not any(k in ("content-length", "transfer-encoding")
-                                            for k, _ in response_pairs):
+        # A response to HEAD, a 204 or a 304 has no body, whatever its headers say.
+        driver.bodiless = method == "HEAD" or status in (204, 304) or status < 200
+        if driver.bodiless:
+            response_chunks, response_trailers = [], None
+        elif any(response_chunks) and not any(k in ("content-length", "transfer-encoding")
+                                              for k, _ in response_pairs):
             response_pairs.append(("content-length", str(sum(map(len, response_chunks)))))
         response = await driver.direction("response", response_pairs, response_chunks,
                                           _pairs(response_trailers),
@@ -174,8 +180,8 @@ async def run(
             pairs, sent = driver.started
             client = Message(Headers(pairs, kind="response"), b"".join(sent), list(sent))
             return driver.result(driver.upstream_reached, client, stop.args[0], reset=True)
-        return driver.result(driver.upstream_reached, _immediate_message(stop.args[0]),
-                             stop.args[0])
+        return driver.result(driver.upstream_reached,
+                             _immediate_message(stop.args[0], method == "HEAD"), stop.args[0])
     return driver.result(request, response, None)
 
 
@@ -210,6 +216,7 @@ class _Driver:
         self.upstream_reached: Message | None = None
         #: The response headers and body chunks the client has, once Envoy sent them on.
         self.started: tuple[list[tuple[str, str]], list[bytes]] | None = None
+        self.bodiless = False  # the response can have no body (HEAD, 204, 304)
         self.first = True
 
     async def send(self, message: Any) -> list[Any]:
@@ -277,7 +284,8 @@ class _Driver:
                         attributes: Mapping[str, Any] | None,
                         metadata: Mapping[str, Mapping[str, Any]] | None) -> Message:
         mode = self.mode
-        if _chunked(pairs):
+        bodiless = direction == "response" and self.bodiless
+        if _chunked(pairs) and not bodiless:
             # A chunked message's body follows its headers, even when empty. Envoy's HTTP/1
             # codec takes the framing header out of a request's header map (not a response's).
             if direction == "request":
@@ -320,10 +328,11 @@ class _Driver:
                                [replaced] if replaced else [],
                                Headers(trailer_pairs, kind="trailers") if has_trailers else None)
         body_mode: BodyMode | None = getattr(mode, f"{direction}_body")
-        if not headers_eos and (body_mode in _DROPS_LENGTH or (
-                body_mode is BodyMode.BUFFERED and not getattr(mode, which))):
+        if body_mode in _DROPS_LENGTH or (body_mode is BodyMode.BUFFERED
+                                          and not getattr(mode, which)):
             # Envoy cannot know the length the processor will leave: it drops content-length
-            # whether or not the body changes (when a body or trailers follow).
+            # whether or not the body changes, even when there is no body (over HTTP/1.1 its
+            # codec writes ``content-length: 0`` back into a bodiless POST or a response).
             pairs = [(k, v) for k, v in pairs if k != "content-length"]
         which = f"{direction}_body"
         out_chunks: list[bytes] = []
@@ -331,7 +340,7 @@ class _Driver:
         if direction == "response" and not (holds and chunks):
             self.started = (pairs, out_chunks)  # the headers go on to the client now
         if body_mode is None or not chunks:
-            out_chunks = list(chunks)
+            out_chunks.extend(chunks)  # (the list the client has, once started)
         elif body_mode in (BodyMode.BUFFERED, BodyMode.BUFFERED_PARTIAL, BodyMode.GRPC):
             # GRPC: Envoy 1.40 sends a gRPC body only when it holds all of it as the headers
             # are answered, then in one message, framing included.
@@ -351,7 +360,8 @@ class _Driver:
             if body_mode is BodyMode.GRPC:
                 trailer_pairs = trailer_pairs if has_trailers else []
             if direction == "response":
-                self.started = (pairs, out_chunks)
+                # With trailers to come, Envoy holds the body until they are answered.
+                self.started = (pairs, [] if has_trailers else out_chunks)
         else:
             for index, chunk in enumerate(chunks):
                 message = pb.ProcessingRequest()
@@ -378,7 +388,7 @@ class _Driver:
         if not content_length_kept:
             pairs = [(k, v) for k, v in pairs if k != "content-length"]
         for k, v in pairs:
-            if k == "content-length" and int(v) != len(body):
+            if k == "content-length" and int(v) != len(body) and not bodiless:
                 raise _Stop(pb.ProcessingResponse(immediate_response=pb.ImmediateResponse(
                     status={"code": 500}, body=b"",
                     details=f"mismatched content-length in {direction} ({v} != {len(body)})")))
@@ -420,14 +430,16 @@ def _envoy_reply(status: int, details: str) -> Any:
         status={"code": status}, details=details))
 
 
-def _immediate_message(answer: Any) -> Message:
+def _immediate_message(answer: Any, head: bool = False) -> Message:
+    """The local reply as Envoy sends it: with a body, its type (text/plain unless the
+    answer sets one) and length; to a HEAD request, no body."""
     immediate = answer.immediate_response
-    pairs = _apply([(":status", str(immediate.status.code)),
-                    ("content-type", "text/plain")], immediate.headers)
-    # Envoy's local replies carry the length of their body.
-    pairs = [(k, v) for k, v in pairs if k != "content-length"]
-    pairs.append(("content-length", str(len(immediate.body))))
-    return Message(Headers(pairs, kind="response"), immediate.body, [immediate.body])
+    body = b"" if head else immediate.body
+    pairs = [(":status", str(immediate.status.code))]
+    if immediate.body:
+        pairs += [("content-type", "text/plain"), ("content-length", str(len(immediate.body)))]
+    pairs = _apply(pairs, immediate.headers)
+    return Message(Headers(pairs, kind="response"), body, [body] if body else [])
 
 
 def _apply(pairs: list[tuple[str, str]], mutation: Any) -> list[tuple[str, str]]:

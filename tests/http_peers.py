@@ -118,9 +118,13 @@ def _read_fields(stream: object) -> Pairs:
     return pairs
 
 
-def _read_h1_body(stream: object, headers: Pairs, bodiless: bool) -> tuple[bytes, Pairs | None]:
+def _read_h1_body(stream: object, headers: Pairs, bodiless: bool,
+                  request: bool = False) -> tuple[bytes, Pairs | None]:
+    """A body as its framing says: chunked (and trailers), a content-length, else a request
+    has none and a response runs to the close."""
     names = dict(headers)
-    if bodiless:
+    if bodiless or (request and "content-length" not in names
+                    and names.get("transfer-encoding", "").lower() != "chunked"):
         return b"", None
     if names.get("transfer-encoding", "").lower() == "chunked":
         data = bytearray()
@@ -267,15 +271,17 @@ class Upstream:
         headers = [(":method", method), (":path", path), *_read_fields(rfile)]
         case = dict(headers).get(CASE, "")
         try:
-            body, trailers = _read_h1_body(rfile, headers, False)
+            body, trailers = _read_h1_body(rfile, headers, False, request=True)
         except (EOFError, OSError):
             self._record(case, Seen(headers, b"", None, complete=False))
             return False
         self._record(case, Seen(headers, body, trailers))
         status, answer = self.answers.get(case, (200, Message([])))
         out_headers, out_body = _h1_body(answer)
-        if not answer.framing():
+        if not answer.framing() and "content-length" not in dict(answer.headers):
             out_headers.append(("content-length", "0"))  # else the body ends at the close
+        if method == "HEAD" or status in (204, 304):
+            out_body = b""  # the headers alone, whatever they say of a body
         head = f"HTTP/1.1 {status} X\r\n" + "".join(f"{k}: {v}\r\n" for k, v in out_headers)
         first = b""
         if answer.gate is not None and answer.chunks:  # the head and the first chunk, then wait

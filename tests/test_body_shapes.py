@@ -23,7 +23,7 @@ import extproc
 from extctl.config import Deployment, GatewayOptions, Target
 from extctl.config.envoy import to_yaml
 from extctl.config.gateway import resources
-from extproc import BodyMode, ProcessingMode
+from extproc import BodyMode, ImmediateResponse, ProcessingMode
 from extproc.testing import run_sync
 
 SENDERS = {"h1": send_h1, "h2": send_h2}
@@ -66,40 +66,62 @@ def test_a_chunked_message_with_an_empty_body_runs_the_body_hook(sock_dir, upstr
 @pytest.mark.parametrize("mode", [BodyMode.STREAMED, BodyMode.BUFFERED,
                                   BodyMode.BUFFERED_PARTIAL, BodyMode.FULL_DUPLEX_STREAMED])
 @pytest.mark.parametrize("direction", ["request", "response"])
-def test_content_length_zero_stays_when_the_headers_end_the_message(mode, direction):
+def test_content_length_goes_where_envoy_drops_it_even_without_a_body(mode, direction):
+    """Envoy cannot know the length a processor will leave: it drops content-length in these
+    modes (BUFFERED keeps it: the headers wait for the body's answer), also from a message
+    whose headers end it."""
     both = ProcessingMode(request_headers=True, response_headers=True,
                           request_body=mode, response_body=mode,
                           request_trailers=mode is BodyMode.FULL_DUPLEX_STREAMED,
                           response_trailers=mode is BodyMode.FULL_DUPLEX_STREAMED)
-    result = run_sync(HeadersOnly, method="POST", mode=both,
-                      **{"headers" if direction == "request" else "response_headers":
-                         {"content-length": "0"}})
-    message = result.request if direction == "request" else result.response
-    assert message is not None and message.headers.get("content-length") == "0"
-    assert f"{direction}_body" not in result.sent
-    # A body that follows takes the header away (Envoy cannot know its new length), except
-    # where Envoy holds the headers until the body's answer (BUFFERED).
-    result = run_sync(HeadersOnly, method="POST", mode=both,
-                      **{"body" if direction == "request" else "response_body": b"x"})
-    message = result.request if direction == "request" else result.response
-    assert message is not None
-    assert message.headers.get("content-length") == ("1" if mode is BodyMode.BUFFERED
-                                                     else None)
+    kept = mode is BodyMode.BUFFERED
+    for given in ({"content-length": "0"}, {"content-length": "1"}):
+        body = b"x" if given["content-length"] == "1" else b""
+        result = run_sync(HeadersOnly, method="POST", mode=both, **(
+            {"headers": given, "body": body} if direction == "request"
+            else {"response_headers": given, "response_body": body}))
+        message = result.request if direction == "request" else result.response
+        assert message is not None
+        assert message.headers.get("content-length") == (given["content-length"] if kept
+                                                         else None)
+        assert (f"{direction}_body" in result.sent) is bool(body)
 
 
 @pytest.mark.envoy
-def test_envoy_sends_no_body_after_content_length_zero(sock_dir, upstream):
-    client, received = _through(StreamedUpper, sock_dir, upstream, "zero",
-                                Message([], [b""]), Message([], [b""]))
-    assert received.get("x-p-framing") == "0/-" and received.get("content-length") == "0"
-    assert client.get("x-p-framing") == "0/-" and client.get("content-length") == "0"
-    result = run_sync(StreamedUpper, method="POST", headers={"content-length": "0"},
+def test_envoy_drops_content_length_zero_and_sends_no_body(sock_dir, upstream):
+    """A GET upstream (HTTP/1.1's codec adds no length to it) and an HTTP/2 client (no codec
+    adds one): what the filter left, unchanged."""
+    upstream.answers["zero"] = (200, Message([("content-length", "0")]))
+    with patched_stack(StreamedUpper, sock_dir, upstream.address) as stack:
+        client = send_h2(stack.envoy.port, Message([(CASE, "zero"), ("content-length", "0")]),
+                         method="GET")
+    received = upstream.wait("zero")
+    assert received is not None and received.get("x-p-framing") == "0/-"
+    assert received.get("content-length") is None and client.get("content-length") is None
+    assert client.get("x-p-framing") == "0/-"
+    result = run_sync(StreamedUpper, headers={"content-length": "0"},
                       response_headers={"content-length": "0"})
     assert result.sent == ["request_headers", "response_headers"]
     assert result.request is not None
     assert result.request.headers["x-p-framing"] == "0/-"
-    assert result.request.headers["content-length"] == "0"
-    assert result.response.headers["content-length"] == "0"
+    assert "content-length" not in result.request.headers
+    assert "content-length" not in result.response.headers
+
+
+@pytest.mark.envoy
+@pytest.mark.parametrize(("method", "status"), [("HEAD", 200), ("GET", 304), ("GET", 204)])
+@pytest.mark.parametrize("cls", [StreamedUpper, BufferedSuffix])
+def test_responses_without_a_body_pass_whatever_their_headers_say(sock_dir, upstream, method,
+                                                                  status, cls):
+    headers = [("content-length", "5")] if status != 204 else []
+    upstream.answers["bodiless"] = (status, Message(list(headers)))
+    with patched_stack(cls, sock_dir, upstream.address) as stack:
+        client = send_h2(stack.envoy.port, Message([(CASE, "bodiless")]), method=method)
+    result = run_sync(cls, method=method, status=status, response_headers=headers)
+    assert (client.status, client.complete, client.body) == (status, True, b"")
+    assert (result.status, result.reset, result.response.body) == (status, False, b"")
+    assert result.response.headers.get("content-length") == client.get("content-length")
+    assert "response_body" not in result.sent
 
 
 @pytest.mark.envoy
@@ -167,9 +189,9 @@ def test_gen_gateway_keeps_trailers_on_the_gateway_for_classes_that_take_them():
 @pytest.mark.parametrize("protocol", ["h1", "h2"])
 def test_an_answer_after_the_response_headers_went_is_a_reset(sock_dir, upstream, protocol,
                                                               caplog):
-    caplog.set_level(logging.WARNING, logger="extproc")
     """The upstream holds its second chunk until the client has the response headers: the
     hook's 451 then comes after Envoy sent them, and Envoy resets the stream."""
+    caplog.set_level(logging.WARNING, logger="extproc")
     gate = threading.Event()
     answer = Message([], [b"first part, ", b"then STOP"], chunked=True, gate=gate)
     upstream.answers["late"] = (200, answer)
@@ -195,3 +217,21 @@ def test_an_answer_after_the_response_headers_went_is_a_reset(sock_dir, upstream
     assert not result.reset and result.status == 451
     assert result.response.body == b"marker found\n"
     assert not [r for r in caplog.records if r.levelno == logging.WARNING]
+
+
+class TrailerDeny(extproc.Processor):
+    """A 451 from the response trailers' hook: always after the headers went."""
+
+    message_timeout = 10.0
+
+    async def on_response_trailers(self, trailers: extproc.Headers) -> ImmediateResponse:
+        return ImmediateResponse(451, body="no\n")
+
+
+def test_a_reset_at_the_trailers_leaves_the_client_the_body_already_sent():
+    """Without a body phase the body went on before the trailers reached the hook."""
+    mode = ProcessingMode(response_trailers=True)
+    result = run_sync(TrailerDeny, mode=mode, response_body=[b"hel", b"lo"],
+                      response_trailers={"x-t": "1"})
+    assert result.reset and result.status == 200
+    assert result.response.body == b"hello" and result.response.trailers is None

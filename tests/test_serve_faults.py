@@ -60,6 +60,14 @@ def _until(condition, timeout: float, what: str):
         time.sleep(0.05)
 
 
+def _name(pid: int) -> str | None:
+    try:
+        with open(f"/proc/{pid}/comm") as comm:
+            return comm.read().strip()
+    except FileNotFoundError:
+        return None
+
+
 def _alive(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat") as f:
@@ -612,3 +620,66 @@ def test_the_admin_endpoint_takes_bare_lf_and_says_what_it_allows(sock_dir, extc
     assert b"allow: GET, HEAD\r\n" in answer
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(20) == 0
+
+
+# -- children that die with us ------------------------------------------------------------
+
+_SPAWNER = """
+import subprocess, sys, threading
+from extproc._lifecycle import dies_with_us
+started = []
+if sys.argv[1] == "thread":  # off the main thread, unless asked: the thread may end first
+    t = threading.Thread(target=lambda: started.append(dies_with_us(["sleep", "60"])))
+    t.start(); t.join()
+    command = started[0]
+else:
+    command = dies_with_us(["sleep", "60"])
+child = subprocess.Popen(command)
+print(child.pid, command[0] == "sleep", flush=True)
+sys.stdin.read()
+"""
+
+
+@pytest.mark.parametrize("where", ["main", "thread"])
+def test_a_child_started_from_the_main_thread_dies_with_its_parent(where):
+    """What Envoy, the reload standby and pyvoy's Envoy are started with: a SIGKILLed parent
+    takes its child along (no preexec_fn: nothing runs in the child before exec)."""
+    with subprocess.Popen([sys.executable, "-c", _SPAWNER, where], stdin=subprocess.PIPE,
+                          stdout=subprocess.PIPE, text=True, cwd=ROOT) as spawner:
+        assert spawner.stdout is not None
+        pid_text, plain = spawner.stdout.readline().split()
+        child = int(pid_text)
+        try:
+            assert plain == ("True" if where == "thread" else "False")
+            if where == "thread":
+                return  # started as is: nothing ties it to a thread that may end first
+            deadline = time.monotonic() + 10
+            while _name(child) != "sleep" and time.monotonic() < deadline:
+                time.sleep(0.02)  # (a parent gone before the exec stops it there)
+            assert _name(child) == "sleep"
+            spawner.kill()
+            spawner.wait(10)
+            deadline = time.monotonic() + 10
+            while _alive(child) and time.monotonic() < deadline:
+                time.sleep(0.02)
+            assert not _alive(child)
+        finally:
+            if _alive(child):
+                os.kill(child, signal.SIGKILL)
+
+
+def _name(pid: int) -> str | None:
+    try:
+        with open(f"/proc/{pid}/comm") as comm:
+            return comm.read().strip()
+    except FileNotFoundError:
+        return None
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie, reaped by init soon, counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rpartition(")")[2].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
