@@ -626,7 +626,7 @@ def test_the_admin_endpoint_takes_bare_lf_and_says_what_it_allows(sock_dir, extc
 
 _SPAWNER = """
 import subprocess, sys, threading
-from extproc._lifecycle import dies_with_us
+from extproc.lifecycle import dies_with_us
 started = []
 if sys.argv[1] == "thread":  # off the main thread, unless asked: the thread may end first
     t = threading.Thread(target=lambda: started.append(dies_with_us(["sleep", "60"])))
