@@ -1,4 +1,5 @@
-"""Errors of the control side (CLI, config generation, the local Envoy runner).
+"""Errors of the control side (CLI, config generation, the local Envoy runner), under
+``extproc.errors.ExtkitError``, envoy-extkit's root.
 
     ExtctlError          base; the CLI prints its message on one line
     ├── EnvoyError       the Envoy binary is missing, exits at start, or never gets ready
@@ -14,8 +15,10 @@
 
 from __future__ import annotations
 
+from extproc.errors import ExtkitError
 
-class ExtctlError(Exception):
+
+class ExtctlError(ExtkitError):
     """Base class of the errors extctl raises on purpose."""
 
 

@@ -19,14 +19,6 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from ._body import Body
     from ._config import SERVICE_NAME, ServerConfig
-    from ._errors import (
-        ExtprocError,
-        ImportFromStringError,
-        MutationError,
-        ProcessorDefinitionError,
-        ProtocolError,
-        ServeError,
-    )
     from ._headers import Headers
     from ._importer import import_processor
     from ._mode import BodyMode, FilterSpec, ProcessingMode, derive
@@ -35,6 +27,15 @@ if TYPE_CHECKING:
     from ._run import serve
     from ._serve import serve_async
     from ._thread import ServerThread
+    from .errors import (
+        ExtkitError,
+        ExtprocError,
+        ImportFromStringError,
+        MutationError,
+        ProcessorDefinitionError,
+        ProtocolError,
+        ServeError,
+    )
     from .transports import make_server
     from .transports.grpcio import Server
 
@@ -42,6 +43,7 @@ __all__ = [
     "SERVICE_NAME",
     "Body",
     "BodyMode",
+    "ExtkitError",
     "ExtprocError",
     "FilterSpec",
     "Headers",
@@ -67,17 +69,18 @@ _WHERE = {
     "SERVICE_NAME": "_config",
     "Body": "_body",
     "BodyMode": "_mode",
-    "ExtprocError": "_errors",
+    "ExtkitError": "errors",
+    "ExtprocError": "errors",
     "FilterSpec": "_mode",
     "Headers": "_headers",
     "ImmediateResponse": "_responses",
-    "ImportFromStringError": "_errors",
-    "MutationError": "_errors",
+    "ImportFromStringError": "errors",
+    "MutationError": "errors",
     "ProcessingMode": "_mode",
     "Processor": "_processor",
-    "ProcessorDefinitionError": "_errors",
-    "ProtocolError": "_errors",
-    "ServeError": "_errors",
+    "ProcessorDefinitionError": "errors",
+    "ProtocolError": "errors",
+    "ServeError": "errors",
     "Server": "transports.grpcio",
     "ServerConfig": "_config",
     "ServerThread": "_thread",

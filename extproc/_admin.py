@@ -28,7 +28,6 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ._config import ServerConfig
-from ._errors import ServeError
 from ._metrics import (
     HEARTBEAT,
     PID,
@@ -40,6 +39,7 @@ from ._metrics import (
 )
 from ._record import Observer, StreamRecord
 from .addresses import split_address
+from .errors import ServeError
 from .lifecycle import HANDLED, die_with_parent
 
 if TYPE_CHECKING:

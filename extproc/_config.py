@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import asyncio
 
-from ._errors import ServeError
 from .addresses import MAX_UDS_PATH, split_address
+from .errors import ServeError
 from .transports.known import TRANSPORTS, names
 
 #: The gRPC service a processor serves; its health service answers for it (and for "").

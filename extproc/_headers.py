@@ -12,7 +12,7 @@ from typing import Any, overload
 
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 
-from ._errors import MutationError
+from .errors import MutationError
 
 _SET = 0  # replace all values of the name
 _APPEND = 1  # keep the original values, append these

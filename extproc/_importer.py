@@ -6,8 +6,8 @@ import importlib
 import os
 import sys
 
-from ._errors import ImportFromStringError
 from ._processor import Processor
+from .errors import ImportFromStringError
 
 
 def import_processor(spec: str, app_dir: str | None = None) -> type[Processor]:

@@ -18,8 +18,8 @@ from typing import Any, TypeVar
 from envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2
 from envoy.type.v3 import http_status_pb2
 
-from ._errors import ProcessorDefinitionError, ProtocolError
 from ._responses import status_problem
+from .errors import ProcessorDefinitionError, ProtocolError
 
 _PM = processing_mode_pb2.ProcessingMode
 _F = TypeVar("_F", bound=Callable[..., Any])

@@ -10,10 +10,10 @@ from typing import Any, ClassVar
 from google.protobuf import json_format, struct_pb2
 
 from ._body import Body
-from ._errors import MutationError, ServeError
 from ._headers import Headers
 from ._mode import BodyMode, FilterSpec, ProcessingMode, default_hook, derive
 from ._responses import ImmediateResponse
+from .errors import MutationError, ServeError
 
 HookResult = ImmediateResponse | None
 

@@ -9,8 +9,8 @@ from typing import Any
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from envoy.type.v3 import http_status_pb2
 
-from ._errors import MutationError
 from ._headers import header_mutation
+from .errors import MutationError
 
 
 def status_problem(status: object) -> str | None:

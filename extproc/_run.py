@@ -5,10 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from ._config import ServerConfig
-from ._errors import ServeError
 from ._processor import Processor
 from ._serve import _run_loop, serve_async
 from ._supervisor import supervise
+from .errors import ServeError
 from .transports import View
 
 

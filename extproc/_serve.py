@@ -14,8 +14,8 @@ from collections.abc import Coroutine
 from typing import Any
 
 from ._config import ServerConfig
-from ._errors import ServeError
 from ._processor import Processor
+from .errors import ServeError
 from .lifecycle import HANDLED, Stop, capture_signals
 from .transports import Transport, make_server
 

@@ -22,7 +22,6 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from google.protobuf import duration_pb2
 
 from ._body import Body
-from ._errors import ProtocolError
 from ._headers import Headers
 from ._mode import BodyMode
 from ._processor import Processor
@@ -37,6 +36,7 @@ from ._wire import (
     large_body_started,
     splice,
 )
+from .errors import ProtocolError
 
 if TYPE_CHECKING:
     from ._record import StreamRecord

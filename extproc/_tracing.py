@@ -21,7 +21,7 @@ import os
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from ._errors import ServeError
+from .errors import ServeError
 
 logger = logging.getLogger("extproc.tracing")
 

@@ -11,8 +11,8 @@ import socket
 import stat
 import tempfile
 
-from ._errors import ServeError
 from .addresses import MAX_UDS_PATH
+from .errors import ServeError
 
 
 def claim_socket(path: str) -> None:

@@ -3,7 +3,7 @@ generators check addresses the way the server does)."""
 
 from __future__ import annotations
 
-from ._errors import ServeError
+from .errors import ServeError
 
 #: The longest Unix socket path Linux takes (sun_path holds 108 bytes with the final NUL).
 MAX_UDS_PATH = 107

@@ -14,7 +14,7 @@ import sys
 import time
 from typing import Any
 
-from ._errors import ServeError
+from .errors import ServeError
 
 FORMATS = ("text", "json")
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"

@@ -37,12 +37,12 @@ from envoy.config.core.v3 import base_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from google.protobuf import json_format, struct_pb2
 
-from ._errors import ProtocolError
 from ._headers import Headers
 from ._mode import BodyMode, ProcessingMode
 from ._processor import EXT_PROC_NAMESPACE, Processor
 from ._stream import _PASS, ProcessorFailed, _Exchange, _Stop
 from ._thread import ServerThread
+from .errors import ProtocolError
 
 __all__ = ["Message", "Result", "ServerThread", "lifespan", "run", "run_sync"]
 

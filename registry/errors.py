@@ -1,4 +1,4 @@
-"""Errors of the OCI registry client.
+"""Errors of the OCI registry client (under ``extproc.errors.ExtkitError``, envoy-extkit's root).
 
     RegistryError            base; every message names the cause and what to do; ``url`` and
     │                        ``status`` carry the request and the HTTP status when there is one
@@ -9,6 +9,7 @@
     │                        which credentials were tried
     ├── NotFound             404: repository, tag or blob
     ├── DigestMismatch       content whose sha256 (or declared size) is not the one expected
+    │                        (also wasm.DigestMismatch: one class to catch for both)
     ├── UnsupportedImage     a layout Envoy Gateway does not accept, a manifest that is not one
     │   └── NotAModule       the file pushed is not a valid Wasm module (also wasm.InvalidModule)
     ├── UnsafeArchive        path traversal, links or a decompression bomb in a layer
@@ -19,10 +20,12 @@
 
 from __future__ import annotations
 
+from extproc.errors import ExtkitError
+from wasm.errors import DigestMismatch as WasmDigestMismatch
 from wasm.errors import InvalidModule
 
 
-class RegistryError(Exception):
+class RegistryError(ExtkitError):
     """Base class of the errors this package raises."""
 
     def __init__(self, message: str, *, url: str | None = None,
@@ -48,7 +51,7 @@ class NotFound(RegistryError):
     pass
 
 
-class DigestMismatch(RegistryError):
+class DigestMismatch(RegistryError, WasmDigestMismatch):
     pass
 
 

@@ -6,7 +6,8 @@ import extproc.testing
 
 def test_extproc_public_names():
     assert sorted(extproc.__all__) == sorted([
-        "Body", "BodyMode", "ExtprocError", "FilterSpec", "Headers", "ImmediateResponse",
+        "Body", "BodyMode", "ExtkitError", "ExtprocError", "FilterSpec", "Headers",
+        "ImmediateResponse",
         "ImportFromStringError", "MutationError", "ProcessingMode", "Processor",
         "ProcessorDefinitionError", "ProtocolError", "SERVICE_NAME", "ServeError", "Server",
         "ServerConfig", "ServerThread", "derive", "import_processor", "make_server", "serve",

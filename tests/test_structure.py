@@ -89,6 +89,8 @@ def test_no_import_cycle_among_the_project_modules():
 # use no other package of the project.
 MAY_IMPORT = {"extproc": set(), "wasm": set(), "registry": {"wasm"},
               "extctl": {"extproc", "wasm", "registry"}}
+# ... and every package its error root, from a module that imports nothing.
+SHARED = {"extproc.errors"}
 
 
 def _package(module: str) -> str:
@@ -107,6 +109,8 @@ def _layer_breaches(graph: dict[str, set[str]]) -> list[str]:
             own, other = _package(module), _package(target)
             if own == other:
                 continue
+            if target in SHARED:
+                continue
             if other not in MAY_IMPORT[own]:
                 found.append(f"{module} -> {target}: {own} may not import {other}")
             elif _private(target):
@@ -116,9 +120,11 @@ def _layer_breaches(graph: dict[str, set[str]]) -> list[str]:
 
 def test_the_layer_check_sees_a_breach():
     assert _layer_breaches({"wasm.testing": {"extctl.harness"}, "extctl.a": {"extproc._x"},
-                            "extctl.b": {"extproc.lifecycle"}}) == [
+                            "extctl.b": {"extproc.lifecycle"}, "wasm.x": {"extproc.errors"},
+                            "wasm.y": {"extproc.lifecycle"}}) == [
         "extctl.a -> extproc._x: a private module of extproc",
-        "wasm.testing -> extctl.harness: wasm may not import extctl"]
+        "wasm.testing -> extctl.harness: wasm may not import extctl",
+        "wasm.y -> extproc.lifecycle: wasm may not import extproc"]
 
 
 def test_layers_point_one_way_and_packages_meet_only_in_public_modules():
@@ -171,7 +177,12 @@ def test_commands_import_only_what_they_run():
     pull = _imported_by("pull", "oci://127.0.0.1:9/f/x:v1", "-o", "/nonexistent/x.wasm",
                         "--timeout", "0.5", "--no-cache")
     assert {"registry", "httpx"} <= pull
-    assert not pull & {"grpc", "wasmtime", "extproc", "yaml"}, pull
+    assert not pull & {"grpc", "wasmtime", "yaml"}, pull
+    # of extproc, only the error root every package derives from
+    pulled = _imported_by("pull", "oci://127.0.0.1:9/f/x:v1", "-o", "/nonexistent/x.wasm",
+                          "--timeout", "0.5", "--no-cache", whole=True)
+    assert {m for m in pulled if m.split(".")[0] == "extproc"} == {"extproc",
+                                                                   "extproc.errors"}, pulled
     gen = _imported_by("gen", "--help")
     assert not gen & {"wasmtime", "registry", "httpx"}, gen
     # what an exec probe runs: the health check, not the server, its protos or asyncio's loop
@@ -192,3 +203,18 @@ def test_the_exit_code_table_names_real_classes():
         cls = getattr(importlib.import_module(module), name)
         assert isinstance(cls, type) and issubclass(cls, Exception), (module, name)
         assert 1 <= code <= 12
+
+
+def test_one_error_root():
+    """Every package's errors under one class a user can catch; one DigestMismatch."""
+    import extctl.errors
+    import extproc
+    import registry.errors
+    import wasm.errors
+
+    for root in (extproc.ExtprocError, wasm.errors.WasmError, wasm.errors.CalloutFailure,
+                 registry.errors.RegistryError, extctl.errors.ExtctlError):
+        assert issubclass(root, extproc.ExtkitError), root
+    assert issubclass(registry.errors.DigestMismatch, wasm.errors.DigestMismatch)
+    mismatch = registry.errors.DigestMismatch("m", url="https://r/v2/", status=200)
+    assert (str(mismatch), mismatch.url, mismatch.expected) == ("m", "https://r/v2/", "")

@@ -1,4 +1,4 @@
-"""Errors of the Wasm tools.
+"""Errors of the Wasm tools (under ``extproc.errors.ExtkitError``, envoy-extkit's root).
 
     WasmError            base
     ├── InvalidModule    not a WebAssembly module (or one wasmtime rejects)
@@ -9,9 +9,12 @@
         ├── WasmTrap         the module trapped, ran out of fuel or exited (callback named)
         ├── StartFailed      proxy_on_vm_start or proxy_on_configure answered false
         └── MemoryAccess     the module handed the host memory it does not have
-    CalloutFailure       raised by a scripted upstream (wasm.calls) to fail a callout
-    ├── CalloutTimeout   the callout times out (Envoy's async client answers 504)
-    └── CalloutReset     the upstream resets the call (the filter sees no reply)
+    └── CalloutFailure   raised by a scripted upstream (wasm.calls) to fail a callout
+        ├── CalloutTimeout   the callout times out (Envoy's async client answers 504)
+        └── CalloutReset     the upstream resets the call (the filter sees no reply)
+
+``registry``'s DigestMismatch is this one too (``except wasm.DigestMismatch`` catches a
+module's and an image's).
 
 A scripted upstream or foreign function that raises anything else becomes a HostError naming
 the cluster or function.
@@ -19,8 +22,10 @@ the cluster or function.
 
 from __future__ import annotations
 
+from extproc.errors import ExtkitError
 
-class WasmError(Exception):
+
+class WasmError(ExtkitError):
     """Base class of the errors this package raises."""
 
 
@@ -31,7 +36,7 @@ class InvalidModule(WasmError):
 class DigestMismatch(WasmError):
     """The sha256 of a file differs from the expected one."""
 
-    def __init__(self, message: str, expected: str, actual: str) -> None:
+    def __init__(self, message: str, expected: str = "", actual: str = "") -> None:
         super().__init__(message)
         self.expected = expected
         self.actual = actual
@@ -71,7 +76,7 @@ class MemoryAccess(HostError):
     """A pointer and size from the module fall outside its memory (or allocation failed)."""
 
 
-class CalloutFailure(Exception):
+class CalloutFailure(WasmError):
     """Raised by a scripted upstream handler to make a callout fail."""
 
 

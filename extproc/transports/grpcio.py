@@ -23,13 +23,13 @@ from .._admin import (
     on_serving,
 )
 from .._config import SERVICE_NAME, ServerConfig
-from .._errors import ProtocolError, ServeError
 from .._processor import Processor
 from .._record import Observer
 from .._stream import ProcessorFailed, _contained, answer_stream
 from .._unix import PrivateBind, claim_socket, remove_own
 from .._wire import Encoded, parse_request
 from ..addresses import split_address
+from ..errors import ProtocolError, ServeError
 from . import BaseServer, View
 
 logger = logging.getLogger("extproc.server")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from .._errors import ServeError
+from ..errors import ServeError
 
 #: The built-in transports, by the name ``ServerConfig.transport`` takes.
 TRANSPORTS = {

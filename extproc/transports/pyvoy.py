@@ -31,10 +31,10 @@ import time
 from typing import Any
 
 from .._config import ServerConfig
-from .._errors import ServeError
 from .._processor import Processor
 from .._unix import PrivateBind, claim_socket, remove_own
 from ..addresses import split_address
+from ..errors import ServeError
 from ..lifecycle import dies_with_us
 from ..logs import current_format
 from . import BaseServer, View

@@ -33,9 +33,9 @@ from google.protobuf.message import DecodeError
 from grpc_health.v1 import health_pb2
 
 from .._config import SERVICE_NAME
-from .._errors import ProtocolError
 from .._processor import Processor
 from .._stream import _contained, answer_stream
+from ..errors import ProtocolError
 
 logger = logging.getLogger("extproc.server")
 

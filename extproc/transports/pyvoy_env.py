@@ -6,7 +6,7 @@ import os
 import sys
 import sysconfig
 
-from .._errors import ServeError
+from ..errors import ServeError
 
 PYVOY_VERSION = "1.3.0"
 

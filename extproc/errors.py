@@ -1,4 +1,10 @@
-"""Errors raised by the ext_proc framework.
+"""The errors of envoy-extkit: one root a user can catch, each package's tree under it.
+
+    ExtkitError                  everything any envoy-extkit package raises on purpose
+    ├── ExtprocError             this package (below)
+    ├── wasm.WasmError           the Wasm tools and the emulator (``wasm.errors``)
+    ├── registry.RegistryError   the OCI client (``registry.errors``)
+    └── extctl.errors.ExtctlError  the CLI, config generation, the Envoy harness
 
     ExtprocError                 base of everything this package raises on purpose
     ├── MutationError            a header/body change Envoy would ignore or reject (raised in hooks)
@@ -8,13 +14,18 @@
     └── ServeError               the server cannot start (bad address, socket in use, TLS files)
 
 ``MutationError`` and ``ProcessorDefinitionError`` are also ``ValueError`` / ``TypeError`` so
-plain ``except ValueError`` code keeps working.
+plain ``except ValueError`` code keeps working. The root lives here, in a module that imports
+nothing, so that every package may derive from it.
 """
 
 from __future__ import annotations
 
 
-class ExtprocError(Exception):
+class ExtkitError(Exception):
+    """The root of every error envoy-extkit raises on purpose."""
+
+
+class ExtprocError(ExtkitError):
     """Base class of the errors this package raises."""
 
 
