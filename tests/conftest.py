@@ -21,7 +21,6 @@ from extctl.testing import Reply, Stack, find_envoy, http, stack
 __all__ = ["ROOT", "Reply", "Stack", "http", "stack", "wait_for_socket"]
 
 ROOT = Path(__file__).resolve().parent.parent
-pytest_plugins = ["extctl.pytest_plugin"]
 # The examples are importable by module name, here and in `extctl` subprocesses.
 sys.path.insert(0, str(ROOT / "examples"))
 

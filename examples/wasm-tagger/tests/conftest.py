@@ -2,9 +2,6 @@ import pytest
 
 from build_filter import build
 
-# envoy_stack: a real Envoy (and an echo upstream) running the module (from envoy-extkit).
-pytest_plugins = ["extctl.pytest_plugin"]
-
 
 @pytest.fixture(scope="session")
 def module():
