@@ -34,7 +34,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
     module = Path(tempfile.mkdtemp()) / "host_calls.wasm"
-    module.write_bytes(wasmtime.wat2wasm((ROOT / "tests/wat/host_calls.wat").read_text()))
+    module.write_bytes(wasmtime.wat2wasm((ROOT / "tests/helpers/wat/host_calls.wat").read_text()))
     headers = {"x-copy": "v", "x-remove": "r"}
     emulated: list[float] = []
     proxied: list[float] = []

@@ -17,11 +17,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
-
-from oci import PASSWORD, USER, make_ca, start_registry  # noqa: E402
+sys.path.insert(0, str(ROOT))
 
 import registry  # noqa: E402
+from tests.helpers.oci import PASSWORD, USER, make_ca, start_registry  # noqa: E402
 
 
 def big_module(size: int) -> bytes:

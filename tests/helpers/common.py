@@ -1,0 +1,45 @@
+"""What many test folders share: the checkout's root, the WAT modules, the real-Envoy helpers
+from ``extctl.testing``, and waiting for a server's socket."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from pathlib import Path
+
+from extctl.testing import Reply, Stack, http, stack
+
+__all__ = ["ROOT", "WAT", "Reply", "Stack", "_descendants", "http", "stack", "wait_for_socket"]
+
+ROOT = Path(__file__).resolve().parents[2]
+WAT = ROOT / "tests" / "helpers" / "wat"
+
+
+def wait_for_socket(path: Path, proc: subprocess.Popen[str], timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists():
+            return
+        if proc.poll() is not None:
+            raise AssertionError(f"server exited with {proc.returncode}: {proc.stderr.read()}"
+                                 if proc.stderr else "server exited")
+        time.sleep(0.05)
+    raise AssertionError(f"{path} did not appear within {timeout}s")
+
+
+def _descendants(pid: int) -> set[int]:
+    """Every live process below ``pid`` (from /proc)."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            parents[int(entry.name)] = int(stat.rpartition(")")[2].split()[1])
+    found, frontier = set(), {pid}
+    while frontier:
+        frontier = {child for child, parent in parents.items() if parent in frontier}
+        found |= frontier
+    return found
+

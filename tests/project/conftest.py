@@ -1,0 +1,12 @@
+"""tests/project: the project as a whole (structure, README, examples, templates, public
+names); the Wasm example goes through the real registry (docker-registry, a test CA made with
+openssl) and the AssemblyScript template builds with Node.js and npm."""
+
+from tests.helpers.registry_fixtures import registry, test_ca
+from tests.helpers.requirements import require
+from tests.helpers.templates import wat_template_module
+
+__all__ = ["registry", "test_ca", "wat_template_module"]
+
+pytest_collection_modifyitems = require(__file__, "/usr/bin/docker-registry", "openssl",
+                                        "node", "npm")
