@@ -46,7 +46,7 @@ if ! "$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
     echo "setup: the pyvoy transport the tests run needs Python 3.11; set PYTHON=python3.11" >&2
     exit 1
 fi
-pyvoy_version=$(.venv/bin/python -c 'from extproc._pyvoy_env import PYVOY_VERSION; print(PYVOY_VERSION)')
+pyvoy_version=$(.venv/bin/python -c 'from extproc.transports.pyvoy_env import PYVOY_VERSION; print(PYVOY_VERSION)')
 if [[ ! -f .venv/pyvoy/pyvoy-$pyvoy_version.dist-info/RECORD ]]; then
     .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade \
         --target .venv/pyvoy "pyvoy==$pyvoy_version"
