@@ -2,9 +2,9 @@
 Wasm filters, in the proxy-wasm emulator (``proxy_wasm``).
 
 Installed with envoy-extkit, pytest loads this plugin itself (the ``pytest11`` entry point):
-no ``conftest.py`` needed. It imports nothing heavy until a fixture is used, and lets ``async
-def`` tests run without configuring pytest-asyncio (its ``auto`` mode, unless the project set
-``asyncio_mode`` itself):
+no ``conftest.py`` needed (``-p no:extctl.pytest_plugin`` turns it off). It imports nothing
+heavy until a fixture is used, and ``async def`` tests in modules that use envoy-extkit run
+without configuring pytest-asyncio (they get its mark; other async tests are left alone):
 
     def test_adds_header(envoy_stack):
         with envoy_stack(MyProcessor) as stack:
@@ -18,20 +18,22 @@ def`` tests run without configuring pytest-asyncio (its ``auto`` mode, unless th
 from __future__ import annotations
 
 import contextlib
+import inspect
+import re
+import types
 import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 
+_PACKAGES = ("extproc", "extctl", "wasm", "registry")
+
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_configure(config: pytest.Config) -> None:
     if not config.pluginmanager.hasplugin("asyncio"):
         return  # pytest-asyncio is not installed: nothing runs async tests
-    if getattr(config.option, "asyncio_mode", None) is None and not _chose(config,
-                                                                           "asyncio_mode"):
-        config.option.asyncio_mode = "auto"  # what --asyncio-mode=auto sets
     scope = "asyncio_default_fixture_loop_scope"
     if not _chose(config, scope):
         # Else pytest-asyncio warns that it is unset. pytest offers no public way to set a
@@ -41,14 +43,42 @@ def pytest_configure(config: pytest.Config) -> None:
             config.inicfg[scope] = "function"
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_pycollect_makeitem(collector: pytest.Collector, name: str, obj: object) -> None:
+    """``async def`` tests of modules that use envoy-extkit run on pytest-asyncio without
+    any configuration: they get its mark, as if written with ``@pytest.mark.asyncio`` (only
+    those: other projects' async tests, anyio's or trio's, are left alone)."""
+    is_test = getattr(collector, "funcnamefilter", None)
+    if not (inspect.iscoroutinefunction(obj) and is_test is not None and is_test(name)
+            and collector.config.pluginmanager.hasplugin("asyncio")):
+        return
+    marks = {m.name for m in getattr(obj, "pytestmark", [])}
+    if marks & {"asyncio", "anyio", "trio"} or not _uses_us(collector):
+        return
+    pytest.mark.asyncio(obj)
+
+
+def _uses_us(collector: pytest.Collector) -> bool:
+    module = getattr(collector, "module", None) or getattr(collector, "obj", None)
+    if not isinstance(module, types.ModuleType):
+        return False
+    for value in vars(module).values():
+        name = value.__name__ if isinstance(value, types.ModuleType) else getattr(
+            value, "__module__", None)
+        if isinstance(name, str) and name.split(".")[0] in _PACKAGES:
+            return True
+    return False
+
+
 def _chose(config: pytest.Config, name: str) -> bool:
-    """Whether the project set ``name``: in its pytest configuration file, or with
+    """Whether the project set ``name``: a line of its pytest configuration file, or
     ``-o name=...``."""
     overrides = getattr(config.option, "override_ini", None) or []
     if any(o.split("=")[0].strip() == name for o in overrides):
         return True
     path = config.inipath
-    return path is not None and name in path.read_text(errors="replace")
+    setting = re.compile(rf"^\s*{re.escape(name)}\s*[=:]", re.MULTILINE)
+    return path is not None and setting.search(path.read_text(errors="replace")) is not None
 
 
 @pytest.fixture

@@ -44,10 +44,11 @@ async def serve_async(processor: type[Processor], config: ServerConfig,
             logger.info("%s again: the drain goes on", signal.Signals(signum).name)
 
     # Handlers first: a signal while the server starts drains it once it has started.
-    with capture_signals(on_signal, stop_signals, loop=loop):
+    with capture_signals(on_signal, stop_signals, loop=loop) as captured:
         try:
             return await _serve(server, stop, changed)
         finally:
+            captured.release()  # a signal while it stops acts as it would unhandled
             await server.stop(0)
 
 

@@ -57,31 +57,49 @@ class Stop:
         return (self.drain, self.force) != before
 
 
+class Captured:
+    """Signals sent to a handler until :meth:`release` (what ``capture_signals`` yields)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop | None) -> None:
+        self._loop = loop
+        self._installed: dict[int, Any] = {}  # signal -> the handler that was there
+
+    def release(self) -> None:
+        """Put back the handlers that were there (once; before a cleanup that a second
+        Ctrl-C may interrupt)."""
+        installed, self._installed = self._installed, {}
+        for sig, before in installed.items():
+            if self._loop is not None:
+                self._loop.remove_signal_handler(sig)
+            if before is not None:
+                signal.signal(sig, before)
+
+
 @contextlib.contextmanager
 def capture_signals(handler: Callable[[int], None], signals: Sequence[int] = HANDLED, *,
-                    loop: asyncio.AbstractEventLoop | None = None) -> Iterator[None]:
-    """Send ``signals`` to ``handler(signum)`` for the block, then put back what was there.
+                    loop: asyncio.AbstractEventLoop | None = None) -> Iterator[Captured]:
+    """Send ``signals`` to ``handler(signum)`` for the block (or until the :class:`Captured`
+    it gives is released), then put back what was there.
 
     With ``loop``, through the loop (``add_signal_handler``: the handler runs as a callback
     of the loop, never inside other code), and the signals are unblocked once the handlers
     are in place (a supervisor forks its workers with them blocked, so that none arrives
-    before). Without, with ``signal.signal`` (main thread only)."""
-    previous = {sig: signal.getsignal(sig) for sig in signals}
+    before). Without, with ``signal.signal`` (main thread only). Off the main thread it
+    raises what asyncio or ``signal`` raise, having installed nothing."""
+    captured = Captured(loop)
     try:
         for sig in signals:
+            before = signal.getsignal(sig)
             if loop is not None:
                 loop.add_signal_handler(sig, handler, sig)
             else:
                 signal.signal(sig, lambda signum, frame: handler(signum))
+            captured._installed[sig] = before
         if loop is not None:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, signals)
-        yield
+        yield captured
     finally:
-        for sig, before in previous.items():
-            if loop is not None:
-                loop.remove_signal_handler(sig)
-            if before is not None:
-                signal.signal(sig, before)
+        captured.release()
 
 
 def die_with_parent(parent: int, sig: int = signal.SIGTERM) -> None:

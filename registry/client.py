@@ -273,7 +273,8 @@ class RegistryClient:
         digest = "sha256:" + hashlib.sha256(data).hexdigest()
         if reference.startswith("sha256:") and digest != reference:
             raise DigestMismatch(f"manifest {repository}@{reference}: content has digest "
-                                 f"{digest}", url=str(response.request.url))
+                                 f"{digest}", url=str(response.request.url),
+                                 expected=reference, actual=digest)
         media_type = response.headers.get("content-type", "").split(";")[0].strip()
         return data, media_type, digest
 
@@ -332,7 +333,8 @@ class RegistryClient:
         actual = "sha256:" + hasher.hexdigest()
         if actual != digest:
             raise DigestMismatch(f"blob {digest} from {self.registry} has digest {actual}: "
-                                 "the registry's content is corrupt or tampered with", url=url)
+                                 "the registry's content is corrupt or tampered with", url=url,
+                                 expected=digest, actual=actual)
         return b"".join(chunks)
 
     def blob_exists(self, repository: str, digest: str) -> bool:

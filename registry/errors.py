@@ -52,7 +52,14 @@ class NotFound(RegistryError):
 
 
 class DigestMismatch(RegistryError, WasmDigestMismatch):
-    pass
+    """Content whose digest is not the one asked for: ``expected`` and ``actual`` (sha256:...)
+    when both are known, else empty."""
+
+    def __init__(self, message: str, *, url: str | None = None, status: int | None = None,
+                 expected: str = "", actual: str = "") -> None:
+        super().__init__(message, url=url, status=status)
+        self.expected = expected
+        self.actual = actual
 
 
 class UnsupportedImage(RegistryError):

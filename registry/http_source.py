@@ -130,7 +130,8 @@ def pull_http(url: str, output: str | os.PathLike[str], *, sha256: str | None,
     actual = hasher.hexdigest()
     if sha256 and actual != normalise_sha256(sha256):
         raise DigestMismatch(f"{shown}: body sha256 is {actual}, expected "
-                             f"{normalise_sha256(sha256)}; nothing was written", url=url)
+                             f"{normalise_sha256(sha256)}; nothing was written", url=url,
+                             expected=normalise_sha256(sha256), actual=actual)
     module = unbox(b"".join(chunks), max_size)
     write_output(path, module)
     return PullResult(Reference(url, "", None, None), f"sha256:{actual}", path,

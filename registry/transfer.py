@@ -245,7 +245,8 @@ def pull(ref: str | Reference, output: str | os.PathLike[str], *, sha256: str | 
             resolved = resolve_with(fetch, reference.reference, what)
             if expected and resolved.digest != expected:
                 raise DigestMismatch(f"{reference}: manifest digest is {resolved.digest}, "
-                                     f"expected {expected}; nothing was written")
+                                     f"expected {expected}; nothing was written",
+                                     expected=expected, actual=resolved.digest)
             module = module_from(resolved, blob, max_size, what)
         from_cache = bool(reused) and all(reused)
         if cache is not None:

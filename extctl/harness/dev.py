@@ -26,7 +26,7 @@ import extproc
 import registry
 import wasm
 from extproc import FilterSpec, ServerThread
-from extproc.lifecycle import capture_signals
+from extproc.lifecycle import Captured, capture_signals
 from extproc.transports import View
 
 from ..config import CalloutCluster, Deployment, FilterPosition, WasmModule
@@ -104,10 +104,10 @@ class DevStack:
     def run(self) -> None:
         """Until SIGINT, SIGTERM or SIGHUP; then everything started is stopped and removed."""
         stop = threading.Event()
-        with capture_signals(lambda signum: stop.set(), STOP_SIGNALS):
-            self._run(stop)
+        with capture_signals(lambda signum: stop.set(), STOP_SIGNALS) as captured:
+            self._run(stop, captured)
 
-    def _run(self, stop: threading.Event) -> None:
+    def _run(self, stop: threading.Event, captured: Captured) -> None:
         workdir = Path(tempfile.mkdtemp(prefix="extctl-dev-"))
         server: ServerThread | None = None
         child: Child | None = None
@@ -208,6 +208,7 @@ class DevStack:
                 sys.stdout.flush()
         finally:
             stop.set()
+            captured.release()  # a second Ctrl-C interrupts the cleanup, as it always did
             if envoy is not None:
                 envoy.stop()
             if echo is not None:

@@ -128,7 +128,7 @@ def serve_with_reload(serve_args: Sequence[str], directories: Sequence[str | Pat
     child = Child(serve_args)
     stop = threading.Event()
 
-    with capture_signals(lambda signum: stop.set(), STOP_SIGNALS):
+    with capture_signals(lambda signum: stop.set(), STOP_SIGNALS) as captured:
         # Children are started from this (the main) thread only: they die with this process
         # (PR_SET_PDEATHSIG), which follows the thread that started them.
         changes: queue.Queue[set[str]] = queue.Queue()
@@ -153,5 +153,6 @@ def serve_with_reload(serve_args: Sequence[str], directories: Sequence[str | Pat
                     child.process = None  # reported once; the next change starts it again
             return 0
         finally:
+            captured.release()  # a second Ctrl-C interrupts the cleanup
             child.close()
             watcher.join(2)

@@ -4,12 +4,14 @@
     pyvoy    an Envoy process running the processor through pyvoy's dynamic module:
              :class:`~extproc.transports.pyvoy.PyvoyServer` (ASGI app in ``pyvoy_app``)
 
-A transport is a class built as ``Cls(processor, config, listen, **options)`` that meets
-:class:`Transport`; ``config.transport`` names it. A third one is one more module here and one
-line in :data:`TRANSPORTS`, or, from another package, an entry point in the group
-``extproc.transports`` (``name = "package.module:Class"``). Everything around it (signals,
-draining, workers, the admin endpoint's process) is the transport's caller's
-(``extproc._serve``, ``extproc._supervisor``), the same for all.
+A transport is a class built as ``Cls(processor, config, listen, *, counts, view, slot,
+supervisor)`` (:class:`BaseServer` takes them all) that meets :class:`Transport`;
+``config.transport`` names it. A third one is one more module here and one line in
+:data:`TRANSPORTS`, or, from another package, an entry point in the group
+``extproc.transports`` (``name = "package.module:Class"``; ``extctl serve --transport NAME``
+takes it too). Everything around it (signals, draining, workers, the admin endpoint's
+process) is the transport's caller's (``extproc._serve``, ``extproc._supervisor``), the same
+for all.
 """
 
 from __future__ import annotations
@@ -63,10 +65,15 @@ class Transport(Protocol):
 
 
 class BaseServer:
-    """What every transport's server holds: the class, the config, where it listens."""
+    """What every transport's server holds: the class, the config, where it listens, and
+    what ``make_server`` passes: ``counts`` (keep message counts: test helpers), ``view``
+    (told about every stream answered), ``slot`` and ``supervisor`` (a supervisor's worker:
+    its slot of the shared metric values, the supervisor's pid)."""
 
     def __init__(self, processor: type[Processor], config: ServerConfig,
-                 listen: str | None = None) -> None:
+                 listen: str | None = None, *, counts: bool = False,
+                 view: View | None = None, slot: Any = None,
+                 supervisor: int | None = None) -> None:
         from .._processor import require_processor
 
         require_processor(processor)
@@ -75,6 +82,10 @@ class BaseServer:
         self.listen = config.listen_on(listen)
         self.is_uds = config.uds is not None
         self.bound_port: int | None = None
+        self.counts = counts
+        self.view = view
+        self.slot = slot
+        self.supervisor = supervisor
 
     @property
     def target(self) -> str:
@@ -82,6 +93,14 @@ class BaseServer:
         from ..addresses import dial_target
 
         return dial_target(self.listen, self.is_uds, self.bound_port)
+
+
+def __getattr__(name: str) -> Any:
+    if name == "StreamRecord":  # what a view is given; loaded on first use
+        from .._record import StreamRecord
+
+        return StreamRecord
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def make_server(processor: type[Processor], config: ServerConfig, listen: str | None = None,

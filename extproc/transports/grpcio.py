@@ -47,14 +47,12 @@ class Server(BaseServer):
     def __init__(self, processor: type[Processor], config: ServerConfig,
                  listen: str | None = None, *, counts: bool = True, view: View | None = None,
                  slot: Any = None, supervisor: int | None = None) -> None:
-        super().__init__(processor, config, listen)
-        self._view = view
+        super().__init__(processor, config, listen, counts=True, view=view, slot=slot,
+                         supervisor=supervisor)
         self._stopped = asyncio.Event()
         self._server: grpc.aio.Server | None = None
         self._health: Any = None
         self._stopping = False
-        self._slot = slot
-        self._supervisor = supervisor
         self._socket_id: tuple[int, int] | None = None
         self._heartbeat: asyncio.Future[None] | None = None
         #: Messages received per phase since start (e.g. ``{"request_headers": 3}``).
@@ -76,7 +74,7 @@ class Server(BaseServer):
             ("grpc.so_reuseport", 0),
         ])
         self.observer = observer = make_observer(self.processor, config, self.message_counts,
-                                                 self._slot, self._view)
+                                                 self.slot, self.view)
         # Large bodies are parsed and answered in wire form (extproc._wire): one copy of the
         # body each way instead of upb's arena copies.
         handler = grpc.stream_stream_rpc_method_handler(
@@ -109,10 +107,10 @@ class Server(BaseServer):
         for name in ("", SERVICE_NAME):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
         metrics = observer.metrics if observer is not None else None
-        if metrics is not None or self._supervisor is not None:
+        if metrics is not None or self.supervisor is not None:
             self._heartbeat = asyncio.ensure_future(heartbeat(
                 metrics.values if metrics is not None else None, heartbeat_interval(config),
-                self._supervisor))
+                self.supervisor))
         on_serving(observer)
         if self.admin is not None:
             self.admin.start()

@@ -1,7 +1,7 @@
 """The pyvoy transport: the same Processor served from inside an Envoy process.
 
 pyvoy (a CPython embedded in a stock Envoy through a dynamic module) runs the ASGI app of
-``_asgi.py``; Envoy terminates HTTP/2, so no grpc.aio poller thread or Cython callbacks sit
+``pyvoy_app.py``; Envoy terminates HTTP/2, so no grpc.aio poller thread or Cython callbacks sit
 between a message and the message loop. This module is the host side: it writes that Envoy's
 bootstrap, starts it, waits for it to be ready, drains and stops it; :class:`PyvoyServer` keeps
 the contract of ``Server`` (``start``/``stop``/``target``/``message_counts``).
@@ -140,15 +140,15 @@ class PyvoyServer(BaseServer):
                  listen: str | None = None, *, counts: bool = False,
                  view: View | None = None, slot: Any = None,
                  supervisor: int | None = None) -> None:
-        super().__init__(processor, config, listen)
+        super().__init__(processor, config, listen, counts=counts, view=view, slot=slot,
+                         supervisor=supervisor)
         if not processor._spec.importable:
             raise ServeError(f"the pyvoy transport imports {processor.__name__} by name in the "
                              "Envoy process: define it at the top level of an importable module")
         if view is not None:
             raise ServeError("the pyvoy transport runs the processor in Envoy's process: the "
                              "live view needs the grpcio transport")
-        # A supervisor's worker: each runs its own Envoy (no shared metrics to write).
-        self._supervisor = supervisor
+        # A supervisor's worker runs its own Envoy (no shared metrics to write).
         self._process: asyncio.subprocess.Process | None = None
         self._workdir: str | None = None
         self._stopping = False

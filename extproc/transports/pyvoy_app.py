@@ -1,7 +1,7 @@
 """The ext_proc ``Process`` RPC and ``grpc.health.v1`` as an ASGI app.
 
 For servers that speak HTTP/2 with trailers; pyvoy runs it inside an Envoy process (see
-``_pyvoy.py``). gRPC's framing is done here: each message is one flag byte (0: not compressed),
+``pyvoy.py``). gRPC's framing is done here: each message is one flag byte (0: not compressed),
 a 4-byte big-endian length, then the message. The answers come from the same message loop as
 the grpc.aio transport (``answer_stream``).
 
@@ -383,5 +383,5 @@ def _from_environment() -> GrpcApp | None:
                    options.get("counts_token"))
 
 
-#: What pyvoy serves (``extproc._asgi:app``), built from ``EXTPROC_ASGI``.
+#: What pyvoy serves (``extproc.transports.pyvoy_app:app``), built from ``EXTPROC_ASGI``.
 app = _from_environment()

@@ -1,4 +1,4 @@
-"""Where the pyvoy transport finds pyvoy, kept apart from this environment (see ``_pyvoy``)."""
+"""Where the pyvoy transport finds pyvoy, kept apart from this environment (see ``pyvoy``)."""
 
 from __future__ import annotations
 

@@ -40,12 +40,16 @@ def test_a_project_without_configuration_gets_fixtures_and_async_tests(tmp_path)
     assert "2 passed" in done.stdout
 
 
-def test_a_project_that_chose_its_asyncio_mode_keeps_it(tmp_path):
+def test_other_async_tests_are_left_to_their_own_plugins(tmp_path):
+    """Only modules that use envoy-extkit get pytest-asyncio's mark: another module's
+    unmarked ``async def`` test is not run by it (pytest says so), whatever envoy-extkit
+    does."""
     (tmp_path / "test_processor.py").write_text(TESTS)
-    (tmp_path / "pytest.ini").write_text("[pytest]\nasyncio_mode = strict\n")
-    done = _pytest(tmp_path)
-    assert done.returncode != 0
-    assert "1 passed" in done.stdout and "test_adds_header" in done.stdout
+    (tmp_path / "test_other.py").write_text("async def test_elsewhere():\n    pass\n")
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert "2 passed" in done.stdout, done.stdout
+    assert "test_elsewhere" in done.stdout and done.returncode != 0
 
 
 def test_loading_the_plugin_imports_nothing_heavy():
