@@ -570,7 +570,9 @@ def test_the_admin_process_keeps_answering_through_a_group_sigterm(sock_dir, ext
     wait_for_path(mark)
     for _ in range(3):
         os.killpg(proc.pid, signal.SIGTERM)
-    assert _get(port, "/readyz")[0] == 503  # the drain, told by the same admin process
+    # The drain, told by the same admin process once the workers have taken the signal (the
+    # held request keeps one draining for 2 s: long enough to be seen).
+    _until(lambda: _get(port, "/readyz")[0] == 503, 10, "not ready while draining")
     held.join(30)
     assert proc.wait(20) == 0
     assert "admin process exited" not in proc.communicate(timeout=15)[1]
