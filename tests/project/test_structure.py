@@ -133,6 +133,38 @@ def test_layers_point_one_way_and_packages_meet_only_in_public_modules():
     assert _layer_breaches(graph) == []
 
 
+def _private_names(source: str, package: str) -> list[str]:
+    """Private names (``_x``) that code of ``package`` imports from another package, or reads
+    as an attribute of another package (``extproc._config``)."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.ImportFrom) and not node.level and node.module:
+            other = node.module.split(".")[0]
+            if other in PACKAGES and other != package:
+                found += [f"{node.module}.{a.name}" for a in node.names
+                          if a.name.startswith("_") and not a.name.startswith("__")]
+        elif isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name):
+            other = node.value.id
+            if (other in PACKAGES and other != package and node.attr.startswith("_")
+                    and not node.attr.startswith("__")):
+                found.append(f"{other}.{node.attr}")
+    return found
+
+
+def test_the_private_name_check_sees_one():
+    assert _private_names("from extproc.lifecycle import _prctl, dies_with_us\n"
+                          "import extproc\nextproc._config\nextproc.__name__\n",
+                          "extctl") == ["extproc.lifecycle._prctl", "extproc._config"]
+    assert _private_names("from extproc.lifecycle import _prctl\n", "extproc") == []
+
+
+def test_no_package_reaches_into_another_for_a_private_name():
+    found = {str(path.relative_to(ROOT)): names
+             for package in PACKAGES for path in (ROOT / package).rglob("*.py")
+             if (names := _private_names(path.read_text(), package))}
+    assert found == {}
+
+
 def test_config_library_public_names():
     import extctl.config
 
