@@ -49,8 +49,8 @@ _BodyResponse = pb.BodyResponse
 _TrailersResponse = pb.TrailersResponse
 _FULL_DUPLEX = BodyMode.FULL_DUPLEX_STREAMED
 _BUFFERED = BodyMode.BUFFERED
-_PARTIAL = BodyMode.BUFFERED_PARTIAL
-_GRPC = BodyMode.GRPC
+#: Body modes for which Envoy holds a direction's headers until the body is answered.
+HOLDS_HEADERS = frozenset({BodyMode.BUFFERED, BodyMode.BUFFERED_PARTIAL, BodyMode.GRPC})
 _REPLACE = pb.CommonResponse.CONTINUE_AND_REPLACE
 
 # "Continue unchanged" answers, built once: serialising a shared message is safe.
@@ -528,8 +528,8 @@ class _Exchange:
         holds them for a buffered body's answer."""
         if phase == "response_trailers":
             return True
-        return phase == "response_body" and self.proc._effective_mode.response_body not in (
-            _BUFFERED, _PARTIAL, _GRPC)
+        return (phase == "response_body"
+                and self.proc._effective_mode.response_body not in HOLDS_HEADERS)
 
     def _lock_unless_buffered(self, headers: Headers, direction: str, eos: bool) -> None:
         mode = getattr(self.proc._effective_mode, _BODY_FIELD[direction])

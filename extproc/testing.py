@@ -40,7 +40,7 @@ from google.protobuf import json_format, struct_pb2
 from ._headers import Headers
 from ._mode import BodyMode, ProcessingMode
 from ._processor import EXT_PROC_NAMESPACE, Processor
-from ._stream import _PASS, ProcessorFailed, _Exchange, _Stop
+from ._stream import _PASS, HOLDS_HEADERS, ProcessorFailed, _Exchange, _Stop
 from ._thread import ServerThread
 from .errors import ProtocolError
 
@@ -143,13 +143,12 @@ async def run(
     if not any(k == "x-request-id" for k, _ in request_pairs):
         request_pairs.append(("x-request-id", str(uuid.uuid4())))
     chunks = _chunks(body)
-    if any(chunks) and not any(k in ("content-length", "transfer-encoding")
-                               for k, _ in request_pairs):
-        request_pairs.append(("content-length", str(sum(map(len, chunks)))))
+    _frame(request_pairs, chunks)
     try:
         driver.typed_metadata = typed_metadata_context
         request = await driver.direction("request", request_pairs, chunks, _pairs(trailers),
-                                         trailers is not None, attributes, metadata_context)
+                                         trailers is not None, attributes, metadata_context,
+                                         False)
         driver.upstream_reached = request
         if upstream is not None:
             answer = upstream(request)
@@ -165,16 +164,14 @@ async def run(
         response_chunks = _chunks(response_body)
         response_pairs = [(":status", str(status)), *_pairs(response_headers)]
         # A response to HEAD, a 204 or a 304 has no body, whatever its headers say.
-        driver.bodiless = method == "HEAD" or status in (204, 304) or status < 200
-        if driver.bodiless:
+        bodiless = method == "HEAD" or status in (204, 304) or status < 200
+        if bodiless:
             response_chunks, response_trailers = [], None
-        elif any(response_chunks) and not any(k in ("content-length", "transfer-encoding")
-                                              for k, _ in response_pairs):
-            response_pairs.append(("content-length", str(sum(map(len, response_chunks)))))
+        _frame(response_pairs, response_chunks)
         response = await driver.direction("response", response_pairs, response_chunks,
                                           _pairs(response_trailers),
                                           response_trailers is not None, response_attributes,
-                                          None)
+                                          None, bodiless)
     except _Stop as stop:
         if driver.started is not None:  # too late to answer: Envoy resets the stream
             pairs, sent = driver.started
@@ -216,7 +213,6 @@ class _Driver:
         self.upstream_reached: Message | None = None
         #: The response headers and body chunks the client has, once Envoy sent them on.
         self.started: tuple[list[tuple[str, str]], list[bytes]] | None = None
-        self.bodiless = False  # the response can have no body (HEAD, 204, 304)
         self.first = True
 
     async def send(self, message: Any) -> list[Any]:
@@ -282,9 +278,11 @@ class _Driver:
     async def direction(self, direction: str, pairs: list[tuple[str, str]], chunks: list[bytes],
                         trailer_pairs: list[tuple[str, str]], has_trailers: bool,
                         attributes: Mapping[str, Any] | None,
-                        metadata: Mapping[str, Mapping[str, Any]] | None) -> Message:
+                        metadata: Mapping[str, Mapping[str, Any]] | None,
+                        bodiless: bool) -> Message:
+        """One direction through the processor; ``bodiless``: a response that can have no
+        body (to HEAD, a 204, a 304)."""
         mode = self.mode
-        bodiless = direction == "response" and self.bodiless
         if _chunked(pairs) and not bodiless:
             # A chunked message's body follows its headers, even when empty. Envoy's HTTP/1
             # codec takes the framing header out of a request's header map (not a response's).
@@ -336,12 +334,12 @@ class _Driver:
             pairs = [(k, v) for k, v in pairs if k != "content-length"]
         which = f"{direction}_body"
         out_chunks: list[bytes] = []
-        holds = body_mode in (BodyMode.BUFFERED, BodyMode.BUFFERED_PARTIAL, BodyMode.GRPC)
+        holds = body_mode in HOLDS_HEADERS
         if direction == "response" and not (holds and chunks):
             self.started = (pairs, out_chunks)  # the headers go on to the client now
         if body_mode is None or not chunks:
             out_chunks.extend(chunks)  # (the list the client has, once started)
-        elif body_mode in (BodyMode.BUFFERED, BodyMode.BUFFERED_PARTIAL, BodyMode.GRPC):
+        elif holds:
             # GRPC: Envoy 1.40 sends a gRPC body only when it holds all of it as the headers
             # are answered, then in one message, framing included.
             whole = b"".join(chunks)
@@ -485,6 +483,12 @@ def _pairs(headers: HeaderInput) -> list[tuple[str, str]]:
         return []
     items = headers.items() if isinstance(headers, Mapping) else headers
     return [(str(k).lower(), str(v)) for k, v in items]
+
+
+def _frame(pairs: list[tuple[str, str]], chunks: list[bytes]) -> None:
+    """A body given without a framing header gets its content-length."""
+    if any(chunks) and not any(k in ("content-length", "transfer-encoding") for k, _ in pairs):
+        pairs.append(("content-length", str(sum(map(len, chunks)))))
 
 
 def _chunked(pairs: list[tuple[str, str]]) -> bool:

@@ -20,7 +20,7 @@ from extctl.config import Deployment, GatewayOptions, Target
 from extctl.config.health_check import PROCESSOR, SERVICE
 from extctl.diagnose.health import check
 from extctl.testing import EnvoyProcess
-from tests.helpers.common import http, wait_for_socket
+from tests.helpers.common import alive, http, wait_for_socket
 from tests.helpers.crds import validate
 from tests.helpers.procs import Rewrite, Slow
 
@@ -178,7 +178,7 @@ def test_a_draining_worker_gets_no_new_streams_while_the_other_serves_them(sock_
             os.kill(owners[victim], signal.SIGTERM)  # it drains; its request stays in flight
             _wait_failed(envoy, victim)
             served = [http(envoy.port, "/") for _ in range(20)]
-            still_draining = _alive(owners[victim])
+            still_draining = alive(owners[victim])
             assert not _failed(envoy, other)
             release.touch()
             for thread in threads:
@@ -208,13 +208,6 @@ def _listener_pid(path: str) -> int:
             socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))
     return int(pid)
 
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rpartition(")")[2].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 @pytest.mark.envoy

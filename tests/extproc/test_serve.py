@@ -495,7 +495,11 @@ def _workers_in_own_group(sock_dir, extctl):
     return proc, sockets
 
 
-def test_ctrl_c_on_workers_drains_in_flight_requests_and_exits_0(sock_dir, extctl):
+@pytest.mark.parametrize("presses", [1, 2])
+def test_ctrl_c_on_workers_drains_and_a_second_one_forces(sock_dir, extctl, presses):
+    """Ctrl-C (SIGINT to the whole group) once: the in-flight request finishes, exit 0, the
+    sockets removed. Twice: the hook is never released and the grace is 30 s, so only the cut
+    ends it: exit 1, the request failed closed (500)."""
     proc, sockets = _workers_in_own_group(sock_dir, extctl)
     try:
         with _envoy_for([str(s) for s in sockets], sock_dir / "envoy") as envoy:
@@ -506,33 +510,15 @@ def test_ctrl_c_on_workers_drains_in_flight_requests_and_exits_0(sock_dir, extct
             for worker_socket in sockets:  # the supervisor took it and told both workers
                 _wait_not_serving(f"unix:{worker_socket}")
             assert proc.poll() is None
-            release.touch()
+            if presses == 1:
+                release.touch()
+            else:
+                os.killpg(proc.pid, signal.SIGINT)
+            assert proc.wait(15) == presses - 1
             slow.join(20)
-            assert result["reply"].status == 200  # type: ignore[attr-defined]
-            assert proc.wait(15) == 0
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
-    assert not any(s.exists() for s in sockets)
-
-
-def test_second_ctrl_c_on_workers_still_forces_exit_1(sock_dir, extctl):
-    proc, sockets = _workers_in_own_group(sock_dir, extctl)
-    try:
-        with _envoy_for([str(s) for s in sockets], sock_dir / "envoy") as envoy:
-            slow, result, release = _held(envoy.port, sock_dir, "inside")
-            slow.start()
-            wait_for_path(sock_dir / "inside")  # inside a worker's hook
-            os.killpg(proc.pid, signal.SIGINT)
-            for worker_socket in sockets:  # the first Ctrl-C is taken: both drain
-                _wait_not_serving(f"unix:{worker_socket}")
-            os.killpg(proc.pid, signal.SIGINT)
-            # The hook is never released and the grace is 30 s: only a cut ends it now.
-            assert proc.wait(15) == 1
-            slow.join(20)
-            assert not release.exists()
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-    # The cut stream fails the request closed: the hook never answered it.
-    assert result["reply"].status == 500, result  # type: ignore[attr-defined]
+    assert result["reply"].status == (200 if presses == 1 else 500), result  # type: ignore[attr-defined]
+    if presses == 1:
+        assert not any(s.exists() for s in sockets)

@@ -21,7 +21,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from extproc import ServerConfig
-from tests.helpers.common import ROOT, http, wait_for_socket
+from tests.helpers.common import ROOT, alive, http, process_name, wait_for_socket
 from tests.helpers.oci import free_port
 from tests.helpers.procs import MISBEHAVIOURS, Misbehaving
 from tests.helpers.serve import (
@@ -65,20 +65,6 @@ def _until(condition, timeout: float, what: str):
         time.sleep(0.05)
 
 
-def _name(pid: int) -> str | None:
-    try:
-        with open(f"/proc/{pid}/comm") as comm:
-            return comm.read().strip()
-    except FileNotFoundError:
-        return None
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(") ", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 def _children(pid: int) -> list[int]:
@@ -267,7 +253,7 @@ def test_workers_and_the_admin_process_do_not_outlive_a_killed_supervisor(sock_d
     assert len(children) == 3  # two workers and the admin process
     proc.kill()
     proc.wait(10)
-    _until(lambda: not any(_alive(c) for c in children), 10, "children gone")
+    _until(lambda: not any(alive(c) for c in children), 10, "children gone")
     assert not any(Path(s).exists() for s in sockets)
     # The same command starts again at once, on the same paths and port.
     again = extctl("serve", "tests.helpers.procs:HeadersOnly", "--uds", str(path), "--workers", "2",
@@ -288,7 +274,7 @@ def test_the_reload_child_does_not_outlive_a_killed_reloader(sock_dir, extctl, t
     assert descendants  # the serving child and a warm standby
     proc.kill()
     proc.wait(10)
-    _until(lambda: not any(_alive(c) for c in descendants), 15, "reload children gone")
+    _until(lambda: not any(alive(c) for c in descendants), 15, "reload children gone")
     assert not path.exists()
 
 
@@ -304,7 +290,7 @@ def test_extctl_dev_leaves_no_envoy_behind(extctl, how):
     assert len(envoys) == 1
     proc.send_signal(how)
     proc.wait(20)
-    _until(lambda: not _alive(envoys[0]), 15, "Envoy gone")
+    _until(lambda: not alive(envoys[0]), 15, "Envoy gone")
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", port), timeout=2).close()
 
@@ -514,11 +500,11 @@ def test_a_restart_right_after_the_supervisor_is_killed_gets_the_admin_port(sock
     proc.wait(10)
     again = extctl(*args)
     _until(lambda: _get(port, "/readyz")[0] == 200, 20, "the new server ready")
-    assert any(_alive(pid) for pid in workers)  # the old ones still drain meanwhile
+    assert any(alive(pid) for pid in workers)  # the old ones still drain meanwhile
     for thread in held:
         thread.join(30)
     assert len(answered) == 2  # the orphans finished what they held
-    _until(lambda: not any(_alive(pid) for pid in workers), 20, "the orphans gone")
+    _until(lambda: not any(alive(pid) for pid in workers), 20, "the orphans gone")
     for worker_socket in sockets:  # and the new server's sockets are still there
         assert _health(f"unix:{worker_socket}") == SERVING
     again.send_signal(signal.SIGTERM)
@@ -654,33 +640,13 @@ def test_a_child_started_from_the_main_thread_dies_with_its_parent(where):
             assert plain == ("True" if where == "thread" else "False")
             if where == "thread":
                 return  # started as is: nothing ties it to a thread that may end first
-            deadline = time.monotonic() + 10
-            while _name(child) != "sleep" and time.monotonic() < deadline:
-                time.sleep(0.02)  # (a parent gone before the exec stops it there)
-            assert _name(child) == "sleep"
+            # (a parent gone before the exec stops it there)
+            _until(lambda: process_name(child) == "sleep", 10, "the command exec'd")
             spawner.kill()
             spawner.wait(10)
-            deadline = time.monotonic() + 10
-            while _alive(child) and time.monotonic() < deadline:
-                time.sleep(0.02)
-            assert not _alive(child)
+            _until(lambda: not alive(child), 10, "the child gone with its parent")
         finally:
-            if _alive(child):
+            if alive(child):
                 os.kill(child, signal.SIGKILL)
 
 
-def _name(pid: int) -> str | None:
-    try:
-        with open(f"/proc/{pid}/comm") as comm:
-            return comm.read().strip()
-    except FileNotFoundError:
-        return None
-
-
-def _alive(pid: int) -> bool:
-    """Whether ``pid`` runs (a zombie, reaped by init soon, counts as gone)."""
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rpartition(")")[2].split()[0] != "Z"
-    except FileNotFoundError:
-        return False

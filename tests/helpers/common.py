@@ -9,7 +9,8 @@ from pathlib import Path
 
 from extctl.testing import Reply, Stack, http, stack
 
-__all__ = ["ROOT", "WAT", "Reply", "Stack", "_descendants", "http", "stack", "wait_for_socket"]
+__all__ = ["ROOT", "WAT", "Reply", "Stack", "_descendants", "alive", "http", "process_name",
+           "stack", "wait_for_socket"]
 
 ROOT = Path(__file__).resolve().parents[2]
 WAT = ROOT / "tests" / "helpers" / "wat"
@@ -25,6 +26,24 @@ def wait_for_socket(path: Path, proc: subprocess.Popen[str], timeout: float = 20
                                  if proc.stderr else "server exited")
         time.sleep(0.05)
     raise AssertionError(f"{path} did not appear within {timeout}s")
+
+
+def alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie, reaped soon, counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rpartition(")")[2].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def process_name(pid: int) -> str | None:
+    """The program ``pid`` runs (its comm), or None once it is gone."""
+    try:
+        with open(f"/proc/{pid}/comm") as comm:
+            return comm.read().strip()
+    except FileNotFoundError:
+        return None
 
 
 def _descendants(pid: int) -> set[int]:
