@@ -25,7 +25,10 @@ import threading
 import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 Answer = Callable[[str, str, list[tuple[str, str]], bytes],
                   tuple[int, dict[str, str], "bytes | list[bytes]", dict[str, str]]]
@@ -146,24 +149,21 @@ class _Handler(BaseHTTPRequestHandler):
     do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _handle
 
 
-class EchoServer:
-    """``with EchoServer() as echo: echo.address`` -> ``"127.0.0.1:PORT"``."""
+class ServedOnThread:
+    """An HTTP server answering on its own thread: ``address`` (``"127.0.0.1:PORT"``),
+    ``start``/``stop``, or a ``with`` block."""
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0, verbose: bool = False,
-                 answer: Answer | None = None) -> None:
-        self._server = ThreadingHTTPServer((host, port), _Handler)
-        self._server.daemon_threads = True
-        self._server.verbose = verbose  # type: ignore[attr-defined]
-        self._server.answer = answer  # type: ignore[attr-defined]
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True,
-                                        name="extctl-echo")
+    def __init__(self, server: ThreadingHTTPServer, name: str) -> None:
+        server.daemon_threads = True
+        self._server = server
+        self._thread = threading.Thread(target=server.serve_forever, daemon=True, name=name)
 
     @property
     def address(self) -> str:
         host, port = self._server.server_address[:2]
         return f"{host!s}:{port}"
 
-    def start(self) -> EchoServer:
+    def start(self) -> Self:
         self._thread.start()
         return self
 
@@ -172,8 +172,19 @@ class EchoServer:
         self._server.server_close()
         self._thread.join(5)
 
-    def __enter__(self) -> EchoServer:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
+
+
+class EchoServer(ServedOnThread):
+    """``with EchoServer() as echo: echo.address`` -> ``"127.0.0.1:PORT"``."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, verbose: bool = False,
+                 answer: Answer | None = None) -> None:
+        server = ThreadingHTTPServer((host, port), _Handler)
+        server.verbose = verbose  # type: ignore[attr-defined]
+        server.answer = answer  # type: ignore[attr-defined]
+        super().__init__(server, "extctl-echo")

@@ -21,6 +21,8 @@ from typing import Any
 from wasm.calls import Call, GrpcStream, Handler, ScriptedUpstream, dispatch, reply_of
 from wasm.errors import CalloutFailure
 
+from .echo import ServedOnThread
+
 Headers = Sequence[tuple[str, str]] | Mapping[str, str]
 Ours = Callable[[Headers], dict[str, str]]
 
@@ -318,32 +320,16 @@ def _items(headers: Headers) -> Sequence[tuple[str, str]]:
 
 
 class _Server(ThreadingHTTPServer):
-    daemon_threads = True
     answer: HttpAnswer
 
 
-class HttpUpstream:
+class HttpUpstream(ServedOnThread):
     """An HTTP/1.1 upstream on 127.0.0.1 answering each request as ``answer(method, target,
     headers, body, trailers) -> (status, headers, body or chunks, trailers)`` says: a bytes
     body with a content-length, chunks chunked (:data:`CHUNK_DELAY` apart) and then the
     trailers. It sends only those headers and the framing one."""
 
     def __init__(self, answer: HttpAnswer) -> None:
-        self._server = _Server(("127.0.0.1", 0), _Answering)
-        self._server.answer = answer
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True,
-                                        name="extkit-http-upstream")
-
-    @property
-    def address(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"{host!s}:{port}"
-
-    def __enter__(self) -> HttpUpstream:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(5)
+        server = _Server(("127.0.0.1", 0), _Answering)
+        server.answer = answer
+        super().__init__(server, "extkit-http-upstream")
