@@ -3,6 +3,7 @@
 
     ExtctlError          base; the CLI prints its message on one line
     ├── EnvoyError       the Envoy binary is missing, exits at start, or never gets ready
+    ├── PortInUse        a port the local stack must listen on is taken (exit code 5)
     ├── UsageError       options that contradict each other (exit code 2)
     ├── ConfigError      a configuration that cannot be generated (extctl.config; exit 2)
     │   └── GatewayError     a resource Envoy Gateway (or its CRDs' CEL rules) would refuse
@@ -28,6 +29,15 @@ class EnvoyError(ExtctlError):
     def __init__(self, message: str, log: str = "") -> None:
         super().__init__(message)
         self.log = log
+
+
+class PortInUse(ExtctlError):
+    """Another process listens on an address the local stack (``extctl dev``) needs: refused
+    before anything starts, since Envoy's listeners set SO_REUSEPORT and would share it."""
+
+    def __init__(self, message: str, address: str) -> None:
+        super().__init__(message)
+        self.address = address
 
 
 class UsageError(ExtctlError):

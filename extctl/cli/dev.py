@@ -12,7 +12,8 @@ from . import options
 @click.command()
 @click.argument("processor", metavar="[MODULE:CLASS]", required=False)
 @click.option("--port", type=click.IntRange(0, 65535), default=10000, show_default=True,
-              help="Envoy's listener port on 127.0.0.1 (0: any free port).")
+              help="Envoy's listener port on 127.0.0.1 (0: any free port; one another process "
+                   "listens on is refused, exit 5).")
 @click.option("--wasm", multiple=True,
               metavar="PATH|oci://REF|https://URL",
               help="A proxy-wasm module to run too (repeatable; remote ones are fetched and "
@@ -32,7 +33,7 @@ from . import options
 @click.option("--insecure", is_flag=True, help="Plain HTTP to a registry on loopback.")
 @click.option("--admin", default="127.0.0.1:0", show_default=True, metavar="HOST:PORT",
               help="The processor's admin endpoint (/metrics, /healthz, /readyz); port 0: any "
-                   "free port, printed at start.")
+                   "free port, printed at start (one in use is refused, exit 5).")
 @options.app_dir
 @click.option("--reload", is_flag=True,
               help="Restart the processor when a Python file under --app-dir (or --reload-dir) "

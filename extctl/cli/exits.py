@@ -17,7 +17,7 @@ ERROR = 1  # an error not listed below; also: serve cut in-flight streams (2nd S
 USAGE = 2  # bad options or arguments (click's own usage errors use 2 as well)
 STARTUP = 3  # the server could not start: socket in use, address taken, on_startup failed
 IMPORT = 4  # MODULE:CLASS could not be imported or is not a valid Processor
-ENVOY = 5  # Envoy is missing, exited at start, or never became ready
+ENVOY = 5  # Envoy is missing, exited at start, never became ready; a port dev needs is taken
 DIGEST = 6  # a digest/sha256 did not match; nothing was written
 AUTH = 7  # the registry refused the credentials (401/403) or none were found
 NOT_FOUND = 8  # repository, tag or blob not found
@@ -67,6 +67,7 @@ TABLE: tuple[tuple[str, str, int], ...] = (
     ("extproc.errors", "ProcessorDefinitionError", IMPORT),
     ("extproc.errors", "ServeError", STARTUP),
     ("extctl.errors", "EnvoyError", ENVOY),
+    ("extctl.errors", "PortInUse", ENVOY),
     ("extctl.errors", "Unhealthy", UNHEALTHY),
     ("extctl.errors", "DoctorFindings", FINDINGS),
     ("extctl.errors", "AdminError", TRANSPORT),

@@ -34,6 +34,7 @@ from ..errors import UsageError
 from .echo import EchoServer
 from .envoy import EnvoyProcess
 from .reload import STOP_SIGNALS, Child, watch
+from .stack import require_free
 
 logger = logging.getLogger("extctl.dev")
 
@@ -102,7 +103,11 @@ class DevStack:
         self.reload = reload
 
     def run(self) -> None:
-        """Until SIGINT, SIGTERM or SIGHUP; then everything started is stopped and removed."""
+        """Until SIGINT, SIGTERM or SIGHUP; then everything started is stopped and removed.
+        A port given and in use is refused first (:class:`~extctl.errors.PortInUse`)."""
+        require_free(f"127.0.0.1:{self.port}", "Envoy's listener")
+        if self.processor is not None:
+            require_free(self.admin, "the processor's admin endpoint")
         stop = threading.Event()
         with capture_signals(lambda signum: stop.set(), STOP_SIGNALS) as captured:
             self._run(stop, captured)

@@ -15,9 +15,11 @@ JSON, so ``reply.upstream_headers()`` and ``reply.json()["body"]`` tell what it 
 from __future__ import annotations
 
 import contextlib
+import errno
 import http.client as httpclient
 import json
 import shutil
+import socket
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
@@ -27,8 +29,10 @@ from typing import Any
 
 import extproc
 from extproc import ServerThread
+from extproc.addresses import split_address
 
 from ..config import Deployment, WasmModule
+from ..errors import PortInUse
 from .echo import Answer, EchoServer
 from .envoy import EnvoyProcess
 
@@ -105,6 +109,28 @@ class Stack:
         return self.server.server.message_counts if self.server is not None else {}
 
 
+def require_free(address: str, what: str) -> None:
+    """Refuse ``address`` (host:port; port 0 is always free) when another process listens there.
+
+    Envoy's listeners set SO_REUSEPORT, so a second Envoy binds a port in use too and the
+    kernel splits the connections between both. A bind without SO_REUSEPORT fails on a port
+    someone listens on; SO_REUSEADDR keeps an earlier run's connections in TIME_WAIT from
+    counting. Other bind errors are left to the real start, which names them.
+    """
+    host, port = split_address(address)
+    if port == 0:
+        return
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise PortInUse(f"{address} ({what}) is already in use: another process "
+                                "listens there (another extctl dev?); stop it or choose "
+                                "another port", address) from None
+
+
 @contextlib.contextmanager
 def stack(processor: type[extproc.Processor] | None, sock_dir: Path, echo: EchoServer | None,
           transport: str = "grpcio", **options: Any) -> Iterator[Stack]:
@@ -116,6 +142,8 @@ def stack(processor: type[extproc.Processor] | None, sock_dir: Path, echo: EchoS
     :class:`~extctl.config.EnvoyOptions`, and ``wasm`` (:class:`~extctl.config.WasmModule`\ s).
     """
     socket_path = str(sock_dir / "p.sock")
+    if options.get("listen"):
+        require_free(options["listen"], "Envoy's listener")
     with contextlib.ExitStack() as cleanup:
         server = (cleanup.enter_context(ServerThread(processor, uds=socket_path,
                                                            transport=transport))

@@ -130,20 +130,6 @@ def test_dev_refuses_a_file_that_is_not_wasm_with_exit_9(extctl, tmp_path):
     assert last.startswith("error: ") and "plugin.wasm" in last
 
 
-def test_dev_port_in_use_exits_5_with_one_line(extctl):
-    import socket
-
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
-        proc = extctl("dev", "--port", str(taken.getsockname()[1]))
-        _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 5
-    last = err.strip().splitlines()[-1]
-    assert last.startswith("error: Envoy exited with 1 at start: ")
-    assert "Address already in use" in last
-
-
 def _command_paths(group, prefix=()):
     context = click.Context(group)
     for name in sorted(group.list_commands(context)):
