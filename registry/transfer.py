@@ -194,18 +194,22 @@ def _from_cache(cache: Cache, reference: Reference, max_size: int
 def pull(ref: str | Reference, output: str | os.PathLike[str], *, sha256: str | None = None,
          connection: Connection | None = None, max_size: int = DEFAULT_MAX_SIZE,
          progress: Progress | None = None, cache: Cache | None = None,
-         pull_policy: str = "IfNotPresent") -> PullResult:
+         pull_policy: str | None = None) -> PullResult:
     """Fetch the module to ``output``; every blob and the manifest digest verified.
 
     ``sha256`` is compared with the manifest digest (Envoy Gateway's ``image.sha256``; for an
     index, the digest of its linux/amd64 manifest). With a ``cache``, ``IfNotPresent`` uses a
     cached image without asking the registry (a digest reference, an index's included, works
     with the registry down); ``Always`` resolves the reference every time and reuses cached
-    content only when its digest matches. On any error nothing is left at ``output``.
+    content only when its digest matches. None (the default): ``Always`` for a tag, which
+    can be pushed again, ``IfNotPresent`` for a digest, which names fixed content (docker's
+    and oras' behaviour). On any error nothing is left at ``output``.
     """
-    if pull_policy not in PULL_POLICIES:
+    if pull_policy is not None and pull_policy not in PULL_POLICIES:
         raise InvalidArgument(f"pull policy must be one of {', '.join(PULL_POLICIES)}")
     reference = parse_reference(ref) if isinstance(ref, str) else ref
+    if pull_policy is None:
+        pull_policy = "IfNotPresent" if reference.digest else "Always"
     try:
         expected = f"sha256:{normalise_sha256(sha256)}" if sha256 else None
     except ValueError as exc:

@@ -100,23 +100,31 @@ def push(module: str, ref: str, layout: str, username: str | None, password_stdi
 @click.option("--max-size", type=click.IntRange(min=1), default=256 * 1024 * 1024,
               show_default=True, help="Largest module accepted, in bytes (a tar+gzip layer may "
               "decompress to 1 MiB more, for its headers).")
-@click.option("--pull-policy", type=click.Choice(registry.PULL_POLICIES), default="IfNotPresent",
-              show_default=True, help="IfNotPresent: a cached image is used without asking the "
-              "registry; Always: resolve the reference every time (Envoy Gateway's meaning).")
+@click.option("--pull-policy", type=click.Choice(registry.PULL_POLICIES),
+              help="Envoy Gateway's pullPolicy values. Always: resolve the reference at the "
+              "registry (cached layers are reused when their digests match); IfNotPresent: a "
+              "cached image is used without asking the registry. Default: Always for a tag, "
+              "IfNotPresent for a @sha256: digest.")
 @click.option("--cache-dir", type=click.Path(file_okay=False),
               help="Cache directory (default: $EXTCTL_CACHE_DIR or ~/.cache/envoy-extkit).")
 @click.option("--no-cache", is_flag=True, help="Neither read nor fill the cache.")
 @_registry_options
-def pull(ref: str, out: str, sha256: str | None, max_size: int, pull_policy: str,
+def pull(ref: str, out: str, sha256: str | None, max_size: int, pull_policy: str | None,
          cache_dir: str | None, no_cache: bool, username: str | None,
          password_stdin: bool, docker_config: str | None, secret_file: str | None,
          ca_file: str | None, insecure: bool, timeout: float, output: str) -> None:
     """Pull a Wasm module from an image, verifying every digest; nothing is written on error.
 
+    A tag is resolved at the registry on every pull (it may have been pushed again); a
+    digest is served from the cache when it holds it. --pull-policy IfNotPresent serves a
+    cached tag without asking the registry (offline, or when the tag never moves).
+
     \b
     Example:
       extctl pull oci://registry.example.com/filters/redact:v1 -o plugin.wasm
       extctl pull oci://registry.example.com/filters/redact:v1 -o plugin.wasm --sha256 HEX
+      extctl pull oci://registry.example.com/filters/redact:v1 -o plugin.wasm \\
+          --pull-policy IfNotPresent
       extctl pull https://example.com/redact.wasm.tar.gz -o plugin.wasm --sha256 HEX
     """
     if sha256:

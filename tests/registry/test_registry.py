@@ -212,11 +212,13 @@ def test_cache_pull_policies_with_the_registry_stopped(tmp_path, test_ca, wat_mo
         reg.stop()
     offline = oci.pull(digest_ref, tmp_path / "c.wasm", connection=conn, cache=cache)
     assert offline.from_cache and (tmp_path / "c.wasm").read_bytes() == wat_module.read_bytes()
-    by_tag = oci.pull(tag_ref, tmp_path / "d.wasm", connection=conn, cache=cache)
+    by_tag = oci.pull(tag_ref, tmp_path / "d.wasm", connection=conn, cache=cache,
+                      pull_policy="IfNotPresent")
     assert by_tag.from_cache
-    with pytest.raises(oci.TransportError, match="cannot connect"):
-        oci.pull(tag_ref, tmp_path / "e.wasm", connection=conn, cache=cache,
-                 pull_policy="Always")
+    for policy in ("Always", None):  # a tag is resolved by default
+        with pytest.raises(oci.TransportError, match="cannot connect"):
+            oci.pull(tag_ref, tmp_path / "e.wasm", connection=conn, cache=cache,
+                     pull_policy=policy)
     assert not (tmp_path / "e.wasm").exists()
     # A damaged cache entry is not trusted: with the registry down, the pull fails.
     layer_digest = oci.build_image(wat_module.read_bytes(), "oci").layers[1].digest
