@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from .errors import (
         ExtkitError,
         ExtprocError,
+        HookNameWarning,
         ImportFromStringError,
         MutationError,
         ProcessorDefinitionError,
@@ -47,6 +48,7 @@ __all__ = [
     "ExtprocError",
     "FilterSpec",
     "Headers",
+    "HookNameWarning",
     "ImmediateResponse",
     "ImportFromStringError",
     "MutationError",
@@ -73,6 +75,7 @@ _WHERE = {
     "ExtprocError": "errors",
     "FilterSpec": "_mode",
     "Headers": "_headers",
+    "HookNameWarning": "errors",
     "ImmediateResponse": "_responses",
     "ImportFromStringError": "errors",
     "MutationError": "errors",

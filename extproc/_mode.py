@@ -9,6 +9,7 @@ namespaces, timeout, override permission and error policy. The message loop,
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import enum
 import functools
 from collections.abc import Callable, Mapping
@@ -134,6 +135,28 @@ HOOKS = (
     "on_request_headers", "on_request_body", "on_request_trailers",
     "on_response_headers", "on_response_body", "on_response_trailers",
 )
+
+
+#: The other ``on_*`` names a Processor may define (classmethods run once per server).
+LIFECYCLE = ("on_startup", "on_shutdown")
+
+
+def misnamed_hooks(cls: type[Any]) -> list[tuple[Any, str]]:
+    """The ``on_*`` methods ``cls`` itself defines that are no hook nor lifecycle method, each
+    with a message naming the closest real one: a typo there (``on_request_header``) would
+    otherwise leave its phase unsent without a word."""
+    known = (*HOOKS, *LIFECYCLE)
+    found = []
+    for name, value in vars(cls).items():
+        if not name.startswith("on_") or name in known:
+            continue
+        if not (callable(value) or isinstance(value, (classmethod, staticmethod))):
+            continue
+        close = difflib.get_close_matches(name, known, n=1)
+        hint = f"did you mean {close[0]}?" if close else f"the hooks are {', '.join(HOOKS)}"
+        found.append((value, f"{cls.__name__}.{name} is not a hook, so no phase calls it: "
+                             f"{hint}"))
+    return found
 
 
 def default_hook(function: _F) -> _F:

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import inspect
+import sys
+import warnings
 from collections.abc import Awaitable, Callable, Mapping
 from types import MappingProxyType
 from typing import Any, ClassVar
@@ -11,9 +14,9 @@ from google.protobuf import json_format, struct_pb2
 
 from ._body import Body
 from ._headers import Headers
-from ._mode import BodyMode, FilterSpec, ProcessingMode, default_hook, derive
+from ._mode import BodyMode, FilterSpec, ProcessingMode, default_hook, derive, misnamed_hooks
 from ._responses import ImmediateResponse
-from .errors import MutationError, ServeError
+from .errors import HookNameWarning, MutationError, ServeError
 
 HookResult = ImmediateResponse | None
 
@@ -109,6 +112,8 @@ class Processor:
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
+        for method, message in misnamed_hooks(cls):  # before derive: a typo may be why it fails
+            _warn_at(method, message, cls.__module__)
         cls._spec = derive(cls)
 
     @classmethod
@@ -318,3 +323,16 @@ def require_processor(processor: object) -> None:
     """ServeError unless ``processor`` is a Processor subclass (what every server serves)."""
     if not (isinstance(processor, type) and issubclass(processor, Processor)):
         raise ServeError(f"{processor!r} is not a subclass of extproc.Processor")
+
+
+def _warn_at(method: Any, message: str, module: str) -> None:
+    """A HookNameWarning shown at the method's own ``def`` line, where the typo is (the class
+    statement may be any number of ``__init_subclass__`` frames up)."""
+    code = getattr(inspect.unwrap(getattr(method, "__func__", method)), "__code__", None)
+    if code is None:
+        warnings.warn(message, HookNameWarning, stacklevel=3)
+        return
+    loaded = sys.modules.get(module)
+    warnings.warn_explicit(message, HookNameWarning, code.co_filename, code.co_firstlineno,
+                           module=module, registry=None if loaded is None else
+                           vars(loaded).setdefault("__warningregistry__", {}))

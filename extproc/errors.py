@@ -13,6 +13,9 @@
     ├── ImportFromStringError    ``module:Class`` could not be imported
     └── ServeError               the server cannot start (bad address, socket in use, TLS files)
 
+    HookNameWarning (a UserWarning)  an ``on_*`` method of a Processor subclass that is no
+                                 hook (a typo): warned when the class is defined
+
 ``MutationError`` and ``ProcessorDefinitionError`` are also ``ValueError`` / ``TypeError`` so
 plain ``except ValueError`` code keeps working. The root lives here, in a module that imports
 nothing, so that every package may derive from it.
@@ -47,3 +50,10 @@ class ImportFromStringError(ExtprocError):
 
 class ServeError(ExtprocError):
     """The server cannot start with the given settings."""
+
+
+class HookNameWarning(UserWarning):
+    """A Processor subclass defines an ``on_*`` method that is not a hook (``on_request_header``
+    for ``on_request_headers``): no phase calls it, and Envoy is not told to send one for it.
+    Silence it for a helper with ``warnings.filterwarnings("ignore",
+    category=extproc.HookNameWarning)``, or name the helper without ``on_``."""

@@ -7,6 +7,7 @@ import extproc.testing
 def test_extproc_public_names():
     assert sorted(extproc.__all__) == sorted([
         "Body", "BodyMode", "ExtkitError", "ExtprocError", "FilterSpec", "Headers",
+        "HookNameWarning",
         "ImmediateResponse",
         "ImportFromStringError", "MutationError", "ProcessingMode", "Processor",
         "ProcessorDefinitionError", "ProtocolError", "SERVICE_NAME", "ServeError", "Server",
