@@ -125,32 +125,50 @@ HOST_FUNCTIONS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
 which Envoy gives 0.2.1 modules only)."""
 ONLY_0_2_1 = frozenset({"proxy_get_log_level"})
 
-WASI_FUNCTIONS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    "proc_exit": ((I32,), ()),
-    "fd_write": ((I32, I32, I32, I32), (I32,)),
-    "environ_sizes_get": ((I32, I32), (I32,)),
-    "environ_get": ((I32, I32), (I32,)),
-    "args_sizes_get": ((I32, I32), (I32,)),
-    "args_get": ((I32, I32), (I32,)),
-    "clock_time_get": ((I32, I64, I32), (I32,)),
-    "random_get": ((I32, I32), (I32,)),
-    "sched_yield": ((), (I32,)),
-    # no files: these answer EBADF (or ENOSYS), as for a module with nothing preopened
-    "fd_read": ((I32, I32, I32, I32), (I32,)),
-    "fd_seek": ((I32, I64, I32, I32), (I32,)),
-    "fd_close": ((I32,), (I32,)),
-    "fd_fdstat_get": ((I32, I32), (I32,)),
-    "fd_fdstat_set_flags": ((I32, I32), (I32,)),
-    "fd_prestat_get": ((I32, I32), (I32,)),
-    "fd_prestat_dir_name": ((I32, I32, I32), (I32,)),
-    "fd_filestat_get": ((I32, I32), (I32,)),
-    "path_open": ((I32, I32, I32, I32, I32, I64, I64, I32, I32), (I32,)),
-    "path_filestat_get": ((I32, I32, I32, I32, I32), (I32,)),
-    "clock_res_get": ((I32, I32), (I32,)),
-    "poll_oneoff": ((I32, I32, I32, I32), (I32,)),
+WASI_FUNCTIONS: dict[tuple[str, ...], tuple[tuple[str, ...], tuple[str, ...]]] = {
+    # the WASI calls Envoy gives a module (proxy-wasm-cpp-host's list, with its signatures):
+    # stdout/stderr go to the log, there are no files, sockets or arguments
+    ("proc_exit",): ((I32,), ()),
+    ("fd_write",): ((I32, I32, I32, I32), (I32,)),
+    ("fd_pwrite",): ((I32, I32, I32, I64, I32), (I32,)),
+    ("environ_sizes_get", "environ_get", "args_sizes_get", "args_get"): ((I32, I32), (I32,)),
+    ("clock_time_get",): ((I32, I64, I32), (I32,)),
+    ("clock_res_get",): ((I32, I32), (I32,)),
+    ("random_get",): ((I32, I32), (I32,)),
+    ("sched_yield",): ((), (I32,)),
+    ("poll_oneoff", "fd_read"): ((I32, I32, I32, I32), (I32,)),
+    ("fd_seek",): ((I32, I64, I32, I32), (I32,)),
+    ("fd_close", "fd_datasync", "fd_sync"): ((I32,), (I32,)),
+    ("fd_fdstat_get", "fd_fdstat_set_flags", "fd_prestat_get", "fd_filestat_get", "fd_renumber",
+     "fd_tell", "sock_shutdown"): ((I32, I32), (I32,)),
+    ("fd_fdstat_set_rights", "fd_allocate"): ((I32, I64, I64), (I32,)),
+    ("fd_advise",): ((I32, I64, I64, I32), (I32,)),
+    ("fd_filestat_set_size",): ((I32, I64), (I32,)),
+    ("fd_filestat_set_times",): ((I32, I64, I64, I32), (I32,)),
+    ("fd_pread", "fd_readdir"): ((I32, I32, I32, I64, I32), (I32,)),
+    ("fd_prestat_dir_name", "path_create_directory", "path_remove_directory",
+     "path_unlink_file", "sock_accept"): ((I32, I32, I32), (I32,)),
+    ("path_open",): ((I32, I32, I32, I32, I32, I64, I64, I32, I32), (I32,)),
+    ("path_filestat_get", "sock_send"): ((I32,) * 5, (I32,)),
+    ("path_filestat_set_times",): ((I32, I32, I32, I32, I64, I64, I32), (I32,)),
+    # path_link and path_symlink as Envoy declares them: one parameter short of WASI's, so a
+    # module importing WASI's path_link (7) or path_symlink (5) does not load in Envoy
+    ("path_link", "path_readlink", "path_rename", "sock_recv"): ((I32,) * 6, (I32,)),
+    ("path_symlink",): ((I32,) * 4, (I32,)),
 }
-"""The WASI calls proxy-wasm SDKs make (stdout/stderr to the log, no files)."""
+"""The WASI calls of proxy-wasm SDKs (Go's standard toolchain imports most of them), grouped by
+signature."""
 WASI_MODULES = ("wasi_snapshot_preview1", "wasi_unstable")
+CONTEXT_FREE = frozenset({
+    "pthread_equal", "emscripten_notify_memory_growth", "args_get", "sched_yield",
+    "fd_read", "fd_pread", "fd_advise", "fd_allocate", "fd_datasync", "fd_sync",
+    "fd_fdstat_set_flags", "fd_fdstat_set_rights", "fd_filestat_set_size",
+    "fd_filestat_set_times", "fd_renumber", "fd_prestat_get", "fd_prestat_dir_name",
+    "fd_filestat_get", "path_open", "path_filestat_get", "path_create_directory",
+    "path_filestat_set_times", "path_link", "path_remove_directory", "path_rename",
+    "path_symlink", "path_unlink_file", "sock_shutdown"})
+"""Host functions Envoy answers without looking at the calling context: the only ones a
+module's start function can call (any other crashes Envoy, which has no context then)."""
 ENV_EXTRAS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     # what Emscripten-built modules import
     "emscripten_notify_memory_growth": ((I32,), ()),
@@ -211,6 +229,7 @@ def import_signatures(abi: str = "0_2_1") -> dict[tuple[str, str], Signature]:
     found = {("env", n): sig for n, sig in HOST_FUNCTIONS.items()
              if abi == "0_2_1" or n not in ONLY_0_2_1}
     found.update({("env", n): sig for n, sig in ENV_EXTRAS.items()})
-    found.update({(m, n): sig for m in WASI_MODULES for n, sig in WASI_FUNCTIONS.items()})
+    found.update({(m, n): sig for m in WASI_MODULES for names, sig in WASI_FUNCTIONS.items()
+                  for n in names})
     return found
 

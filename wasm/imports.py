@@ -28,13 +28,15 @@ from .abi import (
     deserialize_map,
     serialize_map,
 )
-from .errors import WasmTrap
 from .headers import HeaderMap
 from .memory import Memory
 from .properties import lookup
 from .state import PluginState
 
-EBADF, ENOSYS = 8, 52
+# WASI errnos
+EBADF, ENOENT, ENOSYS, ENOTDIR, EINVAL, ENOTSUP = 8, 44, 52, 20, 28, 58
+RANDOM_GET_MAX = 64 * 1024
+"""The most random bytes Envoy hands out in one ``random_get``."""
 _WHITESPACE = re.compile(rb"\s")
 
 
@@ -321,43 +323,44 @@ class HostFunctions:
             self.put_u64("proxy_get_metric", ptr, value)
         return status
 
-    # WASI, as far as proxy-wasm SDKs use it
+    # WASI, as Envoy answers it (proxy-wasm-cpp-host): stdout and stderr are the log, and
+    # nothing else exists; calls a file system would answer are refused with its errno
 
     def wasi_proc_exit(self, code: int) -> None:
-        raise WasmTrap(f"the module exited (proc_exit {code}), as an abort does",
-                       self.state.current_callback)
+        """Envoy returns to the module, which carries on (usually into an ``unreachable``:
+        :class:`~wasm.vm.Vm` names the exit in the trap)."""
 
-    def wasi_fd_write(self, fd: int, iovs: int, iovs_len: int, written_ptr: int) -> int:
+    def _writev(self, function: str, fd: int, iovs: int, iovs_len: int,
+                written_ptr: int) -> int:
         if fd not in (1, 2):
             return EBADF
         data = b""
         for index in range(iovs_len):
-            ptr, size = struct.unpack("<II", self.read("fd_write", iovs + 8 * index, 8))
-            data += self.read("fd_write", ptr, size)
-        # One log line per write, its trailing newline dropped: stdout at info, stderr error.
-        message = data.decode("utf-8", "replace").removesuffix("\n")
-        self.state.log(LogLevel.ERROR if fd == 2 else LogLevel.INFO, message)
-        self.put_u32("fd_write", written_ptr, len(data))
+            ptr, size = struct.unpack("<II", self.read(function, iovs + 8 * index, 8))
+            data += self.read(function, ptr, size)
+        if data:  # one log line per write, its trailing newline dropped: stdout info, stderr error
+            message = data.decode("utf-8", "replace").removesuffix("\n")
+            self.state.log(LogLevel.ERROR if fd == 2 else LogLevel.INFO, message)
+        self.put_u32(function, written_ptr, len(data))
         return 0
+
+    def wasi_fd_write(self, fd: int, iovs: int, iovs_len: int, written_ptr: int) -> int:
+        return self._writev("fd_write", fd, iovs, iovs_len, written_ptr)
+
+    def wasi_fd_pwrite(self, fd: int, iovs: int, iovs_len: int, offset: int,
+                       written_ptr: int) -> int:
+        return self._writev("fd_pwrite", fd, iovs, iovs_len, written_ptr)  # no offsets
 
     def wasi_zero_sizes(self, count_ptr: int, size_ptr: int) -> int:
         self.put_u32("environ_sizes_get", count_ptr, 0)
         self.put_u32("environ_sizes_get", size_ptr, 0)
         return 0
 
-    def wasi_nothing(self, *args: int) -> int:
-        return 0
-
-    def wasi_bad_fd(self, *args: int) -> int:
-        return EBADF
-
-    def wasi_unsupported(self, *args: int) -> int:
-        return ENOSYS
-
     def wasi_fdstat_get(self, fd: int, ptr: int) -> int:
-        if fd not in (0, 1, 2):
+        if fd not in (1, 2):
             return EBADF
-        self.write("fd_fdstat_get", ptr, bytes([2]) + bytes(23))  # a character device
+        # filetype unknown, no flags, rights: fd_write only
+        self.write("fd_fdstat_get", ptr, struct.pack("<QQQ", 0, 64, 0))
         return 0
 
     def wasi_clock_time_get(self, clock: int, precision: int, ptr: int) -> int:
@@ -366,12 +369,93 @@ class HostFunctions:
         elif clock == 1:  # monotonic
             self.put_u64("clock_time_get", ptr, self.state.monotonic())
         else:
-            return 58  # ENOTSUP: no process or thread clocks
+            return ENOTSUP  # no process or thread clocks
+        return 0
+
+    def wasi_clock_res_get(self, clock: int, ptr: int) -> int:
+        if clock not in (0, 1):
+            return ENOTSUP
+        self.put_u64("clock_res_get", ptr, 1)
         return 0
 
     def wasi_random_get(self, ptr: int, size: int) -> int:
-        self.write("random_get", ptr, os.urandom(size))
+        if size > RANDOM_GET_MAX:
+            return EINVAL
+        if size:
+            self.write("random_get", ptr, os.urandom(size))
         return 0
+
+    def wasi_poll_oneoff(self, subscriptions: int, events: int, count: int,
+                         events_ptr: int) -> int:
+        self.put_u32("poll_oneoff", events_ptr, 0)  # no events; Go's runtime needs success
+        return 0
+
+    def wasi_fd_readdir(self, fd: int, buf: int, size: int, cookie: int, read_ptr: int) -> int:
+        self.put_u32("fd_readdir", read_ptr, 0)
+        return ENOTDIR
+
+    def wasi_fd_renumber(self, fd: int, to: int) -> int:
+        return ENOTSUP if fd in (1, 2) and to in (1, 2) else EBADF
+
+    def wasi_fd_tell(self, fd: int, ptr: int) -> int:
+        if fd not in (1, 2):
+            return EBADF
+        self.put_u64("fd_tell", ptr, 0)
+        return 0
+
+    def wasi_path_readlink(self, fd: int, path: int, path_size: int, buf: int, size: int,
+                           read_ptr: int) -> int:
+        self.put_u32("path_readlink", read_ptr, 0)
+        return ENOTSUP
+
+    def wasi_sock_accept(self, fd: int, flags: int, fd_ptr: int) -> int:
+        self.put_u64("sock_accept", fd_ptr, 0)  # Envoy writes 8 bytes there
+        return ENOTSUP
+
+    def wasi_sock_recv(self, fd: int, data: int, size: int, flags: int, read_ptr: int,
+                       flags_ptr: int) -> int:
+        self.put_u32("sock_recv", read_ptr, 0)
+        self.write("sock_recv", flags_ptr, bytes(2))
+        return ENOTSUP
+
+    def wasi_sock_send(self, fd: int, data: int, size: int, flags: int, sent_ptr: int) -> int:
+        self.put_u32("sock_send", sent_ptr, 0)
+        return ENOTSUP
+
+    def _wasi(self) -> dict[str, Callable[..., Any]]:
+        """WASI name -> callable: the calls above, and those Envoy answers with a constant."""
+        def answer(errno: int) -> Callable[..., int]:
+            return lambda *args: errno
+
+        def stdio_only(*args: int) -> int:  # 0 for stdout and stderr, EBADF for anything else
+            return 0 if args[0] in (1, 2) else EBADF
+
+        found: dict[str, Callable[..., Any]] = {
+            "proc_exit": self.wasi_proc_exit, "fd_write": self.wasi_fd_write,
+            "fd_pwrite": self.wasi_fd_pwrite, "environ_sizes_get": self.wasi_zero_sizes,
+            "args_sizes_get": self.wasi_zero_sizes, "fd_fdstat_get": self.wasi_fdstat_get,
+            "clock_time_get": self.wasi_clock_time_get, "clock_res_get": self.wasi_clock_res_get,
+            "random_get": self.wasi_random_get, "poll_oneoff": self.wasi_poll_oneoff,
+            "fd_readdir": self.wasi_fd_readdir, "fd_renumber": self.wasi_fd_renumber,
+            "fd_tell": self.wasi_fd_tell, "path_readlink": self.wasi_path_readlink,
+            "sock_accept": self.wasi_sock_accept, "sock_recv": self.wasi_sock_recv,
+            "sock_send": self.wasi_sock_send}
+        for name in ("environ_get", "args_get", "sched_yield", "fd_seek", "fd_close",
+                     "fd_advise"):
+            found[name] = answer(0)  # no environment, no arguments; nothing to seek or close
+        for name in ("fd_allocate", "fd_datasync", "fd_fdstat_set_rights",
+                     "fd_filestat_set_size", "fd_filestat_set_times", "fd_sync"):
+            found[name] = stdio_only
+        for name in ("fd_read", "fd_pread", "fd_fdstat_set_flags", "fd_prestat_dir_name"):
+            found[name] = answer(ENOSYS)
+        for name in ("fd_prestat_get", "fd_filestat_get"):
+            found[name] = answer(EBADF)  # nothing preopened
+        found["path_open"] = answer(ENOENT)
+        for name in ("path_filestat_get", "path_create_directory", "path_filestat_set_times",
+                     "path_link", "path_remove_directory", "path_rename", "path_symlink",
+                     "path_unlink_file", "sock_shutdown"):
+            found[name] = answer(ENOTSUP)
+        return found
 
     def table(self, *others: object) -> dict[tuple[str, str], Callable[..., Any]]:
         """Import name -> callable: this object's functions, then those of ``others`` (the
@@ -387,18 +471,7 @@ class HostFunctions:
             "pthread_equal": lambda a, b: int(a == b)}
         for name in ENV_EXTRAS:
             found[("env", name)] = extras[name]
-        wasi: dict[str, Callable[..., Any]] = {
-            "proc_exit": self.wasi_proc_exit, "fd_write": self.wasi_fd_write,
-            "environ_sizes_get": self.wasi_zero_sizes, "args_sizes_get": self.wasi_zero_sizes,
-            "environ_get": self.wasi_nothing, "args_get": self.wasi_nothing,
-            "clock_time_get": self.wasi_clock_time_get, "random_get": self.wasi_random_get,
-            "sched_yield": self.wasi_nothing, "fd_fdstat_get": self.wasi_fdstat_get,
-            "fd_read": self.wasi_bad_fd, "fd_seek": self.wasi_bad_fd,
-            "fd_close": self.wasi_bad_fd, "fd_fdstat_set_flags": self.wasi_bad_fd,
-            "fd_prestat_get": self.wasi_bad_fd, "fd_prestat_dir_name": self.wasi_bad_fd,
-            "fd_filestat_get": self.wasi_bad_fd, "path_open": self.wasi_bad_fd,
-            "path_filestat_get": self.wasi_bad_fd, "clock_res_get": self.wasi_unsupported,
-            "poll_oneoff": self.wasi_unsupported}
+        wasi = self._wasi()
         for module in WASI_MODULES:
             for name, function in wasi.items():
                 found[(module, name)] = function

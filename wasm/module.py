@@ -35,8 +35,8 @@ class ModuleInfo:
     imports: tuple[tuple[str, str], ...] = field(default=())
     """``(module, name)`` of each import, e.g. ``("env", "proxy_log")``."""
     import_problems: tuple[tuple[str, str], ...] = field(default=())
-    """``(module.name, "missing" | "signature")`` for each import the proxy-wasm emulator
-    (and Envoy) would not give the module (see :func:`import_problems`)."""
+    """``(module.name, why)`` for each import the proxy-wasm emulator (and Envoy) would not
+    give the module (see :func:`import_problems`)."""
 
     @property
     def is_proxy_wasm(self) -> bool:
@@ -52,7 +52,7 @@ class ModuleInfo:
             versions = ", ".join(self.abi_versions) or "none"
             return (f"proxy-wasm ABI {versions} (the emulator speaks "
                     f"{', '.join(SUPPORTED_ABIS)})",)
-        return tuple(name if why == "missing" else f"{name} (signature)"
+        return tuple(name if why == "missing" else f"{name} ({why})"
                      for name, why in self.import_problems)
 
     def to_dict(self) -> dict[str, Any]:
@@ -63,8 +63,9 @@ class ModuleInfo:
         return data
 
 
-Import = tuple[str, str, "tuple[tuple[str, ...], tuple[str, ...]] | None"]
-"""``(module, name, (params, results))``; the signature is None for a non-function import."""
+Import = tuple[str, str, "tuple[tuple[str, ...], tuple[str, ...]] | str"]
+"""``(module, name, (params, results))`` of a function import; ``(module, name, kind)`` of
+another, kind ``memory``, ``table``, ``global`` or ``tag``."""
 
 _VALTYPES = {0x7F: "i32", 0x7E: "i64", 0x7D: "f32", 0x7C: "f64", 0x7B: "v128",
              0x70: "funcref", 0x6F: "externref"}
@@ -135,17 +136,20 @@ def _sections(data: bytes) -> tuple[tuple[str, ...], tuple[Import, ...]]:
         elif section == 2:
             for _ in range(body.uleb()):
                 module, name, kind = body.name(), body.name(), body.byte()
-                signature = None
+                signature: tuple[tuple[str, ...], tuple[str, ...]] | str
                 if kind == 0x00:
                     signature = types[body.uleb()]
                 elif kind == 0x01:
                     body.byte()
                     body.limits()
+                    signature = "table"
                 elif kind == 0x02:
                     body.limits()
+                    signature = "memory"
                 elif kind == 0x03:
                     body.byte()
                     body.byte()
+                    signature = "global"
                 else:
                     raise _Unsupported
                 imports.append((module, name, signature))
@@ -157,6 +161,20 @@ def _sections(data: bytes) -> tuple[tuple[str, ...], tuple[Import, ...]]:
     return tuple(exports), tuple(imports)
 
 
+def has_start(data: bytes) -> bool:
+    """Whether a module (binary, already validated) has a start function."""
+    reader = _Reader(data, 8)
+    try:
+        while reader.pos < reader.end:
+            section, size = reader.byte(), reader.uleb()
+            if section == 8:
+                return True
+            reader.pos += size
+    except _Unsupported:
+        pass
+    return False
+
+
 def _compiled_sections(engine: wasmtime.Engine, data: bytes
                        ) -> tuple[tuple[str, ...], tuple[Import, ...]]:
     module = wasmtime.Module(engine, data)
@@ -166,11 +184,14 @@ def _compiled_sections(engine: wasmtime.Engine, data: bytes
 def _imports_of(module: wasmtime.Module) -> tuple[Import, ...]:
     found: list[Import] = []
     for item in module.imports:
-        signature = None
+        kind: tuple[tuple[str, ...], tuple[str, ...]] | str
         if isinstance(item.type, wasmtime.FuncType):
-            signature = (tuple(str(t) for t in item.type.params),
-                         tuple(str(t) for t in item.type.results))
-        found.append((item.module, item.name or "", signature))
+            kind = (tuple(str(t) for t in item.type.params),
+                    tuple(str(t) for t in item.type.results))
+        else:
+            kind = {wasmtime.MemoryType: "memory", wasmtime.TableType: "table",
+                    wasmtime.GlobalType: "global"}.get(type(item.type), "tag")
+        found.append((item.module, item.name or "", kind))
     return tuple(found)
 
 
@@ -213,21 +234,35 @@ def inspect_file(path: str | os.PathLike[str]) -> ModuleInfo:
         raise InvalidModule(f"{os.fspath(path)}: {exc}") from None
 
 
+SECOND_IMPORT = "a second {kind} import: Envoy 1.40 crashes (SIGSEGV) loading it"
+
+
 def import_problems(module: wasmtime.Module | tuple[Import, ...], abi: str
                     ) -> tuple[tuple[str, str], ...]:
-    """``(module.name, "missing" | "signature")`` for each import of ``module`` (compiled, or
-    the imports read by :func:`inspect_bytes`) that the emulator does not give a module of
-    ``abi``, or declared with another signature."""
+    """``(module.name, why)`` for each import of ``module`` (compiled, or the imports read by
+    :func:`inspect_bytes`) that Envoy, and so the emulator, does not give a module of ``abi``.
+
+    As proxy-wasm-cpp-host links a module on V8: a function import is looked up by name (any
+    order, the same one any number of times) and must have the host's signature (``why``:
+    ``missing``, ``signature``); a memory or a table import gets a new one, of the import's
+    limits, whatever its name, but only one of each (a second crashes Envoy); a global import
+    is missing.
+    """
     from .abi import import_signatures
 
     imports = _imports_of(module) if isinstance(module, wasmtime.Module) else module
     signatures = import_signatures(abi)
     found = []
-    for item_module, item_name, signature in imports:
+    seen: set[str] = set()
+    for item_module, item_name, kind in imports:
         label = f"{item_module}.{item_name}"
-        expected = signatures.get((item_module, item_name))
-        if expected is None or signature is None:
-            found.append((label, "missing"))
-        elif signature != expected:
+        if kind in ("memory", "table"):
+            assert isinstance(kind, str)
+            if kind in seen:
+                found.append((label, SECOND_IMPORT.format(kind=kind)))
+            seen.add(kind)
+        elif isinstance(kind, str) or (item_module, item_name) not in signatures:
+            found.append((label, "missing"))  # a global, or a function Envoy lacks
+        elif kind != signatures[(item_module, item_name)]:
             found.append((label, "signature"))
     return tuple(found)

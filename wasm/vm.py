@@ -19,7 +19,8 @@ import wasmtime
 from wasmtime import _bindings
 from wasmtime import _ffi as ffi
 
-from .abi import import_signatures
+from .abi import CONTEXT_FREE, Signature, import_signatures
+from .digest import WASM_MAGIC
 from .errors import (
     HostError,
     InvalidModule,
@@ -29,7 +30,7 @@ from .errors import (
     WasmTrap,
 )
 from .memory import Memory
-from .module import import_problems
+from .module import has_start, import_problems
 from .state import PluginState
 
 _Raw = ffi.wasmtime_val_raw_t
@@ -100,14 +101,20 @@ class Vm:
         self.broken: str | None = None
         self._top = ""  # the callback a trap is reported against, even one in an allocation
         self._raised: BaseException | None = None
+        self._starting = False  # the start function is running (while instantiating)
+        self.exit_code: int | None = None
+        """What the module last passed to WASI's ``proc_exit``."""
         config = wasmtime.Config()
         config.consume_fuel = fuel is not None
         config.memory_may_move = False  # lets wasm.memory keep the base address
         self._engine = wasmtime.Engine(config)
         try:
+            if not data.startswith(WASM_MAGIC):
+                data = bytes(wasmtime.wat2wasm(data.decode("utf-8", "replace")))
             self._module = wasmtime.Module(self._engine, data)
         except wasmtime.WasmtimeError as exc:
             raise InvalidModule(f"wasmtime rejects the module: {exc}") from None
+        self._has_start = has_start(data)
         self.abi = abi_of(self._module)
         self._store = wasmtime.Store(self._engine)
         self._store.set_limits(memory_size=memory_limit)
@@ -117,11 +124,17 @@ class Vm:
         self.memory = Memory(self._context, ffi.wasmtime_memory_t())
         table = functions(self.memory)
         self._refuel()  # a start function runs while instantiating
-        instance = self._link(table)
+        instance, memory = self._link(table)
         exports = instance.exports(self._store)
-        memory = exports.get("memory") if "memory" in exports else None
-        if not isinstance(memory, wasmtime.Memory):
-            raise UnsupportedAbi("the module exports no memory named 'memory'")
+        # The memory Envoy hands data in: the last one the module exports, whatever its
+        # name, else the one it imports (proxy-wasm-cpp-host on V8).
+        for item in exports.values():
+            if isinstance(item, wasmtime.Memory):
+                memory = item
+        if memory is None:
+            raise UnsupportedAbi("the module neither exports nor imports a memory: Envoy 1.40 "
+                                 "would have none to hand it data in (it crashes on the "
+                                 "first host call)")
         self.memory._memory = memory._memory
         self._functions: dict[str, _Export] = {}
         for name, item in exports.items():
@@ -143,45 +156,73 @@ class Vm:
     def has_export(self, name: str) -> bool:
         return name in self._functions
 
-    def _link(self, table: dict[tuple[str, str], Callable[..., Any]]) -> wasmtime.Instance:
+    def _link(self, table: dict[tuple[str, str], Callable[..., Any]]
+              ) -> tuple[wasmtime.Instance, wasmtime.Memory | None]:
+        """Instantiate the module with an extern for each of its imports, in its order, as
+        Envoy links it (:func:`wasm.module.import_problems` says what Envoy refuses): a host
+        function by name, the same function for each import of a name; a new memory or table
+        of the import's type. The instance, and the memory it imports (if any)."""
         problems = import_problems(self._module, self.abi)
         if problems:
             described = [name if why == "missing"
                          else f"{name} (declared with another signature than the ABI's)"
+                         if why == "signature" else f"{name} ({why})"
                          for name, why in problems]
             raise MissingImports("the module imports what the emulator (and Envoy) does not "
                                  f"provide: {', '.join(described)}",
                                  tuple(name for name, _ in problems))
-        linker = wasmtime.Linker(self._engine)
         signatures = import_signatures(self.abi)
-        for item in self._module.imports:  # every one checked above: the ABI's signature
+        functions: dict[tuple[str, str], wasmtime.Func] = {}
+        externs: list[wasmtime.Func | wasmtime.Memory | wasmtime.Table] = []
+        memory = None
+        for item in self._module.imports:
             key = (item.module, item.name or "")
-            assert isinstance(item.type, wasmtime.FuncType)
-            params, results = signatures[key]
-            raw = _RAW_CALLBACK(self._host_function(table[key], params, bool(results)))
-            callback = ctypes.cast(raw, _CALLBACK)
-            self._callbacks.append((raw, callback))
-            module, name = key[0].encode(), key[1].encode()
-            error = ffi.wasmtime_linker_define_func_unchecked(
-                linker.ptr(), module, len(module), name, len(name), item.type.ptr(), callback,
-                None, _NO_FINALIZER)
-            if error:
-                raise InvalidModule(f"linking {key[0]}.{key[1]} failed: "
-                                    f"{wasmtime.WasmtimeError._from_ptr(error)}")
+            kind = item.type
+            if isinstance(kind, wasmtime.FuncType):
+                if key not in functions:
+                    functions[key] = self._define(key, kind, table[key], signatures[key])
+                externs.append(functions[key])
+            elif isinstance(kind, wasmtime.MemoryType):
+                memory = wasmtime.Memory(self._store, kind)
+                externs.append(memory)
+            else:  # import_problems lets nothing else through
+                assert isinstance(kind, wasmtime.TableType)
+                externs.append(wasmtime.Table(self._store, kind, None))
+        self._starting = True
         try:
-            return linker.instantiate(self._store, self._module)
+            return wasmtime.Instance(self._store, self._module, externs), memory
         except (wasmtime.WasmtimeError, wasmtime.Trap) as exc:
-            self._raised = None
+            raised, self._raised = self._raised, None
+            if raised is not None:
+                raise raised from None
             raise WasmTrap(f"instantiating the module failed: {first_line(exc)}",
                            "instantiate") from None
+        finally:
+            self._starting = False
 
-    def _host_function(self, function: Callable[..., Any], params: tuple[str, ...],
-                       has_result: bool) -> Callable[..., int]:
+    def _define(self, key: tuple[str, str], kind: wasmtime.FuncType,
+                function: Callable[..., Any], signature: Signature) -> wasmtime.Func:
+        """The host function ``function`` as a wasmtime function of this store."""
+        params, results = signature
+        raw = _RAW_CALLBACK(self._host_function(key, function, params, bool(results)))
+        callback = ctypes.cast(raw, _CALLBACK)
+        self._callbacks.append((raw, callback))
+        func = ffi.wasmtime_func_t()
+        ffi.wasmtime_func_new_unchecked(self._context, kind.ptr(), callback, None,
+                                        _NO_FINALIZER, ctypes.byref(func))
+        return wasmtime.Func._from_raw(func)
+
+    def _host_function(self, key: tuple[str, str], function: Callable[..., Any],
+                       params: tuple[str, ...], has_result: bool) -> Callable[..., int]:
         """The C callback for one host function: its arguments unpacked from the raw slots
         in one go; a Python exception becomes a trap, re-raised by ``call``."""
         layout = _slots(params)
         unpack, size = layout.unpack, layout.size
         string_at, result_at = ctypes.string_at, ctypes.c_uint32.from_address
+        if self._has_start and key[1] not in CONTEXT_FREE:
+            function = self._not_while_starting(key, function)
+        if key[1] == "proc_exit":
+            function = self._noting_exit(function)
 
         def callback(env: Any, caller: Any, values: int, slots: int) -> int:
             try:
@@ -195,6 +236,25 @@ class Vm:
                 return ctypes.cast(ffi.wasmtime_trap_new(message, len(message)),
                                    ctypes.c_void_p).value or 0
         return callback
+
+    def _not_while_starting(self, key: tuple[str, str], function: Callable[..., Any]
+                            ) -> Callable[..., Any]:
+        """``function``, refused while the module's start function runs: Envoy has no
+        context then, and the host functions that use one crash it."""
+        def guarded(*args: int) -> Any:
+            if self._starting:
+                raise WasmTrap(
+                    f"the module's start function called {key[0]}.{key[1]}: Envoy 1.40 "
+                    "crashes (SIGSEGV) on a host call before the VM has a context; make the "
+                    "call from _initialize or proxy_on_vm_start", "start")
+            return function(*args)
+        return guarded
+
+    def _noting_exit(self, function: Callable[..., Any]) -> Callable[..., Any]:
+        def proc_exit(code: int) -> Any:
+            self.exit_code = code
+            return function(code)
+        return proc_exit
 
     def call(self, name: str, *args: int) -> int | None:
         """Call an export (None when the module does not export it). A top-level call gets
@@ -255,6 +315,8 @@ class Vm:
         exhausted = "all fuel consumed" in str(problem)
         reason = (f"ran out of fuel after {self.fuel} instructions (a loop?); raise fuel= if "
                   "it needs more" if exhausted else first_line(problem))
+        if self.exit_code is not None:  # the usual way out of a WASI program's exit
+            reason += f" (after proc_exit({self.exit_code}), which Envoy returns from)"
         name = self._top or name
         raise WasmTrap(f"{name} trapped: {reason}", name, exhausted)
 

@@ -1,0 +1,40 @@
+;; What Go's own compiler (GOOS=wasip1) links: the same host function imported twice (the
+;; runtime's fd_write and the syscall package's), WASI imports before and between the proxy-wasm
+;; ones. Request headers: writes "runtime" through one fd_write import and "syscall" through
+;; the other (two log lines), then adds x-writes (what each answered, "0,0") and x-dup: yes.
+(module
+  (import "wasi_snapshot_preview1" "fd_write" (func $runtime_write (param i32 i32 i32 i32) (result i32)))
+  (import "env" "proxy_log" (func $log (param i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "random_get" (func $random (param i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "fd_write" (func $syscall_write (param i32 i32 i32 i32) (result i32)))
+  (import "env" "proxy_add_header_map_value" (func $add (param i32 i32 i32 i32 i32) (result i32)))
+  (import "env" "proxy_log" (func $log_again (param i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 100) "x-dup")
+  (data (i32.const 110) "yes")
+  (data (i32.const 120) "x-writes")
+  (data (i32.const 200) "\d0\00\00\00\08\00\00\00")  ;; iovec: "runtime\n"
+  (data (i32.const 208) "runtime\n")
+  (data (i32.const 216) "\e0\00\00\00\08\00\00\00")  ;; iovec: "syscall\n"
+  (data (i32.const 224) "syscall\n")
+  (data (i32.const 240) "0,0")
+  (global $heap (mut i32) (i32.const 1024))
+  (func (export "proxy_abi_version_0_2_1"))
+  (func (export "proxy_on_memory_allocate") (param $n i32) (result i32)
+    (local $at i32) (local.set $at (global.get $heap))
+    (global.set $heap (i32.add (global.get $heap) (local.get $n))) (local.get $at))
+  (func (export "proxy_on_context_create") (param i32 i32))
+  (func (export "proxy_on_vm_start") (param i32 i32) (result i32) (i32.const 1))
+  (func (export "proxy_on_configure") (param i32 i32) (result i32) (i32.const 1))
+  (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32)
+    (i32.store8 (i32.const 240) (i32.add (i32.const 48)
+      (call $runtime_write (i32.const 1) (i32.const 200) (i32.const 1) (i32.const 300))))
+    (i32.store8 (i32.const 242) (i32.add (i32.const 48)
+      (call $syscall_write (i32.const 1) (i32.const 216) (i32.const 1) (i32.const 300))))
+    (drop (call $random (i32.const 400) (i32.const 8)))
+    (i32.const 0))
+  (func (export "proxy_on_response_headers") (param i32 i32 i32) (result i32)
+    (drop (call $add (i32.const 2) (i32.const 100) (i32.const 5) (i32.const 110) (i32.const 3)))
+    (drop (call $add (i32.const 2) (i32.const 120) (i32.const 8) (i32.const 240) (i32.const 3)))
+    (i32.const 0))
+  (func (export "proxy_on_done") (param i32) (result i32) (i32.const 1)))
