@@ -43,8 +43,9 @@ from . import options
 @options.clusters[1]
 @click.option("--quiet", is_flag=True, help="No live view of the requests.")
 @click.option("--output", type=click.Choice(["text", "json"]), default="text",
-              show_default=True, help="The live view: a block per request, or one JSON object "
-              "per request (phases sent, each hook's time and changes, status, total time).")
+              show_default=True, help="The live view, on stdout (all else is on stderr): a "
+              "block per request, or one JSON object per request (phases sent, each hook's "
+              "time and changes, status, total time).")
 @options.log_level
 @options.log_format
 @click.option("--envoy-log-level", type=click.Choice(["trace", "debug", "info", "warning",
@@ -60,8 +61,9 @@ def dev(processor: str | None, port: int, wasm: tuple[str, ...],
     """Try a processor and/or Wasm modules locally, with an echo upstream and a real Envoy.
 
     Without MODULE:CLASS (and without --wasm) the bundled demo processor runs. Prints the
-    curl line to try and the filter chain; shows the logs of all three; Ctrl-C stops
-    everything and removes the sockets and temporary files.
+    curl line to try and the filter chain, and the logs of all three, on stderr; stdout
+    carries the live view alone. Ctrl-C stops everything and removes the sockets and
+    temporary files.
 
     \b
     Example:

@@ -161,24 +161,23 @@ class DevStack:
                     "files": [m.file for m in modules if m.file], "ready": watching})
                 watcher.start()
                 watching.wait(10)  # a change saved before this would be missed
-            click.echo(f"workdir: {workdir}")
+            _say(f"workdir: {workdir}")
             if current.spec is not None:
-                click.echo(f"processor: {current.spec.name} on unix:{socket_path} "
+                _say(f"processor: {current.spec.name} on unix:{socket_path} "
                            f"(phases: {', '.join(current.spec.mode.phases) or 'none'})")
             if admin_url is not None:
-                click.echo(f"metrics: {admin_url}/metrics (also /healthz, /readyz)")
+                _say(f"metrics: {admin_url}/metrics (also /healthz, /readyz)")
             for module in modules:
-                click.echo(f"wasm: {module.name} from {module.file}")
-            click.echo("filters: " + " -> ".join(envoy.http_filters()))
-            click.echo(f"upstream: http://{echo.address} (echoes the request as JSON)")
-            click.echo(f"envoy: http://127.0.0.1:{envoy.port} (admin http://{envoy.admin_address})")
-            click.echo(f"try: curl -i http://127.0.0.1:{envoy.port}/hello")
+                _say(f"wasm: {module.name} from {module.file}")
+            _say("filters: " + " -> ".join(envoy.http_filters()))
+            _say(f"upstream: http://{echo.address} (echoes the request as JSON)")
+            _say(f"envoy: http://127.0.0.1:{envoy.port} (admin http://{envoy.admin_address})")
+            _say(f"try: curl -i http://127.0.0.1:{envoy.port}/hello")
             if self.reload is not None:
-                click.echo("reload: on (Python files under "
+                _say("reload: on (Python files under "
                            f"{', '.join(self.reload.directories or [self.reload.app_dir])}"
                            f"{' and the Wasm files' if modules else ''})")
-            click.echo("Ctrl-C stops everything.")
-            sys.stdout.flush()
+            _say("Ctrl-C stops everything.")
             wasm_files = {m.file for m in modules if m.file}
             while not stop.wait(0.1):
                 if envoy.process is None or envoy.process.poll() is not None:
@@ -201,7 +200,7 @@ class DevStack:
                     if spec != current.spec:
                         restart_envoy = True  # the class asks Envoy for other phases now
                     current = deployment(spec, envoy.port)
-                    click.echo(f"reload: {spec.name} restarted (phases: "
+                    _say(f"reload: {spec.name} restarted (phases: "
                                f"{', '.join(spec.mode.phases) or 'none'})")
                 if restart_envoy:
                     port = envoy.port
@@ -209,8 +208,7 @@ class DevStack:
                     envoy = EnvoyProcess(deployment(current.processor, port).envoy_bootstrap(),
                                          workdir / "envoy", log_level=self.envoy_log_level
                                          ).start()
-                    click.echo(f"reload: Envoy restarted on port {envoy.port}")
-                sys.stdout.flush()
+                    _say(f"reload: Envoy restarted on port {envoy.port}")
         finally:
             stop.set()
             captured.release()  # a second Ctrl-C interrupts the cleanup, as it always did
@@ -223,7 +221,13 @@ class DevStack:
             if child is not None:
                 child.close()
             shutil.rmtree(workdir, ignore_errors=True)
-            click.echo("stopped; removed " + str(workdir))
+            _say("stopped; removed " + str(workdir))
+
+
+def _say(line: str) -> None:
+    """A line about the stack, on stderr: stdout carries only the live view (``--output
+    json``: one JSON object per line, for ``| jq``)."""
+    click.echo(line, err=True)
 
 
 def _fixed_port(address: str) -> str:

@@ -243,7 +243,7 @@ def test_extctl_dev_serves_the_admin_endpoint_and_prints_its_url(extctl):
     admin = port = None
     deadline = time.monotonic() + 40
     while (admin is None or port is None) and time.monotonic() < deadline:
-        line = proc.stdout.readline()
+        line = proc.stderr.readline()  # the banner; stdout carries the live view alone
         if line.startswith("metrics: "):
             admin = line.split()[1].removesuffix("/metrics")
         elif line.startswith("try: "):

@@ -282,7 +282,7 @@ def test_the_reload_child_does_not_outlive_a_killed_reloader(sock_dir, extctl, t
 def test_extctl_dev_leaves_no_envoy_behind(extctl, how):
     port = free_port()
     proc = extctl("dev", "--port", str(port))
-    line = _until(lambda: next((ln for ln in iter(proc.stdout.readline, "")
+    line = _until(lambda: next((ln for ln in iter(proc.stderr.readline, "")
                                 if ln.startswith("try: curl")), None), 60, "dev started")
     assert line
     envoys = [pid for pid in _children(proc.pid)

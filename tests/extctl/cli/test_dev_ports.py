@@ -16,11 +16,11 @@ pytestmark = pytest.mark.envoy
 
 
 def _banner(proc, pattern: str, timeout: float = 30) -> re.Match[str]:
-    """The first line of ``extctl dev``'s banner matching ``pattern``."""
+    """The first line of ``extctl dev``'s banner (on stderr) matching ``pattern``."""
     lines: list[str] = []
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        line = proc.stdout.readline()
+        line = proc.stderr.readline()
         if not line:
             if proc.poll() is not None:
                 break

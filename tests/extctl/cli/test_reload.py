@@ -53,8 +53,28 @@ class Dev:
         self.err = err
         self.port = 0
         self.lines: list[str] = []
+        self._read = 0  # of err's text, by wait_for
 
     def wait_for(self, pattern: str, timeout: float = 30) -> re.Match[str]:
+        """The next line of the banner, the reload notices and the logs (stderr) matching
+        ``pattern``."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for line in self.err.read_text()[self._read:].splitlines(keepends=True):
+                if not line.endswith("\n"):
+                    break  # being written
+                self._read += len(line)
+                found = re.search(pattern, line)
+                if found:
+                    return found
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        raise AssertionError(f"no {pattern!r} in stderr: {self.err.read_text()[-3000:]}")
+
+    def view(self, pattern: str, timeout: float = 30) -> re.Match[str]:
+        """The next line of the live view (stdout, which carries nothing else) matching
+        ``pattern``."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             line = self.proc.stdout.readline() if self.proc.stdout else ""
@@ -183,7 +203,7 @@ def test_dev_reload_applies_an_edit_and_recovers_from_a_broken_one(dev, tmp_path
 
     _reload_runs_in_the_warm_interpreter(running.proc.pid, port, app)
     # The child that serves prints the live view: the request it answered, what it set.
-    assert '"set":["x-version","x-pid"]' in running.wait_for(r'^\{"method":"GET".*\}$').group(0)
+    assert '"set":["x-version","x-pid"]' in running.view(r'^\{"method":"GET".*\}$').group(0)
 
     app.write_text("import extproc\nclass App(extproc.Processor:\n")  # a syntax error
     _until(lambda: http(port, "/").status >= 500, 5)  # Envoy fails closed meanwhile
