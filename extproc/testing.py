@@ -21,60 +21,60 @@ which Envoy's HTTP/1 codec takes out of requests (a response's stays). A respons
 A local answer after the response headers went on to the client (a STREAMED or
 FULL_DUPLEX_STREAMED response-body hook, a response-trailers hook) cannot reach the client:
 Envoy resets the stream, and the result says so (``reset``; ``response`` is what the client
-got before the reset).
+got before the reset). Likewise a local answer after the request headers went upstream: the
+upstream's request is cut off (``request.complete`` is False).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Coroutine, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from envoy.config.core.v3 import base_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from google.protobuf import json_format, struct_pb2
 
-from ._headers import Headers
 from ._mode import BodyMode, ProcessingMode
 from ._processor import EXT_PROC_NAMESPACE, Processor
 from ._stream import _PASS, HOLDS_HEADERS, ProcessorFailed, _Exchange, _Stop
 from ._thread import ServerThread
 from .errors import ProtocolError
+from .exchange import (
+    BodyInput,
+    HeaderInput,
+    HeaderView,
+    LocalReply,
+    Message,
+    Upstream,
+    answer_of,
+    pairs_of,
+)
 
-__all__ = ["Message", "Result", "ServerThread", "lifespan", "run", "run_sync"]
+__all__ = ["Client", "HeaderView", "LocalReply", "Message", "Result", "ServerThread",
+           "Upstream", "lifespan", "run", "run_sync"]
 
-HeaderInput = Mapping[str, str] | Iterable[tuple[str, str]] | None
-BodyInput = bytes | Sequence[bytes]
 
+T = TypeVar("T")
 _HVO = base_pb2.HeaderValueOption
 _FULL_DUPLEX = BodyMode.FULL_DUPLEX_STREAMED
 _DROPS_LENGTH = (BodyMode.STREAMED, BodyMode.BUFFERED_PARTIAL, _FULL_DUPLEX)
 
 
 @dataclass
-class Message:
-    """An HTTP message as one side saw it after processing."""
-
-    headers: Headers
-    body: bytes = b""
-    chunks: list[bytes] = field(default_factory=list)
-    trailers: Headers | None = None
-
-    @property
-    def status(self) -> int | None:
-        status = self.headers.get(":status")
-        return int(status) if status else None
-
-
-@dataclass
 class Result:
-    """What came out of one request through the processor."""
+    """What came out of one request through the processor (the shape of
+    :mod:`extproc.exchange`, with what only an in-process run can tell)."""
 
     request: Message | None
-    """What the upstream received; None when the processor answered before it."""
+    """What the upstream received; None when the processor answered before it. A local answer
+    after the headers went upstream (from a STREAMED or FULL_DUPLEX_STREAMED request-body
+    hook, or a request-trailers hook) leaves what went before, ``complete=False``: Envoy
+    resets the upstream request."""
     response: Message
     """What the client received (an immediate response included)."""
     immediate: bool = False
@@ -94,13 +94,19 @@ class Result:
     closed, a timeout) came after the response headers had gone on to the client, who got
     ``response`` (headers and the body so far, no trailers) and then the reset (HTTP/2
     RST_STREAM; HTTP/1.1 closes the connection)."""
+    local_reply: LocalReply | None = None
+    """The local answer (an ImmediateResponse, a hook failing closed, Envoy's own 504 or 500
+    for the processor), as it was given; None when the upstream's answer went through."""
 
     @property
     def status(self) -> int:
         return self.response.status or 0
 
+    @property
+    def upstream_reached(self) -> bool:
+        return self.request is not None
 
-Upstream = Callable[[Message], "Message | tuple[int, HeaderInput, BodyInput]"]
+
 
 
 async def run(
@@ -135,49 +141,41 @@ async def run(
     extension it asked for), else the client gets Envoy's 504.
     """
     spec = processor.filter_spec()
-    metadata = [*spec.grpc_initial_metadata, *_pairs(grpc_metadata)]
+    metadata = [*spec.grpc_initial_metadata, *pairs_of(grpc_metadata)]
     driver = _Driver(processor, mode or processor.processing_mode(), metadata)
     request_pairs = [(":method", method), (":path", path), (":scheme", "http"),
                      (":authority", authority)]
-    request_pairs += _pairs(headers)
+    request_pairs += pairs_of(headers)
     if not any(k == "x-request-id" for k, _ in request_pairs):
         request_pairs.append(("x-request-id", str(uuid.uuid4())))
     chunks = _chunks(body)
     _frame(request_pairs, chunks)
     try:
         driver.typed_metadata = typed_metadata_context
-        request = await driver.direction("request", request_pairs, chunks, _pairs(trailers),
+        request = await driver.direction("request", request_pairs, chunks, pairs_of(trailers),
                                          trailers is not None, attributes, metadata_context,
                                          False)
         driver.upstream_reached = request
         if upstream is not None:
-            answer = upstream(request)
-            if not isinstance(answer, Message):
-                status, response_headers, response_body = answer
-                response_trailers = None
-            else:
-                status = answer.status or 200
-                response_headers = [(k, v) for k, v in answer.headers.items()
-                                    if k != ":status"]
-                response_body = answer.chunks or answer.body
-                response_trailers = answer.trailers.items() if answer.trailers else None
+            status, response_headers, response_body, response_trailers = answer_of(
+                upstream(request))
         response_chunks = _chunks(response_body)
-        response_pairs = [(":status", str(status)), *_pairs(response_headers)]
+        response_pairs = [(":status", str(status)), *pairs_of(response_headers)]
         # A response to HEAD, a 204 or a 304 has no body, whatever its headers say.
         bodiless = method == "HEAD" or status in (204, 304) or status < 200
         if bodiless:
             response_chunks, response_trailers = [], None
         _frame(response_pairs, response_chunks)
         response = await driver.direction("response", response_pairs, response_chunks,
-                                          _pairs(response_trailers),
+                                          pairs_of(response_trailers),
                                           response_trailers is not None, response_attributes,
                                           None, bodiless)
     except _Stop as stop:
         if driver.started is not None:  # too late to answer: Envoy resets the stream
             pairs, sent = driver.started
-            client = Message(Headers(pairs, kind="response"), b"".join(sent), list(sent))
-            return driver.result(driver.upstream_reached, client, stop.args[0], reset=True)
-        return driver.result(driver.upstream_reached,
+            client = Message(HeaderView(pairs), b"".join(sent), list(sent))
+            return driver.result(driver.upstream_request(), client, stop.args[0], reset=True)
+        return driver.result(driver.upstream_request(),
                              _immediate_message(stop.args[0], method == "HEAD"), stop.args[0])
     return driver.result(request, response, None)
 
@@ -197,6 +195,82 @@ async def lifespan(processor: type[Processor]) -> AsyncIterator[type[Processor]]
         await processor.on_shutdown()
 
 
+class Client:
+    """The processor in this process, driven as Envoy would drive it, one request at a time:
+    a ``with`` block runs the class's ``on_startup`` and ``on_shutdown`` around the requests
+    (as ``wasm.ProxyWasm`` and ``extctl.testing.EnvoyClient`` do, with the same ``request``).
+
+        with Client(AddHeader) as client:
+            result = client.get("/hello")
+            assert result.request.headers["x-hello"] == "world"   # what the upstream saw
+
+    ``upstream(request) -> answer`` answers each request (:mod:`extproc.exchange`); without
+    it the upstream answers 200 with no body. Hooks run on an event loop of the client's own,
+    in a thread, so the same test works sync or async; requests outside a ``with`` block run
+    without the lifespan. ``mode`` and ``grpc_metadata`` are :func:`run`'s.
+    """
+
+    __test__ = False  # not a test class, whatever module imports it
+
+    def __init__(self, processor: type[Processor], *, upstream: Upstream | None = None,
+                 mode: ProcessingMode | None = None,
+                 grpc_metadata: Mapping[str, str] | None = None) -> None:
+        self.processor = processor
+        self.upstream = upstream
+        self.mode = mode
+        self.grpc_metadata = grpc_metadata
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+
+    def request(self, method: str = "GET", path: str = "/", **kwargs: Any) -> Result:
+        """One request; the keyword arguments are :func:`run`'s (``headers``, ``body``,
+        ``trailers``, ``status``, ``response_headers``, ``response_body``, ``upstream`` ...)."""
+        kwargs.setdefault("upstream", self.upstream)
+        kwargs.setdefault("mode", self.mode)
+        kwargs.setdefault("grpc_metadata", self.grpc_metadata)
+        return self._call(run(self.processor, method=method, path=path, **kwargs))
+
+    def get(self, path: str = "/", **kwargs: Any) -> Result:
+        return self.request("GET", path, **kwargs)
+
+    def post(self, path: str = "/", **kwargs: Any) -> Result:
+        return self.request("POST", path, **kwargs)
+
+    def _call(self, work: Coroutine[Any, Any, T]) -> T:
+        if self._loop is None:
+            return asyncio.run(work)
+        return asyncio.run_coroutine_threadsafe(work, self._loop).result()
+
+    def __enter__(self) -> Client:
+        if self._loop is not None:
+            raise RuntimeError("this Client's with block is already running")
+        loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=loop.run_forever, name="extproc-testing",
+                                        daemon=True)
+        self._thread.start()
+        self._loop = loop
+        try:
+            self._call(self.processor.on_startup())
+        except BaseException:
+            self._stop()
+            raise
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        try:
+            self._call(self.processor.on_shutdown())
+        finally:
+            self._stop()
+
+    def _stop(self) -> None:
+        loop, thread = self._loop, self._thread
+        self._loop = self._thread = None
+        if loop is not None and thread is not None:
+            loop.call_soon_threadsafe(loop.stop)
+            thread.join()
+            loop.close()
+
+
 class _Driver:
     def __init__(self, processor: type[Processor], mode: ProcessingMode,
                  metadata: list[tuple[str, str]]) -> None:
@@ -213,6 +287,8 @@ class _Driver:
         self.upstream_reached: Message | None = None
         #: The response headers and body chunks the client has, once Envoy sent them on.
         self.started: tuple[list[tuple[str, str]], list[bytes]] | None = None
+        #: The same of the request, for the upstream.
+        self.upstream_started: tuple[list[tuple[str, str]], list[bytes]] | None = None
         self.first = True
 
     async def send(self, message: Any) -> list[Any]:
@@ -322,9 +398,8 @@ class _Driver:
             if common.status == pb.CommonResponse.CONTINUE_AND_REPLACE:
                 replaced = _mutated(b"".join(chunks), common.body_mutation)
                 pairs = [(k, v) for k, v in pairs if k != "content-length"]
-                return Message(Headers(pairs, kind=direction), replaced,
-                               [replaced] if replaced else [],
-                               Headers(trailer_pairs, kind="trailers") if has_trailers else None)
+                return Message(HeaderView(pairs), replaced, [replaced] if replaced else [],
+                               HeaderView(trailer_pairs) if has_trailers else None)
         body_mode: BodyMode | None = getattr(mode, f"{direction}_body")
         if body_mode in _DROPS_LENGTH or (body_mode is BodyMode.BUFFERED
                                           and not getattr(mode, which)):
@@ -335,8 +410,8 @@ class _Driver:
         which = f"{direction}_body"
         out_chunks: list[bytes] = []
         holds = body_mode in HOLDS_HEADERS
-        if direction == "response" and not (holds and chunks):
-            self.started = (pairs, out_chunks)  # the headers go on to the client now
+        if not (holds and chunks):  # the headers go on now (to the client, or upstream)
+            self._forwarded(direction, pairs, out_chunks)
         if body_mode is None or not chunks:
             out_chunks.extend(chunks)  # (the list the client has, once started)
         elif holds:
@@ -357,9 +432,8 @@ class _Driver:
                 content_length_kept = False
             if body_mode is BodyMode.GRPC:
                 trailer_pairs = trailer_pairs if has_trailers else []
-            if direction == "response":
-                # With trailers to come, Envoy holds the body until they are answered.
-                self.started = (pairs, [] if has_trailers else out_chunks)
+            # With trailers to come, Envoy holds the body until they are answered.
+            self._forwarded(direction, pairs, [] if has_trailers else out_chunks)
         else:
             for index, chunk in enumerate(chunks):
                 message = pb.ProcessingRequest()
@@ -390,8 +464,24 @@ class _Driver:
                 raise _Stop(pb.ProcessingResponse(immediate_response=pb.ImmediateResponse(
                     status={"code": 500}, body=b"",
                     details=f"mismatched content-length in {direction} ({v} != {len(body)})")))
-        return Message(Headers(pairs, kind=direction), body, out_chunks,
-                       Headers(out_trailers, kind="trailers") if has_trailers else None)
+        return Message(HeaderView(pairs), body, out_chunks,
+                       HeaderView(out_trailers) if has_trailers else None)
+
+    def _forwarded(self, direction: str, pairs: list[tuple[str, str]],
+                   chunks: list[bytes]) -> None:
+        """The headers went on (and ``chunks``, a list that grows as chunks follow)."""
+        if direction == "response":
+            self.started = (pairs, chunks)
+        else:
+            self.upstream_started = (pairs, chunks)
+
+    def upstream_request(self) -> Message | None:
+        """What the upstream received: the whole request, or what went before Envoy reset
+        it (``complete=False``), or None."""
+        if self.upstream_reached is not None or self.upstream_started is None:
+            return self.upstream_reached
+        pairs, sent = self.upstream_started
+        return Message(HeaderView(pairs), b"".join(sent), list(sent), complete=False)
 
     def _body_answer(self, answer: Any, which: str, body_mode: BodyMode | None,
                      chunk: bytes) -> list[bytes]:
@@ -406,11 +496,16 @@ class _Driver:
 
     def result(self, request: Message | None, response: Message, stop: Any,
                reset: bool = False) -> Result:
+        local = None
+        if stop is not None:
+            immediate = stop.immediate_response
+            local = LocalReply(immediate.status.code, _apply([], immediate.headers),
+                               immediate.body, immediate.details)
         return Result(request=request, response=response, immediate=stop is not None,
-                      details=stop.immediate_response.details if stop is not None else "",
+                      details=local.details if local is not None else "",
                       sent=self.sent, dynamic_metadata=self.metadata,
                       route_cache_cleared=self.route_cache_cleared, mode=self.mode,
-                      timeout_extensions=self.extensions, reset=reset)
+                      timeout_extensions=self.extensions, reset=reset, local_reply=local)
 
 
 def _passthrough(wire: Any, which: str, mode: ProcessingMode) -> Any:
@@ -437,7 +532,7 @@ def _immediate_message(answer: Any, head: bool = False) -> Message:
     if immediate.body:
         pairs += [("content-type", "text/plain"), ("content-length", str(len(immediate.body)))]
     pairs = _apply(pairs, immediate.headers)
-    return Message(Headers(pairs, kind="response"), body, [body] if body else [])
+    return Message(HeaderView(pairs), body, [body] if body else [])
 
 
 def _apply(pairs: list[tuple[str, str]], mutation: Any) -> list[tuple[str, str]]:
@@ -476,13 +571,6 @@ def _mutated(chunk: bytes, mutation: Any) -> bytes:
 def _header_map(pairs: Iterable[tuple[str, str]]) -> Any:
     return base_pb2.HeaderMap(headers=[base_pb2.HeaderValue(key=k, raw_value=v.encode("latin-1"))
                                        for k, v in pairs])
-
-
-def _pairs(headers: HeaderInput) -> list[tuple[str, str]]:
-    if headers is None:
-        return []
-    items = headers.items() if isinstance(headers, Mapping) else headers
-    return [(str(k).lower(), str(v)) for k, v in items]
 
 
 def _frame(pairs: list[tuple[str, str]], chunks: list[bytes]) -> None:

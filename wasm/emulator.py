@@ -212,7 +212,7 @@ class ProxyWasm:
         run_callback(self.vm, "proxy_on_context_create", context_id, ROOT_CONTEXT_ID)
         return HttpContext(self.vm, stream)
 
-    def request(self, *, method: str = "GET", path: str = "/", authority: str = "example.com",
+    def request(self, method: str = "GET", path: str = "/", *, authority: str = "example.com",
                 headers: Pairs | None = None, body: bytes | Sequence[bytes] = b"",
                 trailers: Pairs | None = None, upstream: Upstream | None = None,
                 status: int = 200, response_headers: Pairs | None = None,
@@ -222,9 +222,9 @@ class ProxyWasm:
         """One whole exchange through the filter, in Envoy's order.
 
         The upstream answers ``status``/``response_headers``/``response_body`` (chunks: a list),
-        or ``upstream(headers, body) -> (status, headers, body)`` decides from what it got.
-        ``body`` and ``response_body`` chunks reach the filter as the framing cuts them
-        (:mod:`wasm.exchange`).
+        or ``upstream(request) -> answer`` decides from the Message it got (the callback every
+        test double takes, :mod:`extproc.exchange`). ``body`` and ``response_body`` chunks
+        reach the filter as the framing cuts them (:mod:`wasm.exchange`).
         """
         framing = framing or self.framing
         if framing not in FRAMINGS:
@@ -247,6 +247,14 @@ class ProxyWasm:
         result.calls = self.state.calls[first_call:]
         result.grpc_streams = list(self.state.grpc_streams.values())[first_stream:]
         return result
+
+    def get(self, path: str = "/", **kwargs: Any) -> HttpResult:
+        """A GET through the filter (the keyword arguments of :meth:`request`)."""
+        return self.request("GET", path, **kwargs)
+
+    def post(self, path: str = "/", **kwargs: Any) -> HttpResult:
+        """A POST through the filter (the keyword arguments of :meth:`request`)."""
+        return self.request("POST", path, **kwargs)
 
 
 def _bytes(value: bytes | str) -> bytes:

@@ -12,8 +12,10 @@ stream instead. ``"http2"``: the last chunk carries the end of stream (one call 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+
+from extproc.exchange import HeaderView, Message, Upstream, answer_of
 
 from .abi import MapType
 from .calls import Call, GrpcStream
@@ -24,13 +26,13 @@ __all__ = ["FRAMINGS", "HttpResult", "LocalResponse", "Pairs", "Request", "Upstr
            "chunks_of", "pairs_of", "run"]
 
 FRAMINGS = ("http1", "http2")
-Upstream = Callable[[list[tuple[str, str]], bytes],
-                    tuple[int, Pairs, "bytes | Sequence[bytes]"]]
 
 
 @dataclass
 class HttpResult:
-    """One request through the filter, as the upstream and the client saw it."""
+    """One request through the filter, as the upstream and the client saw it: the flat
+    fields, and the shape every test double shares (``request``, ``response``,
+    ``upstream_reached``, ``local_reply``, ``reset``; :mod:`extproc.exchange`)."""
 
     request_headers: list[tuple[str, str]]
     """What the upstream received (empty when the filter answered first)."""
@@ -61,11 +63,34 @@ class HttpResult:
     def status(self) -> int:
         return int(self.response_header(":status") or 0)
 
+    @property
+    def request(self) -> Message | None:
+        """What the upstream received; None when it was not reached."""
+        if not self.upstream_reached:
+            return None
+        return _message(self.request_headers, self.request_body, self.request_trailers)
+
+    @property
+    def response(self) -> Message:
+        """What the client received."""
+        return _message(self.response_headers, self.response_body, self.response_trailers)
+
+    @property
+    def local_reply(self) -> LocalResponse | None:
+        """The filter's local reply (``proxy_send_local_response``), as it gave it."""
+        return self.local_response
+
     def request_header(self, name: str) -> str | None:
         return _first(self.request_headers, name)
 
     def response_header(self, name: str) -> str | None:
         return _first(self.response_headers, name)
+
+
+def _message(headers: list[tuple[str, str]], body: bytes,
+             trailers: list[tuple[str, str]] | None) -> Message:
+    return Message(HeaderView(headers), body, [body] if body else [],
+                   HeaderView(trailers) if trailers is not None else None)
 
 
 def _first(pairs: Sequence[tuple[str, str]], name: str) -> str | None:
@@ -119,8 +144,11 @@ def run(context: HttpContext, request: Request) -> HttpResult:
     status, response_headers = request.status, request.response_headers
     response_chunks, response_trailers = request.response_chunks, request.response_trailers
     if request.upstream is not None:
-        status, response_headers, answer = request.upstream(result.request_headers, sent)
-        response_chunks, response_trailers = chunks_of(answer), None
+        upstream_request = result.request
+        assert upstream_request is not None
+        status, response_headers, answer, response_trailers = answer_of(
+            request.upstream(upstream_request))
+        response_chunks = chunks_of(answer)
     response = [(":status", str(status)), *pairs_of(response_headers)]
     action = context.on_response_headers(response,
                                          not response_chunks and response_trailers is None)

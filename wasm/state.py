@@ -11,6 +11,8 @@ from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 
+from extproc.exchange import LocalReply
+
 from .abi import LogLevel, MapType, MetricType, Status
 from .calls import Answer, Call, GrpcStream, ScriptedUpstream
 from .headers import HeaderMap
@@ -39,14 +41,10 @@ class LogLine:
 
 
 @dataclass
-class LocalResponse:
-    """What the filter answered with ``proxy_send_local_response``."""
+class LocalResponse(LocalReply):
+    """What the filter answered with ``proxy_send_local_response`` (``details``: Envoy's
+    response code details, whitespace turned into ``_`` as Envoy does)."""
 
-    status: int
-    body: bytes
-    headers: list[tuple[str, str]]
-    details: str
-    """Envoy's response code details (whitespace turned into ``_``, as Envoy does)."""
     grpc_status: int | None = None
 
 
@@ -79,9 +77,9 @@ class StreamState:
 
     def send_local_response(self, status: int, body: bytes, headers: list[tuple[bytes, bytes]],
                             details: str, grpc_status: int | None) -> None:
-        self.local_response = LocalResponse(status, body,
-                                            HeaderMap(headers, MapType.RESPONSE_HEADERS).text(),
-                                            details, grpc_status)
+        self.local_response = LocalResponse(
+            status=status, headers=HeaderMap(headers, MapType.RESPONSE_HEADERS).text(),
+            body=body, details=details, grpc_status=grpc_status)
 
 
 class SharedData:

@@ -34,14 +34,13 @@ for real: that is a HostError.
 
 from __future__ import annotations
 
-import http.client
 import tempfile
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
+from extproc.exchange import ExchangeResult
 from wasm.calls import GRPC_UNAVAILABLE, NO_CLUSTER, GrpcStream, Handler, ScriptedUpstream
 from wasm.emulator import ProxyWasm
 from wasm.errors import HostError
@@ -49,8 +48,7 @@ from wasm.state import GRPC_STREAM, token_numbers
 
 from ..config import CalloutCluster, WasmModule
 from .echo import EchoServer
-from .stack import stack
-from .upstreams import CHUNK_DELAY, GrpcUpstream, HttpUpstream, call_view, http_answer, stream_view
+from .upstreams import GrpcUpstream, call_view, http_answer, stream_view
 
 __all__ = ["IGNORED", "Difference", "Exchange", "compare_with_envoy"]
 
@@ -158,25 +156,37 @@ def _stream_views(streams: Sequence[GrpcStream]) -> list[dict[str, Any]]:
                    for s in streams if not (s.cancelled and not s.received)), key=repr)
 
 
+def _view(result: ExchangeResult) -> dict[str, Any]:
+    """What is compared of one exchange, from the shape both runs return
+    (:mod:`extproc.exchange`). A request Envoy sent upstream and then reset (a filter that
+    let the headers through and answered from a body callback: whether the headers went
+    before the reset depends on Envoy's upstream connection) counts as not reached, which is
+    what the filter asked for."""
+    request = result.request
+    reached = request is not None and request.complete
+    response = result.response
+    return {
+        "status": result.status,
+        "response_headers": _ours(response.headers.items()),
+        "response_body": response.body,
+        "response_trailers": _ours(response.trailers.items() if response.trailers else []),
+        "upstream_reached": reached,
+        "upstream_headers": _ours(request.headers.items()) if request and reached else None,
+        "upstream_body": request.body if request and reached else None,
+        "upstream_trailers": (_ours(request.trailers.items() if request.trailers else [])
+                              if request and reached else None),
+    }
+
+
 def _through_envoy(path: Path, requests: list[Exchange], root_id: str, configuration: str,
                    name: str, upstreams: Mapping[str, Handler],
                    grpc_upstreams: Mapping[str, ScriptedUpstream]) -> dict[str, Any]:
     # the real-Envoy harness; imported here so that the emulator needs none of it
     import contextlib
-    import shutil
 
+    from .client import EnvoyClient
 
-    current: list[Exchange] = []
-    received: list[tuple[list[tuple[str, str]], bytes, list[tuple[str, str]]]] = []
     calls: list[dict[str, Any]] = []
-
-    def answer(method: str, target: str, headers: list[tuple[str, str]], body: bytes,
-               trailers: list[tuple[str, str]],
-               ) -> tuple[int, Mapping[str, str], bytes | list[bytes], Mapping[str, str]]:
-        received.append((headers, body, trailers))
-        spec = current[-1]
-        return spec.status, spec.response_headers, spec.response_body, spec.response_trailers
-
     plugin = WasmModule(name, file=str(path), text=configuration, root_id=root_id)
     seen = []
     failures: list[str] = []
@@ -191,23 +201,22 @@ def _through_envoy(path: Path, requests: list[Exchange], root_id: str, configura
             servers.callback(server.stop)
             grpc_servers.append(server)
             clusters.append(CalloutCluster(cluster, f"127.0.0.1:{server.port}", http2=True))
-        upstream = servers.enter_context(HttpUpstream(answer))
-        # AF_UNIX paths are limited to 107 bytes: a short directory of our own
-        sock_dir = Path(tempfile.mkdtemp(prefix="extkit-", dir="/tmp"))
-        servers.callback(shutil.rmtree, sock_dir, ignore_errors=True)
-        # stack() needs only the upstream's address; trailers kept both ways
-        running = servers.enter_context(stack(None, sock_dir, cast(Any, upstream),
-                                              wasm=[plugin], clusters=clusters,
-                                              http1_trailers=True))
-        authority = f"127.0.0.1:{running.envoy.port}"
+        # trailers kept both ways
+        client = servers.enter_context(EnvoyClient(wasm=[plugin], clusters=clusters,
+                                                   http1_trailers=True))
+        authority = f"127.0.0.1:{client.port}"
         for index, spec in enumerate(requests):
-            current.append(spec)
-            received.clear()
             calls.clear()
             for server in grpc_servers:
                 server.streams.clear()
+            chunked = isinstance(spec.response_body, list)
             try:
-                status, headers, body, trailers = _send(running.envoy.port, spec)
+                reply = client.request(
+                    spec.method, spec.path, authority=authority, headers=spec.headers,
+                    body=spec.body, trailers=spec.trailers, status=spec.status,
+                    response_headers=spec.response_headers, response_body=spec.response_body,
+                    response_trailers=spec.response_trailers if chunked else None,
+                    timeout=_ANSWER_SECONDS)
             except TimeoutError:
                 why = failures[0] if failures else "a callout or stream that never ends?"
                 raise HostError(f"request {index} ({spec.method} {spec.path}) got no answer "
@@ -217,65 +226,12 @@ def _through_envoy(path: Path, requests: list[Exchange], root_id: str, configura
                 server.settle()
             if failures:
                 raise HostError(failures[0])
-            reached = bool(received)
             seen.append({
-                "status": status,
-                "response_headers": _ours(headers),
-                "response_body": body,
-                "response_trailers": _ours(trailers),
-                "upstream_reached": reached,
-                "upstream_headers": _ours(received[0][0]) if reached else None,
-                "upstream_body": received[0][1] if reached else None,
-                "upstream_trailers": _ours(received[0][2]) if reached else None,
+                **_view(reply),
                 "calls": list(calls),
                 "grpc": _stream_views([s for server in grpc_servers for s in server.streams]),
             })
     return {"seen": seen, "authority": authority}
-
-
-class _TrailedResponse(http.client.HTTPResponse):
-    """A response that keeps the trailers after its chunked body (http.client drops them)."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.trailers: list[tuple[str, str]] = []
-
-    def _read_and_discard_trailer(self) -> None:  # http.client's hook, after the last chunk
-        while (line := self.fp.readline(65537)) not in (b"\r\n", b"\n", b""):
-            name, _, value = line.decode("latin-1").partition(":")
-            self.trailers.append((name.strip().lower(), value.strip()))
-
-
-def _send(port: int, spec: Exchange,
-          ) -> tuple[int, list[tuple[str, str]], bytes, list[tuple[str, str]]]:
-    """``spec``'s request through Envoy (http.client, as extctl's test client): a bytes body
-    with a content-length, chunks chunked, each :data:`CHUNK_DELAY` after the last (its own
-    frame in Envoy), then the trailers. The status, headers, body and trailers answered."""
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=_ANSWER_SECONDS)
-    conn.response_class = _TrailedResponse
-    try:
-        if isinstance(spec.body, list):
-            names = {name.lower() for name in spec.headers}
-            conn.putrequest(spec.method, spec.path, skip_host="host" in names,
-                            skip_accept_encoding="accept-encoding" in names)
-            for name, value in spec.headers.items():
-                conn.putheader(name, value)
-            conn.putheader("transfer-encoding", "chunked")
-            conn.endheaders()
-            for chunk in spec.body:
-                conn.send(b"%x\r\n%s\r\n" % (len(chunk), chunk))
-                time.sleep(CHUNK_DELAY)
-            lines = "".join(f"{k}: {v}\r\n" for k, v in spec.trailers.items())
-            conn.send(b"0\r\n" + lines.encode("latin-1") + b"\r\n")
-        else:
-            conn.request(spec.method, spec.path, body=spec.body or None,
-                         headers=dict(spec.headers))
-        response = conn.getresponse()
-        body = response.read()
-        assert isinstance(response, _TrailedResponse)
-        return response.status, response.getheaders(), body, response.trailers
-    finally:
-        conn.close()
 
 
 def _through_emulator(path: Path, requests: list[Exchange], root_id: str,
@@ -315,16 +271,8 @@ def _through_emulator(path: Path, requests: list[Exchange], root_id: str,
                 response_body=spec.response_body,
                 response_trailers=(dict(spec.response_trailers) if spec.response_trailers
                                    and isinstance(spec.response_body, list) else None))
-            reached = result.upstream_reached
             seen.append({
-                "status": result.status,
-                "response_headers": _ours(result.response_headers),
-                "response_body": result.response_body,
-                "response_trailers": _ours(result.response_trailers or []),
-                "upstream_reached": reached,
-                "upstream_headers": _ours(result.request_headers) if reached else None,
-                "upstream_body": result.request_body if reached else None,
-                "upstream_trailers": _ours(result.request_trailers or []) if reached else None,
+                **_view(result),
                 "calls": [call_view(c.cluster, c.headers, c.body, _ours)
                           for c in result.calls if c.kind == "http"],
                 "grpc": sorted(_stream_views([s for s in result.grpc_streams

@@ -16,12 +16,9 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import http.client as httpclient
-import json
 import shutil
 import socket
 import tempfile
-import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,61 +30,11 @@ from extproc.addresses import split_address
 
 from ..config import Deployment, WasmModule
 from ..errors import PortInUse
-from .echo import Answer, EchoServer
+from .client import Reply, http
+from .echo import Answer, EchoServer, ServedOnThread
 from .envoy import EnvoyProcess
 
 __all__ = ["Reply", "Stack", "envoy_stack", "http", "stack"]
-
-
-@dataclass
-class Reply:
-    """What the client received."""
-
-    status: int
-    headers: dict[str, str]
-    """Lower-case names; a repeated header's values joined with ", "."""
-    body: bytes
-
-    def json(self) -> Any:
-        return json.loads(self.body)
-
-    def upstream_headers(self) -> dict[str, list[str]]:
-        """Headers the echo upstream received (name -> values)."""
-        seen: dict[str, list[str]] = {}
-        for name, value in self.json()["headers"]:
-            seen.setdefault(name, []).append(value)
-        return seen
-
-
-def http(port: int, path: str = "/", method: str = "GET", headers: dict[str, str] | None = None,
-         body: bytes | None = None, chunks: list[bytes] | None = None,
-         timeout: float = 30, source: str | None = None, chunk_delay: float = 0.05) -> Reply:
-    """One HTTP/1.1 request to 127.0.0.1:``port`` (chunked when ``chunks`` is given, a pause of
-    ``chunk_delay`` seconds after each chunk), from the loopback address ``source`` when given
-    (all of 127.0.0.0/8 is local)."""
-    conn = httpclient.HTTPConnection("127.0.0.1", port, timeout=timeout,
-                                     source_address=(source, 0) if source else None)
-    try:
-        if chunks is not None:
-            conn.putrequest(method, path)
-            for name, value in (headers or {}).items():
-                conn.putheader(name, value)
-            conn.putheader("transfer-encoding", "chunked")
-            conn.endheaders()
-            for chunk in chunks:
-                conn.send(b"%x\r\n%s\r\n" % (len(chunk), chunk))
-                time.sleep(chunk_delay)
-            conn.send(b"0\r\n\r\n")
-        else:
-            conn.request(method, path, body=body, headers=headers or {})
-        resp = conn.getresponse()
-        headers_seen: dict[str, str] = {}
-        for name, value in resp.getheaders():
-            key = name.lower()
-            headers_seen[key] = f"{headers_seen[key]}, {value}" if key in headers_seen else value
-        return Reply(resp.status, headers_seen, resp.read())
-    finally:
-        conn.close()
 
 
 @dataclass
@@ -132,7 +79,8 @@ def require_free(address: str, what: str) -> None:
 
 
 @contextlib.contextmanager
-def stack(processor: type[extproc.Processor] | None, sock_dir: Path, echo: EchoServer | None,
+def stack(processor: type[extproc.Processor] | None, sock_dir: Path,
+          echo: ServedOnThread | None,
           transport: str = "grpcio", **options: Any) -> Iterator[Stack]:
     r"""The processor on a Unix socket in ``sock_dir`` (served in this process) and a real
     Envoy in front of it; ``echo`` (None: Envoy answers 200 itself) as the upstream.

@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from extproc.exchange import HeaderView, Message, Upstream, answer_of
 from wasm.calls import Call, GrpcStream, Handler, ScriptedUpstream, dispatch, reply_of
 from wasm.errors import CalloutFailure
 
@@ -38,10 +39,6 @@ CHUNK_DELAY = 0.15
 """Seconds between an answer's chunks: each its own read, so Envoy frames each alone."""
 
 Pairs = list[tuple[str, str]]
-HttpAnswer = Callable[[str, str, Pairs, bytes, Pairs],
-                      tuple[int, "Headers", "bytes | Sequence[bytes]", "Headers"]]
-"""(method, target, headers, body, trailers) -> (status, headers, body or chunks, trailers);
-headers and trailers as a mapping or as pairs (a name repeated)."""
 
 
 def call_view(cluster: str, headers: Sequence[tuple[str, str]], body: bytes,
@@ -271,28 +268,67 @@ class _Answering(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:
         pass
 
-    def _read(self) -> tuple[bytes, Pairs]:
-        """The request's body and trailers (chunked, or as long as its content-length)."""
+    def _read(self) -> tuple[list[bytes], Pairs, bool]:
+        """The request's body chunks and trailers (chunked, or as long as its
+        content-length), and whether it came whole (Envoy resets a request it gave up on)."""
         if self.headers.get("transfer-encoding", "").lower() != "chunked":
             length = int(self.headers.get("content-length") or 0)
-            return (self.rfile.read(length) if length else b""), []
-        body = bytearray()
-        while size := int(self.rfile.readline().split(b";")[0].strip() or b"0", 16):
-            body += self.rfile.read(size)
-            self.rfile.readline()
-        trailers = []
-        while (line := self.rfile.readline()) not in (b"\r\n", b"\n", b""):
+            data = self.rfile.read(length) if length else b""
+            return ([data] if data else []), [], len(data) == length
+        chunks: list[bytes] = []
+        while True:
+            line = self.rfile.readline(65537)
+            if not line.endswith(b"\n"):
+                return chunks, [], False
+            size = int(line.split(b";")[0].strip() or b"0", 16)
+            if not size:
+                break
+            chunk = self.rfile.read(size)
+            if len(chunk) < size or not self.rfile.readline(3).endswith(b"\n"):
+                return [*chunks, chunk] if chunk else chunks, [], False
+            chunks.append(chunk)
+        trailers: Pairs = []
+        while (line := self.rfile.readline(65537)) not in (b"\r\n", b"\n"):
+            if not line.endswith(b"\n"):
+                return chunks, trailers, False
             name, _, value = line.decode("latin-1").partition(":")
             trailers.append((name.strip().lower(), value.strip()))
-        return bytes(body), trailers
+        return chunks, trailers, True
 
     def _answer(self) -> None:
-        body, trailers = self._read()
+        upstream = self.server.upstream
         headers = [(k.lower(), v) for k, v in self.headers.items()]
-        status, answer_headers, content, answer_trailers = self.server.answer(
-            self.command, self.path, headers, body, trailers)
+        tag = next((v for k, v in headers if k == upstream.tag), None)
+        with upstream.changed:
+            upstream.started += 1
+            upstream.active += 1
+        try:
+            chunks, trailers, complete = self._read()
+        except OSError:
+            chunks, trailers, complete = [], [], False
+        authority = next((v for k, v in headers if k == "host"), "")
+        request = Message(
+            HeaderView([(":method", self.command), (":path", self.path),
+                        (":authority", authority), (":scheme", "http"),
+                        *[(k, v) for k, v in headers if k not in ("host", upstream.tag)]]),
+            b"".join(chunks), chunks, HeaderView(trailers) if trailers else None,
+            complete=complete)
+        with upstream.changed:
+            upstream.received.append((tag, request))
+            upstream.active -= 1
+            upstream.changed.notify_all()
+        if not complete:
+            self.close_connection = True
+            return
+        try:
+            answer = upstream.answers.get(tag, upstream.answer) if tag else upstream.answer
+            status, answer_headers, content, answer_trailers = answer_of(answer(request))
+        except Exception as exc:  # the test's own callback: reported to the test, not here
+            with upstream.changed:
+                upstream.failures.append(exc)
+            status, answer_headers, content, answer_trailers = 500, [], [], None
         self.send_response_only(status)  # no Server or Date: only what the answer says
-        for name, value in _items(answer_headers):
+        for name, value in answer_headers:
             self.send_header(name, value)
         if isinstance(content, bytes):
             self.send_header("content-length", str(len(content)))
@@ -306,7 +342,7 @@ class _Answering(BaseHTTPRequestHandler):
                 time.sleep(CHUNK_DELAY)
             self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
             self.wfile.flush()
-        lines = "".join(f"{k}: {v}\r\n" for k, v in _items(answer_trailers))
+        lines = "".join(f"{k}: {v}\r\n" for k, v in answer_trailers or ())
         self.wfile.write(b"0\r\n" + lines.encode("latin-1") + b"\r\n")
 
     def __getattr__(self, name: str) -> Any:
@@ -315,21 +351,49 @@ class _Answering(BaseHTTPRequestHandler):
         raise AttributeError(name)
 
 
-def _items(headers: Headers) -> Sequence[tuple[str, str]]:
-    return list(headers.items()) if isinstance(headers, Mapping) else headers
-
-
 class _Server(ThreadingHTTPServer):
-    answer: HttpAnswer
+    upstream: HttpUpstream
 
 
 class HttpUpstream(ServedOnThread):
-    """An HTTP/1.1 upstream on 127.0.0.1 answering each request as ``answer(method, target,
-    headers, body, trailers) -> (status, headers, body or chunks, trailers)`` says: a bytes
-    body with a content-length, chunks chunked (:data:`CHUNK_DELAY` apart) and then the
-    trailers. It sends only those headers and the framing one."""
+    """An HTTP/1.1 upstream on 127.0.0.1 answering each request as ``answer(request) ->
+    answer`` says (:mod:`extproc.exchange`: the request a Message with ``:method``,
+    ``:path``, ``:authority`` from Host; the answer a Message or ``(status, headers, body[,
+    trailers])``): a body as bytes with a content-length, as a list of chunks chunked
+    (:data:`CHUNK_DELAY` apart) and then the trailers. It sends only those headers and the
+    framing one.
 
-    def __init__(self, answer: HttpAnswer) -> None:
+    Every request is recorded in ``received`` as it arrived, with the value of its ``tag``
+    header (taken out of what the answer and the record see), and answered by
+    ``answers[that value]`` when there is one: a request Envoy reset midway is recorded
+    with ``complete=False``. ``settle(n)`` waits until ``n`` requests have
+    arrived and none is still being read. An exception of ``answer`` is kept in ``failures``
+    (the client gets a 500).
+    """
+
+    def __init__(self, answer: Upstream, tag: str = "") -> None:
         server = _Server(("127.0.0.1", 0), _Answering)
-        server.answer = answer
+        server.upstream = self
+        self.answer = answer
+        self.answers: dict[str, Upstream] = {}
+        self.tag = tag
+        self.started = 0
+        self.active = 0
+        self.received: list[tuple[str | None, Message]] = []
+        self.failures: list[Exception] = []
+        self.changed = threading.Condition()
         super().__init__(server, "extkit-http-upstream")
+
+    def settle(self, arrived: int, timeout: float = 10) -> bool:
+        """Wait until ``arrived`` requests have come and none is being read; False when that
+        does not happen within ``timeout`` seconds."""
+        with self.changed:
+            return self.changed.wait_for(
+                lambda: self.started >= arrived and not self.active, timeout)
+
+    def take(self, tag: str) -> list[Message]:
+        """The requests recorded with ``tag``, removed from the record."""
+        with self.changed:
+            found = [m for t, m in self.received if t == tag]
+            self.received = [(t, m) for t, m in self.received if t != tag]
+            return found

@@ -116,7 +116,7 @@ def _double_view(result: Result, h2: bool) -> dict[str, Any]:
                                  not h2),
         "client_body": response.body, "client_trailers": _trailers(client_trailers),
         "upstream": None}
-    if request is not None:
+    if request is not None and request.complete:  # a request reset midway: as Envoy's view
         trailers = _h1_trailers(request, True)  # the upstream speaks HTTP/1.1
         view["upstream"] = (_names(request.headers.items(), request.body, trailers, True),
                             request.body, _trailers(trailers))

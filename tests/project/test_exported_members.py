@@ -1,6 +1,7 @@
 """The public surface of ``extproc`` cannot drift by accident."""
 
 import extproc
+import extproc.exchange
 import extproc.testing
 
 
@@ -21,10 +22,13 @@ def test_extproc_public_names():
 
 
 def test_testing_public_names():
-    assert sorted(extproc.testing.__all__) == [
-        "Message", "Result", "ServerThread", "lifespan", "run", "run_sync"]
+    shape = {"HeaderView", "LocalReply", "Message", "Upstream"}  # every double's vocabulary
+    assert sorted(extproc.testing.__all__) == sorted([
+        "Client", "Result", "ServerThread", "lifespan", "run", "run_sync", *shape])
     assert extproc.testing.ServerThread is extproc.ServerThread  # served for real, not a fake
-    for name in set(extproc.testing.__all__) - {"ServerThread"}:
+    for name in shape:
+        assert getattr(extproc.testing, name) is getattr(extproc.exchange, name)
+    for name in set(extproc.testing.__all__) - {"ServerThread"} - shape:
         assert getattr(extproc.testing, name).__module__ == "extproc.testing"
 
 

@@ -36,10 +36,10 @@ def _ours(pairs) -> dict[str, list[str]]:
     return found
 
 
-def _echo(headers, body):
+def _echo(request):
     """What the echo upstream answers: the request as JSON."""
-    answer = {"headers": [[k, v] for k, v in headers if not k.startswith(":")],
-              "body": body.decode("latin-1")}
+    answer = {"headers": [[k, v] for k, v in request.headers.items() if not k.startswith(":")],
+              "body": request.body.decode("latin-1")}
     return 200, {"content-type": "application/json"}, json.dumps(answer).encode()
 
 

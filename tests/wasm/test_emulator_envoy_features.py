@@ -407,7 +407,7 @@ def test_header_maps_are_lent_and_edited_as_in_envoy(tmp_path_factory):
     adds and replaces land, through Envoy's HTTP/1.1 codec and in the emulator."""
     module = _compiled(tmp_path_factory, "header_maps")
 
-    def answer(method, target, headers, body, trailers):
+    def answer(request):
         return 200, RESPONSE, [b"ok"], RESPONSE_TRAILERS
 
     with HttpUpstream(answer) as upstream, _envoy(upstream.address, module,
@@ -471,7 +471,7 @@ def test_which_names_envoy_joins_in_each_map(tmp_path_factory):
                     if not name.startswith(b":")} - {"x-forwarded-proto"} | set(NOT_INLINE))
     configuration = " ".join(names)
 
-    def answer(method, target, headers, body, trailers):
+    def answer(request):
         return 200, {}, [b"ok"], {"x-t": "1"}
 
     with HttpUpstream(answer) as upstream, _envoy(upstream.address, module, configuration,
