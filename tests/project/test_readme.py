@@ -72,3 +72,18 @@ def test_readme_emulator_example_passes(tmp_path, wat_template_module, monkeypat
     namespace: dict[str, object] = {}
     exec(block, namespace)
     namespace["test_tags_and_denies"]()  # type: ignore[operator]
+
+
+def test_readme_one_vocabulary_example_passes_as_pasted(tmp_path):
+    """The block as a user pastes it: the README's processor and test in a fresh directory,
+    run by pytest with no configuration of ours (its plugin loads by itself)."""
+    import subprocess
+    import sys
+
+    block = next(b for b in BLOCKS if "def test_redacts_both_ways" in b)
+    (tmp_path / "test_redact.py").write_text(BLOCKS[0] + "\n\n" + block)
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                           "test_redact.py"], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "2 passed" in done.stdout
