@@ -18,8 +18,10 @@ from typing import Any
 import wasmtime
 from wasmtime import _bindings
 from wasmtime import _ffi as ffi
+from wasmtime._extern import wrap_extern
 
 from .abi import CONTEXT_FREE, Signature, import_signatures
+from .compiled import load
 from .digest import WASM_MAGIC
 from .errors import (
     HostError,
@@ -104,14 +106,12 @@ class Vm:
         self._starting = False  # the start function is running (while instantiating)
         self.exit_code: int | None = None
         """What the module last passed to WASI's ``proc_exit``."""
-        config = wasmtime.Config()
-        config.consume_fuel = fuel is not None
-        config.memory_may_move = False  # lets wasm.memory keep the base address
-        self._engine = wasmtime.Engine(config)
+        # origin: where the compiled module came from, "compiled" or a cache ("memory",
+        # "disk"; wasm.compiled)
         try:
             if not data.startswith(WASM_MAGIC):
                 data = bytes(wasmtime.wat2wasm(data.decode("utf-8", "replace")))
-            self._module = wasmtime.Module(self._engine, data)
+            self._engine, self._module, self.origin = load(data, fuel is not None)
         except wasmtime.WasmtimeError as exc:
             raise InvalidModule(f"wasmtime rejects the module: {exc}") from None
         self._has_start = has_start(data)
@@ -125,28 +125,29 @@ class Vm:
         table = functions(self.memory)
         self._refuel()  # a start function runs while instantiating
         instance, memory = self._link(table)
-        exports = instance.exports(self._store)
+        self._instance = instance
+        # Exports are looked up by name when first called: listing them all costs wasmtime
+        # time quadratic in their number (seconds for a module exporting thousands).
+        exported = self._module.exports
+        self._exported = {e.name: e.type for e in exported
+                          if isinstance(e.type, wasmtime.FuncType)}
+        self._functions: dict[str, _Export] = {}
         # The memory Envoy hands data in: the last one the module exports, whatever its
         # name, else the one it imports (proxy-wasm-cpp-host on V8).
-        for item in exports.values():
-            if isinstance(item, wasmtime.Memory):
-                memory = item
-        if memory is None:
+        last = next((e.name for e in reversed(exported)
+                     if isinstance(e.type, wasmtime.MemoryType)), None)
+        if last is not None:
+            memory = self._export(last)
+        if not isinstance(memory, wasmtime.Memory):
             raise UnsupportedAbi("the module neither exports nor imports a memory: Envoy 1.40 "
                                  "would have none to hand it data in (it crashes on the "
                                  "first host call)")
         self.memory._memory = memory._memory
-        self._functions: dict[str, _Export] = {}
-        for name, item in exports.items():
-            if isinstance(item, wasmtime.Func):
-                kind = item.type(self._store)
-                self._functions[name] = _Export(item._func, [str(p) for p in kind.params],
-                                                len(kind.results))
         self._trap = ctypes.c_void_p()
         self._trap_address = ctypes.addressof(self._trap)
         # Envoy's preference: malloc, then proxy_on_memory_allocate.
         allocator = next((n for n in ("malloc", "proxy_on_memory_allocate")
-                          if n in self._functions), None)
+                          if n in self._exported), None)
         if allocator is None:
             raise UnsupportedAbi("the module exports neither malloc nor "
                                  "proxy_on_memory_allocate: the host could not hand it data")
@@ -154,7 +155,28 @@ class Vm:
         self.memory.allocate = self.allocate
 
     def has_export(self, name: str) -> bool:
-        return name in self._functions
+        """Whether the module exports a function ``name``."""
+        return name in self._exported
+
+    def _export(self, name: str) -> Any:
+        """The export ``name`` of the instance (a wasmtime Func, Memory, ...), or None."""
+        item = ffi.wasmtime_extern_t()
+        encoded = name.encode()
+        if not ffi.wasmtime_instance_export_get(self._context,
+                                                ctypes.byref(self._instance._instance),
+                                                encoded, len(encoded), ctypes.byref(item)):
+            return None
+        return wrap_extern(item)
+
+    def _function(self, name: str) -> _Export | None:
+        """The exported function ``name``, ready to call (made on its first call)."""
+        kind = self._exported.get(name)
+        if kind is None:
+            return None
+        func = self._export(name)
+        found = self._functions[name] = _Export(func._func, [str(p) for p in kind.params],
+                                                len(kind.results))
+        return found
 
     def _link(self, table: dict[tuple[str, str], Callable[..., Any]]
               ) -> tuple[wasmtime.Instance, wasmtime.Memory | None]:
@@ -263,7 +285,7 @@ class Vm:
         the callback, after which the plugin is unusable, as in Envoy."""
         if self.broken is not None:
             raise WasmTrap(f"the plugin is unusable after {self.broken} trapped", name)
-        found = self._functions.get(name)
+        found = self._functions.get(name) or self._function(name)
         if found is None:
             return None
         state = self.state
