@@ -36,7 +36,7 @@ from .abi import SUPPORTED_ABIS, LogLevel, supported_abi
 from .callouts import CalloutFunctions
 from .calls import Call, GrpcStream, ScriptedUpstream
 from .context import HttpContext, deliver, run_callback
-from .errors import InvalidModule, StartFailed, UnsupportedAbi
+from .errors import InvalidModule, StartFailed, UnsupportedAbi, WasmTrap
 from .exchange import FRAMINGS, HttpResult, Pairs, Request, Upstream, chunks_of, run
 from .imports import HostFunctions
 from .memory import Memory
@@ -232,10 +232,15 @@ class ProxyWasm:
         context = self.http_context()
         first_log, first_call = len(self.state.logs), len(self.state.calls)
         first_stream = len(self.state.grpc_streams)
+        result = HttpResult([], b"", [], b"")
         try:
-            result = run(context, Request(
+            run(context, Request(
                 method, path, authority, headers, chunks_of(body), trailers, upstream, status,
-                response_headers, chunks_of(response_body), response_trailers, framing))
+                response_headers, chunks_of(response_body), response_trailers, framing),
+                result)
+        except WasmTrap as trap:
+            trap.result = result
+            raise
         finally:
             if self.vm.broken is None:
                 context.finish()

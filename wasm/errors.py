@@ -22,6 +22,8 @@ the cluster or function.
 
 from __future__ import annotations
 
+from typing import Any
+
 from extproc.errors import ExtkitError
 
 
@@ -65,6 +67,8 @@ class WasmTrap(HostError):
         super().__init__(message)
         self.callback = callback
         self.fuel_exhausted = fuel_exhausted
+        self.result: Any = None
+        """From ``ProxyWasm.request``: the ``HttpResult`` as far as the request got."""
 
 
 class StartFailed(HostError):

@@ -119,8 +119,9 @@ class Request:
     framing: str = "http1"
 
 
-def run(context: HttpContext, request: Request) -> HttpResult:
-    result = HttpResult([], b"", [], b"")
+def run(context: HttpContext, request: Request, result: HttpResult) -> HttpResult:
+    """``request`` through the filter, filling ``result`` as it goes (what it holds when a
+    callback traps is how far the request got)."""
     headers = [(":authority", request.authority), (":path", request.path),
                (":method", request.method), (":scheme", "http"), *pairs_of(request.headers)]
     action = context.on_request_headers(headers, not request.chunks and request.trailers is None)

@@ -193,8 +193,9 @@ class EnvoyClient:
     ``wasm``: module files (run with plugin configuration ``{}``) or
     :class:`~extctl.config.WasmModule`\\ s. ``upstream(request) -> answer`` answers every
     request (:mod:`extproc.exchange`; default: 200, no body). ``transport``: how the
-    processor is served. Other keywords are fields of :class:`~extctl.config.Policy` and
-    :class:`~extctl.config.EnvoyOptions`.
+    processor is served; ``component_log_level``: Envoy's ``--component-log-level``
+    (``wasm:trace`` logs every line a module writes). Other keywords are fields of
+    :class:`~extctl.config.Policy` and :class:`~extctl.config.EnvoyOptions`.
     """
 
     __test__ = False  # not a test class, whatever module imports it
@@ -202,7 +203,7 @@ class EnvoyClient:
     def __init__(self, processor: type[extproc.Processor] | None = None, *,
                  wasm: Sequence[str | Path | WasmModule] = (),
                  upstream: Upstream | None = None, transport: str = "grpcio",
-                 **options: Any) -> None:
+                 component_log_level: str = "", **options: Any) -> None:
         self.processor = processor
         self.modules = [w if isinstance(w, WasmModule) else
                         WasmModule(Path(w).stem or "wasm", file=str(Path(w).resolve()),
@@ -210,6 +211,7 @@ class EnvoyClient:
                         for w in wasm]
         self.upstream = upstream
         self.transport = transport
+        self.component_log_level = component_log_level
         self.options = options
         self.envoy: EnvoyProcess | None = None
         self.server: extproc.ServerThread | None = None
@@ -227,8 +229,8 @@ class EnvoyClient:
             route_headers = [*self.options.pop("route_headers", ()),
                              (TAG, "%DOWNSTREAM_REMOTE_PORT%")]
             running = cleanup.enter_context(stack(
-                self.processor, sock_dir, self._http, self.transport, wasm=self.modules,
-                route_headers=route_headers, **self.options))
+                self.processor, sock_dir, self._http, self.transport, self.component_log_level,
+                wasm=self.modules, route_headers=route_headers, **self.options))
             self.envoy, self.server = running.envoy, running.server
             self._cleanup = cleanup.pop_all()
         return self

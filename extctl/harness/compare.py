@@ -34,16 +34,20 @@ for real: that is a HostError.
 
 from __future__ import annotations
 
+import re
 import tempfile
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from extproc.exchange import ExchangeResult
+from wasm.abi import LogLevel, MetricType
 from wasm.calls import GRPC_UNAVAILABLE, NO_CLUSTER, GrpcStream, Handler, ScriptedUpstream
 from wasm.emulator import ProxyWasm
-from wasm.errors import HostError
+from wasm.errors import HostError, WasmTrap
+from wasm.exchange import HttpResult
 from wasm.state import GRPC_STREAM, token_numbers
 
 from ..config import CalloutCluster, WasmModule
@@ -77,18 +81,34 @@ class Exchange:
     """Sent after a chunked (list) response body, which they end (no empty last frame)."""
     trailers: Mapping[str, str] = field(default_factory=dict)
     """Sent after a chunked (list) request body, which they end (no empty last frame)."""
+    authority: str | None = None
+    """The Host the client sends (default: a ``host`` in ``headers``, else Envoy's listener
+    address, ``127.0.0.1:PORT``): for filters that decide by host."""
 
 
 @dataclass(frozen=True)
 class Difference:
     request: int
-    """Index of the request in ``requests``."""
+    """Index of the request in ``requests``; -1 for the run as a whole (``metrics``)."""
     what: str
     """``status``, ``response_headers``, ``response_body``, ``response_trailers``,
-    ``upstream_reached``, ``upstream_headers``, ``upstream_body``, ``upstream_trailers``,
-    ``calls`` or ``grpc``."""
+    ``upstream_reached``, ``upstream_pseudo`` (``:method``, ``:path``, ``:authority``),
+    ``upstream_headers``, ``upstream_body``, ``upstream_trailers``, ``trap`` (the callback
+    that trapped during the request), ``calls``, ``grpc``; for request -1, ``logs`` (level
+    and message of each line the module logged from the first request on, sorted: through
+    Envoy a callback answering a callout or stream may log after the client has its
+    response) and ``metrics`` (counters and gauges at the end)."""
     envoy: Any
     emulator: Any
+
+
+class Differences(list[Difference]):
+    """The differences: a list, empty when both agree, and what happened outside the
+    requests."""
+
+    teardown: str | None = None
+    """How the emulator's teardown failed (``proxy_on_done`` trapping at the VM's end): Envoy
+    runs it only when it unloads the VM, which no client sees, so it is not a difference."""
 
 
 def compare_with_envoy(module: str | Path | bytes, *, requests: Sequence[Exchange],
@@ -96,11 +116,18 @@ def compare_with_envoy(module: str | Path | bytes, *, requests: Sequence[Exchang
                        name: str = "under-test", framing: str = "http1",
                        upstreams: Mapping[str, Handler] | None = None,
                        grpc_upstreams: Mapping[str, ScriptedUpstream] | None = None,
-                       ) -> list[Difference]:
+                       logs: bool = True) -> Differences:
     """Run ``requests`` through a real Envoy and through the emulator; the differences (an
     empty list when both agree). ``framing`` is the emulator's (Envoy's client and upstream
     speak HTTP/1.1); ``upstreams``: cluster -> handler for the filter's HTTP callouts,
-    ``grpc_upstreams`` for its gRPC calls and streams."""
+    ``grpc_upstreams`` for its gRPC calls and streams. Envoy's run comes first (a stateful
+    handler sees it first). ``logs=False``: the lines the module logs are not compared (when
+    they hold what differs from run to run: times, ids).
+
+    A callback that traps is compared per request, as Envoy goes on: that request gets
+    Envoy's 503 (no body), and so does every later one (the VM has failed; the generated
+    config fails closed); ``trap`` names the callback on both sides. A teardown that fails
+    in the emulator is :attr:`Differences.teardown`, not a difference."""
     http = dict(upstreams or {})
     grpc = dict(grpc_upstreams or {})
     both: dict[str, ScriptedUpstream] = {**http, **grpc}
@@ -108,17 +135,25 @@ def compare_with_envoy(module: str | Path | bytes, *, requests: Sequence[Exchang
         raise ValueError("a cluster is either in upstreams or in grpc_upstreams")
     path, cleanup = _module_file(module)
     try:
-        envoy = _through_envoy(path, list(requests), root_id, configuration, name, http, grpc)
-        emulated = _through_emulator(path, list(requests), root_id, configuration, name,
-                                     envoy["authority"], framing, both)
+        def emulate(authority: str) -> dict[str, Any]:
+            return _through_emulator(path, list(requests), root_id, configuration, name,
+                                     authority, framing, both)
+
+        envoy, emulated = _through_envoy(path, list(requests), root_id, configuration, name,
+                                         http, grpc, emulate)
     finally:
         if cleanup is not None:
             cleanup.cleanup()
-    found = []
-    for index, (seen, emulator) in enumerate(zip(envoy["seen"], emulated, strict=True)):
+    found = Differences()
+    for index, (seen, emulator) in enumerate(zip(envoy["seen"], emulated["seen"],
+                                                  strict=True)):
         for what in seen:
             if seen[what] != emulator[what]:
                 found.append(Difference(index, what, seen[what], emulator[what]))
+    for what in ("logs", "metrics") if logs else ("metrics",):
+        if envoy[what] != emulated[what]:
+            found.append(Difference(-1, what, envoy[what], emulated[what]))
+    found.teardown = emulated["teardown"]
     return found
 
 
@@ -171,6 +206,9 @@ def _view(result: ExchangeResult) -> dict[str, Any]:
         "response_body": response.body,
         "response_trailers": _ours(response.trailers.items() if response.trailers else []),
         "upstream_reached": reached,
+        "upstream_pseudo": ({name: request.headers.get(name)
+                             for name in (":method", ":path", ":authority")}
+                            if request and reached else None),
         "upstream_headers": _ours(request.headers.items()) if request and reached else None,
         "upstream_body": request.body if request and reached else None,
         "upstream_trailers": (_ours(request.trailers.items() if request.trailers else [])
@@ -180,7 +218,12 @@ def _view(result: ExchangeResult) -> dict[str, Any]:
 
 def _through_envoy(path: Path, requests: list[Exchange], root_id: str, configuration: str,
                    name: str, upstreams: Mapping[str, Handler],
-                   grpc_upstreams: Mapping[str, ScriptedUpstream]) -> dict[str, Any]:
+                   grpc_upstreams: Mapping[str, ScriptedUpstream],
+                   emulate: Callable[[str], dict[str, Any]],
+                   ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Envoy's view of each request, and the emulator's (``emulate(authority)``, run after
+    Envoy's requests while Envoy is still up: its log lines tell how many Envoy's log should
+    come to)."""
     # the real-Envoy harness; imported here so that the emulator needs none of it
     import contextlib
 
@@ -201,10 +244,13 @@ def _through_envoy(path: Path, requests: list[Exchange], root_id: str, configura
             servers.callback(server.stop)
             grpc_servers.append(server)
             clusters.append(CalloutCluster(cluster, f"127.0.0.1:{server.port}", http2=True))
-        # trailers kept both ways
+        # trailers kept both ways; every line a module logs
         client = servers.enter_context(EnvoyClient(wasm=[plugin], clusters=clusters,
-                                                   http1_trailers=True))
+                                                   http1_trailers=True,
+                                                   component_log_level="wasm:trace"))
+        assert client.envoy is not None
         authority = f"127.0.0.1:{client.port}"
+        logged = start = len(client.envoy.log())  # not the VMs' start-up: one per thread
         for index, spec in enumerate(requests):
             calls.clear()
             for server in grpc_servers:
@@ -212,7 +258,8 @@ def _through_envoy(path: Path, requests: list[Exchange], root_id: str, configura
             chunked = isinstance(spec.response_body, list)
             try:
                 reply = client.request(
-                    spec.method, spec.path, authority=authority, headers=spec.headers,
+                    spec.method, spec.path, authority=spec.authority or authority,
+                    headers=spec.headers,
                     body=spec.body, trailers=spec.trailers, status=spec.status,
                     response_headers=spec.response_headers, response_body=spec.response_body,
                     response_trailers=spec.response_trailers if chunked else None,
@@ -226,61 +273,129 @@ def _through_envoy(path: Path, requests: list[Exchange], root_id: str, configura
                 server.settle()
             if failures:
                 raise HostError(failures[0])
+            _stream_done(client.envoy)
+            log = client.envoy.log()
+            trapped = _TRAPPED.search(log, logged)
+            logged = len(log)
             seen.append({
                 **_view(reply),
+                "trap": trapped.group(1) if trapped else None,
                 "calls": list(calls),
                 "grpc": _stream_views([s for server in grpc_servers for s in server.streams]),
             })
-    return {"seen": seen, "authority": authority}
+        # the emulator's run while Envoy is still up, then what callbacks after the last
+        # response log: waited for, as many lines as the emulator's, a few seconds at most
+        emulated = emulate(authority)
+        deadline = time.monotonic() + 3
+        while (len(lines := _module_lines(client.envoy.log()[start:], name, root_id))
+               < len(emulated["logs"]) and time.monotonic() < deadline):
+            time.sleep(0.02)
+        metrics = {stat.removeprefix("wasmcustom."): value
+                   for stat, value in client.envoy.stats("wasmcustom.").items()}
+    return {"seen": seen, "logs": sorted(lines), "metrics": metrics}, emulated
+
+
+_TRAPPED = re.compile(r"Function: (\w+) failed")
+_LEVELS = {"trace": LogLevel.TRACE, "debug": LogLevel.DEBUG, "info": LogLevel.INFO,
+           "warning": LogLevel.WARN, "error": LogLevel.ERROR, "critical": LogLevel.CRITICAL}
+
+
+def _module_lines(log: str, name: str, root_id: str) -> list[tuple[str, str]]:
+    """The lines the module logged, from Envoy's log: (level, message)."""
+    # as Envoy writes it: plugin, root id and VM (named after the plugin) for a stream's
+    # context, the VM alone for callbacks Envoy runs on the VM's own context
+    stream = " ".join(part for part in (name, root_id, name) if part)
+    pattern = re.compile(r"^\[[^\]]*\]\[\d+\]\[(\w+)\]\[wasm\] \[[^\]]*\] wasm log "
+                         rf"(?:{re.escape(stream)}|{re.escape(name)}): (.*)$", re.M)
+    return [(_LEVELS[level].name, message) for level, message in pattern.findall(log)
+            if level in _LEVELS]
+
+
+def _stream_done(envoy: Any) -> None:
+    """Wait (bounded) until Envoy has finished the request's stream: its access-log phase
+    (``proxy_on_log``) runs after the client has the response."""
+    deadline = time.monotonic() + 5
+    while envoy.stats("http.ingress.downstream_rq_active").get(
+            "http.ingress.downstream_rq_active", 0) and time.monotonic() < deadline:
+        time.sleep(0.01)
 
 
 def _through_emulator(path: Path, requests: list[Exchange], root_id: str,
                       configuration: str, name: str, authority: str,
                       framing: str, upstreams: Mapping[str, ScriptedUpstream],
-                      ) -> list[dict[str, Any]]:
+                      ) -> dict[str, Any]:
     seen = []
     # Envoy names the VM after the module (see extctl.config.envoy)
-    with ProxyWasm(path, plugin_configuration=configuration, root_id=root_id, vm_id=name,
-                   plugin_name=name, framing=framing, upstreams=upstreams) as plugin:
-        for spec in requests:
-            chunked = isinstance(spec.body, list)
-            # what the filter gets through Envoy: the client's headers in http.client's order
-            # (its accept-encoding and content-length first), Host as :authority, no
-            # transfer-encoding (Envoy's codec takes it off a request), then the
-            # x-forwarded-proto Envoy adds
-            given = [(k.lower(), v) for k, v in spec.headers.items()]
-            names = {k for k, _ in given}
-            sent = [] if "accept-encoding" in names else [("accept-encoding", "identity")]
-            if not chunked and "content-length" not in names and (
-                    spec.body or spec.method in ("POST", "PUT", "PATCH")):
-                sent.append(("content-length", str(len(spec.body))))
-            sent += [(k, v) for k, v in given if k != "host"]
-            sent.append(("x-forwarded-proto", "http"))
-            # what the upstream answered with, its framing header last (it stays in the
-            # response headers Envoy hands the filter); trailers only after chunks
-            answered = list(spec.response_headers.items())
-            if isinstance(spec.response_body, list):
-                answered.append(("transfer-encoding", "chunked"))
-            else:
-                answered.append(("content-length", str(len(spec.response_body))))
+    plugin = ProxyWasm(path, plugin_configuration=configuration, root_id=root_id, vm_id=name,
+                       plugin_name=name, framing=framing, upstreams=upstreams,
+                       log_level=LogLevel.TRACE)
+    first_log = len(plugin.logs)
+    for spec in requests:
+        chunked = isinstance(spec.body, list)
+        # what the filter gets through Envoy: the client's headers in http.client's order
+        # (its accept-encoding and content-length first), Host as :authority, no
+        # transfer-encoding (Envoy's codec takes it off a request), then the
+        # x-forwarded-proto Envoy adds
+        given = [(k.lower(), v) for k, v in spec.headers.items()]
+        names = {k for k, _ in given}
+        sent = [] if "accept-encoding" in names else [("accept-encoding", "identity")]
+        if not chunked and "content-length" not in names and (
+                spec.body or spec.method in ("POST", "PUT", "PATCH")):
+            sent.append(("content-length", str(len(spec.body))))
+        sent += [(k, v) for k, v in given if k != "host"]
+        sent.append(("x-forwarded-proto", "http"))
+        # what the upstream answered with, its framing header last (it stays in the
+        # response headers Envoy hands the filter); trailers only after chunks
+        answered = list(spec.response_headers.items())
+        if isinstance(spec.response_body, list):
+            answered.append(("transfer-encoding", "chunked"))
+        else:
+            answered.append(("content-length", str(len(spec.response_body))))
+        broken = plugin.vm.broken is not None
+        try:
             result = plugin.request(
                 method=spec.method, path=spec.path, headers=sent, body=spec.body,
-                authority=dict(given).get("host", authority),
-                trailers=dict(spec.trailers) if chunked and spec.trailers else None,
+                authority=spec.authority or dict(given).get("host", authority),
+            trailers=dict(spec.trailers) if chunked and spec.trailers else None,
                 status=spec.status, response_headers=answered,
                 response_body=spec.response_body,
                 response_trailers=(dict(spec.response_trailers) if spec.response_trailers
                                    and isinstance(spec.response_body, list) else None))
-            seen.append({
-                **_view(result),
-                "calls": [call_view(c.cluster, c.headers, c.body, _ours)
-                          for c in result.calls if c.kind == "http"],
-                "grpc": sorted(_stream_views([s for s in result.grpc_streams
-                                              if s.status != (GRPC_UNAVAILABLE, NO_CLUSTER)])
-                               + [stream_view(c.cluster, c.service, c.method, c.headers,
-                                              [c.body], _ours)
-                                  for c in result.calls
-                                  if c.kind == "grpc" and c.failure != "no cluster"],
-                               key=repr),
-            })
-    return seen
+            trap = None
+        except WasmTrap as trapped:
+            # Envoy answers 503 itself, now and for every later request (the VM failed)
+            trap = None if broken else trapped.callback
+            result = _failed_closed(trapped.result if not broken else None)
+        seen.append({
+            **_view(result),
+            "trap": trap,
+            "calls": [call_view(c.cluster, c.headers, c.body, _ours)
+                      for c in result.calls if c.kind == "http"],
+            "grpc": sorted(_stream_views([s for s in result.grpc_streams
+                                          if s.status != (GRPC_UNAVAILABLE, NO_CLUSTER)])
+                           + [stream_view(c.cluster, c.service, c.method, c.headers,
+                                          [c.body], _ours)
+                              for c in result.calls
+                              if c.kind == "grpc" and c.failure != "no cluster"],
+                           key=repr),
+        })
+    logs = sorted((line.level.name, line.message) for line in plugin.logs[first_log:])
+    teardown = None
+    try:
+        plugin.close()
+    except WasmTrap as trapped:
+        teardown = str(trapped)
+    metrics = {metric: value for metric, value in plugin.metrics.values.items()
+               if plugin.metrics.kinds[metric] != MetricType.HISTOGRAM}
+    return {"seen": seen, "logs": logs, "metrics": metrics, "teardown": teardown}
+
+
+def _failed_closed(partial: HttpResult | None) -> HttpResult:
+    """What the client gets from Envoy when the filter's VM has failed: 503, no body; the
+    upstream as far as the request had got (a request phase's trap: not reached)."""
+    result = HttpResult([], b"", [(":status", "503")], b"")
+    if partial is not None and partial.upstream_reached:
+        result.request_headers, result.request_body = partial.request_headers, \
+            partial.request_body
+        result.request_trailers, result.upstream_reached = partial.request_trailers, True
+    return result

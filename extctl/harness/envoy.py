@@ -60,12 +60,14 @@ class EnvoyProcess:
 
     def __init__(self, config: Any, workdir: str | os.PathLike[str] | None = None, *,
                  concurrency: int = 1, log_level: str = "warning",
-                 start_timeout: float = 30.0) -> None:
+                 component_log_level: str = "", start_timeout: float = 30.0) -> None:
         self._own_dir = workdir is None
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="extctl-envoy-"))
         self.config = config
         self.concurrency = concurrency
         self.log_level = log_level
+        self.component_log_level = component_log_level
+        """Envoy's ``--component-log-level`` (``wasm:trace``: every line a module logs)."""
         self.start_timeout = start_timeout
         self.process: subprocess.Popen[bytes] | None = None
         self.admin_address = ""
@@ -95,6 +97,8 @@ class EnvoyProcess:
                    "--concurrency", str(self.concurrency), "-l", self.log_level,
                    "--admin-address-path", str(admin_path),
                    "--drain-time-s", "1", "--parent-shutdown-time-s", "2"]
+        if self.component_log_level:
+            command += ["--component-log-level", self.component_log_level]
         with open(self.log_path, "ab") as log:
             # Its own session (a terminal's signals are ours to act on), and gone with us
             # even when we are killed outright.

@@ -81,10 +81,12 @@ def require_free(address: str, what: str) -> None:
 @contextlib.contextmanager
 def stack(processor: type[extproc.Processor] | None, sock_dir: Path,
           echo: ServedOnThread | None,
-          transport: str = "grpcio", **options: Any) -> Iterator[Stack]:
+          transport: str = "grpcio", component_log_level: str = "",
+          **options: Any) -> Iterator[Stack]:
     r"""The processor on a Unix socket in ``sock_dir`` (served in this process) and a real
     Envoy in front of it; ``echo`` (None: Envoy answers 200 itself) as the upstream.
-    ``transport``: how the processor is served (:attr:`~extproc.ServerConfig.transport`).
+    ``transport``: how the processor is served (:attr:`~extproc.ServerConfig.transport`);
+    ``component_log_level``: Envoy's ``--component-log-level`` (``wasm:trace``).
 
     ``options`` are fields of :class:`~extctl.config.Policy` and
     :class:`~extctl.config.EnvoyOptions`, and ``wasm`` (:class:`~extctl.config.WasmModule`\ s).
@@ -100,7 +102,8 @@ def stack(processor: type[extproc.Processor] | None, sock_dir: Path,
             processor, addresses=[socket_path] if processor is not None else [],
             upstreams=[echo.address] if echo is not None else [], **options)
         envoy = cleanup.enter_context(EnvoyProcess(deployment.envoy_bootstrap(),
-                                                   sock_dir / "envoy"))
+                                                   sock_dir / "envoy",
+                                                   component_log_level=component_log_level))
         yield Stack(server, envoy)
 
 

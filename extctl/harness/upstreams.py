@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import queue
 import re
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -353,6 +354,11 @@ class _Answering(BaseHTTPRequestHandler):
 
 class _Server(ThreadingHTTPServer):
     upstream: HttpUpstream
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # Envoy closing a connection it reset (or is done with) is not an error to print
+        if not isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
+            super().handle_error(request, client_address)
 
 
 class HttpUpstream(ServedOnThread):

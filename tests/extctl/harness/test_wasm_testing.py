@@ -125,10 +125,12 @@ def test_grpc_streams_are_compared_with_a_real_grpc_server_behind_the_cluster():
 
     requests = [Exchange(path="/echo"), Exchange(path="/deny"), Exchange(path="/late"),
                 Exchange(path="/echo", headers={"x-end": "1"})]
-    assert compare_with_envoy(MODULE, requests=requests, grpc_upstreams={"grpc": Talk()}) == []
+    # (the module logs the gRPC answers' headers, x-envoy-upstream-service-time included)
+    assert compare_with_envoy(MODULE, requests=requests, grpc_upstreams={"grpc": Talk()},
+                              logs=False) == []
     # a plain handler serves each message as a unary call would, on both sides
     upper = compare_with_envoy(MODULE, requests=requests[:1], grpc_upstreams={
-        "grpc": lambda call: (0, {}, call.body.upper())})
+        "grpc": lambda call: (0, {}, call.body.upper())}, logs=False)
     assert upper == []
 
 
@@ -171,7 +173,7 @@ def test_a_stateful_grpc_handler_sees_the_same_streams_in_both_runs():
     requests = [Exchange(path="/deny", headers={"x-keep": "1"}), Exchange(path="/late"),
                 Exchange(path="/echo", headers={"x-cancel": "1"}), Exchange(path="/echo")]
     assert compare_with_envoy(MODULE, requests=requests,
-                              grpc_upstreams={"grpc": Recording()}) == []
+                              grpc_upstreams={"grpc": Recording()}, logs=False) == []
     # the real server numbers streams as the emulator does; an upstream that closed is not
     # told of a cancel; a stream cancelled before it was sent may reach the real server
     # (late) or not at all
@@ -235,3 +237,63 @@ def test_trailers_end_a_body_as_in_envoy():
     assert seen[0].request_trailers == [("x-rt", "1"), ("x-calls", "H0DDT1")]
     assert seen[0].response_trailers == [("x-pt", "2"), ("x-pu", "3"), ("x-calls", "H0DDT2")]
     assert seen[1].response_trailers == [("x-pt", "2"), ("x-calls", "H0T1")]
+
+
+def test_a_trap_is_compared_per_request_and_a_trap_at_teardown_is_reported_apart():
+    """A callback that traps: that request and every later one get Envoy's 503 (the VM
+    failed, the config fails closed), in both runs; the root context's proxy_on_done trapping
+    when the VM goes is the emulator's teardown failure, not a difference."""
+    module = bytes(wasmtime.wat2wasm((WAT / "trap.wat").read_text()))
+    requests = [Exchange(path="/ok"), Exchange(path="/t", headers={"x-trap": "1"}),
+                Exchange(path="/after")]
+    found = compare_with_envoy(module, requests=requests)
+    assert found == [] and found.teardown is None  # (a failed VM is not torn down)
+    healthy = compare_with_envoy(module, requests=[requests[0], requests[2]])
+    assert healthy == []
+    assert healthy.teardown is not None and "proxy_on_done trapped" in healthy.teardown
+
+
+def test_a_trap_on_one_side_only_is_a_difference_named_trap(monkeypatch):
+    """The emulator made not to trap (a fault injected on its side): the comparison names the
+    callback Envoy's log reports and the statuses."""
+    import wasm.emulator
+
+    request = wasm.emulator.ProxyWasm.request
+
+    def no_trap(self, method="GET", path="/", **kwargs):
+        headers = [(k, v) for k, v in kwargs.pop("headers", None) or [] if k != "x-trap"]
+        return request(self, method, path, headers=headers, **kwargs)
+
+    monkeypatch.setattr(wasm.emulator.ProxyWasm, "request", no_trap)
+    module = bytes(wasmtime.wat2wasm((WAT / "trap.wat").read_text()))
+    found = compare_with_envoy(module, requests=[Exchange(headers={"x-trap": "1"})])
+    by_field = {(d.request, d.what): (d.envoy, d.emulator) for d in found}
+    assert by_field[(0, "trap")] == ("proxy_on_request_headers", None)
+    assert by_field[(0, "status")] == (503, 200)
+
+
+def test_logs_metrics_and_the_authority_are_compared(tmp_path, monkeypatch):
+    """host_calls logs a line per request and counts requests in a metric: both compared over
+    the run; an exchange's authority reaches the filter and the upstream on both sides. Lines
+    and counts made to differ on the emulator's side are reported as request -1."""
+    import wasm.emulator
+
+    module = bytes(wasmtime.wat2wasm((WAT / "host_calls.wat").read_text()))
+    requests = [Exchange(path="/a", authority="tenant.example"), Exchange(path="/b")]
+    assert compare_with_envoy(module, requests=requests, configuration="cfg-1") == []
+
+    request = wasm.emulator.ProxyWasm.request
+
+    def extra(self, *args, **kwargs):
+        result = request(self, *args, **kwargs)
+        self.state.logs.append(type(self.logs[0])(self.logs[0].level, "extra", 0))
+        self.metrics.values["requests"] += 1
+        return result
+
+    monkeypatch.setattr(wasm.emulator.ProxyWasm, "request", extra)
+    found = compare_with_envoy(module, requests=requests[:1], configuration="cfg-1")
+    by_field = {(d.request, d.what): (d.envoy, d.emulator) for d in found}
+    assert set(by_field) == {(-1, "logs"), (-1, "metrics")}
+    envoy_lines, emulator_lines = by_field[(-1, "logs")]
+    assert [m for _, m in emulator_lines if m not in {m for _, m in envoy_lines}] == ["extra"]
+    assert by_field[(-1, "metrics")] == ({"requests": 1}, {"requests": 2})
