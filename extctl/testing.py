@@ -14,9 +14,9 @@ Envoy on your own module and requests (:mod:`extctl.harness.compare`).
 """
 
 from .harness.client import EnvoyClient
-from .harness.compare import Difference, Exchange, compare_with_envoy
+from .harness.compare import Difference, Differences, Exchange, compare_with_envoy
 from .harness.envoy import EnvoyProcess, find_envoy
 from .harness.stack import Reply, Stack, envoy_stack, http, stack
 
-__all__ = ["Difference", "EnvoyClient", "EnvoyProcess", "Exchange", "Reply", "Stack",
-           "compare_with_envoy", "envoy_stack", "find_envoy", "http", "stack"]
+__all__ = ["Difference", "Differences", "EnvoyClient", "EnvoyProcess", "Exchange", "Reply",
+           "Stack", "compare_with_envoy", "envoy_stack", "find_envoy", "http", "stack"]

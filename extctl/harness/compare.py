@@ -54,7 +54,7 @@ from ..config import CalloutCluster, WasmModule
 from .echo import EchoServer
 from .upstreams import GrpcUpstream, call_view, http_answer, stream_view
 
-__all__ = ["IGNORED", "Difference", "Exchange", "compare_with_envoy"]
+__all__ = ["IGNORED", "Difference", "Differences", "Exchange", "compare_with_envoy"]
 
 _ANSWER_SECONDS = 30
 
