@@ -1,5 +1,6 @@
-"""The proxy-wasm ABI (0.2.0 / 0.2.1) as the host sees it: enumerations, the host functions
-the emulator implements (with their wasm signatures), and the header-map wire format."""
+"""The proxy-wasm ABI (0.1.0, 0.2.0, 0.2.1) as the host sees it: enumerations, the host
+functions the emulator implements and the callbacks it calls (with their wasm signatures, as
+Envoy 1.40 declares them), and the header-map wire format."""
 
 from __future__ import annotations
 
@@ -120,9 +121,18 @@ HOST_FUNCTIONS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "proxy_enqueue_shared_queue": ((I32, I32, I32), (I32,)),
     "proxy_dequeue_shared_queue": ((I32, I32, I32), (I32,)),
     "proxy_call_foreign_function": ((I32,) * 6, (I32,)),
+    # ABI 0.1.0 only: 0.2.0 replaced them with proxy_continue_stream and the configuration
+    # buffers, and dropped proxy_clear_route_cache
+    "proxy_get_configuration": ((I32, I32), (I32,)),
+    "proxy_continue_request": ((), (I32,)),
+    "proxy_continue_response": ((), (I32,)),
+    "proxy_clear_route_cache": ((), (I32,)),
 }
-"""The host functions the emulator implements (for ABI 0.2.0, less ``proxy_get_log_level``,
-which Envoy gives 0.2.1 modules only)."""
+"""The host functions the emulator implements; which an ABI gets, as in Envoy: see
+:func:`import_signatures`."""
+ONLY_0_1_0 = frozenset({"proxy_get_configuration", "proxy_continue_request",
+                        "proxy_continue_response", "proxy_clear_route_cache"})
+SINCE_0_2_0 = frozenset({"proxy_continue_stream", "proxy_close_stream"})
 ONLY_0_2_1 = frozenset({"proxy_get_log_level"})
 
 WASI_FUNCTIONS: dict[tuple[str, ...], tuple[tuple[str, ...], tuple[str, ...]]] = {
@@ -213,23 +223,88 @@ def deserialize_map(data: bytes) -> list[tuple[bytes, bytes]]:
 
 Signature = tuple[tuple[str, ...], tuple[str, ...]]
 
-SUPPORTED_ABIS = ("0_2_0", "0_2_1")
-"""The ABI versions the emulator (and Envoy) speak."""
+SUPPORTED_ABIS = ("0_1_0", "0_2_0", "0_2_1")
+"""The ABI versions the emulator (and Envoy 1.40) speak."""
 
 
 def supported_abi(versions: Iterable[str]) -> str | None:
-    """The newest of ``versions`` the emulator speaks, or None."""
-    found = [v for v in versions if v in SUPPORTED_ABIS]
-    return found[-1] if found else None
+    """The first of ``versions`` (the module's exports, in order) the emulator speaks, or
+    None: Envoy goes by the first ``proxy_abi_version_*`` export it knows."""
+    return next((v for v in versions if v in SUPPORTED_ABIS), None)
+
+
+def _offered(name: str, abi: str) -> bool:
+    if name in ONLY_0_1_0:
+        return abi == "0_1_0"
+    if name in SINCE_0_2_0:
+        return abi != "0_1_0"
+    return abi == "0_2_1" or name not in ONLY_0_2_1
 
 
 def import_signatures(abi: str = "0_2_1") -> dict[tuple[str, str], Signature]:
     """(module, name) -> (params, results) of every import the emulator gives a module of
     ``abi``, as Envoy gives them."""
-    found = {("env", n): sig for n, sig in HOST_FUNCTIONS.items()
-             if abi == "0_2_1" or n not in ONLY_0_2_1}
+    found = {("env", n): sig for n, sig in HOST_FUNCTIONS.items() if _offered(n, abi)}
     found.update({("env", n): sig for n, sig in ENV_EXTRAS.items()})
     found.update({(m, n): sig for m in WASI_MODULES for names, sig in WASI_FUNCTIONS.items()
                   for n in names})
     return found
 
+
+
+_WORD = (I32,)
+CALLBACKS: dict[str, Signature] = {
+    "_initialize": ((), ()), "_start": ((), ()), "main": ((I32, I32), _WORD),
+    "__main_void": ((), _WORD), "malloc": ((I32,), _WORD),
+    "proxy_on_memory_allocate": ((I32,), _WORD),
+    "proxy_validate_configuration": ((I32, I32), _WORD),
+    "proxy_on_vm_start": ((I32, I32), _WORD), "proxy_on_configure": ((I32, I32), _WORD),
+    "proxy_on_tick": ((I32,), ()), "proxy_on_context_create": ((I32, I32), ()),
+    "proxy_on_new_connection": ((I32,), _WORD),
+    "proxy_on_downstream_data": ((I32, I32, I32), _WORD),
+    "proxy_on_upstream_data": ((I32, I32, I32), _WORD),
+    "proxy_on_downstream_connection_close": ((I32, I32), ()),
+    "proxy_on_upstream_connection_close": ((I32, I32), ()),
+    "proxy_on_request_headers": ((I32, I32, I32), _WORD),
+    "proxy_on_request_body": ((I32, I32, I32), _WORD),
+    "proxy_on_request_trailers": ((I32, I32), _WORD),
+    "proxy_on_request_metadata": ((I32, I32), _WORD),
+    "proxy_on_response_headers": ((I32, I32, I32), _WORD),
+    "proxy_on_response_body": ((I32, I32, I32), _WORD),
+    "proxy_on_response_trailers": ((I32, I32), _WORD),
+    "proxy_on_response_metadata": ((I32, I32), _WORD),
+    "proxy_on_http_call_response": ((I32,) * 5, ()),
+    "proxy_on_grpc_receive": ((I32, I32, I32), ()),
+    "proxy_on_grpc_close": ((I32, I32, I32), ()),
+    "proxy_on_grpc_receive_initial_metadata": ((I32, I32, I32), ()),
+    "proxy_on_grpc_receive_trailing_metadata": ((I32, I32, I32), ()),
+    "proxy_on_queue_ready": ((I32, I32), ()),
+    "proxy_on_foreign_function": ((I32, I32, I32), ()),
+    "proxy_on_done": ((I32,), _WORD), "proxy_on_log": ((I32,), ()),
+    "proxy_on_delete": ((I32,), ()),
+}
+"""Every export Envoy looks for, with the signature it requires (it refuses the module when
+one has another)."""
+HEADERS_CALLBACKS = ("proxy_on_request_headers", "proxy_on_response_headers")
+"""The callbacks ABI 0.1.0 calls without end_of_stream."""
+
+
+def callback_signatures(abi: str, exported: Iterable[str]) -> dict[str, Signature]:
+    """name -> signature of the exports among ``exported`` that Envoy looks for in a module of
+    ``abi`` (and so checks): main or __main_void only next to _initialize, _start only without
+    it, proxy_on_memory_allocate only without malloc, proxy_on_foreign_function from 0.2.0."""
+    names = set(exported)
+    found = {n: sig for n, sig in CALLBACKS.items() if n in names}
+    if "_initialize" in names:
+        found.pop("_start", None)
+    else:
+        found.pop("main", None)
+        found.pop("__main_void", None)
+    if "malloc" in names:
+        found.pop("proxy_on_memory_allocate", None)
+    if abi == "0_1_0":
+        found.pop("proxy_on_foreign_function", None)
+        for name in HEADERS_CALLBACKS:
+            if name in found:
+                found[name] = ((I32, I32), _WORD)
+    return found

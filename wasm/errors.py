@@ -4,7 +4,7 @@
     ├── InvalidModule    not a WebAssembly module (or one wasmtime rejects)
     ├── DigestMismatch   a file's sha256 is not the one expected
     └── HostError        the proxy-wasm emulator cannot run the module as Envoy would
-        ├── UnsupportedAbi   no proxy-wasm ABI export, or only 0.1.0
+        ├── UnsupportedAbi   no proxy-wasm ABI Envoy speaks, a callback of another signature
         ├── MissingImports   imports the emulator does not provide (all named)
         ├── WasmTrap         the module trapped, ran out of fuel or exited (callback named)
         ├── StartFailed      proxy_on_vm_start or proxy_on_configure answered false
@@ -49,7 +49,9 @@ class HostError(WasmError):
 
 
 class UnsupportedAbi(HostError):
-    """The module exports no proxy-wasm ABI version the emulator speaks (0.2.0, 0.2.1)."""
+    """The module exports no proxy-wasm ABI version the emulator (and Envoy 1.40) speaks (0.1.0,
+    0.2.0, 0.2.1), exports a callback with another signature than Envoy calls it with, or
+    has no memory Envoy could hand data in."""
 
 
 class MissingImports(HostError):

@@ -274,6 +274,27 @@ class HostFunctions:
         context.reset = True
         return Status.OK
 
+    # ABI 0.1.0's forms of the above
+
+    def proxy_get_configuration(self, ptr_ptr: int, size_ptr: int) -> int:
+        # Envoy lends the plugin's configuration while it holds the plugin (creating the root
+        # context, configuring), the VM's otherwise
+        state = self.state
+        configuration = (state.plugin_configuration if state.phase in ("root_create", "configure")
+                         else state.vm_configuration)
+        return self.hand_back("proxy_get_configuration", configuration, ptr_ptr, size_ptr)
+
+    def proxy_continue_request(self) -> int:
+        return self.proxy_continue_stream(StreamType.REQUEST)
+
+    def proxy_continue_response(self) -> int:
+        return self.proxy_continue_stream(StreamType.RESPONSE)
+
+    def proxy_clear_route_cache(self) -> int:
+        if self.state.stream is not None:
+            self.state.stream.route_cache_cleared += 1
+        return Status.OK
+
     def proxy_set_effective_context(self, context_id: int) -> int:
         return Status.OK if self.state.set_effective_context(context_id) else Status.BAD_ARGUMENT
 
@@ -477,3 +498,22 @@ class HostFunctions:
                 found[(module, name)] = function
         return found
 
+
+
+def for_abi(table: dict[tuple[str, str], Callable[..., Any]], abi: str, memory: Memory
+            ) -> dict[tuple[str, str], Callable[..., Any]]:
+    """``table`` with the answers that differ for ``abi``: in 0.1.0 a header a map lacks (or
+    a map gone in the access-log phase) reads as an empty value, OK, where later ABIs answer
+    NOT_FOUND."""
+    if abi != "0_1_0":
+        return table
+    get = table[("env", "proxy_get_header_map_value")]
+
+    def proxy_get_header_map_value(kind: int, key_ptr: int, key_size: int, ptr_ptr: int,
+                                   size_ptr: int) -> int:
+        status = get(kind, key_ptr, key_size, ptr_ptr, size_ptr)
+        if status != Status.NOT_FOUND:
+            return int(status)
+        return memory.hand_back("proxy_get_header_map_value", b"", ptr_ptr, size_ptr)
+
+    return {**table, ("env", "proxy_get_header_map_value"): proxy_get_header_map_value}

@@ -20,7 +20,13 @@ from wasmtime import _bindings
 from wasmtime import _ffi as ffi
 from wasmtime._extern import wrap_extern
 
-from .abi import CONTEXT_FREE, Signature, import_signatures
+from .abi import (
+    CONTEXT_FREE,
+    HEADERS_CALLBACKS,
+    Signature,
+    callback_signatures,
+    import_signatures,
+)
 from .compiled import load
 from .digest import WASM_MAGIC
 from .errors import (
@@ -31,6 +37,7 @@ from .errors import (
     UnsupportedAbi,
     WasmTrap,
 )
+from .imports import for_abi
 from .memory import Memory
 from .module import has_start, import_problems
 from .state import PluginState
@@ -78,16 +85,30 @@ def _slots(kinds: tuple[str, ...] | list[str]) -> struct.Struct:
                                         for k in kinds))
 
 
+class _Leading:
+    """A parameter layout packing the first ``count`` of the arguments it is given."""
+
+    def __init__(self, layout: struct.Struct, count: int) -> None:
+        self.layout, self.count = layout, count
+
+    def pack_into(self, buffer: Any, offset: int, *args: int) -> None:
+        self.layout.pack_into(buffer, offset, *args[:self.count])
+
+
 class _Export:
     """An export ready to call: its function, a value buffer, its parameter layout."""
 
-    def __init__(self, func: Any, params: list[str], results: int) -> None:
+    def __init__(self, func: Any, params: list[str], results: int,
+                 arguments: int | None = None) -> None:
+        """``arguments``: how many of the arguments a call passes the export takes (all when
+        None)."""
         slots = max(len(params), results, 1)
         self.values = (_Raw * slots)()
         self.slots = slots
         self.keep = func  # the address below points into it
         self.func = ctypes.addressof(func)
-        self.params = _slots(params)
+        layout = _slots(params)
+        self.params = layout if arguments is None else _Leading(layout, arguments)
         self.address = ctypes.addressof(self.values)
         self.results = results
 
@@ -122,7 +143,7 @@ class Vm:
         self._context_address = ctypes.cast(self._context, ctypes.c_void_p).value
         self._callbacks: list[Any] = []  # ctypes thunks must outlive the instance
         self.memory = Memory(self._context, ffi.wasmtime_memory_t())
-        table = functions(self.memory)
+        table = for_abi(functions(self.memory), self.abi, self.memory)
         self._refuel()  # a start function runs while instantiating
         instance, memory = self._link(table)
         self._instance = instance
@@ -132,6 +153,7 @@ class Vm:
         self._exported = {e.name: e.type for e in exported
                           if isinstance(e.type, wasmtime.FuncType)}
         self._functions: dict[str, _Export] = {}
+        self._check_callbacks()
         # The memory Envoy hands data in: the last one the module exports, whatever its
         # name, else the one it imports (proxy-wasm-cpp-host on V8).
         last = next((e.name for e in reversed(exported)
@@ -154,6 +176,20 @@ class Vm:
         self.allocator = allocator
         self.memory.allocate = self.allocate
 
+    def _check_callbacks(self) -> None:
+        """UnsupportedAbi, with Envoy's reason, when an export Envoy calls has another
+        signature than the one Envoy calls it with."""
+        for name, (params, results) in callback_signatures(self.abi, self._exported).items():
+            kind = self._exported[name]
+            found = (tuple(str(t) for t in kind.params), tuple(str(t) for t in kind.results))
+            if found != (params, results):
+                def shown(types: tuple[str, ...]) -> str:
+                    return " ".join(types) or "void"
+                raise UnsupportedAbi(
+                    f"Envoy refuses the module (ABI {self.abi}): Bad function signature for: "
+                    f"{name}, want: {shown(params)} -> {shown(results)}, but the module "
+                    f"exports: {shown(found[0])} -> {shown(found[1])}")
+
     def has_export(self, name: str) -> bool:
         """Whether the module exports a function ``name``."""
         return name in self._exported
@@ -174,8 +210,10 @@ class Vm:
         if kind is None:
             return None
         func = self._export(name)
+        # ABI 0.1.0's headers callbacks take no end_of_stream
+        arguments = 2 if self.abi == "0_1_0" and name in HEADERS_CALLBACKS else None
         found = self._functions[name] = _Export(func._func, [str(p) for p in kind.params],
-                                                len(kind.results))
+                                                len(kind.results), arguments)
         return found
 
     def _link(self, table: dict[tuple[str, str], Callable[..., Any]]

@@ -162,8 +162,7 @@ def test_imports_the_emulator_lacks_are_named_at_load_time():
     assert "env.proxy_made_up, env.proxy_also_made_up" in str(missing.value)
 
 
-@pytest.mark.parametrize(("abi", "message"), [("0_1_0", "ABI 0_1_0 is not supported"),
-                                              ("9_9_9", "ABI 9_9_9 is not supported")])
+@pytest.mark.parametrize(("abi", "message"), [("9_9_9", "ABI 9_9_9 is not supported")])
 def test_unsupported_abis_are_refused(abi, message):
     with pytest.raises(UnsupportedAbi, match=message):
         ProxyWasm(_module("(i32.const 0)", abi=abi))
@@ -192,9 +191,14 @@ def test_inspect_flags_imports_the_emulator_cannot_provide(tmp_path):
                                                        '(func (param i32 i32) (result i32)))'))
     assert "would refuse it: env.proxy_log (signature)" in CliRunner().invoke(
         cli, ["inspect", str(wrong)]).output
-    old = tmp_path / "old.wasm"
-    old.write_bytes(_module("(i32.const 0)", abi="0_1_0"))
-    assert "would refuse it: proxy-wasm ABI 0_1_0" in CliRunner().invoke(
+    unknown = tmp_path / "unknown.wasm"
+    unknown.write_bytes(_module("(i32.const 0)", abi="9_9_9"))
+    assert "would refuse it: proxy-wasm ABI 9_9_9" in CliRunner().invoke(
+        cli, ["inspect", str(unknown)]).output
+    old = tmp_path / "old.wasm"  # continue_stream came with 0.2.0
+    old.write_bytes(_module("(i32.const 0)", abi="0_1_0", imports='(import "env" '
+                            '"proxy_continue_stream" (func (param i32) (result i32)))'))
+    assert "would refuse it: env.proxy_continue_stream" in CliRunner().invoke(
         cli, ["inspect", str(old)]).output
     fine = tmp_path / "fine.wasm"
     fine.write_bytes(_wat("host_calls.wat"))

@@ -1,0 +1,78 @@
+;; A proxy-wasm ABI 0.1.0 filter: the host functions only 0.1.0 has (proxy_get_configuration,
+;; proxy_continue_request, proxy_continue_response, proxy_clear_route_cache) and its headers
+;; callbacks, which take no end_of_stream. What each call answered is added to the response:
+;; - x-create-config, x-vm-config, x-plugin-config, x-request-config: proxy_get_configuration
+;;   in the root context's proxy_on_context_create, in proxy_on_vm_start, proxy_on_configure
+;;   and proxy_on_request_headers, as "[value]";
+;; - x-status: "NN," per call (two digits): get_configuration (create, vm start, configure),
+;;   then in the request: get_header_map_value of a header the request lacks and the size it
+;;   handed back, continue_request, clear_route_cache, get_configuration; then in the response
+;;   continue_response.
+(module
+  (import "env" "proxy_get_configuration" (func $get_configuration (param i32 i32) (result i32)))
+  (import "env" "proxy_continue_request" (func $continue_request (result i32)))
+  (import "env" "proxy_continue_response" (func $continue_response (result i32)))
+  (import "env" "proxy_clear_route_cache" (func $clear_route_cache (result i32)))
+  (import "env" "proxy_get_header_map_value" (func $get (param i32 i32 i32 i32 i32) (result i32)))
+  (import "env" "proxy_add_header_map_value" (func $add (param i32 i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (global $heap (mut i32) (i32.const 8192))
+  (data (i32.const 100) "x-missing")
+  (data (i32.const 120) "x-status")
+  (data (i32.const 140) "x-vm-config")
+  (data (i32.const 160) "x-plugin-config")
+  (data (i32.const 180) "x-request-config")
+  (data (i32.const 200) "x-create-config")
+  ;; statuses at 300.. ($at); configurations copied to 1000, 2000, 3000, 4000
+  (global $at (mut i32) (i32.const 300))
+  (global $create (mut i32) (i32.const 0))
+  (global $vm (mut i32) (i32.const 0))
+  (global $plugin (mut i32) (i32.const 0))
+  (global $request (mut i32) (i32.const 0))
+  (func $code (param $n i32)
+    (i32.store8 (global.get $at) (i32.add (i32.const 48) (i32.div_u (local.get $n) (i32.const 10))))
+    (i32.store8 (i32.add (global.get $at) (i32.const 1))
+                (i32.add (i32.const 48) (i32.rem_u (local.get $n) (i32.const 10))))
+    (i32.store8 (i32.add (global.get $at) (i32.const 2)) (i32.const 44))
+    (global.set $at (i32.add (global.get $at) (i32.const 3))))
+  (func $configuration (param $to i32) (result i32)  ;; "[value]" at $to; its size
+    (i32.store (i32.const 16) (i32.const 0))
+    (i32.store (i32.const 20) (i32.const 0))
+    (call $code (call $get_configuration (i32.const 16) (i32.const 20)))
+    (i32.store8 (local.get $to) (i32.const 91))
+    (memory.copy (i32.add (local.get $to) (i32.const 1)) (i32.load (i32.const 16))
+                 (i32.load (i32.const 20)))
+    (i32.store8 (i32.add (i32.add (local.get $to) (i32.const 1)) (i32.load (i32.const 20)))
+                (i32.const 93))
+    (i32.add (i32.load (i32.const 20)) (i32.const 2)))
+  (func (export "proxy_abi_version_0_1_0"))
+  (func (export "proxy_on_memory_allocate") (param $n i32) (result i32)
+    (local $at i32) (local.set $at (global.get $heap))
+    (global.set $heap (i32.add (global.get $heap) (local.get $n))) (local.get $at))
+  (func (export "proxy_on_context_create") (param $id i32) (param $parent i32)
+    (if (i32.eqz (local.get $parent))
+      (then (global.set $create (call $configuration (i32.const 1000))))))
+  (func (export "proxy_on_vm_start") (param i32 i32) (result i32)
+    (global.set $vm (call $configuration (i32.const 2000))) (i32.const 1))
+  (func (export "proxy_on_configure") (param i32 i32) (result i32)
+    (global.set $plugin (call $configuration (i32.const 3000))) (i32.const 1))
+  (func (export "proxy_on_request_headers") (param $context i32) (param $headers i32) (result i32)
+    (global.set $at (i32.const 309))  ;; after the three statuses of the start
+    (i32.store (i32.const 28) (i32.const 77))
+    (call $code (call $get (i32.const 0) (i32.const 100) (i32.const 9) (i32.const 24)
+                           (i32.const 28)))
+    (call $code (i32.load (i32.const 28)))
+    (call $code (call $continue_request))
+    (call $code (call $clear_route_cache))
+    (global.set $request (call $configuration (i32.const 4000)))
+    (i32.const 0))
+  (func (export "proxy_on_response_headers") (param $context i32) (param $headers i32) (result i32)
+    (call $code (call $continue_response))
+    (drop (call $add (i32.const 2) (i32.const 120) (i32.const 8) (i32.const 300)
+                     (i32.sub (global.get $at) (i32.const 300))))
+    (drop (call $add (i32.const 2) (i32.const 200) (i32.const 15) (i32.const 1000) (global.get $create)))
+    (drop (call $add (i32.const 2) (i32.const 140) (i32.const 11) (i32.const 2000) (global.get $vm)))
+    (drop (call $add (i32.const 2) (i32.const 160) (i32.const 15) (i32.const 3000) (global.get $plugin)))
+    (drop (call $add (i32.const 2) (i32.const 180) (i32.const 16) (i32.const 4000) (global.get $request)))
+    (i32.const 0))
+  (func (export "proxy_on_done") (param i32) (result i32) (i32.const 1)))
