@@ -7,9 +7,10 @@
             result = plugin.request(path="/", headers={"x-user": "ada"})
         assert result.response_header("x-filter") == "tagged"
 
-Any module speaking ABI 0.2.0 or 0.2.1 (Rust, Go, C++, AssemblyScript, WAT) loads; its imports
-are checked at load time (names and signatures), so one the emulator does not provide is named
-then, not trapped on later. Each callback runs with a fuel budget (a loop fails the call
+Any module Envoy 1.40 loads (ABI 0.1.0, 0.2.0 or 0.2.1; Rust, Go, C++, AssemblyScript, WAT)
+loads, linked as Envoy links it (:mod:`wasm.vm`), compiled once (:mod:`wasm.compiled`); its
+imports are checked at load time (names and signatures), so one the emulator does not provide
+is named then, not trapped on later. Each callback runs with a fuel budget (a loop fails the call
 instead of hanging the test) and the store has a memory limit. The host answers as Envoy's
 does (proxy-wasm-cpp-host and Envoy's wasm context): which maps and buffers exist in which
 callback, header-map rules, statuses; see :mod:`wasm.imports` for the one deliberate
