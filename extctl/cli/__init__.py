@@ -28,6 +28,7 @@ _COMMANDS = {
     "check": "extctl.cli.wasm:check",
     "health": "extctl.cli.health:health",
     "doctor": "extctl.cli.doctor:doctor",
+    "registry": "extctl.cli.registry:registry",
 }
 
 

@@ -56,7 +56,7 @@ class Stack:
         return self.server.server.message_counts if self.server is not None else {}
 
 
-def require_free(address: str, what: str) -> None:
+def require_free(address: str, what: str, hint: str = "another extctl dev?") -> None:
     """Refuse ``address`` (host:port; port 0 is always free) when another process listens there.
 
     Envoy's listeners set SO_REUSEPORT, so a second Envoy binds a port in use too and the
@@ -74,8 +74,8 @@ def require_free(address: str, what: str) -> None:
         except OSError as exc:
             if exc.errno == errno.EADDRINUSE:
                 raise PortInUse(f"{address} ({what}) is already in use: another process "
-                                "listens there (another extctl dev?); stop it or choose "
-                                "another port", address) from None
+                                f"listens there ({hint}); stop it or choose another port",
+                                address) from None
 
 
 @contextlib.contextmanager
