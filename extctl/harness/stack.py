@@ -30,9 +30,9 @@ from extproc.addresses import split_address
 
 from ..config import Deployment, WasmModule
 from ..errors import PortInUse
-from .client import Reply, http
 from .echo import Answer, EchoServer, ServedOnThread
 from .envoy import EnvoyProcess
+from .reply import Reply, http
 
 __all__ = ["Reply", "Stack", "envoy_stack", "http", "stack"]
 

@@ -184,8 +184,9 @@ def test_testing_public_names():
     import extctl.testing
 
     assert sorted(extctl.testing.__all__) == [
-        "Difference", "EnvoyProcess", "Exchange", "Reply", "Stack", "compare_with_envoy",
-        "envoy_stack", "find_envoy", "http", "stack"]
+        "Difference", "Differences", "EnvoyClient", "EnvoyProcess", "Exchange",
+        "LocalRegistry", "Reply", "Stack", "compare_with_envoy", "envoy_stack", "find_envoy",
+        "http", "stack"]
     for name in extctl.testing.__all__:
         assert getattr(extctl.testing, name).__module__.startswith("extctl.harness"), name
 
@@ -219,8 +220,8 @@ def test_commands_import_only_what_they_run():
     gen = _imported_by("gen", "--help")
     assert not gen & {"wasmtime", "registry", "httpx"}, gen
     # what an exec probe runs: the health check, not the server, its protos or asyncio's loop
-    health = _imported_by("health", "--uds", "/nonexistent/p.sock", "--timeout", "0.2",
-                          whole=True)
+    # (a path that exists: for a missing one health says so without asking)
+    health = _imported_by("health", "--uds", "/dev/null", "--timeout", "0.2", whole=True)
     assert {"grpc", "grpc_health.v1.health_pb2", "extproc._config"} <= health
     assert not health & {"extproc.transports.grpcio", "extproc._stream", "extproc._headers",
                          "uvloop", "envoy.service.ext_proc.v3.external_processor_pb2",

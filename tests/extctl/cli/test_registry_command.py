@@ -57,7 +57,7 @@ def test_a_user_pushes_and_pulls_through_extctl_registry_then_stops_it(tmp_path)
             "listens there (another registry?); stop it or choose another port"]
     finally:
         served.send_signal(signal.SIGINT)  # Ctrl-C
-        out, err = served.communicate(timeout=30)
+        _, err = served.communicate(timeout=30)
     assert served.returncode == 0, err
     assert err.strip().endswith("registry stopped")
     assert list(storage.rglob("*"))  # the user's storage kept, the images in it
