@@ -62,43 +62,50 @@ class ServerConfig:
 
     def __post_init__(self) -> None:
         if (self.uds is None) == (self.address is None):
-            raise ServeError("give exactly one of uds (a Unix socket path) or address (host:port)")
+            raise ServeError.naming("give exactly one of {uds} (a Unix socket path) or {address} "
+                                   "(host:port)")
         if not isinstance(self.workers, int) or self.workers < 1:
-            raise ServeError(f"workers must be a positive integer, got {self.workers!r}")
+            raise ServeError.naming("{workers} must be a positive integer, got {got!r}",
+                                   got=self.workers)
         if not 0 <= self.socket_mode <= 0o777:
-            raise ServeError(f"socket_mode must be a file mode such as 0o660, "
-                             f"got {self.socket_mode:o}")
+            raise ServeError.naming("{socket_mode} must be a file mode such as 660, got {got:o}",
+                                    got=self.socket_mode)
         if self.loop not in LOOPS:
-            raise ServeError(f"loop must be auto, uvloop or asyncio, got {self.loop!r}")
+            raise ServeError.naming("{loop} must be auto, uvloop or asyncio, got {got!r}",
+                                   got=self.loop)
         if self.loop == "uvloop" and _uvloop() is None:
-            raise ServeError("loop='uvloop' but uvloop is not installed (pip install uvloop)")
+            raise ServeError.naming("{loop=uvloop} but uvloop is not installed (pip install "
+                                    "uvloop)", uvloop="uvloop")
         if self.transport not in TRANSPORTS and self.transport not in names():
-            raise ServeError(f"transport must be one of {', '.join(names())}, "
-                             f"got {self.transport!r}")
+            raise ServeError.naming("{transport} must be one of {known}, got {got!r}",
+                                    known=", ".join(names()), got=self.transport)
         if self.transport == "pyvoy":
             from ._tracing import requested
             from .transports.pyvoy_env import check_installed
 
             if requested():
-                raise ServeError("traces are exported with the grpcio transport only; unset "
-                                 "OTEL_TRACES_EXPORTER and OTEL_EXPORTER_OTLP_*ENDPOINT, or "
-                                 "use --transport grpcio")
+                raise ServeError.naming("traces are exported with the grpcio transport only; "
+                                        "unset OTEL_TRACES_EXPORTER and "
+                                        "OTEL_EXPORTER_OTLP_*ENDPOINT, or use {transport=grpcio}",
+                                        grpcio="grpcio")
             check_installed()
         if self.grace_period < 0:
-            raise ServeError("grace_period must be >= 0 seconds")
+            raise ServeError.naming("{grace_period} must be >= 0 seconds")
         if not self.stall_timeout > 0:
-            raise ServeError("stall_timeout must be > 0 seconds")
+            raise ServeError.naming("{stall_timeout} must be > 0 seconds")
         if self.max_message_bytes < 4096:
-            raise ServeError("max_message_bytes must be at least 4096")
+            raise ServeError.naming("{max_message_bytes} must be at least 4096")
         if self.admin is not None:
             if self.transport == "pyvoy":
-                raise ServeError("the admin endpoint (metrics, /healthz, /readyz) is served "
-                                 "with the grpcio transport only; drop admin or use grpcio")
+                raise ServeError.naming("the admin endpoint (metrics, /healthz, /readyz) is "
+                                        "served with the grpcio transport only; drop {admin} "
+                                        "or use {transport=grpcio}", grpcio="grpcio")
             object.__setattr__(self, "admin", admin_address(self.admin))
         if self.uds is not None:
             if self.tls_cert or self.tls_key or self.tls_client_ca:
-                raise ServeError("TLS applies to TCP only; a Unix socket is protected by its "
-                                 "file mode")
+                raise ServeError.naming("TLS ({tls_cert}, {tls_key}, {tls_client_ca}) applies "
+                                        "to TCP ({address}) only; a Unix socket is protected "
+                                        "by its file mode")
             for path in self.addresses():
                 if len(os.fsencode(path)) > MAX_UDS_PATH:
                     raise ServeError(f"Unix socket path {path!r} is longer than {MAX_UDS_PATH} "
@@ -106,13 +113,14 @@ class ServerConfig:
         else:
             _, port = split_address(self.address or "")
             if self.workers > 1 and port == 0:
-                raise ServeError("workers > 1 needs a fixed port (worker i listens on port + i)")
+                raise ServeError.naming("{workers} > 1 needs a fixed port (worker i listens "
+                                        "on port + i)")
             if port + self.workers - 1 > 65535:
                 raise ServeError(f"ports {port}..{port + self.workers - 1} exceed 65535")
             if bool(self.tls_cert) != bool(self.tls_key):
-                raise ServeError("TLS needs both tls_cert and tls_key")
+                raise ServeError.naming("TLS needs both {tls_cert} and {tls_key}")
             if self.tls_client_ca and not self.tls_cert:
-                raise ServeError("tls_client_ca needs tls_cert and tls_key")
+                raise ServeError.naming("{tls_client_ca} needs {tls_cert} and {tls_key}")
             for tls_file in (self.tls_cert, self.tls_key, self.tls_client_ca):
                 if tls_file and not os.path.isfile(tls_file):
                     raise ServeError(f"TLS file {tls_file} does not exist")

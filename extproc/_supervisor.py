@@ -5,8 +5,10 @@ own process (``extproc._admin.SupervisorAdmin``)."""
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
+import select
 import signal
 import sys
 import time
@@ -44,8 +46,48 @@ def _admin_running(admin: SupervisorAdmin) -> Iterator[None]:
 _WORKER_SIGNALS = (*DRAIN, FORCE)
 
 
+class _Reports:
+    """Why a worker could not start, told to its supervisor: the supervisor's one error then
+    says it (a worker that logged it too would say it twice). A pipe every worker inherits;
+    one line each, written at once (under PIPE_BUF, so lines never interleave)."""
+
+    def __init__(self) -> None:
+        self.read_fd, self.write_fd = os.pipe()
+        os.set_blocking(self.read_fd, False)
+        self.received: dict[str, dict[str, str]] = {}
+
+    def send(self, listen: str, error: ServeError) -> None:
+        """In a worker: ``error`` is why the worker on ``listen`` did not start."""
+        os.close(self.read_fd)
+        report = {"listen": listen, "message": str(error)[:1500], "where": error.where[:2000]}
+        line = json.dumps(report).encode()[:select.PIPE_BUF - 1] + b"\n"
+        with contextlib.suppress(OSError):
+            os.write(self.write_fd, line)
+
+    def error(self, listen: str) -> ServeError:
+        """In the supervisor: the error of the worker on ``listen``, which did not start."""
+        with contextlib.suppress(BlockingIOError):
+            while chunk := os.read(self.read_fd, 65536):
+                for line in chunk.splitlines():
+                    with contextlib.suppress(ValueError):
+                        report = json.loads(line)
+                        self.received[report["listen"]] = report
+        report = self.received.get(listen)
+        if report is None:
+            return ServeError(f"the worker on {listen} could not start")
+        message = report["message"]
+        error = ServeError(message if listen in message else f"worker on {listen}: {message}")
+        error.where = report["where"]
+        return error
+
+    def close(self) -> None:
+        for fd in (self.read_fd, self.write_fd):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
 def _worker_main(processor: type[Processor], config: ServerConfig, listen: str,
-                 slot: Any, supervisor: int, view: View | None) -> int:
+                 slot: Any, supervisor: int, view: View | None, reports: _Reports) -> int:
     die_with_parent(supervisor)
     for sig in _WORKER_SIGNALS:  # not the supervisor's handler, copied by fork
         signal.signal(sig, signal.SIG_DFL)
@@ -55,7 +97,7 @@ def _worker_main(processor: type[Processor], config: ServerConfig, listen: str,
         return _run_loop(config, serve_async(processor, config, listen, _WORKER_SIGNALS,
                                              slot=slot, supervisor=supervisor, view=view))
     except ServeError as exc:
-        logger.error("worker on %s: %s", listen, exc)
+        reports.send(listen, exc)
         return _WORKER_DID_NOT_START
     except Exception:
         logger.exception("worker on %s crashed", listen)
@@ -74,6 +116,7 @@ def supervise(processor: type[Processor], config: ServerConfig,
     stop = Stop()
     supervisor = os.getpid()
     admin = SupervisorAdmin(config, processor.__name__)
+    reports = _Reports()
 
     def spawn(index: int) -> None:
         sys.stdout.flush()
@@ -88,7 +131,7 @@ def supervise(processor: type[Processor], config: ServerConfig,
                 try:
                     admin.in_worker()
                     code = _worker_main(processor, config, addresses[index],
-                                        admin.slot(index), supervisor, view)
+                                        admin.slot(index), supervisor, view, reports)
                 finally:
                     logging.shutdown()
                     os._exit(code)
@@ -107,8 +150,8 @@ def supervise(processor: type[Processor], config: ServerConfig,
                 os.kill(pid, forward)
 
     exit_code = DRAINED
-    did_not_start: str | None = None
-    with capture_signals(on_signal), _admin_running(admin):
+    did_not_start: ServeError | None = None
+    with capture_signals(on_signal), _admin_running(admin), contextlib.closing(reports):
         for index in range(len(addresses)):
             if stop.drain:
                 break
@@ -127,9 +170,10 @@ def supervise(processor: type[Processor], config: ServerConfig,
                 exit_code = max(exit_code, code if code >= 0 else FORCED)
                 continue
             if code == _WORKER_DID_NOT_START:
-                logger.error("worker on %s could not start; stopping", addresses[index])
+                logger.info("worker on %s could not start; stopping the others",
+                            addresses[index])
                 on_signal(signal.SIGTERM)
-                did_not_start = addresses[index]
+                did_not_start = did_not_start or reports.error(addresses[index])
                 continue
             logger.warning("worker on %s exited with %d; restarting", addresses[index], code)
             if time.monotonic() - started < 1.0:
@@ -137,8 +181,7 @@ def supervise(processor: type[Processor], config: ServerConfig,
             if not stop.drain:
                 spawn(index)
     if did_not_start is not None:
-        raise ServeError(f"the worker on {did_not_start} could not start (its error is "
-                         "logged above)")
+        raise did_not_start
     return FORCED if stop.force else exit_code
 
 

@@ -42,6 +42,8 @@ class JsonFormatter(logging.Formatter):
                 line[key] = value
         if record.exc_info:
             line["exception"] = self.formatException(record.exc_info)
+        elif record.__dict__.get("where"):  # the user's frames of an error reported by message
+            line["exception"] = record.__dict__["where"]
         return json.dumps(line, default=str)
 
 

@@ -98,10 +98,10 @@ class RegistryClient:
                 response = self._send(method, url, headers or {}, content)
             except httpx.ConnectError as exc:
                 if "CERTIFICATE" in str(exc).upper() or "SSL" in str(exc).upper():
-                    raise TransportError(
-                        f"TLS verification of {self.registry} failed ({exc}); pass --ca-file "
-                        "with the registry's CA, or --insecure for plain HTTP on loopback",
-                        url=url) from None
+                    raise TransportError("", url=url).parameterized(
+                        "TLS verification of {registry} failed ({why}); pass {ca_file} with "
+                        "the registry's CA, or {insecure} for plain HTTP on loopback",
+                        registry=self.registry, why=exc) from None
                 if attempt == RETRIES:
                     raise TransportError(f"cannot connect to {self.registry}: {exc}",
                                          url=url) from None
@@ -131,9 +131,9 @@ class RegistryClient:
 
     def transport_error(self, method: str, url: str, exc: Exception) -> TransportError:
         if self.clock.expired() or isinstance(exc, httpx.TimeoutException):
-            return TransportError(f"{method} {url}: no complete answer within the "
-                                  f"{self.timeout:g}-second deadline or a read timeout "
-                                  "(--timeout)", url=url)
+            return TransportError("", url=url).parameterized(
+                "{method} {url}: no complete answer within the {timeout_s:g}-second deadline "
+                "({timeout}) or a read timeout", method=method, url=url, timeout_s=self.timeout)
         return TransportError(f"{method} {url}: {exc}", url=url)
 
     def _send(self, method: str, url: str, headers: dict[str, str],
@@ -156,19 +156,23 @@ class RegistryClient:
         raise TransportError(f"{method} {url}: more than {MAX_REDIRECTS} redirects",
                              url=url)
 
-    def _tried(self) -> str:
+    def _refused(self, prefix: str, url: str, status: int) -> AuthError:
+        """An AuthError: ``prefix``, then the credentials tried (or how to give some)."""
+        error = AuthError("", url=url, status=status)
         if self.credentials is None:
-            return "no credentials were found (pass --username/--password-stdin, a docker " \
-                   "config.json or --secret-file)"
-        return f"tried user {self.credentials.username!r} from {self.credentials.source}"
+            return error.parameterized("{prefix}no credentials were found (pass {credentials}, "
+                                       "a docker config.json or {secret_file})", prefix=prefix)
+        return error.parameterized("{prefix}tried user {user!r} from {source}", prefix=prefix,
+                                   user=self.credentials.username,
+                                   source=self.credentials.source)
 
     def _authenticate(self, challenge: str, scope: str) -> None:
         scheme, _, params = challenge.partition(" ")
         fields = dict(re.findall(r'(\w+)="([^"]*)"', params))
         if scheme.lower() == "basic":
             if self.credentials is None:
-                raise AuthError(f"{self.registry} requires authentication: {self._tried()}",
-                                url=self.base, status=401)
+                raise self._refused(f"{self.registry} requires authentication: ", self.base,
+                                    401)
             self._authorization = "Basic " + _basic(self.credentials)
             return
         if scheme.lower() != "bearer" or "realm" not in fields:
@@ -183,8 +187,8 @@ class RegistryClient:
         try:
             with self.http.stream("GET", realm, params=query, headers=headers) as token:
                 if token.status_code in (401, 403):
-                    raise AuthError(f"{self.registry} {where} refused: {self._tried()}",
-                                    url=str(realm), status=token.status_code)
+                    raise self._refused(f"{self.registry} {where} refused: ", str(realm),
+                                        token.status_code)
                 if token.status_code != 200:
                     raise AuthError(f"{self.registry} {where} answered {token.status_code}",
                                     url=str(realm), status=token.status_code)
@@ -215,10 +219,10 @@ class RegistryClient:
                             url=self.base)
         if realm.scheme == "http" and not (self.insecure and
                                            is_loopback(realm.netloc.decode("ascii"))):
-            raise AuthError(f"{self.registry} sends credentials to a plain-HTTP token realm "
-                            f"({escape(text)}); refused: a realm must be HTTPS unless the "
-                            "registry is a loopback one reached with --insecure",
-                            url=self.base)
+            raise AuthError("", url=self.base).parameterized(
+                "{registry} sends credentials to a plain-HTTP token realm ({realm}); refused: "
+                "a realm must be HTTPS unless the registry is a loopback one reached with "
+                "{insecure}", registry=self.registry, realm=escape(text))
         return realm
 
     def check(self, response: httpx.Response, what: str) -> None:
@@ -233,8 +237,7 @@ class RegistryClient:
         finally:
             response.close()
         if code in (401, 403):
-            raise AuthError(f"{what}: {self.registry} answered {code}; {self._tried()}",
-                            url=url, status=code)
+            raise self._refused(f"{what}: {self.registry} answered {code}; ", url, code)
         if code == 404:
             raise NotFound(f"{what}: not found on {self.registry} (check the repository and "
                            "tag)", url=url, status=code)
@@ -289,8 +292,9 @@ class RegistryClient:
         if not is_digest(digest):
             raise DigestMismatch(f"blob {escape(digest)!r}: not a sha256 digest")
         if size is not None and size > max_size:
-            raise LimitExceeded(f"blob {digest} declares {size} bytes, over the {max_size}-byte "
-                                "limit (--max-size)")
+            raise LimitExceeded.naming("blob {digest} declares {size} bytes, over the "
+                                       "{limit}-byte limit ({max_size})", digest=digest,
+                                       size=size, limit=max_size)
         limit = max_size if size is None else size
         for attempt in range(RETRIES + 1):
             try:
@@ -321,8 +325,9 @@ class RegistryClient:
             if size is not None:
                 raise DigestMismatch(f"blob {digest} from {self.registry} is larger than the "
                                      f"{size} bytes its descriptor declares", url=url) from None
-            raise LimitExceeded(f"blob {digest} is larger than the {limit}-byte limit "
-                                "(--max-size)", url=url) from None
+            raise LimitExceeded("", url=url).parameterized(
+                "blob {digest} is larger than the {limit}-byte limit ({max_size})",
+                digest=digest, limit=limit) from None
         except httpx.HTTPError as exc:
             raise self.transport_error("GET", url, exc) from None
         finally:

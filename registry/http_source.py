@@ -67,12 +67,12 @@ def check_url(url: str, insecure: bool = False) -> httpx.URL:
         raise InvalidReference(f"{shown}: a URL carries no user or password")
     netloc = parsed.netloc.decode("ascii")
     if parsed.scheme not in ("http", "https") or not parsed.host:
-        raise InvalidReference(f"{shown}: only https:// URLs (http:// to loopback with "
-                               "--insecure)")
+        raise InvalidReference.naming("{shown}: only https:// URLs (http:// to loopback with "
+                                      "{insecure})", shown=shown)
     split_host(netloc)
     if parsed.scheme == "http" and not (insecure and is_loopback(netloc)):
-        raise InvalidReference(f"{shown}: plain http:// is refused; use https:// (plain HTTP "
-                               "only to loopback, with --insecure)")
+        raise InvalidReference.naming("{shown}: plain http:// is refused; use https:// (plain "
+                                      "HTTP only to loopback, with {insecure})", shown=shown)
     return parsed
 
 
@@ -124,9 +124,11 @@ def pull_http(url: str, output: str | os.PathLike[str], *, sha256: str | None,
             finally:
                 response.close()
     except httpx.HTTPError as exc:
-        why = "the deadline (--timeout) or a read timeout passed" \
-            if clock.expired() or isinstance(exc, httpx.TimeoutException) else str(exc)
-        raise TransportError(f"{shown}: {why}", url=url) from None
+        if clock.expired() or isinstance(exc, httpx.TimeoutException):
+            raise TransportError("", url=url).parameterized(
+                "{shown}: the deadline ({timeout}) or a read timeout passed",
+                shown=shown) from None
+        raise TransportError(f"{shown}: {exc}", url=url) from None
     actual = hasher.hexdigest()
     if sha256 and actual != normalise_sha256(sha256):
         raise DigestMismatch(f"{shown}: body sha256 is {actual}, expected "

@@ -55,9 +55,9 @@ def split_host(registry: str) -> tuple[str, int | None]:
     """``(host, port)`` of ``HOST[:PORT]``; InvalidReference unless both are valid."""
     shown = safe(registry)
     if "@" in registry:
-        raise InvalidReference(f"{shown}: a reference carries no user or password; pass "
-                               "credentials with --username/--password-stdin or a docker "
-                               "config.json")
+        raise InvalidReference.naming("{shown}: a reference carries no user or password; "
+                                      "pass {credentials} or a docker config.json",
+                                      shown=shown)
     if registry.startswith("["):
         end = registry.find("]")
         host, rest = registry[1:end], registry[end + 1:]

@@ -150,8 +150,9 @@ def module_from(resolved: Resolved, blob: BlobSource, max_size: int, what: str) 
         data = blob(layer)
         if not packed:
             if len(data) > max_size:
-                raise LimitExceeded(f"{what}: the module is {len(data)} bytes, over the "
-                                    f"{max_size}-byte limit (--max-size)")
+                raise LimitExceeded.naming("{what}: the module is {size} bytes, over the "
+                                           "{limit}-byte limit ({max_size})", what=what,
+                                           size=len(data), limit=max_size)
             return data
         try:
             return extract_plugin(data, max_size)

@@ -7,6 +7,7 @@ imported only when that command runs, so ``extctl pull`` never loads gRPC or was
 
 from __future__ import annotations
 
+import functools
 import importlib
 from typing import Any
 
@@ -44,7 +45,7 @@ class _Commands(click.Group):
             return None
         module, _, attribute = target.partition(":")
         command: click.Command = getattr(importlib.import_module(module), attribute)
-        return command
+        return _failing_in_its_terms(command)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -56,6 +57,39 @@ class _Commands(click.Group):
             if mapped is None:
                 raise
             raise mapped from None
+
+
+def _failing_in_its_terms(command: click.Command) -> click.Command:
+    """``command`` (and a group's subcommands), its callback turning the libraries' errors into
+    Failures whose messages name the parameters they mention as its flags (``uds`` ->
+    ``--uds``; more in the callback's ``__extctl_flags__``, see :func:`options.flags`)."""
+    if isinstance(command, click.Group):
+        for sub in command.commands.values():
+            _failing_in_its_terms(sub)
+    callback = command.callback
+    if callback is None or getattr(callback, "__extctl_wrapped__", False):
+        return command
+    flags: dict[str, str] = {}
+    for param in command.params:
+        if isinstance(param, click.Option) and param.name:
+            flags[param.name] = max(param.opts, key=len)  # --out rather than -o
+    flags.update(getattr(callback, "__extctl_flags__", {}))
+
+    @functools.wraps(callback)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return callback(*args, **kwargs)
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise
+        except Exception as exc:
+            mapped = failure(exc, flags.get)
+            if mapped is None:
+                raise
+            raise mapped from None
+
+    run.__extctl_wrapped__ = True  # type: ignore[attr-defined]
+    command.callback = run
+    return command
 
 
 @click.group(cls=_Commands, context_settings={"auto_envvar_prefix": "EXTCTL",

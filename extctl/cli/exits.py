@@ -8,6 +8,7 @@ Commands raise the libraries' own exceptions; the command group turns any of the
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from typing import IO, Any
 
 import click
@@ -27,11 +28,13 @@ UNHEALTHY = 11  # health: a worker is NOT_SERVING, or did not answer within the 
 FINDINGS = 12  # doctor: the running Envoy lacks something expected (the report says what)
 
 class Failure(click.ClickException):
-    """An expected failure: ``error: MESSAGE`` on one line, and its exit code."""
+    """An expected failure: ``error: MESSAGE`` on one line, and its exit code; under it,
+    ``where``: the user's own traceback lines when their code raised (an import, a hook)."""
 
-    def __init__(self, message: str, exit_code: int = ERROR) -> None:
+    def __init__(self, message: str, exit_code: int = ERROR, where: str = "") -> None:
         super().__init__(message)
         self.exit_code = exit_code  # type: ignore[misc]  # click declares a class default
+        self.where = where
 
     def show(self, file: IO[Any] | None = None) -> None:
         # Messages quote what servers and files said: never raw escape sequences.
@@ -43,10 +46,14 @@ class Failure(click.ClickException):
             # --log-format json: every line on stderr is a JSON object, this one too.
             import logging
 
-            logging.getLogger("extctl").error("error: %s", message,
-                                              extra={"exit_code": self.exit_code})
+            extra: dict[str, Any] = {"exit_code": self.exit_code}
+            if self.where:
+                extra["where"] = self.where
+            logging.getLogger("extctl").error("error: %s", message, extra=extra)
             return
         click.echo(f"error: {message}", err=True, file=file)
+        if self.where:
+            click.echo(self.where, err=True, file=file)
 
 
 # Error class (module, name) -> exit code, most specific first: the first match wins. Named,
@@ -79,12 +86,17 @@ TABLE: tuple[tuple[str, str, int], ...] = (
 )
 
 
-def failure(exc: BaseException) -> Failure | None:
-    """The Failure an error of the libraries becomes, or None for anything else (a bug)."""
+def failure(exc: BaseException,
+            spell: Callable[[str], str | None] | None = None) -> Failure | None:
+    """The Failure an error of the libraries becomes, or None for anything else (a bug);
+    ``spell`` names a parameter the message names as the command's flag (see
+    :meth:`extproc.errors.ExtkitError.spelled`)."""
     if isinstance(exc, Failure):
         return exc
     for module, name, code in TABLE:
         loaded = sys.modules.get(module)
         if loaded is not None and isinstance(exc, getattr(loaded, name)):
-            return Failure(str(exc), code)
+            spelled = getattr(exc, "spelled", None)
+            message = spelled(spell) if spelled is not None and spell is not None else str(exc)
+            return Failure(message, code, getattr(exc, "where", ""))
     return None

@@ -74,7 +74,7 @@ def _addresses(uds: str | None, address: str | None, workers: int) -> list[str]:
     try:
         return extproc.ServerConfig(uds=uds, address=address, workers=workers).addresses()
     except extproc.ServeError as exc:
-        raise UsageError(str(exc)) from None
+        raise exc.recast(UsageError) from None
 
 
 def _emit(text: str, out: str | None) -> None:
@@ -201,6 +201,7 @@ def _sidecar(values: dict[str, Any]) -> Any:
 
 @gen.command()
 @_gateway
+@options.flags(addresses="--uds")
 def gateway(processor: str | None, route: tuple[str, ...], gateway: tuple[str, ...],
             uds: str | None, address: str | None, workers: int, wasm_image: tuple[str, ...],
             wasm_http: tuple[str, ...], pull_secret: str | None, pull_policy: str | None,
@@ -286,6 +287,7 @@ def gateway(processor: str | None, route: tuple[str, ...], gateway: tuple[str, .
               show_default=True)
 @options.app_dir
 @_out
+@options.flags(addresses="--uds")
 def envoy(processor: str | None, uds: str | None, address: str | None, workers: int,
           tls_ca: str | None, tls_cert: str | None, tls_key: str | None, tls_sni: str | None,
           upstream: tuple[str, ...], wasm: tuple[str, ...], wasm_config: tuple[str, ...],

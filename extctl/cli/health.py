@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import click
 
 from . import options
@@ -19,7 +21,7 @@ from . import options
 def health(uds: str | None, address: str | None, workers: int, timeout: float, service: str,
            output: str) -> None:
     """Exit 0 when every worker answers SERVING, 11 otherwise (NOT_SERVING, no answer
-    within --timeout, nothing listening).
+    within --timeout, nothing listening): one line per worker says which.
 
     \b
     Example:
@@ -30,21 +32,34 @@ def health(uds: str | None, address: str | None, workers: int, timeout: float, s
 
     from extproc import ServeError, ServerConfig
 
-    from ..diagnose.health import check, require_serving
+    from ..diagnose.health import check
     from ..errors import UsageError
+    from .exits import UNHEALTHY
 
     try:
         addresses = ServerConfig(uds=uds, address=address, workers=workers).addresses()
     except ServeError as exc:
-        raise UsageError(str(exc)) from None
+        raise exc.recast(UsageError) from None
     from registry.untrusted import escape
 
     results = check(addresses, timeout, service)
+    details = [_detail(r.detail, r.workers) for r in results]
     if output == "json":
-        click.echo(json.dumps([{"address": r.address, "status": r.status, "detail": r.detail}
-                               for r in results]))
+        click.echo(json.dumps([{"address": r.address, "status": r.status, "detail": detail}
+                               for r, detail in zip(results, details, strict=True)]))
     else:
-        for r in results:
-            click.echo(escape(f"{r.address}: {r.status}"
-                              + (f" ({r.detail})" if r.detail else ""), 2000))
-    require_serving(results)
+        for r, detail in zip(results, details, strict=True):
+            click.echo(escape(f"{r.address}: {r.status}" + (f" ({detail})" if detail else ""),
+                              2000))
+    if not all(r.serving for r in results):
+        # The lines above say what is wrong; an error line would say it again.
+        raise click.exceptions.Exit(UNHEALTHY)
+
+
+def _detail(detail: str, workers: Sequence[str]) -> str:
+    """The check's detail, and for a socket that is not there the workers' sockets that are."""
+    if not workers:
+        return detail
+    found = ", ".join(workers[:-1]) + f" and {workers[-1]}" if len(workers) > 1 else workers[0]
+    return (f"{detail}, but {found} {'are' if len(workers) > 1 else 'is'}: a server's "
+            f"workers; check them with --workers {len(workers)}")

@@ -27,6 +27,16 @@ def apply(function: F, *options: Callable[[F], F]) -> F:
     return function
 
 
+def flags(**spelled: str) -> Callable[[F], F]:
+    """Spell library parameters the command has no option of the same name for, in the
+    messages of the errors it fails with (``@flags(addresses="--uds")``); its own options are
+    spelled as themselves (``uds`` -> ``--uds``)."""
+    def decorate(function: F) -> F:
+        function.__extctl_flags__ = spelled  # type: ignore[attr-defined]
+        return function
+    return decorate
+
+
 def load_processor(spec: str, app_dir: str) -> type[extproc.Processor]:
     """``MODULE:CLASS`` imported with ``app_dir`` first on ``sys.path``."""
     import extproc
@@ -39,11 +49,12 @@ def setup_logging(level: str, format: str = "text") -> None:
     from extproc.logs import setup
 
     setup(level, format)
-    if format == "json":
+    if format == "json" or level.lower() != "debug":
         import os
 
-        # gRPC's core writes its own text lines to stderr; what it would say there reaches
-        # the JSON lines through the errors that name it.
+        # gRPC's core writes its own lines to stderr ("E1206 ... add_port.cc:83] Failed to
+        # add port"); what it would say reaches the user through the errors that name it.
+        # --log-level debug keeps them (as does GRPC_VERBOSITY set by the user).
         os.environ.setdefault("GRPC_VERBOSITY", "NONE")
 
 

@@ -71,7 +71,7 @@ def serve(processor: str, app_dir: str, reload: bool, reload_dir: tuple[str, ...
     try:
         config = extproc.ServerConfig(**settings)
     except extproc.ServeError as exc:
-        raise UsageError(str(exc)) from None
+        raise exc.recast(UsageError) from None
     if reload:
         from ..harness.reload import serve_with_reload
 

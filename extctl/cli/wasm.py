@@ -20,7 +20,9 @@ from . import options
 
 
 def _registry_options(f: Callable[..., Any]) -> Callable[..., Any]:
-    return options.apply(f, *options.registry_options, options.output)
+    # The library's errors name credentials as one parameter; here they come from two flags.
+    return options.apply(options.flags(credentials="--username/--password-stdin")(f),
+                         *options.registry_options, options.output)
 
 
 @contextmanager

@@ -286,8 +286,9 @@ def client_traffic_policy(deployment: Deployment) -> dict[str, Any] | None:
     gateway = client_gateway(deployment)
     if gateway is None:
         if hops:
-            raise GatewayError("X-Forwarded-For trusted hops are set on a Gateway "
-                               "(ClientTrafficPolicy): name it (--client-gateway) or target one")
+            raise GatewayError.naming("X-Forwarded-For trusted hops ({xff_trusted_hops}) are "
+                                      "set on a Gateway (ClientTrafficPolicy): name it "
+                                      "({client_gateway}) or target one")
         return None
     doc = _meta("ClientTrafficPolicy", f"{deployment.name}-client", deployment.gateway.namespace)
     spec: dict[str, Any] = {"targetRefs": [{"group": "gateway.networking.k8s.io",

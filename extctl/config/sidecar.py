@@ -87,10 +87,12 @@ class Sidecar:
 
 
 def socket_base(addresses: Sequence[str]) -> tuple[str, int]:
-    """The ``--uds`` path and ``--workers`` count that serve exactly ``addresses``."""
+    """The socket path and workers count (``extctl serve --uds``, ``--workers``) that serve
+    exactly ``addresses``."""
     if not addresses or not all(a.startswith("/") for a in addresses):
-        raise GatewayError("a sidecar is reached over a Unix socket: give --uds with the "
-                           "socket's absolute path (Envoy Gateway refuses loopback IPs)")
+        raise GatewayError.naming("a sidecar is reached over a Unix socket: give {addresses} "
+                                  "as the socket's absolute path (Envoy Gateway refuses "
+                                  "loopback IPs)")
     workers = len(addresses)
     base = addresses[0]
     if workers > 1:
@@ -99,7 +101,7 @@ def socket_base(addresses: Sequence[str]) -> tuple[str, int]:
     try:
         expected = ServerConfig(uds=base, workers=workers).addresses()
     except ServeError as exc:
-        raise GatewayError(str(exc)) from None
+        raise exc.recast(GatewayError) from None
     if expected != list(addresses):
         raise GatewayError("the sidecar serves its workers' sockets as ServerConfig names them "
                            f"({', '.join(expected)}); give those addresses")

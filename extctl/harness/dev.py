@@ -62,7 +62,7 @@ def fetch(module: WasmModule, workdir: Path,
     else:
         path = Path(module.file or "").resolve()
         if not path.is_file():
-            raise UsageError(f"--wasm {module.file}: no such file")
+            raise UsageError.naming("{wasm} {file}: no such file", file=module.file)
         if module.sha256:
             wasm.verify_file(path, module.sha256)
         wasm.inspect_file(path)  # a file Envoy could not load is refused here, by name

@@ -103,8 +103,8 @@ def watch(directories: Sequence[str | Path], on_change: Callable[[set[str]], Non
     try:
         import watchfiles
     except ImportError:
-        raise UsageError("--reload needs watchfiles: pip install 'envoy-extkit[envoy]'") \
-            from None
+        raise UsageError.naming("{reload} needs watchfiles: pip install 'envoy-extkit[envoy]'"
+                                ) from None
     exact = {os.path.abspath(f) for f in files}
     roots = [os.path.abspath(d) for d in directories] + sorted({os.path.dirname(f)
                                                                  for f in exact})

@@ -5,6 +5,7 @@ service, the admin endpoint when asked, and large bodies in wire form (``extproc
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 from collections.abc import AsyncIterator
@@ -23,6 +24,7 @@ from .._admin import (
     on_serving,
 )
 from .._config import SERVICE_NAME, ServerConfig
+from .._frames import describe, user_frames
 from .._processor import Processor
 from .._record import Observer
 from .._stream import ProcessorFailed, _contained, answer_stream
@@ -95,8 +97,11 @@ class Server(BaseServer):
             self._close_admin()
             if not _contained(exc):
                 raise
-            logger.error("%s.on_startup failed", self.processor.__name__, exc_info=exc)
-            raise ServeError(f"{self.processor.__name__}.on_startup failed: {exc!r}") from exc
+            # Said once, by whoever reports the ServeError (extctl: its error line, with
+            # the user's frames under it).
+            error = ServeError(f"{self.processor.__name__}.on_startup failed: {describe(exc)}")
+            error.where = user_frames(exc)
+            raise error from exc
         try:
             await self._listen(server)
         except BaseException:
@@ -126,9 +131,10 @@ class Server(BaseServer):
                 else:
                     self.bound_port = server.add_insecure_port(self.listen)
                 await server.start()
-            except RuntimeError as exc:
+            except RuntimeError:
                 raise ServeError(f"cannot listen on {self.listen}: "
-                                 f"{_bind_failure(self.listen) or exc}") from None
+                                 f"{_bind_failure(self.listen) or 'gRPC could not bind it'}"
+                                 ) from None
             return
         # gRPC removes whatever is at the path it binds, and again when it stops, by path: a
         # server started meanwhile (e.g. after a killed supervisor, while this one drains as
@@ -139,8 +145,10 @@ class Server(BaseServer):
             try:
                 server.add_insecure_port("unix:" + bind.path)
                 await server.start()
-            except RuntimeError as exc:
-                raise ServeError(f"cannot listen on {self.listen}: {exc}") from None
+            except RuntimeError:
+                raise ServeError(f"cannot listen on {self.listen}: "
+                                 f"{_unix_bind_failure(bind.path) or 'gRPC could not bind it'}"
+                                 ) from None
             try:
                 self._socket_id = bind.publish(config.socket_mode)
             except BaseException:
@@ -275,4 +283,20 @@ def _bind_failure(listen: str) -> str | None:
             probe.bind((host, port))
     except (OSError, ServeError) as exc:
         return getattr(exc, "strerror", None) or str(exc)
+    return None
+
+
+def _unix_bind_failure(bound: str) -> str | None:
+    """Why a Unix socket cannot be bound next to ``bound`` (gRPC only says that it could not,
+    and to set GRPC_VERBOSITY), or None."""
+    import socket
+
+    path = os.path.join(os.path.dirname(bound), "probe")
+    with socket.socket(socket.AF_UNIX) as probe:
+        try:
+            probe.bind(path)
+        except OSError as exc:
+            return exc.strerror or str(exc)
+    with contextlib.suppress(OSError):
+        os.unlink(path)
     return None

@@ -246,7 +246,7 @@ class PyvoyServer(BaseServer):
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if self._process.returncode is not None:
-                raise ServeError(self._start_failure())
+                raise self._start_failure()
             with contextlib.suppress(OSError):
                 status, _ = await self._admin("GET", "/ready")
                 if status == 200:
@@ -259,12 +259,15 @@ class PyvoyServer(BaseServer):
             for listener in json.loads(body)["listener_statuses"]:
                 self.bound_port = int(listener["local_address"]["socket_address"]["port_value"])
 
-    def _start_failure(self) -> str:
+    def _start_failure(self) -> ServeError:
         assert self._process is not None and self._workdir is not None
-        with contextlib.suppress(OSError):
-            return _read(os.path.join(self._workdir, "error")).strip()
-        return (f"cannot listen on {self.listen}: Envoy (pyvoy) exited with "
-                f"{self._process.returncode} (its log is above)")
+        with contextlib.suppress(OSError, ValueError, KeyError):
+            report = json.loads(_read(os.path.join(self._workdir, "error")))
+            error = ServeError(report["message"])
+            error.where = report["where"]
+            return error
+        return ServeError(f"cannot listen on {self.listen}: Envoy (pyvoy) exited with "
+                          f"{self._process.returncode} (its log is above)")
 
     async def _admin(self, method: str, path: str) -> tuple[int, bytes]:
         assert self._workdir is not None

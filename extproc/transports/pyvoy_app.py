@@ -33,6 +33,7 @@ from google.protobuf.message import DecodeError
 from grpc_health.v1 import health_pb2
 
 from .._config import SERVICE_NAME
+from .._frames import describe, user_frames
 from .._processor import Processor
 from .._stream import _contained, answer_stream
 from ..errors import ProtocolError
@@ -327,11 +328,14 @@ class GrpcApp:
                 except BaseException as exc:
                     if not _contained(exc):
                         raise
-                    logger.error("%s.on_startup failed", self.processor.__name__,
-                                 exc_info=exc)
-                    message = f"{self.processor.__name__}.on_startup failed: {exc}"
+                    message = f"{self.processor.__name__}.on_startup failed: {describe(exc)}"
                     if self.error_file is not None:
-                        _write(self.error_file, message)
+                        # serve says it, with the user's frames (said here too, it would be
+                        # said twice)
+                        _write(self.error_file, json.dumps({"message": message,
+                                                            "where": user_frames(exc)}))
+                    else:
+                        logger.error("%s", message, exc_info=exc)
                     await send({"type": "lifespan.startup.failed", "message": message})
                     return
                 await send({"type": "lifespan.startup.complete"})

@@ -24,7 +24,8 @@ def install_command(home: str | None = None) -> str:
 def check_installed() -> tuple[str, str, str]:
     """(pyvoy's Envoy binary, pyvoy's dynamic module, libpython); ServeError when missing."""
     if sys.platform != "linux":
-        raise ServeError("the pyvoy transport runs on Linux; use --transport grpcio here")
+        raise ServeError.naming("the pyvoy transport runs on Linux; use {transport=grpcio} here",
+                                grpcio="grpcio")
     if sys.version_info < (3, 11):
         raise ServeError("the pyvoy transport needs Python 3.11 or newer")
     home = pyvoy_home()
