@@ -357,10 +357,14 @@ class HttpContext:
 
     def _body_phase(self, direction: str, chunk: bytes, end_of_stream: bool) -> Action:
         self.stream.buffers[direction] += chunk
+        if direction == "request":
+            self.stream.received += len(chunk)
         return self._call(f"proxy_on_{direction}_body", None,
                           len(self.stream.buffers[direction]), int(end_of_stream))
 
     def on_request_headers(self, headers: Pairs, end_of_stream: bool = True) -> Action:
+        state = self.vm.state
+        self.stream.started = (state.clock(), state.monotonic())
         return self._map_phase("proxy_on_request_headers", MapType.REQUEST_HEADERS, headers,
                                end_of_stream)
 
@@ -391,6 +395,8 @@ class HttpContext:
         stream = self.stream
         data = stream.held[direction] + stream.buffers[direction]
         stream.held[direction] = stream.buffers[direction] = b""
+        if direction == "response":
+            stream.sent += len(data)
         return data
 
     def hold(self, direction: str) -> None:

@@ -141,7 +141,7 @@ def run(context: HttpContext, request: Request, result: HttpResult) -> HttpResul
             return stop
     result.request_headers = context.headers(MapType.REQUEST_HEADERS)
     result.request_body = sent
-    result.upstream_reached = True
+    result.upstream_reached = context.stream.upstream_reached = True
     status, response_headers = request.status, request.response_headers
     response_chunks, response_trailers = request.response_chunks, request.response_trailers
     if request.upstream is not None:
@@ -151,12 +151,14 @@ def run(context: HttpContext, request: Request, result: HttpResult) -> HttpResul
             request.upstream(upstream_request))
         response_chunks = chunks_of(answer)
     response = [(":status", str(status)), *pairs_of(response_headers)]
+    context.stream.upstream_ended = not response_chunks and response_trailers is None
     action = context.on_response_headers(response,
                                          not response_chunks and response_trailers is None)
     if (stop := _stopped(context, result, action, "response_headers")) is not None:
         return stop
     received, paused = _body(context, "response", response_chunks, response_trailers is None,
                              request.framing)
+    context.stream.upstream_ended = True
     if context.local_response is not None or context.reset:
         return _ended(context, result)
     if paused:

@@ -223,8 +223,8 @@ class HostFunctions:
                            size_ptr: int) -> int:
         path = self.read("proxy_get_property", path_ptr, path_size)
         value = lookup(self.state, tuple(path.rstrip(b"\0").split(b"\0")))
-        if value is None:
-            return Status.NOT_FOUND
+        if isinstance(value, Status):
+            return value
         return self.hand_back("proxy_get_property", value, ptr_ptr, size_ptr)
 
     def proxy_set_property(self, path_ptr: int, path_size: int, ptr: int, size: int) -> int:

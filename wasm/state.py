@@ -69,6 +69,18 @@ class StreamState:
     response_code: int | None = None
     filter_state: dict[bytes, bytes] = field(default_factory=dict)
     route_cache_cleared: int = 0
+    # what the stream's properties are read from (wasm.properties)
+    started: tuple[int, int] | None = None
+    """When the request headers came: (wall clock, monotonic clock), in nanoseconds."""
+    received: int = 0
+    """Request body bytes that came from the client."""
+    sent: int = 0
+    """Response body bytes that went to the client."""
+    upstream_reached: bool = False
+    upstream_ended: bool = False
+    """The upstream's answer has all come (what ``response.backend_latency`` waits for)."""
+    code_details: str | None = None
+    """Envoy's response code details for a local response (``response.code_details``)."""
 
     def map_for(self, kind: MapType, write: bool) -> HeaderMap | None:
         if kind in self.live or kind in self.paused_maps or (self.logging and not write):
@@ -80,6 +92,7 @@ class StreamState:
         self.local_response = LocalResponse(
             status=status, headers=HeaderMap(headers, MapType.RESPONSE_HEADERS).text(),
             body=body, details=details, grpc_status=grpc_status)
+        self.code_details = details
 
 
 class SharedData:
