@@ -4,8 +4,8 @@ window before a socket's mode is set (strace)."""
 
 from tests.helpers.registry_fixtures import test_ca
 from tests.helpers.requirements import require
-from tests.helpers.users import users
+from tests.helpers.users import shared, users
 
-__all__ = ["test_ca", "users"]
+__all__ = ["shared", "test_ca", "users"]
 
 pytest_collection_modifyitems = require(__file__, "openssl", "strace")

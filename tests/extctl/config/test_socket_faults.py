@@ -10,7 +10,6 @@ import signal
 import stat
 import subprocess
 import sys
-import sysconfig
 import tempfile
 import time
 from pathlib import Path
@@ -29,39 +28,31 @@ def _umask(mask: int, command: list[str]) -> list[str]:
     return ["sh", "-c", f'umask {mask:03o} && exec "$@"', "sh", *command]
 
 
-def _env(home: Path) -> dict[str, str]:
-    return {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(home),
-            "PYTHONNOUSERSITE": "1", "PYTHONDONTWRITEBYTECODE": "1",
-            "PYTHONPATH": os.pathsep.join([str(ROOT),
-                                           sysconfig.get_paths()["purelib"],
-                                           sysconfig.get_paths()["platlib"]])}
-
-
 @pytest.mark.parametrize(("workers", "umask", "message"), [
     (1, 0, "a stale socket {path} (owner uid "),  # anyone may connect: found stale
     (2, 0, "a stale socket {path} (owner uid "),
     (1, 0o022, "a socket {path} (owner uid "),  # only its owner may connect
 ])
 def test_a_stale_socket_of_another_user_in_a_sticky_directory_exits_3_with_one_line(
-        users, workers, umask, message):
+        users, shared, workers, umask, message):
     base = Path(tempfile.mkdtemp(prefix="xk-sticky-", dir="/tmp"))
     try:
         base.chmod(0o1777)  # like /tmp: only a file's owner may remove it
-        env = _env(base)
+        env = shared.env(base)
         python = _python_for(users.server, env)
         path = base / ("x-0.sock" if workers > 1 else "x.sock")
         leave_stale = ("import socket, sys\ns = socket.socket(socket.AF_UNIX)\n"
                        "s.bind(sys.argv[1])\n")  # exits without unlinking: stale
         subprocess.run(_umask(umask, _as(users.outsider, python, "-c", leave_stale,
                                          str(path))),
-                       env=env, check=True, timeout=60, capture_output=True)
+                       env=env, cwd=base, check=True, timeout=60, capture_output=True)
         assert stat.S_ISSOCK(path.lstat().st_mode)
         done = subprocess.run(
             _as(users.server, python, "-m", "extctl", "serve", "tests.helpers.procs:HeadersOnly",
                 "--uds",
                 str(base / "x.sock"), "--workers", str(workers), "--app-dir",
-                str(ROOT)),
-            env=env, capture_output=True, text=True, timeout=60)
+                str(shared.root)),
+            env=env, cwd=base, capture_output=True, text=True, timeout=60)
         assert done.returncode == 3, done.stderr
         assert "Traceback" not in done.stderr
         last = done.stderr.strip().splitlines()[-1]
