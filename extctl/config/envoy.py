@@ -324,6 +324,8 @@ def wasm_filter(wasm: WasmModule, index: int) -> Any:
     vm = plugin.vm_config
     vm.vm_id = wasm.name
     vm.runtime = "envoy.wasm.runtime.v8"
+    if wasm.vm_configuration:
+        vm.configuration.Pack(wrappers_pb2.StringValue(value=wasm.vm_configuration))
     if wasm.file is not None:
         vm.code.local.filename = wasm.file
     elif wasm.url is None:

@@ -125,6 +125,9 @@ def wasm_spec(module: WasmModule) -> dict[str, Any]:
     if module.text is not None:
         raise GatewayError(f"wasm {module.name}: Envoy Gateway hands modules a JSON value; "
                            "give config instead of text")
+    if module.vm_configuration:
+        raise GatewayError(f"wasm {module.name}: Envoy Gateway has no VM configuration for a "
+                           "module (only a standalone Envoy); leave it out")
     if module.pull_policy:
         code["pullPolicy"] = module.pull_policy
     spec: dict[str, Any] = {"name": module.name, "code": code}

@@ -37,6 +37,9 @@ class WasmModule:
     """Instead of ``config``: configuration text handed to the module as is. Only a
     standalone Envoy can do that; Envoy Gateway hands modules JSON values."""
     root_id: str = ""
+    vm_configuration: str = ""
+    """The VM's configuration (what ``proxy_on_vm_start`` reads), as text. Only a standalone
+    Envoy: Envoy Gateway's Wasm has no field for it."""
     fail_open: bool = False
     """Requests go on without the module when it fails to load (else they are refused)."""
     pull_secret: str | None = None

@@ -113,6 +113,7 @@ class Differences(list[Difference]):
 
 def compare_with_envoy(module: str | Path | bytes, *, requests: Sequence[Exchange],
                        root_id: str = "", configuration: str = "",
+                       vm_configuration: str = "",
                        name: str = "under-test", framing: str = "http1",
                        upstreams: Mapping[str, Handler] | None = None,
                        grpc_upstreams: Mapping[str, ScriptedUpstream] | None = None,
@@ -120,7 +121,8 @@ def compare_with_envoy(module: str | Path | bytes, *, requests: Sequence[Exchang
     """Run ``requests`` through a real Envoy and through the emulator; the differences (an
     empty list when both agree). ``framing`` is the emulator's (Envoy's client and upstream
     speak HTTP/1.1); ``upstreams``: cluster -> handler for the filter's HTTP callouts,
-    ``grpc_upstreams`` for its gRPC calls and streams. Envoy's run comes first (a stateful
+    ``grpc_upstreams`` for its gRPC calls and streams; ``vm_configuration``: what the VM's
+    ``proxy_on_vm_start`` reads, in both. Envoy's run comes first (a stateful
     handler sees it first). ``logs=False``: the lines the module logs are not compared (when
     they hold what differs from run to run: times, ids).
 
@@ -136,11 +138,11 @@ def compare_with_envoy(module: str | Path | bytes, *, requests: Sequence[Exchang
     path, cleanup = _module_file(module)
     try:
         def emulate(authority: str) -> dict[str, Any]:
-            return _through_emulator(path, list(requests), root_id, configuration, name,
-                                     authority, framing, both)
+            return _through_emulator(path, list(requests), root_id, configuration,
+                                     vm_configuration, name, authority, framing, both)
 
-        envoy, emulated = _through_envoy(path, list(requests), root_id, configuration, name,
-                                         http, grpc, emulate)
+        envoy, emulated = _through_envoy(path, list(requests), root_id, configuration,
+                                         vm_configuration, name, http, grpc, emulate)
     finally:
         if cleanup is not None:
             cleanup.cleanup()
@@ -217,7 +219,7 @@ def _view(result: ExchangeResult) -> dict[str, Any]:
 
 
 def _through_envoy(path: Path, requests: list[Exchange], root_id: str, configuration: str,
-                   name: str, upstreams: Mapping[str, Handler],
+                   vm_configuration: str, name: str, upstreams: Mapping[str, Handler],
                    grpc_upstreams: Mapping[str, ScriptedUpstream],
                    emulate: Callable[[str], dict[str, Any]],
                    ) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -230,7 +232,8 @@ def _through_envoy(path: Path, requests: list[Exchange], root_id: str, configura
     from .client import EnvoyClient
 
     calls: list[dict[str, Any]] = []
-    plugin = WasmModule(name, file=str(path), text=configuration, root_id=root_id)
+    plugin = WasmModule(name, file=str(path), text=configuration, root_id=root_id,
+                        vm_configuration=vm_configuration)
     seen = []
     failures: list[str] = []
     tokens = token_numbers(GRPC_STREAM)  # the emulator's numbering, across every server
@@ -321,12 +324,13 @@ def _stream_done(envoy: Any) -> None:
 
 
 def _through_emulator(path: Path, requests: list[Exchange], root_id: str,
-                      configuration: str, name: str, authority: str,
+                      configuration: str, vm_configuration: str, name: str, authority: str,
                       framing: str, upstreams: Mapping[str, ScriptedUpstream],
                       ) -> dict[str, Any]:
     seen = []
     # Envoy names the VM after the module (see extctl.config.envoy)
     plugin = ProxyWasm(path, plugin_configuration=configuration, root_id=root_id, vm_id=name,
+                       vm_configuration=vm_configuration,
                        plugin_name=name, framing=framing, upstreams=upstreams,
                        log_level=LogLevel.TRACE)
     first_log = len(plugin.logs)

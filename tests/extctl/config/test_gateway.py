@@ -461,3 +461,13 @@ def test_gen_gateway_digest_only_images_and_long_timeouts():
     assert policy["spec"]["extProc"][0]["messageTimeout"] == "200s"
     image = policy["spec"]["wasm"][0]["code"]["image"]
     assert image["url"] == f"r.example/filters/w@sha256:{'a' * 64}"  # not :latest
+
+
+def test_a_vm_configuration_is_for_a_standalone_envoy_only():
+    from extctl.config.errors import GatewayError
+
+    module = WasmModule("tag", url="https://example.com/tag.wasm", sha256="a" * 64,
+                        vm_configuration="vm-1")
+    with pytest.raises(GatewayError, match="no VM configuration"):
+        resources(Deployment(wasm=[module], gateway=GatewayOptions(
+            name="filters", targets=[Target("Gateway", "eg")])))

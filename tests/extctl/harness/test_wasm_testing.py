@@ -297,3 +297,14 @@ def test_logs_metrics_and_the_authority_are_compared(tmp_path, monkeypatch):
     envoy_lines, emulator_lines = by_field[(-1, "logs")]
     assert [m for _, m in emulator_lines if m not in {m for _, m in envoy_lines}] == ["extra"]
     assert by_field[(-1, "metrics")] == ({"requests": 1}, {"requests": 2})
+
+
+def test_the_vm_configuration_reaches_the_module_in_both_runs():
+    """vm_configuration= is what proxy_on_vm_start reads, in Envoy (vm_config.configuration)
+    and in the emulator; the module shows it in a response header, compared."""
+    from wasm import ProxyWasm
+
+    module = bytes(wasmtime.wat2wasm((WAT / "vm_config.wat").read_text()))
+    with ProxyWasm(module, vm_configuration="vm-1") as plugin:
+        assert plugin.request().response.headers["x-vm-config"] == "vm-1"
+    assert compare_with_envoy(module, requests=[Exchange()], vm_configuration="vm-1") == []
