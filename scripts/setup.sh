@@ -48,6 +48,7 @@ if ! "$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
 fi
 pyvoy_version=$(.venv/bin/python -c 'from extproc.transports.pyvoy_env import PYVOY_VERSION; print(PYVOY_VERSION)')
 if [[ ! -f .venv/pyvoy/pyvoy-$pyvoy_version.dist-info/RECORD ]]; then
-    .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade \
-        --target .venv/pyvoy "pyvoy==$pyvoy_version"
+    # pip --target with pyvoy's dependencies pinned to this environment's versions (the ones
+    # imported): otherwise pip takes the newest and reports them as conflicts.
+    .venv/bin/python -m extproc.transports.pyvoy_install --quiet --target .venv/pyvoy
 fi

@@ -17,8 +17,9 @@ def pyvoy_home() -> str:
 
 
 def install_command(home: str | None = None) -> str:
-    return (f"{sys.executable} -m pip install --upgrade --target {home or pyvoy_home()} "
-            f"pyvoy=={PYVOY_VERSION}")
+    """The command that installs pyvoy into ``home`` (``pyvoy_install``)."""
+    return (f"{sys.executable} -m extproc.transports.pyvoy_install --target "
+            f"{home or pyvoy_home()}")
 
 
 def check_installed() -> tuple[str, str, str]:

@@ -451,7 +451,7 @@ def test_pyvoy_missing_is_a_one_line_config_error(monkeypatch, tmp_path):
 
     monkeypatch.setenv("EXTPROC_PYVOY_HOME", str(tmp_path / "nowhere"))
     with pytest.raises(extproc.ServeError, match=r"needs pyvoy 1\.3\.0 in .*nowhere; install it "
-                       r"with: .* -m pip install --upgrade --target .*nowhere pyvoy==1\.3\.0"):
+                       r"with: .* -m extproc\.transports\.pyvoy_install --target .*nowhere$"):
         extproc.ServerConfig(uds="/tmp/x.sock", transport="pyvoy")
 
 
