@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import json
+import shlex
 
 import click
 
@@ -20,8 +22,13 @@ from . import options
                    "verified first).")
 @click.option("--wasm-sha256", help="Expected digest of the (single) --wasm module: manifest "
                                     "digest for oci://, body sha256 for https://.")
-@click.option("--wasm-config", default="{}", show_default=True,
-              help="Plugin configuration handed to the module(s).")
+@click.option("--wasm-config", metavar="JSON",
+              help="Plugin configuration of the module(s), a JSON value, as `gen` and Envoy "
+                   "Gateway take it: the module receives its JSON text (a string arrives "
+                   "quoted). Default: {} (some SDKs trap on none).")
+@click.option("--wasm-config-text", metavar="TEXT",
+              help="Instead of --wasm-config: text handed to the module(s) as is, '' for none "
+                   "(a standalone Envoy can; Envoy Gateway hands modules JSON).")
 @click.option("--wasm-root-id", default="", help="Root context id of the module(s).")
 @click.option("--filter-order", "filter_order", multiple=True,
               metavar="FILTER:before|after:FILTER",
@@ -53,7 +60,8 @@ from . import options
               default="warning", show_default=True,
               help="Envoy's own log (requests are shown by its access log either way).")
 def dev(processor: str | None, port: int, wasm: tuple[str, ...],
-        wasm_sha256: str | None, wasm_config: str, wasm_root_id: str,
+        wasm_sha256: str | None, wasm_config: str | None, wasm_config_text: str | None,
+        wasm_root_id: str,
         filter_order: tuple[str, ...], docker_config: str | None, ca_file: str | None,
         insecure: bool, admin: str, app_dir: str, reload: bool, reload_dir: tuple[str, ...],
         http_clusters: tuple[str, ...], grpc_clusters: tuple[str, ...], quiet: bool,
@@ -92,8 +100,10 @@ def dev(processor: str | None, port: int, wasm: tuple[str, ...],
     if wasm_sha256 and len(wasm) != 1:
         raise UsageError("--wasm-sha256 applies to exactly one --wasm module")
     order = [FilterPosition.parse(p) for p in filter_order]
-    modules = [WasmModule.parse(f"{module_name(source)}={source}", text=wasm_config,
-                                root_id=wasm_root_id) for source in wasm]
+    config = _plugin_config(wasm_config, wasm_config_text)
+    modules = [WasmModule.parse(f"{module_name(source)}={source}", config=config,
+                                text=wasm_config_text, root_id=wasm_root_id)
+               for source in wasm]
     if wasm_sha256:
         modules = [dataclasses.replace(modules[0], sha256=wasm_sha256)]
     # Each image's registry gets its own credentials, never another's.
@@ -112,3 +122,21 @@ def dev(processor: str | None, port: int, wasm: tuple[str, ...],
              view=view,
              envoy_log_level=envoy_log_level, reload=watching, admin=admin,
              clusters=options.callout_clusters(http_clusters, grpc_clusters)).run()
+
+
+def _plugin_config(json_text: str | None, text: str | None) -> object:
+    """--wasm-config parsed; None with --wasm-config-text, which goes as is."""
+    from ..errors import UsageError
+
+    if text is not None:
+        if json_text is not None:
+            raise UsageError("give --wasm-config (JSON) or --wasm-config-text, not both")
+        return None
+    if json_text is None:
+        return {}
+    try:
+        return json.loads(json_text)
+    except ValueError as exc:
+        quoted = shlex.quote(json.dumps(json_text))
+        raise UsageError(f"--wasm-config {shlex.quote(json_text)} is not JSON ({exc}): a "
+                         f"string is {quoted}; --wasm-config-text hands text as is") from None
