@@ -7,11 +7,17 @@ import json
 import click
 
 from ..scaffold import WASM_LANGUAGES, new_project
+from ..scaffold.source import ExtkitSource
 from . import options
 
 
 def _create(template: str, name: str, directory: str, output: str) -> None:
-    path = new_project(template, name, directory)
+    source = ExtkitSource.running()
+    path = new_project(template, name, directory, source=source)
+    if source.missing:
+        click.echo(f"warning: envoy-extkit was installed from {source.location}, which is no "
+                   "longer there: the README's install command needs it (or an index that has "
+                   "envoy-extkit)", err=True)
     if output == "json":
         files = sorted(str(p.relative_to(path)) for p in path.rglob("*") if p.is_file())
         click.echo(json.dumps({"path": str(path), "template": template, "files": files},
@@ -42,11 +48,12 @@ def new() -> None:
 @_OUTPUT
 def extproc(name: str, directory: str, output: str) -> None:
     """An ext_proc processor: package, unit tests, an end-to-end test through a real Envoy,
-    generated envoy-configs/, a Dockerfile for the sidecar, a README.
+    generated envoy-configs/, a Dockerfile for the sidecar, a README whose install command
+    takes envoy-extkit from where this one was installed (a checkout, a wheel, an index).
 
     \b
     Example:
-      extctl new extproc tenant-guard && cd tenant-guard && pip install -e '.[dev]' && pytest
+      extctl new extproc tenant-guard && cd tenant-guard && cat README.md
     """
     _create("extproc", name, directory, output)
 
@@ -65,7 +72,7 @@ def wasm(name: str, lang: str, directory: str, output: str) -> None:
 
     \b
     Example:
-      extctl new wasm tagger --lang wat && cd tagger && pip install -e '.[dev]' && pytest
+      extctl new wasm tagger --lang wat && cd tagger && cat README.md
       extctl new wasm tagger --lang assemblyscript
     """
     _create(f"wasm-{lang}", name, directory, output)

@@ -1,10 +1,11 @@
 """``extctl new``: project templates whose output passes its own tests on the first run.
 
-Templates live in ``extctl/templates/<template>/`` as ``*.tmpl`` files (so no tool mistakes
-them for this project's code); ``{{name}}``, ``{{package}}`` and ``{{class_name}}`` are
-replaced, and a path segment ``__package__`` becomes the package directory. The project is
-written to a temporary directory beside the target and renamed into place, so a failure
-leaves nothing behind.
+Templates live in ``extctl/scaffold/templates/<template>/`` as ``*.tmpl`` files (so no tool
+mistakes them for this project's code); ``{{name}}``, ``{{package}}`` and ``{{class_name}}``
+are replaced, ``{{extkit_*}}`` say where envoy-extkit comes from (``source.py``: the install
+command's argument, the README's paragraph, the image's wheel), and a path segment
+``__package__`` becomes the package directory. The project is written to a temporary
+directory beside the target and renamed into place, so a failure leaves nothing behind.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ScaffoldError, UsageError
+from .source import ExtkitSource
 
 WASM_LANGUAGES = ("wat", "assemblyscript")
 TEMPLATES = ("extproc", *(f"wasm-{lang}" for lang in WASM_LANGUAGES))
@@ -69,6 +71,13 @@ def _extkit_version() -> str:
     return __version__
 
 
+def _substitute_source(text: str, source: ExtkitSource) -> str:
+    arguments = source.pip_arguments
+    return (text.replace("{{extkit_pip}}", f" {arguments}" if arguments else "")
+            .replace("{{extkit_source}}", source.describe(_extkit_version()))
+            .replace("{{extkit_wheel}}", source.wheel_hint))
+
+
 # Package data drops dot-files; these template names become them.
 _DOTFILES = {"gitignore": ".gitignore", "dockerignore": ".dockerignore"}
 
@@ -80,11 +89,16 @@ def template_files(template: str) -> dict[str, str]:
             for path in sorted(root.rglob("*.tmpl"))}
 
 
-def new_project(template: str, name: str, parent: str | os.PathLike[str] = ".") -> Path:
-    """Write the project ``name`` from ``template`` into ``parent/name``; return its path."""
+def new_project(template: str, name: str, parent: str | os.PathLike[str] = ".",
+                source: ExtkitSource | None = None) -> Path:
+    """Write the project ``name`` from ``template`` into ``parent/name``; return its path.
+
+    ``source``: where the project's install command takes envoy-extkit from (default: where
+    the running one was installed from)."""
     if template not in TEMPLATES:
         raise UsageError(f"unknown template {template!r}; one of {', '.join(TEMPLATES)}")
     names = ProjectNames(name)
+    source = ExtkitSource.running() if source is None else source
     target = Path(parent) / name
     if target.exists():
         raise UsageError(f"{target} already exists: choose another name or remove it")
@@ -95,7 +109,7 @@ def new_project(template: str, name: str, parent: str | os.PathLike[str] = ".") 
             relative = _DOTFILES.get(relative, relative)
             path = staging / relative.replace("__package__", names.package)
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(names.substitute(text))
+            path.write_text(_substitute_source(names.substitute(text), source))
             if relative.endswith(".sh"):
                 path.chmod(0o755)
         _generate_configs(staging, names)

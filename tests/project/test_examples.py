@@ -166,14 +166,11 @@ WASM_EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "wasm-tagger"
 
 
 def test_wasm_example_is_the_current_wat_template(tmp_path):
-    from click.testing import CliRunner
+    from extctl.scaffold import new_project
+    from extctl.scaffold.source import ExtkitSource
 
-    from extctl.cli import cli
-
-    result = CliRunner().invoke(cli, ["new", "wasm", "wasm-tagger", "--lang", "wat",
-                                      "-C", str(tmp_path)])
-    assert result.exit_code == 0, result.output
-    fresh = tmp_path / "wasm-tagger"
+    # As made by an envoy-extkit from a package index: the README names no local checkout.
+    fresh = new_project("wasm-wat", "wasm-tagger", tmp_path, source=ExtkitSource("index"))
     def sources(root: Path) -> list[Path]:  # leaves out build output and tools' caches
         return sorted(p.relative_to(root) for p in root.rglob("*") if p.is_file() and not any(
             part.startswith(".") or part in ("build", "__pycache__")
