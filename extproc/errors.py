@@ -81,6 +81,14 @@ class ExtkitError(Exception):
         return _render(self._template, self._values, spell)
 
 
+def spell_parameters(template: str, spell: Callable[[str], str | None] | None = None,
+                     **values: Any) -> str:
+    """``template`` rendered as :meth:`ExtkitError.naming` renders it, each parameter spelled
+    ``spell(name)`` (None: as the parameter): for text other than an error's (comments a
+    generator writes) that names its caller's parameters too."""
+    return _render(template, values, spell)
+
+
 def _render(template: str, values: Mapping[str, Any],
             spell: Callable[[str], str | None] | None) -> str:
     import shlex

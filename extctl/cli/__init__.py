@@ -14,6 +14,7 @@ from typing import Any
 import click
 
 from .. import __version__
+from . import options
 from .exits import failure
 
 # name -> "module:attribute", in the order --help lists them.
@@ -69,11 +70,7 @@ def _failing_in_its_terms(command: click.Command) -> click.Command:
     callback = command.callback
     if callback is None or getattr(callback, "__extctl_wrapped__", False):
         return command
-    flags: dict[str, str] = {}
-    for param in command.params:
-        if isinstance(param, click.Option) and param.name:
-            flags[param.name] = max(param.opts, key=len)  # --out rather than -o
-    flags.update(getattr(callback, "__extctl_flags__", {}))
+    flags = options.flags_of(command)
 
     @functools.wraps(callback)
     def run(*args: Any, **kwargs: Any) -> Any:

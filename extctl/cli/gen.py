@@ -9,6 +9,7 @@ config.
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -201,7 +202,7 @@ def _sidecar(values: dict[str, Any]) -> Any:
 
 @gen.command()
 @_gateway
-@options.flags(addresses="--uds")
+@options.flags(addresses="--uds", sidecar="--sidecar-image IMAGE")
 def gateway(processor: str | None, route: tuple[str, ...], gateway: tuple[str, ...],
             uds: str | None, address: str | None, workers: int, wasm_image: tuple[str, ...],
             wasm_http: tuple[str, ...], pull_secret: str | None, pull_policy: str | None,
@@ -223,8 +224,9 @@ def gateway(processor: str | None, route: tuple[str, ...], gateway: tuple[str, .
           --wasm-image redact=oci://registry.example.com/f/redact:v1@sha256:9e31... \\
           --wasm-config 'redact={"words": ["secret"]}' --filter-order wasm:before:ext_proc
     """
-    from ..config import ConfigError, Deployment, GatewayOptions, Target, gateway_yaml
-    from ..config.gateway import notes as gateway_notes
+    from ..config import ConfigError, Deployment, GatewayOptions, Target
+    from ..config.files import write_file
+    from ..config.gateway_notes import PATCH_FILE, envoy_gateway_patch, render
 
     cls = options.load_processor(processor, app_dir) if processor else None
     # Each source checked as what its option says it is; then all settings applied.
@@ -255,7 +257,18 @@ def gateway(processor: str | None, route: tuple[str, ...], gateway: tuple[str, .
         cls, addresses=_addresses(uds, address, workers) if cls else (), policy=policy,
         wasm=modules,
         gateway=GatewayOptions(targets=targets, sidecar=sidecar, **values))
-    _emit(gateway_yaml(deployment.gateway_resources(), gateway_notes(deployment)), out)
+    spell = options.current_flags().get
+    patch = envoy_gateway_patch(deployment)
+    patch_path = Path(out).parent / PATCH_FILE if out is not None and patch else None
+    _emit(render(deployment, spell, PATCH_FILE if patch_path else None), out)
+    if patch_path is not None and patch is not None:
+        write_file(patch_path, patch)
+        click.echo(f"wrote {out} (kubectl apply -f it) and {patch_path} (merge it into Envoy "
+                   "Gateway's configuration as its comments say; do not apply it)", err=True)
+    elif patch is not None:
+        click.echo("note: Envoy Gateway must enable Backends in its own configuration "
+                   "(extensionApis.enableBackend): the comments at the top say how to merge "
+                   f"it; with -o FILE, {PATCH_FILE} is written beside FILE", err=True)
 
 
 @gen.command()
@@ -305,8 +318,6 @@ def envoy(processor: str | None, uds: str | None, address: str | None, workers: 
       extctl gen envoy --wasm auth=./auth.wasm --grpc-cluster authz=10.0.0.5:9000 \\
           --upstream 10.0.0.1:80
     """
-    import os
-
     import wasm as wasm_library
 
     from ..config import ConfigError, Deployment, EnvoyOptions, ProcessorTls, envoy_yaml, to_json
@@ -320,8 +331,11 @@ def envoy(processor: str | None, uds: str | None, address: str | None, workers: 
             if not Path(module.file).is_file():
                 raise ConfigError(f"--wasm {module.name}: {module.file} is not a file")
             wasm_library.inspect_file(module.file)  # Envoy would refuse to start: say so now
-    modules = [dataclasses.replace(m, file=os.path.abspath(m.file)) if m.file else m
-               for m in modules]
+    # Envoy reads a local file relative to its working directory: the config names each as
+    # seen from the directory it is written to, where it says to start Envoy.
+    base = os.path.dirname(os.path.abspath(out)) if out is not None else os.getcwd()
+    modules = [dataclasses.replace(m, file=os.path.relpath(os.path.abspath(m.file), base))
+               if m.file else m for m in modules]
     if tls_ca is None and (tls_cert or tls_key or tls_sni):
         raise ConfigError("TLS to the processor needs --tls-ca")
     policy = options.policy(values, hash_algorithm)
@@ -333,5 +347,40 @@ def envoy(processor: str | None, uds: str | None, address: str | None, workers: 
                            clusters=options.callout_clusters(http_clusters, grpc_clusters),
                            **values))
     message = deployment.envoy_bootstrap()
-    _emit(envoy_yaml(message) if format == "yaml" else to_json(message) + "\n", out)
+    if format == "json":  # JSON has no comments
+        _emit(to_json(message) + "\n", out)
+        return
+    _emit(_envoy_header(processor, deployment, out, base) + envoy_yaml(message), out)
+
+
+def _envoy_header(processor: str | None, deployment: Any, out: str | None, base: str) -> str:
+    """The comment at the top of ``gen envoy``'s YAML: what wrote it, how to run it and what
+    it expects to find (the processor's server, the Wasm files)."""
+    from .. import __version__
+
+    file = os.path.basename(out) if out is not None else "envoy.yaml"
+    options, spec = deployment.envoy, deployment.spec
+    lines = [f"Written by `extctl gen envoy` (envoy-extkit {__version__})"
+             + (f" from {processor}." if processor else "."),
+             f"Run it: envoy -c {file}   (check it first: envoy --mode validate -c {file})",
+             f"It listens on {options.listen}, its admin endpoint on {options.admin}."]
+    if spec is not None:
+        from ..config.sidecar import socket_base
+
+        addresses = deployment.addresses
+        if addresses[0].startswith("/"):
+            uds, workers = socket_base(addresses)
+            where = f"--uds {uds}"
+        else:
+            where, workers = f"--address {addresses[0]}", len(addresses)
+        lines += [f"Its ext_proc filter calls {spec.name} at {', '.join(addresses)}: serve it "
+                  "there,", f"  extctl serve {processor} {where}"
+                  + (f" --workers {workers}" if workers > 1 else "")]
+    files = [m.file for m in deployment.wasm if m.file]
+    if files:
+        seen = "this file's directory" if out is not None else "the directory extctl ran in"
+        lines += [f"Its Wasm files ({', '.join(files)}) are named relative to {seen}:",
+                  "Envoy reads them from its working directory, so start it there,",
+                  f"  cd {base} && envoy -c {file}"]
+    return "".join(f"# {line}\n" for line in lines)
 

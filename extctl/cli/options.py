@@ -37,6 +37,25 @@ def flags(**spelled: str) -> Callable[[F], F]:
     return decorate
 
 
+def flags_of(command: click.Command) -> dict[str, str]:
+    """Library parameter -> how ``command`` spells it: its options' flags by parameter name
+    (``--out`` rather than ``-o``), and what :func:`flags` adds."""
+    spelled: dict[str, str] = {}
+    for param in command.params:
+        if isinstance(param, click.Option) and param.name:
+            spelled[param.name] = max(param.opts, key=len)
+    callback = command.callback
+    while callback is not None:  # through the error-translating wrapper to the function
+        spelled.update(getattr(callback, "__extctl_flags__", {}))
+        callback = getattr(callback, "__wrapped__", None)
+    return spelled
+
+
+def current_flags() -> dict[str, str]:
+    """:func:`flags_of` the command running now."""
+    return flags_of(click.get_current_context().command)
+
+
 def load_processor(spec: str, app_dir: str) -> type[extproc.Processor]:
     """``MODULE:CLASS`` imported with ``app_dir`` first on ``sys.path``."""
     import extproc

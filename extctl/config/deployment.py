@@ -24,8 +24,9 @@ from extproc import FilterSpec, Processor
 from .envoy import bootstrap
 from .envoy import to_yaml as envoy_yaml
 from .files import write_file
-from .gateway import notes, resources
-from .gateway import to_yaml as gateway_yaml
+from .gateway import resources
+from .gateway_notes import PATCH_FILE, envoy_gateway_patch
+from .gateway_notes import render as gateway_text
 from .model import DeploymentData, EnvoyOptions, GatewayOptions
 from .policy import Policy
 
@@ -70,12 +71,17 @@ class Deployment(DeploymentData):
         return resources(self)
 
     def render(self) -> dict[str, str]:
-        """File name -> text: ``envoy.yaml`` always, ``gateway.yaml`` when there are targets."""
+        """File name -> text: ``envoy.yaml`` always; when there are targets, ``gateway.yaml``
+        (``kubectl apply -f`` it) and, with a processor, ``envoy-gateway-config.patch.yaml``
+        (Envoy Gateway's configuration enabling Backends: merged, not applied; its comments
+        say how)."""
         header = f"# {self.header}\n" if self.header else ""
         files = {"envoy.yaml": header + envoy_yaml(self.envoy_bootstrap())}
         if self.gateway.targets:
-            files["gateway.yaml"] = header + gateway_yaml(self.gateway_resources(),
-                                                          notes(self))
+            files["gateway.yaml"] = header + gateway_text(self)
+            patch = envoy_gateway_patch(self)
+            if patch is not None:
+                files[PATCH_FILE] = header + patch
         return files
 
     def write(self, directory: str | os.PathLike[str]) -> list[Path]:

@@ -23,8 +23,7 @@ from .health_check import PROCESSOR, SERVICE
 from .model import DeploymentData as Deployment
 from .model import Target, check_name, is_kubernetes_name
 from .net import MAX_UDS_PATH, host_port, is_ip, is_socket_path
-from .sidecar import envoy_deployment, envoy_gateway_config, gateway_class
-from .sidecar import notes as sidecar_notes
+from .sidecar import envoy_deployment, gateway_class
 from .wasm import WasmModule
 
 API_VERSION = "gateway.envoyproxy.io/v1alpha1"
@@ -338,45 +337,20 @@ def envoy_proxy(deployment: Deployment) -> dict[str, Any]:
 
 def sidecar_documents(deployment: Deployment) -> list[dict[str, Any]]:
     """What a sidecar deployment needs besides the EnvoyProxy: the GatewayClass that refers
-    to it (when named) and Envoy Gateway's configuration with Backends enabled."""
+    to it, when named. (Envoy Gateway's own configuration is not a document to apply: see
+    :func:`extctl.config.gateway_notes.envoy_gateway_patch`.)"""
     options = deployment.gateway.sidecar
-    if options is None:
+    if options is None or options.gateway_class is None:
         return []
-    docs = []
-    if options.gateway_class is not None:
-        check_name(options.gateway_class, "GatewayClass")
-        docs.append(gateway_class(options, f"{deployment.name}-proxy",
-                                          deployment.gateway.namespace))
-    docs.append(envoy_gateway_config(options))
-    return docs
-
-
-def notes(deployment: Deployment) -> list[str]:
-    """Comment lines for the top of the rendered documents (what they cannot do themselves)."""
-    lines = []
-    if (deployment.processor is not None and deployment.http1_trailers
-            and client_gateway(deployment) is None):
-        lines.append("The processor takes trailers: HTTP/1.1 trailers reach it only with "
-                     "ClientTrafficPolicy http1.enableTrailers on the Gateway")
-        lines.append("(Envoy drops them before any filter otherwise): name the Gateway with "
-                     "--client-gateway to have it written.")
-    options = deployment.gateway.sidecar
-    if options is not None:
-        return [*lines, *sidecar_notes(options, f"{deployment.name}-proxy")]
-    if deployment.processor is not None:  # a Backend, which Envoy Gateway serves only when told
-        return [*lines,
-                "The Backend needs Envoy Gateway's `extensionApis: {enableBackend: true}` "
-                "(ConfigMap envoy-gateway-system/envoy-gateway-config,",
-                "then restart the envoy-gateway Deployment); --sidecar-image writes that "
-                "ConfigMap for you."]
-    return lines
+    check_name(options.gateway_class, "GatewayClass")
+    return [gateway_class(options, f"{deployment.name}-proxy", deployment.gateway.namespace)]
 
 
 def resources(deployment: Deployment) -> list[dict[str, Any]]:
     """The EnvoyExtensionPolicy, the Backend when there is a processor, and the policies the
     deployment asks for (SecurityPolicy, BackendTrafficPolicy, ClientTrafficPolicy,
-    EnvoyProxy, with the sidecar when there is one; then the GatewayClass and Envoy Gateway's
-    ConfigMap a sidecar needs)."""
+    EnvoyProxy, with the sidecar when there is one; then the GatewayClass that attaches it,
+    when named)."""
     policy = deployment.policy
     docs = [extension_policy(deployment)]
     if deployment.processor is not None:
@@ -395,7 +369,8 @@ def resources(deployment: Deployment) -> list[dict[str, Any]]:
 
 
 def to_yaml(documents: Sequence[dict[str, Any]], notes: Sequence[str] = ()) -> str:
-    """The documents as YAML, after ``notes`` as comment lines."""
+    """The documents as YAML, after ``notes`` as comment lines (with the comments on each
+    document: :func:`extctl.config.gateway_notes.render`)."""
     import yaml
 
     class Dumper(yaml.SafeDumper):

@@ -189,28 +189,3 @@ def gateway_class(sidecar: Sidecar, proxy: str, namespace: str) -> dict[str, Any
             "spec": {"controllerName": EG_CONTROLLER,
                      "parametersRef": {"group": "gateway.envoyproxy.io", "kind": "EnvoyProxy",
                                        "name": proxy, "namespace": namespace}}}
-
-
-def envoy_gateway_config(sidecar: Sidecar) -> dict[str, Any]:
-    """Envoy Gateway's own configuration with Backend resources enabled."""
-    import yaml
-
-    config = {"apiVersion": "gateway.envoyproxy.io/v1alpha1", "kind": "EnvoyGateway",
-              "provider": {"type": "Kubernetes"},
-              "gateway": {"controllerName": EG_CONTROLLER},
-              "extensionApis": {"enableBackend": True}}
-    return {"apiVersion": "v1", "kind": "ConfigMap",
-            "metadata": {"name": "envoy-gateway-config", "namespace": sidecar.eg_namespace},
-            "data": {"envoy-gateway.yaml": yaml.safe_dump(config, sort_keys=False)}}
-
-
-def notes(sidecar: Sidecar, proxy: str) -> list[str]:
-    """What the documents cannot do themselves, as comment lines for the top of the file."""
-    lines = [f"ConfigMap {sidecar.eg_namespace}/envoy-gateway-config: merge "
-             "`extensionApis: {enableBackend: true}`",
-             "into your existing envoy-gateway.yaml (this document replaces it), then restart "
-             "the envoy-gateway Deployment."]
-    if sidecar.gateway_class is None:
-        lines += ["Attach the EnvoyProxy: in your Gateway, set spec.infrastructure.parametersRef:",
-                  f"  {{group: gateway.envoyproxy.io, kind: EnvoyProxy, name: {proxy}}}"]
-    return lines

@@ -96,8 +96,7 @@ def test_new_extproc_project_installs_by_its_readme_in_a_new_venv_and_passes_its
     project = tmp_path / "tenant-guard"
     assert (project / "tenant_guard" / "processor.py").exists()
     gateway = list(yaml.safe_load_all((project / "envoy-configs" / "gateway.yaml").read_text()))
-    assert [d["kind"] for d in gateway] == ["EnvoyExtensionPolicy", "Backend", "EnvoyProxy",
-                                            "ConfigMap"]
+    assert [d["kind"] for d in gateway] == ["EnvoyExtensionPolicy", "Backend", "EnvoyProxy"]
     assert gateway[0]["spec"]["extProc"][0]["processingMode"] == {"request": {}, "response": {}}
     for doc in gateway[:3]:
         validate(doc)

@@ -188,9 +188,11 @@ def test_gen_gateway_and_envoy_from_the_cli(tmp_path):
     assert docs[0]["spec"]["wasm"][0]["code"]["image"]["sha256"] == "b" * 64
     assert [e["unix"]["path"] for e in docs[1]["spec"]["endpoints"]] == [
         "/var/run/extproc/x-0.sock", "/var/run/extproc/x-1.sock"]
-    # a Backend is served only with enableBackend: the file says so at the top
+    # a Backend is served only with enableBackend: the file says so at the top, and the
+    # patch to merge is beside it
     head = [line for line in out.read_text().splitlines() if line.startswith("#")]
-    assert any("enableBackend: true" in line for line in head), head
+    assert any("extensionApis.enableBackend" in line for line in head), head
+    assert (tmp_path / "envoy-gateway-config.patch.yaml").exists()
     wasm_only = CliRunner().invoke(cli, [
         "gen", "gateway", "--name", "w", "--route", "r",
         "--wasm-image", f"tag=oci://registry.example.com/f/tag:v1@sha256:{'b' * 64}"])
@@ -372,8 +374,9 @@ def test_gen_envoy_with_every_option_passes_envoy_validate(tmp_path, wat_module)
     assert len(clusters["extproc"]["load_assignment"]["endpoints"][0]["lb_endpoints"]) == 2
     ext_proc = manager["http_filters"][2]["typed_config"]
     assert ext_proc["failure_mode_allow"] is True and ext_proc["message_timeout"] == "2s"
+    # The local module is named from the file's directory, where its header says to run Envoy.
     check = subprocess.run([find_envoy(), "--mode", "validate", "-c", str(out)],
-                           capture_output=True, text=True, timeout=60)
+                           capture_output=True, text=True, timeout=60, cwd=out.parent)
     assert check.returncode == 0, check.stdout + check.stderr
 
 

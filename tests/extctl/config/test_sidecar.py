@@ -66,11 +66,12 @@ def test_one_command_writes_the_whole_sidecar_deployment(tmp_path):
     result = _gen(tmp_path, "--name", "redact", "--route", "r", "--uds", SOCKET,
                   "--sidecar-image", "registry.example.com/redact:1")
     assert result.exit_code == 0, result.output
-    docs = _by_kind(result.output)
-    assert list(docs) == ["EnvoyExtensionPolicy", "Backend", "EnvoyProxy", "ConfigMap"]
+    docs = _by_kind(result.stdout)
+    # Envoy Gateway's own configuration is no document to apply (it would replace the
+    # installed one): tests/extctl/config/test_generated_comments.py
+    assert list(docs) == ["EnvoyExtensionPolicy", "Backend", "EnvoyProxy"]
     for doc in docs.values():
-        if doc["kind"] != "ConfigMap":
-            validate(doc)
+        validate(doc)
     deployment = docs["EnvoyProxy"]["spec"]["provider"]["kubernetes"]["envoyDeployment"]
     (sidecar,) = deployment["initContainers"]
     # A native sidecar: started (and probed) before Envoy, stopped after it.
@@ -99,13 +100,8 @@ def test_one_command_writes_the_whole_sidecar_deployment(tmp_path):
     assert envoy["runAsNonRoot"] and envoy["runAsUser"] == 65532
     backend = docs["Backend"]["spec"]["endpoints"]
     assert backend == [{"unix": {"path": SOCKET}}]
-    config = docs["ConfigMap"]
-    assert config["metadata"] == {"name": "envoy-gateway-config",
-                                  "namespace": "envoy-gateway-system"}
-    eg = yaml.safe_load(config["data"]["envoy-gateway.yaml"])
-    assert eg["kind"] == "EnvoyGateway" and eg["extensionApis"] == {"enableBackend": True}
-    comments = [line for line in result.output.splitlines() if line.startswith("#")]
-    assert any("merge" in line and "enableBackend" in line for line in comments)
+    comments = [line for line in result.stdout.splitlines() if line.startswith("#")]
+    assert any("enableBackend" in line for line in comments)
     assert any("infrastructure.parametersRef" in line for line in comments)
     assert any("name: redact-proxy" in line for line in comments)
 
@@ -118,9 +114,8 @@ def test_workers_resources_gateway_class_and_filter_order_in_one_envoy_proxy(tmp
                   "--sidecar-user", "2000", "--socket-group", "3000",
                   "--gateway-class", "eg-redact", "--filter-order", "wasm:before:ext_proc")
     assert result.exit_code == 0, result.output
-    docs = _by_kind(result.output)
-    assert list(docs) == ["EnvoyExtensionPolicy", "Backend", "EnvoyProxy", "GatewayClass",
-                          "ConfigMap"]
+    docs = _by_kind(result.stdout)
+    assert list(docs) == ["EnvoyExtensionPolicy", "Backend", "EnvoyProxy", "GatewayClass"]
     for kind in ("EnvoyExtensionPolicy", "Backend", "EnvoyProxy", "GatewayClass"):
         validate(docs[kind])
     proxy = docs["EnvoyProxy"]["spec"]
@@ -139,7 +134,7 @@ def test_workers_resources_gateway_class_and_filter_order_in_one_envoy_proxy(tmp
     assert docs["GatewayClass"]["spec"]["parametersRef"] == {
         "group": "gateway.envoyproxy.io", "kind": "EnvoyProxy", "name": "redact-proxy",
         "namespace": "apps"}
-    assert "infrastructure.parametersRef" not in result.output
+    assert "infrastructure.parametersRef" not in result.stdout
 
 
 def test_the_crd_check_sees_cel_rules_and_pruned_fields():
@@ -206,9 +201,10 @@ def test_readme_deploying_commands_run(tmp_path, monkeypatch):
         assert result.exit_code == 0, (line, result.output)
     docs = list(yaml.safe_load_all((tmp_path / "gateway.yaml").read_text()))
     assert [d["kind"] for d in docs] == ["EnvoyExtensionPolicy", "Backend", "EnvoyProxy",
-                                         "GatewayClass", "ConfigMap"]
-    for doc in docs[:4]:
+                                         "GatewayClass"]
+    for doc in docs:
         validate(doc)
+    assert (tmp_path / "envoy-gateway-config.patch.yaml").exists()
 
 
 def test_a_class_the_sidecar_cannot_import_by_name_is_refused():
@@ -231,7 +227,7 @@ def test_an_admin_port_gives_http_probes_and_a_metrics_port(tmp_path):
                   "--workers", "2", "--sidecar-image", "registry.example.com/redact:1",
                   "--sidecar-admin-port", "9102")
     assert result.exit_code == 0, result.output
-    proxy = _by_kind(result.output)["EnvoyProxy"]
+    proxy = _by_kind(result.stdout)["EnvoyProxy"]
     validate(proxy)
     (sidecar,) = proxy["spec"]["provider"]["kubernetes"]["envoyDeployment"]["initContainers"]
     assert sidecar["command"][-2:] == ["--admin", "0.0.0.0:9102"]
@@ -262,7 +258,7 @@ def test_the_sidecar_command_answers_the_http_probes(sock_dir, extctl):
     result = _gen(sock_dir, "--name", "p", "--route", "r", "--uds", str(sock_dir / "p.sock"),
                   "--workers", "2", "--sidecar-image", "registry.example.com/p:1",
                   "--sidecar-admin-port", str(port))
-    proxy = _by_kind(result.output)["EnvoyProxy"]
+    proxy = _by_kind(result.stdout)["EnvoyProxy"]
     (sidecar,) = proxy["spec"]["provider"]["kubernetes"]["envoyDeployment"]["initContainers"]
     command = sidecar["command"]
     assert command[:3] == ["extctl", "serve", "app:Redact"]
