@@ -102,7 +102,7 @@ class StreamRecord:
     # Defaults until a stream uses them.
     proc: Any = None
     _arg: Any = None
-    _arg_size: int | None = None
+    _arg_data: bytes | None = None
     seconds = 0.0
     span: Any = None
     _hook_span: Any = None
@@ -140,7 +140,8 @@ class StreamRecord:
         self.proc = proc
         if self.observer.views:
             self._arg = arg
-            self._arg_size = len(arg._data) if hasattr(arg, "_changed") else None
+            # a Body's bytes as Envoy sent them (a reference: bytes are not changed in place)
+            self._arg_data = arg._data if hasattr(arg, "_changed") else None
         if self.tracer is not None:
             self._start_hook_span(phase)
         self._hook_started = time.perf_counter()
@@ -150,7 +151,7 @@ class StreamRecord:
         seconds = time.perf_counter() - self._hook_started
         self._hooks.append((phase, seconds, outcome, status))
         if self.observer.views:
-            self.changes.append(_changes(self.proc, self._arg, self._arg_size, outcome))
+            self.changes.append(_changes(self.proc, self._arg, self._arg_data, outcome))
         metrics = self.metrics
         if metrics is not None:
             values = metrics.values
@@ -178,8 +179,16 @@ class StreamRecord:
 
     @property
     def request_id(self) -> str | None:
+        """The request's x-request-id: from its headers, else from the stream's metadata
+        (Envoy sends it there when configured to, even without request headers)."""
         headers = getattr(self.proc, "request_headers", None)
-        return headers.get("x-request-id") if headers is not None else None
+        found = headers.get("x-request-id") if headers is not None else None
+        if found is None and self.context is not None:
+            metadata = getattr(self.context, "invocation_metadata", None)
+            for key, value in (metadata() if metadata is not None else None) or ():
+                if key == "x-request-id":
+                    return str(value)
+        return found
 
     def done(self, context: Any) -> None:
         self.finish("CANCELLED" if context.cancelled() else _code_name(context))
@@ -294,8 +303,9 @@ class StreamRecord:
         span.end()
 
 
-def _changes(proc: Any, arg: Any, size: int | None, outcome: str) -> dict[str, Any]:
-    """What a hook changed, read from the objects it changed (for the views)."""
+def _changes(proc: Any, arg: Any, before: bytes | None, outcome: str) -> dict[str, Any]:
+    """What a hook changed, read from the objects it changed (for the views): ``body`` is
+    [bytes before, bytes after] when the bytes differ (assigning the same ones is no change)."""
     found: dict[str, Any] = {}
     if outcome == FAIL_OPEN:
         return found  # a failed hook's changes are discarded
@@ -303,8 +313,8 @@ def _changes(proc: Any, arg: Any, size: int | None, outcome: str) -> dict[str, A
     if changes:
         for name, (op, _) in changes.items():
             found.setdefault(("set", "add", "remove")[op], []).append(name)
-    if size is not None and arg._changed:
-        found["body"] = [size, len(arg._data)]
+    if before is not None and arg._changed and arg._data != before:
+        found["body"] = [len(before), len(arg._data)]
     metadata = getattr(proc, "_dynamic_metadata", None)
     if metadata:
         found["dynamic_metadata"] = sorted(f"{ns}.{key}" for ns, values in metadata.items()

@@ -51,8 +51,9 @@ from . import options
 @click.option("--quiet", is_flag=True, help="No live view of the requests.")
 @click.option("--output", type=click.Choice(["text", "json"]), default="text",
               show_default=True, help="The live view, on stdout (all else is on stderr): a "
-              "block per request, or one JSON object per request (phases sent, each hook's "
-              "time and changes, status, total time).")
+              "block per request, or one JSON object per request: method, path, status and "
+              "time as Envoy logged them, the phases Envoy sent the processor and each hook's "
+              "time and changes, the request id.")
 @options.log_level
 @options.log_format
 @click.option("--envoy-log-level", type=click.Choice(["trace", "debug", "info", "warning",
@@ -111,15 +112,15 @@ def dev(processor: str | None, port: int, wasm: tuple[str, ...],
         module.name: options.connection(module.image, docker_config=docker_config,
                                         ca_file=ca_file, insecure=insecure)
         if module.image else registry.Connection(ca_file=ca_file) for module in modules}
-    watching = Reload(processor, app_dir, reload_dir, None if quiet else output) \
-        if reload else None
-    view = None
-    if not quiet and watching is None:
-        from ..harness.view import live_view
+    watching = Reload(processor, app_dir, reload_dir, not quiet) if reload else None
+    live = None
+    if not quiet:
+        from ..harness.view import LiveView
 
-        view = live_view(output)  # the in-process server's streams
+        # Envoy's line about each request, joined with the processor's record of its stream.
+        live = LiveView(output, processor=cls is not None)
     DevStack(cls, port=port, wasm=modules, filter_order=order, connections=connections,
-             view=view,
+             live=live,
              envoy_log_level=envoy_log_level, reload=watching, admin=admin,
              clusters=options.callout_clusters(http_clusters, grpc_clusters)).run()
 

@@ -46,10 +46,11 @@ def _server_options(function: Any) -> Any:
 @options.reload_dir
 @options.log_level
 @options.log_format
-# extctl dev --reload's child prints the live view itself (it serves the streams).
-@click.option("--live-view", type=click.Choice(["text", "json"]), hidden=True)
+# extctl dev --reload's child records its streams there for the live view (which joins them
+# with Envoy's access log).
+@click.option("--view-records", type=click.Path(dir_okay=False), hidden=True)
 def serve(processor: str, app_dir: str, reload: bool, reload_dir: tuple[str, ...],
-          log_level: str, log_format: str, live_view: str | None, **settings: Any) -> None:
+          log_level: str, log_format: str, view_records: str | None, **settings: Any) -> None:
     """Serve a Processor subclass over gRPC for Envoy's ext_proc filter.
 
     SIGTERM, SIGHUP and SIGINT drain in-flight requests within --grace-period
@@ -84,8 +85,8 @@ def serve(processor: str, app_dir: str, reload: bool, reload_dir: tuple[str, ...
         sys.exit(serve_with_reload(command, reload_dir or [app_dir]))
     cls = options.load_processor(processor, app_dir)
     view = None
-    if live_view is not None:
-        from ..harness.view import live_view as make_view
+    if view_records is not None:
+        from ..harness.view import recording
 
-        view = make_view(live_view)
+        view = recording(view_records)
     sys.exit(extproc.serve(cls, config, view=view))

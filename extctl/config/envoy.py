@@ -16,11 +16,18 @@ from typing import Any
 from envoy.config.accesslog.v3 import accesslog_pb2
 from envoy.config.bootstrap.v3 import bootstrap_pb2
 from envoy.config.cluster.v3 import cluster_pb2
-from envoy.config.core.v3 import address_pb2, base_pb2, grpc_service_pb2, health_check_pb2
+from envoy.config.core.v3 import (
+    address_pb2,
+    base_pb2,
+    grpc_service_pb2,
+    health_check_pb2,
+    substitution_format_string_pb2,
+)
 from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
 from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
 from envoy.config.rbac.v3 import rbac_pb2 as rbac_config_pb2
 from envoy.config.route.v3 import route_components_pb2, route_pb2
+from envoy.extensions.access_loggers.file.v3 import file_pb2
 from envoy.extensions.access_loggers.stream.v3 import stream_pb2
 from envoy.extensions.filters.http.ext_proc.v3 import ext_proc_pb2
 from envoy.extensions.filters.http.rbac.v3 import rbac_pb2 as rbac_filter_pb2
@@ -32,7 +39,7 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
 from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 from envoy.extensions.wasm.v3 import wasm_pb2
-from google.protobuf import any_pb2, duration_pb2, json_format, wrappers_pb2
+from google.protobuf import any_pb2, duration_pb2, json_format, struct_pb2, wrappers_pb2
 
 from .errors import ConfigError
 from .ext_proc import apply_spec
@@ -46,6 +53,17 @@ from .wasm import WasmModule
 
 EXT_PROC_CLUSTER = "extproc"
 UPSTREAM_CLUSTER = "upstream"
+#: The keys of a JSON access log line (``EnvoyOptions.access_log_file``) and what Envoy puts
+#: there: numbers for status and duration (ms), the request's path before any rewrite.
+ACCESS_LOG_FIELDS = {
+    "request_id": "%REQ(X-REQUEST-ID)%",
+    "method": "%REQ(:METHOD)%",
+    "path": "%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%",
+    "status": "%RESPONSE_CODE%",
+    "duration_ms": "%DURATION%",
+    "flags": "%RESPONSE_FLAGS%",
+    "details": "%RESPONSE_CODE_DETAILS%",
+}
 
 
 def _any(message: Any) -> Any:
@@ -100,6 +118,9 @@ def ext_proc_filter(deployment: Deployment) -> Any:
         filter_config.metadata_options.receiving_namespaces.untyped.extend(
             spec.dynamic_metadata_namespaces)
     apply_spec(filter_config, spec)
+    if deployment.envoy.request_id_to_processor:
+        filter_config.grpc_service.initial_metadata.add(key="x-request-id",
+                                                        value="%REQ(x-request-id)%")
     return hcm_pb2.HttpFilter(name=f"envoy.filters.http.ext_proc/{spec.name.lower()}",
                               typed_config=_any(filter_config))
 
@@ -181,6 +202,14 @@ def bootstrap(deployment: Deployment) -> Any:
     if options.access_log:
         manager.access_log.append(accesslog_pb2.AccessLog(
             name="envoy.access_loggers.stdout", typed_config=_any(stream_pb2.StdoutAccessLog())))
+    if options.access_log_file:
+        fields = struct_pb2.Struct()
+        fields.update(ACCESS_LOG_FIELDS)
+        manager.access_log.append(accesslog_pb2.AccessLog(
+            name="envoy.access_loggers.file", typed_config=_any(file_pb2.FileAccessLog(
+                path=options.access_log_file,
+                log_format=substitution_format_string_pb2.SubstitutionFormatString(
+                    json_format=fields)))))
     listener = listener_pb2.Listener(
         name="http",
         address=_socket_address(options.listen),

@@ -119,6 +119,13 @@ class EnvoyOptions:
     memory a client can make Envoy hold)."""
     access_log: bool = False
     """Log each request to Envoy's stdout."""
+    access_log_file: str | None = None
+    """Also log each request to this file, one JSON object per line with the keys of
+    :data:`extctl.config.envoy.ACCESS_LOG_FIELDS` (what ``extctl dev``'s live view reads)."""
+    request_id_to_processor: bool = False
+    """Give the processor each request's x-request-id as metadata of its ext_proc stream
+    (``x-request-id``), so that what it records matches Envoy's access log even when Envoy
+    sends it no request headers."""
     http1_trailers: bool | None = None
     """Accept and forward HTTP/1.1 chunked trailers, from clients and from the upstream (Envoy's
     HTTP/1 codec drops them by default, before any filter). None: when the processor's mode

@@ -27,7 +27,6 @@ import registry
 import wasm
 from extproc import FilterSpec, ServerThread
 from extproc.lifecycle import Captured, capture_signals
-from extproc.transports import View
 
 from ..config import CalloutCluster, Deployment, FilterPosition, WasmModule
 from ..errors import UsageError
@@ -35,6 +34,7 @@ from .echo import EchoServer
 from .envoy import EnvoyProcess
 from .reload import STOP_SIGNALS, Child, watch
 from .stack import require_free
+from .view import LiveView, summary
 
 logger = logging.getLogger("extctl.dev")
 
@@ -79,8 +79,8 @@ class Reload:
     app_dir: str = "."
     directories: Sequence[str] = ()
     """Where Python changes are watched; default: ``app_dir``."""
-    view: str | None = None
-    """The live view the child prints (``text``, ``json``; None: none)."""
+    view: bool = False
+    """Whether the child records its streams for the live view."""
 
 
 class DevStack:
@@ -90,9 +90,9 @@ class DevStack:
                  connections: Mapping[str, registry.Connection] | None = None,
                  envoy_log_level: str = "warning", reload: Reload | None = None,
                  admin: str = "127.0.0.1:0", clusters: Sequence[CalloutCluster] = (),
-                 view: View | None = None) -> None:
+                 live: LiveView | None = None) -> None:
         self.admin = admin
-        self.view = view
+        self.live = live
         self.clusters = tuple(clusters)
         self.envoy_log_level = envoy_log_level
         self.processor = processor
@@ -116,9 +116,16 @@ class DevStack:
         workdir = Path(tempfile.mkdtemp(prefix="extctl-dev-"))
         server: ServerThread | None = None
         child: Child | None = None
+        follower: _Follower | None = None
+        following: threading.Thread | None = None
         envoy = echo = None
         try:
             socket_path = str(workdir / "extproc.sock")
+            # The live view: Envoy's line about each request, the processor's record of its
+            # stream, joined by x-request-id (Envoy gives it to the processor as metadata).
+            access_log = workdir / "access.log"
+            records = workdir / "streams.jsonl"
+            live = self.live
             modules = [fetch(w, workdir, self.connections.get(w.name)) for w in self.wasm]
             processor: type[extproc.Processor] | FilterSpec | None = self.processor
             admin_url = None
@@ -127,12 +134,14 @@ class DevStack:
                 # (by the command) gives the first config. Its admin port stays the same.
                 admin = _fixed_port(self.admin)
                 child = Child(_serve_args(self.reload, socket_path, self.envoy_log_level,
-                                          admin))
+                                          admin, str(records) if live is not None else None))
                 child.start()
                 admin_url = f"http://{admin}"
             elif self.processor is not None:
-                server = ServerThread(self.processor, uds=socket_path, socket_mode=0o600,
-                                      admin=self.admin, view=self.view).start()
+                server = ServerThread(
+                    self.processor, uds=socket_path, socket_mode=0o600, admin=self.admin,
+                    view=(lambda record: live.stream(summary(record))) if live else None
+                ).start()
                 admin_server = getattr(server.server, "admin", None)  # grpcio transport
                 if admin_server is not None:
                     admin_url = admin_server.url
@@ -143,14 +152,22 @@ class DevStack:
                 return Deployment.build(
                     spec, addresses=[socket_path] if spec is not None else [],
                     upstreams=[echo.address] if echo else [], listen=f"127.0.0.1:{port}",
-                    access_log=True, wasm=modules, filter_order=self.filter_order,
-                    clusters=self.clusters)
+                    access_log=live is None,
+                    access_log_file=str(access_log) if live is not None else None,
+                    request_id_to_processor=True, wasm=modules,
+                    filter_order=self.filter_order, clusters=self.clusters)
 
             current = deployment(processor, self.port)
+            # The live view reads Envoy's access log as it is written.
+            flush = 50 if live is not None else None
             envoy = EnvoyProcess(current.envoy_bootstrap(), workdir / "envoy",
-                                 log_level=self.envoy_log_level).start()
+                                 log_level=self.envoy_log_level, file_flush_ms=flush).start()
             tail = threading.Thread(target=_tail, args=(envoy.log_path, stop), daemon=True)
             tail.start()
+            if live is not None:
+                follower = _Follower(live, access_log, records)
+                following = threading.Thread(target=follower.run, args=(stop,), daemon=True)
+                following.start()
             changes: queue.Queue[set[str]] = queue.Queue()
             watcher = None
             watching = threading.Event()
@@ -206,14 +223,18 @@ class DevStack:
                     port = envoy.port
                     envoy.stop()
                     envoy = EnvoyProcess(deployment(current.processor, port).envoy_bootstrap(),
-                                         workdir / "envoy", log_level=self.envoy_log_level
-                                         ).start()
+                                         workdir / "envoy", log_level=self.envoy_log_level,
+                                         file_flush_ms=flush).start()
                     _say(f"reload: Envoy restarted on port {envoy.port}")
         finally:
             stop.set()
             captured.release()  # a second Ctrl-C interrupts the cleanup, as it always did
             if envoy is not None:
                 envoy.stop()
+            if following is not None and follower is not None:
+                following.join(5)
+                follower.read()  # what Envoy logged as it stopped
+                follower.live.flush(final=True)
             if echo is not None:
                 echo.stop()
             if server is not None:
@@ -240,12 +261,13 @@ def _fixed_port(address: str) -> str:
         return f"{host}:{s.getsockname()[1]}"
 
 
-def _serve_args(reload: Reload, socket_path: str, log_level: str, admin: str) -> list[str]:
+def _serve_args(reload: Reload, socket_path: str, log_level: str, admin: str,
+                records: str | None) -> list[str]:
     assert reload.processor is not None
     return [reload.processor, "--uds", socket_path, "--admin", admin,
             "--app-dir", os.path.abspath(reload.app_dir), "--socket-mode", "600",
             "--grace-period", "1", "--log-level", "info" if log_level in ("debug", "trace")
-            else "warning", *(["--live-view", reload.view] if reload.view else [])]
+            else "warning", *(["--view-records", records] if records else [])]
 
 
 def _probe(reload: Reload) -> FilterSpec | None:
@@ -258,6 +280,51 @@ def _probe(reload: Reload) -> FilterSpec | None:
     if done.returncode != 0:
         return None
     return FilterSpec.from_dict(json.loads(done.stdout))
+
+
+class _Lines:
+    """The complete lines appended to a file since the last read."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.position = 0
+        self.partial = b""
+
+    def read(self) -> list[bytes]:
+        try:
+            with open(self.path, "rb") as file:
+                file.seek(self.position)
+                chunk = file.read()
+                self.position = file.tell()
+        except FileNotFoundError:
+            return []
+        *lines, self.partial = (self.partial + chunk).split(b"\n")
+        return lines
+
+
+class _Follower:
+    """Hands Envoy's access log lines and the reloaded child's stream records to the live
+    view, which prints what is ready."""
+
+    def __init__(self, live: LiveView, access_log: Path, records: Path) -> None:
+        self.live = live
+        self.sources = ((_Lines(access_log), live.access), (_Lines(records), live.stream))
+
+    def read(self) -> None:
+        for source, take in self.sources:
+            for line in source.read():
+                try:
+                    entry = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(entry, dict):
+                    take(entry)
+
+    def run(self, stop: threading.Event) -> None:
+        """Until ``stop``."""
+        while not stop.wait(0.05):
+            self.read()
+            self.live.flush()
 
 
 def _tail(path: Path, stop: threading.Event) -> None:

@@ -60,7 +60,8 @@ class EnvoyProcess:
 
     def __init__(self, config: Any, workdir: str | os.PathLike[str] | None = None, *,
                  concurrency: int = 1, log_level: str = "warning",
-                 component_log_level: str = "", start_timeout: float = 30.0) -> None:
+                 component_log_level: str = "", start_timeout: float = 30.0,
+                 file_flush_ms: int | None = None) -> None:
         self._own_dir = workdir is None
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="extctl-envoy-"))
         self.config = config
@@ -69,6 +70,9 @@ class EnvoyProcess:
         self.component_log_level = component_log_level
         """Envoy's ``--component-log-level`` (``wasm:trace``: every line a module logs)."""
         self.start_timeout = start_timeout
+        self.file_flush_ms = file_flush_ms
+        """Envoy's ``--file-flush-interval-msec``: how soon an access log line reaches its
+        file (Envoy's default: 10 s, or 64 KiB of lines)."""
         self.process: subprocess.Popen[bytes] | None = None
         self.admin_address = ""
         self.port = 0
@@ -99,6 +103,8 @@ class EnvoyProcess:
                    "--drain-time-s", "1", "--parent-shutdown-time-s", "2"]
         if self.component_log_level:
             command += ["--component-log-level", self.component_log_level]
+        if self.file_flush_ms is not None:
+            command += ["--file-flush-interval-msec", str(self.file_flush_ms)]
         with open(self.log_path, "ab") as log:
             # Its own session (a terminal's signals are ours to act on), and gone with us
             # even when we are killed outright.
