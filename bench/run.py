@@ -1,13 +1,23 @@
 """Benchmark harness: a real Envoy (--concurrency 1, loopback) driven by wrk; each candidate
 ext_proc server on a Unix socket (``--tcp``: loopback TCP); candidates alternated round by round
-in ONE run; medians of the rounds; ratios against the minimal hand-written servicer. The
-transport is a candidate dimension: ``extkit`` is served by grpc.aio, ``extkit-pyvoy`` by the
-same processor inside an Envoy process (``extctl serve --transport pyvoy``).
+in ONE run; medians of the rounds. Every scenario has the same rows: Envoy alone (the ceiling),
+a compiled reference in Go (``go_extproc.go``, built here with Debian's Go packages; skipped in
+one line when they are missing), a minimal hand-written grpc.aio servicer, and envoy-extkit on
+both transports (``extkit``: grpc.aio, ``extkit-pyvoy``: inside an Envoy process). Every figure
+is also shown as a ratio to Go's.
 
     .venv/bin/python bench/run.py                      # every scenario, writes bench/RESULTS.md
-    .venv/bin/python bench/run.py --scenario headers --rounds 5 --no-write
+    .venv/bin/python bench/run.py --scenario headers --rounds 5
+    .venv/bin/python bench/run.py --processor app:Redact   # your class in place of the bench's
     .venv/bin/python bench/run.py --profile            # also a py-spy flame graph per scenario
     .venv/bin/python bench/run.py --scenario observability --baseline main
+
+``--processor module:Class`` (imported from ``--app-dir``, default the working directory) serves
+your class in the envoy-extkit rows, both transports, with the processing mode derived from it;
+Go and the minimal servicer stay as references doing the benchmark's work. It runs the headers
+and latency scenarios unless ``--scenario`` picks others (``streamed``: 1 MiB responses from an
+upstream; ``buffered``: 64 KiB JSON request bodies), and prints the tables without writing
+RESULTS.md (``--output FILE`` saves them as markdown).
 
 The ``observability`` scenario is the headers workload served without and with ``--admin``,
 with tracing on, and by the code of ``--baseline REV`` (extproc and extctl as of that revision,
@@ -16,6 +26,8 @@ default: where HEAD left ``main``), so what observability costs, on and off, is 
 Per candidate: requests/s, p50/p99 latency (wrk), and the ext_proc server's CPU microseconds per
 request (utime+stime of the server and all its processes, from /proc). Upstreams are a second
 Envoy listener answering with ``direct_response``, so no Python upstream limits the numbers.
+Only a run of every scenario with the benchmark's processors, Go and pyvoy writes RESULTS.md,
+between its markers: the hand-written sections around them stay.
 """
 
 from __future__ import annotations
@@ -23,19 +35,17 @@ from __future__ import annotations
 import argparse
 import atexit
 import datetime
-import json
 import os
 import platform
 import re
 import shutil
 import signal
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -43,172 +53,35 @@ ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
 sys.path.insert(0, str(BENCH))
 
-import procs  # noqa: E402
+import go_ref  # noqa: E402
+import report  # noqa: E402
 from envoy.config.listener.v3 import listener_pb2  # noqa: E402
+from scenarios import (  # noqa: E402
+    MIB,
+    SCENARIOS,
+    TARGETS,
+    USER_SCENARIOS,
+    Candidate,
+    Sample,
+    Scenario,
+    with_processor,
+    without,
+)
 
+import extproc  # noqa: E402
 from extctl.config import Deployment  # noqa: E402
 from extctl.config.envoy import UPSTREAM_CLUSTER  # noqa: E402
 from extctl.testing import EnvoyProcess, find_envoy  # noqa: E402
-from extproc import ProcessingMode  # noqa: E402
 
-ENVOY_DEFAULT = ProcessingMode(request_headers=True, response_headers=True)
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-MIB = 1024 * 1024
-STREAMED_BODY = (b"line with a secret in it, " * 41 + b"\n") * (MIB // (26 * 41 + 1) + 1)
-STREAMED_BODY = STREAMED_BODY[:MIB]
-
-
-def _json_body(size: int) -> str:
-    """A JSON document of exactly ``size`` bytes."""
-    items: list[dict[str, Any]] = []
-    while len(json.dumps({"items": items, "pad": ""})) < size - 64:
-        items.append({"id": len(items), "name": f"item-{len(items)}", "tags": ["a", "b"]})
-    pad = size - len(json.dumps({"items": items, "pad": ""}))
-    return json.dumps({"items": items, "pad": "x" * pad})
-
-
-BUFFERED_BODY = _json_body(64 * 1024)
-
-
-@dataclass(frozen=True)
-class Candidate:
-    name: str
-    description: str
-    server: str | None  # "minimal:WORK", "extkit:Class", or None: Envoy alone
-    processor: type | None = None  # whose processing mode Envoy uses (None: Envoy alone)
-    mode: ProcessingMode | None = None  # overrides the class's derived mode
-    workers: int = 1
-    args: tuple[str, ...] = ()  # more `extctl serve` options
-    env: tuple[tuple[str, str], ...] = ()  # more environment variables
-    baseline: bool = False  # serve with the --baseline revision's code
-    transport: str = "grpcio"
-
-
-@dataclass(frozen=True)
-class Scenario:
-    name: str
-    title: str
-    candidates: tuple[Candidate, ...]
-    ratios: tuple[tuple[str, str], ...]  # (candidate, against)
-    upstream_body: bytes | None = None  # an upstream answering this; None: direct_response
-    post_body: str | None = None  # wrk POSTs this
-    connections: int = 16
-    throughput: bool = False  # report MB/s of upstream_body
-    note: str = ""
-
-
-def _minimal(work: str, mode: ProcessingMode, description: str, name: str) -> Candidate:
-    return Candidate(name, description, f"minimal:{work}", procs.BothHeaders, mode)
-
-
-def _extkit(cls: type, description: str, name: str, workers: int = 1,
-            **options: Any) -> Candidate:
-    return Candidate(name, description, f"extkit:{cls.__name__}", cls, workers=workers,
-                     **options)
-
-
-def _pyvoy(cls: type, description: str, name: str = "extkit-pyvoy") -> Candidate:
-    return _extkit(cls, description + ", pyvoy transport", name, transport="pyvoy")
-
-
-ENVOY = Candidate("envoy", "Envoy alone (no ext_proc filter): the ceiling", None)
-SCENARIOS = (
-    Scenario(
-        "headers",
-        "Headers: one header set per phase; Envoy answers with direct_response",
-        (
-            ENVOY,
-            _minimal("headers", ENVOY_DEFAULT, "minimal grpc.aio servicer, Envoy's default "
-                     "mode (request and response headers)", "minimal"),
-            _extkit(procs.BothHeaders, "envoy-extkit doing the same (derived mode: request "
-                    "and response headers)", "extkit"),
-            _extkit(procs.RequestHeader, "envoy-extkit request-headers-only processor "
-                    "(derived mode: request headers only)", "extkit-req"),
-            _minimal("headers", ProcessingMode(request_headers=True, response_headers=False),
-                     "minimal servicer, request headers only (for reference)", "minimal-req"),
-            _pyvoy(procs.BothHeaders, "envoy-extkit, request and response headers"),
-        ),
-        ratios=(("extkit", "minimal"), ("extkit-req", "minimal"),
-                ("extkit-req", "minimal-req"), ("extkit-pyvoy", "minimal"),
-                ("extkit-pyvoy", "extkit")),
-    ),
-    Scenario(
-        "observability",
-        "Observability: the headers workload (both headers) without and with --admin, with "
-        "tracing, and with the --baseline revision's code",
-        (
-            _extkit(procs.BothHeaders, "envoy-extkit as of the --baseline revision",
-                    "extkit-base", baseline=True),
-            _extkit(procs.BothHeaders, "envoy-extkit, no --admin, no tracing", "extkit"),
-            _extkit(procs.BothHeaders, "envoy-extkit with --admin (Prometheus metrics "
-                    "recorded per stream and hook)", "extkit-admin",
-                    args=("--admin", "127.0.0.1:0")),
-            _extkit(procs.BothHeaders, "envoy-extkit with tracing on (every request sampled, "
-                    "a span per stream and hook, console exporter to /dev/null)",
-                    "extkit-otel", env=(("OTEL_TRACES_EXPORTER", "console"),)),
-        ),
-        ratios=(("extkit-admin", "extkit"), ("extkit", "extkit-base"),
-                ("extkit-otel", "extkit")),
-    ),
-    Scenario(
-        "workers",
-        "Workers: envoy-extkit with 2 worker processes next to 1 (headers as above)",
-        (
-            _minimal("headers", ENVOY_DEFAULT, "minimal servicer (one process)", "minimal"),
-            _extkit(procs.BothHeaders, "envoy-extkit, 1 worker", "extkit-1"),
-            _extkit(procs.BothHeaders, "envoy-extkit, 2 workers", "extkit-2", workers=2),
-        ),
-        ratios=(("extkit-2", "extkit-1"), ("extkit-2", "minimal"), ("extkit-1", "minimal")),
-        note="2 CPUs are shared by Envoy, wrk and the workers, so 2 workers cannot double.",
-    ),
-    Scenario(
-        "streamed",
-        "STREAMED: 1 MiB responses from an upstream, every chunk rewritten",
-        (
-            Candidate("envoy", "Envoy alone, same upstream", None),
-            _minimal("streamed", ProcessingMode(request_headers=False, response_headers=False,
-                     response_body=procs.StreamedRewrite.response_body_mode),
-                     "minimal servicer rewriting each chunk", "minimal"),
-            _extkit(procs.StreamedRewrite, "envoy-extkit rewriting each chunk", "extkit"),
-            _pyvoy(procs.StreamedRewrite, "envoy-extkit rewriting each chunk"),
-        ),
-        ratios=(("extkit", "minimal"), ("extkit-pyvoy", "minimal"), ("extkit-pyvoy", "extkit")),
-        upstream_body=STREAMED_BODY,
-        connections=4,
-        throughput=True,
-    ),
-    Scenario(
-        "buffered",
-        "BUFFERED: 64 KiB JSON request bodies, a field added, sent upstream",
-        (
-            Candidate("envoy", "Envoy alone, same upstream", None),
-            _minimal("buffered", ProcessingMode(request_headers=False, response_headers=False,
-                     request_body=procs.BufferedJson.request_body_mode),
-                     "minimal servicer rewriting the JSON", "minimal"),
-            _extkit(procs.BufferedJson, "envoy-extkit rewriting the JSON", "extkit"),
-            _pyvoy(procs.BufferedJson, "envoy-extkit rewriting the JSON"),
-        ),
-        ratios=(("extkit", "minimal"), ("extkit-pyvoy", "minimal"), ("extkit-pyvoy", "extkit")),
-        upstream_body=b"ok\n",
-        post_body=BUFFERED_BODY,
-    ),
-    Scenario(
-        "latency",
-        "Latency at concurrency 1 (wrk -c1): what the processor adds to Envoy alone",
-        (
-            ENVOY,
-            _minimal("headers", ENVOY_DEFAULT, "minimal servicer, both headers", "minimal"),
-            _extkit(procs.BothHeaders, "envoy-extkit, both headers", "extkit"),
-            _extkit(procs.RequestHeader, "envoy-extkit, request headers only", "extkit-req"),
-            _pyvoy(procs.BothHeaders, "envoy-extkit, both headers"),
-        ),
-        ratios=(("extkit", "minimal"), ("extkit-pyvoy", "minimal")),
-        connections=1,
-    ),
-)
 
 
 # -- measuring --------------------------------------------------------------------------------
+
+
+def tool(name: str) -> str | None:
+    """``name`` on PATH, else beside this Python (a venv's bin, not activated)."""
+    return shutil.which(name) or shutil.which(name, path=str(Path(sys.executable).parent))
 
 
 def _free_port() -> int:
@@ -272,20 +145,28 @@ BASELINE_REVISION = subprocess.run(["git", "-C", str(ROOT), "merge-base", "HEAD"
                                    capture_output=True, text=True).stdout.strip() or "main"
 
 
+GO_BINARY: Path | None = None  # set by main() once built
+APP_DIR = Path.cwd()  # where --processor's module is imported from
+
+
 def _start_server(candidate: Candidate, listen: str, addresses: list[str],
                   tcp: bool) -> subprocess.Popen[bytes] | None:
     if candidate.server is None:
         return None
     kind, _, arg = candidate.server.partition(":")
-    env = {**os.environ, "PYTHONPATH": str(BENCH), **dict(candidate.env)}
+    # The benchmark's processors come from bench/procs.py, a user's from --app-dir.
+    path = [str(BENCH if arg.startswith("procs:") or kind != "extkit" else APP_DIR)]
     if candidate.baseline:
-        env["PYTHONPATH"] = f"{_baseline_tree(BASELINE_REVISION)}{os.pathsep}{BENCH}"
+        path.insert(0, str(_baseline_tree(BASELINE_REVISION)))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(path), **dict(candidate.env)}
     if kind == "minimal":
         command = [sys.executable, str(BENCH / "minimal_servicer.py"), arg, listen]
-    elif kind == "cmd":
-        command = [*arg.split(), listen]
+    elif kind == "go":
+        if GO_BINARY is None:
+            raise RuntimeError("the Go reference is not built (bench/go_ref.py)")
+        command = [str(GO_BINARY), arg, listen]
     else:
-        command = [sys.executable, "-m", "extctl", "serve", f"procs:{arg}",
+        command = [sys.executable, "-m", "extctl", "serve", arg,
                    "--address" if tcp else "--uds", listen, "--workers", str(candidate.workers),
                    "--log-level", "warning", *candidate.args]
         if candidate.transport != "grpcio":  # the baseline's code may not know the option
@@ -387,16 +268,13 @@ def _wrk(url: str, duration: float, connections: int,
             int(number(r"(\d+) requests in")))
 
 
-@dataclass
-class Sample:
-    rps: float
-    p50_ms: float
-    p99_ms: float
-    cpu_us: float | None
+# Started once the warm-up is over, given (server pid or None, Envoy's pid); what it returns is
+# waited for (``.wait(timeout)``) after the sample: bench/where.py attaches perf and py-spy.
+Profiler = Callable[[int | None, int], list[Any]]
 
 
 def measure(scenario: Scenario, candidate: Candidate, duration: float, tcp: bool,
-            profile_to: Path | None = None) -> Sample:
+            profile_to: Path | None = None, profilers: Profiler | None = None) -> Sample:
     workdir = Path(tempfile.mkdtemp(prefix="xk-bench-", dir="/tmp"))
     script = None
     if scenario.post_body is not None:
@@ -408,21 +286,28 @@ def measure(scenario: Scenario, candidate: Candidate, duration: float, tcp: bool
     try:
         config = _envoy_config(scenario, candidate, addresses)
         with EnvoyProcess(config, workdir / "envoy", concurrency=1) as envoy:
+            assert envoy.process is not None
             url = envoy.url("/")
             _wrk(url, 1, scenario.connections, script)  # warm-up
-            spy = None
+            attached = []
             if profile_to is not None and server is not None:
-                spy = subprocess.Popen(
-                    ["py-spy", "record", "-p", str(server.pid), "-d", str(int(duration) - 1),
-                     "-r", "200", "-o", str(profile_to), "--nonblocking", "--subprocesses"],
-                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                attached.append(subprocess.Popen(
+                    [str(tool("py-spy")), "record", "-p", str(server.pid), "-d",
+                     str(int(duration) - 1), "-r", "200", "-o", str(profile_to), "--nonblocking",
+                     "--subprocesses"],
+                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+            if profilers is not None:
+                attached += profilers(server.pid if server else None, envoy.process.pid)
             before = _cpu_ticks(server.pid) if server else 0
+            envoy_before = _cpu_ticks(envoy.process.pid)
             rps, p50, p99, total = _wrk(url, duration, scenario.connections, script)
             after = _cpu_ticks(server.pid) if server else 0
-            if spy is not None:
-                spy.wait(60)
+            envoy_after = _cpu_ticks(envoy.process.pid)
+            for process in attached:
+                process.wait(60)
         cpu = (after - before) / CLOCK_TICKS * 1e6 / total if server else None
-        return Sample(rps, p50, p99, cpu)
+        envoy_cpu = (envoy_after - envoy_before) / CLOCK_TICKS * 1e6 / total
+        return Sample(rps, p50, p99, cpu, envoy_cpu)
     finally:
         if server is not None:
             stop_server(server)
@@ -465,12 +350,23 @@ def _versions() -> str:
     uvloop = version("uvloop") if _installed("uvloop") else "not installed"
     from extproc.transports.pyvoy_env import PYVOY_VERSION, check_installed
 
-    pyvoy_envoy = subprocess.run([check_installed()[0], "--version"], capture_output=True,
-                                 text=True).stdout
-    found = re.search(r"version: \S+?/([\d.]+)/", pyvoy_envoy)
+    try:
+        pyvoy_envoy = subprocess.run([check_installed()[0], "--version"], capture_output=True,
+                                     text=True).stdout
+        found = re.search(r"version: \S+?/([\d.]+)/", pyvoy_envoy)
+        pyvoy = f"pyvoy {PYVOY_VERSION} (its Envoy {found.group(1) if found else '?'})"
+    except extproc.ServeError:
+        pyvoy = "pyvoy not installed"
+    go = "Go not built"
+    if GO_BINARY is not None:
+        go_version = subprocess.run(["go", "version"], capture_output=True, text=True).stdout
+        grpc_go = subprocess.run(["dpkg-query", "-W", "-f", "${Version}",
+                                  "golang-google-grpc-dev"], capture_output=True, text=True)
+        go = (f"{' '.join(go_version.split()[2:3])}, grpc-go {grpc_go.stdout or '?'} (Debian "
+              "golang-google-grpc-dev)")
     return (f"Python {platform.python_version()}, grpcio {version('grpcio')}, protobuf "
             f"{version('protobuf')}, uvloop {uvloop}, Envoy {envoy}, wrk {wrk_version}, "
-            f"pyvoy {PYVOY_VERSION} (its Envoy {found.group(1) if found else '?'})")
+            f"{pyvoy}, {go}")
 
 
 def _installed(name: str) -> bool:
@@ -486,127 +382,30 @@ def _cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
-def _med(values: list[float]) -> float:
-    return statistics.median(values)
-
-
 def _load() -> str:
     one, five, fifteen = os.getloadavg()
     return f"{one:.2f} / {five:.2f} / {fifteen:.2f}"
 
 
-def report(results: dict[str, dict[str, list[Sample]]], rounds: int, duration: float,
-           tcp: bool, load: tuple[str, str] = ("?", "?")) -> str:
-    lines = [
-        "# Benchmark results",
-        "",
-        f"- date: {datetime.date.today().isoformat()}",
-        f"- machine: {os.cpu_count()} CPUs ({_cpu_model()}), shared and noisy: compare ratios "
-        "within one run, not absolute numbers across runs",
-        f"- versions: {_versions()}",
-        f"- method: `bench/run.py --rounds {rounds} --duration {duration:g}"
-        f"{' --tcp' if tcp else ''}`; Envoy --concurrency 1 on loopback; ext_proc over "
-        f"{'loopback TCP' if tcp else 'a Unix socket'}; wrk -t1 for {duration:g} s per sample "
-        f"after a 1 s warm-up; {rounds} rounds, candidates alternated (order reversed every "
-        "other round); medians of the rounds. CPU: the ext_proc server's user+system time "
-        "(all its processes, the pyvoy transport's Envoy included) per request.",
-        f"- load average (1 / 5 / 15 min) of the shared machine: {load[0]} before the run, "
-        f"{load[1]} after",
-        "",
-    ]
-    for scenario in SCENARIOS:
-        samples = results.get(scenario.name)
-        if samples is None:
-            continue
-        lines += [f"## {scenario.title}", "",
-                  f"wrk -c{scenario.connections}. {scenario.note}".rstrip(), ""]
-        header = "| candidate | req/s |"
-        if scenario.throughput:
-            header += " MB/s |"
-        header += " p50 ms | p99 ms | server CPU µs/req |"
-        lines += [header, "|---" * (header.count("|") - 1) + "|"]
-        for candidate in scenario.candidates:
-            runs = samples[candidate.name]
-            rps = _med([s.rps for s in runs])
-            row = f"| {candidate.name}: {candidate.description} | {rps:.0f} |"
-            if scenario.throughput:
-                row += f" {rps * len(scenario.upstream_body or b'') / 1e6:.1f} |"
-            cpus = [s.cpu_us for s in runs if s.cpu_us is not None]
-            row += (f" {_med([s.p50_ms for s in runs]):.2f} | {_med([s.p99_ms for s in runs]):.2f}"
-                    f" | {f'{_med(cpus):.0f}' if cpus else '-'} |")
-            lines.append(row)
-        lines += ["", "Ratios of medians:", ""]
-        for name, against in scenario.ratios:
-            a, b = samples[name], samples[against]
-            rps_ratio = _med([s.rps for s in a]) / _med([s.rps for s in b])
-            cpu_ratio = _med([s.cpu_us or 0 for s in a]) / _med([s.cpu_us or 0 for s in b])
-            lines.append(f"- {name} / {against}: requests/s **{rps_ratio:.2f}x**, "
-                         f"CPU per request **{cpu_ratio:.2f}x**")
-        if "envoy" in samples and scenario.connections == 1:
-            base = _med([s.p50_ms for s in samples["envoy"]])
-            for candidate in scenario.candidates:
-                if candidate.name != "envoy":
-                    added = _med([s.p50_ms for s in samples[candidate.name]]) - base
-                    lines.append(f"- {candidate.name}: p50 added over Envoy alone "
-                                 f"**{added:.2f} ms**")
-        lines.append("")
-    return "\n".join(lines)
+def _method(command: str, duration: float, rounds: int, tcp: bool) -> str:
+    return (f"`{command}`; Envoy --concurrency 1 on loopback; ext_proc over "
+            f"{'loopback TCP' if tcp else 'a Unix socket'}; wrk -t1 for {duration:g} s per "
+            f"sample after a 1 s warm-up; {rounds} rounds, candidates alternated (order reversed "
+            "every other round); medians of the rounds. CPU: the ext_proc server's user+system "
+            "time (all its processes and threads, the pyvoy transport's Envoy included) per "
+            "request. A team measures its own processor the same way with `bench/run.py "
+            "--processor module:Class` (its class in the envoy-extkit rows, Go and the minimal "
+            "servicer as references).")
 
 
-TARGETS = (
-    # (label, scenario, candidate, against, metric, comparison, bound)
-    ("(3) extkit >= 0.95x the minimal servicer's requests/s", "headers", "extkit", "minimal",
-     "rps", ">=", 0.95),
-    ("(3) extkit <= 1.05x the minimal servicer's CPU per request", "headers", "extkit",
-     "minimal", "cpu", "<=", 1.05),
-    ("(4) headers-only extkit >= 1.6x the minimal servicer in Envoy's default mode",
-     "headers", "extkit-req", "minimal", "rps", ">=", 1.6),
-    ("(6) STREAMED >= 0.9x the minimal servicer", "streamed", "extkit", "minimal", "rps", ">=",
-     0.9),
-    ("(7) BUFFERED >= 0.9x the minimal servicer", "buffered", "extkit", "minimal", "rps", ">=",
-     0.9),
-    ("(8) p50 added over Envoy alone <= 0.8 ms (extkit, both headers)", "latency", "extkit",
-     "envoy", "p50_added", "<=", 0.8),
-    ("(8) p50 added over Envoy alone <= 0.8 ms (extkit, request headers only)", "latency",
-     "extkit-req", "envoy", "p50_added", "<=", 0.8),
-    ("(obs) --admin <= 1.05x the CPU per request without it", "observability",
-     "extkit-admin", "extkit", "cpu", "<=", 1.05),
-    ("(obs) without --admin <= 1.02x the baseline's CPU per request (nothing changes)",
-     "observability", "extkit", "extkit-base", "cpu", "<=", 1.02),
-    # Whether the pyvoy transport becomes the default: all six must hold in one run.
-    ("pyvoy default: headers >= 1.3x the minimal servicer's requests/s", "headers",
-     "extkit-pyvoy", "minimal", "rps", ">=", 1.3),
-    ("pyvoy default: headers <= 0.6x the minimal servicer's CPU per request", "headers",
-     "extkit-pyvoy", "minimal", "cpu", "<=", 0.6),
-    ("pyvoy default: STREAMED >= 1.3x the minimal servicer's requests/s", "streamed",
-     "extkit-pyvoy", "minimal", "rps", ">=", 1.3),
-    ("pyvoy default: STREAMED <= 0.6x the minimal servicer's CPU per request", "streamed",
-     "extkit-pyvoy", "minimal", "cpu", "<=", 0.6),
-    ("pyvoy default: BUFFERED >= 1.3x the minimal servicer's requests/s", "buffered",
-     "extkit-pyvoy", "minimal", "rps", ">=", 1.3),
-    ("pyvoy default: BUFFERED <= 0.6x the minimal servicer's CPU per request", "buffered",
-     "extkit-pyvoy", "minimal", "cpu", "<=", 0.6),
-)
+def _pyvoy_missing() -> str | None:
+    from extproc.transports.pyvoy_env import check_installed
 
-
-def targets(results: dict[str, dict[str, list[Sample]]]) -> list[str]:
-    lines = ["## Targets", "", "| target | measured | met |", "|---|---:|---|"]
-    for label, scenario, name, against, metric, comparison, bound in TARGETS:
-        samples = results.get(scenario)
-        if samples is None:
-            continue
-        a, b = samples[name], samples[against]
-        if metric == "p50_added":
-            value = _med([s.p50_ms for s in a]) - _med([s.p50_ms for s in b])
-            shown = f"{value:.2f} ms"
-        else:
-            key = "rps" if metric == "rps" else "cpu_us"
-            value = (_med([getattr(s, key) or 0 for s in a])
-                     / _med([getattr(s, key) or 0 for s in b]))
-            shown = f"{value:.2f}x"
-        met = value >= bound if comparison == ">=" else value <= bound
-        lines.append(f"| {label} | {shown} | {'yes' if met else '**no**'} |")
-    return [*lines, ""]
+    try:
+        check_installed()
+    except extproc.ServeError as exc:
+        return str(exc)
+    return None
 
 
 def main() -> None:
@@ -614,28 +413,68 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per sample")
     parser.add_argument("--scenario", action="append", choices=[s.name for s in SCENARIOS])
+    parser.add_argument("--processor", metavar="MODULE:CLASS",
+                        help="serve this Processor in the envoy-extkit rows instead of the "
+                        "benchmark's (Go and the minimal servicer stay as references)")
+    parser.add_argument("--app-dir", default=".",
+                        help="where --processor's module is imported from (default: .)")
     parser.add_argument("--tcp", action="store_true", help="ext_proc over loopback TCP")
     parser.add_argument("--profile", action="store_true",
                         help="py-spy flame graph of the extkit candidate, bench/flame-*.svg")
     parser.add_argument("--no-write", action="store_true", help="do not write RESULTS.md")
+    parser.add_argument("--output", type=Path, metavar="FILE",
+                        help="also write this run's tables and targets as markdown to FILE")
     parser.add_argument("--baseline", default=BASELINE_REVISION,
                         help="git revision whose extproc/extctl serve the extkit-base candidate")
     args = parser.parse_args()
     globals()["BASELINE_REVISION"] = args.baseline
-    for tool in ["wrk"] + (["py-spy"] if args.profile else []):
-        if shutil.which(tool) is None:
-            sys.exit(f"bench: {tool} is missing (scripts/setup.sh installs it)")
-    chosen = [s for s in SCENARIOS if not args.scenario or s.name in args.scenario]
+    for name in ["wrk"] + (["py-spy"] if args.profile else []):
+        if tool(name) is None:
+            sys.exit(f"bench: {name} is missing (wrk: apt-get install wrk; py-spy: pip "
+                     "install py-spy)")
+    chosen = [s for s in SCENARIOS if (s.name in args.scenario if args.scenario else
+                                       not args.processor or s.name in USER_SCENARIOS)]
+    if args.processor:
+        globals()["APP_DIR"] = Path(args.app_dir).resolve()
+        try:
+            cls = extproc.import_processor(args.processor, str(APP_DIR))
+        except extproc.ExtkitError as exc:
+            sys.exit(f"bench: {exc}")
+        chosen = [with_processor(s, args.processor, cls) for s in chosen]
+    skipped = set()
+    try:
+        globals()["GO_BINARY"] = go_ref.build()
+    except go_ref.Unavailable as exc:
+        print(f"bench: skipping the Go reference: {exc}", file=sys.stderr)
+        skipped.add("go")
+    reason = _pyvoy_missing()
+    if reason is not None:
+        print(f"bench: skipping the pyvoy transport: {reason}", file=sys.stderr)
+        skipped.add("pyvoy")
+    chosen = [without(s, skipped) for s in chosen]
+
+    command = " ".join(["bench/run.py", *sys.argv[1:]])
     before = _load()
     results = run(chosen, args.rounds, args.duration, args.tcp, args.profile)
-    text = report(results, args.rounds, args.duration, args.tcp, (before, _load()))
-    text += "\n".join(targets(results))
-    print(text)
-    if not args.no_write:
-        experiments = BENCH / "EXPERIMENTS.md"
-        if experiments.exists():
-            text += "\n" + experiments.read_text()
-        (BENCH / "RESULTS.md").write_text(text)
+    load = (before, _load())
+    print(report.text(chosen, results, args.rounds, args.duration))
+    print(f"\nload average (1 / 5 / 15 min): {load[0]} before, {load[1]} after")
+    goals = report.targets(TARGETS, results) if not args.processor else []
+    if goals:
+        print("\n" + "\n".join(goals))
+    markdown = report.markdown(
+        chosen, results, _versions(), _method(command, args.duration, args.rounds, args.tcp),
+        load, f"{os.cpu_count()} CPUs ({_cpu_model()})", datetime.date.today().isoformat())
+    markdown += "\n" + "\n".join(goals)
+    if args.output is not None:
+        args.output.write_text("# Benchmark results\n\n" + markdown)
+    complete = not args.processor and not args.scenario and not skipped
+    if complete and not args.no_write:
+        report.write_between_markers(BENCH / "RESULTS.md", markdown)
+    elif not args.no_write:
+        print("bench: RESULTS.md not written (only a run of every scenario with the "
+              "benchmark's processors, Go and pyvoy writes it; --output FILE saves this one)",
+              file=sys.stderr)
 
 
 if __name__ == "__main__":
