@@ -22,12 +22,13 @@ This module imports nothing outside the standard library: every package may use 
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, overload
 
 __all__ = ["Answer", "ExchangeResult", "HeaderView", "LocalReply", "Message", "Upstream",
-           "answer_of", "pairs_of"]
+           "answer_of", "body_of", "call_upstream", "pairs_of"]
 
 HeaderInput = Mapping[str, str] | Iterable[tuple[str, str]] | None
 BodyInput = bytes | Sequence[bytes]
@@ -129,7 +130,7 @@ class Message:
         return self.headers.get(":path")
 
 
-@dataclass
+@dataclass(kw_only=True)
 class LocalReply:
     """An answer made on the way, not by the upstream."""
 
@@ -170,28 +171,71 @@ def answer_of(answer: Answer) -> tuple[int, list[tuple[str, str]], bytes | list[
                                       list[tuple[str, str]] | None]:
     """An upstream's answer as ``(status, headers, body, trailers)``: body as bytes (one
     piece, framed by its length) or a list of chunks (framed as chunks), as the answer gave
-    it; trailers None when there are none. A bad answer raises TypeError naming what was
+    it; trailers None when there are none. Pseudo-headers and framing headers
+    (``content-length``, ``transfer-encoding``) are left out: each double frames the body
+    itself, as a server does. A bad answer raises TypeError or ValueError naming what was
     wrong."""
     if isinstance(answer, Message):
-        return (answer.status or 200,
-                [(k, v) for k, v in answer.headers.items() if k != ":status"],
-                list(answer.chunks) if answer.chunks else answer.body,
-                answer.trailers.items() if answer.trailers else None)
-    if not isinstance(answer, tuple) or len(answer) not in (3, 4):
+        status: object = answer.status or 200
+        headers: HeaderInput = answer.headers.items()
+        body: object = list(answer.chunks) if answer.chunks else answer.body
+        trailers: HeaderInput = answer.trailers.items() if answer.trailers else None
+    elif isinstance(answer, tuple) and len(answer) in (3, 4):
+        status, headers, body = answer[0], answer[1], answer[2]
+        trailers = answer[3] if len(answer) == 4 else None
+    else:
         raise TypeError("an upstream answers a Message or (status, headers, body[, trailers]),"
                         f" not {type(answer).__name__}")
-    status, body = answer[0], answer[2]
     if isinstance(status, bool) or not isinstance(status, int):
         raise TypeError(f"an upstream's status is an int, not {type(status).__name__}")
-    if isinstance(body, (bytes, bytearray)):
-        body = bytes(body)
-    elif isinstance(body, Sequence) and all(isinstance(c, (bytes, bytearray)) for c in body):
-        body = [bytes(c) for c in body]
-    else:
+    if not 200 <= status <= 599:
+        raise ValueError(f"an upstream's status is a final one, 200 to 599, not {status}")
+    try:
+        content = body_of(body)  # type: ignore[arg-type]
+    except TypeError:
         raise TypeError("an upstream's body is bytes or a list of bytes chunks, not "
-                        f"{type(body).__name__}")
-    trailers = pairs_of(answer[3] if len(answer) == 4 else None)
-    return status, pairs_of(answer[1]), body, trailers or None
+                        f"{type(body).__name__}") from None
+    kept = [(k, v) for k, v in _checked(headers, "headers")
+            if not k.startswith(":") and k not in _FRAMING]
+    return status, kept, content, _checked(trailers, "trailers") or None
+
+
+_FRAMING = frozenset({"content-length", "transfer-encoding"})
+
+
+def _checked(headers: HeaderInput, what: str) -> list[tuple[str, str]]:
+    if isinstance(headers, (str, bytes)):
+        raise TypeError(f"an upstream's {what} are a mapping or (name, value) pairs, not "
+                        f"{type(headers).__name__}")
+    try:
+        pairs = pairs_of(headers)
+    except (TypeError, ValueError):
+        raise TypeError(f"an upstream's {what} are a mapping or (name, value) pairs") from None
+    for name, value in pairs:
+        if not name or any(c in _NOT_IN_NAMES for c in name) or not name.isascii():
+            raise ValueError(f"an upstream's {what}: {name!r} is not a header name")
+        if any(c in "\r\n\0" for c in value):
+            raise ValueError(f"an upstream's {what}: the value of {name} holds CR, LF or NUL")
+        try:
+            value.encode("latin-1")
+        except UnicodeEncodeError:
+            raise ValueError(f"an upstream's {what}: the value of {name} is not latin-1 "
+                             "(give bytes decoded as latin-1)") from None
+    return pairs
+
+
+_NOT_IN_NAMES = frozenset(' \t\r\n\0"(),/;<=>?@[\\]{}')
+
+
+def body_of(body: BodyInput) -> bytes | list[bytes]:
+    """A body given as bytes (or a bytearray) or as a list of chunks, as bytes or a list of
+    bytes; anything else raises TypeError."""
+    if isinstance(body, (bytes, bytearray, memoryview)):
+        return bytes(body)
+    if (isinstance(body, Sequence) and not isinstance(body, str)
+            and all(isinstance(c, (bytes, bytearray, memoryview)) for c in body)):
+        return [bytes(c) for c in body]
+    raise TypeError(f"a body is bytes or a list of bytes chunks, not {type(body).__name__}")
 
 
 def pairs_of(headers: HeaderInput) -> list[tuple[str, str]]:
@@ -200,3 +244,20 @@ def pairs_of(headers: HeaderInput) -> list[tuple[str, str]]:
         return []
     items = headers.items() if isinstance(headers, Mapping) else headers
     return [(str(k).lower(), str(v)) for k, v in items]
+
+
+def call_upstream(upstream: Upstream, request: Message) -> Answer:
+    """``upstream(request)``, refusing with the reason a callback written for the old
+    ``(headers, body)`` form."""
+    try:
+        parameters = inspect.signature(upstream).parameters.values()
+    except (TypeError, ValueError):
+        parameters = None
+    if parameters is not None:
+        required = [p for p in parameters if p.default is p.empty
+                    and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+        if len(required) > 1:
+            raise TypeError(f"the upstream callback takes {len(required)} arguments; it takes "
+                            "the request (a Message: request.headers, request.body) and "
+                            "answers, upstream(request) -> answer")
+    return upstream(request)

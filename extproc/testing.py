@@ -28,6 +28,7 @@ upstream's request is cut off (``request.complete`` is False).
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import threading
 import uuid
@@ -52,6 +53,7 @@ from .exchange import (
     Message,
     Upstream,
     answer_of,
+    call_upstream,
     pairs_of,
 )
 
@@ -157,8 +159,12 @@ async def run(
                                          False)
         driver.upstream_reached = request
         if upstream is not None:
-            status, response_headers, response_body, response_trailers = answer_of(
-                upstream(request))
+            status, answer_headers, response_body, response_trailers = answer_of(
+                call_upstream(upstream, request))
+            # framed as a server frames it: chunks (or trailers) chunked, bytes by length
+            chunked = not isinstance(response_body, bytes) or response_trailers is not None
+            response_headers = [*answer_headers, *([("transfer-encoding", "chunked")]
+                                                   if chunked else [])]
         response_chunks = _chunks(response_body)
         response_pairs = [(":status", str(status)), *pairs_of(response_headers)]
         # A response to HEAD, a 204 or a 304 has no body, whatever its headers say.
@@ -237,9 +243,15 @@ class Client:
         return self.request("POST", path, **kwargs)
 
     def _call(self, work: Coroutine[Any, Any, T]) -> T:
-        if self._loop is None:
+        if self._loop is not None:
+            return asyncio.run_coroutine_threadsafe(work, self._loop).result()
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
             return asyncio.run(work)
-        return asyncio.run_coroutine_threadsafe(work, self._loop).result()
+        # outside a with block, from async code: on a loop of its own, in a thread
+        with concurrent.futures.ThreadPoolExecutor(1, "extproc-testing") as pool:
+            return pool.submit(asyncio.run, work).result()
 
     def __enter__(self) -> Client:
         if self._loop is not None:
@@ -328,8 +340,10 @@ class _Driver:
         task = asyncio.ensure_future(self.exchange.handle(wire))
         while True:
             done, _ = await asyncio.wait({task}, timeout=max(0.0, self.deadline - loop.time()))
-            if done:
+            if done and loop.time() < self.deadline:
                 return task.result()
+            # (an answer after the deadline, from a hook that blocked the loop past it, is
+            # one Envoy no longer waits for)
             if loop.time() >= self.deadline:
                 task.cancel()
                 with contextlib.suppress(BaseException):
@@ -499,8 +513,9 @@ class _Driver:
         local = None
         if stop is not None:
             immediate = stop.immediate_response
-            local = LocalReply(immediate.status.code, _apply([], immediate.headers),
-                               immediate.body, immediate.details)
+            local = LocalReply(status=immediate.status.code,
+                               headers=_apply([], immediate.headers), body=immediate.body,
+                               details=immediate.details)
         return Result(request=request, response=response, immediate=stop is not None,
                       details=local.details if local is not None else "",
                       sent=self.sent, dynamic_metadata=self.metadata,

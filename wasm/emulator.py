@@ -68,7 +68,9 @@ class ProxyWasm:
     ``upstreams``: cluster name -> handler answering the filter's HTTP and gRPC callouts
     and gRPC streams (:mod:`wasm.calls`); ``foreign_functions``: name -> function for
     ``proxy_call_foreign_function``; ``framing``: ``"http1"`` (Envoy's HTTP/1.1 codec, the
-    default) or ``"http2"``, how bodies are cut into callbacks (:mod:`wasm.exchange`).
+    default) or ``"http2"``, how bodies are cut into callbacks (:mod:`wasm.exchange`);
+    ``upstream(request) -> answer``: what the upstream answers every request that does not
+    bring its own (as ``extproc.testing.Client`` and ``extctl.testing.EnvoyClient`` take it).
     """
 
     def __init__(self, module: bytes | bytearray | str | os.PathLike[str], *,
@@ -78,6 +80,7 @@ class ProxyWasm:
                  upstreams: Mapping[str, ScriptedUpstream] | None = None,
                  foreign_functions: Mapping[str, ForeignFunction] | None = None,
                  framing: str = "http1",
+                 upstream: Upstream | None = None,
                  fuel: int | None = DEFAULT_FUEL,
                  memory_limit: int = DEFAULT_MEMORY_LIMIT,
                  log_level: LogLevel = LogLevel.INFO,
@@ -94,6 +97,7 @@ class ProxyWasm:
         if framing not in FRAMINGS:
             raise ValueError(f"framing must be one of {', '.join(FRAMINGS)}, not {framing!r}")
         self.framing = framing
+        self.upstream = upstream
         self.state = PluginState(
             plugin_configuration=_bytes(plugin_configuration),
             vm_configuration=_bytes(vm_configuration), root_id=root_id,
@@ -228,6 +232,7 @@ class ProxyWasm:
         reach the filter as the framing cuts them (:mod:`wasm.exchange`).
         """
         framing = framing or self.framing
+        upstream = upstream or self.upstream
         if framing not in FRAMINGS:
             raise ValueError(f"framing must be one of {', '.join(FRAMINGS)}, not {framing!r}")
         context = self.http_context()
@@ -243,9 +248,14 @@ class ProxyWasm:
             trap.result = result
             raise
         finally:
-            if self.vm.broken is None:
-                context.finish()
-            self.state.streams.pop(context.context_id, None)
+            try:
+                if self.vm.broken is None:
+                    context.finish()  # proxy_on_log, proxy_on_done, proxy_on_delete
+            except WasmTrap as trap:
+                trap.result = result  # the exchange itself was over
+                raise
+            finally:
+                self.state.streams.pop(context.context_id, None)
         result.actions = context.actions
         result.route_cache_cleared = context.stream.route_cache_cleared
         result.logs = [line for line in self.state.logs[first_log:]

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from extproc.exchange import HeaderView, Message, Upstream, answer_of
+from extproc.exchange import HeaderView, Message, Upstream, answer_of, body_of, call_upstream
 
 from .abi import MapType
 from .calls import Call, GrpcStream
@@ -98,9 +98,10 @@ def _first(pairs: Sequence[tuple[str, str]], name: str) -> str | None:
 
 
 def chunks_of(body: bytes | Sequence[bytes]) -> list[bytes]:
-    if isinstance(body, bytes):
-        return [body] if body else []
-    return list(body)
+    content = body_of(body)
+    if isinstance(content, bytes):
+        return [content] if content else []
+    return content
 
 
 @dataclass
@@ -148,8 +149,14 @@ def run(context: HttpContext, request: Request, result: HttpResult) -> HttpResul
         upstream_request = result.request
         assert upstream_request is not None
         status, response_headers, answer, response_trailers = answer_of(
-            request.upstream(upstream_request))
+            call_upstream(request.upstream, upstream_request))
         response_chunks = chunks_of(answer)
+        # framed as a server frames it: chunks (or trailers) chunked, bytes by length
+        response_headers = [*response_headers, (
+            ("transfer-encoding", "chunked") if isinstance(answer, list)
+            or response_trailers is not None else ("content-length", str(len(answer))))]
+    if request.method == "HEAD" or status in (204, 304):
+        response_chunks, response_trailers = [], None  # no body, whatever the headers say
     response = [(":status", str(status)), *pairs_of(response_headers)]
     context.stream.upstream_ended = not response_chunks and response_trailers is None
     action = context.on_response_headers(response,

@@ -39,6 +39,7 @@ from extproc.exchange import (
     HeaderInput,
     Message,
     Upstream,
+    body_of,
     pairs_of,
 )
 
@@ -93,17 +94,19 @@ class EnvoyClient:
             # AF_UNIX paths are limited to 107 bytes: pytest's tmp_path can be longer.
             sock_dir = Path(tempfile.mkdtemp(prefix="extkit-", dir="/tmp"))
             cleanup.callback(shutil.rmtree, sock_dir, ignore_errors=True)
-            route_headers = [*self.options.pop("route_headers", ()),
+            options = dict(self.options)
+            route_headers = [*options.pop("route_headers", ()),
                              (TAG, "%DOWNSTREAM_REMOTE_PORT%")]
             running = cleanup.enter_context(stack(
                 self.processor, sock_dir, self._http, self.transport, self.component_log_level,
-                wasm=self.modules, route_headers=route_headers, **self.options))
+                wasm=self.modules, route_headers=route_headers, **options))
             self.envoy, self.server = running.envoy, running.server
             self._cleanup = cleanup.pop_all()
         return self
 
     def __exit__(self, *exc_info: object) -> None:
         cleanup, self._cleanup = self._cleanup, None
+        self.envoy = self.server = self._http = None
         if cleanup is not None:
             cleanup.close()
 
@@ -129,9 +132,7 @@ class EnvoyClient:
             raise RuntimeError("EnvoyClient runs Envoy in a with block: use it in one")
         answer = upstream or self.upstream
         if answer is None:
-            fixed = (status, response_headers, (list(response_body)
-                                               if not isinstance(response_body, bytes)
-                                               else response_body), response_trailers)
+            fixed = (status, response_headers, body_of(response_body), response_trailers)
             answer = lambda request: fixed  # noqa: E731
         given = pairs_of(headers)
         if not any(name == "host" for name, _ in given):
@@ -143,11 +144,13 @@ class EnvoyClient:
             tags.append(str(port))
             self._http.answers[str(port)] = answer
 
-        chunked = not isinstance(body, bytes)
+        content = body_of(body)
+        if isinstance(content, bytes) and pairs_of(trailers):
+            content = [content] if content else []  # trailers go only after chunks
         try:
             reply = http(self.envoy.port, path, method, given,
-                         body=body if isinstance(body, bytes) else None,
-                         chunks=[bytes(c) for c in body] if chunked else None,
+                         body=content if isinstance(content, bytes) else None,
+                         chunks=content if isinstance(content, list) else None,
                          trailers=trailers, timeout=timeout, chunk_delay=CHUNK_DELAY,
                          connected=connected)
             counted = self.envoy.stats(f"cluster.{UPSTREAM_CLUSTER}.upstream_rq_")
@@ -157,8 +160,8 @@ class EnvoyClient:
         finally:
             for tag in tags:
                 self._http.answers.pop(tag, None)
-        if self._http.failures:
-            failure = self._http.failures.pop(0)
+        failure = self._http.failure(tags[0]) if tags else None
+        if failure is not None:
             raise failure
         received = self._http.take(tags[0]) if tags else []
         reply.request = received[0] if received else None

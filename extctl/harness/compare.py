@@ -263,7 +263,9 @@ def _through_envoy(path: Path, requests: list[Exchange], root_id: str, configura
                 reply = client.request(
                     spec.method, spec.path, authority=spec.authority or authority,
                     headers=spec.headers,
-                    body=spec.body, trailers=spec.trailers, status=spec.status,
+                    body=spec.body,
+                    trailers=spec.trailers if isinstance(spec.body, list) else None,
+                    status=spec.status,
                     response_headers=spec.response_headers, response_body=spec.response_body,
                     response_trailers=spec.response_trailers if chunked else None,
                     timeout=_ANSWER_SECONDS)
@@ -298,7 +300,13 @@ def _through_envoy(path: Path, requests: list[Exchange], root_id: str, configura
     return {"seen": seen, "logs": sorted(lines), "metrics": metrics}, emulated
 
 
-_TRAPPED = re.compile(r"Function: (\w+) failed")
+# Envoy's own line when a callback traps (not a line a module logged that says the same)
+_TRAPPED = re.compile(r"^\[[^\]]*\]\[\d+\]\[\w+\]\[wasm\] \[source/extensions/common/"
+                      r"wasm/wasm_vm\.cc:\d+\] Function: (\w+) failed", re.M)
+# where each of Envoy's log records begins (a message may hold newlines)
+_RECORD = re.compile(r"^(?=\[\d{4}-\d\d-\d\d [\d:.]+\]\[\d+\]\[)", re.M)
+# callbacks that run once the exchange is over: a trap there leaves the client's answer
+_AFTER = frozenset({"proxy_on_log", "proxy_on_done", "proxy_on_delete"})
 _LEVELS = {"trace": LogLevel.TRACE, "debug": LogLevel.DEBUG, "info": LogLevel.INFO,
            "warning": LogLevel.WARN, "error": LogLevel.ERROR, "critical": LogLevel.CRITICAL}
 
@@ -308,10 +316,14 @@ def _module_lines(log: str, name: str, root_id: str) -> list[tuple[str, str]]:
     # as Envoy writes it: plugin, root id and VM (named after the plugin) for a stream's
     # context, the VM alone for callbacks Envoy runs on the VM's own context
     stream = " ".join(part for part in (name, root_id, name) if part)
-    pattern = re.compile(r"^\[[^\]]*\]\[\d+\]\[(\w+)\]\[wasm\] \[[^\]]*\] wasm log "
-                         rf"(?:{re.escape(stream)}|{re.escape(name)}): (.*)$", re.M)
-    return [(_LEVELS[level].name, message) for level, message in pattern.findall(log)
-            if level in _LEVELS]
+    pattern = re.compile(r"\[[^\]]*\]\[\d+\]\[(\w+)\]\[wasm\] \[[^\]]*\] wasm log "
+                         rf"(?:{re.escape(stream)}|{re.escape(name)}): (.*?)\n?\Z", re.S)
+    found = []
+    for record in _RECORD.split(log):
+        matched = pattern.match(record)
+        if matched and matched.group(1) in _LEVELS:
+            found.append((_LEVELS[matched.group(1)].name, matched.group(2)))
+    return found
 
 
 def _stream_done(envoy: Any) -> None:
@@ -367,9 +379,13 @@ def _through_emulator(path: Path, requests: list[Exchange], root_id: str,
                                    and isinstance(spec.response_body, list) else None))
             trap = None
         except WasmTrap as trapped:
-            # Envoy answers 503 itself, now and for every later request (the VM failed)
+            # Envoy answers 503 itself, now and for every later request (the VM failed),
+            # unless the trap came once the exchange was over
             trap = None if broken else trapped.callback
-            result = _failed_closed(trapped.result if not broken else None)
+            if trap in _AFTER and trapped.result is not None:
+                result = trapped.result
+            else:
+                result = _failed_closed(trapped.result if not broken else None)
         seen.append({
             **_view(result),
             "trap": trap,

@@ -27,6 +27,8 @@ from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
 
+from .framing import chunk, last_chunk
+
 if TYPE_CHECKING:
     from typing_extensions import Self
 
@@ -73,8 +75,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _end_chunked(self) -> None:
         trailers = json.loads(self.headers.get("x-echo-trailers") or "{}")
-        lines = "".join(f"{k}: {v}\r\n" for k, v in trailers.items())
-        self.wfile.write(b"0\r\n" + lines.encode("latin-1") + b"\r\n")
+        self.wfile.write(last_chunk(trailers.items()))
         self.wfile.flush()
 
     def _scripted(self, answer: Answer, body: bytes) -> None:
@@ -90,14 +91,13 @@ class _Handler(BaseHTTPRequestHandler):
             return
         self.send_header("transfer-encoding", "chunked")
         self.end_headers()
-        for index, chunk in enumerate(content):
+        for index, data in enumerate(content):
             if index:
                 # each chunk its own read (even on a busy machine), so Envoy frames it alone
                 time.sleep(0.15)
-            self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+            self.wfile.write(chunk(data))
             self.wfile.flush()
-        lines = "".join(f"{k}: {v}\r\n" for k, v in trailers.items())
-        self.wfile.write(b"0\r\n" + lines.encode("latin-1") + b"\r\n")
+        self.wfile.write(last_chunk(trailers.items()))
         self.wfile.flush()
 
     def _handle(self) -> None:
@@ -117,9 +117,8 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header("content-type", "text/plain")
             self.send_header("transfer-encoding", "chunked")
             self.end_headers()
-            for index, chunk in enumerate(json.loads(chunks)):
-                data = chunk.encode()
-                self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+            for index, text in enumerate(json.loads(chunks)):
+                self.wfile.write(chunk(text.encode()))
                 self.wfile.flush()
                 if index < len(json.loads(chunks)) - 1:
                     time.sleep(pause)
@@ -139,7 +138,7 @@ class _Handler(BaseHTTPRequestHandler):
         if self.headers.get("x-echo-trailers"):
             self.send_header("transfer-encoding", "chunked")
             self.end_headers()
-            self.wfile.write(b"%x\r\n%s\r\n" % (len(answer), answer))
+            self.wfile.write(chunk(answer))
             self._end_chunked()
             return
         self.send_header("content-length", str(len(answer)))

@@ -18,6 +18,8 @@ loopback registries).
 from __future__ import annotations
 
 import contextlib
+import json
+import os
 import shutil
 import socket
 import subprocess
@@ -65,8 +67,7 @@ class LocalRegistry:
                  start_timeout: float = 20.0) -> None:
         self.port = port
         self._own = storage is None
-        self.storage = Path(storage) if storage is not None else Path(
-            tempfile.mkdtemp(prefix="extctl-registry-"))
+        self.storage = Path(storage) if storage is not None else Path()
         self.start_timeout = start_timeout
         self.process: subprocess.Popen[bytes] | None = None
         self._workdir: Path | None = None
@@ -83,23 +84,37 @@ class LocalRegistry:
             with socket.socket() as probe:
                 probe.bind(("127.0.0.1", 0))
                 self.port = probe.getsockname()[1]
+        try:
+            return self._start(binary)
+        except BaseException:  # Ctrl-C while starting too: nothing left behind
+            self.stop()
+            raise
+
+    def _start(self, binary: str) -> Self:
+        if self._own:
+            self.storage = Path(tempfile.mkdtemp(prefix="extctl-registry-"))
         self.storage.mkdir(parents=True, exist_ok=True)
         self._workdir = Path(tempfile.mkdtemp(prefix="extctl-registry-config-"))
         config = self._workdir / "config.yml"
-        config.write_text("\n".join([
-            "version: 0.1", "log:", "  level: warn", "storage:", "  filesystem:",
-            f"    rootdirectory: {self.storage}", "  delete:", "    enabled: true",
-            "http:", f"  addr: {self.host}", ""]))
+        # JSON is YAML: no path or address is read as YAML syntax (a " #" in a path)
+        config.write_text(json.dumps({
+            "version": "0.1", "log": {"level": "warn"},
+            "storage": {"filesystem": {"rootdirectory": str(self.storage.resolve())},
+                        "delete": {"enabled": True}},
+            "http": {"addr": self.host}}))
         log = self._workdir / "registry.log"
+        # the registry reads REGISTRY_* variables over its config (a debug listener on every
+        # interface, say): not from this environment
+        environment = {k: v for k, v in os.environ.items() if not k.startswith("REGISTRY_")}
         with open(log, "ab") as out:
             self.process = subprocess.Popen(dies_with_us([binary, "serve", str(config)]),
                                             stdout=out, stderr=subprocess.STDOUT,
-                                            stdin=subprocess.DEVNULL, start_new_session=True)
+                                            stdin=subprocess.DEVNULL, env=environment,
+                                            start_new_session=True)
         deadline = time.monotonic() + self.start_timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 text = log.read_text(errors="replace").strip().splitlines()
-                self.stop()
                 if any("address already in use" in line for line in text):
                     raise PortInUse(f"{self.host} (the registry) is already in use: stop what "
                                     "listens there or choose another port", self.host)
@@ -109,7 +124,6 @@ class LocalRegistry:
                     urllib.request.urlopen(f"http://{self.host}/v2/", timeout=1):
                 return self
             time.sleep(0.05)
-        self.stop()
         raise EnvoyError(f"docker-registry not ready after {self.start_timeout:.0f}s")
 
     def interrupt(self) -> None:
@@ -134,8 +148,9 @@ class LocalRegistry:
         if self._workdir is not None:
             shutil.rmtree(self._workdir, ignore_errors=True)
             self._workdir = None
-        if self._own:
+        if self._own and self.storage != Path():
             shutil.rmtree(self.storage, ignore_errors=True)
+            self.storage = Path()
 
     def __enter__(self) -> Self:
         return self.start()

@@ -14,6 +14,8 @@ from typing import Any
 
 from extproc.exchange import HeaderInput, HeaderView, LocalReply, Message, pairs_of
 
+from .framing import chunk, last_chunk
+
 __all__ = ["Reply", "http"]
 
 
@@ -55,7 +57,7 @@ class Reply:
         Envoy (its details are not visible from outside Envoy)."""
         if (self.request is not None and self.request.complete) or self.reset or not self.status:
             return None
-        return LocalReply(self.status, self.header_pairs, self.body)
+        return LocalReply(status=self.status, headers=self.header_pairs, body=self.body)
 
     def json(self) -> Any:
         return json.loads(self.body)
@@ -113,16 +115,18 @@ def http(port: int, path: str = "/", method: str = "GET",
             conn.putheader("content-length", str(len(body or b"")))
         for name, value in given:
             conn.putheader(name, value)
-        if chunks is None:
-            conn.endheaders(body or None)
-        else:
-            conn.putheader("transfer-encoding", "chunked")
-            conn.endheaders()
-            for chunk in chunks:
-                conn.send(b"%x\r\n%s\r\n" % (len(chunk), chunk))
-                time.sleep(chunk_delay)
-            lines = "".join(f"{k}: {v}\r\n" for k, v in pairs_of(trailers))
-            conn.send(b"0\r\n" + lines.encode("latin-1") + b"\r\n")
+        try:
+            if chunks is None:
+                conn.endheaders(body or None)
+            else:
+                conn.putheader("transfer-encoding", "chunked")
+                conn.endheaders()
+                for data in chunks:
+                    conn.send(chunk(data))
+                    time.sleep(chunk_delay)
+                conn.send(last_chunk(pairs_of(trailers)))
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # Envoy answered (and closed) before taking the whole request: read it
         try:
             response = conn.getresponse()
         except (httpclient.RemoteDisconnected, ConnectionResetError):

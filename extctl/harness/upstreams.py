@@ -19,11 +19,12 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from extproc.exchange import HeaderView, Message, Upstream, answer_of
+from extproc.exchange import HeaderView, Message, Upstream, answer_of, call_upstream
 from wasm.calls import Call, GrpcStream, Handler, ScriptedUpstream, dispatch, reply_of
 from wasm.errors import CalloutFailure
 
 from .echo import ServedOnThread
+from .framing import chunk, last_chunk
 
 Headers = Sequence[tuple[str, str]] | Mapping[str, str]
 Ours = Callable[[Headers], dict[str, str]]
@@ -323,28 +324,31 @@ class _Answering(BaseHTTPRequestHandler):
             return
         try:
             answer = upstream.answers.get(tag, upstream.answer) if tag else upstream.answer
-            status, answer_headers, content, answer_trailers = answer_of(answer(request))
+            status, answer_headers, content, answer_trailers = answer_of(
+                call_upstream(answer, request))
         except Exception as exc:  # the test's own callback: reported to the test, not here
             with upstream.changed:
-                upstream.failures.append(exc)
-            status, answer_headers, content, answer_trailers = 500, [], [], None
+                upstream.failures.append((tag, exc))
+            status, answer_headers, content, answer_trailers = 500, [], b"", None
         self.send_response_only(status)  # no Server or Date: only what the answer says
         for name, value in answer_headers:
             self.send_header(name, value)
-        if isinstance(content, bytes):
+        if self.command == "HEAD" or status in (204, 304):
+            self.end_headers()  # no body, whatever the answer holds
+            return
+        if isinstance(content, bytes) and answer_trailers is None:
             self.send_header("content-length", str(len(content)))
             self.end_headers()
             self.wfile.write(content)
             return
         self.send_header("transfer-encoding", "chunked")
         self.end_headers()
-        for index, chunk in enumerate(content):
+        for index, data in enumerate([content] if isinstance(content, bytes) else content):
             if index:
                 time.sleep(CHUNK_DELAY)
-            self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+            self.wfile.write(chunk(data))
             self.wfile.flush()
-        lines = "".join(f"{k}: {v}\r\n" for k, v in answer_trailers or ())
-        self.wfile.write(b"0\r\n" + lines.encode("latin-1") + b"\r\n")
+        self.wfile.write(last_chunk(answer_trailers or ()))
 
     def __getattr__(self, name: str) -> Any:
         if name.startswith("do_"):  # every method
@@ -374,7 +378,8 @@ class HttpUpstream(ServedOnThread):
     ``answers[that value]`` when there is one: a request Envoy reset midway is recorded
     with ``complete=False``. ``settle(n)`` waits until ``n`` requests have
     arrived and none is still being read. An exception of ``answer`` is kept in ``failures``
-    (the client gets a 500).
+    with the request's tag (the client gets a 500). No body goes with a response to HEAD, a
+    204 or a 304; a body with trailers goes chunked.
     """
 
     def __init__(self, answer: Upstream, tag: str = "") -> None:
@@ -386,7 +391,7 @@ class HttpUpstream(ServedOnThread):
         self.started = 0
         self.active = 0
         self.received: list[tuple[str | None, Message]] = []
-        self.failures: list[Exception] = []
+        self.failures: list[tuple[str | None, Exception]] = []
         self.changed = threading.Condition()
         super().__init__(server, "extkit-http-upstream")
 
@@ -396,6 +401,15 @@ class HttpUpstream(ServedOnThread):
         with self.changed:
             return self.changed.wait_for(
                 lambda: self.started >= arrived and not self.active, timeout)
+
+    def failure(self, tag: str) -> Exception | None:
+        """The exception the answer raised for the request with ``tag``, taken out."""
+        with self.changed:
+            for index, (failed, exc) in enumerate(self.failures):
+                if failed == tag:
+                    del self.failures[index]
+                    return exc
+        return None
 
     def take(self, tag: str) -> list[Message]:
         """The requests recorded with ``tag``, removed from the record."""

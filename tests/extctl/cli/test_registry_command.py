@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import wasmtime
@@ -49,8 +50,10 @@ def test_a_user_pushes_and_pulls_through_extctl_registry_then_stops_it(tmp_path)
         # only loopback: the kernel's listening sockets on that port are 127.0.0.1's
         assert _listeners(port) == ["0100007F"]
 
-        # a second one on the same port: one line, exit 5
+        # a second one on the same port: one line, exit 5, nothing left behind
+        before = _temporary_dirs()
         again = _extctl("registry", "--port", str(port), cwd=tmp_path)
+        assert _temporary_dirs() == before
         assert again.returncode == 5, again.stderr
         assert again.stderr.strip().splitlines() == [
             f"error: 127.0.0.1:{port} (the registry) is already in use: another process "
@@ -62,6 +65,10 @@ def test_a_user_pushes_and_pulls_through_extctl_registry_then_stops_it(tmp_path)
     assert err.strip().endswith("registry stopped")
     assert list(storage.rglob("*"))  # the user's storage kept, the images in it
     assert not _listening(port)
+
+
+def _temporary_dirs() -> set[Path]:
+    return set(Path(tempfile.gettempdir()).glob("extctl-registry-*"))
 
 
 def _listeners(port: int) -> list[str]:

@@ -5,6 +5,8 @@ only the line that makes the client differs."""
 
 from __future__ import annotations
 
+import concurrent.futures
+import time
 from pathlib import Path
 
 import pytest
@@ -123,10 +125,10 @@ def _wasm_answer(request: Message) -> tuple[int, dict[str, str], bytes]:
 def test_a_wasm_filter_test_moves_to_envoy_by_one_line(modules, where):
     request_filter, response_filter = modules
     # the emulator runs one module; through Envoy the response filter rides along untested
-    make = {"emulator": lambda: ProxyWasm(request_filter),
-            "envoy": lambda: EnvoyClient(wasm=[request_filter])}[where]
+    make = {"emulator": lambda: ProxyWasm(request_filter, upstream=_wasm_answer),
+            "envoy": lambda: EnvoyClient(wasm=[request_filter], upstream=_wasm_answer)}[where]
     with make() as client:
-        result = client.post("/w", body=b"xyz", upstream=_wasm_answer)
+        result = client.post("/w", body=b"xyz")
         assert result.status == 200 and result.upstream_reached and result.local_reply is None
         assert result.request.headers["x-order"] == "wasm"
         assert result.request.body == b"xyz"
@@ -150,3 +152,89 @@ def test_a_request_sent_upstream_then_reset_is_that_exchanges_not_the_next(make)
         assert after.status == 200 and after.request is not None
         assert after.request.path == "/second" and after.request.complete
         assert after.request.body == b""
+
+
+@pytest.mark.parametrize("make", IN_PROCESS_OR_ENVOY)
+def test_bodies_come_through_whatever_their_chunks(make):
+    """Empty chunks are no end of a body, a bytearray is bytes, and an answer's own framing
+    headers, pseudo-headers and a body to a 204 do not break the exchange or the next one."""
+    def answer(request: Message) -> tuple[int, list[tuple[str, str]], list[bytes]]:
+        return 200, [("content-length", "999"), (":status", "201")], [b"a", b"", b"b"]
+
+    with make(Stamp, upstream=answer) as client:
+        result = client.post("/", body=[b"x", b"", b"y"])
+        assert result.status == 200 and result.response.body == b"AB"
+        assert result.request.body == b"xy"
+        assert client.post("/", body=bytearray(b"xy")).request.body == b"xy"
+        empty = client.get("/", upstream=lambda request: (204, {}, b"not sent"))
+        assert empty.status == 204 and empty.response.body == b""
+        assert client.get("/after").status == 200  # the connection Envoy pools is intact
+
+
+class Counted(extproc.Processor):
+    started = stopped = 0
+
+    @classmethod
+    async def on_startup(cls) -> None:
+        cls.started += 1
+
+    @classmethod
+    async def on_shutdown(cls) -> None:
+        cls.stopped += 1
+
+    async def on_request_headers(self, headers: extproc.Headers) -> None:
+        headers["x-started"] = str(type(self).started)
+
+
+def test_the_in_process_client_runs_the_lifespan_around_its_requests():
+    with Client(Counted) as client:
+        assert (Counted.started, Counted.stopped) == (1, 0)
+        assert client.get("/").request.headers["x-started"] == "1"
+    assert (Counted.started, Counted.stopped) == (1, 1)
+
+
+class Sleepy(extproc.Processor):
+    """Blocks its loop past its message timeout."""
+
+    message_timeout = 0.2
+
+    async def on_request_headers(self, headers: extproc.Headers) -> None:
+        time.sleep(0.5)  # noqa: ASYNC251 - on purpose: a hook that blocks its loop
+
+
+@pytest.mark.parametrize("make", IN_PROCESS_OR_ENVOY)
+def test_a_hook_blocking_its_loop_past_the_timeout_gets_envoys_504(make):
+    with make(Sleepy) as client:
+        assert client.get("/").status == 504
+
+
+@pytest.mark.parametrize("make", IN_PROCESS_OR_ENVOY)
+def test_a_refusal_while_the_client_still_sends_is_the_answer(make):
+    """A deny at the headers of a large upload: Envoy answers before reading the body (and
+    closes); the client reads that answer, as the in-process double gives it."""
+    with make(Stamp) as client:
+        denied = client.post("/", headers={"x-deny": "big"}, body=b"x" * (8 << 20))
+        assert denied.status == 403 and denied.request is None
+
+
+def test_requests_from_threads_each_get_their_own_upstream_and_failure():
+    """EnvoyClient shared by threads: each reply's upstream request and each upstream
+    callback's exception belong to the request that made them."""
+    def answer(request: Message) -> tuple[int, dict[str, str], bytes]:
+        if request.path.startswith("/boom"):
+            raise LookupError(request.path)
+        return 200, {}, request.path.encode()
+
+    def one(client: EnvoyClient, index: int) -> str:
+        path = f"/{'boom' if index % 4 == 0 else 'ok'}{index}"
+        try:
+            reply = client.get(path)
+        except LookupError as exc:
+            return f"raised {exc}" if str(exc) == path else f"wrong {exc} for {path}"
+        assert reply.request is not None and reply.request.path == path, (reply, path)
+        return reply.body.decode().lower()  # (Stamp upper-cases the answer)
+
+    with EnvoyClient(Stamp, upstream=answer) as client, \
+            concurrent.futures.ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(lambda i: one(client, i), range(64)))
+    assert results == [f"raised /boom{i}" if i % 4 == 0 else f"/ok{i}" for i in range(64)]
