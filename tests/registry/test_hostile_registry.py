@@ -397,9 +397,9 @@ def test_cache_tags_do_not_collide_with_repositories_and_is_private(tmp_path):
         oci.pull(f"oci://{reg.host}/a/b:c", tmp_path / "2.wasm", connection=conn, cache=cache)
     assert (tmp_path / "2.wasm").read_bytes() == MODULE
     assert (tmp_path / "cache").stat().st_mode & 0o777 == 0o700
-    # served from the cache alone now
+    # served from the cache alone now (a tag, when asked not to resolve it)
     again = oci.pull(f"oci://{reg.host}/a/b:c", tmp_path / "3.wasm", connection=conn,
-                     cache=cache)
+                     cache=cache, pull_policy="IfNotPresent")
     assert again.from_cache
 
 
@@ -417,7 +417,7 @@ def test_cache_rederives_the_module_from_the_stored_manifest(tmp_path):
     stored.write_bytes(two)  # the entry named by one's digest now holds two's manifest
     with pytest.raises(oci.TransportError):  # registry gone: a miss, never the wrong module
         oci.pull(f"oci://{reg.host}/f/x:one", tmp_path / "3.wasm", connection=conn,
-                 cache=cache)
+                 cache=cache, pull_policy="IfNotPresent")
     assert not (tmp_path / "3.wasm").exists()
 
 
