@@ -57,8 +57,8 @@ class ServerConfig:
     transport: str = field(default="grpcio", metadata={
         "help": "grpcio: a grpc.aio server in this process. pyvoy: the same processor inside "
                 "an Envoy process (pyvoy), less CPU and latency per request; needs pyvoy "
-                "installed apart (see the README). Another package's transport by the name "
-                "it registers (entry point group extproc.transports)."})
+                "installed apart (docs/how-to/transports.md). Another package's transport by "
+                "the name it registers (entry point group extproc.transports)."})
 
     def __post_init__(self) -> None:
         if (self.uds is None) == (self.address is None):

@@ -1,7 +1,7 @@
 """How a serving process meets the operator's signals and its parent's death (public: the
 CLI's own long-running commands use the same signals and helpers).
 
-Signals (the README's table):
+Signals (the table of docs/how-to/serve.md):
 
 =========  ====================================================================
 SIGTERM    drain: NOT_SERVING, no new streams, in-flight ones get the grace period;

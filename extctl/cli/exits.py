@@ -1,5 +1,5 @@
-"""Exit codes of ``extctl`` (documented in the README) and the one table that maps the
-libraries' errors to them.
+"""Exit codes of ``extctl`` (documented in docs/reference/exit-codes.md) and the one table that
+maps the libraries' errors to them.
 
 Commands raise the libraries' own exceptions; the command group turns any of them into a
 :class:`Failure`, which carries its exit code (as click's exceptions do) and prints one line.

@@ -1,6 +1,7 @@
-"""The README's code runs as a user pastes it: each Python block in a fresh directory, run by
-the venv's Python (a block with tests by pytest, with no configuration of ours), with the
-README's ``Redact`` class above it when it uses one, and the module files it names."""
+"""The code of the README and of the documentation site (docs/**/*.md) runs as a user pastes
+it: each Python block in a fresh directory, run by the venv's Python (a block with tests by
+pytest, with no configuration of ours), with the README's ``Redact`` class above it when it
+uses one, and the module files it names."""
 
 from __future__ import annotations
 
@@ -15,8 +16,20 @@ import wasmtime
 
 import extproc
 
-README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
-BLOCKS = [textwrap.dedent(block) for block in re.findall(r"```python\n(.*?)```", README, re.S)]
+ROOT = Path(__file__).resolve().parents[2]
+README = (ROOT / "README.md").read_text()
+DOCS = sorted((ROOT / "docs").rglob("*.md"))
+
+
+def _python_blocks(text: str) -> list[str]:
+    return [textwrap.dedent(block) for block in re.findall(r"```python\n(.*?)```", text, re.S)]
+
+
+BLOCKS = _python_blocks(README)
+# (test id, block): the README's, then each page's, in order.
+ALL_BLOCKS = [(f"README-{i}", block) for i, block in enumerate(BLOCKS)] + [
+    (f"{page.relative_to(ROOT / 'docs').with_suffix('')}-{i}".replace("/", "."), block)
+    for page in DOCS for i, block in enumerate(_python_blocks(page.read_text()))]
 WAT = Path(__file__).resolve().parents[1] / "helpers" / "wat"
 
 
@@ -37,10 +50,9 @@ FILTERS = {
 }
 
 
-@pytest.mark.parametrize("index", range(len(BLOCKS)),
-                         ids=[f"block{i}" for i in range(len(BLOCKS))])
-def test_every_python_block_runs_as_pasted(index, tmp_path, wat_template_module):
-    block = BLOCKS[index]
+@pytest.mark.parametrize("block", [block for _, block in ALL_BLOCKS],
+                         ids=[name for name, _ in ALL_BLOCKS])
+def test_every_python_block_runs_as_pasted(block, tmp_path, wat_template_module):
     if "Redact" in block and "class Redact" not in block:
         block = BLOCKS[0] + "\n\n" + block  # the README's processor, as the reader has it
     filters = {FILTERS[line] for line in FILTERS if line in block}
@@ -65,6 +77,13 @@ def test_every_python_block_runs_as_pasted(index, tmp_path, wat_template_module)
         assert int(summary.split()[0]) >= len(tests), done.stdout
 
 
+def test_the_docs_have_python_blocks_and_the_readme_is_a_front_page():
+    pages = {page.relative_to(ROOT / "docs").as_posix() for page in DOCS}
+    assert {"index.md", "tutorial/first-processor.md", "reference/cli.md"} <= pages
+    assert len(ALL_BLOCKS) - len(BLOCKS) >= 10  # every block the README had, and more
+    assert len(README.splitlines()) <= 200
+
+
 def test_readme_processor_is_at_most_15_lines_and_works():
     processor_code = BLOCKS[0]
     assert len(processor_code.strip().splitlines()) <= 15
@@ -77,14 +96,16 @@ def test_readme_processor_is_at_most_15_lines_and_works():
 
 
 def test_readme_gen_commands_run(tmp_path, wat_module, monkeypatch):
-    """The `extctl gen` lines of the README, with its Redact class as app:Redact."""
+    """The `extctl gen` lines of the docs' "Generate configs", with the README's Redact class
+    as app:Redact."""
     import shlex
 
     from click.testing import CliRunner
 
     from extctl.cli import cli
 
-    section = README[README.index("## Generated configuration"):]
+    page = (ROOT / "docs" / "how-to" / "generate-configs.md").read_text()
+    section = page[page.index("## Generated configuration"):]
     block = re.search(r"```\n(.*?)```", section, re.S)
     assert block is not None
     commands = block.group(1).replace("\\\n", " ").replace("<digest from push>", "a" * 64)
