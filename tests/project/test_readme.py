@@ -82,6 +82,10 @@ def test_the_docs_have_python_blocks_and_the_readme_is_a_front_page():
     assert {"index.md", "tutorial/first-processor.md", "reference/cli.md"} <= pages
     assert len(ALL_BLOCKS) - len(BLOCKS) >= 10  # every block the README had, and more
     assert len(README.splitlines()) <= 200
+    links = re.findall(r"\]\((docs/[^)#]+)(?:#[^)]*)?\)", README)
+    assert len(links) >= 15
+    for target in links:  # the README's links into the site, read on a forge
+        assert (ROOT / target).is_file(), target
 
 
 def test_readme_processor_is_at_most_15_lines_and_works():
