@@ -121,3 +121,37 @@ def test_each_command_in_the_text_is_one_the_cli_has(page, span):
     assert path or shown <= {"--help", "-h", "--version"}, f"{page}: no such command: {span}"
     assert shown <= _flags(command) | {"--version"}, \
         f"{page}: {' '.join(path)} has no {sorted(shown - _flags(command))}: {span}"
+
+
+def test_the_local_registry_commands_run_as_shown(tmp_path, monkeypatch, wat_template_module):
+    """The blocks that push to, check and pull from ``extctl registry`` on 127.0.0.1:5000 run
+    as shown, against the same registry on a free port (``LocalRegistry``, what ``extctl
+    registry`` serves), with a real module as plugin.wasm and build/filter.wasm."""
+    from click.testing import CliRunner
+
+    from extctl.testing import LocalRegistry
+
+    blocks = [(str(page.relative_to(ROOT)), block) for page in PAGES
+              for block in _plain_blocks(page.read_text()) if "127.0.0.1:5000" in block]
+    assert {page for page, _ in blocks} >= {"docs/how-to/registries.md",
+                                            "docs/tutorial/first-wasm-filter.md"}
+    module = wat_template_module.read_bytes()
+    (tmp_path / "build").mkdir()
+    (tmp_path / "plugin.wasm").write_bytes(module)
+    (tmp_path / "build" / "filter.wasm").write_bytes(module)
+    monkeypatch.chdir(tmp_path)
+    ran = []
+    with LocalRegistry() as registry:
+        for page, block in blocks:
+            for line in block.splitlines():
+                words = shlex.split(line.replace("127.0.0.1:5000", registry.host), comments=True)
+                if words[:2] == ["extctl", "registry"]:
+                    continue  # the registry this test started instead
+                assert words[0] == "extctl", (page, line)
+                result = CliRunner().invoke(cli, words[1:], catch_exceptions=False)
+                assert result.exit_code == 0, (page, line, result.output)
+                if words[1] == "check":
+                    assert "ACCEPTED" in result.output, result.output
+                ran.append(words[1])
+    assert sorted(set(ran)) == ["check", "pull", "push"]
+    assert (tmp_path / "back.wasm").read_bytes() == module
