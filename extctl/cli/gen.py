@@ -212,7 +212,9 @@ def gateway(processor: str | None, route: tuple[str, ...], gateway: tuple[str, .
     """Envoy Gateway resources: EnvoyExtensionPolicy + Backend (Envoy sends only the phases
     the class handles), and the SecurityPolicy, BackendTrafficPolicy, ClientTrafficPolicy and
     EnvoyProxy the options ask for; with --sidecar-image, the processor as a native sidecar
-    of Envoy's pods (EnvoyProxy), the GatewayClass and Envoy Gateway's ConfigMap.
+    of Envoy's pods (EnvoyProxy) and the GatewayClass. Envoy Gateway's own configuration
+    (Backends enabled) is no document to apply: with -o FILE, the values to merge into it are
+    written beside FILE (envoy-gateway-config.patch.yaml).
 
     \b
     Example:
