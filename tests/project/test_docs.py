@@ -63,6 +63,7 @@ def test_the_site_builds_strictly_with_every_page(site):
     cli = (site / "reference" / "cli" / "index.html").read_text()
     for name in _COMMANDS:
         assert f"extctl {name}" in cli, name
+    assert "Sentinel" not in cli  # click's help text, not its internal defaults
     # The API reference is rendered from the docstrings, not an empty page.
     api = (site / "reference" / "api" / "extproc.testing" / "index.html").read_text()
     assert "ServerThread" in api and "run_sync" in api
