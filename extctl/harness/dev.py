@@ -19,6 +19,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -132,11 +133,14 @@ class DevStack:
             if self.reload is not None and self.reload.processor is not None:
                 # Served by a child, started anew on every change; the class imported here
                 # (by the command) gives the first config. Its admin port stays the same.
-                admin = _fixed_port(self.admin)
-                child = Child(_serve_args(self.reload, socket_path, self.envoy_log_level,
-                                          admin, str(records) if live is not None else None))
-                child.start()
-                admin_url = f"http://{admin}"
+                child = Child(_serve_args(self.reload, self.envoy_log_level,
+                                          str(records) if live is not None else None),
+                              socket=socket_path, admin=self.admin,
+                              handover=HANDOVER + 0.2)
+                if not child.start(stop) and not stop.is_set():
+                    logger.error("the processor does not start (above); the next change "
+                                 "that fixes it starts it")
+                admin_url = f"http://{child.admin_address}"
             elif self.processor is not None:
                 server = ServerThread(
                     self.processor, uds=socket_path, socket_mode=0o600, admin=self.admin,
@@ -157,10 +161,14 @@ class DevStack:
                     request_id_to_processor=True, wasm=modules,
                     filter_order=self.filter_order, clusters=self.clusters)
 
+            def bootstrap(deployment: Deployment) -> Any:
+                message = deployment.envoy_bootstrap()
+                return _handing_over(message) if child is not None else message
+
             current = deployment(processor, self.port)
             # The live view reads Envoy's access log as it is written.
             flush = 50 if live is not None else None
-            envoy = EnvoyProcess(current.envoy_bootstrap(), workdir / "envoy",
+            envoy = EnvoyProcess(bootstrap(current), workdir / "envoy",
                                  log_level=self.envoy_log_level, file_flush_ms=flush).start()
             tail = threading.Thread(target=_tail, args=(envoy.log_path, stop), daemon=True)
             tail.start()
@@ -189,7 +197,14 @@ class DevStack:
             _say("filters: " + " -> ".join(envoy.http_filters()))
             _say(f"upstream: http://{echo.address} (echoes the request as JSON)")
             _say(f"envoy: http://127.0.0.1:{envoy.port} (admin http://{envoy.admin_address})")
-            _say(f"try: curl -i http://127.0.0.1:{envoy.port}/hello")
+            # The curl line once a request would succeed: later, if the processor does not
+            # start yet (a --reload child whose code fails).
+            waiting = _Readiness(envoy, socket_path if current.spec is not None else None)
+            failed = child is not None and child.process is None
+            if waiting.wait(0 if failed else READY_TIMEOUT, stop):
+                _say(f"try: curl -i http://127.0.0.1:{envoy.port}/hello")
+            else:
+                _say(f"not ready yet ({waiting.reason}); the curl line follows when it is")
             if self.reload is not None:
                 _say("reload: on (Python files under "
                            f"{', '.join(self.reload.directories or [self.reload.app_dir])}"
@@ -200,6 +215,8 @@ class DevStack:
                 if envoy.process is None or envoy.process.poll() is not None:
                     logger.error("Envoy exited; stopping")
                     break
+                if not waiting.done and waiting.ready(envoy):
+                    _say(f"try: curl -i http://127.0.0.1:{envoy.port}/hello")
                 try:
                     changed = changes.get_nowait()
                 except queue.Empty:
@@ -207,13 +224,19 @@ class DevStack:
                 restart_envoy = bool(changed & wasm_files)
                 if child is not None and changed - wasm_files:
                     assert self.reload is not None
-                    child.restart()  # serving the new code first; its spec is read meanwhile
-                    spec = _probe(self.reload)
-                    if spec is None:
-                        child.stop()
-                        logger.error("reload: the processor does not import (above); Envoy "
-                                     "answers 5xx until the next change fixes it")
+                    serving = child.process is not None
+                    probe = _Probe(self.reload)  # the new spec, read while the child starts
+                    if not child.start(stop):
+                        probe.cancel()
+                        if not stop.is_set():
+                            logger.error("reload: the processor does not start (above); %s",
+                                         "the previous code serves on" if serving else
+                                         "Envoy answers 5xx until a change fixes it")
                         continue
+                    spec = probe.result()
+                    if spec is None:  # changed again since: the next change reloads it
+                        spec = current.spec
+                    assert spec is not None
                     if spec != current.spec:
                         restart_envoy = True  # the class asks Envoy for other phases now
                     current = deployment(spec, envoy.port)
@@ -222,7 +245,7 @@ class DevStack:
                 if restart_envoy:
                     port = envoy.port
                     envoy.stop()
-                    envoy = EnvoyProcess(deployment(current.processor, port).envoy_bootstrap(),
+                    envoy = EnvoyProcess(bootstrap(deployment(current.processor, port)),
                                          workdir / "envoy", log_level=self.envoy_log_level,
                                          file_flush_ms=flush).start()
                     _say(f"reload: Envoy restarted on port {envoy.port}")
@@ -251,35 +274,118 @@ def _say(line: str) -> None:
     click.echo(line, err=True)
 
 
-def _fixed_port(address: str) -> str:
-    """``address`` with a free port chosen now when it asks for any (port 0)."""
-    host, _, port = address.rpartition(":")
-    if port != "0":
-        return address
-    with socket.socket(socket.AF_INET6 if ":" in host.strip("[]") else socket.AF_INET) as s:
-        s.bind((host.strip("[]"), 0))
-        return f"{host}:{s.getsockname()[1]}"
-
-
-def _serve_args(reload: Reload, socket_path: str, log_level: str, admin: str,
-                records: str | None) -> list[str]:
+def _serve_args(reload: Reload, log_level: str, records: str | None) -> list[str]:
+    """``extctl serve``'s arguments but ``--uds`` and ``--admin`` (each child binds its own,
+    see :class:`~extctl.harness.reload.Child`)."""
     assert reload.processor is not None
-    return [reload.processor, "--uds", socket_path, "--admin", admin,
+    return [reload.processor,
             "--app-dir", os.path.abspath(reload.app_dir), "--socket-mode", "600",
             "--grace-period", "1", "--log-level", "info" if log_level in ("debug", "trace")
             else "warning", *(["--view-records", records] if records else [])]
 
 
-def _probe(reload: Reload) -> FilterSpec | None:
-    """The processor's FilterSpec from the code on disk now (a fresh interpreter); None when
-    it does not import (its error has been printed)."""
-    assert reload.processor is not None
-    done = subprocess.run([sys.executable, "-m", "extctl.harness.probe", reload.processor,
-                           os.path.abspath(reload.app_dir)], stdout=subprocess.PIPE,
-                          stdin=subprocess.DEVNULL, timeout=60)
-    if done.returncode != 0:
-        return None
-    return FilterSpec.from_dict(json.loads(done.stdout))
+HANDOVER = 0.5
+"""With ``--reload``, the longest Envoy keeps a connection to the processor: a child replaced
+by a new one gets no new stream after that long (see :class:`~extctl.harness.reload.Child`)."""
+
+
+def _handing_over(bootstrap: Any) -> Any:
+    """``bootstrap`` with a ``max_connection_duration`` of :data:`HANDOVER` on the processor's
+    cluster: Envoy stops sending new streams on an older connection and opens a new one,
+    which reaches the child whose socket is at the path now."""
+    from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
+
+    from ..config.envoy import EXT_PROC_CLUSTER
+
+    key = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+    for cluster in bootstrap.static_resources.clusters:
+        if cluster.name == EXT_PROC_CLUSTER:
+            options = http_protocol_options_pb2.HttpProtocolOptions()
+            cluster.typed_extension_protocol_options[key].Unpack(options)
+            duration = options.common_http_protocol_options.max_connection_duration
+            duration.FromMilliseconds(int(HANDOVER * 1000))
+            cluster.typed_extension_protocol_options[key].Pack(options)
+    return bootstrap
+
+
+class _Probe:
+    """The processor's FilterSpec from the code on disk now, read in a fresh interpreter
+    while the new child starts (its errors are the child's to print)."""
+
+    def __init__(self, reload: Reload) -> None:
+        assert reload.processor is not None
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "extctl.harness.probe", reload.processor,
+             os.path.abspath(reload.app_dir)], stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+
+    def result(self) -> FilterSpec | None:
+        """None when it does not import."""
+        try:
+            out, _ = self.process.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.cancel()
+            return None
+        if self.process.returncode != 0:
+            return None
+        return FilterSpec.from_dict(json.loads(out))
+
+    def cancel(self) -> None:
+        self.process.kill()
+        self.process.communicate()
+
+
+READY_TIMEOUT = 15.0
+"""How long ``extctl dev`` waits for the stack to answer before it says it is not ready."""
+
+
+class _Readiness:
+    """Whether a request through Envoy would succeed now (the upstream runs here, started
+    first): Envoy's listener takes connections and, with a processor, the processor answers
+    SERVING on the socket Envoy dials and Envoy's own health check of it has passed (its
+    ``/clusters``), so Envoy reaches it too."""
+
+    def __init__(self, envoy: EnvoyProcess, socket_path: str | None) -> None:
+        self.envoy = envoy
+        self.socket_path = socket_path
+        self.reason = ""
+        self.done = False
+
+    def ready(self, envoy: EnvoyProcess | None = None) -> bool:
+        from ..config.envoy import EXT_PROC_CLUSTER
+        from ..diagnose.health import check_one
+
+        envoy = self.envoy = envoy or self.envoy
+        try:
+            socket.create_connection(("127.0.0.1", envoy.port), timeout=1).close()
+        except OSError as exc:
+            self.reason = f"Envoy's listener: {exc.strerror or exc}"
+            return False
+        if self.socket_path is not None:
+            answer = check_one(self.socket_path, timeout=1.0)
+            if not answer.serving:
+                self.reason = (f"the processor on unix:{self.socket_path}: {answer.status}"
+                               f"{f' ({answer.detail})' if answer.detail else ''}")
+                return False
+            try:
+                clusters = envoy.admin("/clusters")
+            except OSError as exc:
+                self.reason = f"Envoy's admin: {exc}"
+                return False
+            if not any(line.startswith(f"{EXT_PROC_CLUSTER}::")
+                       and line.endswith("::health_flags::healthy")
+                       for line in clusters.splitlines()):
+                self.reason = "Envoy has not found the processor healthy yet"
+                return False
+        self.done = True
+        return True
+
+    def wait(self, timeout: float, stop: threading.Event) -> bool:
+        deadline = time.monotonic() + timeout
+        while not self.ready():
+            if time.monotonic() > deadline or stop.wait(0.02):
+                return False
+        return True
 
 
 class _Lines:

@@ -2,13 +2,20 @@
 
 ``extctl.harness.reload.Child`` keeps one waiting so that a reload only imports the user's
 code. The first line on stdin is the JSON list of ``extctl serve`` arguments; an empty stdin
-(the reloader went away) ends it.
+(the reloader went away) ends it. A later line ``{"placed": PATH, "identity": [DEV, INO]}``
+says the reloader renamed the server's socket to PATH: when the server stops, the socket file
+there is removed if it is still that one (the reloader may be gone by then: SIGKILLed, its
+children are stopped by PR_SET_PDEATHSIG).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import sys
+import threading
+from typing import Any
 
 
 def main() -> int:
@@ -22,8 +29,30 @@ def main() -> int:
     line = sys.stdin.readline()
     if not line:
         return 0
-    cli(["serve", *json.loads(line)], prog_name="extctl")
+    placed: dict[str, Any] = {}
+
+    def read_placements() -> None:
+        for later in sys.stdin:
+            placed.update(json.loads(later))
+
+    threading.Thread(target=read_placements, daemon=True).start()
+    try:
+        cli(["serve", *json.loads(line)], prog_name="extctl")
+    finally:
+        _remove_placed(placed)
     return 0
+
+
+def _remove_placed(placed: dict[str, Any]) -> None:
+    if "placed" not in placed:
+        return
+    try:
+        st = os.lstat(placed["placed"])
+    except OSError:
+        return
+    if [st.st_dev, st.st_ino] == placed["identity"]:  # not a later server's socket
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(placed["placed"])
 
 
 if __name__ == "__main__":

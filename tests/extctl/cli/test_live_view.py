@@ -63,8 +63,10 @@ class _Dev:
             for s, lines in ((self.proc.stdout, self.out), (self.proc.stderr, self.err))]
         for reader in self.readers:
             reader.start()
-        self.port = int(self.wait(self.err, r"^try: curl -i http://127\.0\.0\.1:(\d+)/")
-                        .group(1))
+        # "try:" once a request would succeed ("not ready yet" while the processor does not
+        # start)
+        self.wait(self.err, r"^(try: curl|not ready yet)")
+        self.port = int(self.wait(self.err, r"^envoy: http://127\.0\.0\.1:(\d+)").group(1))
 
     def wait(self, lines: list[str], pattern: str, count: int = 1,
              timeout: float = 30) -> re.Match[str]:
@@ -160,24 +162,29 @@ def test_a_body_changed_at_the_same_length_is_said_to_be_changed(dev):
     ])
 
 
+FAILING_START = '''
+    @classmethod
+    async def on_startup(cls):
+        raise RuntimeError("no key yet")
+'''
+
+
 def test_a_request_the_processor_never_saw_is_shown_with_envoy_s_reason(dev, tmp_path):
+    # The first code does not start (on_startup raises): no child serves, Envoy answers itself.
+    app = tmp_path / "live_app.py"
+    asked = '        headers["x-asked"] = "1"\n'
+    app.write_text(APP.replace(asked, asked + FAILING_START, 1))
     running = dev("live_app:RequestOnly", "--reload")
-    # The reloading child may not serve yet when dev says "try:" (those 500s are shown too).
-    deadline = time.monotonic() + 20
-    while http(running.port, "/ok").status != 200:
-        assert time.monotonic() < deadline
-        time.sleep(0.1)
-    running.wait(running.out, r"^GET /ok -> 200 ")
-    # The module no longer imports: the reloaded processor is gone, Envoy answers itself.
-    (tmp_path / "live_app.py").write_text("import extproc\nclass RequestOnly(extproc.Proc\n")
-    running.wait(running.err, r"does not import")
+    running.wait(running.err, r"^not ready yet")
     assert http(running.port, "/broken").status == 500
     running.wait(running.out, r"^GET /broken ")
-    lines = running.stop()
-    first = next(i for i, line in enumerate(lines) if line.startswith("GET /ok -> 200 "))
-    _matches(lines[first:], [
-        r"GET /ok -> 200 in \d+ ms \(sent: request_headers\)",
-        rf"  request_headers {MS} ms: set x-asked",
+    app.write_text(APP)  # fixed: the processor serves, and dev says so
+    running.wait(running.err, r"^try: curl")
+    assert http(running.port, "/ok").status == 200
+    running.wait(running.out, r"^GET /ok -> 200 ")
+    _matches(running.stop(), [
         r"GET /broken -> 500 in \d+ ms \(no stream to the processor\) \[envoy: "
         r"ext_proc_error_gRPC_error_14\{.*No_such_file_or_directory.*\]",
+        r"GET /ok -> 200 in \d+ ms \(sent: request_headers\)",
+        rf"  request_headers {MS} ms: set x-asked",
     ])

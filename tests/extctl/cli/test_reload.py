@@ -1,18 +1,23 @@
-"""``--reload``: an edit reaches the next request without restarting Envoy; a broken edit is
-reported and a fixed one recovers by itself."""
+"""``--reload``: an edit reaches the next request without restarting Envoy and without a failed
+request; a broken edit is reported once and the previous code serves on; ``try:`` is printed
+only once a request through Envoy succeeds."""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
-from collections.abc import Iterator
+import urllib.request
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -187,10 +192,10 @@ def _reload_runs_in_the_warm_interpreter(reloader: int, port: int, app: Path) ->
     _until(lambda: _version(port) == "2", 10)
     version, new = _served(port)
     assert version == "2" and new in warm
-    assert _gone(old)
+    _until(lambda: _gone(old), 5)  # it drains once the new one serves
 
 
-def test_dev_reload_applies_an_edit_and_recovers_from_a_broken_one(dev, tmp_path):
+def test_dev_reload_applies_an_edit_and_serves_on_through_a_broken_one(dev, tmp_path):
     app = tmp_path / "reloaded_app.py"
     _write(app, "1")
     running = dev("dev", "reloaded_app:App", "--app-dir", str(tmp_path), "--port", "0",
@@ -206,11 +211,11 @@ def test_dev_reload_applies_an_edit_and_recovers_from_a_broken_one(dev, tmp_path
     assert '"set":["x-version","x-pid"]' in running.view(r'^\{"method":"GET".*\}$').group(0)
 
     app.write_text("import extproc\nclass App(extproc.Processor:\n")  # a syntax error
-    _until(lambda: http(port, "/").status >= 500, 5)  # Envoy fails closed meanwhile
-    # the error, as one block (printed by the new child, which may come after the old one
-    # stopped serving)
-    _until(lambda: "SyntaxError: invalid syntax" in running.err.read_text(), 5)
-    _until(lambda: "does not import" in running.err.read_text(), 5)
+    # the error, as one block (printed by the new child), and the old code serves on
+    running.wait_for(r"reload: the processor does not start \(above\); the previous code "
+                     "serves on")
+    assert "SyntaxError: invalid syntax" in running.err.read_text()
+    assert _version(port) == "2"
 
     _write(app, "3")
     _until(lambda: _version(port) == "3", 5)
@@ -280,8 +285,179 @@ def test_serve_reload_serves_the_new_code_through_envoy(tmp_path):
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0
         assert not sock.exists()
+        assert not list(sock_dir.iterdir())  # nor the sockets each child bound first
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
         shutil.rmtree(sock_dir, ignore_errors=True)
+
+
+# A processor that takes a second to be ready (it loads something): the window in which a
+# "try:" printed too early would fail.
+SLOW_START = '''
+    @classmethod
+    async def on_startup(cls):
+        import asyncio
+
+        await asyncio.sleep(1)
+'''
+
+
+class _Load:
+    """Requests to Envoy one after another, on a thread, until :meth:`stop`: each answer's
+    status and the version of the processor that ran."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.answers: list[tuple[int, str | None]] = []
+        self._changed = threading.Condition()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                reply = http(self.port, "/", timeout=10)
+                status = 0 if reply.reset else reply.status
+                version = reply.upstream_headers().get("x-version", [None])[0] \
+                    if status == 200 else None
+            except OSError:
+                status, version = 0, None
+            with self._changed:
+                self.answers.append((status, version))
+                self._changed.notify_all()
+
+    def wait(self, predicate: Callable[[list[tuple[int, str | None]]], bool],
+             timeout: float) -> None:
+        """Until ``predicate(answers)`` holds."""
+        with self._changed:
+            if not self._changed.wait_for(lambda: predicate(self.answers), timeout):
+                raise AssertionError(f"not within {timeout}s; last answers: "
+                                     f"{self.answers[-5:]}")
+
+    def stop(self) -> list[tuple[int, str | None]]:
+        self._stop.set()
+        self._thread.join(15)
+        return self.answers
+
+
+def _view_lines(proc: subprocess.Popen[str]) -> tuple[list[dict[str, Any]], threading.Thread]:
+    """The live view's JSON objects as dev prints them (read on a thread, so the pipe never
+    fills)."""
+    lines: list[dict[str, Any]] = []
+
+    def read() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.append(json.loads(line))
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    return lines, reader
+
+
+def _try(dev_: Dev) -> tuple[int, str | None]:
+    """Run the ``try:`` line's curl command as soon as dev prints it: its status and the
+    version that answered (the upstream echoes the headers it received)."""
+    command = dev_.wait_for(r"try: (curl .*)$").group(1)
+    done = subprocess.run(shlex.split(command), capture_output=True, text=True, timeout=30)
+    head, _, body = done.stdout.replace("\r\n", "\n").partition("\n\n")
+    status = int(head.split()[1]) if head.startswith("HTTP/") else 0
+    version = None
+    if status == 200:
+        headers = dict(json.loads(body)["headers"])
+        version = headers.get("x-version")
+    return status, version
+
+
+def _port(running: Dev) -> int:
+    text = running.err.read_text()
+    found = re.search(r"try: curl -i http://127\.0\.0\.1:(\d+)/", text)
+    assert found, text[-3000:]
+    return int(found.group(1))
+
+
+@pytest.mark.parametrize("how", ["reload", "in-process", "wasm"])
+def test_dev_prints_try_only_once_a_request_succeeds(dev, tmp_path, how):
+    app = tmp_path / f"ready_{how.replace('-', '_')}.py"
+    _write(app, "1", SLOW_START)
+    if how == "wasm":
+        module = tmp_path / "filter.wasm"
+        module.write_bytes(wasmtime.wat2wasm((ROOT / "tests/helpers/wat/add_header.wat")
+                                             .read_text()))
+        args = ["--wasm", str(module)]
+    else:
+        args = [f"{app.stem}:App", "--app-dir", str(tmp_path)]
+    running = dev("dev", *args, "--port", "0", "--quiet",
+                  *(["--reload"] if how == "reload" else []))
+    status, version = _try(running)
+    assert status == 200, running.err.read_text()[-3000:]
+    assert version == (None if how == "wasm" else "1")
+
+
+def test_dev_reloads_without_a_failed_request(dev, tmp_path):
+    app = tmp_path / "seamless_app.py"
+    _write(app, "1")
+    running = dev("dev", "seamless_app:App", "--app-dir", str(tmp_path), "--port", "0",
+                  "--reload", "--output", "json")
+    view, reader = _view_lines(running.proc)
+    assert _try(running) == (200, "1")
+    port = _port(running)
+    found = re.search(r"metrics: (http://\S+)/metrics", running.err.read_text())
+    assert found
+    readyz = found.group(1) + "/readyz"
+    running.wait_for(r"reload: on")
+    load = _Load(port)
+    try:
+        load.wait(lambda answers: len(answers) >= 20, 15)
+        versions = [str(n) for n in range(2, 6)]
+        for version in versions:
+            _write(app, version)
+            # visible: the answers come from the new code now
+            load.wait(lambda answers, v=version: answers[-1][1] == v, 20)
+        app.write_text("import extproc\nclass App(extproc.Processor:\n")  # a syntax error
+        running.wait_for(r"reload: the processor does not start \(above\); the previous "
+                         "code serves on")
+        served = len(load.answers)
+        load.wait(lambda answers: len(answers) >= served + 20, 15)
+    finally:
+        answers = load.stop()
+    failed = [answer for answer in answers if answer[0] != 200]
+    reader.join(2)  # what the view says of them, if it has
+    assert not failed, (f"{len(failed)} of {len(answers)} requests failed: {failed[:10]}; "
+                        f"{[line for line in view if line['status'] != 200][:5]}")
+    seen = [v for _, v in answers]
+    assert [v for i, v in enumerate(seen) if i == 0 or seen[i - 1] != v] == ["1", *versions]
+    assert seen[-1] == "5"  # the broken edit left the last good version serving
+    # the metrics URL printed at start reaches the child that serves now
+    with urllib.request.urlopen(readyz, timeout=5) as ready:
+        assert ready.status == 200
+    err = running.err.read_text()
+    assert err.count("SyntaxError") == 1, err[-3000:]  # the child's error, once
+    assert err.count("does not start") == 1, err[-3000:]
+    # the live view showed them all, none failed
+    total = len(answers) + 1  # and the curl
+    deadline = time.monotonic() + 10
+    while len(view) < total and time.monotonic() < deadline:
+        reader.join(0.1)
+    assert len(view) >= total, (len(view), total)
+    assert {line["status"] for line in view} == {200}
+
+
+FAILING_START = '''
+    @classmethod
+    async def on_startup(cls):
+        raise RuntimeError("no key yet")
+'''
+
+
+def test_dev_prints_try_once_a_fixed_processor_serves(dev, tmp_path):
+    app = tmp_path / "late_app.py"
+    _write(app, "1", FAILING_START)
+    running = dev("dev", "late_app:App", "--app-dir", str(tmp_path), "--port", "0",
+                  "--reload", "--quiet")
+    running.wait_for(r"not ready yet \(the processor on unix:\S+: UNREACHABLE")
+    _write(app, "2")
+    assert _try(running) == (200, "2")
