@@ -126,6 +126,7 @@ class Child:
             return False
         os.rename(own, self.socket)  # from now on new connections reach the new child
         self._placed = _identity(self.socket)
+        logger.info("pid %d serves on unix:%s now", process.pid, self.socket)
         # Its server removes only the path it bound: the child removes this one as it
         # stops, if still its own (when we are gone too).
         assert process.stdin is not None and self._placed is not None
@@ -336,6 +337,9 @@ def serve_with_reload(serve_args: Sequence[str], directories: Sequence[str | Pat
     new server in place before the old one stops, see :class:`Child`)."""
     args, socket_path, admin = seamless_socket(serve_args)
     child = Child(args, socket=socket_path, admin=admin)
+    if admin is not None and socket_path is not None:
+        logger.info("admin endpoint on http://%s (/metrics, /healthz, /readyz) for whichever "
+                    "child serves", child.admin_address)
     stop = threading.Event()
 
     with capture_signals(lambda signum: stop.set(), STOP_SIGNALS) as captured:
