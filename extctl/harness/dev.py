@@ -16,6 +16,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +31,7 @@ from extproc import FilterSpec, ServerThread
 from extproc.lifecycle import Captured, capture_signals
 
 from ..config import CalloutCluster, Deployment, FilterPosition, WasmModule
-from ..errors import UsageError
+from ..errors import EnvoyError, UsageError
 from .echo import EchoServer
 from .envoy import EnvoyProcess
 from .reload import STOP_SIGNALS, Child, watch
@@ -243,11 +244,19 @@ class DevStack:
                     _say(f"reload: {spec.name} restarted (phases: "
                                f"{', '.join(spec.mode.phases) or 'none'})")
                 if restart_envoy:
-                    port = envoy.port
-                    envoy.stop()
-                    envoy = EnvoyProcess(bootstrap(deployment(current.processor, port)),
-                                         workdir / "envoy", log_level=self.envoy_log_level,
-                                         file_flush_ms=flush).start()
+                    # The new Envoy binds the port beside the old one (Envoy's listeners set
+                    # SO_REUSEPORT) and is ready before the old one stops taking connections.
+                    try:
+                        fresh = EnvoyProcess(bootstrap(deployment(current.processor,
+                                                                  envoy.port)),
+                                             workdir / "envoy", log_level=self.envoy_log_level,
+                                             file_flush_ms=flush).start()
+                    except EnvoyError as exc:
+                        logger.error("reload: the new Envoy does not start (%s); the previous "
+                                     "one serves on", exc)
+                        continue
+                    _retire_envoy(envoy)
+                    envoy = fresh
                     _say(f"reload: Envoy restarted on port {envoy.port}")
         finally:
             stop.set()
@@ -266,6 +275,26 @@ class DevStack:
                 child.close()
             shutil.rmtree(workdir, ignore_errors=True)
             _say("stopped; removed " + str(workdir))
+
+
+def _retire_envoy(envoy: EnvoyProcess, timeout: float = 5.0) -> None:
+    """Stop ``envoy`` now that another one serves on its port: its listeners close first (so
+    the other Envoy takes every new connection), the requests under way finish (within
+    ``timeout``), then it exits."""
+    try:
+        urllib.request.urlopen(urllib.request.Request(
+            f"http://{envoy.admin_address}/drain_listeners", method="POST"), timeout=5).close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and _requests_under_way(envoy):
+            time.sleep(0.02)
+    except OSError as exc:
+        logger.debug("draining the previous Envoy: %s", exc)
+    envoy.stop()
+
+
+def _requests_under_way(envoy: EnvoyProcess) -> int:
+    return sum(value for name, value in envoy.stats("http.").items()
+               if name.endswith(".downstream_rq_active") and not name.startswith("http.admin."))
 
 
 def _say(line: str) -> None:

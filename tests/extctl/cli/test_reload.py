@@ -233,10 +233,22 @@ def test_dev_reload_restarts_envoy_when_the_class_asks_for_other_phases(dev, tmp
     _until(lambda: _version(port) == "1", 10)
     assert "x-response-version" not in http(port, "/").headers
 
-    _write(app, "2", RESPONSE_HOOK.format(version="2"))
-    running.wait_for(r"phases: request_headers, response_headers")
-    running.wait_for(r"reload: Envoy restarted on port (\d+)")
-    _until(lambda: http(port, "/").headers.get("x-response-version") == "2", 5)
+    load = _Load(port)
+    try:
+        _write(app, "2", RESPONSE_HOOK.format(version="2"))
+        running.wait_for(r"phases: request_headers, response_headers")
+        running.wait_for(r"reload: Envoy restarted on port (\d+)")
+        _until(lambda: http(port, "/").headers.get("x-response-version") == "2", 5)
+        served = len(load.answers)
+        load.wait(lambda answers: len(answers) >= served + 20, 15)
+    finally:
+        answers = load.stop()
+    # The new Envoy listens beside the old one before the old one's listener closes; a
+    # connection the kernel had queued on the old listener, not yet accepted, is reset as it
+    # closes: one at most, from one client sending one request at a time (was: every request
+    # for the 0.3 s Envoy took to start again, about 1,400 of them).
+    failed = [answer for answer in answers if answer[0] != 200]
+    assert len(failed) <= 1, (len(failed), len(answers))
 
 
 def test_dev_reload_picks_up_a_rebuilt_local_wasm_module(dev, tmp_path):
