@@ -137,7 +137,8 @@ class DevStack:
                 child = Child(_serve_args(self.reload, self.envoy_log_level,
                                           str(records) if live is not None else None),
                               socket=socket_path, admin=self.admin,
-                              handover=HANDOVER + 0.2)
+                              # a margin for Envoy's timers: the old child only waits
+                              handover=HANDOVER + 1.5)
                 if not child.start(stop) and not stop.is_set():
                     logger.error("the processor does not start (above); the next change "
                                  "that fixes it starts it")
