@@ -28,7 +28,7 @@ import extproc
 import registry
 import wasm
 from extproc import FilterSpec, ServerThread
-from extproc.lifecycle import Captured, capture_signals
+from extproc.lifecycle import Captured, capture_signals, dies_with_us
 
 from ..config import CalloutCluster, Deployment, FilterPosition, WasmModule
 from ..errors import EnvoyError, UsageError
@@ -137,8 +137,9 @@ class DevStack:
                 child = Child(_serve_args(self.reload, self.envoy_log_level,
                                           str(records) if live is not None else None),
                               socket=socket_path, admin=self.admin,
-                              # a margin for Envoy's timers: the old child only waits
-                              handover=HANDOVER + 1.5)
+                              # a margin for Envoy's timers: the old child only waits;
+                              # then it drains what it still serves (a slow upload)
+                              handover=HANDOVER + 1.5, retire_grace=RETIRE_GRACE)
                 if not child.start(stop) and not stop.is_set():
                     logger.error("the processor does not start (above); the next change "
                                  "that fixes it starts it")
@@ -219,6 +220,11 @@ class DevStack:
                     break
                 if not waiting.done and waiting.ready(envoy):
                     _say(f"try: curl -i http://127.0.0.1:{envoy.port}/hello")
+                if child is not None and child.process is not None \
+                        and child.exit_code is not None:
+                    logger.error("the processor exited with %d; Envoy answers 5xx until a "
+                                 "change starts it again", child.exit_code)
+                    child.process = None  # reported once
                 try:
                     changed = changes.get_nowait()
                 except queue.Empty:
@@ -310,9 +316,14 @@ def _serve_args(reload: Reload, log_level: str, records: str | None) -> list[str
     assert reload.processor is not None
     return [reload.processor,
             "--app-dir", os.path.abspath(reload.app_dir), "--socket-mode", "600",
-            "--grace-period", "1", "--log-level", "info" if log_level in ("debug", "trace")
-            else "warning", *(["--view-records", records] if records else [])]
+            "--grace-period", str(RETIRE_GRACE),
+            "--log-level", "info" if log_level in ("debug", "trace") else "warning",
+            *(["--view-records", records] if records else [])]
 
+
+RETIRE_GRACE = 30
+"""With ``--reload``, how long a replaced child may finish the streams it still serves (a slow
+upload); dev itself stops its child within 2 s."""
 
 HANDOVER = 0.5
 """With ``--reload``, the longest Envoy keeps a connection to the processor: a child replaced
@@ -345,9 +356,9 @@ class _Probe:
     def __init__(self, reload: Reload) -> None:
         assert reload.processor is not None
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "extctl.harness.probe", reload.processor,
-             os.path.abspath(reload.app_dir)], stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+            dies_with_us([sys.executable, "-m", "extctl.harness.probe", reload.processor,
+                          os.path.abspath(reload.app_dir)]), stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL, start_new_session=True)
 
     def result(self) -> FilterSpec | None:
         """None when it does not import."""

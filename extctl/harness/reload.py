@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from extproc import ServeError
 from extproc.lifecycle import capture_signals, dies_with_us
 
 from ..errors import UsageError
@@ -65,9 +66,12 @@ class Child:
 
     def __init__(self, serve_args: Sequence[str], *, grace: float = 2.0,
                  socket: str | None = None, admin: str | None = None,
-                 handover: float = 0.0, start_timeout: float = 60.0) -> None:
+                 handover: float = 0.0, start_timeout: float = 60.0,
+                 retire_grace: float | None = None) -> None:
         self.serve_args = list(serve_args)
         self.grace = grace
+        #: how long a replaced child may drain its streams (a slow upload) before it is killed
+        self.retire_grace = grace if retire_grace is None else retire_grace
         self.socket = socket
         self.handover = handover
         self.start_timeout = start_timeout
@@ -124,6 +128,12 @@ class Child:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(own)  # one that was killed leaves it
             return False
+        if _taken(self.socket, self._placed):
+            _terminate(process, 0)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(own)
+            raise ServeError(f"something is already listening on {self.socket}; stop it or "
+                             "choose another path")
         os.rename(own, self.socket)  # from now on new connections reach the new child
         self._placed = _identity(self.socket)
         logger.info("pid %d serves on unix:%s now", process.pid, self.socket)
@@ -162,7 +172,7 @@ class Child:
 
         def retire() -> None:
             self._closing.wait(self.handover)
-            _terminate(process, self.grace)
+            _terminate(process, self.grace if self._closing.is_set() else self.retire_grace)
 
         self._draining = [t for t in self._draining if t.is_alive()]
         drain = threading.Thread(target=retire, daemon=True)
@@ -206,6 +216,21 @@ class Child:
         return None if self.process is None else self.process.poll()
 
 
+def _taken(path: str, ours: tuple[int, int] | None) -> bool:
+    """Whether another server listens on the socket file at ``path`` (not the one we placed
+    there; a file nobody listens on is stale)."""
+    identity = _identity(path)
+    if identity is None or identity == ours:
+        return False
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        probe.settimeout(1.0)
+        try:
+            probe.connect(path)
+        except OSError:
+            return False
+    return True
+
+
 def _identity(path: str) -> tuple[int, int] | None:
     try:
         st = os.lstat(path)
@@ -246,10 +271,12 @@ class _Relay:
     def _pass(self, client: socket.socket) -> None:
         with client:
             if self.target is None:
+                _refuse(client, "503 Service Unavailable", "no server serves yet\n")
                 return
             try:
                 server = socket.create_connection(("127.0.0.1", self.target), timeout=5)
             except OSError:
+                _refuse(client, "502 Bad Gateway", "the serving child does not answer\n")
                 return
             with server:
                 server.settimeout(None)
@@ -262,6 +289,14 @@ class _Relay:
         with contextlib.suppress(OSError):
             self._socket.shutdown(socket.SHUT_RDWR)  # wakes the accept
         self._socket.close()
+
+
+def _refuse(client: socket.socket, status: str, text: str) -> None:
+    """An HTTP answer of our own, for a scrape or probe that reaches no child."""
+    body = text.encode()
+    with contextlib.suppress(OSError):
+        client.sendall(f"HTTP/1.1 {status}\r\ncontent-type: text/plain\r\ncontent-length: "
+                       f"{len(body)}\r\nconnection: close\r\n\r\n".encode() + body)
 
 
 def _pump(source: socket.socket, sink: socket.socket) -> None:
@@ -351,9 +386,9 @@ def serve_with_reload(serve_args: Sequence[str], directories: Sequence[str | Pat
                                    daemon=True, kwargs={"ready": ready})
         watcher.start()
         ready.wait(10)
-        if not child.start(stop) and not stop.is_set():
-            logger.error("the server does not start (above); waiting for the next change")
         try:
+            if not child.start(stop) and not stop.is_set():
+                logger.error("the server does not start (above); waiting for the next change")
             while not stop.is_set():
                 try:
                     paths = changes.get(timeout=0.2)

@@ -473,3 +473,32 @@ def test_dev_prints_try_once_a_fixed_processor_serves(dev, tmp_path):
     running.wait_for(r"not ready yet \(the processor on unix:\S+: UNREACHABLE")
     _write(app, "2")
     assert _try(running) == (200, "2")
+
+
+def test_serve_reload_refuses_a_socket_another_server_listens_on(tmp_path):
+    """`serve --reload --uds P` while another server serves on P: one line, exit 3, and the
+    other server keeps its socket file (the reloader's child bound a path of its own; it must
+    not be renamed over a live server's)."""
+    app = tmp_path / "served_app.py"
+    _write(app, "1")
+    sock_dir = Path(tempfile.mkdtemp(prefix="xk-reload-", dir="/tmp"))
+    sock = sock_dir / "r.sock"
+    command = [sys.executable, "-m", "extctl", "serve", "served_app:App", "--uds", str(sock),
+               "--app-dir", str(tmp_path)]
+    first = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             stdin=subprocess.DEVNULL)
+    try:
+        _until(sock.exists, 20)
+        before = sock.stat().st_ino
+        second = subprocess.run([*command, "--reload"], capture_output=True, text=True,
+                                timeout=60, stdin=subprocess.DEVNULL)
+        assert second.returncode == 3, second.stderr
+        errors = [line for line in second.stderr.splitlines() if line.startswith("error:")]
+        assert errors == [f"error: something is already listening on {sock}; stop it or "
+                          "choose another path"], second.stderr
+        assert sock.stat().st_ino == before and first.poll() is None
+        assert [p.name for p in sock_dir.iterdir()] == ["r.sock"]  # no child path left
+    finally:
+        first.send_signal(signal.SIGTERM)
+        first.wait(30)
+        shutil.rmtree(sock_dir, ignore_errors=True)
