@@ -139,7 +139,8 @@ class DevStack:
                               socket=socket_path, admin=self.admin,
                               # a margin for Envoy's timers: the old child only waits;
                               # then it drains what it still serves (a slow upload)
-                              handover=HANDOVER + 1.5, retire_grace=RETIRE_GRACE)
+                              handover=HANDOVER + 1.5, retire_grace=RETIRE_GRACE,
+                              start_timeout=START_TIMEOUT)
                 if not child.start(stop) and not stop.is_set():
                     logger.error("the processor does not start (above); the next change "
                                  "that fixes it starts it")
@@ -169,6 +170,7 @@ class DevStack:
                 return _handing_over(message) if child is not None else message
 
             current = deployment(processor, self.port)
+            configured = current.spec  # what the running Envoy asks the processor for
             # The live view reads Envoy's access log as it is written.
             flush = 50 if live is not None else None
             envoy = EnvoyProcess(bootstrap(current), workdir / "envoy",
@@ -232,6 +234,7 @@ class DevStack:
                 restart_envoy = bool(changed & wasm_files)
                 if child is not None and changed - wasm_files:
                     assert self.reload is not None
+                    _say(f"reloading: {', '.join(sorted(changed - wasm_files)[:3])} changed")
                     serving = child.process is not None
                     probe = _Probe(self.reload)  # the new spec, read while the child starts
                     if not child.start(stop):
@@ -245,7 +248,7 @@ class DevStack:
                     if spec is None:  # changed again since: the next change reloads it
                         spec = current.spec
                     assert spec is not None
-                    if spec != current.spec:
+                    if spec != configured:
                         restart_envoy = True  # the class asks Envoy for other phases now
                     current = deployment(spec, envoy.port)
                     _say(f"reload: {spec.name} restarted (phases: "
@@ -263,7 +266,7 @@ class DevStack:
                                      "one serves on", exc)
                         continue
                     _retire_envoy(envoy)
-                    envoy = fresh
+                    envoy, configured = fresh, current.spec
                     _say(f"reload: Envoy restarted on port {envoy.port}")
         finally:
             stop.set()
@@ -320,6 +323,10 @@ def _serve_args(reload: Reload, log_level: str, records: str | None) -> list[str
             "--log-level", "info" if log_level in ("debug", "trace") else "warning",
             *(["--view-records", records] if records else [])]
 
+
+START_TIMEOUT = 20
+"""With ``--reload``, how long a new child may take to serve before dev gives up on it (the
+previous one serving on)."""
 
 RETIRE_GRACE = 30
 """With ``--reload``, how long a replaced child may finish the streams it still serves (a slow
