@@ -19,9 +19,9 @@ from ._admin import SupervisorAdmin
 from ._config import ServerConfig
 from ._processor import Processor
 from ._serve import DRAINED, FORCED, _run_loop, serve_async
-from ._unix import claim_socket
 from .errors import ServeError
 from .lifecycle import DRAIN, FORCE, HANDLED, INTERRUPT, Stop, capture_signals, die_with_parent
+from .sockets import claim_socket
 from .transports import View
 
 logger = logging.getLogger("extproc.server")

@@ -26,6 +26,7 @@ from pathlib import Path
 
 from extproc import ServeError
 from extproc.lifecycle import capture_signals, dies_with_us
+from extproc.sockets import claim_socket, identity, remove_own
 
 from ..errors import UsageError
 
@@ -128,14 +129,16 @@ class Child:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(own)  # one that was killed leaves it
             return False
-        if _taken(self.socket, self._placed):
-            _terminate(process, 0)
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(own)
-            raise ServeError(f"something is already listening on {self.socket}; stop it or "
-                             "choose another path")
+        if identity(self.socket) != self._placed:
+            try:  # another server's live socket is refused, a stale one removed
+                claim_socket(self.socket)
+            except ServeError:
+                _terminate(process, 0)
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(own)
+                raise
         os.rename(own, self.socket)  # from now on new connections reach the new child
-        self._placed = _identity(self.socket)
+        self._placed = identity(self.socket)
         logger.info("pid %d serves on unix:%s now", process.pid, self.socket)
         # Its server removes only the path it bound: the child removes this one as it
         # stops, if still its own (when we are gone too).
@@ -190,9 +193,7 @@ class Child:
         if self.socket is not None and self._placed is not None:
             # Its server bound another path: the file at ``socket`` is ours to remove (unless
             # something else has replaced it since).
-            if _identity(self.socket) == self._placed:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(self.socket)
+            remove_own(self.socket, self._placed)
             self._placed = None
 
     def close(self) -> None:
@@ -214,29 +215,6 @@ class Child:
     @property
     def exit_code(self) -> int | None:
         return None if self.process is None else self.process.poll()
-
-
-def _taken(path: str, ours: tuple[int, int] | None) -> bool:
-    """Whether another server listens on the socket file at ``path`` (not the one we placed
-    there; a file nobody listens on is stale)."""
-    identity = _identity(path)
-    if identity is None or identity == ours:
-        return False
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
-        probe.settimeout(1.0)
-        try:
-            probe.connect(path)
-        except OSError:
-            return False
-    return True
-
-
-def _identity(path: str) -> tuple[int, int] | None:
-    try:
-        st = os.lstat(path)
-    except OSError:
-        return None
-    return st.st_dev, st.st_ino
 
 
 def _free_port() -> int:

@@ -10,12 +10,12 @@ children are stopped by PR_SET_PDEATHSIG).
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import sys
 import threading
 from typing import Any
+
+from extproc.sockets import remove_own
 
 
 def main() -> int:
@@ -44,15 +44,8 @@ def main() -> int:
 
 
 def _remove_placed(placed: dict[str, Any]) -> None:
-    if "placed" not in placed:
-        return
-    try:
-        st = os.lstat(placed["placed"])
-    except OSError:
-        return
-    if [st.st_dev, st.st_ino] == placed["identity"]:  # not a later server's socket
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(placed["placed"])
+    if "placed" in placed:  # not a later server's socket
+        remove_own(placed["placed"], tuple(placed["identity"]))
 
 
 if __name__ == "__main__":

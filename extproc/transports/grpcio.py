@@ -28,10 +28,10 @@ from .._frames import describe, user_frames
 from .._processor import Processor
 from .._record import Observer
 from .._stream import ProcessorFailed, _contained, answer_stream
-from .._unix import PrivateBind, claim_socket, remove_own
 from .._wire import Encoded, parse_request
 from ..addresses import split_address
 from ..errors import ProtocolError, ServeError
+from ..sockets import PrivateBind, claim_socket, remove_own
 from . import BaseServer, View
 
 logger = logging.getLogger("extproc.server")

@@ -32,11 +32,11 @@ from typing import Any
 
 from .._config import ServerConfig
 from .._processor import Processor
-from .._unix import PrivateBind, claim_socket, remove_own
 from ..addresses import split_address
 from ..errors import ServeError
 from ..lifecycle import dies_with_us
 from ..logs import current_format
+from ..sockets import PrivateBind, claim_socket, remove_own
 from . import BaseServer, View
 from .pyvoy_env import check_installed
 

@@ -1,6 +1,7 @@
 """Unix socket files: a stale one is removed, one in use is refused; a new one is bound in a
 private directory and moved into place with its final mode, and removed at exit only while it
-is still the one this server made."""
+is still the one this server made (public: ``extctl serve --reload`` places its children's
+sockets with the same rules)."""
 
 from __future__ import annotations
 
