@@ -3,6 +3,7 @@ from ``extctl.testing``, and waiting for a server's socket."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import time
 from pathlib import Path
@@ -10,7 +11,7 @@ from pathlib import Path
 from extctl.testing import Reply, Stack, http, stack
 
 __all__ = ["ROOT", "WAT", "Reply", "Stack", "_descendants", "alive", "http", "process_name",
-           "stack", "wait_for_socket"]
+           "stack", "wait_for_line", "wait_for_socket"]
 
 ROOT = Path(__file__).resolve().parents[2]
 WAT = ROOT / "tests" / "helpers" / "wat"
@@ -62,3 +63,23 @@ def _descendants(pid: int) -> set[int]:
         found |= frontier
     return found
 
+
+def wait_for_line(proc, pattern: str, timeout: float = 30,
+                   view: bool = False) -> tuple[re.Match[str], list[str]]:
+    """The first line matching ``pattern`` and the lines read up to it: from stderr (dev's
+    banner and logs), or with ``view`` from stdout (the live view, all stdout carries)."""
+    stream = proc.stdout if view else proc.stderr
+    lines: list[str] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = stream.readline()
+        if not line:
+            if proc.poll() is not None:
+                break
+            continue
+        lines.append(line)
+        match = re.search(pattern, line)
+        if match:
+            return match, lines
+    raise AssertionError(f"no line matching {pattern!r}; got {lines} / "
+                         f"{proc.stderr.read() if view and proc.poll() is not None else ''}")

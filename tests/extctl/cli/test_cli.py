@@ -12,35 +12,14 @@ import pytest
 from click.testing import CliRunner
 
 from extctl.cli import cli
-from tests.helpers.common import _descendants, http
-
-
-def _wait_for_line(proc, pattern: str, timeout: float = 30,
-                   view: bool = False) -> tuple[re.Match[str], list[str]]:
-    """The first line matching ``pattern`` and the lines read up to it: from stderr (dev's
-    banner and logs), or with ``view`` from stdout (the live view, all stdout carries)."""
-    stream = proc.stdout if view else proc.stderr
-    lines: list[str] = []
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        line = stream.readline()
-        if not line:
-            if proc.poll() is not None:
-                break
-            continue
-        lines.append(line)
-        match = re.search(pattern, line)
-        if match:
-            return match, lines
-    raise AssertionError(f"no line matching {pattern!r}; got {lines} / "
-                         f"{proc.stderr.read() if view and proc.poll() is not None else ''}")
+from tests.helpers.common import _descendants, http, wait_for_line
 
 
 def test_dev_runs_the_demo_through_a_real_envoy_and_cleans_up(extctl):
     proc = extctl("dev", "--port", "0")
-    workdir_match, before = _wait_for_line(proc, r"workdir: (\S+)")
+    workdir_match, before = wait_for_line(proc, r"workdir: (\S+)")
     workdir = Path(workdir_match.group(1))
-    port_match, lines = _wait_for_line(proc, r"try: curl -i http://127\.0\.0\.1:(\d+)/")
+    port_match, lines = wait_for_line(proc, r"try: curl -i http://127\.0\.0\.1:(\d+)/")
     port = int(port_match.group(1))
     children = _descendants(proc.pid)
     assert children  # Envoy at least
@@ -64,7 +43,7 @@ def test_dev_runs_the_demo_through_a_real_envoy_and_cleans_up(extctl):
 
 def test_dev_with_a_user_processor(extctl):
     proc = extctl("dev", "tests.helpers.procs:Rewrite", "--port", "0")
-    port_match, _ = _wait_for_line(proc, r"try: curl -i http://127\.0\.0\.1:(\d+)/")
+    port_match, _ = wait_for_line(proc, r"try: curl -i http://127\.0\.0\.1:(\d+)/")
     reply = http(int(port_match.group(1)), "/p")
     proc.send_signal(signal.SIGTERM)
     proc.communicate(timeout=30)
@@ -82,7 +61,7 @@ def test_dev_with_a_local_module_in_the_requested_filter_order(extctl, tmp_path)
         (ROOT / "tests/helpers/wat/append_request_header.wat").read_text()))
     proc = extctl("dev", "tests.helpers.procs:AppendOrder", "--port", "0", "--wasm", str(module),
                   "--filter-order", "wasm:before:ext_proc")
-    port_match, lines = _wait_for_line(proc, r"try: curl -i http://127\.0\.0\.1:(\d+)/")
+    port_match, lines = wait_for_line(proc, r"try: curl -i http://127\.0\.0\.1:(\d+)/")
     reply = http(int(port_match.group(1)), "/")
     children = _descendants(proc.pid)
     proc.send_signal(signal.SIGINT)
@@ -111,7 +90,7 @@ def test_dev_pulls_an_image_from_the_registry_and_runs_it(extctl, registry, wat_
     config.write_text(json.dumps({"auths": {registry.host: {"auth": token}}}))
     proc = extctl("dev", "--port", "0", "--wasm", ref, "--wasm-sha256", pushed.digest,
                   "--docker-config", str(config), "--ca-file", str(registry.ca_file))
-    port_match, lines = _wait_for_line(proc, r"try: curl -i http://127\.0\.0\.1:(\d+)/")
+    port_match, lines = wait_for_line(proc, r"try: curl -i http://127\.0\.0\.1:(\d+)/")
     reply = http(int(port_match.group(1)), "/")
     proc.send_signal(signal.SIGINT)
     proc.communicate(timeout=30)
@@ -294,12 +273,12 @@ def test_dev_live_view_lists_exactly_what_the_hooks_changed(extctl):
     import json
 
     proc = extctl("dev", "tests.helpers.procs:Rewrite", "--port", "0", "--output", "json")
-    port_match, _ = _wait_for_line(proc, r"try: curl -i http://127\.0\.0\.1:(\d+)/")
+    port_match, _ = wait_for_line(proc, r"try: curl -i http://127\.0\.0\.1:(\d+)/")
     port = int(port_match.group(1))
     http(port, "/p", headers={"x-internal": "drop", "x-multi": "first"})
-    line, _ = _wait_for_line(proc, r"^\{.*\}$", view=True)
+    line, _ = wait_for_line(proc, r"^\{.*\}$", view=True)
     http(port, "/", headers={"x-deny": "1"})
-    denied, _ = _wait_for_line(proc, r"^\{.*\}$", view=True)
+    denied, _ = wait_for_line(proc, r"^\{.*\}$", view=True)
     proc.send_signal(signal.SIGINT)
     proc.communicate(timeout=30)
     view = json.loads(line.group(0))
@@ -320,12 +299,12 @@ def test_dev_live_view_lists_exactly_what_the_hooks_changed(extctl):
 def test_dev_text_live_view_lists_set_added_and_removed_headers(extctl):
     proc = extctl("dev", "tests.helpers.procs:Rewrite", "--port",
                   "0")  # --output text is the default
-    port_match, _ = _wait_for_line(proc, r"try: curl -i http://127\.0\.0\.1:(\d+)/")
+    port_match, _ = wait_for_line(proc, r"try: curl -i http://127\.0\.0\.1:(\d+)/")
     http(int(port_match.group(1)), "/p", headers={"x-internal": "drop", "x-multi": "first"})
-    _wait_for_line(proc, r"^GET /p -> 200 in [\d.]+ ms \(sent: request_headers, "
+    wait_for_line(proc, r"^GET /p -> 200 in [\d.]+ ms \(sent: request_headers, "
                          r"response_headers\)$", view=True)
-    request, _ = _wait_for_line(proc, r"^  request_headers [\d.]+ ms: (.*)$", view=True)
-    response, _ = _wait_for_line(proc, r"^  response_headers [\d.]+ ms: (.*)$", view=True)
+    request, _ = wait_for_line(proc, r"^  request_headers [\d.]+ ms: (.*)$", view=True)
+    response, _ = wait_for_line(proc, r"^  response_headers [\d.]+ ms: (.*)$", view=True)
     proc.send_signal(signal.SIGINT)
     proc.communicate(timeout=30)
 
@@ -342,7 +321,7 @@ def test_dev_quiet_prints_no_live_view(extctl):
     import urllib.request
 
     proc = extctl("dev", "tests.helpers.procs:Rewrite", "--port", "0", "--quiet")
-    port_match, lines = _wait_for_line(proc, r"try: curl -i http://127\.0\.0\.1:(\d+)/")
+    port_match, lines = wait_for_line(proc, r"try: curl -i http://127\.0\.0\.1:(\d+)/")
     (metrics,) = [line.split()[1] for line in lines if line.startswith("metrics: ")]
     assert http(int(port_match.group(1)), "/p").status == 200
     # Until the stream has ended: counted as it ends, just before a view would print it.
@@ -408,7 +387,7 @@ def test_dev_gives_a_wasm_module_the_grpc_cluster_it_streams_to(extctl, tmp_path
     try:
         proc = extctl("dev", "--port", "0", "--wasm", str(module), "--grpc-cluster",
                       f"grpc=127.0.0.1:{server.port}")
-        port_match, _ = _wait_for_line(proc, r"try: curl -i http://127\.0\.0\.1:(\d+)/")
+        port_match, _ = wait_for_line(proc, r"try: curl -i http://127\.0\.0\.1:(\d+)/")
         reply = http(int(port_match.group(1)), "/echo")
         proc.send_signal(signal.SIGINT)
         proc.communicate(timeout=30)

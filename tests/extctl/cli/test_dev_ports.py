@@ -3,33 +3,14 @@ starts (Envoy's listeners set SO_REUSEPORT, so a second Envoy would silently sha
 
 from __future__ import annotations
 
-import re
 import signal
 import socket
-import time
 
 import pytest
 
-from tests.helpers.common import http
+from tests.helpers.common import http, wait_for_line
 
 pytestmark = pytest.mark.envoy
-
-
-def _banner(proc, pattern: str, timeout: float = 30) -> re.Match[str]:
-    """The first line of ``extctl dev``'s banner (on stderr) matching ``pattern``."""
-    lines: list[str] = []
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        line = proc.stderr.readline()
-        if not line:
-            if proc.poll() is not None:
-                break
-            continue
-        lines.append(line)
-        match = re.search(pattern, line)
-        if match:
-            return match
-    raise AssertionError(f"no line matching {pattern!r}; got {lines}")
 
 
 def _refused(proc) -> str:
@@ -43,8 +24,8 @@ def _refused(proc) -> str:
 
 def test_a_second_dev_on_a_port_in_use_is_refused_and_the_first_keeps_it(extctl):
     first = extctl("dev", "--port", "0")
-    metrics = _banner(first, r"^metrics: http://(127\.0\.0\.1:\d+)/metrics").group(1)
-    port = int(_banner(first, r"try: curl -i http://127\.0\.0\.1:(\d+)/").group(1))
+    metrics = wait_for_line(first, r"^metrics: http://(127\.0\.0\.1:\d+)/metrics")[0].group(1)
+    port = int(wait_for_line(first, r"try: curl -i http://127\.0\.0\.1:(\d+)/")[0].group(1))
     second = extctl("dev", "--port", str(port))
     refused = _refused(second)
     assert second.returncode == 5
