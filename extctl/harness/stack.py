@@ -15,9 +15,7 @@ JSON, so ``reply.upstream_headers()`` and ``reply.json()["body"]`` tell what it 
 from __future__ import annotations
 
 import contextlib
-import errno
 import shutil
-import socket
 import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -26,12 +24,11 @@ from typing import Any
 
 import extproc
 from extproc import ServerThread
-from extproc.addresses import split_address
 
 from ..config import Deployment, WasmModule
-from ..errors import PortInUse
 from .echo import Answer, EchoServer, ServedOnThread
 from .envoy import EnvoyProcess
+from .ports import require_free
 from .reply import Reply, http
 
 __all__ = ["Reply", "Stack", "envoy_stack", "http", "stack"]
@@ -54,28 +51,6 @@ class Stack:
     def counts(self) -> dict[str, int]:
         """Messages the processor received, by phase."""
         return self.server.server.message_counts if self.server is not None else {}
-
-
-def require_free(address: str, what: str, hint: str = "another extctl dev?") -> None:
-    """Refuse ``address`` (host:port; port 0 is always free) when another process listens there.
-
-    Envoy's listeners set SO_REUSEPORT, so a second Envoy binds a port in use too and the
-    kernel splits the connections between both. A bind without SO_REUSEPORT fails on a port
-    someone listens on; SO_REUSEADDR keeps an earlier run's connections in TIME_WAIT from
-    counting. Other bind errors are left to the real start, which names them.
-    """
-    host, port = split_address(address)
-    if port == 0:
-        return
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind((host, port))
-        except OSError as exc:
-            if exc.errno == errno.EADDRINUSE:
-                raise PortInUse(f"{address} ({what}) is already in use: another process "
-                                f"listens there ({hint}); stop it or choose another port",
-                                address) from None
 
 
 @contextlib.contextmanager
