@@ -181,14 +181,16 @@ class StreamRecord:
     def request_id(self) -> str | None:
         """The request's x-request-id: from its headers, else from the stream's metadata
         (Envoy sends it there when configured to, even without request headers)."""
-        headers = getattr(self.proc, "request_headers", None)
-        found = headers.get("x-request-id") if headers is not None else None
-        if found is None and self.context is not None:
-            metadata = getattr(self.context, "invocation_metadata", None)
-            for key, value in (metadata() if metadata is not None else None) or ():
-                if key == "x-request-id":
-                    return str(value)
-        return found
+        proc = self.proc
+        if proc is not None:  # its metadata read once per stream, by the processor
+            headers = proc.request_headers
+            found: str | None = headers.get("x-request-id") if headers is not None else None
+            return found if found is not None else proc.grpc_metadata.get("x-request-id")
+        metadata = getattr(self.context, "invocation_metadata", None)  # no hook ran yet
+        for key, value in (metadata() if metadata is not None else None) or ():
+            if key == "x-request-id":
+                return str(value)
+        return None
 
     def done(self, context: Any) -> None:
         self.finish("CANCELLED" if context.cancelled() else _code_name(context))

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Protocol, overload
 
 __all__ = ["Answer", "ExchangeResult", "HeaderView", "LocalReply", "Message", "Upstream",
-           "answer_of", "body_of", "call_upstream", "pairs_of"]
+           "answer_of", "bodiless", "body_of", "call_upstream", "chunked", "chunks_of", "pairs_of"]
 
 HeaderInput = Mapping[str, str] | Iterable[tuple[str, str]] | None
 BodyInput = bytes | Sequence[bytes]
@@ -236,6 +236,26 @@ def body_of(body: BodyInput) -> bytes | list[bytes]:
             and all(isinstance(c, (bytes, bytearray, memoryview)) for c in body)):
         return [bytes(c) for c in body]
     raise TypeError(f"a body is bytes or a list of bytes chunks, not {type(body).__name__}")
+
+
+def chunks_of(body: BodyInput) -> list[bytes]:
+    """A body given as bytes or as chunks, as the list of its chunks (none for no bytes)."""
+    content = body_of(body)
+    if isinstance(content, bytes):
+        return [content] if content else []
+    return content
+
+
+def chunked(body: bytes | list[bytes], trailers: object) -> bool:
+    """Whether a server sends an answer's body chunked: given as chunks, or with trailers
+    (a length leaves no room for them)."""
+    return not isinstance(body, bytes) or trailers is not None
+
+
+def bodiless(method: str, status: int) -> bool:
+    """Whether a response has no body, whatever its headers say: to HEAD, a 1xx, a 204, a
+    304."""
+    return method == "HEAD" or status in (204, 304) or status < 200
 
 
 def pairs_of(headers: HeaderInput) -> list[tuple[str, str]]:

@@ -53,7 +53,10 @@ from .exchange import (
     Message,
     Upstream,
     answer_of,
+    bodiless,
     call_upstream,
+    chunked,
+    chunks_of,
     pairs_of,
 )
 
@@ -150,7 +153,7 @@ async def run(
     request_pairs += pairs_of(headers)
     if not any(k == "x-request-id" for k, _ in request_pairs):
         request_pairs.append(("x-request-id", str(uuid.uuid4())))
-    chunks = _chunks(body)
+    chunks = chunks_of(body)
     _frame(request_pairs, chunks)
     try:
         driver.typed_metadata = typed_metadata_context
@@ -162,20 +165,20 @@ async def run(
             status, answer_headers, response_body, response_trailers = answer_of(
                 call_upstream(upstream, request))
             # framed as a server frames it: chunks (or trailers) chunked, bytes by length
-            chunked = not isinstance(response_body, bytes) or response_trailers is not None
+            framed = chunked(response_body, response_trailers)
             response_headers = [*answer_headers, *([("transfer-encoding", "chunked")]
-                                                   if chunked else [])]
-        response_chunks = _chunks(response_body)
+                                                   if framed else [])]
+        response_chunks = chunks_of(response_body)
         response_pairs = [(":status", str(status)), *pairs_of(response_headers)]
         # A response to HEAD, a 204 or a 304 has no body, whatever its headers say.
-        bodiless = method == "HEAD" or status in (204, 304) or status < 200
-        if bodiless:
+        no_body = bodiless(method, status)
+        if no_body:
             response_chunks, response_trailers = [], None
         _frame(response_pairs, response_chunks)
         response = await driver.direction("response", response_pairs, response_chunks,
                                           pairs_of(response_trailers),
                                           response_trailers is not None, response_attributes,
-                                          None, bodiless)
+                                          None, no_body)
     except _Stop as stop:
         if driver.started is not None:  # too late to answer: Envoy resets the stream
             pairs, sent = driver.started
@@ -598,7 +601,4 @@ def _chunked(pairs: list[tuple[str, str]]) -> bool:
     return any(k == "transfer-encoding" and "chunked" in v.lower() for k, v in pairs)
 
 
-def _chunks(body: BodyInput) -> list[bytes]:
-    if isinstance(body, (bytes, bytearray)):
-        return [bytes(body)] if body else []
-    return [bytes(c) for c in body]
+

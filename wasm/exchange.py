@@ -15,7 +15,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from extproc.exchange import HeaderView, Message, Upstream, answer_of, body_of, call_upstream
+from extproc.exchange import (
+    HeaderView,
+    Message,
+    Upstream,
+    answer_of,
+    bodiless,
+    call_upstream,
+    chunked,
+    chunks_of,
+)
 
 from .abi import MapType
 from .calls import Call, GrpcStream
@@ -97,13 +106,6 @@ def _first(pairs: Sequence[tuple[str, str]], name: str) -> str | None:
     return next((v for k, v in pairs if k == name.lower()), None)
 
 
-def chunks_of(body: bytes | Sequence[bytes]) -> list[bytes]:
-    content = body_of(body)
-    if isinstance(content, bytes):
-        return [content] if content else []
-    return content
-
-
 @dataclass
 class Request:
     method: str
@@ -153,9 +155,9 @@ def run(context: HttpContext, request: Request, result: HttpResult) -> HttpResul
         response_chunks = chunks_of(answer)
         # framed as a server frames it: chunks (or trailers) chunked, bytes by length
         response_headers = [*response_headers, (
-            ("transfer-encoding", "chunked") if isinstance(answer, list)
-            or response_trailers is not None else ("content-length", str(len(answer))))]
-    if request.method == "HEAD" or status in (204, 304):
+            ("transfer-encoding", "chunked") if chunked(answer, response_trailers)
+            else ("content-length", str(len(answer))))]
+    if bodiless(request.method, status):
         response_chunks, response_trailers = [], None  # no body, whatever the headers say
     response = [(":status", str(status)), *pairs_of(response_headers)]
     context.stream.upstream_ended = not response_chunks and response_trailers is None
