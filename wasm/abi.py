@@ -4,9 +4,11 @@ Envoy 1.40 declares them), and the header-map wire format."""
 
 from __future__ import annotations
 
+import functools
 import struct
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from enum import IntEnum
+from types import MappingProxyType
 
 
 class Status(IntEnum):
@@ -241,14 +243,15 @@ def _offered(name: str, abi: str) -> bool:
     return abi == "0_2_1" or name not in ONLY_0_2_1
 
 
-def import_signatures(abi: str = "0_2_1") -> dict[tuple[str, str], Signature]:
+@functools.cache
+def import_signatures(abi: str = "0_2_1") -> Mapping[tuple[str, str], Signature]:
     """(module, name) -> (params, results) of every import the emulator gives a module of
-    ``abi``, as Envoy gives them."""
+    ``abi``, as Envoy gives them (one mapping per ABI, read-only)."""
     found = {("env", n): sig for n, sig in HOST_FUNCTIONS.items() if _offered(n, abi)}
     found.update({("env", n): sig for n, sig in ENV_EXTRAS.items()})
     found.update({(m, n): sig for m in WASI_MODULES for names, sig in WASI_FUNCTIONS.items()
                   for n in names})
-    return found
+    return MappingProxyType(found)
 
 
 

@@ -279,13 +279,19 @@ class Vm:
         layout = _slots(params)
         unpack, size = layout.unpack, layout.size
         string_at, result_at = ctypes.string_at, ctypes.c_uint32.from_address
-        if self._has_start and key[1] not in CONTEXT_FREE:
-            function = self._not_while_starting(key, function)
+        # refused while the module's start function runs: Envoy has no context then, and the
+        # host functions that use one crash it
+        guarded = self._has_start and key[1] not in CONTEXT_FREE
         if key[1] == "proc_exit":
             function = self._noting_exit(function)
 
         def callback(env: Any, caller: Any, values: int, slots: int) -> int:
             try:
+                if guarded and self._starting:
+                    raise WasmTrap(
+                        f"the module's start function called {key[0]}.{key[1]}: Envoy 1.40 "
+                        "crashes (SIGSEGV) on a host call before the VM has a context; make "
+                        "the call from _initialize or proxy_on_vm_start", "start")
                 result = function(*unpack(string_at(values, size))) if size else function()
                 if has_result:
                     result_at(values).value = int(result) & 0xFFFFFFFF
@@ -296,19 +302,6 @@ class Vm:
                 return ctypes.cast(ffi.wasmtime_trap_new(message, len(message)),
                                    ctypes.c_void_p).value or 0
         return callback
-
-    def _not_while_starting(self, key: tuple[str, str], function: Callable[..., Any]
-                            ) -> Callable[..., Any]:
-        """``function``, refused while the module's start function runs: Envoy has no
-        context then, and the host functions that use one crash it."""
-        def guarded(*args: int) -> Any:
-            if self._starting:
-                raise WasmTrap(
-                    f"the module's start function called {key[0]}.{key[1]}: Envoy 1.40 "
-                    "crashes (SIGSEGV) on a host call before the VM has a context; make the "
-                    "call from _initialize or proxy_on_vm_start", "start")
-            return function(*args)
-        return guarded
 
     def _noting_exit(self, function: Callable[..., Any]) -> Callable[..., Any]:
         def proc_exit(code: int) -> Any:

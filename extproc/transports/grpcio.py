@@ -5,7 +5,6 @@ service, the admin endpoint when asked, and large bodies in wire form (``extproc
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 from collections.abc import AsyncIterator
@@ -147,7 +146,7 @@ class Server(BaseServer):
                 await server.start()
             except RuntimeError:
                 raise ServeError(f"cannot listen on {self.listen}: "
-                                 f"{_unix_bind_failure(bind.path) or 'gRPC could not bind it'}"
+                                 f"{_bind_failure(bind.path) or 'gRPC could not bind it'}"
                                  ) from None
             try:
                 self._socket_id = bind.publish(config.socket_mode)
@@ -273,30 +272,20 @@ def _credentials(config: ServerConfig) -> grpc.ServerCredentials:
 
 
 def _bind_failure(listen: str) -> str | None:
-    """Why ``host:port`` cannot be bound (gRPC only says that it could not), or None."""
+    """Why ``listen`` (``host:port``, or a socket path) cannot be bound (gRPC only says that
+    it could not, and to set GRPC_VERBOSITY), or None. A socket path is the private one of
+    :class:`PrivateBind`, whose directory goes with whatever the probe leaves."""
     import socket
 
     try:
-        host, port = split_address(listen)
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        address: str | tuple[str, int]
+        if listen.startswith("/"):
+            family, address = socket.AF_UNIX, listen
+        else:
+            host, port = split_address(listen)
+            family, address = socket.AF_INET6 if ":" in host else socket.AF_INET, (host, port)
         with socket.socket(family) as probe:
-            probe.bind((host, port))
+            probe.bind(address)
     except (OSError, ServeError) as exc:
         return getattr(exc, "strerror", None) or str(exc)
-    return None
-
-
-def _unix_bind_failure(bound: str) -> str | None:
-    """Why a Unix socket cannot be bound next to ``bound`` (gRPC only says that it could not,
-    and to set GRPC_VERBOSITY), or None."""
-    import socket
-
-    path = os.path.join(os.path.dirname(bound), "probe")
-    with socket.socket(socket.AF_UNIX) as probe:
-        try:
-            probe.bind(path)
-        except OSError as exc:
-            return exc.strerror or str(exc)
-    with contextlib.suppress(OSError):
-        os.unlink(path)
     return None
