@@ -15,13 +15,22 @@ import wasmtime
 
 from wasm import GrpcStream, GrpcStreamHandler
 
-__all__ = ["GRPCIO_HEADERS", "MODULE", "WAT", "GrpcServer", "Talk", "_module", "_wat"]
+__all__ = ["GRPCIO_HEADERS", "MODULE", "WAT", "GrpcServer", "Talk", "_module", "_wat",
+           "callout_module"]
 
 WAT = Path(__file__).resolve().parent / "wat"
 
 
 def _wat(name: str) -> bytes:
     return bytes(wasmtime.wat2wasm((WAT / name).read_text()))
+
+
+def callout_module() -> bytes:
+    """tests/helpers/wat/callout.wat calling cluster "checkers" instead of the upstream's."""
+    text = (WAT / "callout.wat").read_text()
+    assert '(data (i32.const 1024) "upstream")' in text
+    return bytes(wasmtime.wat2wasm(text.replace('(data (i32.const 1024) "upstream")',
+                                                '(data (i32.const 1024) "checkers")')))
 
 
 def _module(body: str, imports: str = "", memory: int = 1, abi: str = "0_2_1",

@@ -15,6 +15,7 @@ import pytest
 import wasmtime
 
 import extproc
+from tests.helpers.wasm_modules import callout_module
 
 ROOT = Path(__file__).resolve().parents[2]
 README = (ROOT / "README.md").read_text()
@@ -31,13 +32,6 @@ ALL_BLOCKS = [(f"README-{i}", block) for i, block in enumerate(BLOCKS)] + [
     (f"{page.relative_to(ROOT / 'docs').with_suffix('')}-{i}".replace("/", "."), block)
     for page in DOCS for i, block in enumerate(_python_blocks(page.read_text()))]
 WAT = Path(__file__).resolve().parents[1] / "helpers" / "wat"
-
-
-def _callout_module() -> bytes:
-    """callout.wat asking cluster "checkers" instead of the upstream's."""
-    text = (WAT / "callout.wat").read_text()
-    return bytes(wasmtime.wat2wasm(text.replace('(data (i32.const 1024) "upstream")',
-                                                '(data (i32.const 1024) "checkers")')))
 
 
 # The module a block names as build/filter.wasm, by a line of the block: what a user of
@@ -61,7 +55,7 @@ def test_every_python_block_runs_as_pasted(block, tmp_path, wat_template_module)
         (tmp_path / "build").mkdir()
         kind = filters.pop()
         data = (wat_template_module.read_bytes() if kind == "template" else
-                _callout_module() if kind == "callout" else
+                callout_module() if kind == "callout" else
                 bytes(wasmtime.wat2wasm((WAT / f"{kind}.wat").read_text())))
         (tmp_path / "build" / "filter.wasm").write_bytes(data)
     tests = re.findall(r"^(?:async )?def (test_\w+)", block, re.M)

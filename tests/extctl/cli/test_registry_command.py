@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import socket
 import subprocess
@@ -14,15 +13,11 @@ from pathlib import Path
 import wasmtime
 
 from extctl.testing import LocalRegistry
+from tests.helpers.common import alive
+from tests.helpers.oci import free_port
 
 WAT = Path(__file__).resolve().parents[2] / "helpers" / "wat"
 EXTCTL = [sys.executable, "-m", "extctl"]
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def _extctl(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -33,7 +28,7 @@ def _extctl(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
 def test_a_user_pushes_and_pulls_through_extctl_registry_then_stops_it(tmp_path):
     module = tmp_path / "filter.wasm"
     module.write_bytes(wasmtime.wat2wasm((WAT / "add_header.wat").read_text()))
-    port, storage = _free_port(), tmp_path / "images"
+    port, storage = free_port(), tmp_path / "images"
     served = subprocess.Popen([*EXTCTL, "registry", "--port", str(port), "--storage",
                                str(storage)], cwd=tmp_path, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True)
@@ -100,13 +95,7 @@ def test_local_registry_in_python_serves_and_cleans_up(tmp_path):
         result = pull(reference, tmp_path / "out.wasm", connection=Connection(insecure=True))
         assert result.digest == digest
         assert (tmp_path / "out.wasm").read_bytes() == module.read_bytes()
-        pid = local.process.pid if local.process else 0
+        assert local.process is not None
+        pid = local.process.pid
     assert not storage.exists()  # its temporary storage removed
-    assert not os.path.exists(f"/proc/{pid}") or _zombie(pid)
-
-
-def _zombie(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"
-    except OSError:
-        return True
+    assert not alive(pid)

@@ -287,13 +287,12 @@ def test_serve_reload_serves_the_new_code_through_envoy(tmp_path):
     try:
         _until(sock.exists, 20)
         # Envoy from the config of a class asking for the same phase (request headers).
-        config = Deployment(HeadersOnly, [str(sock)])
-        with EchoServer() as echo, EnvoyProcess(
-                Deployment(HeadersOnly, [str(sock)], upstreams=[echo.address])
-                .envoy_bootstrap(), tmp_path / "envoy") as envoy:
+        with EchoServer() as echo:
+            config = Deployment(HeadersOnly, [str(sock)], upstreams=[echo.address])
             assert config.spec is not None
-            _until(lambda: _version(envoy.port) == "1", 10)
-            _reload_runs_in_the_warm_interpreter(proc.pid, envoy.port, app)
+            with EnvoyProcess(config.envoy_bootstrap(), tmp_path / "envoy") as envoy:
+                _until(lambda: _version(envoy.port) == "1", 10)
+                _reload_runs_in_the_warm_interpreter(proc.pid, envoy.port, app)
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0
         assert not sock.exists()
@@ -437,7 +436,11 @@ def test_dev_reloads_without_a_failed_request(dev, tmp_path):
     finally:
         answers = load.stop()
     failed = [answer for answer in answers if answer[0] != 200]
-    reader.join(2)  # what the view says of them, if it has
+    # what the view says of them: every request shown (the curl too), within a deadline
+    total = len(answers) + 1
+    deadline = time.monotonic() + 10
+    while len(view) < total and time.monotonic() < deadline:
+        reader.join(0.1)
     assert not failed, (f"{len(failed)} of {len(answers)} requests failed: {failed[:10]}; "
                         f"{[line for line in view if line['status'] != 200][:5]}")
     seen = [v for _, v in answers]
@@ -450,10 +453,6 @@ def test_dev_reloads_without_a_failed_request(dev, tmp_path):
     assert err.count("SyntaxError") == 1, err[-3000:]  # the child's error, once
     assert err.count("does not start") == 1, err[-3000:]
     # the live view showed them all, none failed
-    total = len(answers) + 1  # and the curl
-    deadline = time.monotonic() + 10
-    while len(view) < total and time.monotonic() < deadline:
-        reader.join(0.1)
     assert len(view) >= total, (len(view), total)
     assert {line["status"] for line in view} == {200}
 

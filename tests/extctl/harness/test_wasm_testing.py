@@ -9,6 +9,7 @@ import pytest
 import wasmtime
 
 from extctl.testing import Exchange, compare_with_envoy
+from tests.helpers.wasm_modules import callout_module
 
 pytestmark = pytest.mark.envoy
 
@@ -67,14 +68,6 @@ def test_every_module_here_agrees_with_envoy(name):
     assert compare_with_envoy(bytes(module), requests=exchanges, name=name) == []
 
 
-def _callout_module() -> bytes:
-    """tests/helpers/wat/callout.wat calling cluster "checkers" instead of the upstream's."""
-    text = (WAT / "callout.wat").read_text()
-    assert '(data (i32.const 1024) "upstream")' in text
-    return bytes(wasmtime.wat2wasm(text.replace('(data (i32.const 1024) "upstream")',
-                                                '(data (i32.const 1024) "checkers")')))
-
-
 def _checker(call):
     from wasm import Reply
 
@@ -88,7 +81,7 @@ def test_a_callout_filter_is_compared_with_its_cluster_served_for_real():
                 Exchange(path="/b", headers={"x-deny": "1"})]
     # without the cluster, Envoy refuses the call and the filter lets the request go; the
     # emulator (told of the cluster) pauses it: a difference, so the cluster must be served
-    assert compare_with_envoy(_callout_module(), requests=requests,
+    assert compare_with_envoy(callout_module(), requests=requests,
                               upstreams={"checkers": _checker}) == []
 
 
@@ -101,7 +94,7 @@ def test_a_callout_difference_names_the_calls(tmp_path):
         calls.append(call.header(":path") or "")
         return Reply(200 if len(calls) == 1 else 403)
 
-    found = compare_with_envoy(_callout_module(), requests=[Exchange(path="/a")],
+    found = compare_with_envoy(callout_module(), requests=[Exchange(path="/a")],
                                upstreams={"checkers": drifting})
     by_field = {d.what: (d.envoy, d.emulator) for d in found}
     assert by_field["status"] == (200, 403)
@@ -116,7 +109,7 @@ def test_a_timeout_cannot_be_served_for_real():
         raise CalloutReset("gone")
 
     with pytest.raises(HostError, match="cannot be made to time out or reset on cue"):
-        compare_with_envoy(_callout_module(), requests=[Exchange()],
+        compare_with_envoy(callout_module(), requests=[Exchange()],
                            upstreams={"checkers": resets})
 
 
