@@ -27,8 +27,6 @@ exchange's.
 from __future__ import annotations
 
 import contextlib
-import shutil
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -47,7 +45,7 @@ from ..config import WasmModule
 from ..config.envoy import UPSTREAM_CLUSTER
 from .envoy import EnvoyProcess
 from .reply import Reply, http
-from .stack import stack
+from .stack import short_dir, stack, wasm_modules
 from .upstreams import CHUNK_DELAY, HttpUpstream
 
 __all__ = ["TAG", "EnvoyClient"]
@@ -75,10 +73,7 @@ class EnvoyClient:
                  upstream: Upstream | None = None, transport: str = "grpcio",
                  component_log_level: str = "", **options: Any) -> None:
         self.processor = processor
-        self.modules = [w if isinstance(w, WasmModule) else
-                        WasmModule(Path(w).stem or "wasm", file=str(Path(w).resolve()),
-                                   config={})
-                        for w in wasm]
+        self.modules = wasm_modules(wasm)
         self.upstream = upstream
         self.transport = transport
         self.component_log_level = component_log_level
@@ -91,9 +86,7 @@ class EnvoyClient:
     def __enter__(self) -> EnvoyClient:
         with contextlib.ExitStack() as cleanup:
             self._http = cleanup.enter_context(HttpUpstream(_no_answer, tag=TAG))
-            # AF_UNIX paths are limited to 107 bytes: pytest's tmp_path can be longer.
-            sock_dir = Path(tempfile.mkdtemp(prefix="extkit-", dir="/tmp"))
-            cleanup.callback(shutil.rmtree, sock_dir, ignore_errors=True)
+            sock_dir = cleanup.enter_context(short_dir())
             options = dict(self.options)
             route_headers = [*options.pop("route_headers", ()),
                              (TAG, "%DOWNSTREAM_REMOTE_PORT%")]

@@ -104,14 +104,26 @@ def envoy_stack(processor: type[extproc.Processor] | None = None, *,
         answer = lambda method, path, headers, body: fixed  # noqa: E731
     else:
         answer = upstream
-    modules = [w if isinstance(w, WasmModule) else
-               WasmModule(Path(w).stem or "wasm", file=str(Path(w).resolve()), config={})
-               for w in wasm]
-    # AF_UNIX paths are limited to 107 bytes: pytest's tmp_path can be longer.
-    sock_dir = Path(tempfile.mkdtemp(prefix="extkit-", dir="/tmp"))
+    with short_dir() as sock_dir, EchoServer(answer=answer) as echo, \
+            stack(processor, sock_dir, echo, transport, wasm=wasm_modules(wasm),
+                  **options) as running:
+        yield running
+
+
+def wasm_modules(wasm: Sequence[str | Path | WasmModule]) -> list[WasmModule]:
+    """Module files (run with plugin configuration ``{}``, named after the file) and
+    :class:`~extctl.config.WasmModule`\\ s, as WasmModules."""
+    return [w if isinstance(w, WasmModule) else
+            WasmModule(Path(w).stem or "wasm", file=str(Path(w).resolve()), config={})
+            for w in wasm]
+
+
+@contextlib.contextmanager
+def short_dir() -> Iterator[Path]:
+    """A directory under /tmp for sockets, removed after: AF_UNIX paths are limited to 107
+    bytes, and pytest's tmp_path can be longer."""
+    directory = Path(tempfile.mkdtemp(prefix="extkit-", dir="/tmp"))
     try:
-        with EchoServer(answer=answer) as echo, stack(processor, sock_dir, echo, transport,
-                                                      wasm=modules, **options) as running:
-            yield running
+        yield directory
     finally:
-        shutil.rmtree(sock_dir, ignore_errors=True)
+        shutil.rmtree(directory, ignore_errors=True)
