@@ -13,8 +13,7 @@ import pytest
 import wasmtime
 import yaml
 
-from tests.extctl.cli.test_cli import _wait_for_line
-from tests.helpers.common import ROOT, http
+from tests.helpers.common import ROOT, http, wait_for_line
 
 pytestmark = pytest.mark.envoy
 
@@ -29,7 +28,7 @@ def tagger(tmp_path_factory: pytest.TempPathFactory) -> str:
 def _x_filter(extctl, *options: str) -> str:
     """Run ``extctl dev OPTIONS``, send one request, stop it: the x-filter header."""
     proc = extctl("dev", "--port", "0", "--quiet", *options)
-    port = int(_wait_for_line(proc, r"try: curl -i http://127\.0\.0\.1:(\d+)/")[0].group(1))
+    port = int(wait_for_line(proc, r"try: curl -i http://127\.0\.0\.1:(\d+)/")[0].group(1))
     reply = http(port, "/")
     proc.send_signal(signal.SIGINT)
     assert proc.wait(30) == 0
