@@ -36,6 +36,8 @@ import wasmtime
 from .abi import SUPPORTED_ABIS, LogLevel, supported_abi
 from .callouts import CalloutFunctions
 from .calls import Call, GrpcStream, ScriptedUpstream
+from .configured import Given, split
+from .configured import Path as PropertyPath
 from .context import HttpContext, deliver, run_callback
 from .errors import InvalidModule, StartFailed, UnsupportedAbi, WasmTrap
 from .exchange import FRAMINGS, HttpResult, Pairs, Request, Upstream, chunks_of, run
@@ -70,13 +72,15 @@ class ProxyWasm:
     ``proxy_call_foreign_function``; ``framing``: ``"http1"`` (Envoy's HTTP/1.1 codec, the
     default) or ``"http2"``, how bodies are cut into callbacks (:mod:`wasm.exchange`);
     ``upstream(request) -> answer``: what the upstream answers every request that does not
-    bring its own (as ``extproc.testing.Client`` and ``extctl.testing.EnvoyClient`` take it).
+    bring its own (as ``extproc.testing.Client`` and ``extctl.testing.EnvoyClient`` take it);
+    ``properties``: path -> value, what Envoy's configuration sets placed where Envoy keeps it
+    (:mod:`wasm.configured`), any other path given as it is.
     """
 
     def __init__(self, module: bytes | bytearray | str | os.PathLike[str], *,
                  plugin_configuration: bytes | str = b"", vm_configuration: bytes | str = b"",
                  root_id: str = "", plugin_name: str = "plugin", vm_id: str = "",
-                 properties: Mapping[str, str | int | bool | bytes] | None = None,
+                 properties: Mapping[PropertyPath, Given] | None = None,
                  upstreams: Mapping[str, ScriptedUpstream] | None = None,
                  foreign_functions: Mapping[str, ForeignFunction] | None = None,
                  framing: str = "http1",
@@ -98,12 +102,14 @@ class ProxyWasm:
             raise ValueError(f"framing must be one of {', '.join(FRAMINGS)}, not {framing!r}")
         self.framing = framing
         self.upstream = upstream
+        configured, rest = split(properties)
         self.state = PluginState(
             plugin_configuration=_bytes(plugin_configuration),
             vm_configuration=_bytes(vm_configuration), root_id=root_id,
             plugin_name=plugin_name, vm_id=vm_id,
-            properties={tuple(k.encode().split(b".")): encode(v)
-                        for k, v in (properties or {}).items()},
+            properties={tuple(part.encode() for part in path): encode(value)
+                        for path, value in rest.items()},
+            configured=configured,
             log_level=log_level, clock=clock, monotonic=monotonic,
             upstreams=dict(upstreams or {}), foreign_functions=dict(foreign_functions or {}))
         self._ids = itertools.count(ROOT_CONTEXT_ID + 1)

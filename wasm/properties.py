@@ -26,10 +26,11 @@ from dataclasses import dataclass, field
 from typing import Union
 
 from .abi import MapType, Status, serialize_map
+from .configured import METADATA, Configured, Scalar
 from .headers import HeaderMap
 from .state import PluginState, StreamState
 
-Value = Union[bytes, str, bool, int, "Message", "Opaque", "Headers", list["Value"],
+Value = Union[bytes, str, bool, int, float, "Message", "Opaque", "Headers", list["Value"],
               dict[bytes, "Value"]]
 
 SOURCE = ("127.0.0.1", 40000)
@@ -74,15 +75,17 @@ def lookup(state: PluginState, path: tuple[bytes, ...]) -> bytes | Status:
     return Status.NOT_FOUND if value is None else serialize(value)
 
 
-def encode(value: str | int | bool | bytes) -> bytes:
+def encode(value: str | int | float | bool | bytes) -> bytes:
     """A property value as Envoy serialises it: bytes as they are, a bool as one byte, an int
-    as 8 little-endian bytes, text as UTF-8."""
+    as 8 little-endian bytes, a float as a little-endian double, text as UTF-8."""
     if isinstance(value, bytes):
         return value
     if isinstance(value, bool):
         return bytes([value])
     if isinstance(value, int):
         return struct.pack("<q" if value < 1 << 63 else "<Q", value)
+    if isinstance(value, float):
+        return struct.pack("<d", value)
     return str(value).encode()
 
 
@@ -142,8 +145,9 @@ class Headers:
 class Field:
     number: int
     kind: str
-    """``string``, ``uint``, ``message``, ``map`` (a map or a Struct: CEL reads both as a
-    map) or ``list``."""
+    """``string``, ``uint``, ``message``, ``struct`` (a google.protobuf.Struct, which CEL reads
+    as a map), ``structs`` (a map of Structs by name, as Metadata's ``filter_metadata``) or
+    ``list``."""
     default: Value
 
 
@@ -169,8 +173,38 @@ class Message:
                 out += _tag(described.number, 2) + _length_prefixed(value.encode())
             elif isinstance(value, int) and value:
                 out += _tag(described.number, 0) + _varint(value)
-            # the emulator's messages leave maps and lists empty: nothing to write
+            elif isinstance(value, dict) and described.kind == "struct":
+                out += _tag(described.number, 2) + _length_prefixed(_struct(value))
+            elif isinstance(value, dict) and described.kind == "structs":
+                for key, inner in value.items():
+                    if isinstance(inner, dict):
+                        out += _tag(described.number, 2) + _length_prefixed(_entry(
+                            key, _tag(2, 2) + _length_prefixed(_struct(inner))))
+            # the emulator's lists are empty: nothing to write
         return bytes(out)
+
+
+def _struct(fields: dict[bytes, Value]) -> bytes:
+    """A google.protobuf.Struct in the wire format: its fields in the order given (Envoy
+    writes a map in its own order, so a Struct of more than one field may differ in order)."""
+    out = bytearray()
+    for key, value in fields.items():
+        if isinstance(value, bool):
+            one = _tag(4, 0) + _varint(int(value))
+        elif isinstance(value, float):
+            one = _tag(2, 1) + struct.pack("<d", value)
+        elif isinstance(value, dict):
+            one = _tag(5, 2) + _length_prefixed(_struct(value))
+        else:
+            one = _tag(3, 2) + _length_prefixed(value if isinstance(value, bytes)
+                                               else str(value).encode())
+        out += _tag(1, 2) + _length_prefixed(_entry(key, _tag(2, 2) + _length_prefixed(one)))
+    return bytes(out)
+
+
+def _entry(key: bytes, value_field: bytes) -> bytes:
+    """A map entry: its key (field 1), then its value field as given."""
+    return _tag(1, 2) + _length_prefixed(key) + value_field
 
 
 def _varint(value: int) -> bytes:
@@ -192,7 +226,8 @@ def _length_prefixed(data: bytes) -> bytes:
 
 def _message(fields: str, **values: Value) -> Message:
     """A message type from ``"name number kind ..."``, with ``values`` set."""
-    defaults: dict[str, Value] = {"string": "", "uint": 0, "map": {}, "list": []}
+    defaults: dict[str, Value] = {"string": "", "uint": 0, "struct": {}, "structs": {},
+                                  "list": []}
     words = fields.split()
     schema = {}
     for name, number, kind in zip(words[::3], words[1::3], words[2::3], strict=True):
@@ -204,12 +239,13 @@ def _message(fields: str, **values: Value) -> Message:
 _TYPES: dict[str, Message] = {}
 _TYPES["Locality"] = _message("region 1 string zone 2 string sub_zone 3 string")
 _TYPES["SemanticVersion"] = _message("major_number 1 uint minor_number 2 uint patch 3 uint")
-_TYPES["BuildVersion"] = _message("version 1 SemanticVersion metadata 2 map")
-_TYPES["Metadata"] = _message("filter_metadata 1 map typed_filter_metadata 2 map")
-_NODE_FIELDS = """id 1 string cluster 2 string metadata 3 map locality 4 Locality
+_TYPES["BuildVersion"] = _message("version 1 SemanticVersion metadata 2 struct")
+# typed_filter_metadata (a map of Any) stays empty: no configuration here sets it
+_TYPES["Metadata"] = _message("filter_metadata 1 structs typed_filter_metadata 2 structs")
+_NODE_FIELDS = """id 1 string cluster 2 string metadata 3 struct locality 4 Locality
     user_agent_name 6 string user_agent_version 7 string user_agent_build_version 8 BuildVersion
     extensions 9 list client_features 10 list listening_addresses 11 list
-    dynamic_parameters 12 map"""
+    dynamic_parameters 12 structs"""  # a map of ContextParams, never set here: empty
 NODE = _message(_NODE_FIELDS, user_agent_name="envoy", user_agent_build_version=Message(
     _TYPES["BuildVersion"].schema, {"version": Message(
         _TYPES["SemanticVersion"].schema, {"major_number": 1, "minor_number": 40})}))
@@ -351,21 +387,45 @@ def _address(where: tuple[str, int]) -> str:
     return f"{where[0]}:{where[1]}"
 
 
+def _node(configured: Configured) -> Message:
+    if not configured.node_id and not configured.node_cluster and not configured.node_metadata:
+        return NODE
+    values = dict(NODE.values)
+    values.update(id=configured.node_id, cluster=configured.node_cluster,
+                  metadata=_struct_value(configured.node_metadata))
+    return Message(NODE.schema, values)
+
+
+def _metadata(configured: Configured, name: str) -> Message:
+    """The Metadata message of one of wasm.configured.METADATA."""
+    namespaces = configured.metadata.get(name)
+    if not namespaces:
+        return EMPTY_METADATA
+    return Message(EMPTY_METADATA.schema, {"filter_metadata": {
+        namespace.encode(): _struct_value(fields) for namespace, fields in namespaces.items()}})
+
+
+def _struct_value(fields: Mapping[str, Scalar]) -> dict[bytes, Value]:
+    return {key.encode(): value for key, value in fields.items()}
+
+
 def _xds(state: PluginState) -> Value | None:
+    configured = state.configured
+
     def read(name: str) -> Value | None:
         if name == "node":
-            return NODE
+            return _node(configured)
         stream = state.stream
         if stream is None:
             return None
         if name in ("upstream_host_metadata", "upstream_host_locality_metadata"):
             # Envoy's host has no metadata to give: it fails to serialise it
             return Opaque(lambda _: None) if stream.upstream_reached else None
+        if name.endswith("_metadata") and f"xds.{name}" in METADATA:
+            return _metadata(configured, f"xds.{name}")
         known: dict[str, Value] = {
-            "cluster_name": UPSTREAM_CLUSTER, "cluster_metadata": EMPTY_METADATA,
-            "route_name": "", "route_metadata": EMPTY_METADATA,
-            "virtual_host_name": VIRTUAL_HOST, "virtual_host_metadata": EMPTY_METADATA,
-            "listener_direction": 0, "listener_metadata": EMPTY_METADATA,
+            "cluster_name": UPSTREAM_CLUSTER, "route_name": configured.route_name,
+            "virtual_host_name": VIRTUAL_HOST, "listener_direction": 0,
             "filter_chain_name": ""}
         return known.get(name)
     return Opaque(read)
@@ -400,6 +460,7 @@ _ATTRIBUTES: dict[str, Attribute] = {
     "destination": _on_stream(_peer(DESTINATION)),
     "filter_state": _on_stream(_filter_state),
     "upstream_filter_state": _upstream_filter_state,
-    "metadata": _stream_value(lambda stream: EMPTY_METADATA),
+    "metadata": lambda state: (_metadata(state.configured, "metadata")
+                               if state.stream is not None else None),
     "connection_id": _stream_value(lambda stream: stream.context_id),
 }

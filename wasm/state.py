@@ -15,6 +15,7 @@ from extproc.exchange import LocalReply
 
 from .abi import LogLevel, MapType, MetricType, Status
 from .calls import Answer, Call, GrpcStream, ScriptedUpstream
+from .configured import Configured
 from .headers import HeaderMap
 
 ROOT_CONTEXT_ID = 1
@@ -226,6 +227,9 @@ class PluginState:
     plugin_name: str = "plugin"
     vm_id: str = ""
     properties: dict[tuple[bytes, ...], bytes] = field(default_factory=dict)
+    """Properties given as they are, by exact path (wasm.properties)."""
+    configured: Configured = field(default_factory=Configured)
+    """Properties Envoy's configuration sets, where Envoy keeps them (wasm.configured)."""
     log_level: LogLevel = LogLevel.INFO
     clock: Callable[[], int] = time.time_ns
     monotonic: Callable[[], int] = time.monotonic_ns

@@ -32,6 +32,7 @@ from envoy.extensions.access_loggers.stream.v3 import stream_pb2
 from envoy.extensions.filters.http.ext_proc.v3 import ext_proc_pb2
 from envoy.extensions.filters.http.rbac.v3 import rbac_pb2 as rbac_filter_pb2
 from envoy.extensions.filters.http.router.v3 import router_pb2
+from envoy.extensions.filters.http.set_metadata.v3 import set_metadata_pb2
 from envoy.extensions.filters.http.wasm.v3 import wasm_pb2 as wasm_filter_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
@@ -40,6 +41,8 @@ from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 from envoy.extensions.wasm.v3 import wasm_pb2
 from google.protobuf import any_pb2, duration_pb2, json_format, struct_pb2, wrappers_pb2
+
+from wasm.configured import Configured
 
 from .errors import ConfigError
 from .ext_proc import apply_spec
@@ -173,6 +176,9 @@ def bootstrap(deployment: Deployment) -> Any:
         route.route.timeout.CopyFrom(_seconds(60))
         if policy.session is not None:
             route.route.hash_policy.append(hash_policy(policy.session))
+    configured = options.configured
+    route.name = configured.route_name
+    _metadata(route, configured, "xds.route_metadata")
     for name, value in options.route_headers:
         route.request_headers_to_add.append(base_pb2.HeaderValueOption(
             header=base_pb2.HeaderValue(key=name, value=value),
@@ -182,9 +188,11 @@ def bootstrap(deployment: Deployment) -> Any:
         codec_type=hcm_pb2.HttpConnectionManager.AUTO,
         route_config=route_pb2.RouteConfiguration(
             name="local",
-            virtual_hosts=[route_components_pb2.VirtualHost(
-                name="any", domains=["*"], routes=[route])]),
+            virtual_hosts=[_metadata(route_components_pb2.VirtualHost(
+                name="any", domains=["*"], routes=[route]), configured,
+                "xds.virtual_host_metadata")]),
         http_filters=[
+            *_dynamic_metadata(configured),
             *http_filters(deployment),
             hcm_pb2.HttpFilter(name="envoy.filters.http.router",
                                typed_config=_any(router_pb2.Router())),
@@ -210,14 +218,14 @@ def bootstrap(deployment: Deployment) -> Any:
                 path=options.access_log_file,
                 log_format=substitution_format_string_pb2.SubstitutionFormatString(
                     json_format=fields)))))
-    listener = listener_pb2.Listener(
+    listener = _metadata(listener_pb2.Listener(
         name="http",
         address=_socket_address(options.listen),
         per_connection_buffer_limit_bytes={"value": _buffer_limit(deployment)},
         filter_chains=[listener_components_pb2.FilterChain(filters=[
             listener_components_pb2.Filter(name="envoy.filters.network.http_connection_manager",
                                            typed_config=_any(manager))])],
-    )
+    ), configured, "xds.listener_metadata")
     http2 = http_protocol_options_pb2.HttpProtocolOptions(
         explicit_http_config=http_protocol_options_pb2.HttpProtocolOptions.ExplicitHttpConfig(
             http2_protocol_options={}))
@@ -257,6 +265,7 @@ def bootstrap(deployment: Deployment) -> Any:
             per_connection_buffer_limit_bytes={"value": _buffer_limit(deployment)},
             load_assignment=_load_assignment(UPSTREAM_CLUSTER, upstreams),
         )
+        _metadata(upstream, configured, "xds.cluster_metadata")
         if policy.session is not None:
             upstream.lb_policy = (cluster_pb2.Cluster.MAGLEV if policy.session.algorithm
                                   == "maglev" else cluster_pb2.Cluster.RING_HASH)
@@ -270,11 +279,37 @@ def bootstrap(deployment: Deployment) -> Any:
     if not is_ip(host_port(options.listen, "listen address")[0]):
         raise ConfigError(f"listen address {options.listen}: give an IP address "
                           "(0.0.0.0:PORT for every interface)")
-    return bootstrap_pb2.Bootstrap(
+    config = bootstrap_pb2.Bootstrap(
         admin=bootstrap_pb2.Admin(address=_socket_address(options.admin)),
         static_resources=bootstrap_pb2.Bootstrap.StaticResources(
             listeners=[listener], clusters=clusters),
     )
+    if configured.node_id or configured.node_cluster or configured.node_metadata:
+        config.node.id, config.node.cluster = configured.node_id, configured.node_cluster
+        config.node.metadata.update(configured.node_metadata)
+    return config
+
+
+def _metadata(holder: Any, configured: Configured, name: str) -> Any:
+    """``holder`` (a route, virtual host, cluster or listener) with the
+    filter metadata ``configured`` gives the attribute ``name``."""
+    for namespace, fields in configured.metadata.get(name, {}).items():
+        holder.metadata.filter_metadata[namespace].update(fields)
+    return holder
+
+
+def _dynamic_metadata(configured: Configured) -> list[Any]:
+    """A ``set_metadata`` filter giving each request the dynamic metadata ``configured``
+    has (none when it has none)."""
+    namespaces = configured.metadata.get("metadata")
+    if not namespaces:
+        return []
+    config = set_metadata_pb2.Config()
+    for namespace, fields in namespaces.items():
+        entry = config.metadata.add(metadata_namespace=namespace)
+        entry.value.update(fields)
+    return [hcm_pb2.HttpFilter(name="envoy.filters.http.set_metadata",
+                               typed_config=_any(config))]
 
 
 def _upstreams(deployment: Deployment) -> list[str]:

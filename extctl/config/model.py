@@ -6,10 +6,12 @@ outputs has (:class:`EnvoyOptions`, :class:`GatewayOptions`). ``Deployment`` add
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from extproc import FilterSpec, ProcessingMode, Processor
+from wasm.configured import Configured, Given, settable
+from wasm.configured import Path as PropertyPath
 
 from .errors import ConfigError, GatewayError
 from .policy import Policy
@@ -134,12 +136,26 @@ class EnvoyOptions:
     """Keep a client's x-request-id (an edge Envoy replaces it by default)."""
     clusters: Sequence[CalloutCluster] = ()
     """Clusters the Wasm modules call out to, by name."""
+    properties: Mapping[PropertyPath, Given] = field(default_factory=dict)
+    """Properties a Wasm module reads that the configuration sets (paths of
+    :data:`wasm.configured.FORMS`: the node's id, cluster and metadata, the route's name, the
+    metadata of the route, virtual host, upstream cluster and listener, and the request's
+    dynamic metadata, which a ``set_metadata`` filter before the modules sets)."""
 
     def __post_init__(self) -> None:
         names = [c.name for c in self.clusters]
         repeated = sorted({n for n in names if names.count(n) > 1})
         if repeated:
             raise ConfigError(f"cluster {repeated[0]!r} is given twice")
+        try:
+            settable(self.properties)
+        except ValueError as error:
+            raise ConfigError(str(error)) from None
+
+    @property
+    def configured(self) -> Configured:
+        """:attr:`properties` as what each part of the configuration holds."""
+        return settable(self.properties)
 
 
 @dataclass(frozen=True)

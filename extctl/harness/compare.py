@@ -45,6 +45,8 @@ from typing import Any
 from extproc.exchange import ExchangeResult
 from wasm.abi import LogLevel, MetricType
 from wasm.calls import GRPC_UNAVAILABLE, NO_CLUSTER, GrpcStream, Handler, ScriptedUpstream
+from wasm.configured import Given, settable
+from wasm.configured import Path as PropertyPath
 from wasm.emulator import ProxyWasm
 from wasm.errors import HostError, WasmTrap
 from wasm.exchange import HttpResult
@@ -117,14 +119,18 @@ def compare_with_envoy(module: str | Path | bytes, *, requests: Sequence[Exchang
                        name: str = "under-test", framing: str = "http1",
                        upstreams: Mapping[str, Handler] | None = None,
                        grpc_upstreams: Mapping[str, ScriptedUpstream] | None = None,
-                       logs: bool = True) -> Differences:
+                       logs: bool = True,
+                       properties: Mapping[PropertyPath, Given] | None = None) -> Differences:
     """Run ``requests`` through a real Envoy and through the emulator; the differences (an
     empty list when both agree). ``framing`` is the emulator's (Envoy's client and upstream
     speak HTTP/1.1); ``upstreams``: cluster -> handler for the filter's HTTP callouts,
     ``grpc_upstreams`` for its gRPC calls and streams; ``vm_configuration``: what the VM's
     ``proxy_on_vm_start`` reads, in both. Envoy's run comes first (a stateful
     handler sees it first). ``logs=False``: the lines the module logs are not compared (when
-    they hold what differs from run to run: times, ids).
+    they hold what differs from run to run: times, ids). ``properties``: path -> value of
+    what Envoy's configuration sets (:data:`wasm.configured.FORMS`: node id, cluster and
+    metadata, route name, route, virtual host, cluster and listener metadata, the request's
+    dynamic metadata), written into Envoy's configuration and given to the emulator.
 
     A callback that traps is compared per request, as Envoy goes on: that request gets
     Envoy's 503 (no body), and so does every later one (the VM has failed; the generated
@@ -135,14 +141,16 @@ def compare_with_envoy(module: str | Path | bytes, *, requests: Sequence[Exchang
     both: dict[str, ScriptedUpstream] = {**http, **grpc}
     if len(both) < len(http) + len(grpc):
         raise ValueError("a cluster is either in upstreams or in grpc_upstreams")
+    given = dict(properties or {})
+    settable(given)  # ValueError for a path Envoy's configuration cannot set
     path, cleanup = _module_file(module)
+    plugin = WasmModule(name, file=str(path), text=configuration, root_id=root_id,
+                        vm_configuration=vm_configuration)
     try:
         def emulate(authority: str) -> dict[str, Any]:
-            return _through_emulator(path, list(requests), root_id, configuration,
-                                     vm_configuration, name, authority, framing, both)
+            return _through_emulator(plugin, given, list(requests), authority, framing, both)
 
-        envoy, emulated = _through_envoy(path, list(requests), root_id, configuration,
-                                         vm_configuration, name, http, grpc, emulate)
+        envoy, emulated = _through_envoy(plugin, given, list(requests), http, grpc, emulate)
     finally:
         if cleanup is not None:
             cleanup.cleanup()
@@ -218,8 +226,8 @@ def _view(result: ExchangeResult) -> dict[str, Any]:
     }
 
 
-def _through_envoy(path: Path, requests: list[Exchange], root_id: str, configuration: str,
-                   vm_configuration: str, name: str, upstreams: Mapping[str, Handler],
+def _through_envoy(plugin: WasmModule, properties: Mapping[PropertyPath, Given],
+                   requests: list[Exchange], upstreams: Mapping[str, Handler],
                    grpc_upstreams: Mapping[str, ScriptedUpstream],
                    emulate: Callable[[str], dict[str, Any]],
                    ) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -232,8 +240,7 @@ def _through_envoy(path: Path, requests: list[Exchange], root_id: str, configura
     from .client import EnvoyClient
 
     calls: list[dict[str, Any]] = []
-    plugin = WasmModule(name, file=str(path), text=configuration, root_id=root_id,
-                        vm_configuration=vm_configuration)
+    name, root_id = plugin.name, plugin.root_id
     seen = []
     failures: list[str] = []
     tokens = token_numbers(GRPC_STREAM)  # the emulator's numbering, across every server
@@ -250,6 +257,7 @@ def _through_envoy(path: Path, requests: list[Exchange], root_id: str, configura
         # trailers kept both ways; every line a module logs
         client = servers.enter_context(EnvoyClient(wasm=[plugin], clusters=clusters,
                                                    http1_trailers=True,
+                                                   properties=properties,
                                                    component_log_level="wasm:trace"))
         assert client.envoy is not None
         authority = f"127.0.0.1:{client.port}"
@@ -335,16 +343,17 @@ def _stream_done(envoy: Any) -> None:
         time.sleep(0.01)
 
 
-def _through_emulator(path: Path, requests: list[Exchange], root_id: str,
-                      configuration: str, vm_configuration: str, name: str, authority: str,
-                      framing: str, upstreams: Mapping[str, ScriptedUpstream],
-                      ) -> dict[str, Any]:
+def _through_emulator(module: WasmModule, properties: Mapping[PropertyPath, Given],
+                      requests: list[Exchange], authority: str, framing: str,
+                      upstreams: Mapping[str, ScriptedUpstream]) -> dict[str, Any]:
     seen = []
+    name, root_id = module.name, module.root_id
+    assert module.file is not None
     # Envoy names the VM after the module (see extctl.config.envoy)
-    plugin = ProxyWasm(path, plugin_configuration=configuration, root_id=root_id, vm_id=name,
-                       vm_configuration=vm_configuration,
+    plugin = ProxyWasm(module.file, plugin_configuration=module.configuration, root_id=root_id,
+                       vm_id=name, vm_configuration=module.vm_configuration,
                        plugin_name=name, framing=framing, upstreams=upstreams,
-                       log_level=LogLevel.TRACE)
+                       properties=properties, log_level=LogLevel.TRACE)
     first_log = len(plugin.logs)
     for spec in requests:
         chunked = isinstance(spec.body, list)

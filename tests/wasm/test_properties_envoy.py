@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 import wasmtime
 
-from extctl.config import WasmModule
-from extctl.testing import EnvoyClient
+from extctl.config import ConfigError, EnvoyOptions, WasmModule
+from extctl.testing import EnvoyClient, Exchange, compare_with_envoy
 from wasm import ProxyWasm
 from wasm.abi import deserialize_map
 
@@ -276,3 +276,64 @@ def test_every_attribute_envoy_gives_the_emulator_gives(probe: Path) -> None:
     assert ("request_headers", "xds.cluster_name") in answered
     assert envoy[0][("response_headers", "request.path")] == "NOT_FOUND"
     assert _value(envoy[1][("log", "response.grpc_status")]) == struct.pack("<q", 7)
+
+
+# What a configuration sets (wasm.configured.FORMS), given to compare_with_envoy, which writes
+# it into Envoy's configuration and gives it to the emulator; the probe reads each leaf and
+# the attribute holding it.
+CONFIGURED: dict[str | tuple[str, ...], str | int | float | bool] = {
+    "xds.node.id": "node-1", "xds.node.cluster": "edge",
+    "xds.node.metadata.team": "payments",
+    "xds.route_name": "checkout",
+    "xds.route_metadata.filter_metadata.extkit.tier": "gold",
+    "xds.virtual_host_metadata.filter_metadata.extkit.canary": True,
+    "xds.cluster_metadata.filter_metadata.extkit.weight": 3,
+    ("xds", "listener_metadata", "filter_metadata", "com.example", "zone"): "a",
+    "metadata.filter_metadata.extkit.limit": 2.5,
+}
+READ = ["xds.node.id", "xds.node.cluster", "xds.node.metadata", "xds.node.metadata.team",
+        "xds.route_name", "xds.route_metadata", "xds.route_metadata.filter_metadata",
+        "xds.route_metadata.filter_metadata.extkit.tier",
+        "xds.virtual_host_metadata", "xds.virtual_host_metadata.filter_metadata.extkit.canary",
+        "xds.cluster_metadata", "xds.cluster_metadata.filter_metadata.extkit",
+        "xds.cluster_metadata.filter_metadata.extkit.weight", "xds.listener_metadata",
+        "metadata", "metadata.filter_metadata.extkit.limit"]
+
+
+def test_what_the_configuration_sets_reads_the_same_through_envoy(probe: Path) -> None:
+    requests = [Exchange("GET", "/a")]
+    found = compare_with_envoy(probe, requests=requests, root_id=ROOT_ID,
+                               configuration="\n".join(READ), name=NAME,
+                               properties=CONFIGURED)
+    assert found == [], "\n".join(map(str, found))
+    # both sides read the values, not NOT_FOUND on both: the emulator's lines hold them
+    plugin = ProxyWasm(probe, plugin_configuration="\n".join(READ), root_id=ROOT_ID,
+                       properties=CONFIGURED)
+    seen = _seen([m.group(1, 2, 3) for m in map(_probe_line.match,
+                                                 [line.message for line in plugin.logs]) if m])
+    seen.update(_seen([m.group(1, 2, 3) for m in map(
+        _probe_line.match, [line.message for line in plugin.get("/a").logs]) if m]))
+    assert _value(seen[("configure", "xds.node.id")]) == b"node-1"
+    assert _value(seen[("configure", "xds.node.metadata.team")]) == b"payments"
+    assert seen[("configure", "xds.route_name")] == "NOT_FOUND"  # no route for the root
+    assert _value(seen[("request_headers", "xds.route_name")]) == b"checkout"
+    assert _value(seen[("request_headers", "xds.cluster_metadata.filter_metadata.extkit."
+                        "weight")]) == struct.pack("<d", 3.0)
+    assert _value(seen[("request_headers",
+                        "xds.virtual_host_metadata.filter_metadata.extkit.canary")]) == b"\x01"
+    assert b"com.example" in (_value(seen[("request_headers", "xds.listener_metadata")]) or b"")
+    assert _value(seen[("log", "metadata.filter_metadata.extkit.limit")]) == struct.pack(
+        "<d", 2.5)
+
+
+def test_a_property_envoys_configuration_cannot_set_is_refused(probe: Path) -> None:
+    with pytest.raises(ValueError, match=r"property request\.path: not one an Envoy "
+                                         r"configuration sets; give one of xds\.node\.id"):
+        compare_with_envoy(probe, requests=[Exchange("GET", "/")],
+                           properties={"request.path": "/x"})
+    with pytest.raises(ValueError, match=r"property xds\.node\.id: Envoy holds it as text"):
+        compare_with_envoy(probe, requests=[Exchange("GET", "/")],
+                           properties={"xds.node.id": 1})
+    with pytest.raises(ConfigError, match=r"property metadata\.filter_metadata\.a\.b: "
+                                          r"metadata holds text, a bool or a number"):
+        EnvoyOptions(properties={"metadata.filter_metadata.a.b": b"raw"})
