@@ -35,6 +35,7 @@ from ._metrics import (
     Collector,
     Metrics,
     SharedValues,
+    Slot,
     registry,
 )
 from ._record import Observer, StreamRecord
@@ -353,14 +354,14 @@ class SupervisorAdmin:
         if config.admin is None:
             return
         shared = self.shared = SharedValues(config.workers)
-        check = probe_check(lambda: [(f"worker {i}", shared.slot(i))
+        check = probe_check(lambda: [(f"worker {i}", shared.slot(i).values)
                                      for i in range(config.workers)], config.stall_timeout)
         self._server = AdminServer(config.admin, registry(Collector(self.processor,
                                                                     shared=shared)), check)
         self._server.bind()  # in the supervisor: an address in use fails before any fork
         self._spawn()
 
-    def slot(self, worker: int) -> Any:
+    def slot(self, worker: int) -> Slot | None:
         return self.shared.slot(worker) if self.shared is not None else None
 
     def _spawn(self) -> None:

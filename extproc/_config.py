@@ -80,14 +80,8 @@ class ServerConfig:
             raise ServeError.naming("{transport} must be one of {known}, got {got!r}",
                                     known=", ".join(names()), got=self.transport)
         if self.transport == "pyvoy":
-            from ._tracing import requested
             from .transports.pyvoy_env import check_installed
 
-            if requested():
-                raise ServeError.naming("traces are exported with the grpcio transport only; "
-                                        "unset OTEL_TRACES_EXPORTER and "
-                                        "OTEL_EXPORTER_OTLP_*ENDPOINT, or use {transport=grpcio}",
-                                        grpcio="grpcio")
             check_installed()
         if self.grace_period < 0:
             raise ServeError.naming("{grace_period} must be >= 0 seconds")
@@ -96,10 +90,6 @@ class ServerConfig:
         if self.max_message_bytes < 4096:
             raise ServeError.naming("{max_message_bytes} must be at least 4096")
         if self.admin is not None:
-            if self.transport == "pyvoy":
-                raise ServeError.naming("the admin endpoint (metrics, /healthz, /readyz) is "
-                                        "served with the grpcio transport only; drop {admin} "
-                                        "or use {transport=grpcio}", grpcio="grpcio")
             object.__setattr__(self, "admin", admin_address(self.admin))
         if self.uds is not None:
             if self.tls_cert or self.tls_key or self.tls_client_ca:

@@ -5,10 +5,13 @@ a fixed index, so recording is an add at a known index: no lock, no label lookup
 prometheus-client object on the per-message path (its ``inc`` costs about 5x more here).
 prometheus-client renders the text format at scrape time (:class:`Collector`).
 
-With ``workers > 1`` every worker's array is a slot of one anonymous shared mapping that the
+With ``workers > 1`` every worker's array is a slot of one shared mapping that the
 supervisor makes before it forks (:class:`SharedValues`), and one admin process sums the slots
-at each scrape: one scrape shows every worker, live. No file is involved, so a read-only root
-without a writable ``/tmp`` (how a sidecar runs) serves metrics as well. When a worker exits,
+at each scrape: one scrape shows every worker, live. The mapping is an anonymous memory file
+(``memfd_create``), not a file on a filesystem, so a read-only root without a writable
+``/tmp`` (how a sidecar runs) serves metrics as well; a process that does not fork but starts
+another program (the pyvoy transport's Envoy, which runs the processor) hands that program the
+file's descriptor, and the program maps its slot (:func:`map_slot`). When a worker exits,
 its counts move to a slot of their own and its slot starts empty for the worker that replaces
 it, so counters never go down. Asking the workers at scrape time instead would lose the counts
 of a worker that is draining or dead.
@@ -25,6 +28,7 @@ import mmap
 import os
 from bisect import bisect_left
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from ._config import SERVICE_NAME
@@ -62,14 +66,35 @@ SIZE = EXTENDED + len(PHASES)
 _BYTES = SIZE * 8
 
 
+@dataclass(frozen=True)
+class Slot:
+    """One process's values in a :class:`SharedValues`: ``values`` (a memoryview of doubles),
+    and where they are: at byte ``offset`` of the memory file ``fd``."""
+
+    values: Any
+    fd: int
+    offset: int
+
+
+def map_slot(fd: int, offset: int) -> Any:
+    """In another program given ``fd`` (a :class:`SharedValues`' memory file): the values at
+    ``offset``, mapped shared (a memoryview of doubles)."""
+    mapping = mmap.mmap(fd, os.fstat(fd).st_size)
+    if not 0 <= offset <= len(mapping) - _BYTES:
+        raise ValueError(f"metrics slot at {offset} is outside the shared values")
+    return memoryview(mapping)[offset:offset + _BYTES].cast("d")
+
+
 class Metrics:
     """One process's values (``values``: a memoryview of doubles), written by the recorder:
-    ``slot`` (a worker's slot of :class:`SharedValues`), or an array of its own."""
+    ``slot`` (a :class:`Slot` of :class:`SharedValues`, or such values mapped by another
+    program), or an array of its own."""
 
-    def __init__(self, processor: str, slot: Any = None) -> None:
+    def __init__(self, processor: str, slot: Slot | Any = None) -> None:
         self.processor = processor
         # a memoryview of doubles (typed Any: typeshed's memoryview is of ints)
-        self.values: Any = memoryview(bytearray(_BYTES)).cast("d") if slot is None else slot
+        self.values: Any = (memoryview(bytearray(_BYTES)).cast("d") if slot is None
+                            else slot.values if isinstance(slot, Slot) else slot)
         self.values[PID] = os.getpid()
         self.code_index = {code: HANDLED + i for i, code in enumerate(CODES)}
         self.hook_index = {phase: HOOK + i * _HOOK_SIZE for i, phase in enumerate(PHASES)}
@@ -226,21 +251,25 @@ _HEADER = 64  # the sequence number of moves (see SharedValues.retire), padded
 
 
 class SharedValues:
-    """Every worker's array in one anonymous shared mapping (``MAP_SHARED``), made before the
-    supervisor forks, so the workers and the admin process all see it. Slot 0 holds the
-    counts of workers that exited, slot ``1 + i`` worker ``i``'s values."""
+    """Every worker's array in one shared mapping of an anonymous memory file, made before the
+    supervisor forks, so the workers and the admin process all see it (and a program a worker
+    starts, given ``fd``). Slot 0 holds the counts of workers that exited, slot ``1 + i``
+    worker ``i``'s values."""
 
     def __init__(self, workers: int) -> None:
         self.workers = workers
-        self._map = mmap.mmap(-1, _HEADER + (workers + 1) * _BYTES)
+        size = _HEADER + (workers + 1) * _BYTES
+        self.fd = os.memfd_create("extproc-metrics", os.MFD_CLOEXEC)
+        os.ftruncate(self.fd, size)
+        self._map = mmap.mmap(self.fd, size)
         view = memoryview(self._map)
         self._sequence = view[:8].cast("Q")
         self._slots: list[Any] = [view[_HEADER + i * _BYTES:_HEADER + (i + 1) * _BYTES].cast("d")
                        for i in range(workers + 1)]
 
-    def slot(self, worker: int) -> Any:
+    def slot(self, worker: int) -> Slot:
         """Worker ``worker``'s values (what its :class:`Metrics` writes)."""
-        return self._slots[1 + worker]
+        return Slot(self._slots[1 + worker], self.fd, _HEADER + (1 + worker) * _BYTES)
 
     def retire(self, worker: int) -> None:
         """Worker ``worker`` exited (the supervisor reaped it): its counts join those of
@@ -274,3 +303,5 @@ class SharedValues:
         self._sequence.release()
         with contextlib.suppress(BufferError):
             self._map.close()
+        with contextlib.suppress(OSError):
+            os.close(self.fd)

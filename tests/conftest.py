@@ -81,9 +81,10 @@ def _start_extctl(*args: str, **kwargs: Any) -> subprocess.Popen[str]:
                                                         str(ROOT / "examples")]),
            "PYTHONUNBUFFERED": "1"}
     env.update(kwargs.pop("env", {}))
+    # a test that makes more than a pipe holds (64 KiB) before it reads gives stderr a file
+    streams = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, **kwargs}
     return subprocess.Popen([sys.executable, "-m", "extctl", *args], env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            stdin=subprocess.DEVNULL, **kwargs)
+                            stdin=subprocess.DEVNULL, **streams)
 
 
 @pytest.fixture

@@ -7,7 +7,14 @@ the grpc.aio transport (``answer_stream``).
 
 The server process reads its settings from the ``EXTPROC_ASGI`` environment variable (JSON:
 ``processor`` as ``module:Class``, ``max_message_bytes``, ``drain_fd``, ``error_file``,
-``log_level``, ``log_format``, ``counts_token``); ``app`` is built from them on import.
+``log_level``, ``log_format``, ``counts_token``, ``metrics``); ``app`` is built from them on
+import.
+
+Observing is the grpcio transport's (``extproc._record``): every stream's record, the
+metrics, spans (``OTEL_*``, read in this process) and access lines. ``metrics`` (``fd``,
+``offset``, ``heartbeat``) is where the metric values go: a slot of the serving process's
+shared values (``extproc._metrics.SharedValues``), whose admin endpoint reads them; this
+process writes its pid, whether it serves, and the heartbeat of its loop there.
 
 Draining is told through a pipe (``drain_fd``, inherited from the process that started
 Envoy): the loop watches it, so health ``Watch`` streams wait on an event instead of polling,
@@ -32,10 +39,13 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from google.protobuf.message import DecodeError
 from grpc_health.v1 import health_pb2
 
+from .._admin import heartbeat
 from .._config import SERVICE_NAME
 from .._frames import describe, user_frames
+from .._metrics import SERVING, Metrics, map_slot
 from .._processor import Processor
-from .._stream import _contained, answer_stream
+from .._record import Observer, StreamRecord
+from .._stream import ProcessorFailed, _contained, answer_stream
 from ..errors import ProtocolError
 
 logger = logging.getLogger("extproc.server")
@@ -77,6 +87,23 @@ class _Status(Exception):
 
 class _Disconnected(Exception):
     """The client reset the stream: nothing more can be sent."""
+
+
+_CODE_NAMES = {OK: "OK", INVALID_ARGUMENT: "INVALID_ARGUMENT", NOT_FOUND: "NOT_FOUND",
+               RESOURCE_EXHAUSTED: "RESOURCE_EXHAUSTED", UNIMPLEMENTED: "UNIMPLEMENTED",
+               INTERNAL: "INTERNAL", UNAVAILABLE: "UNAVAILABLE"}
+
+
+class _Call:
+    """What a stream's record reads of its call (grpcio's ServicerContext has the same)."""
+
+    __slots__ = ("headers",)
+
+    def __init__(self, headers: Any) -> None:
+        self.headers = headers
+
+    def invocation_metadata(self) -> list[tuple[str, str]]:
+        return grpc_metadata(self.headers)
 
 
 def frame(message: bytes) -> bytes:
@@ -142,13 +169,21 @@ class GrpcApp:
 
     def __init__(self, processor: type[Processor], max_message_bytes: int,
                  drain_fd: int | None = None, error_file: str | None = None,
-                 counts_token: str | None = None) -> None:
+                 counts_token: str | None = None, metrics: Any = None,
+                 heartbeat: float = 0.5) -> None:
         self.processor = processor
         self.max_message_bytes = max_message_bytes
         self.drain_fd = drain_fd
         self.error_file = error_file
         self.counts_token = counts_token.encode() if counts_token else None
         self.message_counts: dict[str, int] | None = {} if counts_token else None
+        #: metrics: the values of extproc._metrics (a slot of the host's shared values)
+        self.metrics = None if metrics is None else Metrics(processor.__name__, metrics)
+        self.observer = Observer.create(processor.__name__, self.metrics,
+                                        {} if self.message_counts is None
+                                        else self.message_counts)
+        self.heartbeat = heartbeat
+        self._beating: asyncio.Future[None] | None = None
         self._draining = False
         self._drained: asyncio.Event | None = None
 
@@ -166,6 +201,8 @@ class GrpcApp:
         def readable() -> None:
             loop.remove_reader(fd)
             self._draining = True
+            if self.metrics is not None:
+                self.metrics.values[SERVING] = 0
             assert self._drained is not None
             self._drained.set()
 
@@ -212,6 +249,19 @@ class GrpcApp:
             await send(_START)
             await _finish(send, _trailers(UNAVAILABLE, "the server is shutting down"))
             return
+        observer = self.observer
+        record = None if observer is None else StreamRecord(observer, _Call(scope["headers"]))
+        counts = self.message_counts if record is None else record.messages
+        code = "CANCELLED"
+        try:
+            code = await self._answer(scope, receive, send, counts, record)
+        finally:
+            if record is not None:
+                record.finish(code)
+
+    async def _answer(self, scope: Scope, receive: Receive, send: Send,
+                      counts: dict[str, int] | None, record: StreamRecord | None) -> str:
+        """Answer one Process stream; the gRPC status it ended with, by name."""
         messages = _Messages(receive, self.max_message_bytes)
         parse = pb.ProcessingRequest.FromString
 
@@ -236,24 +286,30 @@ class GrpcApp:
         def metadata() -> list[tuple[str, str]]:
             return grpc_metadata(scope["headers"])
 
+        code = OK
         try:
             # ``write`` also serves answers a hook sends while it runs (a timeout extension).
-            async for answer in answer_stream(self.processor, requests(), self.message_counts,
-                                              early=write, metadata=metadata):
+            async for answer in answer_stream(self.processor, requests(), counts,
+                                              early=write, metadata=metadata, record=record):
                 await write(answer)
         except (_Disconnected, OSError):
-            return  # the client reset the stream (pyvoy raises an OSError on send)
+            return "CANCELLED"  # the client reset the stream (pyvoy raises OSError on send)
         except ProtocolError as exc:
             logger.warning("ext_proc protocol error: %s", exc)
-            end = _trailers(INVALID_ARGUMENT, str(exc))
+            code, end = INVALID_ARGUMENT, _trailers(INVALID_ARGUMENT, str(exc))
+        except ProcessorFailed as exc:
+            # Envoy refuses an ImmediateResponse here: an error status makes it answer
+            # status_on_error (as on grpcio).
+            code, end = UNAVAILABLE, _trailers(UNAVAILABLE, str(exc))
         except _Status as exc:
-            end = _trailers(exc.code, str(exc))
+            code, end = exc.code, _trailers(exc.code, str(exc))
         except Exception:
             logger.exception("internal error in the ext_proc message loop")
-            end = _trailers(INTERNAL, "internal processor error")
+            code, end = INTERNAL, _trailers(INTERNAL, "internal processor error")
         if not started:
             await send(_START)
         await _finish(send, end)
+        return _CODE_NAMES.get(code, "UNKNOWN")
 
     def _health_status(self, service: str) -> int:
         if service not in ("", SERVICE_NAME):
@@ -338,6 +394,10 @@ class GrpcApp:
                         logger.error("%s", message, exc_info=exc)
                     await send({"type": "lifespan.startup.failed", "message": message})
                     return
+                if self.metrics is not None:
+                    self._beating = asyncio.ensure_future(heartbeat(self.metrics.values,
+                                                                    self.heartbeat))
+                    self.metrics.values[SERVING] = 0 if self._draining else 1
                 await send({"type": "lifespan.startup.complete"})
             elif event["type"] == "lifespan.shutdown":
                 try:
@@ -347,6 +407,12 @@ class GrpcApp:
                         raise
                     logger.error("%s.on_shutdown failed", self.processor.__name__,
                                  exc_info=exc)
+                if self._beating is not None:
+                    self._beating.cancel()
+                if self.metrics is not None:
+                    self.metrics.values[SERVING] = 0
+                if self.observer is not None:
+                    self.observer.close()  # the spans still buffered
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
@@ -382,9 +448,12 @@ def _from_environment() -> GrpcApp | None:
 
     # As the serving command logs: under --log-format json, every line JSON here too.
     setup(options.get("log_level", "WARNING"), options.get("log_format", "text"))
+    metrics = options.get("metrics")
     return GrpcApp(import_processor(options["processor"]), options["max_message_bytes"],
                    options.get("drain_fd"), options.get("error_file"),
-                   options.get("counts_token"))
+                   options.get("counts_token"),
+                   map_slot(metrics["fd"], metrics["offset"]) if metrics else None,
+                   metrics["heartbeat"] if metrics else 0.5)
 
 
 #: What pyvoy serves (``extproc.transports.pyvoy_app:app``), built from ``EXTPROC_ASGI``.

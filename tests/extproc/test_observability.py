@@ -69,17 +69,18 @@ def _wait_ready(url: str, proc: Any, timeout: float = 20) -> None:
 
 
 
-@pytest.fixture
-def transport() -> str:
-    """Metrics, traces and the admin endpoint come with the grpcio transport (the pyvoy one
-    refuses an admin address): these tests run on it alone."""
-    return "grpcio"
+# Metrics, the probes and traces hold on both transports: each test that takes ``transport``
+# runs on each (tests/conftest.py). The in-process span exporter sees only spans made in this
+# process: the tests that use it run on grpcio, and the OTLP one covers pyvoy.
 
-def test_one_scrape_counts_the_traffic_of_two_workers_through_envoy(sock_dir, extctl):
+
+def test_one_scrape_counts_the_traffic_of_two_workers_through_envoy(sock_dir, extctl, transport,
+                                                                    tmp_path):
     admin = f"127.0.0.1:{free_port()}"
+    stderr = (tmp_path / "stderr").open("w+")  # at debug, pyvoy's Envoys say more than a pipe holds
     proc = extctl("serve", "tests.helpers.procs:Rewrite", "--uds", str(sock_dir / "m.sock"),
-                  "--workers", "2",
-                  "--admin", admin, "--log-format", "json", "--log-level", "debug")
+                  "--workers", "2", "--transport", transport,
+                  "--admin", admin, "--log-format", "json", "--log-level", "debug", stderr=stderr)
     sockets = [sock_dir / "m-0.sock", sock_dir / "m-1.sock"]
     ok, denied = 12, 3
     try:
@@ -130,7 +131,9 @@ def test_one_scrape_counts_the_traffic_of_two_workers_through_envoy(sock_dir, ex
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(20) == 0
-    lines = [json.loads(line) for line in proc.communicate(timeout=15)[1].splitlines()]
+    proc.communicate(timeout=15)
+    lines = [json.loads(line) for line in (tmp_path / "stderr").read_text().splitlines()]
+    stderr.close()
     assert all({"time", "level", "logger", "pid", "message"} <= line.keys() for line in lines)
     errors = [line for line in lines if line["level"] == "error" and "request_id" in line]
     assert len(errors) == 1
@@ -150,11 +153,11 @@ def test_one_scrape_counts_the_traffic_of_two_workers_through_envoy(sock_dir, ex
 
 
 @pytest.mark.parametrize("workers", [1, 2])
-def test_readyz_answers_503_while_draining(sock_dir, extctl, workers):
+def test_readyz_answers_503_while_draining(sock_dir, extctl, workers, transport):
     admin = f"127.0.0.1:{free_port()}"
     path = sock_dir / "r.sock"
     proc = extctl("serve", "tests.helpers.procs:Slow", "--uds", str(path), "--workers",
-                  str(workers),
+                  str(workers), "--transport", transport,
                   "--admin", admin, "--grace-period", "10")
     sockets = [path] if workers == 1 else [sock_dir / f"r-{i}.sock" for i in range(workers)]
     try:
@@ -187,12 +190,13 @@ def test_readyz_answers_503_while_draining(sock_dir, extctl, workers):
             proc.kill()
 
 
-def test_a_protocol_error_is_counted_by_its_grpc_code(sock_dir):
+def test_a_protocol_error_is_counted_by_its_grpc_code(sock_dir, transport):
     from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
     from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 
     headers = pb.ProcessingRequest(request_headers=pb.HttpHeaders(end_of_stream=False))
-    with ServerThread(Slow, uds=str(sock_dir / "p.sock"), admin="127.0.0.1:0") as server, \
+    with ServerThread(Slow, uds=str(sock_dir / "p.sock"), admin="127.0.0.1:0",
+                      transport=transport) as server, \
             grpc.insecure_channel(server.target) as channel:
         with pytest.raises(grpc.RpcError):
             list(pb_grpc.ExternalProcessorStub(channel).Process(iter([headers, headers]),
@@ -210,14 +214,14 @@ def test_a_protocol_error_is_counted_by_its_grpc_code(sock_dir):
     assert _value(samples, "extproc_active_streams", processor="Slow") == 0
 
 
-def test_admin_address_in_use_exits_3(sock_dir, extctl):
+def test_admin_address_in_use_exits_3(sock_dir, extctl, transport):
     with __import__("socket").socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
         for workers in ("1", "2"):
             proc = extctl("serve", "tests.helpers.procs:HeadersOnly", "--uds",
-                          str(sock_dir / "a.sock"),
+                          str(sock_dir / "a.sock"), "--transport", transport,
                           "--workers", workers, "--admin", f"127.0.0.1:{port}")
             _, err = proc.communicate(timeout=30)
             assert proc.returncode == 3, err
@@ -373,6 +377,7 @@ def test_spans_carry_the_trace_id_with_envoys_span_as_parent(sock_dir, spans):
     assert all(f"{s.context.trace_id:032x}" == TRACE_ID for s in hooks.values())
 
 
+@pytest.mark.parametrize("transport", ["grpcio"])  # the in-process exporter
 def test_without_envoy_tracing_the_request_traceparent_is_the_parent(make_stack, spans):
     with make_stack(Rewrite, preserve_external_request_id=True) as s:
         s.get("/", headers={"traceparent": f"00-{TRACE_ID}-{CLIENT_SPAN}-01"})
@@ -398,12 +403,13 @@ def test_without_envoy_tracing_the_request_traceparent_is_the_parent(make_stack,
     assert [e.name for e in boom.events] == ["exception"]
 
 
-def test_body_bytes_are_counted_by_direction(sock_dir, extctl, echo):
+def test_body_bytes_are_counted_by_direction(sock_dir, extctl, echo, transport):
     from tests.helpers.procs import BufferedJson
 
     admin = f"127.0.0.1:{free_port()}"
     path = sock_dir / "b.sock"
-    proc = extctl("serve", "tests.helpers.procs:BufferedJson", "--uds", str(path), "--admin", admin)
+    proc = extctl("serve", "tests.helpers.procs:BufferedJson", "--uds", str(path), "--admin", admin,
+                  "--transport", transport)
     bodies = [json.dumps({"n": i, "pad": "x" * (100 * i)}).encode() for i in range(1, 4)]
     try:
         wait_for_socket(path, proc)
@@ -426,12 +432,12 @@ def test_body_bytes_are_counted_by_direction(sock_dir, extctl, echo):
                   phase="request_body") == len(bodies)
 
 
-def test_otel_variables_alone_export_every_workers_spans_over_otlp(sock_dir, extctl):
+def test_otel_variables_alone_export_every_workers_spans_over_otlp(sock_dir, extctl, transport):
     collector = _Collector()
     collector.server.start()
     sockets = [sock_dir / "o-0.sock", sock_dir / "o-1.sock"]
     proc = extctl("serve", "tests.helpers.procs:Rewrite", "--uds", str(sock_dir / "o.sock"),
-                  "--workers", "2",
+                  "--workers", "2", "--transport", transport,
                   env={"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{collector.port}",
                        "OTEL_SERVICE_NAME": "tenant-guard", "OTEL_BSP_SCHEDULE_DELAY": "100"})
     try:
@@ -469,9 +475,10 @@ class Extending(extproc.Processor):
         headers["x-extended"] = "yes"
 
 
-def test_timeouts_extended_are_counted_by_phase(sock_dir, echo):
+def test_timeouts_extended_are_counted_by_phase(sock_dir, echo, transport):
     socket_path = str(sock_dir / "x.sock")
-    with ServerThread(Extending, uds=socket_path, admin="127.0.0.1:0") as server, \
+    with ServerThread(Extending, uds=socket_path, admin="127.0.0.1:0",
+                      transport=transport) as server, \
             EnvoyProcess(Deployment(Extending, [socket_path], upstreams=[echo.address])
                          .envoy_bootstrap(), sock_dir / "envoy") as envoy:
         slow = http(envoy.port, "/", headers={"x-slow": "1"})

@@ -15,7 +15,6 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-import extproc
 from extctl.config import Deployment
 from extctl.testing import EnvoyProcess
 from extproc import SERVICE_NAME
@@ -465,23 +464,6 @@ def test_pyvoy_refuses_a_processor_it_cannot_import_by_name():
     config = extproc.ServerConfig(uds="/tmp/x.sock", transport="pyvoy")
     with pytest.raises(extproc.ServeError, match="imports Local by name in the Envoy process"):
         extproc.make_server(Local, config)
-
-
-def test_the_admin_endpoint_is_refused_with_the_pyvoy_transport(tmp_path):
-    with pytest.raises(extproc.ServeError, match="grpcio transport only"):
-        extproc.ServerConfig(uds=str(tmp_path / "a.sock"), admin="127.0.0.1:0",
-                             transport="pyvoy")
-
-
-@pytest.mark.parametrize("env", [{"OTEL_TRACES_EXPORTER": "otlp"},
-                                 {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4317"}])
-def test_traces_are_refused_with_the_pyvoy_transport_not_dropped(tmp_path, monkeypatch, env):
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
-    with pytest.raises(extproc.ServeError, match="traces are exported with the grpcio"):
-        extproc.ServerConfig(uds=str(tmp_path / "a.sock"), transport="pyvoy")
-    monkeypatch.setenv("OTEL_SDK_DISABLED", "true")  # switched off: nothing to refuse
-    extproc.ServerConfig(uds=str(tmp_path / "a.sock"), transport="pyvoy")
 
 
 def _workers_in_own_group(sock_dir, extctl):

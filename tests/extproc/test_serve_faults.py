@@ -78,11 +78,12 @@ def _children(pid: int) -> list[int]:
 
 
 @pytest.mark.parametrize("workers", [1, 2])
-def test_a_hook_that_blocks_the_loop_fails_liveness_and_readiness(sock_dir, extctl, workers):
+def test_a_hook_that_blocks_the_loop_fails_liveness_and_readiness(sock_dir, extctl, workers,
+                                                                  transport):
     port = free_port()
     path = sock_dir / "b.sock"
     proc = extctl("serve", "tests.helpers.procs:Blocking", "--uds", str(path), "--workers",
-                  str(workers),
+                  str(workers), "--transport", transport,
                   "--admin", f"127.0.0.1:{port}", "--stall-timeout", "1")
     sockets = ServerConfig(uds=str(path), workers=workers).addresses()
     for worker_socket in sockets:
