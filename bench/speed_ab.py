@@ -1,9 +1,11 @@
 """One revision's extproc/extctl against another's (``--revision``, default the working tree,
 against ``--baseline``), side by side in one run of bench/run.py's harness: headers (both and
-request-only), STREAMED 1 MiB responses, BUFFERED 64 KiB JSON requests; candidates alternated
-round by round, medians, ratios.
+request-only; latency at concurrency 1), STREAMED 1 MiB responses, BUFFERED 64 KiB JSON
+requests; candidates alternated round by round, medians, ratios. ``--transport pyvoy``
+compares the pyvoy transport's code instead of grpcio's (headers both ways only).
 
     .venv/bin/python bench/speed_ab.py --baseline REV [--revision REV] [--rounds 5]
+        [--transport grpcio|pyvoy] [--scenario streamed ...]
 """
 
 from __future__ import annotations
@@ -25,12 +27,16 @@ def _pair(candidate: harness.Candidate) -> tuple[harness.Candidate, harness.Cand
     return base, candidate
 
 
-def scenarios(revision: str | None = None) -> list[harness.Scenario]:
+def scenarios(revision: str | None = None, transport: str = "grpcio",
+              only: list[str] | None = None) -> list[harness.Scenario]:
     chosen = []
     for scenario in harness.SCENARIOS:
-        if scenario.name not in ("headers", "streamed", "buffered"):
+        if scenario.name not in (only or ("headers", "latency", "streamed", "buffered")):
             continue
-        names = ("extkit", "extkit-req") if scenario.name == "headers" else ("extkit",)
+        if transport == "pyvoy":
+            names: tuple[str, ...] = ("extkit-pyvoy",)
+        else:
+            names = ("extkit", "extkit-req") if scenario.name == "headers" else ("extkit",)
         candidates = [c for c in scenario.candidates if c.name in names]
         if revision is not None:
             tree = f"{harness._baseline_tree(revision)}:{harness.BENCH}"
@@ -49,10 +55,14 @@ def main() -> None:
     parser.add_argument("--revision", help="serve the candidates with this revision's code")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--duration", type=float, default=3.0)
+    parser.add_argument("--transport", choices=("grpcio", "pyvoy"), default="grpcio")
+    parser.add_argument("--scenario", action="append",
+                        choices=("headers", "latency", "streamed", "buffered"))
     args = parser.parse_args()
     harness.BASELINE_REVISION = args.baseline
     before = harness._load()
-    chosen = scenarios(args.revision)
+    chosen = [s for s in scenarios(args.revision, args.transport, args.scenario)
+              if s.candidates]
     results = harness.run(chosen, args.rounds, args.duration, False, False)
     print(f"\nload average: {before} before, {harness._load()} after")
     for scenario in chosen:

@@ -32,6 +32,7 @@ import hmac
 import json
 import logging
 import os
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -112,41 +113,75 @@ def frame(message: bytes) -> bytes:
 
 
 class _Messages:
-    """gRPC messages out of an ASGI request body, one ``next()`` at a time."""
+    """gRPC messages out of an ASGI request body, one ``next()`` at a time.
 
-    __slots__ = ("buffer", "limit", "more", "receive")
+    A message may come in many body events (HTTP/2 DATA frames of 16 KiB: 64 for a 1 MiB
+    body chunk): they are kept as they come and joined once the message is whole, one copy
+    per message whatever the number of events."""
+
+    __slots__ = ("chunks", "limit", "more", "receive", "size")
 
     def __init__(self, receive: Receive, limit: int) -> None:
         self.receive = receive
         self.limit = limit
-        self.buffer = b""
+        self.chunks: deque[bytes] = deque()
+        self.size = 0  # bytes in chunks
         self.more = True
 
     async def next(self) -> bytes | None:
         """The next message, or None once the client half-closed its side."""
         while True:
-            buffer = self.buffer
-            if len(buffer) >= 5:
-                if buffer[0]:
+            if self.size >= 5:
+                head = self._peek(5)
+                if head[0]:
                     raise _Status(UNIMPLEMENTED, "compressed messages are not supported")
-                length = int.from_bytes(buffer[1:5], "big")
+                length = int.from_bytes(head[1:5], "big")
                 if length > self.limit:
                     raise _Status(RESOURCE_EXHAUSTED, f"message of {length} bytes exceeds "
                                   f"max_message_bytes ({self.limit})")
-                end = 5 + length
-                if len(buffer) >= end:
-                    self.buffer = buffer[end:]
-                    return buffer[5:end]
+                if self.size >= 5 + length:
+                    self._take(5)
+                    return self._take(length)
             if not self.more:
-                if buffer:
+                if self.size:
                     raise _Status(INTERNAL, "the request ended inside a message")
                 return None
             event = await self.receive()
             if event["type"] == "http.disconnect":
                 raise _Disconnected
             body = event.get("body", b"")
-            self.buffer = buffer + body if buffer else body
+            if body:
+                self.chunks.append(body)
+                self.size += len(body)
             self.more = event.get("more_body", False)
+
+    def _peek(self, n: int) -> bytes:
+        first = self.chunks[0]
+        return first[:n] if len(first) >= n else b"".join(self.chunks)[:n]
+
+    def _take(self, n: int) -> bytes:
+        """The next ``n`` bytes (``n`` <= ``size``), copied once at most."""
+        if not n:
+            return b""
+        chunks = self.chunks
+        self.size -= n
+        first = chunks[0]
+        if len(first) == n:
+            return chunks.popleft()
+        if len(first) > n:
+            chunks[0] = first[n:]
+            return first[:n]
+        parts = []
+        while n:
+            first = chunks[0]
+            if len(first) <= n:
+                parts.append(chunks.popleft())
+                n -= len(first)
+            else:
+                parts.append(first[:n])
+                chunks[0] = first[n:]
+                n = 0
+        return b"".join(parts)
 
 
 async def _finish(send: Send, trailers: dict[str, Any]) -> None:
