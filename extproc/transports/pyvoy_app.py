@@ -119,7 +119,7 @@ class _Messages:
     body chunk): they are kept as they come and joined once the message is whole, one copy
     per message whatever the number of events."""
 
-    __slots__ = ("chunks", "limit", "more", "receive", "size")
+    __slots__ = ("before_wait", "chunks", "limit", "more", "receive", "size")
 
     def __init__(self, receive: Receive, limit: int) -> None:
         self.receive = receive
@@ -127,6 +127,8 @@ class _Messages:
         self.chunks: deque[bytes] = deque()
         self.size = 0  # bytes in chunks
         self.more = True
+        #: called before waiting for Envoy (what was answered goes out first)
+        self.before_wait: Callable[[], None] | None = None
 
     async def next(self) -> bytes | None:
         """The next message, or None once the client half-closed its side."""
@@ -139,13 +141,24 @@ class _Messages:
                 if length > self.limit:
                     raise _Status(RESOURCE_EXHAUSTED, f"message of {length} bytes exceeds "
                                   f"max_message_bytes ({self.limit})")
-                if self.size >= 5 + length:
+                end = 5 + length
+                if self.size >= end:
+                    first = self.chunks[0]
+                    if len(first) >= end:  # the common case: the whole frame in one piece
+                        self.size -= end
+                        if len(first) == end:
+                            self.chunks.popleft()
+                        else:
+                            self.chunks[0] = first[end:]
+                        return first[5:end]
                     self._take(5)
                     return self._take(length)
             if not self.more:
                 if self.size:
                     raise _Status(INTERNAL, "the request ended inside a message")
                 return None
+            if self.before_wait is not None:
+                self.before_wait()
             event = await self.receive()
             if event["type"] == "http.disconnect":
                 raise _Disconnected
@@ -154,6 +167,10 @@ class _Messages:
                 self.chunks.append(body)
                 self.size += len(body)
             self.more = event.get("more_body", False)
+
+    def has_message(self) -> bool:
+        """Whether a whole message is here already (next() returns without waiting)."""
+        return self.size >= 5 and self.size >= 5 + int.from_bytes(self._peek(5)[1:5], "big")
 
     def _peek(self, n: int) -> bytes:
         first = self.chunks[0]
@@ -182,6 +199,88 @@ class _Messages:
                 chunks[0] = first[n:]
                 n = 0
         return b"".join(parts)
+
+
+#: Answers sent and not yet acknowledged by Envoy before the next one waits: enough that the
+#: acknowledgement is not waited for on the way, few enough to bound what is queued when
+#: Envoy's downstream is above its buffer limit (pyvoy acknowledges only below it).
+_UNACKED = 2
+
+
+class _Answers:
+    """A Process stream's answers, sent as pyvoy takes them.
+
+    pyvoy sends when ``send()`` is called; what the future it returns waits for is Envoy's
+    word that the data went on, one more thread hand-off back. So answers are not sent one by
+    one, each waiting for the last one's word. An answer goes at once, unless another message
+    of Envoy's is already here (STREAMED bodies: Envoy sends chunks without waiting for
+    answers): then it goes with that message's answer, or when the loop next yields (a
+    callback scheduled then, so a hook that awaits I/O never holds earlier answers back). And
+    at most :data:`_UNACKED` sends wait for their word before the next answer waits."""
+
+    __slots__ = ("acks", "broken", "outbox", "scheduled", "send", "started")
+
+    def __init__(self, send: Send) -> None:
+        self.send = send
+        self.outbox: list[bytes] = []
+        self.acks: deque[Any] = deque()  # the futures of sends not yet acknowledged
+        self.scheduled = False
+        self.started = False
+        self.broken = False
+
+    def add(self, answer: Any, more: bool) -> None:
+        """``answer`` to send; ``more``: another message of Envoy's is already here, so it
+        may wait to go with that one's answer (at the latest when the loop next yields)."""
+        self.outbox.append(frame(answer.SerializeToString()))
+        if not more:
+            self.flush()
+        elif not self.scheduled:
+            self.scheduled = True
+            asyncio.get_running_loop().call_soon(self.flush)
+
+    def flush(self) -> None:
+        """Send what was answered (pyvoy: now; no await needed)."""
+        self.scheduled = False
+        outbox = self.outbox
+        if not outbox or self.broken:
+            return
+        data = outbox[0] if len(outbox) == 1 else b"".join(outbox)
+        outbox.clear()
+        try:
+            if not self.started:
+                self.started = True
+                self.send(_START)  # pyvoy sends it with the first body
+            self.acks.append(self.send({"type": "http.response.body", "body": data,
+                                        "more_body": True}))
+        except OSError:
+            self.broken = True  # the client went: the loop hears it at the next settle
+
+    async def settle(self, keep: int) -> None:
+        """Wait until at most ``keep`` sends are unacknowledged; _Disconnected or OSError when
+        the client has gone."""
+        if self.broken:
+            raise _Disconnected
+        acks = self.acks
+        while acks and (len(acks) > keep or acks[0].done()):
+            await acks.popleft()
+
+    def close(self) -> None:
+        self.outbox.clear()
+        while self.acks:
+            _settle(self.acks.popleft())
+
+
+def _settle(awaitable: Awaitable[Any]) -> None:
+    """Let ``awaitable`` (a future pyvoy completes) end unwatched, its exception taken."""
+    if isinstance(awaitable, asyncio.Future):
+        awaitable.add_done_callback(_taken)
+    elif asyncio.iscoroutine(awaitable):
+        awaitable.close()
+
+
+def _taken(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
 
 
 async def _finish(send: Send, trailers: dict[str, Any]) -> None:
@@ -307,16 +406,18 @@ class GrpcApp:
                 except DecodeError:
                     raise _Status(INTERNAL, "cannot parse a ProcessingRequest") from None
 
-        started = False
+        answers = _Answers(send)
+        messages.before_wait = answers.flush
         end = _OK_TRAILERS
 
         async def write(answer: Any) -> None:
-            nonlocal started
-            if not started:
-                started = True
-                await send(_START)
-            await send({"type": "http.response.body",
-                        "body": frame(answer.SerializeToString()), "more_body": True})
+            answers.add(answer, messages.has_message())
+            await answers.settle(_UNACKED)
+
+        async def write_now(answer: Any) -> None:
+            """What a hook sends while it runs (a timeout extension): at once."""
+            answers.add(answer, False)
+            await answers.settle(_UNACKED)
 
         def metadata() -> list[tuple[str, str]]:
             return grpc_metadata(scope["headers"])
@@ -325,8 +426,11 @@ class GrpcApp:
         try:
             # ``write`` also serves answers a hook sends while it runs (a timeout extension).
             async for answer in answer_stream(self.processor, requests(), counts,
-                                              early=write, metadata=metadata, record=record):
+                                              early=write_now, metadata=metadata,
+                                              record=record):
                 await write(answer)
+            answers.flush()
+            await answers.settle(0)
         except (_Disconnected, OSError):
             return "CANCELLED"  # the client reset the stream (pyvoy raises OSError on send)
         except ProtocolError as exc:
@@ -341,7 +445,9 @@ class GrpcApp:
         except Exception:
             logger.exception("internal error in the ext_proc message loop")
             code, end = INTERNAL, _trailers(INTERNAL, "internal processor error")
-        if not started:
+        finally:
+            answers.close()
+        if not answers.started:
             await send(_START)
         await _finish(send, end)
         return _CODE_NAMES.get(code, "UNKNOWN")

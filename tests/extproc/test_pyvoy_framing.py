@@ -1,5 +1,6 @@
-"""The pyvoy transport's gRPC framing over ASGI body events (no Envoy: the events are what
-pyvoy hands the app, cut anywhere, as HTTP/2 DATA frames cut a message)."""
+"""The pyvoy transport's gRPC framing over ASGI body events, and its answers as pyvoy takes
+them (no Envoy: the events are what pyvoy hands the app, cut anywhere, as HTTP/2 DATA frames
+cut a message; pyvoy's send as it behaves, sending when called)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from extproc.transports.pyvoy_app import _Messages, _Status, frame
+from extproc.transports.pyvoy_app import _Answers, _Messages, _Status, frame
 
 
 def _read(pieces: list[bytes], limit: int = 1 << 20) -> list[bytes]:
@@ -47,3 +48,70 @@ def test_a_message_ending_early_or_too_large_is_an_error() -> None:
         _read([frame(b"abcdef")[:-2]])
     with pytest.raises(_Status, match="exceeds max_message_bytes"):
         _read([frame(b"x" * 100)], limit=10)
+
+
+class _FakeSend:
+    """pyvoy's send as the app sees it: it sends when called; a body's future is Envoy's
+    word that the data went on, which the test gives."""
+
+    def __init__(self) -> None:
+        self.sent: list[dict[str, Any]] = []
+        self.acks: list[asyncio.Future[None]] = []
+
+    def __call__(self, event: dict[str, Any]) -> asyncio.Future[None]:
+        self.sent.append(event)
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if event["type"] == "http.response.start":
+            future.set_result(None)
+        else:
+            self.acks.append(future)
+        return future
+
+    def bodies(self) -> list[bytes]:
+        return [e["body"] for e in self.sent if e["type"] == "http.response.body"]
+
+
+class _Answer:
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def SerializeToString(self) -> bytes:
+        return self.data
+
+
+def test_answers_go_at_once_or_with_the_next_one_when_another_message_is_here() -> None:
+    async def main() -> None:
+        send = _FakeSend()
+        answers = _Answers(send)
+        answers.add(_Answer(b"a"), more=False)  # nothing else to answer: sent now
+        assert [e["type"] for e in send.sent] == ["http.response.start", "http.response.body"]
+        assert send.bodies() == [frame(b"a")]
+        answers.add(_Answer(b"b"), more=True)  # another message is here: b waits for it
+        answers.add(_Answer(b"c"), more=False)
+        assert send.bodies() == [frame(b"a"), frame(b"b") + frame(b"c")]
+        answers.add(_Answer(b"d"), more=True)  # ... but not past the loop's next turn
+        assert len(send.bodies()) == 2
+        await asyncio.sleep(0)
+        assert send.bodies()[-1] == frame(b"d")
+
+    asyncio.run(main())
+
+
+def test_at_most_two_sends_wait_for_envoys_word() -> None:
+    async def main() -> None:
+        send = _FakeSend()
+        answers = _Answers(send)
+        for data in (b"a", b"b"):
+            answers.add(_Answer(data), more=False)
+            await answers.settle(2)  # returns: two unacknowledged sends are allowed
+        answers.add(_Answer(b"c"), more=False)
+        waiting = asyncio.ensure_future(answers.settle(2))
+        await asyncio.sleep(0)
+        assert not waiting.done()  # three unacknowledged: waits for the first word
+        send.acks[0].set_result(None)
+        await asyncio.wait_for(waiting, 5)
+        send.acks[1].set_exception(OSError("reset"))  # the client went
+        with pytest.raises(OSError):
+            await answers.settle(0)
+
+    asyncio.run(main())
