@@ -10,6 +10,7 @@ one :class:`Deployment`, the processor's half derived from its class.
 """
 
 from .deployment import Deployment
+from .dynamic_module import DynamicModule
 from .envoy import to_json
 from .envoy import to_yaml as envoy_yaml
 from .errors import ConfigError, GatewayError
@@ -26,6 +27,7 @@ __all__ = [
     "CalloutCluster",
     "ConfigError",
     "Deployment",
+    "DynamicModule",
     "EnvoyOptions",
     "FilterPosition",
     "GatewayError",

@@ -29,6 +29,10 @@ from envoy.config.rbac.v3 import rbac_pb2 as rbac_config_pb2
 from envoy.config.route.v3 import route_components_pb2, route_pb2
 from envoy.extensions.access_loggers.file.v3 import file_pb2
 from envoy.extensions.access_loggers.stream.v3 import stream_pb2
+from envoy.extensions.dynamic_modules.v3 import dynamic_modules_pb2
+from envoy.extensions.filters.http.dynamic_modules.v3 import (
+    dynamic_modules_pb2 as dynamic_modules_filter_pb2,
+)
 from envoy.extensions.filters.http.ext_proc.v3 import ext_proc_pb2
 from envoy.extensions.filters.http.rbac.v3 import rbac_pb2 as rbac_filter_pb2
 from envoy.extensions.filters.http.router.v3 import router_pb2
@@ -44,6 +48,7 @@ from google.protobuf import any_pb2, duration_pb2, json_format, struct_pb2, wrap
 
 from wasm.configured import Configured
 
+from .dynamic_module import FILTER_NAME
 from .errors import ConfigError
 from .ext_proc import apply_spec
 from .filter_order import order
@@ -91,6 +96,21 @@ def _seconds(value: float) -> Any:
     duration = duration_pb2.Duration()
     duration.FromNanoseconds(int(value * 1e9))
     return duration
+
+
+def dynamic_module_filter(deployment: Deployment) -> Any:
+    """The ``dynamic_modules`` filter running the processor's class in this Envoy (the extkit
+    module, found as ``lib<name>.so`` in ``ENVOY_DYNAMIC_MODULES_SEARCH_PATH``; kept loaded:
+    an embedded interpreter cannot be unloaded)."""
+    module, spec = deployment.dynamic_module, deployment.spec
+    assert module is not None and spec is not None
+    config = dynamic_modules_filter_pb2.DynamicModuleFilter(
+        dynamic_module_config=dynamic_modules_pb2.DynamicModuleConfig(
+            name=module.module_name, do_not_close=True),
+        filter_name=FILTER_NAME,
+        filter_config=_any(wrappers_pb2.StringValue(value=module.config_text(spec))))
+    return hcm_pb2.HttpFilter(name=f"envoy.filters.http.dynamic_modules/{spec.name.lower()}",
+                              typed_config=_any(config))
 
 
 def ext_proc_filter(deployment: Deployment) -> Any:
@@ -229,7 +249,8 @@ def bootstrap(deployment: Deployment) -> Any:
     http2 = http_protocol_options_pb2.HttpProtocolOptions(
         explicit_http_config=http_protocol_options_pb2.HttpProtocolOptions.ExplicitHttpConfig(
             http2_protocol_options={}))
-    clusters = [] if deployment.processor is None else [cluster_pb2.Cluster(
+    clusters = [] if deployment.processor is None or deployment.dynamic_module else [
+        cluster_pb2.Cluster(
         name=EXT_PROC_CLUSTER,
         type=_discovery(deployment.addresses),
         connect_timeout=_seconds(1),
@@ -336,10 +357,13 @@ def hash_policy(session: SessionPersistence) -> Any:
 
 def http_filters(deployment: Deployment) -> list[Any]:
     """The HTTP filters before the router: Envoy Gateway's default order, then the moves."""
+    in_envoy = deployment.dynamic_module is not None
     filters = [
         *rbac_filters(deployment),
         *(wasm_filter(w, i) for i, w in enumerate(deployment.wasm)),
-        *([ext_proc_filter(deployment)] if deployment.processor is not None else []),
+        *([ext_proc_filter(deployment)] if deployment.processor is not None and not in_envoy
+          else []),
+        *([dynamic_module_filter(deployment)] if in_envoy else []),
     ]
     by_name = {f.name: f for f in filters}
     return [by_name[n] for n in order(list(by_name),

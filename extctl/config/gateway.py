@@ -17,6 +17,7 @@ from typing import Any
 
 from extproc import BodyMode, FilterSpec
 
+from .dynamic_module import FILTER_NAME
 from .errors import GatewayError
 from .ext_proc import gateway_fields
 from .health_check import PROCESSOR, SERVICE
@@ -204,7 +205,12 @@ def extension_policy(deployment: Deployment) -> dict[str, Any]:
         raise GatewayError(f"namespace {options.namespace!r} is not a Kubernetes namespace name")
     spec: dict[str, Any] = {"targetRefs": _refs(options.targets)}
     filter_spec = deployment.spec
-    if filter_spec is not None:
+    module = deployment.dynamic_module
+    if module is not None and filter_spec is not None:
+        # Envoy Gateway hands the module this JSON (the standalone config, the same text)
+        spec["dynamicModule"] = [{"name": module.name, "filterName": FILTER_NAME,
+                                  "config": module.config(filter_spec)}]
+    elif filter_spec is not None:
         if policy.fail_open and filter_spec.full_duplex:
             raise GatewayError("failOpen cannot be true with FullDuplexStreamed bodies "
                                "(Envoy Gateway's CEL rule)")
@@ -229,7 +235,7 @@ def extension_policy(deployment: Deployment) -> dict[str, Any]:
         spec["extProc"] = [ext_proc]
     if deployment.wasm:
         spec["wasm"] = [wasm_spec(w) for w in deployment.wasm]
-    if "extProc" not in spec and "wasm" not in spec:
+    if not {"extProc", "wasm", "dynamicModule"} & spec.keys():
         raise GatewayError("nothing to deploy: give a processor and/or Wasm modules")
     doc = _meta("EnvoyExtensionPolicy", name, options.namespace)
     doc["spec"] = spec
@@ -322,11 +328,18 @@ def processor_path(deployment: Deployment) -> str:
 
 
 def envoy_proxy(deployment: Deployment) -> dict[str, Any]:
-    """The EnvoyProxy: ``filterOrder`` when the policy moves filters, and the processor as a
-    native sidecar of Envoy's pods when the deployment has one."""
+    """The EnvoyProxy: ``filterOrder`` when the policy moves filters, the processor as a
+    native sidecar of Envoy's pods when the deployment has one, and the dynamic module's
+    allowlist entry when the processor runs in Envoy (the module file must be in Envoy's
+    image at its path, with the Python environment it was built for)."""
     doc = filter_order(deployment) if deployment.policy.filter_order else _meta(
         "EnvoyProxy", f"{deployment.name}-proxy", deployment.gateway.namespace)
     doc.setdefault("spec", {})
+    module = deployment.dynamic_module
+    if module is not None:
+        # doNotClose: an embedded interpreter cannot be unloaded
+        doc["spec"]["dynamicModules"] = [{"name": module.name, "doNotClose": True,
+                                          "source": {"local": {"path": module.path}}}]
     sidecar_options = deployment.gateway.sidecar
     if sidecar_options is not None:
         doc["spec"]["provider"] = {"type": "Kubernetes", "kubernetes": {
@@ -353,7 +366,7 @@ def resources(deployment: Deployment) -> list[dict[str, Any]]:
     when named)."""
     policy = deployment.policy
     docs = [extension_policy(deployment)]
-    if deployment.processor is not None:
+    if deployment.processor is not None and deployment.dynamic_module is None:
         docs.append(backend(deployment))
     if policy.allow_cidrs or policy.deny_cidrs:
         docs.append(security_policy(deployment))
@@ -362,7 +375,8 @@ def resources(deployment: Deployment) -> list[dict[str, Any]]:
     client = client_traffic_policy(deployment)
     if client is not None:
         docs.append(client)
-    if policy.filter_order or deployment.gateway.sidecar is not None:
+    if (policy.filter_order or deployment.gateway.sidecar is not None
+            or deployment.dynamic_module is not None):
         docs.append(envoy_proxy(deployment))
     docs.extend(sidecar_documents(deployment))
     return docs

@@ -13,6 +13,7 @@ from extproc import FilterSpec, ProcessingMode, Processor
 from wasm.configured import Configured, Given, settable
 from wasm.configured import Path as PropertyPath
 
+from .dynamic_module import DynamicModule
 from .errors import ConfigError, GatewayError
 from .policy import Policy
 from .sidecar import Sidecar
@@ -205,6 +206,9 @@ class DeploymentData:
     gateway: GatewayOptions = field(default_factory=GatewayOptions)
     header: str = ""
     """A comment line written at the top of each rendered file."""
+    dynamic_module: DynamicModule | None = None
+    """Run the processor's class inside the data-plane Envoy (the extkit dynamic module)
+    instead of in an ext_proc server at ``addresses``."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "addresses", tuple(self.addresses))
@@ -213,7 +217,18 @@ class DeploymentData:
             self.upstreams, str) else tuple(self.upstreams))
         if self.processor is None and self.addresses:
             raise ConfigError("processor addresses need a processor class")
-        if self.processor is not None and not self.addresses:
+        if self.dynamic_module is not None:
+            if self.processor is None:
+                raise ConfigError("a dynamic module runs a processor class: give one")
+            if self.addresses:
+                raise ConfigError("a processor in the dynamic module runs in Envoy: give no "
+                                  "ext_proc addresses")
+            self.dynamic_module.config(FilterSpec.of(self.processor))  # refused here if so
+            if self.policy.fail_open or self.policy.message_timeout is not None:
+                raise ConfigError("in the dynamic module the class's own fail_open and "
+                                  "message_timeout apply: set them on the class, not the "
+                                  "policy")
+        elif self.processor is not None and not self.addresses:
             raise ConfigError(f"where does {FilterSpec.of(self.processor).name} listen? give its "
                               "addresses (a Unix socket path or host:port per worker)")
         names = [module.name for module in self.wasm]

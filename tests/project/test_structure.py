@@ -170,8 +170,8 @@ def test_config_library_public_names():
     import extctl.config
 
     assert sorted(extctl.config.__all__) == sorted([
-        "DEFAULT_ORDER", "CalloutCluster", "ConfigError", "Deployment", "EnvoyOptions",
-        "FilterPosition",
+        "DEFAULT_ORDER", "CalloutCluster", "ConfigError", "Deployment", "DynamicModule",
+        "EnvoyOptions", "FilterPosition",
         "GatewayError", "GatewayOptions", "Policy", "ProcessorTls", "SessionPersistence",
         "Sidecar", "Target", "WasmModule", "envoy_yaml", "gateway_yaml", "kebab", "to_json"])
     for name in extctl.config.__all__:
