@@ -2,7 +2,8 @@
 against ``--baseline``), side by side in one run of bench/run.py's harness: headers (both and
 request-only; latency at concurrency 1), STREAMED 1 MiB responses, BUFFERED 64 KiB JSON
 requests; candidates alternated round by round, medians, ratios. ``--transport pyvoy``
-compares the pyvoy transport's code instead of grpcio's (headers both ways only).
+compares the pyvoy transport's code instead of grpcio's (headers both ways in the headers
+scenario, every other scenario as for grpcio).
 
     .venv/bin/python bench/speed_ab.py --baseline REV [--revision REV] [--rounds 5]
         [--transport grpcio|pyvoy] [--scenario streamed ...]

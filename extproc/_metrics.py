@@ -8,10 +8,11 @@ prometheus-client renders the text format at scrape time (:class:`Collector`).
 With ``workers > 1`` every worker's array is a slot of one shared mapping that the
 supervisor makes before it forks (:class:`SharedValues`), and one admin process sums the slots
 at each scrape: one scrape shows every worker, live. The mapping is an anonymous memory file
-(``memfd_create``), not a file on a filesystem, so a read-only root without a writable
-``/tmp`` (how a sidecar runs) serves metrics as well; a process that does not fork but starts
-another program (the pyvoy transport's Envoy, which runs the processor) hands that program the
-file's descriptor, and the program maps its slot (:func:`map_slot`). When a worker exits,
+(``memfd_create``; an anonymous mapping where there is none), not a file on a filesystem, so
+a read-only root without a writable ``/tmp`` (how a sidecar runs) serves metrics as well; a
+process that does not fork but starts another program (the pyvoy transport's Envoy, which
+runs the processor) hands that program the file's descriptor, and the program maps its slot
+(:func:`map_slot`). When a worker exits,
 its counts move to a slot of their own and its slot starts empty for the worker that replaces
 it, so counters never go down. Asking the workers at scrape time instead would lose the counts
 of a worker that is draining or dead.
@@ -66,6 +67,11 @@ SIZE = EXTENDED + len(PHASES)
 _BYTES = SIZE * 8
 
 
+def private_values() -> Any:
+    """An array of values of this process's own (a memoryview of doubles)."""
+    return memoryview(bytearray(_BYTES)).cast("d")
+
+
 @dataclass(frozen=True)
 class Slot:
     """One process's values in a :class:`SharedValues`: ``values`` (a memoryview of doubles),
@@ -93,7 +99,7 @@ class Metrics:
     def __init__(self, processor: str, slot: Slot | Any = None) -> None:
         self.processor = processor
         # a memoryview of doubles (typed Any: typeshed's memoryview is of ints)
-        self.values: Any = (memoryview(bytearray(_BYTES)).cast("d") if slot is None
+        self.values: Any = (private_values() if slot is None
                             else slot.values if isinstance(slot, Slot) else slot)
         self.values[PID] = os.getpid()
         self.code_index = {code: HANDLED + i for i, code in enumerate(CODES)}
@@ -250,6 +256,23 @@ _NOT_COUNTS = (ACTIVE, SERVING, PID, HEARTBEAT)
 _HEADER = 64  # the sequence number of moves (see SharedValues.retire), padded
 
 
+def _memory_file(size: int) -> int:
+    """An anonymous memory file of ``size`` bytes, or -1 where there is none."""
+    create = getattr(os, "memfd_create", None)
+    if create is None:
+        return -1
+    try:
+        fd: int = create("extproc-metrics", os.MFD_CLOEXEC)
+    except OSError:
+        return -1
+    try:
+        os.ftruncate(fd, size)
+    except OSError:
+        os.close(fd)
+        return -1
+    return fd
+
+
 class SharedValues:
     """Every worker's array in one shared mapping of an anonymous memory file, made before the
     supervisor forks, so the workers and the admin process all see it (and a program a worker
@@ -259,8 +282,9 @@ class SharedValues:
     def __init__(self, workers: int) -> None:
         self.workers = workers
         size = _HEADER + (workers + 1) * _BYTES
-        self.fd = os.memfd_create("extproc-metrics", os.MFD_CLOEXEC)
-        os.ftruncate(self.fd, size)
+        self.fd = _memory_file(size)
+        # without a memory file (not Linux, or a sandbox refusing it): an anonymous mapping,
+        # which forked processes share all the same (fd -1: no program can be handed it)
         self._map = mmap.mmap(self.fd, size)
         view = memoryview(self._map)
         self._sequence = view[:8].cast("Q")
@@ -303,5 +327,6 @@ class SharedValues:
         self._sequence.release()
         with contextlib.suppress(BufferError):
             self._map.close()
-        with contextlib.suppress(OSError):
-            os.close(self.fd)
+        if self.fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(self.fd)

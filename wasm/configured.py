@@ -17,6 +17,7 @@ Envoy keeps (and a filter reads) as a double.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -52,8 +53,12 @@ class Configured:
 
 
 def segments(path: Path) -> tuple[str, ...]:
-    """A property path's segments."""
-    return tuple(path.split(".")) if isinstance(path, str) else tuple(path)
+    """A property path's segments (ValueError for a segment that is not text)."""
+    parts = tuple(path.split(".")) if isinstance(path, str) else tuple(path)
+    if not parts or not all(isinstance(part, str) and part for part in parts):
+        raise ValueError(f"property path {path!r}: give dot-separated text, or a tuple of "
+                         "non-empty strings")
+    return parts
 
 
 def split(properties: Mapping[Path, Given] | None,
@@ -91,6 +96,9 @@ def _place(configured: Configured, parts: tuple[str, ...], value: Given) -> bool
     if len(parts) == 4 and parts[:3] == ("xds", "node", "metadata"):
         configured.node_metadata[parts[3]] = _scalar(where, value)
         return True
+    if len(parts) > 4 and parts[:3] == ("xds", "node", "metadata"):
+        raise ValueError(f"property {where}: a node metadata key is one segment; give the "
+                         "path as a tuple when the key holds a dot")
     for name in METADATA:
         head = (*name.split("."), "filter_metadata")
         if len(parts) == len(head) + 2 and parts[:len(head)] == head:
@@ -98,6 +106,10 @@ def _place(configured: Configured, parts: tuple[str, ...], value: Given) -> bool
             configured.metadata.setdefault(name, {}).setdefault(namespace, {})[key] = (
                 _scalar(where, value))
             return True
+        if len(parts) > len(head) + 2 and parts[:len(head)] == head:
+            raise ValueError(f"property {where}: NAMESPACE.KEY after filter_metadata; give "
+                             "the path as a tuple when the namespace or key holds a dot "
+                             f"(({', '.join(repr(p) for p in head)}, 'envoy.lb', 'canary'))")
     return False
 
 
@@ -105,6 +117,13 @@ def _scalar(where: str, value: Given) -> Scalar:
     if isinstance(value, (str, bool)):
         return value
     if isinstance(value, (int, float)):
-        return float(value)  # a Struct's numbers are doubles
+        try:
+            number = float(value)  # a Struct's numbers are doubles
+        except OverflowError:
+            number = math.inf
+        if not math.isfinite(number):
+            raise ValueError(f"property {where}: {value!r} is not a finite number (JSON, "
+                             "which Envoy's configuration is, has no other)")
+        return number
     raise ValueError(f"property {where}: metadata holds text, a bool or a number, not "
                      f"{type(value).__name__}")

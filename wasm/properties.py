@@ -48,8 +48,9 @@ STAND_INS = {
     "request.duration": "the monotonic clock (monotonic=) from the request headers to the log",
     "upstream.cx_pool_ready_duration, response.backend_latency": "0 (a scripted upstream "
                                                                   "answers at once)",
-    "xds.node": "id and cluster empty, user_agent_name envoy, version 1.40.0; no build "
-                "metadata and no extensions list (Envoy lists the ones compiled in)",
+    "xds.node": "id, cluster and metadata as given (properties=), else empty; "
+                "user_agent_name envoy, version 1.40.0; no build metadata and no extensions "
+                "list (Envoy lists the ones compiled in)",
 }
 """Attributes whose value the emulator makes up, and what it is."""
 
@@ -391,8 +392,9 @@ def _node(configured: Configured) -> Message:
     if not configured.node_id and not configured.node_cluster and not configured.node_metadata:
         return NODE
     values = dict(NODE.values)
-    values.update(id=configured.node_id, cluster=configured.node_cluster,
-                  metadata=_struct_value(configured.node_metadata))
+    values.update(id=configured.node_id, cluster=configured.node_cluster)
+    if configured.node_metadata:  # unset, Envoy's node has no metadata field at all
+        values["metadata"] = _struct_value(configured.node_metadata)
     return Message(NODE.schema, values)
 
 

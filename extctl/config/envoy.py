@@ -186,6 +186,10 @@ def bootstrap(deployment: Deployment) -> Any:
     route = route_components_pb2.Route(
         match=route_components_pb2.RouteMatch(prefix="/"))
     upstreams = _upstreams(deployment)
+    configured = options.configured
+    if not upstreams and "xds.cluster_metadata" in configured.metadata:
+        raise ConfigError("xds.cluster_metadata is the upstream cluster's: give upstreams "
+                          "(without, the route answers itself and has no cluster)")
     if not upstreams:
         if policy.session is not None:
             raise ConfigError("session persistence needs upstreams to choose between")
@@ -196,7 +200,6 @@ def bootstrap(deployment: Deployment) -> Any:
         route.route.timeout.CopyFrom(_seconds(60))
         if policy.session is not None:
             route.route.hash_policy.append(hash_policy(policy.session))
-    configured = options.configured
     route.name = configured.route_name
     _metadata(route, configured, "xds.route_metadata")
     for name, value in options.route_headers:

@@ -144,9 +144,10 @@ def compare_with_envoy(module: str | Path | bytes, *, requests: Sequence[Exchang
     given = dict(properties or {})
     settable(given)  # ValueError for a path Envoy's configuration cannot set
     path, cleanup = _module_file(module)
-    plugin = WasmModule(name, file=str(path), text=configuration, root_id=root_id,
-                        vm_configuration=vm_configuration)
     try:
+        plugin = WasmModule(name, file=str(path), text=configuration, root_id=root_id,
+                            vm_configuration=vm_configuration)
+
         def emulate(authority: str) -> dict[str, Any]:
             return _through_emulator(plugin, given, list(requests), authority, framing, both)
 

@@ -14,7 +14,10 @@ Observing is the grpcio transport's (``extproc._record``): every stream's record
 metrics, spans (``OTEL_*``, read in this process) and access lines. ``metrics`` (``fd``,
 ``offset``, ``heartbeat``) is where the metric values go: a slot of the serving process's
 shared values (``extproc._metrics.SharedValues``), whose admin endpoint reads them; this
-process writes its pid, whether it serves, and the heartbeat of its loop there.
+process writes its pid and the heartbeat of its loop there, and clears whether it serves
+when it drains (the serving process sets it once its socket is in place). A slot whose pid is
+no longer this process's was given to the Envoy of a worker started since (this one outlived
+its worker): from then on this process writes into values of its own.
 
 Draining is told through a pipe (``drain_fd``, inherited from the process that started
 Envoy): the loop watches it, so health ``Watch`` streams wait on an event instead of polling,
@@ -32,6 +35,7 @@ import hmac
 import json
 import logging
 import os
+import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -40,10 +44,9 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from google.protobuf.message import DecodeError
 from grpc_health.v1 import health_pb2
 
-from .._admin import heartbeat
 from .._config import SERVICE_NAME
 from .._frames import describe, user_frames
-from .._metrics import SERVING, Metrics, map_slot
+from .._metrics import HEARTBEAT, PID, SERVING, Metrics, map_slot, private_values
 from .._processor import Processor
 from .._record import Observer, StreamRecord
 from .._stream import ProcessorFailed, _contained, answer_stream
@@ -174,7 +177,14 @@ class _Messages:
 
     def _peek(self, n: int) -> bytes:
         first = self.chunks[0]
-        return first[:n] if len(first) >= n else b"".join(self.chunks)[:n]
+        if len(first) >= n:
+            return first[:n]
+        head = b""
+        for chunk in self.chunks:  # only as many as hold the first n bytes
+            head += chunk[:n - len(head)]
+            if len(head) == n:
+                break
+        return head
 
     def _take(self, n: int) -> bytes:
         """The next ``n`` bytes (``n`` <= ``size``), copied once at most."""
@@ -249,10 +259,10 @@ class _Answers:
         try:
             if not self.started:
                 self.started = True
-                self.send(_START)  # pyvoy sends it with the first body
+                self.send(_START)  # pyvoy keeps it and sends it with the first body
             self.acks.append(self.send({"type": "http.response.body", "body": data,
                                         "more_body": True}))
-        except OSError:
+        except OSError:  # an ASGI server that raises at once (pyvoy does not)
             self.broken = True  # the client went: the loop hears it at the next settle
 
     async def settle(self, keep: int) -> None:
@@ -261,7 +271,10 @@ class _Answers:
         if self.broken:
             raise _Disconnected
         acks = self.acks
-        while acks and (len(acks) > keep or acks[0].done()):
+        # a Future is Envoy's word to come; anything else pyvoy returns (an EmptyAwaitable,
+        # or once the client has gone an awaitable that raises) answers at once
+        while acks and (len(acks) > keep or not isinstance(acks[0], asyncio.Future)
+                        or acks[0].done()):
             await acks.popleft()
 
     def close(self) -> None:
@@ -271,7 +284,8 @@ class _Answers:
 
 
 def _settle(awaitable: Awaitable[Any]) -> None:
-    """Let ``awaitable`` (a future pyvoy completes) end unwatched, its exception taken."""
+    """Let what a send returned end unwatched: a future pyvoy completes, its exception taken;
+    a coroutine (another ASGI server's send) closed; pyvoy's other awaitables hold nothing."""
     if isinstance(awaitable, asyncio.Future):
         awaitable.add_done_callback(_taken)
     elif asyncio.iscoroutine(awaitable):
@@ -324,6 +338,23 @@ class GrpcApp:
     def draining(self) -> bool:
         return self._draining
 
+    def _own_slot(self, metrics: Metrics) -> bool:
+        """Whether the slot is still this process's; when not, let go of it."""
+        if metrics.values[PID] == os.getpid():
+            return True
+        metrics.values = private_values()
+        return False
+
+    async def _beat(self, metrics: Metrics) -> None:
+        """The loop's heartbeat, for the admin endpoint's probes, while the slot is ours."""
+        while self._own_slot(metrics):
+            metrics.values[HEARTBEAT] = time.monotonic()
+            await asyncio.sleep(self.heartbeat)
+
+    def _not_serving(self) -> None:
+        if self.metrics is not None and self._own_slot(self.metrics):
+            self.metrics.values[SERVING] = 0
+
     def _watch_drain(self) -> None:
         """On the serving loop: drain once the host writes to (or closes) the pipe."""
         self._drained = asyncio.Event()
@@ -335,8 +366,7 @@ class GrpcApp:
         def readable() -> None:
             loop.remove_reader(fd)
             self._draining = True
-            if self.metrics is not None:
-                self.metrics.values[SERVING] = 0
+            self._not_serving()
             assert self._drained is not None
             self._drained.set()
 
@@ -423,6 +453,7 @@ class GrpcApp:
             return grpc_metadata(scope["headers"])
 
         code = OK
+        gone = False
         try:
             # ``write`` also serves answers a hook sends while it runs (a timeout extension).
             async for answer in answer_stream(self.processor, requests(), counts,
@@ -432,6 +463,7 @@ class GrpcApp:
             answers.flush()
             await answers.settle(0)
         except (_Disconnected, OSError):
+            gone = True
             return "CANCELLED"  # the client reset the stream (pyvoy raises OSError on send)
         except ProtocolError as exc:
             logger.warning("ext_proc protocol error: %s", exc)
@@ -446,6 +478,8 @@ class GrpcApp:
             logger.exception("internal error in the ext_proc message loop")
             code, end = INTERNAL, _trailers(INTERNAL, "internal processor error")
         finally:
+            if not gone:
+                answers.flush()  # what was answered goes before the error, as on grpcio
             answers.close()
         if not answers.started:
             await send(_START)
@@ -536,9 +570,7 @@ class GrpcApp:
                     await send({"type": "lifespan.startup.failed", "message": message})
                     return
                 if self.metrics is not None:
-                    self._beating = asyncio.ensure_future(heartbeat(self.metrics.values,
-                                                                    self.heartbeat))
-                    self.metrics.values[SERVING] = 0 if self._draining else 1
+                    self._beating = asyncio.ensure_future(self._beat(self.metrics))
                 await send({"type": "lifespan.startup.complete"})
             elif event["type"] == "lifespan.shutdown":
                 try:
@@ -550,8 +582,7 @@ class GrpcApp:
                                  exc_info=exc)
                 if self._beating is not None:
                     self._beating.cancel()
-                if self.metrics is not None:
-                    self.metrics.values[SERVING] = 0
+                self._not_serving()
                 if self.observer is not None:
                     self.observer.close()  # the spans still buffered
                 await send({"type": "lifespan.shutdown.complete"})

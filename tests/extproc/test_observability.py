@@ -190,6 +190,34 @@ def test_readyz_answers_503_while_draining(sock_dir, extctl, workers, transport)
             proc.kill()
 
 
+@pytest.mark.parametrize("workers", [1, 2])
+def test_ready_means_every_socket_is_in_place(sock_dir, extctl, transport, workers):
+    """/readyz answers 200 only once every worker's socket is where Envoy dials it (pyvoy's
+    Envoy runs the processor's startup before serve moves its socket into place)."""
+    admin = f"127.0.0.1:{free_port()}"
+    path = sock_dir / "w.sock"
+    proc = extctl("serve", "tests.helpers.procs:HeadersOnly", "--uds", str(path), "--workers",
+                  str(workers), "--transport", transport, "--admin", admin)
+    sockets = [path] if workers == 1 else [sock_dir / f"w-{i}.sock" for i in range(workers)]
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            assert proc.poll() is None, proc.communicate()[1]
+            assert time.monotonic() < deadline, "never ready"
+            try:
+                ready = _get(f"http://{admin}/readyz")[0] == 200
+            except OSError:  # the endpoint is not up yet
+                ready = False
+            if ready:
+                missing = [str(s) for s in sockets if not s.is_socket()]
+                assert not missing, f"ready while {missing} are not in place"
+                break
+        assert _get(f"http://{admin}/healthz")[0] == 200
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(20) == 0
+
+
 def test_a_protocol_error_is_counted_by_its_grpc_code(sock_dir, transport):
     from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
     from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
@@ -439,7 +467,10 @@ def test_otel_variables_alone_export_every_workers_spans_over_otlp(sock_dir, ext
     proc = extctl("serve", "tests.helpers.procs:Rewrite", "--uds", str(sock_dir / "o.sock"),
                   "--workers", "2", "--transport", transport,
                   env={"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{collector.port}",
-                       "OTEL_SERVICE_NAME": "tenant-guard", "OTEL_BSP_SCHEDULE_DELAY": "100"})
+                       "OTEL_SERVICE_NAME": "tenant-guard",
+                       # a minute: the spans arrive only because each worker flushes them
+                       # as it stops
+                       "OTEL_BSP_SCHEDULE_DELAY": "60000"})
     try:
         for path in sockets:
             wait_for_socket(path, proc)

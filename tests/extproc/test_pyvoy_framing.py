@@ -57,18 +57,35 @@ class _FakeSend:
     def __init__(self) -> None:
         self.sent: list[dict[str, Any]] = []
         self.acks: list[asyncio.Future[None]] = []
+        self.gone = False  # the client went: pyvoy answers a send with what raises
 
-    def __call__(self, event: dict[str, Any]) -> asyncio.Future[None]:
+    def __call__(self, event: dict[str, Any]) -> Any:
         self.sent.append(event)
+        if self.gone:
+            return _Raising()
+        if event["type"] != "http.response.body" or not event.get("more_body"):
+            return _Ready()  # pyvoy's EmptyAwaitable: start, a last body, trailers
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        if event["type"] == "http.response.start":
-            future.set_result(None)
-        else:
-            self.acks.append(future)
+        self.acks.append(future)
         return future
 
     def bodies(self) -> list[bytes]:
         return [e["body"] for e in self.sent if e["type"] == "http.response.body"]
+
+
+class _Ready:
+    """An awaitable that is not a Future and answers at once (pyvoy's EmptyAwaitable)."""
+
+    def __await__(self) -> Any:
+        return iter(())
+
+
+class _Raising:
+    """pyvoy's ErrorAwaitable once the client has gone: raises when awaited."""
+
+    def __await__(self) -> Any:
+        raise ConnectionResetError("the client went")
+        yield  # a generator (never reached)
 
 
 class _Answer:
@@ -113,5 +130,54 @@ def test_at_most_two_sends_wait_for_envoys_word() -> None:
         send.acks[1].set_exception(OSError("reset"))  # the client went
         with pytest.raises(OSError):
             await answers.settle(0)
+        answers.close()  # the unacknowledged third's outcome taken, none left behind
+        assert not answers.acks
+        # once gone, pyvoy's send returns what raises at once: the next settle says so
+        send.gone = True
+        answers.add(_Answer(b"d"), more=False)
+        with pytest.raises(ConnectionResetError):
+            await answers.settle(2)
 
     asyncio.run(main())
+
+
+def test_answers_given_before_an_error_go_before_its_trailers() -> None:
+    """Two request-headers messages in one event: the first is answered, the second is a
+    protocol error; the answer goes out, then the error (as grpcio sends them)."""
+    from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
+
+    import extproc
+    from extproc.transports.pyvoy_app import GrpcApp
+
+    class Tag(extproc.Processor):
+        async def on_request_headers(self, headers: Any) -> None:
+            headers["x-tag"] = "1"
+
+    message = frame(pb.ProcessingRequest(request_headers=pb.HttpHeaders()).SerializeToString())
+    events = iter([{"type": "http.request", "body": message * 2, "more_body": True}])
+
+    async def receive() -> dict[str, Any]:
+        return next(events)
+
+    async def main() -> _FakeSend:
+        send = _FakeSend()
+
+        def acknowledging(event: dict[str, Any]) -> Any:
+            result = send(event)
+            if isinstance(result, asyncio.Future):
+                result.set_result(None)
+            return result
+
+        app = GrpcApp(Tag, 1 << 20)
+        await app({"type": "http", "path": "/envoy.service.ext_proc.v3.ExternalProcessor/Process",
+                   "headers": []}, receive, acknowledging)
+        return send
+
+    send = asyncio.run(main())
+    answers = [body for body in send.bodies() if body]
+    assert len(answers) == 1
+    answer = pb.ProcessingResponse.FromString(answers[0][5:])
+    assert answer.request_headers.response.header_mutation.set_headers[0].header.key == "x-tag"
+    trailers = send.sent[-1]
+    assert trailers["type"] == "http.response.trailers"
+    assert (b"grpc-status", b"3") in trailers["headers"]  # INVALID_ARGUMENT, after the answer

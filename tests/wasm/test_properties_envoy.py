@@ -337,3 +337,34 @@ def test_a_property_envoys_configuration_cannot_set_is_refused(probe: Path) -> N
     with pytest.raises(ConfigError, match=r"property metadata\.filter_metadata\.a\.b: "
                                           r"metadata holds text, a bool or a number"):
         EnvoyOptions(properties={"metadata.filter_metadata.a.b": b"raw"})
+
+
+@pytest.mark.parametrize(("properties", "message"), [
+    ({"metadata.filter_metadata.envoy.lb.canary": "1"}, r"give the path as a tuple"),
+    ({"xds.node.metadata.a.b": "1"}, r"give the path as a tuple"),
+    ({"xds.route_metadata.filter_metadata.ns.k": float("nan")}, r"not a finite number"),
+    ({"xds.route_metadata.filter_metadata.ns.k": 10**400}, r"not a finite number"),
+    ({("xds", b"node", "id"): "n"}, r"a tuple of non-empty strings"),
+    ({"xds..id": "n"}, r"a tuple of non-empty strings"),
+])
+def test_a_property_path_or_value_envoy_cannot_hold_is_one_clear_error(probe, properties,
+                                                                      message) -> None:
+    with pytest.raises(ValueError, match=message):
+        ProxyWasm(probe, plugin_configuration="", root_id=ROOT_ID, properties=properties)
+
+
+def test_a_dotted_namespace_given_as_a_tuple_goes_where_envoy_keeps_it(probe) -> None:
+    path = ("xds", "route_metadata", "filter_metadata", "envoy.lb", "canary")
+    plugin = ProxyWasm(probe, plugin_configuration="", root_id=ROOT_ID, properties={path: True})
+    assert plugin.state.configured.metadata == {"xds.route_metadata": {"envoy.lb": {
+        "canary": True}}}
+    assert plugin.state.properties == {}  # not an exact path of its own
+
+
+def test_a_node_given_only_an_id_has_no_metadata_field_on_the_wire() -> None:
+    from wasm.configured import Configured
+    from wasm.properties import _node
+
+    wire = _node(Configured(node_id="n")).wire()
+    assert wire.startswith(b"\x0a\x01n") and b"\x1a\x00" not in wire  # field 3 unset
+    assert b"\x1a" in _node(Configured(node_id="n", node_metadata={"a": "b"})).wire()
