@@ -242,7 +242,9 @@ def test_a_protocol_error_is_counted_by_its_grpc_code(sock_dir, transport):
     assert _value(samples, "extproc_active_streams", processor="Slow") == 0
 
 
-def test_admin_address_in_use_exits_3(sock_dir, extctl, transport):
+def test_admin_address_in_use_exits_3(sock_dir, extctl, transport, tmp_path):
+    scratch = tmp_path / "tmp"  # the server's temporary directory: nothing may stay there
+    scratch.mkdir()
     with __import__("socket").socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
@@ -250,11 +252,13 @@ def test_admin_address_in_use_exits_3(sock_dir, extctl, transport):
         for workers in ("1", "2"):
             proc = extctl("serve", "tests.helpers.procs:HeadersOnly", "--uds",
                           str(sock_dir / "a.sock"), "--transport", transport,
-                          "--workers", workers, "--admin", f"127.0.0.1:{port}")
+                          "--workers", workers, "--admin", f"127.0.0.1:{port}",
+                          env={"TMPDIR": str(scratch)})
             _, err = proc.communicate(timeout=30)
             assert proc.returncode == 3, err
             assert f"cannot listen on admin address 127.0.0.1:{port}" in err
-    assert not list(sock_dir.glob("a*.sock"))
+    # no socket, no private bind directory beside it, no work directory
+    assert not list(sock_dir.iterdir()) and not list(scratch.iterdir())
 
 
 def test_admin_address_is_loopback_unless_a_host_is_given():
