@@ -103,6 +103,35 @@ def _wasm_options(function: Any) -> Any:
     return options.apply(function, *_wasm_settings)
 
 
+_dynamic_module_settings = (
+    click.option("--dynamic-module", metavar="PATH",
+                 help="Run the class inside Envoy instead of an ext_proc server: the extkit "
+                      "dynamic module's absolute path where Envoy runs (header hooks only; "
+                      "no --uds/--address)."),
+    click.option("--python-path", multiple=True, metavar="DIR",
+                 help="With --dynamic-module: a directory put first on the interpreter's "
+                      "sys.path in Envoy, where the class's module is (repeatable)."),
+)
+
+
+def _dynamic_module(path: str | None, python_path: tuple[str, ...], addressed: bool,
+                    name: str | None = None) -> Any:
+    """The DynamicModule the options describe, or None (``addressed``: --uds or --address
+    was given)."""
+    from ..config import ConfigError, DynamicModule
+
+    if path is not None and addressed:
+        raise ConfigError("--dynamic-module runs the class inside Envoy: give no --uds or "
+                          "--address")
+    if path is None:
+        if python_path or name:
+            raise ConfigError("--python-path and --dynamic-module-name go with "
+                              "--dynamic-module")
+        return None
+    return DynamicModule(path=path, python_path=python_path,
+                         **({"name": name} if name else {}))
+
+
 _out = click.option("-o", "--out", "out", type=click.Path(dir_okay=False),
                     help="Write to this file (atomically; default: stdout).")
 
@@ -139,6 +168,10 @@ def _gateway(function: Any) -> Any:
                      help="A Wasm image (its manifest digest, as `extctl push` prints it)."),
         click.option("--wasm-http", multiple=True, metavar="NAME=URL@sha256:HEX",
                      help="A Wasm module Envoy Gateway downloads (sha256 of the body)."),
+        *_dynamic_module_settings,
+        click.option("--dynamic-module-name", metavar="NAME",
+                     help="With --dynamic-module: its name in the EnvoyProxy allowlist "
+                          "(default: extkit-dm)."),
         click.option("--pull-secret", help="Secret for the Wasm images (pullSecretRef)."),
         click.option("--pull-policy", type=click.Choice(["IfNotPresent", "Always"]),
                      help="When Envoy Gateway fetches the Wasm code again."),
@@ -208,13 +241,16 @@ def gateway(processor: str | None, route: tuple[str, ...], gateway: tuple[str, .
             wasm_http: tuple[str, ...], pull_secret: str | None, pull_policy: str | None,
             wasm_config: tuple[str, ...], wasm_root_id: tuple[str, ...],
             wasm_fail_open: tuple[str, ...], app_dir: str, out: str | None,
-            **values: Any) -> None:
+            dynamic_module: str | None, python_path: tuple[str, ...],
+            dynamic_module_name: str | None, **values: Any) -> None:
     """Envoy Gateway resources: EnvoyExtensionPolicy + Backend (Envoy sends only the phases
     the class handles), and the SecurityPolicy, BackendTrafficPolicy, ClientTrafficPolicy and
     EnvoyProxy the options ask for; with --sidecar-image, the processor as a native sidecar
-    of Envoy's pods (EnvoyProxy) and the GatewayClass. Envoy Gateway's own configuration
-    (Backends enabled) is no document to apply: with -o FILE, the values to merge into it are
-    written beside FILE (envoy-gateway-config.patch.yaml).
+    of Envoy's pods (EnvoyProxy) and the GatewayClass; with --dynamic-module, the class run
+    inside Envoy (the policy's dynamicModule entry and the EnvoyProxy allowlist, no Backend).
+    Envoy Gateway's own configuration (Backends enabled) is no document to apply: with
+    -o FILE, the values to merge into it are written beside FILE
+    (envoy-gateway-config.patch.yaml).
 
     \b
     Example:
@@ -225,6 +261,8 @@ def gateway(processor: str | None, route: tuple[str, ...], gateway: tuple[str, .
       extctl gen gateway --name filters --gateway eg \\
           --wasm-image redact=oci://registry.example.com/f/redact:v1@sha256:9e31... \\
           --wasm-config 'redact={"words": ["secret"]}' --filter-order wasm:before:ext_proc
+      extctl gen gateway app:Tagger --route backend \\
+          --dynamic-module /usr/local/lib/envoy/libextkit_dm.so --python-path /app
     """
     from ..config import ConfigError, Deployment, GatewayOptions, Target
     from ..config.files import write_file
@@ -255,9 +293,11 @@ def gateway(processor: str | None, route: tuple[str, ...], gateway: tuple[str, .
     policy = options.policy(values)
     sidecar = _sidecar(values)
     targets = [*(Target("HTTPRoute", r) for r in route), *(Target("Gateway", g) for g in gateway)]
+    module = _dynamic_module(dynamic_module, python_path, bool(uds or address),
+                             dynamic_module_name)
     deployment = Deployment(
-        cls, addresses=_addresses(uds, address, workers) if cls else (), policy=policy,
-        wasm=modules,
+        cls, addresses=_addresses(uds, address, workers) if cls and not module else (),
+        policy=policy, wasm=modules, dynamic_module=module,
         gateway=GatewayOptions(targets=targets, sidecar=sidecar, **values))
     spell = options.current_flags().get
     patch = envoy_gateway_patch(deployment)
@@ -292,6 +332,8 @@ def gateway(processor: str | None, route: tuple[str, ...], gateway: tuple[str, .
 @click.option("--wasm", multiple=True, metavar="NAME=PATH|URL@sha256:HEX",
               help="A Wasm module: a local file, or a URL Envoy downloads and checks.")
 @_wasm_options
+@_dynamic_module_settings[0]
+@_dynamic_module_settings[1]
 @options.policy_options
 @click.option("--hash-algorithm", type=click.Choice(["ring_hash", "maglev"]),
               default="ring_hash", show_default=True, help="Load balancer for --session.")
@@ -308,9 +350,11 @@ def envoy(processor: str | None, uds: str | None, address: str | None, workers: 
           upstream: tuple[str, ...], wasm: tuple[str, ...], wasm_config: tuple[str, ...],
           wasm_root_id: tuple[str, ...], wasm_fail_open: tuple[str, ...],
           hash_algorithm: str, http_clusters: tuple[str, ...], grpc_clusters: tuple[str, ...],
-          format: str, app_dir: str, out: str | None, **values: Any) -> None:
+          format: str, app_dir: str, out: str | None, dynamic_module: str | None,
+          python_path: tuple[str, ...], **values: Any) -> None:
     """A standalone Envoy bootstrap, built from typed xds-protos messages: listener, the
-    filters (RBAC, Wasm, ext_proc from the class) in Envoy Gateway's order, the upstreams.
+    filters (RBAC, Wasm, ext_proc from the class, or with --dynamic-module the class run
+    inside Envoy) in Envoy Gateway's order, the upstreams.
 
     \b
     Example:
@@ -319,6 +363,8 @@ def envoy(processor: str | None, uds: str | None, address: str | None, workers: 
           --upstream 10.0.0.1:80 --upstream 10.0.0.2:80 --session Cookie:sticky:1h
       extctl gen envoy --wasm auth=./auth.wasm --grpc-cluster authz=10.0.0.5:9000 \\
           --upstream 10.0.0.1:80
+      extctl gen envoy app:Tagger --dynamic-module /opt/extkit/libextkit_dm.so \\
+          --python-path . --upstream 127.0.0.1:8080
     """
     import wasm as wasm_library
 
@@ -341,9 +387,12 @@ def envoy(processor: str | None, uds: str | None, address: str | None, workers: 
     if tls_ca is None and (tls_cert or tls_key or tls_sni):
         raise ConfigError("TLS to the processor needs --tls-ca")
     policy = options.policy(values, hash_algorithm)
+    module = _dynamic_module(dynamic_module, tuple(os.path.abspath(p) for p in python_path),
+                             bool(uds or address))
     deployment = Deployment(
-        cls, addresses=_addresses(uds and os.path.abspath(uds), address, workers) if cls else (),
-        policy=policy, wasm=modules, upstreams=upstream,
+        cls, addresses=_addresses(uds and os.path.abspath(uds), address, workers)
+        if cls and not module else (),
+        policy=policy, wasm=modules, upstreams=upstream, dynamic_module=module,
         envoy=EnvoyOptions(processor_tls=ProcessorTls(tls_ca, tls_cert, tls_key, tls_sni)
                            if tls_ca else None,
                            clusters=options.callout_clusters(http_clusters, grpc_clusters),
@@ -361,12 +410,18 @@ def _envoy_header(processor: str | None, deployment: Any, out: str | None, base:
     from .. import __version__
 
     file = os.path.basename(out) if out is not None else "envoy.yaml"
-    options, spec = deployment.envoy, deployment.spec
+    options, spec, module = deployment.envoy, deployment.spec, deployment.dynamic_module
+    run = (f"ENVOY_DYNAMIC_MODULES_SEARCH_PATH={module.search_path} envoy"
+           if module is not None else "envoy")
     lines = [f"Written by `extctl gen envoy` (envoy-extkit {__version__})"
              + (f" from {processor}." if processor else "."),
-             f"Run it: envoy -c {file}   (check it first: envoy --mode validate -c {file})",
+             f"Run it: {run} -c {file}   (check it first: {run} --mode validate -c {file})",
              f"It listens on {options.listen}, its admin endpoint on {options.admin}."]
-    if spec is not None:
+    if spec is not None and module is not None:
+        lines += [f"Its dynamic_modules filter runs {spec.name} inside Envoy: the module "
+                  f"{module.path} must be there,", "  built for this Envoy and the Python "
+                  "environment that has the class (docs: generate configs)."]
+    elif spec is not None:
         from ..config.sidecar import socket_base
 
         addresses = deployment.addresses

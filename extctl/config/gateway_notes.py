@@ -66,8 +66,8 @@ def _edit(namespace: str) -> list[str]:
 def envoy_gateway_patch(deployment: Deployment) -> str | None:
     """Envoy Gateway's own configuration as a Backend needs it (``extensionApis.enableBackend``):
     the Helm chart's values, with comments saying how to merge them with and without Helm;
-    None when there is no Backend (no processor)."""
-    if deployment.processor is None:
+    None when there is no Backend (no processor, or one run inside Envoy)."""
+    if deployment.processor is None or deployment.dynamic_module is not None:
         return None
     namespace = _eg_namespace(deployment)
     lines = _wrapped(
@@ -98,7 +98,14 @@ def notes(deployment: Deployment, spell: Spell | None = None,
             "ClientTrafficPolicy http1.enableTrailers on the Gateway (Envoy drops them before "
             "any filter otherwise): name the Gateway ({client_gateway}) to have it written.",
             _spelling(spell)))
-    if deployment.processor is None:
+    module = deployment.dynamic_module
+    if module is not None:
+        paragraphs.append(
+            f"The class runs inside Envoy (the dynamic module {module.name}): Envoy's image "
+            f"must hold the module at {module.path}, built for that Envoy release, and the "
+            "Python environment it was built with, with the class's code "
+            f"({processor_path(deployment)}) importable there.")
+    if deployment.processor is None or module is not None:
         return _wrapped(*paragraphs)
     backends = ("Envoy Gateway serves the Backend below only once its own configuration "
                 "enables Backends (extensionApis.enableBackend), merged into it: a ConfigMap "

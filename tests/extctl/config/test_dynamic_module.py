@@ -94,3 +94,60 @@ def test_what_the_module_cannot_run_is_refused_before_envoy(options, message) ->
 def test_a_module_path_or_name_envoy_cannot_use_is_refused(fields, message) -> None:
     with pytest.raises(ConfigError, match=message):
         DynamicModule(**fields)
+
+
+def _gen(*args: str) -> Any:
+    from click.testing import CliRunner
+
+    from extctl.cli import cli
+
+    return CliRunner().invoke(cli, ["gen", *args])
+
+
+def test_gen_envoy_with_dynamic_module_runs_as_its_header_says(module_file, echo, sock_dir,
+                                                                tmp_path, monkeypatch) -> None:
+    import json
+
+    import yaml
+
+    out = tmp_path / "envoy.yaml"
+    result = _gen("envoy", "tests.helpers.procs:Rewrite", "--dynamic-module", str(module_file),
+                  "--python-path", str(ROOT), "--upstream", echo.address,
+                  "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0", "-o", str(out))
+    assert result.exit_code == 0, result.output
+    text = out.read_text()
+    run = f"ENVOY_DYNAMIC_MODULES_SEARCH_PATH={module_file.parent} envoy -c envoy.yaml"
+    assert f"# Run it: {run}" in text  # what the header tells the user to run
+    monkeypatch.setenv("ENVOY_DYNAMIC_MODULES_SEARCH_PATH", str(module_file.parent))
+    with EnvoyProcess(json.dumps(yaml.safe_load(text)), sock_dir / "envoy") as envoy:
+        reply = http(envoy.port, "/x")
+    assert reply.upstream_headers()["x-path"] == ["/x"]
+
+
+def test_gen_gateway_with_dynamic_module_says_what_envoys_image_needs() -> None:
+    import yaml
+
+    result = _gen("gateway", "tests.helpers.procs:Rewrite", "--route", "backend",
+                  "--dynamic-module", "/usr/local/lib/envoy/libextkit_dm.so",
+                  "--dynamic-module-name", "tagger-dm", "--python-path", "/app")
+    assert result.exit_code == 0, result.output
+    assert "Envoy's image must hold the module at /usr/local/lib/envoy/libextkit_dm.so" in (
+        " ".join(line.lstrip("# ") for line in result.output.splitlines()))
+    assert "enableBackend" not in result.output  # no Backend, nothing to enable
+    docs = [doc for doc in yaml.safe_load_all(result.output) if doc]
+    for doc in docs:
+        validate(doc)
+    assert [d["kind"] for d in docs] == ["EnvoyExtensionPolicy", "EnvoyProxy"]
+    assert docs[0]["spec"]["dynamicModule"][0]["name"] == "tagger-dm"
+    assert docs[1]["spec"]["dynamicModules"][0]["name"] == "tagger-dm"
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--python-path", "/app"], "go with --dynamic-module"),
+    (["--dynamic-module", "/opt/x.so"], "absolute path of a lib<name>.so"),
+    (["--dynamic-module", "/opt/libx.so", "--uds", "/run/x.sock"], "give no --uds or --address"),
+])
+def test_gen_refuses_dynamic_module_options_that_do_not_fit(args, message) -> None:
+    result = _gen("gateway", "tests.helpers.procs:Rewrite", "--route", "backend", *args)
+    assert result.exit_code != 0 and message in result.output, result.output
+    assert "Traceback" not in result.output
