@@ -140,6 +140,11 @@ class ServeError(ExtprocError):
     """The server cannot start with the given settings."""
 
 
+class BuildError(ExtprocError):
+    """The dynamic module cannot be built here (a compiler, a shared libpython or Python's
+    headers missing, or an Envoy that lacks what it calls)."""
+
+
 class HookNameWarning(UserWarning):
     """A Processor subclass defines an ``on_*`` method that is not a hook (``on_request_header``
     for ``on_request_headers``): no phase calls it, and Envoy is not told to send one for it.

@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 # passwd (useradd) and util-linux (setpriv): the socket permission test runs as other users;
 # strace holds the server between bind() and listen() in the socket mode test; chromium opens
 # the built documentation site (tests/project/test_docs.py); gcc builds the dynamic module
-# (spike/dynamic_module/build.sh) that tests/extctl/config/test_dynamic_module.py runs in Envoy.
+# (extctl gen module) that tests/extctl/config/test_dynamic_module.py runs in Envoy.
 packages=(docker-registry skopeo wrk curl openssl passwd util-linux strace chromium gcc)
 missing=()
 for pkg in "${packages[@]}"; do

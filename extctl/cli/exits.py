@@ -26,6 +26,7 @@ INVALID = 9  # not a Wasm module, unsupported image layout, unsafe archive, bad 
 TRANSPORT = 10  # TLS failure, connection refused, repeated 5xx; Envoy's admin unreadable
 UNHEALTHY = 11  # health: a worker is NOT_SERVING, or did not answer within the deadline
 FINDINGS = 12  # doctor: the running Envoy lacks something expected (the report says what)
+BUILD = 13  # gen module: the dynamic module cannot be built here (compiler, libpython, Envoy)
 
 class Failure(click.ClickException):
     """An expected failure: ``error: MESSAGE`` on one line, and its exit code; under it,
@@ -73,6 +74,7 @@ TABLE: tuple[tuple[str, str, int], ...] = (
     ("extproc.errors", "ImportFromStringError", IMPORT),
     ("extproc.errors", "ProcessorDefinitionError", IMPORT),
     ("extproc.errors", "ServeError", STARTUP),
+    ("extproc.errors", "BuildError", BUILD),
     ("extctl.errors", "EnvoyError", ENVOY),
     ("extctl.errors", "PortInUse", ENVOY),
     ("extctl.errors", "Unhealthy", UNHEALTHY),

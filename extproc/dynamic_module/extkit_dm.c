@@ -3,7 +3,7 @@
  *
  * Threads: Envoy's worker threads never take the GIL. A worker copies the headers into an
  * event, queues it, wakes the Python thread through an eventfd and stops the stream
- * (StopAllIterationAndWatermark). The Python thread (an asyncio loop, extkit_dm_bridge.py)
+ * (StopAllIterationAndWatermark). The Python thread (an asyncio loop, bridge.py)
  * runs the hook and answers with the header changes or a local reply; the answer is stored
  * on the stream and Envoy's scheduler runs on_http_filter_scheduled on the stream's worker,
  * which applies it and continues the stream. A slow hook holds only its own stream.
@@ -31,13 +31,10 @@
 #define EXPORT __attribute__((visibility("default")))
 
 #ifndef DEFAULT_PYTHON
-#error "build with -DDEFAULT_PYTHON=\"/path/to/venv/bin/python\" (build.sh does)"
-#endif
-#ifndef BRIDGE_DIR
-#error "build with -DBRIDGE_DIR=\"/path/of/extkit_dm_bridge.py's directory\" (build.sh does)"
+#error "build with -DDEFAULT_PYTHON=\"/path/to/venv/bin/python\" (extproc.dynamic_module.build does)"
 #endif
 #ifndef LIBPYTHON
-#error "build with -DLIBPYTHON=\"libpython3.X.so.1.0\" (build.sh does)"
+#error "build with -DLIBPYTHON=\"libpython3.X.so.1.0\" (extproc.dynamic_module.build does)"
 #endif
 
 /* Event kinds; a phase's kind is also its scheduler event id. Same numbers in the bridge. */
@@ -410,15 +407,11 @@ static int start_python(void) {
     log_line(DM_LOG_ERROR, line);
     return -1;
   }
-  const char *dir = getenv("EXTKIT_DM_BRIDGE_DIR");
-  PyObject *sys_path = PySys_GetObject("path");
-  PyObject *entry = PyUnicode_FromString(dir ? dir : BRIDGE_DIR);
-  PyList_Insert(sys_path, 0, entry);
-  Py_DECREF(entry);
-  bridge = PyImport_ImportModule("extkit_dm_bridge");
+  bridge = PyImport_ImportModule("extproc.dynamic_module.bridge");
   if (bridge == NULL) {
     PyErr_Print();
-    log_line(DM_LOG_ERROR, "extkit_dm: importing extkit_dm_bridge failed (traceback on stderr)");
+    log_line(DM_LOG_ERROR,
+             "extkit_dm: importing extproc.dynamic_module.bridge failed (traceback on stderr)");
     return -1;
   }
   python_ready = 1;
@@ -577,7 +570,7 @@ EXPORT void envoy_dynamic_module_on_http_filter_destroy(dm_filter_module module)
   unref(s);
 }
 
-/* Phases this spike does not hand to Python pass through. */
+/* Phases the module does not hand to Python (yet) pass through. */
 EXPORT int envoy_dynamic_module_on_http_filter_request_body(dm_filter_envoy f, dm_filter_module m,
                                                             bool end_of_stream) {
   (void)f, (void)m, (void)end_of_stream;

@@ -1,5 +1,5 @@
-"""Python side of the extkit dynamic module (``extkit_dm.c``): an extproc.Processor's header
-hooks on an asyncio loop in a thread of Envoy's process.
+"""Python side of the extkit dynamic module (``extkit_dm.c``, loaded by Envoy): an
+extproc.Processor's header hooks on an asyncio loop in a thread of Envoy's process.
 
 The module queues one event per phase and wakes the loop through an eventfd; each event runs
 the class's hook as a task, with the class's ``message_timeout`` and ``fail_open`` meaning
@@ -20,7 +20,7 @@ import sys
 import threading
 from typing import Any
 
-import _extkit_dm as dm  # the C module's, registered before Python starts
+import _extkit_dm as dm  # type: ignore[import-not-found]  # the C module's, registered first
 
 import extproc
 from extproc._headers import _fold
@@ -62,7 +62,7 @@ def configure(raw: str) -> tuple[int, int]:
     unsupported = cls.filter_spec().hooks - _SUPPORTED
     if unsupported:
         raise extproc.ServeError(f"{cls.__name__} defines {', '.join(sorted(unsupported))}: "
-                                 "this spike runs header hooks only")
+                                 "the dynamic module runs header hooks only")
     _configs.append(_Config(cls))
     _start()
     return len(_configs) - 1, _configs[-1].hooks

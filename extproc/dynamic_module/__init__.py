@@ -1,0 +1,97 @@
+"""The extkit dynamic module: an Envoy HTTP filter (C, on Envoy 1.40's dynamic-module ABI
+v0.2.0) that embeds CPython and runs a Processor class's header hooks inside the data-plane
+Envoy (``extkit_dm.c``; its Python side is :mod:`extproc.dynamic_module.bridge`).
+
+:func:`build` compiles it for this Python environment: the module links this interpreter's
+shared libpython and starts the interpreter with this environment's ``bin/python`` as program
+name, so it imports what is installed here (extproc, the processor's package). It must run in
+an Envoy whose ABI it was built for, on a machine with this environment at the same path (an
+image built for it). ``extctl gen module`` is the command; ``extctl.config.DynamicModule``
+writes the configs that load it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+import tempfile
+from pathlib import Path
+
+from ..errors import BuildError
+
+SOURCE = Path(__file__).resolve().parent / "extkit_dm.c"
+FILE_NAME = "libextkit_dm.so"
+"""What Envoy loads by the name ``extkit_dm`` (``lib<name>.so`` on its search path)."""
+_CALLBACK_PREFIX = "envoy_dynamic_module_callback_"
+
+
+def build(output_dir: str | os.PathLike[str], *, envoy: str | None = None,
+          compiler: str = "gcc") -> Path:
+    """Compile the module into ``output_dir`` (written under a temporary name, then renamed)
+    and return its path. ``envoy``: the Envoy binary it will run in, checked to export every
+    callback the module calls. BuildError says what is missing."""
+    gcc = shutil.which(compiler)
+    if gcc is None:
+        raise BuildError(f"{compiler} is missing: install a C compiler (Debian: apt-get "
+                         "install gcc)")
+    if not sysconfig.get_config_var("Py_ENABLE_SHARED"):
+        raise BuildError(f"{sys.executable} has no shared libpython (Py_ENABLE_SHARED=0): "
+                         "the module embeds the interpreter and needs one (Debian's python3 "
+                         "and the official Docker images have it)")
+    include = sysconfig.get_paths()["include"]
+    if not (Path(include) / "Python.h").is_file():
+        raise BuildError(f"no Python.h in {include}: install Python's headers (Debian: "
+                         "apt-get install python3-dev)")
+    libdir = str(sysconfig.get_config_var("LIBDIR"))
+    library = str(sysconfig.get_config_var("LDLIBRARY"))  # libpython3.X.so
+    soname = str(sysconfig.get_config_var("INSTSONAME"))  # libpython3.X.so.1.0
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    fd, temporary = tempfile.mkstemp(prefix=f".{FILE_NAME}.", dir=out)
+    os.close(fd)
+    try:
+        command = [gcc, "-shared", "-fPIC", "-O2", "-g", "-Wall", "-Wextra", "-Werror",
+                   "-fvisibility=hidden", "-std=gnu11", f"-I{include}",
+                   f'-DDEFAULT_PYTHON="{sys.executable}"', f'-DLIBPYTHON="{soname}"',
+                   str(SOURCE), "-o", temporary, f"-L{libdir}",
+                   f"-l{library.removeprefix('lib').removesuffix('.so')}",
+                   f"-Wl,-rpath,{libdir}", "-lpthread", "-ldl"]
+        done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+        if done.returncode != 0:
+            first = next((line for line in done.stderr.splitlines() if "error" in line),
+                         done.stderr.strip()[:300])
+            raise BuildError(f"{compiler} could not build the module: {first}")
+        if envoy is not None:
+            _check_exports(Path(temporary), envoy)
+        os.chmod(temporary, 0o755)
+        target = out / FILE_NAME
+        os.replace(temporary, target)
+        return target
+    finally:
+        Path(temporary).unlink(missing_ok=True)
+
+
+def _check_exports(module: Path, envoy: str) -> None:
+    """BuildError unless ``envoy`` exports every Envoy callback ``module`` calls."""
+    nm = shutil.which("nm")
+    if nm is None:
+        raise BuildError("nm is missing (binutils): it checks the module against Envoy")
+    wanted = _symbols(nm, module, "--undefined-only")
+    there = _symbols(nm, Path(envoy), "--defined-only")
+    missing = sorted(wanted - there)
+    if missing:
+        raise BuildError(f"{envoy} does not export what the module calls "
+                         f"({', '.join(missing[:5])}): it is another Envoy release; build "
+                         "against the Envoy the module will run in")
+
+
+def _symbols(nm: str, binary: Path, which: str) -> set[str]:
+    done = subprocess.run([nm, "-D", which, str(binary)], capture_output=True, text=True,
+                          timeout=120)
+    if done.returncode != 0:
+        raise BuildError(f"nm could not read {binary}: {done.stderr.strip()[:200]}")
+    return {parts[-1] for line in done.stdout.splitlines()
+            if (parts := line.split()) and parts[-1].startswith(_CALLBACK_PREFIX)}
