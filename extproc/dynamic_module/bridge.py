@@ -51,9 +51,11 @@ class _Config:
         self.last = RESPONSE_HEADERS if self.hooks & HOOK_RESPONSE_HEADERS else REQUEST_HEADERS
 
 
-def configure(raw: str) -> tuple[int, int]:
-    """A filter config (JSON: ``processor``, ``path``): its handle and the hooks it has.
-    Runs on Envoy's main thread; starts the loop thread the first time."""
+def configure(raw: str) -> tuple[int, int, int, bool]:
+    """A filter config (JSON: ``processor``, ``path``): its handle, the hooks it has, and its
+    message timeout (ms) and fail_open, which the module keeps in C too (a hook that blocks
+    the loop still gets Envoy's answer to a timeout). Runs on Envoy's main thread; starts the
+    loop thread the first time."""
     options = json.loads(raw or "{}")
     for entry in reversed(options.get("path", [])):
         if entry not in sys.path:
@@ -63,9 +65,11 @@ def configure(raw: str) -> tuple[int, int]:
     if unsupported:
         raise extproc.ServeError(f"{cls.__name__} defines {', '.join(sorted(unsupported))}: "
                                  "the dynamic module runs header hooks only")
-    _configs.append(_Config(cls))
+    config = _Config(cls)
+    _configs.append(config)
     _start()
-    return len(_configs) - 1, _configs[-1].hooks
+    return (len(_configs) - 1, config.hooks, max(1, round(config.spec.timeout * 1000)),
+            bool(config.spec.fail_open))
 
 
 def _start() -> None:

@@ -24,6 +24,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "abi.h"
@@ -67,6 +68,8 @@ typedef struct {
 typedef struct {
   long id; /* the bridge's handle of the class */
   int hooks;
+  long timeout_ms; /* the class's message_timeout */
+  int fail_open;   /* no answer in time: continue unchanged instead of 504 */
 } filter_config;
 
 typedef struct {
@@ -77,6 +80,7 @@ typedef struct {
   int alive;              /* under lock */
   int python_holds;       /* under lock: the bridge keeps a Processor for this stream */
   int local_replied;      /* worker only */
+  int waiting;            /* under lock: the phase waiting for an answer (0: none) */
   answer pending;         /* under lock */
 } stream;
 
@@ -180,6 +184,142 @@ static event *headers_event(dm_filter_envoy filter, stream *s, dm_header_map map
   return ev;
 }
 
+/* -- the message timeout, kept here ----------------------------------------------------------
+ * A phase Python has not answered within the class's message_timeout is answered from C, as
+ * Envoy's ext_proc filter answers a message timeout (504, or continue with fail_open), even
+ * when Python's loop is blocked by a hook that never yields: one watchdog thread keeps every
+ * waiting phase's deadline and commits the answer through the stream's scheduler. Python's
+ * late answer then finds the phase no longer waiting and is dropped. */
+
+typedef struct deadline {
+  struct deadline *next;
+  stream *stream; /* a reference of its own */
+  int kind;
+  struct timespec at; /* CLOCK_MONOTONIC */
+} deadline;
+
+static pthread_mutex_t watch_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t watch_cond;
+static deadline *watching; /* in no order; a phase's entry stays until its deadline */
+static int watchdog_started;
+
+static int before(const struct timespec *a, const struct timespec *b) {
+  return a->tv_sec < b->tv_sec || (a->tv_sec == b->tv_sec && a->tv_nsec < b->tv_nsec);
+}
+
+static void commit_locked(stream *s, answer *a) {
+  free_answer(&s->pending);
+  s->pending = *a;
+  memset(a, 0, sizeof(*a));
+  envoy_dynamic_module_callback_http_filter_scheduler_commit(s->scheduler,
+                                                             (uint64_t)s->pending.kind);
+}
+
+static void time_out(stream *s, int kind) {
+  static const char details[] = "extproc_message_timeout";
+  pthread_mutex_lock(&s->lock);
+  if (s->waiting == kind && s->alive && s->scheduler != NULL) {
+    s->waiting = 0;
+    answer a = {0};
+    a.kind = kind;
+    if (!s->config->fail_open) {
+      a.reply = 1;
+      a.status = 504;
+      a.details = strdup(details);
+      a.details_len = sizeof(details) - 1;
+    }
+    commit_locked(s, &a);
+    pthread_mutex_unlock(&s->lock);
+    log_line(DM_LOG_ERROR, s->config->fail_open
+                               ? "extkit_dm: no answer within message_timeout; continuing"
+                               : "extkit_dm: no answer within message_timeout; 504");
+    return;
+  }
+  pthread_mutex_unlock(&s->lock);
+}
+
+static void *watchdog(void *unused) {
+  (void)unused;
+  pthread_mutex_lock(&watch_lock);
+  for (;;) {
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    deadline *expired = NULL, **link = &watching, *next_at = NULL;
+    while (*link != NULL) {
+      deadline *d = *link;
+      if (!before(&now, &d->at)) {
+        *link = d->next;
+        d->next = expired;
+        expired = d;
+      } else {
+        if (next_at == NULL || before(&d->at, &next_at->at)) {
+          next_at = d;
+        }
+        link = &d->next;
+      }
+    }
+    if (expired != NULL) {
+      pthread_mutex_unlock(&watch_lock);
+      while (expired != NULL) {
+        deadline *d = expired;
+        expired = d->next;
+        time_out(d->stream, d->kind);
+        unref(d->stream);
+        free(d);
+      }
+      pthread_mutex_lock(&watch_lock);
+      continue;
+    }
+    if (next_at == NULL) {
+      pthread_cond_wait(&watch_cond, &watch_lock);
+    } else {
+      struct timespec at = next_at->at;
+      pthread_cond_timedwait(&watch_cond, &watch_lock, &at);
+    }
+  }
+  return NULL;
+}
+
+static void start_watchdog(void) {
+  pthread_mutex_lock(&watch_lock);
+  if (!watchdog_started) {
+    pthread_condattr_t attributes;
+    pthread_condattr_init(&attributes);
+    pthread_condattr_setclock(&attributes, CLOCK_MONOTONIC);
+    pthread_cond_init(&watch_cond, &attributes);
+    pthread_condattr_destroy(&attributes);
+    pthread_t thread;
+    if (pthread_create(&thread, NULL, watchdog, NULL) == 0) {
+      pthread_detach(thread);
+      watchdog_started = 1;
+    }
+  }
+  pthread_mutex_unlock(&watch_lock);
+}
+
+static void watch(stream *s, int kind) {
+  deadline *d = malloc(sizeof(deadline));
+  if (d == NULL) {
+    abort();
+  }
+  atomic_fetch_add(&s->refs, 1); /* the deadline's */
+  d->stream = s;
+  d->kind = kind;
+  clock_gettime(CLOCK_MONOTONIC, &d->at);
+  long ms = s->config->timeout_ms;
+  d->at.tv_sec += ms / 1000;
+  d->at.tv_nsec += (ms % 1000) * 1000000L;
+  if (d->at.tv_nsec >= 1000000000L) {
+    d->at.tv_sec += 1;
+    d->at.tv_nsec -= 1000000000L;
+  }
+  pthread_mutex_lock(&watch_lock);
+  d->next = watching;
+  watching = d;
+  pthread_cond_signal(&watch_cond);
+  pthread_mutex_unlock(&watch_lock);
+}
+
 /* Hand a phase to Python; the stream waits for its answer. */
 static int send_phase(dm_filter_envoy filter, stream *s, dm_header_map map, int kind) {
   event *ev = headers_event(filter, s, map, kind);
@@ -189,7 +329,11 @@ static int send_phase(dm_filter_envoy filter, stream *s, dm_header_map map, int 
     s->scheduler = envoy_dynamic_module_callback_http_filter_scheduler_new(filter);
   }
   s->python_holds = 1;
+  s->waiting = kind;
   pthread_mutex_unlock(&s->lock);
+  if (watchdog_started && s->config->timeout_ms > 0) {
+    watch(s, kind);
+  }
   enqueue(ev);
   return DM_HEADERS_STOP_ALL_AND_WATERMARK;
 }
@@ -290,12 +434,10 @@ static int parse_ops(PyObject *list, answer *a) {
 /* Store the answer on the stream and have its worker apply it; drops the event's reference. */
 static void deliver(stream *s, answer *a, int done) {
   pthread_mutex_lock(&s->lock);
-  if (s->alive && s->scheduler != NULL) {
-    free_answer(&s->pending);
-    s->pending = *a;
-    memset(a, 0, sizeof(*a));
-    envoy_dynamic_module_callback_http_filter_scheduler_commit(s->scheduler,
-                                                               (uint64_t)s->pending.kind);
+  /* A phase the watchdog answered (its message timeout passed) is no longer waiting. */
+  if (s->alive && s->scheduler != NULL && s->waiting == a->kind) {
+    s->waiting = 0;
+    commit_locked(s, a);
   }
   if (done) {
     s->python_holds = 0;
@@ -443,18 +585,23 @@ EXPORT dm_config_module envoy_dynamic_module_on_http_filter_config_new(dm_config
   filter_config *result = NULL;
   PyObject *got = PyObject_CallMethod(bridge, "configure", "s#", config.ptr,
                                       (Py_ssize_t)config.length);
-  long id;
-  int hooks;
-  if (got == NULL || !PyArg_ParseTuple(got, "li", &id, &hooks)) {
+  long id, timeout_ms;
+  int hooks, fail_open;
+  if (got == NULL || !PyArg_ParseTuple(got, "lilp", &id, &hooks, &timeout_ms, &fail_open)) {
     PyErr_Print();
     log_line(DM_LOG_ERROR, "extkit_dm: the filter config was refused (reason on stderr)");
   } else {
     result = malloc(sizeof(*result));
     result->id = id;
     result->hooks = hooks;
+    result->timeout_ms = timeout_ms;
+    result->fail_open = fail_open;
   }
   Py_XDECREF(got);
   PyGILState_Release(gil);
+  if (result != NULL) {
+    start_watchdog();
+  }
   return result;
 }
 

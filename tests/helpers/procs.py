@@ -7,6 +7,7 @@ import json
 import os
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import extproc
@@ -338,3 +339,22 @@ class BackgroundExit(extproc.Processor):
 
 
 _background: set[asyncio.Future[None]] = set()
+
+
+class BlockingShortTimeout(Blocking):
+    """Blocking, with Envoy's answer to a message timeout after 0.5 s; with ``x-mark``, the
+    file it names is created as the hook starts blocking, and ``NAME.done`` once it stops."""
+
+    message_timeout = 0.5
+
+    async def on_request_headers(self, headers: Headers) -> None:
+        mark = headers.get("x-mark")
+        if mark:
+            Path(mark).touch()  # noqa: ASYNC240 - the hook blocks on purpose anyway
+        await super().on_request_headers(headers)
+        if mark:
+            Path(mark + ".done").touch()  # noqa: ASYNC240
+
+
+class BlockingFailOpen(BlockingShortTimeout):
+    fail_open = True

@@ -14,7 +14,7 @@ import pytest
 
 from extctl.config import ConfigError, Deployment, DynamicModule, Policy, Target
 from extctl.testing import EnvoyProcess
-from tests.helpers.common import ROOT, http
+from tests.helpers.common import ROOT, http, wait_for_socket
 from tests.helpers.crds import validate
 from tests.helpers.procs import BufferedJson, Rewrite
 
@@ -170,3 +170,39 @@ def test_gen_refuses_dynamic_module_options_that_do_not_fit(args, message) -> No
     result = _gen("gateway", "tests.helpers.procs:Rewrite", "--route", "backend", *args)
     assert result.exit_code != 0 and message in result.output, result.output
     assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize(("processor", "status"), [("BlockingShortTimeout", 504),
+                                                   ("BlockingFailOpen", 200)])
+def test_a_hook_that_blocks_the_loop_gets_envoys_timeout_answer(module_file, echo, sock_dir,
+                                                                monkeypatch, processor,
+                                                                status) -> None:
+    """The message timeout is kept in C: a hook that blocks Python's loop (2 s of
+    time.sleep) does not hold its request, nor the one behind it, past message_timeout
+    (0.5 s): both get what Envoy's ext_proc answers a timeout (504, or go on unchanged
+    failing open)."""
+    import importlib
+    import threading
+    import time
+
+    cls = getattr(importlib.import_module("tests.helpers.procs"), processor)
+    module = DynamicModule(path=str(module_file), python_path=[str(ROOT)])
+    monkeypatch.setenv("ENVOY_DYNAMIC_MODULES_SEARCH_PATH", module.search_path)
+    deployment = Deployment(cls, dynamic_module=module, upstreams=[echo.address])
+    with EnvoyProcess(deployment.envoy_bootstrap(), sock_dir / "envoy") as envoy:
+        replies: list[Any] = []
+        inside = sock_dir / "inside"
+        blocking = threading.Thread(target=lambda: replies.append(http(
+            envoy.port, "/", headers={"x-block-ms": "2000", "x-mark": str(inside)},
+            timeout=10)))
+        blocking.start()
+        wait_for_socket(inside, envoy.process)  # the hook is blocking the loop now
+        behind = http(envoy.port, "/", timeout=10)  # queued behind the blocked loop
+        # answered while the hook still blocks the loop: by the module's own deadline
+        assert not (sock_dir / "inside.done").exists()
+        blocking.join(10)
+        # once the hook stops blocking (2 s), the loop serves again
+        deadline = time.monotonic() + 10
+        while (after := http(envoy.port, "/", timeout=10)).status != 200:
+            assert time.monotonic() < deadline, f"still {after.status} after the block"
+    assert [r.status for r in replies] == [status] and behind.status == status
