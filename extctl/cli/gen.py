@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shlex
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -437,7 +438,7 @@ def _envoy_header(processor: str | None, deployment: Any, out: str | None, base:
 
     file = os.path.basename(out) if out is not None else "envoy.yaml"
     options, spec, module = deployment.envoy, deployment.spec, deployment.dynamic_module
-    run = (f"ENVOY_DYNAMIC_MODULES_SEARCH_PATH={module.search_path} envoy"
+    run = (f"ENVOY_DYNAMIC_MODULES_SEARCH_PATH={shlex.quote(module.search_path)} envoy"
            if module is not None else "envoy")
     lines = [f"Written by `extctl gen envoy` (envoy-extkit {__version__})"
              + (f" from {processor}." if processor else "."),

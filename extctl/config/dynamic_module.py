@@ -3,18 +3,19 @@
 A :class:`DynamicModule` in a Deployment runs the processor's class in the Envoy that proxies
 the traffic (the extkit dynamic module, which embeds CPython: :mod:`extproc.dynamic_module`,
 built by ``extctl gen module``)
-instead of in an ext_proc server: the standalone config gets a ``dynamic_modules`` filter
-where the ext_proc filter would be (Envoy Gateway's order puts it after the Wasm filters), and
-no ext_proc cluster; Envoy Gateway gets an EnvoyExtensionPolicy ``dynamicModule`` entry and
+instead of in an ext_proc server: the standalone config gets a ``dynamic_modules`` filter in
+Envoy Gateway's order (after the Wasm filters, where ext_proc comes before them), and no
+ext_proc cluster; Envoy Gateway gets an EnvoyExtensionPolicy ``dynamicModule`` entry and
 the EnvoyProxy ``dynamicModules`` allowlist entry it must match.
 
-What the module runs today is the class's header hooks: a class with body or trailer hooks is
-refused here, before any Envoy sees it.
+What the module runs today is the class's header hooks: a class with body or trailer hooks, or
+asking what the module would ignore (attributes, metadata, mode overrides, extend_timeout ...),
+is refused here, before any Envoy sees it.
 """
 
 from __future__ import annotations
 
-import json
+import math
 import os
 import re
 from collections.abc import Sequence
@@ -42,11 +43,16 @@ class DynamicModule:
     name: str = "extkit-dm"
     """The module's name in the EnvoyProxy allowlist, which the policy refers to."""
     python_path: Sequence[str] = ()
-    """Directories put first on the embedded interpreter's ``sys.path`` (where the
+    """Absolute directories put first on the embedded interpreter's ``sys.path`` (where the
     processor's module is, when the module's Python environment does not have it)."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "python_path", tuple(self.python_path))
+        relative = [p for p in self.python_path if not os.path.isabs(p)]
+        if relative:
+            raise ConfigError(f"python path {relative[0]!r}: give absolute directories (as "
+                              "Envoy's interpreter sees them; a relative one would be read "
+                              "against Envoy's working directory)")
         if not os.path.isabs(self.path) or not _FILE.match(os.path.basename(self.path)):
             raise ConfigError(f"dynamic module {self.path!r}: give the absolute path of a "
                               "lib<name>.so file (Envoy loads modules by that name)")
@@ -66,22 +72,50 @@ class DynamicModule:
         """What ``ENVOY_DYNAMIC_MODULES_SEARCH_PATH`` must be for the standalone config."""
         return os.path.dirname(self.path)
 
-    def config(self, spec: FilterSpec) -> dict[str, Any]:
-        """The filter's configuration (JSON): the class by import path, and ``python_path``."""
-        check_headers_only(spec)
+    def config(self, spec: FilterSpec, fail_open: bool = False,
+               message_timeout: float | None = None) -> dict[str, Any]:
+        """The filter's configuration (JSON): the class by import path, ``python_path``, and
+        what Envoy's ext_proc filter would take from the policy: ``fail_open`` (no answer
+        within the message timeout: continue, with no more phases, instead of 504) and the
+        message timeout (the policy's, else the class's)."""
+        check_runnable(spec)
         if not spec.importable:
             raise ConfigError(f"{spec.name}: the dynamic module imports the class by name in "
                               "Envoy; define it in a module (not __main__ or a function)")
-        return {"processor": spec.import_path, "path": list(self.python_path)}
+        timeout = message_timeout if message_timeout is not None else spec.timeout
+        if not (isinstance(timeout, (int, float)) and math.isfinite(timeout)
+                and 0 < timeout <= MAX_TIMEOUT):
+            raise ConfigError(f"message timeout {timeout!r}: give seconds in (0, "
+                              f"{MAX_TIMEOUT:g}] (Envoy's ext_proc limit)")
+        return {"processor": spec.import_path, "path": list(self.python_path),
+                "fail_open": bool(fail_open), "message_timeout": float(timeout)}
 
-    def config_text(self, spec: FilterSpec) -> str:
-        return json.dumps(self.config(spec), separators=(",", ":"))
+
+MAX_TIMEOUT = 3600.0
+"""The longest message timeout (seconds), as Envoy's ext_proc filter allows."""
+
+# What the module does not run (yet), and what a class asks that it would then ignore.
+_UNSUPPORTED = (
+    ("request_attributes", "attributes"), ("response_attributes", "attributes"),
+    ("dynamic_metadata_namespaces", "dynamic metadata"),
+    ("max_message_timeout", "extend_timeout"), ("observability_mode", "observability mode"),
+    ("allow_mode_override", "mode overrides"), ("status_on_error", "status_on_error"),
+    ("forwarding_namespaces", "metadata forwarding"),
+    ("typed_forwarding_namespaces", "metadata forwarding"),
+    ("grpc_initial_metadata", "gRPC metadata"), ("disable_immediate_response",
+                                                 "disable_immediate_response"),
+)
 
 
-def check_headers_only(spec: FilterSpec) -> None:
-    """ConfigError unless the class's hooks are header hooks (what the module runs)."""
+def check_runnable(spec: FilterSpec) -> None:
+    """ConfigError unless the class asks only what the module runs: header hooks, and none of
+    the per-request extras of the ext_proc protocol it would otherwise silently ignore."""
     others = sorted(hook for hook in spec.hooks
                     if hook not in ("on_request_headers", "on_response_headers"))
     if others:
         raise ConfigError(f"{spec.name} defines {', '.join(others)}: the dynamic module runs "
                           "header hooks only; serve it as an ext_proc processor instead")
+    asked = [f"{field} ({what})" for field, what in _UNSUPPORTED if getattr(spec, field)]
+    if asked:
+        raise ConfigError(f"{spec.name} sets {', '.join(asked)}: the dynamic module does not "
+                          "run that yet; serve it as an ext_proc processor instead")

@@ -108,7 +108,8 @@ def dynamic_module_filter(deployment: Deployment) -> Any:
         dynamic_module_config=dynamic_modules_pb2.DynamicModuleConfig(
             name=module.module_name, do_not_close=True),
         filter_name=FILTER_NAME,
-        filter_config=_any(wrappers_pb2.StringValue(value=module.config_text(spec))))
+        filter_config=_any(wrappers_pb2.StringValue(value=json.dumps(
+            deployment.module_config(), separators=(",", ":")))))
     return hcm_pb2.HttpFilter(name=f"envoy.filters.http.dynamic_modules/{spec.name.lower()}",
                               typed_config=_any(config))
 

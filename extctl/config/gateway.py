@@ -209,7 +209,7 @@ def extension_policy(deployment: Deployment) -> dict[str, Any]:
     if module is not None and filter_spec is not None:
         # Envoy Gateway hands the module this JSON (the standalone config, the same text)
         spec["dynamicModule"] = [{"name": module.name, "filterName": FILTER_NAME,
-                                  "config": module.config(filter_spec)}]
+                                  "config": deployment.module_config()}]
     elif filter_spec is not None:
         if policy.fail_open and filter_spec.full_duplex:
             raise GatewayError("failOpen cannot be true with FullDuplexStreamed bodies "

@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from extproc import FilterSpec, ProcessingMode, Processor
 from wasm.configured import Configured, Given, settable
@@ -223,17 +224,30 @@ class DeploymentData:
             if self.addresses:
                 raise ConfigError("a processor in the dynamic module runs in Envoy: give no "
                                   "ext_proc addresses")
-            self.dynamic_module.config(FilterSpec.of(self.processor))  # refused here if so
-            if self.policy.fail_open or self.policy.message_timeout is not None:
-                raise ConfigError("in the dynamic module the class's own fail_open and "
-                                  "message_timeout apply: set them on the class, not the "
-                                  "policy")
+            self.module_config()  # what the module cannot run is refused here
+            positions = [p for p in self.policy.filter_order
+                         if "envoy.filters.http.ext_proc" in (p.filter, p.other)]
+            if positions:
+                raise ConfigError("the class runs in Envoy's dynamic_modules filter, not "
+                                  "ext_proc: name dynamic_modules in the filter order")
+            options = self.envoy
+            if (options.processing_mode is not None or options.request_id_to_processor
+                    or options.processor_tls is not None):
+                raise ConfigError("processing_mode, request_id_to_processor and processor "
+                                  "TLS are ext_proc's: the dynamic module takes none of them")
         elif self.processor is not None and not self.addresses:
             raise ConfigError(f"where does {FilterSpec.of(self.processor).name} listen? give its "
                               "addresses (a Unix socket path or host:port per worker)")
         names = [module.name for module in self.wasm]
         if len(set(names)) != len(names):
             raise ConfigError("two Wasm modules share a name: give each its own")
+
+    def module_config(self) -> dict[str, Any]:
+        """The dynamic module's filter config (JSON), with the policy's fail-open and message
+        timeout as Envoy's ext_proc filter would take them."""
+        assert self.dynamic_module is not None and self.processor is not None
+        return self.dynamic_module.config(FilterSpec.of(self.processor), self.policy.fail_open,
+                                          self.policy.message_timeout)
 
     @property
     def spec(self) -> FilterSpec | None:

@@ -45,25 +45,35 @@ def build(output_dir: str | os.PathLike[str], *, envoy: str | None = None,
     if not (Path(include) / "Python.h").is_file():
         raise BuildError(f"no Python.h in {include}: install Python's headers (Debian: "
                          "apt-get install python3-dev)")
-    libdir = str(sysconfig.get_config_var("LIBDIR"))
-    library = str(sysconfig.get_config_var("LDLIBRARY"))  # libpython3.X.so
-    soname = str(sysconfig.get_config_var("INSTSONAME"))  # libpython3.X.so.1.0
+    libdir, library, soname = (sysconfig.get_config_var(name)
+                               for name in ("LIBDIR", "LDLIBRARY", "INSTSONAME"))
+    if not (libdir and library and soname and (Path(libdir) / library).exists()):
+        raise BuildError(f"{sys.executable}'s shared libpython is not where its build says "
+                         f"({libdir}/{library}): a relocated Python; build with the "
+                         "interpreter installed where it was built")
+    if not sys.executable:
+        raise BuildError("this Python does not know its own executable: run it by its path")
     out = Path(output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    fd, temporary = tempfile.mkstemp(prefix=f".{FILE_NAME}.", dir=out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        fd, temporary = tempfile.mkstemp(prefix=f".{FILE_NAME}.", dir=out)
+    except OSError as exc:
+        raise BuildError(f"cannot write into {out}: {exc.strerror or exc}") from None
     os.close(fd)
     try:
-        command = [gcc, "-shared", "-fPIC", "-O2", "-g", "-Wall", "-Wextra", "-Werror",
-                   "-fvisibility=hidden", "-std=gnu11", f"-I{include}",
-                   f'-DDEFAULT_PYTHON="{sys.executable}"', f'-DLIBPYTHON="{soname}"',
-                   str(SOURCE), "-o", temporary, f"-L{libdir}",
-                   f"-l{library.removeprefix('lib').removesuffix('.so')}",
-                   f"-Wl,-rpath,{libdir}", "-lpthread", "-ldl"]
-        done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+        command = [gcc, "-shared", "-fPIC", "-O2", "-g", "-Wall", "-Wextra",
+                   "-fvisibility=hidden", "-std=gnu11", "-isystem", include,
+                   f"-DDEFAULT_PYTHON={_c_string(sys.executable)}",
+                   f"-DLIBPYTHON={_c_string(soname)}", str(SOURCE), "-o", temporary,
+                   str(Path(libdir) / library), "-Xlinker", "-rpath", "-Xlinker", libdir,
+                   "-lpthread", "-ldl"]
+        try:
+            done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+        except subprocess.TimeoutExpired:
+            raise BuildError(f"{compiler} took more than 300 s") from None
         if done.returncode != 0:
-            first = next((line for line in done.stderr.splitlines() if "error" in line),
-                         done.stderr.strip()[:300])
-            raise BuildError(f"{compiler} could not build the module: {first}")
+            raise BuildError(f"{compiler} could not build the module: "
+                             f"{_first_error(done.stderr)}")
         if envoy is not None:
             _check_exports(Path(temporary), envoy)
         os.chmod(temporary, 0o755)
@@ -72,6 +82,25 @@ def build(output_dir: str | os.PathLike[str], *, envoy: str | None = None,
         return target
     finally:
         Path(temporary).unlink(missing_ok=True)
+
+
+def _c_string(text: str) -> str:
+    """``text`` as a C string literal (a path may hold quotes or backslashes)."""
+    escaped = text.replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{escaped}"'
+
+
+def _first_error(stderr: str) -> str:
+    """The line that says what went wrong: the compiler's or the linker's own, not the
+    driver's summary (``collect2: error: ld returned 1 exit status``)."""
+    lines = stderr.splitlines()
+    for line in lines:
+        if ": error:" in line and not line.startswith("collect2"):
+            return line.strip()
+    for line in lines:
+        if "ld:" in line or "undefined reference" in line:
+            return line.strip()
+    return stderr.strip()[:300] or "no message"
 
 
 def _check_exports(module: Path, envoy: str) -> None:

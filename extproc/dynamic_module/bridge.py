@@ -31,6 +31,7 @@ _SET, _APPEND, _REMOVE = 0, 1, 2  # extproc.Headers' change kinds
 _OP_SET, _OP_ADD, _OP_REMOVE = 0, 1, 2  # the module's header operations
 _SUPPORTED = {"on_request_headers", "on_response_headers"}
 _GATEWAY_TIMEOUT = 504  # what Envoy's ext_proc answers when a message times out
+_AFTER_WATCHDOG = 0.05  # seconds
 
 logger = logging.getLogger("extkit_dm")
 
@@ -40,12 +41,16 @@ _processors: dict[int, extproc.Processor] = {}
 
 
 class _Config:
-    """One filter config: the class, what it asks of Envoy, the phase after which it is done."""
+    """One filter config: the class, what it asks of Envoy, the phase after which it is done,
+    and what Envoy's ext_proc filter takes from the policy: the message timeout (seconds) and
+    whether a phase with no answer in time goes on (``fail_open``) instead of a 504."""
 
-    def __init__(self, cls: type[extproc.Processor]) -> None:
+    def __init__(self, cls: type[extproc.Processor], timeout: float, fail_open: bool) -> None:
         spec = cls.filter_spec()
         self.cls = cls
         self.spec = spec
+        self.timeout = timeout
+        self.fail_open = fail_open
         self.hooks = ((HOOK_REQUEST_HEADERS if "on_request_headers" in spec.hooks else 0)
                       | (HOOK_RESPONSE_HEADERS if "on_response_headers" in spec.hooks else 0))
         self.last = RESPONSE_HEADERS if self.hooks & HOOK_RESPONSE_HEADERS else REQUEST_HEADERS
@@ -65,11 +70,11 @@ def configure(raw: str) -> tuple[int, int, int, bool]:
     if unsupported:
         raise extproc.ServeError(f"{cls.__name__} defines {', '.join(sorted(unsupported))}: "
                                  "the dynamic module runs header hooks only")
-    config = _Config(cls)
+    timeout = float(options.get("message_timeout") or cls.filter_spec().timeout)
+    config = _Config(cls, timeout, bool(options.get("fail_open", False)))
     _configs.append(config)
     _start()
-    return (len(_configs) - 1, config.hooks, max(1, round(config.spec.timeout * 1000)),
-            bool(config.spec.fail_open))
+    return len(_configs) - 1, config.hooks, max(1, round(timeout * 1000)), config.fail_open
 
 
 def _start() -> None:
@@ -142,15 +147,18 @@ async def _phase(config: _Config, handle: int, kind: int, pairs: list[tuple[str,
             expired = True
             task.cancel()
 
-        timer = _loop.call_later(spec.timeout, expire)
+        # The module answers Envoy at the timeout itself (its watchdog, in C); this timer,
+        # a little later, stops the hook and is Envoy's answer only if the watchdog is not
+        # running.
+        timer = _loop.call_later(config.timeout + _AFTER_WATCHDOG, expire)
         try:
             result = await hook(headers)
         except asyncio.CancelledError:
             if not expired:
                 raise
-            logger.error("%s.on_%s: no answer within %ss", spec.name, which, spec.timeout)
-            if spec.fail_open:
-                answer(None, kind == config.last)
+            logger.error("%s.on_%s: no answer within %ss", spec.name, which, config.timeout)
+            if config.fail_open:
+                answer(None, True)  # as Envoy's ext_proc: no more phases for this stream
             else:
                 reply(_GATEWAY_TIMEOUT, [], b"", "extproc_message_timeout")
             return

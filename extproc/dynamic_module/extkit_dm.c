@@ -72,7 +72,7 @@ typedef struct {
   int fail_open;   /* no answer in time: continue unchanged instead of 504 */
 } filter_config;
 
-typedef struct {
+typedef struct stream {
   atomic_int refs;
   pthread_mutex_t lock;
   const filter_config *config;
@@ -81,7 +81,12 @@ typedef struct {
   int python_holds;       /* under lock: the bridge keeps a Processor for this stream */
   int local_replied;      /* worker only */
   int waiting;            /* under lock: the phase waiting for an answer (0: none) */
+  int abandoned;          /* under lock: timed out failing open, no more phases */
   answer pending;         /* under lock */
+  /* the watchdog's list (under watch_lock) */
+  struct stream *watch_prev, *watch_next;
+  int watched; /* the phase whose deadline is listed (0: none) */
+  struct timespec deadline;
 } stream;
 
 typedef struct event {
@@ -185,23 +190,18 @@ static event *headers_event(dm_filter_envoy filter, stream *s, dm_header_map map
 }
 
 /* -- the message timeout, kept here ----------------------------------------------------------
- * A phase Python has not answered within the class's message_timeout is answered from C, as
- * Envoy's ext_proc filter answers a message timeout (504, or continue with fail_open), even
- * when Python's loop is blocked by a hook that never yields: one watchdog thread keeps every
- * waiting phase's deadline and commits the answer through the stream's scheduler. Python's
- * late answer then finds the phase no longer waiting and is dropped. */
-
-typedef struct deadline {
-  struct deadline *next;
-  stream *stream; /* a reference of its own */
-  int kind;
-  struct timespec at; /* CLOCK_MONOTONIC */
-} deadline;
+ * A phase Python has not answered within the message timeout is answered from C, as Envoy's
+ * ext_proc filter answers a message timeout (504; or, failing open, the stream goes on and
+ * gets no more phases), even when Python's loop is blocked by a hook that never yields: one
+ * watchdog thread keeps the deadline of every waiting phase (at most one per stream: phases
+ * come one after another) in a list it leaves as soon as the phase is answered, and commits the
+ * answer through the stream's scheduler. Python's late answer then finds the phase no longer
+ * waiting and is dropped, and a phase still queued for Python is not handed to it. */
 
 static pthread_mutex_t watch_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t watch_cond;
-static deadline *watching; /* in no order; a phase's entry stays until its deadline */
-static int watchdog_started;
+static stream *watching; /* streams with a waiting phase, newest first (under watch_lock) */
+static atomic_int watchdog_started;
 
 static int before(const struct timespec *a, const struct timespec *b) {
   return a->tv_sec < b->tv_sec || (a->tv_sec == b->tv_sec && a->tv_nsec < b->tv_nsec);
@@ -215,6 +215,29 @@ static void commit_locked(stream *s, answer *a) {
                                                              (uint64_t)s->pending.kind);
 }
 
+/* Take phase ``kind``'s deadline (any phase's: 0) off the watchdog's list, when listed: the
+ * phase was answered, timed out, or the stream ended. Drops the list's reference. */
+static void unwatch(stream *s, int kind) {
+  pthread_mutex_lock(&watch_lock);
+  int listed = s->watched != 0 && (kind == 0 || s->watched == kind);
+  if (listed) {
+    if (s->watch_prev != NULL) {
+      s->watch_prev->watch_next = s->watch_next;
+    } else {
+      watching = s->watch_next;
+    }
+    if (s->watch_next != NULL) {
+      s->watch_next->watch_prev = s->watch_prev;
+    }
+    s->watch_prev = s->watch_next = NULL;
+    s->watched = 0;
+  }
+  pthread_mutex_unlock(&watch_lock);
+  if (listed) {
+    unref(s);
+  }
+}
+
 static void time_out(stream *s, int kind) {
   static const char details[] = "extproc_message_timeout";
   pthread_mutex_lock(&s->lock);
@@ -222,18 +245,15 @@ static void time_out(stream *s, int kind) {
     s->waiting = 0;
     answer a = {0};
     a.kind = kind;
-    if (!s->config->fail_open) {
+    if (s->config->fail_open) {
+      s->abandoned = 1; /* as Envoy's ext_proc: no more phases for this stream */
+    } else {
       a.reply = 1;
       a.status = 504;
       a.details = strdup(details);
       a.details_len = sizeof(details) - 1;
     }
     commit_locked(s, &a);
-    pthread_mutex_unlock(&s->lock);
-    log_line(DM_LOG_ERROR, s->config->fail_open
-                               ? "extkit_dm: no answer within message_timeout; continuing"
-                               : "extkit_dm: no answer within message_timeout; 504");
-    return;
   }
   pthread_mutex_unlock(&s->lock);
 }
@@ -244,36 +264,30 @@ static void *watchdog(void *unused) {
   for (;;) {
     struct timespec now;
     clock_gettime(CLOCK_MONOTONIC, &now);
-    deadline *expired = NULL, **link = &watching, *next_at = NULL;
-    while (*link != NULL) {
-      deadline *d = *link;
-      if (!before(&now, &d->at)) {
-        *link = d->next;
-        d->next = expired;
-        expired = d;
-      } else {
-        if (next_at == NULL || before(&d->at, &next_at->at)) {
-          next_at = d;
-        }
-        link = &d->next;
+    stream *due = NULL, *earliest = NULL;
+    for (stream *s = watching; s != NULL; s = s->watch_next) {
+      if (!before(&now, &s->deadline)) {
+        due = s;
+        break;
+      }
+      if (earliest == NULL || before(&s->deadline, &earliest->deadline)) {
+        earliest = s;
       }
     }
-    if (expired != NULL) {
+    if (due != NULL) {
+      int kind = due->watched;
+      atomic_fetch_add(&due->refs, 1); /* kept across the unlock */
       pthread_mutex_unlock(&watch_lock);
-      while (expired != NULL) {
-        deadline *d = expired;
-        expired = d->next;
-        time_out(d->stream, d->kind);
-        unref(d->stream);
-        free(d);
-      }
+      unwatch(due, kind); /* unless answered meanwhile (then a later phase's is not touched) */
+      time_out(due, kind);
+      unref(due);
       pthread_mutex_lock(&watch_lock);
       continue;
     }
-    if (next_at == NULL) {
+    if (earliest == NULL) {
       pthread_cond_wait(&watch_cond, &watch_lock);
     } else {
-      struct timespec at = next_at->at;
+      struct timespec at = earliest->deadline;
       pthread_cond_timedwait(&watch_cond, &watch_lock, &at);
     }
   }
@@ -282,7 +296,7 @@ static void *watchdog(void *unused) {
 
 static void start_watchdog(void) {
   pthread_mutex_lock(&watch_lock);
-  if (!watchdog_started) {
+  if (!atomic_load(&watchdog_started)) {
     pthread_condattr_t attributes;
     pthread_condattr_init(&attributes);
     pthread_condattr_setclock(&attributes, CLOCK_MONOTONIC);
@@ -291,33 +305,49 @@ static void start_watchdog(void) {
     pthread_t thread;
     if (pthread_create(&thread, NULL, watchdog, NULL) == 0) {
       pthread_detach(thread);
-      watchdog_started = 1;
+      atomic_store(&watchdog_started, 1);
+    } else {
+      log_line(DM_LOG_ERROR, "extkit_dm: no watchdog thread: message timeouts are Python's "
+                             "alone (a hook that blocks the loop holds requests)");
     }
   }
   pthread_mutex_unlock(&watch_lock);
 }
 
 static void watch(stream *s, int kind) {
-  deadline *d = malloc(sizeof(deadline));
-  if (d == NULL) {
-    abort();
-  }
-  atomic_fetch_add(&s->refs, 1); /* the deadline's */
-  d->stream = s;
-  d->kind = kind;
-  clock_gettime(CLOCK_MONOTONIC, &d->at);
+  struct timespec at;
+  clock_gettime(CLOCK_MONOTONIC, &at);
   long ms = s->config->timeout_ms;
-  d->at.tv_sec += ms / 1000;
-  d->at.tv_nsec += (ms % 1000) * 1000000L;
-  if (d->at.tv_nsec >= 1000000000L) {
-    d->at.tv_sec += 1;
-    d->at.tv_nsec -= 1000000000L;
+  at.tv_sec += ms / 1000;
+  at.tv_nsec += (ms % 1000) * 1000000L;
+  if (at.tv_nsec >= 1000000000L) {
+    at.tv_sec += 1;
+    at.tv_nsec -= 1000000000L;
   }
   pthread_mutex_lock(&watch_lock);
-  d->next = watching;
-  watching = d;
-  pthread_cond_signal(&watch_cond);
+  s->deadline = at;
+  if (s->watched != 0) {
+    /* still listed for the phase before, answered but not yet taken off: now this one's */
+    s->watched = kind;
+    pthread_mutex_unlock(&watch_lock);
+    return;
+  }
+  atomic_fetch_add(&s->refs, 1); /* the list's */
+  s->watched = kind;
+  s->watch_prev = NULL;
+  s->watch_next = watching;
+  if (watching != NULL) {
+    watching->watch_prev = s;
+  }
+  int was_empty = watching == NULL;
+  watching = s;
   pthread_mutex_unlock(&watch_lock);
+  if (was_empty) {
+    /* otherwise the watchdog already waits for an earlier deadline (one timeout per
+     * config: a new deadline is never earlier than another config's by more than the
+     * difference of the two timeouts, which the watchdog's next wake-up catches) */
+    pthread_cond_signal(&watch_cond);
+  }
 }
 
 /* Hand a phase to Python; the stream waits for its answer. */
@@ -331,7 +361,7 @@ static int send_phase(dm_filter_envoy filter, stream *s, dm_header_map map, int 
   s->python_holds = 1;
   s->waiting = kind;
   pthread_mutex_unlock(&s->lock);
-  if (watchdog_started && s->config->timeout_ms > 0) {
+  if (atomic_load(&watchdog_started) && s->config->timeout_ms > 0) {
     watch(s, kind);
   }
   enqueue(ev);
@@ -360,6 +390,20 @@ static PyObject *py_take(PyObject *self, PyObject *unused) {
   PyObject *list = PyList_New(0);
   while (ev != NULL) {
     event *next = ev->next;
+    if (ev->kind != EV_END) {
+      /* A phase answered meanwhile (its message timeout passed) or of a stream Envoy ended
+       * is not handed to Python: its hook would run for a request that is over. */
+      stream *s = ev->stream;
+      pthread_mutex_lock(&s->lock);
+      int stale = !s->alive || s->waiting != ev->kind;
+      pthread_mutex_unlock(&s->lock);
+      if (stale) {
+        unref(s); /* the event's */
+        free(ev);
+        ev = next;
+        continue;
+      }
+    }
     PyObject *headers = Py_None;
     Py_INCREF(Py_None);
     if (ev->kind != EV_END) {
@@ -433,17 +477,23 @@ static int parse_ops(PyObject *list, answer *a) {
 
 /* Store the answer on the stream and have its worker apply it; drops the event's reference. */
 static void deliver(stream *s, answer *a, int done) {
+  int a_kind = a->kind;
   pthread_mutex_lock(&s->lock);
   /* A phase the watchdog answered (its message timeout passed) is no longer waiting. */
+  int answered = 0;
   if (s->alive && s->scheduler != NULL && s->waiting == a->kind) {
     s->waiting = 0;
     commit_locked(s, a);
+    answered = 1;
   }
   if (done) {
     s->python_holds = 0;
   }
   pthread_mutex_unlock(&s->lock);
   free_answer(a); /* the stream was gone: nothing to apply */
+  if (answered) {
+    unwatch(s, a_kind);
+  }
   unref(s);
 }
 
@@ -637,7 +687,10 @@ EXPORT int envoy_dynamic_module_on_http_filter_response_headers(dm_filter_envoy 
                                                                 bool end_of_stream) {
   (void)end_of_stream;
   stream *s = (stream *)module;
-  if (!(s->config->hooks & HOOK_RESPONSE_HEADERS) || s->local_replied) {
+  pthread_mutex_lock(&s->lock);
+  int abandoned = s->abandoned;
+  pthread_mutex_unlock(&s->lock);
+  if (!(s->config->hooks & HOOK_RESPONSE_HEADERS) || s->local_replied || abandoned) {
     return DM_HEADERS_CONTINUE;
   }
   return send_phase(filter, s, DM_RESPONSE_HEADERS, EV_RESPONSE_HEADERS);
@@ -705,6 +758,7 @@ EXPORT void envoy_dynamic_module_on_http_filter_destroy(dm_filter_module module)
   if (scheduler != NULL) {
     envoy_dynamic_module_callback_http_filter_scheduler_delete(scheduler);
   }
+  unwatch(s, 0);
   if (holds) {
     /* The bridge still keeps this stream's Processor (a later phase never came): drop it. */
     event *ev = calloc(1, sizeof(event));

@@ -354,7 +354,3 @@ class BlockingShortTimeout(Blocking):
         await super().on_request_headers(headers)
         if mark:
             Path(mark + ".done").touch()  # noqa: ASYNC240
-
-
-class BlockingFailOpen(BlockingShortTimeout):
-    fail_open = True

@@ -12,7 +12,15 @@ from typing import Any
 
 import pytest
 
-from extctl.config import ConfigError, Deployment, DynamicModule, Policy, Target
+from extctl.config import (
+    ConfigError,
+    Deployment,
+    DynamicModule,
+    EnvoyOptions,
+    FilterPosition,
+    Policy,
+    Target,
+)
 from extctl.testing import EnvoyProcess
 from tests.helpers.common import ROOT, http, wait_for_socket
 from tests.helpers.crds import validate
@@ -86,18 +94,38 @@ def test_gateway_gets_the_dynamic_module_entry_and_the_allowlist_crd_valid() -> 
     assert "Backend" not in kinds  # no ext_proc server
     entry = kinds["EnvoyExtensionPolicy"]["spec"]["dynamicModule"]
     assert entry == [{"name": "extkit-dm", "filterName": "extkit",
-                      "config": {"processor": "tests.helpers.procs:Rewrite", "path": ["/app"]}}]
+                      "config": {"processor": "tests.helpers.procs:Rewrite", "path": ["/app"],
+                                 "fail_open": False, "message_timeout": 0.2}}]
     assert "extProc" not in kinds["EnvoyExtensionPolicy"]["spec"]
     assert kinds["EnvoyProxy"]["spec"]["dynamicModules"] == [
         {"name": "extkit-dm", "doNotClose": True,
          "source": {"local": {"path": "/usr/local/lib/envoy/libextkit_dm.so"}}}]
 
 
+class WithAttributes(Rewrite):
+    request_attributes = ("request.path",)
+
+
+class Observing(Rewrite):
+    observability_mode = True
+
+
+class Forever(Rewrite):
+    message_timeout = float("inf")
+
+
 @pytest.mark.parametrize(("options", "message"), [
     ({"processor": BufferedJson}, r"BufferedJson defines on_request_body: the dynamic module "
                                   r"runs header hooks only"),
+    ({"processor": WithAttributes}, r"sets request_attributes \(attributes\): the dynamic "
+                                    r"module does not run that yet"),
+    ({"processor": Observing}, r"sets observability_mode \(observability mode\)"),
+    ({"processor": Forever}, r"message timeout inf: give seconds in \(0, 3600\]"),
+    ({"policy": Policy(message_timeout=7200)}, r"message timeout 7200"),
     ({"addresses": ["/run/x.sock"]}, r"runs in Envoy: give no ext_proc addresses"),
-    ({"policy": Policy(fail_open=True)}, r"the class's own fail_open and message_timeout"),
+    ({"policy": Policy(filter_order=[FilterPosition("wasm", "after", "ext_proc")])},
+     r"name dynamic_modules in the filter order"),
+    ({"envoy": EnvoyOptions(request_id_to_processor=True)}, r"are ext_proc's"),
 ])
 def test_what_the_module_cannot_run_is_refused_before_envoy(options, message) -> None:
     values = {"processor": Rewrite, **options}
@@ -105,10 +133,19 @@ def test_what_the_module_cannot_run_is_refused_before_envoy(options, message) ->
         Deployment(dynamic_module=DynamicModule(), **values)
 
 
+def test_the_policys_fail_open_and_timeout_reach_the_module() -> None:
+    deployment = Deployment(Rewrite, dynamic_module=DynamicModule(),
+                            policy=Policy(fail_open=True, message_timeout=1.5))
+    assert deployment.module_config() == {"processor": "tests.helpers.procs:Rewrite",
+                                          "path": [], "fail_open": True,
+                                          "message_timeout": 1.5}
+
+
 @pytest.mark.parametrize(("fields", "message"), [
     ({"path": "relative/libx.so"}, "absolute path of a lib<name>.so"),
     ({"path": "/opt/module.so"}, "absolute path of a lib<name>.so"),
     ({"name": "Extkit_DM"}, "lower-case letters"),
+    ({"python_path": ["app"]}, "give absolute directories"),
 ])
 def test_a_module_path_or_name_envoy_cannot_use_is_refused(fields, message) -> None:
     with pytest.raises(ConfigError, match=message):
@@ -172,23 +209,23 @@ def test_gen_refuses_dynamic_module_options_that_do_not_fit(args, message) -> No
     assert "Traceback" not in result.output
 
 
-@pytest.mark.parametrize(("processor", "status"), [("BlockingShortTimeout", 504),
-                                                   ("BlockingFailOpen", 200)])
+@pytest.mark.parametrize(("fail_open", "status"), [(False, 504), (True, 200)])
 def test_a_hook_that_blocks_the_loop_gets_envoys_timeout_answer(module_file, echo, sock_dir,
-                                                                monkeypatch, processor,
+                                                                monkeypatch, fail_open,
                                                                 status) -> None:
     """The message timeout is kept in C: a hook that blocks Python's loop (2 s of
     time.sleep) does not hold its request, nor the one behind it, past message_timeout
-    (0.5 s): both get what Envoy's ext_proc answers a timeout (504, or go on unchanged
-    failing open)."""
-    import importlib
+    (0.5 s): both get what Envoy's ext_proc answers a timeout (504, or, with the policy's
+    fail_open, go on unchanged)."""
     import threading
     import time
 
-    cls = getattr(importlib.import_module("tests.helpers.procs"), processor)
+    from tests.helpers.procs import BlockingShortTimeout
+
     module = DynamicModule(path=str(module_file), python_path=[str(ROOT)])
     monkeypatch.setenv("ENVOY_DYNAMIC_MODULES_SEARCH_PATH", module.search_path)
-    deployment = Deployment(cls, dynamic_module=module, upstreams=[echo.address])
+    deployment = Deployment(BlockingShortTimeout, dynamic_module=module,
+                            upstreams=[echo.address], policy=Policy(fail_open=fail_open))
     with EnvoyProcess(deployment.envoy_bootstrap(), sock_dir / "envoy") as envoy:
         replies: list[Any] = []
         inside = sock_dir / "inside"
@@ -206,3 +243,24 @@ def test_a_hook_that_blocks_the_loop_gets_envoys_timeout_answer(module_file, ech
         while (after := http(envoy.port, "/", timeout=10)).status != 200:
             assert time.monotonic() < deadline, f"still {after.status} after the block"
     assert [r.status for r in replies] == [status] and behind.status == status
+
+
+def test_the_build_quotes_paths_and_names_the_real_error(monkeypatch, tmp_path) -> None:
+    import sysconfig
+
+    from extproc.dynamic_module import _c_string, _first_error, build
+    from extproc.errors import BuildError
+
+    assert _c_string('/opt/my "env"\\bin/python') == '"/opt/my \\"env\\"\\\\bin/python"'
+    assert _first_error("/usr/bin/ld: cannot find -lpython3.11: No such file\n"
+                        "collect2: error: ld returned 1 exit status\n") == (
+        "/usr/bin/ld: cannot find -lpython3.11: No such file")
+    assert _first_error("extkit_dm.c:9:1: error: unknown type name 'x'\n") == (
+        "extkit_dm.c:9:1: error: unknown type name 'x'")
+    real = sysconfig.get_config_var
+    monkeypatch.setattr(sysconfig, "get_config_var", lambda name: (
+        "/nonexistent/lib" if name == "LIBDIR" else real(name)))
+    with pytest.raises(BuildError, match=r"shared libpython is not where its build says "
+                                         r"\(/nonexistent/lib/"):
+        build(tmp_path / "out")
+    assert not (tmp_path / "out").exists()
