@@ -61,7 +61,8 @@ class EnvoyClient:
     ``wasm``: module files (run with plugin configuration ``{}``) or
     :class:`~extctl.config.WasmModule`\\ s. ``upstream(request) -> answer`` answers every
     request (:mod:`extproc.exchange`; default: 200, no body). ``transport``: how the
-    processor is served; ``component_log_level``: Envoy's ``--component-log-level``
+    processor is served (``"module"``: inside Envoy, by the extkit dynamic module, built
+    once per process with gcc; header hooks only); ``component_log_level``: Envoy's ``--component-log-level``
     (``wasm:trace`` logs every line a module writes). Other keywords are fields of
     :class:`~extctl.config.Policy` and :class:`~extctl.config.EnvoyOptions`.
     """

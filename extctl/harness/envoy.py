@@ -18,6 +18,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -76,7 +77,8 @@ class EnvoyProcess:
     def __init__(self, config: Any, workdir: str | os.PathLike[str] | None = None, *,
                  concurrency: int = 1, log_level: str = "warning",
                  component_log_level: str = "", start_timeout: float = 30.0,
-                 file_flush_ms: int | None = None) -> None:
+                 file_flush_ms: int | None = None,
+                 env: Mapping[str, str] | None = None) -> None:
         self._own_dir = workdir is None
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="extctl-envoy-"))
         self.config = config
@@ -86,6 +88,8 @@ class EnvoyProcess:
         """Envoy's ``--component-log-level`` (``wasm:trace``: every line a module logs)."""
         self.start_timeout = start_timeout
         self.file_flush_ms = file_flush_ms
+        self.env = dict(env or {})
+        """Environment variables Envoy gets besides ours (``ENVOY_DYNAMIC_MODULES_SEARCH_PATH``)."""
         """Envoy's ``--file-flush-interval-msec``: how soon an access log line reaches its
         file (Envoy's default: 10 s, or 64 KiB of lines)."""
         self.process: subprocess.Popen[bytes] | None = None
@@ -125,7 +129,9 @@ class EnvoyProcess:
             # even when we are killed outright.
             self.process = subprocess.Popen(dies_with_us(command), stdout=log,
                                             stderr=subprocess.STDOUT,
-                                            stdin=subprocess.DEVNULL, start_new_session=True)
+                                            stdin=subprocess.DEVNULL, start_new_session=True,
+                                            env={**os.environ, **self.env} if self.env
+                                            else None)
         try:
             self._wait_ready(admin_path)
         except BaseException:

@@ -14,8 +14,11 @@ JSON, so ``reply.upstream_headers()`` and ``reply.json()["body"]`` tell what it 
 
 from __future__ import annotations
 
+import atexit
 import contextlib
+import functools
 import shutil
+import sys
 import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -25,7 +28,7 @@ from typing import Any
 import extproc
 from extproc import ServerThread
 
-from ..config import Deployment, WasmModule
+from ..config import ConfigError, Deployment, DynamicModule, WasmModule
 from .echo import Answer, EchoServer, ServedOnThread
 from .envoy import EnvoyProcess
 from .ports import require_free
@@ -70,16 +73,58 @@ def stack(processor: type[extproc.Processor] | None, sock_dir: Path,
     if options.get("listen"):
         require_free(options["listen"], "Envoy's listener")
     with contextlib.ExitStack() as cleanup:
-        server = (cleanup.enter_context(ServerThread(processor, uds=socket_path,
-                                                           transport=transport))
-                  if processor is not None else None)
-        deployment = Deployment.build(
-            processor, addresses=[socket_path] if processor is not None else [],
-            upstreams=[echo.address] if echo is not None else [], **options)
+        env: dict[str, str] = {}
+        if transport == MODULE and processor is not None:
+            # the class inside Envoy: no server of ours, the module built for this Python
+            module = DynamicModule(path=str(built_module()),
+                                   python_path=[import_root(processor)])
+            env["ENVOY_DYNAMIC_MODULES_SEARCH_PATH"] = module.search_path
+            server = None
+            deployment = Deployment.build(
+                processor, dynamic_module=module,
+                upstreams=[echo.address] if echo is not None else [], **options)
+        else:
+            server = (cleanup.enter_context(ServerThread(processor, uds=socket_path,
+                                                               transport=transport))
+                      if processor is not None else None)
+            deployment = Deployment.build(
+                processor, addresses=[socket_path] if processor is not None else [],
+                upstreams=[echo.address] if echo is not None else [], **options)
         envoy = cleanup.enter_context(EnvoyProcess(deployment.envoy_bootstrap(),
                                                    sock_dir / "envoy",
-                                                   component_log_level=component_log_level))
+                                                   component_log_level=component_log_level,
+                                                   env=env))
         yield Stack(server, envoy)
+
+
+MODULE = "module"
+"""The transport name of the class run inside Envoy (the extkit dynamic module)."""
+
+
+@functools.cache
+def built_module() -> Path:
+    """The dynamic module, built once per process for this Python environment (in a
+    directory removed at exit); BuildError when it cannot be (extproc.dynamic_module)."""
+    from extproc.dynamic_module import build
+
+    from .envoy import find_envoy
+
+    directory = tempfile.mkdtemp(prefix="extkit-module-")
+    atexit.register(shutil.rmtree, directory, ignore_errors=True)
+    return build(directory, envoy=find_envoy())
+
+
+def import_root(processor: type[extproc.Processor]) -> str:
+    """The directory the class's top-level package (or module) is imported from: what the
+    module's interpreter needs on its path to import the class by name."""
+    module = sys.modules[processor.__module__]
+    file = getattr(module, "__file__", None)
+    if file is None:
+        raise ConfigError(f"{processor.__name__}: its module has no file to import it from")
+    root = Path(file).resolve().parent
+    for _ in range(processor.__module__.count(".")):
+        root = root.parent
+    return str(root)
 
 
 @contextlib.contextmanager

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+import extproc
 from extctl.config import (
     ConfigError,
     Deployment,
@@ -264,3 +265,52 @@ def test_the_build_quotes_paths_and_names_the_real_error(monkeypatch, tmp_path) 
                                          r"\(/nonexistent/lib/"):
         build(tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+class Stamp(extproc.Processor):
+    """Stamps the request, answers x-deny itself, and reads the response status."""
+
+    async def on_request_headers(self, headers: extproc.Headers,
+                                 ) -> extproc.ImmediateResponse | None:
+        if "x-deny" in headers:
+            return extproc.ImmediateResponse(403, body=b"denied\n",
+                                             headers={"x-why": headers["x-deny"]})
+        headers["x-stamp"] = "on"
+        headers.add("x-multi", "two")
+        del headers["x-secret"]
+        return None
+
+    async def on_response_headers(self, headers: extproc.Headers) -> None:
+        headers["x-seen-status"] = headers[":status"]
+
+
+def _upstream(request: Any) -> tuple[int, dict[str, str], bytes]:
+    return 201, {"x-got": f"{request.method} {request.path}"}, b"ok"
+
+
+def _exchange(client: Any) -> list[tuple[Any, ...]]:
+    """The same test body for every double: what the client and the upstream saw."""
+    passed = client.request("GET", "/a?b=1", headers={"x-secret": "s", "x-multi": "one"})
+    denied = client.request("GET", "/", headers={"x-deny": "policy"})
+    request = passed.request
+    assert request is not None and not denied.upstream_reached
+    return [(passed.status, request.headers.get("x-stamp"), request.headers.get_all("x-multi"),
+             "x-secret" in request.headers, passed.response.headers.get("x-seen-status"),
+             passed.response.headers.get("x-got")),
+            (denied.status, denied.local_reply.body if denied.local_reply else None,
+             denied.response.headers.get("x-why"))]
+
+
+def test_the_same_test_body_holds_in_process_and_inside_envoy(module_file) -> None:
+    """extproc.testing's semantics through the module: EnvoyClient(transport="module") runs
+    the class inside Envoy, and a test body gives what it gives in process."""
+    from extctl.testing import EnvoyClient
+    from extproc.testing import Client
+
+    with Client(Stamp, upstream=_upstream) as client:
+        in_process = _exchange(client)
+    with EnvoyClient(Stamp, upstream=_upstream, transport="module") as client:
+        assert client.server is None  # no ext_proc server: the class runs in Envoy
+        in_envoy = _exchange(client)
+    assert in_envoy == in_process
+    assert in_envoy[0][:4] == (201, "on", ["one", "two"], False)
