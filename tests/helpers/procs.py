@@ -354,3 +354,17 @@ class BlockingShortTimeout(Blocking):
         await super().on_request_headers(headers)
         if mark:
             Path(mark + ".done").touch()  # noqa: ASYNC240
+
+
+class StampHeaders(extproc.Processor):
+    """Stamps the request (x-stamp), answers ``x-deny`` itself (403, x-why), and reads the
+    response's status into x-seen-status: header hooks only (what the dynamic module runs)."""
+
+    async def on_request_headers(self, headers: Headers) -> ImmediateResponse | None:
+        if "x-deny" in headers:
+            return ImmediateResponse(403, body=b"denied\n", headers={"x-why": headers["x-deny"]})
+        headers["x-stamp"] = "on"
+        return None
+
+    async def on_response_headers(self, headers: Headers) -> None:
+        headers["x-seen-status"] = headers[":status"]

@@ -25,7 +25,7 @@ from extctl.config import (
 from extctl.testing import EnvoyProcess
 from tests.helpers.common import ROOT, http, wait_for_socket
 from tests.helpers.crds import validate
-from tests.helpers.procs import BufferedJson, Rewrite
+from tests.helpers.procs import BufferedJson, Rewrite, StampHeaders
 
 
 def _extctl(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -267,21 +267,16 @@ def test_the_build_quotes_paths_and_names_the_real_error(monkeypatch, tmp_path) 
     assert not (tmp_path / "out").exists()
 
 
-class Stamp(extproc.Processor):
-    """Stamps the request, answers x-deny itself, and reads the response status."""
+class Stamp(StampHeaders):
+    """StampHeaders, adding and removing a request header too."""
 
     async def on_request_headers(self, headers: extproc.Headers,
                                  ) -> extproc.ImmediateResponse | None:
-        if "x-deny" in headers:
-            return extproc.ImmediateResponse(403, body=b"denied\n",
-                                             headers={"x-why": headers["x-deny"]})
-        headers["x-stamp"] = "on"
-        headers.add("x-multi", "two")
-        del headers["x-secret"]
-        return None
-
-    async def on_response_headers(self, headers: extproc.Headers) -> None:
-        headers["x-seen-status"] = headers[":status"]
+        answer = await super().on_request_headers(headers)
+        if answer is None:
+            headers.add("x-multi", "two")
+            del headers["x-secret"]
+        return answer
 
 
 def _upstream(request: Any) -> tuple[int, dict[str, str], bytes]:

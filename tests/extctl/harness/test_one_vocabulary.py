@@ -15,6 +15,7 @@ import wasmtime
 import extproc
 from extctl.testing import EnvoyClient
 from extproc.testing import Client, Message
+from tests.helpers.procs import StampHeaders
 from wasm import ProxyWasm
 
 pytestmark = pytest.mark.envoy
@@ -22,21 +23,13 @@ pytestmark = pytest.mark.envoy
 WAT = Path(__file__).resolve().parents[2] / "helpers" / "wat"
 
 
-class Stamp(extproc.Processor):
-    """Stamps the request, denies ``x-deny``, and uppercases the response body."""
+class Stamp(StampHeaders):
+    """StampHeaders, and uppercases the response body."""
 
     response_body_mode = extproc.BodyMode.BUFFERED
 
-    async def on_request_headers(self, headers: extproc.Headers,
-                                 ) -> extproc.ImmediateResponse | None:
-        if "x-deny" in headers:
-            return extproc.ImmediateResponse(403, body=b"denied\n",
-                                             headers={"x-why": headers["x-deny"]})
-        headers["x-stamp"] = "on"
-        return None
-
     async def on_response_headers(self, headers: extproc.Headers) -> None:
-        headers["x-seen-status"] = headers[":status"]
+        await super().on_response_headers(headers)
         del headers["content-length"]
 
     async def on_response_body(self, body: extproc.Body) -> None:
