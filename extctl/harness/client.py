@@ -62,9 +62,10 @@ class EnvoyClient:
     :class:`~extctl.config.WasmModule`\\ s. ``upstream(request) -> answer`` answers every
     request (:mod:`extproc.exchange`; default: 200, no body). ``transport``: how the
     processor is served (``"module"``: inside Envoy, by the extkit dynamic module, built
-    once per process with gcc; header hooks only); ``component_log_level``: Envoy's ``--component-log-level``
-    (``wasm:trace`` logs every line a module writes). Other keywords are fields of
-    :class:`~extctl.config.Policy` and :class:`~extctl.config.EnvoyOptions`.
+    once per process with gcc; header hooks only); ``component_log_level``: Envoy's
+    ``--component-log-level`` (``wasm:trace`` logs every line a module writes). Other
+    keywords are fields of :class:`~extctl.config.Policy` and
+    :class:`~extctl.config.EnvoyOptions`.
     """
 
     __test__ = False  # not a test class, whatever module imports it
