@@ -7,6 +7,7 @@ import re
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 from extctl.testing import Reply, Stack, http, stack
 
@@ -83,3 +84,20 @@ def wait_for_line(proc, pattern: str, timeout: float = 30,
             return match, lines
     raise AssertionError(f"no line matching {pattern!r}; got {lines} / "
                          f"{proc.stderr.read() if view and proc.poll() is not None else ''}")
+
+
+FAILING_START = '''
+    @classmethod
+    async def on_startup(cls):
+        raise RuntimeError("no key yet")
+'''
+"""A Processor class body's on_startup that fails (appended to a class in a test's app)."""
+
+
+def gen(*args: str) -> Any:
+    """``extctl gen ARGS`` through click's runner (its result: exit_code, output)."""
+    from click.testing import CliRunner
+
+    from extctl.cli import cli
+
+    return CliRunner().invoke(cli, ["gen", *args])

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers.common import ROOT, http
+from tests.helpers.common import FAILING_START, ROOT, http
 
 APP = '''
 import extproc
@@ -160,13 +160,6 @@ def test_a_body_changed_at_the_same_length_is_said_to_be_changed(dev):
         r"POST /b -> 200 in \d+ ms \(sent: request_body\)",
         rf"  request_body {MS} ms: body 4 -> 6 bytes",
     ])
-
-
-FAILING_START = '''
-    @classmethod
-    async def on_startup(cls):
-        raise RuntimeError("no key yet")
-'''
 
 
 def test_a_request_the_processor_never_saw_is_shown_with_envoy_s_reason(dev, tmp_path):

@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 import wasmtime
 
-from tests.helpers.common import ROOT, http
+from tests.helpers.common import FAILING_START, ROOT, http
 
 pytestmark = pytest.mark.envoy
 
@@ -455,13 +455,6 @@ def test_dev_reloads_without_a_failed_request(dev, tmp_path):
     # the live view showed them all, none failed
     assert len(view) >= total, (len(view), total)
     assert {line["status"] for line in view} == {200}
-
-
-FAILING_START = '''
-    @classmethod
-    async def on_startup(cls):
-        raise RuntimeError("no key yet")
-'''
 
 
 def test_dev_prints_try_once_a_fixed_processor_serves(dev, tmp_path):

@@ -23,7 +23,7 @@ from extctl.config import (
     Target,
 )
 from extctl.testing import EnvoyProcess
-from tests.helpers.common import ROOT, http, wait_for_socket
+from tests.helpers.common import ROOT, gen, http, wait_for_socket
 from tests.helpers.crds import validate
 from tests.helpers.procs import BufferedJson, Rewrite, StampHeaders
 
@@ -153,14 +153,6 @@ def test_a_module_path_or_name_envoy_cannot_use_is_refused(fields, message) -> N
         DynamicModule(**fields)
 
 
-def _gen(*args: str) -> Any:
-    from click.testing import CliRunner
-
-    from extctl.cli import cli
-
-    return CliRunner().invoke(cli, ["gen", *args])
-
-
 def test_gen_envoy_with_dynamic_module_runs_as_its_header_says(module_file, echo, sock_dir,
                                                                 tmp_path, monkeypatch) -> None:
     import json
@@ -168,7 +160,7 @@ def test_gen_envoy_with_dynamic_module_runs_as_its_header_says(module_file, echo
     import yaml
 
     out = tmp_path / "envoy.yaml"
-    result = _gen("envoy", "tests.helpers.procs:Rewrite", "--dynamic-module", str(module_file),
+    result = gen("envoy", "tests.helpers.procs:Rewrite", "--dynamic-module", str(module_file),
                   "--python-path", str(ROOT), "--upstream", echo.address,
                   "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0", "-o", str(out))
     assert result.exit_code == 0, result.output
@@ -184,7 +176,7 @@ def test_gen_envoy_with_dynamic_module_runs_as_its_header_says(module_file, echo
 def test_gen_gateway_with_dynamic_module_says_what_envoys_image_needs() -> None:
     import yaml
 
-    result = _gen("gateway", "tests.helpers.procs:Rewrite", "--route", "backend",
+    result = gen("gateway", "tests.helpers.procs:Rewrite", "--route", "backend",
                   "--dynamic-module", "/usr/local/lib/envoy/libextkit_dm.so",
                   "--dynamic-module-name", "tagger-dm", "--python-path", "/app")
     assert result.exit_code == 0, result.output
@@ -205,7 +197,7 @@ def test_gen_gateway_with_dynamic_module_says_what_envoys_image_needs() -> None:
     (["--dynamic-module", "/opt/libx.so", "--uds", "/run/x.sock"], "give no --uds or --address"),
 ])
 def test_gen_refuses_dynamic_module_options_that_do_not_fit(args, message) -> None:
-    result = _gen("gateway", "tests.helpers.procs:Rewrite", "--route", "backend", *args)
+    result = gen("gateway", "tests.helpers.procs:Rewrite", "--route", "backend", *args)
     assert result.exit_code != 0 and message in result.output, result.output
     assert "Traceback" not in result.output
 

@@ -23,6 +23,7 @@ from extctl.config import (
 )
 from extctl.config.gateway import processing_mode as _processing_mode
 from extctl.config.gateway import to_yaml
+from tests.helpers.common import gen
 from tests.helpers.gateway import _config, _valid, resources
 from tests.helpers.procs import (
     BufferedJson,
@@ -282,17 +283,9 @@ def test_envoy_configs_are_current_and_valid(tmp_path):
         assert check.returncode == 0, check.stdout + check.stderr
 
 
-def _gen(*args: str):
-    from click.testing import CliRunner
-
-    from extctl.cli import cli
-
-    return CliRunner().invoke(cli, ["gen", *args])
-
-
 def test_gen_gateway_with_every_policy_option_validates(tmp_path):
     out = tmp_path / "eg.yaml"
-    result = _gen(
+    result = gen(
         "gateway", "tests.helpers.procs:HeadersOnly", "--name", "edge", "--gateway", "eg",
         "--route", "api",
         "--uds", "/var/run/extproc/p.sock", "--message-timeout", "0.5",
@@ -340,7 +333,7 @@ def test_gen_envoy_with_every_option_passes_envoy_validate(tmp_path, wat_module)
 
     module = wat_module  # envoy --mode validate loads local modules
     out = tmp_path / "envoy.yaml"
-    result = _gen(
+    result = gen(
         "envoy", "tests.helpers.procs:HeadersOnly", "--uds", "/tmp/p.sock", "--workers", "2",
         "--upstream", "127.0.0.1:8081", "--upstream", "127.0.0.1:8082",
         "--wasm", f"local={module}", "--wasm", f"remote=https://example.com/f.wasm@sha256:"
@@ -414,7 +407,7 @@ def test_gen_envoy_with_every_option_passes_envoy_validate(tmp_path, wat_module)
       f"w=oci://r/x:1@sha256:{'a' * 64}", "--wasm-config", "w={x"], "not JSON"),
 ])
 def test_gen_refuses_bad_input_with_exit_2_and_one_line(args, message):
-    result = _gen(*args)
+    result = gen(*args)
     assert result.exit_code == 2, result.output
     assert message in result.output
     assert result.output.count("\n") <= 1 or "Usage:" in result.output
@@ -426,7 +419,7 @@ def test_gen_envoy_resolves_names_and_refuses_a_file_that_is_not_wasm(tmp_path):
     from extctl.testing import find_envoy
 
     out = tmp_path / "envoy.yaml"
-    made = _gen("envoy", "tests.helpers.procs:HeadersOnly", "--address", "localhost:9000",
+    made = gen("envoy", "tests.helpers.procs:HeadersOnly", "--address", "localhost:9000",
                 "--upstream", "localhost:8080", "-o", str(out))
     assert made.exit_code == 0, made.output
     clusters = {c["name"]: c for c in yaml.safe_load(out.read_text())["static_resources"][
@@ -437,7 +430,7 @@ def test_gen_envoy_resolves_names_and_refuses_a_file_that_is_not_wasm(tmp_path):
     assert check.returncode == 0, check.stdout + check.stderr
     bogus = tmp_path / "bogus.wasm"
     bogus.write_bytes(b"not wasm")
-    refused = _gen("envoy", "--wasm", f"b={bogus}")
+    refused = gen("envoy", "--wasm", f"b={bogus}")
     assert refused.exit_code == 9 and "not a WebAssembly module" in refused.output
 
 
@@ -454,7 +447,7 @@ def test_buffer_limit_grows_only_for_processors_that_buffer_bodies():
 
 
 def test_gen_gateway_digest_only_images_and_long_timeouts():
-    result = _gen("gateway", "tests.helpers.procs:HeadersOnly", "--name", "n", "--route", "r",
+    result = gen("gateway", "tests.helpers.procs:HeadersOnly", "--name", "n", "--route", "r",
                   "--uds",
                   "/x.sock", "--message-timeout", "200", "--wasm-image",
                   f"w=oci://r.example/filters/w@sha256:{'a' * 64}")
