@@ -8,9 +8,9 @@ Envoy Gateway's order (after the Wasm filters, where ext_proc comes before them)
 ext_proc cluster; Envoy Gateway gets an EnvoyExtensionPolicy ``dynamicModule`` entry and
 the EnvoyProxy ``dynamicModules`` allowlist entry it must match.
 
-What the module runs today is the class's header hooks: a class with body or trailer hooks, or
-asking what the module would ignore (attributes, metadata, mode overrides, extend_timeout ...),
-is refused here, before any Envoy sees it.
+What the module runs today is the class's hooks, for headers, bodies (every body mode a class
+can ask for) and trailers: a class asking what the module would ignore (attributes, metadata,
+mode overrides, extend_timeout ...), is refused here, before any Envoy sees it.
 """
 
 from __future__ import annotations
@@ -104,17 +104,14 @@ _UNSUPPORTED = (
     ("typed_forwarding_namespaces", "metadata forwarding"),
     ("grpc_initial_metadata", "gRPC metadata"), ("disable_immediate_response",
                                                  "disable_immediate_response"),
+    ("send_body_without_waiting_for_header_response", "bodies before the headers' answer"),
 )
 
 
 def check_runnable(spec: FilterSpec) -> None:
-    """ConfigError unless the class asks only what the module runs: header hooks, and none of
-    the per-request extras of the ext_proc protocol it would otherwise silently ignore."""
-    others = sorted(hook for hook in spec.hooks
-                    if hook not in ("on_request_headers", "on_response_headers"))
-    if others:
-        raise ConfigError(f"{spec.name} defines {', '.join(others)}: the dynamic module runs "
-                          "header hooks only; serve it as an ext_proc processor instead")
+    """ConfigError unless the class asks only what the module runs: its hooks, with none of
+    the per-request extras of the ext_proc protocol it would otherwise silently ignore (a
+    class cannot ask for GRPC bodies, which the module does not run either)."""
     asked = [f"{field} ({what})" for field, what in _UNSUPPORTED if getattr(spec, field)]
     if asked:
         raise ConfigError(f"{spec.name} sets {', '.join(asked)}: the dynamic module does not "

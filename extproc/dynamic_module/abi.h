@@ -61,9 +61,18 @@ typedef enum {
 typedef enum { DM_LOG_TRACE, DM_LOG_DEBUG, DM_LOG_INFO, DM_LOG_WARN, DM_LOG_ERROR } dm_log_level;
 
 /* Envoy's FilterHeadersStatus / FilterDataStatus / FilterTrailersStatus, in its order. */
-enum { DM_HEADERS_CONTINUE = 0, DM_HEADERS_STOP_ALL_AND_WATERMARK = 4 };
-enum { DM_BODY_CONTINUE = 0 };
-enum { DM_TRAILERS_CONTINUE = 0 };
+enum { DM_HEADERS_CONTINUE = 0, DM_HEADERS_STOP = 1 };
+enum { DM_BODY_CONTINUE = 0, DM_BODY_STOP_AND_BUFFER = 1, DM_BODY_STOP_AND_WATERMARK = 2 };
+enum { DM_TRAILERS_CONTINUE = 0, DM_TRAILERS_STOP = 1 };
+
+/* Which body a body callback reads or changes: what the current body callback received, or
+ * what Envoy holds for this filter (StopIterationAndBuffer / AndWatermark). */
+typedef enum {
+  DM_RECEIVED_REQUEST_BODY = 0,
+  DM_BUFFERED_REQUEST_BODY = 1,
+  DM_RECEIVED_RESPONSE_BODY = 2,
+  DM_BUFFERED_RESPONSE_BODY = 3,
+} dm_body;
 enum { DM_LOCAL_REPLY_CONTINUE = 0 };
 
 /* -- hooks we export (Envoy resolves all of these at config load) ------------------------- */
@@ -137,6 +146,25 @@ void envoy_dynamic_module_callback_http_send_response(dm_filter_envoy, uint32_t 
                                                       dm_module_header *headers,
                                                       size_t headers_size, dm_module_buffer body,
                                                       dm_module_buffer details);
+/* Bodies: the size, the number of slices, the slices (valid until the hook returns or the
+ * body changes); append and drain change what Envoy forwards. Outside a body callback only
+ * the buffered body exists (appending to none makes one). */
+size_t envoy_dynamic_module_callback_http_get_body_size(dm_filter_envoy, dm_body);
+size_t envoy_dynamic_module_callback_http_get_body_chunks_size(dm_filter_envoy, dm_body);
+bool envoy_dynamic_module_callback_http_get_body_chunks(dm_filter_envoy, dm_body,
+                                                        dm_envoy_buffer *out);
+bool envoy_dynamic_module_callback_http_append_body(dm_filter_envoy, dm_body,
+                                                    dm_module_buffer data);
+bool envoy_dynamic_module_callback_http_drain_body(dm_filter_envoy, dm_body, size_t bytes);
+/* Whether what the current body callback received is this filter's buffer itself (handed
+ * back by Envoy after the filter stopped). */
+bool envoy_dynamic_module_callback_http_received_buffered_request_body(dm_filter_envoy);
+bool envoy_dynamic_module_callback_http_received_buffered_response_body(dm_filter_envoy);
+/* The stream's buffer limit (bytes): what a StopIterationAndBuffer body may reach. */
+uint64_t envoy_dynamic_module_callback_http_get_buffer_limit(dm_filter_envoy);
+/* Have Envoy pick the request's route again (after changing what it matches on). */
+void envoy_dynamic_module_callback_http_clear_route_cache(dm_filter_envoy);
+bool envoy_dynamic_module_callback_http_received_buffered_request_body(dm_filter_envoy);
 void envoy_dynamic_module_callback_http_filter_continue_decoding(dm_filter_envoy);
 void envoy_dynamic_module_callback_http_filter_continue_encoding(dm_filter_envoy);
 dm_scheduler envoy_dynamic_module_callback_http_filter_scheduler_new(dm_filter_envoy);

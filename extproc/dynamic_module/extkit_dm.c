@@ -1,12 +1,23 @@
 /* An Envoy HTTP filter (dynamic module, Envoy 1.40's ABI) that runs an extproc.Processor's
- * header hooks inside the data-plane Envoy, with CPython embedded.
+ * hooks inside the data-plane Envoy, with CPython embedded: headers, bodies in every ext_proc
+ * body mode, and trailers, both ways.
  *
- * Threads: Envoy's worker threads never take the GIL. A worker copies the headers into an
- * event, queues it, wakes the Python thread through an eventfd and stops the stream
- * (StopAllIterationAndWatermark). The Python thread (an asyncio loop, bridge.py)
- * runs the hook and answers with the header changes or a local reply; the answer is stored
- * on the stream and Envoy's scheduler runs on_http_filter_scheduled on the stream's worker,
- * which applies it and continues the stream. A slow hook holds only its own stream.
+ * Threads: Envoy's worker threads never take the GIL. A worker copies what a phase carries
+ * (headers, a body, trailers) into an event, queues it, wakes the Python thread through an
+ * eventfd and stops the stream. The Python thread (an asyncio loop, bridge.py) runs the hook
+ * and answers; the answer is stored on the stream and Envoy's scheduler runs
+ * on_http_filter_scheduled on the stream's worker, which applies it and goes on. A slow hook
+ * holds only its own stream.
+ *
+ * Bodies, as Envoy's ext_proc filter sends them:
+ * - BUFFERED / BUFFERED_PARTIAL: Envoy buffers the body (the headers held, so the body's
+ *   answer may still change them); the whole body (or what the buffer limit holds) goes to
+ *   Python once, and its answer replaces those bytes.
+ * - STREAMED / FULL_DUPLEX_STREAMED: one chunk at a time. While Python has a chunk, what
+ *   arrives stays in Envoy's buffer (flow-controlled by its watermarks); the answered bytes wait
+ *   here, and once Python has caught up with everything received they go on together. Chunks
+ *   that arrived while the hook ran are handed over as one.
+ * Trailers wait until the body before them is answered.
  *
  * Lifetimes: a stream is reference-counted: one reference for Envoy (dropped in
  * on_http_filter_destroy) and one per event Python has not answered yet. The scheduler is
@@ -39,11 +50,36 @@
 #endif
 
 /* Event kinds; a phase's kind is also its scheduler event id. Same numbers in the bridge. */
-enum { EV_REQUEST_HEADERS = 1, EV_RESPONSE_HEADERS = 2, EV_END = 3 };
+enum {
+  EV_REQUEST_HEADERS = 1,
+  EV_RESPONSE_HEADERS = 2,
+  EV_END = 3,
+  EV_REQUEST_BODY = 4,
+  EV_RESPONSE_BODY = 5,
+  EV_REQUEST_TRAILERS = 6,
+  EV_RESPONSE_TRAILERS = 7,
+  EV_KINDS = 8,
+};
 /* Header operations in an answer. */
 enum { OP_SET = 0, OP_ADD = 1, OP_REMOVE = 2 };
 /* Hooks a config's class defines (from the bridge). */
-enum { HOOK_REQUEST_HEADERS = 1, HOOK_RESPONSE_HEADERS = 2 };
+enum {
+  HOOK_REQUEST_HEADERS = 1,
+  HOOK_RESPONSE_HEADERS = 2,
+  HOOK_REQUEST_TRAILERS = 4,
+  HOOK_RESPONSE_TRAILERS = 8,
+};
+/* Body modes (from the bridge). */
+enum { BM_NONE = 0, BM_STREAMED = 1, BM_BUFFERED = 2, BM_PARTIAL = 3, BM_DUPLEX = 4 };
+enum { REQUEST = 0, RESPONSE = 1 };
+
+static int direction_of(int kind) {
+  return kind == EV_RESPONSE_HEADERS || kind == EV_RESPONSE_BODY || kind == EV_RESPONSE_TRAILERS;
+}
+static int is_body(int kind) { return kind == EV_REQUEST_BODY || kind == EV_RESPONSE_BODY; }
+static int is_trailers(int kind) {
+  return kind == EV_REQUEST_TRAILERS || kind == EV_RESPONSE_TRAILERS;
+}
 
 typedef struct {
   int op;
@@ -54,12 +90,15 @@ typedef struct {
 } header_op;
 
 typedef struct {
-  int kind;  /* 0: no answer waiting */
-  int reply; /* a local reply instead of continuing */
+  int kind;    /* 0: no answer waiting */
+  int reply;   /* a local reply instead of going on */
+  int abandon; /* the message timeout passed, failing open: go on, no more phases */
+  int clear_route; /* have Envoy pick the route again (request phases) */
   uint32_t status;
-  header_op *ops; /* header changes, or the local reply's headers (OP_SET) */
+  header_op *ops; /* header (or trailer) changes, or the local reply's headers (OP_SET) */
   size_t n_ops;
-  char *body;
+  int has_body; /* a body phase's new bytes (else: unchanged) */
+  char *body;   /* those, or the local reply's body */
   size_t body_len;
   char *details;
   size_t details_len;
@@ -68,9 +107,36 @@ typedef struct {
 typedef struct {
   long id; /* the bridge's handle of the class */
   int hooks;
+  int body_mode[2];
   long timeout_ms; /* the class's message_timeout */
-  int fail_open;   /* no answer in time: continue unchanged instead of 504 */
+  int fail_open;   /* no answer in time: go on unchanged instead of 504 */
 } filter_config;
+
+struct stream;
+
+/* A waiting phase's deadline, on the watchdog's list (under watch_lock). */
+typedef struct watch_node {
+  struct stream *stream;
+  struct watch_node *prev, *next;
+  int watched; /* the phase whose deadline is listed (0: none) */
+  struct timespec deadline;
+} watch_node;
+
+typedef struct {
+  int waiting; /* under lock: the phase waiting for Python (0: none) */
+  /* the rest: the stream's worker only */
+  int held;         /* headers stopped until the (buffered) body is answered */
+  int body_started; /* a body callback came */
+  int body_sent;    /* BUFFERED/PARTIAL: the body went to Python */
+  int body_done;    /* BUFFERED/PARTIAL: and was answered */
+  int eos;          /* the end of this direction arrived (last data or trailers) */
+  int trailers;     /* trailers arrived (and are stopped, unless passed on) */
+  int flushed;      /* FULL_DUPLEX: the end-of-stream flush went to Python */
+  size_t sent_len;  /* the bytes at the buffer's front that Python has (to replace) */
+  char *out;        /* STREAMED/FULL_DUPLEX: answered bytes not passed on yet */
+  size_t out_len, out_cap;
+  watch_node watch;
+} direction;
 
 typedef struct stream {
   atomic_int refs;
@@ -79,24 +145,22 @@ typedef struct stream {
   dm_scheduler scheduler; /* under lock; NULL once Envoy destroyed the filter */
   int alive;              /* under lock */
   int python_holds;       /* under lock: the bridge keeps a Processor for this stream */
-  int local_replied;      /* worker only */
-  int waiting;            /* under lock: the phase waiting for an answer (0: none) */
   int abandoned;          /* under lock: timed out failing open, no more phases */
-  answer pending;         /* under lock */
-  /* the watchdog's list (under watch_lock) */
-  struct stream *watch_prev, *watch_next;
-  int watched; /* the phase whose deadline is listed (0: none) */
-  struct timespec deadline;
+  int local_replied;      /* worker only */
+  answer pending[EV_KINDS]; /* under lock: answers for the worker, one per phase kind */
+  direction dir[2];
 } stream;
 
 typedef struct event {
   struct event *next;
   stream *stream;
   int kind;
+  int eos;
   long config_id;
-  size_t n;              /* headers */
-  uint32_t (*spans)[2];  /* key and value lengths, n pairs */
-  char *bytes;           /* keys and values, back to back */
+  size_t n;             /* headers (0 for a body) */
+  uint32_t (*spans)[2]; /* key and value lengths, n pairs */
+  char *bytes;          /* keys and values back to back, or the body */
+  size_t body_len;
 } event;
 
 static pthread_mutex_t queue_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -107,6 +171,14 @@ static int python_ready;
 static void log_line(dm_log_level level, const char *text) {
   dm_module_buffer message = {text, strlen(text)};
   envoy_dynamic_module_callback_log(level, message);
+}
+
+static void *must(void *pointer) {
+  if (pointer == NULL) {
+    log_line(DM_LOG_ERROR, "extkit_dm: out of memory");
+    abort();
+  }
+  return pointer;
 }
 
 /* -- streams ------------------------------------------------------------------------------- */
@@ -124,10 +196,28 @@ static void free_answer(answer *a) {
 
 static void unref(stream *s) {
   if (atomic_fetch_sub(&s->refs, 1) == 1) {
-    free_answer(&s->pending);
+    for (int k = 0; k < EV_KINDS; k++) {
+      free_answer(&s->pending[k]);
+    }
+    free(s->dir[REQUEST].out);
+    free(s->dir[RESPONSE].out);
     pthread_mutex_destroy(&s->lock);
     free(s);
   }
+}
+
+static int waiting_phase(stream *s, int d) {
+  pthread_mutex_lock(&s->lock);
+  int waiting = s->dir[d].waiting;
+  pthread_mutex_unlock(&s->lock);
+  return waiting;
+}
+
+static int abandoned(stream *s) {
+  pthread_mutex_lock(&s->lock);
+  int gone = s->abandoned;
+  pthread_mutex_unlock(&s->lock);
+  return gone;
 }
 
 static void enqueue(event *ev) {
@@ -149,31 +239,34 @@ static void enqueue(event *ev) {
   }
 }
 
-/* Copy the header map into an event for the Python thread (a stopped stream's map is Envoy's
+static event *new_event(stream *s, int kind, size_t n, size_t bytes) {
+  event *ev = must(malloc(sizeof(event) + n * sizeof(uint32_t[2]) + bytes));
+  ev->next = NULL;
+  ev->stream = s;
+  ev->kind = kind;
+  ev->eos = 0;
+  ev->config_id = s->config->id;
+  ev->n = n;
+  ev->spans = (uint32_t(*)[2])(ev + 1);
+  ev->bytes = (char *)(ev->spans + n);
+  ev->body_len = 0;
+  return ev;
+}
+
+/* Copy a header map into an event for the Python thread (a stopped stream's map is Envoy's
  * to free if the stream is reset, so the bridge never reads Envoy's memory). */
 static event *headers_event(dm_filter_envoy filter, stream *s, dm_header_map map, int kind) {
   size_t n = envoy_dynamic_module_callback_http_get_headers_size(filter, map);
   dm_envoy_header stack_headers[32];
-  dm_envoy_header *headers = n <= 32 ? stack_headers : malloc(n * sizeof(*headers));
-  if (headers == NULL || (n && !envoy_dynamic_module_callback_http_get_headers(filter, map,
-                                                                                 headers))) {
+  dm_envoy_header *headers = n <= 32 ? stack_headers : must(malloc(n * sizeof(*headers)));
+  if (n && !envoy_dynamic_module_callback_http_get_headers(filter, map, headers)) {
     n = 0;
   }
   size_t total = 0;
   for (size_t i = 0; i < n; i++) {
     total += headers[i].key_length + headers[i].value_length;
   }
-  event *ev = malloc(sizeof(event) + n * sizeof(uint32_t[2]) + total);
-  if (ev == NULL) {
-    abort();
-  }
-  ev->next = NULL;
-  ev->stream = s;
-  ev->kind = kind;
-  ev->config_id = s->config->id;
-  ev->n = n;
-  ev->spans = (uint32_t(*)[2])(ev + 1);
-  ev->bytes = (char *)(ev->spans + n);
+  event *ev = new_event(s, kind, n, total);
   char *at = ev->bytes;
   for (size_t i = 0; i < n; i++) {
     ev->spans[i][0] = (uint32_t)headers[i].key_length;
@@ -189,18 +282,122 @@ static event *headers_event(dm_filter_envoy filter, stream *s, dm_header_map map
   return ev;
 }
 
+static dm_body received_body(int d) {
+  return d == REQUEST ? DM_RECEIVED_REQUEST_BODY : DM_RECEIVED_RESPONSE_BODY;
+}
+static dm_body buffered_body(int d) {
+  return d == REQUEST ? DM_BUFFERED_REQUEST_BODY : DM_BUFFERED_RESPONSE_BODY;
+}
+static dm_header_map headers_map(int d) {
+  return d == REQUEST ? DM_REQUEST_HEADERS : DM_RESPONSE_HEADERS;
+}
+static dm_header_map trailers_map(int d) {
+  return d == REQUEST ? DM_REQUEST_TRAILERS : DM_RESPONSE_TRAILERS;
+}
+
+static size_t body_size(dm_filter_envoy filter, dm_body which) {
+  return envoy_dynamic_module_callback_http_get_body_size(filter, which);
+}
+
+/* Copy a body's bytes to ``at``; returns the end. */
+static char *copy_body(dm_filter_envoy filter, dm_body which, char *at) {
+  size_t n = envoy_dynamic_module_callback_http_get_body_chunks_size(filter, which);
+  if (n == 0) {
+    return at;
+  }
+  dm_envoy_buffer stack_chunks[16];
+  dm_envoy_buffer *chunks = n <= 16 ? stack_chunks : must(malloc(n * sizeof(*chunks)));
+  if (envoy_dynamic_module_callback_http_get_body_chunks(filter, which, chunks)) {
+    for (size_t i = 0; i < n; i++) {
+      memcpy(at, chunks[i].ptr, chunks[i].length);
+      at += chunks[i].length;
+    }
+  }
+  if (chunks != stack_chunks) {
+    free(chunks);
+  }
+  return at;
+}
+
+/* A body event: what Envoy buffered for this filter, then (in a body callback) what it just
+ * received. */
+static event *body_event(dm_filter_envoy filter, stream *s, int d, int buffered, int received,
+                         int eos) {
+  if (buffered && received &&
+      (d == REQUEST ? envoy_dynamic_module_callback_http_received_buffered_request_body(filter)
+                    : envoy_dynamic_module_callback_http_received_buffered_response_body(filter))) {
+    received = 0; /* what this callback received is the buffer itself */
+  }
+  size_t total = (buffered ? body_size(filter, buffered_body(d)) : 0) +
+                 (received ? body_size(filter, received_body(d)) : 0);
+  event *ev = new_event(s, d == REQUEST ? EV_REQUEST_BODY : EV_RESPONSE_BODY, 0, total);
+  char *at = ev->bytes;
+  if (buffered) {
+    at = copy_body(filter, buffered_body(d), at);
+  }
+  if (received) {
+    at = copy_body(filter, received_body(d), at);
+  }
+  ev->body_len = (size_t)(at - ev->bytes);
+  ev->eos = eos;
+  return ev;
+}
+
+/* Replace the first ``n`` buffered bytes with ``data`` (Envoy's buffer takes appends and
+ * drains at its front only: the rest is copied out and back). */
+static void replace_front(dm_filter_envoy filter, int d, size_t n, const char *data,
+                          size_t len) {
+  dm_body which = buffered_body(d);
+  size_t size = body_size(filter, which);
+  if (n > size) {
+    n = size;
+  }
+  char *rest = NULL;
+  size_t rest_len = size - n;
+  if (rest_len > 0) {
+    char *all = must(malloc(size));
+    copy_body(filter, which, all);
+    rest = must(malloc(rest_len));
+    memcpy(rest, all + n, rest_len);
+    free(all);
+  }
+  envoy_dynamic_module_callback_http_drain_body(filter, which, size);
+  if (len > 0) {
+    envoy_dynamic_module_callback_http_append_body(filter, which, (dm_module_buffer){data, len});
+  }
+  if (rest_len > 0) {
+    envoy_dynamic_module_callback_http_append_body(filter, which,
+                                                   (dm_module_buffer){rest, rest_len});
+  }
+  free(rest);
+}
+
+static void keep_out(direction *x, const char *data, size_t len) {
+  if (x->out_len + len > x->out_cap) {
+    size_t cap = x->out_cap ? x->out_cap : 4096;
+    while (cap < x->out_len + len) {
+      cap *= 2;
+    }
+    x->out = must(realloc(x->out, cap));
+    x->out_cap = cap;
+  }
+  memcpy(x->out + x->out_len, data, len);
+  x->out_len += len;
+}
+
 /* -- the message timeout, kept here ----------------------------------------------------------
  * A phase Python has not answered within the message timeout is answered from C, as Envoy's
  * ext_proc filter answers a message timeout (504; or, failing open, the stream goes on and
  * gets no more phases), even when Python's loop is blocked by a hook that never yields: one
- * watchdog thread keeps the deadline of every waiting phase (at most one per stream: phases
- * come one after another) in a list it leaves as soon as the phase is answered, and commits the
- * answer through the stream's scheduler. Python's late answer then finds the phase no longer
- * waiting and is dropped, and a phase still queued for Python is not handed to it. */
+ * watchdog thread keeps the deadline of every waiting phase (at most one per direction of a
+ * stream: a direction's phases come one after another) in a list it leaves as soon as the
+ * phase is answered, and commits the answer through the stream's scheduler. Python's late
+ * answer then finds the phase no longer waiting and is dropped, and a phase still queued for
+ * Python is not handed to it. */
 
 static pthread_mutex_t watch_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t watch_cond;
-static stream *watching; /* streams with a waiting phase, newest first (under watch_lock) */
+static watch_node *watching; /* waiting phases, newest first (under watch_lock) */
 static atomic_int watchdog_started;
 
 static int before(const struct timespec *a, const struct timespec *b) {
@@ -208,29 +405,30 @@ static int before(const struct timespec *a, const struct timespec *b) {
 }
 
 static void commit_locked(stream *s, answer *a) {
-  free_answer(&s->pending);
-  s->pending = *a;
+  int kind = a->kind;
+  free_answer(&s->pending[kind]);
+  s->pending[kind] = *a;
   memset(a, 0, sizeof(*a));
-  envoy_dynamic_module_callback_http_filter_scheduler_commit(s->scheduler,
-                                                             (uint64_t)s->pending.kind);
+  envoy_dynamic_module_callback_http_filter_scheduler_commit(s->scheduler, (uint64_t)kind);
 }
 
-/* Take phase ``kind``'s deadline (any phase's: 0) off the watchdog's list, when listed: the
- * phase was answered, timed out, or the stream ended. Drops the list's reference. */
-static void unwatch(stream *s, int kind) {
+/* Take direction ``d``'s phase ``kind`` (any phase: 0) off the watchdog's list, when listed:
+ * the phase was answered, timed out, or the stream ended. Drops the list's reference. */
+static void unwatch(stream *s, int d, int kind) {
+  watch_node *node = &s->dir[d].watch;
   pthread_mutex_lock(&watch_lock);
-  int listed = s->watched != 0 && (kind == 0 || s->watched == kind);
+  int listed = node->watched != 0 && (kind == 0 || node->watched == kind);
   if (listed) {
-    if (s->watch_prev != NULL) {
-      s->watch_prev->watch_next = s->watch_next;
+    if (node->prev != NULL) {
+      node->prev->next = node->next;
     } else {
-      watching = s->watch_next;
+      watching = node->next;
     }
-    if (s->watch_next != NULL) {
-      s->watch_next->watch_prev = s->watch_prev;
+    if (node->next != NULL) {
+      node->next->prev = node->prev;
     }
-    s->watch_prev = s->watch_next = NULL;
-    s->watched = 0;
+    node->prev = node->next = NULL;
+    node->watched = 0;
   }
   pthread_mutex_unlock(&watch_lock);
   if (listed) {
@@ -238,19 +436,20 @@ static void unwatch(stream *s, int kind) {
   }
 }
 
-static void time_out(stream *s, int kind) {
+static void time_out(stream *s, int d, int kind) {
   static const char details[] = "extproc_message_timeout";
   pthread_mutex_lock(&s->lock);
-  if (s->waiting == kind && s->alive && s->scheduler != NULL) {
-    s->waiting = 0;
+  if (s->dir[d].waiting == kind && s->alive && s->scheduler != NULL) {
+    s->dir[d].waiting = 0;
     answer a = {0};
     a.kind = kind;
     if (s->config->fail_open) {
       s->abandoned = 1; /* as Envoy's ext_proc: no more phases for this stream */
+      a.abandon = 1;
     } else {
       a.reply = 1;
       a.status = 504;
-      a.details = strdup(details);
+      a.details = must(strdup(details));
       a.details_len = sizeof(details) - 1;
     }
     commit_locked(s, &a);
@@ -264,23 +463,24 @@ static void *watchdog(void *unused) {
   for (;;) {
     struct timespec now;
     clock_gettime(CLOCK_MONOTONIC, &now);
-    stream *due = NULL, *earliest = NULL;
-    for (stream *s = watching; s != NULL; s = s->watch_next) {
-      if (!before(&now, &s->deadline)) {
-        due = s;
+    watch_node *due = NULL, *earliest = NULL;
+    for (watch_node *node = watching; node != NULL; node = node->next) {
+      if (!before(&now, &node->deadline)) {
+        due = node;
         break;
       }
-      if (earliest == NULL || before(&s->deadline, &earliest->deadline)) {
-        earliest = s;
+      if (earliest == NULL || before(&node->deadline, &earliest->deadline)) {
+        earliest = node;
       }
     }
     if (due != NULL) {
-      int kind = due->watched;
-      atomic_fetch_add(&due->refs, 1); /* kept across the unlock */
+      stream *s = due->stream;
+      int kind = due->watched, d = direction_of(kind);
+      atomic_fetch_add(&s->refs, 1); /* kept across the unlock */
       pthread_mutex_unlock(&watch_lock);
-      unwatch(due, kind); /* unless answered meanwhile (then a later phase's is not touched) */
-      time_out(due, kind);
-      unref(due);
+      unwatch(s, d, kind); /* unless answered meanwhile (then a later phase's is not touched) */
+      time_out(s, d, kind);
+      unref(s);
       pthread_mutex_lock(&watch_lock);
       continue;
     }
@@ -314,7 +514,8 @@ static void start_watchdog(void) {
   pthread_mutex_unlock(&watch_lock);
 }
 
-static void watch(stream *s, int kind) {
+static void watch(stream *s, int d, int kind) {
+  watch_node *node = &s->dir[d].watch;
   struct timespec at;
   clock_gettime(CLOCK_MONOTONIC, &at);
   long ms = s->config->timeout_ms;
@@ -325,22 +526,23 @@ static void watch(stream *s, int kind) {
     at.tv_nsec -= 1000000000L;
   }
   pthread_mutex_lock(&watch_lock);
-  s->deadline = at;
-  if (s->watched != 0) {
+  node->deadline = at;
+  if (node->watched != 0) {
     /* still listed for the phase before, answered but not yet taken off: now this one's */
-    s->watched = kind;
+    node->watched = kind;
     pthread_mutex_unlock(&watch_lock);
     return;
   }
   atomic_fetch_add(&s->refs, 1); /* the list's */
-  s->watched = kind;
-  s->watch_prev = NULL;
-  s->watch_next = watching;
+  node->stream = s;
+  node->watched = kind;
+  node->prev = NULL;
+  node->next = watching;
   if (watching != NULL) {
-    watching->watch_prev = s;
+    watching->prev = node;
   }
   int was_empty = watching == NULL;
-  watching = s;
+  watching = node;
   pthread_mutex_unlock(&watch_lock);
   if (was_empty) {
     /* otherwise the watchdog already waits for an earlier deadline (one timeout per
@@ -350,22 +552,21 @@ static void watch(stream *s, int kind) {
   }
 }
 
-/* Hand a phase to Python; the stream waits for its answer. */
-static int send_phase(dm_filter_envoy filter, stream *s, dm_header_map map, int kind) {
-  event *ev = headers_event(filter, s, map, kind);
+/* Hand a phase to Python; its direction waits for the answer. */
+static void send_event(dm_filter_envoy filter, stream *s, event *ev) {
+  int d = direction_of(ev->kind);
   atomic_fetch_add(&s->refs, 1); /* the event's: dropped when Python answers */
   pthread_mutex_lock(&s->lock);
   if (s->scheduler == NULL) {
     s->scheduler = envoy_dynamic_module_callback_http_filter_scheduler_new(filter);
   }
   s->python_holds = 1;
-  s->waiting = kind;
+  s->dir[d].waiting = ev->kind;
   pthread_mutex_unlock(&s->lock);
   if (atomic_load(&watchdog_started) && s->config->timeout_ms > 0) {
-    watch(s, kind);
+    watch(s, d, ev->kind);
   }
   enqueue(ev);
-  return DM_HEADERS_STOP_ALL_AND_WATERMARK;
 }
 
 /* -- the Python module the bridge talks to (_extkit_dm) -------------------------------------- */
@@ -376,7 +577,8 @@ static PyObject *py_wake_fd(PyObject *self, PyObject *unused) {
   return PyLong_FromLong(wake_fd);
 }
 
-/* Every queued event as (stream, kind, config, [(name, value), ...] or None). */
+/* Every queued event as (stream, kind, config, payload, end_of_stream): the payload is
+ * [(name, value), ...] for headers and trailers, bytes for a body, None for the end. */
 static PyObject *py_take(PyObject *self, PyObject *unused) {
   (void)self;
   (void)unused;
@@ -395,7 +597,7 @@ static PyObject *py_take(PyObject *self, PyObject *unused) {
        * is not handed to Python: its hook would run for a request that is over. */
       stream *s = ev->stream;
       pthread_mutex_lock(&s->lock);
-      int stale = !s->alive || s->waiting != ev->kind;
+      int stale = !s->alive || s->dir[direction_of(ev->kind)].waiting != ev->kind;
       pthread_mutex_unlock(&s->lock);
       if (stale) {
         unref(s); /* the event's */
@@ -404,11 +606,14 @@ static PyObject *py_take(PyObject *self, PyObject *unused) {
         continue;
       }
     }
-    PyObject *headers = Py_None;
-    Py_INCREF(Py_None);
-    if (ev->kind != EV_END) {
-      Py_DECREF(Py_None);
-      headers = PyList_New((Py_ssize_t)ev->n);
+    PyObject *payload;
+    if (ev->kind == EV_END) {
+      payload = Py_None;
+      Py_INCREF(Py_None);
+    } else if (is_body(ev->kind)) {
+      payload = PyBytes_FromStringAndSize(ev->bytes, (Py_ssize_t)ev->body_len);
+    } else {
+      payload = PyList_New((Py_ssize_t)ev->n);
       const char *at = ev->bytes;
       for (size_t i = 0; i < ev->n; i++) {
         uint32_t key_len = ev->spans[i][0], value_len = ev->spans[i][1];
@@ -416,11 +621,12 @@ static PyObject *py_take(PyObject *self, PyObject *unused) {
         PyObject *pair = Py_BuildValue("(NN)", PyUnicode_DecodeLatin1(at, key_len, NULL),
                                        PyUnicode_DecodeLatin1(at + key_len, value_len, NULL));
         at += key_len + value_len;
-        PyList_SET_ITEM(headers, (Py_ssize_t)i, pair);
+        PyList_SET_ITEM(payload, (Py_ssize_t)i, pair);
       }
     }
-    PyObject *item = Py_BuildValue("(KilN)", (unsigned long long)(uintptr_t)ev->stream,
-                                   ev->kind, ev->config_id, headers);
+    PyObject *item = Py_BuildValue("(KilNO)", (unsigned long long)(uintptr_t)ev->stream,
+                                   ev->kind, ev->config_id, payload,
+                                   ev->eos ? Py_True : Py_False);
     PyList_Append(list, item);
     Py_DECREF(item);
     if (ev->kind == EV_END) {
@@ -438,7 +644,7 @@ static char *copy_bytes(PyObject *value, size_t *length) {
   if (PyBytes_AsStringAndSize(value, &data, &size) < 0) {
     return NULL;
   }
-  char *copy = malloc((size_t)size + 1);
+  char *copy = must(malloc((size_t)size + 1));
   memcpy(copy, data, (size_t)size);
   copy[size] = 0;
   *length = (size_t)size;
@@ -450,11 +656,12 @@ static int parse_ops(PyObject *list, answer *a) {
   if (list == Py_None) {
     return 0;
   }
-  Py_ssize_t n = PyList_Size(list);
-  if (n < 0) {
+  if (!PyList_Check(list)) {
+    PyErr_SetString(PyExc_TypeError, "header operations are a list");
     return -1;
   }
-  a->ops = calloc((size_t)n + 1, sizeof(header_op));
+  Py_ssize_t n = PyList_GET_SIZE(list);
+  a->ops = must(calloc((size_t)n + 1, sizeof(header_op)));
   for (Py_ssize_t i = 0; i < n; i++) {
     PyObject *item = PyList_GET_ITEM(list, i);
     PyObject *name, *value;
@@ -477,12 +684,12 @@ static int parse_ops(PyObject *list, answer *a) {
 
 /* Store the answer on the stream and have its worker apply it; drops the event's reference. */
 static void deliver(stream *s, answer *a, int done) {
-  int a_kind = a->kind;
+  int kind = a->kind, d = direction_of(kind);
   pthread_mutex_lock(&s->lock);
   /* A phase the watchdog answered (its message timeout passed) is no longer waiting. */
   int answered = 0;
-  if (s->alive && s->scheduler != NULL && s->waiting == a->kind) {
-    s->waiting = 0;
+  if (s->alive && s->scheduler != NULL && s->dir[d].waiting == kind) {
+    s->dir[d].waiting = 0;
     commit_locked(s, a);
     answered = 1;
   }
@@ -492,25 +699,46 @@ static void deliver(stream *s, answer *a, int done) {
   pthread_mutex_unlock(&s->lock);
   free_answer(a); /* the stream was gone: nothing to apply */
   if (answered) {
-    unwatch(s, a_kind);
+    unwatch(s, d, kind);
   }
   unref(s);
 }
 
-/* answer(stream, kind, done, ops): continue, with these header changes. */
+static int known_phase(int kind) {
+  if (kind <= 0 || kind >= EV_KINDS || kind == EV_END) {
+    PyErr_Format(PyExc_ValueError, "no phase %d", kind);
+    return 0;
+  }
+  return 1;
+}
+
+/* answer(stream, kind, done, ops, body, clear_route): go on, with these header (or trailer)
+ * changes and, for a body phase, these bytes (None: unchanged); clear_route: Envoy picks the
+ * route again. */
 static PyObject *py_answer(PyObject *self, PyObject *args) {
   (void)self;
   unsigned long long handle;
   int kind, done;
-  PyObject *ops;
-  if (!PyArg_ParseTuple(args, "KipO", &handle, &kind, &done, &ops)) {
+  int clear_route = 0;
+  PyObject *ops, *body = Py_None;
+  if (!PyArg_ParseTuple(args, "KipO|Op", &handle, &kind, &done, &ops, &body, &clear_route) ||
+      !known_phase(kind)) {
     return NULL;
   }
   answer a = {0};
   a.kind = kind;
+  a.clear_route = clear_route && direction_of(kind) == REQUEST;
   if (parse_ops(ops, &a) < 0) {
     free_answer(&a);
     return NULL; /* the bridge answers again without changes */
+  }
+  if (body != Py_None) {
+    a.body = copy_bytes(body, &a.body_len);
+    if (a.body == NULL) {
+      free_answer(&a);
+      return NULL;
+    }
+    a.has_body = 1;
   }
   deliver((stream *)(uintptr_t)handle, &a, done);
   Py_RETURN_NONE;
@@ -523,7 +751,8 @@ static PyObject *py_reply(PyObject *self, PyObject *args) {
   int kind;
   unsigned int status;
   PyObject *headers, *body, *details;
-  if (!PyArg_ParseTuple(args, "KiIOSS", &handle, &kind, &status, &headers, &body, &details)) {
+  if (!PyArg_ParseTuple(args, "KiIOSS", &handle, &kind, &status, &headers, &body, &details) ||
+      !known_phase(kind)) {
     return NULL;
   }
   answer a = {0};
@@ -558,7 +787,7 @@ static PyObject *py_reply(PyObject *self, PyObject *args) {
 static PyMethodDef methods[] = {
     {"wake_fd", py_wake_fd, METH_NOARGS, "The eventfd that is readable when events wait."},
     {"take", py_take, METH_NOARGS, "Clear the eventfd and take every waiting event."},
-    {"answer", py_answer, METH_VARARGS, "Continue a stream with header changes."},
+    {"answer", py_answer, METH_VARARGS, "Go on with header changes (and a body's bytes)."},
     {"reply", py_reply, METH_VARARGS, "Answer a stream with a local reply."},
     {NULL, NULL, 0, NULL},
 };
@@ -636,14 +865,17 @@ EXPORT dm_config_module envoy_dynamic_module_on_http_filter_config_new(dm_config
   PyObject *got = PyObject_CallMethod(bridge, "configure", "s#", config.ptr,
                                       (Py_ssize_t)config.length);
   long id, timeout_ms;
-  int hooks, fail_open;
-  if (got == NULL || !PyArg_ParseTuple(got, "lilp", &id, &hooks, &timeout_ms, &fail_open)) {
+  int hooks, fail_open, request_body, response_body;
+  if (got == NULL || !PyArg_ParseTuple(got, "lilpii", &id, &hooks, &timeout_ms, &fail_open,
+                                       &request_body, &response_body)) {
     PyErr_Print();
     log_line(DM_LOG_ERROR, "extkit_dm: the filter config was refused (reason on stderr)");
   } else {
-    result = malloc(sizeof(*result));
+    result = must(malloc(sizeof(*result)));
     result->id = id;
     result->hooks = hooks;
+    result->body_mode[REQUEST] = request_body;
+    result->body_mode[RESPONSE] = response_body;
     result->timeout_ms = timeout_ms;
     result->fail_open = fail_open;
   }
@@ -663,7 +895,7 @@ EXPORT void envoy_dynamic_module_on_http_filter_config_destroy(dm_config_module 
 EXPORT dm_filter_module envoy_dynamic_module_on_http_filter_new(dm_config_module config,
                                                                 dm_filter_envoy filter) {
   (void)filter;
-  stream *s = calloc(1, sizeof(stream));
+  stream *s = must(calloc(1, sizeof(stream)));
   atomic_init(&s->refs, 1);
   pthread_mutex_init(&s->lock, NULL);
   s->config = config;
@@ -671,64 +903,212 @@ EXPORT dm_filter_module envoy_dynamic_module_on_http_filter_new(dm_config_module
   return s;
 }
 
+static void continue_direction(dm_filter_envoy filter, int d) {
+  if (d == REQUEST) {
+    envoy_dynamic_module_callback_http_filter_continue_decoding(filter);
+  } else {
+    envoy_dynamic_module_callback_http_filter_continue_encoding(filter);
+  }
+}
+
+static int holds_headers(int mode) { return mode == BM_BUFFERED || mode == BM_PARTIAL; }
+
+static int trailers_hook(stream *s, int d) {
+  return s->config->hooks & (d == REQUEST ? HOOK_REQUEST_TRAILERS : HOOK_RESPONSE_TRAILERS);
+}
+
+/* Envoy's ext_proc cannot know the length the processor leaves: it drops content-length for
+ * a body sent in pieces, and for a BUFFERED body whose headers it does not send (the body's
+ * answer can then not fix the length). */
+static void drop_length(dm_filter_envoy filter, stream *s, int d, int hook) {
+  int mode = s->config->body_mode[d];
+  if (mode == BM_STREAMED || mode == BM_PARTIAL || mode == BM_DUPLEX ||
+      (mode == BM_BUFFERED && !hook)) {
+    static const char name[] = "content-length";
+    envoy_dynamic_module_callback_http_set_header(
+        filter, headers_map(d), (dm_module_buffer){name, sizeof(name) - 1},
+        (dm_module_buffer){NULL, 0});
+  }
+}
+
+/* The body (if any) and its answer are done: the trailers' phase, or on. Worker, outside
+ * Envoy's callbacks for this direction. */
+static void after_body(dm_filter_envoy filter, stream *s, int d) {
+  direction *x = &s->dir[d];
+  if (x->trailers) {
+    if (s->config->body_mode[d] == BM_DUPLEX && x->body_started && !x->flushed) {
+      /* trailers end a full-duplex body: the hook flushes what it held back */
+      x->flushed = 1;
+      send_event(filter, s, body_event(filter, s, d, 0, 0, 1));
+      return;
+    }
+    if (trailers_hook(s, d)) {
+      send_event(filter, s, headers_event(filter, s, trailers_map(d),
+                                          d == REQUEST ? EV_REQUEST_TRAILERS
+                                                       : EV_RESPONSE_TRAILERS));
+      return;
+    }
+  }
+  continue_direction(filter, d);
+}
+
+/* BUFFERED / BUFFERED_PARTIAL with the headers held: the body is complete (or fills the
+ * buffer), and the headers are answered: the body goes to Python, or, with none, on. */
+static void held_body_ready(dm_filter_envoy filter, stream *s, int d) {
+  direction *x = &s->dir[d];
+  if (!x->body_started) {
+    after_body(filter, s, d);
+    return;
+  }
+  x->body_sent = 1;
+  event *ev = body_event(filter, s, d, 1, 0, x->eos && !x->trailers);
+  x->sent_len = ev->body_len;
+  send_event(filter, s, ev);
+}
+
+static int buffer_full(dm_filter_envoy filter, int d, size_t size) {
+  uint64_t limit = envoy_dynamic_module_callback_http_get_buffer_limit(filter);
+  (void)d;
+  return limit > 0 && size >= limit;
+}
+
+static int on_headers(dm_filter_envoy filter, stream *s, int d, bool end_of_stream) {
+  direction *x = &s->dir[d];
+  if (s->local_replied || abandoned(s)) {
+    return DM_HEADERS_CONTINUE;
+  }
+  int mode = s->config->body_mode[d];
+  int hook = s->config->hooks & (d == REQUEST ? HOOK_REQUEST_HEADERS : HOOK_RESPONSE_HEADERS);
+  x->eos = end_of_stream;
+  x->held = !end_of_stream && holds_headers(mode);
+  if (!hook) {
+    drop_length(filter, s, d, 0);
+    return x->held ? DM_HEADERS_STOP : DM_HEADERS_CONTINUE;
+  }
+  event *ev = headers_event(filter, s, headers_map(d),
+                            d == REQUEST ? EV_REQUEST_HEADERS : EV_RESPONSE_HEADERS);
+  ev->eos = end_of_stream;
+  send_event(filter, s, ev);
+  /* Stopped, not StopAll: body and trailer callbacks still come while the hook runs (and
+   * wait here), so Envoy never hands them back to this filter inside its own continue (where
+   * Envoy 1.40's module filter drops the next continue). */
+  return DM_HEADERS_STOP;
+}
+
+static int on_body(dm_filter_envoy filter, stream *s, int d, bool end_of_stream) {
+  direction *x = &s->dir[d];
+  int mode = s->config->body_mode[d];
+  if (s->local_replied || abandoned(s)) {
+    return DM_BODY_CONTINUE;
+  }
+  int waiting = waiting_phase(s, d);
+  if (mode == BM_NONE) {
+    /* no body phase: it waits (in Envoy's buffer) only for the headers' answer */
+    return waiting ? DM_BODY_STOP_AND_WATERMARK : DM_BODY_CONTINUE;
+  }
+  x->body_started = 1;
+  if (end_of_stream) {
+    x->eos = 1;
+  }
+  if (holds_headers(mode)) {
+    int hold = mode == BM_BUFFERED ? DM_BODY_STOP_AND_BUFFER : DM_BODY_STOP_AND_WATERMARK;
+    if (x->body_sent) {
+      /* BUFFERED_PARTIAL: the rest after the part Python has goes on unprocessed */
+      return x->body_done ? DM_BODY_CONTINUE : DM_BODY_STOP_AND_WATERMARK;
+    }
+    if (waiting) {
+      return hold; /* the headers' answer sends the body, once it is all here */
+    }
+    size_t size = body_size(filter, buffered_body(d)) + body_size(filter, received_body(d));
+    if (end_of_stream || (mode == BM_PARTIAL && buffer_full(filter, d, size))) {
+      x->body_sent = 1;
+      event *ev = body_event(filter, s, d, 1, 1, end_of_stream);
+      x->sent_len = ev->body_len;
+      send_event(filter, s, ev);
+    }
+    return hold;
+  }
+  /* STREAMED / FULL_DUPLEX_STREAMED: while Python has a chunk, what comes stays in Envoy's
+   * buffer and goes to Python with the next one. */
+  if (waiting) {
+    return DM_BODY_STOP_AND_WATERMARK;
+  }
+  /* (at the end of the stream Envoy has already moved the chunk into its buffer) */
+  event *ev = body_event(filter, s, d, 1, 1, end_of_stream);
+  x->sent_len = ev->body_len;
+  send_event(filter, s, ev);
+  return DM_BODY_STOP_AND_WATERMARK;
+}
+
+static int on_trailers(dm_filter_envoy filter, stream *s, int d) {
+  direction *x = &s->dir[d];
+  if (s->local_replied || abandoned(s)) {
+    return DM_TRAILERS_CONTINUE;
+  }
+  int mode = s->config->body_mode[d];
+  x->eos = 1;
+  x->trailers = 1;
+  if (waiting_phase(s, d)) {
+    return DM_TRAILERS_STOP; /* the answer in flight goes on to them */
+  }
+  if (holds_headers(mode) && x->body_started && !x->body_sent) {
+    x->body_sent = 1;
+    event *ev = body_event(filter, s, d, 1, 0, 0);
+    x->sent_len = ev->body_len;
+    send_event(filter, s, ev);
+    return DM_TRAILERS_STOP;
+  }
+  if (mode == BM_DUPLEX && x->body_started && !x->flushed) {
+    x->flushed = 1;
+    send_event(filter, s, body_event(filter, s, d, 0, 0, 1));
+    return DM_TRAILERS_STOP;
+  }
+  if (trailers_hook(s, d)) {
+    send_event(filter, s, headers_event(filter, s, trailers_map(d),
+                                        d == REQUEST ? EV_REQUEST_TRAILERS
+                                                     : EV_RESPONSE_TRAILERS));
+    return DM_TRAILERS_STOP;
+  }
+  return DM_TRAILERS_CONTINUE;
+}
+
 EXPORT int envoy_dynamic_module_on_http_filter_request_headers(dm_filter_envoy filter,
                                                                dm_filter_module module,
                                                                bool end_of_stream) {
-  (void)end_of_stream;
-  stream *s = (stream *)module;
-  if (!(s->config->hooks & HOOK_REQUEST_HEADERS)) {
-    return DM_HEADERS_CONTINUE;
-  }
-  return send_phase(filter, s, DM_REQUEST_HEADERS, EV_REQUEST_HEADERS);
+  return on_headers(filter, (stream *)module, REQUEST, end_of_stream);
 }
 
 EXPORT int envoy_dynamic_module_on_http_filter_response_headers(dm_filter_envoy filter,
                                                                 dm_filter_module module,
                                                                 bool end_of_stream) {
-  (void)end_of_stream;
-  stream *s = (stream *)module;
-  pthread_mutex_lock(&s->lock);
-  int abandoned = s->abandoned;
-  pthread_mutex_unlock(&s->lock);
-  if (!(s->config->hooks & HOOK_RESPONSE_HEADERS) || s->local_replied || abandoned) {
-    return DM_HEADERS_CONTINUE;
-  }
-  return send_phase(filter, s, DM_RESPONSE_HEADERS, EV_RESPONSE_HEADERS);
+  return on_headers(filter, (stream *)module, RESPONSE, end_of_stream);
 }
 
-EXPORT void envoy_dynamic_module_on_http_filter_scheduled(dm_filter_envoy filter,
-                                                          dm_filter_module module,
-                                                          uint64_t event_id) {
-  stream *s = (stream *)module;
-  pthread_mutex_lock(&s->lock);
-  answer a = s->pending;
-  memset(&s->pending, 0, sizeof(s->pending));
-  pthread_mutex_unlock(&s->lock);
-  if (a.kind == 0 || (uint64_t)a.kind != event_id) {
-    free_answer(&a);
-    return;
-  }
-  if (a.reply) {
-    dm_module_header stack_headers[16];
-    dm_module_header *headers =
-        a.n_ops <= 16 ? stack_headers : malloc(a.n_ops * sizeof(dm_module_header));
-    for (size_t i = 0; i < a.n_ops; i++) {
-      headers[i] = (dm_module_header){a.ops[i].name, a.ops[i].name_len, a.ops[i].value,
-                                      a.ops[i].value_len};
-    }
-    s->local_replied = 1;
-    envoy_dynamic_module_callback_http_send_response(
-        filter, a.status, headers, a.n_ops, (dm_module_buffer){a.body, a.body_len},
-        (dm_module_buffer){a.details, a.details_len});
-    if (headers != stack_headers) {
-      free(headers);
-    }
-    free_answer(&a);
-    return;
-  }
-  dm_header_map map = a.kind == EV_REQUEST_HEADERS ? DM_REQUEST_HEADERS : DM_RESPONSE_HEADERS;
-  for (size_t i = 0; i < a.n_ops; i++) {
-    header_op *op = &a.ops[i];
+EXPORT int envoy_dynamic_module_on_http_filter_request_body(dm_filter_envoy filter,
+                                                            dm_filter_module module,
+                                                            bool end_of_stream) {
+  return on_body(filter, (stream *)module, REQUEST, end_of_stream);
+}
+
+EXPORT int envoy_dynamic_module_on_http_filter_response_body(dm_filter_envoy filter,
+                                                             dm_filter_module module,
+                                                             bool end_of_stream) {
+  return on_body(filter, (stream *)module, RESPONSE, end_of_stream);
+}
+
+EXPORT int envoy_dynamic_module_on_http_filter_request_trailers(dm_filter_envoy filter,
+                                                                dm_filter_module module) {
+  return on_trailers(filter, (stream *)module, REQUEST);
+}
+
+EXPORT int envoy_dynamic_module_on_http_filter_response_trailers(dm_filter_envoy filter,
+                                                                 dm_filter_module module) {
+  return on_trailers(filter, (stream *)module, RESPONSE);
+}
+
+static void apply_ops(dm_filter_envoy filter, dm_header_map map, const answer *a) {
+  for (size_t i = 0; i < a->n_ops; i++) {
+    const header_op *op = &a->ops[i];
     dm_module_buffer key = {op->name, op->name_len};
     dm_module_buffer value = {op->value, op->value_len};
     if (op->op == OP_ADD) {
@@ -737,12 +1117,133 @@ EXPORT void envoy_dynamic_module_on_http_filter_scheduled(dm_filter_envoy filter
       envoy_dynamic_module_callback_http_set_header(filter, map, key, value); /* NULL: remove */
     }
   }
-  free_answer(&a);
-  if (map == DM_REQUEST_HEADERS) {
-    envoy_dynamic_module_callback_http_filter_continue_decoding(filter);
-  } else {
-    envoy_dynamic_module_callback_http_filter_continue_encoding(filter);
+}
+
+static void send_reply(dm_filter_envoy filter, stream *s, const answer *a) {
+  dm_module_header stack_headers[16];
+  dm_module_header *headers =
+      a->n_ops <= 16 ? stack_headers : must(malloc(a->n_ops * sizeof(dm_module_header)));
+  for (size_t i = 0; i < a->n_ops; i++) {
+    headers[i] = (dm_module_header){a->ops[i].name, a->ops[i].name_len, a->ops[i].value,
+                                    a->ops[i].value_len};
   }
+  s->local_replied = 1;
+  envoy_dynamic_module_callback_http_send_response(
+      filter, a->status, headers, a->n_ops, (dm_module_buffer){a->body, a->body_len},
+      (dm_module_buffer){a->details, a->details_len});
+  if (headers != stack_headers) {
+    free(headers);
+  }
+}
+
+/* Failing open on a message timeout: what this direction holds goes on as it is (the
+ * answered bytes first), and no more phases come. */
+static void let_through(dm_filter_envoy filter, stream *s, int d) {
+  direction *x = &s->dir[d];
+  if (x->out_len > 0) {
+    replace_front(filter, d, 0, x->out, x->out_len);
+    x->out_len = 0;
+  }
+  continue_direction(filter, d);
+}
+
+static void body_answered(dm_filter_envoy filter, stream *s, int d, answer *a) {
+  direction *x = &s->dir[d];
+  int mode = s->config->body_mode[d];
+  if (holds_headers(mode)) {
+    if (x->held) {
+      apply_ops(filter, headers_map(d), a); /* the headers still wait here */
+    }
+    if (a->clear_route) {
+      envoy_dynamic_module_callback_http_clear_route_cache(filter);
+    }
+    if (a->has_body) {
+      replace_front(filter, d, x->sent_len, a->body, a->body_len);
+    }
+    x->body_done = 1;
+    after_body(filter, s, d);
+    return;
+  }
+  /* STREAMED / FULL_DUPLEX_STREAMED */
+  dm_body which = buffered_body(d);
+  if (a->has_body) {
+    keep_out(x, a->body, a->body_len);
+  } else if (x->sent_len > 0) {
+    char *raw = must(malloc(x->sent_len));
+    copy_body(filter, which, raw);
+    keep_out(x, raw, x->sent_len);
+    free(raw);
+  }
+  envoy_dynamic_module_callback_http_drain_body(filter, which, x->sent_len);
+  x->sent_len = 0;
+  if (body_size(filter, which) > 0) {
+    /* what arrived meanwhile, as the next chunk */
+    event *ev = body_event(filter, s, d, 1, 0, x->eos && !x->trailers);
+    x->sent_len = ev->body_len;
+    send_event(filter, s, ev);
+    return;
+  }
+  if (x->out_len > 0) {
+    envoy_dynamic_module_callback_http_append_body(filter, which,
+                                                   (dm_module_buffer){x->out, x->out_len});
+    x->out_len = 0;
+  }
+  if (x->eos) {
+    after_body(filter, s, d);
+  } else {
+    continue_direction(filter, d);
+  }
+}
+
+EXPORT void envoy_dynamic_module_on_http_filter_scheduled(dm_filter_envoy filter,
+                                                          dm_filter_module module,
+                                                          uint64_t event_id) {
+  stream *s = (stream *)module;
+  if (event_id == 0 || event_id >= EV_KINDS) {
+    return;
+  }
+  pthread_mutex_lock(&s->lock);
+  answer a = s->pending[event_id];
+  memset(&s->pending[event_id], 0, sizeof(a));
+  pthread_mutex_unlock(&s->lock);
+  if (a.kind == 0 || s->local_replied) {
+    free_answer(&a);
+    return;
+  }
+  int d = direction_of(a.kind);
+  direction *x = &s->dir[d];
+  if (a.reply) {
+    send_reply(filter, s, &a);
+  } else if (a.abandon) {
+    let_through(filter, s, d);
+  } else if (is_body(a.kind)) {
+    body_answered(filter, s, d, &a);
+  } else if (is_trailers(a.kind)) {
+    apply_ops(filter, trailers_map(d), &a);
+    continue_direction(filter, d);
+  } else {
+    apply_ops(filter, headers_map(d), &a);
+    drop_length(filter, s, d, 1);
+    if (a.clear_route) {
+      envoy_dynamic_module_callback_http_clear_route_cache(filter);
+    }
+    int mode = s->config->body_mode[d];
+    if (!x->held && (mode == BM_STREAMED || mode == BM_DUPLEX) && x->body_started) {
+      /* what arrived while the hook ran, as the first chunk */
+      event *ev = body_event(filter, s, d, 1, 0, x->eos && !x->trailers);
+      x->sent_len = ev->body_len;
+      send_event(filter, s, ev);
+    } else if (!x->held && x->trailers) {
+      after_body(filter, s, d);
+    } else if (!x->held) {
+      continue_direction(filter, d);
+    } else if (x->eos ||
+               (s->config->body_mode[d] == BM_PARTIAL &&
+                buffer_full(filter, d, body_size(filter, buffered_body(d))))) {
+      held_body_ready(filter, s, d);
+    } /* else body callbacks go on buffering; the last one sends the body */
+  }
+  free_answer(&a);
 }
 
 EXPORT void envoy_dynamic_module_on_http_filter_destroy(dm_filter_module module) {
@@ -753,15 +1254,18 @@ EXPORT void envoy_dynamic_module_on_http_filter_destroy(dm_filter_module module)
   s->scheduler = NULL;
   int holds = s->python_holds;
   s->python_holds = 0;
-  free_answer(&s->pending);
+  for (int k = 0; k < EV_KINDS; k++) {
+    free_answer(&s->pending[k]);
+  }
   pthread_mutex_unlock(&s->lock);
   if (scheduler != NULL) {
     envoy_dynamic_module_callback_http_filter_scheduler_delete(scheduler);
   }
-  unwatch(s, 0);
+  unwatch(s, REQUEST, 0);
+  unwatch(s, RESPONSE, 0);
   if (holds) {
     /* The bridge still keeps this stream's Processor (a later phase never came): drop it. */
-    event *ev = calloc(1, sizeof(event));
+    event *ev = must(calloc(1, sizeof(event)));
     ev->stream = s;
     ev->kind = EV_END;
     ev->config_id = s->config->id;
@@ -771,27 +1275,6 @@ EXPORT void envoy_dynamic_module_on_http_filter_destroy(dm_filter_module module)
   unref(s);
 }
 
-/* Phases the module does not hand to Python (yet) pass through. */
-EXPORT int envoy_dynamic_module_on_http_filter_request_body(dm_filter_envoy f, dm_filter_module m,
-                                                            bool end_of_stream) {
-  (void)f, (void)m, (void)end_of_stream;
-  return DM_BODY_CONTINUE;
-}
-EXPORT int envoy_dynamic_module_on_http_filter_request_trailers(dm_filter_envoy f,
-                                                                dm_filter_module m) {
-  (void)f, (void)m;
-  return DM_TRAILERS_CONTINUE;
-}
-EXPORT int envoy_dynamic_module_on_http_filter_response_body(dm_filter_envoy f, dm_filter_module m,
-                                                             bool end_of_stream) {
-  (void)f, (void)m, (void)end_of_stream;
-  return DM_BODY_CONTINUE;
-}
-EXPORT int envoy_dynamic_module_on_http_filter_response_trailers(dm_filter_envoy f,
-                                                                 dm_filter_module m) {
-  (void)f, (void)m;
-  return DM_TRAILERS_CONTINUE;
-}
 EXPORT void envoy_dynamic_module_on_http_filter_stream_complete(dm_filter_envoy f,
                                                                 dm_filter_module m) {
   (void)f, (void)m;

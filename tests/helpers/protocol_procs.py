@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import struct
+from typing import Any
 
 import extproc
 from extproc import Body, BodyMode, Headers, ImmediateResponse, MutationError, ProcessingMode
@@ -42,23 +43,34 @@ class Status(extproc.Processor):
 
 
 def passthrough(mode: BodyMode, with_headers: bool) -> type[extproc.Processor]:
-    """Body hooks that change nothing, in ``mode``, with or without a headers hook."""
+    """Body hooks that change nothing, in ``mode``, with or without a headers hook (classes
+    of this module, importable by name: the dynamic module imports them in Envoy)."""
+    return _PASSTHROUGH[mode, with_headers]
 
-    class Passthrough(extproc.Processor):
-        request_body_mode = mode
 
-        async def on_request_body(self, body: Body) -> None:
-            pass
+async def _pass_body(self: extproc.Processor, body: Body) -> None:
+    pass
 
+
+async def _saw_length(self: extproc.Processor, headers: Headers) -> None:
+    headers["x-saw-length"] = headers.get("content-length") or "-"
+
+
+def _passthrough_class(mode: BodyMode, with_headers: bool) -> type[extproc.Processor]:
+    name = f"Passthrough{mode.name.title().replace('_', '')}{'Headers' if with_headers else ''}"
+    namespace: dict[str, Any] = {"__qualname__": name, "__module__": __name__,
+                                 "request_body_mode": mode, "on_request_body": _pass_body}
     if with_headers:
-        class WithHeaders(Passthrough):
-            async def on_request_headers(self, headers: Headers) -> None:
-                headers["x-saw-length"] = headers.get("content-length") or "-"
+        namespace["on_request_headers"] = _saw_length
+    cls = type(name, (extproc.Processor,), namespace)
+    globals()[name] = cls
+    return cls
 
-        WithHeaders.__name__ = f"Passthrough{mode.name.title()}Headers"
-        return WithHeaders
-    Passthrough.__name__ = f"Passthrough{mode.name.title()}"
-    return Passthrough
+
+_PASSTHROUGH = {(mode, hooked): _passthrough_class(mode, hooked)
+                for mode in (BodyMode.STREAMED, BodyMode.BUFFERED, BodyMode.BUFFERED_PARTIAL,
+                             BodyMode.FULL_DUPLEX_STREAMED)
+                for hooked in (True, False)}
 
 
 class OverrideUnderFullDuplex(extproc.Processor):

@@ -25,7 +25,8 @@ from extctl.config import (
 from extctl.testing import EnvoyProcess
 from tests.helpers.common import ROOT, gen, http, wait_for_socket
 from tests.helpers.crds import validate
-from tests.helpers.procs import BufferedJson, Rewrite, StampHeaders
+from tests.helpers.procs import Rewrite, StampHeaders
+from tests.helpers.protocol_procs import EarlyBody
 
 
 def _extctl(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -116,8 +117,8 @@ class Forever(Rewrite):
 
 
 @pytest.mark.parametrize(("options", "message"), [
-    ({"processor": BufferedJson}, r"BufferedJson defines on_request_body: the dynamic module "
-                                  r"runs header hooks only"),
+    ({"processor": EarlyBody}, r"sets send_body_without_waiting_for_header_response "
+                               r"\(bodies before the headers' answer\)"),
     ({"processor": WithAttributes}, r"sets request_attributes \(attributes\): the dynamic "
                                     r"module does not run that yet"),
     ({"processor": Observing}, r"sets observability_mode \(observability mode\)"),
