@@ -123,8 +123,9 @@ typedef struct watch_node {
 } watch_node;
 
 typedef struct {
-  int waiting; /* under lock: the phase waiting for Python (0: none) */
+  int waiting; /* under lock: the phase waiting for Python's answer (0: none) */
   /* the rest: the stream's worker only */
+  int phase;        /* the phase sent to Python whose answer is not applied yet (0: none) */
   int held;         /* headers stopped until the (buffered) body is answered */
   int body_started; /* a body callback came */
   int body_sent;    /* BUFFERED/PARTIAL: the body went to Python */
@@ -132,6 +133,7 @@ typedef struct {
   int eos;          /* the end of this direction arrived (last data or trailers) */
   int trailers;     /* trailers arrived (and are stopped, unless passed on) */
   int flushed;      /* FULL_DUPLEX: the end-of-stream flush went to Python */
+  int eos_sent;     /* a body event with end_of_stream went to Python */
   size_t sent_len;  /* the bytes at the buffer's front that Python has (to replace) */
   char *out;        /* STREAMED/FULL_DUPLEX: answered bytes not passed on yet */
   size_t out_len, out_cap;
@@ -204,13 +206,6 @@ static void unref(stream *s) {
     pthread_mutex_destroy(&s->lock);
     free(s);
   }
-}
-
-static int waiting_phase(stream *s, int d) {
-  pthread_mutex_lock(&s->lock);
-  int waiting = s->dir[d].waiting;
-  pthread_mutex_unlock(&s->lock);
-  return waiting;
 }
 
 static int abandoned(stream *s) {
@@ -299,8 +294,8 @@ static size_t body_size(dm_filter_envoy filter, dm_body which) {
   return envoy_dynamic_module_callback_http_get_body_size(filter, which);
 }
 
-/* Copy a body's bytes to ``at``; returns the end. */
-static char *copy_body(dm_filter_envoy filter, dm_body which, char *at) {
+/* Copy a body's first ``limit`` bytes (at most) to ``at``; returns the end. */
+static char *copy_body(dm_filter_envoy filter, dm_body which, char *at, size_t limit) {
   size_t n = envoy_dynamic_module_callback_http_get_body_chunks_size(filter, which);
   if (n == 0) {
     return at;
@@ -308,9 +303,11 @@ static char *copy_body(dm_filter_envoy filter, dm_body which, char *at) {
   dm_envoy_buffer stack_chunks[16];
   dm_envoy_buffer *chunks = n <= 16 ? stack_chunks : must(malloc(n * sizeof(*chunks)));
   if (envoy_dynamic_module_callback_http_get_body_chunks(filter, which, chunks)) {
-    for (size_t i = 0; i < n; i++) {
-      memcpy(at, chunks[i].ptr, chunks[i].length);
-      at += chunks[i].length;
+    for (size_t i = 0; i < n && limit > 0; i++) {
+      size_t length = chunks[i].length < limit ? chunks[i].length : limit;
+      memcpy(at, chunks[i].ptr, length);
+      at += length;
+      limit -= length;
     }
   }
   if (chunks != stack_chunks) {
@@ -328,15 +325,16 @@ static event *body_event(dm_filter_envoy filter, stream *s, int d, int buffered,
                     : envoy_dynamic_module_callback_http_received_buffered_response_body(filter))) {
     received = 0; /* what this callback received is the buffer itself */
   }
-  size_t total = (buffered ? body_size(filter, buffered_body(d)) : 0) +
-                 (received ? body_size(filter, received_body(d)) : 0);
+  size_t from_buffer = buffered ? body_size(filter, buffered_body(d)) : 0;
+  size_t from_received = received ? body_size(filter, received_body(d)) : 0;
+  size_t total = from_buffer + from_received;
   event *ev = new_event(s, d == REQUEST ? EV_REQUEST_BODY : EV_RESPONSE_BODY, 0, total);
   char *at = ev->bytes;
   if (buffered) {
-    at = copy_body(filter, buffered_body(d), at);
+    at = copy_body(filter, buffered_body(d), at, from_buffer);
   }
   if (received) {
-    at = copy_body(filter, received_body(d), at);
+    at = copy_body(filter, received_body(d), at, from_received);
   }
   ev->body_len = (size_t)(at - ev->bytes);
   ev->eos = eos;
@@ -356,7 +354,7 @@ static void replace_front(dm_filter_envoy filter, int d, size_t n, const char *d
   size_t rest_len = size - n;
   if (rest_len > 0) {
     char *all = must(malloc(size));
-    copy_body(filter, which, all);
+    copy_body(filter, which, all, size);
     rest = must(malloc(rest_len));
     memcpy(rest, all + n, rest_len);
     free(all);
@@ -552,9 +550,13 @@ static void watch(stream *s, int d, int kind) {
   }
 }
 
-/* Hand a phase to Python; its direction waits for the answer. */
+/* Hand a phase to Python; its direction waits for the answer (worker). */
 static void send_event(dm_filter_envoy filter, stream *s, event *ev) {
   int d = direction_of(ev->kind);
+  s->dir[d].phase = ev->kind;
+  if (is_body(ev->kind) && ev->eos) {
+    s->dir[d].eos_sent = 1;
+  }
   atomic_fetch_add(&s->refs, 1); /* the event's: dropped when Python answers */
   pthread_mutex_lock(&s->lock);
   if (s->scheduler == NULL) {
@@ -911,6 +913,18 @@ static void continue_direction(dm_filter_envoy filter, int d) {
   }
 }
 
+/* Go on: what Python answered of a streamed body first (it stays here until now, so Envoy's
+ * buffer holds only what Python has not seen), then what Envoy holds. */
+static void pass_on(dm_filter_envoy filter, stream *s, int d) {
+  direction *x = &s->dir[d];
+  if (x->out_len > 0) {
+    envoy_dynamic_module_callback_http_append_body(filter, buffered_body(d),
+                                                   (dm_module_buffer){x->out, x->out_len});
+    x->out_len = 0;
+  }
+  continue_direction(filter, d);
+}
+
 static int holds_headers(int mode) { return mode == BM_BUFFERED || mode == BM_PARTIAL; }
 
 static int trailers_hook(stream *s, int d) {
@@ -949,7 +963,7 @@ static void after_body(dm_filter_envoy filter, stream *s, int d) {
       return;
     }
   }
-  continue_direction(filter, d);
+  pass_on(filter, s, d);
 }
 
 /* BUFFERED / BUFFERED_PARTIAL with the headers held: the body is complete (or fills the
@@ -1001,7 +1015,7 @@ static int on_body(dm_filter_envoy filter, stream *s, int d, bool end_of_stream)
   if (s->local_replied || abandoned(s)) {
     return DM_BODY_CONTINUE;
   }
-  int waiting = waiting_phase(s, d);
+  int waiting = x->phase;
   if (mode == BM_NONE) {
     /* no body phase: it waits (in Envoy's buffer) only for the headers' answer */
     return waiting ? DM_BODY_STOP_AND_WATERMARK : DM_BODY_CONTINUE;
@@ -1048,7 +1062,7 @@ static int on_trailers(dm_filter_envoy filter, stream *s, int d) {
   int mode = s->config->body_mode[d];
   x->eos = 1;
   x->trailers = 1;
-  if (waiting_phase(s, d)) {
+  if (x->phase) {
     return DM_TRAILERS_STOP; /* the answer in flight goes on to them */
   }
   if (holds_headers(mode) && x->body_started && !x->body_sent) {
@@ -1170,28 +1184,23 @@ static void body_answered(dm_filter_envoy filter, stream *s, int d, answer *a) {
     keep_out(x, a->body, a->body_len);
   } else if (x->sent_len > 0) {
     char *raw = must(malloc(x->sent_len));
-    copy_body(filter, which, raw);
+    copy_body(filter, which, raw, x->sent_len);
     keep_out(x, raw, x->sent_len);
     free(raw);
   }
   envoy_dynamic_module_callback_http_drain_body(filter, which, x->sent_len);
   x->sent_len = 0;
-  if (body_size(filter, which) > 0) {
-    /* what arrived meanwhile, as the next chunk */
+  if (body_size(filter, which) > 0 || (x->eos && !x->trailers && !x->eos_sent)) {
+    /* what arrived meanwhile (or the end of the stream, alone), as the next chunk */
     event *ev = body_event(filter, s, d, 1, 0, x->eos && !x->trailers);
     x->sent_len = ev->body_len;
     send_event(filter, s, ev);
     return;
   }
-  if (x->out_len > 0) {
-    envoy_dynamic_module_callback_http_append_body(filter, which,
-                                                   (dm_module_buffer){x->out, x->out_len});
-    x->out_len = 0;
-  }
   if (x->eos) {
     after_body(filter, s, d);
   } else {
-    continue_direction(filter, d);
+    pass_on(filter, s, d);
   }
 }
 
@@ -1212,6 +1221,7 @@ EXPORT void envoy_dynamic_module_on_http_filter_scheduled(dm_filter_envoy filter
   }
   int d = direction_of(a.kind);
   direction *x = &s->dir[d];
+  x->phase = 0; /* applied now: what comes next may be sent */
   if (a.reply) {
     send_reply(filter, s, &a);
   } else if (a.abandon) {
@@ -1220,7 +1230,7 @@ EXPORT void envoy_dynamic_module_on_http_filter_scheduled(dm_filter_envoy filter
     body_answered(filter, s, d, &a);
   } else if (is_trailers(a.kind)) {
     apply_ops(filter, trailers_map(d), &a);
-    continue_direction(filter, d);
+    pass_on(filter, s, d);
   } else {
     apply_ops(filter, headers_map(d), &a);
     drop_length(filter, s, d, 1);

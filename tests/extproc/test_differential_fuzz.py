@@ -2,7 +2,8 @@
 upstream's answer (bodies from empty to large, cut into chunks anywhere, framed by
 content-length, chunked or neither, with or without trailers, over HTTP/1.1 or HTTP/2), sends
 them through a real Envoy in front of each processor of ``fuzz_procs`` and through
-``extproc.testing.run``, and compares what the client and the upstream received.
+``extproc.testing.run``, and compares what the client and the upstream received: with the
+processor served over ext_proc, and run inside Envoy by the dynamic module.
 
 CI runs a bounded number of examples per processor, with a fixed seed
 (``EXTKIT_FUZZ_EXAMPLES``, default 25); a longer, random run is
@@ -130,14 +131,18 @@ def upstream() -> Iterator[Upstream]:
     server.close()
 
 
-@pytest.fixture(scope="module", params=PROCESSORS, ids=lambda cls: cls.__name__)
+@pytest.fixture(scope="module", params=[(cls, transport) for transport in ("grpcio", "module")
+                                        for cls in PROCESSORS],
+                ids=lambda param: f"{param[0].__name__}-{param[1]}")
 def envoy(request: pytest.FixtureRequest, upstream: Upstream) -> Iterator[tuple[Any, int]]:
     """Envoy from the generated config, HTTP/1.1 trailers kept both ways (what a user sets
-    for a class without trailer hooks that must still see them pass)."""
-    cls = request.param
+    for a class without trailer hooks that must still see them pass); the class served over
+    ext_proc (grpcio) or run inside Envoy (the dynamic module)."""
+    cls, transport = request.param
     directory = Path(tempfile.mkdtemp(prefix="fz", dir="/tmp"))
     try:
-        with patched_stack(cls, directory, upstream.address, http1_trailers=True) as stack:
+        with patched_stack(cls, directory, upstream.address, transport=transport,
+                           http1_trailers=True) as stack:
             yield cls, stack.envoy.port
     finally:
         shutil.rmtree(directory, ignore_errors=True)
