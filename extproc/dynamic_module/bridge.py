@@ -15,6 +15,7 @@ dropped after its last one (or when Envoy ends the stream before it).
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import json
 import logging
 import sys
@@ -41,12 +42,14 @@ _SET, _APPEND, _REMOVE = 0, 1, 2  # extproc.Headers' change kinds
 _OP_SET, _OP_ADD, _OP_REMOVE = 0, 1, 2  # the module's header operations
 _GATEWAY_TIMEOUT = 504  # what Envoy's ext_proc answers when a message times out
 _AFTER_WATCHDOG = 0.05  # seconds
+_LIFECYCLE_TIMEOUT = 60.0  # seconds an on_startup / on_shutdown may take
 
 logger = logging.getLogger("extkit_dm")
 
 _loop: asyncio.AbstractEventLoop | None = None
 _configs: list[_Config] = []
 _processors: dict[int, extproc.Processor] = {}
+_started: dict[type[extproc.Processor], int] = {}  # classes started, by configs in use
 
 
 class _Config:
@@ -93,10 +96,39 @@ def configure(raw: str) -> tuple[int, int, int, bool, int, int]:
                                      "FULL_DUPLEX_STREAMED bodies")
     timeout = float(options.get("message_timeout") or cls.filter_spec().timeout)
     config = _Config(cls, timeout, bool(options.get("fail_open", False)))
-    _configs.append(config)
     _start()
+    if not _started.get(cls):
+        # once per class in this Envoy, as once per server process; a failure refuses the
+        # config (Envoy does not start, or rejects the update), its traceback on stderr
+        _on_loop(cls.on_startup(), f"{cls.__name__}.on_startup")
+    _started[cls] = _started.get(cls, 0) + 1
+    _configs.append(config)
     return (len(_configs) - 1, config.hooks, max(1, round(timeout * 1000)), config.fail_open,
             *config.body_modes)
+
+
+def release(config_id: int) -> None:
+    """Envoy dropped a filter config (an update, or Envoy stopping): the class's
+    ``on_shutdown`` runs once no config of it is left. Streams still open keep running."""
+    cls = _configs[config_id].cls
+    _started[cls] -= 1
+    if _started[cls] == 0:
+        del _started[cls]
+        try:
+            _on_loop(cls.on_shutdown(), f"{cls.__name__}.on_shutdown")
+        except Exception:
+            logger.exception("%s.on_shutdown failed", cls.__name__)
+
+
+def _on_loop(coroutine: Any, what: str) -> None:
+    """Run ``coroutine`` on the loop thread and wait for it (from Envoy's main thread)."""
+    assert _loop is not None
+    future = asyncio.run_coroutine_threadsafe(coroutine, _loop)
+    try:
+        future.result(_LIFECYCLE_TIMEOUT)
+    except concurrent.futures.TimeoutError:
+        future.cancel()
+        raise extproc.ServeError(f"{what} took more than {_LIFECYCLE_TIMEOUT:.0f}s") from None
 
 
 def _start() -> None:

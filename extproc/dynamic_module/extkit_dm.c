@@ -890,8 +890,16 @@ EXPORT dm_config_module envoy_dynamic_module_on_http_filter_config_new(dm_config
 }
 
 EXPORT void envoy_dynamic_module_on_http_filter_config_destroy(dm_config_module config) {
-  /* Streams of this config may still wait for Python; the config stays (a few bytes). */
-  (void)config;
+  /* Streams of this config may still wait for Python; the config stays (a few bytes). The
+   * class's on_shutdown runs once no config of it is left. */
+  const filter_config *c = config;
+  PyGILState_STATE gil = PyGILState_Ensure();
+  PyObject *done = PyObject_CallMethod(bridge, "release", "l", c->id);
+  if (done == NULL) {
+    PyErr_Print();
+  }
+  Py_XDECREF(done);
+  PyGILState_Release(gil);
 }
 
 EXPORT dm_filter_module envoy_dynamic_module_on_http_filter_new(dm_config_module config,

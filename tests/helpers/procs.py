@@ -368,3 +368,50 @@ class StampHeaders(extproc.Processor):
 
     async def on_response_headers(self, headers: Headers) -> None:
         headers["x-seen-status"] = headers[":status"]
+
+
+class BlockingBodyShortTimeout(extproc.Processor):
+    """A STREAMED request body hook that blocks the loop for the request's ``x-block-ms``
+    (creating the file named by ``x-mark`` as it starts, ``NAME.done`` once it stops) and
+    otherwise appends ``!``; Envoy's answer to a message timeout after 0.5 s."""
+
+    message_timeout = 0.5
+    request_body_mode = BodyMode.STREAMED
+
+    async def on_request_headers(self, headers: Headers) -> None:
+        self.block_ms = int(headers.get("x-block-ms") or 0)
+        self.mark = headers.get("x-mark")
+
+    async def on_request_body(self, body: Body) -> None:
+        if self.mark:
+            Path(self.mark).touch()  # noqa: ASYNC240 - the hook blocks on purpose anyway
+        time.sleep(self.block_ms / 1000)  # noqa: ASYNC251 - on purpose
+        if self.mark:
+            Path(self.mark + ".done").touch()  # noqa: ASYNC240
+        body.data = body.data + b"!"
+
+
+class Lifecycle(extproc.Processor):
+    """Reads what its ``on_startup`` set (``x-started``); its ``on_shutdown`` writes the file
+    ``$EXTKIT_TEST_SHUTDOWN_MARK`` names."""
+
+    started = ""
+
+    @classmethod
+    async def on_startup(cls) -> None:
+        cls.started = "yes"
+
+    @classmethod
+    async def on_shutdown(cls) -> None:
+        Path(os.environ["EXTKIT_TEST_SHUTDOWN_MARK"]).write_text("down")  # noqa: ASYNC240
+
+    async def on_request_headers(self, headers: Headers) -> None:
+        headers["x-started"] = type(self).started
+
+
+class StartupFails(Lifecycle):
+    """An ``on_startup`` that raises (a backend the processor needs is down)."""
+
+    @classmethod
+    async def on_startup(cls) -> None:
+        raise ConnectionRefusedError("policy store at 127.0.0.1:1 refused the connection")

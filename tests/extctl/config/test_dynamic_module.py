@@ -302,3 +302,60 @@ def test_the_same_test_body_holds_in_process_and_inside_envoy(module_file) -> No
         in_envoy = _exchange(client)
     assert in_envoy == in_process
     assert in_envoy[0][:4] == (201, "on", ["one", "two"], False)
+
+
+@pytest.mark.parametrize(("fail_open", "status", "upstream_body"),
+                         [(False, 504, None), (True, 200, b"payload")])
+def test_a_body_hook_that_blocks_the_loop_gets_envoys_timeout_answer(
+        module_file, echo, sock_dir, monkeypatch, fail_open, status, upstream_body) -> None:
+    """A body phase has the message timeout too, kept in C: a body hook that blocks the loop
+    (2 s) gets a 504 at 0.5 s, or with the policy's fail_open the body goes on as the client
+    sent it (the hook's change never lands), while the hook still blocks."""
+    from tests.helpers.procs import BlockingBodyShortTimeout
+
+    module = DynamicModule(path=str(module_file), python_path=[str(ROOT)])
+    monkeypatch.setenv("ENVOY_DYNAMIC_MODULES_SEARCH_PATH", module.search_path)
+    deployment = Deployment(BlockingBodyShortTimeout, dynamic_module=module,
+                            upstreams=[echo.address], policy=Policy(fail_open=fail_open))
+    with EnvoyProcess(deployment.envoy_bootstrap(), sock_dir / "envoy") as envoy:
+        quick = http(envoy.port, "/", method="POST", body=b"fast", timeout=10)
+        assert quick.status == 200 and quick.json()["body"] == "fast!"  # the hook's change
+        mark = sock_dir / "inside"
+        blocked = http(envoy.port, "/", method="POST", body=b"payload", timeout=10,
+                       headers={"x-block-ms": "2000", "x-mark": str(mark)})
+        assert mark.exists() and not (sock_dir / "inside.done").exists()  # still blocking
+    assert blocked.status == status
+    if upstream_body is not None:
+        assert blocked.json()["body"].encode() == upstream_body
+
+
+def test_on_startup_runs_before_the_first_request_and_on_shutdown_as_envoy_stops(
+        module_file, echo, sock_dir, monkeypatch, tmp_path) -> None:
+    from tests.helpers.procs import Lifecycle
+
+    mark = tmp_path / "shutdown"
+    monkeypatch.setenv("EXTKIT_TEST_SHUTDOWN_MARK", str(mark))
+    module = DynamicModule(path=str(module_file), python_path=[str(ROOT)])
+    monkeypatch.setenv("ENVOY_DYNAMIC_MODULES_SEARCH_PATH", module.search_path)
+    deployment = Deployment(Lifecycle, dynamic_module=module, upstreams=[echo.address])
+    with EnvoyProcess(deployment.envoy_bootstrap(), sock_dir / "envoy") as envoy:
+        reply = http(envoy.port, "/", timeout=10)
+        assert reply.upstream_headers().get("x-started") == ["yes"]
+        assert not mark.exists()
+    assert mark.read_text() == "down"
+
+
+def test_a_failing_on_startup_keeps_envoy_from_serving_and_says_why(
+        module_file, echo, sock_dir, monkeypatch) -> None:
+    from extctl.errors import EnvoyError
+    from tests.helpers.procs import StartupFails
+
+    module = DynamicModule(path=str(module_file), python_path=[str(ROOT)])
+    monkeypatch.setenv("ENVOY_DYNAMIC_MODULES_SEARCH_PATH", module.search_path)
+    deployment = Deployment(StartupFails, dynamic_module=module, upstreams=[echo.address])
+    with pytest.raises(EnvoyError) as failed, EnvoyProcess(deployment.envoy_bootstrap(),
+                                                           sock_dir / "envoy"):
+        pass
+    log = failed.value.log or ""
+    assert "policy store at 127.0.0.1:1 refused the connection" in log
+    assert "the filter config was refused" in log
