@@ -97,14 +97,8 @@ MAX_TIMEOUT = 3600.0
 # What the module does not run (yet), and what a class asks that it would then ignore.
 _UNSUPPORTED = (
     ("request_attributes", "attributes"), ("response_attributes", "attributes"),
-    ("dynamic_metadata_namespaces", "dynamic metadata"),
-    ("max_message_timeout", "extend_timeout"), ("observability_mode", "observability mode"),
-    ("allow_mode_override", "mode overrides"), ("status_on_error", "status_on_error"),
     ("forwarding_namespaces", "metadata forwarding"),
     ("typed_forwarding_namespaces", "metadata forwarding"),
-    ("grpc_initial_metadata", "gRPC metadata"), ("disable_immediate_response",
-                                                 "disable_immediate_response"),
-    ("send_body_without_waiting_for_header_response", "bodies before the headers' answer"),
 )
 
 

@@ -162,6 +162,10 @@ bool envoy_dynamic_module_callback_http_received_buffered_request_body(dm_filter
 bool envoy_dynamic_module_callback_http_received_buffered_response_body(dm_filter_envoy);
 /* The stream's buffer limit (bytes): what a StopIterationAndBuffer body may reach. */
 uint64_t envoy_dynamic_module_callback_http_get_buffer_limit(dm_filter_envoy);
+/* Merge a serialized google.protobuf.Struct into the stream's dynamic metadata namespace. */
+bool envoy_dynamic_module_callback_http_set_dynamic_metadata_struct(dm_filter_envoy,
+                                                                    dm_module_buffer ns,
+                                                                    dm_module_buffer data);
 /* Have Envoy pick the request's route again (after changing what it matches on). */
 void envoy_dynamic_module_callback_http_clear_route_cache(dm_filter_envoy);
 bool envoy_dynamic_module_callback_http_received_buffered_request_body(dm_filter_envoy);

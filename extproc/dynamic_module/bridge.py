@@ -1,21 +1,27 @@
 """Python side of the extkit dynamic module (``extkit_dm.c``, loaded by Envoy): an
-extproc.Processor's hooks (headers, bodies, trailers) on an asyncio loop in a thread of
-Envoy's process.
+extproc.Processor's hooks on an asyncio loop in a thread of Envoy's process, answered by the
+same message loop every ext_proc transport runs (``extproc._stream``), so a class means here
+what it means behind Envoy's ext_proc filter.
 
-The module queues one event per phase and wakes the loop through an eventfd; each event runs
-the class's hook as a task, with the class's ``message_timeout`` and ``fail_open`` meaning
-what they mean for ext_proc (no answer in time: 504, or continue unchanged when failing open;
-a hook that raises: ``error_status``, or continue unchanged). The answer goes back through
-``_extkit_dm.answer`` / ``reply``, which have Envoy's scheduler resume the stream on its worker.
+The module queues one event per phase (headers, a body chunk or whole body, trailers) and wakes
+the loop through an eventfd. Each event becomes the ext_proc ``ProcessingRequest`` Envoy would
+send and goes through the stream's message loop, one message at a time per stream, as on one
+``Process`` stream; its answers go back as what the module applies (header changes, a body,
+the route cache, a mode override, dynamic metadata, a local reply) through ``_extkit_dm.answer``
+/ ``reply``, which have Envoy's scheduler resume the stream on its worker. ``message_timeout``
+is kept in C (a hook that blocks the loop still gets Envoy's answer to a timeout);
+``extend_timeout`` moves that deadline.
 
-One Processor instance per HTTP stream, as with ext_proc: created at the stream's first phase,
-dropped after its last one (or when Envoy ends the stream before it).
+One message loop (and Processor) per HTTP stream, as with ext_proc: made at the stream's first
+phase, dropped after its last one or when Envoy ends the stream.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
+import contextlib
 import json
 import logging
 import sys
@@ -23,23 +29,28 @@ import threading
 from typing import Any
 
 import _extkit_dm as dm  # type: ignore[import-not-found]  # the C module's, registered first
+from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 
 import extproc
-from extproc._headers import _fold
+from extproc._stream import ProcessorFailed, _Exchange, _Stop
+from extproc.errors import ProtocolError
 
 REQUEST_HEADERS, RESPONSE_HEADERS, END = 1, 2, 3
 REQUEST_BODY, RESPONSE_BODY, REQUEST_TRAILERS, RESPONSE_TRAILERS = 4, 5, 6, 7
-# The phases' names (the hooks are on_<name>); the module's phase numbers index it.
+# The phases' names (ProcessingRequest fields); the module's phase numbers index it.
 _WHICH = ("", "request_headers", "response_headers", "", "request_body", "response_body",
           "request_trailers", "response_trailers")
+_PART = ("", "headers", "headers", "", "body", "body", "trailers", "trailers")
 # Bits of the phases a config has the module send (Envoy's ext_proc processing mode).
 HOOK_REQUEST_HEADERS, HOOK_RESPONSE_HEADERS = 1, 2
 HOOK_REQUEST_TRAILERS, HOOK_RESPONSE_TRAILERS = 4, 8
 # The body modes the module runs, by its numbers.
 _BODY_MODES = {None: 0, extproc.BodyMode.STREAMED: 1, extproc.BodyMode.BUFFERED: 2,
                extproc.BodyMode.BUFFERED_PARTIAL: 3, extproc.BodyMode.FULL_DUPLEX_STREAMED: 4}
-_SET, _APPEND, _REMOVE = 0, 1, 2  # extproc.Headers' change kinds
+_FULL_DUPLEX = extproc.BodyMode.FULL_DUPLEX_STREAMED
 _OP_SET, _OP_ADD, _OP_REMOVE = 0, 1, 2  # the module's header operations
+_CLEAR_ROUTE, _REPLACE = 1, 2  # flags of an answer
+_REPLACE_STATUS = pb.CommonResponse.CONTINUE_AND_REPLACE
 _GATEWAY_TIMEOUT = 504  # what Envoy's ext_proc answers when a message times out
 _AFTER_WATCHDOG = 0.05  # seconds
 _LIFECYCLE_TIMEOUT = 60.0  # seconds an on_startup / on_shutdown may take
@@ -48,7 +59,7 @@ logger = logging.getLogger("extkit_dm")
 
 _loop: asyncio.AbstractEventLoop | None = None
 _configs: list[_Config] = []
-_processors: dict[int, extproc.Processor] = {}
+_streams: dict[int, _Stream] = {}
 _started: dict[type[extproc.Processor], int] = {}  # classes started, by configs in use
 
 
@@ -56,8 +67,7 @@ class _Config:
     """One filter config: the class, what it asks of Envoy, and what Envoy's ext_proc filter
     takes from the policy: the message timeout (seconds) and whether a phase with no answer in
     time goes on (``fail_open``) instead of a 504. With headers only, the phase after which
-    the stream's Processor is done (``last``); otherwise it is dropped when Envoy ends the
-    stream."""
+    the stream is done (``last``); otherwise it is dropped when Envoy ends the stream."""
 
     def __init__(self, cls: type[extproc.Processor], timeout: float, fail_open: bool) -> None:
         spec = cls.filter_spec()
@@ -66,22 +76,61 @@ class _Config:
         self.spec = spec
         self.timeout = timeout
         self.fail_open = fail_open
-        self.hooks = ((HOOK_REQUEST_HEADERS if mode.request_headers else 0)
-                      | (HOOK_RESPONSE_HEADERS if mode.response_headers else 0)
-                      | (HOOK_REQUEST_TRAILERS if mode.request_trailers else 0)
-                      | (HOOK_RESPONSE_TRAILERS if mode.response_trailers else 0))
+        self.observe = spec.observability_mode
+        self.hooks = _hook_bits(mode)
         self.body_modes = (_BODY_MODES[mode.request_body], _BODY_MODES[mode.response_body])
         headers_only = not (mode.request_body or mode.response_body or mode.request_trailers
-                            or mode.response_trailers)
-        self.last = (0 if not headers_only
+                            or mode.response_trailers or spec.allow_mode_override)
+        self.last = (0 if not headers_only or self.observe
                      else RESPONSE_HEADERS if mode.response_headers else REQUEST_HEADERS)
+        self.metadata = list(spec.grpc_initial_metadata)
 
 
-def configure(raw: str) -> tuple[int, int, int, bool, int, int]:
+def _hook_bits(mode: extproc.ProcessingMode) -> int:
+    return ((HOOK_REQUEST_HEADERS if mode.request_headers else 0)
+            | (HOOK_RESPONSE_HEADERS if mode.response_headers else 0)
+            | (HOOK_REQUEST_TRAILERS if mode.request_trailers else 0)
+            | (HOOK_RESPONSE_TRAILERS if mode.response_trailers else 0))
+
+
+class _Stream:
+    """One HTTP stream: its message loop, and the messages waiting for it (one at a time)."""
+
+    __slots__ = ("config", "exchange", "expired", "handle", "kind", "queue", "running",
+                 "timer")
+
+    def __init__(self, config: _Config, handle: int) -> None:
+        self.config = config
+        self.handle = handle
+        self.kind = 0  # the phase being answered
+        self.timer: asyncio.TimerHandle | None = None
+        self.expired = False  # the phase's timer cancelled it
+        self.running = False
+        self.queue: collections.deque[tuple[int, Any, bool]] | None = None
+        self.exchange = _Exchange(config.cls, early=self._early, metadata=self._metadata)
+
+    def _metadata(self) -> list[tuple[str, str]]:
+        # What a hook reads as grpc_metadata: there is no gRPC stream, but the class's
+        # grpc_initial_metadata is what Envoy would have sent on one.
+        return self.config.metadata
+
+    async def _early(self, answer: Any) -> None:
+        """A hook's extend_timeout: the phase's deadline moves, in C and here."""
+        seconds = answer.override_message_timeout.ToNanoseconds() / 1e9
+        dm.extend(self.handle, self.kind, max(1, round(seconds * 1000)))
+        if self.timer is not None:
+            self.timer.cancel()
+            task = asyncio.current_task()
+            assert task is not None and _loop is not None
+            self.timer = _loop.call_later(seconds + _AFTER_WATCHDOG, _expire, self, task)
+
+
+def configure(raw: str) -> tuple[int, int, int, bool, int, int, bool]:
     """A filter config (JSON: ``processor``, ``path``): its handle, the phases it has the
     module send, its message timeout (ms) and fail_open, which the module keeps in C too (a
-    hook that blocks the loop still gets Envoy's answer to a timeout), and its body modes.
-    Runs on Envoy's main thread; starts the loop thread the first time."""
+    hook that blocks the loop still gets Envoy's answer to a timeout), its body modes, and
+    whether Envoy goes on without waiting (observability mode). Runs on Envoy's main thread;
+    starts the loop thread the first time."""
     options = json.loads(raw or "{}")
     for entry in reversed(options.get("path", [])):
         if entry not in sys.path:
@@ -104,7 +153,7 @@ def configure(raw: str) -> tuple[int, int, int, bool, int, int]:
     _started[cls] = _started.get(cls, 0) + 1
     _configs.append(config)
     return (len(_configs) - 1, config.hooks, max(1, round(timeout * 1000)), config.fail_open,
-            *config.body_modes)
+            *config.body_modes, config.observe)
 
 
 def release(config_id: int) -> None:
@@ -152,169 +201,222 @@ def _drain() -> None:
     for handle, kind, config_id, payload, eos in dm.take():
         if kind == END:
             # After the steps of tasks created above: a stream that ended before its first
-            # phase ran would otherwise get its Processor after this.
-            _loop.call_soon(_processors.pop, handle, None)
+            # phase ran would otherwise get its message loop after this.
+            _loop.call_soon(_end, handle)
             continue
-        _loop.create_task(_phase(_configs[config_id], handle, kind, payload, eos))
+        stream = _streams.get(handle)
+        if stream is None:
+            stream = _streams[handle] = _Stream(_configs[config_id], handle)
+        if stream.running:  # one message at a time, in order, as on one ext_proc stream
+            if stream.queue is None:
+                stream.queue = collections.deque()
+            stream.queue.append((kind, payload, eos))
+            continue
+        stream.running = True
+        _loop.create_task(_serve(stream, kind, payload, eos))
 
 
-async def _phase(config: _Config, handle: int, kind: int, payload: Any, eos: bool) -> None:
-    """Run one phase's hook and answer the module exactly once (a second answer would drop
-    the stream's reference twice)."""
-    spec = config.spec
+def _end(handle: int) -> None:
+    stream = _streams.pop(handle, None)
+    if stream is not None and not stream.running:
+        stream.exchange.close()
+
+
+async def _serve(stream: _Stream, kind: int, payload: Any, eos: bool) -> None:
+    while True:
+        if stream.config.observe:
+            await _watch(stream, kind, payload, eos)
+        else:
+            await _phase(stream, kind, payload, eos)
+        if not stream.queue:
+            stream.running = False
+            if stream.handle not in _streams:  # ended meanwhile
+                stream.exchange.close()
+            return
+        kind, payload, eos = stream.queue.popleft()
+
+
+def _expire(stream: _Stream, task: asyncio.Task[Any]) -> None:
+    stream.expired = True
+    task.cancel()
+
+
+def _request(stream: _Stream, kind: int, payload: Any, eos: bool) -> Any:
+    """The ProcessingRequest Envoy's ext_proc filter would send for this phase."""
+    message = pb.ProcessingRequest()
     which = _WHICH[kind]
-    direction, _, part = which.partition("_")
-    answered = False
+    part = _PART[kind]
+    field = getattr(message, which)
+    if part == "body":
+        field.body = payload
+        field.end_of_stream = eos
+    else:
+        target = field.trailers if part == "trailers" else field.headers
+        add = target.headers.add
+        for key, value in payload:
+            header = add()
+            header.key = key
+            header.raw_value = value
+        if part == "headers":
+            field.end_of_stream = eos
+    if stream.config.observe and stream.exchange.first:
+        message.observability_mode = True
+    return message
 
-    def answer(operations: list[tuple[int, bytes, bytes | None]] | None,
-               body: bytes | None = None, clear_route: bool = False) -> None:
-        nonlocal answered
-        done = kind == config.last
-        # raises before delivering, or delivers
-        dm.answer(handle, kind, done, operations, body, clear_route)
+
+async def _watch(stream: _Stream, kind: int, payload: Any, eos: bool) -> None:
+    """Observability mode: Envoy went on already; the hooks run, their answers are dropped."""
+    with contextlib.suppress(_Stop, ProcessorFailed, ProtocolError):
+        await stream.exchange.handle(_request(stream, kind, payload, eos))
+
+
+async def _phase(stream: _Stream, kind: int, payload: Any, eos: bool) -> None:
+    """Run one phase through the stream's message loop and answer the module exactly once (a
+    second answer would drop the stream's reference twice)."""
+    config, handle = stream.config, stream.handle
+    which = _WHICH[kind]
+    answered = False
+    done = kind == config.last
+    task = asyncio.current_task()
+    assert task is not None and _loop is not None
+    stream.kind = kind
+    stream.expired = False
+    # The module answers Envoy at the timeout itself (its watchdog, in C); this timer, a
+    # little later, stops the hook and is Envoy's answer only if the watchdog is not running.
+    stream.timer = _loop.call_later(config.timeout + _AFTER_WATCHDOG, _expire, stream, task)
+    try:
+        try:
+            answers = await stream.exchange.handle(_request(stream, kind, payload, eos))
+        except _Stop as stop:
+            _reply(handle, kind, stop.args[0].immediate_response)
+            answered = True
+            return
+        except ProcessorFailed:
+            # A hook failed closed where Envoy takes no ImmediateResponse: Envoy's ext_proc
+            # answers a failed stream with status_on_error.
+            dm.reply(handle, kind, config.spec.status_on_error or 500, [], b"",
+                     b"ext_proc_error_gRPC_error_13")
+            answered = True
+            return
+        except asyncio.CancelledError:
+            if not stream.expired:
+                raise
+            logger.error("%s.on_%s: no answer within the message timeout", config.spec.name,
+                         which)
+            if config.fail_open:
+                dm.answer(handle, kind, done, None)  # the module went on, with no more phases
+            else:
+                dm.reply(handle, kind, _GATEWAY_TIMEOUT, [], b"", b"extproc_message_timeout")
+            answered = True
+            return
+        except ProtocolError:
+            logger.exception("extkit_dm: %s of stream %#x is out of order", which, handle)
+            return
+        _answer(stream, kind, done, answers)
         answered = True
         if done:
-            _processors.pop(handle, None)
-
-    def reply(status: int, headers: list[tuple[bytes, bytes]], body: bytes,
-              details: str) -> None:
-        nonlocal answered
-        dm.reply(handle, kind, status, headers, body, details.encode())
-        answered = True
-        _processors.pop(handle, None)
-
-    try:
-        proc = _processors.get(handle)
-        if proc is None:
-            proc = config.cls()
-            proc._init_state()
-            _processors[handle] = proc
-        arg: Any
-        if part == "body":
-            arg = extproc.Body(payload, eos)
-        else:
-            arg = extproc.Headers(payload, kind="trailers" if part == "trailers" else direction,
-                                  allow_routing=spec.allow_routing_mutations,
-                                  allow_envoy=spec.allow_envoy_mutations)
-            setattr(proc, which, arg)
-        proc._phase = which
-        if f"on_{which}" not in spec.hooks:  # a phase Envoy's mode sends without a hook
-            _pass(proc, which, arg, eos, answer)
-            return
-        hook = getattr(proc, f"on_{which}")
-        # The message timeout as a timer on this task (asyncio.wait_for would add a task).
-        expired = False
-        task = asyncio.current_task()
-        assert task is not None and _loop is not None
-
-        def expire() -> None:
-            nonlocal expired
-            expired = True
-            task.cancel()
-
-        # The module answers Envoy at the timeout itself (its watchdog, in C); this timer,
-        # a little later, stops the hook and is Envoy's answer only if the watchdog is not
-        # running.
-        timer = _loop.call_later(config.timeout + _AFTER_WATCHDOG, expire)
-        try:
-            result = await hook(arg)
-            if proc._replacement is not None:
-                proc._replacement = None
-                raise extproc.MutationError("replace_body() is not run by the dynamic module "
-                                            "yet: change the body in a body hook")
-        except asyncio.CancelledError:
-            if not expired:
-                raise
-            logger.error("%s.on_%s: no answer within %ss", spec.name, which, config.timeout)
-            if config.fail_open:
-                answer(None)  # the module has gone on already, with no more phases
-            else:
-                reply(_GATEWAY_TIMEOUT, [], b"", "extproc_message_timeout")
-            return
-        except Exception:
-            logger.exception("%s.on_%s failed", spec.name, which)
-            if spec.fail_open:
-                if part == "body":
-                    arg = extproc.Body(payload, eos)  # forward what Envoy sent
-                _pass(proc, which, arg, eos, answer)
-            else:
-                reply(spec.error_status, [], spec.error_body, "extproc_processor_error")
-            return
-        finally:
-            timer.cancel()
-        if isinstance(result, extproc.ImmediateResponse):
-            body = result.body.encode() if isinstance(result.body, str) else bytes(result.body)
-            reply_headers = [(name.lower().encode("latin-1"),
-                              value if isinstance(value, bytes) else value.encode("latin-1"))
-                             for name, value in (result.headers or {}).items()]
-            reply(result.status, reply_headers, body,
-                  result.details or "extproc_immediate_response")
-            return
-        _pass(proc, which, arg, eos, answer)
+            _streams.pop(handle, None)
     finally:
+        if stream.timer is not None:
+            stream.timer.cancel()
+            stream.timer = None
         if not answered:  # the bridge itself failed (or the loop is closing): let it through
             logger.error("extkit_dm: %s of stream %#x got no answer; continuing", which, handle)
-            answer(None)
+            dm.answer(handle, kind, True, None)
 
 
-def _pass(proc: extproc.Processor, which: str, arg: Any, eos: bool, answer: Any) -> None:
-    """Answer a phase with what its hook changed (``arg``: its Headers or Body), as the
-    ext_proc message loop does: a BUFFERED body's answer carries the headers' changes too
-    (they are held until then), with content-length following a changed body."""
-    direction, _, part = which.partition("_")
-    body_mode = getattr(proc._effective_mode, f"{direction}_body")
-    # Envoy's route_cache_action: "default" re-routes on clear_route_cache(), "clear" on any
-    # request header change too, "retain" never (clear_route_cache() refuses it).
-    clear_route = proc._clear_route_cache
-    proc._clear_route_cache = False
-    if part == "body":
-        headers: extproc.Headers | None = getattr(proc, f"{direction}_headers")
-        buffered = (body_mode is extproc.BodyMode.BUFFERED and headers is not None
-                    and headers._locked is None)
-        operations = None
-        if buffered:
-            assert headers is not None
-            if arg._changed and "content-length" in headers:
-                # Envoy keeps content-length in BUFFERED mode and rejects a mismatch.
-                headers["content-length"] = str(len(arg._data))
-            operations = _operations(headers)
-            headers._lock(f"{direction} headers were already sent on")
-        answer(operations, arg._data if arg._changed else None,
-               _reroutes(proc, direction, clear_route, operations))
-        return
-    operations = _operations(arg)
-    if part == "trailers" or body_mode is not extproc.BodyMode.BUFFERED or eos:
-        arg._lock(f"{which} were already sent on")
-    answer(operations, None, part == "headers" and _reroutes(proc, direction, clear_route,
-                                                             operations))
+def _reply(handle: int, kind: int, immediate: Any) -> None:
+    headers = [(option.header.key.encode("latin-1"),
+                option.header.raw_value or option.header.value.encode())
+               for option in immediate.headers.set_headers]
+    dm.reply(handle, kind, immediate.status.code or 200, headers, immediate.body,
+             (immediate.details or "extproc_immediate_response").encode())
 
 
-def _reroutes(proc: extproc.Processor, direction: str, cleared: bool,
-              operations: list[Any] | None) -> bool:
-    """Whether this answer has Envoy pick the route again (``route_cache_action``)."""
-    if direction != "request":
-        return False
-    action = type(proc).filter_spec().route_cache_action
-    return action != "retain" and (cleared or (action == "clear" and bool(operations)))
+def _answer(stream: _Stream, kind: int, done: bool, answers: list[Any]) -> None:
+    """Hand the message loop's answers to a phase to the module: header (or trailer) changes,
+    a body's bytes (None: unchanged), flags, a mode override, dynamic metadata."""
+    part = _PART[kind]
+    ops: list[tuple[int, bytes, bytes | None]] | None = None
+    body: bytes | None = None
+    flags = 0
+    override = None
+    metadata = None
+    for answer in answers:
+        field = answer.WhichOneof("response")
+        message = getattr(answer, field)
+        if field.endswith("trailers"):
+            ops = _operations(message.header_mutation)
+        else:
+            common = message.response
+            if common.HasField("header_mutation"):
+                ops = _operations(common.header_mutation)
+                if common.clear_route_cache:
+                    flags |= _CLEAR_ROUTE
+            mutation = common.body_mutation
+            chosen = mutation.WhichOneof("mutation")
+            if chosen == "streamed_response":
+                body = (body or b"") + mutation.streamed_response.body
+            elif chosen == "body":
+                body = mutation.body
+            elif chosen == "clear_body":
+                body = b""
+            if common.status == _REPLACE_STATUS:
+                flags |= _REPLACE
+                body = body or b""
+        if answer.HasField("mode_override") and part == "headers":
+            override = _override(stream, answer.mode_override)
+        if answer.HasField("dynamic_metadata"):
+            metadata = _metadata(answer.dynamic_metadata)
+    if kind in (REQUEST_HEADERS, REQUEST_BODY):
+        # Envoy's route_cache_action: "default" re-routes on clear_route_cache (with a header
+        # mutation), "clear" on any request header change, "retain" never.
+        action = stream.config.spec.route_cache_action
+        if action == "retain":
+            flags &= ~_CLEAR_ROUTE
+        elif action == "clear" and ops:
+            flags |= _CLEAR_ROUTE
+    if part == "body" and body is None:
+        mode = getattr(stream.exchange.proc._effective_mode, _WHICH[kind])
+        if mode is _FULL_DUPLEX:
+            body = b""  # everything held back for now
+    dm.answer(stream.handle, kind, done, ops, body, flags, override, metadata)
 
 
-def _operations(headers: extproc.Headers) -> list[tuple[int, bytes, bytes | None]] | None:
-    """The hook's header changes as the module's operations, folded into ``headers`` so later
-    phases read them (as the ext_proc message loop does once they are sent)."""
-    changes: Any = headers._changes
-    if not changes:
+def _operations(mutation: Any) -> list[tuple[int, bytes, bytes | None]] | None:
+    """A HeaderMutation as the module's operations, as Envoy applies it: removals first, then
+    each value set (``append`` false: replacing the name's values) or added."""
+    if not mutation.set_headers and not mutation.remove_headers:
         return None
-    operations: list[tuple[int, bytes, bytes | None]] = []
-    for name, (op, values) in changes.items():
-        key = name.encode("latin-1")
-        if op == _REMOVE:
-            operations.append((_OP_REMOVE, key, None))
-            continue
-        first = _OP_SET if op == _SET else _OP_ADD
-        for value in values:
-            operations.append((first, key, value.encode("latin-1")))
-            first = _OP_ADD
-    headers._changes = None
-    if headers._index is not None:
-        _fold(headers._index, changes)
+    operations: list[tuple[int, bytes, bytes | None]] = [
+        (_OP_REMOVE, name.encode("latin-1"), None) for name in mutation.remove_headers]
+    for option in mutation.set_headers:
+        header = option.header
+        operations.append((_OP_ADD if option.append.value else _OP_SET,
+                           header.key.encode("latin-1"),
+                           header.raw_value or header.value.encode()))
     return operations
+
+
+def _override(stream: _Stream, proto: Any) -> tuple[int, int, int] | None:
+    """A mode override as the module takes it (its body modes and phase bits), or None where
+    Envoy's ext_proc drops it: not allowed by the class, or a body FULL_DUPLEX_STREAMED."""
+    spec = stream.config.spec
+    current = stream.exchange.proc._effective_mode
+    if not spec.allow_mode_override:
+        return None
+    override = extproc.ProcessingMode.from_proto(proto, current)
+    if (_FULL_DUPLEX in (current.request_body, current.response_body)
+            or not spec.override_allowed(override)
+            or override.request_body not in _BODY_MODES
+            or override.response_body not in _BODY_MODES):
+        return None
+    return (_BODY_MODES[override.request_body], _BODY_MODES[override.response_body],
+            _hook_bits(override))
+
+
+def _metadata(struct: Any) -> list[tuple[bytes, bytes]]:
+    """Dynamic metadata (namespace -> fields) as the module merges it: each namespace's
+    fields as a serialized google.protobuf.Struct."""
+    return [(namespace.encode(), value.struct_value.SerializeToString())
+            for namespace, value in struct.fields.items()]

@@ -90,10 +90,23 @@ typedef struct {
 } header_op;
 
 typedef struct {
+  char *ns;
+  size_t ns_len;
+  char *data; /* a serialized google.protobuf.Struct */
+  size_t data_len;
+} meta_entry;
+
+typedef struct {
   int kind;    /* 0: no answer waiting */
   int reply;   /* a local reply instead of going on */
   int abandon; /* the message timeout passed, failing open: go on, no more phases */
   int clear_route; /* have Envoy pick the route again (request phases) */
+  int replace;     /* headers: this direction's body is ``body`` (CONTINUE_AND_REPLACE) */
+  int override;    /* a mode override: the stream's body modes and phases from now on */
+  int override_body_mode[2];
+  int override_hooks;
+  meta_entry *meta; /* dynamic metadata: a serialized Struct per namespace */
+  size_t n_meta;
   uint32_t status;
   header_op *ops; /* header (or trailer) changes, or the local reply's headers (OP_SET) */
   size_t n_ops;
@@ -110,6 +123,7 @@ typedef struct {
   int body_mode[2];
   long timeout_ms; /* the class's message_timeout */
   int fail_open;   /* no answer in time: go on unchanged instead of 504 */
+  int observe;     /* observability mode: phases go to Python, Envoy does not wait */
 } filter_config;
 
 struct stream;
@@ -132,7 +146,7 @@ typedef struct {
   int body_done;    /* BUFFERED/PARTIAL: and was answered */
   int eos;          /* the end of this direction arrived (last data or trailers) */
   int trailers;     /* trailers arrived (and are stopped, unless passed on) */
-  int flushed;      /* FULL_DUPLEX: the end-of-stream flush went to Python */
+  int replaced;     /* the headers' answer replaced the body: what comes is dropped */
   int eos_sent;     /* a body event with end_of_stream went to Python */
   size_t sent_len;  /* the bytes at the buffer's front that Python has (to replace) */
   char *out;        /* STREAMED/FULL_DUPLEX: answered bytes not passed on yet */
@@ -144,6 +158,8 @@ typedef struct stream {
   atomic_int refs;
   pthread_mutex_t lock;
   const filter_config *config;
+  int hooks;              /* worker: the phases sent (a mode override changes them) */
+  int body_mode[2];       /* worker: the body modes */
   dm_scheduler scheduler; /* under lock; NULL once Envoy destroyed the filter */
   int alive;              /* under lock */
   int python_holds;       /* under lock: the bridge keeps a Processor for this stream */
@@ -158,6 +174,7 @@ typedef struct event {
   stream *stream;
   int kind;
   int eos;
+  int observed; /* observability mode: nobody waits for an answer */
   long config_id;
   size_t n;             /* headers (0 for a body) */
   uint32_t (*spans)[2]; /* key and value lengths, n pairs */
@@ -191,6 +208,11 @@ static void free_answer(answer *a) {
     free(a->ops[i].value);
   }
   free(a->ops);
+  for (size_t i = 0; i < a->n_meta; i++) {
+    free(a->meta[i].ns);
+    free(a->meta[i].data);
+  }
+  free(a->meta);
   free(a->body);
   free(a->details);
   memset(a, 0, sizeof(*a));
@@ -240,6 +262,7 @@ static event *new_event(stream *s, int kind, size_t n, size_t bytes) {
   ev->stream = s;
   ev->kind = kind;
   ev->eos = 0;
+  ev->observed = 0;
   ev->config_id = s->config->id;
   ev->n = n;
   ev->spans = (uint32_t(*)[2])(ev + 1);
@@ -512,11 +535,10 @@ static void start_watchdog(void) {
   pthread_mutex_unlock(&watch_lock);
 }
 
-static void watch(stream *s, int d, int kind) {
+static void watch(stream *s, int d, int kind, long ms) {
   watch_node *node = &s->dir[d].watch;
   struct timespec at;
   clock_gettime(CLOCK_MONOTONIC, &at);
-  long ms = s->config->timeout_ms;
   at.tv_sec += ms / 1000;
   at.tv_nsec += (ms % 1000) * 1000000L;
   if (at.tv_nsec >= 1000000000L) {
@@ -566,7 +588,7 @@ static void send_event(dm_filter_envoy filter, stream *s, event *ev) {
   s->dir[d].waiting = ev->kind;
   pthread_mutex_unlock(&s->lock);
   if (atomic_load(&watchdog_started) && s->config->timeout_ms > 0) {
-    watch(s, d, ev->kind);
+    watch(s, d, ev->kind, s->config->timeout_ms);
   }
   enqueue(ev);
 }
@@ -594,7 +616,7 @@ static PyObject *py_take(PyObject *self, PyObject *unused) {
   PyObject *list = PyList_New(0);
   while (ev != NULL) {
     event *next = ev->next;
-    if (ev->kind != EV_END) {
+    if (ev->kind != EV_END && !ev->observed) {
       /* A phase answered meanwhile (its message timeout passed) or of a stream Envoy ended
        * is not handed to Python: its hook would run for a request that is over. */
       stream *s = ev->stream;
@@ -620,8 +642,9 @@ static PyObject *py_take(PyObject *self, PyObject *unused) {
       for (size_t i = 0; i < ev->n; i++) {
         uint32_t key_len = ev->spans[i][0], value_len = ev->spans[i][1];
         /* latin-1: every byte survives a read/write round trip (what extproc.Headers holds) */
-        PyObject *pair = Py_BuildValue("(NN)", PyUnicode_DecodeLatin1(at, key_len, NULL),
-                                       PyUnicode_DecodeLatin1(at + key_len, value_len, NULL));
+        /* the name as text (latin-1: every byte survives), the value as Envoy's bytes */
+        PyObject *pair = Py_BuildValue("(Ny#)", PyUnicode_DecodeLatin1(at, key_len, NULL),
+                                       at + key_len, (Py_ssize_t)value_len);
         at += key_len + value_len;
         PyList_SET_ITEM(payload, (Py_ssize_t)i, pair);
       }
@@ -631,8 +654,8 @@ static PyObject *py_take(PyObject *self, PyObject *unused) {
                                    ev->eos ? Py_True : Py_False);
     PyList_Append(list, item);
     Py_DECREF(item);
-    if (ev->kind == EV_END) {
-      unref(ev->stream);
+    if (ev->kind == EV_END || ev->observed) {
+      unref(ev->stream); /* nothing answers these */
     }
     free(ev);
     ev = next;
@@ -714,23 +737,58 @@ static int known_phase(int kind) {
   return 1;
 }
 
-/* answer(stream, kind, done, ops, body, clear_route): go on, with these header (or trailer)
- * changes and, for a body phase, these bytes (None: unchanged); clear_route: Envoy picks the
- * route again. */
+/* metadata: None or a list of (namespace: bytes, serialized Struct: bytes). */
+static int parse_meta(PyObject *list, answer *a) {
+  if (list == Py_None) {
+    return 0;
+  }
+  if (!PyList_Check(list)) {
+    PyErr_SetString(PyExc_TypeError, "dynamic metadata is a list");
+    return -1;
+  }
+  Py_ssize_t n = PyList_GET_SIZE(list);
+  a->meta = must(calloc((size_t)n + 1, sizeof(meta_entry)));
+  for (Py_ssize_t i = 0; i < n; i++) {
+    PyObject *ns, *data;
+    if (!PyArg_ParseTuple(PyList_GET_ITEM(list, i), "SS", &ns, &data)) {
+      return -1;
+    }
+    meta_entry *out = &a->meta[a->n_meta++];
+    out->ns = copy_bytes(ns, &out->ns_len);
+    out->data = copy_bytes(data, &out->data_len);
+  }
+  return 0;
+}
+
+enum { FLAG_CLEAR_ROUTE = 1, FLAG_REPLACE = 2 };
+
+/* answer(stream, kind, done, ops, body=None, flags=0, override=None, metadata=None): go on,
+ * with these header (or trailer) changes; for a body phase these bytes (None: unchanged);
+ * flags: Envoy picks the route again, the headers' answer replaces the body; override:
+ * (request body mode, response body mode, phase bits) from now on; dynamic metadata. */
 static PyObject *py_answer(PyObject *self, PyObject *args) {
   (void)self;
   unsigned long long handle;
   int kind, done;
-  int clear_route = 0;
-  PyObject *ops, *body = Py_None;
-  if (!PyArg_ParseTuple(args, "KipO|Op", &handle, &kind, &done, &ops, &body, &clear_route) ||
+  int flags = 0;
+  PyObject *ops, *body = Py_None, *override = Py_None, *meta = Py_None;
+  if (!PyArg_ParseTuple(args, "KipO|OiOO", &handle, &kind, &done, &ops, &body, &flags,
+                        &override, &meta) ||
       !known_phase(kind)) {
     return NULL;
   }
   answer a = {0};
   a.kind = kind;
-  a.clear_route = clear_route && direction_of(kind) == REQUEST;
-  if (parse_ops(ops, &a) < 0) {
+  a.clear_route = (flags & FLAG_CLEAR_ROUTE) && direction_of(kind) == REQUEST;
+  a.replace = (flags & FLAG_REPLACE) && !is_body(kind) && !is_trailers(kind);
+  if (override != Py_None) {
+    if (!PyArg_ParseTuple(override, "iii", &a.override_body_mode[REQUEST],
+                          &a.override_body_mode[RESPONSE], &a.override_hooks)) {
+      return NULL;
+    }
+    a.override = 1;
+  }
+  if (parse_ops(ops, &a) < 0 || parse_meta(meta, &a) < 0) {
     free_answer(&a);
     return NULL; /* the bridge answers again without changes */
   }
@@ -786,11 +844,32 @@ static PyObject *py_reply(PyObject *self, PyObject *args) {
   Py_RETURN_NONE;
 }
 
+/* extend(stream, kind, ms): the phase's answer may take ``ms`` from now (extend_timeout). */
+static PyObject *py_extend(PyObject *self, PyObject *args) {
+  (void)self;
+  unsigned long long handle;
+  int kind;
+  long ms;
+  if (!PyArg_ParseTuple(args, "Kil", &handle, &kind, &ms) || !known_phase(kind)) {
+    return NULL;
+  }
+  stream *s = (stream *)(uintptr_t)handle; /* held: its event is not answered yet */
+  int d = direction_of(kind);
+  pthread_mutex_lock(&s->lock);
+  int waiting = s->alive && s->dir[d].waiting == kind;
+  pthread_mutex_unlock(&s->lock);
+  if (waiting && atomic_load(&watchdog_started)) {
+    watch(s, d, kind, ms);
+  }
+  Py_RETURN_NONE;
+}
+
 static PyMethodDef methods[] = {
     {"wake_fd", py_wake_fd, METH_NOARGS, "The eventfd that is readable when events wait."},
     {"take", py_take, METH_NOARGS, "Clear the eventfd and take every waiting event."},
     {"answer", py_answer, METH_VARARGS, "Go on with header changes (and a body's bytes)."},
     {"reply", py_reply, METH_VARARGS, "Answer a stream with a local reply."},
+    {"extend", py_extend, METH_VARARGS, "Give a waiting phase more time."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -867,9 +946,9 @@ EXPORT dm_config_module envoy_dynamic_module_on_http_filter_config_new(dm_config
   PyObject *got = PyObject_CallMethod(bridge, "configure", "s#", config.ptr,
                                       (Py_ssize_t)config.length);
   long id, timeout_ms;
-  int hooks, fail_open, request_body, response_body;
-  if (got == NULL || !PyArg_ParseTuple(got, "lilpii", &id, &hooks, &timeout_ms, &fail_open,
-                                       &request_body, &response_body)) {
+  int hooks, fail_open, request_body, response_body, observe;
+  if (got == NULL || !PyArg_ParseTuple(got, "lilpiip", &id, &hooks, &timeout_ms, &fail_open,
+                                       &request_body, &response_body, &observe)) {
     PyErr_Print();
     log_line(DM_LOG_ERROR, "extkit_dm: the filter config was refused (reason on stderr)");
   } else {
@@ -880,6 +959,7 @@ EXPORT dm_config_module envoy_dynamic_module_on_http_filter_config_new(dm_config
     result->body_mode[RESPONSE] = response_body;
     result->timeout_ms = timeout_ms;
     result->fail_open = fail_open;
+    result->observe = observe;
   }
   Py_XDECREF(got);
   PyGILState_Release(gil);
@@ -908,7 +988,11 @@ EXPORT dm_filter_module envoy_dynamic_module_on_http_filter_new(dm_config_module
   stream *s = must(calloc(1, sizeof(stream)));
   atomic_init(&s->refs, 1);
   pthread_mutex_init(&s->lock, NULL);
-  s->config = config;
+  const filter_config *c = config;
+  s->config = c;
+  s->hooks = c->hooks;
+  s->body_mode[REQUEST] = c->body_mode[REQUEST];
+  s->body_mode[RESPONSE] = c->body_mode[RESPONSE];
   s->alive = 1;
   return s;
 }
@@ -936,14 +1020,14 @@ static void pass_on(dm_filter_envoy filter, stream *s, int d) {
 static int holds_headers(int mode) { return mode == BM_BUFFERED || mode == BM_PARTIAL; }
 
 static int trailers_hook(stream *s, int d) {
-  return s->config->hooks & (d == REQUEST ? HOOK_REQUEST_TRAILERS : HOOK_RESPONSE_TRAILERS);
+  return s->hooks & (d == REQUEST ? HOOK_REQUEST_TRAILERS : HOOK_RESPONSE_TRAILERS);
 }
 
 /* Envoy's ext_proc cannot know the length the processor leaves: it drops content-length for
  * a body sent in pieces, and for a BUFFERED body whose headers it does not send (the body's
  * answer can then not fix the length). */
 static void drop_length(dm_filter_envoy filter, stream *s, int d, int hook) {
-  int mode = s->config->body_mode[d];
+  int mode = s->body_mode[d];
   if (mode == BM_STREAMED || mode == BM_PARTIAL || mode == BM_DUPLEX ||
       (mode == BM_BUFFERED && !hook)) {
     static const char name[] = "content-length";
@@ -958,12 +1042,8 @@ static void drop_length(dm_filter_envoy filter, stream *s, int d, int hook) {
 static void after_body(dm_filter_envoy filter, stream *s, int d) {
   direction *x = &s->dir[d];
   if (x->trailers) {
-    if (s->config->body_mode[d] == BM_DUPLEX && x->body_started && !x->flushed) {
-      /* trailers end a full-duplex body: the hook flushes what it held back */
-      x->flushed = 1;
-      send_event(filter, s, body_event(filter, s, d, 0, 0, 1));
-      return;
-    }
+    /* (trailers end a FULL_DUPLEX_STREAMED body: their answer carries what the hook held
+     * back) */
     if (trailers_hook(s, d)) {
       send_event(filter, s, headers_event(filter, s, trailers_map(d),
                                           d == REQUEST ? EV_REQUEST_TRAILERS
@@ -994,13 +1074,29 @@ static int buffer_full(dm_filter_envoy filter, int d, size_t size) {
   return limit > 0 && size >= limit;
 }
 
+/* Observability mode: the phase goes to Python and the stream goes on at once. */
+static void observe(stream *s, event *ev) {
+  ev->observed = 1;
+  atomic_fetch_add(&s->refs, 1); /* the event's: dropped once handed to Python */
+  enqueue(ev);
+}
+
 static int on_headers(dm_filter_envoy filter, stream *s, int d, bool end_of_stream) {
   direction *x = &s->dir[d];
   if (s->local_replied || abandoned(s)) {
     return DM_HEADERS_CONTINUE;
   }
-  int mode = s->config->body_mode[d];
-  int hook = s->config->hooks & (d == REQUEST ? HOOK_REQUEST_HEADERS : HOOK_RESPONSE_HEADERS);
+  if (s->config->observe) {
+    if (s->hooks & (d == REQUEST ? HOOK_REQUEST_HEADERS : HOOK_RESPONSE_HEADERS)) {
+      event *ev = headers_event(filter, s, headers_map(d),
+                                d == REQUEST ? EV_REQUEST_HEADERS : EV_RESPONSE_HEADERS);
+      ev->eos = end_of_stream;
+      observe(s, ev);
+    }
+    return DM_HEADERS_CONTINUE;
+  }
+  int mode = s->body_mode[d];
+  int hook = s->hooks & (d == REQUEST ? HOOK_REQUEST_HEADERS : HOOK_RESPONSE_HEADERS);
   x->eos = end_of_stream;
   x->held = !end_of_stream && holds_headers(mode);
   if (!hook) {
@@ -1019,8 +1115,20 @@ static int on_headers(dm_filter_envoy filter, stream *s, int d, bool end_of_stre
 
 static int on_body(dm_filter_envoy filter, stream *s, int d, bool end_of_stream) {
   direction *x = &s->dir[d];
-  int mode = s->config->body_mode[d];
+  int mode = s->body_mode[d];
   if (s->local_replied || abandoned(s)) {
+    return DM_BODY_CONTINUE;
+  }
+  if (s->config->observe) {
+    if (mode != BM_NONE) {
+      observe(s, body_event(filter, s, d, 0, 1, end_of_stream));
+    }
+    return DM_BODY_CONTINUE;
+  }
+  if (x->replaced) {
+    /* the headers' answer replaced this body: what comes is dropped */
+    envoy_dynamic_module_callback_http_drain_body(filter, received_body(d),
+                                                  body_size(filter, received_body(d)));
     return DM_BODY_CONTINUE;
   }
   int waiting = x->phase;
@@ -1067,7 +1175,17 @@ static int on_trailers(dm_filter_envoy filter, stream *s, int d) {
   if (s->local_replied || abandoned(s)) {
     return DM_TRAILERS_CONTINUE;
   }
-  int mode = s->config->body_mode[d];
+  int mode = s->body_mode[d];
+  if (s->config->observe) {
+    if (trailers_hook(s, d)) {
+      observe(s, headers_event(filter, s, trailers_map(d),
+                               d == REQUEST ? EV_REQUEST_TRAILERS : EV_RESPONSE_TRAILERS));
+    }
+    return DM_TRAILERS_CONTINUE;
+  }
+  if (x->replaced) {
+    return DM_TRAILERS_CONTINUE;
+  }
   x->eos = 1;
   x->trailers = 1;
   if (x->phase) {
@@ -1078,11 +1196,6 @@ static int on_trailers(dm_filter_envoy filter, stream *s, int d) {
     event *ev = body_event(filter, s, d, 1, 0, 0);
     x->sent_len = ev->body_len;
     send_event(filter, s, ev);
-    return DM_TRAILERS_STOP;
-  }
-  if (mode == BM_DUPLEX && x->body_started && !x->flushed) {
-    x->flushed = 1;
-    send_event(filter, s, body_event(filter, s, d, 0, 0, 1));
     return DM_TRAILERS_STOP;
   }
   if (trailers_hook(s, d)) {
@@ -1171,7 +1284,7 @@ static void let_through(dm_filter_envoy filter, stream *s, int d) {
 
 static void body_answered(dm_filter_envoy filter, stream *s, int d, answer *a) {
   direction *x = &s->dir[d];
-  int mode = s->config->body_mode[d];
+  int mode = s->body_mode[d];
   if (holds_headers(mode)) {
     if (x->held) {
       apply_ops(filter, headers_map(d), a); /* the headers still wait here */
@@ -1212,6 +1325,47 @@ static void body_answered(dm_filter_envoy filter, stream *s, int d, answer *a) {
   }
 }
 
+static void headers_answered(dm_filter_envoy filter, stream *s, int d, answer *a) {
+  direction *x = &s->dir[d];
+  apply_ops(filter, headers_map(d), a);
+  if (a->override) {
+    s->body_mode[REQUEST] = a->override_body_mode[REQUEST];
+    s->body_mode[RESPONSE] = a->override_body_mode[RESPONSE];
+    s->hooks = a->override_hooks;
+    x->held = !x->eos && holds_headers(s->body_mode[d]);
+  }
+  if (a->clear_route) {
+    envoy_dynamic_module_callback_http_clear_route_cache(filter);
+  }
+  if (a->replace) {
+    /* CONTINUE_AND_REPLACE: this body is the answer's; Envoy's own body, and its
+     * content-length, are dropped, and no body or trailer phase of this direction follows */
+    static const char name[] = "content-length";
+    envoy_dynamic_module_callback_http_set_header(
+        filter, headers_map(d), (dm_module_buffer){name, sizeof(name) - 1},
+        (dm_module_buffer){NULL, 0});
+    x->replaced = 1;
+    replace_front(filter, d, body_size(filter, buffered_body(d)), a->body, a->body_len);
+    continue_direction(filter, d);
+    return;
+  }
+  drop_length(filter, s, d, 1);
+  int mode = s->body_mode[d];
+  if (!x->held && (mode == BM_STREAMED || mode == BM_DUPLEX) && x->body_started) {
+    /* what arrived while the hook ran, as the first chunk */
+    event *ev = body_event(filter, s, d, 1, 0, x->eos && !x->trailers);
+    x->sent_len = ev->body_len;
+    send_event(filter, s, ev);
+  } else if (!x->held && x->trailers) {
+    after_body(filter, s, d);
+  } else if (!x->held) {
+    continue_direction(filter, d);
+  } else if (x->eos || (mode == BM_PARTIAL &&
+                        buffer_full(filter, d, body_size(filter, buffered_body(d))))) {
+    held_body_ready(filter, s, d);
+  } /* else body callbacks go on buffering; the last one sends the body */
+}
+
 EXPORT void envoy_dynamic_module_on_http_filter_scheduled(dm_filter_envoy filter,
                                                           dm_filter_module module,
                                                           uint64_t event_id) {
@@ -1230,6 +1384,12 @@ EXPORT void envoy_dynamic_module_on_http_filter_scheduled(dm_filter_envoy filter
   int d = direction_of(a.kind);
   direction *x = &s->dir[d];
   x->phase = 0; /* applied now: what comes next may be sent */
+  for (size_t i = 0; i < a.n_meta; i++) {
+    /* merged into the namespace, as Envoy's ext_proc filter sets it */
+    envoy_dynamic_module_callback_http_set_dynamic_metadata_struct(
+        filter, (dm_module_buffer){a.meta[i].ns, a.meta[i].ns_len},
+        (dm_module_buffer){a.meta[i].data, a.meta[i].data_len});
+  }
   if (a.reply) {
     send_reply(filter, s, &a);
   } else if (a.abandon) {
@@ -1237,29 +1397,13 @@ EXPORT void envoy_dynamic_module_on_http_filter_scheduled(dm_filter_envoy filter
   } else if (is_body(a.kind)) {
     body_answered(filter, s, d, &a);
   } else if (is_trailers(a.kind)) {
+    if (a.has_body) {
+      keep_out(x, a.body, a.body_len); /* what a FULL_DUPLEX_STREAMED hook held back */
+    }
     apply_ops(filter, trailers_map(d), &a);
     pass_on(filter, s, d);
   } else {
-    apply_ops(filter, headers_map(d), &a);
-    drop_length(filter, s, d, 1);
-    if (a.clear_route) {
-      envoy_dynamic_module_callback_http_clear_route_cache(filter);
-    }
-    int mode = s->config->body_mode[d];
-    if (!x->held && (mode == BM_STREAMED || mode == BM_DUPLEX) && x->body_started) {
-      /* what arrived while the hook ran, as the first chunk */
-      event *ev = body_event(filter, s, d, 1, 0, x->eos && !x->trailers);
-      x->sent_len = ev->body_len;
-      send_event(filter, s, ev);
-    } else if (!x->held && x->trailers) {
-      after_body(filter, s, d);
-    } else if (!x->held) {
-      continue_direction(filter, d);
-    } else if (x->eos ||
-               (s->config->body_mode[d] == BM_PARTIAL &&
-                buffer_full(filter, d, body_size(filter, buffered_body(d))))) {
-      held_body_ready(filter, s, d);
-    } /* else body callbacks go on buffering; the last one sends the body */
+    headers_answered(filter, s, d, &a);
   }
   free_answer(&a);
 }

@@ -208,9 +208,7 @@ def _runs_in_the_module(case: Case) -> bool:
         check_runnable(case.processor.filter_spec())
     except ConfigError:
         return False
-    # replace_body() from a headers hook (CONTINUE_AND_REPLACE) is not run by the module yet:
-    # the hook fails (its class's error_status), as the docs say.
-    return case.mode is None and case.processor is not Replace
+    return case.mode is None
 
 
 # Every case whose class the dynamic module runs (refusing the others before any Envoy sees

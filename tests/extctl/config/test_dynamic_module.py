@@ -26,7 +26,6 @@ from extctl.testing import EnvoyProcess
 from tests.helpers.common import ROOT, gen, http, wait_for_socket
 from tests.helpers.crds import validate
 from tests.helpers.procs import Rewrite, StampHeaders
-from tests.helpers.protocol_procs import EarlyBody
 
 
 def _extctl(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -108,8 +107,8 @@ class WithAttributes(Rewrite):
     request_attributes = ("request.path",)
 
 
-class Observing(Rewrite):
-    observability_mode = True
+class Forwarding(Rewrite):
+    forwarding_namespaces = ("extkit.test",)
 
 
 class Forever(Rewrite):
@@ -117,11 +116,9 @@ class Forever(Rewrite):
 
 
 @pytest.mark.parametrize(("options", "message"), [
-    ({"processor": EarlyBody}, r"sets send_body_without_waiting_for_header_response "
-                               r"\(bodies before the headers' answer\)"),
     ({"processor": WithAttributes}, r"sets request_attributes \(attributes\): the dynamic "
                                     r"module does not run that yet"),
-    ({"processor": Observing}, r"sets observability_mode \(observability mode\)"),
+    ({"processor": Forwarding}, r"sets forwarding_namespaces \(metadata forwarding\)"),
     ({"processor": Forever}, r"message timeout inf: give seconds in \(0, 3600\]"),
     ({"policy": Policy(message_timeout=7200)}, r"message timeout 7200"),
     ({"addresses": ["/run/x.sock"]}, r"runs in Envoy: give no ext_proc addresses"),
