@@ -33,6 +33,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 
 import extproc
 from extproc._stream import ProcessorFailed, _Exchange, _Stop
+from extproc._wire import BodyRequest
 from extproc.errors import ProtocolError
 
 REQUEST_HEADERS, RESPONSE_HEADERS, END = 1, 2, 3
@@ -241,27 +242,19 @@ def _expire(stream: _Stream, task: asyncio.Task[Any]) -> None:
     task.cancel()
 
 
-def _request(stream: _Stream, kind: int, payload: Any, eos: bool) -> Any:
-    """The ProcessingRequest Envoy's ext_proc filter would send for this phase."""
-    message = pb.ProcessingRequest()
-    which = _WHICH[kind]
-    part = _PART[kind]
-    field = getattr(message, which)
-    if part == "body":
-        field.body = payload
-        field.end_of_stream = eos
+def _request(stream: _Stream, kind: int, payload: bytes, eos: bool) -> Any:
+    """The ProcessingRequest Envoy's ext_proc filter would send for this phase: headers and
+    trailers come serialized by the module; a body goes beside its message (as the grpcio
+    transport hands it over), not copied into it."""
+    if _PART[kind] == "body":
+        message = pb.ProcessingRequest()
+        getattr(message, _WHICH[kind]).end_of_stream = eos
+        request: Any = BodyRequest(message, payload)
     else:
-        target = field.trailers if part == "trailers" else field.headers
-        add = target.headers.add
-        for key, value in payload:
-            header = add()
-            header.key = key
-            header.raw_value = value
-        if part == "headers":
-            field.end_of_stream = eos
+        message = request = pb.ProcessingRequest.FromString(payload)
     if stream.config.observe and stream.exchange.first:
         message.observability_mode = True
-    return message
+    return request
 
 
 async def _watch(stream: _Stream, kind: int, payload: Any, eos: bool) -> None:

@@ -176,9 +176,7 @@ typedef struct event {
   int eos;
   int observed; /* observability mode: nobody waits for an answer */
   long config_id;
-  size_t n;             /* headers (0 for a body) */
-  uint32_t (*spans)[2]; /* key and value lengths, n pairs */
-  char *bytes;          /* keys and values back to back, or the body */
+  char *bytes; /* the body, or the serialized ProcessingRequest of headers or trailers */
   size_t body_len;
 } event;
 
@@ -256,44 +254,90 @@ static void enqueue(event *ev) {
   }
 }
 
-static event *new_event(stream *s, int kind, size_t n, size_t bytes) {
-  event *ev = must(malloc(sizeof(event) + n * sizeof(uint32_t[2]) + bytes));
+static event *new_event(stream *s, int kind, size_t bytes) {
+  event *ev = must(malloc(sizeof(event) + bytes));
   ev->next = NULL;
   ev->stream = s;
   ev->kind = kind;
   ev->eos = 0;
   ev->observed = 0;
   ev->config_id = s->config->id;
-  ev->n = n;
-  ev->spans = (uint32_t(*)[2])(ev + 1);
-  ev->bytes = (char *)(ev->spans + n);
+  ev->bytes = (char *)(ev + 1);
   ev->body_len = 0;
   return ev;
 }
 
-/* Copy a header map into an event for the Python thread (a stopped stream's map is Envoy's
- * to free if the stream is reset, so the bridge never reads Envoy's memory). */
-static event *headers_event(dm_filter_envoy filter, stream *s, dm_header_map map, int kind) {
+/* -- protobuf wire format: what Python parses (upb) faster than it builds ---------------------- */
+
+static size_t varint_size(uint64_t value) {
+  size_t size = 1;
+  while (value >= 0x80) {
+    value >>= 7;
+    size++;
+  }
+  return size;
+}
+
+static char *put_varint(char *at, uint64_t value) {
+  while (value >= 0x80) {
+    *at++ = (char)(value | 0x80);
+    value >>= 7;
+  }
+  *at++ = (char)value;
+  return at;
+}
+
+/* A length-delimited field: its tag (field number < 16), its length, then ``len`` bytes. */
+static size_t field_size(size_t len) { return 1 + varint_size(len) + len; }
+static char *put_field(char *at, int number, size_t len) {
+  *at++ = (char)((number << 3) | 2);
+  return put_varint(at, len);
+}
+
+/* A header map as the ProcessingRequest Envoy's ext_proc filter sends for this phase
+ * (HttpHeaders or HttpTrailers in field ``kind``'s place; values as raw_value bytes), copied
+ * into an event for the Python thread: a stopped stream's map is Envoy's to free if the stream
+ * is reset, so the bridge never reads Envoy's memory. */
+static event *headers_event(dm_filter_envoy filter, stream *s, dm_header_map map, int kind,
+                            int eos) {
   size_t n = envoy_dynamic_module_callback_http_get_headers_size(filter, map);
   dm_envoy_header stack_headers[32];
   dm_envoy_header *headers = n <= 32 ? stack_headers : must(malloc(n * sizeof(*headers)));
   if (n && !envoy_dynamic_module_callback_http_get_headers(filter, map, headers)) {
     n = 0;
   }
-  size_t total = 0;
+  int trailers = is_trailers(kind);
+  size_t map_len = 0; /* HeaderMap: repeated HeaderValue headers = 1 */
   for (size_t i = 0; i < n; i++) {
-    total += headers[i].key_length + headers[i].value_length;
+    /* HeaderValue: key = 1, raw_value = 3 */
+    map_len += field_size(field_size(headers[i].key_length) +
+                          field_size(headers[i].value_length));
   }
-  event *ev = new_event(s, kind, n, total);
-  char *at = ev->bytes;
+  /* HttpHeaders: headers = 1, end_of_stream = 3; HttpTrailers: trailers = 1 */
+  size_t part_len = field_size(map_len) + (!trailers && eos ? 2 : 0);
+  /* ProcessingRequest: request_headers = 2 ... response_trailers = 7 */
+  int number = kind == EV_REQUEST_HEADERS    ? 2
+               : kind == EV_RESPONSE_HEADERS ? 3
+               : kind == EV_REQUEST_TRAILERS ? 6
+                                             : 7;
+  event *ev = new_event(s, kind, field_size(part_len));
+  char *at = put_field(ev->bytes, number, part_len);
+  at = put_field(at, 1, map_len);
   for (size_t i = 0; i < n; i++) {
-    ev->spans[i][0] = (uint32_t)headers[i].key_length;
-    ev->spans[i][1] = (uint32_t)headers[i].value_length;
-    memcpy(at, headers[i].key, headers[i].key_length);
-    at += headers[i].key_length;
-    memcpy(at, headers[i].value, headers[i].value_length);
-    at += headers[i].value_length;
+    size_t key_len = headers[i].key_length, value_len = headers[i].value_length;
+    at = put_field(at, 1, field_size(key_len) + field_size(value_len));
+    at = put_field(at, 1, key_len);
+    memcpy(at, headers[i].key, key_len);
+    at = put_field(at + key_len, 3, value_len);
+    memcpy(at, headers[i].value, value_len);
+    at += value_len;
   }
+  if (!trailers && eos) {
+    *at++ = (char)((3 << 3) | 0); /* end_of_stream: true */
+    *at++ = 1;
+  }
+  ev->body_len = (size_t)(at - ev->bytes);
+  ev->eos = eos;
   if (headers != stack_headers) {
     free(headers);
   }
@@ -351,7 +395,7 @@ static event *body_event(dm_filter_envoy filter, stream *s, int d, int buffered,
   size_t from_buffer = buffered ? body_size(filter, buffered_body(d)) : 0;
   size_t from_received = received ? body_size(filter, received_body(d)) : 0;
   size_t total = from_buffer + from_received;
-  event *ev = new_event(s, d == REQUEST ? EV_REQUEST_BODY : EV_RESPONSE_BODY, 0, total);
+  event *ev = new_event(s, d == REQUEST ? EV_REQUEST_BODY : EV_RESPONSE_BODY, total);
   char *at = ev->bytes;
   if (buffered) {
     at = copy_body(filter, buffered_body(d), at, from_buffer);
@@ -601,8 +645,9 @@ static PyObject *py_wake_fd(PyObject *self, PyObject *unused) {
   return PyLong_FromLong(wake_fd);
 }
 
-/* Every queued event as (stream, kind, config, payload, end_of_stream): the payload is
- * [(name, value), ...] for headers and trailers, bytes for a body, None for the end. */
+/* Every queued event as (stream, kind, config, payload, end_of_stream): the payload is the
+ * serialized ProcessingRequest for headers and trailers, the bytes of a body, None for the
+ * end. */
 static PyObject *py_take(PyObject *self, PyObject *unused) {
   (void)self;
   (void)unused;
@@ -634,20 +679,8 @@ static PyObject *py_take(PyObject *self, PyObject *unused) {
     if (ev->kind == EV_END) {
       payload = Py_None;
       Py_INCREF(Py_None);
-    } else if (is_body(ev->kind)) {
-      payload = PyBytes_FromStringAndSize(ev->bytes, (Py_ssize_t)ev->body_len);
     } else {
-      payload = PyList_New((Py_ssize_t)ev->n);
-      const char *at = ev->bytes;
-      for (size_t i = 0; i < ev->n; i++) {
-        uint32_t key_len = ev->spans[i][0], value_len = ev->spans[i][1];
-        /* latin-1: every byte survives a read/write round trip (what extproc.Headers holds) */
-        /* the name as text (latin-1: every byte survives), the value as Envoy's bytes */
-        PyObject *pair = Py_BuildValue("(Ny#)", PyUnicode_DecodeLatin1(at, key_len, NULL),
-                                       at + key_len, (Py_ssize_t)value_len);
-        at += key_len + value_len;
-        PyList_SET_ITEM(payload, (Py_ssize_t)i, pair);
-      }
+      payload = PyBytes_FromStringAndSize(ev->bytes, (Py_ssize_t)ev->body_len);
     }
     PyObject *item = Py_BuildValue("(KilNO)", (unsigned long long)(uintptr_t)ev->stream,
                                    ev->kind, ev->config_id, payload,
@@ -1017,6 +1050,11 @@ static void pass_on(dm_filter_envoy filter, stream *s, int d) {
   continue_direction(filter, d);
 }
 
+static event *trailers_event(dm_filter_envoy filter, stream *s, int d) {
+  return headers_event(filter, s, trailers_map(d),
+                       d == REQUEST ? EV_REQUEST_TRAILERS : EV_RESPONSE_TRAILERS, 0);
+}
+
 static int holds_headers(int mode) { return mode == BM_BUFFERED || mode == BM_PARTIAL; }
 
 static int trailers_hook(stream *s, int d) {
@@ -1045,9 +1083,7 @@ static void after_body(dm_filter_envoy filter, stream *s, int d) {
     /* (trailers end a FULL_DUPLEX_STREAMED body: their answer carries what the hook held
      * back) */
     if (trailers_hook(s, d)) {
-      send_event(filter, s, headers_event(filter, s, trailers_map(d),
-                                          d == REQUEST ? EV_REQUEST_TRAILERS
-                                                       : EV_RESPONSE_TRAILERS));
+      send_event(filter, s, trailers_event(filter, s, d));
       return;
     }
   }
@@ -1088,10 +1124,9 @@ static int on_headers(dm_filter_envoy filter, stream *s, int d, bool end_of_stre
   }
   if (s->config->observe) {
     if (s->hooks & (d == REQUEST ? HOOK_REQUEST_HEADERS : HOOK_RESPONSE_HEADERS)) {
-      event *ev = headers_event(filter, s, headers_map(d),
-                                d == REQUEST ? EV_REQUEST_HEADERS : EV_RESPONSE_HEADERS);
-      ev->eos = end_of_stream;
-      observe(s, ev);
+      observe(s, headers_event(filter, s, headers_map(d),
+                               d == REQUEST ? EV_REQUEST_HEADERS : EV_RESPONSE_HEADERS,
+                               end_of_stream));
     }
     return DM_HEADERS_CONTINUE;
   }
@@ -1103,10 +1138,10 @@ static int on_headers(dm_filter_envoy filter, stream *s, int d, bool end_of_stre
     drop_length(filter, s, d, 0);
     return x->held ? DM_HEADERS_STOP : DM_HEADERS_CONTINUE;
   }
-  event *ev = headers_event(filter, s, headers_map(d),
-                            d == REQUEST ? EV_REQUEST_HEADERS : EV_RESPONSE_HEADERS);
-  ev->eos = end_of_stream;
-  send_event(filter, s, ev);
+  send_event(filter, s,
+             headers_event(filter, s, headers_map(d),
+                           d == REQUEST ? EV_REQUEST_HEADERS : EV_RESPONSE_HEADERS,
+                           end_of_stream));
   /* Stopped, not StopAll: body and trailer callbacks still come while the hook runs (and
    * wait here), so Envoy never hands them back to this filter inside its own continue (where
    * Envoy 1.40's module filter drops the next continue). */
@@ -1178,8 +1213,7 @@ static int on_trailers(dm_filter_envoy filter, stream *s, int d) {
   int mode = s->body_mode[d];
   if (s->config->observe) {
     if (trailers_hook(s, d)) {
-      observe(s, headers_event(filter, s, trailers_map(d),
-                               d == REQUEST ? EV_REQUEST_TRAILERS : EV_RESPONSE_TRAILERS));
+      observe(s, trailers_event(filter, s, d));
     }
     return DM_TRAILERS_CONTINUE;
   }
@@ -1199,9 +1233,7 @@ static int on_trailers(dm_filter_envoy filter, stream *s, int d) {
     return DM_TRAILERS_STOP;
   }
   if (trailers_hook(s, d)) {
-    send_event(filter, s, headers_event(filter, s, trailers_map(d),
-                                        d == REQUEST ? EV_REQUEST_TRAILERS
-                                                     : EV_RESPONSE_TRAILERS));
+    send_event(filter, s, trailers_event(filter, s, d));
     return DM_TRAILERS_STOP;
   }
   return DM_TRAILERS_CONTINUE;
