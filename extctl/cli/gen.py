@@ -447,7 +447,7 @@ def _envoy_header(processor: str | None, deployment: Any, out: str | None, base:
     if spec is not None and module is not None:
         lines += [f"Its dynamic_modules filter runs {spec.name} inside Envoy: the module "
                   f"{module.path} must be there,", "  built for this Envoy and the Python "
-                  "environment that has the class (docs: generate configs)."]
+                  "environment that has the class (docs: run the processor inside Envoy)."]
     elif spec is not None:
         from ..config.sidecar import socket_base
 

@@ -356,3 +356,34 @@ def test_a_failing_on_startup_keeps_envoy_from_serving_and_says_why(
     log = failed.value.log or ""
     assert "policy store at 127.0.0.1:1 refused the connection" in log
     assert "the filter config was refused" in log
+
+
+def test_the_how_to_commands_run_as_shown(tmp_path) -> None:
+    """The command lines of docs/how-to/dynamic-module.md run as shown, in a fresh directory
+    (the README's Redact as app:Redact, this environment's Envoy as .venv/bin/envoy): the
+    module builds against that Envoy, and the config runs it."""
+    import re
+    import shlex
+
+    from extctl.harness.envoy import find_envoy
+
+    page = (ROOT / "docs" / "how-to" / "dynamic-module.md").read_text()
+    lines = [line for block in re.findall(r"```\n(.*?)```", page, re.S)
+             for line in block.splitlines() if line.startswith("extctl ")]
+    assert [shlex.split(line)[1:3] for line in lines] == [["gen", "module"],
+                                                          ["gen", "envoy"]]
+    readme = (ROOT / "README.md").read_text()
+    redact = re.findall(r"```python\n(.*?)```", readme, re.S)[0]
+    (tmp_path / "app.py").write_text(redact)
+    (tmp_path / ".venv" / "bin").mkdir(parents=True)
+    (tmp_path / ".venv" / "bin" / "envoy").symlink_to(find_envoy())
+    for line in lines:
+        done = subprocess.run([sys.executable, "-m", "extctl", *shlex.split(line)[1:]],
+                              cwd=tmp_path, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, (line, done.stderr)
+    assert (tmp_path / "build" / "module" / "libextkit_dm.so").is_file()
+    config = (tmp_path / "envoy.yaml").read_text()
+    header = [line for line in config.splitlines() if line.startswith("#")]
+    assert any("Run it: ENVOY_DYNAMIC_MODULES_SEARCH_PATH=/usr/local/lib/envoy envoy" in line
+               for line in header), header
+    assert "envoy.filters.http.dynamic_modules" in config and "ext_proc" not in config
