@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from extproc import FilterSpec
+from extproc.dynamic_module import ATTRIBUTES
 
 from .errors import ConfigError
 
@@ -96,7 +97,6 @@ MAX_TIMEOUT = 3600.0
 
 # What the module does not run (yet), and what a class asks that it would then ignore.
 _UNSUPPORTED = (
-    ("request_attributes", "attributes"), ("response_attributes", "attributes"),
     ("forwarding_namespaces", "metadata forwarding"),
     ("typed_forwarding_namespaces", "metadata forwarding"),
 )
@@ -106,6 +106,11 @@ def check_runnable(spec: FilterSpec) -> None:
     """ConfigError unless the class asks only what the module runs: its hooks, with none of
     the per-request extras of the ext_proc protocol it would otherwise silently ignore (a
     class cannot ask for GRPC bodies, which the module does not run either)."""
+    unknown = sorted(set(spec.request_attributes + spec.response_attributes) - set(ATTRIBUTES))
+    if unknown:
+        raise ConfigError(f"{spec.name} asks for the attributes {', '.join(unknown)}: the "
+                          f"dynamic module sends {', '.join(ATTRIBUTES)}; serve it as an "
+                          "ext_proc processor for the others")
     asked = [f"{field} ({what})" for field, what in _UNSUPPORTED if getattr(spec, field)]
     if asked:
         raise ConfigError(f"{spec.name} sets {', '.join(asked)}: the dynamic module does not "

@@ -1,5 +1,5 @@
 """The extkit dynamic module: an Envoy HTTP filter (C, on Envoy 1.40's dynamic-module ABI
-v0.2.0) that embeds CPython and runs a Processor class's header hooks inside the data-plane
+v0.2.0) that embeds CPython and runs a Processor class's hooks inside the data-plane
 Envoy (``extkit_dm.c``; its Python side is :mod:`extproc.dynamic_module.bridge`).
 
 :func:`build` compiles it for this Python environment: the module links this interpreter's
@@ -26,6 +26,20 @@ SOURCE = Path(__file__).resolve().parent / "extkit_dm.c"
 FILE_NAME = "libextkit_dm.so"
 """What Envoy loads by the name ``extkit_dm`` (``lib<name>.so`` on its search path)."""
 _CALLBACK_PREFIX = "envoy_dynamic_module_callback_"
+
+STRING, INT = 0, 1  # how the module reads an attribute from Envoy
+ATTRIBUTES: dict[str, tuple[int, int]] = {
+    "request.path": (0, STRING), "request.url_path": (1, STRING),
+    "request.host": (2, STRING), "request.scheme": (3, STRING),
+    "request.method": (4, STRING), "request.referer": (6, STRING),
+    "request.useragent": (7, STRING), "request.id": (9, STRING),
+    "request.protocol": (10, STRING), "request.query": (11, STRING),
+    "response.code": (15, INT), "source.address": (24, STRING), "source.port": (25, INT),
+    "destination.address": (26, STRING), "destination.port": (27, INT),
+    "connection.id": (28, INT), "upstream.address": (41, STRING), "upstream.port": (42, INT),
+}
+"""The Envoy attributes (``request_attributes``, ``response_attributes``) the module sends, by
+their id in the ABI's attribute enum and how Envoy 1.40 gives them."""
 
 
 def build(output_dir: str | os.PathLike[str], *, envoy: str | None = None,

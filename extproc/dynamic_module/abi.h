@@ -166,6 +166,12 @@ uint64_t envoy_dynamic_module_callback_http_get_buffer_limit(dm_filter_envoy);
 bool envoy_dynamic_module_callback_http_set_dynamic_metadata_struct(dm_filter_envoy,
                                                                     dm_module_buffer ns,
                                                                     dm_module_buffer data);
+/* An Envoy attribute (by its id in the ABI's attribute enum), as text or as an integer; false
+ * when the stream has no value for it. The text is Envoy's, valid until the hook returns. */
+bool envoy_dynamic_module_callback_http_filter_get_attribute_string(dm_filter_envoy, int id,
+                                                                    dm_envoy_buffer *out);
+bool envoy_dynamic_module_callback_http_filter_get_attribute_int(dm_filter_envoy, int id,
+                                                                 uint64_t *out);
 /* Have Envoy pick the request's route again (after changing what it matches on). */
 void envoy_dynamic_module_callback_http_clear_route_cache(dm_filter_envoy);
 bool envoy_dynamic_module_callback_http_received_buffered_request_body(dm_filter_envoy);

@@ -34,6 +34,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 import extproc
 from extproc._stream import ProcessorFailed, _Exchange, _Stop
 from extproc._wire import BodyRequest
+from extproc.dynamic_module import ATTRIBUTES
 from extproc.errors import ProtocolError
 
 REQUEST_HEADERS, RESPONSE_HEADERS, END = 1, 2, 3
@@ -126,12 +127,13 @@ class _Stream:
             self.timer = _loop.call_later(seconds + _AFTER_WATCHDOG, _expire, self, task)
 
 
-def configure(raw: str) -> tuple[int, int, int, bool, int, int, bool]:
+def configure(raw: str) -> tuple[Any, ...]:
     """A filter config (JSON: ``processor``, ``path``): its handle, the phases it has the
     module send, its message timeout (ms) and fail_open, which the module keeps in C too (a
-    hook that blocks the loop still gets Envoy's answer to a timeout), its body modes, and
-    whether Envoy goes on without waiting (observability mode). Runs on Envoy's main thread;
-    starts the loop thread the first time."""
+    hook that blocks the loop still gets Envoy's answer to a timeout), its body modes, whether
+    Envoy goes on without waiting (observability mode), and the attributes to send with each
+    direction's headers. Runs on Envoy's main thread; starts the loop thread the first
+    time."""
     options = json.loads(raw or "{}")
     for entry in reversed(options.get("path", [])):
         if entry not in sys.path:
@@ -144,7 +146,14 @@ def configure(raw: str) -> tuple[int, int, int, bool, int, int, bool]:
                                      f"{getattr(mode, name).name}: the dynamic module runs "
                                      "STREAMED, BUFFERED, BUFFERED_PARTIAL and "
                                      "FULL_DUPLEX_STREAMED bodies")
-    timeout = float(options.get("message_timeout") or cls.filter_spec().timeout)
+    spec = cls.filter_spec()
+    unknown = sorted(set(spec.request_attributes + spec.response_attributes) - set(ATTRIBUTES))
+    if unknown:
+        raise extproc.ServeError(f"{cls.__name__} asks for the attributes {', '.join(unknown)}: "
+                                 "the dynamic module sends " + ", ".join(ATTRIBUTES))
+    attributes = [[(name.encode(), *ATTRIBUTES[name]) for name in names]
+                  for names in (spec.request_attributes, spec.response_attributes)]
+    timeout = float(options.get("message_timeout") or spec.timeout)
     config = _Config(cls, timeout, bool(options.get("fail_open", False)))
     _start()
     if not _started.get(cls):
@@ -154,7 +163,7 @@ def configure(raw: str) -> tuple[int, int, int, bool, int, int, bool]:
     _started[cls] = _started.get(cls, 0) + 1
     _configs.append(config)
     return (len(_configs) - 1, config.hooks, max(1, round(timeout * 1000)), config.fail_open,
-            *config.body_modes, config.observe)
+            *config.body_modes, config.observe, *attributes)
 
 
 def release(config_id: int) -> None:

@@ -118,12 +118,23 @@ typedef struct {
 } answer;
 
 typedef struct {
+  char *name; /* as Envoy's ext_proc names it: "request.path" */
+  size_t name_len;
+  int id;   /* in the ABI's attribute enum */
+  int kind; /* ATTR_STRING or ATTR_INT */
+} attribute;
+
+enum { ATTR_STRING = 0, ATTR_INT = 1 };
+
+typedef struct {
   long id; /* the bridge's handle of the class */
   int hooks;
   int body_mode[2];
   long timeout_ms; /* the class's message_timeout */
   int fail_open;   /* no answer in time: go on unchanged instead of 504 */
   int observe;     /* observability mode: phases go to Python, Envoy does not wait */
+  attribute *attributes[2]; /* sent with each direction's headers */
+  size_t n_attributes[2];
 } filter_config;
 
 struct stream;
@@ -294,6 +305,70 @@ static char *put_field(char *at, int number, size_t len) {
   return put_varint(at, len);
 }
 
+/* The attributes Envoy's ext_proc filter sends with this direction's headers, as the value of
+ * ProcessingRequest.attributes["envoy.filters.http.ext_proc"] (a Struct); NULL when none. An
+ * attribute Envoy has no value for is left out. */
+static char *attributes_struct(dm_filter_envoy filter, const filter_config *c, int d,
+                               size_t *len) {
+  size_t n = c->n_attributes[d];
+  if (n == 0) {
+    return NULL;
+  }
+  size_t cap = 64;
+  for (size_t i = 0; i < n; i++) {
+    cap += c->attributes[d][i].name_len + 32;
+  }
+  char *out = must(malloc(cap));
+  size_t used = 0;
+  for (size_t i = 0; i < n; i++) {
+    const attribute *a = &c->attributes[d][i];
+    char value[16];
+    const char *text = NULL;
+    size_t value_len = 0, text_len = 0;
+    if (a->kind == ATTR_INT) {
+      uint64_t number;
+      if (!envoy_dynamic_module_callback_http_filter_get_attribute_int(filter, a->id, &number)) {
+        continue;
+      }
+      double as_double = (double)number; /* Value.number_value: fixed64, little-endian */
+      value[0] = (char)((2 << 3) | 1);
+      memcpy(value + 1, &as_double, 8);
+      value_len = 9;
+    } else {
+      dm_envoy_buffer got = {NULL, 0};
+      if (!envoy_dynamic_module_callback_http_filter_get_attribute_string(filter, a->id,
+                                                                          &got)) {
+        continue;
+      }
+      text = got.ptr;
+      text_len = got.length;
+      value_len = field_size(text_len); /* Value.string_value = 3 */
+    }
+    /* Struct.fields entry: key = 1, value = 2 */
+    size_t entry_len = field_size(a->name_len) + field_size(value_len);
+    size_t need = field_size(entry_len);
+    if (used + need > cap) {
+      cap = (used + need) * 2;
+      out = must(realloc(out, cap));
+    }
+    char *at = put_field(out + used, 1, entry_len);
+    at = put_field(at, 1, a->name_len);
+    memcpy(at, a->name, a->name_len);
+    at = put_field(at + a->name_len, 2, value_len);
+    if (text != NULL || a->kind == ATTR_STRING) {
+      at = put_field(at, 3, text_len);
+      memcpy(at, text, text_len);
+      at += text_len;
+    } else {
+      memcpy(at, value, value_len);
+      at += value_len;
+    }
+    used = (size_t)(at - out);
+  }
+  *len = used;
+  return out;
+}
+
 /* A header map as the ProcessingRequest Envoy's ext_proc filter sends for this phase
  * (HttpHeaders or HttpTrailers in field ``kind``'s place; values as raw_value bytes), copied
  * into an event for the Python thread: a stopped stream's map is Envoy's to free if the stream
@@ -320,8 +395,28 @@ static event *headers_event(dm_filter_envoy filter, stream *s, dm_header_map map
                : kind == EV_RESPONSE_HEADERS ? 3
                : kind == EV_REQUEST_TRAILERS ? 6
                                              : 7;
-  event *ev = new_event(s, kind, field_size(part_len));
-  char *at = put_field(ev->bytes, number, part_len);
+  static const char ext_proc[] = "envoy.filters.http.ext_proc";
+  size_t struct_len = 0, entry_len = 0;
+  char *attributes = trailers ? NULL
+                              : attributes_struct(filter, s->config, direction_of(kind),
+                                                  &struct_len);
+  if (attributes != NULL) {
+    /* ProcessingRequest.attributes = 9: a map entry, key = 1, value = 2 */
+    entry_len = field_size(sizeof(ext_proc) - 1) + field_size(struct_len);
+  }
+  event *ev = new_event(s, kind,
+                        field_size(part_len) + (attributes != NULL ? field_size(entry_len) : 0));
+  char *at = ev->bytes;
+  if (attributes != NULL) {
+    at = put_field(at, 9, entry_len);
+    at = put_field(at, 1, sizeof(ext_proc) - 1);
+    memcpy(at, ext_proc, sizeof(ext_proc) - 1);
+    at = put_field(at + sizeof(ext_proc) - 1, 2, struct_len);
+    memcpy(at, attributes, struct_len);
+    at += struct_len;
+    free(attributes);
+  }
+  at = put_field(at, number, part_len);
   at = put_field(at, 1, map_len);
   for (size_t i = 0; i < n; i++) {
     size_t key_len = headers[i].key_length, value_len = headers[i].value_length;
@@ -980,8 +1075,11 @@ EXPORT dm_config_module envoy_dynamic_module_on_http_filter_config_new(dm_config
                                       (Py_ssize_t)config.length);
   long id, timeout_ms;
   int hooks, fail_open, request_body, response_body, observe;
-  if (got == NULL || !PyArg_ParseTuple(got, "lilpiip", &id, &hooks, &timeout_ms, &fail_open,
-                                       &request_body, &response_body, &observe)) {
+  PyObject *attributes[2];
+  if (got == NULL || !PyArg_ParseTuple(got, "lilpiipOO", &id, &hooks, &timeout_ms, &fail_open,
+                                       &request_body, &response_body, &observe,
+                                       &attributes[REQUEST], &attributes[RESPONSE]) ||
+      !PyList_Check(attributes[REQUEST]) || !PyList_Check(attributes[RESPONSE])) {
     PyErr_Print();
     log_line(DM_LOG_ERROR, "extkit_dm: the filter config was refused (reason on stderr)");
   } else {
@@ -993,6 +1091,22 @@ EXPORT dm_config_module envoy_dynamic_module_on_http_filter_config_new(dm_config
     result->timeout_ms = timeout_ms;
     result->fail_open = fail_open;
     result->observe = observe;
+    for (int d = REQUEST; d <= RESPONSE; d++) {
+      Py_ssize_t n = PyList_GET_SIZE(attributes[d]);
+      result->attributes[d] = must(calloc((size_t)n + 1, sizeof(attribute)));
+      result->n_attributes[d] = 0;
+      for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *name;
+        attribute *a = &result->attributes[d][result->n_attributes[d]];
+        if (!PyArg_ParseTuple(PyList_GET_ITEM(attributes[d], i), "Sii", &name, &a->id,
+                              &a->kind)) {
+          PyErr_Print();
+          continue;
+        }
+        a->name = copy_bytes(name, &a->name_len);
+        result->n_attributes[d]++;
+      }
+    }
   }
   Py_XDECREF(got);
   PyGILState_Release(gil);

@@ -415,3 +415,21 @@ class StartupFails(Lifecycle):
     @classmethod
     async def on_startup(cls) -> None:
         raise ConnectionRefusedError("policy store at 127.0.0.1:1 refused the connection")
+
+
+class AttributeReport(extproc.Processor):
+    """Reports the attributes Envoy sent as JSON: the request's in the request header
+    ``x-attributes``, all of them (the response's too) in the response header of that name."""
+
+    request_attributes = ("request.path", "request.url_path", "request.host", "request.scheme",
+                          "request.method", "request.referer", "request.useragent",
+                          "request.id", "request.protocol", "request.query", "source.address",
+                          "source.port", "destination.address", "destination.port",
+                          "connection.id")
+    response_attributes = ("response.code", "upstream.address", "upstream.port")
+
+    async def on_request_headers(self, headers: Headers) -> None:
+        headers["x-attributes"] = json.dumps(self.attributes, sort_keys=True)
+
+    async def on_response_headers(self, headers: Headers) -> None:
+        headers["x-attributes"] = json.dumps(self.attributes, sort_keys=True)

@@ -104,7 +104,7 @@ def test_gateway_gets_the_dynamic_module_entry_and_the_allowlist_crd_valid() -> 
 
 
 class WithAttributes(Rewrite):
-    request_attributes = ("request.path",)
+    request_attributes = ("request.path", "xds.route_name")
 
 
 class Forwarding(Rewrite):
@@ -116,8 +116,8 @@ class Forever(Rewrite):
 
 
 @pytest.mark.parametrize(("options", "message"), [
-    ({"processor": WithAttributes}, r"sets request_attributes \(attributes\): the dynamic "
-                                    r"module does not run that yet"),
+    ({"processor": WithAttributes}, r"asks for the attributes xds.route_name: the dynamic "
+                                    r"module sends request.path, "),
     ({"processor": Forwarding}, r"sets forwarding_namespaces \(metadata forwarding\)"),
     ({"processor": Forever}, r"message timeout inf: give seconds in \(0, 3600\]"),
     ({"policy": Policy(message_timeout=7200)}, r"message timeout 7200"),
@@ -387,3 +387,39 @@ def test_the_how_to_commands_run_as_shown(tmp_path) -> None:
     assert any("Run it: ENVOY_DYNAMIC_MODULES_SEARCH_PATH=/usr/local/lib/envoy envoy" in line
                for line in header), header
     assert "envoy.filters.http.dynamic_modules" in config and "ext_proc" not in config
+
+
+def test_attributes_reach_the_hooks_as_envoys_ext_proc_sends_them(module_file) -> None:
+    """Every attribute the module sends, through the module and through Envoy's ext_proc
+    filter (the grpcio transport), for the same request: the same names, types and values
+    (those of the connection, the request id and the client's port, compared by shape)."""
+    import json
+
+    from extctl.testing import EnvoyClient
+    from tests.helpers.procs import AttributeReport
+
+    def seen(transport: str) -> tuple[dict[str, Any], dict[str, Any]]:
+        with EnvoyClient(AttributeReport, transport=transport) as client:
+            result = client.get("/a/b?c=d", headers={"referer": "https://r.example/",
+                                                     "user-agent": "probe/1"})
+        assert result.status == 200 and result.request is not None
+        return (json.loads(result.request.headers["x-attributes"]),
+                json.loads(result.response.headers["x-attributes"]))
+
+    def shaped(attributes: dict[str, Any]) -> dict[str, Any]:
+        shaped = dict(attributes)
+        # the client's port, each Envoy's listener, each client's upstream
+        for end in ("source", "destination", "upstream"):
+            if f"{end}.port" in shaped:
+                port = shaped.pop(f"{end}.port")
+                assert shaped.pop(f"{end}.address") == f"127.0.0.1:{port:.0f}"
+        assert isinstance(shaped.pop("connection.id"), float)
+        assert len(shaped.pop("request.id")) == 36  # a UUID Envoy made
+        return shaped
+
+    (request, response), (ext_proc_request, ext_proc_response) = seen("module"), seen("grpcio")
+    assert shaped(request) == shaped(ext_proc_request)
+    assert request["request.path"] == "/a/b?c=d" and request["request.query"] == "c=d"
+    assert request["request.useragent"] == "probe/1" and request["request.method"] == "GET"
+    assert shaped(response) == shaped(ext_proc_response)
+    assert response["response.code"] == 200 and "upstream.port" in response
