@@ -172,6 +172,17 @@ bool envoy_dynamic_module_callback_http_filter_get_attribute_string(dm_filter_en
                                                                     dm_envoy_buffer *out);
 bool envoy_dynamic_module_callback_http_filter_get_attribute_int(dm_filter_envoy, int id,
                                                                  uint64_t *out);
+/* Stats: a counter defined on a filter config (at config time; 0 is success), incremented
+ * from a stream of it (no labels here). */
+int envoy_dynamic_module_callback_http_filter_config_define_counter(dm_config_envoy,
+                                                                    dm_module_buffer name,
+                                                                    dm_module_buffer *labels,
+                                                                    size_t labels_size,
+                                                                    size_t *id);
+int envoy_dynamic_module_callback_http_filter_increment_counter(dm_filter_envoy, size_t id,
+                                                                dm_module_buffer *labels,
+                                                                size_t labels_size,
+                                                                uint64_t value);
 /* Have Envoy pick the request's route again (after changing what it matches on). */
 void envoy_dynamic_module_callback_http_clear_route_cache(dm_filter_envoy);
 bool envoy_dynamic_module_callback_http_received_buffered_request_body(dm_filter_envoy);

@@ -99,11 +99,12 @@ class _Stream:
     """One HTTP stream: its message loop, and the messages waiting for it (one at a time)."""
 
     __slots__ = ("config", "exchange", "expired", "handle", "kind", "queue", "running",
-                 "timer")
+                 "serial", "timer")
 
-    def __init__(self, config: _Config, handle: int) -> None:
+    def __init__(self, config: _Config, handle: int, serial: int) -> None:
         self.config = config
-        self.handle = handle
+        self.handle = handle  # the module's stream, while it holds an unanswered event
+        self.serial = serial  # the stream's key here: unique, where an address is reused
         self.kind = 0  # the phase being answered
         self.timer: asyncio.TimerHandle | None = None
         self.expired = False  # the phase's timer cancelled it
@@ -208,42 +209,47 @@ def _start() -> None:
 
 def _drain() -> None:
     assert _loop is not None
-    for handle, kind, config_id, payload, eos in dm.take():
-        if kind == END:
-            # After the steps of tasks created above: a stream that ended before its first
-            # phase ran would otherwise get its message loop after this.
-            _loop.call_soon(_end, handle)
-            continue
-        stream = _streams.get(handle)
-        if stream is None:
-            stream = _streams[handle] = _Stream(_configs[config_id], handle)
-        if stream.running:  # one message at a time, in order, as on one ext_proc stream
-            if stream.queue is None:
-                stream.queue = collections.deque()
-            stream.queue.append((kind, payload, eos))
-            continue
-        stream.running = True
-        _loop.create_task(_serve(stream, kind, payload, eos))
+    for handle, serial, kind, config_id, payload, eos in dm.take():
+        try:
+            if kind == END:
+                # After the steps of tasks created above: a stream that ended before its
+                # first phase ran would otherwise get its message loop after this.
+                _loop.call_soon(_end, serial)
+                continue
+            stream = _streams.get(serial)
+            if stream is None:
+                stream = _streams[serial] = _Stream(_configs[config_id], handle, serial)
+            if stream.running:  # one message at a time, in order, as on one ext_proc stream
+                if stream.queue is None:
+                    stream.queue = collections.deque()
+                stream.queue.append((kind, payload, eos))
+                continue
+            stream.running = True
+            _loop.create_task(_serve(stream, kind, payload, eos))
+        except Exception:  # the bridge's own failure: the module's watchdog answers the phase
+            logger.exception("extkit_dm: stream %d's phase %d was not handed over", serial, kind)
 
 
-def _end(handle: int) -> None:
-    stream = _streams.pop(handle, None)
+def _end(serial: int) -> None:
+    stream = _streams.pop(serial, None)
     if stream is not None and not stream.running:
         stream.exchange.close()
 
 
 async def _serve(stream: _Stream, kind: int, payload: Any, eos: bool) -> None:
-    while True:
-        if stream.config.observe:
-            await _watch(stream, kind, payload, eos)
-        else:
-            await _phase(stream, kind, payload, eos)
-        if not stream.queue:
-            stream.running = False
-            if stream.handle not in _streams:  # ended meanwhile
-                stream.exchange.close()
-            return
-        kind, payload, eos = stream.queue.popleft()
+    try:
+        while True:
+            if stream.config.observe:
+                await _watch(stream, kind, payload, eos)
+            else:
+                await _phase(stream, kind, payload, eos)
+            if not stream.queue:
+                return
+            kind, payload, eos = stream.queue.popleft()
+    finally:
+        stream.running = False
+        if stream.serial not in _streams:  # ended (or done) meanwhile
+            stream.exchange.close()
 
 
 def _expire(stream: _Stream, task: asyncio.Task[Any]) -> None:
@@ -274,7 +280,9 @@ async def _watch(stream: _Stream, kind: int, payload: Any, eos: bool) -> None:
 
 async def _phase(stream: _Stream, kind: int, payload: Any, eos: bool) -> None:
     """Run one phase through the stream's message loop and answer the module exactly once (a
-    second answer would drop the stream's reference twice)."""
+    second answer would drop the stream's reference twice). A local reply, or an answer that
+    ends the stream's phases (``done``), is the module's last word on the stream: it sends no
+    END for it, so the stream is dropped here then."""
     config, handle = stream.config, stream.handle
     which = _WHICH[kind]
     answered = False
@@ -291,40 +299,52 @@ async def _phase(stream: _Stream, kind: int, payload: Any, eos: bool) -> None:
             answers = await stream.exchange.handle(_request(stream, kind, payload, eos))
         except _Stop as stop:
             _reply(handle, kind, stop.args[0].immediate_response)
-            answered = True
+            answered = done = True
             return
         except ProcessorFailed:
             # A hook failed closed where Envoy takes no ImmediateResponse: Envoy's ext_proc
             # answers a failed stream with status_on_error.
             dm.reply(handle, kind, config.spec.status_on_error or 500, [], b"",
                      b"ext_proc_error_gRPC_error_13")
-            answered = True
+            answered = done = True
             return
         except asyncio.CancelledError:
             if not stream.expired:
                 raise
+            uncancel = getattr(task, "uncancel", None)  # Python 3.11+
+            if uncancel is not None:
+                uncancel()  # the next phase on this task starts uncancelled
             logger.error("%s.on_%s: no answer within the message timeout", config.spec.name,
                          which)
-            if config.fail_open:
-                dm.answer(handle, kind, done, None)  # the module went on, with no more phases
-            else:
-                dm.reply(handle, kind, _GATEWAY_TIMEOUT, [], b"", b"extproc_message_timeout")
-            answered = True
+            # The module answered already (504, or going on with no more phases): this is
+            # dropped there, and ends the stream here.
+            dm.answer(handle, kind, True, None)
+            answered = done = True
             return
-        except ProtocolError:
-            logger.exception("extkit_dm: %s of stream %#x is out of order", which, handle)
-            return
-        _answer(stream, kind, done, answers)
+        _answer(stream, kind, done, answers)  # raises before it answers, or answers
         answered = True
-        if done:
-            _streams.pop(handle, None)
+    except Exception:
+        # The bridge's own failure (or a message out of order): as a hook failing, under the
+        # class's policy, never a request let through that a fail-closed class would stop.
+        logger.exception("extkit_dm: %s of stream %d failed in the bridge", which,
+                         stream.serial)
+        if not answered:
+            if config.spec.fail_open:
+                dm.answer(handle, kind, done, None)
+            else:
+                dm.reply(handle, kind, config.spec.error_status, [], config.spec.error_body,
+                         b"extproc_processor_error")
+                done = True
+            answered = True
     finally:
         if stream.timer is not None:
             stream.timer.cancel()
             stream.timer = None
-        if not answered:  # the bridge itself failed (or the loop is closing): let it through
-            logger.error("extkit_dm: %s of stream %#x got no answer; continuing", which, handle)
+        if not answered:  # cancelled by the loop closing: let Envoy have its stream back
+            done = True
             dm.answer(handle, kind, True, None)
+        if done:
+            _streams.pop(stream.serial, None)
 
 
 def _reply(handle: int, kind: int, immediate: Any) -> None:

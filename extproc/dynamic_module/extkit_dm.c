@@ -59,6 +59,7 @@ enum {
   EV_REQUEST_TRAILERS = 6,
   EV_RESPONSE_TRAILERS = 7,
   EV_KINDS = 8,
+  EV_FLUSH = 8, /* scheduler events of the module's own: a direction's flush (8 + d) */
 };
 /* Header operations in an answer. */
 enum { OP_SET = 0, OP_ADD = 1, OP_REMOVE = 2 };
@@ -100,6 +101,7 @@ typedef struct {
   int kind;    /* 0: no answer waiting */
   int reply;   /* a local reply instead of going on */
   int abandon; /* the message timeout passed, failing open: go on, no more phases */
+  int timed_out; /* the watchdog's answer to the message timeout */
   int clear_route; /* have Envoy pick the route again (request phases) */
   int replace;     /* headers: this direction's body is ``body`` (CONTINUE_AND_REPLACE) */
   int override;    /* a mode override: the stream's body modes and phases from now on */
@@ -135,7 +137,20 @@ typedef struct {
   int observe;     /* observability mode: phases go to Python, Envoy does not wait */
   attribute *attributes[2]; /* sent with each direction's headers */
   size_t n_attributes[2];
+  size_t counters[4]; /* Envoy stats (0: not defined), by the COUNT_ kinds */
 } filter_config;
+
+/* The module's Envoy stats, named as Envoy's ext_proc filter names its own. */
+enum { COUNT_STREAMS, COUNT_TIMEOUTS, COUNT_FAILED_OPEN, COUNT_IMMEDIATE };
+static const char *const counter_names[] = {"streams_started", "message_timeouts",
+                                            "failure_mode_allowed", "immediate_responses"};
+
+static void count(dm_filter_envoy filter, const filter_config *c, int which) {
+  if (c->counters[which] != 0) {
+    envoy_dynamic_module_callback_http_filter_increment_counter(filter, c->counters[which],
+                                                                NULL, 0, 1);
+  }
+}
 
 struct stream;
 
@@ -143,12 +158,15 @@ struct stream;
 typedef struct watch_node {
   struct stream *stream;
   struct watch_node *prev, *next;
-  int watched; /* the phase whose deadline is listed (0: none) */
+  int listed;
+  int dir;
+  uint64_t seq; /* the listed phase's number in its direction */
   struct timespec deadline;
 } watch_node;
 
 typedef struct {
-  int waiting; /* under lock: the phase waiting for Python's answer (0: none) */
+  int waiting;  /* under lock: the phase waiting for Python's answer (0: none) */
+  uint64_t seq; /* under lock: the number of the last phase sent (the waiting one's) */
   /* the rest: the stream's worker only */
   int phase;        /* the phase sent to Python whose answer is not applied yet (0: none) */
   int held;         /* headers stopped until the (buffered) body is answered */
@@ -156,17 +174,26 @@ typedef struct {
   int body_sent;    /* BUFFERED/PARTIAL: the body went to Python */
   int body_done;    /* BUFFERED/PARTIAL: and was answered */
   int eos;          /* the end of this direction arrived (last data or trailers) */
+  int headers_eos;  /* it ended with its headers: no body, no trailers */
   int trailers;     /* trailers arrived (and are stopped, unless passed on) */
   int replaced;     /* the headers' answer replaced the body: what comes is dropped */
   int eos_sent;     /* a body event with end_of_stream went to Python */
   size_t sent_len;  /* the bytes at the buffer's front that Python has (to replace) */
   char *out;        /* STREAMED/FULL_DUPLEX: answered bytes not passed on yet */
   size_t out_len, out_cap;
+  int continued;    /* Envoy drops a continue until this direction's next callback stops it
+                     * (its filter's own flag, mirrored: set by a continue or a callback
+                     * returning Continue, cleared by one returning a Stop status) */
+  int flush;        /* ``out`` waits for that callback: the direction was going on already */
+  char *inflight;   /* STREAMED/FULL_DUPLEX: the piece Python has (taken out of Envoy's
+                     * buffer; what goes on if the answer leaves it unchanged or times out) */
+  size_t inflight_len;
   watch_node watch;
 } direction;
 
 typedef struct stream {
   atomic_int refs;
+  uint64_t serial;        /* unique in this process (an address is reused once freed) */
   pthread_mutex_t lock;
   const filter_config *config;
   int hooks;              /* worker: the phases sent (a mode override changes them) */
@@ -232,8 +259,10 @@ static void unref(stream *s) {
     for (int k = 0; k < EV_KINDS; k++) {
       free_answer(&s->pending[k]);
     }
-    free(s->dir[REQUEST].out);
-    free(s->dir[RESPONSE].out);
+    for (int d = 0; d < 2; d++) {
+      free(s->dir[d].out);
+      free(s->dir[d].inflight);
+    }
     pthread_mutex_destroy(&s->lock);
     free(s);
   }
@@ -503,6 +532,11 @@ static event *body_event(dm_filter_envoy filter, stream *s, int d, int buffered,
   return ev;
 }
 
+/* STREAMED / FULL_DUPLEX_STREAMED: hand Python the next piece: what Envoy holds for this
+ * filter and (in a body callback) what it just received, taken out of Envoy's buffer and kept
+ * here until answered, so that Envoy's buffer only ever holds what Python has not seen. */
+static void send_piece(dm_filter_envoy filter, stream *s, int d, int received, int eos);
+
 /* Replace the first ``n`` buffered bytes with ``data`` (Envoy's buffer takes appends and
  * drains at its front only: the rest is copied out and back). */
 static void replace_front(dm_filter_envoy filter, int d, size_t n, const char *data,
@@ -530,6 +564,24 @@ static void replace_front(dm_filter_envoy filter, int d, size_t n, const char *d
                                                    (dm_module_buffer){rest, rest_len});
   }
   free(rest);
+}
+
+static void send_event(dm_filter_envoy filter, stream *s, event *ev);
+
+static void send_piece(dm_filter_envoy filter, stream *s, int d, int received, int eos) {
+  direction *x = &s->dir[d];
+  event *ev = body_event(filter, s, d, 1, received, eos);
+  free(x->inflight);
+  x->inflight = must(malloc(ev->body_len + 1));
+  memcpy(x->inflight, ev->bytes, ev->body_len);
+  x->inflight_len = ev->body_len;
+  envoy_dynamic_module_callback_http_drain_body(filter, buffered_body(d),
+                                                body_size(filter, buffered_body(d)));
+  if (received) {
+    envoy_dynamic_module_callback_http_drain_body(filter, received_body(d),
+                                                  body_size(filter, received_body(d)));
+  }
+  send_event(filter, s, ev);
 }
 
 static void keep_out(direction *x, const char *data, size_t len) {
@@ -572,37 +624,45 @@ static void commit_locked(stream *s, answer *a) {
   envoy_dynamic_module_callback_http_filter_scheduler_commit(s->scheduler, (uint64_t)kind);
 }
 
-/* Take direction ``d``'s phase ``kind`` (any phase: 0) off the watchdog's list, when listed:
- * the phase was answered, timed out, or the stream ended. Drops the list's reference. */
-static void unwatch(stream *s, int d, int kind) {
-  watch_node *node = &s->dir[d].watch;
-  pthread_mutex_lock(&watch_lock);
-  int listed = node->watched != 0 && (kind == 0 || node->watched == kind);
-  if (listed) {
-    if (node->prev != NULL) {
-      node->prev->next = node->next;
-    } else {
-      watching = node->next;
-    }
-    if (node->next != NULL) {
-      node->next->prev = node->prev;
-    }
-    node->prev = node->next = NULL;
-    node->watched = 0;
+/* Take a direction's listing off the watchdog's list when it is phase ``seq``'s (any: 0);
+ * under watch_lock. Returns whether it did (the caller drops the list's reference). */
+static int delist(watch_node *node, uint64_t seq) {
+  if (!node->listed || (seq != 0 && node->seq != seq)) {
+    return 0;
   }
+  if (node->prev != NULL) {
+    node->prev->next = node->next;
+  } else {
+    watching = node->next;
+  }
+  if (node->next != NULL) {
+    node->next->prev = node->prev;
+  }
+  node->prev = node->next = NULL;
+  node->listed = 0;
+  return 1;
+}
+
+static void unwatch(stream *s, int d) {
+  pthread_mutex_lock(&watch_lock);
+  int removed = delist(&s->dir[d].watch, 0);
   pthread_mutex_unlock(&watch_lock);
-  if (listed) {
+  if (removed) {
     unref(s);
   }
 }
 
-static void time_out(stream *s, int d, int kind) {
+/* Phase ``seq`` of direction ``d`` is due: answered as Envoy's ext_proc answers a message
+ * timeout, unless it was answered meanwhile (then a later phase's listing is not touched). */
+static void time_out(stream *s, int d, uint64_t seq) {
   static const char details[] = "extproc_message_timeout";
   pthread_mutex_lock(&s->lock);
-  if (s->dir[d].waiting == kind && s->alive && s->scheduler != NULL) {
+  int kind = s->dir[d].waiting;
+  if (kind != 0 && s->dir[d].seq == seq && s->alive && s->scheduler != NULL) {
     s->dir[d].waiting = 0;
     answer a = {0};
     a.kind = kind;
+    a.timed_out = 1;
     if (s->config->fail_open) {
       s->abandoned = 1; /* as Envoy's ext_proc: no more phases for this stream */
       a.abandon = 1;
@@ -614,7 +674,13 @@ static void time_out(stream *s, int d, int kind) {
     }
     commit_locked(s, &a);
   }
+  pthread_mutex_lock(&watch_lock);
+  int removed = delist(&s->dir[d].watch, seq);
+  pthread_mutex_unlock(&watch_lock);
   pthread_mutex_unlock(&s->lock);
+  if (removed) {
+    unref(s);
+  }
 }
 
 static void *watchdog(void *unused) {
@@ -635,11 +701,11 @@ static void *watchdog(void *unused) {
     }
     if (due != NULL) {
       stream *s = due->stream;
-      int kind = due->watched, d = direction_of(kind);
+      int d = due->dir;
+      uint64_t seq = due->seq;
       atomic_fetch_add(&s->refs, 1); /* kept across the unlock */
       pthread_mutex_unlock(&watch_lock);
-      unwatch(s, d, kind); /* unless answered meanwhile (then a later phase's is not touched) */
-      time_out(s, d, kind);
+      time_out(s, d, seq);
       unref(s);
       pthread_mutex_lock(&watch_lock);
       continue;
@@ -674,7 +740,9 @@ static void start_watchdog(void) {
   pthread_mutex_unlock(&watch_lock);
 }
 
-static void watch(stream *s, int d, int kind, long ms) {
+/* List (or move) direction ``d``'s deadline: phase ``seq``'s answer is due in ``ms``. Under
+ * the stream's lock, so that a listing never goes to a phase that is no longer waiting. */
+static void watch_locked(stream *s, int d, uint64_t seq, long ms) {
   watch_node *node = &s->dir[d].watch;
   struct timespec at;
   clock_gettime(CLOCK_MONOTONIC, &at);
@@ -686,29 +754,21 @@ static void watch(stream *s, int d, int kind, long ms) {
   }
   pthread_mutex_lock(&watch_lock);
   node->deadline = at;
-  if (node->watched != 0) {
-    /* still listed for the phase before, answered but not yet taken off: now this one's */
-    node->watched = kind;
-    pthread_mutex_unlock(&watch_lock);
-    return;
+  node->seq = seq;
+  if (!node->listed) {
+    atomic_fetch_add(&s->refs, 1); /* the list's */
+    node->stream = s;
+    node->dir = d;
+    node->listed = 1;
+    node->prev = NULL;
+    node->next = watching;
+    if (watching != NULL) {
+      watching->prev = node;
+    }
+    watching = node;
   }
-  atomic_fetch_add(&s->refs, 1); /* the list's */
-  node->stream = s;
-  node->watched = kind;
-  node->prev = NULL;
-  node->next = watching;
-  if (watching != NULL) {
-    watching->prev = node;
-  }
-  int was_empty = watching == NULL;
-  watching = node;
   pthread_mutex_unlock(&watch_lock);
-  if (was_empty) {
-    /* otherwise the watchdog already waits for an earlier deadline (one timeout per
-     * config: a new deadline is never earlier than another config's by more than the
-     * difference of the two timeouts, which the watchdog's next wake-up catches) */
-    pthread_cond_signal(&watch_cond);
-  }
+  pthread_cond_signal(&watch_cond); /* it may be earlier than what the watchdog waits for */
 }
 
 /* Hand a phase to Python; its direction waits for the answer (worker). */
@@ -725,10 +785,11 @@ static void send_event(dm_filter_envoy filter, stream *s, event *ev) {
   }
   s->python_holds = 1;
   s->dir[d].waiting = ev->kind;
-  pthread_mutex_unlock(&s->lock);
+  s->dir[d].seq++;
   if (atomic_load(&watchdog_started) && s->config->timeout_ms > 0) {
-    watch(s, d, ev->kind, s->config->timeout_ms);
+    watch_locked(s, d, s->dir[d].seq, s->config->timeout_ms);
   }
+  pthread_mutex_unlock(&s->lock);
   enqueue(ev);
 }
 
@@ -740,9 +801,9 @@ static PyObject *py_wake_fd(PyObject *self, PyObject *unused) {
   return PyLong_FromLong(wake_fd);
 }
 
-/* Every queued event as (stream, kind, config, payload, end_of_stream): the payload is the
- * serialized ProcessingRequest for headers and trailers, the bytes of a body, None for the
- * end. */
+/* Every queued event as (stream, serial, kind, config, payload, end_of_stream): the payload is
+ * the serialized ProcessingRequest for headers and trailers, the bytes of a body, None for
+ * the end. */
 static PyObject *py_take(PyObject *self, PyObject *unused) {
   (void)self;
   (void)unused;
@@ -777,11 +838,20 @@ static PyObject *py_take(PyObject *self, PyObject *unused) {
     } else {
       payload = PyBytes_FromStringAndSize(ev->bytes, (Py_ssize_t)ev->body_len);
     }
-    PyObject *item = Py_BuildValue("(KilNO)", (unsigned long long)(uintptr_t)ev->stream,
-                                   ev->kind, ev->config_id, payload,
-                                   ev->eos ? Py_True : Py_False);
-    PyList_Append(list, item);
-    Py_DECREF(item);
+    PyObject *item = payload == NULL ? NULL
+                     : Py_BuildValue("(KKilNO)", (unsigned long long)(uintptr_t)ev->stream,
+                                     (unsigned long long)ev->stream->serial, ev->kind,
+                                     ev->config_id, payload, ev->eos ? Py_True : Py_False);
+    if (item == NULL) {
+      /* out of memory: the phase is not handed over (the watchdog answers it) */
+      PyErr_Clear();
+      if (ev->kind != EV_END && !ev->observed) {
+        ev->observed = 1; /* so its reference goes below */
+      }
+    } else {
+      PyList_Append(list, item);
+      Py_DECREF(item);
+    }
     if (ev->kind == EV_END || ev->observed) {
       unref(ev->stream); /* nothing answers these */
     }
@@ -840,19 +910,22 @@ static void deliver(stream *s, answer *a, int done) {
   int kind = a->kind, d = direction_of(kind);
   pthread_mutex_lock(&s->lock);
   /* A phase the watchdog answered (its message timeout passed) is no longer waiting. */
-  int answered = 0;
+  int delisted = 0;
   if (s->alive && s->scheduler != NULL && s->dir[d].waiting == kind) {
     s->dir[d].waiting = 0;
+    /* off the watchdog's list before the worker can send the next phase */
+    pthread_mutex_lock(&watch_lock);
+    delisted = delist(&s->dir[d].watch, 0);
+    pthread_mutex_unlock(&watch_lock);
     commit_locked(s, a);
-    answered = 1;
   }
   if (done) {
     s->python_holds = 0;
   }
   pthread_mutex_unlock(&s->lock);
   free_answer(a); /* the stream was gone: nothing to apply */
-  if (answered) {
-    unwatch(s, d, kind);
+  if (delisted) {
+    unref(s);
   }
   unref(s);
 }
@@ -949,8 +1022,13 @@ static PyObject *py_reply(PyObject *self, PyObject *args) {
   a.status = status;
   a.body = copy_bytes(body, &a.body_len);
   a.details = copy_bytes(details, &a.details_len);
+  if (headers != Py_None && !PyList_Check(headers)) {
+    free_answer(&a);
+    PyErr_SetString(PyExc_TypeError, "a reply's headers are a list");
+    return NULL;
+  }
   PyObject *ops = PyList_New(0);
-  Py_ssize_t n = headers == Py_None ? 0 : PyList_Size(headers);
+  Py_ssize_t n = headers == Py_None ? 0 : PyList_GET_SIZE(headers);
   for (Py_ssize_t i = 0; i < n; i++) {
     PyObject *name, *value;
     if (!PyArg_ParseTuple(PyList_GET_ITEM(headers, i), "SS", &name, &value)) {
@@ -984,11 +1062,10 @@ static PyObject *py_extend(PyObject *self, PyObject *args) {
   stream *s = (stream *)(uintptr_t)handle; /* held: its event is not answered yet */
   int d = direction_of(kind);
   pthread_mutex_lock(&s->lock);
-  int waiting = s->alive && s->dir[d].waiting == kind;
-  pthread_mutex_unlock(&s->lock);
-  if (waiting && atomic_load(&watchdog_started)) {
-    watch(s, d, kind, ms);
+  if (s->alive && s->dir[d].waiting == kind && atomic_load(&watchdog_started)) {
+    watch_locked(s, d, s->dir[d].seq, ms);
   }
+  pthread_mutex_unlock(&s->lock);
   Py_RETURN_NONE;
 }
 
@@ -1064,7 +1141,6 @@ EXPORT const char *envoy_dynamic_module_on_program_init(void) {
 EXPORT dm_config_module envoy_dynamic_module_on_http_filter_config_new(dm_config_envoy envoy_config,
                                                                        dm_envoy_buffer name,
                                                                        dm_envoy_buffer config) {
-  (void)envoy_config;
   (void)name;
   if (!python_ready && start_python() < 0) {
     return NULL;
@@ -1111,6 +1187,14 @@ EXPORT dm_config_module envoy_dynamic_module_on_http_filter_config_new(dm_config
   Py_XDECREF(got);
   PyGILState_Release(gil);
   if (result != NULL) {
+    for (int i = 0; i < 4; i++) {
+      size_t id = 0;
+      dm_module_buffer counter = {counter_names[i], strlen(counter_names[i])};
+      if (envoy_dynamic_module_callback_http_filter_config_define_counter(envoy_config, counter,
+                                                                         NULL, 0, &id) == 0) {
+        result->counters[i] = id;
+      }
+    }
     start_watchdog();
   }
   return result;
@@ -1131,9 +1215,11 @@ EXPORT void envoy_dynamic_module_on_http_filter_config_destroy(dm_config_module 
 
 EXPORT dm_filter_module envoy_dynamic_module_on_http_filter_new(dm_config_module config,
                                                                 dm_filter_envoy filter) {
-  (void)filter;
+  count(filter, config, COUNT_STREAMS);
+  static atomic_uint_fast64_t streams;
   stream *s = must(calloc(1, sizeof(stream)));
   atomic_init(&s->refs, 1);
+  s->serial = atomic_fetch_add(&streams, 1) + 1;
   pthread_mutex_init(&s->lock, NULL);
   const filter_config *c = config;
   s->config = c;
@@ -1144,25 +1230,57 @@ EXPORT dm_filter_module envoy_dynamic_module_on_http_filter_new(dm_config_module
   return s;
 }
 
-static void continue_direction(dm_filter_envoy filter, int d) {
+/* Envoy 1.40's module filter ignores a continue until a callback of that direction returned
+ * a Stop status since the last one; the module keeps the same flag so that it never loses
+ * one. Returns whether the direction was continued. */
+static int continue_direction(dm_filter_envoy filter, stream *s, int d) {
+  direction *x = &s->dir[d];
+  if (x->continued) {
+    return 0;
+  }
   if (d == REQUEST) {
     envoy_dynamic_module_callback_http_filter_continue_decoding(filter);
   } else {
     envoy_dynamic_module_callback_http_filter_continue_encoding(filter);
   }
+  x->continued = 1;
+  return 1;
 }
 
 /* Go on: what Python answered of a streamed body first (it stays here until now, so Envoy's
- * buffer holds only what Python has not seen), then what Envoy holds. */
+ * buffer holds only what Python has not seen), then what Envoy holds. When the direction is
+ * going on already (nothing stopped here since the last continue), the answered bytes wait
+ * for its next callback (``flush``), which sends them. */
 static void pass_on(dm_filter_envoy filter, stream *s, int d) {
   direction *x = &s->dir[d];
+  if (x->continued) {
+    x->flush = x->out_len > 0;
+    return;
+  }
   if (x->out_len > 0) {
     envoy_dynamic_module_callback_http_append_body(filter, buffered_body(d),
                                                    (dm_module_buffer){x->out, x->out_len});
     x->out_len = 0;
   }
-  continue_direction(filter, d);
+  continue_direction(filter, s, d);
 }
+
+/* A flush of ``out`` after the callback now running returns (it stops the direction, so the
+ * scheduled pass_on can continue it). */
+static void flush_after(dm_filter_envoy filter, stream *s, int d) {
+  pthread_mutex_lock(&s->lock);
+  if (s->scheduler == NULL) {
+    s->scheduler = envoy_dynamic_module_callback_http_filter_scheduler_new(filter);
+  }
+  envoy_dynamic_module_callback_http_filter_scheduler_commit(s->scheduler,
+                                                             (uint64_t)(EV_FLUSH + d));
+  pthread_mutex_unlock(&s->lock);
+}
+
+/* In a body callback of a direction going on already, with answered bytes waiting: they go on
+ * now, ahead of what this callback received, which becomes the next piece (or, with nothing
+ * answered outstanding, goes on too). Returns the callback's status. */
+static int flush_in_body(dm_filter_envoy filter, stream *s, int d, bool end_of_stream);
 
 static event *trailers_event(dm_filter_envoy filter, stream *s, int d) {
   return headers_event(filter, s, trailers_map(d),
@@ -1228,6 +1346,9 @@ static int buffer_full(dm_filter_envoy filter, int d, size_t size) {
 static void observe(stream *s, event *ev) {
   ev->observed = 1;
   atomic_fetch_add(&s->refs, 1); /* the event's: dropped once handed to Python */
+  pthread_mutex_lock(&s->lock);
+  s->python_holds = 1; /* the bridge keeps the stream until Envoy ends it */
+  pthread_mutex_unlock(&s->lock);
   enqueue(ev);
 }
 
@@ -1246,7 +1367,7 @@ static int on_headers(dm_filter_envoy filter, stream *s, int d, bool end_of_stre
   }
   int mode = s->body_mode[d];
   int hook = s->hooks & (d == REQUEST ? HOOK_REQUEST_HEADERS : HOOK_RESPONSE_HEADERS);
-  x->eos = end_of_stream;
+  x->eos = x->headers_eos = end_of_stream;
   x->held = !end_of_stream && holds_headers(mode);
   if (!hook) {
     drop_length(filter, s, d, 0);
@@ -1262,11 +1383,51 @@ static int on_headers(dm_filter_envoy filter, stream *s, int d, bool end_of_stre
   return DM_HEADERS_STOP;
 }
 
+static int flush_in_body(dm_filter_envoy filter, stream *s, int d, bool end_of_stream) {
+  direction *x = &s->dir[d];
+  int mode = s->body_mode[d];
+  x->flush = 0;
+  if (end_of_stream && !abandoned(s) && (mode == BM_STREAMED || mode == BM_DUPLEX)) {
+    /* the last piece goes to Python; the answered bytes wait for its answer */
+    x->body_started = 1;
+    x->eos = 1;
+    send_piece(filter, s, d, 1, 1);
+    return DM_BODY_STOP_AND_WATERMARK;
+  }
+  dm_body received = received_body(d);
+  size_t len = body_size(filter, received);
+  char *came = NULL;
+  if (!abandoned(s) && (mode == BM_STREAMED || mode == BM_DUPLEX)) {
+    x->body_started = 1;
+    send_piece(filter, s, d, 1, 0); /* what came is the next piece */
+  } else if (len > 0) {
+    came = must(malloc(len)); /* what came goes on too, after them */
+    copy_body(filter, received, came, len);
+    envoy_dynamic_module_callback_http_drain_body(filter, received, len);
+  }
+  envoy_dynamic_module_callback_http_append_body(filter, received,
+                                                 (dm_module_buffer){x->out, x->out_len});
+  x->out_len = 0;
+  if (came != NULL) {
+    envoy_dynamic_module_callback_http_append_body(filter, received,
+                                                   (dm_module_buffer){came, len});
+    free(came);
+  }
+  return DM_BODY_CONTINUE;
+}
+
 static int on_body(dm_filter_envoy filter, stream *s, int d, bool end_of_stream) {
   direction *x = &s->dir[d];
   int mode = s->body_mode[d];
-  if (s->local_replied || abandoned(s)) {
+  if (s->local_replied) {
     return DM_BODY_CONTINUE;
+  }
+  if (x->flush && !x->phase) {
+    return flush_in_body(filter, s, d, end_of_stream);
+  }
+  if (abandoned(s)) {
+    /* no more phases; what comes waits only behind a piece Python still has */
+    return x->phase ? DM_BODY_STOP_AND_WATERMARK : DM_BODY_CONTINUE;
   }
   if (s->config->observe) {
     if (mode != BM_NONE) {
@@ -1281,13 +1442,16 @@ static int on_body(dm_filter_envoy filter, stream *s, int d, bool end_of_stream)
     return DM_BODY_CONTINUE;
   }
   int waiting = x->phase;
-  if (mode == BM_NONE) {
-    /* no body phase: it waits (in Envoy's buffer) only for the headers' answer */
-    return waiting ? DM_BODY_STOP_AND_WATERMARK : DM_BODY_CONTINUE;
+  if (mode == BM_NONE && !waiting) {
+    return DM_BODY_CONTINUE; /* no body phase */
   }
   x->body_started = 1;
   if (end_of_stream) {
     x->eos = 1;
+  }
+  if (mode == BM_NONE) {
+    /* it waits (in Envoy's buffer) for the headers' answer, which may ask for it */
+    return DM_BODY_STOP_AND_WATERMARK;
   }
   if (holds_headers(mode)) {
     int hold = mode == BM_BUFFERED ? DM_BODY_STOP_AND_BUFFER : DM_BODY_STOP_AND_WATERMARK;
@@ -1307,22 +1471,29 @@ static int on_body(dm_filter_envoy filter, stream *s, int d, bool end_of_stream)
     }
     return hold;
   }
-  /* STREAMED / FULL_DUPLEX_STREAMED: while Python has a chunk, what comes stays in Envoy's
-   * buffer and goes to Python with the next one. */
-  if (waiting) {
-    return DM_BODY_STOP_AND_WATERMARK;
+  /* STREAMED / FULL_DUPLEX_STREAMED: while Python has a piece, what comes stays in Envoy's
+   * buffer (under its flow control) and goes to Python as the next one. */
+  if (!waiting) {
+    /* (at the end of the stream Envoy has already moved the chunk into its buffer) */
+    send_piece(filter, s, d, 1, end_of_stream);
   }
-  /* (at the end of the stream Envoy has already moved the chunk into its buffer) */
-  event *ev = body_event(filter, s, d, 1, 1, end_of_stream);
-  x->sent_len = ev->body_len;
-  send_event(filter, s, ev);
   return DM_BODY_STOP_AND_WATERMARK;
 }
 
 static int on_trailers(dm_filter_envoy filter, stream *s, int d) {
   direction *x = &s->dir[d];
-  if (s->local_replied || abandoned(s)) {
+  if (s->local_replied) {
     return DM_TRAILERS_CONTINUE;
+  }
+  if (x->flush && !x->phase) {
+    /* answered bytes wait: they go on first, from the scheduler once this has stopped */
+    x->eos = 1;
+    x->trailers = 1;
+    flush_after(filter, s, d);
+    return DM_TRAILERS_STOP;
+  }
+  if (abandoned(s)) {
+    return x->phase ? DM_TRAILERS_STOP : DM_TRAILERS_CONTINUE;
   }
   int mode = s->body_mode[d];
   if (s->config->observe) {
@@ -1353,38 +1524,50 @@ static int on_trailers(dm_filter_envoy filter, stream *s, int d) {
   return DM_TRAILERS_CONTINUE;
 }
 
+/* Each callback's status is what Envoy's continue flag for its direction follows. */
+static int returned(stream *s, int d, int status) {
+  s->dir[d].continued = status == 0; /* Continue is 0 in all three statuses */
+  return status;
+}
+
 EXPORT int envoy_dynamic_module_on_http_filter_request_headers(dm_filter_envoy filter,
                                                                dm_filter_module module,
                                                                bool end_of_stream) {
-  return on_headers(filter, (stream *)module, REQUEST, end_of_stream);
+  stream *s = (stream *)module;
+  return returned(s, REQUEST, on_headers(filter, s, REQUEST, end_of_stream));
 }
 
 EXPORT int envoy_dynamic_module_on_http_filter_response_headers(dm_filter_envoy filter,
                                                                 dm_filter_module module,
                                                                 bool end_of_stream) {
-  return on_headers(filter, (stream *)module, RESPONSE, end_of_stream);
+  stream *s = (stream *)module;
+  return returned(s, RESPONSE, on_headers(filter, s, RESPONSE, end_of_stream));
 }
 
 EXPORT int envoy_dynamic_module_on_http_filter_request_body(dm_filter_envoy filter,
                                                             dm_filter_module module,
                                                             bool end_of_stream) {
-  return on_body(filter, (stream *)module, REQUEST, end_of_stream);
+  stream *s = (stream *)module;
+  return returned(s, REQUEST, on_body(filter, s, REQUEST, end_of_stream));
 }
 
 EXPORT int envoy_dynamic_module_on_http_filter_response_body(dm_filter_envoy filter,
                                                              dm_filter_module module,
                                                              bool end_of_stream) {
-  return on_body(filter, (stream *)module, RESPONSE, end_of_stream);
+  stream *s = (stream *)module;
+  return returned(s, RESPONSE, on_body(filter, s, RESPONSE, end_of_stream));
 }
 
 EXPORT int envoy_dynamic_module_on_http_filter_request_trailers(dm_filter_envoy filter,
                                                                 dm_filter_module module) {
-  return on_trailers(filter, (stream *)module, REQUEST);
+  stream *s = (stream *)module;
+  return returned(s, REQUEST, on_trailers(filter, s, REQUEST));
 }
 
 EXPORT int envoy_dynamic_module_on_http_filter_response_trailers(dm_filter_envoy filter,
                                                                  dm_filter_module module) {
-  return on_trailers(filter, (stream *)module, RESPONSE);
+  stream *s = (stream *)module;
+  return returned(s, RESPONSE, on_trailers(filter, s, RESPONSE));
 }
 
 static void apply_ops(dm_filter_envoy filter, dm_header_map map, const answer *a) {
@@ -1421,11 +1604,21 @@ static void send_reply(dm_filter_envoy filter, stream *s, const answer *a) {
  * answered bytes first), and no more phases come. */
 static void let_through(dm_filter_envoy filter, stream *s, int d) {
   direction *x = &s->dir[d];
+  if (x->inflight != NULL) {
+    keep_out(x, x->inflight, x->inflight_len); /* the piece Python had, as it came */
+    free(x->inflight);
+    x->inflight = NULL;
+    x->inflight_len = 0;
+  }
+  if (x->continued) {
+    x->flush = x->out_len > 0; /* going on already: the next callback sends them */
+    return;
+  }
   if (x->out_len > 0) {
     replace_front(filter, d, 0, x->out, x->out_len);
     x->out_len = 0;
   }
-  continue_direction(filter, d);
+  continue_direction(filter, s, d);
 }
 
 static void body_answered(dm_filter_envoy filter, stream *s, int d, answer *a) {
@@ -1446,22 +1639,21 @@ static void body_answered(dm_filter_envoy filter, stream *s, int d, answer *a) {
     return;
   }
   /* STREAMED / FULL_DUPLEX_STREAMED */
-  dm_body which = buffered_body(d);
   if (a->has_body) {
     keep_out(x, a->body, a->body_len);
-  } else if (x->sent_len > 0) {
-    char *raw = must(malloc(x->sent_len));
-    copy_body(filter, which, raw, x->sent_len);
-    keep_out(x, raw, x->sent_len);
-    free(raw);
+  } else if (x->inflight != NULL) {
+    keep_out(x, x->inflight, x->inflight_len); /* unchanged */
   }
-  envoy_dynamic_module_callback_http_drain_body(filter, which, x->sent_len);
-  x->sent_len = 0;
-  if (body_size(filter, which) > 0 || (x->eos && !x->trailers && !x->eos_sent)) {
-    /* what arrived meanwhile (or the end of the stream, alone), as the next chunk */
-    event *ev = body_event(filter, s, d, 1, 0, x->eos && !x->trailers);
-    x->sent_len = ev->body_len;
-    send_event(filter, s, ev);
+  free(x->inflight);
+  x->inflight = NULL;
+  x->inflight_len = 0;
+  if (body_size(filter, buffered_body(d)) > 0 || (x->eos && !x->trailers && !x->eos_sent)) {
+    /* what arrived meanwhile (or the end of the stream, alone), as the next piece; what is
+     * answered goes on now, unless the end has come (it would end the stream first) */
+    send_piece(filter, s, d, 0, x->eos && !x->trailers);
+    if (!x->eos) {
+      pass_on(filter, s, d);
+    }
     return;
   }
   if (x->eos) {
@@ -1478,7 +1670,7 @@ static void headers_answered(dm_filter_envoy filter, stream *s, int d, answer *a
     s->body_mode[REQUEST] = a->override_body_mode[REQUEST];
     s->body_mode[RESPONSE] = a->override_body_mode[RESPONSE];
     s->hooks = a->override_hooks;
-    x->held = !x->eos && holds_headers(s->body_mode[d]);
+    x->held = !x->headers_eos && holds_headers(s->body_mode[d]);
   }
   if (a->clear_route) {
     envoy_dynamic_module_callback_http_clear_route_cache(filter);
@@ -1492,20 +1684,21 @@ static void headers_answered(dm_filter_envoy filter, stream *s, int d, answer *a
         (dm_module_buffer){NULL, 0});
     x->replaced = 1;
     replace_front(filter, d, body_size(filter, buffered_body(d)), a->body, a->body_len);
-    continue_direction(filter, d);
+    continue_direction(filter, s, d);
     return;
   }
   drop_length(filter, s, d, 1);
   int mode = s->body_mode[d];
   if (!x->held && (mode == BM_STREAMED || mode == BM_DUPLEX) && x->body_started) {
-    /* what arrived while the hook ran, as the first chunk */
-    event *ev = body_event(filter, s, d, 1, 0, x->eos && !x->trailers);
-    x->sent_len = ev->body_len;
-    send_event(filter, s, ev);
+    /* what arrived while the hook ran, as the first piece; the headers go on now */
+    send_piece(filter, s, d, 0, x->eos && !x->trailers);
+    if (!x->eos) {
+      continue_direction(filter, s, d);
+    }
   } else if (!x->held && x->trailers) {
     after_body(filter, s, d);
   } else if (!x->held) {
-    continue_direction(filter, d);
+    continue_direction(filter, s, d);
   } else if (x->eos || (mode == BM_PARTIAL &&
                         buffer_full(filter, d, body_size(filter, buffered_body(d))))) {
     held_body_ready(filter, s, d);
@@ -1516,6 +1709,19 @@ EXPORT void envoy_dynamic_module_on_http_filter_scheduled(dm_filter_envoy filter
                                                           dm_filter_module module,
                                                           uint64_t event_id) {
   stream *s = (stream *)module;
+  if (event_id == EV_FLUSH + REQUEST || event_id == EV_FLUSH + RESPONSE) {
+    int d = (int)(event_id - EV_FLUSH);
+    direction *x = &s->dir[d];
+    if (!s->local_replied && !x->phase) { /* (else the answer in flight goes on) */
+      x->flush = 0;
+      if (x->trailers && !abandoned(s)) {
+        after_body(filter, s, d);
+      } else {
+        pass_on(filter, s, d);
+      }
+    }
+    return;
+  }
   if (event_id == 0 || event_id >= EV_KINDS) {
     return;
   }
@@ -1537,8 +1743,15 @@ EXPORT void envoy_dynamic_module_on_http_filter_scheduled(dm_filter_envoy filter
         (dm_module_buffer){a.meta[i].data, a.meta[i].data_len});
   }
   if (a.reply) {
+    count(filter, s->config, a.timed_out ? COUNT_TIMEOUTS : COUNT_IMMEDIATE);
     send_reply(filter, s, &a);
+  } else if (!a.abandon && abandoned(s)) {
+    /* the other direction timed out failing open: no more processing, this answer's changes
+     * included; what this direction holds goes on as it came */
+    let_through(filter, s, d);
   } else if (a.abandon) {
+    count(filter, s->config, COUNT_TIMEOUTS);
+    count(filter, s->config, COUNT_FAILED_OPEN);
     let_through(filter, s, d);
   } else if (is_body(a.kind)) {
     body_answered(filter, s, d, &a);
@@ -1569,8 +1782,8 @@ EXPORT void envoy_dynamic_module_on_http_filter_destroy(dm_filter_module module)
   if (scheduler != NULL) {
     envoy_dynamic_module_callback_http_filter_scheduler_delete(scheduler);
   }
-  unwatch(s, REQUEST, 0);
-  unwatch(s, RESPONSE, 0);
+  unwatch(s, REQUEST);
+  unwatch(s, RESPONSE);
   if (holds) {
     /* The bridge still keeps this stream's Processor (a later phase never came): drop it. */
     event *ev = must(calloc(1, sizeof(event)));

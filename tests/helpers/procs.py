@@ -373,7 +373,7 @@ class StampHeaders(extproc.Processor):
 class BlockingBodyShortTimeout(extproc.Processor):
     """A STREAMED request body hook that blocks the loop for the request's ``x-block-ms``
     (creating the file named by ``x-mark`` as it starts, ``NAME.done`` once it stops) and
-    otherwise appends ``!``; Envoy's answer to a message timeout after 0.5 s."""
+    appends ``!`` to the body's end; Envoy's answer to a message timeout after 0.5 s."""
 
     message_timeout = 0.5
     request_body_mode = BodyMode.STREAMED
@@ -388,7 +388,8 @@ class BlockingBodyShortTimeout(extproc.Processor):
         time.sleep(self.block_ms / 1000)  # noqa: ASYNC251 - on purpose
         if self.mark:
             Path(self.mark + ".done").touch()  # noqa: ASYNC240
-        body.data = body.data + b"!"
+        if body.end_of_stream:
+            body.data = body.data + b"!"
 
 
 class Lifecycle(extproc.Processor):
@@ -433,3 +434,37 @@ class AttributeReport(extproc.Processor):
 
     async def on_response_headers(self, headers: Headers) -> None:
         headers["x-attributes"] = json.dumps(self.attributes, sort_keys=True)
+
+
+class OverrideToBuffered(extproc.Processor):
+    """Asks for the request body from its headers hook (a mode override, no class body mode),
+    BUFFERED, and upper-cases it."""
+
+    allow_mode_override = True
+
+    async def on_request_headers(self, headers: Headers) -> None:
+        self.override_mode(request_body=BodyMode.BUFFERED)
+
+    async def on_request_body(self, body: Body) -> None:
+        body.data = body.data.upper()
+
+
+class StreamedUpper(extproc.Processor):
+    """STREAMED request body, upper-cased piece by piece."""
+
+    request_body_mode = BodyMode.STREAMED
+
+    async def on_request_body(self, body: Body) -> None:
+        body.data = body.data.upper()
+
+
+class ShadowCount(extproc.Processor):
+    """Observability mode: each request's hook appends a line to ``$EXTKIT_TEST_SHADOW_LOG``;
+    its answers (a 403 among them) are ignored by Envoy."""
+
+    observability_mode = True
+
+    async def on_request_headers(self, headers: Headers) -> ImmediateResponse:
+        with open(os.environ["EXTKIT_TEST_SHADOW_LOG"], "a") as log:  # noqa: ASYNC230
+            log.write(headers[":path"] + "\n")
+        return ImmediateResponse(403)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -233,7 +234,13 @@ def test_a_hook_that_blocks_the_loop_gets_envoys_timeout_answer(module_file, ech
         deadline = time.monotonic() + 10
         while (after := http(envoy.port, "/", timeout=10)).status != 200:
             assert time.monotonic() < deadline, f"still {after.status} after the block"
+        # the module's Envoy stats, named as Envoy's ext_proc filter names its own
+        counted = envoy.stats("dynamicmodulescustom.")
     assert [r.status for r in replies] == [status] and behind.status == status
+    timeouts = counted["dynamicmodulescustom.message_timeouts"]
+    assert timeouts >= 2
+    assert counted["dynamicmodulescustom.failure_mode_allowed"] == (timeouts if fail_open else 0)
+    assert counted["dynamicmodulescustom.streams_started"] >= 3
 
 
 def test_the_build_quotes_paths_and_names_the_real_error(monkeypatch, tmp_path) -> None:
@@ -423,3 +430,93 @@ def test_attributes_reach_the_hooks_as_envoys_ext_proc_sends_them(module_file) -
     assert request["request.useragent"] == "probe/1" and request["request.method"] == "GET"
     assert shaped(response) == shaped(ext_proc_response)
     assert response["response.code"] == 200 and "upstream.port" in response
+
+
+def test_every_request_after_a_local_reply_runs_the_hook(module_file) -> None:
+    """A local reply ends a stream inside Envoy; the next streams (whose state may sit at the
+    same address) run the class's hooks as the first did: none goes through unprocessed."""
+    from extctl.testing import EnvoyClient
+
+    with EnvoyClient(Stamp, transport="module") as client:
+        for round_no in range(6):
+            denied = client.get("/", headers={"x-deny": "policy"})
+            passed = [client.get(f"/{round_no}/{n}") for n in range(3)]
+            assert denied.status == 403 and not denied.upstream_reached
+            assert [r.request.headers.get("x-stamp") if r.request else None
+                    for r in passed] == ["on"] * 3
+
+
+def test_a_mode_override_asks_for_a_body_that_arrived_with_the_headers(module_file) -> None:
+    """The headers' hook overrides the mode to BUFFERED after the whole body arrived (sent with
+    the headers): the body phase runs, in process and inside Envoy alike."""
+    from extctl.testing import EnvoyClient
+    from extproc.testing import Client
+    from tests.helpers.procs import OverrideToBuffered
+
+    for make in (lambda: Client(OverrideToBuffered),
+                 lambda: EnvoyClient(OverrideToBuffered, transport="module")):
+        with make() as client:
+            result = client.post("/", body=b"held with the headers")
+        assert result.status == 200 and result.request is not None
+        assert result.request.body == b"HELD WITH THE HEADERS"
+
+
+def test_observability_mode_runs_every_requests_hook_and_changes_nothing(
+        module_file, monkeypatch, tmp_path) -> None:
+    from extctl.testing import EnvoyClient
+    from tests.helpers.procs import ShadowCount
+
+    log = tmp_path / "shadow.log"
+    monkeypatch.setenv("EXTKIT_TEST_SHADOW_LOG", str(log))
+    paths = [f"/{n}" for n in range(12)]
+    with EnvoyClient(ShadowCount, transport="module") as client:
+        statuses = [client.get(path).status for path in paths]
+        deadline = time.monotonic() + 10  # the hooks run after Envoy went on
+        while sorted(log.read_text().split() if log.exists() else []) != sorted(paths):
+            assert time.monotonic() < deadline, log.read_text() if log.exists() else "no log"
+            time.sleep(0.05)
+    assert statuses == [200] * len(paths)
+
+
+def test_a_fast_streamed_upload_stays_within_envoys_buffer(module_file, sock_dir) -> None:
+    """A client sending a STREAMED body as fast as it can, faster than the hook answers: each
+    piece goes on once answered, so Envoy (the interpreter in it included) holds a few pieces,
+    not the body: 64 MiB through, Envoy's peak memory grows by far less."""
+    import socket
+
+    from tests.helpers.http_peers import CASE, Upstream
+    from tests.helpers.patched_envoy import patched_stack
+    from tests.helpers.procs import StreamedUpper
+
+    size, piece = 64 << 20, 64 << 10
+
+    def peak_kib(pid: int) -> int:
+        status = Path(f"/proc/{pid}/status").read_text()
+        return int(next(line.split()[1] for line in status.splitlines()
+                        if line.startswith("VmHWM:")))
+
+    def upload(port: int, case: str, pieces: int) -> bytes:
+        with socket.create_connection(("127.0.0.1", port), timeout=60) as sock:
+            sock.sendall(f"POST / HTTP/1.1\r\nhost: x\r\n{CASE}: {case}\r\n"
+                         "transfer-encoding: chunked\r\n\r\n".encode())
+            chunk = b"%x\r\n" % piece + b"a" * piece + b"\r\n"
+            for _ in range(pieces):
+                sock.sendall(chunk)
+            sock.sendall(b"0\r\n\r\n")
+            return sock.recv(4096)
+
+    upstream = Upstream()
+    try:
+        with patched_stack(StreamedUpper, sock_dir, upstream.address,
+                           transport="module") as stack:
+            assert stack.envoy.process is not None
+            assert upload(stack.envoy.port, "warm", 4).startswith(b"HTTP/1.1 200")
+            before = peak_kib(stack.envoy.process.pid)
+            answer = upload(stack.envoy.port, "big", size // piece)
+            grown_mib = (peak_kib(stack.envoy.process.pid) - before) / 1024
+        seen = upstream.wait("big")
+    finally:
+        upstream.close()
+    assert answer.startswith(b"HTTP/1.1 200"), answer
+    assert seen is not None and seen.body == b"A" * size  # every byte through the hook
+    assert grown_mib < 24, f"Envoy's peak memory grew by {grown_mib:.0f} MiB"
