@@ -69,8 +69,9 @@ from scenarios import (  # noqa: E402
 )
 
 import extproc  # noqa: E402
-from extctl.config import Deployment  # noqa: E402
+from extctl.config import Deployment, DynamicModule  # noqa: E402
 from extctl.config.envoy import UPSTREAM_CLUSTER  # noqa: E402
+from extctl.harness.stack import built_module  # noqa: E402
 from extctl.testing import EnvoyProcess, find_envoy  # noqa: E402
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -151,8 +152,8 @@ APP_DIR = Path.cwd()  # where --processor's module is imported from
 
 def _start_server(candidate: Candidate, listen: str, addresses: list[str],
                   tcp: bool) -> subprocess.Popen[bytes] | None:
-    if candidate.server is None:
-        return None
+    if candidate.server is None or candidate.server.startswith("module:"):
+        return None  # Envoy alone, or the class inside it (the dynamic module)
     kind, _, arg = candidate.server.partition(":")
     # The benchmark's processors come from bench/procs.py, a user's from --app-dir.
     path = [str(BENCH if arg.startswith("procs:") or kind != "extkit" else APP_DIR)]
@@ -204,12 +205,22 @@ def _listening(address: str, tcp: bool) -> bool:
         return s.connect_ex((host, int(port))) == 0
 
 
+def _module() -> DynamicModule:
+    """The dynamic module, built once for this environment, importing bench/procs.py."""
+    return DynamicModule(path=str(built_module()), python_path=[str(BENCH)])
+
+
 def _envoy_config(scenario: Scenario, candidate: Candidate, addresses: list[str]) -> Any:
     upstream_port = _free_port() if scenario.upstream_body is not None else None
-    message = Deployment.build(
-        candidate.processor, addresses=addresses if candidate.processor else [],
-        processing_mode=candidate.mode, message_timeout=5.0,
-        upstreams=[f"127.0.0.1:{upstream_port}"] if upstream_port else []).envoy_bootstrap()
+    upstreams = [f"127.0.0.1:{upstream_port}"] if upstream_port else []
+    if candidate.server is not None and candidate.server.startswith("module:"):
+        message = Deployment.build(candidate.processor, dynamic_module=_module(),
+                                   message_timeout=5.0, upstreams=upstreams).envoy_bootstrap()
+    else:
+        message = Deployment.build(
+            candidate.processor, addresses=addresses if candidate.processor else [],
+            processing_mode=candidate.mode, message_timeout=5.0,
+            upstreams=upstreams).envoy_bootstrap()
     if upstream_port is not None:
         # The upstream: a second listener of the same Envoy answering with direct_response.
         listener = listener_pb2.Listener()
@@ -285,7 +296,10 @@ def measure(scenario: Scenario, candidate: Candidate, duration: float, tcp: bool
     server = _start_server(candidate, listen, addresses, tcp)
     try:
         config = _envoy_config(scenario, candidate, addresses)
-        with EnvoyProcess(config, workdir / "envoy", concurrency=1) as envoy:
+        env = ({"ENVOY_DYNAMIC_MODULES_SEARCH_PATH": _module().search_path}
+               if candidate.server is not None and candidate.server.startswith("module:")
+               else {})
+        with EnvoyProcess(config, workdir / "envoy", concurrency=1, env=env) as envoy:
             assert envoy.process is not None
             url = envoy.url("/")
             _wrk(url, 1, scenario.connections, script)  # warm-up

@@ -35,7 +35,8 @@ BUFFERED_BODY = _json_body(64 * 1024)
 class Candidate:
     name: str
     description: str
-    server: str | None  # "minimal:WORK", "go:WORK", "extkit:module:Class", or None: Envoy alone
+    server: str | None  # "minimal:WORK", "go:WORK", "extkit:module:Class", "module:module:Class"
+    # (the class inside Envoy, the dynamic module), or None: Envoy alone
     processor: type | None = None  # whose processing mode Envoy uses (None: Envoy alone)
     mode: ProcessingMode | None = None  # overrides the class's derived mode
     workers: int = 1
@@ -78,6 +79,13 @@ def _extkit(cls: type, description: str, name: str, workers: int = 1,
 
 def _pyvoy(cls: type, description: str, name: str = "extkit-pyvoy") -> Candidate:
     return _extkit(cls, description + ", pyvoy transport", name, transport="pyvoy")
+
+
+def _module(cls: type, description: str, name: str = "extkit-module") -> Candidate:
+    """The class inside the Envoy under test (the dynamic module): no server; its CPU is in
+    Envoy's column."""
+    return Candidate(name, description + ", inside Envoy (dynamic module)",
+                     f"module:procs:{cls.__name__}", cls)
 
 
 ENVOY = Candidate("envoy", "Envoy alone (no ext_proc filter): the ceiling", None)
@@ -149,6 +157,7 @@ SCENARIOS = (
                      "minimal"),
             _extkit(procs.StreamedRewrite, "envoy-extkit rewriting each chunk", "extkit"),
             _pyvoy(procs.StreamedRewrite, "envoy-extkit rewriting each chunk"),
+            _module(procs.StreamedRewrite, "envoy-extkit rewriting each chunk"),
         ),
         ratios=(("extkit", "minimal"), ("extkit-pyvoy", "minimal"), ("extkit-pyvoy", "extkit")),
         upstream_body=STREAMED_BODY,
@@ -164,6 +173,7 @@ SCENARIOS = (
             _minimal("buffered", BUFFERED_MODE, "minimal servicer rewriting the JSON", "minimal"),
             _extkit(procs.BufferedJson, "envoy-extkit rewriting the JSON", "extkit"),
             _pyvoy(procs.BufferedJson, "envoy-extkit rewriting the JSON"),
+            _module(procs.BufferedJson, "envoy-extkit rewriting the JSON"),
         ),
         ratios=(("extkit", "minimal"), ("extkit-pyvoy", "minimal"), ("extkit-pyvoy", "extkit")),
         upstream_body=b"ok\n",
@@ -191,10 +201,11 @@ USER_SCENARIOS = ("headers", "latency")  # what --processor runs unless --scenar
 
 def with_processor(scenario: Scenario, spec: str, cls: type[extproc.Processor]) -> Scenario:
     """``scenario`` with the user's class in every envoy-extkit row; the rows that exist to
-    compare the benchmark's own processors (request headers only) left out."""
+    compare the benchmark's own processors (request headers only) left out, and the dynamic
+    module's (it imports the benchmark's processors by name)."""
     candidates = []
     for candidate in scenario.candidates:
-        if candidate.name in ("extkit-req", "minimal-req", "go-req"):
+        if candidate.name in ("extkit-req", "minimal-req", "go-req", "extkit-module"):
             continue
         if candidate.server is not None and candidate.server.startswith("extkit:"):
             what = candidate.name.removeprefix("extkit").lstrip("-") or candidate.transport

@@ -51,7 +51,7 @@ _BODY_MODES = {None: 0, extproc.BodyMode.STREAMED: 1, extproc.BodyMode.BUFFERED:
                extproc.BodyMode.BUFFERED_PARTIAL: 3, extproc.BodyMode.FULL_DUPLEX_STREAMED: 4}
 _FULL_DUPLEX = extproc.BodyMode.FULL_DUPLEX_STREAMED
 _OP_SET, _OP_ADD, _OP_REMOVE = 0, 1, 2  # the module's header operations
-_CLEAR_ROUTE, _REPLACE = 1, 2  # flags of an answer
+_CLEAR_ROUTE, _REPLACE, _ABANDON = 1, 2, 4  # flags of an answer
 _REPLACE_STATUS = pb.CommonResponse.CONTINUE_AND_REPLACE
 _GATEWAY_TIMEOUT = 504  # what Envoy's ext_proc answers when a message times out
 _AFTER_WATCHDOG = 0.05  # seconds
@@ -226,8 +226,26 @@ def _drain() -> None:
                 continue
             stream.running = True
             _loop.create_task(_serve(stream, kind, payload, eos))
-        except Exception:  # the bridge's own failure: the module's watchdog answers the phase
+        except Exception:  # the bridge's own failure: answered under the class's policy
             logger.exception("extkit_dm: stream %d's phase %d was not handed over", serial, kind)
+            if kind != END:
+                _refuse(handle, kind, _configs[config_id].spec)
+
+
+def _refuse(handle: int, kind: int, spec: Any, done: bool = False) -> bool:
+    """Answer a phase the bridge could not run: on unchanged for a fail-open class, else the
+    class's error answer (never a request let through that a fail-closed class would stop).
+    Returns whether that ended the stream."""
+    try:
+        if spec.fail_open:
+            dm.answer(handle, kind, done, None)
+            return done
+        dm.reply(handle, kind, spec.error_status, [], spec.error_body,
+                 b"extproc_processor_error")
+        return True
+    except Exception:
+        logger.exception("extkit_dm: the phase is left to the message timeout")
+        return False
 
 
 def _end(serial: int) -> None:
@@ -314,11 +332,16 @@ async def _phase(stream: _Stream, kind: int, payload: Any, eos: bool) -> None:
             uncancel = getattr(task, "uncancel", None)  # Python 3.11+
             if uncancel is not None:
                 uncancel()  # the next phase on this task starts uncancelled
+                stream.expired = False
             logger.error("%s.on_%s: no answer within the message timeout", config.spec.name,
                          which)
-            # The module answered already (504, or going on with no more phases): this is
-            # dropped there, and ends the stream here.
-            dm.answer(handle, kind, True, None)
+            # What Envoy's ext_proc answers a timeout: 504, or, failing open, going on with no
+            # more phases. The module's watchdog has usually answered so already (then this is
+            # dropped there); if it has not, this is the answer.
+            if config.fail_open:
+                dm.answer(handle, kind, True, None, _ABANDON)
+            else:
+                dm.reply(handle, kind, _GATEWAY_TIMEOUT, [], b"", b"extproc_message_timeout")
             answered = done = True
             return
         _answer(stream, kind, done, answers)  # raises before it answers, or answers
@@ -329,17 +352,15 @@ async def _phase(stream: _Stream, kind: int, payload: Any, eos: bool) -> None:
         logger.exception("extkit_dm: %s of stream %d failed in the bridge", which,
                          stream.serial)
         if not answered:
-            if config.spec.fail_open:
-                dm.answer(handle, kind, done, None)
-            else:
-                dm.reply(handle, kind, config.spec.error_status, [], config.spec.error_body,
-                         b"extproc_processor_error")
-                done = True
+            done = _refuse(handle, kind, config.spec, done)
             answered = True
     finally:
         if stream.timer is not None:
             stream.timer.cancel()
             stream.timer = None
+        if stream.expired and getattr(task, "cancelling", lambda: 0)():
+            # a hook that swallowed the cancellation: the next phase starts clean
+            getattr(task, "uncancel")()  # noqa: B009 - Python 3.11+, and mypy checks 3.10
         if not answered:  # cancelled by the loop closing: let Envoy have its stream back
             done = True
             dm.answer(handle, kind, True, None)

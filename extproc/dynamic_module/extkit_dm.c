@@ -13,10 +13,11 @@
  * - BUFFERED / BUFFERED_PARTIAL: Envoy buffers the body (the headers held, so the body's
  *   answer may still change them); the whole body (or what the buffer limit holds) goes to
  *   Python once, and its answer replaces those bytes.
- * - STREAMED / FULL_DUPLEX_STREAMED: one chunk at a time. While Python has a chunk, what
- *   arrives stays in Envoy's buffer (flow-controlled by its watermarks); the answered bytes wait
- *   here, and once Python has caught up with everything received they go on together. Chunks
- *   that arrived while the hook ran are handed over as one.
+ * - STREAMED / FULL_DUPLEX_STREAMED: one piece at a time. While Python has a piece, what
+ *   arrives stays in Envoy's buffer behind the answered bytes (all of it under Envoy's buffer
+ *   limit and flow control), and goes to Python as the next piece; the direction goes on, with
+ *   everything answered, whenever Python has answered all that came. A direction is never
+ *   continued while Python has a piece of it, so no continue is one Envoy ignores.
  * Trailers wait until the body before them is answered.
  *
  * Lifetimes: a stream is reference-counted: one reference for Envoy (dropped in
@@ -59,7 +60,6 @@ enum {
   EV_REQUEST_TRAILERS = 6,
   EV_RESPONSE_TRAILERS = 7,
   EV_KINDS = 8,
-  EV_FLUSH = 8, /* scheduler events of the module's own: a direction's flush (8 + d) */
 };
 /* Header operations in an answer. */
 enum { OP_SET = 0, OP_ADD = 1, OP_REMOVE = 2 };
@@ -179,12 +179,11 @@ typedef struct {
   int replaced;     /* the headers' answer replaced the body: what comes is dropped */
   int eos_sent;     /* a body event with end_of_stream went to Python */
   size_t sent_len;  /* the bytes at the buffer's front that Python has (to replace) */
-  char *out;        /* STREAMED/FULL_DUPLEX: answered bytes not passed on yet */
-  size_t out_len, out_cap;
+  size_t front;     /* STREAMED/FULL_DUPLEX: the answered bytes at the front of Envoy's
+                     * buffer (what follows them Python has not seen) */
   int continued;    /* Envoy drops a continue until this direction's next callback stops it
                      * (its filter's own flag, mirrored: set by a continue or a callback
                      * returning Continue, cleared by one returning a Stop status) */
-  int flush;        /* ``out`` waits for that callback: the direction was going on already */
   char *inflight;   /* STREAMED/FULL_DUPLEX: the piece Python has (taken out of Envoy's
                      * buffer; what goes on if the answer leaves it unchanged or times out) */
   size_t inflight_len;
@@ -260,7 +259,6 @@ static void unref(stream *s) {
       free_answer(&s->pending[k]);
     }
     for (int d = 0; d < 2; d++) {
-      free(s->dir[d].out);
       free(s->dir[d].inflight);
     }
     pthread_mutex_destroy(&s->lock);
@@ -570,31 +568,62 @@ static void send_event(dm_filter_envoy filter, stream *s, event *ev);
 
 static void send_piece(dm_filter_envoy filter, stream *s, int d, int received, int eos) {
   direction *x = &s->dir[d];
-  event *ev = body_event(filter, s, d, 1, received, eos);
-  free(x->inflight);
-  x->inflight = must(malloc(ev->body_len + 1));
-  memcpy(x->inflight, ev->bytes, ev->body_len);
-  x->inflight_len = ev->body_len;
-  envoy_dynamic_module_callback_http_drain_body(filter, buffered_body(d),
-                                                body_size(filter, buffered_body(d)));
-  if (received) {
-    envoy_dynamic_module_callback_http_drain_body(filter, received_body(d),
-                                                  body_size(filter, received_body(d)));
+  dm_body buffered = buffered_body(d);
+  size_t total = body_size(filter, buffered), front = x->front < total ? x->front : total;
+  if (received &&
+      (d == REQUEST ? envoy_dynamic_module_callback_http_received_buffered_request_body(filter)
+                    : envoy_dynamic_module_callback_http_received_buffered_response_body(filter))) {
+    received = 0; /* what this callback received is the buffer itself */
   }
+  size_t came = received ? body_size(filter, received_body(d)) : 0;
+  char *all = must(malloc(total + came + 1));
+  copy_body(filter, buffered, all, total);
+  if (received) {
+    copy_body(filter, received_body(d), all + total, came);
+    envoy_dynamic_module_callback_http_drain_body(filter, received_body(d), came);
+  }
+  /* Envoy keeps the answered bytes at its buffer's front; the rest is the piece */
+  envoy_dynamic_module_callback_http_drain_body(filter, buffered, total);
+  if (front > 0) {
+    envoy_dynamic_module_callback_http_append_body(filter, buffered,
+                                                   (dm_module_buffer){all, front});
+  }
+  size_t len = total + came - front;
+  event *ev = new_event(s, d == REQUEST ? EV_REQUEST_BODY : EV_RESPONSE_BODY, len);
+  memcpy(ev->bytes, all + front, len);
+  ev->body_len = len;
+  ev->eos = eos;
+  free(x->inflight);
+  x->inflight = must(malloc(len + 1));
+  memcpy(x->inflight, all + front, len);
+  x->inflight_len = len;
+  free(all);
   send_event(filter, s, ev);
 }
 
-static void keep_out(direction *x, const char *data, size_t len) {
-  if (x->out_len + len > x->out_cap) {
-    size_t cap = x->out_cap ? x->out_cap : 4096;
-    while (cap < x->out_len + len) {
-      cap *= 2;
-    }
-    x->out = must(realloc(x->out, cap));
-    x->out_cap = cap;
+/* Put answered bytes after those already at the front of Envoy's buffer (before what Python
+ * has not seen, if anything). */
+static void put_answered(dm_filter_envoy filter, stream *s, int d, const char *data,
+                         size_t len) {
+  direction *x = &s->dir[d];
+  dm_body buffered = buffered_body(d);
+  size_t total = body_size(filter, buffered), front = x->front < total ? x->front : total;
+  if (total > front) {
+    char *all = must(malloc(total + 1));
+    copy_body(filter, buffered, all, total);
+    envoy_dynamic_module_callback_http_drain_body(filter, buffered, total);
+    envoy_dynamic_module_callback_http_append_body(filter, buffered,
+                                                   (dm_module_buffer){all, front});
+    envoy_dynamic_module_callback_http_append_body(filter, buffered,
+                                                   (dm_module_buffer){data, len});
+    envoy_dynamic_module_callback_http_append_body(
+        filter, buffered, (dm_module_buffer){all + front, total - front});
+    free(all);
+  } else if (len > 0) {
+    envoy_dynamic_module_callback_http_append_body(filter, buffered,
+                                                   (dm_module_buffer){data, len});
   }
-  memcpy(x->out + x->out_len, data, len);
-  x->out_len += len;
+  x->front = front + len;
 }
 
 /* -- the message timeout, kept here ----------------------------------------------------------
@@ -910,21 +939,33 @@ static void deliver(stream *s, answer *a, int done) {
   int kind = a->kind, d = direction_of(kind);
   pthread_mutex_lock(&s->lock);
   /* A phase the watchdog answered (its message timeout passed) is no longer waiting. */
-  int delisted = 0;
+  int delisted = 0, other = 1 - d;
+  int reply = a->reply;
   if (s->alive && s->scheduler != NULL && s->dir[d].waiting == kind) {
     s->dir[d].waiting = 0;
     /* off the watchdog's list before the worker can send the next phase */
     pthread_mutex_lock(&watch_lock);
     delisted = delist(&s->dir[d].watch, 0);
     pthread_mutex_unlock(&watch_lock);
+    if (a->abandon) {
+      s->abandoned = 1;
+    }
     commit_locked(s, a);
   }
-  if (done) {
-    s->python_holds = 0;
+  if (reply && s->dir[other].waiting) {
+    /* the stream is answered: the other direction's phase is over too (not handed to
+     * Python if still queued; its answer, if any, is dropped) */
+    s->dir[other].waiting = 0;
+    pthread_mutex_lock(&watch_lock);
+    delisted += delist(&s->dir[other].watch, 0);
+    pthread_mutex_unlock(&watch_lock);
+  }
+  if (done && (reply || s->dir[other].waiting == 0)) {
+    s->python_holds = 0; /* (else the bridge gets the other phase, and END after it) */
   }
   pthread_mutex_unlock(&s->lock);
   free_answer(a); /* the stream was gone: nothing to apply */
-  if (delisted) {
+  while (delisted-- > 0) {
     unref(s);
   }
   unref(s);
@@ -961,7 +1002,7 @@ static int parse_meta(PyObject *list, answer *a) {
   return 0;
 }
 
-enum { FLAG_CLEAR_ROUTE = 1, FLAG_REPLACE = 2 };
+enum { FLAG_CLEAR_ROUTE = 1, FLAG_REPLACE = 2, FLAG_ABANDON = 4 };
 
 /* answer(stream, kind, done, ops, body=None, flags=0, override=None, metadata=None): go on,
  * with these header (or trailer) changes; for a body phase these bytes (None: unchanged);
@@ -982,6 +1023,7 @@ static PyObject *py_answer(PyObject *self, PyObject *args) {
   a.kind = kind;
   a.clear_route = (flags & FLAG_CLEAR_ROUTE) && direction_of(kind) == REQUEST;
   a.replace = (flags & FLAG_REPLACE) && !is_body(kind) && !is_trailers(kind);
+  a.abandon = (flags & FLAG_ABANDON) != 0; /* timed out, failing open (if C did not already) */
   if (override != Py_None) {
     if (!PyArg_ParseTuple(override, "iii", &a.override_body_mode[REQUEST],
                           &a.override_body_mode[RESPONSE], &a.override_hooks)) {
@@ -1247,40 +1289,15 @@ static int continue_direction(dm_filter_envoy filter, stream *s, int d) {
   return 1;
 }
 
-/* Go on: what Python answered of a streamed body first (it stays here until now, so Envoy's
- * buffer holds only what Python has not seen), then what Envoy holds. When the direction is
- * going on already (nothing stopped here since the last continue), the answered bytes wait
- * for its next callback (``flush``), which sends them. */
+/* Go on with what Envoy holds (answered bytes only: nothing Python has not seen waits when a
+ * direction goes on). A piece with Python keeps its direction stopped, so that its answer's
+ * continue is never one Envoy ignores. */
 static void pass_on(dm_filter_envoy filter, stream *s, int d) {
-  direction *x = &s->dir[d];
-  if (x->continued) {
-    x->flush = x->out_len > 0;
-    return;
+  if (!continue_direction(filter, s, d)) {
+    log_line(DM_LOG_ERROR, "extkit_dm: a continue Envoy would ignore was not sent");
   }
-  if (x->out_len > 0) {
-    envoy_dynamic_module_callback_http_append_body(filter, buffered_body(d),
-                                                   (dm_module_buffer){x->out, x->out_len});
-    x->out_len = 0;
-  }
-  continue_direction(filter, s, d);
+  s->dir[d].front = 0;
 }
-
-/* A flush of ``out`` after the callback now running returns (it stops the direction, so the
- * scheduled pass_on can continue it). */
-static void flush_after(dm_filter_envoy filter, stream *s, int d) {
-  pthread_mutex_lock(&s->lock);
-  if (s->scheduler == NULL) {
-    s->scheduler = envoy_dynamic_module_callback_http_filter_scheduler_new(filter);
-  }
-  envoy_dynamic_module_callback_http_filter_scheduler_commit(s->scheduler,
-                                                             (uint64_t)(EV_FLUSH + d));
-  pthread_mutex_unlock(&s->lock);
-}
-
-/* In a body callback of a direction going on already, with answered bytes waiting: they go on
- * now, ahead of what this callback received, which becomes the next piece (or, with nothing
- * answered outstanding, goes on too). Returns the callback's status. */
-static int flush_in_body(dm_filter_envoy filter, stream *s, int d, bool end_of_stream);
 
 static event *trailers_event(dm_filter_envoy filter, stream *s, int d) {
   return headers_event(filter, s, trailers_map(d),
@@ -1383,47 +1400,11 @@ static int on_headers(dm_filter_envoy filter, stream *s, int d, bool end_of_stre
   return DM_HEADERS_STOP;
 }
 
-static int flush_in_body(dm_filter_envoy filter, stream *s, int d, bool end_of_stream) {
-  direction *x = &s->dir[d];
-  int mode = s->body_mode[d];
-  x->flush = 0;
-  if (end_of_stream && !abandoned(s) && (mode == BM_STREAMED || mode == BM_DUPLEX)) {
-    /* the last piece goes to Python; the answered bytes wait for its answer */
-    x->body_started = 1;
-    x->eos = 1;
-    send_piece(filter, s, d, 1, 1);
-    return DM_BODY_STOP_AND_WATERMARK;
-  }
-  dm_body received = received_body(d);
-  size_t len = body_size(filter, received);
-  char *came = NULL;
-  if (!abandoned(s) && (mode == BM_STREAMED || mode == BM_DUPLEX)) {
-    x->body_started = 1;
-    send_piece(filter, s, d, 1, 0); /* what came is the next piece */
-  } else if (len > 0) {
-    came = must(malloc(len)); /* what came goes on too, after them */
-    copy_body(filter, received, came, len);
-    envoy_dynamic_module_callback_http_drain_body(filter, received, len);
-  }
-  envoy_dynamic_module_callback_http_append_body(filter, received,
-                                                 (dm_module_buffer){x->out, x->out_len});
-  x->out_len = 0;
-  if (came != NULL) {
-    envoy_dynamic_module_callback_http_append_body(filter, received,
-                                                   (dm_module_buffer){came, len});
-    free(came);
-  }
-  return DM_BODY_CONTINUE;
-}
-
 static int on_body(dm_filter_envoy filter, stream *s, int d, bool end_of_stream) {
   direction *x = &s->dir[d];
   int mode = s->body_mode[d];
   if (s->local_replied) {
     return DM_BODY_CONTINUE;
-  }
-  if (x->flush && !x->phase) {
-    return flush_in_body(filter, s, d, end_of_stream);
   }
   if (abandoned(s)) {
     /* no more phases; what comes waits only behind a piece Python still has */
@@ -1484,13 +1465,6 @@ static int on_trailers(dm_filter_envoy filter, stream *s, int d) {
   direction *x = &s->dir[d];
   if (s->local_replied) {
     return DM_TRAILERS_CONTINUE;
-  }
-  if (x->flush && !x->phase) {
-    /* answered bytes wait: they go on first, from the scheduler once this has stopped */
-    x->eos = 1;
-    x->trailers = 1;
-    flush_after(filter, s, d);
-    return DM_TRAILERS_STOP;
   }
   if (abandoned(s)) {
     return x->phase ? DM_TRAILERS_STOP : DM_TRAILERS_CONTINUE;
@@ -1605,20 +1579,12 @@ static void send_reply(dm_filter_envoy filter, stream *s, const answer *a) {
 static void let_through(dm_filter_envoy filter, stream *s, int d) {
   direction *x = &s->dir[d];
   if (x->inflight != NULL) {
-    keep_out(x, x->inflight, x->inflight_len); /* the piece Python had, as it came */
+    put_answered(filter, s, d, x->inflight, x->inflight_len); /* the piece as it came */
     free(x->inflight);
     x->inflight = NULL;
     x->inflight_len = 0;
   }
-  if (x->continued) {
-    x->flush = x->out_len > 0; /* going on already: the next callback sends them */
-    return;
-  }
-  if (x->out_len > 0) {
-    replace_front(filter, d, 0, x->out, x->out_len);
-    x->out_len = 0;
-  }
-  continue_direction(filter, s, d);
+  pass_on(filter, s, d);
 }
 
 static void body_answered(dm_filter_envoy filter, stream *s, int d, answer *a) {
@@ -1638,22 +1604,21 @@ static void body_answered(dm_filter_envoy filter, stream *s, int d, answer *a) {
     after_body(filter, s, d);
     return;
   }
-  /* STREAMED / FULL_DUPLEX_STREAMED */
+  /* STREAMED / FULL_DUPLEX_STREAMED: the answer joins the answered bytes at the front of
+   * Envoy's buffer (all of them count against its limit, under its flow control) */
   if (a->has_body) {
-    keep_out(x, a->body, a->body_len);
+    put_answered(filter, s, d, a->body, a->body_len);
   } else if (x->inflight != NULL) {
-    keep_out(x, x->inflight, x->inflight_len); /* unchanged */
+    put_answered(filter, s, d, x->inflight, x->inflight_len); /* unchanged */
   }
   free(x->inflight);
   x->inflight = NULL;
   x->inflight_len = 0;
-  if (body_size(filter, buffered_body(d)) > 0 || (x->eos && !x->trailers && !x->eos_sent)) {
-    /* what arrived meanwhile (or the end of the stream, alone), as the next piece; what is
-     * answered goes on now, unless the end has come (it would end the stream first) */
+  if (body_size(filter, buffered_body(d)) > x->front ||
+      (x->eos && !x->trailers && !x->eos_sent)) {
+    /* what arrived meanwhile (or the end of the stream, alone), as the next piece; the
+     * direction stays stopped until Python has answered everything that came */
     send_piece(filter, s, d, 0, x->eos && !x->trailers);
-    if (!x->eos) {
-      pass_on(filter, s, d);
-    }
     return;
   }
   if (x->eos) {
@@ -1667,8 +1632,12 @@ static void headers_answered(dm_filter_envoy filter, stream *s, int d, answer *a
   direction *x = &s->dir[d];
   apply_ops(filter, headers_map(d), a);
   if (a->override) {
-    s->body_mode[REQUEST] = a->override_body_mode[REQUEST];
-    s->body_mode[RESPONSE] = a->override_body_mode[RESPONSE];
+    for (int e = REQUEST; e <= RESPONSE; e++) {
+      /* (a body already under way keeps its mode) */
+      if (e == d || (!s->dir[e].body_started && !s->dir[e].phase)) {
+        s->body_mode[e] = a->override_body_mode[e];
+      }
+    }
     s->hooks = a->override_hooks;
     x->held = !x->headers_eos && holds_headers(s->body_mode[d]);
   }
@@ -1690,11 +1659,9 @@ static void headers_answered(dm_filter_envoy filter, stream *s, int d, answer *a
   drop_length(filter, s, d, 1);
   int mode = s->body_mode[d];
   if (!x->held && (mode == BM_STREAMED || mode == BM_DUPLEX) && x->body_started) {
-    /* what arrived while the hook ran, as the first piece; the headers go on now */
+    /* what arrived while the hook ran, as the first piece: the headers go on with its
+     * answer */
     send_piece(filter, s, d, 0, x->eos && !x->trailers);
-    if (!x->eos) {
-      continue_direction(filter, s, d);
-    }
   } else if (!x->held && x->trailers) {
     after_body(filter, s, d);
   } else if (!x->held) {
@@ -1709,19 +1676,6 @@ EXPORT void envoy_dynamic_module_on_http_filter_scheduled(dm_filter_envoy filter
                                                           dm_filter_module module,
                                                           uint64_t event_id) {
   stream *s = (stream *)module;
-  if (event_id == EV_FLUSH + REQUEST || event_id == EV_FLUSH + RESPONSE) {
-    int d = (int)(event_id - EV_FLUSH);
-    direction *x = &s->dir[d];
-    if (!s->local_replied && !x->phase) { /* (else the answer in flight goes on) */
-      x->flush = 0;
-      if (x->trailers && !abandoned(s)) {
-        after_body(filter, s, d);
-      } else {
-        pass_on(filter, s, d);
-      }
-    }
-    return;
-  }
   if (event_id == 0 || event_id >= EV_KINDS) {
     return;
   }
@@ -1757,7 +1711,7 @@ EXPORT void envoy_dynamic_module_on_http_filter_scheduled(dm_filter_envoy filter
     body_answered(filter, s, d, &a);
   } else if (is_trailers(a.kind)) {
     if (a.has_body) {
-      keep_out(x, a.body, a.body_len); /* what a FULL_DUPLEX_STREAMED hook held back */
+      put_answered(filter, s, d, a.body, a.body_len); /* what a FULL_DUPLEX hook held back */
     }
     apply_ops(filter, trailers_map(d), &a);
     pass_on(filter, s, d);

@@ -479,9 +479,10 @@ def test_observability_mode_runs_every_requests_hook_and_changes_nothing(
 
 
 def test_a_fast_streamed_upload_stays_within_envoys_buffer(module_file, sock_dir) -> None:
-    """A client sending a STREAMED body as fast as it can, faster than the hook answers: each
-    piece goes on once answered, so Envoy (the interpreter in it included) holds a few pieces,
-    not the body: 64 MiB through, Envoy's peak memory grows by far less."""
+    """A client sending a STREAMED body as fast as it can, faster than the hook answers: what
+    waits (answered or not) is in Envoy's buffer, under its flow control, so Envoy (the
+    interpreter in it included) holds a few pieces, not the body: 64 MiB through, Envoy's peak
+    memory grows by far less."""
     import socket
 
     from tests.helpers.http_peers import CASE, Upstream
@@ -520,3 +521,41 @@ def test_a_fast_streamed_upload_stays_within_envoys_buffer(module_file, sock_dir
     assert answer.startswith(b"HTTP/1.1 200"), answer
     assert seen is not None and seen.body == b"A" * size  # every byte through the hook
     assert grown_mib < 24, f"Envoy's peak memory grew by {grown_mib:.0f} MiB"
+
+
+def test_a_streamed_piece_goes_on_before_anything_follows_it(module_file, sock_dir) -> None:
+    """Server-sent events through a STREAMED response hook: the upstream sends its headers and
+    a first event, then waits until the client has that event before it sends the next. The
+    first event reaches the client on its own, not held back for what comes after it."""
+    import socket
+    import threading
+
+    from tests.helpers.fuzz_procs import StreamedUpper
+    from tests.helpers.http_peers import CASE, Message, Upstream
+    from tests.helpers.patched_envoy import patched_stack
+
+    gate = threading.Event()
+    upstream = Upstream()
+    upstream.answers["sse"] = (200, Message([("content-type", "text/event-stream")],
+                                            [b"data: one\n\n", b"data: two\n\n"], None, True,
+                                            gate=gate))
+
+    def read_until(sock: socket.socket, seen: bytes, wanted: bytes) -> bytes:
+        while wanted not in seen:
+            data = sock.recv(4096)
+            assert data, f"closed before {wanted!r}: {seen!r}"
+            seen += data
+        return seen
+
+    try:
+        with patched_stack(StreamedUpper, sock_dir, upstream.address,
+                           transport="module") as stack, \
+                socket.create_connection(("127.0.0.1", stack.envoy.port), timeout=10) as sock:
+            sock.sendall(f"GET / HTTP/1.1\r\nhost: x\r\n{CASE}: sse\r\n\r\n".encode())
+            seen = read_until(sock, b"", b"DATA: ONE")  # before the upstream sends more
+            gate.set()
+            seen = read_until(sock, seen, b"DATA: TWO")
+    finally:
+        gate.set()
+        upstream.close()
+    assert seen.startswith(b"HTTP/1.1 200") and b"data:" not in seen
