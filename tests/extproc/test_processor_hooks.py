@@ -20,6 +20,10 @@ from extproc.testing import lifespan, run, run_sync
 
 
 class Rewrite(Processor):
+    # What this file tests is the mutations, not time: a long deadline, so that a pause of the
+    # whole test process (a full garbage collection late in a long suite) is not a 504.
+    message_timeout = 5.0
+
     async def on_request_headers(self, headers: Headers) -> None:
         headers["x-replaced"] = "new"
         headers.add("x-multi", "second")
