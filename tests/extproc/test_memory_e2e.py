@@ -21,7 +21,7 @@ import extproc
 from extctl.config import Deployment
 from extctl.harness.echo import EchoServer
 from extctl.testing import EnvoyProcess
-from tests.helpers.common import wait_for_socket
+from tests.helpers.common import memory, wait_for_socket
 
 pytestmark = pytest.mark.envoy
 
@@ -40,16 +40,6 @@ class AppendOne(extproc.Processor):
 
     async def on_request_body(self, body: extproc.Body) -> None:
         body.data = body.data + b"!"
-
-
-def _status(pid: int) -> dict[str, int]:
-    """VmRSS and VmHWM in bytes."""
-    values = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        key, _, rest = line.partition(":")
-        if key in ("VmRSS", "VmHWM"):
-            values[key] = int(rest.split()[0]) * 1024
-    return values
 
 
 def _length(method: str, path: str, headers: object,
@@ -72,7 +62,7 @@ def test_a_30_mib_buffered_body_costs_few_bodies_of_memory(extctl, sock_dir: Pat
             while envoy.stats(checked)[checked] < 1:  # the first health check answered
                 assert time.monotonic() < deadline, envoy.stats("cluster.extproc.health")
                 time.sleep(0.02)
-            start = _status(server.pid)["VmRSS"]
+            start = memory(server.pid)["VmRSS"]
             connection = http.client.HTTPConnection("127.0.0.1", envoy.port, timeout=60)
             connection.request("POST", "/", body=b"x" * BODY,
                                headers={"content-type": "application/octet-stream"})
@@ -80,9 +70,9 @@ def test_a_30_mib_buffered_body_costs_few_bodies_of_memory(extctl, sock_dir: Pat
             answer = reply.read()
             connection.close()
             assert (reply.status, answer) == (200, str(BODY + 1).encode()), envoy.log()[-2000:]
-            peak = _status(server.pid)["VmHWM"] - start
+            peak = memory(server.pid)["VmHWM"] - start
             deadline = time.monotonic() + SETTLE
-            while (after := _status(server.pid)["VmRSS"] - start) > AFTER_BODIES * BODY:
+            while (after := memory(server.pid)["VmRSS"] - start) > AFTER_BODIES * BODY:
                 if time.monotonic() > deadline:
                     break
                 time.sleep(0.1)

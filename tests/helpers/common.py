@@ -101,3 +101,13 @@ def gen(*args: str) -> Any:
     from extctl.cli import cli
 
     return CliRunner().invoke(cli, ["gen", *args])
+
+
+def memory(pid: int) -> dict[str, int]:
+    """A process's VmRSS and VmHWM (its peak), in bytes."""
+    values = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, rest = line.partition(":")
+        if key in ("VmRSS", "VmHWM"):
+            values[key] = int(rest.split()[0]) * 1024
+    return values

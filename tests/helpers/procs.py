@@ -449,15 +449,6 @@ class OverrideToBuffered(extproc.Processor):
         body.data = body.data.upper()
 
 
-class StreamedUpper(extproc.Processor):
-    """STREAMED request body, upper-cased piece by piece."""
-
-    request_body_mode = BodyMode.STREAMED
-
-    async def on_request_body(self, body: Body) -> None:
-        body.data = body.data.upper()
-
-
 class ShadowCount(extproc.Processor):
     """Observability mode: each request's hook appends a line to ``$EXTKIT_TEST_SHADOW_LOG``;
     its answers (a 403 among them) are ignored by Envoy."""

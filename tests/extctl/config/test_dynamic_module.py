@@ -483,42 +483,30 @@ def test_a_fast_streamed_upload_stays_within_envoys_buffer(module_file, sock_dir
     waits (answered or not) is in Envoy's buffer, under its flow control, so what Envoy (the
     interpreter in it included) holds does not grow with the body: after a 32 MiB upload, a
     96 MiB one raises Envoy's peak memory by far less than its size."""
-    import socket
-
-    from tests.helpers.http_peers import CASE, Upstream
+    from tests.helpers.common import memory
+    from tests.helpers.fuzz_procs import StreamedUpper
+    from tests.helpers.http_peers import CASE, Message, Upstream, send_h1
     from tests.helpers.patched_envoy import patched_stack
-    from tests.helpers.procs import StreamedUpper
 
-    piece = 64 << 10
+    piece = b"a" * (64 << 10)
 
-    def peak_mib(pid: int) -> float:
-        status = Path(f"/proc/{pid}/status").read_text()
-        return int(next(line.split()[1] for line in status.splitlines()
-                        if line.startswith("VmHWM:"))) / 1024
-
-    def upload(port: int, case: str, size: int) -> bytes:
-        with socket.create_connection(("127.0.0.1", port), timeout=60) as sock:
-            sock.sendall(f"POST / HTTP/1.1\r\nhost: x\r\n{CASE}: {case}\r\n"
-                         "transfer-encoding: chunked\r\n\r\n".encode())
-            chunk = b"%x\r\n" % piece + b"a" * piece + b"\r\n"
-            for _ in range(size // piece):
-                sock.sendall(chunk)
-            sock.sendall(b"0\r\n\r\n")
-            return sock.recv(4096)
+    def upload(port: int, case: str, mib: int) -> int:
+        pieces = [piece] * (mib << 4)
+        return send_h1(port, Message([(CASE, case)], pieces, None, chunked=True)).status
 
     upstream = Upstream()
     try:
         with patched_stack(StreamedUpper, sock_dir, upstream.address,
                            transport="module") as stack:
             assert stack.envoy.process is not None
-            assert upload(stack.envoy.port, "first", 32 << 20).startswith(b"HTTP/1.1 200")
-            settled = peak_mib(stack.envoy.process.pid)
-            answer = upload(stack.envoy.port, "big", 96 << 20)
-            grown = peak_mib(stack.envoy.process.pid) - settled
+            assert upload(stack.envoy.port, "first", 32) == 200
+            settled = memory(stack.envoy.process.pid)["VmHWM"]
+            status = upload(stack.envoy.port, "big", 96)
+            grown = (memory(stack.envoy.process.pid)["VmHWM"] - settled) / (1 << 20)
         seen = upstream.wait("big")
     finally:
         upstream.close()
-    assert answer.startswith(b"HTTP/1.1 200"), answer
+    assert status == 200
     assert seen is not None and seen.body == b"A" * (96 << 20)  # every byte through the hook
     assert grown < 32, f"a 96 MiB upload raised Envoy's peak memory by {grown:.0f} MiB"
 
