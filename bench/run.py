@@ -69,9 +69,9 @@ from scenarios import (  # noqa: E402
 )
 
 import extproc  # noqa: E402
-from extctl.config import Deployment, DynamicModule  # noqa: E402
+from extctl.config import Deployment  # noqa: E402
 from extctl.config.envoy import UPSTREAM_CLUSTER  # noqa: E402
-from extctl.harness.stack import built_module  # noqa: E402
+from extctl.harness.stack import in_envoy  # noqa: E402
 from extctl.testing import EnvoyProcess, find_envoy  # noqa: E402
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -152,7 +152,7 @@ APP_DIR = Path.cwd()  # where --processor's module is imported from
 
 def _start_server(candidate: Candidate, listen: str, addresses: list[str],
                   tcp: bool) -> subprocess.Popen[bytes] | None:
-    if candidate.server is None or candidate.server.startswith("module:"):
+    if candidate.server is None or _inside(candidate):
         return None  # Envoy alone, or the class inside it (the dynamic module)
     kind, _, arg = candidate.server.partition(":")
     # The benchmark's processors come from bench/procs.py, a user's from --app-dir.
@@ -205,16 +205,17 @@ def _listening(address: str, tcp: bool) -> bool:
         return s.connect_ex((host, int(port))) == 0
 
 
-def _module() -> DynamicModule:
-    """The dynamic module, built once for this environment, importing bench/procs.py."""
-    return DynamicModule(path=str(built_module()), python_path=[str(BENCH)])
+def _inside(candidate: Candidate) -> bool:
+    """The candidate runs its class inside the Envoy under test (the dynamic module)."""
+    return candidate.server is not None and candidate.server.startswith("module:")
 
 
 def _envoy_config(scenario: Scenario, candidate: Candidate, addresses: list[str]) -> Any:
     upstream_port = _free_port() if scenario.upstream_body is not None else None
     upstreams = [f"127.0.0.1:{upstream_port}"] if upstream_port else []
-    if candidate.server is not None and candidate.server.startswith("module:"):
-        message = Deployment.build(candidate.processor, dynamic_module=_module(),
+    if _inside(candidate):
+        message = Deployment.build(candidate.processor,
+                                   dynamic_module=in_envoy(candidate.processor)[0],
                                    message_timeout=5.0, upstreams=upstreams).envoy_bootstrap()
     else:
         message = Deployment.build(
@@ -296,9 +297,7 @@ def measure(scenario: Scenario, candidate: Candidate, duration: float, tcp: bool
     server = _start_server(candidate, listen, addresses, tcp)
     try:
         config = _envoy_config(scenario, candidate, addresses)
-        env = ({"ENVOY_DYNAMIC_MODULES_SEARCH_PATH": _module().search_path}
-               if candidate.server is not None and candidate.server.startswith("module:")
-               else {})
+        env = in_envoy(candidate.processor)[1] if _inside(candidate) else {}
         with EnvoyProcess(config, workdir / "envoy", concurrency=1, env=env) as envoy:
             assert envoy.process is not None
             url = envoy.url("/")

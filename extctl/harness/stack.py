@@ -76,9 +76,7 @@ def stack(processor: type[extproc.Processor] | None, sock_dir: Path,
         env: dict[str, str] = {}
         if transport == MODULE and processor is not None:
             # the class inside Envoy: no server of ours, the module built for this Python
-            module = DynamicModule(path=str(built_module()),
-                                   python_path=[import_root(processor)])
-            env["ENVOY_DYNAMIC_MODULES_SEARCH_PATH"] = module.search_path
+            module, env = in_envoy(processor)
             server = None
             deployment = Deployment.build(
                 processor, dynamic_module=module,
@@ -112,6 +110,13 @@ def built_module() -> Path:
     directory = tempfile.mkdtemp(prefix="extkit-module-")
     atexit.register(shutil.rmtree, directory, ignore_errors=True)
     return build(directory, envoy=find_envoy())
+
+
+def in_envoy(processor: type[extproc.Processor]) -> tuple[DynamicModule, dict[str, str]]:
+    """The dynamic module that runs ``processor`` inside Envoy (:func:`built_module`, the
+    class imported from :func:`import_root`), and the environment Envoy loads it with."""
+    module = DynamicModule(path=str(built_module()), python_path=[import_root(processor)])
+    return module, {"ENVOY_DYNAMIC_MODULES_SEARCH_PATH": module.search_path}
 
 
 def import_root(processor: type[extproc.Processor]) -> str:

@@ -18,10 +18,10 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 
 import extproc
-from extctl.config import Deployment, DynamicModule
+from extctl.config import Deployment
 from extctl.config.envoy import UPSTREAM_CLUSTER
 from extctl.harness.envoy import EnvoyProcess
-from extctl.harness.stack import MODULE, built_module, import_root
+from extctl.harness.stack import MODULE, in_envoy
 from extctl.testing import Stack
 
 Patch = Callable[[Any], None]
@@ -112,14 +112,13 @@ def patched_stack(processor: type[extproc.Processor], sock_dir: Path, upstream: 
     as for ``Deployment.build``. ``transport="module"``: the class inside Envoy (the dynamic
     module), with no server of ours."""
     if transport == MODULE:
-        module = DynamicModule(path=str(built_module()), python_path=[import_root(processor)])
+        module, env = in_envoy(processor)
         config = Deployment.build(processor, dynamic_module=module,
                                   upstreams=[upstream] if upstream else [],
                                   **options).envoy_bootstrap()
         for patch in patches:
             patch(config)
-        with EnvoyProcess(config, sock_dir / "envoy",
-                          env={"ENVOY_DYNAMIC_MODULES_SEARCH_PATH": module.search_path}) as envoy:
+        with EnvoyProcess(config, sock_dir / "envoy", env=env) as envoy:
             yield Stack(None, envoy)
         return
     socket_path = str(sock_dir / "p.sock")
