@@ -73,7 +73,6 @@ typedef enum {
   DM_RECEIVED_RESPONSE_BODY = 2,
   DM_BUFFERED_RESPONSE_BODY = 3,
 } dm_body;
-enum { DM_LOCAL_REPLY_CONTINUE = 0 };
 
 /* -- hooks we export (Envoy resolves all of these at config load) ------------------------- */
 

@@ -505,14 +505,19 @@ static char *copy_body(dm_filter_envoy filter, dm_body which, char *at, size_t l
   return at;
 }
 
+/* In a body callback: what it received is this filter's buffer itself (handed back by
+ * Envoy after the filter stopped), not more of the body. */
+static int redelivered(dm_filter_envoy filter, int d) {
+  return d == REQUEST ? envoy_dynamic_module_callback_http_received_buffered_request_body(filter)
+                      : envoy_dynamic_module_callback_http_received_buffered_response_body(filter);
+}
+
 /* A body event: what Envoy buffered for this filter, then (in a body callback) what it just
  * received. */
 static event *body_event(dm_filter_envoy filter, stream *s, int d, int buffered, int received,
                          int eos) {
-  if (buffered && received &&
-      (d == REQUEST ? envoy_dynamic_module_callback_http_received_buffered_request_body(filter)
-                    : envoy_dynamic_module_callback_http_received_buffered_response_body(filter))) {
-    received = 0; /* what this callback received is the buffer itself */
+  if (buffered && received && redelivered(filter, d)) {
+    received = 0;
   }
   size_t from_buffer = buffered ? body_size(filter, buffered_body(d)) : 0;
   size_t from_received = received ? body_size(filter, received_body(d)) : 0;
@@ -531,37 +536,35 @@ static event *body_event(dm_filter_envoy filter, stream *s, int d, int buffered,
 }
 
 /* STREAMED / FULL_DUPLEX_STREAMED: hand Python the next piece: what Envoy holds for this
- * filter and (in a body callback) what it just received, taken out of Envoy's buffer and kept
- * here until answered, so that Envoy's buffer only ever holds what Python has not seen. */
+ * filter after the answered bytes at its front and (in a body callback) what it just
+ * received, taken out of Envoy's buffer and kept here (``inflight``) until answered. */
 static void send_piece(dm_filter_envoy filter, stream *s, int d, int received, int eos);
 
-/* Replace the first ``n`` buffered bytes with ``data`` (Envoy's buffer takes appends and
- * drains at its front only: the rest is copied out and back). */
-static void replace_front(dm_filter_envoy filter, int d, size_t n, const char *data,
-                          size_t len) {
+/* Envoy's buffer for this filter becomes its first ``at`` bytes, ``data``, and what followed
+ * the ``drop`` bytes after them (it takes appends and drains at its front only: what stays
+ * is copied out and back). */
+static void splice(dm_filter_envoy filter, int d, size_t at, size_t drop, const char *data,
+                   size_t len) {
   dm_body which = buffered_body(d);
   size_t size = body_size(filter, which);
-  if (n > size) {
-    n = size;
+  at = at < size ? at : size;
+  drop = drop < size - at ? drop : size - at;
+  if (at == size) { /* nothing to keep after it: an append */
+    if (len > 0) {
+      envoy_dynamic_module_callback_http_append_body(filter, which, (dm_module_buffer){data, len});
+    }
+    return;
   }
-  char *rest = NULL;
-  size_t rest_len = size - n;
-  if (rest_len > 0) {
-    char *all = must(malloc(size));
-    copy_body(filter, which, all, size);
-    rest = must(malloc(rest_len));
-    memcpy(rest, all + n, rest_len);
-    free(all);
-  }
+  char *all = must(malloc(size));
+  copy_body(filter, which, all, size);
   envoy_dynamic_module_callback_http_drain_body(filter, which, size);
-  if (len > 0) {
-    envoy_dynamic_module_callback_http_append_body(filter, which, (dm_module_buffer){data, len});
+  const dm_module_buffer parts[3] = {{all, at}, {data, len}, {all + at + drop, size - at - drop}};
+  for (int i = 0; i < 3; i++) {
+    if (parts[i].length > 0) {
+      envoy_dynamic_module_callback_http_append_body(filter, which, parts[i]);
+    }
   }
-  if (rest_len > 0) {
-    envoy_dynamic_module_callback_http_append_body(filter, which,
-                                                   (dm_module_buffer){rest, rest_len});
-  }
-  free(rest);
+  free(all);
 }
 
 static void send_event(dm_filter_envoy filter, stream *s, event *ev);
@@ -570,10 +573,8 @@ static void send_piece(dm_filter_envoy filter, stream *s, int d, int received, i
   direction *x = &s->dir[d];
   dm_body buffered = buffered_body(d);
   size_t total = body_size(filter, buffered), front = x->front < total ? x->front : total;
-  if (received &&
-      (d == REQUEST ? envoy_dynamic_module_callback_http_received_buffered_request_body(filter)
-                    : envoy_dynamic_module_callback_http_received_buffered_response_body(filter))) {
-    received = 0; /* what this callback received is the buffer itself */
+  if (received && redelivered(filter, d)) {
+    received = 0;
   }
   size_t came = received ? body_size(filter, received_body(d)) : 0;
   char *all = must(malloc(total + came + 1));
@@ -606,23 +607,9 @@ static void send_piece(dm_filter_envoy filter, stream *s, int d, int received, i
 static void put_answered(dm_filter_envoy filter, stream *s, int d, const char *data,
                          size_t len) {
   direction *x = &s->dir[d];
-  dm_body buffered = buffered_body(d);
-  size_t total = body_size(filter, buffered), front = x->front < total ? x->front : total;
-  if (total > front) {
-    char *all = must(malloc(total + 1));
-    copy_body(filter, buffered, all, total);
-    envoy_dynamic_module_callback_http_drain_body(filter, buffered, total);
-    envoy_dynamic_module_callback_http_append_body(filter, buffered,
-                                                   (dm_module_buffer){all, front});
-    envoy_dynamic_module_callback_http_append_body(filter, buffered,
-                                                   (dm_module_buffer){data, len});
-    envoy_dynamic_module_callback_http_append_body(
-        filter, buffered, (dm_module_buffer){all + front, total - front});
-    free(all);
-  } else if (len > 0) {
-    envoy_dynamic_module_callback_http_append_body(filter, buffered,
-                                                   (dm_module_buffer){data, len});
-  }
+  size_t total = body_size(filter, buffered_body(d));
+  size_t front = x->front < total ? x->front : total;
+  splice(filter, d, front, 0, data, len);
   x->front = front + len;
 }
 
@@ -1504,45 +1491,25 @@ static int returned(stream *s, int d, int status) {
   return status;
 }
 
-EXPORT int envoy_dynamic_module_on_http_filter_request_headers(dm_filter_envoy filter,
-                                                               dm_filter_module module,
-                                                               bool end_of_stream) {
-  stream *s = (stream *)module;
-  return returned(s, REQUEST, on_headers(filter, s, REQUEST, end_of_stream));
-}
-
-EXPORT int envoy_dynamic_module_on_http_filter_response_headers(dm_filter_envoy filter,
-                                                                dm_filter_module module,
-                                                                bool end_of_stream) {
-  stream *s = (stream *)module;
-  return returned(s, RESPONSE, on_headers(filter, s, RESPONSE, end_of_stream));
-}
-
-EXPORT int envoy_dynamic_module_on_http_filter_request_body(dm_filter_envoy filter,
-                                                            dm_filter_module module,
-                                                            bool end_of_stream) {
-  stream *s = (stream *)module;
-  return returned(s, REQUEST, on_body(filter, s, REQUEST, end_of_stream));
-}
-
-EXPORT int envoy_dynamic_module_on_http_filter_response_body(dm_filter_envoy filter,
-                                                             dm_filter_module module,
-                                                             bool end_of_stream) {
-  stream *s = (stream *)module;
-  return returned(s, RESPONSE, on_body(filter, s, RESPONSE, end_of_stream));
-}
-
-EXPORT int envoy_dynamic_module_on_http_filter_request_trailers(dm_filter_envoy filter,
-                                                                dm_filter_module module) {
-  stream *s = (stream *)module;
-  return returned(s, REQUEST, on_trailers(filter, s, REQUEST));
-}
-
-EXPORT int envoy_dynamic_module_on_http_filter_response_trailers(dm_filter_envoy filter,
-                                                                 dm_filter_module module) {
-  stream *s = (stream *)module;
-  return returned(s, RESPONSE, on_trailers(filter, s, RESPONSE));
-}
+/* Envoy's entry points for each direction's headers, body and trailers (declared in abi.h). */
+#define WITH_END_OF_STREAM(phase, d, run)                                                     \
+  EXPORT int envoy_dynamic_module_on_http_filter_##phase(                                    \
+      dm_filter_envoy filter, dm_filter_module module, bool end_of_stream) {                 \
+    stream *s = (stream *)module;                                                            \
+    return returned(s, d, run(filter, s, d, end_of_stream));                                 \
+  }
+#define TRAILERS(phase, d)                                                                    \
+  EXPORT int envoy_dynamic_module_on_http_filter_##phase(dm_filter_envoy filter,             \
+                                                         dm_filter_module module) {          \
+    stream *s = (stream *)module;                                                            \
+    return returned(s, d, on_trailers(filter, s, d));                                        \
+  }
+WITH_END_OF_STREAM(request_headers, REQUEST, on_headers)
+WITH_END_OF_STREAM(response_headers, RESPONSE, on_headers)
+WITH_END_OF_STREAM(request_body, REQUEST, on_body)
+WITH_END_OF_STREAM(response_body, RESPONSE, on_body)
+TRAILERS(request_trailers, REQUEST)
+TRAILERS(response_trailers, RESPONSE)
 
 static void apply_ops(dm_filter_envoy filter, dm_header_map map, const answer *a) {
   for (size_t i = 0; i < a->n_ops; i++) {
@@ -1598,7 +1565,7 @@ static void body_answered(dm_filter_envoy filter, stream *s, int d, answer *a) {
       envoy_dynamic_module_callback_http_clear_route_cache(filter);
     }
     if (a->has_body) {
-      replace_front(filter, d, x->sent_len, a->body, a->body_len);
+      splice(filter, d, 0, x->sent_len, a->body, a->body_len);
     }
     x->body_done = 1;
     after_body(filter, s, d);
@@ -1652,7 +1619,7 @@ static void headers_answered(dm_filter_envoy filter, stream *s, int d, answer *a
         filter, headers_map(d), (dm_module_buffer){name, sizeof(name) - 1},
         (dm_module_buffer){NULL, 0});
     x->replaced = 1;
-    replace_front(filter, d, body_size(filter, buffered_body(d)), a->body, a->body_len);
+    splice(filter, d, 0, body_size(filter, buffered_body(d)), a->body, a->body_len);
     continue_direction(filter, s, d);
     return;
   }
