@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from extproc import FilterSpec
-from extproc.dynamic_module import ATTRIBUTES
+from extproc.dynamic_module import unsent_attributes
 
 from .errors import ConfigError
 
@@ -106,11 +106,10 @@ def check_runnable(spec: FilterSpec) -> None:
     """ConfigError unless the class asks only what the module runs: its hooks, with none of
     the per-request extras of the ext_proc protocol it would otherwise silently ignore (a
     class cannot ask for GRPC bodies, which the module does not run either)."""
-    unknown = sorted(set(spec.request_attributes + spec.response_attributes) - set(ATTRIBUTES))
-    if unknown:
-        raise ConfigError(f"{spec.name} asks for the attributes {', '.join(unknown)}: the "
-                          f"dynamic module sends {', '.join(ATTRIBUTES)}; serve it as an "
-                          "ext_proc processor for the others")
+    unsent = unsent_attributes(spec.request_attributes, spec.response_attributes)
+    if unsent:
+        raise ConfigError(f"{spec.name} {unsent}; serve it as an ext_proc processor for the "
+                          "others")
     asked = [f"{field} ({what})" for field, what in _UNSUPPORTED if getattr(spec, field)]
     if asked:
         raise ConfigError(f"{spec.name} sets {', '.join(asked)}: the dynamic module does not "

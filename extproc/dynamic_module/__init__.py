@@ -42,6 +42,16 @@ ATTRIBUTES: dict[str, tuple[int, int]] = {
 their id in the ABI's attribute enum and how Envoy 1.40 gives them."""
 
 
+def unsent_attributes(request: tuple[str, ...], response: tuple[str, ...]) -> str | None:
+    """What a class asks for that the module does not send, as the end of an error line; None
+    when it sends them all."""
+    unknown = sorted(set(request + response) - set(ATTRIBUTES))
+    if not unknown:
+        return None
+    return (f"asks for the attributes {', '.join(unknown)}: the dynamic module sends "
+            f"{', '.join(ATTRIBUTES)}")
+
+
 def build(output_dir: str | os.PathLike[str], *, envoy: str | None = None,
           compiler: str = "gcc") -> Path:
     """Compile the module into ``output_dir`` (written under a temporary name, then renamed)

@@ -34,7 +34,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 import extproc
 from extproc._stream import ProcessorFailed, _Exchange, _Stop
 from extproc._wire import BodyRequest
-from extproc.dynamic_module import ATTRIBUTES
+from extproc.dynamic_module import ATTRIBUTES, unsent_attributes
 from extproc.errors import ProtocolError
 
 REQUEST_HEADERS, RESPONSE_HEADERS, END = 1, 2, 3
@@ -148,10 +148,9 @@ def configure(raw: str) -> tuple[Any, ...]:
                                      "STREAMED, BUFFERED, BUFFERED_PARTIAL and "
                                      "FULL_DUPLEX_STREAMED bodies")
     spec = cls.filter_spec()
-    unknown = sorted(set(spec.request_attributes + spec.response_attributes) - set(ATTRIBUTES))
-    if unknown:
-        raise extproc.ServeError(f"{cls.__name__} asks for the attributes {', '.join(unknown)}: "
-                                 "the dynamic module sends " + ", ".join(ATTRIBUTES))
+    unsent = unsent_attributes(spec.request_attributes, spec.response_attributes)
+    if unsent:
+        raise extproc.ServeError(f"{cls.__name__} {unsent}")
     attributes = [[(name.encode(), *ATTRIBUTES[name]) for name in names]
                   for names in (spec.request_attributes, spec.response_attributes)]
     timeout = float(options.get("message_timeout") or spec.timeout)
